@@ -1,0 +1,20 @@
+-- Install or upgrade relay in the current database, without Python:
+--
+--     psql "$DSN" -v ON_ERROR_STOP=1 -f sql/install.sql
+--
+-- Every migration in sql/migrations/ is listed below in order; each runs only if it is not yet
+-- recorded in relay.migrations, so running this file twice is a no-op and running it on an older
+-- install applies only what is new. `relay install` applies the same files the same way.
+\set ON_ERROR_STOP on
+\set QUIET on
+SET client_min_messages = warning;
+BEGIN;
+SELECT pg_advisory_xact_lock(hashtext('relay.install'));
+\ir bootstrap.sql
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 1) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0001_capture.sql
+\endif
+
+COMMIT;
