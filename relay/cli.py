@@ -1,0 +1,171 @@
+"""The ``relay`` command line."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, NoReturn
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from relay import __version__, capture, schema
+from relay.db import DatabaseUnavailable, connect
+
+app = typer.Typer(
+    help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Dsn = Annotated[
+    str,
+    typer.Option(
+        "--dsn",
+        envvar="RELAY_DSN",
+        help="libpq connection string or URI of the database (or set RELAY_DSN).",
+        show_default=False,
+    ),
+]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _database(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A connection whose failures end the command with one clear line.
+
+    Exit code 2 means the database could not be used at all (configuration); 1 means it
+    refused what we asked (a bad table name, missing rights...).
+    """
+    try:
+        conn = connect(dsn)
+    except DatabaseUnavailable as exc:
+        _fail(str(exc), 2)
+    try:
+        with conn:
+            yield conn
+    except psycopg.Error as exc:
+        message = exc.diag.message_primary or str(exc)
+        if exc.diag.message_hint:
+            message += f" (hint: {exc.diag.message_hint})"
+        _fail(message, 1)
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _version_callback(show: bool) -> None:
+    if show:
+        out.print(f"relay {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
+    ] = False,
+) -> None:
+    """PostgreSQL change-data-capture relay: row changes to signed webhooks."""
+
+
+@app.command()
+def install(dsn: Dsn) -> None:
+    """Create or upgrade schema relay in an existing database (safe to run again)."""
+    with _database(dsn) as conn:
+        before = schema.installed_version(conn)
+        applied = schema.install(conn)
+    if not applied:
+        out.print(f"relay schema is up to date (version {before})", highlight=False)
+        return
+    for migration in applied:
+        out.print(f"applied {migration.version:04d}_{migration.name}", highlight=False)
+    out.print(f"relay schema is at version {applied[-1].version}", highlight=False)
+
+
+@app.command()
+def uninstall(
+    dsn: Dsn,
+    yes: Annotated[bool, typer.Option("--yes", help="Really remove it.")] = False,
+) -> None:
+    """Remove every capture trigger and schema relay, with the outbox and its history."""
+    if not yes:
+        _fail("this drops schema relay and every change it holds; add --yes to confirm", 2)
+    with _database(dsn) as conn:
+        schema.uninstall(conn)
+    out.print("relay removed", highlight=False)
+
+
+@app.command()
+def track(
+    table: Annotated[str, typer.Argument(help="Table to capture, e.g. public.orders.")],
+    dsn: Dsn,
+    events: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated subset of insert,update,delete,truncate (default all)."),
+    ] = None,
+    update_columns: Annotated[
+        str | None,
+        typer.Option(help="Record an UPDATE only when one of these columns changed."),
+    ] = None,
+    exclude_columns: Annotated[
+        str | None,
+        typer.Option(help="Columns never written to the outbox (secrets, tokens)."),
+    ] = None,
+) -> None:
+    """Capture changes to TABLE into the outbox (running it again replaces the options)."""
+    with _database(dsn) as conn:
+        capture.track(
+            conn,
+            table,
+            events=_split(events),
+            update_columns=_split(update_columns),
+            exclude_columns=_split(exclude_columns),
+        )
+    out.print(f"tracking {table}", highlight=False)
+
+
+@app.command()
+def untrack(
+    table: Annotated[str, typer.Argument(help="Table to stop capturing.")],
+    dsn: Dsn,
+) -> None:
+    """Stop capturing TABLE (changes already in the outbox stay)."""
+    with _database(dsn) as conn:
+        was_tracked = capture.untrack(conn, table)
+    out.print(f"{'untracked' if was_tracked else 'was not tracked:'} {table}", highlight=False)
+
+
+@app.command()
+def tracked(dsn: Dsn) -> None:
+    """List the tracked tables and their options."""
+    with _database(dsn) as conn:
+        rows = capture.tracked(conn)
+    table = Table("table", "events", "update columns", "excluded", "primary key", "partitioned")
+    for row in rows:
+        table.add_row(
+            row.qualified_name,
+            ",".join(row.events),
+            ",".join(row.update_columns or []) or "any",
+            ",".join(row.exclude_columns) or "-",
+            ",".join(row.pk_columns) or "(none)",
+            "yes" if row.partitioned else "no",
+        )
+    out.print(table)
+
+
+def main() -> None:
+    app()

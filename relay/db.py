@@ -1,0 +1,24 @@
+"""Opening connections, and turning connection failures into one line a person can act on."""
+
+from __future__ import annotations
+
+import psycopg
+
+from relay import __version__
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or refused us: a configuration problem, not a bug."""
+
+
+def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+    try:
+        return psycopg.connect(
+            dsn,
+            autocommit=autocommit,
+            application_name=f"relay/{__version__}",
+            connect_timeout=10,
+        )
+    except psycopg.OperationalError as exc:
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise DatabaseUnavailable(f"cannot connect to the database: {reason}") from exc

@@ -1,0 +1,72 @@
+"""The SQL files relay ships, and the named queries Python runs.
+
+Every statement the Python code sends lives in ``sql/``: migrations as numbered files, and the
+queries in ``sql/queries.sql``, each under a ``-- name: <name>`` line, loaded once by name. An
+installed wheel carries the folder as ``relay/sql``; a source checkout reads the top-level one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+_MIGRATION_FILE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+_QUERY_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@cache
+def sql_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "install.sql").is_file():
+            return candidate
+    raise FileNotFoundError(f"relay's sql/ folder is missing (looked beside {here})")
+
+
+def read(name: str) -> str:
+    return (sql_dir() / name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    found = []
+    for path in sorted((sql_dir() / "migrations").iterdir()):
+        match = _MIGRATION_FILE.match(path.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], path))
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return tuple(found)
+
+
+@cache
+def queries() -> dict[str, str]:
+    text = read("queries.sql")
+    parts = _QUERY_NAME.split(text)
+    named: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in named:
+            raise RuntimeError(f"query {name!r} is defined twice in queries.sql")
+        named[name] = body.strip().rstrip(";")
+    return named
+
+
+def query(name: str) -> str:
+    try:
+        return queries()[name]
+    except KeyError:
+        raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
