@@ -10,12 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
 from psycopg.rows import class_row
 
+from relay.db import Conn
 from relay.sqlfiles import query
-
-EVENTS = ("insert", "update", "delete", "truncate")
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class TrackedTable:
 
 
 def track(
-    conn: psycopg.Connection[tuple[object, ...]],
+    conn: Conn,
     table: str,
     *,
     events: Sequence[str] | None = None,
@@ -54,12 +52,12 @@ def track(
     )
 
 
-def untrack(conn: psycopg.Connection[tuple[object, ...]], table: str) -> bool:
+def untrack(conn: Conn, table: str) -> bool:
     """Detach capture; False when the table was not tracked."""
     row = conn.execute(query("untrack"), {"table": table}).fetchone()
     return bool(row and row[0])
 
 
-def tracked(conn: psycopg.Connection[tuple[object, ...]]) -> list[TrackedTable]:
+def tracked(conn: Conn) -> list[TrackedTable]:
     with conn.cursor(row_factory=class_row(TrackedTable)) as cur:
         return cur.execute(query("list_tracked")).fetchall()

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from relay import __version__, capture, schema
-from relay.db import DatabaseUnavailable, connect
+from relay.db import Conn, DatabaseUnavailable, connect
 
 app = typer.Typer(
     help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",
@@ -40,7 +40,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 @contextmanager
-def _database(dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def _database(dsn: str) -> Iterator[Conn]:
     """A connection whose failures end the command with one clear line.
 
     Exit code 2 means the database could not be used at all (configuration); 1 means it
@@ -155,6 +155,8 @@ def tracked(dsn: Dsn) -> None:
     with _database(dsn) as conn:
         rows = capture.tracked(conn)
     table = Table("table", "events", "update columns", "excluded", "primary key", "partitioned")
+    for column in table.columns:
+        column.overflow = "fold"  # never cut a name short, however narrow the terminal
     for row in rows:
         table.add_row(
             row.qualified_name,
@@ -165,6 +167,28 @@ def tracked(dsn: Dsn) -> None:
             "yes" if row.partitioned else "no",
         )
     out.print(table)
+
+
+@app.command()
+def demo(
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--dsn",
+            envvar="RELAY_DSN",
+            help="Server to make the scratch database on (default: 127.0.0.1:5432, or a "
+            "throwaway cluster).",
+        ),
+    ] = None,
+) -> None:
+    """Show relay at work on a scratch database that is dropped afterwards."""
+    from relay import demo as demo_module
+    from relay.tempcluster import NoPostgres
+
+    try:
+        demo_module.run(out, dsn)
+    except NoPostgres as exc:
+        _fail(str(exc), 2)
 
 
 def main() -> None:

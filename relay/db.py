@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
 import psycopg
 
 from relay import __version__
+
+Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+"""A synchronous connection with plain tuple rows (used by the CLI and admin commands)."""
 
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached or refused us: a configuration problem, not a bug."""
 
 
-def connect(dsn: str, *, autocommit: bool = True) -> psycopg.Connection[tuple[object, ...]]:
+def connect(dsn: str, *, autocommit: bool = True) -> Conn:
     try:
         return psycopg.connect(
             dsn,

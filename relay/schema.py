@@ -6,9 +6,10 @@ each in ``relay.migrations``, so either can upgrade what the other installed.
 
 from __future__ import annotations
 
-import psycopg
+from typing import Any
 
 from relay import sqlfiles
+from relay.db import Conn
 from relay.sqlfiles import Migration, query
 
 
@@ -16,7 +17,7 @@ def latest_version() -> int:
     return sqlfiles.migrations()[-1].version
 
 
-def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+def installed_version(conn: Conn) -> int:
     """The highest migration applied, or 0 when relay is not installed."""
     (exists,) = _one(conn, query("migrations_table_exists"))
     if not exists:
@@ -25,7 +26,7 @@ def installed_version(conn: psycopg.Connection[tuple[object, ...]]) -> int:
     return int(max(versions, default=0))
 
 
-def install(conn: psycopg.Connection[tuple[object, ...]]) -> list[Migration]:
+def install(conn: Conn) -> list[Migration]:
     """Apply, in one transaction, every migration the database does not have yet."""
     with conn.transaction():
         conn.execute(query("install_lock"))
@@ -37,12 +38,12 @@ def install(conn: psycopg.Connection[tuple[object, ...]]) -> list[Migration]:
     return pending
 
 
-def uninstall(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+def uninstall(conn: Conn) -> None:
     """Drop every capture trigger relay added, then schema relay and all it holds."""
     conn.execute(sqlfiles.read("uninstall.sql").encode())
 
 
-def _one(conn: psycopg.Connection[tuple[object, ...]], sql: str) -> tuple[object, ...]:
+def _one(conn: Conn, sql: str) -> tuple[Any, ...]:
     row = conn.execute(sql).fetchone()
     assert row is not None, "query returned no row"
     return row

@@ -14,10 +14,15 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -71,12 +76,28 @@ class TempCluster:
         self.port = _free_port()
         data = self.root / "data"
         self._run(
-            "initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-            "--no-sync", "--no-instructions",
+            "initdb",
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+            "--no-instructions",
         )
         self._run(
-            "pg_ctl", "-D", str(data), "-l", str(self.root / "server.log"), "-w", "-t", "60",
-            "-o", f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off",
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off",
             "start",
         )
         return self
@@ -111,8 +132,10 @@ def _unprivileged_user() -> pwd.struct_passwd:
             return pwd.getpwnam(name)
         except KeyError:
             continue
-    raise NoPostgres("running as root and found neither a 'postgres' nor a 'nobody' user to run "
-                     "a throwaway PostgreSQL as; set RELAY_TEST_DSN instead")
+    raise NoPostgres(
+        "running as root and found neither a 'postgres' nor a 'nobody' user to run "
+        "a throwaway PostgreSQL as; set RELAY_TEST_DSN instead"
+    )
 
 
 def _free_port() -> int:
@@ -130,3 +153,36 @@ def start_temp_cluster() -> TempCluster:
             "to start one: install them (apt-get install postgresql) or set RELAY_TEST_DSN"
         )
     return TempCluster(bin_dir).start()
+
+
+@contextmanager
+def postgres_server(explicit_dsn: str | None = None) -> Iterator[str]:
+    """A DSN for a server we may create databases on, for as long as the block runs."""
+    if explicit_dsn:
+        if not reachable(explicit_dsn):
+            raise NoPostgres(f"cannot connect to {explicit_dsn}")
+        yield explicit_dsn
+        return
+    if reachable(LOCAL_DSN):
+        yield LOCAL_DSN
+        return
+    cluster = start_temp_cluster()
+    try:
+        yield cluster.dsn
+    finally:
+        cluster.stop()
+
+
+@contextmanager
+def scratch_database(server_dsn: str, prefix: str) -> Iterator[str]:
+    """A new database on the server, dropped (whoever is still connected) when the block ends."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(server_dsn, dbname=name)
+    finally:
+        with psycopg.connect(server_dsn, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )

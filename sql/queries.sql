@@ -26,3 +26,7 @@ SELECT schema_name, table_name, partitioned, events, update_columns, exclude_col
        pk_columns, tracked_at
 FROM relay.tracked
 ORDER BY schema_name, table_name;
+
+-- name: demo_outbox_after
+SELECT id, op, schema_name, table_name, pk::text, old::text, new::text, username, request_id
+FROM relay.outbox WHERE id > %(after)s ORDER BY id;

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from relay import schema
-from relay.tempcluster import LOCAL_DSN, NoPostgres, TempCluster, reachable, start_temp_cluster
+from relay.tempcluster import NoPostgres, postgres_server, scratch_database
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -25,39 +24,22 @@ Conn = psycopg.Connection[tuple[object, ...]]
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A DSN with the right to create databases and roles."""
-    explicit = os.environ.get("RELAY_TEST_DSN")
-    if explicit:
-        if not reachable(explicit):
-            pytest.exit(f"RELAY_TEST_DSN is set but cannot be connected to: {explicit}", 3)
-        yield explicit
-        return
-    if reachable(LOCAL_DSN):
-        yield LOCAL_DSN
-        return
-    cluster: TempCluster | None = None
     try:
-        cluster = start_temp_cluster()
+        server = postgres_server(os.environ.get("RELAY_TEST_DSN"))
+        dsn = server.__enter__()
     except NoPostgres as exc:
         pytest.exit(f"no PostgreSQL for the tests: {exc}", 3)
     try:
-        yield cluster.dsn
+        yield dsn
     finally:
-        cluster.stop()
+        server.__exit__(None, None, None)
 
 
 @pytest.fixture
 def db_dsn(server_dsn: str) -> Iterator[str]:
     """A new, empty database of its own for one test."""
-    name = f"relay_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield make_conninfo(server_dsn, dbname=name)
-    finally:
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    with scratch_database(server_dsn, "relay_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -94,10 +76,11 @@ def make_role(server_dsn: str, db_dsn: str) -> Iterator[object]:
         return name
 
     yield make
-    with psycopg.connect(db_dsn, autocommit=True) as test_db:
-        for name in created:
-            test_db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+    # The roles own objects in the test's database: drop it first (db_dsn tolerates that).
+    dbname = psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"]
     with psycopg.connect(server_dsn, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(dbname)))
+        )
         for name in created:
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
-

@@ -105,7 +105,8 @@ def test_tracking_again_replaces_the_options(rconn):
     tracked = rconn.execute("SELECT events, exclude_columns FROM relay.tracked").fetchall()
     assert tracked == [(["update"], [])]
     triggers = rconn.execute(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0]
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass"
+    ).fetchone()[0]
     assert triggers == 1
 
 
@@ -118,8 +119,10 @@ def test_untrack_stops_capture_and_keeps_recorded_changes(rconn):
     assert [r["new"] for r in outbox(rconn)] == [{"id": 1}]
     assert rconn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
     assert rconn.execute("SELECT relay.untrack('t')").fetchone()[0] is False
-    assert rconn.execute(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0] == 0
+    assert (
+        rconn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0]
+        == 0
+    )
 
 
 def test_tracked_view_lists_tables_and_options(rconn):
@@ -129,7 +132,8 @@ def test_tracked_view_lists_tables_and_options(rconn):
     rconn.execute("SELECT relay.track('b')")
     rows = rconn.execute(
         "SELECT schema_name, table_name, events, update_columns, exclude_columns, pk_columns,"
-        " partitioned FROM relay.tracked ORDER BY table_name").fetchall()
+        " partitioned FROM relay.tracked ORDER BY table_name"
+    ).fetchall()
     assert rows == [
         ("public", "a", ["update"], ["x"], ["y"], ["y", "x"], False),
         ("public", "b", ["delete", "insert", "truncate", "update"], None, [], [], False),
@@ -270,7 +274,8 @@ def test_rows_without_primary_key_pair_old_and_new_correctly(rconn):
 
 def test_composite_primary_key(rconn):
     rconn.execute(
-        "CREATE TABLE line (order_id int, line_no int, sku text, PRIMARY KEY (order_id, line_no))")
+        "CREATE TABLE line (order_id int, line_no int, sku text, PRIMARY KEY (order_id, line_no))"
+    )
     rconn.execute("SELECT relay.track('line')")
     rconn.execute("INSERT INTO line VALUES (7, 1, 'a'), (7, 2, 'b')")
     rconn.execute("UPDATE line SET sku = 'c' WHERE line_no = 2")
@@ -287,10 +292,12 @@ def test_quoted_mixed_case_names(rconn):
     rconn.execute('CREATE SCHEMA "Sales Dept"')
     rconn.execute(
         'CREATE TABLE "Sales Dept"."Order Items" ("Item ID" int PRIMARY KEY, "Unit Price" int,'
-        ' "select" text)')
+        ' "select" text)'
+    )
     rconn.execute(
         """SELECT relay.track('"Sales Dept"."Order Items"', update_columns => ARRAY['Unit Price'],
-           exclude_columns => ARRAY['select'])""")
+           exclude_columns => ARRAY['select'])"""
+    )
     rconn.execute('INSERT INTO "Sales Dept"."Order Items" VALUES (1, 10, \'x\')')
     rconn.execute('UPDATE "Sales Dept"."Order Items" SET "select" = \'y\'')
     rconn.execute('UPDATE "Sales Dept"."Order Items" SET "Unit Price" = 11')
@@ -306,7 +313,8 @@ def test_quoted_mixed_case_names(rconn):
 def test_partitioned_table_captures_every_partition_including_later_ones(rconn):
     rconn.execute(
         "CREATE TABLE events (id int, day int, v text, PRIMARY KEY (id, day))"
-        " PARTITION BY RANGE (day)")
+        " PARTITION BY RANGE (day)"
+    )
     rconn.execute("CREATE TABLE events_1 PARTITION OF events FOR VALUES FROM (0) TO (10)")
     rconn.execute("SELECT relay.track('events')")
     rconn.execute("CREATE TABLE events_2 PARTITION OF events FOR VALUES FROM (10) TO (20)")
@@ -359,7 +367,8 @@ def test_generated_columns_and_common_types(rconn):
         """INSERT INTO kinds (doc, tags, grid, amount, raw, at, feeling, qty, big, flag, ratio)
            VALUES ('{"a": [1, {"b": null}]}', ARRAY['x', 'y "z"'], '{{1,2},{3,4}}', 12.5,
                    '\\xdeadbeef', '2026-01-02 03:04:05+00', 'happy', 3, %s, true, 0.25)""",
-        (big,))
+        (big,),
+    )
     rconn.execute("UPDATE kinds SET qty = 4")
     new = outbox(rconn)[0]["new"]
     assert new["doc"] == {"a": [1, {"b": None}]}
@@ -383,5 +392,6 @@ def test_bulk_statement_after_single_row_ones_is_complete(rconn):
     rconn.execute("UPDATE t SET v = v + 10")
     counts = rconn.execute(
         "SELECT count(*), count(*) FILTER (WHERE (new->>'v')::int = (old->>'v')::int + 10)"
-        " FROM relay.outbox WHERE op = 'update' AND id > 7").fetchone()
+        " FROM relay.outbox WHERE op = 'update' AND id > 7"
+    ).fetchone()
     assert counts == (20000, 20000)

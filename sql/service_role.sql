@@ -1,0 +1,17 @@
+-- Least privilege for the relay service: the rights `relay run` needs, and no more.
+--
+-- Run it as the role that installed relay (the owner of schema relay), after creating a login
+-- role for the service:
+--
+--     CREATE ROLE relay_service LOGIN PASSWORD '...';
+--     psql "$DSN" -v ON_ERROR_STOP=1 -v role=relay_service -f sql/service_role.sql
+--
+-- Run it again after every upgrade: later migrations add what later versions need.
+-- The service cannot track or untrack tables, change the schema, or write changes of its own
+-- into the outbox; applications that write tracked tables need none of these grants.
+GRANT USAGE ON SCHEMA relay TO :"role";
+-- Read changes, record their outcome (status, attempts...), and purge finished ones.
+GRANT SELECT, UPDATE (status, attempts, next_attempt_at, last_error, processed_at), DELETE
+    ON relay.outbox TO :"role";
+-- Know what is tracked and which schema version is installed.
+GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations TO :"role";

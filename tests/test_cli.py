@@ -1,0 +1,102 @@
+"""The relay command, run the way a person runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg
+
+
+def relay(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RELAY_DSN"}
+    env["COLUMNS"] = "200"
+    if dsn is not None:
+        env["RELAY_DSN"] = dsn
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+
+
+def test_install_track_untrack_uninstall(db_dsn):
+    first = relay("install", "--dsn", db_dsn)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_capture" in first.stdout
+    again = relay("install", dsn=db_dsn)  # RELAY_DSN works as well as --dsn
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "Orders" (id int PRIMARY KEY, status text, token text)')
+        result = relay(
+            "track",
+            '"Orders"',
+            "--events",
+            "insert,update",
+            "--update-columns",
+            "status",
+            "--exclude-columns",
+            "token",
+            dsn=db_dsn,
+        )
+        assert result.returncode == 0, result.stderr
+        listing = relay("tracked", dsn=db_dsn)
+        assert listing.returncode == 0 and "public.Orders" in listing.stdout
+        conn.execute("""INSERT INTO "Orders" VALUES (1, 'new', 'secret-token')""")
+        conn.execute("""UPDATE "Orders" SET token = 't2'""")
+        conn.execute("""UPDATE "Orders" SET status = 'paid'""")
+        conn.execute("""DELETE FROM "Orders" """)
+        rows = conn.execute("SELECT op, new FROM relay.outbox ORDER BY id").fetchall()
+        assert rows == [
+            ("insert", {"id": 1, "status": "new"}),
+            ("update", {"id": 1, "status": "paid"}),
+        ]
+
+        assert relay("untrack", '"Orders"', dsn=db_dsn).returncode == 0
+        assert conn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
+
+    refused = relay("uninstall", dsn=db_dsn)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert relay("uninstall", "--yes", dsn=db_dsn).returncode == 0
+    with psycopg.connect(db_dsn) as conn:
+        assert conn.execute("SELECT to_regnamespace('relay')").fetchone()[0] is None
+
+
+def test_errors_are_one_clear_line(db_dsn):
+    assert relay("install", dsn=db_dsn).returncode == 0
+    missing = relay("track", "public.nope", dsn=db_dsn)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == 'error: relation "public.nope" does not exist'
+
+    bad_event = relay("track", "public.nope", "--events", "upsert", dsn=db_dsn)
+    assert bad_event.returncode == 1
+
+    unreachable = relay("install", dsn="postgresql://postgres@127.0.0.1:1/none")
+    assert unreachable.returncode == 2
+    assert unreachable.stderr.startswith("error: cannot connect to the database")
+    assert len(unreachable.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in unreachable.stderr
+
+    no_dsn = relay("install")
+    assert no_dsn.returncode == 2 and "--dsn" in no_dsn.stderr
+
+
+def test_demo_shows_changes_landing_and_cleans_up(server_dsn):
+    def demo_databases() -> set[str]:
+        with psycopg.connect(server_dsn) as conn:
+            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'relay_demo_%'")
+            return {r[0] for r in rows}
+
+    before = demo_databases()
+    result = relay("demo", "--dsn", server_dsn)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout
+    assert "#1 insert public.orders" in lines and "username=alice" in lines
+    assert '"status": "paid"' in lines and "delete public.orders" in lines
+    assert "tok_1" not in lines.split("relay.outbox gained", 1)[1]  # excluded column
+    assert demo_databases() == before

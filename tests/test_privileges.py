@@ -1,0 +1,113 @@
+"""Who may do what: relay installs without superuser, and applications need no rights on it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import psycopg
+import pytest
+from helpers import outbox
+from psycopg.conninfo import make_conninfo
+
+from relay import capture, schema
+
+SQL = Path(__file__).resolve().parent.parent / "sql"
+
+
+@pytest.fixture
+def roles(db_dsn, make_role, conn):
+    """An installer with only CREATE on the database; an application that owns its table."""
+    installer, app = make_role("installer"), make_role("app")
+    dbname = conn.info.dbname
+    conn.execute(f'GRANT CREATE ON DATABASE "{dbname}" TO {installer}')
+    conn.execute(f"GRANT CREATE ON SCHEMA public TO {app}")
+    with psycopg.connect(make_conninfo(db_dsn, user=app), autocommit=True) as a:
+        a.execute("CREATE TABLE public.orders (id int PRIMARY KEY, total int)")
+        a.execute(f"GRANT TRIGGER ON public.orders TO {installer}")
+    return {
+        "installer": make_conninfo(db_dsn, user=installer),
+        "app": make_conninfo(db_dsn, user=app),
+        "app_name": app,
+    }
+
+
+def test_installer_needs_no_superuser_and_app_needs_no_rights(roles):
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        assert not inst.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()[0]
+        schema.install(inst)
+        capture.track(inst, "public.orders")
+
+    with psycopg.connect(roles["app"], autocommit=True) as app:
+        app.execute("INSERT INTO orders VALUES (1, 10)")
+        app.execute("UPDATE orders SET total = 20")
+        forbidden = [
+            "SELECT * FROM relay.outbox",
+            "INSERT INTO relay.outbox (schema_name, table_name, op, txid)"
+            " VALUES ('public', 'orders', 'insert', pg_current_xact_id())",
+            "UPDATE relay.outbox SET status = 'delivered'",
+            "SELECT * FROM relay.tracked",
+            "SELECT relay.untrack('public.orders')",
+            "SELECT relay.track('public.orders', ARRAY['insert'])",
+        ]
+        for statement in forbidden:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
+
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        rows = outbox(inst)
+    assert [(r["op"], r["username"]) for r in rows] == [
+        ("insert", roles["app_name"]),
+        ("update", roles["app_name"]),
+    ]
+
+
+def test_service_role_grants(roles, make_role, db_dsn):
+    service = make_role("svc")
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        schema.install(inst)
+        capture.track(inst, "public.orders")
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql is not installed")
+    result = subprocess.run(
+        [
+            psql,
+            roles["installer"],
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            f"role={service}",
+            "-f",
+            str(SQL / "service_role.sql"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(roles["app"], autocommit=True) as app:
+        app.execute("INSERT INTO orders VALUES (1, 10), (2, 20)")
+
+    with psycopg.connect(make_conninfo(db_dsn, user=service), autocommit=True) as svc:
+        assert svc.execute("SELECT count(*) FROM relay.outbox").fetchone()[0] == 2
+        svc.execute(
+            "UPDATE relay.outbox SET status = 'delivered', processed_at = now()"
+            " WHERE new->>'id' = '1'"
+        )
+        svc.execute("DELETE FROM relay.outbox WHERE status = 'delivered'")
+        assert svc.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 1
+        for statement in [
+            "INSERT INTO relay.outbox (schema_name, table_name, op, txid)"
+            " VALUES ('public', 'orders', 'insert', pg_current_xact_id())",
+            "UPDATE relay.outbox SET new = '{}'",
+            "SELECT relay.untrack('public.orders')",
+            "SELECT * FROM public.orders",
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                svc.execute(statement)
