@@ -53,16 +53,20 @@ def migrations() -> tuple[Migration, ...]:
     return tuple(found)
 
 
-@cache
-def queries() -> dict[str, str]:
-    text = read("queries.sql")
+def parse_named(text: str) -> dict[str, str]:
+    """Split a file of ``-- name: <name>`` sections into {name: statement}."""
     parts = _QUERY_NAME.split(text)
     named: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in named:
-            raise RuntimeError(f"query {name!r} is defined twice in queries.sql")
+            raise RuntimeError(f"query {name!r} is defined twice")
         named[name] = body.strip().rstrip(";")
     return named
+
+
+@cache
+def queries() -> dict[str, str]:
+    return parse_named(read("queries.sql"))
 
 
 def query(name: str) -> str:

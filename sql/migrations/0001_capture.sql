@@ -11,28 +11,29 @@
 -- * The capture functions are SECURITY DEFINER, owned by whoever installed relay: roles that
 --   write tracked tables need no rights at all on schema relay.
 
+-- Enums rather than CHECK constraints: PostgreSQL re-plans a table's CHECK expressions for every
+-- INSERT statement, which the trigger pays on each captured statement; an enum checks for free.
+CREATE TYPE relay.change_op AS ENUM ('insert', 'update', 'delete', 'truncate');
+CREATE TYPE relay.change_status AS ENUM ('pending', 'delivered', 'failed', 'skipped');
+
 CREATE TABLE relay.outbox (
     -- The only index: it makes every change addressable (retries, joins, purges) by one key.
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    schema_name     text        NOT NULL,
-    table_name      text        NOT NULL,
-    op              text        NOT NULL,
+    schema_name     text                NOT NULL,
+    table_name      text                NOT NULL,
+    op              relay.change_op     NOT NULL,
     old             jsonb,
     new             jsonb,
     pk              jsonb,
     username        text,
     request_id      text,
-    txid            xid8        NOT NULL,
-    created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
-    status          text        NOT NULL DEFAULT 'pending',
-    attempts        integer     NOT NULL DEFAULT 0,
+    txid            xid8                NOT NULL,
+    created_at      timestamptz         NOT NULL DEFAULT clock_timestamp(),
+    status          relay.change_status NOT NULL DEFAULT 'pending',
+    attempts        integer             NOT NULL DEFAULT 0,
     next_attempt_at timestamptz,
     last_error      text,
-    processed_at    timestamptz,
-    CONSTRAINT outbox_op_check
-        CHECK (op IN ('insert', 'update', 'delete', 'truncate')),
-    CONSTRAINT outbox_status_check
-        CHECK (status IN ('pending', 'delivered', 'failed', 'skipped'))
+    processed_at    timestamptz
 );
 
 COMMENT ON TABLE relay.outbox IS
@@ -63,16 +64,43 @@ FROM relay.tracked_tables t
 JOIN pg_catalog.pg_class c ON c.oid = t.tbl
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
 
+-- Who made a change and in which transaction: `SET LOCAL relay.username / relay.request_id`
+-- when the application gives them; otherwise the session's login role, and an id derived from
+-- the transaction id (the same for every change of a transaction, different across transactions
+-- and across server restarts). Computed once per statement, not per row.
+CREATE TYPE relay.change_context AS (username text, request_id text, txid xid8, at timestamptz);
+
+-- No SET clause on these SQL helpers: it would stop PostgreSQL from inlining them into the
+-- capture functions (which set a safe search_path themselves), and they only call pg_catalog.
+CREATE FUNCTION relay.change_context() RETURNS relay.change_context
+LANGUAGE sql VOLATILE AS $$
+    SELECT ROW(
+        coalesce(nullif(current_setting('relay.username', true), ''), session_user::text),
+        coalesce(nullif(current_setting('relay.request_id', true), ''),
+                 md5(pg_current_xact_id()::text || pg_postmaster_start_time()::text)::uuid::text),
+        pg_current_xact_id(),
+        clock_timestamp())::relay.change_context
+$$;
+
+-- The primary-key columns of a row, for tables whose key has several columns (a single-column
+-- key is built inline by the capture functions, which is cheaper).
+CREATE FUNCTION relay.pick(row_data jsonb, keys text[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT jsonb_object_agg(k, row_data -> k) FROM unnest(keys) k
+$$;
+
+-- Whether any of the named columns differs between two row images (update_columns).
+CREATE FUNCTION relay.any_changed(old_row jsonb, new_row jsonb, keys text[]) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT EXISTS (SELECT FROM unnest(keys) k WHERE old_row -> k IS DISTINCT FROM new_row -> k)
+$$;
+
 -- Trigger arguments, shared by every capture function:
 --   TG_ARGV[0] primary-key columns (text[] literal, '{}' when the table has no primary key)
 --   TG_ARGV[1] excluded columns (text[] literal, '{}' for none)
 --   TG_ARGV[2] update columns (text[] literal, '' for "any column")
 --   TG_ARGV[3], TG_ARGV[4] schema and table name (row-level capture on partitioned tables only,
 --   where TG_TABLE_NAME would name the partition rather than the tracked parent)
---
--- username and request_id come from `SET LOCAL relay.username / relay.request_id`; otherwise the
--- session's login role, and an id derived from the transaction id (the same for every change of
--- a transaction, different across transactions and across server restarts).
 --
 -- Listeners are woken by one NOTIFY per transaction: a transaction-local setting remembers that
 -- it was sent. NOTIFY is only delivered at commit, so one is all a listener can use.
@@ -82,6 +110,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pk_cols  text[] := TG_ARGV[0];
     excluded text[] := TG_ARGV[1];
+    ctx      relay.change_context := relay.change_context();
 BEGIN
     INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, txid,
                               created_at)
@@ -89,12 +118,9 @@ BEGIN
            CASE cardinality(pk_cols)
                WHEN 0 THEN NULL
                WHEN 1 THEN jsonb_build_object(pk_cols[1], c.n -> pk_cols[1])
-               ELSE (SELECT jsonb_object_agg(k, c.n -> k) FROM unnest(pk_cols) k)
+               ELSE relay.pick(c.n, pk_cols)
            END,
-           coalesce(nullif(current_setting('relay.username', true), ''), session_user::text),
-           coalesce(nullif(current_setting('relay.request_id', true), ''),
-                    md5(pg_current_xact_id()::text || pg_postmaster_start_time()::text)::uuid::text),
-           pg_current_xact_id(), clock_timestamp()
+           ctx.username, ctx.request_id, ctx.txid, ctx.at
     FROM (SELECT to_jsonb(r) - excluded AS n FROM relay_new r) c;
     IF FOUND AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
@@ -105,39 +131,55 @@ $$;
 
 -- Old and new rows are paired by position: PostgreSQL appends each updated row's old and new
 -- versions to the two transition tables together. Rows whose stored image did not change are
--- dropped before any JSON is built (record image equality is cheap; jsonb comparison is not).
--- Joins are pinned to hash joins: the plan is cached for the session, and a nested loop chosen
--- for a one-row statement would be quadratic on the next million-row one.
+-- dropped by record image equality (cheap; comparing the jsonb images is not).
+-- Most statements touch one row, and starting a join plan costs more than the capture itself,
+-- so one-row statements take a plain two-table product; only bigger ones pair by position.
+-- That join is pinned to a hash join (the plan is cached for the session, and a nested loop
+-- planned for a small statement would be quadratic on the next million-row one), with work_mem
+-- raised for this function only so that big statements pair in memory rather than on disk.
 CREATE FUNCTION relay.capture_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_nestloop = off SET enable_mergejoin = off
-SET jit = off AS $$
+SET jit = off SET work_mem = '64MB' AS $$
 DECLARE
     pk_cols  text[] := TG_ARGV[0];
     excluded text[] := TG_ARGV[1];
     watched  text[] := nullif(TG_ARGV[2], '');
+    ctx      relay.change_context := relay.change_context();
 BEGIN
-    INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, request_id,
-                              txid, created_at)
-    SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update', c.o, c.n,
-           CASE cardinality(pk_cols)
-               WHEN 0 THEN NULL
-               WHEN 1 THEN jsonb_build_object(pk_cols[1], c.n -> pk_cols[1])
-               ELSE (SELECT jsonb_object_agg(k, c.n -> k) FROM unnest(pk_cols) k)
-           END,
-           coalesce(nullif(current_setting('relay.username', true), ''), session_user::text),
-           coalesce(nullif(current_setting('relay.request_id', true), ''),
-                    md5(pg_current_xact_id()::text || pg_postmaster_start_time()::text)::uuid::text),
-           pg_current_xact_id(), clock_timestamp()
-    FROM (
-        SELECT to_jsonb(o.r) - excluded AS o, to_jsonb(n.r) - excluded AS n
-        FROM (SELECT row_number() OVER () AS i, r FROM relay_old r) o
-        JOIN (SELECT row_number() OVER () AS i, r FROM relay_new r) n USING (i)
+    IF NOT EXISTS (SELECT FROM relay_new OFFSET 1) THEN
+        INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username,
+                                  request_id, txid, created_at)
+        SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update', c.o, c.n,
+               CASE cardinality(pk_cols)
+                   WHEN 0 THEN NULL
+                   WHEN 1 THEN jsonb_build_object(pk_cols[1], c.n -> pk_cols[1])
+                   ELSE relay.pick(c.n, pk_cols)
+               END,
+               ctx.username, ctx.request_id, ctx.txid, ctx.at
+        FROM (SELECT to_jsonb(o) - excluded AS o, to_jsonb(n) - excluded AS n
+              FROM relay_old o, relay_new n
+              WHERE NOT o OPERATOR(pg_catalog.*=) n) c
+        WHERE (cardinality(excluded) = 0 OR c.o <> c.n)
+          AND (watched IS NULL OR relay.any_changed(c.o, c.n, watched));
+    ELSE
+        INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username,
+                                  request_id, txid, created_at)
+        SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update', o.j, n.j,
+               CASE cardinality(pk_cols)
+                   WHEN 0 THEN NULL
+                   WHEN 1 THEN jsonb_build_object(pk_cols[1], n.j -> pk_cols[1])
+                   ELSE relay.pick(n.j, pk_cols)
+               END,
+               ctx.username, ctx.request_id, ctx.txid, ctx.at
+        FROM (SELECT row_number() OVER () AS i, r, to_jsonb(r) - excluded AS j
+              FROM relay_old r) o
+        JOIN (SELECT row_number() OVER () AS i, r, to_jsonb(r) - excluded AS j
+              FROM relay_new r) n USING (i)
         WHERE NOT o.r OPERATOR(pg_catalog.*=) n.r
-    ) c
-    WHERE (cardinality(excluded) = 0 OR c.o <> c.n)
-      AND (watched IS NULL
-           OR EXISTS (SELECT FROM unnest(watched) w WHERE c.o -> w IS DISTINCT FROM c.n -> w));
+          AND (cardinality(excluded) = 0 OR o.j <> n.j)
+          AND (watched IS NULL OR relay.any_changed(o.j, n.j, watched));
+    END IF;
     IF FOUND AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
     END IF;
@@ -150,6 +192,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pk_cols  text[] := TG_ARGV[0];
     excluded text[] := TG_ARGV[1];
+    ctx      relay.change_context := relay.change_context();
 BEGIN
     INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, txid,
                               created_at)
@@ -157,12 +200,9 @@ BEGIN
            CASE cardinality(pk_cols)
                WHEN 0 THEN NULL
                WHEN 1 THEN jsonb_build_object(pk_cols[1], c.o -> pk_cols[1])
-               ELSE (SELECT jsonb_object_agg(k, c.o -> k) FROM unnest(pk_cols) k)
+               ELSE relay.pick(c.o, pk_cols)
            END,
-           coalesce(nullif(current_setting('relay.username', true), ''), session_user::text),
-           coalesce(nullif(current_setting('relay.request_id', true), ''),
-                    md5(pg_current_xact_id()::text || pg_postmaster_start_time()::text)::uuid::text),
-           pg_current_xact_id(), clock_timestamp()
+           ctx.username, ctx.request_id, ctx.txid, ctx.at
     FROM (SELECT to_jsonb(r) - excluded AS o FROM relay_old r) c;
     IF FOUND AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
@@ -174,13 +214,12 @@ $$;
 -- TRUNCATE of a partitioned table fires its own statement trigger, so TG_TABLE_NAME is right.
 CREATE FUNCTION relay.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ctx relay.change_context := relay.change_context();
 BEGIN
     INSERT INTO relay.outbox (schema_name, table_name, op, username, request_id, txid, created_at)
     VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, 'truncate',
-            coalesce(nullif(current_setting('relay.username', true), ''), session_user::text),
-            coalesce(nullif(current_setting('relay.request_id', true), ''),
-                     md5(pg_current_xact_id()::text || pg_postmaster_start_time()::text)::uuid::text),
-            pg_current_xact_id(), clock_timestamp());
+            ctx.username, ctx.request_id, ctx.txid, ctx.at);
     IF current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
     END IF;
@@ -199,7 +238,7 @@ DECLARE
     watched  text[] := nullif(TG_ARGV[2], '');
     o        jsonb;
     n        jsonb;
-    key      jsonb;
+    ctx      relay.change_context;
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         IF OLD OPERATOR(pg_catalog.*=) NEW THEN
@@ -208,9 +247,7 @@ BEGIN
         o := to_jsonb(OLD) - excluded;
         n := to_jsonb(NEW) - excluded;
         IF (cardinality(excluded) > 0 AND o = n)
-           OR (watched IS NOT NULL
-               AND NOT EXISTS (SELECT FROM unnest(watched) w WHERE o -> w IS DISTINCT FROM n -> w))
-        THEN
+           OR (watched IS NOT NULL AND NOT relay.any_changed(o, n, watched)) THEN
             RETURN NULL;
         END IF;
     ELSIF TG_OP = 'INSERT' THEN
@@ -218,16 +255,16 @@ BEGIN
     ELSE
         o := to_jsonb(OLD) - excluded;
     END IF;
-    IF cardinality(pk_cols) > 0 THEN
-        SELECT jsonb_object_agg(k, coalesce(n, o) -> k) INTO key FROM unnest(pk_cols) k;
-    END IF;
+    ctx := relay.change_context();
     INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, request_id,
                               txid, created_at)
-    VALUES (TG_ARGV[3], TG_ARGV[4], lower(TG_OP), o, n, key,
-            coalesce(nullif(current_setting('relay.username', true), ''), session_user::text),
-            coalesce(nullif(current_setting('relay.request_id', true), ''),
-                     md5(pg_current_xact_id()::text || pg_postmaster_start_time()::text)::uuid::text),
-            pg_current_xact_id(), clock_timestamp());
+    VALUES (TG_ARGV[3], TG_ARGV[4], lower(TG_OP)::relay.change_op, o, n,
+            CASE cardinality(pk_cols)
+                WHEN 0 THEN NULL
+                WHEN 1 THEN jsonb_build_object(pk_cols[1], coalesce(n, o) -> pk_cols[1])
+                ELSE relay.pick(coalesce(n, o), pk_cols)
+            END,
+            ctx.username, ctx.request_id, ctx.txid, ctx.at);
     IF current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
     END IF;
