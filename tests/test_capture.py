@@ -395,3 +395,30 @@ def test_bulk_statement_after_single_row_ones_is_complete(rconn):
         " FROM relay.outbox WHERE op = 'update' AND id > 7"
     ).fetchone()
     assert counts == (20000, 20000)
+
+
+def test_column_names_cannot_confuse_capture(rconn):
+    """Columns named like the capture code's own aliases and variables change nothing."""
+    names = ["a", "b", "c", "i", "j", "k", "n", "o", "r", "t", "ctx", "excluded", "pk_cols",
+             "watched", "row_data", "relay_old", "relay_new"]
+    columns = ", ".join(f"{name} int" for name in names)
+    rconn.execute(f"CREATE TABLE odd (id int PRIMARY KEY, {columns})")
+    rconn.execute("CREATE TABLE odd_nopk (x int, n int, r int)")
+    rconn.execute("SELECT relay.track('odd', exclude_columns => ARRAY['excluded'])")
+    rconn.execute("SELECT relay.track('odd_nopk')")
+    values = ", ".join(str(v) for v in range(len(names)))
+    rconn.execute(f"INSERT INTO odd VALUES (1, {values}), (2, {values})")
+    rconn.execute("UPDATE odd SET n = n + 100 WHERE id = 1")  # one-row path
+    rconn.execute("UPDATE odd SET r = r + 100")  # multi-row path
+    rconn.execute("DELETE FROM odd WHERE id = 2")
+    rconn.execute("INSERT INTO odd_nopk VALUES (1, 2, 3), (4, 5, 6)")
+    rconn.execute("UPDATE odd_nopk SET n = n + 1")
+    rows = outbox(rconn, "table_name = 'odd'")
+    assert [r["op"] for r in rows] == ["insert", "insert", "update", "update", "update", "delete"]
+    first = rows[2]
+    assert first["old"]["n"] == names.index("n") and first["new"]["n"] == names.index("n") + 100
+    assert "excluded" not in first["new"] and first["pk"] == {"id": 1}
+    assert {r["pk"]["id"] for r in rows[3:5]} == {1, 2}
+    assert all(r["new"]["r"] == r["old"]["r"] + 100 for r in rows[3:5])
+    nopk = outbox(rconn, "table_name = 'odd_nopk' AND op = 'update'")
+    assert sorted((r["old"]["n"], r["new"]["n"]) for r in nopk) == [(2, 3), (5, 6)]

@@ -102,11 +102,15 @@ $$;
 --   TG_ARGV[3], TG_ARGV[4] schema and table name (row-level capture on partitioned tables only,
 --   where TG_TABLE_NAME would name the partition rather than the tracked parent)
 --
+-- Whole rows are referenced as alias.* and variables win over columns (use_variable), so that a
+-- tracked table's column names can never change what these queries mean.
+--
 -- Listeners are woken by one NOTIFY per transaction: a transaction-local setting remembers that
 -- it was sent. NOTIFY is only delivered at commit, so one is all a listener can use.
 
 CREATE FUNCTION relay.capture_insert() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 DECLARE
     pk_cols  text[] := TG_ARGV[0];
     excluded text[] := TG_ARGV[1];
@@ -121,7 +125,7 @@ BEGIN
                ELSE relay.pick(c.n, pk_cols)
            END,
            ctx.username, ctx.request_id, ctx.txid, ctx.at
-    FROM (SELECT to_jsonb(r) - excluded AS n FROM relay_new r) c;
+    FROM (SELECT to_jsonb(t.*) - excluded AS n FROM relay_new t) c;
     IF FOUND AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
     END IF;
@@ -141,6 +145,7 @@ CREATE FUNCTION relay.capture_update() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp SET enable_nestloop = off SET enable_mergejoin = off
 SET jit = off SET work_mem = '64MB' AS $$
+#variable_conflict use_variable
 DECLARE
     pk_cols  text[] := TG_ARGV[0];
     excluded text[] := TG_ARGV[1];
@@ -157,9 +162,9 @@ BEGIN
                    ELSE relay.pick(c.n, pk_cols)
                END,
                ctx.username, ctx.request_id, ctx.txid, ctx.at
-        FROM (SELECT to_jsonb(o) - excluded AS o, to_jsonb(n) - excluded AS n
-              FROM relay_old o, relay_new n
-              WHERE NOT o OPERATOR(pg_catalog.*=) n) c
+        FROM (SELECT to_jsonb(a.*) - excluded AS o, to_jsonb(b.*) - excluded AS n
+              FROM relay_old a, relay_new b
+              WHERE NOT record_image_eq(a.*, b.*)) c
         WHERE (cardinality(excluded) = 0 OR c.o <> c.n)
           AND (watched IS NULL OR relay.any_changed(c.o, c.n, watched));
     ELSE
@@ -172,10 +177,10 @@ BEGIN
                    ELSE relay.pick(n.j, pk_cols)
                END,
                ctx.username, ctx.request_id, ctx.txid, ctx.at
-        FROM (SELECT row_number() OVER () AS i, r, to_jsonb(r) - excluded AS j
-              FROM relay_old r) o
-        JOIN (SELECT row_number() OVER () AS i, r, to_jsonb(r) - excluded AS j
-              FROM relay_new r) n USING (i)
+        FROM (SELECT row_number() OVER () AS i, ROW(t.*) AS r, to_jsonb(t.*) - excluded AS j
+              FROM relay_old t) o
+        JOIN (SELECT row_number() OVER () AS i, ROW(t.*) AS r, to_jsonb(t.*) - excluded AS j
+              FROM relay_new t) n ON n.i = o.i
         WHERE NOT o.r OPERATOR(pg_catalog.*=) n.r
           AND (cardinality(excluded) = 0 OR o.j <> n.j)
           AND (watched IS NULL OR relay.any_changed(o.j, n.j, watched));
@@ -189,6 +194,7 @@ $$;
 
 CREATE FUNCTION relay.capture_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 DECLARE
     pk_cols  text[] := TG_ARGV[0];
     excluded text[] := TG_ARGV[1];
@@ -203,7 +209,7 @@ BEGIN
                ELSE relay.pick(c.o, pk_cols)
            END,
            ctx.username, ctx.request_id, ctx.txid, ctx.at
-    FROM (SELECT to_jsonb(r) - excluded AS o FROM relay_old r) c;
+    FROM (SELECT to_jsonb(t.*) - excluded AS o FROM relay_old t) c;
     IF FOUND AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
     END IF;
@@ -214,6 +220,7 @@ $$;
 -- TRUNCATE of a partitioned table fires its own statement trigger, so TG_TABLE_NAME is right.
 CREATE FUNCTION relay.capture_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 DECLARE
     ctx relay.change_context := relay.change_context();
 BEGIN
@@ -232,6 +239,7 @@ $$;
 -- partition and an insert into the new one, and is recorded that way.
 CREATE FUNCTION relay.capture_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
 DECLARE
     pk_cols  text[] := TG_ARGV[0];
     excluded text[] := TG_ARGV[1];
