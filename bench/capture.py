@@ -62,7 +62,9 @@ def has_pgq(dsn: str) -> bool:
 def tps_run(pgbench: str, dsn: str, args: argparse.Namespace) -> float:
     result = subprocess.run(
         [pgbench, "-c", str(args.clients), "-j", str(args.threads), "-T", str(args.duration), dsn],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     match = TPS.search(result.stdout)
     if result.returncode != 0 or not match:
@@ -80,7 +82,7 @@ def measure_tps(pgbench: str, dsn: str, args: argparse.Namespace) -> dict[str, l
         print("PgQ is not installed here: skipped (apt-get install postgresql-15-pgq3)")
     results: dict[str, list[float]] = {m: [] for m in modes}
     for round_no in range(args.rounds):
-        order = modes[round_no % len(modes):] + modes[:round_no % len(modes)]
+        order = modes[round_no % len(modes) :] + modes[: round_no % len(modes)]
         for mode in order:
             if mode != "none":
                 run_sql(dsn, f"track_{mode}")
@@ -146,10 +148,13 @@ def main() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             schema.install(conn)
             version = conn.execute("SHOW server_version").fetchone()
-        subprocess.run([pgbench, "-i", "-q", "-s", str(args.scale), dsn], check=True,
-                       capture_output=True)
-        print(f"PostgreSQL {version[0] if version else '?'}, pgbench scale {args.scale}, "
-              f"{args.clients} clients, {args.threads} threads, {os.cpu_count()} CPUs")
+        subprocess.run(
+            [pgbench, "-i", "-q", "-s", str(args.scale), dsn], check=True, capture_output=True
+        )
+        print(
+            f"PostgreSQL {version[0] if version else '?'}, pgbench scale {args.scale}, "
+            f"{args.clients} clients, {args.threads} threads, {os.cpu_count()} CPUs"
+        )
 
         if not args.skip_tps:
             print(f"\npgbench tpcb-like, {args.duration} s per run, {args.rounds} rounds:")
@@ -164,8 +169,10 @@ def main() -> None:
             bulk = measure_bulk(dsn, args.bulk_rounds)
             untracked = statistics.median(bulk["untracked"])
             tracked = statistics.median(bulk["tracked"])
-            print(f"\n  untracked {untracked:.2f} s, tracked {tracked:.2f} s: "
-                  f"ratio {tracked / untracked:.2f}")
+            print(
+                f"\n  untracked {untracked:.2f} s, tracked {tracked:.2f} s: "
+                f"ratio {tracked / untracked:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -399,8 +399,7 @@ def test_bulk_statement_after_single_row_ones_is_complete(rconn):
 
 def test_column_names_cannot_confuse_capture(rconn):
     """Columns named like the capture code's own aliases and variables change nothing."""
-    names = ["a", "b", "c", "i", "j", "k", "n", "o", "r", "t", "ctx", "excluded", "pk_cols",
-             "watched", "row_data", "relay_old", "relay_new"]
+    names = "a b c i j k n o r t ctx excluded pk_cols watched row_data relay_old relay_new".split()  # noqa: SIM905
     columns = ", ".join(f"{name} int" for name in names)
     rconn.execute(f"CREATE TABLE odd (id int PRIMARY KEY, {columns})")
     rconn.execute("CREATE TABLE odd_nopk (x int, n int, r int)")

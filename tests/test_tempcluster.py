@@ -31,3 +31,42 @@ def test_throwaway_cluster_starts_serves_relay_and_goes_away():
     assert not cluster.root.exists()
     if os.geteuid() == 0:
         assert cluster._run_as is not None and cluster._run_as.pw_uid != 0
+
+
+def test_without_server_or_binaries_the_message_says_what_to_install(monkeypatch):
+    import relay.tempcluster as tc
+
+    monkeypatch.setattr(tc, "find_server_binaries", lambda: None)
+    with pytest.raises(tc.NoPostgres, match=r"apt-get install postgresql\) or set RELAY_TEST_DSN"):
+        tc.start_temp_cluster()
+
+
+def test_an_unreachable_explicit_dsn_stops_the_run_with_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = dict(os.environ, RELAY_TEST_DSN="postgresql://postgres@127.0.0.1:1/none")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(tests / "test_capture.py::test_txid_is_the_writing_transaction"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 3
+    assert (
+        "no PostgreSQL for the tests: cannot connect to postgresql://postgres@127.0.0.1:1/none"
+        in result.stdout + result.stderr
+    )
