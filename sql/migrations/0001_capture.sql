@@ -82,11 +82,21 @@ LANGUAGE sql VOLATILE AS $$
         clock_timestamp())::relay.change_context
 $$;
 
--- The primary-key columns of a row, for tables whose key has several columns (a single-column
--- key is built inline by the capture functions, which is cheaper).
+-- The primary-key columns of a row, for tables whose key has several columns.
 CREATE FUNCTION relay.pick(row_data jsonb, keys text[]) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT jsonb_object_agg(k, row_data -> k) FROM unnest(keys) k
+$$;
+
+-- The primary key of a row image: null without key columns. A single expression, declared no
+-- less volatile than what it calls (jsonb_build_object is STABLE), so PostgreSQL inlines it.
+CREATE FUNCTION relay.pk_of(row_data jsonb, keys text[]) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE cardinality(keys)
+               WHEN 0 THEN NULL
+               WHEN 1 THEN jsonb_build_object(keys[1], row_data -> keys[1])
+               ELSE relay.pick(row_data, keys)
+           END
 $$;
 
 -- Whether any of the named columns differs between two row images (update_columns).
@@ -103,7 +113,9 @@ $$;
 --   where TG_TABLE_NAME would name the partition rather than the tracked parent)
 --
 -- Whole rows are referenced as alias.* and variables win over columns (use_variable), so that a
--- tracked table's column names can never change what these queries mean.
+-- tracked table's column names can never change what these queries mean. `OFFSET 0` keeps each
+-- row's jsonb image computed once: without it PostgreSQL would pull the subquery up and
+-- evaluate to_jsonb again wherever the image is used.
 --
 -- Listeners are woken by one NOTIFY per transaction: a transaction-local setting remembers that
 -- it was sent. NOTIFY is only delivered at commit, so one is all a listener can use.
@@ -119,13 +131,9 @@ BEGIN
     INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, txid,
                               created_at)
     SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'insert', c.n,
-           CASE cardinality(pk_cols)
-               WHEN 0 THEN NULL
-               WHEN 1 THEN jsonb_build_object(pk_cols[1], c.n -> pk_cols[1])
-               ELSE relay.pick(c.n, pk_cols)
-           END,
+           relay.pk_of(c.n, pk_cols),
            ctx.username, ctx.request_id, ctx.txid, ctx.at
-    FROM (SELECT to_jsonb(t.*) - excluded AS n FROM relay_new t) c;
+    FROM (SELECT to_jsonb(t.*) - excluded AS n FROM relay_new t OFFSET 0) c;
     IF FOUND AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
     END IF;
@@ -156,26 +164,18 @@ BEGIN
         INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username,
                                   request_id, txid, created_at)
         SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update', c.o, c.n,
-               CASE cardinality(pk_cols)
-                   WHEN 0 THEN NULL
-                   WHEN 1 THEN jsonb_build_object(pk_cols[1], c.n -> pk_cols[1])
-                   ELSE relay.pick(c.n, pk_cols)
-               END,
+               relay.pk_of(c.n, pk_cols),
                ctx.username, ctx.request_id, ctx.txid, ctx.at
         FROM (SELECT to_jsonb(a.*) - excluded AS o, to_jsonb(b.*) - excluded AS n
               FROM relay_old a, relay_new b
-              WHERE NOT record_image_eq(a.*, b.*)) c
+              WHERE NOT record_image_eq(a.*, b.*) OFFSET 0) c
         WHERE (cardinality(excluded) = 0 OR c.o <> c.n)
           AND (watched IS NULL OR relay.any_changed(c.o, c.n, watched));
     ELSE
         INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username,
                                   request_id, txid, created_at)
         SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'update', o.j, n.j,
-               CASE cardinality(pk_cols)
-                   WHEN 0 THEN NULL
-                   WHEN 1 THEN jsonb_build_object(pk_cols[1], n.j -> pk_cols[1])
-                   ELSE relay.pick(n.j, pk_cols)
-               END,
+               relay.pk_of(n.j, pk_cols),
                ctx.username, ctx.request_id, ctx.txid, ctx.at
         FROM (SELECT row_number() OVER () AS i, ROW(t.*) AS r, to_jsonb(t.*) - excluded AS j
               FROM relay_old t) o
@@ -203,13 +203,9 @@ BEGIN
     INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, txid,
                               created_at)
     SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, 'delete', c.o,
-           CASE cardinality(pk_cols)
-               WHEN 0 THEN NULL
-               WHEN 1 THEN jsonb_build_object(pk_cols[1], c.o -> pk_cols[1])
-               ELSE relay.pick(c.o, pk_cols)
-           END,
+           relay.pk_of(c.o, pk_cols),
            ctx.username, ctx.request_id, ctx.txid, ctx.at
-    FROM (SELECT to_jsonb(t.*) - excluded AS o FROM relay_old t) c;
+    FROM (SELECT to_jsonb(t.*) - excluded AS o FROM relay_old t OFFSET 0) c;
     IF FOUND AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
     END IF;
@@ -267,11 +263,7 @@ BEGIN
     INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, request_id,
                               txid, created_at)
     VALUES (TG_ARGV[3], TG_ARGV[4], lower(TG_OP)::relay.change_op, o, n,
-            CASE cardinality(pk_cols)
-                WHEN 0 THEN NULL
-                WHEN 1 THEN jsonb_build_object(pk_cols[1], coalesce(n, o) -> pk_cols[1])
-                ELSE relay.pick(coalesce(n, o), pk_cols)
-            END,
+            relay.pk_of(coalesce(n, o), pk_cols),
             ctx.username, ctx.request_id, ctx.txid, ctx.at);
     IF current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM pg_notify('relay_outbox', ''), set_config('relay.woken', 'on', true);
