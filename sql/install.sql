@@ -17,4 +17,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 1) AS relay_appl
 \ir migrations/0001_capture.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 2) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0002_rules.sql
+\endif
+
 COMMIT;

@@ -15,3 +15,5 @@ GRANT SELECT, UPDATE (status, attempts, next_attempt_at, last_error, processed_a
     ON relay.outbox TO :"role";
 -- Know what is tracked and which schema version is installed.
 GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations TO :"role";
+-- Read webhooks (secrets included: it signs with them) and event rules; never change them.
+GRANT SELECT ON relay.webhooks, relay.event_rules TO :"role";
