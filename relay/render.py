@@ -1,0 +1,216 @@
+"""Turning one change and one webhook into the exact HTTP request that will be sent.
+
+Templates run in Jinja2's ``ImmutableSandboxedEnvironment``: no attribute starting with an
+underscore, no mutation of the context, no access to files, modules or the process environment,
+except environment variables whose names match a glob the operator allowed (NetBox's ``env``
+filter). Every failure is a :class:`RenderError` whose message says which field failed and why.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import simplejson
+from jinja2 import TemplateError, Undefined
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from relay import __version__
+from relay.sign import InvalidSecret, signature_headers
+
+EVENTS = {"insert": "created", "update": "updated", "delete": "deleted", "truncate": "truncated"}
+DELIVERY_NAMESPACE = uuid.UUID("6f1c4f1e-58a9-4c43-9d0e-2b7f4f1b9a51")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class RenderError(Exception):
+    """A webhook could not be rendered for a change; the message is meant for a person."""
+
+
+def loads(text: str) -> Any:
+    """JSON with exact numbers: ``120.00`` stays ``Decimal('120.00')``, not ``120.0``."""
+    return simplejson.loads(text, use_decimal=True)
+
+
+def dumps(value: Any) -> str:
+    text: str = simplejson.dumps(value, use_decimal=True, ensure_ascii=False, default=str)
+    return text
+
+
+@dataclass(frozen=True)
+class Change:
+    """An outbox row, as the renderer needs it (jsonb columns parsed with :func:`loads`)."""
+
+    id: int
+    schema_name: str
+    table_name: str
+    op: str
+    old: Any
+    new: Any
+    pk: Any
+    username: str | None
+    request_id: str | None
+    txid: str
+    created_at: datetime
+
+    @property
+    def object_type(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    id: int
+    name: str
+    payload_url: str
+    http_method: str = "POST"
+    http_content_type: str = "application/json"
+    additional_headers: str = ""
+    body_template: str = ""
+    secret: str = field(default="", repr=False)
+    signature: str = "netbox"
+    ssl_verification: bool = True
+    ca_file_path: str | None = None
+    timeout_seconds: Decimal = Decimal(10)
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    delivery_id: str
+
+
+def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The template context: NetBox's names, then relay's own. ``action_data`` adds keys (and is
+    also there as a whole) but never replaces one of these."""
+    data = change.new if change.new is not None else change.old
+    core = {
+        "event": EVENTS[change.op],
+        "timestamp": change.created_at.isoformat(),
+        "model": change.table_name,
+        "object_type": change.object_type,
+        "username": change.username,
+        "request_id": change.request_id,
+        "data": data,
+        "snapshots": {"prechange": change.old, "postchange": change.new},
+        "id": change.id,
+        "pk": change.pk,
+        "txid": change.txid,
+        "action_data": dict(action_data or {}),
+    }
+    return {**(action_data or {}), **core}
+
+
+def delivery_id(change_id: int, webhook_id: int, source: str = "") -> str:
+    """The same for every attempt at delivering one change to one webhook."""
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{source}/{change_id}/{webhook_id}"))
+
+
+class Renderer:
+    """Compiles templates once and renders them in the sandbox."""
+
+    def __init__(self, env_allow: Sequence[str] = ()) -> None:
+        self._env_allow = tuple(env_allow)
+        self.jinja = ImmutableSandboxedEnvironment(
+            undefined=Undefined, autoescape=False, keep_trailing_newline=True
+        )
+        self.jinja.filters["env"] = self._env
+        self.jinja.policies["json.dumps_function"] = simplejson.dumps
+        self.jinja.policies["json.dumps_kwargs"] = {"use_decimal": True, "sort_keys": False}
+        self._compile = lru_cache(maxsize=512)(self.jinja.from_string)
+
+    def _env(self, name: str) -> str:
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self._env_allow):
+            raise RenderError(
+                f"environment variable {name!r} is not allowed in templates "
+                "(RELAY_TEMPLATE_ENV_ALLOW lists the names that are)"
+            )
+        return os.environ.get(name, "")
+
+    def check(self, source: str, what: str) -> None:
+        """Compile only: raise RenderError with the line of a syntax error."""
+        try:
+            self._compile(source)
+        except TemplateError as exc:
+            line = getattr(exc, "lineno", None)
+            raise RenderError(f"{what}: line {line}: {exc.message}") from None
+
+    def render(self, source: str, ctx: Mapping[str, Any], what: str) -> str:
+        self.check(source, what)
+        try:
+            return self._compile(source).render(ctx)
+        except RenderError as exc:
+            raise RenderError(f"{what}: {exc}") from None
+        except TemplateError as exc:
+            raise RenderError(f"{what}: {exc.message or type(exc).__name__}") from None
+        except Exception as exc:  # a template may raise anything a filter raises
+            raise RenderError(f"{what}: {type(exc).__name__}: {exc}") from None
+
+    def headers(self, source: str, ctx: Mapping[str, Any]) -> dict[str, str]:
+        """``Name: Value`` lines, each line a template of its own. Rendering line by line, then
+        removing control characters from the value, means no data can add a header or end the
+        request head; a line that renders empty is skipped, a malformed one is an error."""
+        headers: dict[str, str] = {}
+        for number, template in enumerate(source.splitlines(), 1):
+            what = f"additional_headers line {number}"
+            line = self.render(template, ctx, what)
+            if not line.strip():
+                continue
+            name, sep, value = line.partition(":")
+            name = name.strip()
+            if not sep or not _HEADER_NAME.match(name):
+                raise RenderError(f"{what}: {line[:80]!r} is not 'Name: Value'")
+            headers[name] = _CONTROL.sub("", value).strip()
+        return headers
+
+    def request(
+        self,
+        webhook: Webhook,
+        change: Change,
+        action_data: Mapping[str, Any] | None = None,
+        *,
+        timestamp: int,
+        source: str = "",
+    ) -> Request:
+        ctx = context(change, action_data)
+        url = self.render(webhook.payload_url, ctx, "payload_url").strip()
+        check_url(url)
+        if webhook.body_template.strip():
+            body = self.render(webhook.body_template, ctx, "body_template").encode()
+        else:
+            body = dumps(ctx).encode()
+        delivery = delivery_id(change.id, webhook.id, source)
+        headers = {
+            "Content-Type": webhook.http_content_type,
+            "User-Agent": f"relay/{__version__}",
+            "X-Relay-Delivery": delivery,
+            "X-Relay-Event": f"{change.object_type}.{EVENTS[change.op]}",
+        }
+        headers.update(self.headers(webhook.additional_headers, ctx))
+        try:
+            headers.update(
+                signature_headers(webhook.signature, webhook.secret, body, delivery, timestamp)
+            )
+        except InvalidSecret as exc:
+            raise RenderError(f"secret: {exc}") from None
+        return Request(webhook.http_method, url, headers, body, delivery)
+
+
+def check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or _CONTROL.search(url):
+        raise RenderError(f"payload_url rendered to {url[:200]!r}, not an http(s) URL with a host")

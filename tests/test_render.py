@@ -1,0 +1,143 @@
+"""Rendering: the request a receiver gets, built in Jinja2's sandbox."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+from relay.render import Change, Renderer, RenderError, Webhook, context, delivery_id, loads
+
+CHANGE = Change(
+    id=41,
+    schema_name="public",
+    table_name="orders",
+    op="update",
+    old=loads('{"id": 7, "status": "new", "total": 120.00, "note": "a\\r\\nX-Evil: 1"}'),
+    new=loads('{"id": 7, "status": "paid", "total": 120.00, "note": "a\\r\\nX-Evil: 1"}'),
+    pk={"id": 7},
+    username="alice",
+    request_id="req-1",
+    txid="812",
+    created_at=datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC),
+)
+HOOK = Webhook(id=3, name="orders", payload_url="https://example.test/hook", secret="s3cret")
+
+
+def request(**changes):
+    fields = {**HOOK.__dict__, **changes}
+    return Renderer().request(Webhook(**fields), CHANGE, {"team": "ops"}, timestamp=1_700_000_000)
+
+
+def test_context_has_netbox_names_and_ours():
+    ctx = context(CHANGE, {"team": "ops", "event": "ignored"})
+    assert ctx["event"] == "updated" and ctx["model"] == "orders"
+    assert ctx["object_type"] == "public.orders" and ctx["timestamp"] == "2026-11-22T10:00:00+00:00"
+    assert ctx["data"]["status"] == "paid" and ctx["snapshots"]["prechange"]["status"] == "new"
+    assert (ctx["username"], ctx["request_id"], ctx["id"], ctx["pk"], ctx["txid"]) == (
+        "alice",
+        "req-1",
+        41,
+        {"id": 7},
+        "812",
+    )
+    assert ctx["team"] == "ops" and ctx["action_data"] == {"team": "ops", "event": "ignored"}
+    deleted = context(Change(**{**CHANGE.__dict__, "op": "delete", "new": None}))
+    assert deleted["event"] == "deleted" and deleted["data"]["status"] == "new"
+
+
+def test_default_body_is_the_context_as_json_with_exact_numbers_and_netbox_signature():
+    req = request()
+    assert req.method == "POST" and req.url == "https://example.test/hook"
+    body = json.loads(req.body)
+    assert body["event"] == "updated" and body["data"]["status"] == "paid"
+    assert b'"total": 120.00' in req.body
+    expected = hmac.new(b"s3cret", req.body, hashlib.sha512).hexdigest()
+    assert req.headers["X-Hook-Signature"] == expected
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.headers["User-Agent"].startswith("relay/")
+    assert req.headers["X-Relay-Event"] == "public.orders.updated"
+    assert req.headers["X-Relay-Delivery"] == req.delivery_id == delivery_id(41, 3)
+    assert request().delivery_id == req.delivery_id  # the same on every attempt
+
+
+def test_templates_for_url_body_and_headers():
+    req = request(
+        payload_url="https://example.test/{{ model }}/{{ data.id }}?team={{ team }}",
+        body_template='{"text": "Order {{ data.id }} is {{ data.status }} ({{ username }})"}',
+        additional_headers="X-Order: {{ data.id }}\nAuthorization: Bearer {{ team }}\n",
+        http_method="PATCH",
+    )
+    assert req.url == "https://example.test/orders/7?team=ops"
+    assert json.loads(req.body) == {"text": "Order 7 is paid (alice)"}
+    assert req.headers["X-Order"] == "7" and req.headers["Authorization"] == "Bearer ops"
+    assert req.method == "PATCH"
+
+
+def test_tojson_keeps_exact_numbers():
+    req = request(body_template='{"order": {{ data | tojson }}}')
+    assert json.loads(req.body)["order"]["total"] == 120.0
+    assert b"120.00" in req.body
+
+
+def test_header_values_cannot_inject_headers():
+    req = request(additional_headers="X-Note: {{ data.note }}")
+    assert req.headers["X-Note"] == "aX-Evil: 1"
+    assert "X-Evil" not in req.headers
+
+
+def test_standard_webhooks_signature_verifies():
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    fields = {**HOOK.__dict__, "signature": "standard", "secret": secret}
+    req = Renderer().request(Webhook(**fields), CHANGE, timestamp=int(datetime.now().timestamp()))
+    assert req.headers["webhook-id"] == req.delivery_id
+    assert StandardWebhook(secret).verify(req.body, req.headers)["data"]["status"] == "paid"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"body_template": "{{ data.id "}, "body_template: line 1: unexpected end of template"),
+        ({"body_template": "{% for x in data %}"}, "body_template: line 1"),
+        ({"body_template": "{{ 1 / 0 }}"}, "body_template: ZeroDivisionError"),
+        (
+            {"payload_url": "{{ data.status }}"},
+            "payload_url rendered to 'paid', not an http",
+        ),
+        ({"additional_headers": "no colon here"}, "additional_headers line 1"),
+        ({"additional_headers": "Bad Name: x"}, "is not 'Name: Value'"),
+        (
+            {"body_template": "{{ data.__class__.__mro__ }}"},
+            "'dict' object is unsafe",
+        ),
+        ({"body_template": "{{ ''.__class__.__base__.__subclasses__() }}"}, "unsafe"),
+        ({"body_template": "{{ 'HOME' | env }}"}, "'HOME' is not allowed"),
+        ({"signature": "standard", "secret": "plain"}, "secret: a Standard Webhooks secret"),
+    ],
+)
+def test_bad_templates_fail_with_a_clear_reason(fields, message):
+    with pytest.raises(RenderError, match=message):
+        request(**fields)
+
+
+def test_env_filter_reads_only_allowed_names(monkeypatch):
+    monkeypatch.setenv("RELAY_TOKEN_A", "tok")
+    monkeypatch.setenv("SECRET_KEY", "nope")
+    renderer = Renderer(env_allow=["RELAY_TOKEN_*"])
+    hook = Webhook(
+        **{**HOOK.__dict__, "additional_headers": "X-Token: {{ 'RELAY_TOKEN_A' | env }}"}
+    )
+    assert renderer.request(hook, CHANGE, timestamp=0).headers["X-Token"] == "tok"
+    bad = Webhook(**{**HOOK.__dict__, "body_template": "{{ 'SECRET_KEY' | env }}"})
+    with pytest.raises(RenderError, match="not allowed"):
+        renderer.request(bad, CHANGE, timestamp=0)
+
+
+def test_numbers_parse_exactly():
+    assert loads('{"a": 1.10}') == {"a": Decimal("1.10")}
