@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated
 
-import psycopg
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from relay import __version__, capture, schema
-from relay.db import Conn, DatabaseUnavailable, connect
+from relay.cli_common import Dsn, fail, out
+from relay.cli_common import database as _database
+from relay.cli_rules import preview, rule_app, rules_app, webhook_app
 
 app = typer.Typer(
     help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",
@@ -20,44 +18,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-Dsn = Annotated[
-    str,
-    typer.Option(
-        "--dsn",
-        envvar="RELAY_DSN",
-        help="libpq connection string or URI of the database (or set RELAY_DSN).",
-        show_default=False,
-    ),
-]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _database(dsn: str) -> Iterator[Conn]:
-    """A connection whose failures end the command with one clear line.
-
-    Exit code 2 means the database could not be used at all (configuration); 1 means it
-    refused what we asked (a bad table name, missing rights...).
-    """
-    try:
-        conn = connect(dsn)
-    except DatabaseUnavailable as exc:
-        _fail(str(exc), 2)
-    try:
-        with conn:
-            yield conn
-    except psycopg.Error as exc:
-        message = exc.diag.message_primary or str(exc)
-        if exc.diag.message_hint:
-            message += f" (hint: {exc.diag.message_hint})"
-        _fail(message, 1)
+app.add_typer(webhook_app, name="webhook")
+app.add_typer(rule_app, name="rule")
+app.add_typer(rules_app, name="rules")
+app.command()(preview)
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -103,7 +67,7 @@ def uninstall(
 ) -> None:
     """Remove every capture trigger and schema relay, with the outbox and its history."""
     if not yes:
-        _fail("this drops schema relay and every change it holds; add --yes to confirm", 2)
+        fail("this drops schema relay and every change it holds; add --yes to confirm", 2)
     with _database(dsn) as conn:
         schema.uninstall(conn)
     out.print("relay removed", highlight=False)
@@ -188,7 +152,7 @@ def demo(
     try:
         demo_module.run(out, dsn)
     except NoPostgres as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
 
 
 def main() -> None:

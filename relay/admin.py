@@ -1,0 +1,101 @@
+"""Managing webhooks and event rules with SQLAlchemy, on the same tables plain SQL uses.
+
+The database checks every row (see sql/migrations/0002_rules.sql); this module only maps the
+tables, so what `relay webhook add` accepts is exactly what an INSERT accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from sqlalchemy import ARRAY, ForeignKey, MetaData, Text, create_engine, select
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.pool import NullPool
+from sqlalchemy.schema import FetchedValue
+
+from relay import __version__
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema="relay")
+
+
+def _defaulted() -> Any:
+    """A column the database fills in when we leave it out."""
+    return mapped_column(server_default=FetchedValue())
+
+
+class WebhookRow(Base):
+    __tablename__ = "webhooks"
+
+    id: Mapped[int] = mapped_column(primary_key=True, server_default=FetchedValue())
+    name: Mapped[str]
+    payload_url: Mapped[str]
+    http_method: Mapped[str] = _defaulted()
+    http_content_type: Mapped[str] = _defaulted()
+    additional_headers: Mapped[str] = _defaulted()
+    body_template: Mapped[str] = _defaulted()
+    secret: Mapped[str] = _defaulted()
+    signature: Mapped[str] = _defaulted()
+    ssl_verification: Mapped[bool] = _defaulted()
+    ca_file_path: Mapped[str | None]
+    timeout_seconds: Mapped[Decimal] = _defaulted()
+    enabled: Mapped[bool] = _defaulted()
+    created_at: Mapped[datetime] = _defaulted()
+    updated_at: Mapped[datetime] = _defaulted()
+
+    rules: Mapped[list[EventRuleRow]] = relationship(back_populates="webhook")
+
+
+class EventRuleRow(Base):
+    __tablename__ = "event_rules"
+
+    id: Mapped[int] = mapped_column(primary_key=True, server_default=FetchedValue())
+    name: Mapped[str]
+    enabled: Mapped[bool] = _defaulted()
+    tables: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=FetchedValue())
+    conditions: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
+    webhook_id: Mapped[int] = mapped_column(ForeignKey("relay.webhooks.id"))
+    action_data: Mapped[Any] = mapped_column(JSONB, server_default=FetchedValue())
+    created_at: Mapped[datetime] = _defaulted()
+    updated_at: Mapped[datetime] = _defaulted()
+
+    webhook: Mapped[WebhookRow] = relationship(back_populates="rules")
+
+
+@contextmanager
+def session(dsn: str) -> Iterator[Session]:
+    """A session on the same psycopg connection settings the rest of relay uses."""
+    engine = create_engine(
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(dsn, application_name=f"relay/{__version__}"),
+        poolclass=NullPool,
+    )
+    try:
+        with Session(engine) as db, db.begin():
+            yield db
+    finally:
+        engine.dispose()
+
+
+def webhook_by_name(db: Session, name: str) -> WebhookRow | None:
+    return db.scalars(select(WebhookRow).where(WebhookRow.name == name)).one_or_none()
+
+
+def rule_by_name(db: Session, name: str) -> EventRuleRow | None:
+    return db.scalars(select(EventRuleRow).where(EventRuleRow.name == name)).one_or_none()
+
+
+def webhooks(db: Session) -> list[WebhookRow]:
+    return list(db.scalars(select(WebhookRow).order_by(WebhookRow.name)))
+
+
+def event_rules(db: Session) -> list[EventRuleRow]:
+    return list(db.scalars(select(EventRuleRow).order_by(EventRuleRow.name)))

@@ -1,0 +1,367 @@
+"""``relay webhook``, ``relay rule``, ``relay rules check`` and ``relay preview``."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy.exc
+import typer
+from rich.table import Table
+from sqlalchemy.orm import Session
+
+from relay import admin, rules
+from relay.cli_common import Dsn, database, fail, out
+from relay.render import Change, Renderer, RenderError, loads
+from relay.settings import Settings
+
+webhook_app = typer.Typer(help="Webhooks: where changes are sent.", no_args_is_help=True)
+rule_app = typer.Typer(help="Event rules: which changes go to which webhook.", no_args_is_help=True)
+rules_app = typer.Typer(help="All rules at once.", no_args_is_help=True)
+
+MASK = "******"
+
+
+@contextmanager
+def _session(dsn: str) -> Iterator[Session]:
+    """A session whose database errors end the command with the database's own words."""
+    try:
+        with admin.session(dsn) as db:
+            yield db
+    except sqlalchemy.exc.OperationalError as exc:
+        fail(f"cannot connect to the database: {str(exc.orig).strip()}", 2)
+    except sqlalchemy.exc.DBAPIError as exc:
+        diag = getattr(exc.orig, "diag", None)
+        fail(getattr(diag, "message_primary", None) or str(exc.orig))
+
+
+def _json_option(value: str | None, what: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        fail(f"{what} is not valid JSON: {exc}")
+
+
+def _split_all(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _masked(secret: str) -> str:
+    lines = [line for line in secret.splitlines() if line.strip()]
+    if not lines:
+        return "(none)"
+    return f"{MASK} ({len(lines)} secret{'s' if len(lines) > 1 else ''})"
+
+
+@webhook_app.command("add")
+def webhook_add(
+    name: Annotated[str, typer.Argument(help="Unique name.")],
+    url: Annotated[str, typer.Option("--url", help="Payload URL (may be a Jinja2 template).")],
+    dsn: Dsn,
+    method: Annotated[str, typer.Option(help="GET, POST, PUT, PATCH or DELETE.")] = "POST",
+    content_type: Annotated[str, typer.Option()] = "application/json",
+    header: Annotated[
+        list[str] | None, typer.Option("--header", help="'Name: Value' (Jinja2); repeatable.")
+    ] = None,
+    body_template: Annotated[str | None, typer.Option(help="Jinja2 body (default: JSON).")] = None,
+    body_template_file: Annotated[Path | None, typer.Option(help="Read the body template.")] = None,
+    secret_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of an environment variable holding the secret (kept out of "
+            "shell history and process lists)."
+        ),
+    ] = None,
+    signature: Annotated[str, typer.Option(help="netbox, standard or none.")] = "netbox",
+    ssl_verification: Annotated[
+        bool, typer.Option("--ssl-verification/--no-ssl-verification")
+    ] = True,
+    ca_file: Annotated[str | None, typer.Option(help="CA bundle to verify the receiver.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
+    enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
+) -> None:
+    """Add a webhook."""
+    template = body_template or ""
+    if body_template_file is not None:
+        template = body_template_file.read_text(encoding="utf-8")
+    secret = ""
+    if secret_env:
+        if secret_env not in os.environ:
+            fail(f"environment variable {secret_env} is not set")
+        secret = os.environ[secret_env]
+    with _session(dsn) as db:
+        db.add(
+            admin.WebhookRow(
+                name=name,
+                payload_url=url,
+                http_method=method,
+                http_content_type=content_type,
+                additional_headers="\n".join(header or []),
+                body_template=template,
+                secret=secret,
+                signature=signature,
+                ssl_verification=ssl_verification,
+                ca_file_path=ca_file,
+                timeout_seconds=Decimal(str(timeout)),
+                enabled=enabled,
+            )
+        )
+    out.print(f"webhook {name} added", highlight=False)
+
+
+@webhook_app.command("list")
+def webhook_list(dsn: Dsn) -> None:
+    """List webhooks (secrets masked)."""
+    with _session(dsn) as db:
+        table = Table("name", "method", "url", "signature", "secret", "enabled", "rules")
+        for hook in admin.webhooks(db):
+            table.add_row(
+                hook.name,
+                hook.http_method,
+                hook.payload_url,
+                hook.signature,
+                _masked(hook.secret),
+                "yes" if hook.enabled else "no",
+                str(len(hook.rules)),
+            )
+    for column in table.columns:
+        column.overflow = "fold"
+    out.print(table)
+
+
+@webhook_app.command("show")
+def webhook_show(name: str, dsn: Dsn) -> None:
+    """Show one webhook (secret masked)."""
+    with _session(dsn) as db:
+        hook = admin.webhook_by_name(db, name)
+        if hook is None:
+            fail(f"no webhook named {name!r}")
+        fields = {
+            "name": hook.name,
+            "payload_url": hook.payload_url,
+            "http_method": hook.http_method,
+            "http_content_type": hook.http_content_type,
+            "additional_headers": hook.additional_headers,
+            "body_template": hook.body_template,
+            "secret": _masked(hook.secret),
+            "signature": hook.signature,
+            "ssl_verification": hook.ssl_verification,
+            "ca_file_path": hook.ca_file_path,
+            "timeout_seconds": hook.timeout_seconds,
+            "enabled": hook.enabled,
+            "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
+        }
+    for key, value in fields.items():
+        out.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+
+
+@webhook_app.command("remove")
+def webhook_remove(name: str, dsn: Dsn) -> None:
+    """Remove a webhook no rule uses."""
+    with _session(dsn) as db:
+        hook = admin.webhook_by_name(db, name)
+        if hook is None:
+            fail(f"no webhook named {name!r}")
+        if hook.rules:
+            used_by = ", ".join(sorted(r.name for r in hook.rules))
+            fail(f"webhook {name!r} is used by rule(s) {used_by}; remove them first")
+        db.delete(hook)
+    out.print(f"webhook {name} removed", highlight=False)
+
+
+@rule_app.command("add")
+def rule_add(
+    name: Annotated[str, typer.Argument(help="Unique name.")],
+    webhook: Annotated[str, typer.Option("--webhook", help="Name of the webhook to call.")],
+    table: Annotated[list[str], typer.Option("--table", help="schema.table; repeatable.")],
+    dsn: Dsn,
+    event: Annotated[
+        list[str] | None, typer.Option("--event", help="insert, update, delete, truncate.")
+    ] = None,
+    conditions: Annotated[
+        str | None, typer.Option(help="Conditions as JSON (NetBox syntax).")
+    ] = None,
+    action_data: Annotated[
+        str | None, typer.Option(help="JSON object added to the context.")
+    ] = None,
+    enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
+) -> None:
+    """Add an event rule."""
+    with _session(dsn) as db:
+        hook = admin.webhook_by_name(db, webhook)
+        if hook is None:
+            fail(f"no webhook named {webhook!r}")
+        row = admin.EventRuleRow(
+            name=name,
+            tables=_split_all(table),
+            webhook_id=hook.id,
+            enabled=enabled,
+            conditions=_json_option(conditions, "--conditions"),
+        )
+        events = _split_all(event)
+        if events is not None:
+            row.events = events
+        if action_data is not None:
+            row.action_data = _json_option(action_data, "--action-data")
+        db.add(row)
+    out.print(f"rule {name} added", highlight=False)
+
+
+@rule_app.command("list")
+def rule_list(dsn: Dsn) -> None:
+    """List event rules."""
+    with _session(dsn) as db:
+        table = Table("name", "tables", "events", "conditions", "webhook", "enabled")
+        for rule in admin.event_rules(db):
+            table.add_row(
+                rule.name,
+                ", ".join(rule.tables),
+                ",".join(rule.events),
+                json.dumps(rule.conditions) if rule.conditions else "-",
+                rule.webhook.name,
+                "yes" if rule.enabled else "no",
+            )
+    for column in table.columns:
+        column.overflow = "fold"
+    out.print(table)
+
+
+@rule_app.command("show")
+def rule_show(name: str, dsn: Dsn) -> None:
+    """Show one event rule."""
+    with _session(dsn) as db:
+        rule = admin.rule_by_name(db, name)
+        if rule is None:
+            fail(f"no rule named {name!r}")
+        fields = {
+            "name": rule.name,
+            "enabled": rule.enabled,
+            "tables": ", ".join(rule.tables),
+            "events": ", ".join(rule.events),
+            "webhook": rule.webhook.name,
+            "conditions": json.dumps(rule.conditions, indent=2) if rule.conditions else "(none)",
+            "action_data": json.dumps(rule.action_data),
+        }
+    for key, value in fields.items():
+        out.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+
+
+@rule_app.command("remove")
+def rule_remove(name: str, dsn: Dsn) -> None:
+    """Remove an event rule."""
+    with _session(dsn) as db:
+        rule = admin.rule_by_name(db, name)
+        if rule is None:
+            fail(f"no rule named {name!r}")
+        db.delete(rule)
+    out.print(f"rule {name} removed", highlight=False)
+
+
+@rules_app.command("check")
+def rules_check(dsn: Dsn) -> None:
+    """Compile every template and validate every condition; report each problem."""
+    with database(dsn) as conn:
+        ruleset = rules.load(conn, everything=True)
+    problems = rules.check(ruleset.rules, Renderer(Settings().template_env_globs))
+    for problem in problems:
+        out.print(str(problem), highlight=False, soft_wrap=True)
+    hooks = len({rule.webhook.id for rule in ruleset.rules})
+    if problems:
+        fail(f"{len(problems)} problem(s) in {len(ruleset.rules)} rule(s)")
+    out.print(f"{len(ruleset.rules)} rule(s), {hooks} webhook(s): no problems", highlight=False)
+
+
+def preview(
+    dsn: Dsn,
+    rule: Annotated[str, typer.Option("--rule", help="Rule to preview.")],
+    outbox_id: Annotated[int | None, typer.Option(help="A change from relay.outbox.")] = None,
+    table: Annotated[str | None, typer.Option(help="schema.table of a made-up change.")] = None,
+    new: Annotated[str | None, typer.Option(help="Made-up row after the change (JSON).")] = None,
+    old: Annotated[str | None, typer.Option(help="Made-up row before the change (JSON).")] = None,
+    event: Annotated[str | None, typer.Option(help="insert, update or delete.")] = None,
+) -> None:
+    """Show the request a rule would send for a change, without sending it."""
+    with database(dsn) as conn:
+        ruleset = rules.load(conn, everything=True)
+        if outbox_id is not None:
+            change = rules.fetch_change(conn, outbox_id)
+            if change is None:
+                fail(f"no change with id {outbox_id} in relay.outbox")
+        elif table is not None:
+            change = _made_up_change(table, new, old, event)
+        else:
+            fail("give --outbox-id N, or --table T with --new and/or --old")
+    chosen = next((r for r in ruleset.rules if r.name == rule), None)
+    if chosen is None:
+        fail(f"no rule named {rule!r}")
+    _print_preview(chosen, change)
+
+
+def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
+    schema_name, _, table_name = table.rpartition(".")
+    new_row = loads(new) if new else None
+    old_row = loads(old) if old else None
+    op = event or ("update" if new_row and old_row else "insert" if new_row else "delete")
+    if op not in ("insert", "update", "delete", "truncate"):
+        fail(f"unknown event {op!r}")
+    return Change(
+        id=0,
+        schema_name=schema_name or "public",
+        table_name=table_name,
+        op=op,
+        old=old_row,
+        new=new_row,
+        pk=None,
+        username="preview",
+        request_id="preview",
+        txid="0",
+        created_at=datetime.now(UTC),
+    )
+
+
+def _print_preview(rule: rules.Rule, change: Change) -> None:
+    hook = rule.webhook
+    out.print(f"[bold]rule[/] {rule.name} → [bold]webhook[/] {hook.name}", highlight=False)
+    notes = []
+    if change.object_type not in rule.tables or change.op not in rule.events:
+        notes.append(f"the rule does not cover {change.op} on {change.object_type}")
+    if not hook.enabled:
+        notes.append("the webhook is disabled")
+    verdict = rules.verdict(rule, change)
+    status = (
+        "matched" if verdict.matched else f"not matched ({verdict.reason}): nothing would be sent"
+    )
+    out.print(f"[bold]conditions[/] {status}", highlight=False, soft_wrap=True)
+    for note in notes:
+        out.print(f"[yellow]note:[/] {note}; nothing would be sent", highlight=False)
+    try:
+        request = Renderer(Settings().template_env_globs).request(
+            hook, change, rule.action_data, timestamp=int(time.time())
+        )
+    except RenderError as exc:
+        fail(f"would fail: {exc}")
+    secrets = [line.strip() for line in hook.secret.splitlines() if line.strip()]
+    out.print(f"\n{request.method} {request.url}", highlight=False, markup=False, soft_wrap=True)
+    for key, value in request.headers.items():
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        out.print(f"{key}: {value}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"[dim](secret: {_masked(hook.secret)})[/]", highlight=False)
+    out.print()
+    out.print(
+        request.body.decode("utf-8", errors="replace"),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,197 @@
+"""Rules from the database, matched against changes; and the commands that manage them."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from helpers import outbox
+from test_cli import relay
+from test_rules_sql import add_rule, add_webhook
+
+from relay import rules
+from relay.render import Renderer
+
+
+def test_rules_match_by_table_event_and_conditions(rconn):
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+    rconn.execute("SELECT relay.track('orders')")
+    hook = add_webhook(rconn)
+    off = add_webhook(rconn, name="off", enabled=False)
+    add_rule(
+        rconn,
+        hook,
+        name="paid",
+        events=["update"],
+        conditions={"attr": "data.status", "value": "paid"},
+    )
+    add_rule(rconn, hook, name="any-insert", events=["insert"])
+    add_rule(rconn, hook, name="disabled", enabled=False)
+    add_rule(rconn, off, name="to-disabled-hook")
+    add_rule(rconn, hook, name="other-table", tables=["public.customers"])
+    rconn.execute("INSERT INTO orders VALUES (1, 'new')")
+    rconn.execute("UPDATE orders SET status = 'paid'")
+    rconn.execute("UPDATE orders SET status = 'shipped'")
+    ruleset = rules.load(rconn)
+    names = {r.name for r in ruleset.rules}
+    assert "disabled" not in names and "to-disabled-hook" in names
+    matched = []
+    for row in outbox(rconn):
+        change = rules.fetch_change(rconn, row["id"])
+        matched.append([r.name for r in ruleset.matching(change)])
+    assert matched == [["any-insert"], ["paid"], []]
+    why = ruleset.evaluate(rules.fetch_change(rconn, outbox(rconn)[2]["id"]))
+    assert [(m.rule.name, m.verdict.matched) for m in why] == [("paid", False)]
+    assert "found 'shipped'" in why[0].verdict.reason
+
+
+def test_a_thousand_rules_are_indexed_by_table(rconn):
+    hook = add_webhook(rconn)
+    rconn.execute(
+        "INSERT INTO relay.event_rules (name, tables, webhook_id) SELECT 'r' || g,"
+        " ARRAY['public.t' || (g %% 100)], %s FROM generate_series(1, 1000) g",
+        (hook,),
+    )
+    rconn.execute("CREATE TABLE t7 (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('t7')")
+    rconn.execute("INSERT INTO t7 VALUES (1)")
+    ruleset = rules.load(rconn)
+    change = rules.fetch_change(rconn, outbox(rconn)[0]["id"])
+    assert len(ruleset.candidates(change)) == 10
+    assert all("public.t7" in r.tables for r in ruleset.matching(change))
+
+
+def test_rules_check_reports_each_problem_with_rule_field_and_line(rconn):
+    broken = add_webhook(
+        rconn,
+        name="broken",
+        body_template='{"a": {{ data.id }\n}',
+        additional_headers="X-Ok: 1\nX-Bad: {% if %}",
+    )
+    good = add_webhook(rconn, name="good", payload_url="https://example.test/{{ model }}")
+    add_rule(rconn, broken, name="uses-broken")
+    add_rule(
+        rconn,
+        good,
+        name="bad-regex",
+        conditions={"attr": "data.name", "op": "regex", "value": "(?P<x"},
+    )
+    problems = [str(p) for p in rules.check(rules.load(rconn, everything=True).rules, Renderer())]
+    assert any("uses-broken" in p and "body_template: line 1" in p for p in problems)
+    assert any("additional_headers line 2: line 1" in p for p in problems)
+    assert any("rule 'bad-regex'" in p and "invalid regular expression" in p for p in problems)
+    assert len(problems) == 3
+
+
+def test_webhook_and_rule_commands(relay_dsn):
+    secret = "do-not-print-me"
+    import os
+
+    os.environ["TEST_HOOK_SECRET"] = secret
+    try:
+        added = relay(
+            "webhook",
+            "add",
+            "orders",
+            "--url",
+            "http://127.0.0.1:9/{{ model }}",
+            "--header",
+            "X-Id: {{ data.id }}",
+            "--secret-env",
+            "TEST_HOOK_SECRET",
+            dsn=relay_dsn,
+        )
+    finally:
+        del os.environ["TEST_HOOK_SECRET"]
+    assert added.returncode == 0, added.stderr
+    assert (
+        relay(
+            "rule",
+            "add",
+            "paid",
+            "--webhook",
+            "orders",
+            "--table",
+            "public.orders",
+            "--event",
+            "update",
+            "--conditions",
+            '{"attr": "data.status", "value": "paid"}',
+            dsn=relay_dsn,
+        ).returncode
+        == 0
+    )
+    outputs = [
+        relay(*args, dsn=relay_dsn)
+        for args in [
+            ("webhook", "list"),
+            ("webhook", "show", "orders"),
+            ("rule", "list"),
+            ("rule", "show", "paid"),
+            ("rules", "check"),
+        ]
+    ]
+    assert all(o.returncode == 0 for o in outputs), [o.stderr for o in outputs]
+    text = "".join(o.stdout + o.stderr for o in outputs)
+    assert secret not in text and "******" in text and "no problems" in text
+    assert "data.status" in outputs[3].stdout
+
+    refused = relay("rule", "add", "bad", "--webhook", "orders", "--table", "orders", dsn=relay_dsn)
+    assert refused.returncode == 1
+    assert (
+        'error: event rule "bad": "orders" is not a schema-qualified table name' in refused.stderr
+    )
+    in_use = relay("webhook", "remove", "orders", dsn=relay_dsn)
+    assert in_use.returncode == 1 and "used by rule(s) paid" in in_use.stderr
+    assert relay("rule", "remove", "paid", dsn=relay_dsn).returncode == 0
+    assert relay("webhook", "remove", "orders", dsn=relay_dsn).returncode == 0
+
+
+def test_preview_prints_the_exact_request_and_why_not(rconn, relay_dsn):
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric(8,2))")
+    rconn.execute("SELECT relay.track('orders')")
+    hook = add_webhook(
+        rconn,
+        secret="s3cr3t",
+        payload_url="https://example.test/o/{{ data.id }}",
+        additional_headers="Authorization: Bearer s3cr3t",
+    )
+    add_rule(
+        rconn,
+        hook,
+        name="paid",
+        events=["update"],
+        conditions={"attr": "data.status", "value": "paid"},
+    )
+    rconn.execute("INSERT INTO orders VALUES (7, 'new', 10.50)")
+    rconn.execute("UPDATE orders SET status = 'paid'")
+    change_id = outbox(rconn)[-1]["id"]
+    shown = relay("preview", "--rule", "paid", "--outbox-id", str(change_id), dsn=relay_dsn)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "conditions matched" in shown.stdout
+    assert "POST https://example.test/o/7" in lines
+    assert "Authorization: Bearer ******" in lines and "s3cr3t" not in shown.stdout
+    body = lines[-1].encode()
+    assert json.loads(body)["data"] == {"id": 7, "status": "paid", "total": 10.5}
+    assert b'"total": 10.50' in body
+    signature = next(
+        line.split(": ", 1)[1] for line in lines if line.startswith("X-Hook-Signature:")
+    )
+    assert signature == hmac.new(b"s3cr3t", body, hashlib.sha512).hexdigest()
+
+    made_up = relay(
+        "preview",
+        "--rule",
+        "paid",
+        "--table",
+        "public.orders",
+        "--old",
+        '{"id": 1, "status": "new"}',
+        "--new",
+        '{"id": 1, "status": "held"}',
+        dsn=relay_dsn,
+    )
+    assert made_up.returncode == 0, made_up.stderr
+    assert "not matched (data.status eq 'paid' is false (found 'held'))" in made_up.stdout
