@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 
 from relay import conditions
@@ -73,6 +74,13 @@ def load(conn: Conn, *, everything: bool = False) -> RuleSet:
     """Enabled rules (all rules with ``everything``), each with its webhook."""
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(query("load_rules"), {"everything": everything}).fetchall()
+    return RuleSet([_rule(row) for row in rows])
+
+
+async def load_async(conn: psycopg.AsyncConnection[Any]) -> RuleSet:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(query("load_rules"), {"everything": False})
+        rows = await cur.fetchall()
     return RuleSet([_rule(row) for row in rows])
 
 

@@ -1,0 +1,53 @@
+"""Keeping a process's rules current without a restart.
+
+Every change to relay.webhooks or relay.event_rules is announced on channel ``relay_rules``
+(sql/migrations/0002_rules.sql). A :class:`RuleWatcher` listens on its own connection and
+reloads the whole rule set when told; a burst of changes causes one reload, a short moment after
+the burst began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+
+from relay import rules
+from relay.rules import RuleSet
+
+CHANNEL = "relay_rules"
+
+
+class RuleWatcher:
+    def __init__(self, dsn: str, *, settle_seconds: float = 0.05) -> None:
+        self._dsn = dsn
+        self._settle = settle_seconds
+        self.ruleset = RuleSet([])
+        self.loaded = asyncio.Event()
+        self.reloads = 0
+
+    async def run(self) -> None:
+        """Listen and reload until cancelled; the first load happens once listening, so that
+        no change made in between can be missed."""
+        conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
+            self._dsn, autocommit=True
+        )
+        async with conn:
+            await conn.execute(f"LISTEN {CHANNEL}")
+            await self._reload(conn)
+            while True:
+                # Leave the notifies() generator before querying: the connection serves one
+                # thing at a time. Notices that arrive meanwhile are drained, not lost: the
+                # reload that follows reads everything committed so far.
+                async for _ in conn.notifies(stop_after=1):
+                    pass
+                await asyncio.sleep(self._settle)
+                async for _ in conn.notifies(timeout=0):
+                    pass
+                await self._reload(conn)
+
+    async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.ruleset = await rules.load_async(conn)
+        self.reloads += 1
+        self.loaded.set()
