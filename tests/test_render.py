@@ -141,3 +141,68 @@ def test_env_filter_reads_only_allowed_names(monkeypatch):
 
 def test_numbers_parse_exactly():
     assert loads('{"a": 1.10}') == {"a": Decimal("1.10")}
+
+
+def test_docs_worked_examples_render_valid_json():
+    """The Slack and compliance-report templates of docs/rules.md."""
+    slack = Webhook(
+        id=1,
+        name="slack",
+        payload_url="https://hooks.slack.com/services/T/B/X",
+        body_template='{"text": {{ ("Order " ~ data.id ~ " paid: " ~ data.total ~ " EUR by " ~ '
+        'data.customer ~ " (" ~ username ~ ")") | tojson }}}',
+        signature="none",
+    )
+    order = Change(
+        **{
+            **CHANGE.__dict__,
+            "new": loads(
+                '{"id": 7, "status": "paid", "total": 120.00, "customer": "ACME \\"Intl\\""}'
+            ),
+        }
+    )
+    req = Renderer().request(slack, order, timestamp=0)
+    assert json.loads(req.body) == {"text": 'Order 7 paid: 120.00 EUR by ACME "Intl" (alice)'}
+    assert "X-Hook-Signature" not in req.headers
+
+    compliance = Webhook(
+        id=2,
+        name="compliance",
+        payload_url="https://audit.example.com/hooks/compliance",
+        secret="shared-secret",
+        body_template="""
+{
+  "event": "{{ event }}",
+  "report": {{ data.id }},
+  "device_count": {{ data.devices }},
+  "test_count": {{ data.tests }},
+  "total_passed": {{ data.passed }},
+  "total_count": {{ data.total }},
+  "passed": {{ (data.passed == data.total) | tojson }},
+  "results_url": "{{ action_data.base_url }}/reports/{{ data.id }}/results"
+}
+""",
+    )
+    report = Change(
+        **{
+            **CHANGE.__dict__,
+            "op": "insert",
+            "old": None,
+            "new": loads('{"id": 29, "devices": 3, "tests": 3, "passed": 5, "total": 8}'),
+        }
+    )
+    body = json.loads(
+        Renderer()
+        .request(compliance, report, {"base_url": "https://reports.example.com"}, timestamp=0)
+        .body
+    )
+    assert body == {
+        "event": "created",
+        "report": 29,
+        "device_count": 3,
+        "test_count": 3,
+        "total_passed": 5,
+        "total_count": 8,
+        "passed": False,
+        "results_url": "https://reports.example.com/reports/29/results",
+    }
