@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from relay import __version__, capture, schema
-from relay.cli_common import Dsn, fail, out
+from relay.cli_common import Dsn, fail, out, print_table
 from relay.cli_common import database as _database
 from relay.cli_rules import preview, rule_app, rules_app, webhook_app
 
@@ -119,8 +119,6 @@ def tracked(dsn: Dsn) -> None:
     with _database(dsn) as conn:
         rows = capture.tracked(conn)
     table = Table("table", "events", "update columns", "excluded", "primary key", "partitioned")
-    for column in table.columns:
-        column.overflow = "fold"  # never cut a name short, however narrow the terminal
     for row in rows:
         table.add_row(
             row.qualified_name,
@@ -130,7 +128,7 @@ def tracked(dsn: Dsn) -> None:
             ",".join(row.pk_columns) or "(none)",
             "yes" if row.partitioned else "no",
         )
-    out.print(table)
+    print_table(table)
 
 
 @app.command()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import psycopg
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from relay.db import Conn, DatabaseUnavailable, connect
 
@@ -50,3 +51,15 @@ def database(dsn: str) -> Iterator[Conn]:
         if exc.diag.message_hint:
             message += f" (hint: {exc.diag.message_hint})"
         fail(message, 1)
+
+
+def print_table(table: Table) -> None:
+    """Print a table that never cuts a value short, however narrow the terminal."""
+    for column in table.columns:
+        column.overflow = "fold"
+    out.print(table)
+
+
+def print_fields(fields: Mapping[str, Any]) -> None:
+    for key, value in fields.items():
+        out.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)

@@ -18,7 +18,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from relay import admin, rules
-from relay.cli_common import Dsn, database, fail, out
+from relay.cli_common import Dsn, database, fail, out, print_fields, print_table
 from relay.render import Change, Renderer, RenderError, loads
 from relay.settings import Settings
 
@@ -135,9 +135,7 @@ def webhook_list(dsn: Dsn) -> None:
                 "yes" if hook.enabled else "no",
                 str(len(hook.rules)),
             )
-    for column in table.columns:
-        column.overflow = "fold"
-    out.print(table)
+    print_table(table)
 
 
 @webhook_app.command("show")
@@ -162,8 +160,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "enabled": hook.enabled,
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
-    for key, value in fields.items():
-        out.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+    print_fields(fields)
 
 
 @webhook_app.command("remove")
@@ -232,9 +229,7 @@ def rule_list(dsn: Dsn) -> None:
                 rule.webhook.name,
                 "yes" if rule.enabled else "no",
             )
-    for column in table.columns:
-        column.overflow = "fold"
-    out.print(table)
+    print_table(table)
 
 
 @rule_app.command("show")
@@ -253,8 +248,7 @@ def rule_show(name: str, dsn: Dsn) -> None:
             "conditions": json.dumps(rule.conditions, indent=2) if rule.conditions else "(none)",
             "action_data": json.dumps(rule.action_data),
         }
-    for key, value in fields.items():
-        out.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+    print_fields(fields)
 
 
 @rule_app.command("remove")
