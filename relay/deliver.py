@@ -1,0 +1,152 @@
+"""Sending a rendered request and saying, in words, what happened.
+
+One :class:`Sender` holds one aiohttp session (keep-alive connection pools per host, proxies
+from ``HTTP(S)_PROXY``/``NO_PROXY``) for the whole process. Redirects are never followed. Only
+the first 4 KB of a response are read, whatever its size. Nothing here raises for a receiver's
+behaviour: every attempt ends in an :class:`Outcome`, and its ``error`` names the host, never
+the full URL (whose path or query may carry a token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from relay.render import Request, Webhook
+
+EXCERPT_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    status: int | None
+    duration: float
+    error: str | None = None
+    excerpt: str = ""
+    retry_after: float | None = None
+    """Seconds the receiver asked us to wait (429 or 503 with Retry-After)."""
+    permanent: bool = False
+    """Retrying cannot help (410 Gone): fail the delivery now."""
+
+
+@lru_cache(maxsize=64)
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_file)
+
+
+def _tls(webhook: Webhook) -> ssl.SSLContext | bool:
+    if not webhook.ssl_verification:
+        return False
+    if webhook.ca_file_path:
+        return _ssl_context(webhook.ca_file_path)
+    return True
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+class Sender:
+    def __init__(self, *, connections_per_host: int = 32) -> None:
+        self._connections_per_host = connections_per_host
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Sender:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._connections_per_host),
+            trust_env=True,
+            auto_decompress=True,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, request: Request, webhook: Webhook) -> Outcome:
+        assert self._session is not None, "use Sender as an async context manager"
+        host = urlsplit(request.url).netloc
+        started = time.monotonic()
+        timeout = float(webhook.timeout_seconds)
+        try:
+            async with self._session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
+                ssl=_tls(webhook),
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                raw = await response.content.read(EXCERPT_BYTES)
+                return self._judge(response, raw, time.monotonic() - started)
+        except TimeoutError:
+            return self._failed(started, f"no response from {host} within {timeout:g} s")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return self._failed(
+                started, f"TLS certificate of {host} not trusted: {exc.certificate_error}"
+            )
+        except aiohttp.ClientSSLError as exc:
+            return self._failed(started, f"TLS with {host} failed: {_reason(exc)}")
+        except aiohttp.ClientConnectorError as exc:
+            return self._failed(started, f"cannot connect to {host}: {_reason(exc.os_error)}")
+        except aiohttp.ServerDisconnectedError:
+            return self._failed(started, f"{host} closed the connection without answering")
+        except aiohttp.ClientError as exc:
+            return self._failed(started, f"request to {host} failed: {_reason(exc)}")
+        except asyncio.CancelledError:
+            raise
+        except OSError as exc:
+            return self._failed(started, f"request to {host} failed: {_reason(exc)}")
+
+    @staticmethod
+    def _failed(started: float, reason: str) -> Outcome:
+        return Outcome(ok=False, status=None, duration=time.monotonic() - started, error=reason)
+
+    @staticmethod
+    def _judge(response: aiohttp.ClientResponse, raw: bytes, duration: float) -> Outcome:
+        status = response.status
+        excerpt = raw.decode("utf-8", errors="replace")
+        if 200 <= status < 300:
+            return Outcome(ok=True, status=status, duration=duration, excerpt=excerpt)
+        if 300 <= status < 400:
+            location = response.headers.get("Location", "(no Location)")
+            error = f"HTTP {status}: redirect to {location} not followed"
+        else:
+            error = f"HTTP {status} {response.reason or ''}".rstrip()
+        retry_after = None
+        if status in (429, 503):
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+        return Outcome(
+            ok=False,
+            status=status,
+            duration=duration,
+            error=error,
+            excerpt=excerpt,
+            retry_after=retry_after,
+            permanent=status == 410,
+        )
+
+
+def _reason(exc: BaseException | Any) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]

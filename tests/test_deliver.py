@@ -1,0 +1,174 @@
+"""Sending: every way a receiver can behave ends in an Outcome a person can read."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email.utils import format_datetime
+
+import pytest
+import trustme
+from aiohttp import web
+from receivers import never_answers, receiver
+
+from relay.deliver import Sender, retry_after_seconds
+from relay.render import Request, Webhook
+
+HOOK = Webhook(id=1, name="t", payload_url="unused", timeout_seconds=Decimal(2))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}'):
+    request = Request(
+        "POST", url, {"Content-Type": "application/json", "X-Relay-Delivery": "d1"}, body, "d1"
+    )
+    async with Sender() as sender:
+        return await sender.send(request, webhook)
+
+
+def test_2xx_is_success_and_the_request_arrives_intact():
+    async def scenario():
+        async with receiver() as r:
+            outcome = await send(r.url + "?x=1")
+            return outcome, r.requests
+
+    outcome, requests = run(scenario())
+    assert outcome.ok and outcome.status == 200 and outcome.excerpt == "ok"
+    assert requests[0].method == "POST" and requests[0].path == "/hook?x=1"
+    assert requests[0].body == b'{"a": 1}' and requests[0].headers["X-Relay-Delivery"] == "d1"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "error", "permanent", "retry_after"),
+    [
+        (500, {}, "HTTP 500 Internal Server Error", False, None),
+        (410, {}, "HTTP 410 Gone", True, None),
+        (429, {"Retry-After": "7"}, "HTTP 429 Too Many Requests", False, 7.0),
+        (503, {"Retry-After": "soon"}, "HTTP 503 Service Unavailable", False, None),
+        (
+            302,
+            {"Location": "https://elsewhere.test/"},
+            "HTTP 302: redirect to https://elsewhere.test/ not followed",
+            False,
+            None,
+        ),
+    ],
+)
+def test_non_2xx_answers(status, headers, error, permanent, retry_after):
+    async def answer(request):
+        return web.Response(status=status, headers=headers, text="nope")
+
+    async def scenario():
+        async with receiver(answer) as r:
+            return await send(r.url), len(r.requests)
+
+    outcome, count = run(scenario())
+    assert not outcome.ok and outcome.status == status and outcome.error == error
+    assert outcome.permanent is permanent and outcome.retry_after == retry_after
+    assert count == 1  # a redirect is not followed
+
+
+def test_retry_after_as_an_http_date():
+    when = datetime.now(UTC) + timedelta(seconds=30)
+    seconds = retry_after_seconds(format_datetime(when, usegmt=True))
+    assert seconds is not None and 25 < seconds <= 30
+
+
+def test_a_receiver_that_never_answers_times_out():
+    async def scenario():
+        async with receiver(never_answers) as r:
+            hook = Webhook(**{**HOOK.__dict__, "timeout_seconds": Decimal("0.5")})
+            started = time.monotonic()
+            outcome = await send(r.url, hook)
+            return outcome, time.monotonic() - started
+
+    outcome, elapsed = run(scenario())
+    assert not outcome.ok and outcome.status is None
+    assert (
+        outcome.error.startswith("no response from 127.0.0.1:") and "within 0.5 s" in outcome.error
+    )
+    assert elapsed < 2
+
+
+def test_nobody_listening():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    outcome = run(send(f"http://127.0.0.1:{port}/secret-token-path"))
+    assert not outcome.ok and outcome.error.startswith(f"cannot connect to 127.0.0.1:{port}")
+    assert "secret-token-path" not in outcome.error
+
+
+def test_a_reset_connection():
+    async def reset(request):
+        request.transport.abort()
+        await asyncio.sleep(0.1)
+        return web.Response()
+
+    async def scenario():
+        async with receiver(reset) as r:
+            return await send(r.url)
+
+    outcome = run(scenario())
+    assert not outcome.ok and outcome.status is None
+    assert "closed the connection" in outcome.error or "failed" in outcome.error
+
+
+def test_a_huge_response_is_cut_to_an_excerpt():
+    big = b"x" * (10 * 1024 * 1024)
+
+    async def answer(request):
+        return web.Response(body=big)
+
+    async def scenario():
+        async with receiver(answer) as r:
+            started = time.monotonic()
+            outcome = await send(r.url)
+            return outcome, time.monotonic() - started
+
+    outcome, elapsed = run(scenario())
+    assert outcome.ok and len(outcome.excerpt) == 4096 and elapsed < 5
+
+
+def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path):
+    ca = trustme.CA()
+    server_tls = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def scenario():
+        async with receiver(tls=server_tls) as r:
+            untrusted = await send(r.url)
+            trusted = await send(r.url, Webhook(**{**HOOK.__dict__, "ca_file_path": str(ca_file)}))
+            unverified = await send(r.url, Webhook(**{**HOOK.__dict__, "ssl_verification": False}))
+            return untrusted, trusted, unverified
+
+    untrusted, trusted, unverified = run(scenario())
+    assert not untrusted.ok and "certificate" in untrusted.error and "127.0.0.1" in untrusted.error
+    assert trusted.ok and unverified.ok
+
+
+def test_connections_are_kept_alive_between_requests():
+    ports = []
+
+    async def answer(request):
+        ports.append(request.transport.get_extra_info("peername")[1])
+        return web.Response(text="ok")
+
+    async def scenario():
+        async with receiver(answer) as r, Sender() as sender:
+            for _ in range(5):
+                request = Request("POST", r.url, {}, b"{}", "d")
+                assert (await sender.send(request, HOOK)).ok
+
+    run(scenario())
+    assert len(set(ports)) == 1
