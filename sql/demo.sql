@@ -31,3 +31,13 @@ ROLLBACK;
 
 -- step: An order is cancelled and deleted
 DELETE FROM orders WHERE customer = 'Initech';
+
+-- step: Say where changes go: a webhook, and a rule sending paid orders to it
+INSERT INTO relay.webhooks (name, payload_url, secret)
+VALUES ('sales', 'http://127.0.0.1:9000/hooks/{{ model }}', 'demo-secret');
+INSERT INTO relay.event_rules (name, tables, events, conditions, webhook_id)
+SELECT 'order paid', ARRAY['public.orders'], ARRAY['update'],
+       '{"and": [{"attr": "data.status", "value": "paid"},
+                 {"attr": "status", "op": "changed"}]}',
+       id
+FROM relay.webhooks WHERE name = 'sales';

@@ -99,4 +99,7 @@ def test_demo_shows_changes_landing_and_cleans_up(server_dsn):
     assert "#1 insert public.orders" in lines and "username=alice" in lines
     assert '"status": "paid"' in lines and "delete public.orders" in lines
     assert "tok_1" not in lines.split("relay.outbox gained", 1)[1]  # excluded column
+    sent = lines.split("What the relay would send", 1)[1]
+    assert "rule 'order paid' matched" in sent and "POST http://127.0.0.1:9000/hooks/orders" in sent
+    assert "X-Hook-Signature: " in sent and "no rule covers it" in sent
     assert demo_databases() == before
