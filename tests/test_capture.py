@@ -421,3 +421,26 @@ def test_column_names_cannot_confuse_capture(rconn):
     assert all(r["new"]["r"] == r["old"]["r"] + 100 for r in rows[3:5])
     nopk = outbox(rconn, "table_name = 'odd_nopk' AND op = 'update'")
     assert sorted((r["old"]["n"], r["new"]["n"]) for r in nopk) == [(2, 3), (5, 6)]
+
+
+def test_values_json_has_no_number_for_are_captured_without_failing_the_write(rconn):
+    """Capture must never make an application's write fail: odd values become JSON strings."""
+    rconn.execute("CREATE TYPE part AS (sku text, qty int)")
+    rconn.execute(
+        "CREATE TABLE odd_values (id int PRIMARY KEY, n numeric, f float8, at timestamptz,"
+        " raw bytea, note text, parts part[], big text)"
+    )
+    rconn.execute("SELECT relay.track('odd_values')")
+    big = "é" * (5 * 1024 * 1024)  # 10 MB of UTF-8
+    rconn.execute(
+        """INSERT INTO odd_values VALUES
+           (1, 'NaN', 'NaN', 'infinity', '\\x00ff', '😀 مرحبا שלום', ARRAY[ROW('a', 1)::part], ''),
+           (2, 'Infinity', '-Infinity', '-infinity', '', E'tab\\tnew\\nline', '{}', %s)""",
+        (big,),
+    )
+    rows = {r["new"]["id"]: r["new"] for r in outbox(rconn)}
+    assert rows[1]["n"] == "NaN" and rows[1]["f"] == "NaN" and rows[1]["at"] == "infinity"
+    assert rows[1]["raw"] == "\\x00ff" and rows[1]["note"] == "😀 مرحبا שלום"
+    assert rows[1]["parts"] == [{"sku": "a", "qty": 1}]
+    assert rows[2]["n"] == "Infinity" and rows[2]["f"] == "-Infinity"
+    assert rows[2]["note"] == "tab\tnew\nline" and len(rows[2]["big"]) == len(big)
