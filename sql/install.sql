@@ -22,4 +22,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 2) AS relay_appl
 \ir migrations/0002_rules.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 3) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0003_delivery.sql
+\endif
+
 COMMIT;

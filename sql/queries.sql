@@ -48,3 +48,98 @@ ORDER BY r.id;
 SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, username,
        request_id, txid::text, created_at
 FROM relay.outbox WHERE id = %(id)s;
+
+-- name: fan_out_lock
+-- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003).
+SELECT pg_try_advisory_xact_lock(hashtext('relay.fan_out'));
+
+-- name: changes_to_fan_out
+SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, username,
+       request_id, txid::text, created_at
+FROM relay.outbox
+WHERE status = 'pending' AND fanned_out_at IS NULL
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: add_deliveries
+-- New deliveries; a delivery that failed before is armed again (a re-queued change), one that
+-- succeeded is left alone, so a change goes again only to the webhooks that did not get it.
+INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key)
+SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+                     %(row_keys)s::text[])
+ON CONFLICT (outbox_id, webhook_id) DO UPDATE
+    SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
+        leased_by = NULL, last_error = NULL, last_status_code = NULL
+    WHERE relay.deliveries.status = 'failed';
+
+-- name: mark_fanned_out
+UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: claim_deliveries
+-- Due deliveries nobody holds, never one whose row has an earlier change still pending for the
+-- same webhook (in flight or waiting for a retry), leased to this relay for lease_seconds.
+WITH due AS (
+    SELECT d.outbox_id, d.webhook_id
+    FROM relay.deliveries d
+    WHERE d.status = 'pending'
+      AND d.next_attempt_at <= now()
+      AND (d.leased_until IS NULL OR d.leased_until < now())
+      AND d.webhook_id <> ALL (%(paused)s::bigint[])
+      AND NOT EXISTS (
+          SELECT FROM relay.deliveries e
+          WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
+            AND e.status = 'pending' AND e.outbox_id < d.outbox_id)
+    ORDER BY d.next_attempt_at, d.outbox_id
+    LIMIT %(limit)s
+    FOR UPDATE OF d SKIP LOCKED
+)
+UPDATE relay.deliveries d
+SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
+    leased_by = %(relay_id)s,
+    attempts = d.attempts + 1
+FROM due
+WHERE d.outbox_id = due.outbox_id AND d.webhook_id = due.webhook_id
+RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts;
+
+-- name: record_attempt
+INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
+                            response_excerpt)
+VALUES (%(outbox_id)s, %(webhook_id)s, %(attempt)s, %(duration_ms)s, %(status_code)s,
+        %(error)s, %(excerpt)s);
+
+-- name: finish_delivery
+-- The outcome of an attempt, written only while this relay still holds the lease.
+UPDATE relay.deliveries
+SET status = %(status)s::relay.delivery_status,
+    next_attempt_at = now() + make_interval(secs => %(retry_in)s),
+    leased_until = NULL,
+    leased_by = NULL,
+    last_status_code = %(status_code)s,
+    last_error = %(error)s,
+    delivered_at = CASE WHEN %(status)s = 'delivered' THEN now() END
+WHERE outbox_id = %(outbox_id)s AND webhook_id = %(webhook_id)s AND leased_by = %(relay_id)s;
+
+-- name: finish_changes
+-- A change is delivered when all its deliveries are, failed as soon as one is.
+UPDATE relay.outbox o
+SET status = CASE WHEN s.failed THEN 'failed' ELSE 'delivered' END::relay.change_status,
+    processed_at = now(),
+    attempts = s.attempts,
+    last_error = s.error
+FROM (
+    SELECT outbox_id,
+           bool_or(status = 'failed') AS failed,
+           bool_and(status = 'delivered') AS delivered,
+           sum(attempts)::int AS attempts,
+           min(last_error) FILTER (WHERE status = 'failed') AS error
+    FROM relay.deliveries
+    WHERE outbox_id = ANY(%(ids)s::bigint[])
+    GROUP BY outbox_id
+) s
+WHERE o.id = s.outbox_id AND o.status = 'pending' AND (s.failed OR s.delivered);
+
+-- name: skip_changes
+UPDATE relay.outbox
+SET status = 'skipped', processed_at = now(), fanned_out_at = now()
+WHERE id = ANY(%(ids)s::bigint[]) AND NOT EXISTS (
+    SELECT FROM relay.deliveries d WHERE d.outbox_id = relay.outbox.id);

@@ -1,0 +1,159 @@
+"""The delivery protocol in SQL: fan-out, leases, per-row order, requeue with plain SQL."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+from helpers import outbox
+from psycopg.rows import dict_row
+from test_rules_sql import add_rule, add_webhook
+
+from relay import fanout, rules
+from relay.sqlfiles import query
+
+
+def fan_out(conn) -> fanout.Plan:
+    with conn.transaction():
+        assert conn.execute(query("fan_out_lock")).fetchone()[0]
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
+        plan = fanout.plan([rules.change_from_row(r) for r in rows], rules.load(conn))
+        conn.execute(query("add_deliveries"), plan.deliveries())
+        conn.execute(query("mark_fanned_out"), {"ids": plan.fanned_out})
+        conn.execute(query("skip_changes"), {"ids": plan.fanned_out})
+        conn.execute(query("finish_changes"), {"ids": plan.fanned_out})
+    return plan
+
+
+def claim(conn, relay_id="r1", lease=30.0, paused=()):
+    rows = conn.execute(
+        query("claim_deliveries"),
+        {"limit": 100, "lease_seconds": lease, "relay_id": relay_id, "paused": list(paused)},
+    ).fetchall()
+    return sorted((r[0], r[1]) for r in rows)
+
+
+def finish(conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
+    done = conn.execute(
+        query("finish_delivery"),
+        {
+            "status": status,
+            "retry_in": retry_in,
+            "status_code": 200 if status == "delivered" else 500,
+            "error": None if status == "delivered" else "HTTP 500",
+            "outbox_id": outbox_id,
+            "webhook_id": webhook_id,
+            "relay_id": relay_id,
+        },
+    ).rowcount
+    conn.execute(query("finish_changes"), {"ids": [outbox_id]})
+    return done
+
+
+def setup(rconn):
+    rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+    rconn.execute("CREATE TABLE notes (body text)")
+    rconn.execute("SELECT relay.track('items'), relay.track('notes')")
+    a = add_webhook(rconn, name="a")
+    b = add_webhook(rconn, name="b")
+    add_rule(rconn, a, name="items-a", tables=["public.items"])
+    add_rule(rconn, b, name="items-b", tables=["public.items"], events=["update"])
+    return a, b
+
+
+def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rconn):
+    a, b = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    rconn.execute("UPDATE items SET v = 1")
+    rconn.execute("INSERT INTO notes VALUES ('no rule')")
+    fan_out(rconn)
+    deliveries = rconn.execute(
+        "SELECT outbox_id, webhook_id, row_key FROM relay.deliveries ORDER BY 1, 2"
+    ).fetchall()
+    ids = [r["id"] for r in outbox(rconn)]
+    assert deliveries == [
+        (ids[0], a, 'public.items:{"id": 1}'),
+        (ids[1], a, 'public.items:{"id": 1}'),
+        (ids[1], b, 'public.items:{"id": 1}'),
+    ]
+    assert [r["status"] for r in outbox(rconn)] == ["pending", "pending", "skipped"]
+    assert fan_out(rconn).fanned_out == []  # nothing left to fan out
+
+
+def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn):
+    a, b = setup(rconn)  # b's own order is independent: leave it out
+    rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
+    rconn.execute("UPDATE items SET v = 1 WHERE id = 1")
+    rconn.execute("UPDATE items SET v = 2 WHERE id = 1")
+    fan_out(rconn)
+    first, second, third, _ = [r["id"] for r in outbox(rconn)]
+    only_a = {"paused": [b]}
+    assert claim(rconn, **only_a) == [(first, a), (second, a)]  # row 1's first change, row 2
+    assert claim(rconn, **only_a) == []  # row 1's next change waits while the first is out
+    finish(rconn, first, a, "pending", retry_in=0)  # a failed attempt, retry due now
+    assert claim(rconn, **only_a) == [(first, a)]  # the retry goes before the later change
+    finish(rconn, first, a, "delivered")
+    assert claim(rconn, **only_a) == [(third, a)]
+
+
+def test_a_lease_expires_and_the_old_holder_cannot_overwrite(rconn):
+    a, _ = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    fan_out(rconn)
+    change = outbox(rconn)[0]["id"]
+    assert claim(rconn, "dead", lease=0.2) == [(change, a)]
+    assert claim(rconn, "alive") == []
+    time.sleep(0.3)
+    assert claim(rconn, "alive") == [(change, a)]
+    assert finish(rconn, change, a, "delivered", relay_id="dead") == 0
+    assert finish(rconn, change, a, "delivered", relay_id="alive") == 1
+    assert outbox(rconn)[0]["status"] == "delivered"
+
+
+def test_two_relays_claim_disjoint_work(rconn, relay_dsn):
+    setup(rconn)
+    rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g")
+    fan_out(rconn)
+    with psycopg.connect(relay_dsn) as one, psycopg.connect(relay_dsn) as two:
+        first = claim(one, "one")  # transaction still open: rows locked
+        second = claim(two, "two")
+        one.commit()
+        two.commit()
+    assert len(first) + len(second) == 50 and not set(first) & set(second)
+
+
+def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn):
+    a, b = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    rconn.execute("UPDATE items SET v = 1")
+    fan_out(rconn)
+    update = outbox(rconn)[1]["id"]
+    claim(rconn)
+    finish(rconn, outbox(rconn)[0]["id"], a, "delivered")
+    claim(rconn)
+    finish(rconn, update, a, "delivered")
+    finish(rconn, update, b, "failed")
+    assert outbox(rconn)[1]["status"] == "failed"
+
+    rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
+    row = outbox(rconn)[1]
+    assert row["fanned_out_at"] is None and row["processed_at"] is None
+    fan_out(rconn)
+    states = rconn.execute(
+        "SELECT webhook_id, status::text, attempts FROM relay.deliveries"
+        " WHERE outbox_id = %s ORDER BY 1",
+        (update,),
+    ).fetchall()
+    assert states == [(a, "delivered", 1), (b, "pending", 0)]
+    assert claim(rconn) == [(update, b)]
+    finish(rconn, update, b, "delivered")
+    assert outbox(rconn)[1]["status"] == "delivered"
+
+
+def test_paused_webhooks_are_not_claimed(rconn):
+    a, b = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    rconn.execute("UPDATE items SET v = 1")
+    fan_out(rconn)
+    assert {w for _, w in claim(rconn, paused=[a])} == {b}
