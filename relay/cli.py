@@ -153,5 +153,34 @@ def demo(
         fail(str(exc), 2)
 
 
+@app.command()
+def run(dsn: Dsn) -> None:
+    """Deliver changes to webhooks until SIGTERM or SIGINT (knobs: RELAY_* variables)."""
+    import asyncio
+    import signal
+
+    from pydantic import ValidationError
+
+    from relay import logs
+    from relay.settings import Settings
+    from relay.worker import Worker
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"RELAY_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
+    logs.configure()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(settings, dsn).run(stop)
+
+    asyncio.run(main())
+
+
 def main() -> None:
     app()

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
 
+    dsn: str | None = Field(default=None, repr=False)
+    """The database: libpq connection string or URI."""
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    """Changes fanned out, and deliveries claimed, per round trip."""
+    poll_interval: float = Field(default=2.0, gt=0, le=3600)
+    """Seconds between looks at the outbox when no notification arrives."""
+    lease_seconds: float = Field(default=60.0, gt=0)
+    """How long a claimed delivery stays this relay's; a crashed relay's work is taken over
+    after it (keep it above the longest webhook timeout)."""
+    max_attempts: int = Field(default=8, ge=1)
+    """Attempts per delivery before it fails for good."""
+    retry_base_seconds: float = Field(default=5.0, gt=0)
+    """First retry delay; each later one is four times longer, with +-20% jitter."""
+    retry_max_seconds: float = Field(default=36_000.0, gt=0)
+    """No retry waits longer than this (Retry-After included)."""
+    webhook_concurrency: int = Field(default=16, ge=1)
+    """Requests in flight to one webhook at once."""
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    """On SIGTERM, how long in-flight requests may take to finish."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
 
     @property
     def template_env_globs(self) -> list[str]:
         return [part.strip() for part in self.template_env_allow.split(",") if part.strip()]
+
+    def retry_delay(self, attempt: int, jitter: float, retry_after: float | None) -> float:
+        """Seconds before the attempt after ``attempt`` (1-based); ``jitter`` in [0.8, 1.2]."""
+        delay = min(self.retry_max_seconds, self.retry_base_seconds * 4.0 ** (attempt - 1)) * jitter
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.retry_max_seconds)

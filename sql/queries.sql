@@ -76,39 +76,56 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
 UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: claim_deliveries
--- Due deliveries nobody holds, never one whose row has an earlier change still pending for the
--- same webhook (in flight or waiting for a retry), leased to this relay for lease_seconds.
-WITH due AS (
-    SELECT d.outbox_id, d.webhook_id
-    FROM relay.deliveries d
-    WHERE d.status = 'pending'
-      AND d.next_attempt_at <= now()
-      AND (d.leased_until IS NULL OR d.leased_until < now())
-      AND d.webhook_id <> ALL (%(paused)s::bigint[])
-      AND NOT EXISTS (
-          SELECT FROM relay.deliveries e
-          WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
-            AND e.status = 'pending' AND e.outbox_id < d.outbox_id)
-    ORDER BY d.next_attempt_at, d.outbox_id
+-- Due deliveries nobody holds, leased to this relay for lease_seconds and returned with their
+-- change. Per webhook, never more than it has free slots (webhook_concurrency less what this
+-- relay already has in flight: a delivery is only claimed when it can be sent at once, so no
+-- lease runs out while waiting), and never one whose row has an earlier change still pending
+-- for the same webhook (in flight or waiting for a retry).
+WITH room AS (
+    SELECT w.id AS webhook_id, %(per_webhook)s - coalesce(busy.n, 0) AS free
+    FROM relay.webhooks w
+    LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[]) AS busy (id, n)
+        ON busy.id = w.id
+), due AS (
+    SELECT c.outbox_id, c.webhook_id
+    FROM room
+    CROSS JOIN LATERAL (
+        SELECT d.outbox_id, d.webhook_id
+        FROM relay.deliveries d
+        WHERE d.webhook_id = room.webhook_id
+          AND d.status = 'pending'
+          AND d.next_attempt_at <= now()
+          AND (d.leased_until IS NULL OR d.leased_until < now())
+          AND NOT EXISTS (
+              SELECT FROM relay.deliveries e
+              WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
+                AND e.status = 'pending' AND e.outbox_id < d.outbox_id)
+        ORDER BY d.next_attempt_at, d.outbox_id
+        LIMIT greatest(room.free, 0)
+        FOR UPDATE OF d SKIP LOCKED
+    ) c
+    WHERE room.free > 0
     LIMIT %(limit)s
-    FOR UPDATE OF d SKIP LOCKED
 )
 UPDATE relay.deliveries d
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
     leased_by = %(relay_id)s,
     attempts = d.attempts + 1
-FROM due
-WHERE d.outbox_id = due.outbox_id AND d.webhook_id = due.webhook_id
-RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts;
+FROM due, relay.outbox o
+WHERE d.outbox_id = due.outbox_id AND d.webhook_id = due.webhook_id AND o.id = d.outbox_id
+RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
+          o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
+          o.username, o.request_id, o.txid::text, o.created_at;
 
--- name: record_attempt
-INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-                            response_excerpt)
-VALUES (%(outbox_id)s, %(webhook_id)s, %(attempt)s, %(duration_ms)s, %(status_code)s,
-        %(error)s, %(excerpt)s);
-
--- name: finish_delivery
--- The outcome of an attempt, written only while this relay still holds the lease.
+-- name: record_outcome
+-- One attempt and its outcome, in one statement; the outcome is written only while this relay
+-- still holds the lease (a relay that lost it to another must not overwrite what that one did).
+WITH attempt AS (
+    INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
+                                response_excerpt)
+    VALUES (%(outbox_id)s, %(webhook_id)s, %(attempt)s, %(duration_ms)s, %(status_code)s,
+            %(error)s, %(excerpt)s)
+)
 UPDATE relay.deliveries
 SET status = %(status)s::relay.delivery_status,
     next_attempt_at = now() + make_interval(secs => %(retry_in)s),
@@ -143,3 +160,9 @@ UPDATE relay.outbox
 SET status = 'skipped', processed_at = now(), fanned_out_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND NOT EXISTS (
     SELECT FROM relay.deliveries d WHERE d.outbox_id = relay.outbox.id);
+
+-- name: release_leases
+-- On shutdown: what this relay claimed but did not finish is free for others at once.
+UPDATE relay.deliveries
+SET leased_until = NULL, leased_by = NULL, attempts = greatest(attempts - 1, 0)
+WHERE leased_by = %(relay_id)s AND status = 'pending';

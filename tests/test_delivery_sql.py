@@ -26,25 +26,38 @@ def fan_out(conn) -> fanout.Plan:
     return plan
 
 
-def claim(conn, relay_id="r1", lease=30.0, paused=()):
+def claim(conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
+    """Claim as a relay would; ``paused`` webhooks have every slot busy."""
     rows = conn.execute(
         query("claim_deliveries"),
-        {"limit": 100, "lease_seconds": lease, "relay_id": relay_id, "paused": list(paused)},
+        {
+            "limit": 100,
+            "lease_seconds": lease,
+            "relay_id": relay_id,
+            "per_webhook": per_webhook,
+            "busy_ids": list(paused),
+            "busy_counts": [per_webhook] * len(paused),
+        },
     ).fetchall()
     return sorted((r[0], r[1]) for r in rows)
 
 
 def finish(conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
+    """Record an attempt's outcome as a relay would; the number of deliveries it changed."""
+    ok = status == "delivered"
     done = conn.execute(
-        query("finish_delivery"),
+        query("record_outcome"),
         {
             "status": status,
             "retry_in": retry_in,
-            "status_code": 200 if status == "delivered" else 500,
-            "error": None if status == "delivered" else "HTTP 500",
+            "status_code": 200 if ok else 500,
+            "error": None if ok else "HTTP 500",
             "outbox_id": outbox_id,
             "webhook_id": webhook_id,
             "relay_id": relay_id,
+            "attempt": 1,
+            "duration_ms": 5,
+            "excerpt": "",
         },
     ).rowcount
     conn.execute(query("finish_changes"), {"ids": [outbox_id]})
@@ -151,9 +164,21 @@ def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn):
     assert outbox(rconn)[1]["status"] == "delivered"
 
 
-def test_paused_webhooks_are_not_claimed(rconn):
+def test_busy_webhooks_get_only_their_free_slots(rconn):
     a, b = setup(rconn)
-    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g")
     rconn.execute("UPDATE items SET v = 1")
     fan_out(rconn)
     assert {w for _, w in claim(rconn, paused=[a])} == {b}
+    rows = rconn.execute(
+        query("claim_deliveries"),
+        {
+            "limit": 100,
+            "lease_seconds": 30,
+            "relay_id": "r1",
+            "per_webhook": 4,
+            "busy_ids": [a],
+            "busy_counts": [1],
+        },
+    ).fetchall()
+    assert sorted(r[1] for r in rows) == [a, a, a]

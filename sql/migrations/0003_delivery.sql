@@ -36,7 +36,8 @@ CREATE TABLE relay.deliveries (
     delivered_at     timestamptz,
     PRIMARY KEY (outbox_id, webhook_id)
 );
-CREATE INDEX deliveries_due ON relay.deliveries (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX deliveries_due ON relay.deliveries (webhook_id, next_attempt_at, outbox_id)
+    WHERE status = 'pending';
 CREATE INDEX deliveries_row_order ON relay.deliveries (webhook_id, row_key, outbox_id)
     WHERE status = 'pending';
 

@@ -1,0 +1,242 @@
+"""relay run, end to end: real PostgreSQL, real receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import psycopg
+from aiohttp import web
+from receivers import Receiver, receiver
+
+from relay.settings import Settings
+from relay.worker import Worker
+
+FAST = Settings(
+    poll_interval=0.2,
+    retry_base_seconds=0.05,
+    retry_max_seconds=0.5,
+    lease_seconds=5,
+    shutdown_grace_seconds=1,
+)
+
+
+@asynccontextmanager
+async def running(
+    dsn: str, settings: Settings = FAST, relay_id: str | None = None
+) -> AsyncIterator[Worker]:
+    worker = Worker(settings, dsn, relay_id=relay_id)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def sql(dsn: str, *statements: str) -> None:
+    def run() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for statement in statements:
+                conn.execute(statement)
+
+    await asyncio.to_thread(run)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, "timed out waiting"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+def setup(conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", **webhook) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v int)")
+    conn.execute("SELECT relay.track('items')")
+    columns = {"name": name, "payload_url": url, "secret": secret, **webhook}
+    conn.execute(
+        f"INSERT INTO relay.webhooks ({', '.join(columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))})",
+        list(columns.values()),
+    )
+    conn.execute(
+        "INSERT INTO relay.event_rules (name, tables, webhook_id) SELECT %s,"
+        " ARRAY['public.items'], id FROM relay.webhooks WHERE name = %s",
+        (name, name),
+    )
+
+
+def bodies(r: Receiver) -> list[dict]:
+    return [json.loads(req.body) for req in r.requests]
+
+
+def outbox_statuses(conn) -> list[str]:
+    return [row[0] for row in conn.execute("SELECT status::text FROM relay.outbox ORDER BY id")]
+
+
+def test_changes_arrive_signed_and_in_order(rconn, relay_dsn):
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn):
+                await sql(
+                    relay_dsn,
+                    "INSERT INTO items VALUES (1, 0), (2, 0)",
+                    "UPDATE items SET v = 1 WHERE id = 1",
+                    "UPDATE items SET v = 2 WHERE id = 1",
+                    "DELETE FROM items WHERE id = 2",
+                )
+                await until(lambda: len(r.requests) == 5)
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 5)
+            return r
+
+    r = asyncio.run(scenario())
+    for req in r.requests:
+        expected = hmac.new(b"s3cr3t", req.body, hashlib.sha512).hexdigest()
+        assert req.headers["X-Hook-Signature"] == expected
+    row1 = [(b["event"], b["data"]["v"]) for b in bodies(r) if b["pk"] == {"id": 1}]
+    assert row1 == [("created", 0), ("updated", 1), ("updated", 2)]
+    assert [b["event"] for b in bodies(r) if b["pk"] == {"id": 2}] == ["created", "deleted"]
+    assert rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0] == 5
+
+
+def test_failures_are_retried_with_the_same_delivery_id(rconn, relay_dsn):
+    calls = {"n": 0}
+
+    async def flaky(request: web.Request) -> web.Response:
+        calls["n"] += 1
+        return web.Response(status=500 if calls["n"] <= 2 else 200)
+
+    async def scenario() -> Receiver:
+        async with receiver(flaky) as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"])
+            return r
+
+    r = asyncio.run(scenario())
+    assert len(r.requests) == 3
+    assert len({req.headers["X-Relay-Delivery"] for req in r.requests}) == 1
+    attempts = rconn.execute(
+        "SELECT attempt, status_code, error FROM relay.attempts ORDER BY id"
+    ).fetchall()
+    assert attempts == [
+        (1, 500, "HTTP 500 Internal Server Error"),
+        (2, 500, "HTTP 500 Internal Server Error"),
+        (3, 200, None),
+    ]
+
+
+def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn, relay_dsn):
+    failures = {"left": 3}
+
+    async def fail_first_change(request: web.Request) -> web.Response:
+        body = json.loads(await request.read())
+        if body["event"] == "created" and failures["left"] > 0:
+            failures["left"] -= 1
+            return web.Response(status=503)
+        return web.Response(status=200)
+
+    async def scenario() -> Receiver:
+        async with receiver(fail_first_change) as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn):
+                await sql(
+                    relay_dsn,
+                    "INSERT INTO items VALUES (1, 0)",
+                    *[f"UPDATE items SET v = {i} WHERE id = 1" for i in range(1, 6)],
+                )
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 6)
+            return r
+
+    r = asyncio.run(scenario())
+    delivered = [b["data"]["v"] for b in bodies(r)][3:]  # after three refused attempts
+    assert delivered == [0, 1, 2, 3, 4, 5]
+
+
+def test_requeue_with_sql_sends_failed_changes_again(rconn, relay_dsn):
+    state = {"status": 410}
+
+    async def gone_then_back(request: web.Request) -> web.Response:
+        return web.Response(status=state["status"])
+
+    async def scenario() -> tuple[Receiver, float]:
+        async with receiver(gone_then_back) as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn, Settings(**{**FAST.model_dump(), "poll_interval": 30})):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["failed"])
+                state["status"] = 200
+                await sql(
+                    relay_dsn, "UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'"
+                )
+                took = await until(lambda: outbox_statuses(rconn) == ["delivered"], timeout=2)
+            return r, took
+
+    r, took = asyncio.run(scenario())
+    assert len(r.requests) == 2 and took < 2  # the NOTIFY woke it, not the 30 s poll
+    error = rconn.execute("SELECT error FROM relay.attempts ORDER BY id LIMIT 1").fetchone()[0]
+    assert error == "HTTP 410 Gone"
+
+
+def test_a_broken_template_fails_that_delivery_and_others_flow(rconn, relay_dsn):
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            setup(rconn, r.url, "good")
+            setup(rconn, r.url, "broken", body_template="{{ data.v ")
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0), (2, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["failed", "failed"])
+            return r
+
+    r = asyncio.run(scenario())
+    assert len(r.requests) == 2  # both changes reached the good webhook
+    rows = rconn.execute(
+        "SELECT w.name, d.status::text, d.last_error FROM relay.deliveries d"
+        " JOIN relay.webhooks w ON w.id = d.webhook_id ORDER BY w.name, d.outbox_id"
+    ).fetchall()
+    assert [(n, s) for n, s, _ in rows] == [("broken", "failed")] * 2 + [("good", "delivered")] * 2
+    assert rows[0][2].startswith("body_template: line 1:")
+
+
+def test_two_relays_deliver_each_change_once(rconn, relay_dsn):
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn, relay_id="one"), running(relay_dsn, relay_id="two"):
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 300) g")
+                await until(lambda: len(r.requests) >= 300)
+                await until(lambda: set(outbox_statuses(rconn)) == {"delivered"})
+            return r
+
+    r = asyncio.run(scenario())
+    ids = [req.headers["X-Relay-Delivery"] for req in r.requests]
+    assert len(ids) == 300 and len(set(ids)) == 300
+    holders = {row[0] for row in rconn.execute("SELECT DISTINCT leased_by FROM relay.deliveries")}
+    assert holders == {None}
+
+
+def test_a_slow_endpoint_does_not_slow_another(rconn, relay_dsn):
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(3)
+        return web.Response()
+
+    async def scenario() -> float:
+        async with receiver(slow) as slow_r, receiver() as fast_r:
+            setup(rconn, slow_r.url, "slow")
+            setup(rconn, fast_r.url, "fast")
+            async with running(
+                relay_dsn, Settings(**{**FAST.model_dump(), "webhook_concurrency": 2})
+            ):
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g")
+                return await until(lambda: len(fast_r.requests) == 50, timeout=10)
+
+    assert asyncio.run(scenario()) < 2.5
