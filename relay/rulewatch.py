@@ -20,18 +20,32 @@ CHANNEL = "relay_rules"
 
 
 class RuleWatcher:
-    def __init__(self, dsn: str, *, settle_seconds: float = 0.05) -> None:
+    def __init__(
+        self, dsn: str, *, settle_seconds: float = 0.05, application_name: str = "relay"
+    ) -> None:
         self._dsn = dsn
+        self._application_name = application_name
         self._settle = settle_seconds
         self.ruleset = RuleSet([])
         self.loaded = asyncio.Event()
         self.reloads = 0
 
     async def run(self) -> None:
-        """Listen and reload until cancelled; the first load happens once listening, so that
-        no change made in between can be missed."""
+        """Listen and reload until cancelled, reconnecting with backoff when the connection is
+        lost (and reloading then, since notices sent meanwhile were missed)."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._watch()
+            except psycopg.OperationalError:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _watch(self) -> None:
+        """The first load happens once listening, so that no change made in between is
+        missed."""
         conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
-            self._dsn, autocommit=True
+            self._dsn, autocommit=True, application_name=self._application_name
         )
         async with conn:
             await conn.execute(f"LISTEN {CHANNEL}")

@@ -55,39 +55,69 @@ class Worker:
         self.dsn = dsn
         self.relay_id = relay_id or f"{socket.gethostname()}:{os.getpid()}"
         self.renderer = Renderer(settings.template_env_globs)
-        self.rules = RuleWatcher(dsn)
+        self.rules = RuleWatcher(dsn, application_name=f"relay run {self.relay_id}")
         self.max_in_flight = settings.batch_size * 4
         self._busy: dict[int, int] = defaultdict(int)
         self._wake = asyncio.Event()
+        self._connected = False
+        self._next_sweep = 0.0
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then let in-flight requests finish within the grace
-        period and release whatever is left to other relays."""
+        period and release whatever is left to other relays.
+
+        A lost database connection is retried with backoff and logged once per outage; work
+        resumes from the database's state (whatever is due, including the backlog), so nothing
+        depends on what this process remembered."""
         watcher = asyncio.create_task(self.rules.run())
+        backoff = 0.5
+        outage = False
         try:
-            await asyncio.wait_for(self.rules.loaded.wait(), 30)
-            async with (
-                Sender() as sender,
-                await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn,
-                await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as recorder,
-                await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as listener,
-            ):
-                await listener.execute("LISTEN relay_outbox")
-                notices = asyncio.create_task(self._listen(listener))
-                log.info("relay started", relay_id=self.relay_id)
-                try:
-                    while not stop.is_set():
-                        busy = await self._round(conn, recorder, sender)
-                        if not busy:
-                            await self._idle(stop)
-                finally:
-                    notices.cancel()
-                    await self._drain()
-                    await conn.execute(query("release_leases"), {"relay_id": self.relay_id})
-                    log.info("relay stopped", relay_id=self.relay_id)
+            async with Sender() as sender:
+                while not stop.is_set():
+                    self._connected = False
+                    try:
+                        await asyncio.wait_for(self.rules.loaded.wait(), 30)
+                        await self._session(stop, sender)
+                    except (psycopg.OperationalError, TimeoutError) as exc:
+                        if self._connected or not outage:
+                            log.warning("database unavailable, retrying", error=_first_line(exc))
+                            backoff = 0.5
+                        outage = True
+                        await asyncio.wait([asyncio.create_task(stop.wait())], timeout=backoff)
+                        backoff = min(backoff * 2, 30.0)
         finally:
             watcher.cancel()
+
+    async def _session(self, stop: asyncio.Event, sender: Sender) -> None:
+        """One connected stretch: three connections (claims, outcomes, notifications)."""
+        async with (
+            await self._connect() as conn,
+            await self._connect() as recorder,
+            await self._connect() as listener,
+        ):
+            await listener.execute("LISTEN relay_outbox")
+            self._connected = True
+            log.info("relay connected", relay_id=self.relay_id)
+            notices = asyncio.create_task(self._listen(listener))
+            try:
+                while not stop.is_set():
+                    if notices.done():
+                        notices.result()  # the listening connection died: raise its error
+                    if not await self._round(conn, recorder, sender):
+                        await self._idle(stop)
+            finally:
+                notices.cancel()
+                await self._drain()
+            await conn.execute(query("release_leases"), {"relay_id": self.relay_id})
+            log.info("relay stopped", relay_id=self.relay_id)
+
+    async def _connect(self) -> AConn:
+        """Connections carry the relay's id, so operators can see (and tests can cut) them."""
+        return await psycopg.AsyncConnection.connect(
+            self.dsn, autocommit=True, application_name=f"relay run {self.relay_id}"
+        )
 
     async def _listen(self, listener: AConn) -> None:
         async for _ in listener.notifies():
@@ -117,6 +147,8 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _round(self, conn: AConn, recorder: AConn, sender: Sender) -> bool:
+        if time.monotonic() >= self._next_sweep:
+            await self._sweep(conn)
         fanned = await self._fan_out(conn)
         room = self.max_in_flight - len(self._in_flight)
         claimed = await self._claim(conn, min(room, self.settings.batch_size)) if room else []
@@ -125,6 +157,14 @@ class Worker:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
         return bool(fanned or claimed)
+
+    async def _sweep(self, conn: AConn) -> None:
+        """Finish changes left unfinished by a relay that died (see unfinished_changes)."""
+        self._next_sweep = time.monotonic() + self.settings.lease_seconds
+        cur = await conn.execute(query("unfinished_changes"), {"limit": 10_000})
+        ids = [row[0] for row in await cur.fetchall()]
+        if ids:
+            await conn.execute(query("finish_changes"), {"ids": ids})
 
     async def _fan_out(self, conn: AConn) -> int:
         async with conn.transaction():
@@ -241,3 +281,8 @@ class Worker:
             },
         )
         await conn.execute(query("finish_changes"), {"ids": [item.outbox_id]})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

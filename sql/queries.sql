@@ -155,6 +155,13 @@ FROM (
 ) s
 WHERE o.id = s.outbox_id AND o.status = 'pending' AND (s.failed OR s.delivered);
 
+-- name: unfinished_changes
+-- Changes in progress with no delivery left pending: their relay stopped before finishing them.
+SELECT o.id FROM relay.outbox o
+WHERE o.status = 'pending' AND o.fanned_out_at IS NOT NULL
+  AND NOT EXISTS (SELECT FROM relay.deliveries d WHERE d.outbox_id = o.id AND d.status = 'pending')
+LIMIT %(limit)s;
+
 -- name: skip_changes
 UPDATE relay.outbox
 SET status = 'skipped', processed_at = now(), fanned_out_at = now()

@@ -16,6 +16,11 @@
 ALTER TABLE relay.outbox ADD COLUMN fanned_out_at timestamptz;
 CREATE INDEX outbox_to_fan_out ON relay.outbox (id)
     WHERE status = 'pending' AND fanned_out_at IS NULL;
+-- Changes in progress, for the sweep that finishes changes whose relay died between recording
+-- its last delivery and finishing the change. A new row is not in it (not fanned out yet), so
+-- writers never pay for this one.
+CREATE INDEX outbox_in_progress ON relay.outbox (id)
+    WHERE status = 'pending' AND fanned_out_at IS NOT NULL;
 
 CREATE TYPE relay.delivery_status AS ENUM ('pending', 'delivered', 'failed');
 
