@@ -182,3 +182,33 @@ def test_busy_webhooks_get_only_their_free_slots(rconn):
         },
     ).fetchall()
     assert sorted(r[1] for r in rows) == [a, a, a]
+
+
+def test_documented_one_liners(rconn):
+    """docs/operations.md: retry one webhook's failures; drop a poisoned change."""
+    a, _ = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
+    fan_out(rconn)
+    first, second = [r["id"] for r in outbox(rconn)]
+    claim(rconn)
+    finish(rconn, first, a, "failed")
+    finish(rconn, second, a, "delivered")
+    assert [r["status"] for r in outbox(rconn)] == ["failed", "delivered"]
+
+    rconn.execute("""
+        UPDATE relay.outbox o SET status = 'pending'
+        FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
+        WHERE d.outbox_id = o.id AND d.status = 'failed' AND w.name = 'a'
+          AND o.status = 'failed' AND o.created_at > current_date""")
+    fan_out(rconn)
+    assert claim(rconn) == [(first, a)]
+
+    rconn.execute(
+        """
+        UPDATE relay.deliveries SET status = 'failed', last_error = 'dropped by operator'
+        WHERE outbox_id = %(id)s AND status = 'pending';
+        UPDATE relay.outbox SET status = 'failed', processed_at = now() WHERE id = %(id)s""",
+        {"id": first},
+    )
+    assert outbox(rconn)[0]["status"] == "failed"
+    assert claim(rconn) == []
