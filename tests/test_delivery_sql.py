@@ -204,11 +204,12 @@ def test_documented_one_liners(rconn):
     assert claim(rconn) == [(first, a)]
 
     rconn.execute(
-        """
-        UPDATE relay.deliveries SET status = 'failed', last_error = 'dropped by operator'
-        WHERE outbox_id = %(id)s AND status = 'pending';
-        UPDATE relay.outbox SET status = 'failed', processed_at = now() WHERE id = %(id)s""",
-        {"id": first},
+        "UPDATE relay.deliveries SET status = 'failed', last_error = 'dropped by operator'"
+        " WHERE outbox_id = %s AND status = 'pending'",
+        (first,),
+    )
+    rconn.execute(
+        "UPDATE relay.outbox SET status = 'failed', processed_at = now() WHERE id = %s", (first,)
     )
     assert outbox(rconn)[0]["status"] == "failed"
     assert claim(rconn) == []
