@@ -36,6 +36,8 @@ class Outcome:
     """Seconds the receiver asked us to wait (429 or 503 with Retry-After)."""
     permanent: bool = False
     """Retrying cannot help (410 Gone): fail the delivery now."""
+    sent: bool = True
+    """False when the request never left (a template or rule problem on our side)."""
 
 
 @lru_cache(maxsize=64)

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     """No retry waits longer than this (Retry-After included)."""
     webhook_concurrency: int = Field(default=16, ge=1)
     """Requests in flight to one webhook at once."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failed attempts after which a webhook is paused."""
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+    """How long a paused webhook gets no requests; then one failure pauses it again, one
+    success resumes it."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
     template_env_allow: str = ""

@@ -48,7 +48,8 @@ class Worker:
     """One relay process. Claimed deliveries are independent tasks, each recording its own
     outcome. A webhook gets at most ``webhook_concurrency`` claims in flight from this process
     (the claim query is told how many it has), so a slow receiver occupies only its own slots,
-    never holds up other work, and nothing waits in memory while its lease runs out."""
+    never holds up other work, and nothing waits in memory while its lease runs out. A webhook
+    that keeps failing is paused for a cool-down (each process keeps its own count)."""
 
     def __init__(self, settings: Settings, dsn: str, *, relay_id: str | None = None) -> None:
         self.settings = settings
@@ -58,6 +59,8 @@ class Worker:
         self.rules = RuleWatcher(dsn, application_name=f"relay run {self.relay_id}")
         self.max_in_flight = settings.batch_size * 4
         self._busy: dict[int, int] = defaultdict(int)
+        self._failures: dict[int, int] = defaultdict(int)
+        self._paused_until: dict[int, float] = {}
         self._wake = asyncio.Event()
         self._connected = False
         self._next_sweep = 0.0
@@ -186,6 +189,10 @@ class Worker:
 
     async def _claim(self, conn: AConn, limit: int) -> list[Claimed]:
         busy = {hook: n for hook, n in self._busy.items() if n}
+        now = time.monotonic()
+        for hook, until in self._paused_until.items():
+            if until > now:  # a paused webhook has no free slot
+                busy[hook] = self.settings.webhook_concurrency
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("claim_deliveries"),
@@ -233,14 +240,18 @@ class Worker:
     async def _attempt(self, item: Claimed, sender: Sender) -> Outcome:
         target = self._target(item)
         if isinstance(target, str):
-            return Outcome(ok=False, status=None, duration=0.0, error=target, permanent=True)
+            return Outcome(
+                ok=False, status=None, duration=0.0, error=target, permanent=True, sent=False
+            )
         hook, rule = target
         try:
             request = self.renderer.request(
                 hook, item.change, rule.action_data, timestamp=int(time.time())
             )
         except RenderError as exc:
-            outcome = Outcome(ok=False, status=None, duration=0.0, error=str(exc), permanent=True)
+            outcome = Outcome(
+                ok=False, status=None, duration=0.0, error=str(exc), permanent=True, sent=False
+            )
         else:
             outcome = await sender.send(request, hook)
         log.info(
@@ -255,7 +266,31 @@ class Worker:
         )
         return outcome
 
+    def _breaker(self, item: Claimed, outcome: Outcome) -> None:
+        """Count the receiver's consecutive failures; pause it when they reach the limit, and
+        resume it at the first success. Our own errors (templates, rules) do not count."""
+        hook = item.webhook_id
+        if outcome.ok:
+            if self._failures.pop(hook, 0) >= self.settings.breaker_failures:
+                log.info("webhook resumed", webhook_id=hook)
+            self._paused_until.pop(hook, None)
+            return
+        if not outcome.sent:
+            return
+        self._failures[hook] += 1
+        if self._failures[hook] >= self.settings.breaker_failures:
+            if self._paused_until.get(hook, 0.0) < time.monotonic():
+                log.warning(
+                    "webhook paused",
+                    webhook_id=hook,
+                    failures=self._failures[hook],
+                    seconds=self.settings.breaker_cooldown_seconds,
+                    error=outcome.error,
+                )
+            self._paused_until[hook] = time.monotonic() + self.settings.breaker_cooldown_seconds
+
     async def _record(self, conn: AConn, item: Claimed, outcome: Outcome) -> None:
+        self._breaker(item, outcome)
         if outcome.ok:
             status, retry_in = "delivered", 0.0
         elif outcome.permanent or item.attempt >= self.settings.max_attempts:

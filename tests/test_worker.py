@@ -240,3 +240,40 @@ def test_a_slow_endpoint_does_not_slow_another(rconn, relay_dsn):
                 return await until(lambda: len(fast_r.requests) == 50, timeout=10)
 
     assert asyncio.run(scenario()) < 2.5
+
+
+def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    sock.close()  # nobody listens there
+
+    async def scenario() -> tuple[int, int]:
+        async with receiver() as healthy:
+            setup(rconn, dead_url, "dead")
+            setup(rconn, healthy.url, "healthy")
+            settings = Settings(
+                **{
+                    **FAST.model_dump(),
+                    "breaker_failures": 3,
+                    "breaker_cooldown_seconds": 30,
+                    "webhook_concurrency": 4,
+                }
+            )
+            async with running(relay_dsn, settings):
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 100) g")
+                await until(lambda: len(healthy.requests) == 100)
+                await asyncio.sleep(1)
+            attempts = rconn.execute(
+                "SELECT count(*) FROM relay.attempts a JOIN relay.webhooks w ON w.id = a.webhook_id"
+                " WHERE w.name = 'dead'"
+            ).fetchone()[0]
+            return attempts, len(healthy.requests)
+
+    dead_attempts, healthy_requests = asyncio.run(scenario())
+    assert healthy_requests == 100
+    # Paused after 3 failures; at most the 4 already in flight followed. Unpaused, 100 changes
+    # retried every 0.05-0.5 s would have made hundreds of attempts in that time.
+    assert dead_attempts <= 3 + 4
