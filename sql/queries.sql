@@ -96,10 +96,13 @@ WITH room AS (
           AND d.status = 'pending'
           AND d.next_attempt_at <= now()
           AND (d.leased_until IS NULL OR d.leased_until < now())
-          AND NOT EXISTS (
-              SELECT FROM relay.deliveries e
+          -- The earliest pending change of its row for this webhook. Written as a correlated
+          -- min() rather than NOT EXISTS: it is then always an index lookup, even before the
+          -- table has statistics (the anti-join chose a scan of every pending delivery).
+          AND d.outbox_id = (
+              SELECT min(e.outbox_id) FROM relay.deliveries e
               WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
-                AND e.status = 'pending' AND e.outbox_id < d.outbox_id)
+                AND e.status = 'pending')
         ORDER BY d.next_attempt_at, d.outbox_id
         LIMIT greatest(room.free, 0)
         FOR UPDATE OF d SKIP LOCKED
@@ -173,3 +176,6 @@ WHERE id = ANY(%(ids)s::bigint[]) AND NOT EXISTS (
 UPDATE relay.deliveries
 SET leased_until = NULL, leased_by = NULL, attempts = greatest(attempts - 1, 0)
 WHERE leased_by = %(relay_id)s AND status = 'pending';
+
+-- name: refresh_statistics
+SELECT relay.refresh_statistics();
