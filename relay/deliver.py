@@ -1,10 +1,13 @@
 """Sending a rendered request and saying, in words, what happened.
 
-One :class:`Sender` holds one aiohttp session (keep-alive connection pools per host, proxies
-from ``HTTP(S)_PROXY``/``NO_PROXY``) for the whole process. Redirects are never followed. Only
-the first 4 KB of a response are read, whatever its size. Nothing here raises for a receiver's
-behaviour: every attempt ends in an :class:`Outcome`, and its ``error`` names the host, never
-the full URL (whose path or query may carry a token).
+One :class:`Sender` holds one aiohttp session (keep-alive connection pools per host) for the
+whole process. Proxies come from ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` as read when the
+Sender starts; we pick them ourselves rather than with aiohttp's ``trust_env``, which also
+looks up ``~/.netrc`` for every request (in a thread: over half the relay's CPU time at load)
+and would send credentials from it that nobody configured for a webhook. Redirects are never
+followed. Only the first 4 KB of a response are read, whatever its size. Nothing here raises for
+a receiver's behaviour: every attempt ends in an :class:`Outcome`, and its ``error`` names the
+host, never the full URL (whose path or query may carry a token).
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.request import getproxies_environment, proxy_bypass
 
 import aiohttp
+import yarl
 
 from relay.render import Request, Webhook
 
 EXCERPT_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Proxy:
+    url: str
+    auth: aiohttp.BasicAuth | None
 
 
 @dataclass(frozen=True)
@@ -71,11 +82,13 @@ class Sender:
     def __init__(self, *, connections_per_host: int = 32) -> None:
         self._connections_per_host = connections_per_host
         self._session: aiohttp.ClientSession | None = None
+        self._proxies = getproxies_environment()
+        self._proxy_by_origin: dict[tuple[str, str], Proxy | None] = {}
 
     async def __aenter__(self) -> Sender:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._connections_per_host),
-            trust_env=True,
+            trust_env=False,
             auto_decompress=True,
         )
         return self
@@ -86,7 +99,9 @@ class Sender:
 
     async def send(self, request: Request, webhook: Webhook) -> Outcome:
         assert self._session is not None, "use Sender as an async context manager"
-        host = urlsplit(request.url).netloc
+        url = urlsplit(request.url)
+        host = url.netloc
+        proxy = self.proxy(url.scheme, url.hostname or "")
         started = time.monotonic()
         timeout = float(webhook.timeout_seconds)
         try:
@@ -98,6 +113,8 @@ class Sender:
                 allow_redirects=False,
                 ssl=_tls(webhook),
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                proxy=proxy.url if proxy else None,
+                proxy_auth=proxy.auth if proxy else None,
             ) as response:
                 raw = await response.content.read(EXCERPT_BYTES)
                 return self._judge(response, raw, time.monotonic() - started)
@@ -119,6 +136,20 @@ class Sender:
             raise
         except OSError as exc:
             return self._failed(started, f"request to {host} failed: {_reason(exc)}")
+
+    def proxy(self, scheme: str, hostname: str) -> Proxy | None:
+        """The proxy for requests to ``scheme://hostname``, or None to connect directly."""
+        origin = (scheme, hostname)
+        if origin not in self._proxy_by_origin:
+            address = self._proxies.get(scheme)
+            if not address or proxy_bypass(hostname):
+                self._proxy_by_origin[origin] = None
+            else:
+                parsed = yarl.URL(address if "://" in address else f"http://{address}")
+                self._proxy_by_origin[origin] = Proxy(
+                    str(parsed.with_user(None)), aiohttp.BasicAuth.from_url(parsed)
+                )
+        return self._proxy_by_origin[origin]
 
     @staticmethod
     def _failed(started: float, reason: str) -> Outcome:

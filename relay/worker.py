@@ -1,15 +1,17 @@
 """``relay run``: the loop that moves changes from the outbox to the webhooks.
 
-Each round: fan out new changes (sql/migrations/0003_delivery.sql explains the protocol), claim
-due deliveries under a lease, render and send them concurrently (at most
-``webhook_concurrency`` at once per webhook), record every attempt and outcome. When a round
-finds nothing to do, the loop sleeps until a NOTIFY on relay_outbox, the poll interval, or a
-stop request, whichever comes first.
+Four jobs share one event loop, each on its own connection so that none waits for another:
+fan-out matches new changes against the rules (sql/migrations/0003_delivery.sql explains the
+protocol); the claim loop leases due deliveries; one task per claimed delivery renders and sends
+it; the recorder writes outcomes in batches (relay/record.py). A fourth connection LISTENs.
+When there is nothing to do, each sleeps until a NOTIFY on relay_outbox, the poll interval, or
+a stop request, whichever comes first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -24,6 +26,7 @@ from psycopg.rows import dict_row
 
 from relay import fanout, rules
 from relay.deliver import Outcome, Sender
+from relay.record import Recorder, Result
 from relay.render import Change, Renderer, RenderError, Webhook
 from relay.rules import Rule
 from relay.rulewatch import RuleWatcher
@@ -33,10 +36,16 @@ from relay.sqlfiles import query
 log = structlog.get_logger("relay.worker")
 
 AConn = psycopg.AsyncConnection[Any]
-CLAIM_GATHER_SECONDS = 0.005
+NO_JIT = "-c jit=off"
+"""The relay's queries are short and many: JIT compilation, which the planner's cost estimate
+for the claim query can trigger, took 240 ms of a 256 ms claim."""
 ANALYZE_AFTER_CHANGES = 5_000
 """Changes fanned out by this relay after which it refreshes the delivery tables' statistics
 (relay.refresh_statistics): cheap, and it keeps claim plans right through a burst."""
+PREFETCH = 2
+"""Deliveries claimed per webhook, as a multiple of its concurrency: the next ones are ready
+when a request ends, instead of a claim round trip later. They wait for a slot at most about
+one request's time, well inside their lease."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +58,12 @@ class Claimed:
 
 
 class Worker:
-    """One relay process. Claimed deliveries are independent tasks, each recording its own
-    outcome. A webhook gets at most ``webhook_concurrency`` claims in flight from this process
-    (the claim query is told how many it has), so a slow receiver occupies only its own slots,
-    never holds up other work, and nothing waits in memory while its lease runs out. A webhook
-    that keeps failing is paused for a cool-down (each process keeps its own count)."""
+    """One relay process. Each claimed delivery is a task that waits for one of its webhook's
+    ``webhook_concurrency`` slots, sends, and hands its outcome to the recorder. The claim query
+    is told how many deliveries this process holds per webhook, so a slow receiver holds only a
+    bounded number of claims, never holds up other work, and nothing waits in memory while its
+    lease runs out. A webhook that keeps failing is paused for a cool-down (each process keeps
+    its own count)."""
 
     def __init__(self, settings: Settings, dsn: str, *, relay_id: str | None = None) -> None:
         self.settings = settings
@@ -62,12 +72,17 @@ class Worker:
         self.renderer = Renderer(settings.template_env_globs)
         self.rules = RuleWatcher(dsn, application_name=f"relay run {self.relay_id}")
         self.max_in_flight = settings.batch_size * 4
-        self._busy: dict[int, int] = defaultdict(int)
+        self._held: dict[int, int] = defaultdict(int)
+        """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
+        self._slots: dict[int, asyncio.Semaphore] = {}
         self._failures: dict[int, int] = defaultdict(int)
         self._paused_until: dict[int, float] = {}
         self._wake = asyncio.Event()
+        """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
+        self._fan_out_wake = asyncio.Event()
+        self._stopping = False
         self._connected = False
-        self._next_sweep = 0.0
+        self._next_fan_out = 0.0
         self._fanned_since_analyze = 0
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -99,54 +114,68 @@ class Worker:
             watcher.cancel()
 
     async def _session(self, stop: asyncio.Event, sender: Sender) -> None:
-        """One connected stretch: three connections (claims, outcomes, notifications)."""
+        """One connected stretch: claims, fan-out, outcomes and notifications, a connection
+        each. Any of them failing ends the stretch (run() reconnects)."""
         async with (
             await self._connect() as conn,
-            await self._connect() as recorder,
+            await self._connect() as fanning,
+            await self._connect() as recording,
             await self._connect() as listener,
         ):
             await listener.execute("LISTEN relay_outbox")
             self._connected = True
+            self._stopping = False
+            self._next_fan_out = 0.0  # the backlog first
             log.info("relay connected", relay_id=self.relay_id)
-            notices = asyncio.create_task(self._listen(listener))
+            recorder = Recorder(self.relay_id)
+            helpers = [
+                asyncio.create_task(self._listen(listener)),
+                asyncio.create_task(recorder.run(recording)),
+                asyncio.create_task(self._fan_out_loop(fanning)),
+            ]
             try:
                 while not stop.is_set():
-                    if notices.done():
-                        notices.result()  # the listening connection died: raise its error
-                    if not await self._round(conn, recorder, sender):
-                        await self._idle(stop)
+                    for helper in helpers:
+                        if helper.done():
+                            helper.result()  # its connection died: raise the error
+                    if not await self._claim_round(conn, recorder, sender):
+                        await self._idle(stop, helpers)
             finally:
-                notices.cancel()
+                self._stopping = True
                 await self._drain()
+                for helper in helpers:
+                    helper.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
             await conn.execute(query("release_leases"), {"relay_id": self.relay_id})
             log.info("relay stopped", relay_id=self.relay_id)
 
     async def _connect(self) -> AConn:
         """Connections carry the relay's id, so operators can see (and tests can cut) them."""
         return await psycopg.AsyncConnection.connect(
-            self.dsn, autocommit=True, application_name=f"relay run {self.relay_id}"
+            self.dsn,
+            autocommit=True,
+            application_name=f"relay run {self.relay_id}",
+            options=NO_JIT,
         )
 
     async def _listen(self, listener: AConn) -> None:
         async for _ in listener.notifies():
+            self._next_fan_out = 0.0
+            self._fan_out_wake.set()
             self._wake.set()
 
-    async def _idle(self, stop: asyncio.Event) -> None:
-        """Sleep until a notification, a finished request (room to claim), stop, or the poll
-        interval."""
+    async def _idle(self, stop: asyncio.Event, helpers: list[asyncio.Task[Any]]) -> None:
+        """Sleep until there may be something to claim, a helper ends, stop, or the poll
+        interval (retries come due without a notification)."""
         self._wake.clear()
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         await asyncio.wait(
-            [*waiters, *self._in_flight],
+            [*waiters, *helpers],
             timeout=self.settings.poll_interval,
             return_when=asyncio.FIRST_COMPLETED,
         )
         for waiter in waiters:
             waiter.cancel()
-        if self._in_flight and not self._wake.is_set() and not stop.is_set():
-            # A request finished: let a few more finish so that one claim fills several slots
-            # (a round trip per freed slot would cap throughput far below the receiver's).
-            await asyncio.sleep(CLAIM_GATHER_SECONDS)
 
     async def _drain(self) -> None:
         if not self._in_flight:
@@ -158,35 +187,52 @@ class Worker:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _round(self, conn: AConn, recorder: AConn, sender: Sender) -> bool:
-        if time.monotonic() >= self._next_sweep:
-            await self._sweep(conn)
-        fanned = await self._fan_out(conn)
+    async def _claim_round(self, conn: AConn, recorder: Recorder, sender: Sender) -> bool:
         room = self.max_in_flight - len(self._in_flight)
         claimed = await self._claim(conn, min(room, self.settings.batch_size)) if room else []
         for item in claimed:
             task = asyncio.create_task(self._process(item, recorder, sender))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
-        return bool(fanned or claimed)
+        return bool(claimed)
+
+    async def _fan_out_loop(self, conn: AConn) -> None:
+        """Fan out whenever there may be new changes: after a notification, a full batch, or
+        the poll interval; every lease period, also finish what a dead relay left."""
+        next_sweep = 0.0
+        while True:
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + self.settings.lease_seconds
+                await self._sweep(conn)
+            self._fan_out_wake.clear()
+            wait = self._next_fan_out - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._fan_out_wake.wait(), wait)
+                continue
+            if await self._fan_out(conn):
+                self._wake.set()
 
     async def _sweep(self, conn: AConn) -> None:
         """Finish changes left unfinished by a relay that died (see unfinished_changes)."""
-        self._next_sweep = time.monotonic() + self.settings.lease_seconds
         cur = await conn.execute(query("unfinished_changes"), {"limit": 10_000})
         ids = [row[0] for row in await cur.fetchall()]
         if ids:
             await conn.execute(query("finish_changes"), {"ids": ids})
 
     async def _fan_out(self, conn: AConn) -> int:
+        # Set before looking, so that a notification arriving meanwhile brings it forward again.
+        self._next_fan_out = time.monotonic() + self.settings.poll_interval
         async with conn.transaction():
             cur = await conn.execute(query("fan_out_lock"))
             locked = await cur.fetchone()
             if not locked or not locked[0]:
-                return 0
+                return 0  # another relay is at it; it fans out for everyone
             async with conn.cursor(row_factory=dict_row) as dcur:
                 await dcur.execute(query("changes_to_fan_out"), {"limit": self.settings.batch_size})
                 rows = await dcur.fetchall()
+            if len(rows) == self.settings.batch_size:
+                self._next_fan_out = 0.0
             if not rows:
                 return 0
             plan = fanout.plan([rules.change_from_row(r) for r in rows], self.rules.ruleset)
@@ -201,11 +247,12 @@ class Worker:
         return len(rows)
 
     async def _claim(self, conn: AConn, limit: int) -> list[Claimed]:
-        busy = {hook: n for hook, n in self._busy.items() if n}
+        window = self.settings.webhook_concurrency * PREFETCH
+        held = {hook: n for hook, n in self._held.items() if n}
         now = time.monotonic()
         for hook, until in self._paused_until.items():
-            if until > now:  # a paused webhook has no free slot
-                busy[hook] = self.settings.webhook_concurrency
+            if until > now:  # a paused webhook has no room
+                held[hook] = window
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("claim_deliveries"),
@@ -213,14 +260,14 @@ class Worker:
                     "limit": limit,
                     "lease_seconds": self.settings.lease_seconds,
                     "relay_id": self.relay_id,
-                    "per_webhook": self.settings.webhook_concurrency,
-                    "busy_ids": list(busy),
-                    "busy_counts": list(busy.values()),
+                    "per_webhook": window,
+                    "busy_ids": list(held),
+                    "busy_counts": list(held.values()),
                 },
             )
             rows = await cur.fetchall()
         for row in rows:
-            self._busy[row["webhook_id"]] += 1
+            self._held[row["webhook_id"]] += 1
         return [
             Claimed(
                 r["outbox_id"],
@@ -232,14 +279,31 @@ class Worker:
             for r in rows
         ]
 
-    async def _process(self, item: Claimed, recorder: AConn, sender: Sender) -> None:
+    def _slot(self, webhook_id: int) -> asyncio.Semaphore:
+        slot = self._slots.get(webhook_id)
+        if slot is None:
+            slot = self._slots[webhook_id] = asyncio.Semaphore(self.settings.webhook_concurrency)
+        return slot
+
+    async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
         try:
-            outcome = await self._attempt(item, sender)
-            await self._record(recorder, item, outcome)
+            async with self._slot(item.webhook_id):
+                if self._stopping:
+                    return  # not sent: release_leases gives it back
+                paused = self._paused_until.get(item.webhook_id, 0.0) - time.monotonic()
+                if paused > 0:
+                    result = self._put_back(item, paused)
+                else:
+                    result = self._result(item, await self._attempt(item, sender))
+        finally:
+            # Room for another claim as soon as the receiver has answered. The delivery stays
+            # pending (so a later change to its row still waits) until its outcome is written.
+            self._held[item.webhook_id] -= 1
+            self._wake.set()
+        try:
+            await recorder.record(result)
         except psycopg.Error as exc:  # the lease expires and another attempt follows
             log.error("could not record outcome", outbox_id=item.outbox_id, error=str(exc))
-        finally:
-            self._busy[item.webhook_id] -= 1
 
     def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
         """The webhook and rule to deliver with, or why there is none any more."""
@@ -302,7 +366,22 @@ class Worker:
                 )
             self._paused_until[hook] = time.monotonic() + self.settings.breaker_cooldown_seconds
 
-    async def _record(self, conn: AConn, item: Claimed, outcome: Outcome) -> None:
+    @staticmethod
+    def _put_back(item: Claimed, seconds: float) -> Result:
+        """A delivery claimed just before its webhook was paused goes back unsent, due when the
+        pause ends, and its attempt does not count."""
+        outcome = Outcome(
+            ok=False,
+            status=None,
+            duration=0.0,
+            error="not sent: webhook paused by the circuit breaker",
+            sent=False,
+        )
+        return Result(
+            item.outbox_id, item.webhook_id, item.attempt, "pending", seconds, outcome, False
+        )
+
+    def _result(self, item: Claimed, outcome: Outcome) -> Result:
         self._breaker(item, outcome)
         if outcome.ok:
             status, retry_in = "delivered", 0.0
@@ -313,22 +392,7 @@ class Worker:
             retry_in = self.settings.retry_delay(
                 item.attempt, random.uniform(0.8, 1.2), outcome.retry_after
             )
-        await conn.execute(
-            query("record_outcome"),
-            {
-                "outbox_id": item.outbox_id,
-                "webhook_id": item.webhook_id,
-                "attempt": item.attempt,
-                "duration_ms": round(outcome.duration * 1000),
-                "status_code": outcome.status,
-                "error": outcome.error,
-                "excerpt": outcome.excerpt,
-                "status": status,
-                "retry_in": retry_in,
-                "relay_id": self.relay_id,
-            },
-        )
-        await conn.execute(query("finish_changes"), {"ids": [item.outbox_id]})
+        return Result(item.outbox_id, item.webhook_id, item.attempt, status, retry_in, outcome)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -87,10 +87,10 @@ WITH room AS (
     LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[]) AS busy (id, n)
         ON busy.id = w.id
 ), due AS (
-    SELECT c.outbox_id, c.webhook_id
+    SELECT c.ctid
     FROM room
     CROSS JOIN LATERAL (
-        SELECT d.outbox_id, d.webhook_id
+        SELECT d.ctid
         FROM relay.deliveries d
         WHERE d.webhook_id = room.webhook_id
           AND d.status = 'pending'
@@ -110,37 +110,61 @@ WITH room AS (
     WHERE room.free > 0
     LIMIT %(limit)s
 )
+-- The rows are locked, so their ctids stand: updating by ctid keeps this a lookup per claimed
+-- row (a join on the key let the planner hash the whole table once the backlog grew).
 UPDATE relay.deliveries d
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
     leased_by = %(relay_id)s,
     attempts = d.attempts + 1
-FROM due, relay.outbox o
-WHERE d.outbox_id = due.outbox_id AND d.webhook_id = due.webhook_id AND o.id = d.outbox_id
+FROM relay.outbox o
+WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM due)) AND o.id = d.outbox_id
 RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
           o.username, o.request_id, o.txid::text, o.created_at;
 
--- name: record_outcome
--- One attempt and its outcome, in one statement; the outcome is written only while this relay
--- still holds the lease (a relay that lost it to another must not overwrite what that one did).
-WITH attempt AS (
+-- name: record_outcomes
+-- Attempts and their outcomes, many at once (relay/record.py batches them). An outcome is
+-- written only while this relay still holds the lease: a relay that lost it to another must
+-- not overwrite what that one did. The attempt itself is logged either way, unless it was not
+-- counted (a delivery given back unsent).
+WITH outcome AS (
+    SELECT *
+    FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(attempts)s::int[],
+                %(durations_ms)s::int[], %(status_codes)s::int[], %(errors)s::text[],
+                %(excerpts)s::text[], %(statuses)s::text[], %(retry_ins)s::float8[],
+                %(counted)s::bool[])
+        AS t (outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt, status,
+              retry_in, counted)
+), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
                                 response_excerpt)
-    VALUES (%(outbox_id)s, %(webhook_id)s, %(attempt)s, %(duration_ms)s, %(status_code)s,
-            %(error)s, %(excerpt)s)
+    SELECT outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt
+    FROM outcome
+    WHERE counted
 )
-UPDATE relay.deliveries
-SET status = %(status)s::relay.delivery_status,
-    next_attempt_at = now() + make_interval(secs => %(retry_in)s),
+UPDATE relay.deliveries d
+SET status = outcome.status::relay.delivery_status,
+    attempts = d.attempts - (NOT outcome.counted)::int,
+    next_attempt_at = now() + make_interval(secs => outcome.retry_in),
     leased_until = NULL,
     leased_by = NULL,
-    last_status_code = %(status_code)s,
-    last_error = %(error)s,
-    delivered_at = CASE WHEN %(status)s = 'delivered' THEN now() END
-WHERE outbox_id = %(outbox_id)s AND webhook_id = %(webhook_id)s AND leased_by = %(relay_id)s;
+    last_status_code = outcome.status_code,
+    last_error = outcome.error,
+    delivered_at = CASE WHEN outcome.status = 'delivered' THEN now() END
+FROM outcome
+WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id
+  AND d.leased_by = %(relay_id)s;
 
 -- name: finish_changes
--- A change is delivered when all its deliveries are, failed as soon as one is.
+-- A change is delivered when all its deliveries are, failed as soon as one is. The rows are
+-- locked in id order first: two relays finishing overlapping sets of changes (one change, two
+-- webhooks) must not deadlock.
+WITH locked AS MATERIALIZED (
+    SELECT id FROM relay.outbox
+    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
+    ORDER BY id
+    FOR UPDATE
+)
 UPDATE relay.outbox o
 SET status = CASE WHEN s.failed THEN 'failed' ELSE 'delivered' END::relay.change_status,
     processed_at = now(),
@@ -153,7 +177,7 @@ FROM (
            sum(attempts)::int AS attempts,
            min(last_error) FILTER (WHERE status = 'failed') AS error
     FROM relay.deliveries
-    WHERE outbox_id = ANY(%(ids)s::bigint[])
+    WHERE outbox_id IN (SELECT id FROM locked)
     GROUP BY outbox_id
 ) s
 WHERE o.id = s.outbox_id AND o.status = 'pending' AND (s.failed OR s.delivered);

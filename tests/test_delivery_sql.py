@@ -9,7 +9,9 @@ from helpers import outbox
 from psycopg.rows import dict_row
 from test_rules_sql import add_rule, add_webhook
 
-from relay import fanout, rules
+from relay import fanout, record, rules
+from relay.deliver import Outcome
+from relay.record import Result
 from relay.sqlfiles import query
 
 
@@ -45,21 +47,11 @@ def claim(conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
 def finish(conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
     """Record an attempt's outcome as a relay would; the number of deliveries it changed."""
     ok = status == "delivered"
-    done = conn.execute(
-        query("record_outcome"),
-        {
-            "status": status,
-            "retry_in": retry_in,
-            "status_code": 200 if ok else 500,
-            "error": None if ok else "HTTP 500",
-            "outbox_id": outbox_id,
-            "webhook_id": webhook_id,
-            "relay_id": relay_id,
-            "attempt": 1,
-            "duration_ms": 5,
-            "excerpt": "",
-        },
-    ).rowcount
+    outcome = Outcome(
+        ok=ok, status=200 if ok else 500, duration=0.005, error=None if ok else "HTTP 500"
+    )
+    result = Result(outbox_id, webhook_id, 1, status, retry_in, outcome)
+    done = conn.execute(query("record_outcomes"), record.parameters([result], relay_id)).rowcount
     conn.execute(query("finish_changes"), {"ids": [outbox_id]})
     return done
 

@@ -100,7 +100,7 @@ def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn, tmp_path):
         bad = await start_relay(relay_dsn, RELAY_BATCH_SIZE="0")
         _, bad_err = await asyncio.wait_for(bad.communicate(), 30)
         good = await start_relay(relay_dsn, log)
-        await until(lambda: relay_connections(relay_dsn) == 4, timeout=30)
+        await until(lambda: relay_connections(relay_dsn) == 5, timeout=30)
         good.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(good.wait(), 20)
         return bad.returncode, bad_err.decode(), code

@@ -1,0 +1,124 @@
+"""Writing attempts and outcomes to the database, many per statement.
+
+At thousands of deliveries a second, a round trip per outcome would make the database
+connection, not the receivers, the limit. A :class:`Recorder` owns one connection and writes
+whatever finished while its previous write was under way in one ``record_outcomes`` statement
+(and one ``finish_changes``), so batches grow with the load and a lone outcome waits for nobody.
+A delivery's task waits until its outcome is written: the slot it holds (see the worker's
+per-webhook limit) is only free once the database agrees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from relay.deliver import Outcome
+from relay.sqlfiles import query
+
+BATCH_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class Result:
+    """What became of one attempt: the delivery's new status, and when to retry if pending."""
+
+    outbox_id: int
+    webhook_id: int
+    attempt: int
+    status: str
+    retry_in: float
+    outcome: Outcome
+    counted: bool = True
+    """False for a delivery given back unsent: no attempt is logged or counted."""
+
+
+def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
+    """``record_outcomes``' arrays, one element per result."""
+    return {
+        "relay_id": relay_id,
+        "outbox_ids": [r.outbox_id for r in results],
+        "webhook_ids": [r.webhook_id for r in results],
+        "attempts": [r.attempt for r in results],
+        "durations_ms": [round(r.outcome.duration * 1000) for r in results],
+        "status_codes": [r.outcome.status for r in results],
+        "errors": [r.outcome.error for r in results],
+        "excerpts": [r.outcome.excerpt for r in results],
+        "statuses": [r.status for r in results],
+        "retry_ins": [r.retry_in for r in results],
+        "counted": [r.counted for r in results],
+    }
+
+
+class RecorderClosed(psycopg.OperationalError):
+    """The recorder's connection failed: this outcome was not written (its lease will expire
+    and the delivery will be attempted again)."""
+
+
+class Recorder:
+    def __init__(self, relay_id: str) -> None:
+        self.relay_id = relay_id
+        self._waiting: list[tuple[Result, asyncio.Future[None]]] = []
+        self._ready = asyncio.Event()
+        self._closed: BaseException | None = None
+
+    async def record(self, result: Result) -> None:
+        """Return once ``result`` is written; raise :class:`RecorderClosed` if it never will be."""
+        if self._closed is not None:
+            raise RecorderClosed(str(self._closed))
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((result, done))
+        self._ready.set()
+        await done
+
+    async def run(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Write batches until cancelled or the connection fails (then raise its error, after
+        failing every outcome still waiting)."""
+        try:
+            while True:
+                await self._ready.wait()
+                batch = self._waiting[:BATCH_LIMIT]
+                del self._waiting[:BATCH_LIMIT]
+                if not self._waiting:
+                    self._ready.clear()
+                await self._write(conn, batch)
+        except BaseException as exc:
+            self._close(exc)
+            raise
+
+    async def _write(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        batch: list[tuple[Result, asyncio.Future[None]]],
+    ) -> None:
+        try:
+            results = [result for result, _ in batch]
+            await conn.execute(query("record_outcomes"), parameters(results, self.relay_id))
+            await conn.execute(query("finish_changes"), {"ids": [r.outbox_id for r in results]})
+        except BaseException as exc:
+            self._fail(batch, exc)
+            raise
+        for _, done in batch:
+            if not done.done():
+                done.set_result(None)
+
+    def _close(self, exc: BaseException) -> None:
+        self._closed = exc
+        self._fail(self._waiting, exc)
+        self._waiting.clear()
+
+    @staticmethod
+    def _fail(batch: list[tuple[Result, asyncio.Future[None]]], exc: BaseException) -> None:
+        for _, done in batch:
+            if not done.done():
+                done.set_exception(RecorderClosed(_describe(exc)))
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.CancelledError):
+        return "the relay stopped before this outcome was written"
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
