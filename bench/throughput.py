@@ -29,7 +29,7 @@ import aiohttp
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import rules, schema
+from relay import logs, rules, schema
 from relay.render import Renderer
 from relay.settings import Settings
 from relay.tempcluster import postgres_server, scratch_database
@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--changes", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args()
+    # Logged as `relay run` logs (a JSON line per delivery), to a file nobody reads.
+    logs.configure(file=open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
     root = Path(tempfile.mkdtemp(prefix="relay-nginx-"))
     os.chmod(root, 0o755)
     nginx, url = start_nginx(root)

@@ -79,15 +79,15 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class Sender:
-    def __init__(self, *, connections_per_host: int = 32) -> None:
-        self._connections_per_host = connections_per_host
+    def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._proxies = getproxies_environment()
         self._proxy_by_origin: dict[tuple[str, str], Proxy | None] = {}
 
     async def __aenter__(self) -> Sender:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=self._connections_per_host),
+            # No pool limit of its own: the worker bounds requests per webhook.
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0),
             trust_env=False,
             auto_decompress=True,
         )

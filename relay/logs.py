@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 
 
-def configure(level: int = logging.INFO) -> None:
+def configure(level: int = logging.INFO, file: TextIO | None = None) -> None:
+    """Log to ``file`` (standard error by default)."""
+    file = file or sys.stderr
     renderer: structlog.typing.Processor
-    if sys.stderr.isatty():
+    if file.isatty():
         renderer = structlog.dev.ConsoleRenderer()
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -21,6 +24,6 @@ def configure(level: int = logging.INFO) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=file),
         cache_logger_on_first_use=True,
     )

@@ -150,6 +150,8 @@ class Renderer:
             raise RenderError(f"{what}: line {line}: {exc.message}") from None
 
     def render(self, source: str, ctx: Mapping[str, Any], what: str) -> str:
+        if "{" not in source:
+            return source  # no tag, expression or comment: nothing to render
         self.check(source, what)
         try:
             return self._compile(source).render(ctx)
