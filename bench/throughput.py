@@ -1,29 +1,39 @@
-"""Delivery throughput: relay draining a backlog, against the ceiling, in one run.
+"""Delivery throughput, latency and memory: relay against a bare client, in one run.
 
     .venv/bin/python bench/throughput.py [--changes 20000] [--concurrency 64]
+        [--rate 1000 --seconds 20] [--backlog 1000000 --backlog-seconds 60]
 
-1. Starts nginx on 127.0.0.1 answering 200 to everything (the receiver), and a scratch database
+1. Starts nginx on 127.0.0.1 answering 200 to everything (the receiver), and scratch databases
    (on $RELAY_DSN's server, 127.0.0.1:5432, or a throwaway cluster).
-2. Loads the outbox with --changes inserts into a tracked table, one webhook, one rule.
-3. Relay: a Worker (the code behind `relay run`) drains the backlog; deliveries per second from
-   start to the last change marked delivered (fan-out, claims, sends and records included).
-4. Ceiling: a bare aiohttp client posts the same signed requests to the same nginx, with the
-   same concurrency, as fast as it can.
-Prints both rates and their ratio. Needs nginx (apt-get install nginx-light).
+2. Throughput: loads the outbox with --changes inserts into a tracked table (one webhook, one
+   rule); a Worker (the code behind `relay run`) drains it; deliveries per second from start to
+   the last change marked delivered (fan-out, claims, sends and records included). Then the
+   ceiling: a bare aiohttp client posts the same signed requests to the same nginx, with the
+   same concurrency, as fast as it can. Prints both rates and their ratio.
+3. Latency: `relay run` (a separate process) delivers to a small receiver process while this
+   one commits --rate changes a second for --seconds (ten rows per transaction); commit to
+   receipt, p50 and p99.
+4. Backlog: --backlog changes in the outbox, `relay run` drains them to nginx for
+   --backlog-seconds; peak RSS of the relay process (VmHWM) and the delivery rate per
+   stretch of the run (it must not fall as the backlog is worked through). 0 skips it.
+Needs nginx (apt-get install nginx-light).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -41,7 +51,8 @@ pid {root}/nginx.pid;
 error_log {root}/error.log;
 events {{ worker_connections 4096; }}
 http {{
-    access_log off;
+    log_format receipt "1";
+    access_log {root}/access.log receipt buffer=64k flush=1s;
     client_body_temp_path {root}/body;
     server {{
         listen 127.0.0.1:{port};
@@ -154,11 +165,167 @@ async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
     return len(requests) / elapsed, ok
 
 
+def receiver_process(port: int, ready: Any, results: Any) -> None:
+    """A receiver in its own process: notes when each change (data.id) arrived."""
+    from aiohttp import web
+
+    arrived: list[tuple[int, float]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.json()
+        arrived.append((int(body["data"]["id"]), time.time()))
+        return web.Response(text="ok")
+
+    async def serve() -> None:
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        while not results.poll():
+            await asyncio.sleep(0.1)
+        results.recv()
+        results.send(arrived)
+        await runner.cleanup()
+
+    asyncio.run(serve())
+
+
+def start_relay(dsn: str, concurrency: int) -> subprocess.Popen[bytes]:
+    """`relay run`, as an operator runs it, logging to nowhere."""
+    env = {
+        **os.environ,
+        "RELAY_DSN": dsn,
+        "RELAY_WEBHOOK_CONCURRENCY": str(concurrency),
+        "RELAY_POLL_INTERVAL": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def stop_relay(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def latency(server: str, rate: int, seconds: float, concurrency: int) -> tuple[float, float, int]:
+    """Commit-to-receipt latency (p50, p99, in ms) at a steady ``rate`` of changes a second."""
+    port = free_port()
+    ready = multiprocessing.Event()
+    ours, theirs = multiprocessing.Pipe()
+    receiver = multiprocessing.Process(target=receiver_process, args=(port, ready, theirs))
+    receiver.start()
+    ready.wait(10)
+    with scratch_database(server, "relay_lat") as dsn:
+        load(dsn, f"http://127.0.0.1:{port}/hook", 0)
+        relay = start_relay(dsn, concurrency)
+        committed: dict[int, float] = {}
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO items VALUES (0, 'warm-up', 0)")
+                wait_delivered(conn, 30)  # the relay is up and connected
+                per_commit = 10
+                interval = per_commit / rate
+                total = int(rate * seconds)
+                started = time.monotonic()
+                for first in range(1, total + 1, per_commit):
+                    due = started + (first // per_commit) * interval
+                    pause = due - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                    conn.execute(
+                        "INSERT INTO items SELECT g, 'item', 1"
+                        " FROM generate_series(%s::int, %s::int) g",
+                        (first, first + per_commit - 1),
+                    )
+                    now = time.time()
+                    for key in range(first, first + per_commit):
+                        committed[key] = now
+                wait_delivered(conn, 30)
+        finally:
+            stop_relay(relay)
+    ours.send("done")
+    arrived = ours.recv()
+    receiver.join(10)
+    waits = [(when - committed[key]) * 1000 for key, when in arrived if key in committed]
+    return percentile(waits, 0.5), percentile(waits, 0.99), len(waits)
+
+
+def wait_delivered(conn: psycopg.Connection[Any], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT count(*) FROM relay.outbox WHERE status = 'pending'").fetchone()
+        if row and row[0] == 0:
+            return
+        time.sleep(0.05)
+    sys.exit("the relay did not deliver everything in time")
+
+
+def vm_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def receipts(root: Path) -> int:
+    """Requests nginx has answered so far (one byte per access log line, flushed each second)."""
+    log = root / "access.log"
+    return log.stat().st_size // 2 if log.exists() else 0
+
+
+def backlog(
+    server: str, root: Path, url: str, changes: int, seconds: float, concurrency: int
+) -> None:
+    """Peak RSS of `relay run` working through a large backlog, and its rate as it goes."""
+    with scratch_database(server, "relay_big") as dsn:
+        started = time.monotonic()
+        load(dsn, url, changes)
+        print(f"  loaded {changes} changes in {time.monotonic() - started:.0f} s")
+        relay = start_relay(dsn, concurrency)
+        rates = []
+        try:
+            stretch = max(seconds / 6, 1.0)
+            first = done = receipts(root)
+            began = time.monotonic()
+            while time.monotonic() - began < seconds and done - first < changes:
+                time.sleep(stretch)
+                now_done = receipts(root)
+                rates.append((now_done - done) / stretch)
+                done = now_done
+            peak = vm_kb(relay.pid, "VmHWM")
+        finally:
+            stop_relay(relay)
+    print(
+        f"  delivered {done - first} in {time.monotonic() - began:.0f} s;"
+        f" rate per {stretch:.0f} s stretch: {', '.join(f'{r:.0f}' for r in rates)}"
+    )
+    print(f"  peak RSS of relay run: {peak / 1024:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", default=os.environ.get("RELAY_DSN"))
     parser.add_argument("--changes", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=1_000)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--backlog", type=int, default=1_000_000)
+    parser.add_argument("--backlog-seconds", type=float, default=60)
     args = parser.parse_args()
     # Logged as `relay run` logs (a JSON line per delivery), to a file nobody reads.
     logs.configure(file=open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
@@ -166,18 +333,24 @@ def main() -> None:
     os.chmod(root, 0o755)
     nginx, url = start_nginx(root)
     try:
-        with postgres_server(args.dsn) as server, scratch_database(server, "relay_tp") as dsn:
-            load(dsn, url, args.changes)
-            print(
-                f"{args.changes} changes, concurrency {args.concurrency}, "
-                f"{os.cpu_count()} CPUs, receiver nginx at {url}"
-            )
-            relay_rate = asyncio.run(drain(dsn, args.changes, args.concurrency))
-            print(f"  relay drained the backlog:  {relay_rate:8.0f} deliveries/s")
-            bare_rate, ok = asyncio.run(ceiling(dsn, args.concurrency))
-            assert ok == args.changes, f"only {ok} of the ceiling's requests got 200"
-            print(f"  bare aiohttp (the ceiling): {bare_rate:8.0f} requests/s")
-            print(f"  ratio: {relay_rate / bare_rate:.2f}")
+        with postgres_server(args.dsn) as server:
+            print(f"{os.cpu_count()} CPUs, receiver nginx at {url}, concurrency {args.concurrency}")
+            with scratch_database(server, "relay_tp") as dsn:
+                load(dsn, url, args.changes)
+                print(f"throughput, {args.changes} changes:")
+                relay_rate = asyncio.run(drain(dsn, args.changes, args.concurrency))
+                print(f"  relay drained the backlog:  {relay_rate:8.0f} deliveries/s")
+                bare_rate, ok = asyncio.run(ceiling(dsn, args.concurrency))
+                assert ok == args.changes, f"only {ok} of the ceiling's requests got 200"
+                print(f"  bare aiohttp (the ceiling): {bare_rate:8.0f} requests/s")
+                print(f"  ratio: {relay_rate / bare_rate:.2f}")
+            if args.rate and args.seconds:
+                print(f"latency, {args.rate} changes/s for {args.seconds:g} s:")
+                p50, p99, count = latency(server, args.rate, args.seconds, args.concurrency)
+                print(f"  commit to receipt: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({count} changes)")
+            if args.backlog:
+                print(f"backlog, {args.backlog} changes:")
+                backlog(server, root, url, args.backlog, args.backlog_seconds, args.concurrency)
     finally:
         nginx.terminate()
         nginx.wait()

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     success resumes it."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+    attempt_retention_days: float = Field(default=30.0, ge=0)
+    """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
 

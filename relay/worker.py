@@ -41,7 +41,9 @@ NO_JIT = "-c jit=off"
 for the claim query can trigger, took 240 ms of a 256 ms claim."""
 ANALYZE_AFTER_CHANGES = 5_000
 """Changes fanned out by this relay after which it refreshes the delivery tables' statistics
-(relay.refresh_statistics): cheap, and it keeps claim plans right through a burst."""
+(relay.refresh_statistics), so claim plans are right from the start of a burst; then again each
+time the count doubles (an ANALYZE of a million-row table is not free; autovacuum takes over)."""
+PURGE_BATCH = 5_000
 PREFETCH = 2
 """Deliveries claimed per webhook, as a multiple of its concurrency: the next ones are ready
 when a request ends, instead of a claim round trip later. They wait for a slot at most about
@@ -83,7 +85,8 @@ class Worker:
         self._stopping = False
         self._connected = False
         self._next_fan_out = 0.0
-        self._fanned_since_analyze = 0
+        self._fanned = 0
+        self._analyze_at = ANALYZE_AFTER_CHANGES
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -214,11 +217,20 @@ class Worker:
                 self._wake.set()
 
     async def _sweep(self, conn: AConn) -> None:
-        """Finish changes left unfinished by a relay that died (see unfinished_changes)."""
+        """Finish changes left unfinished by a relay that died (see unfinished_changes), and
+        delete attempts past their retention, a batch at a time so no lock is held long."""
         cur = await conn.execute(query("unfinished_changes"), {"limit": 10_000})
         ids = [row[0] for row in await cur.fetchall()]
         if ids:
             await conn.execute(query("finish_changes"), {"ids": ids})
+        if self.settings.attempt_retention_days:
+            seconds = self.settings.attempt_retention_days * 86_400
+            deleted = PURGE_BATCH
+            while deleted == PURGE_BATCH:
+                cur = await conn.execute(
+                    query("purge_attempts"), {"seconds": seconds, "limit": PURGE_BATCH}
+                )
+                deleted = cur.rowcount
 
     async def _fan_out(self, conn: AConn) -> int:
         # Set before looking, so that a notification arriving meanwhile brings it forward again.
@@ -240,9 +252,9 @@ class Worker:
             await conn.execute(query("mark_fanned_out"), {"ids": plan.fanned_out})
             await conn.execute(query("skip_changes"), {"ids": plan.fanned_out})
             await conn.execute(query("finish_changes"), {"ids": plan.fanned_out})
-        self._fanned_since_analyze += len(rows)
-        if self._fanned_since_analyze >= ANALYZE_AFTER_CHANGES:
-            self._fanned_since_analyze = 0
+        self._fanned += len(rows)
+        if self._fanned >= self._analyze_at:
+            self._analyze_at *= 2
             await conn.execute(query("refresh_statistics"))
         return len(rows)
 

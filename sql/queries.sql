@@ -201,5 +201,14 @@ UPDATE relay.deliveries
 SET leased_until = NULL, leased_by = NULL, attempts = greatest(attempts - 1, 0)
 WHERE leased_by = %(relay_id)s AND status = 'pending';
 
+-- name: purge_attempts
+-- One batch of attempts older than the retention; the relay repeats it until a batch is short.
+DELETE FROM relay.attempts
+WHERE id IN (
+    SELECT id FROM relay.attempts
+    WHERE attempted_at < now() - make_interval(secs => %(seconds)s)
+    ORDER BY attempted_at
+    LIMIT %(limit)s);
+
 -- name: refresh_statistics
 SELECT relay.refresh_statistics();

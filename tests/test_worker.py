@@ -270,10 +270,41 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
                 "SELECT count(*) FROM relay.attempts a JOIN relay.webhooks w ON w.id = a.webhook_id"
                 " WHERE w.name = 'dead'"
             ).fetchone()[0]
-            return attempts, len(healthy.requests)
+            counted = rconn.execute(
+                "SELECT sum(d.attempts), count(*) FILTER (WHERE d.status = 'pending')"
+                " FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id"
+                " WHERE w.name = 'dead'"
+            ).fetchone()
+            return attempts, len(healthy.requests), counted
 
-    dead_attempts, healthy_requests = asyncio.run(scenario())
+    dead_attempts, healthy_requests, (counted, waiting) = asyncio.run(scenario())
     assert healthy_requests == 100
     # Paused after 3 failures; at most the 4 already in flight followed. Unpaused, 100 changes
     # retried every 0.05-0.5 s would have made hundreds of attempts in that time.
     assert dead_attempts <= 3 + 4
+    # Deliveries claimed before the pause and given back unsent count no attempt; all wait.
+    assert counted == dead_attempts
+    assert waiting == 100
+
+
+def test_attempts_older_than_the_retention_are_deleted(rconn, relay_dsn):
+    async def scenario() -> None:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 3) g")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 3)
+            rconn.execute(
+                "UPDATE relay.attempts SET attempted_at = now() - interval '2 days'"
+                " WHERE outbox_id <> (SELECT max(id) FROM relay.outbox)"
+            )
+            keep_a_day = Settings(**{**FAST.model_dump(), "attempt_retention_days": 1})
+            async with running(relay_dsn, keep_a_day):
+                await until(
+                    lambda: rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0] == 1
+                )
+
+    asyncio.run(scenario())
+    last = rconn.execute("SELECT max(id) FROM relay.outbox").fetchone()[0]
+    assert rconn.execute("SELECT outbox_id FROM relay.attempts").fetchall() == [(last,)]
+    assert outbox_statuses(rconn) == ["delivered"] * 3  # the changes themselves are kept
