@@ -33,7 +33,8 @@ EXCERPT_BYTES = 4096
 @dataclass(frozen=True)
 class Proxy:
     url: str
-    auth: aiohttp.BasicAuth | None
+    headers: dict[str, str] | None
+    """Proxy-Authorization, from credentials in the proxy's URL."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,14 @@ class Sender:
         url = urlsplit(request.url)
         host = url.netloc
         proxy = self.proxy(url.scheme, url.hostname or "")
+        headers, proxy_headers = request.headers, None
+        if proxy and proxy.headers:
+            # Plain HTTP: the proxy reads the request itself. HTTPS: only the CONNECT is the
+            # proxy's; the tunnelled request must not carry its credentials to the receiver.
+            if url.scheme == "https":
+                proxy_headers = proxy.headers
+            else:
+                headers = {**headers, **proxy.headers}
         started = time.monotonic()
         timeout = float(webhook.timeout_seconds)
         try:
@@ -109,12 +118,12 @@ class Sender:
                 request.method,
                 request.url,
                 data=request.body,
-                headers=request.headers,
+                headers=headers,
                 allow_redirects=False,
                 ssl=_tls(webhook),
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 proxy=proxy.url if proxy else None,
-                proxy_auth=proxy.auth if proxy else None,
+                proxy_headers=proxy_headers,
             ) as response:
                 raw = await response.content.read(EXCERPT_BYTES)
                 return self._judge(response, raw, time.monotonic() - started)
@@ -146,8 +155,10 @@ class Sender:
                 self._proxy_by_origin[origin] = None
             else:
                 parsed = yarl.URL(address if "://" in address else f"http://{address}")
+                auth = aiohttp.BasicAuth.from_url(parsed)
                 self._proxy_by_origin[origin] = Proxy(
-                    str(parsed.with_user(None)), aiohttp.BasicAuth.from_url(parsed)
+                    str(parsed.with_user(None)),
+                    {"Proxy-Authorization": auth.encode()} if auth else None,
                 )
         return self._proxy_by_origin[origin]
 

@@ -11,7 +11,7 @@ class Settings(BaseSettings):
 
     dsn: str | None = Field(default=None, repr=False)
     """The database: libpq connection string or URI."""
-    batch_size: int = Field(default=200, ge=1, le=10_000)
+    batch_size: int = Field(default=1000, ge=1, le=10_000)
     """Changes fanned out, and deliveries claimed, per round trip."""
     poll_interval: float = Field(default=2.0, gt=0, le=3600)
     """Seconds between looks at the outbox when no notification arrives."""

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,10 +88,14 @@ class TempCluster:
             "--no-sync",
             "--no-instructions",
         )
+        self._start_server()
+        return self
+
+    def _start_server(self) -> None:
         self._run(
             "pg_ctl",
             "-D",
-            str(data),
+            str(self.root / "data"),
             "-l",
             str(self.root / "server.log"),
             "-w",
@@ -100,7 +105,14 @@ class TempCluster:
             f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off",
             "start",
         )
-        return self
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Stop the server as an operator would (fast shutdown: every connection is cut), stay
+        down for ``down_seconds``, then start it again on the same port. For tests of what
+        survives a database restart."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+        time.sleep(down_seconds)
+        self._start_server()
 
     def stop(self) -> None:
         if (self.root / "data" / "postmaster.pid").exists():

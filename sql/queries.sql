@@ -49,15 +49,23 @@ SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, us
        request_id, txid::text, created_at
 FROM relay.outbox WHERE id = %(id)s;
 
--- name: fan_out_lock
--- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003).
-SELECT pg_try_advisory_xact_lock(hashtext('relay.fan_out'));
+-- name: fan_out_plan
+-- For the fan-out transaction: changes_to_fan_out must walk outbox_to_fan_out in id order. When
+-- a burst arrives after quiet times, statistics still say almost nothing is pending, and the
+-- planner chose a bitmap scan of every pending row plus a sort, for each batch: 200 ms instead
+-- of 2 ms at a 300,000-change backlog, until the next ANALYZE.
+SET LOCAL enable_bitmapscan = off;
 
 -- name: changes_to_fan_out
+-- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003): only the
+-- relay that gets the lock (held until its transaction ends) sees rows; the others get none.
+WITH lock AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(hashtext('relay.fan_out')) AS held
+)
 SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, username,
        request_id, txid::text, created_at
-FROM relay.outbox
-WHERE status = 'pending' AND fanned_out_at IS NULL
+FROM relay.outbox, lock
+WHERE lock.held AND status = 'pending' AND fanned_out_at IS NULL
 ORDER BY id
 LIMIT %(limit)s;
 

@@ -172,3 +172,27 @@ def test_connections_are_kept_alive_between_requests():
 
     run(scenario())
     assert len(set(ports)) == 1
+
+
+def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+    async def scenario():
+        # The "proxy" answers itself: what matters is which server the request reached.
+        async with receiver() as proxy, receiver() as target:
+            proxy_url = proxy.url.replace("http://", "http://ops:pa55@").removesuffix("/hook")
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.setenv("http_proxy", proxy_url)
+            via_proxy = await send(target.url)
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            monkeypatch.setenv("no_proxy", "127.0.0.1")
+            direct = await send(target.url)
+            return via_proxy, direct, proxy.requests, target.requests, target.url
+
+    via_proxy, direct, at_proxy, at_target, target_url = run(scenario())
+    assert via_proxy.ok and direct.ok
+    assert len(at_proxy) == 1 and len(at_target) == 1
+    assert at_proxy[0].headers["Host"] == target_url.removeprefix("http://").removesuffix("/hook")
+    assert at_proxy[0].headers["Proxy-Authorization"] == "Basic b3BzOnBhNTU="  # ops:pa55
+    assert "Proxy-Authorization" not in at_target[0].headers

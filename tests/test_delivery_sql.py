@@ -17,7 +17,6 @@ from relay.sqlfiles import query
 
 def fan_out(conn) -> fanout.Plan:
     with conn.transaction():
-        assert conn.execute(query("fan_out_lock")).fetchone()[0]
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
         plan = fanout.plan([rules.change_from_row(r) for r in rows], rules.load(conn))
@@ -84,6 +83,16 @@ def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rcon
     ]
     assert [r["status"] for r in outbox(rconn)] == ["pending", "pending", "skipped"]
     assert fan_out(rconn).fanned_out == []  # nothing left to fan out
+
+
+def test_only_one_relay_fans_out_at_a_time(rconn, relay_dsn):
+    setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
+    with psycopg.connect(relay_dsn) as first, psycopg.connect(relay_dsn) as second:
+        assert len(first.execute(query("changes_to_fan_out"), {"limit": 10}).fetchall()) == 2
+        assert second.execute(query("changes_to_fan_out"), {"limit": 10}).fetchall() == []
+        first.rollback()  # the lock goes with the transaction
+        assert len(second.execute(query("changes_to_fan_out"), {"limit": 10}).fetchall()) == 2
 
 
 def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn):

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+import time
 from collections import Counter
 
 import psycopg
+import pytest
 from aiohttp import web
 from receivers import receiver
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
+
+from relay import schema
+from relay.tempcluster import find_server_binaries, start_temp_cluster
 
 
 async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.subprocess.Process:
@@ -58,18 +64,27 @@ def test_kill_9_mid_flow_loses_nothing(rconn, relay_dsn, tmp_path):
             first.kill()  # SIGKILL: no chance to release anything
             await first.wait()
             at_kill = len(r.requests)
+            # What the dead relay held: sent or about to be, or sent with the outcome not yet
+            # written. Only these can arrive twice.
+            held = rconn.execute(
+                "SELECT count(*) FROM relay.deliveries WHERE leased_by LIKE %s",
+                (f"%:{first.pid}",),
+            ).fetchone()[0]
             second = await start_relay(relay_dsn, log)
             await until(lambda: set(outbox_statuses(rconn)) == {"delivered"}, timeout=60)
             second.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(second.wait(), 20)
-            return r, at_kill, code
+            return r, at_kill, held, code
 
-    r, at_kill, code = asyncio.run(scenario())
+    r, at_kill, held, code = asyncio.run(scenario())
     assert code == 0
     counts = Counter(req.headers["X-Relay-Delivery"] for req in r.requests)
     assert len(counts) == 400  # every change arrived
     duplicates = sum(n - 1 for n in counts.values())
-    assert duplicates <= FAST.webhook_concurrency  # at most what was in flight at the kill
+    # Claimed for one webhook: twice its concurrency, plus answers whose outcome was being
+    # written (measured: 31-36 with a concurrency of 16).
+    assert 0 < held <= 3 * FAST.webhook_concurrency
+    assert duplicates <= held
     assert at_kill < 400
 
 
@@ -131,3 +146,44 @@ def test_leases_are_released_on_shutdown(rconn, relay_dsn):
             ).fetchone()
 
     assert asyncio.run(scenario()) == (0, 5)  # unfinished, and free for any relay at once
+
+
+def test_a_postgres_restart_mid_flow_loses_nothing():
+    """A private cluster (the shared server cannot be restarted by a test), stopped and started
+    while the relay is delivering: it reconnects on its own and every change arrives."""
+    if find_server_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries to start a private cluster")
+    cluster = start_temp_cluster()
+
+    async def slowish(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.02)
+        return web.Response()
+
+    async def scenario() -> tuple[list[int], float]:
+        async with receiver(slowish) as r:
+            with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+                schema.install(conn)
+                setup(conn, r.url)
+            async with running(cluster.dsn):
+                await sql(
+                    cluster.dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 600) g"
+                )
+                await until(lambda: len(r.requests) >= 100)
+                await asyncio.to_thread(cluster.restart, 1.0)
+                back = time.monotonic()
+                await sql(cluster.dsn, "UPDATE items SET v = 1 WHERE id <= 100")
+                await until(lambda: len({req.body for req in r.requests}) >= 700, timeout=60)
+                with psycopg.connect(cluster.dsn) as conn:
+                    await until(lambda: set(outbox_statuses(conn)) == {"delivered"}, timeout=30)
+                resumed = time.monotonic() - back
+            ids = [json.loads(req.body)["data"]["id"] for req in r.requests]
+            return ids, resumed
+
+    try:
+        ids, resumed = asyncio.run(scenario())
+    finally:
+        cluster.stop()
+    counts = Counter(ids)
+    assert set(counts) == set(range(1, 601))
+    assert all(counts[i] >= 2 for i in range(1, 101))  # the insert and the later update
+    assert resumed < 30
