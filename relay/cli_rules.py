@@ -309,7 +309,7 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
     op = event or ("update" if new_row and old_row else "insert" if new_row else "delete")
     if op not in ("insert", "update", "delete", "truncate"):
         fail(f"unknown event {op!r}")
-    return Change(
+    return Change.of(
         id=0,
         schema_name=schema_name or "public",
         table_name=table_name,

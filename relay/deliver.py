@@ -169,7 +169,8 @@ class Sender:
     @staticmethod
     def _judge(response: aiohttp.ClientResponse, raw: bytes, duration: float) -> Outcome:
         status = response.status
-        excerpt = raw.decode("utf-8", errors="replace")
+        # Text columns cannot hold NUL: a binary body keeps the rest of its excerpt.
+        excerpt = raw.decode("utf-8", errors="replace").replace("\x00", "")
         if 200 <= status < 300:
             return Outcome(ok=True, status=status, duration=duration, excerpt=excerpt)
         if 300 <= status < 400:

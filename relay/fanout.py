@@ -11,15 +11,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.render import Change, dumps
+from relay.render import Change
 from relay.rules import RuleSet
 
 
 def row_key(change: Change) -> str:
     """Identity of the changed row: per-row ordering applies to changes with the same key."""
-    if change.pk is None:
+    if change.pk_json is None:
         return f"{change.object_type}#{change.id}"
-    return f"{change.object_type}:{dumps(change.pk)}"
+    return f"{change.object_type}:{change.pk_json}"
 
 
 @dataclass

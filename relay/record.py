@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 
 from relay.deliver import Outcome
@@ -38,20 +39,24 @@ class Result:
 
 
 def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
-    """``record_outcomes``' arrays, one element per result."""
-    return {
-        "relay_id": relay_id,
-        "outbox_ids": [r.outbox_id for r in results],
-        "webhook_ids": [r.webhook_id for r in results],
-        "attempts": [r.attempt for r in results],
-        "durations_ms": [round(r.outcome.duration * 1000) for r in results],
-        "status_codes": [r.outcome.status for r in results],
-        "errors": [r.outcome.error for r in results],
-        "excerpts": [r.outcome.excerpt for r in results],
-        "statuses": [r.status for r in results],
-        "retry_ins": [r.retry_in for r in results],
-        "counted": [r.counted for r in results],
-    }
+    """``record_outcomes``' parameters: the outcomes as one JSON array (orjson writes it in a
+    fraction of the time psycopg takes to adapt ten arrays, and the server unpacks it once)."""
+    outcomes = [
+        (
+            r.outbox_id,
+            r.webhook_id,
+            r.attempt,
+            round(r.outcome.duration * 1000),
+            r.outcome.status,
+            r.outcome.error,
+            r.outcome.excerpt,
+            r.status,
+            r.retry_in,
+            r.counted,
+        )
+        for r in results
+    ]
+    return {"relay_id": relay_id, "outcomes": orjson.dumps(outcomes).decode()}
 
 
 class RecorderClosed(psycopg.OperationalError):

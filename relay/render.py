@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,19 +49,44 @@ def dumps(value: Any) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    """An outbox row, as the renderer needs it (jsonb columns parsed with :func:`loads`)."""
+    """An outbox row, as the renderer needs it. The jsonb columns stay the text PostgreSQL sent
+    until something reads ``old``, ``new`` or ``pk`` (parsed with :func:`loads`, once): the
+    default body splices the text in as it is, and rules without conditions never look, so
+    most deliveries never parse their row at all."""
 
     id: int
     schema_name: str
     table_name: str
     op: str
-    old: Any
-    new: Any
-    pk: Any
+    old_json: str | None
+    new_json: str | None
+    pk_json: str | None
     username: str | None
     request_id: str | None
     txid: str
     created_at: datetime
+
+    @classmethod
+    def of(cls, *, old: Any = None, new: Any = None, pk: Any = None, **fields: Any) -> Change:
+        """A Change from values rather than stored text (previews, tests)."""
+        return cls(
+            old_json=None if old is None else dumps(old),
+            new_json=None if new is None else dumps(new),
+            pk_json=None if pk is None else dumps(pk),
+            **fields,
+        )
+
+    @cached_property
+    def old(self) -> Any:
+        return None if self.old_json is None else loads(self.old_json)
+
+    @cached_property
+    def new(self) -> Any:
+        return None if self.new_json is None else loads(self.new_json)
+
+    @cached_property
+    def pk(self) -> Any:
+        return None if self.pk_json is None else loads(self.pk_json)
 
     @property
     def object_type(self) -> str:
@@ -113,6 +138,33 @@ def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dic
         "action_data": dict(action_data or {}),
     }
     return {**(action_data or {}), **core}
+
+
+def default_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
+    """The body without a template: the context as JSON. Without action_data the row's JSON
+    text goes in as PostgreSQL wrote it (same values and digits; no parse, no re-encoding)."""
+    if action_data:
+        return dumps(context(change, action_data)).encode()
+    data = change.new_json if change.new_json is not None else change.old_json
+    core = {
+        "event": EVENTS[change.op],
+        "timestamp": change.created_at.isoformat(),
+        "model": change.table_name,
+        "object_type": change.object_type,
+        "username": change.username,
+        "request_id": change.request_id,
+        "data": _raw(data),
+        "snapshots": {"prechange": _raw(change.old_json), "postchange": _raw(change.new_json)},
+        "id": change.id,
+        "pk": _raw(change.pk_json),
+        "txid": change.txid,
+        "action_data": {},
+    }
+    return dumps(core).encode()
+
+
+def _raw(text: str | None) -> simplejson.RawJSON | None:
+    return None if text is None else simplejson.RawJSON(text)
 
 
 def delivery_id(change_id: int, webhook_id: int, source: str = "") -> str:
@@ -194,7 +246,7 @@ class Renderer:
         if webhook.body_template.strip():
             body = self.render(webhook.body_template, ctx, "body_template").encode()
         else:
-            body = dumps(ctx).encode()
+            body = default_body(change, action_data)
         delivery = delivery_id(change.id, webhook.id, source)
         headers = {
             "Content-Type": webhook.http_content_type,

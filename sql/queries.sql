@@ -136,13 +136,14 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- not overwrite what that one did. The attempt itself is logged either way, unless it was not
 -- counted (a delivery given back unsent).
 WITH outcome AS (
-    SELECT *
-    FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(attempts)s::int[],
-                %(durations_ms)s::int[], %(status_codes)s::int[], %(errors)s::text[],
-                %(excerpts)s::text[], %(statuses)s::text[], %(retry_ins)s::float8[],
-                %(counted)s::bool[])
-        AS t (outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt, status,
-              retry_in, counted)
+    SELECT (o ->> 0)::bigint AS outbox_id,
+           (o ->> 1)::bigint AS webhook_id, (o ->> 2)::int AS attempt,
+           (o ->> 3)::int AS duration_ms, (o ->> 4)::int AS status_code, o ->> 5 AS error,
+           o ->> 6 AS excerpt, o ->> 7 AS status, (o ->> 8)::float8 AS retry_in,
+           (o ->> 9)::bool AS counted
+    -- One JSON array of [outbox_id, webhook_id, attempt, duration_ms, status_code, error,
+    -- excerpt, status, retry_in, counted] per outcome (relay/record.py writes it).
+    FROM json_array_elements(%(outcomes)s::json) AS o
 ), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
                                 response_excerpt)

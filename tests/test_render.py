@@ -6,15 +6,26 @@ import base64
 import hashlib
 import hmac
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from relay.render import Change, Renderer, RenderError, Webhook, context, delivery_id, loads
+from relay.render import (
+    Change,
+    Renderer,
+    RenderError,
+    Webhook,
+    context,
+    default_body,
+    delivery_id,
+    dumps,
+    loads,
+)
 
-CHANGE = Change(
+CHANGE = Change.of(
     id=41,
     schema_name="public",
     table_name="orders",
@@ -48,7 +59,7 @@ def test_context_has_netbox_names_and_ours():
         "812",
     )
     assert ctx["team"] == "ops" and ctx["action_data"] == {"team": "ops", "event": "ignored"}
-    deleted = context(Change(**{**CHANGE.__dict__, "op": "delete", "new": None}))
+    deleted = context(replace(CHANGE, op="delete", new_json=None))
     assert deleted["event"] == "deleted" and deleted["data"]["status"] == "new"
 
 
@@ -153,13 +164,9 @@ def test_docs_worked_examples_render_valid_json():
         'data.customer ~ " (" ~ username ~ ")") | tojson }}}',
         signature="none",
     )
-    order = Change(
-        **{
-            **CHANGE.__dict__,
-            "new": loads(
-                '{"id": 7, "status": "paid", "total": 120.00, "customer": "ACME \\"Intl\\""}'
-            ),
-        }
+    order = replace(
+        CHANGE,
+        new_json='{"id": 7, "status": "paid", "total": 120.00, "customer": "ACME \\"Intl\\""}',
     )
     req = Renderer().request(slack, order, timestamp=0)
     assert json.loads(req.body) == {"text": 'Order 7 paid: 120.00 EUR by ACME "Intl" (alice)'}
@@ -183,13 +190,11 @@ def test_docs_worked_examples_render_valid_json():
 }
 """,
     )
-    report = Change(
-        **{
-            **CHANGE.__dict__,
-            "op": "insert",
-            "old": None,
-            "new": loads('{"id": 29, "devices": 3, "tests": 3, "passed": 5, "total": 8}'),
-        }
+    report = replace(
+        CHANGE,
+        op="insert",
+        old_json=None,
+        new_json='{"id": 29, "devices": 3, "tests": 3, "passed": 5, "total": 8}',
     )
     body = json.loads(
         Renderer()
@@ -206,3 +211,25 @@ def test_docs_worked_examples_render_valid_json():
         "passed": False,
         "results_url": "https://reports.example.com/reports/29/results",
     }
+
+
+def test_the_default_body_splices_the_stored_json_as_it_is():
+    stored = Change(
+        id=5,
+        schema_name="public",
+        table_name="orders",
+        op="update",
+        old_json='{"id": 7, "tags": ["é", "a\\nb"], "total": 120.00}',
+        new_json='{"id": 7, "tags": [], "total": 99.50, "meta": {"k": null}}',
+        pk_json='{"id": 7}',
+        username=None,
+        request_id="r",
+        txid="9",
+        created_at=datetime(2026, 11, 22, tzinfo=UTC),
+    )
+    fast = default_body(stored)
+    assert "old" not in stored.__dict__ and "new" not in stored.__dict__  # nothing parsed
+    assert fast == dumps(context(stored)).encode()  # what rendering the parsed row gives
+    assert b'"total": 99.50' in fast and "é".encode() in fast
+    with_data = default_body(stored, {"team": "ops"})
+    assert json.loads(with_data)["team"] == "ops"
