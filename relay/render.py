@@ -240,7 +240,12 @@ class Renderer:
         timestamp: int,
         source: str = "",
     ) -> Request:
-        ctx = context(change, action_data)
+        templated = any(
+            "{" in source
+            for source in (webhook.payload_url, webhook.body_template, webhook.additional_headers)
+        )
+        # Without templates nothing reads the context, and building it parses the row.
+        ctx = context(change, action_data) if templated else {}
         url = self.render(webhook.payload_url, ctx, "payload_url").strip()
         check_url(url)
         if webhook.body_template.strip():

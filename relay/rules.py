@@ -72,6 +72,8 @@ class RuleSet:
 
 def verdict(rule: Rule, change: Change) -> conditions.Verdict:
     """Whether the rule's conditions hold for the change, and if not, why."""
+    if not rule.conditions:
+        return conditions.Verdict(True)  # and the row need not be parsed
     return conditions.explain(rule.conditions, context(change, rule.action_data))
 
 
