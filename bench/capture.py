@@ -73,7 +73,7 @@ def tps_run(pgbench: str, dsn: str, args: argparse.Namespace) -> float:
 
 
 def measure_tps(pgbench: str, dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    modes = ["none", "relay", "rowtrigger"]
+    modes = ["none", "relay", "relay_noindex", "rowtrigger"]
     run_sql(dsn, "setup_rowtrigger")
     if has_pgq(dsn):
         run_sql(dsn, "setup_pgq")
@@ -94,7 +94,7 @@ def measure_tps(pgbench: str, dsn: str, args: argparse.Namespace) -> dict[str, l
             if mode != "none":
                 run_sql(dsn, f"untrack_{mode}")
             results[mode].append(tps)
-            print(f"  round {round_no + 1} {mode:>10}: {tps:9.1f} tps", flush=True)
+            print(f"  round {round_no + 1} {mode:>13}: {tps:9.1f} tps", flush=True)
     return results
 
 
@@ -125,7 +125,7 @@ def measure_bulk(dsn: str, rounds: int) -> dict[str, list[float]]:
                 if recorded != rows:
                     sys.exit(f"tracked bulk UPDATE recorded {recorded} changes, expected {rows}")
             results[mode].append(seconds)
-            print(f"  round {round_no + 1} {mode:>10}: {seconds:7.2f} s", flush=True)
+            print(f"  round {round_no + 1} {mode:>13}: {seconds:7.2f} s", flush=True)
     return results
 
 

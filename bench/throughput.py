@@ -1,21 +1,21 @@
 """Delivery throughput, latency and memory: relay against a bare client, in one run.
 
-    .venv/bin/python bench/throughput.py [--changes 20000] [--concurrency 64]
-        [--rate 1000 --seconds 20] [--backlog 1000000 --backlog-seconds 60]
+    .venv/bin/python bench/throughput.py [--changes 20000] [--rounds 3] [--concurrency 64]
+        [--rate 1000 --seconds 20] [--backlog 1000000 --backlog-seconds 30]
 
 1. Starts nginx on 127.0.0.1 answering 200 to everything (the receiver), and scratch databases
    (on $RELAY_DSN's server, 127.0.0.1:5432, or a throwaway cluster).
-2. Throughput: loads the outbox with --changes inserts into a tracked table (one webhook, one
-   rule); a Worker (the code behind `relay run`) drains it; deliveries per second from start to
-   the last change marked delivered (fan-out, claims, sends and records included). Then the
-   ceiling: a bare aiohttp client posts the same signed requests to the same nginx, with the
-   same concurrency, as fast as it can. Prints both rates and their ratio.
+2. Throughput, --rounds times: loads the outbox with --changes inserts into a tracked table (one
+   webhook, one rule); a Worker (the code behind `relay run`) drains it; deliveries per second
+   from start to the last change marked delivered (fan-out, claims, sends and records
+   included). Then the ceiling: a bare aiohttp client posts the same signed requests to the
+   same nginx, with the same concurrency, as fast as it can. Prints the medians and their ratio.
 3. Latency: `relay run` (a separate process) delivers to a small receiver process while this
    one commits --rate changes a second for --seconds (ten rows per transaction); commit to
    receipt, p50 and p99.
-4. Backlog: --backlog changes in the outbox, `relay run` drains them to nginx for
-   --backlog-seconds; peak RSS of the relay process (VmHWM) and the delivery rate per
-   stretch of the run (it must not fall as the backlog is worked through). 0 skips it.
+4. Backlog: `relay run` works for --backlog-seconds on a queue of --backlog changes, and on one
+   a tenth that size; the median delivery rate of each (counted at nginx), their ratio (it
+   must not fall as the backlog grows) and the relay's peak RSS (VmHWM). --backlog 0 skips it.
 Needs nginx (apt-get install nginx-light).
 """
 
@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,7 +108,7 @@ def load(dsn: str, url: str, changes: int) -> None:
 
 
 async def drain(dsn: str, changes: int, concurrency: int) -> float:
-    settings = Settings(webhook_concurrency=concurrency, batch_size=500, poll_interval=0.5)
+    settings = Settings(webhook_concurrency=concurrency, poll_interval=0.5)
     worker = Worker(settings, dsn, relay_id="bench")
     stop = asyncio.Event()
     started = time.monotonic()
@@ -290,12 +291,13 @@ def receipts(root: Path) -> int:
 
 def backlog(
     server: str, root: Path, url: str, changes: int, seconds: float, concurrency: int
-) -> None:
-    """Peak RSS of `relay run` working through a large backlog, and its rate as it goes."""
+) -> tuple[float, int]:
+    """`relay run` working through ``changes`` for ``seconds``: its median delivery rate over
+    stretches of the run, and its peak RSS in kB."""
     with scratch_database(server, "relay_big") as dsn:
         started = time.monotonic()
         load(dsn, url, changes)
-        print(f"  loaded {changes} changes in {time.monotonic() - started:.0f} s")
+        loaded = time.monotonic() - started
         relay = start_relay(dsn, concurrency)
         rates = []
         try:
@@ -311,21 +313,23 @@ def backlog(
         finally:
             stop_relay(relay)
     print(
-        f"  delivered {done - first} in {time.monotonic() - began:.0f} s;"
-        f" rate per {stretch:.0f} s stretch: {', '.join(f'{r:.0f}' for r in rates)}"
+        f"  {changes:>9} queued (loaded in {loaded:.0f} s): {done - first} delivered in"
+        f" {time.monotonic() - began:.0f} s; per {stretch:.0f} s:"
+        f" {', '.join(f'{r:.0f}' for r in rates)}; peak RSS {peak / 1024:.0f} MB"
     )
-    print(f"  peak RSS of relay run: {peak / 1024:.0f} MB")
+    return statistics.median(rates), peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dsn", default=os.environ.get("RELAY_DSN"))
     parser.add_argument("--changes", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=int, default=1_000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--backlog", type=int, default=1_000_000)
-    parser.add_argument("--backlog-seconds", type=float, default=60)
+    parser.add_argument("--backlog-seconds", type=float, default=30)
     args = parser.parse_args()
     # Logged as `relay run` logs (a JSON line per delivery), to a file nobody reads.
     logs.configure(file=open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
@@ -335,22 +339,37 @@ def main() -> None:
     try:
         with postgres_server(args.dsn) as server:
             print(f"{os.cpu_count()} CPUs, receiver nginx at {url}, concurrency {args.concurrency}")
-            with scratch_database(server, "relay_tp") as dsn:
-                load(dsn, url, args.changes)
-                print(f"throughput, {args.changes} changes:")
-                relay_rate = asyncio.run(drain(dsn, args.changes, args.concurrency))
-                print(f"  relay drained the backlog:  {relay_rate:8.0f} deliveries/s")
-                bare_rate, ok = asyncio.run(ceiling(dsn, args.concurrency))
-                assert ok == args.changes, f"only {ok} of the ceiling's requests got 200"
-                print(f"  bare aiohttp (the ceiling): {bare_rate:8.0f} requests/s")
-                print(f"  ratio: {relay_rate / bare_rate:.2f}")
+            print(f"throughput, {args.changes} changes, {args.rounds} rounds:")
+            relay_rates, bare_rates = [], []
+            for _ in range(args.rounds):
+                with scratch_database(server, "relay_tp") as dsn:
+                    load(dsn, url, args.changes)
+                    relay_rates.append(asyncio.run(drain(dsn, args.changes, args.concurrency)))
+                    bare, ok = asyncio.run(ceiling(dsn, args.concurrency))
+                    assert ok == args.changes, f"only {ok} of the ceiling's requests got 200"
+                    bare_rates.append(bare)
+                print(f"  relay {relay_rates[-1]:8.0f} deliveries/s, bare {bare:8.0f} requests/s")
+            relay_rate = statistics.median(relay_rates)
+            bare_rate = statistics.median(bare_rates)
+            print(f"  relay drained the backlog:  {relay_rate:8.0f} deliveries/s (median)")
+            print(f"  bare aiohttp (the ceiling): {bare_rate:8.0f} requests/s (median)")
+            print(f"  ratio: {relay_rate / bare_rate:.2f}")
             if args.rate and args.seconds:
                 print(f"latency, {args.rate} changes/s for {args.seconds:g} s:")
                 p50, p99, count = latency(server, args.rate, args.seconds, args.concurrency)
                 print(f"  commit to receipt: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({count} changes)")
             if args.backlog:
-                print(f"backlog, {args.backlog} changes:")
-                backlog(server, root, url, args.backlog, args.backlog_seconds, args.concurrency)
+                print(f"backlog, `relay run` for {args.backlog_seconds:g} s each:")
+                small, _ = backlog(
+                    server, root, url, args.backlog // 10, args.backlog_seconds, args.concurrency
+                )
+                large, peak = backlog(
+                    server, root, url, args.backlog, args.backlog_seconds, args.concurrency
+                )
+                print(
+                    f"  rate with {args.backlog} queued / with {args.backlog // 10}:"
+                    f" {large / small:.2f}; peak RSS {peak / 1024:.0f} MB"
+                )
     finally:
         nginx.terminate()
         nginx.wait()

@@ -122,7 +122,19 @@ class Request:
 def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The template context: NetBox's names, then relay's own. ``action_data`` adds keys (and is
     also there as a whole) but never replaces one of these."""
-    data = change.new if change.new is not None else change.old
+    return _context(change, change.old, change.new, change.pk, action_data)
+
+
+def default_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
+    """The body without a template: the context as JSON, the row's JSON text spliced in as
+    PostgreSQL wrote it (same values and digits; no parse, no re-encoding)."""
+    raw = _raw(change.old_json), _raw(change.new_json), _raw(change.pk_json)
+    return dumps(_context(change, *raw, action_data)).encode()
+
+
+def _context(
+    change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
+) -> dict[str, Any]:
     core = {
         "event": EVENTS[change.op],
         "timestamp": change.created_at.isoformat(),
@@ -130,37 +142,14 @@ def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dic
         "object_type": change.object_type,
         "username": change.username,
         "request_id": change.request_id,
-        "data": data,
-        "snapshots": {"prechange": change.old, "postchange": change.new},
+        "data": new if new is not None else old,
+        "snapshots": {"prechange": old, "postchange": new},
         "id": change.id,
-        "pk": change.pk,
+        "pk": pk,
         "txid": change.txid,
         "action_data": dict(action_data or {}),
     }
     return {**(action_data or {}), **core}
-
-
-def default_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
-    """The body without a template: the context as JSON. Without action_data the row's JSON
-    text goes in as PostgreSQL wrote it (same values and digits; no parse, no re-encoding)."""
-    if action_data:
-        return dumps(context(change, action_data)).encode()
-    data = change.new_json if change.new_json is not None else change.old_json
-    core = {
-        "event": EVENTS[change.op],
-        "timestamp": change.created_at.isoformat(),
-        "model": change.table_name,
-        "object_type": change.object_type,
-        "username": change.username,
-        "request_id": change.request_id,
-        "data": _raw(data),
-        "snapshots": {"prechange": _raw(change.old_json), "postchange": _raw(change.new_json)},
-        "id": change.id,
-        "pk": _raw(change.pk_json),
-        "txid": change.txid,
-        "action_data": {},
-    }
-    return dumps(core).encode()
 
 
 def _raw(text: str | None) -> simplejson.RawJSON | None:

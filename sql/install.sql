@@ -27,4 +27,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 3) AS relay_appl
 \ir migrations/0003_delivery.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 4) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0004_statistics.sql
+\endif
+
 COMMIT;

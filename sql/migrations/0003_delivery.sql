@@ -81,18 +81,6 @@ CREATE TRIGGER requeue BEFORE UPDATE OF status ON relay.outbox
     FOR EACH ROW WHEN (NEW.status = 'pending' AND OLD.status <> 'pending')
     EXECUTE FUNCTION relay.requeue();
 
--- Fresh statistics for the delivery tables, callable by the relay service (which does not own
--- them). A burst of changes (the first backlog after install, a bulk UPDATE) fills
--- relay.deliveries long before autovacuum's next look, and planned without statistics the
--- claim query scanned every pending delivery for each one it took: 300 ms instead of 3 ms.
-CREATE FUNCTION relay.refresh_statistics() RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    ANALYZE relay.deliveries;
-    ANALYZE relay.outbox;
-END
-$$;
-
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA relay FROM PUBLIC;
 
 INSERT INTO relay.migrations (version, name) VALUES (3, 'delivery');
