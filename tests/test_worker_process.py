@@ -44,7 +44,8 @@ async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.s
 def relay_connections(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'relay run %'"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'relay run %' AND datname = current_database()"
         ).fetchone()[0]
 
 
@@ -98,7 +99,7 @@ def test_cut_connections_are_reestablished(rconn, relay_dsn):
                 await sql(
                     relay_dsn,
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name LIKE 'relay run %'",
+                    " WHERE application_name LIKE 'relay run %' AND datname = current_database()",
                 )
                 await sql(relay_dsn, "INSERT INTO items VALUES (2, 0)")
                 took = await until(lambda: len(r.requests) == 2, timeout=15)
