@@ -8,7 +8,16 @@ import typer
 from rich.table import Table
 
 from relay import __version__, capture, schema
-from relay.cli_common import Dsn, fail, out, print_table
+from relay.cli_common import (
+    Dsn,
+    EnvFile,
+    OptionalDsn,
+    dsn_of,
+    fail,
+    load_settings,
+    out,
+    print_table,
+)
 from relay.cli_common import database as _database
 from relay.cli_rules import preview, rule_app, rules_app, webhook_app
 
@@ -154,32 +163,43 @@ def demo(
 
 
 @app.command()
-def run(dsn: Dsn) -> None:
+def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     """Deliver changes to webhooks until SIGTERM or SIGINT (knobs: RELAY_* variables)."""
     import asyncio
     import signal
 
-    from pydantic import ValidationError
-
     from relay import logs
-    from relay.settings import Settings
     from relay.worker import Worker
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        fail(f"RELAY_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
-    logs.configure()
+    settings = load_settings(env_file)
+    database = dsn_of(dsn, settings)
+    logs.configure(fmt=settings.log_format)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Worker(settings, dsn).run(stop)
+        await Worker(settings, database).run(stop)
 
     asyncio.run(main())
+
+
+@app.command()
+def config(
+    env_file: EnvFile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective settings (environment, then env file, then defaults), secrets
+    masked."""
+    shown = load_settings(env_file).shown()
+    if as_json:
+        out.print_json(data=shown)
+        return
+    table = Table("setting", "value")
+    for name, value in shown.items():
+        table.add_row(name, "" if value is None else str(value))
+    print_table(table)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import psycopg
@@ -11,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from relay import settings as settings_module
 from relay.db import Conn, DatabaseUnavailable, connect
+from relay.settings import Settings, SettingsError
 
 out = Console()
 err = Console(stderr=True)
@@ -22,6 +25,28 @@ Dsn = Annotated[
         "--dsn",
         envvar="RELAY_DSN",
         help="libpq connection string or URI of the database (or set RELAY_DSN).",
+        show_default=False,
+    ),
+]
+
+
+EnvFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--env-file",
+        envvar="RELAY_ENV_FILE",
+        help="Read RELAY_* settings from this file too (NAME=value lines, as systemd's "
+        "EnvironmentFile); the environment wins.",
+        show_default=False,
+    ),
+]
+
+OptionalDsn = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        help="libpq connection string or URI of the database (default: RELAY_DSN, from the "
+        "environment or the env file).",
         show_default=False,
     ),
 ]
@@ -63,3 +88,18 @@ def print_table(table: Table) -> None:
 def print_fields(fields: Mapping[str, Any]) -> None:
     for key, value in fields.items():
         out.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+
+
+def load_settings(env_file: Path | None) -> Settings:
+    """The effective settings; a bad one ends the command with one line naming it, exit 2."""
+    try:
+        return settings_module.load(env_file)
+    except SettingsError as exc:
+        fail(str(exc), 2)
+
+
+def dsn_of(dsn: str | None, settings: Settings) -> str:
+    chosen = dsn or settings.dsn
+    if not chosen:
+        fail("RELAY_DSN: no database given (set RELAY_DSN, or use --dsn or --env-file)", 2)
+    return chosen

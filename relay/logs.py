@@ -16,15 +16,18 @@ import structlog
 _streams: list[TextIO] = []
 
 
-def configure(level: int = logging.INFO, file: TextIO | None = None) -> None:
-    """Log to ``file`` (standard error by default)."""
+def configure(
+    level: int = logging.INFO, file: TextIO | None = None, fmt: str = "auto"
+) -> None:
+    """Log to ``file`` (standard error by default) as ``json`` lines or ``console`` colours;
+    ``auto`` picks colours on a terminal."""
     file = file or sys.stderr
     _streams[:] = [file]  # JSON goes to its buffer: the file must outlive the caller's reference
     shared: list[structlog.typing.Processor] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    if file.isatty():
+    if fmt == "console" or (fmt == "auto" and file.isatty()):
         structlog.configure(
             processors=[*shared, structlog.dev.ConsoleRenderer()],
             wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -1,9 +1,21 @@
-"""Settings read from RELAY_* environment variables (pydantic-settings)."""
+"""Settings read from RELAY_* environment variables (pydantic-settings), optionally from an
+env file in the same ``NAME=value`` form systemd's ``EnvironmentFile=`` reads; the process
+environment wins over the file."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any, Literal
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MASK = "********"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names it, in one line."""
 
 
 class Settings(BaseSettings):
@@ -17,7 +29,7 @@ class Settings(BaseSettings):
     """Seconds between looks at the outbox when no notification arrives."""
     lease_seconds: float = Field(default=60.0, gt=0)
     """How long a claimed delivery stays this relay's; a crashed relay's work is taken over
-    after it (keep it above the longest webhook timeout)."""
+    after it (keep it above twice the longest webhook timeout)."""
     max_attempts: int = Field(default=8, ge=1)
     """Attempts per delivery before it fails for good."""
     retry_base_seconds: float = Field(default=5.0, gt=0)
@@ -37,6 +49,8 @@ class Settings(BaseSettings):
     """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
+    log_format: Literal["auto", "json", "console"] = "auto"
+    """``json`` lines, ``console`` colours, or ``auto``: colours on a terminal, JSON elsewhere."""
 
     @property
     def template_env_globs(self) -> list[str]:
@@ -48,3 +62,32 @@ class Settings(BaseSettings):
         if retry_after is not None:
             delay = max(delay, retry_after)
         return min(delay, self.retry_max_seconds)
+
+    def shown(self) -> dict[str, Any]:
+        """Every setting by its variable name, secrets masked: what ``relay config`` prints."""
+        values = self.model_dump()
+        values["dsn"] = mask_dsn(self.dsn) if self.dsn else None
+        return {f"RELAY_{name.upper()}": value for name, value in values.items()}
+
+
+def load(env_file: Path | None = None, **overrides: Any) -> Settings:
+    """The effective settings, or :class:`SettingsError` naming the first bad one."""
+    if env_file is not None and not env_file.is_file():
+        raise SettingsError(f"env file {env_file} does not exist")
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = f"RELAY_{str(first['loc'][0]).upper()}" if first["loc"] else "settings"
+        raise SettingsError(f"{name}: {first['msg']}") from None
+
+
+def mask_dsn(dsn: str) -> str:
+    """The connection string with its password hidden (in either libpq form)."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except Exception:  # not parseable: show nothing of it rather than risk the secret
+        return MASK
+    if "password" in parts:
+        parts["password"] = MASK
+    return make_conninfo("", **{k: v for k, v in parts.items() if v is not None})

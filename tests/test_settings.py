@@ -1,0 +1,53 @@
+"""Settings as an operator gives them: environment, env file, and `relay config`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+
+def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        capture_output=True,
+        text=True,
+        env={**base, "COLUMNS": "200", **env},
+        check=False,
+        timeout=60,
+    )
+
+
+def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path):
+    env_file = tmp_path / "relay.env"
+    env_file.write_text(
+        "RELAY_DSN=postgresql://relay:s3cr3t-pw@db.example/app\n"
+        "RELAY_BATCH_SIZE=250\n"
+        "RELAY_POLL_INTERVAL=5\n"
+    )
+    result = relay("config", "--env-file", str(env_file), "--json", RELAY_POLL_INTERVAL="0.5")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["RELAY_BATCH_SIZE"] == 250  # from the file
+    assert shown["RELAY_POLL_INTERVAL"] == 0.5  # the environment wins over the file
+    assert shown["RELAY_WEBHOOK_CONCURRENCY"] == 16  # the default
+    assert "s3cr3t-pw" not in result.stdout
+    assert "password=********" in shown["RELAY_DSN"] and "host=db.example" in shown["RELAY_DSN"]
+    table = relay("config", RELAY_DSN="host=db password=s3cr3t-pw dbname=app")
+    assert table.returncode == 0 and "s3cr3t-pw" not in table.stdout
+    assert "RELAY_ATTEMPT_RETENTION_DAYS" in table.stdout
+
+
+def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
+    for args, env, named in [
+        (["config"], {"RELAY_BATCH_SIZE": "many"}, "RELAY_BATCH_SIZE"),
+        (["run"], {"RELAY_DSN": "dbname=x", "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
+        (["run"], {}, "RELAY_DSN"),
+        (["run", "--env-file", str(tmp_path / "missing.env")], {}, "missing.env"),
+    ]:
+        result = relay(*args, **env)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
