@@ -202,5 +202,23 @@ def config(
     print_table(table)
 
 
+@app.command()
+def receive(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    secret: Annotated[
+        str | None,
+        typer.Option(help="Check each request's signature with this secret (say valid/invalid)."),
+    ] = None,
+    status: Annotated[int, typer.Option(help="HTTP status to answer with.")] = 200,
+) -> None:
+    """A webhook receiver for trying relay out: prints every request it gets."""
+    from relay.receive import serve
+
+    if not 100 <= status <= 599:
+        fail(f"--status {status} is not an HTTP status", 2)
+    serve(host, port, secret, status)
+
+
 def main() -> None:
     app()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections.abc import Mapping
 
 SIGNATURES = ("netbox", "standard", "none")
 
@@ -62,3 +63,24 @@ def signature_headers(
             "webhook-signature": standard_signature(secret, message_id, timestamp, body),
         }
     raise ValueError(f"unknown signature scheme {scheme!r} (use one of {', '.join(SIGNATURES)})")
+
+
+def verify(headers: Mapping[str, str], body: bytes, secret: str) -> tuple[str, bool] | None:
+    """Which scheme signed a received request and whether the signature is right for
+    ``secret``; None when it carries no signature. (For ``relay receive``; a Standard Webhooks
+    request is valid when any of its signatures matches.)"""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    if "x-hook-signature" in lowered:
+        expected = netbox_signature(secret, body)
+        return "netbox", hmac.compare_digest(expected, lowered["x-hook-signature"].strip())
+    if "webhook-signature" in lowered:
+        try:
+            timestamp = int(lowered.get("webhook-timestamp", ""))
+            expected = standard_signature(secret, lowered.get("webhook-id", ""), timestamp, body)
+        except (ValueError, InvalidSecret):
+            return "standard", False
+        given = set(lowered["webhook-signature"].split())
+        return "standard", any(
+            hmac.compare_digest(sig, mine) for sig in given for mine in expected.split()
+        )
+    return None

@@ -1,0 +1,79 @@
+"""`relay receive`, the receiver for trying webhooks out, run as a person runs it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from relay.sign import signature_headers
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # good for both schemes
+
+
+def post(port: int, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/hook?x=1", data=body, headers=headers, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return int(response.status)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_receive_prints_numbered_requests_and_checks_signatures():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "receive",
+            "--port",
+            str(port),
+            "--secret",
+            SECRET,
+            "--status",
+            "202",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not listening(port):
+            assert time.monotonic() < deadline, "relay receive did not start"
+            time.sleep(0.05)
+        body = b'{"event": "created", "data": {"id": 7, "name": "caf\\u00e9"}}'
+        json_type = {"Content-Type": "application/json"}
+        good = {**json_type, **signature_headers("netbox", SECRET, body, "d1", 0)}
+        bad = {**json_type, "X-Hook-Signature": "0" * 128}
+        standard = {**json_type, **signature_headers("standard", SECRET, body, "msg_1", 1700000000)}
+        statuses = [
+            post(port, body, good),
+            post(port, body, bad),
+            post(port, body, standard),
+            post(port, b"plain text", {}),
+        ]
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+    assert statuses == [202] * 4
+    assert "#1" in output and "#4" in output and "POST /hook?x=1" in output
+    assert "signature (netbox): valid" in output
+    assert "signature (netbox): INVALID" in output
+    assert "signature (standard): valid" in output
+    assert "signature: none" in output and "plain text" in output
+    assert '"name": "café"' in output  # pretty JSON, non-ASCII kept
+    assert output.index("#1") < output.index("#2") < output.index("#3") < output.index("#4")
