@@ -203,6 +203,37 @@ def config(
 
 
 @app.command()
+def retry(
+    dsn: Dsn,
+    webhook: Annotated[
+        str | None, typer.Option(help="Only changes that failed for this webhook.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only changes made since then: an age (2h, 7d) or a time (ISO 8601)."),
+    ] = None,
+    change_id: Annotated[int | None, typer.Option("--id", help="Only this change.")] = None,
+) -> None:
+    """Send failed changes again, only to the webhooks that did not get them."""
+    from relay.sqlfiles import query
+    from relay.when import parse_since
+
+    try:
+        moment = parse_since(since) if since else None
+    except ValueError as exc:
+        fail(f"--since: {exc}", 2)
+    with _database(dsn) as conn:
+        if webhook is not None:
+            row = conn.execute(query("webhook_exists"), {"name": webhook}).fetchone()
+            if not row or not row[0]:
+                fail(f"no webhook named {webhook!r}")
+        requeued = conn.execute(
+            query("retry_failed"), {"id": change_id, "since": moment, "webhook": webhook}
+        ).rowcount
+    out.print(f"requeued {requeued} failed change{'' if requeued == 1 else 's'}", highlight=False)
+
+
+@app.command()
 def receive(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -221,3 +221,17 @@ WHERE id IN (
 
 -- name: refresh_statistics
 SELECT relay.refresh_statistics();
+
+-- name: retry_failed
+-- `relay retry`: the documented one-liner with its filters (each NULL means "any"). The requeue
+-- trigger does the rest: the fan-out re-arms only the deliveries that failed.
+UPDATE relay.outbox o SET status = 'pending'
+WHERE o.status = 'failed'
+  AND (%(id)s::bigint IS NULL OR o.id = %(id)s::bigint)
+  AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
+  AND (%(webhook)s::text IS NULL OR EXISTS (
+      SELECT FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
+      WHERE d.outbox_id = o.id AND d.status = 'failed' AND w.name = %(webhook)s::text));
+
+-- name: webhook_exists
+SELECT EXISTS (SELECT FROM relay.webhooks WHERE name = %(name)s);
