@@ -203,6 +203,64 @@ def config(
 
 
 @app.command()
+def status(
+    dsn: Dsn,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    errors: Annotated[int, typer.Option(help="How many recent errors to show.")] = 5,
+) -> None:
+    """Backlog, per-webhook counts, recent errors and the relays at work."""
+    from relay import status as status_module
+
+    with _database(dsn) as conn:
+        current = status_module.read(conn, errors)
+    if as_json:
+        out.print_json(data=current.as_json())
+        return
+    b = current.backlog
+    oldest = b["oldest_pending_seconds"]
+    out.print(
+        f"[bold]backlog[/] {b['pending']} pending ({b['not_matched_yet']} not matched yet), "
+        f"oldest {'-' if oldest is None else f'{oldest:.1f} s'}; "
+        f"{b['delivered']} delivered, {b['failed']} failed, {b['skipped']} skipped",
+        highlight=False,
+    )
+    hooks = Table("webhook", "enabled", "pending", "delivered", "failed", "last delivered")
+    for w in current.webhooks:
+        hooks.add_row(
+            w["name"],
+            "yes" if w["enabled"] else "no",
+            str(w["pending"]),
+            str(w["delivered"]),
+            str(w["failed"]),
+            _when(w["last_delivered_at"]),
+        )
+    print_table(hooks)
+    if current.errors:
+        recent = Table("when", "webhook", "change", "attempt", "status", "error")
+        for e in current.errors:
+            recent.add_row(
+                _when(e["attempted_at"]),
+                e["webhook"],
+                str(e["outbox_id"]),
+                str(e["attempt"]),
+                str(e["status_code"] or "-"),
+                e["error"],
+            )
+        print_table(recent)
+    relays = Table("relay", "connections", "since", "leases held")
+    for r in current.relays:
+        relays.add_row(r["relay_id"], str(r["connections"]), _when(r["since"]), str(r["leases"]))
+    if current.relays:
+        print_table(relays)
+    else:
+        out.print("no relay is connected", highlight=False)
+
+
+def _when(moment: object) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if hasattr(moment, "strftime") else "-"
+
+
+@app.command()
 def retry(
     dsn: Dsn,
     webhook: Annotated[

@@ -235,3 +235,53 @@ WHERE o.status = 'failed'
 
 -- name: webhook_exists
 SELECT EXISTS (SELECT FROM relay.webhooks WHERE name = %(name)s);
+
+-- name: status_backlog
+-- `relay status`: changes waiting, the age of the oldest, and how the rest ended.
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'pending' AND fanned_out_at IS NULL) AS not_matched_yet,
+       extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
+           AS oldest_pending_seconds,
+       count(*) FILTER (WHERE status = 'delivered') AS delivered,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'skipped') AS skipped
+FROM relay.outbox;
+
+-- name: status_webhooks
+SELECT w.name, w.enabled,
+       count(d.*) FILTER (WHERE d.status = 'pending') AS pending,
+       count(d.*) FILTER (WHERE d.status = 'delivered') AS delivered,
+       count(d.*) FILTER (WHERE d.status = 'failed') AS failed,
+       max(d.delivered_at) AS last_delivered_at
+FROM relay.webhooks w
+LEFT JOIN relay.deliveries d ON d.webhook_id = w.id
+GROUP BY w.id, w.name, w.enabled
+ORDER BY w.name;
+
+-- name: status_errors
+SELECT a.attempted_at, w.name AS webhook, a.outbox_id, a.attempt, a.status_code, a.error
+FROM relay.attempts a
+JOIN relay.webhooks w ON w.id = a.webhook_id
+WHERE a.error IS NOT NULL
+ORDER BY a.attempted_at DESC
+LIMIT %(limit)s;
+
+-- name: status_relays
+-- Relays connected now (by their connections' application_name) and the leases each holds.
+WITH connected AS (
+    SELECT substr(application_name, length('relay run ') + 1) AS relay_id,
+           count(*) AS connections, min(backend_start) AS since
+    FROM pg_stat_activity
+    WHERE datname = current_database() AND application_name LIKE 'relay run %'
+    GROUP BY 1
+), leases AS (
+    SELECT leased_by AS relay_id, count(*) AS leases, max(leased_until) AS leased_until
+    FROM relay.deliveries
+    WHERE status = 'pending' AND leased_by IS NOT NULL AND leased_until > now()
+    GROUP BY 1
+)
+SELECT coalesce(c.relay_id, l.relay_id) AS relay_id, coalesce(c.connections, 0) AS connections,
+       c.since, coalesce(l.leases, 0) AS leases, l.leased_until
+FROM connected c
+FULL JOIN leases l ON l.relay_id = c.relay_id
+ORDER BY 1;
