@@ -166,9 +166,10 @@ def demo(
 def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     """Deliver changes to webhooks until SIGTERM or SIGINT (knobs: RELAY_* variables)."""
     import asyncio
+    import os
     import signal
 
-    from relay import logs
+    from relay import logs, metrics, systemd
     from relay.worker import Worker
 
     settings = load_settings(env_file)
@@ -180,7 +181,27 @@ def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Worker(settings, database).run(stop)
+        worker = Worker(settings, database)
+        endpoint = None
+        if settings.metrics_address:
+            try:
+                endpoint = await metrics.serve(
+                    settings.metrics_address, worker.metrics, lambda: worker.ready
+                )
+            except OSError as exc:
+                fail(
+                    f"RELAY_METRICS_ADDRESS: cannot listen on {settings.metrics_address}: "
+                    f"{os.strerror(exc.errno) if exc.errno else exc}",
+                    2,
+                )
+        supervisor = asyncio.create_task(systemd.supervise(lambda: worker.ready, stop))
+        try:
+            await worker.run(stop)
+        finally:
+            stop.set()
+            await supervisor
+            if endpoint is not None:
+                await endpoint.cleanup()
 
     asyncio.run(main())
 

@@ -42,9 +42,11 @@ class RuleSet:
     rules: list[Rule]
     _index: dict[tuple[str, str], list[Rule]] = field(init=False, repr=False)
     _by_id: dict[int, Rule] = field(init=False, repr=False)
+    _webhooks: dict[int, Webhook] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_id = {rule.id: rule for rule in self.rules}
+        self._webhooks = {rule.webhook.id: rule.webhook for rule in self.rules}
         self._index = defaultdict(list)
         for rule in self.rules:
             for table in rule.tables:
@@ -53,6 +55,10 @@ class RuleSet:
 
     def by_id(self, rule_id: int | None) -> Rule | None:
         return self._by_id.get(rule_id) if rule_id is not None else None
+
+    def webhook(self, webhook_id: int) -> Webhook | None:
+        """A webhook some enabled rule sends to."""
+        return self._webhooks.get(webhook_id)
 
     def candidates(self, change: Change) -> list[Rule]:
         """Rules naming the change's table and event, enabled with an enabled webhook."""

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
+    metrics_address: str = Field(default="", pattern=r"^$|^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$")
+    """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9187."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """``json`` lines, ``console`` colours, or ``auto``: colours on a terminal, JSON elsewhere."""
 

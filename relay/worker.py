@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from relay import fanout, rules
 from relay.deliver import Outcome, Sender
+from relay.metrics import Metrics
 from relay.record import Recorder, Result
 from relay.render import Change, Renderer, RenderError, Webhook
 from relay.rules import Rule
@@ -44,6 +45,8 @@ ANALYZE_AFTER_CHANGES = 5_000
 (relay.refresh_statistics), so claim plans are right from the start of a burst; then again each
 time the count doubles (an ANALYZE of a million-row table is not free; autovacuum takes over)."""
 PURGE_BATCH = 5_000
+BACKLOG_GAUGE_SECONDS = 10.0
+"""How often the backlog gauges are refreshed (a count of pending changes), when metrics are on."""
 PREFETCH = 2
 """Deliveries claimed per webhook, as a multiple of its concurrency: the next ones are ready
 when a request ends, instead of a claim round trip later. They wait for a slot at most about
@@ -88,6 +91,12 @@ class Worker:
         self._fanned = 0
         self._analyze_at = ANALYZE_AFTER_CHANGES
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.metrics = Metrics()
+
+    @property
+    def ready(self) -> bool:
+        """Connected to the database and listening (what /readyz and systemd's READY=1 say)."""
+        return self._connected
 
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until ``stop`` is set; then let in-flight requests finish within the grace
@@ -202,11 +211,14 @@ class Worker:
     async def _fan_out_loop(self, conn: AConn) -> None:
         """Fan out whenever there may be new changes: after a notification, a full batch, or
         the poll interval; every lease period, also finish what a dead relay left."""
-        next_sweep = 0.0
+        next_sweep = next_gauges = 0.0
         while True:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.settings.lease_seconds
                 await self._sweep(conn)
+            if self.settings.metrics_address and time.monotonic() >= next_gauges:
+                next_gauges = time.monotonic() + BACKLOG_GAUGE_SECONDS
+                await self._measure_backlog(conn)
             self._fan_out_wake.clear()
             wait = self._next_fan_out - time.monotonic()
             if wait > 0:
@@ -248,6 +260,9 @@ class Worker:
             if not rows:
                 return 0  # nothing new, or another relay holds the fan-out lock
             plan = fanout.plan([rules.change_from_row(r) for r in rows], self.rules.ruleset)
+            matched = len(set(plan.outbox_ids))
+            self.metrics.changes.labels("matched").inc(matched)
+            self.metrics.changes.labels("skipped").inc(len(rows) - matched)
             await conn.execute(query("add_deliveries"), plan.deliveries())
             await conn.execute(query("mark_fanned_out"), {"ids": plan.fanned_out})
             await conn.execute(query("skip_changes"), {"ids": plan.fanned_out})
@@ -314,6 +329,7 @@ class Worker:
             self._wake.set()
         try:
             await recorder.record(result)
+            self._count(item, result)
         except psycopg.Error as exc:  # the lease expires and another attempt follows
             log.error("could not record outcome", outbox_id=item.outbox_id, error=str(exc))
 
@@ -355,6 +371,29 @@ class Worker:
         )
         return outcome
 
+    async def _measure_backlog(self, conn: AConn) -> None:
+        cur = await conn.execute(query("backlog_summary"))
+        row = await cur.fetchone()
+        if row:
+            self.metrics.backlog.set(row[0])
+            self.metrics.oldest_pending.set(row[1])
+
+    def _webhook_name(self, webhook_id: int) -> str:
+        webhook = self.rules.ruleset.webhook(webhook_id)
+        return webhook.name if webhook else str(webhook_id)
+
+    def _count(self, item: Claimed, result: Result) -> None:
+        if not result.counted:
+            return
+        name = self._webhook_name(item.webhook_id)
+        outcome = "retry" if result.status == "pending" else result.status
+        self.metrics.deliveries.labels(name, outcome).inc()
+        if result.outcome.sent:
+            self.metrics.attempt_seconds.labels(name).observe(result.outcome.duration)
+        if result.status == "delivered":
+            lag = time.time() - item.change.created_at.timestamp()
+            self.metrics.lag_seconds.labels(name).observe(max(lag, 0.0))
+
     def _breaker(self, item: Claimed, outcome: Outcome) -> None:
         """Count the receiver's consecutive failures; pause it when they reach the limit, and
         resume it at the first success. Our own errors (templates, rules) do not count."""
@@ -362,6 +401,7 @@ class Worker:
         if outcome.ok:
             if self._failures.pop(hook, 0) >= self.settings.breaker_failures:
                 log.info("webhook resumed", webhook_id=hook)
+                self.metrics.paused.labels(self._webhook_name(hook)).set(0)
             self._paused_until.pop(hook, None)
             return
         if not outcome.sent:
@@ -377,6 +417,7 @@ class Worker:
                     error=outcome.error,
                 )
             self._paused_until[hook] = time.monotonic() + self.settings.breaker_cooldown_seconds
+            self.metrics.paused.labels(self._webhook_name(hook)).set(1)
 
     @staticmethod
     def _put_back(item: Claimed, seconds: float) -> Result:

@@ -285,3 +285,9 @@ SELECT coalesce(c.relay_id, l.relay_id) AS relay_id, coalesce(c.connections, 0) 
 FROM connected c
 FULL JOIN leases l ON l.relay_id = c.relay_id
 ORDER BY 1;
+
+-- name: backlog_summary
+-- The backlog gauges of /metrics: pending changes and the age of the oldest.
+SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+FROM relay.outbox
+WHERE status = 'pending';

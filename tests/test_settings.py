@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -46,8 +47,21 @@ def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
         (["run"], {"RELAY_DSN": "dbname=x", "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
         (["run"], {}, "RELAY_DSN"),
         (["run", "--env-file", str(tmp_path / "missing.env")], {}, "missing.env"),
+        (["run"], {"RELAY_DSN": "dbname=x", "RELAY_METRICS_ADDRESS": "9187"}, "METRICS_ADDRESS"),
     ]:
         result = relay(*args, **env)
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
+
+
+def test_a_metrics_address_in_use_stops_the_relay_with_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = relay("run", RELAY_DSN="dbname=x", RELAY_METRICS_ADDRESS=address)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: RELAY_METRICS_ADDRESS: cannot listen on {address}: Address already in use"
+    ]

@@ -1,0 +1,97 @@
+"""Prometheus metrics, ``/healthz`` and ``/readyz`` for ``relay run``.
+
+Each Worker has its own registry (several in one process, as in tests, do not share counts).
+The HTTP endpoint is off unless ``RELAY_METRICS_ADDRESS`` is set; it is a small aiohttp server
+on the relay's own event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.changes = Counter(
+            "relay_changes_total",
+            "Changes matched against the rules, by result (matched, skipped).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "relay_deliveries_total",
+            "Delivery attempts by webhook and outcome (delivered, retry, failed).",
+            ["webhook", "outcome"],
+            registry=self.registry,
+        )
+        self.attempt_seconds = Histogram(
+            "relay_attempt_duration_seconds",
+            "Time from sending a request to its answer (or error), by webhook.",
+            ["webhook"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.lag_seconds = Histogram(
+            "relay_delivery_lag_seconds",
+            "From the change's transaction to its delivery, by webhook.",
+            ["webhook"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.backlog = Gauge(
+            "relay_backlog_changes",
+            "Changes not yet delivered, failed or skipped (whole database).",
+            registry=self.registry,
+        )
+        self.oldest_pending = Gauge(
+            "relay_oldest_pending_seconds",
+            "Age of the oldest pending change (0 when none).",
+            registry=self.registry,
+        )
+        self.paused = Gauge(
+            "relay_webhook_paused",
+            "1 while the circuit breaker holds a webhook back, else 0.",
+            ["webhook"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+async def serve(address: str, metrics: Metrics, ready: Callable[[], bool]) -> web.AppRunner:
+    """Start the endpoint on ``host:port``; the caller cleans the runner up."""
+    host, _, port = address.rpartition(":")
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not connected to the database\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_page)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
+    return runner

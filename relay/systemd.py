@@ -1,0 +1,51 @@
+"""The systemd notify protocol, spoken directly (a datagram to ``$NOTIFY_SOCKET``): READY=1
+once the relay is connected and listening, WATCHDOG=1 while its event loop turns, STOPPING=1
+on shutdown. Outside systemd (no ``NOTIFY_SOCKET``) every call is a no-op."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable
+
+
+def notify(message: str) -> bool:
+    """Send one notification; False when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(address)
+        sock.sendall(message.encode())
+    return True
+
+
+def watchdog_seconds() -> float | None:
+    """How often to ping: half of ``WatchdogSec``, or None when no watchdog is set for us."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1_000_000 / 2
+
+
+async def supervise(ready: Callable[[], bool], stop: asyncio.Event) -> None:
+    """Tell systemd when the relay is ready, keep its watchdog fed, and say when it stops.
+    The watchdog pings come from this task, so they stop if the event loop hangs; a relay
+    waiting for its database keeps pinging (it is alive, and reconnects on its own)."""
+    interval = watchdog_seconds()
+    announced = False
+    while not stop.is_set():
+        if not announced and ready():
+            announced = True
+            notify("READY=1\nSTATUS=connected, delivering")
+        if interval:
+            notify("WATCHDOG=1")
+        timeout = 0.2 if not announced else interval  # None: nothing to do until stop
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout)
+    notify("STOPPING=1")

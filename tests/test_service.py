@@ -1,0 +1,103 @@
+"""`relay run` as systemd runs it: notify protocol, watchdog, metrics, health, JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+import aiohttp
+from receivers import receiver
+from test_worker import outbox_statuses, setup, sql, until
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
+    rconn, relay_dsn, tmp_path
+):
+    notify_path = str(tmp_path / "notify")
+    port = free_port()
+    messages: list[str] = []
+
+    async def collect(sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            messages.append((await loop.sock_recv(sock, 4096)).decode())
+
+    async def get(path: str) -> tuple[int, str]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}{path}") as response,
+        ):
+            return response.status, await response.text()
+
+    async def scenario():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(notify_path)
+            sock.setblocking(False)
+            collector = asyncio.create_task(collect(sock))
+            async with receiver() as r:
+                setup(
+                    rconn,
+                    r.url,
+                    secret="hook-secret-789",
+                    additional_headers="Authorization: Bearer token-abc-123",
+                )
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "relay",
+                    "run",
+                    env={
+                        **os.environ,
+                        "RELAY_DSN": relay_dsn,
+                        "RELAY_METRICS_ADDRESS": f"127.0.0.1:{port}",
+                        "RELAY_POLL_INTERVAL": "0.2",
+                        "NOTIFY_SOCKET": notify_path,
+                        "WATCHDOG_USEC": "400000",
+                    },
+                    stderr=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.DEVNULL,
+                )
+                await until(lambda: any("READY=1" in m for m in messages), timeout=30)
+                ready = await get("/readyz")
+                health = await get("/healthz")
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 3) g")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 3)
+                await asyncio.sleep(0.5)  # a few more watchdog pings
+                page = await get("/metrics")
+                process.send_signal(signal.SIGTERM)
+                _, log = await process.communicate()
+            collector.cancel()
+        signatures = [req.headers["X-Hook-Signature"] for req in r.requests]
+        return process.returncode, ready, health, page, log.decode(), signatures
+
+    code, ready, health, (status, metrics), log, signatures = asyncio.run(scenario())
+    assert code == 0
+    assert ready == (200, "ready\n") and health == (200, "ok\n")
+    assert messages[-1] == "STOPPING=1"
+    assert sum(m == "WATCHDOG=1" for m in messages) >= 2
+    assert status == 200
+    assert 'relay_deliveries_total{outcome="delivered",webhook="hook"} 3.0' in metrics
+    assert 'relay_changes_total{result="matched"} 3.0' in metrics
+    assert 'relay_delivery_lag_seconds_count{webhook="hook"} 3.0' in metrics
+    assert 'relay_attempt_duration_seconds_count{webhook="hook"} 3.0' in metrics
+    assert "relay_backlog_changes" in metrics and "relay_oldest_pending_seconds" in metrics
+
+    events = [json.loads(line) for line in log.splitlines()]
+    deliveries = [e for e in events if e["event"] == "delivery"]
+    assert len(deliveries) == 3
+    for event in deliveries:
+        assert event["webhook"] == "hook" and event["outcome"] == "delivered"
+        assert event["status_code"] == 200 and event["attempt"] == 1
+        assert {"outbox_id", "duration_ms", "timestamp", "level"} <= event.keys()
+    assert "hook-secret-789" not in log and "token-abc-123" not in log
+    assert len(signatures) == 3 and not any(sig in log for sig in signatures)
