@@ -169,11 +169,15 @@ def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     import os
     import signal
 
+    import psycopg
+
     from relay import logs, metrics, systemd
+    from relay.db import one_line
     from relay.worker import Worker
 
     settings = load_settings(env_file)
     database = dsn_of(dsn, settings)
+    _preflight(database)
     logs.configure(fmt=settings.log_format)
 
     async def main() -> None:
@@ -203,7 +207,51 @@ def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
             if endpoint is not None:
                 await endpoint.cleanup()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except psycopg.errors.InsufficientPrivilege as exc:
+        fail(
+            f"the database refused an operation: {one_line(exc)} (grant the service role its "
+            "rights with sql/service_role.sql, again after each upgrade)",
+            2,
+        )
+
+
+def _preflight(dsn: str) -> None:
+    """Refuse to start on what waiting cannot fix: a server that says no to us, relay not
+    installed, or a schema older or newer than this relay. A server that is down is waited
+    for (relay run retries with backoff)."""
+    import psycopg
+
+    from relay.db import one_line, refused
+
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        if refused(exc):
+            fail(f"the database refused the relay: {one_line(exc)}", 2)
+        return
+    with conn:
+        version = schema.installed_version(conn)
+    latest = schema.latest_version()
+    if version == 0:
+        fail(
+            "relay is not installed in this database (or this role may not see schema relay: "
+            "run sql/service_role.sql for it): run `relay install` as the database's owner",
+            2,
+        )
+    if version < latest:
+        fail(
+            f"relay schema is at version {version}, this relay needs {latest}: run "
+            "`relay install` as the schema's owner (then sql/service_role.sql for the service)",
+            2,
+        )
+    if version > latest:
+        fail(
+            f"relay schema is at version {version}, newer than this relay ({latest}): "
+            "upgrade the relay",
+            2,
+        )
 
 
 @app.command()

@@ -25,5 +25,18 @@ def connect(dsn: str, *, autocommit: bool = True) -> Conn:
             connect_timeout=10,
         )
     except psycopg.OperationalError as exc:
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise DatabaseUnavailable(f"cannot connect to the database: {reason}") from exc
+        raise DatabaseUnavailable(f"cannot connect to the database: {one_line(exc)}") from exc
+
+
+_PASSING = ("starting up", "shutting down", "in recovery", "too many clients", "terminating")
+
+
+def refused(exc: psycopg.OperationalError) -> bool:
+    """The server answered and said no (unknown role or database, wrong password, pg_hba):
+    waiting will not help. A server that is down, starting or full is a passing outage."""
+    text = str(exc)
+    return "FATAL:" in text and not any(words in text for words in _PASSING)
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,8 +11,11 @@ import psycopg
 import pytest
 from helpers import outbox
 from psycopg.conninfo import make_conninfo
+from receivers import receiver
+from test_worker import FAST, running, until
 
-from relay import capture, schema
+from relay import capture, schema, worker
+from relay.settings import Settings
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -65,11 +69,7 @@ def test_installer_needs_no_superuser_and_app_needs_no_rights(roles):
     ]
 
 
-def test_service_role_grants(roles, make_role, db_dsn):
-    service = make_role("svc")
-    with psycopg.connect(roles["installer"], autocommit=True) as inst:
-        schema.install(inst)
-        capture.track(inst, "public.orders")
+def grant_service_role(roles, service) -> None:
     psql = shutil.which("psql")
     if psql is None:
         pytest.skip("psql is not installed")
@@ -91,6 +91,14 @@ def test_service_role_grants(roles, make_role, db_dsn):
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_service_role_grants(roles, make_role, db_dsn):
+    service = make_role("svc")
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        schema.install(inst)
+        capture.track(inst, "public.orders")
+    grant_service_role(roles, service)
     with psycopg.connect(roles["app"], autocommit=True) as app:
         app.execute("INSERT INTO orders VALUES (1, 10), (2, 20)")
 
@@ -111,3 +119,37 @@ def test_service_role_grants(roles, make_role, db_dsn):
         ]:
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 svc.execute(statement)
+
+
+def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, monkeypatch):
+    """The whole delivery path (fan-out, claims, outcomes, statistics, purge) as the service
+    role: what sql/service_role.sql grants is enough."""
+    service = make_role("svc")
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        schema.install(inst)
+        capture.track(inst, "public.orders")
+    grant_service_role(roles, service)
+    service_dsn = make_conninfo(db_dsn, user=service)
+    settings = Settings(**{**FAST.model_dump(), "attempt_retention_days": 1})
+    monkeypatch.setattr(worker, "ANALYZE_AFTER_CHANGES", 10)  # reach refresh_statistics
+
+    async def scenario() -> int:
+        async with receiver() as r:
+            with psycopg.connect(roles["installer"], autocommit=True) as inst:
+                inst.execute(
+                    "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES ('h', %s, 's')",
+                    (r.url,),
+                )
+                inst.execute(
+                    "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+                    " SELECT 'r', ARRAY['public.orders'], id FROM relay.webhooks"
+                )
+            async with running(service_dsn, settings):
+                with psycopg.connect(roles["app"], autocommit=True) as app:
+                    app.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 20) g")
+                await until(lambda: len(r.requests) == 20)
+                with psycopg.connect(roles["installer"]) as inst:
+                    await until(lambda: {row["status"] for row in outbox(inst)} == {"delivered"})
+            return len(r.requests)
+
+    assert asyncio.run(scenario()) == 20

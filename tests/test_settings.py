@@ -8,6 +8,11 @@ import socket
 import subprocess
 import sys
 
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from relay import schema
+
 
 def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
@@ -55,13 +60,32 @@ def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
 
 
-def test_a_metrics_address_in_use_stops_the_relay_with_exit_2():
+def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
-        result = relay("run", RELAY_DSN="dbname=x", RELAY_METRICS_ADDRESS=address)
+        result = relay("run", RELAY_DSN=relay_dsn, RELAY_METRICS_ADDRESS=address)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: RELAY_METRICS_ADDRESS: cannot listen on {address}: Address already in use"
     ]
+
+
+def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
+    unknown_role = make_conninfo(db_dsn, user="no_such_role_xyz")
+    cases = [
+        (unknown_role, 'the database refused the relay: connection failed'),
+        (db_dsn, "relay is not installed in this database"),
+    ]
+    for dsn, message in cases:
+        result = relay("run", RELAY_DSN=dsn)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("DELETE FROM relay.migrations WHERE version = %s", (schema.latest_version(),))
+    old = relay("run", RELAY_DSN=db_dsn)
+    assert old.returncode == 2
+    assert f"needs {schema.latest_version()}: run `relay install`" in old.stderr
