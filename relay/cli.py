@@ -361,6 +361,44 @@ def retry(
 
 
 @app.command()
+def purge(
+    dsn: Dsn,
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age of the finished changes to delete: 7d, 12h...")
+    ],
+    batch: Annotated[int, typer.Option(min=1, help="Changes deleted per transaction.")] = 5000,
+) -> None:
+    """Delete finished changes (delivered, failed, skipped) older than an age, with their
+    deliveries and attempts, in short transactions; pending changes are never touched."""
+    from rich.progress import Progress
+
+    from relay.sqlfiles import query
+    from relay.when import parse_age
+
+    try:
+        seconds = parse_age(older_than).total_seconds()
+    except ValueError as exc:
+        fail(f"--older-than: {exc}", 2)
+    params = {"seconds": seconds, "limit": batch}
+    with _database(dsn) as conn:
+        row = conn.execute(query("count_purgeable"), params).fetchone()
+        total = int(row[0]) if row else 0
+        deleted = 0
+        with Progress(console=out, transient=True) as progress:
+            task = progress.add_task("deleting", total=total)
+            while True:
+                count = conn.execute(query("purge_changes"), params).rowcount
+                deleted += count
+                progress.advance(task, count)
+                if count < batch:
+                    break
+    out.print(
+        f"deleted {deleted} finished change{'' if deleted == 1 else 's'} older than {older_than}",
+        highlight=False,
+    )
+
+
+@app.command()
 def receive(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

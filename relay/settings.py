@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     success resumes it."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
+    retention_days: float = Field(default=0.0, ge=0)
+    """Finished changes (delivered, failed, skipped) older than this are deleted by the relay,
+    with their deliveries and attempts (0 keeps them)."""
     attempt_retention_days: float = Field(default=30.0, ge=0)
     """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
     template_env_allow: str = ""

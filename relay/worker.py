@@ -230,17 +230,20 @@ class Worker:
 
     async def _sweep(self, conn: AConn) -> None:
         """Finish changes left unfinished by a relay that died (see unfinished_changes), and
-        delete attempts past their retention, a batch at a time so no lock is held long."""
+        delete finished changes and attempts past their retention, a batch at a time so no
+        lock is held long."""
         cur = await conn.execute(query("unfinished_changes"), {"limit": 10_000})
         ids = [row[0] for row in await cur.fetchall()]
         if ids:
             await conn.execute(query("finish_changes"), {"ids": ids})
-        if self.settings.attempt_retention_days:
-            seconds = self.settings.attempt_retention_days * 86_400
-            deleted = PURGE_BATCH
+        for name, days in (
+            ("purge_changes", self.settings.retention_days),
+            ("purge_attempts", self.settings.attempt_retention_days),
+        ):
+            deleted = PURGE_BATCH if days else 0
             while deleted == PURGE_BATCH:
                 cur = await conn.execute(
-                    query("purge_attempts"), {"seconds": seconds, "limit": PURGE_BATCH}
+                    query(name), {"seconds": days * 86_400, "limit": PURGE_BATCH}
                 )
                 deleted = cur.rowcount
 

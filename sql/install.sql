@@ -32,4 +32,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 4) AS relay_appl
 \ir migrations/0004_statistics.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 5) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0005_retention.sql
+\endif
+
 COMMIT;

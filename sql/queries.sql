@@ -291,3 +291,19 @@ ORDER BY 1;
 SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
 FROM relay.outbox
 WHERE status = 'pending';
+
+-- name: purge_changes
+-- One batch of finished changes (delivered, failed or skipped) older than the retention,
+-- oldest first; their deliveries and attempts go with them. Rows another session holds are
+-- left for the next batch.
+DELETE FROM relay.outbox
+WHERE id IN (
+    SELECT id FROM relay.outbox
+    WHERE status <> 'pending' AND processed_at < now() - make_interval(secs => %(seconds)s)
+    ORDER BY processed_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED);
+
+-- name: count_purgeable
+SELECT count(*) FROM relay.outbox
+WHERE status <> 'pending' AND processed_at < now() - make_interval(secs => %(seconds)s);
