@@ -1,37 +1,52 @@
-"""``relay demo``: relay at work on a scratch database, for someone seeing it the first time."""
+"""``relay demo``: relay at work on a scratch database, for someone seeing it the first time.
+
+Everything runs in this process and on 127.0.0.1: a scratch database (dropped at the end), a
+receiver on a free port, and a relay (the same Worker as ``relay run``) delivering to it while
+the demo's SQL runs step by step.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-import time
+import socket
 from dataclasses import dataclass
 
 import psycopg
+from aiohttp import web
 from psycopg.rows import dict_row
 from rich.console import Console
 from rich.syntax import Syntax
 
-from relay import rules, schema, sqlfiles
+from relay import logs, schema, sqlfiles
 from relay.db import Conn
-from relay.render import Renderer
+from relay.render import dumps, loads
+from relay.settings import Settings
+from relay.sign import verify
 from relay.sqlfiles import query
 from relay.tempcluster import postgres_server, scratch_database
+from relay.worker import Worker
 
 _STEP = re.compile(r"^-- step: (.+)$", re.MULTILINE)
+SECRETS = {"/payments": "whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz"}
+DEFAULT_SECRET = "demo-secret"
+DEMO_SETTINGS = Settings(poll_interval=0.5, retry_base_seconds=0.5, retry_max_seconds=2)
 
 TRY_NEXT = """\
--- In your own database, after `relay install` and `relay track`:
--- see what a rule would send for a change (nothing is sent):
---   relay preview --rule 'order paid' --outbox-id 3
--- what is waiting to be sent, oldest first:
+-- In your own database (relay install, relay track, then a webhook and a rule):
+--   relay receive --port 9000 --secret demo-secret     a receiver like the demo's
+--   relay run                                          the relay (RELAY_DSN=...)
+--   relay preview --rule 'order paid' --outbox-id 3     what a rule would send (sends nothing)
+--   relay status                                        backlog, webhooks, errors, relays
+-- Changes waiting to be sent, oldest first:
 SELECT id, op, schema_name, table_name, pk, new, username, created_at
 FROM relay.outbox WHERE status = 'pending' ORDER BY id;
-
--- Track another table, only some events, only when some columns change:
-SELECT relay.track('public.customers', events => ARRAY['insert', 'update'],
-                   update_columns => ARRAY['email']);
-SELECT * FROM relay.tracked;
-
+-- What happened to each delivery, and every attempt:
+SELECT d.outbox_id, w.name, d.status, d.attempts, d.last_error
+FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id ORDER BY 1;
+-- Send failed changes again (only to the webhooks that did not get them):
+UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed';
 -- Tag the changes of a transaction:
 BEGIN; SET LOCAL relay.username = 'bob'; SET LOCAL relay.request_id = 'req-1'; ... COMMIT;"""
 
@@ -42,83 +57,164 @@ class Step:
     sql: str
 
 
-def steps() -> list[Step]:
+@dataclass(frozen=True)
+class Arrival:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    signature: tuple[str, bool] | None
+
+
+def steps(receiver: str = "127.0.0.1:9000") -> list[Step]:
     parts = _STEP.split(sqlfiles.read("demo.sql"))
-    return [Step(t.strip(), s.strip()) for t, s in zip(parts[1::2], parts[2::2], strict=True)]
+    return [
+        Step(title.strip(), sql.strip().replace("RECEIVER", receiver))
+        for title, sql in zip(parts[1::2], parts[2::2], strict=True)
+    ]
 
 
 def run(console: Console, dsn: str | None) -> None:
+    logs.configure(logging.WARNING)  # the demo shows deliveries itself; problems still show
     with postgres_server(dsn) as server, scratch_database(server, "relay_demo") as db:
         console.rule("[bold]relay demo")
         console.print(f"scratch database: [cyan]{psycopg.conninfo.conninfo_to_dict(db)['dbname']}")
-        with psycopg.connect(db, autocommit=True) as conn:
-            applied = schema.install(conn)
-            console.print(f"installed relay schema version {applied[-1].version}\n")
-            seen = 0
-            for number, step in enumerate(steps(), 1):
-                console.print(f"[bold]{number}. {step.title}")
-                console.print(_sql(step.sql))
-                conn.execute(step.sql.encode())
-                seen = _show_new_changes(console, conn, seen)
-            _show_requests(console, conn)
+        asyncio.run(_demo(console, db))
         console.rule("[bold]Try next")
         console.print(_sql(TRY_NEXT))
         console.print("\nThe scratch database has been dropped; nothing was left behind.")
+
+
+async def _demo(console: Console, db: str) -> None:
+    arrivals: list[Arrival] = []
+    runner, address = await _receiver(arrivals)
+    try:
+        with psycopg.connect(db, autocommit=True) as conn:
+            applied = schema.install(conn)
+            console.print(
+                f"installed relay schema version {applied[-1].version}; "
+                f"receiver listening on http://{address}/; starting the relay\n"
+            )
+            worker = Worker(DEMO_SETTINGS, db, relay_id="demo")
+            stop = asyncio.Event()
+            relay = asyncio.create_task(worker.run(stop))
+            try:
+                seen = shown = 0
+                for number, step in enumerate(steps(address), 1):
+                    console.print(f"[bold]{number}. {step.title}")
+                    console.print(_sql(step.sql))
+                    await asyncio.to_thread(conn.execute, step.sql.encode())
+                    seen = _show_new_changes(console, conn, seen)
+                    await _settled(conn, relay)
+                    shown = _show_arrivals(console, arrivals, shown)
+            finally:
+                stop.set()
+                await relay
+            _summary(console, conn)
+    finally:
+        await runner.cleanup()
+
+
+async def _receiver(arrivals: list[Arrival]) -> tuple[web.AppRunner, str]:
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        secret = SECRETS.get(request.path, DEFAULT_SECRET)
+        arrivals.append(
+            Arrival(
+                request.method,
+                request.path,
+                dict(request.headers),
+                body,
+                verify(request.headers, body, secret),
+            )
+        )
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", receive)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def _settled(conn: Conn, relay: asyncio.Task[None]) -> None:
+    """Wait until the relay has dealt with every change (at most 20 s)."""
+
+    def pending() -> int:
+        row = conn.execute(query("demo_pending")).fetchone()
+        return int(row[0]) if row else 0
+
+    for _ in range(200):
+        if relay.done():
+            relay.result()  # the relay stopped: show why
+        if await asyncio.to_thread(pending) == 0:
+            return
+        await asyncio.sleep(0.1)
 
 
 def _show_new_changes(console: Console, conn: Conn, after: int) -> int:
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(query("demo_outbox_after"), {"after": after}).fetchall()
     if not rows:
-        console.print("   [dim]→ nothing recorded in relay.outbox[/]\n")
+        console.print("   [dim]→ nothing recorded in relay.outbox[/]")
         return after
     console.print("   → relay.outbox gained:")
     for row in rows:
         console.print(
             f"   [bold]#{row['id']} {row['op']}[/] {row['schema_name']}.{row['table_name']}"
-            f"  pk={row['pk']}  username={row['username']}  request_id={row['request_id']}",
+            f"  pk={row['pk']}  username={row['username']}",
             highlight=False,
         )
         for label in ("old", "new"):
             if row[label] is not None:
                 console.print(f"      {label}: {row[label]}", highlight=False, soft_wrap=True)
-    console.print()
     return int(rows[-1]["id"])
 
 
-def _show_requests(console: Console, conn: Conn) -> None:
-    """What the rules make of every recorded change: the request that would be sent, or why
-    none would be."""
-    ruleset = rules.load(conn)
-    renderer = Renderer()
-    console.rule("[bold]What the relay would send")
-    ids = [row[0] for row in conn.execute(query("demo_outbox_after"), {"after": 0})]
-    for change_id in ids:
-        change = rules.fetch_change(conn, change_id)
-        assert change is not None
-        matches = ruleset.evaluate(change)
-        if not matches:
-            console.print(f"#{change_id} {change.op}: no rule covers it", highlight=False)
-            continue
-        for match in matches:
-            if not match.verdict.matched:
-                console.print(
-                    f"#{change_id} {change.op}: rule {match.rule.name!r} did not "
-                    f"match ({match.verdict.reason})",
-                    highlight=False,
-                )
-                continue
-            request = renderer.request(
-                match.rule.webhook, change, match.rule.action_data, timestamp=int(time.time())
-            )
-            console.print(
-                f"#{change_id} {change.op}: rule {match.rule.name!r} matched:", highlight=False
-            )
-            console.print(f"   {request.method} {request.url}", highlight=False, soft_wrap=True)
-            for key, value in request.headers.items():
-                console.print(f"   {key}: {value}", highlight=False, soft_wrap=True)
-            console.print(f"   {request.body.decode()}", highlight=False, soft_wrap=True)
+def _show_arrivals(console: Console, arrivals: list[Arrival], shown: int) -> int:
+    fresh = arrivals[shown:]
+    if not fresh:
+        console.print("   [dim]→ the receiver got nothing[/]\n")
+        return shown
+    console.print("   → the receiver got:")
+    for arrival in fresh:
+        console.print(f"   [bold]{arrival.method} {arrival.path}[/]", highlight=False)
+        for name in ("X-Relay-Event", "X-Relay-Delivery", "X-Hook-Signature", "webhook-id"):
+            if name in arrival.headers:
+                console.print(f"      {name}: {_short(arrival.headers[name])}", highlight=False)
+        console.print(f"      {_pretty(arrival.body)}", highlight=False, soft_wrap=True)
+        console.print(f"      signature: {_verdict(arrival.signature)}", highlight=False)
     console.print()
+    return len(arrivals)
+
+
+def _summary(console: Console, conn: Conn) -> None:
+    console.rule("[bold]Where every change went")
+    rows = conn.execute(query("demo_summary")).fetchall()
+    for change_id, op, status, deliveries in rows:
+        console.print(f"#{change_id} {op}: {status} ({deliveries})", highlight=False)
+    console.print()
+
+
+def _pretty(body: bytes) -> str:
+    try:
+        return dumps(loads(body.decode()))  # numbers keep their digits: 120.00 stays 120.00
+    except ValueError:
+        return body.decode("utf-8", errors="replace")
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= 40 else value[:37] + "..."
+
+
+def _verdict(checked: tuple[str, bool] | None) -> str:
+    if checked is None:
+        return "[yellow]none[/]"
+    scheme, valid = checked
+    return f"{scheme}, {'[green]valid[/]' if valid else '[bold red]INVALID[/]'}"
 
 
 def _sql(text: str) -> Syntax:

@@ -15,6 +15,7 @@ import psycopg
 
 from relay import rules
 from relay.rules import RuleSet
+from relay.sqlfiles import query
 
 CHANNEL = "relay_rules"
 
@@ -27,6 +28,8 @@ class RuleWatcher:
         self._application_name = application_name
         self._settle = settle_seconds
         self.ruleset = RuleSet([])
+        self.version = 0
+        """relay.rules_version as read just before the rules were (0006)."""
         self.loaded = asyncio.Event()
         self.reloads = 0
 
@@ -61,7 +64,18 @@ class RuleWatcher:
                     pass
                 await self._reload(conn)
 
+    async def catch_up(self, conn: psycopg.AsyncConnection[Any], version: int) -> None:
+        """Reload now, on ``conn``, if the rules held are older than ``version``: a caller
+        about to match changes must not wait for the notification."""
+        if version > self.version:
+            await self._reload(conn)
+
     async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self.ruleset = await rules.load_async(conn)
+        cur = await conn.execute(query("rules_version"))
+        row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        ruleset = await rules.load_async(conn)
+        if version >= self.version:  # a slower, older reload must not win
+            self.ruleset, self.version = ruleset, version
         self.reloads += 1
         self.loaded.set()

@@ -262,6 +262,10 @@ class Worker:
                 self._next_fan_out = 0.0
             if not rows:
                 return 0  # nothing new, or another relay holds the fan-out lock
+            # Read after the changes: every rule committed before them is in this version.
+            cur_version = await conn.execute(query("rules_version"))
+            version = await cur_version.fetchone()
+            await self.rules.catch_up(conn, int(version[0]) if version else 0)
             plan = fanout.plan([rules.change_from_row(r) for r in rows], self.rules.ruleset)
             matched = len(set(plan.outbox_ids))
             self.metrics.changes.labels("matched").inc(matched)

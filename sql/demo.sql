@@ -1,5 +1,7 @@
--- The script `relay demo` runs on a scratch database, one step at a time, showing after each
--- step what it added to relay.outbox. Each step starts with a `-- step: <title>` line.
+-- The script `relay demo` runs on a scratch database, one step at a time. After each step it
+-- shows what the step added to relay.outbox and the requests the relay (running meanwhile)
+-- delivered to the demo's own receiver. Each step starts with a `-- step: <title>` line;
+-- RECEIVER stands for the receiver's address.
 
 -- step: An application table, as it might already exist
 CREATE TABLE public.orders (
@@ -13,6 +15,21 @@ CREATE TABLE public.orders (
 -- step: Track it, keeping the card token out of the outbox
 SELECT relay.track('public.orders', exclude_columns => ARRAY['card_token']);
 
+-- step: Say where changes go: every order change to "sales" (NetBox-style signature), paid orders also to "payments" (Standard Webhooks)
+INSERT INTO relay.webhooks (name, payload_url, secret)
+VALUES ('sales', 'http://RECEIVER/hooks/{{ model }}', 'demo-secret');
+INSERT INTO relay.webhooks (name, payload_url, secret, signature, body_template)
+VALUES ('payments', 'http://RECEIVER/payments', 'whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz',
+        'standard', '{"order": {{ data.id }}, "total": {{ data.total }}, "by": {{ username | tojson }}}');
+INSERT INTO relay.event_rules (name, tables, webhook_id)
+SELECT 'all orders', ARRAY['public.orders'], id FROM relay.webhooks WHERE name = 'sales';
+INSERT INTO relay.event_rules (name, tables, events, conditions, webhook_id)
+SELECT 'order paid', ARRAY['public.orders'], ARRAY['update'],
+       '{"and": [{"attr": "data.status", "value": "paid"},
+                 {"attr": "status", "op": "changed"}]}',
+       id
+FROM relay.webhooks WHERE name = 'payments';
+
 -- step: Two orders in one transaction, tagged with the user who placed them
 BEGIN;
 SET LOCAL relay.username = 'alice';
@@ -21,8 +38,11 @@ INSERT INTO orders (customer, total, card_token)
 COMMIT;
 
 -- step: One order is paid; the other is saved without any change, which records nothing
+BEGIN;
+SET LOCAL relay.username = 'bob';
 UPDATE orders SET status = 'paid' WHERE customer = 'ACME';
 UPDATE orders SET total = total WHERE customer = 'Initech';
+COMMIT;
 
 -- step: A transaction that rolls back leaves nothing behind
 BEGIN;
@@ -31,13 +51,3 @@ ROLLBACK;
 
 -- step: An order is cancelled and deleted
 DELETE FROM orders WHERE customer = 'Initech';
-
--- step: Say where changes go: a webhook, and a rule sending paid orders to it
-INSERT INTO relay.webhooks (name, payload_url, secret)
-VALUES ('sales', 'http://127.0.0.1:9000/hooks/{{ model }}', 'demo-secret');
-INSERT INTO relay.event_rules (name, tables, events, conditions, webhook_id)
-SELECT 'order paid', ARRAY['public.orders'], ARRAY['update'],
-       '{"and": [{"attr": "data.status", "value": "paid"},
-                 {"attr": "status", "op": "changed"}]}',
-       id
-FROM relay.webhooks WHERE name = 'sales';

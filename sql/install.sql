@@ -37,4 +37,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 5) AS relay_appl
 \ir migrations/0005_retention.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 6) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0006_rules_version.sql
+\endif
+
 COMMIT;

@@ -27,6 +27,19 @@ SELECT schema_name, table_name, partitioned, events, update_columns, exclude_col
 FROM relay.tracked
 ORDER BY schema_name, table_name;
 
+-- name: demo_pending
+SELECT count(*) FROM relay.outbox WHERE status = 'pending';
+
+-- name: demo_summary
+-- Each change of the demo, how it ended, and per webhook what became of it.
+SELECT o.id, o.op::text, o.status::text,
+       coalesce(string_agg(w.name || ' ' || d.status, ', ' ORDER BY w.name), '-')
+FROM relay.outbox o
+LEFT JOIN relay.deliveries d ON d.outbox_id = o.id
+LEFT JOIN relay.webhooks w ON w.id = d.webhook_id
+GROUP BY o.id
+ORDER BY o.id;
+
 -- name: demo_outbox_after
 SELECT id, op, schema_name, table_name, pk::text, old::text, new::text, username, request_id
 FROM relay.outbox WHERE id > %(after)s ORDER BY id;
@@ -42,6 +55,10 @@ FROM relay.event_rules r
 JOIN relay.webhooks w ON w.id = r.webhook_id
 WHERE r.enabled OR %(everything)s
 ORDER BY r.id;
+
+-- name: rules_version
+-- Bumped by every statement that changes webhooks or event rules (0006).
+SELECT version FROM relay.rules_version;
 
 -- name: outbox_change
 -- One outbox row for rendering; jsonb as text so that numbers keep their exact digits.

@@ -18,6 +18,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"ro
 -- Know what is tracked and which schema version is installed.
 GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations TO :"role";
 -- Read webhooks (secrets included: it signs with them) and event rules; never change them.
-GRANT SELECT ON relay.webhooks, relay.event_rules TO :"role";
+GRANT SELECT ON relay.webhooks, relay.event_rules, relay.rules_version TO :"role";
 -- Refresh the delivery tables' statistics after a burst (see 0003_delivery.sql).
 GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";

@@ -308,3 +308,19 @@ def test_attempts_older_than_the_retention_are_deleted(rconn, relay_dsn):
     last = rconn.execute("SELECT max(id) FROM relay.outbox").fetchone()[0]
     assert rconn.execute("SELECT outbox_id FROM relay.attempts").fetchall() == [(last,)]
     assert outbox_statuses(rconn) == ["delivered"] * 3  # the changes themselves are kept
+
+
+def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn, relay_dsn):
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+            rconn.execute("SELECT relay.track('items')")
+            async with running(relay_dsn) as worker:
+                worker.rules._settle = 30.0  # the notification alone would come far too late
+                await asyncio.sleep(0.3)  # the relay is up, with no rules
+                setup(rconn, r.url)
+                rconn.execute("INSERT INTO items VALUES (1, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"])
+            return r
+
+    assert len(asyncio.run(scenario()).requests) == 1
