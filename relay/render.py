@@ -1,9 +1,9 @@
 """Turning one change and one webhook into the exact HTTP request that will be sent.
 
-Templates run in Jinja2's ``ImmutableSandboxedEnvironment``: no attribute starting with an
-underscore, no mutation of the context, no access to files, modules or the process environment,
-except environment variables whose names match a glob the operator allowed (NetBox's ``env``
-filter). Every failure is a :class:`RenderError` whose message says which field failed and why.
+Templates run in Jinja2's ``ImmutableSandboxedEnvironment``, with the cost limits of
+relay/sandbox.py: no attribute starting with an underscore, no mutation of the context, no
+access to files, modules or the process environment, except environment variables whose names
+match a glob the operator allowed (NetBox's ``env`` filter). Every failure is a :class:`RenderError` whose message says which field failed and why.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import simplejson
 from jinja2 import TemplateError, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from relay import __version__
+from relay.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.sign import InvalidSecret, signature_headers
 
 EVENTS = {"insert": "created", "update": "updated", "delete": "deleted", "truncate": "truncated"}
@@ -166,7 +166,7 @@ class Renderer:
 
     def __init__(self, env_allow: Sequence[str] = ()) -> None:
         self._env_allow = tuple(env_allow)
-        self.jinja = ImmutableSandboxedEnvironment(
+        self.jinja = GuardedEnvironment(
             undefined=Undefined, autoescape=False, keep_trailing_newline=True
         )
         self.jinja.filters["env"] = self._env
@@ -195,7 +195,10 @@ class Renderer:
             return source  # no tag, expression or comment: nothing to render
         self.check(source, what)
         try:
-            return self._compile(source).render(ctx)
+            with budget():
+                return collect(self._compile(source).generate(ctx))
+        except TemplateTooCostly as exc:
+            raise RenderError(f"{what}: {exc}") from None
         except RenderError as exc:
             raise RenderError(f"{what}: {exc}") from None
         except TemplateError as exc:

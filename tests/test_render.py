@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -233,3 +234,51 @@ def test_the_default_body_splices_the_stored_json_as_it_is():
     assert b'"total": 99.50' in fast and "é".encode() in fast
     with_data = default_body(stored, {"team": "ops"})
     assert with_data == dumps(context(stored, {"team": "ops"})).encode()
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("{{ cycler.__init__.__globals__ }}", "unsafe"),
+        ("{{ lipsum.__globals__['os'] }}", "unsafe"),
+        ("{{ joiner.__init__.__globals__.os.system('id') }}", "unsafe"),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "iterations",
+        ),
+        ("{% for i in range(1000000) %}{{ i }}{% endfor %}{{ range(10) | list }}", "iterations"),
+        ("{{ 'a' * 1000000000 }}", "characters"),
+        ("{{ [1] * 1000000000 }}", "characters"),
+        ("{{ 9 ** (9 ** 9) }}", "too large a number"),
+        ("{{ 'x'.ljust(1000000000) }}", "too large"),
+        ("{% for i in range(90000) %}{{ 'x' * 100 }}{% endfor %}", "characters"),
+    ],
+)
+def test_templates_cannot_escape_or_run_away(template, reason):
+    hook = Webhook(**{**HOOK.__dict__, "body_template": template})
+    started = time.monotonic()
+    with pytest.raises(RenderError, match=reason) as caught:
+        Renderer().request(hook, CHANGE, timestamp=0)
+    assert str(caught.value).startswith("body_template: ")
+    assert time.monotonic() - started < 2.0  # stopped, not merely failed eventually
+
+
+@pytest.mark.parametrize(
+    "template",
+    ["{{ self._TemplateReference__context }}", "{{ data|attr('__class__') }}", "{{ ''.__doc__ }}"],
+)
+def test_private_attributes_render_as_nothing(template):
+    hook = Webhook(**{**HOOK.__dict__, "body_template": template})
+    assert Renderer().request(hook, CHANGE, timestamp=0).body == b""
+
+
+def test_a_slow_template_is_stopped_after_the_time_limit():
+    # Under every other limit, but slow: each step does real work through the sandbox.
+    slow = (
+        "{% for i in range(900000) %}{% if data.status ~ i == 'never' %}x{% endif %}{% endfor %}"
+    )
+    hook = Webhook(**{**HOOK.__dict__, "body_template": slow})
+    started = time.monotonic()
+    with pytest.raises(RenderError, match="stopped after 1 s"):
+        Renderer().request(hook, CHANGE, timestamp=0)
+    assert time.monotonic() - started < 1.5
