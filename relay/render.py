@@ -3,7 +3,8 @@
 Templates run in Jinja2's ``ImmutableSandboxedEnvironment``, with the cost limits of
 relay/sandbox.py: no attribute starting with an underscore, no mutation of the context, no
 access to files, modules or the process environment, except environment variables whose names
-match a glob the operator allowed (NetBox's ``env`` filter). Every failure is a :class:`RenderError` whose message says which field failed and why.
+match a glob the operator allowed (NetBox's ``env`` filter). Every failure is a
+:class:`RenderError` whose message says which field failed and why.
 """
 
 from __future__ import annotations

@@ -287,6 +287,9 @@ class Worker:
         for hook, until in self._paused_until.items():
             if until > now:  # a paused webhook has no room
                 held[hook] = window
+            elif self._failures.get(hook, 0) >= self.settings.breaker_failures:
+                # After the cool-down, one probe at a time until a request succeeds.
+                held[hook] = window if held.get(hook) else window - 1
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("claim_deliveries"),

@@ -31,11 +31,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @asynccontextmanager
 async def receiver(
-    handler: Handler | None = None, *, tls: ssl.SSLContext | None = None
+    handler: Handler | None = None, *, tls: ssl.SSLContext | None = None, port: int = 0
 ) -> AsyncIterator[Receiver]:
-    """Serve on a free port of 127.0.0.1; record every request; answer with ``handler``."""
+    """Serve on 127.0.0.1 (a free port unless given); record every request; answer with
+    ``handler``."""
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     scheme = "https" if tls else "http"
     state = Receiver(url=f"{scheme}://127.0.0.1:{port}/hook")

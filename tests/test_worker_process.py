@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -188,3 +190,58 @@ def test_a_postgres_restart_mid_flow_loses_nothing():
     assert set(counts) == set(range(1, 601))
     assert all(counts[i] >= 2 for i in range(1, 101))  # the insert and the later update
     assert resumed < 30
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
+    rconn, relay_dsn, tmp_path
+):
+    log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nobody listens there until the receiver comes back
+    url = f"http://127.0.0.1:{port}/hook"
+    down_seconds = 6.0
+
+    async def scenario():
+        setup(rconn, url)
+        relay = await start_relay(
+            relay_dsn,
+            log,
+            RELAY_RETRY_BASE_SECONDS="0.5",
+            RELAY_RETRY_MAX_SECONDS="3",
+            RELAY_BREAKER_COOLDOWN_SECONDS="2",
+        )
+        try:
+            await until(lambda: relay_connections(relay_dsn) == 5, timeout=30)
+            await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g")
+            await asyncio.sleep(1.0)  # the first attempts fail and the breaker opens
+            cpu_before, attempts_before = cpu_seconds(relay.pid), attempt_count(rconn)
+            await asyncio.sleep(down_seconds)
+            cpu_down = cpu_seconds(relay.pid) - cpu_before
+            attempts_down = attempt_count(rconn) - attempts_before
+            async with receiver(port=port) as r:
+                back = time.monotonic()
+                await until(lambda: set(outbox_statuses(rconn)) == {"delivered"}, timeout=30)
+                took = time.monotonic() - back
+                received = {json.loads(req.body)["data"]["id"] for req in r.requests}
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            await relay.wait()
+        return cpu_down, attempts_down, took, received
+
+    cpu_down, attempts_down, took, received = asyncio.run(scenario())
+    assert received == set(range(1, 51))
+    # While the receiver was down: paused by the breaker, one probe per cool-down (2 s), and
+    # next to no CPU (a busy loop would burn the whole 6 s).
+    assert attempts_down <= 2 * (down_seconds / 2 + 1)
+    assert cpu_down < 0.1 * down_seconds
+    assert took < 15  # back within a cool-down plus the longest retry delay, with room
+
+
+def attempt_count(conn) -> int:
+    return conn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0]
