@@ -52,7 +52,7 @@ pid {root}/nginx.pid;
 error_log {root}/error.log;
 events {{ worker_connections 4096; }}
 http {{
-    log_format receipt "1";
+    log_format receipt {log_format};
     access_log {root}/access.log receipt buffer=64k flush=1s;
     client_body_temp_path {root}/body;
     server {{
@@ -70,13 +70,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_nginx(root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_nginx(root: Path, log_format: str = '"1"') -> tuple[subprocess.Popen[bytes], str]:
+    """nginx answering 200 to everything; its access log gets one ``log_format`` line per
+    request (flushed every second)."""
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         sys.exit("nginx not found: apt-get install nginx-light")
     port = free_port()
     conf = root / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(root=root, port=port))
+    conf.write_text(NGINX_CONF.format(root=root, port=port, log_format=log_format))
     process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(root), "-g", "daemon off;"])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
