@@ -324,3 +324,36 @@ def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn, relay_dsn)
             return r
 
     assert len(asyncio.run(scenario()).requests) == 1
+
+
+def test_deliveries_waiting_for_a_webhook_that_gets_disabled_fail_with_the_reason(rconn, relay_dsn):
+    async def busy(request: web.Request) -> web.Response:
+        return web.Response(status=503, headers={"Retry-After": "2"})
+
+    patient = Settings(**{**FAST.model_dump(), "retry_max_seconds": 5})
+
+    async def scenario() -> Receiver:
+        async with receiver(busy) as r, receiver() as other:
+            setup(rconn, r.url, "busy")
+            setup(rconn, other.url, "other")
+            async with running(relay_dsn, patient):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0), (2, 0)")
+                await until(lambda: len(r.requests) == 2 and len(other.requests) == 2)
+                await sql(
+                    relay_dsn, "UPDATE relay.webhooks SET enabled = false WHERE name = 'busy'"
+                )
+                await until(lambda: outbox_statuses(rconn) == ["failed", "failed"], timeout=15)
+            return r
+
+    r = asyncio.run(scenario())
+    assert len(r.requests) == 2  # nothing more was sent once it was disabled
+    rows = rconn.execute(
+        "SELECT w.name, d.status::text, d.last_error FROM relay.deliveries d"
+        " JOIN relay.webhooks w ON w.id = d.webhook_id ORDER BY 1, d.outbox_id"
+    ).fetchall()
+    assert rows == [
+        ("busy", "failed", "webhook 'busy' is disabled"),
+        ("busy", "failed", "webhook 'busy' is disabled"),
+        ("other", "delivered", None),
+        ("other", "delivered", None),
+    ]
