@@ -153,3 +153,28 @@ def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, m
             return len(r.requests)
 
     assert asyncio.run(scenario()) == 20
+
+
+def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(
+    roles, make_role
+):
+    writer = make_role("writer")
+    with psycopg.connect(roles["app"], autocommit=True) as owner:
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON orders TO {writer}")
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        schema.install(inst)
+        capture.track(inst, "public.orders")
+    with psycopg.connect(make_conninfo(roles["app"], user=writer), autocommit=True) as app:
+        for statement in [
+            "ALTER TABLE orders DISABLE TRIGGER ALL",
+            "ALTER TABLE orders DISABLE TRIGGER USER",
+            "SET session_replication_role = replica",
+            "DROP TRIGGER IF EXISTS relay_capture_insert ON orders",
+            "SELECT relay.untrack('public.orders')",
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(statement)
+        app.execute("INSERT INTO orders VALUES (7, 70)")
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        rows = outbox(inst)
+    assert [(r["op"], r["username"]) for r in rows] == [("insert", writer)]
