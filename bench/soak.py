@@ -8,6 +8,9 @@ transaction) into a tracked table for --minutes. The relay deletes finished chan
 --every seconds it prints: changes in the outbox, the on-disk size of the outbox, deliveries
 and attempts (with indexes), the relay's RSS, the age of the oldest pending change, and the
 delivery rate at nginx. At the end, the first and last third of the run side by side.
+Retention only keeps the tables small if autovacuum runs: when the server has it off (as some
+CI machines do) and no --dsn is given, the soak runs on a private throwaway cluster with
+PostgreSQL's defaults instead, and says so.
 Needs nginx (apt-get install nginx-light).
 """
 
@@ -30,7 +33,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import load, receipts, start_nginx, vm_kb
 
-from relay.tempcluster import postgres_server, scratch_database
+from relay.tempcluster import postgres_server, scratch_database, start_temp_cluster
 
 SAMPLE = """
 SELECT (SELECT count(*) FROM relay.outbox),
@@ -71,59 +74,84 @@ def main() -> None:
     nginx, url = start_nginx(root)
     samples: list[tuple[float, int, float, float, float, float]] = []
     stop = threading.Event()
+    cluster = None
     try:
-        with postgres_server(args.dsn) as server, scratch_database(server, "relay_soak") as dsn:
-            load(dsn, url, 0)
-            days = str(args.retention_seconds / 86_400)
-            env = {
-                **os.environ,
-                "RELAY_DSN": dsn,
-                "RELAY_RETENTION_DAYS": days,
-                "RELAY_ATTEMPT_RETENTION_DAYS": days,
-                "RELAY_LEASE_SECONDS": "10",
-            }
-            relay = subprocess.Popen(
-                [sys.executable, "-m", "relay", "run"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            writer = threading.Thread(
-                target=write, args=(dsn, args.rate, args.minutes * 60, stop), daemon=True
-            )
-            started = time.monotonic()
-            writer.start()
-            print(" minute  outbox rows  tables MB  relay RSS MB  oldest pending s  delivered/s")
-            last_count, last_time = receipts(root), time.monotonic()
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                while writer.is_alive():
-                    time.sleep(args.every)
-                    row = conn.execute(SAMPLE).fetchone()
-                    assert row is not None
-                    count, now = receipts(root), time.monotonic()
-                    rate = (count - last_count) / (now - last_time)
-                    last_count, last_time = count, now
-                    sample = (
-                        (now - started) / 60,
-                        int(row[0]),
-                        float(row[1]),
-                        vm_kb(relay.pid, "VmRSS") / 1024,
-                        float(row[2]),
-                        rate,
-                    )
-                    samples.append(sample)
-                    print(
-                        f"{sample[0]:7.1f}  {sample[1]:11d}  {sample[2]:9.1f}  {sample[3]:12.1f}"
-                        f"  {sample[4]:16.2f}  {sample[5]:11.0f}",
-                        flush=True,
-                    )
-            relay.send_signal(signal.SIGTERM)
-            relay.wait(30)
+        with postgres_server(args.dsn) as server:
+            with psycopg.connect(server) as conn:
+                row = conn.execute("SHOW autovacuum").fetchone()
+            if row and row[0] != "on" and not args.dsn:
+                print(f"autovacuum is off on {server}: using a private cluster with the defaults")
+                cluster = start_temp_cluster()
+                server = cluster.dsn
+            soak(server, url, root, args, samples, stop)
     finally:
         stop.set()
         nginx.terminate()
         nginx.wait()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+    summarise(samples)
+
+
+def soak(
+    server: str,
+    url: str,
+    root: Path,
+    args: argparse.Namespace,
+    samples: list[tuple[float, int, float, float, float, float]],
+    stop: threading.Event,
+) -> None:
+    with scratch_database(server, "relay_soak") as dsn:
+        load(dsn, url, 0)
+        days = str(args.retention_seconds / 86_400)
+        env = {
+            **os.environ,
+            "RELAY_DSN": dsn,
+            "RELAY_RETENTION_DAYS": days,
+            "RELAY_ATTEMPT_RETENTION_DAYS": days,
+            "RELAY_LEASE_SECONDS": "10",
+        }
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        writer = threading.Thread(
+            target=write, args=(dsn, args.rate, args.minutes * 60, stop), daemon=True
+        )
+        started = time.monotonic()
+        writer.start()
+        print(" minute  outbox rows  tables MB  relay RSS MB  oldest pending s  delivered/s")
+        last_count, last_time = receipts(root), time.monotonic()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while writer.is_alive():
+                time.sleep(args.every)
+                row = conn.execute(SAMPLE).fetchone()
+                assert row is not None
+                count, now = receipts(root), time.monotonic()
+                rate = (count - last_count) / (now - last_time)
+                last_count, last_time = count, now
+                sample = (
+                    (now - started) / 60,
+                    int(row[0]),
+                    float(row[1]),
+                    vm_kb(relay.pid, "VmRSS") / 1024,
+                    float(row[2]),
+                    rate,
+                )
+                samples.append(sample)
+                print(
+                    f"{sample[0]:7.1f}  {sample[1]:11d}  {sample[2]:9.1f}  {sample[3]:12.1f}"
+                    f"  {sample[4]:16.2f}  {sample[5]:11.0f}",
+                    flush=True,
+                )
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(30)
+
+
+def summarise(samples: list[tuple[float, int, float, float, float, float]]) -> None:
     third = max(len(samples) // 3, 1)
     first, last = samples[:third], samples[-third:]
     print("\nmedians, first third vs last third of the run:")
