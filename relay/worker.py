@@ -45,6 +45,7 @@ ANALYZE_AFTER_CHANGES = 5_000
 (relay.refresh_statistics), so claim plans are right from the start of a burst; then again each
 time the count doubles (an ANALYZE of a million-row table is not free; autovacuum takes over)."""
 PURGE_BATCH = 5_000
+PURGE_BATCHES_PER_SWEEP = 4
 BACKLOG_GAUGE_SECONDS = 10.0
 """How often the backlog gauges are refreshed (a count of pending changes), when metrics are on."""
 PREFETCH = 2
@@ -214,8 +215,9 @@ class Worker:
         next_sweep = next_gauges = 0.0
         while True:
             if time.monotonic() >= next_sweep:
-                next_sweep = time.monotonic() + self.settings.lease_seconds
-                await self._sweep(conn)
+                behind = await self._sweep(conn)
+                # A purge with more to do comes back in a second, not a lease period.
+                next_sweep = time.monotonic() + (1.0 if behind else self.settings.lease_seconds)
             if self.settings.metrics_address and time.monotonic() >= next_gauges:
                 next_gauges = time.monotonic() + BACKLOG_GAUGE_SECONDS
                 await self._measure_backlog(conn)
@@ -228,24 +230,31 @@ class Worker:
             if await self._fan_out(conn):
                 self._wake.set()
 
-    async def _sweep(self, conn: AConn) -> None:
+    async def _sweep(self, conn: AConn) -> bool:
         """Finish changes left unfinished by a relay that died (see unfinished_changes), and
         delete finished changes and attempts past their retention, a batch at a time so no
-        lock is held long."""
+        lock is held long, and a few batches per sweep so that matching new changes (on the
+        same connection) never waits long. True when a purge has more to do."""
         cur = await conn.execute(query("unfinished_changes"), {"limit": 10_000})
         ids = [row[0] for row in await cur.fetchall()]
         if ids:
             await conn.execute(query("finish_changes"), {"ids": ids})
+        behind = False
         for name, days in (
             ("purge_changes", self.settings.retention_days),
             ("purge_attempts", self.settings.attempt_retention_days),
         ):
-            deleted = PURGE_BATCH if days else 0
-            while deleted == PURGE_BATCH:
+            if not days:
+                continue
+            for _ in range(PURGE_BATCHES_PER_SWEEP):
                 cur = await conn.execute(
                     query(name), {"seconds": days * 86_400, "limit": PURGE_BATCH}
                 )
-                deleted = cur.rowcount
+                if cur.rowcount < PURGE_BATCH:
+                    break
+            else:
+                behind = True
+        return behind
 
     async def _fan_out(self, conn: AConn) -> int:
         """One batch, in two round trips: the statements are pipelined (the event loop is busy
