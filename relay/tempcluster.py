@@ -106,6 +106,10 @@ class TempCluster:
             "start",
         )
 
+    def reload(self) -> None:
+        """Re-read pg_hba.conf and postgresql.conf, after a test edited them."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "reload")
+
     def restart(self, down_seconds: float = 0.0) -> None:
         """Stop the server as an operator would (fast shutdown: every connection is cut), stay
         down for ``down_seconds``, then start it again on the same port. For tests of what

@@ -7,11 +7,14 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg.conninfo import make_conninfo
 
 from relay import schema
+from relay.tempcluster import find_server_binaries, start_temp_cluster
 
 
 def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -89,3 +92,25 @@ def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
     old = relay("run", RELAY_DSN=db_dsn)
     assert old.returncode == 2
     assert f"needs {schema.latest_version()}: run `relay install`" in old.stderr
+
+
+def test_relay_run_refuses_a_wrong_password():
+    """On a private cluster that asks for passwords (the shared one trusts 127.0.0.1)."""
+    if find_server_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries to start a private cluster")
+    cluster = start_temp_cluster()
+    try:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute("CREATE ROLE relay_pw LOGIN PASSWORD 'right-password'")
+            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        hba.write_text("host all relay_pw 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        cluster.reload()
+        wrong = make_conninfo(cluster.dsn, user="relay_pw", password="wrong-password")
+        result = relay("run", RELAY_DSN=wrong)
+    finally:
+        cluster.stop()
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the database refused the relay" in lines[0]
+    assert "password authentication failed" in lines[0]
+    assert "wrong-password" not in result.stderr
