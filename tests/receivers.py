@@ -65,3 +65,47 @@ async def receiver(
 async def never_answers(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(3600)
     return web.Response()
+
+
+@dataclass
+class Proxy:
+    url: str
+    connects: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    """Each CONNECT: its target and its headers."""
+
+
+@asynccontextmanager
+async def connect_proxy() -> AsyncIterator[Proxy]:
+    """A forward proxy for HTTPS on a free port of 127.0.0.1: it answers CONNECT host:port and
+    then passes bytes both ways, seeing nothing of what is inside the tunnel."""
+    state = Proxy(url="")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        method, target, _ = head[0].split(" ", 2)
+        headers = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+        state.connects.append((target, headers))
+        if method != "CONNECT":
+            writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+            return
+        host, port = target.rsplit(":", 1)
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield state
+    finally:
+        server.close()

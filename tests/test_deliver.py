@@ -11,7 +11,7 @@ from email.utils import format_datetime
 import pytest
 import trustme
 from aiohttp import web
-from receivers import never_answers, receiver
+from receivers import connect_proxy, never_answers, receiver
 
 from relay.deliver import Sender, retry_after_seconds
 from relay.render import Request, Webhook
@@ -196,3 +196,29 @@ def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkey
     assert at_proxy[0].headers["Host"] == target_url.removeprefix("http://").removesuffix("/hook")
     assert at_proxy[0].headers["Proxy-Authorization"] == "Basic b3BzOnBhNTU="  # ops:pa55
     assert "Proxy-Authorization" not in at_target[0].headers
+
+
+def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(tmp_path, monkeypatch):
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    ca = trustme.CA()
+    server_tls = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    hook = Webhook(**{**HOOK.__dict__, "ca_file_path": str(ca_file)})
+
+    async def scenario():
+        async with connect_proxy() as proxy, receiver(tls=server_tls) as target:
+            address = proxy.url.replace("http://", "http://ops:pa55@")
+            monkeypatch.setenv("HTTPS_PROXY", address)
+            monkeypatch.setenv("https_proxy", address)
+            outcome = await send(target.url, hook)
+            return outcome, proxy.connects, target.requests, target.url
+
+    outcome, connects, requests, url = run(scenario())
+    assert outcome.ok, outcome.error
+    host = url.removeprefix("https://").removesuffix("/hook")
+    assert [target for target, _ in connects] == [host]  # it went through the tunnel
+    assert connects[0][1]["Proxy-Authorization"] == "Basic b3BzOnBhNTU="  # ops:pa55
+    assert len(requests) == 1 and "Proxy-Authorization" not in requests[0].headers
