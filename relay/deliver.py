@@ -135,6 +135,8 @@ class Sender:
             )
         except aiohttp.ClientSSLError as exc:
             return self._failed(started, f"TLS with {host} failed: {_reason(exc)}")
+        except aiohttp.ClientConnectorDNSError as exc:
+            return self._failed(started, f"cannot resolve host {host}: {_reason(exc.os_error)}")
         except aiohttp.ClientConnectorError as exc:
             return self._failed(started, f"cannot connect to {host}: {_reason(exc.os_error)}")
         except aiohttp.ServerDisconnectedError:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -222,3 +225,34 @@ def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(tmp_p
     assert [target for target, _ in connects] == [host]  # it went through the tunnel
     assert connects[0][1]["Proxy-Authorization"] == "Basic b3BzOnBhNTU="  # ops:pa55
     assert len(requests) == 1 and "Proxy-Authorization" not in requests[0].headers
+
+
+def test_an_unknown_host_fails_clearly(tmp_path):
+    """In a network namespace of its own (no interfaces up), so the name lookup cannot leave
+    the machine: it fails at once, as an unknown name does."""
+    unshare = shutil.which("unshare")
+    if unshare is None or subprocess.run([unshare, "-n", "true"], check=False).returncode:
+        pytest.skip("cannot make a network namespace here (needs unshare and root)")
+    script = tmp_path / "send.py"
+    script.write_text(
+        "import asyncio\n"
+        "from decimal import Decimal\n"
+        "from relay.deliver import Sender\n"
+        "from relay.render import Request, Webhook\n"
+        "async def main():\n"
+        "    async with Sender() as sender:\n"
+        "        outcome = await sender.send(\n"
+        "            Request('POST', 'https://no-such-host.invalid/hook', {}, b'{}', 'd1'),\n"
+        "            Webhook(id=1, name='t', payload_url='x', timeout_seconds=Decimal(5)))\n"
+        "    print(outcome.ok, outcome.error)\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [unshare, "-n", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("False cannot resolve host no-such-host.invalid: ")
