@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,19 +29,9 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import load, start_nginx
+from throughput import load, start_nginx, start_relay
 
 from relay.tempcluster import postgres_server, scratch_database
-
-
-def start_relay(dsn: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RELAY_DSN": dsn, "RELAY_LEASE_SECONDS": "5", "RELAY_POLL_INTERVAL": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "relay", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def held_by(conn: psycopg.Connection[tuple[object, ...]], pid: int) -> int:
@@ -83,7 +72,7 @@ def main() -> None:
             load(dsn, url, 0)
             writer = threading.Thread(target=write, args=(dsn, args.changes, args.seconds))
             started = time.monotonic()
-            relay = start_relay(dsn)
+            relay = start_relay(dsn, lease_seconds="5")
             writer.start()
             bound = 0
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -93,7 +82,7 @@ def main() -> None:
                     relay.wait()
                     # Its leases stay until they expire: what it held as it died.
                     bound += held_by(conn, relay.pid)
-                    relay = start_relay(dsn)
+                    relay = start_relay(dsn, lease_seconds="5")
                 writer.join()
                 while True:
                     row = conn.execute(

@@ -26,19 +26,16 @@ import signal
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import free_port, start_nginx
+from throughput import drain, free_port, start_nginx
 
 from relay import logs, schema
-from relay.settings import Settings
 from relay.tempcluster import postgres_server, scratch_database
-from relay.worker import Worker
 
 SETUPS = ("solo", "beside a slow one", "1,000 rules")
 
@@ -97,27 +94,10 @@ def prepare(dsn: str, setup: str, fast: str, slow: str, changes: int) -> None:
         )
 
 
-async def drain(dsn: str, changes: int) -> float:
-    worker = Worker(Settings(poll_interval=0.5), dsn, relay_id="isolation")
-    stop = asyncio.Event()
-    started = time.monotonic()
-    task = asyncio.create_task(worker.run(stop))
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        while True:
-            cur = await conn.execute(
-                "SELECT count(*) FROM relay.deliveries d JOIN relay.webhooks w"
-                " ON w.id = d.webhook_id WHERE w.name = 'fast' AND d.status = 'delivered'"
-            )
-            row = await cur.fetchone()
-            if row and row[0] >= changes:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-    elapsed = time.monotonic() - started
-    stop.set()
-    await task
-    return changes / elapsed
+FAST_DONE = """
+SELECT count(*) >= %d FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
+WHERE w.name = 'fast' AND d.status = 'delivered'
+"""
 
 
 def main() -> None:
@@ -144,7 +124,7 @@ def main() -> None:
                 for setup in order:
                     with scratch_database(server, "relay_iso") as dsn:
                         prepare(dsn, setup, fast, slow, args.changes)
-                        rate = asyncio.run(drain(dsn, args.changes))
+                        rate = asyncio.run(drain(dsn, args.changes, 16, FAST_DONE % args.changes))
                     rates[setup].append(rate)
                     print(
                         f"  round {round_no + 1} {setup:>18}: {rate:7.0f} deliveries/s", flush=True

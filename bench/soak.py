@@ -21,7 +21,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import load, receipts, start_nginx, vm_kb
+from throughput import load, receipts, start_nginx, start_relay, vm_kb
 
 from relay.tempcluster import postgres_server, scratch_database, start_temp_cluster
 
@@ -105,18 +104,8 @@ def soak(
     with scratch_database(server, "relay_soak") as dsn:
         load(dsn, url, 0)
         days = str(args.retention_seconds / 86_400)
-        env = {
-            **os.environ,
-            "RELAY_DSN": dsn,
-            "RELAY_RETENTION_DAYS": days,
-            "RELAY_ATTEMPT_RETENTION_DAYS": days,
-            "RELAY_LEASE_SECONDS": "10",
-        }
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        relay = start_relay(
+            dsn, retention_days=days, attempt_retention_days=days, lease_seconds="10"
         )
         writer = threading.Thread(
             target=write, args=(dsn, args.rate, args.minutes * 60, stop), daemon=True

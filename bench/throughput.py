@@ -109,7 +109,12 @@ def load(dsn: str, url: str, changes: int) -> None:
         )
 
 
-async def drain(dsn: str, changes: int, concurrency: int) -> float:
+PENDING = "SELECT count(*) = 0 FROM relay.outbox WHERE status = 'pending'"
+
+
+async def drain(dsn: str, changes: int, concurrency: int = 64, done: str = PENDING) -> float:
+    """Deliveries per second of a Worker (the code behind `relay run`) from its start until
+    the query ``done`` says true (by default: no change pending)."""
     settings = Settings(webhook_concurrency=concurrency, poll_interval=0.5)
     worker = Worker(settings, dsn, relay_id="bench")
     stop = asyncio.Event()
@@ -117,13 +122,13 @@ async def drain(dsn: str, changes: int, concurrency: int) -> float:
     task = asyncio.create_task(worker.run(stop))
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         while True:
-            cur = await conn.execute("SELECT count(*) FROM relay.outbox WHERE status = 'pending'")
+            cur = await conn.execute(done)
             row = await cur.fetchone()
-            if row and row[0] == 0:
+            if row and row[0]:
                 break
             if task.done():
                 task.result()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
     elapsed = time.monotonic() - started
     stop.set()
     await task
@@ -195,14 +200,11 @@ def receiver_process(port: int, ready: Any, results: Any) -> None:
     asyncio.run(serve())
 
 
-def start_relay(dsn: str, concurrency: int) -> subprocess.Popen[bytes]:
-    """`relay run`, as an operator runs it, logging to nowhere."""
-    env = {
-        **os.environ,
-        "RELAY_DSN": dsn,
-        "RELAY_WEBHOOK_CONCURRENCY": str(concurrency),
-        "RELAY_POLL_INTERVAL": "1",
-    }
+def start_relay(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
+    """`relay run`, as an operator runs it, logging to nowhere; ``settings`` are RELAY_*
+    variables by their lower-case names."""
+    env = {**os.environ, "RELAY_DSN": dsn, "RELAY_POLL_INTERVAL": "1"}
+    env.update({f"RELAY_{name.upper()}": value for name, value in settings.items()})
     return subprocess.Popen(
         [sys.executable, "-m", "relay", "run"],
         env=env,
@@ -235,7 +237,7 @@ def latency(server: str, rate: int, seconds: float, concurrency: int) -> tuple[f
     ready.wait(10)
     with scratch_database(server, "relay_lat") as dsn:
         load(dsn, f"http://127.0.0.1:{port}/hook", 0)
-        relay = start_relay(dsn, concurrency)
+        relay = start_relay(dsn, webhook_concurrency=str(concurrency))
         committed: dict[int, float] = {}
         try:
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -300,7 +302,7 @@ def backlog(
         started = time.monotonic()
         load(dsn, url, changes)
         loaded = time.monotonic() - started
-        relay = start_relay(dsn, concurrency)
+        relay = start_relay(dsn, webhook_concurrency=str(concurrency))
         rates = []
         try:
             stretch = max(seconds / 6, 1.0)
