@@ -29,7 +29,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import load, start_nginx, start_relay
+from throughput import load, start_nginx, start_relay, write_steadily
 
 from relay.tempcluster import postgres_server, scratch_database
 
@@ -42,17 +42,8 @@ def held_by(conn: psycopg.Connection[tuple[object, ...]], pid: int) -> int:
 
 
 def write(dsn: str, changes: int, seconds: float) -> None:
-    per_commit = 10
-    started = time.monotonic()
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for first in range(1, changes + 1, per_commit):
-            pause = started + (first // per_commit) * per_commit * seconds / changes
-            if pause > time.monotonic():
-                time.sleep(pause - time.monotonic())
-            conn.execute(
-                "INSERT INTO items SELECT g, 'item', 1 FROM generate_series(%s::int, %s::int) g",
-                (first, min(first + per_commit - 1, changes)),
-            )
+        write_steadily(conn, changes, seconds)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import load, receipts, start_nginx, start_relay, vm_kb
+from throughput import load, receipts, start_nginx, start_relay, vm_kb, write_steadily
 
 from relay.tempcluster import postgres_server, scratch_database, start_temp_cluster
 
@@ -44,20 +44,8 @@ SELECT (SELECT count(*) FROM relay.outbox),
 
 
 def write(dsn: str, rate: int, seconds: float, stop: threading.Event) -> None:
-    per_commit = 10
-    started = time.monotonic()
-    batch = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
-        while not stop.is_set() and time.monotonic() - started < seconds:
-            due = started + batch * per_commit / rate
-            if due > time.monotonic():
-                time.sleep(due - time.monotonic())
-            first = batch * per_commit + 1
-            conn.execute(
-                "INSERT INTO items SELECT g, 'item', 1 FROM generate_series(%s::int, %s::int) g",
-                (first, first + per_commit - 1),
-            )
-            batch += 1
+        write_steadily(conn, int(rate * seconds), seconds, stop=stop)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,35 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def write_steadily(
+    conn: psycopg.Connection[Any],
+    changes: int,
+    seconds: float,
+    *,
+    committed: dict[int, float] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Insert items 1..``changes``, ten rows per transaction, evenly over ``seconds`` (on a
+    fixed schedule, so a slow commit does not lower the rate); note each row's commit time in
+    ``committed``; give up early when ``stop`` is set."""
+    per_commit = 10
+    started = time.monotonic()
+    for first in range(1, changes + 1, per_commit):
+        if stop is not None and stop.is_set():
+            return
+        pause = started + (first - 1) * seconds / changes - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        last = min(first + per_commit - 1, changes)
+        conn.execute(
+            "INSERT INTO items SELECT g, 'item', 1 FROM generate_series(%s::int, %s::int) g",
+            (first, last),
+        )
+        if committed is not None:
+            now = time.time()
+            committed.update((key, now) for key in range(first, last + 1))
+
+
 def latency(server: str, rate: int, seconds: float, concurrency: int) -> tuple[float, float, int]:
     """Commit-to-receipt latency (p50, p99, in ms) at a steady ``rate`` of changes a second."""
     port = free_port()
@@ -243,23 +273,7 @@ def latency(server: str, rate: int, seconds: float, concurrency: int) -> tuple[f
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("INSERT INTO items VALUES (0, 'warm-up', 0)")
                 wait_delivered(conn, 30)  # the relay is up and connected
-                per_commit = 10
-                interval = per_commit / rate
-                total = int(rate * seconds)
-                started = time.monotonic()
-                for first in range(1, total + 1, per_commit):
-                    due = started + (first // per_commit) * interval
-                    pause = due - time.monotonic()
-                    if pause > 0:
-                        time.sleep(pause)
-                    conn.execute(
-                        "INSERT INTO items SELECT g, 'item', 1"
-                        " FROM generate_series(%s::int, %s::int) g",
-                        (first, first + per_commit - 1),
-                    )
-                    now = time.time()
-                    for key in range(first, first + per_commit):
-                        committed[key] = now
+                write_steadily(conn, int(rate * seconds), seconds, committed=committed)
                 wait_delivered(conn, 30)
         finally:
             stop_relay(relay)
