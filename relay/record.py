@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from relay.db import first_line
 from relay.deliver import Outcome
 from relay.sqlfiles import query
 
@@ -126,4 +127,4 @@ class Recorder:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "the relay stopped before this outcome was written"
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line(exc)

@@ -58,9 +58,10 @@ _current: ContextVar[Budget | None] = ContextVar("relay_template_budget", defaul
 @contextmanager
 def budget() -> Iterator[Budget]:
     """The limits for one rendering."""
-    token = _current.set(Budget(time.monotonic() + MAX_SECONDS))
+    limits = Budget(time.monotonic() + MAX_SECONDS)
+    token = _current.set(limits)
     try:
-        yield _current.get() or Budget(0)
+        yield limits
     finally:
         _current.reset(token)
 

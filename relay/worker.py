@@ -25,6 +25,7 @@ import structlog
 from psycopg.rows import dict_row
 
 from relay import fanout, rules
+from relay.db import first_line
 from relay.deliver import Outcome, Sender
 from relay.metrics import Metrics
 from relay.record import Recorder, Result
@@ -118,7 +119,7 @@ class Worker:
                         await self._session(stop, sender)
                     except (psycopg.OperationalError, TimeoutError) as exc:
                         if self._connected or not outage:
-                            log.warning("database unavailable, retrying", error=_first_line(exc))
+                            log.warning("database unavailable, retrying", error=first_line(exc))
                             backoff = 0.5
                         outage = True
                         await asyncio.wait([asyncio.create_task(stop.wait())], timeout=backoff)
@@ -465,8 +466,3 @@ class Worker:
                 item.attempt, random.uniform(0.8, 1.2), outcome.retry_after
             )
         return Result(item.outbox_id, item.webhook_id, item.attempt, status, retry_in, outcome)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
