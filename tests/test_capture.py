@@ -126,16 +126,16 @@ def test_untrack_stops_capture_and_keeps_recorded_changes(rconn):
 
 
 def test_tracked_view_lists_tables_and_options(rconn):
-    rconn.execute("CREATE TABLE a (x int, y int, PRIMARY KEY (y, x))")
+    rconn.execute("CREATE TABLE a (x int, y int, z int, PRIMARY KEY (y, x))")
     rconn.execute("CREATE TABLE b (id int)")
-    rconn.execute("SELECT relay.track('a', ARRAY['update'], ARRAY['x'], ARRAY['y'])")
+    rconn.execute("SELECT relay.track('a', ARRAY['update'], ARRAY['x'], ARRAY['z'])")
     rconn.execute("SELECT relay.track('b')")
     rows = rconn.execute(
         "SELECT schema_name, table_name, events, update_columns, exclude_columns, pk_columns,"
         " partitioned FROM relay.tracked ORDER BY table_name"
     ).fetchall()
     assert rows == [
-        ("public", "a", ["update"], ["x"], ["y"], ["y", "x"], False),
+        ("public", "a", ["update"], ["x"], ["z"], ["y", "x"], False),
         ("public", "b", ["delete", "insert", "truncate", "update"], None, [], [], False),
     ]
     rconn.execute("DROP TABLE b")

@@ -1,0 +1,822 @@
+-- 0007 trusted capture: generated capture functions per tracked table that never run code
+-- another role can define, follow renames, and write the same image whoever writes the row.
+--
+-- Why (docs/security.md has the threat model, docs/sql.md the formats):
+-- * to_jsonb(row) calls a user-defined cast to json for any non-built-in type that has one, and
+--   capture runs with the rights of relay's owner: an application role owning an enum used by a
+--   tracked table could run its own code with them. Capture now applies to_jsonb only to
+--   PostgreSQL's built-in types (for which it never looks for a cast); a value of any other type
+--   (enum, range, composite, extension type, a domain over one) is written as its text output,
+--   which calls only the type's output function (C code that only a superuser can install).
+-- * The statements that name a table's columns are generated for that table by relay.track.
+--   Each generated statement-level function first runs a one-row query on its transition table
+--   whose plan folds relay.shape_matches(<table oid>, <fingerprint>) into a constant. PostgreSQL
+--   re-plans that query after any DDL on the table behind a transition table, so the check costs
+--   nothing until the table changes; then it tells whether the generated statements still fit.
+--   When they do not (a column renamed, added, dropped or retyped; the table renamed or attached
+--   under a tracked parent), the function builds the same statement from the catalogs and runs
+--   it with EXECUTE (slower, same result) and asks the relay to regenerate it
+--   (relay.refresh_capture). Row-level functions (partitioned tables) check once per transaction
+--   instead: no other session can change the table's columns while the transaction holds its
+--   lock, and the transaction's own DDL shows in its statistics counters of pg_attribute,
+--   pg_class and pg_index.
+-- * Options are kept as column numbers, so they follow renames; a dropped column drops out.
+-- * The functions pin every setting a value's text depends on, so an image, and the row key
+--   built from it, is the same whichever session wrote the row.
+-- * Functions per (table, event) let a role with only the TRIGGER privilege change and remove
+--   capture: CREATE OR REPLACE TRIGGER needs no ownership, and dropping a function with CASCADE
+--   removes its triggers without checking the table's owner.
+
+-- An id made at install time and kept across upgrades: delivery ids are derived from it, so two
+-- databases, or one database before and after a reinstall, never send the same delivery id for
+-- different changes.
+CREATE TABLE relay.installation (
+    one          boolean     PRIMARY KEY DEFAULT true CHECK (one),
+    id           uuid        NOT NULL DEFAULT gen_random_uuid(),
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO relay.installation DEFAULT VALUES;
+
+-- Options by column number; `shape` is the fingerprint the generated functions were made for.
+ALTER TABLE relay.tracked_tables
+    ADD COLUMN update_attnums  int2[],
+    ADD COLUMN exclude_attnums int2[] NOT NULL DEFAULT '{}',
+    ADD COLUMN shape           text;
+
+UPDATE relay.tracked_tables t SET
+    update_attnums = CASE WHEN t.update_columns IS NOT NULL THEN ARRAY(
+        SELECT a.attnum FROM unnest(t.update_columns) WITH ORDINALITY u(name, i)
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = t.tbl AND a.attname = u.name
+        WHERE NOT a.attisdropped ORDER BY u.i) END,
+    exclude_attnums = ARRAY(
+        SELECT a.attnum FROM unnest(t.exclude_columns) WITH ORDINALITY u(name, i)
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = t.tbl AND a.attname = u.name
+        WHERE NOT a.attisdropped ORDER BY u.i);
+
+-- The current names of some columns, in the given order; dropped columns are left out.
+CREATE FUNCTION relay.column_names(tbl oid, attnums int2[]) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(
+        SELECT a.attname::text FROM unnest(attnums) WITH ORDINALITY u(attnum, i)
+        JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = u.attnum
+        WHERE NOT a.attisdropped ORDER BY u.i)
+$$;
+
+-- The primary-key columns of a table, in key order (empty without a primary key).
+CREATE FUNCTION relay.pk_attnums(tbl oid) RETURNS int2[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT i.indkey::int2[] FROM pg_index i
+                     WHERE i.indrelid = tbl AND i.indisprimary), '{}')
+$$;
+
+-- The tracked table whose capture covers tbl's rows from above (a tracked partitioned ancestor),
+-- or NULL: such a table's own capture stays silent, so each change is recorded once.
+CREATE FUNCTION relay.tracked_ancestor(tbl oid) RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.relid::oid FROM pg_partition_ancestors(tbl) WITH ORDINALITY a(relid, depth)
+    WHERE a.relid <> tbl AND a.relid IN (SELECT t.tbl FROM relay.tracked_tables t)
+    ORDER BY a.depth DESC LIMIT 1
+$$;
+
+-- Everything the generated statements of a table depend on, as one fingerprint: its oid and
+-- names, column numbers and types, the fields of the composite types its columns hold (at any
+-- depth), the primary key, and whether a tracked ancestor covers it.
+CREATE FUNCTION relay.shape(tbl oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE reached (typ) AS (
+        SELECT a.atttypid FROM pg_attribute a
+        WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT below.typ FROM reached r JOIN pg_type t ON t.oid = r.typ
+        CROSS JOIN LATERAL (
+            SELECT t.typbasetype WHERE t.typtype = 'd'
+            UNION ALL
+            SELECT t.typelem WHERE t.typsubscript = 'array_subscript_handler'::regproc
+            UNION ALL
+            SELECT f.atttypid FROM pg_attribute f
+            WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0
+              AND NOT f.attisdropped) below (typ)
+    )
+    SELECT md5(concat_ws('|', c.oid::text, quote_ident(n.nspname), quote_ident(c.relname),
+        c.relkind::text,
+        (SELECT string_agg(a.attnum::text || ' ' || quote_ident(a.attname) || ' '
+                           || a.atttypid::text, ',' ORDER BY a.attnum)
+         FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
+        (SELECT string_agg(t.oid::text || '.' || f.attnum::text || ' ' || quote_ident(f.attname)
+                           || ' ' || f.atttypid::text, ',' ORDER BY t.oid, f.attnum)
+         FROM reached r JOIN pg_type t ON t.oid = r.typ AND t.typtype = 'c' AND t.oid >= 16384
+         JOIN pg_attribute f ON f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped),
+        relay.pk_attnums(c.oid)::text,
+        relay.tracked_ancestor(c.oid)::text))
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = tbl
+$$;
+
+-- Planned into the generated functions' first query (see the top of this file). Declared
+-- IMMUTABLE so that the planner evaluates it once, when it plans; it must never raise.
+CREATE FUNCTION relay.shape_matches(tbl oid, expected text) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN relay.shape(tbl) IS NOT DISTINCT FROM expected;
+END
+$$;
+
+-- Values of json columns go into jsonb images, and jsonb cannot hold every json value: a \u0000
+-- escape, or a number outside numeric's range, would make the write fail. Those (rare) values
+-- are written as a JSON string holding their text; a cheap look at the text sends only values
+-- that might be such to the slower check.
+CREATE FUNCTION relay.json_value_checked(value json) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN value::jsonb;
+EXCEPTION WHEN OTHERS THEN
+    RETURN to_jsonb(value::text);
+END
+$$;
+
+CREATE FUNCTION relay.json_value(value json) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN pg_catalog.strpos(value::pg_catalog.text, pg_catalog.chr(92) || 'u0000') > 0
+          OR pg_catalog.octet_length(value::pg_catalog.text) > 16000
+          OR value::pg_catalog.text OPERATOR(pg_catalog.~) '[0-9][eE][-+]?[0-9]{5}'
+        THEN relay.json_value_checked(value)
+        ELSE pg_catalog.to_jsonb(value)
+    END
+$$;
+
+CREATE FUNCTION relay.json_array_value(value json[]) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN to_jsonb(value);
+EXCEPTION WHEN OTHERS THEN
+    RETURN to_jsonb(format('%s', value));
+END
+$$;
+
+-- A value of a type that is not PostgreSQL's own, as a JSON string of its text output. format()
+-- calls the type's output function directly; a cast (to json or text) could be anyone's code.
+CREATE FUNCTION relay.text_value(value anyelement) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pg_catalog.num_nulls(value) = 1 THEN NULL
+                ELSE pg_catalog.to_jsonb(pg_catalog.format('%s', value)) END
+$$;
+
+-- An array of such values: a JSON array of their text outputs when it has one dimension, else
+-- the array's text output.
+CREATE FUNCTION relay.text_array_value(value anyarray) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN pg_catalog.num_nulls(value) = 1 THEN NULL
+        WHEN pg_catalog.cardinality(value) = 0 THEN '[]'::pg_catalog.jsonb
+        WHEN pg_catalog.array_ndims(value) = 1 THEN (
+            SELECT pg_catalog.jsonb_agg(CASE WHEN pg_catalog.num_nulls(e) = 1 THEN NULL
+                                             ELSE pg_catalog.to_jsonb(pg_catalog.format('%s', e))
+                                        END ORDER BY i)
+            FROM pg_catalog.unnest(value) WITH ORDINALITY u(e, i))
+        ELSE pg_catalog.to_jsonb(pg_catalog.format('%s', value))
+    END
+$$;
+
+-- The SQL expression (jsonb) for one value `col` of type `typ`: to_jsonb for PostgreSQL's own
+-- types, an object built field by field for a composite, an array built element by element for
+-- an array of composites, the text output for anything else. A composite's fields cannot change
+-- type while a table column uses it (PostgreSQL refuses), so the expressions stay safe; fields
+-- added, renamed or dropped later show in relay.shape, and relay.refresh_capture catches up.
+CREATE FUNCTION relay.value_sql(col text, typ oid, depth integer DEFAULT 0) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    base  oid := typ;
+    below oid;
+    elem  oid;
+    kind  "char";
+    rel   oid;
+BEGIN
+    -- Look through domains, as to_jsonb does (a domain's own casts are never consulted).
+    LOOP
+        SELECT t.typbasetype INTO below FROM pg_type t WHERE t.oid = base AND t.typtype = 'd';
+        EXIT WHEN NOT FOUND;
+        base := below;
+    END LOOP;
+    SELECT t.typtype, t.typrelid,
+           CASE WHEN t.typsubscript = 'array_subscript_handler'::regproc THEN t.typelem END
+    INTO kind, rel, elem FROM pg_type t WHERE t.oid = base;
+    -- 16384 is FirstNormalObjectId: below it, types that came with PostgreSQL itself.
+    IF base = 'json'::regtype THEN
+        RETURN format('relay.json_value(%s)', col);
+    ELSIF base = 'json[]'::regtype THEN
+        RETURN format('relay.json_array_value(%s)', col);
+    ELSIF base < 16384 THEN
+        RETURN format('pg_catalog.to_jsonb(%s)', col);
+    ELSIF depth >= 8 THEN
+        RETURN format('relay.text_value(%s)', col);
+    ELSIF kind = 'c' THEN
+        RETURN format('CASE WHEN pg_catalog.num_nulls(%s) = 1 THEN NULL ELSE %s END', col,
+                      relay.fields_sql(rel, col, depth + 1));
+    ELSIF elem IS NOT NULL THEN
+        LOOP
+            SELECT t.typbasetype INTO below FROM pg_type t WHERE t.oid = elem AND t.typtype = 'd';
+            EXIT WHEN NOT FOUND;
+            elem := below;
+        END LOOP;
+        IF (SELECT t.typtype FROM pg_type t WHERE t.oid = elem) = 'c' THEN
+            RETURN format(
+                'CASE WHEN pg_catalog.num_nulls(%1$s) = 1 THEN NULL '
+                'WHEN pg_catalog.cardinality(%1$s) = 0 THEN ''[]''::pg_catalog.jsonb '
+                'WHEN pg_catalog.array_ndims(%1$s) = 1 THEN (SELECT pg_catalog.jsonb_agg(%2$s '
+                'ORDER BY s%3$s.k) FROM pg_catalog.generate_subscripts(%1$s, 1) s%3$s(k)) '
+                'ELSE pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %1$s)) END',
+                col, relay.value_sql(format('(%s)[s%s.k]', col, depth), elem, depth + 1), depth);
+        END IF;
+        RETURN format('relay.text_array_value(%s)', col);
+    ELSE
+        RETURN format('relay.text_value(%s)', col);
+    END IF;
+END
+$$;
+
+-- jsonb_build_object(...) of the columns (or a composite's fields) of relation `rel`, taken from
+-- `source` (a table alias, NEW or $1 at depth 0; a composite value below), less the `excluded`
+-- ones. jsonb_build_object takes at most 100 arguments: 50 columns
+-- per call, joined with ||.
+CREATE FUNCTION relay.fields_sql(rel oid, source text, depth integer,
+                                 excluded int2[] DEFAULT '{}') RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(string_agg(chunk, ' OPERATOR(pg_catalog.||) ' ORDER BY grp),
+                    '''{}''::pg_catalog.jsonb')
+    FROM (
+        SELECT grp, format('pg_catalog.jsonb_build_object(%s)',
+                           string_agg(format('%L, %s', attname,
+                                             relay.value_sql(
+                                                 format(CASE WHEN depth = 0 THEN '%s.%I'
+                                                             ELSE '(%s).%I' END, source, attname),
+                                                 atttypid, depth)),
+                                      ', ' ORDER BY attnum)) AS chunk
+        FROM (SELECT a.attname, a.attnum, a.atttypid,
+                     (row_number() OVER (ORDER BY a.attnum) - 1) / 50 AS grp
+              FROM pg_attribute a
+              WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+                AND a.attnum <> ALL (excluded)) cols
+        GROUP BY grp) chunks
+$$;
+
+-- The jsonb image of one row of tbl (current columns, less the excluded ones), where `source`
+-- is how the row is referred to (a table alias, NEW, $1).
+CREATE FUNCTION relay.image_sql(tbl oid, source text, excluded int2[]) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT relay.fields_sql(tbl, source, 0, excluded)
+$$;
+
+-- ROW(...) of the watched columns of a row (`source` as in relay.image_sql); NULL when every
+-- column is watched (update_columns NULL) or when all watched columns are gone.
+CREATE FUNCTION relay.watched_row_sql(tbl oid, watched int2[], source text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ROW(' || string_agg(source || '.' || quote_ident(n), ', ') || ')'
+    FROM unnest(relay.column_names(tbl, watched)) n
+$$;
+
+-- Whether a watched column changed between two rows, compared byte for byte (no equality
+-- operator, which a type's owner could define): NULL when every column is watched, 'false' when
+-- all watched columns are gone (no update is recorded then).
+CREATE FUNCTION relay.watched_sql(tbl oid, watched int2[], old_ref text, new_ref text)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN watched IS NULL THEN NULL
+        WHEN relay.watched_row_sql(tbl, watched, old_ref) IS NULL THEN 'false'
+        ELSE format('NOT pg_catalog.record_image_eq(%s, %s)',
+                    relay.watched_row_sql(tbl, watched, old_ref),
+                    relay.watched_row_sql(tbl, watched, new_ref))
+    END
+$$;
+
+-- The primary key of an image: jsonb_build_object of the key columns taken from it.
+CREATE FUNCTION relay.pk_sql(tbl oid, image text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+        'pg_catalog.jsonb_build_object('
+            || string_agg(format('%L, %s OPERATOR(pg_catalog.->) %L', n, image, n), ', ') || ')',
+        'NULL')
+    FROM unnest(relay.column_names(tbl, relay.pk_attnums(tbl))) n
+$$;
+
+-- The options a table is tracked with (all events and no column options when it is not).
+CREATE FUNCTION relay.options_of(tbl oid,
+                                 OUT events text[], OUT watched int2[], OUT excluded int2[])
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(t.events, ARRAY['insert', 'update', 'delete', 'truncate']),
+           t.update_attnums, coalesce(t.exclude_attnums, '{}')
+    FROM (SELECT 1) one LEFT JOIN relay.tracked_tables t ON t.tbl = options_of.tbl
+$$;
+
+-- The INSERT INTO relay.outbox that records one statement's rows of `event` (insert, update,
+-- delete) on a plain table, from its transition tables; `single` when the statement touched one
+-- row. NULL when a tracked ancestor records them.
+--
+-- Old and new rows of an UPDATE are paired by position: PostgreSQL appends each updated row's old
+-- and new versions to the two transition tables together. Most statements touch one row, and
+-- starting a join costs more than the capture itself, so a one-row statement takes a plain
+-- two-table product; bigger ones pair by position with a hash join (the capture functions pin
+-- the join method: the plan is cached per session, and a nested loop planned for a small
+-- statement would be quadratic on the next million-row one). `OFFSET 0` keeps each image
+-- computed once. Rows whose stored image did not change are dropped by comparing the rows byte
+-- for byte (cheap; comparing jsonb images is not).
+CREATE FUNCTION relay.capture_sql(tbl oid, event text, single boolean) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    opts     record := relay.options_of(tbl);
+    names    text;
+    context  text := 'relay.change_context() x';
+    watched  text;
+    distinct_images text := '';
+BEGIN
+    IF relay.tracked_ancestor(tbl) IS NOT NULL OR NOT event = ANY (opts.events) THEN
+        RETURN NULL;
+    END IF;
+    SELECT format('%L, %L', n.nspname, c.relname) INTO names
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF event = 'insert' THEN
+        RETURN format(
+            'INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
+            'txid, created_at) '
+            'SELECT %s, ''insert'', c.n, %s, x.username, x.request_id, x.txid, x.at '
+            'FROM (SELECT %s AS n FROM relay_new t OFFSET 0) c, %s',
+            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, 't', opts.excluded), context);
+    ELSIF event = 'delete' THEN
+        RETURN format(
+            'INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, '
+            'txid, created_at) '
+            'SELECT %s, ''delete'', c.o, %s, x.username, x.request_id, x.txid, x.at '
+            'FROM (SELECT %s AS o FROM relay_old t OFFSET 0) c, %s',
+            names, relay.pk_sql(tbl, 'c.o'), relay.image_sql(tbl, 't', opts.excluded), context);
+    END IF;
+    IF cardinality(opts.excluded) > 0 THEN
+        distinct_images := ' AND c.o OPERATOR(pg_catalog.<>) c.n';
+    END IF;
+    IF single THEN
+        watched := relay.watched_sql(tbl, opts.watched, 'a', 'b');
+        RETURN format(
+            'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
+            'request_id, txid, created_at) '
+            'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
+            'FROM (SELECT %s AS o, %s AS n FROM relay_old a, relay_new b '
+            'WHERE NOT pg_catalog.record_image_eq(a.*, b.*)%s OFFSET 0) c, %s WHERE true%s',
+            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, 'a', opts.excluded),
+            relay.image_sql(tbl, 'b', opts.excluded),
+            coalesce(' AND ' || watched, ''), context, distinct_images);
+    END IF;
+    -- The watched columns travel as a row of their own (ROW(...) AS w) to be compared after the
+    -- pairing; whole rows as ROW(t.*), which no column name can shadow.
+    watched := relay.watched_sql(tbl, opts.watched, 'a', 'b');
+    RETURN format(
+        'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
+        'request_id, txid, created_at) '
+        'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
+        'FROM (SELECT o.r AS ro, n.r AS rn, o.w AS wo, n.w AS wn, o.j AS o, n.j AS n '
+        'FROM (SELECT row_number() OVER () AS i, ROW(a.*) AS r, %s AS w, %s AS j '
+        'FROM relay_old a) o '
+        'JOIN (SELECT row_number() OVER () AS i, ROW(b.*) AS r, %s AS w, %s AS j '
+        'FROM relay_new b) n '
+        'ON n.i OPERATOR(pg_catalog.=) o.i) c, %s '
+        'WHERE NOT pg_catalog.record_image_eq(c.ro, c.rn)%s%s',
+        names, relay.pk_sql(tbl, 'c.n'),
+        coalesce(relay.watched_row_sql(tbl, opts.watched, 'a'), 'NULL::record'),
+        relay.image_sql(tbl, 'a', opts.excluded),
+        coalesce(relay.watched_row_sql(tbl, opts.watched, 'b'), 'NULL::record'),
+        relay.image_sql(tbl, 'b', opts.excluded), context,
+        CASE WHEN watched IS NULL THEN ''
+             WHEN watched = 'false' THEN ' AND false'
+             ELSE ' AND NOT pg_catalog.record_image_eq(c.wo, c.wn)' END,
+        distinct_images);
+END
+$$;
+
+-- Which tracked table a row-level function records for: its own, or, when its own is gone (a
+-- dump restored under other oids), the topmost tracked table above the partition written.
+CREATE FUNCTION relay.row_capture_target(own oid, relid oid) RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN EXISTS (SELECT FROM pg_class WHERE oid = own) THEN own ELSE (
+        SELECT a.relid::oid FROM pg_partition_ancestors(relid) WITH ORDINALITY a(relid, depth)
+        WHERE a.relid IN (SELECT t.tbl FROM relay.tracked_tables t)
+        ORDER BY a.depth DESC LIMIT 1) END
+$$;
+
+-- The INSERT INTO relay.outbox that records one row's change on a partitioned table (row-level
+-- capture), the old and new rows being `old_ref` and `new_ref` (OLD and NEW in the generated
+-- function; ($1) and ($2) when run with EXECUTE ... USING OLD, NEW). NULL when a tracked
+-- ancestor records it, or the event is not tracked.
+CREATE FUNCTION relay.capture_row_sql(tbl oid, op text, old_ref text, new_ref text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    opts    record := relay.options_of(tbl);
+    event   text := lower(op);
+    names   text;
+    context text := 'relay.change_context() x';
+    watched text;
+BEGIN
+    SELECT format('%L, %L', n.nspname, c.relname) INTO names
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    IF names IS NULL OR relay.tracked_ancestor(tbl) IS NOT NULL
+       OR NOT event = ANY (opts.events) THEN
+        RETURN NULL;
+    END IF;
+    IF event = 'insert' THEN
+        RETURN format(
+            'INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
+            'txid, created_at) SELECT %s, ''insert'', c.n, %s, x.username, x.request_id, x.txid, '
+            'x.at FROM (SELECT %s AS n OFFSET 0) c, %s',
+            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, new_ref, opts.excluded),
+            context);
+    ELSIF event = 'delete' THEN
+        RETURN format(
+            'INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, '
+            'txid, created_at) SELECT %s, ''delete'', c.o, %s, x.username, x.request_id, x.txid, '
+            'x.at FROM (SELECT %s AS o OFFSET 0) c, %s',
+            names, relay.pk_sql(tbl, 'c.o'), relay.image_sql(tbl, old_ref, opts.excluded),
+            context);
+    END IF;
+    watched := relay.watched_sql(tbl, opts.watched, old_ref, new_ref);
+    RETURN format(
+        'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
+        'request_id, txid, created_at) '
+        'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
+        'FROM (SELECT %s AS o, %s AS n WHERE NOT pg_catalog.record_image_eq(%s, %s)%s OFFSET 0) c, '
+        '%s%s',
+        names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, old_ref, opts.excluded),
+        relay.image_sql(tbl, new_ref, opts.excluded), old_ref, new_ref,
+        coalesce(' AND ' || watched, ''), context,
+        CASE WHEN cardinality(opts.excluded) > 0
+             THEN ' WHERE c.o OPERATOR(pg_catalog.<>) c.n' ELSE '' END);
+END
+$$;
+
+-- Wakes the relays once per transaction that recorded changes (NOTIFY is delivered at commit, so
+-- one is all a listener can use), unless relay.notify is 'off': two-phase commit cannot PREPARE a
+-- transaction that sent NOTIFY, so its users turn it off (per database, role or transaction) and
+-- the relays find the changes when they poll.
+CREATE FUNCTION relay.wake() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('relay.notify', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('relay_outbox', '');
+    END IF;
+    PERFORM set_config('relay.woken', 'on', true);
+END
+$$;
+
+-- A generated function no longer fits its table: ask running relays to regenerate it.
+CREATE FUNCTION relay.capture_stale() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF current_setting('relay.notify', true) IS DISTINCT FROM 'off' THEN
+        PERFORM pg_notify('relay_capture', '');
+    END IF;
+END
+$$;
+
+-- The settings every capture function pins: the text of a timestamptz, interval, bytea, float or
+-- money value, and the names a reg* value prints, depend on them.
+CREATE FUNCTION relay.capture_settings(event text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' '
+           'SET DateStyle = ''ISO, YMD'' SET IntervalStyle = ''postgres'' '
+           'SET bytea_output = ''hex'' SET extra_float_digits = 1 SET lc_monetary = ''C'''
+           || CASE WHEN event = 'update'
+                   THEN ' SET enable_nestloop = off SET enable_mergejoin = off SET jit = off '
+                        'SET work_mem = ''64MB'''
+                   ELSE '' END
+$$;
+
+-- The body of relay.capture_<oid>_<event>(), for the table as it is now.
+CREATE FUNCTION relay.capture_body(tbl oid, event text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shape   text := relay.shape(tbl);
+    wake    text := 'GET DIAGNOSTICS relay_rows = ROW_COUNT; '
+                    'IF relay_rows > 0 AND current_setting(''relay.woken'', true) '
+                    'IS DISTINCT FROM ''on'' THEN PERFORM relay.wake(); END IF; ';
+    fitting text;
+    source  text := CASE event WHEN 'delete' THEN 'relay_old' ELSE 'relay_new' END;
+    token   text := format('relay.shape_%s', tbl);
+BEGIN
+    IF event = 'truncate' THEN
+        RETURN 'DECLARE relay_rows bigint; BEGIN '
+            'INSERT INTO relay.outbox (schema_name, table_name, op, username, request_id, txid, '
+            'created_at) SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, ''truncate'', x.username, '
+            'x.request_id, x.txid, x.at FROM relay.change_context() x; '
+            || wake || 'RETURN NULL; END';
+    ELSIF event = 'row' THEN
+        -- Once per transaction, unless the transaction changed catalogs since (see the top). Not
+        -- shape_matches: a plan-time constant is exactly what this check must not be.
+        RETURN format(
+            '#variable_conflict use_variable '
+            'DECLARE relay_rows bigint; relay_token text; relay_sql text; BEGIN '
+            'relay_token := CASE WHEN current_setting(''track_counts'') = ''on'' THEN %L '
+            '|| pg_current_xact_id()::text || ''/'' || (pg_stat_get_xact_tuples_inserted(1249) '
+            '+ pg_stat_get_xact_tuples_updated(1249) + pg_stat_get_xact_tuples_updated(1259) '
+            '+ pg_stat_get_xact_tuples_inserted(2610) + pg_stat_get_xact_tuples_deleted(2610))'
+            '::text END; '
+            'IF relay_token IS NULL OR current_setting(%L, true) IS DISTINCT FROM relay_token THEN '
+            'IF relay.shape(%s) IS DISTINCT FROM %L THEN '
+            'PERFORM relay.capture_stale(); '
+            'relay_sql := relay.capture_row_sql(relay.row_capture_target(%s, TG_RELID), TG_OP, '
+            '''($1)'', ''($2)''); '
+            'IF relay_sql IS NOT NULL THEN EXECUTE relay_sql USING OLD, NEW; %s END IF; '
+            'RETURN NULL; END IF; '
+            'IF relay_token IS NOT NULL THEN PERFORM set_config(%L, relay_token, false); END IF; '
+            'END IF; '
+            'IF TG_OP = ''INSERT'' THEN %s ELSIF TG_OP = ''UPDATE'' THEN %s ELSE %s END IF; '
+            'RETURN NULL; END',
+            shape, token, tbl, shape, tbl, wake, token,
+            coalesce(relay.capture_row_sql(tbl, 'INSERT', 'OLD', 'NEW') || '; ' || wake, 'NULL;'),
+            coalesce(relay.capture_row_sql(tbl, 'UPDATE', 'OLD', 'NEW') || '; ' || wake, 'NULL;'),
+            coalesce(relay.capture_row_sql(tbl, 'DELETE', 'OLD', 'NEW') || '; ' || wake, 'NULL;'));
+    END IF;
+    IF relay.capture_sql(tbl, event, false) IS NULL THEN
+        -- A tracked ancestor records this table's changes: nothing to do while that holds.
+        fitting := 'RETURN NULL; ';
+    ELSIF event = 'update' THEN
+        fitting := format('IF relay_rows = 1 THEN %s; ELSE %s; END IF; ',
+                          relay.capture_sql(tbl, event, true), relay.capture_sql(tbl, event, false));
+    ELSE
+        fitting := relay.capture_sql(tbl, event, false) || '; ';
+    END IF;
+    RETURN format(
+        '#variable_conflict use_variable '
+        'DECLARE relay_fresh boolean; relay_rows bigint; relay_sql text; BEGIN '
+        'SELECT relay.shape_matches(%s, %L), count(*) INTO relay_fresh, relay_rows '
+        'FROM (SELECT FROM %s LIMIT 2) s; '
+        'IF relay_rows = 0 THEN RETURN NULL; END IF; '
+        'IF relay_fresh AND TG_RELID = %s THEN %s'
+        'ELSE PERFORM relay.capture_stale(); '
+        'relay_sql := relay.capture_sql(TG_RELID, %L, false); '
+        'IF relay_sql IS NULL THEN RETURN NULL; END IF; '
+        'EXECUTE relay_sql; END IF; '
+        '%s RETURN NULL; END',
+        tbl, shape, source, tbl, fitting, event, wake);
+END
+$$;
+
+-- The events a table's capture functions are made for: one function per statement-level event of
+-- a plain table; a partitioned table has one row-level function for its row events (cloned onto
+-- every partition with its trigger) and a statement-level one for TRUNCATE.
+CREATE FUNCTION relay.capture_events(tbl oid, events text[]) RETURNS text[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN (SELECT relkind FROM pg_class WHERE oid = tbl) = 'p' THEN
+               ARRAY(SELECT e FROM unnest(ARRAY['row', 'truncate']) e
+                     WHERE e = 'truncate' AND 'truncate' = ANY (events)
+                        OR e = 'row' AND events && ARRAY['insert', 'update', 'delete'])
+           ELSE events END
+$$;
+
+-- (Re)writes the capture functions of a tracked table for the table as it is now, and records
+-- the fingerprint they were made for. Only functions are written: triggers are relay.track's.
+CREATE FUNCTION relay.write_capture(tbl oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    event text;
+BEGIN
+    FOREACH event IN ARRAY relay.capture_events(tbl, (relay.options_of(tbl)).events) LOOP
+        -- The body goes in as a quoted literal: no name in it can end it early.
+        EXECUTE format('CREATE OR REPLACE FUNCTION relay.%I() RETURNS trigger '
+                       'LANGUAGE plpgsql SECURITY DEFINER %s AS %L',
+                       format('capture_%s_%s', tbl, event), relay.capture_settings(event),
+                       relay.capture_body(tbl, event));
+        EXECUTE format('REVOKE ALL ON FUNCTION relay.%I() FROM PUBLIC',
+                       format('capture_%s_%s', tbl, event));
+    END LOOP;
+    UPDATE relay.tracked_tables t SET shape = relay.shape(write_capture.tbl)
+    WHERE t.tbl = write_capture.tbl;
+END
+$$;
+
+-- Drops the capture functions of a table that are not in `keep`, and with them (CASCADE) their
+-- triggers: dropping a trigger directly needs the table's ownership, dropping it with its
+-- function does not.
+CREATE FUNCTION relay.drop_capture(tbl oid, keep text[] DEFAULT '{}') RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn      regprocedure;
+    dropped boolean := false;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'relay'::regnamespace
+          AND p.proname ~ ('^capture_' || tbl || '_(insert|update|delete|truncate|row)$')
+          AND NOT substr(p.proname, length('capture_' || tbl || '_') + 1) = ANY (keep)
+    LOOP
+        EXECUTE format('DROP FUNCTION %s CASCADE', fn);
+        dropped := true;
+    END LOOP;
+    RETURN dropped;
+END
+$$;
+
+-- Regenerates the capture functions of every tracked table whose shape changed since they were
+-- written (relay run calls it when notified on relay_capture, and every lease period). Runs with
+-- the rights of relay's owner, who owns the functions; it needs no right on the tables.
+CREATE FUNCTION relay.refresh_capture() RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    stale   oid;
+    n       integer := 0;
+BEGIN
+    FOR stale IN
+        SELECT t.tbl FROM relay.tracked_tables t
+        WHERE t.shape IS DISTINCT FROM relay.shape(t.tbl)
+          AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.tbl)
+        ORDER BY t.tbl
+        FOR UPDATE OF t SKIP LOCKED
+    LOOP
+        PERFORM relay.write_capture(stale);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- Writes a tracked table's capture functions and points its triggers at them, for the events it
+-- is tracked for; capture of other events goes, with its functions. Runs with the caller's
+-- rights: triggers need the TRIGGER privilege on the table (on a partitioned table, on each of
+-- its partitions too), never its ownership.
+CREATE FUNCTION relay.install_capture(tbl regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    events text[] := (relay.options_of(tbl)).events;
+    event  text;
+BEGIN
+    PERFORM relay.write_capture(tbl);
+    PERFORM relay.drop_capture(tbl, relay.capture_events(tbl, events));
+    FOREACH event IN ARRAY relay.capture_events(tbl, events) LOOP
+        IF event = 'row' THEN
+            EXECUTE format(
+                'CREATE OR REPLACE TRIGGER %I AFTER %s ON %s '
+                'FOR EACH ROW EXECUTE FUNCTION relay.%I()',
+                'relay_capture_row_' || tbl::oid,
+                (SELECT string_agg(upper(e), ' OR ') FROM unnest(events) e WHERE e <> 'truncate'),
+                tbl, format('capture_%s_row', tbl::oid));
+        ELSE
+            EXECUTE format(
+                'CREATE OR REPLACE TRIGGER %I AFTER %s ON %s %s '
+                'FOR EACH STATEMENT EXECUTE FUNCTION relay.%I()',
+                'relay_capture_' || event, upper(event), tbl,
+                CASE event WHEN 'insert' THEN 'REFERENCING NEW TABLE AS relay_new'
+                           WHEN 'update' THEN 'REFERENCING OLD TABLE AS relay_old NEW TABLE AS relay_new'
+                           WHEN 'delete' THEN 'REFERENCING OLD TABLE AS relay_old'
+                           ELSE '' END,
+                format('capture_%s_%s', tbl::oid, event));
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION relay.untrack(tbl regclass) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    gone        oid;
+    was_tracked boolean;
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'relay.untrack: table must not be null';
+    END IF;
+    was_tracked := relay.drop_capture(tbl);
+    DELETE FROM relay.tracked_tables t WHERE t.tbl = untrack.tbl;
+    -- Tables dropped while tracked leave their functions behind: clear those too.
+    FOR gone IN
+        DELETE FROM relay.tracked_tables t
+        WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.tbl) RETURNING t.tbl
+    LOOP
+        PERFORM relay.drop_capture(gone);
+    END LOOP;
+    RETURN was_tracked;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION relay.track(
+    tbl             regclass,
+    events          text[] DEFAULT ARRAY['insert', 'update', 'delete', 'truncate'],
+    update_columns  text[] DEFAULT NULL,
+    exclude_columns text[] DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel       pg_class;
+    bad       text;
+    relative  regclass;
+    watched_attnums  int2[];
+    excluded_attnums int2[];
+BEGIN
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'relay.track: table must not be null';
+    END IF;
+    SELECT * INTO rel FROM pg_class WHERE oid = tbl;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'relay.track: % is not a table (only tables and partitioned tables can be tracked)', tbl;
+    END IF;
+    IF rel.relnamespace = 'relay'::regnamespace THEN
+        RAISE EXCEPTION 'relay.track: % belongs to relay itself and cannot be tracked', tbl;
+    END IF;
+    IF rel.relpersistence = 't' THEN
+        RAISE EXCEPTION 'relay.track: % is a temporary table; only permanent tables can be tracked', tbl;
+    END IF;
+    -- Triggers on an inheritance parent do not fire for rows written to its children, nor a
+    -- child's for rows written through the parent: either would lose changes.
+    IF NOT rel.relispartition AND EXISTS (SELECT FROM pg_inherits WHERE inhrelid = tbl) THEN
+        RAISE EXCEPTION 'relay.track: % inherits from another table (table inheritance is not supported; partitioned tables are)', tbl;
+    END IF;
+    IF rel.relkind = 'r' AND EXISTS (SELECT FROM pg_inherits WHERE inhparent = tbl) THEN
+        RAISE EXCEPTION 'relay.track: % has inheriting tables (table inheritance is not supported; partitioned tables are)', tbl;
+    END IF;
+
+    events := ARRAY(SELECT DISTINCT lower(e) FROM unnest(events) e ORDER BY 1);
+    IF events IS NULL OR cardinality(events) = 0 THEN
+        RAISE EXCEPTION 'relay.track: events must name at least one of insert, update, delete, truncate';
+    END IF;
+    SELECT e INTO bad FROM unnest(events) e
+    WHERE e IS NULL OR e NOT IN ('insert', 'update', 'delete', 'truncate') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'relay.track: unknown event "%" (use insert, update, delete or truncate)', bad;
+    END IF;
+
+    SELECT c INTO bad FROM unnest(update_columns || exclude_columns) c
+    WHERE NOT EXISTS (SELECT FROM pg_attribute a
+                      WHERE a.attrelid = tbl AND a.attname = c AND a.attnum > 0
+                        AND NOT a.attisdropped)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'relay.track: column "%" does not exist in %', bad, tbl;
+    END IF;
+    IF cardinality(update_columns) = 0 THEN
+        RAISE EXCEPTION 'relay.track: update_columns must be NULL (any column) or name at least one column';
+    END IF;
+    watched_attnums := CASE WHEN update_columns IS NOT NULL THEN ARRAY(
+        SELECT a.attnum FROM unnest(update_columns) WITH ORDINALITY u(name, i)
+        JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.name ORDER BY u.i) END;
+    excluded_attnums := ARRAY(
+        SELECT a.attnum FROM unnest(exclude_columns) WITH ORDINALITY u(name, i)
+        JOIN pg_attribute a ON a.attrelid = tbl AND a.attname = u.name ORDER BY u.i);
+    -- The key orders a row's changes; without it every row of the table would share one queue.
+    SELECT a.attname INTO bad FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum = ANY (excluded_attnums)
+      AND a.attnum = ANY (relay.pk_attnums(tbl))
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'relay.track: column "%" is part of the primary key of % and cannot be excluded (changes of a row are ordered by their key)', bad, tbl;
+    END IF;
+
+    -- A partition must not be captured twice: once through its parent and once on its own.
+    SELECT a INTO relative FROM pg_partition_ancestors(tbl) a
+    WHERE a <> tbl AND a IN (SELECT t.tbl FROM relay.tracked_tables t) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'relay.track: % is a partition of %, which is tracked already', tbl, relative;
+    END IF;
+    SELECT p.relid INTO relative FROM pg_partition_tree(tbl) p
+    WHERE p.relid <> tbl AND p.relid IN (SELECT t.tbl FROM relay.tracked_tables t) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'relay.track: partition % of % is tracked on its own; untrack it first', relative, tbl;
+    END IF;
+
+    INSERT INTO relay.tracked_tables AS t (tbl, events, update_attnums, exclude_attnums)
+    VALUES (tbl, events, watched_attnums, excluded_attnums)
+    ON CONFLICT ON CONSTRAINT tracked_tables_pkey DO UPDATE
+        SET events = EXCLUDED.events, update_attnums = EXCLUDED.update_attnums,
+            exclude_attnums = EXCLUDED.exclude_attnums, tracked_at = now();
+    PERFORM relay.install_capture(tbl);
+END
+$$;
+
+-- The options with today's column names. update_columns is NULL for "any column"; columns
+-- dropped since tracking are left out.
+CREATE OR REPLACE VIEW relay.tracked AS
+SELECT t.tbl,
+       n.nspname           AS schema_name,
+       c.relname           AS table_name,
+       c.relkind = 'p'     AS partitioned,
+       t.events,
+       CASE WHEN t.update_attnums IS NOT NULL
+            THEN relay.column_names(t.tbl, t.update_attnums) END AS update_columns,
+       relay.column_names(t.tbl, t.exclude_attnums) AS exclude_columns,
+       relay.column_names(t.tbl, relay.pk_attnums(t.tbl)) AS pk_columns,
+       t.tracked_at,
+       t.shape IS NOT DISTINCT FROM relay.shape(t.tbl) AS capture_current
+FROM relay.tracked_tables t
+JOIN pg_catalog.pg_class c ON c.oid = t.tbl
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace;
+
+ALTER TABLE relay.tracked_tables
+    DROP COLUMN update_columns, DROP COLUMN exclude_columns, DROP COLUMN pk_columns;
+
+-- Move every tracked table to generated functions. Plain tables keep their trigger names (the
+-- triggers are replaced in place); a partitioned table's row trigger is named after the table
+-- now (two tracked tables' triggers meet on one partition when a tracked partitioned table is
+-- attached under another), so its old one goes with the old function below.
+DELETE FROM relay.tracked_tables t WHERE NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.tbl);
+SELECT relay.install_capture(t.tbl) FROM relay.tracked_tables t ORDER BY t.tbl;
+
+DROP FUNCTION relay.capture_insert(), relay.capture_update(), relay.capture_delete(),
+    relay.capture_truncate(), relay.capture_row() CASCADE;
+DROP FUNCTION relay.pk_of(jsonb, text[]), relay.pick(jsonb, text[]),
+    relay.any_changed(jsonb, jsonb, text[]);
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA relay FROM PUBLIC;
+
+INSERT INTO relay.migrations (version, name) VALUES (7, 'trusted_capture');
