@@ -288,6 +288,7 @@ def preview(
     """Show the request a rule would send for a change, without sending it."""
     with database(dsn) as conn:
         ruleset = rules.load(conn, everything=True)
+        installation = rules.installation_id(conn)
         if outbox_id is not None:
             change = rules.fetch_change(conn, outbox_id)
             if change is None:
@@ -299,7 +300,7 @@ def preview(
     chosen = next((r for r in ruleset.rules if r.name == rule), None)
     if chosen is None:
         fail(f"no rule named {rule!r}")
-    _print_preview(chosen, change)
+    _print_preview(chosen, change, installation)
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
@@ -324,7 +325,7 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
     )
 
 
-def _print_preview(rule: rules.Rule, change: Change) -> None:
+def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
     hook = rule.webhook
     out.print(f"[bold]rule[/] {rule.name} → [bold]webhook[/] {hook.name}", highlight=False)
     notes = []
@@ -341,7 +342,7 @@ def _print_preview(rule: rules.Rule, change: Change) -> None:
         out.print(f"[yellow]note:[/] {note}; nothing would be sent", highlight=False)
     try:
         request = Renderer(Settings().template_env_globs).request(
-            hook, change, rule.action_data, timestamp=int(time.time())
+            hook, change, rule.action_data, timestamp=int(time.time()), source=installation
         )
     except RenderError as exc:
         fail(f"would fail: {exc}")

@@ -158,7 +158,9 @@ def _raw(text: str | None) -> simplejson.RawJSON | None:
 
 
 def delivery_id(change_id: int, webhook_id: int, source: str = "") -> str:
-    """The same for every attempt at delivering one change to one webhook."""
+    """The same for every attempt at delivering one change to one webhook, and, with
+    ``source`` the database's installation id (relay.installation), different for every other
+    change of any database or installation."""
     return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{source}/{change_id}/{webhook_id}"))
 
 

@@ -155,6 +155,12 @@ def change_from_row(row: Mapping[str, Any]) -> Change:
     )
 
 
+def installation_id(conn: Conn) -> str:
+    """What makes this database's delivery ids its own (see render.delivery_id)."""
+    row = conn.execute(query("installation_id")).fetchone()
+    return str(row[0]) if row else ""
+
+
 def fetch_change(conn: Conn, outbox_id: int) -> Change | None:
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()

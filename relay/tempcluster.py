@@ -63,6 +63,8 @@ class TempCluster:
     bin_dir: Path
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="relay-pg-")))
     port: int = 0
+    settings: dict[str, str] = field(default_factory=dict)
+    """Server settings (postgresql.conf names) beyond the defaults, for tests that need them."""
     _run_as: pwd.struct_passwd | None = None
 
     @property
@@ -92,6 +94,7 @@ class TempCluster:
         return self
 
     def _start_server(self) -> None:
+        extra = "".join(f" -c {name}={value}" for name, value in self.settings.items())
         self._run(
             "pg_ctl",
             "-D",
@@ -102,7 +105,7 @@ class TempCluster:
             "-t",
             "60",
             "-o",
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off",
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off{extra}",
             "start",
         )
 
@@ -161,14 +164,14 @@ def _free_port() -> int:
         return port
 
 
-def start_temp_cluster() -> TempCluster:
+def start_temp_cluster(**settings: str) -> TempCluster:
     bin_dir = find_server_binaries()
     if bin_dir is None:
         raise NoPostgres(
             "no PostgreSQL reachable at 127.0.0.1:5432 and no server binaries (initdb, pg_ctl) "
             "to start one: install them (apt-get install postgresql) or set RELAY_TEST_DSN"
         )
-    return TempCluster(bin_dir).start()
+    return TempCluster(bin_dir, settings=settings).start()
 
 
 @contextmanager

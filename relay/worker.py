@@ -87,6 +87,9 @@ class Worker:
         self._wake = asyncio.Event()
         """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
         self._fan_out_wake = asyncio.Event()
+        self._capture_changed = False
+        """A capture function no longer fits its table (NOTIFY relay_capture): regenerate."""
+        self._installation = ""
         self._stopping = False
         self._connected = False
         self._next_fan_out = 0.0
@@ -137,6 +140,10 @@ class Worker:
             await self._connect() as listener,
         ):
             await listener.execute("LISTEN relay_outbox")
+            await listener.execute("LISTEN relay_capture")
+            cur = await conn.execute(query("installation_id"))
+            installation = await cur.fetchone()
+            self._installation = installation[0] if installation else ""
             self._connected = True
             self._stopping = False
             self._next_fan_out = 0.0  # the backlog first
@@ -173,7 +180,11 @@ class Worker:
         )
 
     async def _listen(self, listener: AConn) -> None:
-        async for _ in listener.notifies():
+        async for notification in listener.notifies():
+            if notification.channel == "relay_capture":
+                self._capture_changed = True
+                self._fan_out_wake.set()
+                continue
             self._next_fan_out = 0.0
             self._fan_out_wake.set()
             self._wake.set()
@@ -215,6 +226,9 @@ class Worker:
         the poll interval; every lease period, also finish what a dead relay left."""
         next_sweep = next_gauges = 0.0
         while True:
+            if self._capture_changed:
+                self._capture_changed = False
+                await conn.execute(query("refresh_capture"))
             if time.monotonic() >= next_sweep:
                 behind = await self._sweep(conn)
                 # A purge with more to do comes back in a second, not a lease period.
@@ -232,10 +246,13 @@ class Worker:
                 self._wake.set()
 
     async def _sweep(self, conn: AConn) -> bool:
-        """Finish changes left unfinished by a relay that died (see unfinished_changes), and
-        delete finished changes and attempts past their retention, a batch at a time so no
-        lock is held long, and a few batches per sweep so that matching new changes (on the
-        same connection) never waits long. True when a purge has more to do."""
+        """Finish changes left unfinished by a relay that died (see unfinished_changes),
+        regenerate capture functions a table's DDL left behind (when no notification said so:
+        writers can turn NOTIFY off), and delete finished changes and attempts past their
+        retention, a batch at a time so no lock is held long, and a few batches per sweep so
+        that matching new changes (on the same connection) never waits long. True when a purge
+        has more to do."""
+        await conn.execute(query("refresh_capture"))
         cur = await conn.execute(query("unfinished_changes"), {"limit": 10_000})
         ids = [row[0] for row in await cur.fetchall()]
         if ids:
@@ -371,7 +388,11 @@ class Worker:
         hook, rule = target
         try:
             request = self.renderer.request(
-                hook, item.change, rule.action_data, timestamp=int(time.time())
+                hook,
+                item.change,
+                rule.action_data,
+                timestamp=int(time.time()),
+                source=self._installation,
             )
         except RenderError as exc:
             outcome = Outcome(

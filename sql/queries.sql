@@ -239,6 +239,15 @@ WHERE id IN (
 -- name: refresh_statistics
 SELECT relay.refresh_statistics();
 
+-- name: installation_id
+-- Delivery ids are derived from it (0007), so they are unique across databases and reinstalls.
+SELECT id::text FROM relay.installation;
+
+-- name: refresh_capture
+-- Regenerate the capture functions of tables whose columns changed (0007): until then their
+-- writes take the slower path that builds the statement from the catalogs.
+SELECT relay.refresh_capture();
+
 -- name: retry_failed
 -- `relay retry`: the documented one-liner with its filters (each NULL means "any"). The requeue
 -- trigger does the rest: the fan-out re-arms only the deliveries that failed.

@@ -15,9 +15,15 @@ GRANT SELECT, UPDATE (status, attempts, next_attempt_at, last_error, processed_a
     DELETE ON relay.outbox TO :"role";
 -- Its own bookkeeping: deliveries per webhook and the attempt log.
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"role";
--- Know what is tracked and which schema version is installed.
-GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations TO :"role";
+-- Know what is tracked and which schema version is installed (the view relay.tracked calls
+-- these read-only functions), and this installation's id (delivery ids are made from it).
+GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations, relay.installation
+    TO :"role";
+GRANT EXECUTE ON FUNCTION relay.column_names(oid, int2[]), relay.pk_attnums(oid),
+    relay.shape(oid), relay.tracked_ancestor(oid) TO :"role";
+-- Regenerate the capture functions of a table whose columns changed (see 0007_trusted_capture.sql).
+GRANT EXECUTE ON FUNCTION relay.refresh_capture() TO :"role";
 -- Read webhooks (secrets included: it signs with them) and event rules; never change them.
 GRANT SELECT ON relay.webhooks, relay.event_rules, relay.rules_version TO :"role";
--- Refresh the delivery tables' statistics after a burst (see 0003_delivery.sql).
+-- Refresh the delivery tables' statistics after a burst (see 0004_statistics.sql).
 GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";

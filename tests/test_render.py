@@ -274,9 +274,7 @@ def test_private_attributes_render_as_nothing(template):
 
 def test_a_slow_template_is_stopped_after_the_time_limit():
     # Under every other limit, but slow: each step does real work through the sandbox.
-    slow = (
-        "{% for i in range(900000) %}{% if data.status ~ i == 'never' %}x{% endif %}{% endfor %}"
-    )
+    slow = "{% for i in range(900000) %}{% if data.status ~ i == 'never' %}x{% endif %}{% endfor %}"
     hook = Webhook(**{**HOOK.__dict__, "body_template": slow})
     started = time.monotonic()
     with pytest.raises(RenderError, match="stopped after 1 s"):

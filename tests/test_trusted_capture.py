@@ -1,0 +1,512 @@
+"""Capture that cannot be turned against relay: hostile types, renamed columns, writers' session
+settings, values jsonb cannot hold, and table shapes (issue: trust the capture)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import psycopg
+import pytest
+from helpers import outbox
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from receivers import receiver
+from test_worker import FAST, running, setup, until
+
+from relay import capture, schema
+from relay.tempcluster import find_server_binaries, scratch_database, start_temp_cluster
+
+
+@pytest.fixture
+def split(db_dsn, make_role, conn):
+    """relay installed by a role with only CREATE on the database; an application role that owns
+    its schema, its types and its tables, and grants the installer TRIGGER on them."""
+    installer, app = make_role("installer"), make_role("app")
+    conn.execute(
+        sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+            sql.Identifier(conn.info.dbname), sql.Identifier(installer)
+        )
+    )
+    conn.execute(f"CREATE SCHEMA app AUTHORIZATION {app}")
+    conn.execute(f"GRANT USAGE ON SCHEMA app TO {installer}")
+    with psycopg.connect(make_conninfo(db_dsn, user=installer), autocommit=True) as inst:
+        schema.install(inst)
+        inst.execute(
+            "INSERT INTO relay.webhooks (name, payload_url, secret)"
+            " VALUES ('orders', 'https://hooks.example.com/orders', 'TOPSECRET')"
+        )
+    return {
+        "installer": make_conninfo(db_dsn, user=installer),
+        "app": make_conninfo(db_dsn, user=app),
+        "app_name": app,
+        "installer_name": installer,
+    }
+
+
+# A cast function that, if relay ever called it with its owner's rights, would read the
+# webhooks' secrets, redirect a webhook, and try to make its author superuser. It records every
+# call it gets in a table anyone may write, so the test sees whether it ran at all.
+EVIL = """
+CREATE TABLE app.calls (who text, secrets text);
+GRANT INSERT ON app.calls TO PUBLIC;
+CREATE FUNCTION app.evil(v {type}) RETURNS json LANGUAGE plpgsql AS $f$
+DECLARE s text;
+BEGIN
+    BEGIN
+        SELECT string_agg(secret, ',') INTO s FROM relay.webhooks;
+        UPDATE relay.webhooks SET payload_url = 'http://127.0.0.1:9/attacker';
+        EXECUTE format('ALTER ROLE %I SUPERUSER', '{app}');
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+    INSERT INTO app.calls VALUES (current_user, s);
+    RETURN to_json(v::text);
+END $f$;
+CREATE CAST ({type} AS json) WITH FUNCTION app.evil({type});
+"""
+
+EXPLOITS = {
+    "enum": (
+        "CREATE TYPE app.status AS ENUM ('new', 'paid')",
+        "app.status",
+        "status app.status",
+        "'new'",
+    ),
+    "composite holding an enum": (
+        "CREATE TYPE app.status AS ENUM ('new', 'paid');"
+        " CREATE TYPE app.pair AS (n int, s app.status)",
+        "app.status",
+        "p app.pair",
+        "ROW(1, 'paid')::app.pair",
+    ),
+    "cast on the composite itself": (
+        "CREATE TYPE app.pair AS (n int, s text)",
+        "app.pair",
+        "p app.pair",
+        "ROW(1, 'x')::app.pair",
+    ),
+    "domain over an enum": (
+        "CREATE TYPE app.status AS ENUM ('new', 'paid'); CREATE DOMAIN app.dstatus AS app.status",
+        "app.status",
+        "d app.dstatus",
+        "'new'",
+    ),
+    "array of enums": (
+        "CREATE TYPE app.status AS ENUM ('new', 'paid')",
+        "app.status",
+        "a app.status[]",
+        "ARRAY['new', 'paid']::app.status[]",
+    ),
+    "range over an enum": (
+        "CREATE TYPE app.status AS ENUM ('new', 'paid');"
+        " CREATE TYPE app.srange AS RANGE (subtype = app.status)",
+        "app.srange",
+        "r app.srange",
+        "app.srange('new', 'paid')",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(EXPLOITS))
+def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(split, kind):
+    types, cast_type, column, value = EXPLOITS[kind]
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        app.execute(types)
+        app.execute(EVIL.format(type=cast_type, app=split["app_name"]))
+        app.execute(f"CREATE TABLE app.orders (id int PRIMARY KEY, {column})")
+        app.execute(f"GRANT TRIGGER ON app.orders TO {split['installer_name']}")
+    with psycopg.connect(split["installer"], autocommit=True) as inst:
+        capture.track(inst, "app.orders")
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        app.execute(f"INSERT INTO app.orders VALUES (1, {value})")
+        app.execute("UPDATE app.orders SET id = 2")
+        app.execute("DELETE FROM app.orders")
+        calls = app.execute("SELECT who, secrets FROM app.calls").fetchall()
+        superuser = app.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert superuser.fetchone() == (False,)
+    assert calls == [], f"the application's cast ran inside capture: {calls}"
+    with psycopg.connect(split["installer"], autocommit=True) as inst:
+        url = inst.execute("SELECT payload_url FROM relay.webhooks").fetchone()
+        rows = outbox(inst)
+    assert url == ("https://hooks.example.com/orders",)
+    assert [r["op"] for r in rows] == ["insert", "update", "delete"]
+    assert all("TOPSECRET" not in str(r) for r in rows)
+
+
+def test_with_a_superuser_installer_the_cast_still_cannot_make_its_author_superuser(
+    server_dsn, db_dsn, make_role, rconn
+):
+    """relay installed by a superuser (rconn): the cast would run as superuser if called."""
+    app = make_role("app")
+    rconn.execute(f"CREATE SCHEMA app AUTHORIZATION {app}")
+    with psycopg.connect(make_conninfo(db_dsn, user=app), autocommit=True) as conn:
+        conn.execute("CREATE TYPE app.status AS ENUM ('new', 'paid')")
+        conn.execute(EVIL.format(type="app.status", app=app))
+        conn.execute("CREATE TABLE app.orders (id int PRIMARY KEY, status app.status)")
+    capture.track(rconn, "app.orders")
+    with psycopg.connect(make_conninfo(db_dsn, user=app), autocommit=True) as conn:
+        conn.execute("INSERT INTO app.orders VALUES (1, 'new')")
+    with psycopg.connect(server_dsn, autocommit=True) as admin:
+        assert admin.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (app,)
+        ).fetchone() == (False,)
+    assert rconn.execute("SELECT count(*) FROM app.calls").fetchone() == (0,)
+    assert outbox(rconn)[0]["new"] == {"id": 1, "status": "new"}
+
+
+def test_values_of_application_types_are_captured_as_their_text(rconn):
+    """Enums, ranges and domains over them are their text; composites are objects built field
+    by field; arrays are arrays (docs/sql.md, 'Images')."""
+    rconn.execute("CREATE TYPE status AS ENUM ('new', 'paid')")
+    rconn.execute("CREATE TYPE srange AS RANGE (subtype = status)")
+    rconn.execute("CREATE DOMAIN dstatus AS status")
+    rconn.execute("CREATE TYPE item AS (sku text, qty numeric, s status, tags status[])")
+    rconn.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, s status, r srange, d dstatus, a status[],"
+        " m status[], l item, ls item[], ids int[], n numeric)"
+    )
+    capture.track(rconn, "t")
+    rconn.execute(
+        """INSERT INTO t VALUES (1, 'paid', srange('new', 'paid'), 'new',
+           ARRAY['new', NULL]::status[], '{{new,paid},{paid,new}}', ROW('a', 1.50, 'new', '{paid}'),
+           ARRAY[ROW('b', 2, NULL, NULL)::item, NULL], '{1,2}', 120.00),
+           (2, NULL, NULL, NULL, '{}', NULL, NULL, '{}', NULL, NULL)"""
+    )
+    first, second = (r["new"] for r in outbox(rconn))
+    assert first == {
+        "id": 1,
+        "s": "paid",
+        "r": "[new,paid)",
+        "d": "new",
+        "a": ["new", None],
+        "m": "{{new,paid},{paid,new}}",
+        "l": {"sku": "a", "qty": 1.5, "s": "new", "tags": ["paid"]},
+        "ls": [{"sku": "b", "qty": 2, "s": None, "tags": None}, None],
+        "ids": [1, 2],
+        "n": 120,
+    }
+    assert second == {
+        "id": 2,
+        "s": None,
+        "r": None,
+        "d": None,
+        "a": [],
+        "m": None,
+        "l": None,
+        "ls": [],
+        "ids": None,
+        "n": None,
+    }
+
+
+def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path(split, conn):
+    """The functions that run with relay's owner's rights: owned by the installing role (not a
+    superuser here), search_path pinned to pg_catalog then pg_temp, not callable by PUBLIC, and
+    exactly the expected set, so that a new one is reviewed."""
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        app.execute("CREATE TABLE app.plain (id int PRIMARY KEY)")
+        app.execute("CREATE TABLE app.parted (id int PRIMARY KEY) PARTITION BY RANGE (id)")
+        app.execute("CREATE TABLE app.parted_1 PARTITION OF app.parted FOR VALUES FROM (0) TO (9)")
+        app.execute(
+            f"GRANT TRIGGER ON app.plain, app.parted, app.parted_1 TO {split['installer_name']}"
+        )
+    with psycopg.connect(split["installer"], autocommit=True) as inst:
+        capture.track(inst, "app.plain")
+        capture.track(inst, "app.parted")
+        plain, parted = (
+            inst.execute("SELECT %s::regclass::oid", (name,)).fetchone()[0]
+            for name in ("app.plain", "app.parted")
+        )
+    rows = conn.execute(
+        """SELECT p.proname, pg_get_userbyid(p.proowner), p.proconfig, p.proacl,
+                  r.rolsuper, r.rolcreaterole, r.rolbypassrls
+           FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner
+           WHERE p.pronamespace = 'relay'::regnamespace AND p.prosecdef ORDER BY 1"""
+    ).fetchall()
+    expected = {
+        "announce_rules_change",
+        "refresh_capture",
+        "refresh_statistics",
+        *(f"capture_{plain}_{e}" for e in ("insert", "update", "delete", "truncate")),
+        f"capture_{parted}_row",
+        f"capture_{parted}_truncate",
+    }
+    assert {r[0] for r in rows} == expected
+    for name, owner, config, acl, superuser, createrole, bypassrls in rows:
+        assert owner == split["installer_name"], name
+        assert not (superuser or createrole or bypassrls), name
+        assert "search_path=pg_catalog, pg_temp" in config, name
+        assert not any(item.startswith("=") for item in (acl or [])), f"{name}: PUBLIC may run it"
+
+
+def test_application_roles_can_call_no_relay_function(split):
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        for call in [
+            "SELECT relay.refresh_capture()",
+            "SELECT relay.refresh_statistics()",
+            "SELECT relay.capture_sql(1, 'insert', false)",
+            "SELECT relay.shape(1)",
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(call)
+
+
+def test_options_follow_a_renamed_column_and_survive_a_dropped_one(rconn):
+    rconn.execute("CREATE TABLE users (id int PRIMARY KEY, name text, password_hash text, qty int)")
+    rconn.execute("CREATE TABLE stock (id int PRIMARY KEY, quantity int, note text)")
+    capture.track(rconn, "users", exclude_columns=["password_hash"])
+    capture.track(rconn, "stock", events=["update"], update_columns=["quantity"])
+    rconn.execute("INSERT INTO users VALUES (1, 'a', 'h1', 1), (2, 'b', 'h2', 2)")
+    rconn.execute("INSERT INTO stock VALUES (1, 10, 'x')")
+
+    rconn.execute("ALTER TABLE users RENAME password_hash TO pw_hash")
+    rconn.execute("ALTER TABLE stock RENAME quantity TO qty_on_hand")
+    rconn.execute("INSERT INTO users VALUES (3, 'c', 'h3', 3)")
+    rconn.execute("UPDATE users SET pw_hash = 'new' WHERE id = 1")  # only the secret: nothing
+    rconn.execute("UPDATE users SET name = 'bb', pw_hash = 'h2b' WHERE id = 2")
+    rconn.execute("UPDATE stock SET qty_on_hand = 11")  # watched: recorded
+    rconn.execute("UPDATE stock SET note = 'y'")  # not watched: nothing
+    tracked = rconn.execute(
+        "SELECT table_name, update_columns, exclude_columns FROM relay.tracked ORDER BY 1"
+    ).fetchall()
+    assert tracked == [("stock", ["qty_on_hand"], []), ("users", None, ["pw_hash"])]
+
+    rconn.execute("ALTER TABLE users DROP COLUMN pw_hash")
+    rconn.execute("ALTER TABLE stock DROP COLUMN qty_on_hand")
+    rconn.execute("INSERT INTO users VALUES (4, 'd', 4)")
+    rconn.execute("UPDATE users SET qty = 40 WHERE id = 4")
+    rconn.execute("DELETE FROM users WHERE id = 4")
+    rconn.execute("UPDATE stock SET note = 'z'")  # the watched column is gone: nothing
+    rows = outbox(rconn)
+    assert all(
+        "pw_hash" not in (r["new"] or {})
+        and "password_hash" not in (r["new"] or {})
+        and "pw_hash" not in (r["old"] or {})
+        for r in rows
+    )
+    users = [(r["op"], r["pk"]["id"]) for r in rows if r["table_name"] == "users"]
+    assert users == [
+        ("insert", 1),
+        ("insert", 2),
+        ("insert", 3),
+        ("update", 2),
+        ("insert", 4),
+        ("update", 4),
+        ("delete", 4),
+    ]
+    stock = [(r["op"], r["new"]) for r in rows if r["table_name"] == "stock"]
+    assert stock == [("update", {"id": 1, "qty_on_hand": 11, "note": "x"})]
+    assert rconn.execute(
+        "SELECT update_columns, exclude_columns FROM relay.tracked ORDER BY table_name"
+    ).fetchall() == [([], []), (None, [])]
+
+
+def test_ddl_on_a_tracked_table_is_followed_at_once_and_regenerated_later(rconn):
+    """Between a DDL and the relay's regeneration, writes take the catalog-built path: same
+    images, current names; relay.tracked says the functions are behind."""
+    rconn.execute("CREATE TABLE t (id int PRIMARY KEY, a int, b text)")
+    capture.track(rconn, "t")
+    rconn.execute("INSERT INTO t VALUES (1, 1, 'x')")  # plans the capture in this session
+    rconn.execute("ALTER TABLE t RENAME a TO aa")
+    rconn.execute("ALTER TABLE t ADD COLUMN c numeric DEFAULT 1.50")
+    rconn.execute("ALTER TABLE t DROP COLUMN b")
+    rconn.execute("UPDATE t SET aa = 2")
+    assert rconn.execute("SELECT capture_current FROM relay.tracked").fetchone() == (False,)
+    assert rconn.execute("SELECT relay.refresh_capture()").fetchone() == (1,)
+    assert rconn.execute("SELECT capture_current FROM relay.tracked").fetchone() == (True,)
+    rconn.execute("UPDATE t SET aa = 3")
+    rconn.execute("ALTER TABLE t RENAME TO t2")
+    rconn.execute("UPDATE t2 SET aa = 4")
+    rows = outbox(rconn)
+    assert [(r["table_name"], r["new"]) for r in rows] == [
+        ("t", {"id": 1, "a": 1, "b": "x"}),
+        ("t", {"id": 1, "aa": 2, "c": 1.5}),
+        ("t", {"id": 1, "aa": 3, "c": 1.5}),
+        ("t2", {"id": 1, "aa": 4, "c": 1.5}),
+    ]
+
+
+SESSION_SETTINGS = [
+    "SET bytea_output = escape",
+    "SET extra_float_digits = -15",
+    "SET IntervalStyle = iso_8601",
+    "SET TimeZone = 'Asia/Kathmandu'",
+    "SET DateStyle = 'SQL, DMY'",
+    "SET lc_monetary = 'C'",
+]
+
+
+@pytest.mark.parametrize("setting", SESSION_SETTINGS)
+def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(relay_dsn, setting):
+    """The same row written from a default session and from one with `setting`."""
+    with psycopg.connect(relay_dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE v (b bytea, f float8, i interval, at timestamptz, d date,"
+            " m money, fs float8[], PRIMARY KEY (b, f, i, at))"
+        )
+        capture.track(conn, "v")
+    row = (
+        "'\\x00ff41', 0.1::float8 + 0.2::float8, '1 day 02:03:04', '2024-05-06 07:08:09.5+00',"
+        " '2024-05-06', 12.5, ARRAY[1.5e300, 0.1]"
+    )
+    images = []
+    for session in ("RESET ALL", setting):
+        with psycopg.connect(relay_dsn, autocommit=True) as conn:
+            conn.execute(session)
+            conn.execute(f"INSERT INTO v VALUES ({row})")
+            conn.execute("DELETE FROM v")
+            images.append(
+                conn.execute(
+                    "SELECT new::text, pk::text FROM relay.outbox WHERE op = 'insert'"
+                    " ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            )
+    assert images[0] == images[1]
+    assert '"b": "\\\\x00ff41"' in images[0][0]
+    assert '"f": 0.30000000000000004' in images[0][0]
+    assert '"i": "1 day 02:03:04"' in images[0][0]
+    assert '"at": "2024-05-06T07:08:09.5+00:00"' in images[0][0]
+
+
+def test_partitioned_tables_capture_the_same_way_in_every_session(rconn, relay_dsn):
+    rconn.execute(
+        "CREATE TABLE p (id int, at timestamptz, b bytea, PRIMARY KEY (id, at))"
+        " PARTITION BY RANGE (id)"
+    )
+    rconn.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100)")
+    capture.track(rconn, "p")
+    for session in ("RESET ALL", "SET TimeZone = 'America/St_Johns'", "SET bytea_output = escape"):
+        with psycopg.connect(relay_dsn, autocommit=True) as conn:
+            conn.execute(session)
+            conn.execute("INSERT INTO p VALUES (1, '2024-01-01 00:00+00', '\\xff')")
+            conn.execute("DELETE FROM p")
+    rows = outbox(rconn)
+    assert len({str(r["pk"]) for r in rows}) == 1
+    assert {r["pk"]["at"] for r in rows} == {"2024-01-01T00:00:00+00:00"}
+    assert {(r["new"] or r["old"])["b"] for r in rows} == {"\\xff"}
+
+
+def test_json_values_jsonb_cannot_hold_never_fail_the_write(rconn):
+    """\\u0000 and numbers outside numeric's range are valid json but not jsonb: the write still
+    succeeds, and the image holds the value's text as a JSON string (docs/sql.md)."""
+    rconn.execute("CREATE TABLE j (id int PRIMARY KEY, doc json, docs json[], secret json)")
+    rconn.execute("CREATE TABLE k (id int PRIMARY KEY, doc json)")
+    capture.track(rconn, "j", exclude_columns=["secret"])
+    capture.track(rconn, "k")
+    nul = '{"a": "\\u0000"}'
+    huge = "[1e1000000]"
+    rconn.execute(
+        "INSERT INTO j VALUES (1, %s, ARRAY[%s::json], %s), (2, %s, NULL, %s), (3, '{\"ok\": 1}',"
+        " NULL, %s)",
+        (nul, huge, nul, huge, huge, nul),
+    )
+    rconn.execute("UPDATE j SET id = id + 10")
+    rconn.execute("DELETE FROM j WHERE id = 11")
+    rconn.execute("INSERT INTO k VALUES (1, %s)", (nul,))  # row by row: the one-row path
+    rconn.execute("UPDATE k SET doc = %s", (huge,))
+    rconn.execute("DELETE FROM k")
+    rows = outbox(rconn)
+    assert [r["op"] for r in rows] == ["insert"] * 3 + ["update"] * 3 + ["delete"] + [
+        "insert",
+        "update",
+        "delete",
+    ]
+    first = rows[0]["new"]
+    assert first["doc"] == nul and first["docs"] == "{[1e1000000]}"
+    assert rows[1]["new"]["doc"] == huge and rows[2]["new"]["doc"] == {"ok": 1}
+    assert all("secret" not in (r["new"] or r["old"]) for r in rows)
+    assert rows[-2]["new"]["doc"] == huge
+
+
+def test_tables_that_cannot_be_captured_faithfully_are_refused(rconn):
+    rconn.execute("CREATE TABLE parent (id int PRIMARY KEY)")
+    rconn.execute("CREATE TABLE child (extra int) INHERITS (parent)")
+    rconn.execute("CREATE TEMPORARY TABLE scratch (id int)")
+    rconn.execute("CREATE TABLE keyed (id int PRIMARY KEY, secret text)")
+    for call, message in [
+        ("SELECT relay.track('parent')", "has inheriting tables"),
+        ("SELECT relay.track('child')", "inherits from another table"),
+        ("SELECT relay.track('scratch')", "is a temporary table"),
+        (
+            "SELECT relay.track('keyed', exclude_columns => ARRAY['id'])",
+            'column "id" is part of the primary key',
+        ),
+    ]:
+        with pytest.raises(psycopg.errors.RaiseException, match=message):
+            rconn.execute(call)
+    assert rconn.execute("SELECT count(*) FROM relay.tracked").fetchone() == (0,)
+
+
+def test_attaching_a_tracked_table_under_a_tracked_parent_records_each_change_once(rconn):
+    rconn.execute("CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)")
+    rconn.execute("CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (10)")
+    rconn.execute("CREATE TABLE lone (id int PRIMARY KEY, v text)")
+    rconn.execute("CREATE TABLE sub (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)")
+    rconn.execute("CREATE TABLE sub1 PARTITION OF sub FOR VALUES FROM (20) TO (30)")
+    for table in ("m", "lone", "sub"):
+        capture.track(rconn, table)
+    rconn.execute("INSERT INTO lone VALUES (15, 'before')")  # plans lone's capture
+    rconn.execute("ALTER TABLE m ATTACH PARTITION lone FOR VALUES FROM (10) TO (20)")
+    rconn.execute("ALTER TABLE m ATTACH PARTITION sub FOR VALUES FROM (20) TO (30)")
+    rconn.execute("INSERT INTO m VALUES (1, 'a'), (11, 'b'), (21, 'c')")
+    rconn.execute("INSERT INTO lone VALUES (12, 'd')")
+    rconn.execute("INSERT INTO sub VALUES (22, 'e')")
+    rconn.execute("UPDATE m SET v = v || '!'")
+    rconn.execute("SELECT relay.refresh_capture()")
+    rconn.execute("DELETE FROM lone")
+    rows = outbox(rconn)
+    counted = [(r["op"], r["table_name"], (r["new"] or r["old"])["id"]) for r in rows]
+    assert counted[0] == ("insert", "lone", 15)
+    later = counted[1:]
+    assert sorted(later) == sorted(
+        [("insert", "m", i) for i in (1, 11, 21, 12, 22)]
+        + [("update", "m", i) for i in (1, 11, 12, 15, 21, 22)]
+        + [("delete", "m", i) for i in (11, 12, 15)]
+    )
+    rconn.execute("ALTER TABLE m DETACH PARTITION lone")
+    rconn.execute("INSERT INTO lone VALUES (16, 'f')")
+    assert outbox(rconn)[-1]["table_name"] == "lone"
+
+
+@pytest.fixture(scope="module")
+def two_phase_server():
+    """A private cluster that allows prepared transactions (the shared one may not)."""
+    if find_server_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries to start a private cluster")
+    cluster = start_temp_cluster(max_prepared_transactions="5")
+    try:
+        yield cluster.dsn
+    finally:
+        cluster.stop()
+
+
+def test_two_phase_commit_writes_are_captured_and_delivered_with_notify_off(two_phase_server):
+    """PREPARE TRANSACTION refuses a transaction that sent NOTIFY; with relay.notify = off (here
+    for the role, as a two-phase application would set it) the change commits with COMMIT
+    PREPARED and the relay delivers it by polling."""
+    with scratch_database(two_phase_server, "relay_2pc") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            schema.install(conn)
+            conn.execute("CREATE ROLE xa LOGIN SUPERUSER")
+            conn.execute("ALTER ROLE xa SET relay.notify = off")
+
+        async def scenario() -> list[int]:
+            async with receiver() as r:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    setup(conn, r.url)
+                    conn.execute("BEGIN")
+                    conn.execute("INSERT INTO items VALUES (1, 0)")
+                    with pytest.raises(psycopg.errors.FeatureNotSupported, match="NOTIFY"):
+                        conn.execute("PREPARE TRANSACTION 'no_setting'")
+                async with running(dsn, FAST):
+                    with psycopg.connect(make_conninfo(dsn, user="xa"), autocommit=True) as xa:
+                        xa.execute("BEGIN")
+                        xa.execute("INSERT INTO items VALUES (2, 0), (3, 0)")
+                        xa.execute("PREPARE TRANSACTION 'relay_2pc'")
+                        xa.execute("COMMIT PREPARED 'relay_2pc'")
+                    await until(lambda: len(r.requests) == 2)
+                return sorted(json.loads(req.body)["data"]["id"] for req in r.requests)
+
+        assert asyncio.run(scenario()) == [2, 3]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE IF EXISTS xa")
