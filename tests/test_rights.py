@@ -1,4 +1,5 @@
-"""The rights the README documents are enough for every command documented for each role.
+"""The rights the README documents are enough for every command documented for each role, and
+delivery ids that stay unique across databases and reinstalls.
 
 The installer holds CREATE on the database and TRIGGER on the tables it tracks (on a partitioned
 table, on each partition too), and nothing else. The service role holds what
@@ -22,6 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from relay import sqlfiles
+from relay.tempcluster import scratch_database
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -318,3 +320,42 @@ def test_service_runs_the_relay(serviced):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def delivery_header(dsn: str) -> str:
+    out = ok(relay("preview", "--rule", "all", "--outbox-id", "1", dsn=dsn))
+    return next(line for line in out.splitlines() if line.startswith("X-Relay-Delivery: "))
+
+
+def change_and_rule(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+        conn.execute("SELECT relay.track('t')")
+        conn.execute("INSERT INTO t VALUES (1)")
+        conn.execute(
+            "INSERT INTO relay.webhooks (name, payload_url) VALUES ('h', 'http://127.0.0.1:9/')"
+        )
+        conn.execute(
+            "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+            " SELECT 'all', ARRAY['public.t'], id FROM relay.webhooks"
+        )
+
+
+def test_delivery_ids_differ_across_databases_and_reinstalls(server_dsn, relay_dsn):
+    """Change 1 to webhook 1 in two databases, and in one database before and after a reinstall:
+    a receiver that drops duplicates by delivery id must see three different ids."""
+
+    change_and_rule(relay_dsn)
+    first = delivery_header(relay_dsn)
+    assert first == delivery_header(relay_dsn)  # stable: every retry sends the same id
+    with scratch_database(server_dsn, "relay_other") as other:
+        ok(relay("install", dsn=other))
+        change_and_rule(other)
+        second = delivery_header(other)
+    ok(relay("uninstall", "--yes", dsn=relay_dsn))
+    with psycopg.connect(relay_dsn, autocommit=True) as conn:
+        conn.execute("DROP TABLE t")
+    ok(relay("install", dsn=relay_dsn))
+    change_and_rule(relay_dsn)
+    third = delivery_header(relay_dsn)
+    assert len({first, second, third}) == 3
