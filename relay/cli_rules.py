@@ -329,7 +329,7 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
     hook = rule.webhook
     out.print(f"[bold]rule[/] {rule.name} → [bold]webhook[/] {hook.name}", highlight=False)
     notes = []
-    if change.object_type not in rule.tables or change.op not in rule.events:
+    if not rule.covers(change):
         notes.append(f"the rule does not cover {change.op} on {change.object_type}")
     if not hook.enabled:
         notes.append("the webhook is disabled")

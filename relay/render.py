@@ -93,6 +93,11 @@ class Change:
     def object_type(self) -> str:
         return f"{self.schema_name}.{self.table_name}"
 
+    @property
+    def table_key(self) -> tuple[str, str]:
+        """The table, unambiguous even when its names hold dots (object_type is not)."""
+        return self.schema_name, self.table_name
+
 
 @dataclass(frozen=True)
 class Webhook:

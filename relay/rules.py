@@ -6,6 +6,7 @@ event, however many rules there are.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,22 @@ from relay.db import Conn
 from relay.render import Change, Renderer, RenderError, Webhook, context, loads
 from relay.sqlfiles import query
 
+_QUALIFIED = re.compile(r'^("(?:[^"]|"")+"|[^."]+)\.("(?:[^"]|"")+"|[^."]+)$')
+"""``schema.table``, either part in double quotes when it holds a dot or a quote (``""`` for a
+quote), the same pattern relay.check_event_rule accepts."""
+
+
+def table_key(name: str) -> tuple[str, str] | None:
+    """(schema, table) named by a rule's table entry; unquoted parts are taken as written (no
+    case folding, as rules always were), quoted ones unquoted. None when it names no table."""
+    match = _QUALIFIED.match(name)
+    if match is None:
+        return None
+    schema, table = (
+        part[1:-1].replace('""', '"') if part.startswith('"') else part for part in match.groups()
+    )
+    return schema, table
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -30,6 +47,12 @@ class Rule:
     action_data: Mapping[str, Any]
     webhook: Webhook
 
+    def covers(self, change: Change) -> bool:
+        """Whether the rule names the change's table and event (conditions aside)."""
+        return change.op in self.events and change.table_key in {
+            table_key(table) for table in self.tables
+        }
+
 
 @dataclass(frozen=True)
 class Match:
@@ -40,7 +63,7 @@ class Match:
 @dataclass
 class RuleSet:
     rules: list[Rule]
-    _index: dict[tuple[str, str], list[Rule]] = field(init=False, repr=False)
+    _index: dict[tuple[tuple[str, str] | None, str], list[Rule]] = field(init=False, repr=False)
     _by_id: dict[int, Rule] = field(init=False, repr=False)
     _webhooks: dict[int, Webhook] = field(init=False, repr=False)
 
@@ -49,9 +72,9 @@ class RuleSet:
         self._webhooks = {rule.webhook.id: rule.webhook for rule in self.rules}
         self._index = defaultdict(list)
         for rule in self.rules:
-            for table in rule.tables:
+            for key in {table_key(table) for table in rule.tables}:
                 for event in rule.events:
-                    self._index[(table, event)].append(rule)
+                    self._index[(key, event)].append(rule)
 
     def by_id(self, rule_id: int | None) -> Rule | None:
         return self._by_id.get(rule_id) if rule_id is not None else None
@@ -64,7 +87,7 @@ class RuleSet:
         """Rules naming the change's table and event, enabled with an enabled webhook."""
         return [
             rule
-            for rule in self._index.get((change.object_type, change.op), [])
+            for rule in self._index.get((change.table_key, change.op), [])
             if rule.webhook.enabled
         ]
 

@@ -510,3 +510,33 @@ def test_two_phase_commit_writes_are_captured_and_delivered_with_notify_off(two_
         assert asyncio.run(scenario()) == [2, 3]
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("DROP ROLE IF EXISTS xa")
+
+
+def test_rules_can_name_tables_whose_names_hold_dots(rconn, relay_dsn):
+    rconn.execute('CREATE SCHEMA "we.ird"')
+    rconn.execute('CREATE TABLE "we.ird"."v1.2" (id int PRIMARY KEY)')
+    rconn.execute('CREATE TABLE "we.ird".plain (id int PRIMARY KEY)')
+    capture.track(rconn, '"we.ird"."v1.2"')
+    capture.track(rconn, '"we.ird".plain')
+    with pytest.raises(psycopg.errors.CheckViolation, match="double-quote a name"):
+        rconn.execute(
+            "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+            " VALUES ('bad', ARRAY['we.ird.v1.2'], 1)"
+        )
+
+    async def scenario() -> list[str]:
+        async with receiver() as r:
+            rconn.execute(
+                "INSERT INTO relay.webhooks (name, payload_url) VALUES ('h', %s)", (r.url,)
+            )
+            rconn.execute(
+                "INSERT INTO relay.event_rules (name, tables, webhook_id) SELECT 'dots',"
+                """ ARRAY['"we.ird"."v1.2"', '"we.ird".plain'], id FROM relay.webhooks"""
+            )
+            async with running(relay_dsn, FAST):
+                rconn.execute('INSERT INTO "we.ird"."v1.2" VALUES (1)')
+                rconn.execute('INSERT INTO "we.ird".plain VALUES (2)')
+                await until(lambda: len(r.requests) == 2)
+            return sorted(req.headers["X-Relay-Event"] for req in r.requests)
+
+    assert asyncio.run(scenario()) == ["we.ird.plain.created", "we.ird.v1.2.created"]

@@ -784,6 +784,52 @@ BEGIN
 END
 $$;
 
+-- Rules must be able to name every table that can be tracked: a schema or table name holding a
+-- dot (or a double quote) is written in double quotes, as in SQL ("we.ird"."v1.2"); relay/rules.py
+-- reads the names with the same pattern.
+CREATE OR REPLACE FUNCTION relay.check_event_rule() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad     text;
+    problem text;
+BEGIN
+    IF btrim(NEW.name) = '' THEN
+        RAISE EXCEPTION 'event rule name must not be empty' USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.events := ARRAY(SELECT DISTINCT lower(e) FROM unnest(NEW.events) e ORDER BY 1);
+    IF cardinality(NEW.events) = 0 THEN
+        RAISE EXCEPTION 'event rule "%": events must name at least one of insert, update, delete, truncate',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT e INTO bad FROM unnest(NEW.events) e
+    WHERE e IS NULL OR e NOT IN ('insert', 'update', 'delete', 'truncate') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event rule "%": unknown event "%" (use insert, update, delete or truncate)',
+            NEW.name, bad USING ERRCODE = 'check_violation';
+    END IF;
+    IF cardinality(NEW.tables) = 0 THEN
+        RAISE EXCEPTION 'event rule "%": tables must name at least one schema.table', NEW.name
+            USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT t INTO bad FROM unnest(NEW.tables) t
+    WHERE t IS NULL OR t !~ '^("([^"]|"")+"|[^."]+)\.("([^"]|"")+"|[^."]+)$' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event rule "%": "%" is not a schema-qualified table name such as public.orders (double-quote a name that holds a dot: "my.schema"."my.table")',
+            NEW.name, bad USING ERRCODE = 'check_violation';
+    END IF;
+    problem := relay.conditions_problem(NEW.conditions);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'event rule "%": %', NEW.name, problem USING ERRCODE = 'check_violation';
+    END IF;
+    IF jsonb_typeof(NEW.action_data) <> 'object' THEN
+        RAISE EXCEPTION 'event rule "%": action_data must be a JSON object', NEW.name
+            USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
 -- The options with today's column names. update_columns is NULL for "any column"; columns
 -- dropped since tracking are left out.
 CREATE OR REPLACE VIEW relay.tracked AS
