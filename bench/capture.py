@@ -1,6 +1,7 @@
 """What capture costs the application's own writes, measured side by side in one run.
 
-    .venv/bin/python bench/capture.py [--dsn DSN] [--rounds 3] [--duration 20]
+    .venv/bin/python bench/capture.py [--rounds 3] [--duration 20] [--before GIT_REF]
+                                      [--synchronous-commit off] [--dsn DSN]
 
 1. pgbench's tpcb-like workload, in interleaved rounds, four ways: no capture; the four pgbench
    tables tracked by relay; the same tables with PgQ's ``pgq.logutriga`` (when the extension is
@@ -10,9 +11,12 @@
 2. One UPDATE of every row of pgbench_accounts (1,000,000 rows at scale 10), untracked and
    tracked, alternating; prints the median times and their ratio.
 
-Runs in a scratch database on $RELAY_DSN's server, 127.0.0.1:5432, or a throwaway cluster, and
-drops it afterwards. The machines this runs on are noisy: only ratios from the same run mean
-anything.
+With ``--before REF`` both are also measured in a second database holding relay's schema as git
+REF had it, in the same interleaved rounds: the before/after figures of a change to capture.
+
+Runs on a private cluster started for the run with PostgreSQL's default settings (autovacuum
+on), unless --dsn names a server. The machines this runs on are noisy: only ratios from the same
+run mean anything.
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import psycopg
 
 from relay import schema
 from relay.sqlfiles import parse_named
-from relay.tempcluster import find_server_binaries, postgres_server, scratch_database
+from relay.tempcluster import (
+    find_server_binaries,
+    postgres_server,
+    scratch_database,
+    start_temp_cluster,
+)
 
 Q = parse_named((Path(__file__).parent / "capture.sql").read_text())
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
@@ -72,7 +82,12 @@ def tps_run(pgbench: str, dsn: str, args: argparse.Namespace) -> float:
     return float(match[1])
 
 
-def measure_tps(pgbench: str, dsn: str, args: argparse.Namespace) -> dict[str, list[float]]:
+def measure_tps(
+    pgbench: str, targets: dict[str, str], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Interleaved rounds of every mode; a mode is ``name`` on the database under test, or
+    ``name@ref`` on the database that holds relay as it was at git ``ref``."""
+    dsn = targets["now"]
     modes = ["none", "relay", "relay_noindex", "rowtrigger"]
     run_sql(dsn, "setup_rowtrigger")
     if has_pgq(dsn):
@@ -80,21 +95,26 @@ def measure_tps(pgbench: str, dsn: str, args: argparse.Namespace) -> dict[str, l
         modes.insert(2, "pgq")
     else:
         print("PgQ is not installed here: skipped (apt-get install postgresql-15-pgq3)")
+    for ref in (name for name in targets if name != "now"):
+        run_sql(targets[ref], "setup_rowtrigger")
+        modes += [f"none@{ref}", f"relay@{ref}"]
     results: dict[str, list[float]] = {m: [] for m in modes}
     for round_no in range(args.rounds):
         order = modes[round_no % len(modes) :] + modes[: round_no % len(modes)]
         for mode in order:
-            if mode != "none":
-                run_sql(dsn, f"track_{mode}")
-            run_sql(dsn, "empty_queues")
-            if mode == "pgq":
-                run_sql(dsn, "empty_pgq")
-            run_sql(dsn, "checkpoint")
-            tps = tps_run(pgbench, dsn, args)
-            if mode != "none":
-                run_sql(dsn, f"untrack_{mode}")
+            name, _, ref = mode.partition("@")
+            where = targets[ref or "now"]
+            if name != "none":
+                run_sql(where, f"track_{name}")
+            run_sql(where, "empty_queues")
+            if name == "pgq":
+                run_sql(where, "empty_pgq")
+            run_sql(where, "checkpoint")
+            tps = tps_run(pgbench, where, args)
+            if name != "none":
+                run_sql(where, f"untrack_{name}")
             results[mode].append(tps)
-            print(f"  round {round_no + 1} {mode:>13}: {tps:9.1f} tps", flush=True)
+            print(f"  round {round_no + 1} {mode:>16}: {tps:9.1f} tps", flush=True)
     return results
 
 
@@ -105,33 +125,67 @@ def timed(dsn: str, name: str) -> float:
         return time.perf_counter() - start
 
 
-def measure_bulk(dsn: str, rounds: int) -> dict[str, list[float]]:
-    results: dict[str, list[float]] = {"untracked": [], "tracked": []}
-    with psycopg.connect(dsn) as conn:
+def measure_bulk(targets: dict[str, str], rounds: int) -> dict[str, list[float]]:
+    modes = ["untracked", "tracked"]
+    for ref in (name for name in targets if name != "now"):
+        modes += [f"untracked@{ref}", f"tracked@{ref}"]
+    results: dict[str, list[float]] = {m: [] for m in modes}
+    with psycopg.connect(targets["now"]) as conn:
         rows = conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()
     for round_no in range(rounds):
-        order = ["untracked", "tracked"] if round_no % 2 == 0 else ["tracked", "untracked"]
+        order = modes if round_no % 2 == 0 else modes[::-1]
         for mode in order:
+            name, _, ref = mode.partition("@")
+            dsn = targets[ref or "now"]
             run_sql(dsn, "settle")
             run_sql(dsn, "empty_queues")
-            if mode == "tracked":
+            if name == "tracked":
                 run_sql(dsn, "track_relay")
             run_sql(dsn, "checkpoint")
             seconds = timed(dsn, "bulk_update")
-            if mode == "tracked":
+            if name == "tracked":
                 run_sql(dsn, "untrack_relay")
                 with psycopg.connect(dsn) as conn:
                     recorded = conn.execute(Q["count_outbox"]).fetchone()
                 if recorded != rows:
                     sys.exit(f"tracked bulk UPDATE recorded {recorded} changes, expected {rows}")
             results[mode].append(seconds)
-            print(f"  round {round_no + 1} {mode:>13}: {seconds:7.2f} s", flush=True)
+            print(f"  round {round_no + 1} {mode:>16}: {seconds:7.2f} s", flush=True)
     return results
+
+
+def install_at(dsn: str, ref: str) -> None:
+    """relay's schema as git ``ref`` had it, for a before/after comparison in one run."""
+
+    def show(path: str) -> str:
+        return subprocess.run(
+            ["git", "show", f"{ref}:{path}"], capture_output=True, text=True, check=True
+        ).stdout
+
+    listing = subprocess.run(
+        ["git", "ls-tree", "--name-only", f"{ref}:sql/migrations"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(show("sql/bootstrap.sql").encode())
+        for name in sorted(listing):
+            conn.execute(show(f"sql/migrations/{name}").encode())
+
+
+def report(title: str, results: dict[str, list[float]], base_of: dict[str, str]) -> None:
+    """Medians, each with its ratio to the untracked median of its own database."""
+    print(f"\n  {title:<16} {'median':>10}   ratio")
+    for mode, values in results.items():
+        median = statistics.median(values)
+        base = statistics.median(results[base_of[mode]])
+        print(f"  {mode:<16} {median:10.2f}   {median / base:6.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dsn", default=os.environ.get("RELAY_DSN"))
+    parser.add_argument("--dsn", help="a server to use instead of a private cluster")
     parser.add_argument("--scale", type=int, default=10, help="pgbench scale (10 = 1M accounts)")
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
@@ -140,39 +194,59 @@ def main() -> None:
     parser.add_argument("--bulk-rounds", type=int, default=3)
     parser.add_argument("--skip-tps", action="store_true")
     parser.add_argument("--skip-bulk", action="store_true")
+    parser.add_argument(
+        "--synchronous-commit", choices=["on", "off"], default="on", help="for every writer"
+    )
+    parser.add_argument(
+        "--before",
+        metavar="GIT_REF",
+        help="also measure relay as it was at this commit, in a second database, same run",
+    )
     args = parser.parse_args()
     Q["checkpoint"] = "CHECKPOINT"
     pgbench = pgbench_binary()
+    os.environ["PGOPTIONS"] = f"-c synchronous_commit={args.synchronous_commit}"
 
-    with postgres_server(args.dsn) as server, scratch_database(server, "relay_bench") as dsn:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.install(conn)
+    with ExitStack() as stack:
+        if args.dsn:
+            server = stack.enter_context(postgres_server(args.dsn))
+        else:
+            cluster = start_temp_cluster()
+            stack.callback(cluster.stop)
+            server = cluster.dsn
+        targets = {"now": stack.enter_context(scratch_database(server, "relay_bench"))}
+        if args.before:
+            targets[args.before] = stack.enter_context(scratch_database(server, "relay_before"))
+        for ref, dsn in targets.items():
+            if ref == "now":
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    schema.install(conn)
+            else:
+                install_at(dsn, ref)
+            subprocess.run(
+                [pgbench, "-i", "-q", "-s", str(args.scale), dsn], check=True, capture_output=True
+            )
+        with psycopg.connect(targets["now"], autocommit=True) as conn:
             version = conn.execute("SHOW server_version").fetchone()
-        subprocess.run(
-            [pgbench, "-i", "-q", "-s", str(args.scale), dsn], check=True, capture_output=True
-        )
+            autovacuum = conn.execute("SHOW autovacuum").fetchone()
+        where = "shared server" if args.dsn else "private cluster"
         print(
-            f"PostgreSQL {version[0] if version else '?'}, pgbench scale {args.scale}, "
+            f"PostgreSQL {version[0] if version else '?'} ({where}, autovacuum "
+            f"{autovacuum[0] if autovacuum else '?'}), synchronous_commit "
+            f"{args.synchronous_commit}, pgbench scale {args.scale}, "
             f"{args.clients} clients, {args.threads} threads, {os.cpu_count()} CPUs"
         )
 
         if not args.skip_tps:
             print(f"\npgbench tpcb-like, {args.duration} s per run, {args.rounds} rounds:")
-            tps = measure_tps(pgbench, dsn, args)
-            base = statistics.median(tps["none"])
-            print("\n  mode          median tps   ratio to untracked")
-            for mode, values in tps.items():
-                median = statistics.median(values)
-                print(f"  {mode:<12} {median:11.1f}   {median / base:6.3f}")
+            tps = measure_tps(pgbench, targets, args)
+            bases = {m: "none@" + m.partition("@")[2] if "@" in m else "none" for m in tps}
+            report("mode (tps)", tps, bases)
         if not args.skip_bulk:
             print(f"\nUPDATE of every pgbench_accounts row, {args.bulk_rounds} rounds:")
-            bulk = measure_bulk(dsn, args.bulk_rounds)
-            untracked = statistics.median(bulk["untracked"])
-            tracked = statistics.median(bulk["tracked"])
-            print(
-                f"\n  untracked {untracked:.2f} s, tracked {tracked:.2f} s: "
-                f"ratio {tracked / untracked:.2f}"
-            )
+            bulk = measure_bulk(targets, args.bulk_rounds)
+            bases = {m: "untracked" + m.partition(m.partition("@")[0])[2] for m in bulk}
+            report("mode (seconds)", bulk, bases)
 
 
 if __name__ == "__main__":

@@ -78,10 +78,23 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ORDER BY a.depth DESC LIMIT 1
 $$;
 
--- Everything the generated statements of a table depend on, as one fingerprint: its oid and
--- names, column numbers and types, the fields of the composite types its columns hold (at any
--- depth), the primary key, and whether a tracked ancestor covers it.
-CREATE FUNCTION relay.shape(tbl oid) RETURNS text
+-- The settings a value's text depends on, each with the value capture pins it to, for the types
+-- that depend on it: the text of a timestamptz (and a range of them), an interval, a bytea, a
+-- float and money, and the dates inside a range.
+CREATE FUNCTION relay.output_settings() RETURNS TABLE (setting text, value text, types regtype[])
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    VALUES ('TimeZone', 'UTC', ARRAY['timestamptz', 'tstzrange', 'tstzmultirange']::regtype[]),
+           ('DateStyle', 'ISO, YMD', ARRAY['daterange', 'tsrange', 'tstzrange', 'datemultirange',
+                                          'tsmultirange', 'tstzmultirange']::regtype[]),
+           ('IntervalStyle', 'postgres', ARRAY['interval']::regtype[]),
+           ('bytea_output', 'hex', ARRAY['bytea']::regtype[]),
+           ('extra_float_digits', '1', ARRAY['float4', 'float8']::regtype[]),
+           ('lc_monetary', 'C', ARRAY['money']::regtype[])
+$$;
+
+-- Every type a table's values are made of: its columns' types, and below them domains' base
+-- types, arrays' elements, composites' fields, ranges' subtypes and multiranges' ranges.
+CREATE FUNCTION relay.reached_types(tbl oid) RETURNS SETOF oid
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE reached (typ) AS (
         SELECT a.atttypid FROM pg_attribute a
@@ -95,8 +108,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             UNION ALL
             SELECT f.atttypid FROM pg_attribute f
             WHERE t.typtype = 'c' AND f.attrelid = t.typrelid AND f.attnum > 0
-              AND NOT f.attisdropped) below (typ)
+              AND NOT f.attisdropped
+            UNION ALL
+            SELECT g.rngsubtype FROM pg_range g WHERE g.rngtypid = t.oid
+            UNION ALL
+            SELECT g.rngtypid FROM pg_range g WHERE g.rngmultitypid = t.oid) below (typ)
     )
+    SELECT typ FROM reached
+$$;
+
+-- Everything the generated statements of a table depend on, as one fingerprint: its oid and
+-- names, column numbers and types, the fields of the composite types its columns hold (at any
+-- depth), the primary key, and whether a tracked ancestor covers it.
+CREATE FUNCTION relay.shape(tbl oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT md5(concat_ws('|', c.oid::text, quote_ident(n.nspname), quote_ident(c.relname),
         c.relkind::text,
         (SELECT string_agg(a.attnum::text || ' ' || quote_ident(a.attname) || ' '
@@ -104,7 +129,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
          FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped),
         (SELECT string_agg(t.oid::text || '.' || f.attnum::text || ' ' || quote_ident(f.attname)
                            || ' ' || f.atttypid::text, ',' ORDER BY t.oid, f.attnum)
-         FROM reached r JOIN pg_type t ON t.oid = r.typ AND t.typtype = 'c' AND t.oid >= 16384
+         FROM relay.reached_types(c.oid) r
+         JOIN pg_type t ON t.oid = r AND t.typtype = 'c' AND t.oid >= 16384
          JOIN pg_attribute f ON f.attrelid = t.typrelid AND f.attnum > 0 AND NOT f.attisdropped),
         relay.pk_attnums(c.oid)::text,
         relay.tracked_ancestor(c.oid)::text))
@@ -178,8 +204,9 @@ LANGUAGE sql STABLE AS $$
     END
 $$;
 
--- The SQL expression (jsonb) for one value `col` of type `typ`: to_jsonb for PostgreSQL's own
--- types, an object built field by field for a composite, an array built element by element for
+-- The SQL expression for one value `col` of type `typ`, as an argument of jsonb_build_object or
+-- jsonb_agg: the value itself for PostgreSQL's own types (converted as to_jsonb would), an object
+-- built field by field for a composite, an array built element by element for
 -- an array of composites, the text output for anything else. A composite's fields cannot change
 -- type while a table column uses it (PostgreSQL refuses), so the expressions stay safe; fields
 -- added, renamed or dropped later show in relay.shape, and relay.refresh_capture catches up.
@@ -207,7 +234,8 @@ BEGIN
     ELSIF base = 'json[]'::regtype THEN
         RETURN format('relay.json_array_value(%s)', col);
     ELSIF base < 16384 THEN
-        RETURN format('pg_catalog.to_jsonb(%s)', col);
+        -- Taken as it is by jsonb_build_object or jsonb_agg, which treat it as to_jsonb does.
+        RETURN col;
     ELSIF depth >= 8 THEN
         RETURN format('relay.text_value(%s)', col);
     ELSIF kind = 'c' THEN
@@ -309,8 +337,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The INSERT INTO relay.outbox that records one statement's rows of `event` (insert, update,
--- delete) on a plain table, from its transition tables; `single` when the statement touched one
--- row. NULL when a tracked ancestor records them.
+-- delete) on a plain table, from `old_rows` and `new_rows` (its transition tables, or arrays of
+-- their rows); `single` when the statement touched one row. NULL when a tracked ancestor records
+-- them.
 --
 -- Old and new rows of an UPDATE are paired by position: PostgreSQL appends each updated row's old
 -- and new versions to the two transition tables together. Most statements touch one row, and
@@ -320,7 +349,9 @@ $$;
 -- statement would be quadratic on the next million-row one). `OFFSET 0` keeps each image
 -- computed once. Rows whose stored image did not change are dropped by comparing the rows byte
 -- for byte (cheap; comparing jsonb images is not).
-CREATE FUNCTION relay.capture_sql(tbl oid, event text, single boolean) RETURNS text
+CREATE FUNCTION relay.capture_sql(tbl oid, event text, single boolean,
+                                  old_rows text DEFAULT 'relay_old',
+                                  new_rows text DEFAULT 'relay_new') RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     opts     record := relay.options_of(tbl);
@@ -339,15 +370,17 @@ BEGIN
             'INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
             'txid, created_at) '
             'SELECT %s, ''insert'', c.n, %s, x.username, x.request_id, x.txid, x.at '
-            'FROM (SELECT %s AS n FROM relay_new t OFFSET 0) c, %s',
-            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, 't', opts.excluded), context);
+            'FROM (SELECT %s AS n FROM %s t OFFSET 0) c, %s',
+            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, 't', opts.excluded), new_rows,
+            context);
     ELSIF event = 'delete' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, '
             'txid, created_at) '
             'SELECT %s, ''delete'', c.o, %s, x.username, x.request_id, x.txid, x.at '
-            'FROM (SELECT %s AS o FROM relay_old t OFFSET 0) c, %s',
-            names, relay.pk_sql(tbl, 'c.o'), relay.image_sql(tbl, 't', opts.excluded), context);
+            'FROM (SELECT %s AS o FROM %s t OFFSET 0) c, %s',
+            names, relay.pk_sql(tbl, 'c.o'), relay.image_sql(tbl, 't', opts.excluded), old_rows,
+            context);
     END IF;
     IF cardinality(opts.excluded) > 0 THEN
         distinct_images := ' AND c.o OPERATOR(pg_catalog.<>) c.n';
@@ -358,10 +391,10 @@ BEGIN
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
             'request_id, txid, created_at) '
             'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
-            'FROM (SELECT %s AS o, %s AS n FROM relay_old a, relay_new b '
+            'FROM (SELECT %s AS o, %s AS n FROM %s a, %s b '
             'WHERE NOT pg_catalog.record_image_eq(a.*, b.*)%s OFFSET 0) c, %s WHERE true%s',
             names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, 'a', opts.excluded),
-            relay.image_sql(tbl, 'b', opts.excluded),
+            relay.image_sql(tbl, 'b', opts.excluded), old_rows, new_rows,
             coalesce(' AND ' || watched, ''), context, distinct_images);
     END IF;
     -- The watched columns travel as a row of their own (ROW(...) AS w) to be compared after the
@@ -373,16 +406,16 @@ BEGIN
         'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
         'FROM (SELECT o.r AS ro, n.r AS rn, o.w AS wo, n.w AS wn, o.j AS o, n.j AS n '
         'FROM (SELECT row_number() OVER () AS i, ROW(a.*) AS r, %s AS w, %s AS j '
-        'FROM relay_old a) o '
+        'FROM %s a) o '
         'JOIN (SELECT row_number() OVER () AS i, ROW(b.*) AS r, %s AS w, %s AS j '
-        'FROM relay_new b) n '
+        'FROM %s b) n '
         'ON n.i OPERATOR(pg_catalog.=) o.i) c, %s '
         'WHERE NOT pg_catalog.record_image_eq(c.ro, c.rn)%s%s',
         names, relay.pk_sql(tbl, 'c.n'),
         coalesce(relay.watched_row_sql(tbl, opts.watched, 'a'), 'NULL::record'),
-        relay.image_sql(tbl, 'a', opts.excluded),
+        relay.image_sql(tbl, 'a', opts.excluded), old_rows,
         coalesce(relay.watched_row_sql(tbl, opts.watched, 'b'), 'NULL::record'),
-        relay.image_sql(tbl, 'b', opts.excluded), context,
+        relay.image_sql(tbl, 'b', opts.excluded), new_rows, context,
         CASE WHEN watched IS NULL THEN ''
              WHEN watched = 'false' THEN ' AND false'
              ELSE ' AND NOT pg_catalog.record_image_eq(c.wo, c.wn)' END,
@@ -473,17 +506,90 @@ BEGIN
 END
 $$;
 
--- The settings every capture function pins: the text of a timestamptz, interval, bytea, float or
--- money value, and the names a reg* value prints, depend on them.
-CREATE FUNCTION relay.capture_settings(event text) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'SET search_path = pg_catalog, pg_temp SET TimeZone = ''UTC'' '
-           'SET DateStyle = ''ISO, YMD'' SET IntervalStyle = ''postgres'' '
-           'SET bytea_output = ''hex'' SET extra_float_digits = 1 SET lc_monetary = ''C'''
-           || CASE WHEN event = 'update'
-                   THEN ' SET enable_nestloop = off SET enable_mergejoin = off SET jit = off '
-                        'SET work_mem = ''64MB'''
-                   ELSE '' END
+-- The SET clauses of a capture function. Every function pins search_path. The settings a value's
+-- text depends on are pinned only where the table holds such values (each costs about a
+-- microsecond per call); user-defined ranges may hold anything, so they pin them all. The slow
+-- path (relay.capture_rows) pins them all. UPDATE functions also pin the pairing join (see
+-- relay.capture_sql).
+CREATE FUNCTION relay.capture_settings(tbl oid, event text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'SET search_path = pg_catalog, pg_temp'
+        || coalesce((SELECT string_agg(format(' SET %I = %L', o.setting, o.value), '')
+                     FROM relay.output_settings() o
+                     WHERE tbl IS NULL OR EXISTS (
+                         SELECT FROM relay.reached_types(tbl) r
+                         WHERE r = ANY (o.types::oid[])
+                            OR r >= 16384 AND EXISTS (SELECT FROM pg_range g
+                                                      WHERE r IN (g.rngtypid, g.rngmultitypid)))),
+                    '')
+        || CASE WHEN event = 'update'
+                THEN ' SET enable_nestloop = off SET enable_mergejoin = off SET jit = off '
+                     'SET work_mem = ''64MB'''
+                ELSE '' END
+$$;
+
+-- The slow path of a statement-level capture function that no longer fits its table: the call
+-- its function runs with EXECUTE, handing its transition tables' rows over as arrays (a called
+-- function cannot see them) to relay.capture_rows.
+CREATE FUNCTION relay.capture_rows_call(tbl oid, event text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('SELECT relay.capture_rows(%s, %L, %s, %s)', tbl, event,
+                  CASE WHEN event = 'insert' THEN format('NULL::%s[]', tbl::regclass)
+                       ELSE format('ARRAY(SELECT ROW(r.*)::%s FROM relay_old r)', tbl::regclass)
+                  END,
+                  CASE WHEN event = 'delete' THEN format('NULL::%s[]', tbl::regclass)
+                       ELSE format('ARRAY(SELECT ROW(r.*)::%s FROM relay_new r)', tbl::regclass)
+                  END)
+$$;
+
+-- Records one statement's rows of a table whose generated capture is behind its columns: the
+-- statement built from the catalogs as they are now, with every output setting pinned (the values
+-- of relay.output_settings()). Asks the relays to regenerate the table's capture functions.
+CREATE FUNCTION relay.capture_rows(tbl oid, event text, old_rows anyarray, new_rows anyarray)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres' SET bytea_output = 'hex' SET extra_float_digits = 1
+SET lc_monetary = 'C' AS $$
+DECLARE
+    statement text := relay.capture_sql(tbl, event, false, 'pg_catalog.unnest($1)',
+                                        'pg_catalog.unnest($2)');
+    recorded  bigint;
+BEGIN
+    PERFORM relay.capture_stale();
+    IF statement IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE statement USING old_rows, new_rows;
+    GET DIAGNOSTICS recorded = ROW_COUNT;
+    IF recorded > 0 AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
+        PERFORM relay.wake();
+    END IF;
+END
+$$;
+
+-- The same for one row of a partitioned table (row-level capture), `own` being the tracked table
+-- the calling function was made for.
+CREATE FUNCTION relay.capture_row_stale(own oid, relid oid, op text,
+                                        old_row anyelement, new_row anyelement)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres' SET bytea_output = 'hex' SET extra_float_digits = 1
+SET lc_monetary = 'C' AS $$
+DECLARE
+    statement text := relay.capture_row_sql(relay.row_capture_target(own, relid), op,
+                                            '($1)', '($2)');
+    recorded  bigint;
+BEGIN
+    PERFORM relay.capture_stale();
+    IF statement IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE statement USING old_row, new_row;
+    GET DIAGNOSTICS recorded = ROW_COUNT;
+    IF recorded > 0 AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
+        PERFORM relay.wake();
+    END IF;
+END
 $$;
 
 -- The body of relay.capture_<oid>_<event>(), for the table as it is now.
@@ -509,7 +615,7 @@ BEGIN
         -- shape_matches: a plan-time constant is exactly what this check must not be.
         RETURN format(
             '#variable_conflict use_variable '
-            'DECLARE relay_rows bigint; relay_token text; relay_sql text; BEGIN '
+            'DECLARE relay_rows bigint; relay_token text; BEGIN '
             'relay_token := CASE WHEN current_setting(''track_counts'') = ''on'' THEN %L '
             '|| pg_current_xact_id()::text || ''/'' || (pg_stat_get_xact_tuples_inserted(1249) '
             '+ pg_stat_get_xact_tuples_updated(1249) + pg_stat_get_xact_tuples_updated(1259) '
@@ -517,16 +623,13 @@ BEGIN
             '::text END; '
             'IF relay_token IS NULL OR current_setting(%L, true) IS DISTINCT FROM relay_token THEN '
             'IF relay.shape(%s) IS DISTINCT FROM %L THEN '
-            'PERFORM relay.capture_stale(); '
-            'relay_sql := relay.capture_row_sql(relay.row_capture_target(%s, TG_RELID), TG_OP, '
-            '''($1)'', ''($2)''); '
-            'IF relay_sql IS NOT NULL THEN EXECUTE relay_sql USING OLD, NEW; %s END IF; '
+            'PERFORM relay.capture_row_stale(%s, TG_RELID, TG_OP, OLD, NEW); '
             'RETURN NULL; END IF; '
             'IF relay_token IS NOT NULL THEN PERFORM set_config(%L, relay_token, false); END IF; '
             'END IF; '
             'IF TG_OP = ''INSERT'' THEN %s ELSIF TG_OP = ''UPDATE'' THEN %s ELSE %s END IF; '
             'RETURN NULL; END',
-            shape, token, tbl, shape, tbl, wake, token,
+            shape, token, tbl, shape, tbl, token,
             coalesce(relay.capture_row_sql(tbl, 'INSERT', 'OLD', 'NEW') || '; ' || wake, 'NULL;'),
             coalesce(relay.capture_row_sql(tbl, 'UPDATE', 'OLD', 'NEW') || '; ' || wake, 'NULL;'),
             coalesce(relay.capture_row_sql(tbl, 'DELETE', 'OLD', 'NEW') || '; ' || wake, 'NULL;'));
@@ -542,15 +645,12 @@ BEGIN
     END IF;
     RETURN format(
         '#variable_conflict use_variable '
-        'DECLARE relay_fresh boolean; relay_rows bigint; relay_sql text; BEGIN '
+        'DECLARE relay_fresh boolean; relay_rows bigint; BEGIN '
         'SELECT relay.shape_matches(%s, %L), count(*) INTO relay_fresh, relay_rows '
         'FROM (SELECT FROM %s LIMIT 2) s; '
         'IF relay_rows = 0 THEN RETURN NULL; END IF; '
         'IF relay_fresh AND TG_RELID = %s THEN %s'
-        'ELSE PERFORM relay.capture_stale(); '
-        'relay_sql := relay.capture_sql(TG_RELID, %L, false); '
-        'IF relay_sql IS NULL THEN RETURN NULL; END IF; '
-        'EXECUTE relay_sql; END IF; '
+        'ELSE EXECUTE relay.capture_rows_call(TG_RELID, %L); RETURN NULL; END IF; '
         '%s RETURN NULL; END',
         tbl, shape, source, tbl, fitting, event, wake);
 END
@@ -579,7 +679,7 @@ BEGIN
         -- The body goes in as a quoted literal: no name in it can end it early.
         EXECUTE format('CREATE OR REPLACE FUNCTION relay.%I() RETURNS trigger '
                        'LANGUAGE plpgsql SECURITY DEFINER %s AS %L',
-                       format('capture_%s_%s', tbl, event), relay.capture_settings(event),
+                       format('capture_%s_%s', tbl, event), relay.capture_settings(tbl, event),
                        relay.capture_body(tbl, event));
         EXECUTE format('REVOKE ALL ON FUNCTION relay.%I() FROM PUBLIC',
                        format('capture_%s_%s', tbl, event));
