@@ -540,3 +540,75 @@ def test_rules_can_name_tables_whose_names_hold_dots(rconn, relay_dsn):
             return sorted(req.headers["X-Relay-Event"] for req in r.requests)
 
     assert asyncio.run(scenario()) == ["we.ird.plain.created", "we.ird.v1.2.created"]
+
+
+def test_hostile_names_cannot_inject_into_the_generated_functions(split, conn):
+    """Schema, table and column names that end literals, dollar quotes and statements: the
+    generated capture functions quote every name, and their bodies go in as one literal."""
+    hostile = ["$f$", "$$", "a'b", 'q"q', "x; DROP TABLE app.victim; --", "new\nline", "\\"]
+    conn.execute(
+        sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+            sql.Identifier("$f$"), sql.Identifier(split["app_name"])
+        )
+    )
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        app.execute("CREATE TABLE app.victim (id int)")
+        columns = sql.SQL(", ").join(
+            sql.SQL("{} text").format(sql.Identifier(name)) for name in hostile
+        )
+        table = sql.Identifier("$f$", "t'; $$ --")
+        app.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, {})").format(table, columns))
+        app.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier("$f$"), sql.Identifier(split["installer_name"])
+            )
+        )
+        app.execute(
+            sql.SQL("GRANT TRIGGER ON {} TO {}").format(
+                table, sql.Identifier(split["installer_name"])
+            )
+        )
+    with psycopg.connect(split["installer"], autocommit=True) as inst:
+        name = inst.execute("SELECT %s::regclass::text", (table.as_string(inst),)).fetchone()[0]
+        capture.track(inst, name, exclude_columns=["a'b"], update_columns=["$$", "\\"])
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        values = ", ".join(["%s"] * len(hostile))
+        app.execute(sql.SQL("INSERT INTO {} VALUES (1, " + values + ")").format(table), hostile)
+        app.execute(sql.SQL("UPDATE {} SET {} = 'changed'").format(table, sql.Identifier("$$")))
+        assert app.execute("SELECT to_regclass('app.victim')").fetchone() == ("app.victim",)
+    with psycopg.connect(split["installer"], autocommit=True) as inst:
+        rows = outbox(inst)
+    assert [(r["op"], r["schema_name"], r["table_name"]) for r in rows] == [
+        ("insert", "$f$", "t'; $$ --"),
+        ("update", "$f$", "t'; $$ --"),
+    ]
+    expected = {"id": 1, **{name: name for name in hostile if name != "a'b"}}
+    assert rows[0]["new"] == expected
+    assert rows[1]["new"] == {**expected, "$$": "changed"}
+
+
+def test_partitioned_tables_follow_ddl_row_by_row(rconn, relay_dsn):
+    """Row-level capture checks its table once per transaction, and again after the
+    transaction's own DDL: every write right after a change of columns is recorded with the
+    columns as they are."""
+    rconn.execute("CREATE TABLE p (id int PRIMARY KEY, a int, b text) PARTITION BY RANGE (id)")
+    rconn.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100)")
+    capture.track(rconn, "p", exclude_columns=["b"])
+    with psycopg.connect(relay_dsn) as conn:  # one transaction
+        conn.execute("INSERT INTO p VALUES (1, 1, 'secret')")
+        conn.execute("ALTER TABLE p RENAME a TO aa")
+        conn.execute("INSERT INTO p VALUES (2, 2, 'secret')")
+        conn.execute("ALTER TABLE p RENAME b TO bb")
+        conn.execute("ALTER TABLE p ADD COLUMN c int DEFAULT 7")
+        conn.execute("UPDATE p SET aa = aa + 10 WHERE id = 1")
+        conn.execute("DELETE FROM p WHERE id = 2")
+    rconn.execute("SELECT relay.refresh_capture()")
+    rconn.execute("INSERT INTO p VALUES (3, 3, 'secret')")
+    rows = [(r["op"], r["new"] or r["old"]) for r in outbox(rconn)]
+    assert rows == [
+        ("insert", {"id": 1, "a": 1}),
+        ("insert", {"id": 2, "aa": 2}),
+        ("update", {"id": 1, "aa": 11, "c": 7}),
+        ("delete", {"id": 2, "aa": 2, "c": 7}),
+        ("insert", {"id": 3, "aa": 3, "c": 7}),
+    ]
