@@ -119,6 +119,7 @@ def hostile_table(rconn):
     rconn.execute("CREATE TYPE pair AS (a int, b text)")
     columns = ", ".join(f"{name} {sql_type}" for name, (sql_type, _) in COLUMNS.items())
     rconn.execute(f"CREATE TABLE hostile (id serial PRIMARY KEY, {columns})")
+    rconn.execute("CREATE TABLE untracked (LIKE hostile)")
     capture.track(rconn, "hostile", exclude_columns=["vc"])
     rconn.execute(
         "SET bytea_output = escape; SET extra_float_digits = -15; SET TimeZone = 'Pacific/Chatham';"
@@ -138,20 +139,26 @@ def test_every_value_is_captured_and_the_write_succeeds(hostile_table, first, se
     conn.execute("TRUNCATE relay.outbox CASCADE")
     inserted = [literal(name, first[name]) for name in NAMES]
     updated = [literal(name, second[name]) for name in NAMES]
-    try:
-        row_id = conn.execute(
-            f"INSERT INTO hostile ({', '.join(NAMES)})"
-            f" VALUES ({', '.join(sql for sql, _ in inserted)}) RETURNING id",
-            [param for _, params in inserted for param in params],
-        ).fetchone()[0]
-        conn.execute(
-            "UPDATE hostile SET "
-            + ", ".join(f"{name} = {sql}" for name, (sql, _) in zip(NAMES, updated, strict=True))
-            + " WHERE id = %s",
-            [param for _, params in updated for param in params] + [row_id],
-        )
+    insert = (
+        f"INSERT INTO {{}} (id, {', '.join(NAMES)})"
+        f" VALUES (%s, {', '.join(sql for sql, _ in inserted)})"
+    )
+    update = (
+        "UPDATE {} SET "
+        + ", ".join(f"{name} = {sql}" for name, (sql, _) in zip(NAMES, updated, strict=True))
+        + " WHERE id = %s"
+    )
+    insert_params = [param for _, params in inserted for param in params]
+    update_params = [param for _, params in updated for param in params]
+    row_id = conn.execute("SELECT nextval('hostile_id_seq')").fetchone()[0]
+    try:  # values PostgreSQL itself refuses (a date out of its range...) are never stored
+        with conn.transaction(force_rollback=True):
+            conn.execute(insert.format("untracked"), [row_id, *insert_params])
+            conn.execute(update.format("untracked"), [*update_params, row_id])
     except psycopg.DataError:
-        return  # a value PostgreSQL itself refuses (a date out of its range...): never stored
+        return
+    conn.execute(insert.format("hostile"), [row_id, *insert_params])
+    conn.execute(update.format("hostile"), [*update_params, row_id])
     conn.execute("DELETE FROM hostile WHERE id = %s", (row_id,))
     rows = conn.execute(
         "SELECT op::text, old::text, new::text, pk::text FROM relay.outbox ORDER BY id"
