@@ -26,6 +26,8 @@ class TrackedTable:
     exclude_columns: list[str]
     pk_columns: list[str]
     tracked_at: datetime
+    capture_current: bool
+    """False between DDL on the table and the regeneration of its capture functions."""
 
     @property
     def qualified_name(self) -> str:

@@ -127,7 +127,9 @@ def tracked(dsn: Dsn) -> None:
     """List the tracked tables and their options."""
     with _database(dsn) as conn:
         rows = capture.tracked(conn)
-    table = Table("table", "events", "update columns", "excluded", "primary key", "partitioned")
+    table = Table(
+        "table", "events", "update columns", "excluded", "primary key", "partitioned", "capture"
+    )
     for row in rows:
         table.add_row(
             row.qualified_name,
@@ -136,6 +138,7 @@ def tracked(dsn: Dsn) -> None:
             ",".join(row.exclude_columns) or "-",
             ",".join(row.pk_columns) or "(none)",
             "yes" if row.partitioned else "no",
+            "current" if row.capture_current else "catching up after DDL",
         )
     print_table(table)
 

@@ -23,7 +23,7 @@ SELECT relay.untrack(%(table)s::regclass);
 
 -- name: list_tracked
 SELECT schema_name, table_name, partitioned, events, update_columns, exclude_columns,
-       pk_columns, tracked_at
+       pk_columns, tracked_at, capture_current
 FROM relay.tracked
 ORDER BY schema_name, table_name;
 
