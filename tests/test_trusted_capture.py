@@ -333,6 +333,7 @@ SESSION_SETTINGS = [
     "SET TimeZone = 'Asia/Kathmandu'",
     "SET DateStyle = 'SQL, DMY'",
     "SET lc_monetary = 'C'",
+    "SET DateStyle = 'Postgres, DMY'; SET TimeZone = 'Asia/Kathmandu'",
 ]
 
 
@@ -340,14 +341,16 @@ SESSION_SETTINGS = [
 def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(relay_dsn, setting):
     """The same row written from a default session and from one with `setting`."""
     with psycopg.connect(relay_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TYPE stamp AS (d date, at timestamptz)")
         conn.execute(
             "CREATE TABLE v (b bytea, f float8, i interval, at timestamptz, d date,"
-            " m money, fs float8[], PRIMARY KEY (b, f, i, at))"
+            " m money, fs float8[], dr daterange, grid stamp[], PRIMARY KEY (b, f, i, at))"
         )
         capture.track(conn, "v")
     row = (
         "'\\x00ff41', 0.1::float8 + 0.2::float8, '1 day 02:03:04', '2024-05-06 07:08:09.5+00',"
-        " '2024-05-06', 12.5, ARRAY[1.5e300, 0.1]"
+        " '2024-05-06', 12.5, ARRAY[1.5e300, 0.1], '[2024-01-01,2024-02-01)',"
+        " ARRAY[ARRAY[ROW('2024-05-06', '2024-05-06 07:08:09.5+00')::stamp]]"
     )
     images = []
     for session in ("RESET ALL", setting):
@@ -366,6 +369,8 @@ def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(relay_ds
     assert '"f": 0.30000000000000004' in images[0][0]
     assert '"i": "1 day 02:03:04"' in images[0][0]
     assert '"at": "2024-05-06T07:08:09.5+00:00"' in images[0][0]
+    assert '"dr": "[2024-01-01,2024-02-01)"' in images[0][0]
+    assert '"grid": "{{\\"(2024-05-06,\\\\\\"2024-05-06 07:08:09.5+00\\\\\\")\\"}}"' in images[0][0]
 
 
 def test_partitioned_tables_capture_the_same_way_in_every_session(rconn, relay_dsn):

@@ -520,7 +520,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                          SELECT FROM relay.reached_types(tbl) r
                          WHERE r = ANY (o.types::oid[])
                             OR r >= 16384 AND EXISTS (SELECT FROM pg_range g
-                                                      WHERE r IN (g.rngtypid, g.rngmultitypid)))),
+                                                      WHERE r IN (g.rngtypid, g.rngmultitypid)))
+                        -- A many-dimensional array of composites is written as its text, with
+                        -- the dates and times of their fields in it.
+                        OR o.setting = 'DateStyle' AND EXISTS (
+                            SELECT FROM relay.reached_types(tbl) r JOIN pg_type t ON t.oid = r
+                            WHERE t.typtype = 'c' AND r >= 16384)
+                           AND EXISTS (
+                            SELECT FROM relay.reached_types(tbl) r
+                            WHERE r = ANY ('{date,timestamp,timestamptz,time,timetz}'::regtype[]
+                                           ::oid[]))),
                     '')
         || CASE WHEN event = 'update'
                 THEN ' SET enable_nestloop = off SET enable_mergejoin = off SET jit = off '
