@@ -62,10 +62,12 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
                 rconn.execute("UPDATE items SET amount = '-Infinity' WHERE id = 2")
                 await until(lambda: len(good.requests) == 4, timeout=30)
                 await until(
-                    lambda: rconn.execute(
-                        "SELECT count(*) FROM relay.outbox WHERE status = 'pending'"
-                    ).fetchone()[0]
-                    == 0,
+                    lambda: (
+                        rconn.execute(
+                            "SELECT count(*) FROM relay.outbox WHERE status = 'pending'"
+                        ).fetchone()[0]
+                        == 0
+                    ),
                     timeout=30,
                 )
             failures = rconn.execute(
