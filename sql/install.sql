@@ -42,4 +42,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 6) AS relay_appl
 \ir migrations/0006_rules_version.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 7) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0007_robust.sql
+\endif
+
 COMMIT;
