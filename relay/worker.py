@@ -57,6 +57,9 @@ PURGE_BATCH = 5_000
 PURGE_BATCHES_PER_SWEEP = 4
 BACKLOG_GAUGE_SECONDS = 10.0
 """How often the backlog gauges are refreshed (a count of pending changes), when metrics are on."""
+SESSION_SETTLED_SECONDS = 60.0
+"""A session that failed after running this long waits only briefly before the next one; one
+that fails sooner waits twice as long as the last (up to 30 s)."""
 PREFETCH = 2
 """Deliveries claimed per webhook, as a multiple of its concurrency: the next ones are ready
 when a request ends, instead of a claim round trip later. They wait for a slot at most about
@@ -122,9 +125,11 @@ class Worker:
             async with Sender() as sender:
                 while not stop.is_set():
                     self._connected = False
+                    began = time.monotonic()
                     try:
                         await asyncio.wait_for(self.rules.loaded.wait(), 30)
                         await self._session(stop, sender)
+                        continue
                     except (psycopg.OperationalError, TimeoutError) as exc:
                         if self._connected or not outage:
                             log.warning("database unavailable, retrying", error=first_line(exc))
@@ -134,11 +139,11 @@ class Worker:
                         raise  # a missing grant: waiting will not help (relay run says so)
                     except Exception as exc:
                         # A fault of relay's own: start the session again rather than stop
-                        # delivering; the work is all in the database.
+                        # delivering (the work is all in the database), waiting longer each
+                        # time it comes back at once.
                         log.exception("relay session failed, starting again", error=describe(exc))
-                        backoff = 0.5 if self._connected else backoff
-                    else:
-                        continue
+                        if time.monotonic() - began > SESSION_SETTLED_SECONDS:
+                            backoff = 0.5
                     await asyncio.wait([asyncio.create_task(stop.wait())], timeout=backoff)
                     backoff = min(backoff * 2, 30.0)
         finally:

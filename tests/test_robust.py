@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from test_cli import relay
 from test_worker import FAST, running, setup, sql, until
 
-from relay import record, render, rules
+from relay import fanout, record, render, rules
 from relay.deliver import Sender
 from relay.settings import Settings
 
@@ -451,3 +451,34 @@ def test_an_exception_at_any_stage_costs_only_its_change(rconn, relay_dsn, monke
     assert VICTIM_SECRET not in json.dumps(
         rconn.execute("SELECT array_agg(error) FROM relay.attempts").fetchone()
     )
+
+
+def test_an_unforeseen_error_in_a_session_starts_it_again(rconn, relay_dsn, monkeypatch):
+    """A fault outside any one change (here the fan-out's planning, once) is logged and the
+    session started again: relay run goes on, and nothing is lost."""
+    plan = fanout.plan
+    faults = ["once"]
+
+    def failing_plan(changes, ruleset):  # type: ignore[no-untyped-def]
+        if faults:
+            faults.pop()
+            raise RuntimeError("injected into the fan-out")
+        return plan(changes, ruleset)
+
+    monkeypatch.setattr(fanout, "plan", failing_plan)
+
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            with capture_logs() as events:
+                async with running(relay_dsn):
+                    await sql(
+                        relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 5) g"
+                    )
+                    await until(lambda: pending(rconn) == 0, timeout=30)
+            failures = [e for e in events if e["event"] == SESSION_FAILED]
+            assert [e["error"] for e in failures] == ["RuntimeError: injected into the fan-out"]
+            return r
+
+    assert len(asyncio.run(scenario()).requests) == 5
+    assert_well_recorded(rconn)
