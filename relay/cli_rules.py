@@ -333,7 +333,7 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
         notes.append(f"the rule does not cover {change.op} on {change.object_type}")
     if not hook.enabled:
         notes.append("the webhook is disabled")
-    verdict = rules.verdict(rule, change)
+    verdict = rules.judge(rule, change).verdict
     status = (
         "matched" if verdict.matched else f"not matched ({verdict.reason}): nothing would be sent"
     )

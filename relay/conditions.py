@@ -9,6 +9,13 @@ Evaluation never raises: a path that leads nowhere, or a comparison between valu
 be compared, makes that condition false (``negate`` included: it inverts a comparison that was
 made, not one that could not be). :func:`explain` says why a rule did not match.
 
+Values compare as JSON values: numbers by their exact value whatever their form (``120.00``,
+``120``, ``1.2e2``), never equal to a boolean; lists and objects item by item. Regular
+expressions run on RE2, whose time is linear in the text: no pattern can stall matching. What
+:func:`validate` accepts is exactly what evaluation can run: documents nest at most
+``MAX_DEPTH`` levels (so neither side recurses without bound), and a path part is a list index
+only when it is ASCII digits with an optional minus sign (any other part is a key).
+
 Relay adds ``changed`` and ``unchanged`` (no ``value``): they compare the path in
 ``snapshots.prechange`` with the same path in ``snapshots.postchange`` (a leading ``data.`` is
 dropped, so ``data.status`` and ``status`` mean the same). An absent side counts as a value of
@@ -18,15 +25,25 @@ its own, so every column of an inserted or deleted row has ``changed``.
 from __future__ import annotations
 
 import operator
-import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
+
+import re2  # type: ignore[import-untyped]
 
 OPS = ("eq", "gt", "gte", "lt", "lte", "in", "contains", "regex", "changed", "unchanged")
 NO_VALUE_OPS = ("changed", "unchanged")
 CONDITION_KEYS = frozenset({"attr", "op", "value", "negate"})
+MAX_DEPTH = 32
+"""Levels of JSON nesting in a conditions document, values included (``{"and": [...]}`` is two
+levels); relay.conditions_problem has the same limit."""
+MAX_INDEX_DIGITS = 18
+"""A list index with more digits is past the end of any list."""
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # the reason goes to the rule's problem, not to stderr
 
 
 class InvalidConditions(ValueError):
@@ -47,6 +64,8 @@ def validate(conditions: Any, where: str = "conditions") -> None:
     """Raise :class:`InvalidConditions` naming the first thing wrong; None and {} mean "always"."""
     if conditions is None or conditions == {}:
         return
+    if json_depth(conditions, MAX_DEPTH) > MAX_DEPTH:
+        raise InvalidConditions(f"{where}: nested more than {MAX_DEPTH} levels deep")
     if not isinstance(conditions, Mapping):
         raise InvalidConditions(f"{where} must be an object, not {type(conditions).__name__}")
     logic = [key for key in ("and", "or") if key in conditions]
@@ -83,9 +102,36 @@ def validate(conditions: Any, where: str = "conditions") -> None:
         if not isinstance(value, str):
             raise InvalidConditions(f'{where}: op "regex" needs a string "value"')
         try:
-            re.compile(value)
-        except re.error as exc:
-            raise InvalidConditions(f"{where}: invalid regular expression: {exc}") from None
+            _regex(value)
+        except re2.error as exc:
+            raise InvalidConditions(
+                f"{where}: invalid regular expression (RE2 syntax): {_re2_message(exc)}"
+            ) from None
+
+
+def json_depth(value: Any, cap: int) -> int:
+    """Levels of lists and objects in ``value`` (a scalar is 0, ``[]`` is 1), counted without
+    recursion and no further than ``cap + 1``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if depth <= cap:
+            stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def _re2_message(exc: Exception) -> str:
+    text = exc.args[0] if exc.args else exc
+    return text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
 
 
 def lookup(context: Any, path: str) -> Any:
@@ -95,7 +141,10 @@ def lookup(context: Any, path: str) -> Any:
         if isinstance(current, Mapping):
             current = current.get(key, MISSING)
         elif isinstance(current, list):
-            if key.lstrip("-").isdigit():
+            digits = key.removeprefix("-")
+            if digits.isascii() and digits.isdigit():
+                if len(digits) > MAX_INDEX_DIGITS:
+                    return MISSING
                 index = int(key)
                 current = current[index] if -len(current) <= index < len(current) else MISSING
             else:
@@ -108,34 +157,73 @@ def lookup(context: Any, path: str) -> Any:
     return current
 
 
+def same(left: Any, right: Any) -> bool:
+    """JSON equality: numbers by exact value (``1 == 1.0 == 1e0``, and never a boolean),
+    strings, null, lists and objects item by item. Iterative, so a deep value costs no stack."""
+    pending = [(left, right)]
+    while pending:
+        a, b = pending.pop()
+        kind = _kind(a)
+        if kind is not _kind(b):
+            return False
+        if kind is list:
+            if len(a) != len(b):
+                return False
+            pending.extend(zip(a, b, strict=True))
+        elif kind is Mapping:
+            if a.keys() != b.keys():
+                return False
+            pending.extend((a[key], b[key]) for key in a)
+        else:
+            try:
+                if a != b:  # int, float and Decimal compare by exact value
+                    return False
+            except ArithmeticError:  # a signalling NaN
+                return False
+    return True
+
+
+def _kind(value: Any) -> type:
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, int | float | Decimal):
+        return Decimal  # every number is one kind
+    if isinstance(value, Mapping):
+        return Mapping
+    if isinstance(value, list | tuple):
+        return list
+    return type(value)
+
+
 def _contains(haystack: Any, needle: Any) -> bool:
     if isinstance(haystack, str):
         return isinstance(needle, str) and needle in haystack
-    if isinstance(haystack, list | Mapping):
-        return needle in haystack
+    if isinstance(haystack, list):
+        return any(same(item, needle) for item in haystack)
+    if isinstance(haystack, Mapping):
+        return isinstance(needle, str) and needle in haystack
     raise TypeError(f"cannot look inside {type(haystack).__name__}")
 
 
 def _ordered(compare: Callable[[Any, Any], bool]) -> Callable[[Any, Any], bool]:
-    """Order comparisons between numbers, or between strings; never across kinds or with bool."""
+    """Order comparisons between two numbers (by exact value, whatever their form), or between
+    two strings; never across kinds or with a boolean."""
 
     def check(left: Any, right: Any) -> bool:
-        numbers = (int, float)
-        if isinstance(left, bool) or isinstance(right, bool):
-            raise TypeError("booleans are not ordered")
-        if not (
-            (isinstance(left, numbers) and isinstance(right, numbers))
-            or (isinstance(left, str) and isinstance(right, str))
-        ):
+        kind = _kind(left)
+        if kind is not _kind(right) or kind not in (Decimal, str):
             raise TypeError(f"cannot order {type(left).__name__} and {type(right).__name__}")
-        return compare(left, right)
+        try:
+            return compare(left, right)
+        except ArithmeticError:  # Decimal NaN has no order
+            raise TypeError("NaN is not ordered") from None
 
     return check
 
 
 @lru_cache(maxsize=1024)
-def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern)
+def _regex(pattern: str) -> Any:
+    return re2.compile(pattern, options=_RE2_OPTIONS)
 
 
 def _matches(value: Any, pattern: Any) -> bool:
@@ -145,15 +233,42 @@ def _matches(value: Any, pattern: Any) -> bool:
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
-    "eq": operator.eq,
+    "eq": same,
     "gt": _ordered(operator.gt),
     "gte": _ordered(operator.ge),
     "lt": _ordered(operator.lt),
     "lte": _ordered(operator.le),
-    "in": lambda value, options: value in options,
+    "in": lambda value, options: any(same(value, option) for option in options),
     "contains": _contains,
     "regex": _matches,
 }
+
+
+class _Brief(reprlib.Repr):
+    """repr() cut short for reasons, and never raising: a 5,000-digit int has no repr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother, self.maxlong = 3, 80, 80, 40
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 4000:
+            return f"<integer of about {int(x.bit_length() * 0.30103):,} digits>"
+        return super().repr_int(x, level)
+
+    def repr_Decimal(self, x: Decimal, level: int) -> str:
+        text = str(x)
+        return text if len(text) <= self.maxlong else f"{text[:20]}...{text[-17:]}"
+
+
+_BRIEF = _Brief()
+
+
+def _show(value: Any) -> str:
+    try:
+        return _BRIEF.repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
 
 
 @dataclass(frozen=True)
@@ -199,20 +314,20 @@ def _leaf(condition: Mapping[str, Any], context: Mapping[str, Any]) -> Verdict:
         snapshots = context.get("snapshots") or {}
         before = lookup(snapshots.get("prechange"), path)
         after = lookup(snapshots.get("postchange"), path)
-        result = (before != after) if op == "changed" else (before == after)
-        described = f"{before!r} -> {after!r}"
+        result = same(before, after) is (op == "unchanged")
+        described = f"{_show(before)} -> {_show(after)}"
     else:
         value = lookup(context, attr)
         if value is MISSING:
             return Verdict(False, f"{attr}: not present")
         try:
             result = _COMPARE[op](value, condition["value"])
-        except TypeError as exc:
-            return Verdict(False, f"{label} {condition['value']!r}: {exc}")
-        described = f"{value!r}"
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            return Verdict(False, f"{label} {_show(condition['value'])}: {exc}")
+        described = _show(value)
     if negate:
         result = not result
     if result:
         return Verdict(True)
-    expected = "" if op in NO_VALUE_OPS else f" {condition['value']!r}"
+    expected = "" if op in NO_VALUE_OPS else f" {_show(condition['value'])}"
     return Verdict(False, f"{label}{expected} is false (found {described})")

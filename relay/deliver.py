@@ -5,14 +5,15 @@ whole process. Proxies come from ``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY`` as 
 Sender starts; we pick them ourselves rather than with aiohttp's ``trust_env``, which also
 looks up ``~/.netrc`` for every request (in a thread: over half the relay's CPU time at load)
 and would send credentials from it that nobody configured for a webhook. Redirects are never
-followed. Only the first 4 KB of a response are read, whatever its size. Nothing here raises for
-a receiver's behaviour: every attempt ends in an :class:`Outcome`, and its ``error`` names the
-host, never the full URL (whose path or query may carry a token).
+followed. Only the first 4 KB of a response are read, whatever its size. Nothing here raises:
+every attempt ends in an :class:`Outcome`, whose ``error`` names the host, never the full URL
+(whose path or query may carry a token), nor a secret. A request that cannot be made at all (a
+header or URL that the HTTP client refuses) fails for good; an exception nobody foresaw is
+retried like a network error, since relay cannot know that it will happen again.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from urllib.request import getproxies_environment, proxy_bypass
 import aiohttp
 import yarl
 
+from relay.reasons import describe, redact
 from relay.render import Request, Webhook
 
 EXCERPT_BYTES = 4096
@@ -101,7 +103,7 @@ class Sender:
     async def send(self, request: Request, webhook: Webhook) -> Outcome:
         assert self._session is not None, "use Sender as an async context manager"
         url = urlsplit(request.url)
-        host = url.netloc
+        host = url.netloc.rpartition("@")[2]  # never the user:password@ part
         proxy = self.proxy(url.scheme, url.hostname or "")
         headers, proxy_headers = request.headers, None
         if proxy and proxy.headers:
@@ -141,12 +143,19 @@ class Sender:
             return self._failed(started, f"cannot connect to {host}: {_reason(exc.os_error)}")
         except aiohttp.ServerDisconnectedError:
             return self._failed(started, f"{host} closed the connection without answering")
+        except aiohttp.InvalidURL as exc:  # its text is the whole URL
+            reason = f"the URL cannot be used: {exc.description or 'invalid'}"
+            return self._not_made(started, host, reason, permanent=True)
         except aiohttp.ClientError as exc:
             return self._failed(started, f"request to {host} failed: {_reason(exc)}")
-        except asyncio.CancelledError:
-            raise
         except OSError as exc:
             return self._failed(started, f"request to {host} failed: {_reason(exc)}")
+        except (ValueError, TypeError) as exc:  # e.g. a header the client refuses to write
+            reason = redact(describe(exc), _secrets(request, webhook))
+            return self._not_made(started, host, reason, permanent=True)
+        except Exception as exc:
+            reason = f"unexpected {redact(describe(exc), _secrets(request, webhook))}"
+            return self._not_made(started, host, reason, permanent=False)
 
     def proxy(self, scheme: str, hostname: str) -> Proxy | None:
         """The proxy for requests to ``scheme://hostname``, or None to connect directly."""
@@ -167,6 +176,19 @@ class Sender:
     @staticmethod
     def _failed(started: float, reason: str) -> Outcome:
         return Outcome(ok=False, status=None, duration=time.monotonic() - started, error=reason)
+
+    @staticmethod
+    def _not_made(started: float, host: str, reason: str, *, permanent: bool) -> Outcome:
+        """Our side could not make the request: not the receiver's failure (the circuit
+        breaker does not count it)."""
+        return Outcome(
+            ok=False,
+            status=None,
+            duration=time.monotonic() - started,
+            error=f"request to {host} could not be made: {reason}",
+            permanent=permanent,
+            sent=False,
+        )
 
     @staticmethod
     def _judge(response: aiohttp.ClientResponse, raw: bytes, duration: float) -> Outcome:
@@ -192,6 +214,24 @@ class Sender:
             retry_after=retry_after,
             permanent=status == 410,
         )
+
+
+_SENSITIVE_HEADER = ("auth", "token", "key", "secret", "signature", "cookie")
+
+
+def _secrets(request: Request, webhook: Webhook) -> list[str]:
+    """What an error message of unknown origin must not show: the webhook's secrets, the URL's
+    password, and the values of headers whose names say they are credentials."""
+    found = [line.strip() for line in webhook.secret.splitlines() if line.strip()]
+    password = urlsplit(request.url).password
+    if password:
+        found.append(password)
+    found.extend(
+        value
+        for name, value in request.headers.items()
+        if value and any(word in name.lower() for word in _SENSITIVE_HEADER)
+    )
+    return found
 
 
 def _reason(exc: BaseException | Any) -> str:

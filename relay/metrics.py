@@ -27,7 +27,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.changes = Counter(
             "relay_changes_total",
-            "Changes matched against the rules, by result (matched, skipped).",
+            "Changes matched against the rules, by result (matched, skipped, failed).",
             ["result"],
             registry=self.registry,
         )

@@ -6,21 +6,32 @@ whatever finished while its previous write was under way in one ``record_outcome
 (and one ``finish_changes``), so batches grow with the load and a lone outcome waits for nobody.
 A delivery's task waits until its outcome is written: the slot it holds (see the worker's
 per-webhook limit) is only free once the database agrees.
+
+One outcome the database refuses must not take its batch with it: a batch that fails while the
+connection is fine is written again one outcome at a time, and an outcome refused on its own is
+written once more without its details (error text and response excerpt), so the delivery still
+ends as it did. Only a lost connection fails the whole batch (those leases expire and the
+deliveries are attempted again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
+import structlog
 
 from relay.db import first_line
 from relay.deliver import Outcome
+from relay.reasons import describe, reason
 from relay.sqlfiles import query
+
+log = structlog.get_logger("relay.record")
 
 BATCH_LIMIT = 1000
 
@@ -49,7 +60,7 @@ def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             r.attempt,
             round(r.outcome.duration * 1000),
             r.outcome.status,
-            r.outcome.error,
+            None if r.outcome.error is None else reason(r.outcome.error),
             r.outcome.excerpt,
             r.status,
             r.retry_in,
@@ -63,6 +74,11 @@ def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
 class RecorderClosed(psycopg.OperationalError):
     """The recorder's connection failed: this outcome was not written (its lease will expire
     and the delivery will be attempted again)."""
+
+
+class NotRecorded(Exception):
+    """The database refused this outcome even without its details; its lease will expire and
+    the delivery will be attempted again."""
 
 
 class Recorder:
@@ -102,15 +118,69 @@ class Recorder:
         batch: list[tuple[Result, asyncio.Future[None]]],
     ) -> None:
         try:
-            results = [result for result, _ in batch]
-            await conn.execute(query("record_outcomes"), parameters(results, self.relay_id))
-            await conn.execute(query("finish_changes"), {"ids": [r.outbox_id for r in results]})
+            await self._store(conn, [result for result, _ in batch])
+        except Exception as exc:
+            if conn.closed or conn.broken:
+                self._fail(batch, exc)
+                raise
+            await self._one_by_one(conn, batch, exc)
         except BaseException as exc:
             self._fail(batch, exc)
             raise
-        for _, done in batch:
-            if not done.done():
-                done.set_result(None)
+        else:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+        # A change is finished once its last outcome is written; should this fail, the
+        # relay's sweep finishes it later (unfinished_changes).
+        ids = [result.outbox_id for result, _ in batch]
+        try:
+            await conn.execute(query("finish_changes"), {"ids": ids})
+        except Exception as exc:
+            if conn.closed or conn.broken:
+                raise
+            log.error("could not finish changes", outbox_ids=ids[:10], error=describe(exc))
+
+    async def _store(self, conn: psycopg.AsyncConnection[Any], results: list[Result]) -> None:
+        await conn.execute(query("record_outcomes"), parameters(results, self.relay_id))
+
+    async def _one_by_one(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        batch: list[tuple[Result, asyncio.Future[None]]],
+        first: Exception,
+    ) -> None:
+        """Write a refused batch's outcomes one at a time, each without its details if it is
+        refused alone; the connection failing meanwhile raises."""
+        log.warning("outcomes refused, writing them one by one", error=describe(first))
+        try:
+            for result, done in batch:
+                refused = first if len(batch) == 1 else await self._try(conn, result)
+                if refused is not None:
+                    refused = await self._try(conn, _without_details(result, refused))
+                if done.done():
+                    continue  # its task was cancelled meanwhile
+                if refused is None:
+                    done.set_result(None)
+                else:
+                    log.error(
+                        "outcome not recorded", outbox_id=result.outbox_id, error=describe(refused)
+                    )
+                    done.set_exception(NotRecorded(describe(refused)))
+        except BaseException as exc:
+            self._fail(batch, exc)
+            raise
+
+    async def _try(self, conn: psycopg.AsyncConnection[Any], result: Result) -> Exception | None:
+        """Write one outcome: None when written, the error when the database refused it; a
+        lost connection raises."""
+        try:
+            await self._store(conn, [result])
+        except Exception as exc:
+            if conn.closed or conn.broken:
+                raise
+            return exc
+        return None
 
     def _close(self, exc: BaseException) -> None:
         self._closed = exc
@@ -128,3 +198,12 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError):
         return "the relay stopped before this outcome was written"
     return first_line(exc)
+
+
+def _without_details(result: Result, refused: Exception | None) -> Result:
+    """The outcome with only what cannot be refused: status, timing, and why the details are
+    missing."""
+    why = f"details not recorded ({describe(refused) if refused else 'refused'})"
+    error = why if result.outcome.error is None else f"{result.outcome.error}; {why}"
+    outcome = dataclasses.replace(result.outcome, error=reason(error), excerpt="")
+    return dataclasses.replace(result, outcome=outcome)

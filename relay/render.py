@@ -12,8 +12,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -25,6 +28,7 @@ import simplejson
 from jinja2 import TemplateError, Undefined
 
 from relay import __version__
+from relay.reasons import describe, redact
 from relay.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.sign import InvalidSecret, signature_headers
 
@@ -32,15 +36,40 @@ EVENTS = {"insert": "created", "update": "updated", "delete": "deleted", "trunca
 DELIVERY_NAMESPACE = uuid.UUID("6f1c4f1e-58a9-4c43-9d0e-2b7f4f1b9a51")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_env_read: ContextVar[list[str] | None] = ContextVar("relay_env_read", default=None)
+"""Values the ``env`` filter handed to the templates of the request being made."""
 
 
 class RenderError(Exception):
     """A webhook could not be rendered for a change; the message is meant for a person."""
 
 
+class UnreadableJSON(ValueError):
+    """JSON that is valid but that Python cannot hold: nested deeper than its recursion limit."""
+
+
 def loads(text: str) -> Any:
-    """JSON with exact numbers: ``120.00`` stays ``Decimal('120.00')``, not ``120.0``."""
-    return simplejson.loads(text, use_decimal=True)
+    """JSON with exact numbers: ``120.00`` stays ``Decimal('120.00')``, not ``120.0``, and an
+    integer too long for Python's int-from-text limit (4,300 digits) becomes an exact Decimal.
+    JSON nested too deeply to parse raises :class:`UnreadableJSON`, never RecursionError."""
+    try:
+        try:
+            return simplejson.loads(text, use_decimal=True)
+        except simplejson.JSONDecodeError:
+            raise
+        except ValueError:  # an integer past the limit: the rare case pays for the slow path
+            return simplejson.loads(text, use_decimal=True, parse_int=_exact_int)
+    except RecursionError:
+        raise UnreadableJSON(
+            f"JSON nested too deeply to read (Python stops near {sys.getrecursionlimit():,} levels)"
+        ) from None
+
+
+def _exact_int(text: str) -> int | Decimal:
+    try:
+        return int(text)
+    except ValueError:
+        return Decimal(text)
 
 
 def dumps(value: Any) -> str:
@@ -188,7 +217,11 @@ class Renderer:
                 f"environment variable {name!r} is not allowed in templates "
                 "(RELAY_TEMPLATE_ENV_ALLOW lists the names that are)"
             )
-        return os.environ.get(name, "")
+        value = os.environ.get(name, "")
+        read = _env_read.get()
+        if read is not None:
+            read.append(value)
+        return value
 
     def check(self, source: str, what: str) -> None:
         """Compile only: raise RenderError with the line of a syntax error."""
@@ -240,14 +273,39 @@ class Renderer:
         timestamp: int,
         source: str = "",
     ) -> Request:
+        """The request to send, or RenderError naming the field or step that failed. Whatever
+        goes wrong, the message never carries the webhook's secrets or a value the templates
+        read with ``env`` (an error may quote the value it choked on)."""
+        with _reading_env() as env_values:
+            try:
+                return self._request(webhook, change, action_data, timestamp, source)
+            except RenderError as exc:
+                secrets = [*_secret_lines(webhook.secret), *env_values]
+                raise RenderError(redact(str(exc), secrets)) from None
+
+    def _request(
+        self,
+        webhook: Webhook,
+        change: Change,
+        action_data: Mapping[str, Any] | None,
+        timestamp: int,
+        source: str,
+    ) -> Request:
         templated = any(
             "{" in source
             for source in (webhook.payload_url, webhook.body_template, webhook.additional_headers)
         )
-        # Without templates nothing reads the context, and building it parses the row.
-        ctx = context(change, action_data) if templated else {}
+        try:
+            # Without templates nothing reads the context, and building it parses the row.
+            ctx = context(change, action_data) if templated else {}
+        except UnreadableJSON as exc:
+            raise RenderError(f"the change cannot be read: {exc}") from None
+        except Exception as exc:
+            raise RenderError(f"the change cannot be read: {describe(exc)}") from None
         url = self.render(webhook.payload_url, ctx, "payload_url").strip()
         check_url(url)
+        if _CONTROL.search(webhook.http_content_type):
+            raise RenderError("http_content_type holds a line break or another control character")
         if webhook.body_template.strip():
             body = self.render(webhook.body_template, ctx, "body_template").encode()
         else:
@@ -266,10 +324,40 @@ class Renderer:
             )
         except InvalidSecret as exc:
             raise RenderError(f"secret: {exc}") from None
+        except Exception as exc:
+            raise RenderError(f"signing: {describe(exc)}") from None
         return Request(webhook.http_method, url, headers, body, delivery)
 
 
+@contextmanager
+def _reading_env() -> Iterator[list[str]]:
+    values: list[str] = []
+    token = _env_read.set(values)
+    try:
+        yield values
+    finally:
+        _env_read.reset(token)
+
+
+def _secret_lines(secret: str) -> list[str]:
+    return [line.strip() for line in secret.splitlines() if line.strip()]
+
+
 def check_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or _CONTROL.search(url):
+    """An http(s) URL with a host that can be looked up: the host name must encode the way the
+    resolver will encode it (IDNA: no empty label, none over 63 characters)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError when out of range)
+    except ValueError:
+        parts = urlsplit("")
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or _CONTROL.search(url):
         raise RenderError(f"payload_url rendered to {url[:200]!r}, not an http(s) URL with a host")
+    if ":" not in host:  # an IPv6 address has no labels
+        try:
+            host.encode("idna")
+        except UnicodeError as exc:
+            raise RenderError(
+                f"payload_url: host {host[:80]!r} is not a valid host name ({exc.__cause__ or exc})"
+            ) from None

@@ -2,6 +2,11 @@
 
 Rules are indexed by table, so a change is only compared with the rules that name its table and
 event, however many rules there are.
+
+Judging one rule for one change never raises: a rule that cannot be used (conditions the
+database took but relay cannot run, such as a pattern RE2 refuses) or a change that cannot be
+read yields a :class:`Match` with an ``error``, and the fan-out records that delivery as failed
+with the reason, while every other rule and change goes on.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from psycopg.rows import dict_row
 
 from relay import conditions
 from relay.db import Conn
-from relay.render import Change, Renderer, RenderError, Webhook, context, loads
+from relay.reasons import describe, redact
+from relay.render import Change, Renderer, RenderError, UnreadableJSON, Webhook, context, loads
 from relay.sqlfiles import query
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")+"|[^."]+)\.("(?:[^"]|"")+"|[^."]+)$')
@@ -37,6 +43,10 @@ def table_key(name: str) -> tuple[str, str] | None:
     return schema, table
 
 
+class UnusableRule(Exception):
+    """A rule whose stored conditions or action_data relay cannot use; the message says why."""
+
+
 @dataclass(frozen=True)
 class Rule:
     id: int
@@ -46,6 +56,8 @@ class Rule:
     conditions: Any
     action_data: Mapping[str, Any]
     webhook: Webhook
+    problem: str | None = None
+    """Why the rule cannot be used (checked when it is loaded), or None."""
 
     def covers(self, change: Change) -> bool:
         """Whether the rule names the change's table and event (conditions aside)."""
@@ -58,6 +70,8 @@ class Rule:
 class Match:
     rule: Rule
     verdict: conditions.Verdict
+    error: str | None = None
+    """The rule could not be judged for this change: why (the verdict is then not matched)."""
 
 
 @dataclass
@@ -102,17 +116,34 @@ class RuleSet:
                 shared.append(context(change))
             return shared[0]
 
-        return [Match(rule, verdict(rule, change, base)) for rule in self.candidates(change)]
+        return [judge(rule, change, base) for rule in self.candidates(change)]
 
     def matching(self, change: Change) -> list[Rule]:
         return [m.rule for m in self.evaluate(change) if m.verdict.matched]
+
+
+def judge(rule: Rule, change: Change, base: Callable[[], dict[str, Any]] | None = None) -> Match:
+    """The rule's verdict on the change, or, when it cannot be reached, why."""
+    try:
+        return Match(rule, verdict(rule, change, base))
+    except UnusableRule as exc:
+        why = f"rule {rule.name!r} cannot be used: {exc}"
+    except UnreadableJSON as exc:
+        why = f"rule {rule.name!r}: the change cannot be read: {exc}"
+    except Exception as exc:
+        secrets = rule.webhook.secret.splitlines()
+        why = f"matching rule {rule.name!r}: {redact(describe(exc), secrets)}"
+    return Match(rule, conditions.Verdict(False, why), why)
 
 
 def verdict(
     rule: Rule, change: Change, base: Callable[[], dict[str, Any]] | None = None
 ) -> conditions.Verdict:
     """Whether the rule's conditions hold for the change, and if not, why. ``base`` gives the
-    change's context without action_data, for callers that judge several rules."""
+    change's context without action_data, for callers that judge several rules. Raises
+    UnusableRule for a rule that cannot be used (see :func:`judge`)."""
+    if rule.problem is not None:
+        raise UnusableRule(rule.problem)
     if not rule.conditions:
         return conditions.Verdict(True)  # and the row need not be parsed
     if rule.action_data or base is None:
@@ -150,15 +181,38 @@ def _rule(row: Mapping[str, Any]) -> Rule:
         timeout_seconds=row["timeout_seconds"],
         enabled=row["webhook_enabled"],
     )
+    rule_conditions, problem = _conditions(row["conditions"])
+    try:
+        action_data = loads(row["action_data"])
+    except Exception as exc:
+        action_data, problem = {}, problem or f"action_data cannot be read: {describe(exc)}"
     return Rule(
         id=row["id"],
         name=row["name"],
         tables=tuple(row["tables"]),
         events=tuple(row["events"]),
-        conditions=loads(row["conditions"]) if row["conditions"] else None,
-        action_data=loads(row["action_data"]),
+        conditions=rule_conditions,
+        action_data=action_data,
         webhook=webhook,
+        problem=problem,
     )
+
+
+def _conditions(text: str | None) -> tuple[Any, str | None]:
+    """The conditions as stored and, when evaluation could not run them, why. The database
+    checks their form, but not regular expressions (RE2 syntax), and not rows saved before a
+    check existed; loading validates again, so only what :func:`conditions.validate` accepts
+    is ever evaluated."""
+    if not text:
+        return None, None
+    try:
+        document = loads(text)
+        conditions.validate(document)
+    except conditions.InvalidConditions as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return None, f"conditions cannot be read: {describe(exc)}"
+    return document, None
 
 
 def change_from_row(row: Mapping[str, Any]) -> Change:
@@ -206,10 +260,8 @@ def check(rules: Iterable[Rule], renderer: Renderer) -> list[Problem]:
     problems: list[Problem] = []
     seen_webhooks: set[int] = set()
     for rule in rules:
-        try:
-            conditions.validate(rule.conditions)
-        except conditions.InvalidConditions as exc:
-            problems.append(Problem(f"rule {rule.name!r}", str(exc)))
+        if rule.problem is not None:
+            problems.append(Problem(f"rule {rule.name!r}", rule.problem))
         hook = rule.webhook
         if hook.id in seen_webhooks:
             continue

@@ -6,12 +6,19 @@ protocol); the claim loop leases due deliveries; one task per claimed delivery r
 it; the recorder writes outcomes in batches (relay/record.py). A fourth connection LISTENs.
 When there is nothing to do, each sleeps until a NOTIFY on relay_outbox, the poll interval, or
 a stop request, whichever comes first.
+
+Whatever one change, rule or webhook does, it costs only itself: matching is isolated per rule
+and change (relay/fanout.py), each delivery's task turns any exception into an outcome with a
+one-line reason, a delivery claimed past RELAY_MAX_ATTEMPTS (its earlier attempts never
+reported back) fails instead of going out again, and an unexpected error in a whole session is
+logged and the session started again rather than ending the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import socket
@@ -28,6 +35,7 @@ from relay import fanout, rules
 from relay.db import first_line
 from relay.deliver import Outcome, Sender
 from relay.metrics import Metrics
+from relay.reasons import describe, reason, redact
 from relay.record import Recorder, Result
 from relay.render import Change, Renderer, RenderError, Webhook
 from relay.rules import Rule
@@ -49,6 +57,9 @@ PURGE_BATCH = 5_000
 PURGE_BATCHES_PER_SWEEP = 4
 BACKLOG_GAUGE_SECONDS = 10.0
 """How often the backlog gauges are refreshed (a count of pending changes), when metrics are on."""
+SESSION_SETTLED_SECONDS = 60.0
+"""A session that failed after running this long waits only briefly before the next one; one
+that fails sooner waits twice as long as the last (up to 30 s)."""
 PREFETCH = 2
 """Deliveries claimed per webhook, as a multiple of its concurrency: the next ones are ready
 when a request ends, instead of a claim round trip later. They wait for a slot at most about
@@ -117,16 +128,27 @@ class Worker:
             async with Sender() as sender:
                 while not stop.is_set():
                     self._connected = False
+                    began = time.monotonic()
                     try:
                         await asyncio.wait_for(self.rules.loaded.wait(), 30)
                         await self._session(stop, sender)
+                        continue
                     except (psycopg.OperationalError, TimeoutError) as exc:
                         if self._connected or not outage:
                             log.warning("database unavailable, retrying", error=first_line(exc))
                             backoff = 0.5
                         outage = True
-                        await asyncio.wait([asyncio.create_task(stop.wait())], timeout=backoff)
-                        backoff = min(backoff * 2, 30.0)
+                    except psycopg.errors.InsufficientPrivilege:
+                        raise  # a missing grant: waiting will not help (relay run says so)
+                    except Exception as exc:
+                        # A fault of relay's own: start the session again rather than stop
+                        # delivering (the work is all in the database), waiting longer each
+                        # time it comes back at once.
+                        log.exception("relay session failed, starting again", error=describe(exc))
+                        if time.monotonic() - began > SESSION_SETTLED_SECONDS:
+                            backoff = 0.5
+                    await asyncio.wait([asyncio.create_task(stop.wait())], timeout=backoff)
+                    backoff = min(backoff * 2, 30.0)
         finally:
             watcher.cancel()
 
@@ -294,18 +316,35 @@ class Worker:
             version = await cur_version.fetchone()
             await self.rules.catch_up(conn, int(version[0]) if version else 0)
             plan = fanout.plan([rules.change_from_row(r) for r in rows], self.rules.ruleset)
-            matched = len(set(plan.outbox_ids))
-            self.metrics.changes.labels("matched").inc(matched)
-            self.metrics.changes.labels("skipped").inc(len(rows) - matched)
-            await conn.execute(query("add_deliveries"), plan.deliveries())
-            await conn.execute(query("mark_fanned_out"), {"ids": plan.fanned_out})
-            await conn.execute(query("skip_changes"), {"ids": plan.fanned_out})
-            await conn.execute(query("finish_changes"), {"ids": plan.fanned_out})
+            self._count_plan(plan, len(rows))
+            for name, parameters in plan.statements():
+                await conn.execute(query(name), parameters)
         self._fanned += len(rows)
         if self._fanned >= self._analyze_at:
             self._analyze_at *= 2
             await conn.execute(query("refresh_statistics"))
         return len(rows)
+
+    def _count_plan(self, plan: fanout.Plan, changes: int) -> None:
+        failed = plan.failed
+        for outbox_id, webhook_id, error in zip(
+            failed.outbox_ids, failed.webhook_ids, failed.errors, strict=True
+        ):
+            log.warning(
+                "delivery",
+                outbox_id=outbox_id,
+                webhook=self._webhook_name(webhook_id),
+                attempt=1,
+                outcome="failed",
+                error=error,
+            )
+        for outbox_id, error in plan.unmatchable.items():
+            log.error("change not matched", outbox_id=outbox_id, outcome="failed", error=error)
+        matched = set(plan.outbox_ids)
+        failing = (set(failed.outbox_ids) - matched) | set(plan.unmatchable)
+        self.metrics.changes.labels("matched").inc(len(matched))
+        self.metrics.changes.labels("failed").inc(len(failing))
+        self.metrics.changes.labels("skipped").inc(changes - len(matched) - len(failing))
 
     async def _claim(self, conn: AConn, limit: int) -> list[Claimed]:
         window = self.settings.webhook_concurrency * PREFETCH
@@ -351,14 +390,17 @@ class Worker:
 
     async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
         try:
-            async with self._slot(item.webhook_id):
-                if self._stopping:
-                    return  # not sent: release_leases gives it back
-                paused = self._paused_until.get(item.webhook_id, 0.0) - time.monotonic()
-                if paused > 0:
-                    result = self._put_back(item, paused)
-                else:
-                    result = self._result(item, await self._attempt(item, sender))
+            if item.attempt > self.settings.max_attempts:
+                result = self._exhausted(item)
+            else:
+                async with self._slot(item.webhook_id):
+                    if self._stopping:
+                        return  # not sent: release_leases gives it back
+                    paused = self._paused_until.get(item.webhook_id, 0.0) - time.monotonic()
+                    if paused > 0:
+                        result = self._put_back(item, paused)
+                    else:
+                        result = self._result(item, await self._attempt(item, sender))
         finally:
             # Room for another claim as soon as the receiver has answered. The delivery stays
             # pending (so a later change to its row still waits) until its outcome is written.
@@ -367,8 +409,8 @@ class Worker:
         try:
             await recorder.record(result)
             self._count(item, result)
-        except psycopg.Error as exc:  # the lease expires and another attempt follows
-            log.error("could not record outcome", outbox_id=item.outbox_id, error=str(exc))
+        except Exception as exc:  # the lease expires and another attempt follows
+            log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
 
     def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
         """The webhook and rule to deliver with, or why there is none any more."""
@@ -380,30 +422,39 @@ class Worker:
         return rule.webhook, rule
 
     async def _attempt(self, item: Claimed, sender: Sender) -> Outcome:
-        target = self._target(item)
-        if isinstance(target, str):
-            return Outcome(
-                ok=False, status=None, duration=0.0, error=target, permanent=True, sent=False
-            )
-        hook, rule = target
+        """One attempt, ending in an outcome whatever happens. Rendering and signing depend on
+        the change and the webhook alone, so their failures are for good; an exception that
+        escapes the sender is retried like a network error (it may not happen again)."""
+        hook: Webhook | None = None
+        stage = "finding its rule"
         try:
-            request = self.renderer.request(
-                hook,
-                item.change,
-                rule.action_data,
-                timestamp=int(time.time()),
-                source=self._installation,
-            )
+            target = self._target(item)
+            if isinstance(target, str):
+                outcome = _not_sent(target, permanent=True)
+            else:
+                hook, rule = target
+                stage = "rendering"
+                request = self.renderer.request(
+                    hook,
+                    item.change,
+                    rule.action_data,
+                    timestamp=int(time.time()),
+                    source=self._installation,
+                )
+                stage = "sending"
+                outcome = await sender.send(request, hook)
         except RenderError as exc:
-            outcome = Outcome(
-                ok=False, status=None, duration=0.0, error=str(exc), permanent=True, sent=False
-            )
-        else:
-            outcome = await sender.send(request, hook)
+            outcome = _not_sent(str(exc), permanent=True)
+        except Exception as exc:
+            secrets = hook.secret.splitlines() if hook else []
+            why = f"{stage}: {redact(describe(exc), secrets)}"
+            outcome = _not_sent(why, permanent=stage != "sending")
+        if outcome.error is not None:
+            outcome = dataclasses.replace(outcome, error=reason(outcome.error))
         log.info(
             "delivery",
             outbox_id=item.outbox_id,
-            webhook=hook.name,
+            webhook=hook.name if hook else self._webhook_name(item.webhook_id),
             attempt=item.attempt,
             status_code=outcome.status,
             duration_ms=round(outcome.duration * 1000, 1),
@@ -460,6 +511,26 @@ class Worker:
             self._paused_until[hook] = time.monotonic() + self.settings.breaker_cooldown_seconds
             self.metrics.paused.labels(self._webhook_name(hook)).set(1)
 
+    def _exhausted(self, item: Claimed) -> Result:
+        """A delivery claimed once more than RELAY_MAX_ATTEMPTS allows: its last attempts never
+        reported an outcome (a relay died or lost its lease while sending). It fails unsent, and
+        this claim does not count, so its attempts stay at the limit."""
+        limit = self.settings.max_attempts
+        why = (
+            f"failed after {limit} attempts (RELAY_MAX_ATTEMPTS); the last ones never reported "
+            "an outcome (a relay stopped or lost its lease while sending)"
+        )
+        log.warning(
+            "delivery",
+            outbox_id=item.outbox_id,
+            webhook=self._webhook_name(item.webhook_id),
+            attempt=limit,
+            outcome="failed",
+            error=why,
+        )
+        outcome = _not_sent(why, permanent=True)
+        return Result(item.outbox_id, item.webhook_id, item.attempt, "failed", 0.0, outcome, False)
+
     @staticmethod
     def _put_back(item: Claimed, seconds: float) -> Result:
         """A delivery claimed just before its webhook was paused goes back unsent, due when the
@@ -487,3 +558,10 @@ class Worker:
                 item.attempt, random.uniform(0.8, 1.2), outcome.retry_after
             )
         return Result(item.outbox_id, item.webhook_id, item.attempt, status, retry_in, outcome)
+
+
+def _not_sent(error: str, *, permanent: bool) -> Outcome:
+    """The request never left: a problem on our side, not the receiver's."""
+    return Outcome(
+        ok=False, status=None, duration=0.0, error=error, permanent=permanent, sent=False
+    )

@@ -47,4 +47,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 7) AS relay_appl
 \ir migrations/0007_trusted_capture.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 8) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0008_robust.sql
+\endif
+
 COMMIT;

@@ -97,6 +97,37 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
         leased_by = NULL, last_error = NULL, last_status_code = NULL
     WHERE relay.deliveries.status = 'failed';
 
+-- name: add_failed_deliveries
+-- Deliveries whose rule could not be judged for the change (relay/fanout.py): written failed at
+-- once, with the reason as their one attempt. As in add_deliveries, a delivery that failed before
+-- (a re-queued change) is written again and one that succeeded is left alone.
+WITH failed AS (
+    SELECT *
+    FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+                %(row_keys)s::text[], %(errors)s::text[])
+        AS f (outbox_id, webhook_id, rule_id, row_key, error)
+), written AS (
+    INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, status, attempts,
+                                  last_error)
+    SELECT outbox_id, webhook_id, rule_id, row_key, 'failed', 1, error FROM failed
+    ON CONFLICT (outbox_id, webhook_id) DO UPDATE
+        SET status = 'failed', attempts = 1, rule_id = EXCLUDED.rule_id, next_attempt_at = now(),
+            leased_until = NULL, leased_by = NULL, last_status_code = NULL,
+            last_error = EXCLUDED.last_error
+        WHERE relay.deliveries.status = 'failed'
+    RETURNING outbox_id, webhook_id, last_error
+)
+INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, error)
+SELECT outbox_id, webhook_id, 1, 0, last_error FROM written;
+
+-- name: fail_changes
+-- Changes that could not be matched against the rules at all (relay/fanout.py): failed, with
+-- the reason.
+UPDATE relay.outbox o
+SET status = 'failed', processed_at = now(), fanned_out_at = now(), last_error = f.error
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f (id, error)
+WHERE o.id = f.id AND o.status = 'pending';
+
 -- name: mark_fanned_out
 UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 

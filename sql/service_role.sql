@@ -20,7 +20,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"ro
 GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations, relay.installation
     TO :"role";
 GRANT EXECUTE ON FUNCTION relay.column_names(oid, int2[]), relay.pk_attnums(oid),
-    relay.shape(oid), relay.tracked_ancestor(oid) TO :"role";
+    relay.shape(oid), relay.reached_types(oid), relay.tracked_ancestor(oid) TO :"role";
 -- Regenerate the capture functions of a table whose columns changed (see 0007_trusted_capture.sql).
 GRANT EXECUTE ON FUNCTION relay.refresh_capture() TO :"role";
 -- Read webhooks (secrets included: it signs with them) and event rules; never change them.

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.conditions import InvalidConditions, explain, lookup, matches, validate
+from relay.conditions import (
+    MAX_DEPTH,
+    InvalidConditions,
+    explain,
+    json_depth,
+    lookup,
+    matches,
+    same,
+    validate,
+)
+from relay.render import loads
 
 ROW = {
     "event": "updated",
@@ -106,6 +119,15 @@ def test_explain_says_why_not():
         ({"attr": "data..x", "value": 1}, "dotted path"),
         ({"attr": "data.x", "op": "in", "value": "abc"}, "list"),
         ({"attr": "data.x", "op": "regex", "value": "("}, "invalid regular expression"),
+        ({"attr": "data.x", "op": "regex", "value": r"(a)\1"}, "RE2 syntax"),  # backreference
+        ({"attr": "data.x", "op": "regex", "value": "(?<=a)b"}, "RE2 syntax"),  # lookbehind
+        (
+            {
+                "attr": "data.x",
+                "value": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+            },
+            "32 levels",
+        ),
         ({"attr": "data.x", "op": "changed", "value": 1}, "takes no"),
         ({"attr": "data.x", "value": 1, "negate": "yes"}, "true or false"),
         ({"attr": "data.x", "value": 1, "extra": 2}, "unknown key"),
@@ -133,8 +155,11 @@ json_values = st.recursive(
     max_leaves=12,
 )
 paths = st.lists(
-    st.sampled_from(["a", "b", "data", "x", "0", "-1", "1"]), min_size=1, max_size=4
+    st.sampled_from(["a", "b", "data", "x", "0", "-1", "1", "²", "--1", "-0", "\u0661", "9" * 30]),
+    min_size=1,
+    max_size=4,
 ).map(".".join)
+RE2_PATTERNS = ["a", r"edge-\w+-\d+", "(a+)+$", "(?i)ab|cd", r"\p{L}+", "[^x]*z", "(?P<n>a)b?"]
 leaf_conditions = (
     st.builds(
         lambda attr, op, value, negate: {"attr": attr, "op": op, "value": value, "negate": negate},
@@ -150,6 +175,11 @@ leaf_conditions = (
     )
     | st.builds(
         lambda attr, op: {"attr": attr, "op": op}, paths, st.sampled_from(["changed", "unchanged"])
+    )
+    | st.builds(
+        lambda attr, pattern: {"attr": attr, "op": "regex", "value": pattern},
+        paths,
+        st.sampled_from(RE2_PATTERNS),
     )
 )
 condition_sets = st.recursive(
@@ -196,8 +226,8 @@ def test_negate_inverts_a_comparison_that_was_made(path, value, other):
     node[keys[-1]] = value
     assert lookup(context, path) == value
     plain = {"attr": path, "op": "eq", "value": other}
-    assert matches(plain, context) == (value == other)
-    assert matches({**plain, "negate": True}, context) == (value != other)
+    assert matches(plain, context) == same(value, other)
+    assert matches({**plain, "negate": True}, context) != same(value, other)
 
 
 @given(paths, json_values, json_values)
@@ -206,3 +236,140 @@ def test_changed_and_unchanged_are_complements(path, before, after):
     changed = matches({"attr": path, "op": "changed"}, context)
     unchanged = matches({"attr": path, "op": "unchanged"}, context)
     assert changed != unchanged
+
+
+def nested(leaf: object, levels: int) -> object:
+    for _ in range(levels):
+        leaf = {"and": [leaf]}
+    return leaf
+
+
+deep_documents = st.builds(
+    nested, leaf_conditions, st.integers(min_value=12, max_value=17)
+) | st.builds(
+    lambda attr, value, levels: {"attr": attr, "value": nested_list(value, levels)},
+    paths,
+    json_values,
+    st.integers(min_value=28, max_value=34),
+)
+
+
+def nested_list(value: object, levels: int) -> object:
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_documents_nest_at_most_max_depth_levels():
+    assert json_depth(1, MAX_DEPTH) == 0 and json_depth({"a": [1, {"b": []}]}, MAX_DEPTH) == 4
+    assert json_depth(nested_list(1, 1000), MAX_DEPTH) == MAX_DEPTH + 1  # stops counting
+    leaf = {"attr": "data.x", "value": 1}
+    validate(nested(leaf, 15))  # 31 levels
+    with pytest.raises(InvalidConditions, match="nested more than 32 levels deep"):
+        validate(nested(leaf, 16))
+    with pytest.raises(InvalidConditions, match="nested more than 32 levels deep"):
+        validate(nested(leaf, 1000))  # no RecursionError on the way
+
+
+# Numbers: every form a JSON number can take, parsed the way relay parses rows and rules, with
+# the exact value Python's Fraction gives the same text.
+json_number_texts = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.builds(
+        lambda whole, fraction, exponent: f"{whole}.{fraction}{exponent}",
+        st.integers(min_value=-(10**6), max_value=10**6),
+        st.integers(min_value=0, max_value=10**6).map(str),
+        st.sampled_from(["", "e0", "e3", "E-2", "e+5", "E-40", "e40"]),
+    ),
+    st.builds(
+        lambda whole, exponent: f"{whole}e{exponent}", st.integers(-999, 999), st.integers(-60, 60)
+    ),
+    st.sampled_from(["0", "-0", "0.0", "1", "1.0", "1.00", "1e0", "10e-1", "0.1", "120.00", "7.5"]),
+)
+numbers = st.one_of(
+    json_number_texts.map(lambda text: (loads(text), Fraction(text))),
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda f: (f, Fraction(f))),
+)
+
+
+@given(numbers, numbers)
+def test_numbers_compare_by_exact_value_whatever_their_form(left, right):
+    (value, exact), (other, other_exact) = left, right
+    context = {"data": {"n": value}}
+    expected = {
+        "eq": exact == other_exact,
+        "gt": exact > other_exact,
+        "gte": exact >= other_exact,
+        "lt": exact < other_exact,
+        "lte": exact <= other_exact,
+    }
+    for op, truth in expected.items():
+        assert matches({"attr": "data.n", "op": op, "value": other}, context) is truth, op
+    assert matches({"attr": "data.n", "op": "in", "value": ["x", True, other]}, context) is (
+        exact == other_exact
+    )
+    assert matches(
+        {"attr": "data.l", "op": "contains", "value": other}, {"data": {"l": [value]}}
+    ) is (exact == other_exact)
+
+
+@pytest.mark.parametrize(
+    ("row", "condition", "expected"),
+    [
+        ('{"total": 120.00}', {"attr": "data.total", "op": "gt", "value": 100}, True),
+        ('{"qty": 8}', {"attr": "data.qty", "op": "gt", "value": Decimal("7.5")}, True),
+        ('{"qty": 7}', {"attr": "data.qty", "op": "gte", "value": Decimal("7.5")}, False),
+        ('{"x": 1.2e2}', {"attr": "data.x", "value": 120}, True),
+        ('{"x": 120}', {"attr": "data.x", "op": "in", "value": [Decimal("1.2E+2")]}, True),
+        ('{"x": 1}', {"attr": "data.x", "value": True}, False),  # a number is no boolean
+        ('{"x": true}', {"attr": "data.x", "op": "in", "value": [1]}, False),
+        ('{"x": [1, 2.0]}', {"attr": "data.x", "value": [1.0, 2]}, True),
+        ('{"x": {"a": 0}}', {"attr": "data.x", "value": {"a": -0.0}}, True),
+        ('{"x": "10"}', {"attr": "data.x", "op": "gt", "value": 9}, False),  # no coercion
+        (f'{{"x": 1{"0" * 5000}}}', {"attr": "data.x", "op": "gt", "value": 10**400}, True),
+        (f'{{"x": 1{"0" * 5000}}}', {"attr": "data.x", "value": Decimal(f"1E+{5000}")}, True),
+        ('{"x": 1e400}', {"attr": "data.x", "op": "gt", "value": 1.7976931348623157e308}, True),
+    ],
+)
+def test_numbers_from_rows_compare_by_value(row, condition, expected):
+    assert matches(condition, {"data": loads(row)}) is expected
+
+
+def test_a_reason_never_fails_on_the_value_it_describes():
+    huge = 10**5000  # Python cannot print it (the 4,300-digit limit)
+    verdict = explain({"attr": "data.x", "value": 1}, {"data": {"x": huge}})
+    assert verdict.reason == "data.x eq 1 is false (found <integer of about 5,000 digits>)"
+    deep = nested_list(1, 5000)
+    assert "found [[[" in explain({"attr": "data.x", "value": 1}, {"data": {"x": deep}}).reason
+    assert not matches(
+        {"attr": "data.x", "op": "changed"},
+        {"snapshots": {"prechange": {"x": deep}, "postchange": {"x": deep}}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("data.tags.²", ["superscript"]),  # a key: "²" is a digit to str.isdigit(), not to int()
+        ("data.tags.--1", []),
+        ("data.tags.-0.slug", "core"),
+        ("data.tags.00001.slug", "lab"),
+        ("data.tags." + "9" * 5000, None),  # past the end of any list
+        ("data.tags.-" + "9" * 19, None),
+    ],
+)
+def test_any_path_the_validator_accepts_can_be_looked_up(path, expected):
+    validate({"attr": path, "value": 1})
+    tags = [{"slug": "core", "²": "superscript"}, {"slug": "lab"}]
+    found = lookup({"data": {"tags": tags}}, path)
+    assert found == expected if expected is not None else repr(found) == "<missing>"
+
+
+def test_regular_expressions_take_linear_time():
+    condition = {"attr": "data.name", "op": "regex", "value": "(a+)+$"}
+    started = time.monotonic()
+    # Python's re took 4 s at 27 characters here, doubling with each one more.
+    assert not matches(condition, {"data": {"name": "a" * 28 + "b"}})
+    assert not matches(condition, {"data": {"name": "a" * 1_000_000 + "b"}})
+    assert matches(condition, {"data": {"name": "a" * 1_000_000}})
+    assert time.monotonic() - started < 2.0

@@ -256,3 +256,28 @@ def test_an_unknown_host_fails_clearly(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("False cannot resolve host no-such-host.invalid: ")
+
+
+def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret():
+    """What the renderer cannot see coming (headers aiohttp refuses to write, a URL it cannot
+    use) ends as a failure for good, not sent, with the reason; the receiver gets nothing, and
+    a credential in a header or in the URL is not repeated in the reason."""
+
+    async def scenario():
+        async with receiver() as r, Sender() as sender:
+            headers = {"Authorization": "Bearer tok-0123456789", "X-Note": "a\r\nX-Evil: 1"}
+            bad_header = Request("POST", r.url, headers, b"{}", "d1")
+            port = r.url.split(":")[2].split("/")[0]
+            bad_url = Request("POST", f"http://u:pw-0123456789@127.0.0.1:{port}99/x", {}, b"", "d2")
+            return [await sender.send(q, HOOK) for q in (bad_header, bad_url)], r.requests
+
+    outcomes, requests = run(scenario())
+    assert requests == []
+    for outcome in outcomes:
+        assert not outcome.ok and outcome.permanent and not outcome.sent
+        assert "0123456789" not in outcome.error and "\n" not in outcome.error
+    assert (
+        outcomes[0].error.startswith("request to 127.0.0.1:")
+        and "ValueError: " in outcomes[0].error
+    )
+    assert "the URL cannot be used" in outcomes[1].error

@@ -20,10 +20,8 @@ def fan_out(conn) -> fanout.Plan:
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
         plan = fanout.plan([rules.change_from_row(r) for r in rows], rules.load(conn))
-        conn.execute(query("add_deliveries"), plan.deliveries())
-        conn.execute(query("mark_fanned_out"), {"ids": plan.fanned_out})
-        conn.execute(query("skip_changes"), {"ids": plan.fanned_out})
-        conn.execute(query("finish_changes"), {"ids": plan.fanned_out})
+        for name, parameters in plan.statements():
+            conn.execute(query(name), parameters)
     return plan
 
 

@@ -280,3 +280,37 @@ def test_a_slow_template_is_stopped_after_the_time_limit():
     with pytest.raises(RenderError, match="stopped after 1 s"):
         Renderer().request(hook, CHANGE, timestamp=0)
     assert time.monotonic() - started < 1.5
+
+
+def test_rows_python_cannot_hold_are_read_exactly_or_refused_in_words():
+    """PostgreSQL happily stores a 5,001-digit numeric and JSON nested 1,000 deep; Python's
+    int() stops at 4,300 digits and its parsers at its recursion limit."""
+    big = "1" + "0" * 5000
+    assert loads(f"[{big}, 7, 2.50]") == [Decimal(big), 7, Decimal("2.50")]
+    assert type(loads("[7]")[0]) is int
+    deep = replace(CHANGE, new_json='{"j": ' + "[" * 1000 + "]" * 1000 + "}")
+    hook = replace(HOOK, body_template="{{ data.j }}")
+    with pytest.raises(RenderError, match=r"^the change cannot be read: JSON nested too deeply"):
+        Renderer().request(hook, deep, timestamp=0)
+    assert b"[[[[" in Renderer().request(HOOK, deep, timestamp=0).body  # passed through as is
+    huge = replace(CHANGE, new_json=f'{{"n": {big}}}')
+    assert (
+        Renderer().request(replace(HOOK, body_template="{{ data.n }}"), huge, timestamp=0).body
+        == big.encode()
+    )
+    with pytest.raises(RenderError, match=r"^body_template: ValueError: Exceeds the limit"):
+        Renderer().request(replace(HOOK, body_template="{{ data.n | int }}"), huge, timestamp=0)
+
+
+def test_a_failure_never_shows_a_secret_or_a_value_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("CRM_TOKEN", "token-0123456789")
+    renderer = Renderer(["CRM_*"])
+    # An error that quotes the value: KeyError('token-0123456789').
+    leaky = replace(HOOK, body_template='{{ ("{" ~ ("CRM_TOKEN" | env) ~ "}").format() }}')
+    with pytest.raises(RenderError) as raised:
+        renderer.request(leaky, CHANGE, timestamp=0)
+    assert "token-0123456789" not in str(raised.value) and "******" in str(raised.value)
+    bad_secret = replace(HOOK, signature="standard", secret="whsec_not base64 s3cret-abc")
+    with pytest.raises(RenderError, match=r"^secret: ") as raised:
+        renderer.request(bad_secret, CHANGE, timestamp=0)
+    assert "s3cret-abc" not in str(raised.value)

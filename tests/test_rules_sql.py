@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
-from test_conditions import condition_sets, json_values
+from test_conditions import condition_sets, deep_documents, json_values
 
 from relay.conditions import InvalidConditions, validate
 
@@ -62,6 +62,9 @@ def test_a_good_webhook_and_rule_get_netbox_defaults(rconn):
             "ca_file_path is set but ssl_verification is off",
         ),
         ({"timeout_seconds": 0}, "timeout_seconds"),
+        ({"http_content_type": "text/plain\r\nX-Evil: 1"}, "http_content_type must be one line"),
+        ({"payload_url": f"https://{'a' * 64}.example/"}, "one longer than 63 characters"),
+        ({"payload_url": "https://a..example/"}, "an empty label"),
         ({"name": " "}, "name must not be empty"),
     ],
 )
@@ -137,9 +140,9 @@ def test_application_roles_cannot_read_secrets(rconn, relay_dsn, make_role):
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.one_of(condition_sets, json_values))
+@given(st.one_of(condition_sets, deep_documents, json_values))
 def test_database_and_python_agree_on_which_conditions_are_well_formed(rconn, document):
     try:
         validate(document)
@@ -150,3 +153,16 @@ def test_database_and_python_agree_on_which_conditions_are_well_formed(rconn, do
         "SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),)
     ).fetchone()[0]
     assert (problem is None) == python_ok, problem
+
+
+def test_the_database_leaves_regular_expressions_to_relay(rconn):
+    """The one place the two validators differ: PostgreSQL cannot compile RE2 syntax, so it
+    takes any string as a pattern; relay compiles it when it loads the rule (a rule with a
+    pattern RE2 refuses fails its deliveries with the reason, see test_robust.py) and in
+    `relay rules check`."""
+    for pattern in ["(", r"(a)\1", "(?=a)"]:
+        document = {"attr": "data.x", "op": "regex", "value": pattern}
+        sql = rconn.execute("SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),))
+        assert sql.fetchone()[0] is None
+        with pytest.raises(InvalidConditions, match="RE2 syntax"):
+            validate(document)
