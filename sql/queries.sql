@@ -213,9 +213,10 @@ WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id
   AND d.leased_by = %(relay_id)s;
 
 -- name: finish_changes
--- A change is delivered when all its deliveries are, failed as soon as one is. The rows are
--- locked in id order first: two relays finishing overlapping sets of changes (one change, two
--- webhooks) must not deadlock.
+-- A change is delivered when all its deliveries are, failed as soon as one is, and skipped when
+-- it has none left (the webhooks it was for were deleted while it waited: their deliveries go
+-- with them). The rows are locked in id order first: two relays finishing overlapping sets of
+-- changes (one change, two webhooks) must not deadlock.
 WITH locked AS MATERIALIZED (
     SELECT id FROM relay.outbox
     WHERE id = ANY(%(ids)s::bigint[]) AND status = 'pending'
@@ -223,21 +224,26 @@ WITH locked AS MATERIALIZED (
     FOR UPDATE
 )
 UPDATE relay.outbox o
-SET status = CASE WHEN s.failed THEN 'failed' ELSE 'delivered' END::relay.change_status,
+SET status = CASE WHEN s.deliveries = 0 THEN 'skipped'
+                  WHEN s.failed THEN 'failed'
+                  ELSE 'delivered' END::relay.change_status,
     processed_at = now(),
     attempts = s.attempts,
-    last_error = s.error
+    last_error = CASE WHEN s.deliveries = 0 THEN 'the webhooks it was for were deleted'
+                      ELSE s.error END
 FROM (
-    SELECT outbox_id,
-           bool_or(status = 'failed') AS failed,
-           bool_and(status = 'delivered') AS delivered,
-           sum(attempts)::int AS attempts,
-           min(last_error) FILTER (WHERE status = 'failed') AS error
-    FROM relay.deliveries
-    WHERE outbox_id IN (SELECT id FROM locked)
-    GROUP BY outbox_id
+    SELECT l.id AS outbox_id,
+           count(d.outbox_id) AS deliveries,
+           coalesce(bool_or(d.status = 'failed'), false) AS failed,
+           coalesce(bool_and(d.status = 'delivered'), false) AS delivered,
+           coalesce(sum(d.attempts), 0)::int AS attempts,
+           min(d.last_error) FILTER (WHERE d.status = 'failed') AS error
+    FROM locked l
+    LEFT JOIN relay.deliveries d ON d.outbox_id = l.id
+    GROUP BY l.id
 ) s
-WHERE o.id = s.outbox_id AND o.status = 'pending' AND (s.failed OR s.delivered);
+WHERE o.id = s.outbox_id AND o.status = 'pending'
+  AND (s.failed OR s.delivered OR s.deliveries = 0);
 
 -- name: unfinished_changes
 -- Changes in progress with no delivery left pending: their relay stopped before finishing them.

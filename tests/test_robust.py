@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from aiohttp import web
 from psycopg.types.json import Jsonb
 from receivers import Receiver, receiver
 from structlog.testing import capture_logs
@@ -482,3 +483,29 @@ def test_an_unforeseen_error_in_a_session_starts_it_again(rconn, relay_dsn, monk
 
     assert len(asyncio.run(scenario()).requests) == 5
     assert_well_recorded(rconn)
+
+
+def test_a_change_whose_webhook_is_deleted_while_it_waits_ends_skipped(rconn, relay_dsn):
+    """Deleting a webhook deletes its deliveries; the changes that waited for it end instead of
+    staying pending for ever (found by bench/fuzz.py)."""
+
+    async def down(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    async def scenario() -> list[tuple[str, str | None]]:
+        async with receiver(down) as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn, FAST):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                await until(lambda: len(r.requests) >= 1)
+                rconn.execute("DELETE FROM relay.event_rules")
+                rconn.execute("DELETE FROM relay.webhooks")
+                await until(
+                    lambda: (
+                        rconn.execute("SELECT status FROM relay.outbox").fetchone() != ("pending",)
+                    ),
+                    timeout=15,
+                )
+        return rconn.execute("SELECT status::text, last_error FROM relay.outbox").fetchall()
+
+    assert asyncio.run(scenario()) == [("skipped", "the webhooks it was for were deleted")]
