@@ -317,14 +317,47 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
--- The primary key of an image: jsonb_build_object of the key columns taken from it.
-CREATE FUNCTION relay.pk_sql(tbl oid, image text) RETURNS text
+-- The primary key of a row (`source` as in relay.image_sql), as jsonb_build_object of its key
+-- columns, written as in the images; NULL without a primary key.
+CREATE FUNCTION relay.pk_sql(tbl oid, source text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(
         'pg_catalog.jsonb_build_object('
-            || string_agg(format('%L, %s OPERATOR(pg_catalog.->) %L', n, image, n), ', ') || ')',
-        'NULL')
-    FROM unnest(relay.column_names(tbl, relay.pk_attnums(tbl))) n
+            || string_agg(format('%L, %s', a.attname,
+                                 relay.value_sql(source || '.' || quote_ident(a.attname),
+                                                 a.atttypid)), ', ' ORDER BY k.i) || ')',
+        'NULL::pg_catalog.jsonb')
+    FROM unnest(relay.pk_attnums(tbl)) WITH ORDINALITY k(attnum, i)
+    JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum
+$$;
+
+-- Who made a change and in which transaction, as a FROM item computed once per statement (a
+-- function call there cost 5 microseconds more per statement; an md5 of the transaction id
+-- another 4). See relay.change_context for the meaning; the request id derived from the
+-- transaction id is the 64-bit transaction id written as a UUID: the same for every change of
+-- a transaction, different for every other transaction, also across restarts.
+CREATE FUNCTION relay.context_sql() RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT '(SELECT coalesce(nullif(pg_catalog.current_setting(''relay.username'', true), ''''), '
+           'session_user::pg_catalog.text) AS username, '
+           'coalesce(nullif(pg_catalog.current_setting(''relay.request_id'', true), ''''), '
+           'pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.pg_current_xact_id()::pg_catalog.text'
+           '::pg_catalog.int8), 32, ''0'')::pg_catalog.uuid::pg_catalog.text) AS request_id, '
+           'pg_catalog.pg_current_xact_id() AS txid, pg_catalog.clock_timestamp() AS at) x'
+$$;
+
+-- The same context for the capture of TRUNCATE, which has no rows to join it to.
+CREATE OR REPLACE FUNCTION relay.change_context() RETURNS relay.change_context
+LANGUAGE sql VOLATILE AS $$
+    SELECT ROW(
+        coalesce(nullif(pg_catalog.current_setting('relay.username', true), ''),
+                 session_user::pg_catalog.text),
+        coalesce(nullif(pg_catalog.current_setting('relay.request_id', true), ''),
+                 pg_catalog.lpad(pg_catalog.to_hex(
+                     pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8), 32, '0')
+                 ::pg_catalog.uuid::pg_catalog.text),
+        pg_catalog.pg_current_xact_id(),
+        pg_catalog.clock_timestamp())::relay.change_context
 $$;
 
 -- The options a table is tracked with (all events and no column options when it is not).
@@ -356,7 +389,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     opts     record := relay.options_of(tbl);
     names    text;
-    context  text := 'relay.change_context() x';
+    context  text := relay.context_sql();
     watched  text;
     distinct_images text := '';
 BEGIN
@@ -369,17 +402,17 @@ BEGIN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
             'txid, created_at) '
-            'SELECT %s, ''insert'', c.n, %s, x.username, x.request_id, x.txid, x.at '
-            'FROM (SELECT %s AS n FROM %s t OFFSET 0) c, %s',
-            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, 't', opts.excluded), new_rows,
+            'SELECT %s, ''insert'', c.n, c.k, x.username, x.request_id, x.txid, x.at '
+            'FROM (SELECT %s AS n, %s AS k FROM %s t OFFSET 0) c, %s',
+            names, relay.image_sql(tbl, 't', opts.excluded), relay.pk_sql(tbl, 't'), new_rows,
             context);
     ELSIF event = 'delete' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, '
             'txid, created_at) '
-            'SELECT %s, ''delete'', c.o, %s, x.username, x.request_id, x.txid, x.at '
-            'FROM (SELECT %s AS o FROM %s t OFFSET 0) c, %s',
-            names, relay.pk_sql(tbl, 'c.o'), relay.image_sql(tbl, 't', opts.excluded), old_rows,
+            'SELECT %s, ''delete'', c.o, c.k, x.username, x.request_id, x.txid, x.at '
+            'FROM (SELECT %s AS o, %s AS k FROM %s t OFFSET 0) c, %s',
+            names, relay.image_sql(tbl, 't', opts.excluded), relay.pk_sql(tbl, 't'), old_rows,
             context);
     END IF;
     IF cardinality(opts.excluded) > 0 THEN
@@ -390,11 +423,11 @@ BEGIN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
             'request_id, txid, created_at) '
-            'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
-            'FROM (SELECT %s AS o, %s AS n FROM %s a, %s b '
+            'SELECT %s, ''update'', c.o, c.n, c.k, x.username, x.request_id, x.txid, x.at '
+            'FROM (SELECT %s AS o, %s AS n, %s AS k FROM %s a, %s b '
             'WHERE NOT pg_catalog.record_image_eq(a.*, b.*)%s OFFSET 0) c, %s WHERE true%s',
-            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, 'a', opts.excluded),
-            relay.image_sql(tbl, 'b', opts.excluded), old_rows, new_rows,
+            names, relay.image_sql(tbl, 'a', opts.excluded),
+            relay.image_sql(tbl, 'b', opts.excluded), relay.pk_sql(tbl, 'b'), old_rows, new_rows,
             coalesce(' AND ' || watched, ''), context, distinct_images);
     END IF;
     -- The watched columns travel as a row of their own (ROW(...) AS w) to be compared after the
@@ -403,19 +436,19 @@ BEGIN
     RETURN format(
         'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
         'request_id, txid, created_at) '
-        'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
-        'FROM (SELECT o.r AS ro, n.r AS rn, o.w AS wo, n.w AS wn, o.j AS o, n.j AS n '
+        'SELECT %s, ''update'', c.o, c.n, c.k, x.username, x.request_id, x.txid, x.at '
+        'FROM (SELECT o.r AS ro, n.r AS rn, o.w AS wo, n.w AS wn, o.j AS o, n.j AS n, n.k AS k '
         'FROM (SELECT row_number() OVER () AS i, ROW(a.*) AS r, %s AS w, %s AS j '
         'FROM %s a) o '
-        'JOIN (SELECT row_number() OVER () AS i, ROW(b.*) AS r, %s AS w, %s AS j '
+        'JOIN (SELECT row_number() OVER () AS i, ROW(b.*) AS r, %s AS w, %s AS j, %s AS k '
         'FROM %s b) n '
         'ON n.i OPERATOR(pg_catalog.=) o.i) c, %s '
         'WHERE NOT pg_catalog.record_image_eq(c.ro, c.rn)%s%s',
-        names, relay.pk_sql(tbl, 'c.n'),
+        names,
         coalesce(relay.watched_row_sql(tbl, opts.watched, 'a'), 'NULL::record'),
         relay.image_sql(tbl, 'a', opts.excluded), old_rows,
         coalesce(relay.watched_row_sql(tbl, opts.watched, 'b'), 'NULL::record'),
-        relay.image_sql(tbl, 'b', opts.excluded), new_rows, context,
+        relay.image_sql(tbl, 'b', opts.excluded), relay.pk_sql(tbl, 'b'), new_rows, context,
         CASE WHEN watched IS NULL THEN ''
              WHEN watched = 'false' THEN ' AND false'
              ELSE ' AND NOT pg_catalog.record_image_eq(c.wo, c.wn)' END,
@@ -443,7 +476,7 @@ DECLARE
     opts    record := relay.options_of(tbl);
     event   text := lower(op);
     names   text;
-    context text := 'relay.change_context() x';
+    context text := relay.context_sql();
     watched text;
 BEGIN
     SELECT format('%L, %L', n.nspname, c.relname) INTO names
@@ -455,27 +488,27 @@ BEGIN
     IF event = 'insert' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
-            'txid, created_at) SELECT %s, ''insert'', c.n, %s, x.username, x.request_id, x.txid, '
-            'x.at FROM (SELECT %s AS n OFFSET 0) c, %s',
-            names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, new_ref, opts.excluded),
+            'txid, created_at) SELECT %s, ''insert'', c.n, c.k, x.username, x.request_id, x.txid, '
+            'x.at FROM (SELECT %s AS n, %s AS k OFFSET 0) c, %s',
+            names, relay.image_sql(tbl, new_ref, opts.excluded), relay.pk_sql(tbl, new_ref),
             context);
     ELSIF event = 'delete' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, '
-            'txid, created_at) SELECT %s, ''delete'', c.o, %s, x.username, x.request_id, x.txid, '
-            'x.at FROM (SELECT %s AS o OFFSET 0) c, %s',
-            names, relay.pk_sql(tbl, 'c.o'), relay.image_sql(tbl, old_ref, opts.excluded),
+            'txid, created_at) SELECT %s, ''delete'', c.o, c.k, x.username, x.request_id, x.txid, '
+            'x.at FROM (SELECT %s AS o, %s AS k OFFSET 0) c, %s',
+            names, relay.image_sql(tbl, old_ref, opts.excluded), relay.pk_sql(tbl, old_ref),
             context);
     END IF;
     watched := relay.watched_sql(tbl, opts.watched, old_ref, new_ref);
     RETURN format(
         'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
         'request_id, txid, created_at) '
-        'SELECT %s, ''update'', c.o, c.n, %s, x.username, x.request_id, x.txid, x.at '
-        'FROM (SELECT %s AS o, %s AS n WHERE NOT pg_catalog.record_image_eq(%s, %s)%s OFFSET 0) c, '
-        '%s%s',
-        names, relay.pk_sql(tbl, 'c.n'), relay.image_sql(tbl, old_ref, opts.excluded),
-        relay.image_sql(tbl, new_ref, opts.excluded), old_ref, new_ref,
+        'SELECT %s, ''update'', c.o, c.n, c.k, x.username, x.request_id, x.txid, x.at '
+        'FROM (SELECT %s AS o, %s AS n, %s AS k WHERE NOT pg_catalog.record_image_eq(%s, %s)%s '
+        'OFFSET 0) c, %s%s',
+        names, relay.image_sql(tbl, old_ref, opts.excluded),
+        relay.image_sql(tbl, new_ref, opts.excluded), relay.pk_sql(tbl, new_ref), old_ref, new_ref,
         coalesce(' AND ' || watched, ''), context,
         CASE WHEN cardinality(opts.excluded) > 0
              THEN ' WHERE c.o OPERATOR(pg_catalog.<>) c.n' ELSE '' END);
