@@ -8,7 +8,9 @@
    installed: apt-get install postgresql-15-pgq3); and, as a reference point, the least a
    PL/pgSQL row trigger can do (insert ``to_jsonb(NEW)`` into a table). Prints the median TPS of
    each and its ratio to the untracked median.
-2. One UPDATE of every row of pgbench_accounts (1,000,000 rows at scale 10), untracked and
+2. CPU per one-row UPDATE and INSERT, read from the server process that ran 20,000 of them in
+   one session (steady on a busy machine, where throughput is not).
+3. One UPDATE of every row of pgbench_accounts (1,000,000 rows at scale 10), untracked and
    tracked, alternating; prints the median times and their ratio.
 
 With ``--before REF`` both are also measured in a second database holding relay's schema as git
@@ -87,16 +89,10 @@ def measure_tps(
 ) -> dict[str, list[float]]:
     """Interleaved rounds of every mode; a mode is ``name`` on the database under test, or
     ``name@ref`` on the database that holds relay as it was at git ``ref``."""
-    dsn = targets["now"]
     modes = ["none", "relay", "relay_noindex", "rowtrigger"]
-    run_sql(dsn, "setup_rowtrigger")
-    if has_pgq(dsn):
-        run_sql(dsn, "setup_pgq")
+    if has_pgq(targets["now"]):
         modes.insert(2, "pgq")
-    else:
-        print("PgQ is not installed here: skipped (apt-get install postgresql-15-pgq3)")
     for ref in (name for name in targets if name != "now"):
-        run_sql(targets[ref], "setup_rowtrigger")
         modes += [f"none@{ref}", f"relay@{ref}"]
     results: dict[str, list[float]] = {m: [] for m in modes}
     for round_no in range(args.rounds):
@@ -154,6 +150,52 @@ def measure_bulk(targets: dict[str, str], rounds: int) -> dict[str, list[float]]
     return results
 
 
+def backend_cpu(pid: int) -> float:
+    """CPU seconds a server process has used (the server runs on this machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(targets: dict[str, str], args: argparse.Namespace) -> dict[str, list[float]]:
+    """CPU microseconds per one-row statement, read from the server process that ran a loop of
+    them: unlike throughput, barely moved by whatever else the machine is doing."""
+    modes = ["none", "relay", "rowtrigger"]
+    if has_pgq(targets["now"]):
+        modes.insert(2, "pgq")
+    for ref in (name for name in targets if name != "now"):
+        modes += [f"none@{ref}", f"relay@{ref}"]
+    loop = "DO $$ BEGIN FOR i IN 1..{n} LOOP {statement}; END LOOP; END $$"
+    statements = {
+        "update": "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid = i % 100000 + 1",
+        "insert": "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)"
+        " VALUES (1, 1, i, 1, now())",
+    }
+    results: dict[str, list[float]] = {f"{m} {k}": [] for m in modes for k in statements}
+    for round_no in range(args.rounds):
+        for mode in modes[round_no % len(modes) :] + modes[: round_no % len(modes)]:
+            name, _, ref = mode.partition("@")
+            dsn = targets[ref or "now"]
+            if name != "none":
+                run_sql(dsn, f"track_{name}")
+            for kind, statement in statements.items():
+                run_sql(dsn, "empty_queues")
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+                    conn.execute(loop.format(n=100, statement=statement).encode())
+                    start = backend_cpu(pid)
+                    conn.execute(loop.format(n=args.cpu_statements, statement=statement).encode())
+                    used = backend_cpu(pid) - start
+                results[f"{mode} {kind}"].append(used * 1e6 / args.cpu_statements)
+            if name != "none":
+                run_sql(dsn, f"untrack_{name}")
+            print(
+                f"  round {round_no + 1} {mode:>16}: "
+                + ", ".join(f"{k} {results[f'{mode} {k}'][-1]:.1f} us" for k in statements),
+                flush=True,
+            )
+    return results
+
+
 def install_at(dsn: str, ref: str) -> None:
     """relay's schema as git ``ref`` had it, for a before/after comparison in one run."""
 
@@ -194,6 +236,10 @@ def main() -> None:
     parser.add_argument("--bulk-rounds", type=int, default=3)
     parser.add_argument("--skip-tps", action="store_true")
     parser.add_argument("--skip-bulk", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument(
+        "--cpu-statements", type=int, default=20_000, help="one-row statements per CPU loop"
+    )
     parser.add_argument(
         "--synchronous-commit", choices=["on", "off"], default="on", help="for every writer"
     )
@@ -226,6 +272,12 @@ def main() -> None:
             subprocess.run(
                 [pgbench, "-i", "-q", "-s", str(args.scale), dsn], check=True, capture_output=True
             )
+        for dsn in targets.values():
+            run_sql(dsn, "setup_rowtrigger")
+        if has_pgq(targets["now"]):
+            run_sql(targets["now"], "setup_pgq")
+        else:
+            print("PgQ is not installed here: skipped (apt-get install postgresql-15-pgq3)")
         with psycopg.connect(targets["now"], autocommit=True) as conn:
             version = conn.execute("SHOW server_version").fetchone()
             autovacuum = conn.execute("SHOW autovacuum").fetchone()
@@ -237,6 +289,20 @@ def main() -> None:
             f"{args.clients} clients, {args.threads} threads, {os.cpu_count()} CPUs"
         )
 
+        if not args.skip_cpu and not args.dsn:
+            print(
+                f"\nCPU per one-row statement, {args.cpu_statements} in one session, "
+                f"{args.rounds} rounds:"
+            )
+            cpu = measure_cpu(targets, args)
+            bases = {
+                m: "none"
+                + ("@" + m.split()[0].partition("@")[2] if "@" in m else "")
+                + " "
+                + m.split()[1]
+                for m in cpu
+            }
+            report("mode (us/statement)", cpu, bases)
         if not args.skip_tps:
             print(f"\npgbench tpcb-like, {args.duration} s per run, {args.rounds} rounds:")
             tps = measure_tps(pgbench, targets, args)
