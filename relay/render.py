@@ -4,7 +4,8 @@ Templates run in Jinja2's ``ImmutableSandboxedEnvironment``, with the cost limit
 relay/sandbox.py: no attribute starting with an underscore, no mutation of the context, no
 access to files, modules or the process environment, except environment variables whose names
 match a glob the operator allowed (NetBox's ``env`` filter). Every failure is a
-:class:`RenderError` whose message says which field failed and why.
+:class:`RenderError` whose message says which field failed and why. :class:`Renderer` renders
+in the calling process; relay/renderpool.py runs it in processes that can be stopped.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import simplejson
@@ -157,6 +159,20 @@ def _raw(text: str | None) -> simplejson.RawJSON | None:
     return None if text is None else simplejson.RawJSON(text)
 
 
+def needs_jinja(webhook: Webhook) -> bool:
+    """Whether any of the webhook's fields is a template (has a ``{``): without one, rendering is
+    a JSON dump of the row and nothing a template could make costly."""
+    return any(
+        "{" in source
+        for source in (webhook.payload_url, webhook.body_template, webhook.additional_headers)
+    )
+
+
+class TemplateChecker(Protocol):
+    def check(self, source: str, what: str) -> None:
+        """Compile only: raise RenderError with the line of a syntax error."""
+
+
 def delivery_id(change_id: int, webhook_id: int, source: str = "") -> str:
     """The same for every attempt at delivering one change to one webhook."""
     return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{source}/{change_id}/{webhook_id}"))
@@ -171,7 +187,6 @@ class Renderer:
             undefined=Undefined, autoescape=False, keep_trailing_newline=True
         )
         self.jinja.filters["env"] = self._env
-        self.jinja.policies["json.dumps_function"] = simplejson.dumps
         self.jinja.policies["json.dumps_kwargs"] = {"use_decimal": True, "sort_keys": False}
         self._compile = lru_cache(maxsize=512)(self.jinja.from_string)
 
@@ -190,14 +205,16 @@ class Renderer:
         except TemplateError as exc:
             line = getattr(exc, "lineno", None)
             raise RenderError(f"{what}: line {line}: {exc.message}") from None
+        except Exception as exc:  # nesting past Python's recursion limit, for one
+            raise RenderError(f"{what}: {type(exc).__name__}: {exc}") from None
 
     def render(self, source: str, ctx: Mapping[str, Any], what: str) -> str:
+        """Render one field, within the budget of the request being rendered."""
         if "{" not in source:
             return source  # no tag, expression or comment: nothing to render
         self.check(source, what)
         try:
-            with budget():
-                return collect(self._compile(source).generate(ctx))
+            return collect(self._compile(source).generate(ctx))
         except TemplateTooCostly as exc:
             raise RenderError(f"{what}: {exc}") from None
         except RenderError as exc:
@@ -233,33 +250,32 @@ class Renderer:
         timestamp: int,
         source: str = "",
     ) -> Request:
-        templated = any(
-            "{" in source
-            for source in (webhook.payload_url, webhook.body_template, webhook.additional_headers)
-        )
-        # Without templates nothing reads the context, and building it parses the row.
-        ctx = context(change, action_data) if templated else {}
-        url = self.render(webhook.payload_url, ctx, "payload_url").strip()
-        check_url(url)
-        if webhook.body_template.strip():
-            body = self.render(webhook.body_template, ctx, "body_template").encode()
-        else:
-            body = default_body(change, action_data)
-        delivery = delivery_id(change.id, webhook.id, source)
-        headers = {
-            "Content-Type": webhook.http_content_type,
-            "User-Agent": f"relay/{__version__}",
-            "X-Relay-Delivery": delivery,
-            "X-Relay-Event": f"{change.object_type}.{EVENTS[change.op]}",
-        }
-        headers.update(self.headers(webhook.additional_headers, ctx))
-        try:
-            headers.update(
-                signature_headers(webhook.signature, webhook.secret, body, delivery, timestamp)
-            )
-        except InvalidSecret as exc:
-            raise RenderError(f"secret: {exc}") from None
-        return Request(webhook.http_method, url, headers, body, delivery)
+        """The request for one change, its templates rendered within one budget."""
+        templated = needs_jinja(webhook)
+        with budget() if templated else nullcontext():
+            # Without templates nothing reads the context, and building it parses the row.
+            ctx = context(change, action_data) if templated else {}
+            url = self.render(webhook.payload_url, ctx, "payload_url").strip()
+            check_url(url)
+            if webhook.body_template.strip():
+                body = self.render(webhook.body_template, ctx, "body_template").encode()
+            else:
+                body = default_body(change, action_data)
+            delivery = delivery_id(change.id, webhook.id, source)
+            headers = {
+                "Content-Type": webhook.http_content_type,
+                "User-Agent": f"relay/{__version__}",
+                "X-Relay-Delivery": delivery,
+                "X-Relay-Event": f"{change.object_type}.{EVENTS[change.op]}",
+            }
+            headers.update(self.headers(webhook.additional_headers, ctx))
+            try:
+                headers.update(
+                    signature_headers(webhook.signature, webhook.secret, body, delivery, timestamp)
+                )
+            except InvalidSecret as exc:
+                raise RenderError(f"secret: {exc}") from None
+            return Request(webhook.http_method, url, headers, body, delivery)
 
 
 def check_url(url: str) -> None:
