@@ -352,16 +352,10 @@ def test_no_value_a_template_makes_goes_past_the_limit(template, reason):
     [
         # The nested loops over strings: no sandbox hook inside, 40 s on the event loop.
         "{% for a in ''|center(1000) %}{% for b in ''|center(100000) %}{% endfor %}{% endfor %}",
-        "{% for a in data %}{% for b in 'x' * 8000000 %}{% endfor %}{% endfor %}",
         "{% for k, v in {'a': 1}.items() %}{% for b in range(10**9) %}{% endfor %}{% endfor %}",
-        "{% for x in range(10**9)|batch(2) %}{% endfor %}",
         "{{ range(10**9)|sum }}",
-        "{{ range(10**9)|max }}",
         "{{ range(10**9)|map('string')|join }}",
-        "{{ range(10**9)|list|length }}",
-        "{{ range(10**9)|unique|list|length }}",
         "{{ {}.fromkeys(range(10**9))|length }}",
-        "{{ dict(range(10**9)|batch(2))|length }}",
         "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
         "{{ f(40) }}",
         "{% for x in [1] recursive %}{% if loop.depth < 2 %}{{ loop(range(10**9)) }}{% endif %}"
