@@ -16,9 +16,7 @@ import structlog
 _streams: list[TextIO] = []
 
 
-def configure(
-    level: int = logging.INFO, file: TextIO | None = None, fmt: str = "auto"
-) -> None:
+def configure(level: int = logging.INFO, file: TextIO | None = None, fmt: str = "auto") -> None:
     """Log to ``file`` (standard error by default) as ``json`` lines or ``console`` colours;
     ``auto`` picks colours on a terminal."""
     file = file or sys.stderr

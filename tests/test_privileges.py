@@ -155,9 +155,7 @@ def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, m
     assert asyncio.run(scenario()) == 20
 
 
-def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(
-    roles, make_role
-):
+def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(roles, make_role):
     writer = make_role("writer")
     with psycopg.connect(roles["app"], autocommit=True) as owner:
         owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON orders TO {writer}")

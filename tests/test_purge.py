@@ -67,4 +67,3 @@ def test_the_relay_purges_on_its_own_when_a_retention_is_set(rconn, relay_dsn):
 
     asyncio.run(scenario())
     assert counts(rconn) == (1, 1, 1)
-

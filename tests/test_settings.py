@@ -78,7 +78,7 @@ def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn):
 def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
     unknown_role = make_conninfo(db_dsn, user="no_such_role_xyz")
     cases = [
-        (unknown_role, 'the database refused the relay: connection failed'),
+        (unknown_role, "the database refused the relay: connection failed"),
         (db_dsn, "relay is not installed in this database"),
     ]
     for dsn, message in cases:
