@@ -117,15 +117,15 @@ _PRINTS_ITEMS = (*_COLLECTIONS, dict, Namespace)
 _PRINTS_ITSELF = frozenset({str, Markup, int, float, bool, Decimal, type(None)})
 
 
-def size(value: Any, limit: int = MAX_OUTPUT) -> int:
+def size(value: Any) -> int:
     """About how many characters ``value`` takes when printed: a string its length, a list,
     tuple, set or mapping its items plus :data:`ITEM` each, an integer a digit per 3 bits, other
     values :data:`ITEM`. An item that appears twice counts twice, as it prints twice. Counting
-    stops once past ``limit`` (the result is then only known to be larger), so measuring a huge
-    value costs no more than measuring one at the limit."""
+    stops once past :data:`MAX_OUTPUT` (the result is then only known to be larger), so
+    measuring a huge value costs no more than measuring one at the limit."""
     total = 0
     pending: list[Any] = [value]
-    while pending and total <= limit:
+    while pending and total <= MAX_OUTPUT:
         item = pending.pop()
         if isinstance(item, str | bytes):
             total += len(item)
