@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from relay import admin, rules
 from relay.cli_common import Dsn, database, fail, out, print_fields, print_table
-from relay.render import Change, Renderer, RenderError, loads
+from relay.render import Change, RenderError, loads
+from relay.renderpool import BlockingRenderPool
 from relay.settings import Settings
 
 webhook_app = typer.Typer(help="Webhooks: where changes are sent.", no_args_is_help=True)
@@ -267,7 +268,8 @@ def rules_check(dsn: Dsn) -> None:
     """Compile every template and validate every condition; report each problem."""
     with database(dsn) as conn:
         ruleset = rules.load(conn, everything=True)
-    problems = rules.check(ruleset.rules, Renderer(Settings().template_env_globs))
+    with BlockingRenderPool(Settings().template_env_globs) as renders:
+        problems = rules.check(ruleset.rules, renders)
     for problem in problems:
         out.print(str(problem), highlight=False, soft_wrap=True)
     hooks = len({rule.webhook.id for rule in ruleset.rules})
@@ -341,9 +343,10 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
     for note in notes:
         out.print(f"[yellow]note:[/] {note}; nothing would be sent", highlight=False)
     try:
-        request = Renderer(Settings().template_env_globs).request(
-            hook, change, rule.action_data, timestamp=int(time.time()), source=installation
-        )
+        with BlockingRenderPool(Settings().template_env_globs) as renders:
+            request = renders.request(
+                hook, change, rule.action_data, timestamp=int(time.time()), source=installation
+            )
     except RenderError as exc:
         fail(f"would fail: {exc}")
     secrets = [line.strip() for line in hook.secret.splitlines() if line.strip()]

@@ -4,7 +4,8 @@ Templates run in Jinja2's ``ImmutableSandboxedEnvironment``, with the cost limit
 relay/sandbox.py: no attribute starting with an underscore, no mutation of the context, no
 access to files, modules or the process environment, except environment variables whose names
 match a glob the operator allowed (NetBox's ``env`` filter). Every failure is a
-:class:`RenderError` whose message says which field failed and why.
+:class:`RenderError` whose message says which field failed and why. :class:`Renderer` renders
+in the calling process; relay/renderpool.py runs it in processes that can be stopped.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import re
 import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import simplejson
@@ -191,6 +192,20 @@ def _raw(text: str | None) -> simplejson.RawJSON | None:
     return None if text is None else simplejson.RawJSON(text)
 
 
+def needs_jinja(webhook: Webhook) -> bool:
+    """Whether any of the webhook's fields is a template (has a ``{``): without one, rendering is
+    a JSON dump of the row and nothing a template could make costly."""
+    return any(
+        "{" in source
+        for source in (webhook.payload_url, webhook.body_template, webhook.additional_headers)
+    )
+
+
+class TemplateChecker(Protocol):
+    def check(self, source: str, what: str) -> None:
+        """Compile only: raise RenderError with the line of a syntax error."""
+
+
 def delivery_id(change_id: int, webhook_id: int, source: str = "") -> str:
     """The same for every attempt at delivering one change to one webhook, and, with
     ``source`` the database's installation id (relay.installation), different for every other
@@ -207,7 +222,6 @@ class Renderer:
             undefined=Undefined, autoescape=False, keep_trailing_newline=True
         )
         self.jinja.filters["env"] = self._env
-        self.jinja.policies["json.dumps_function"] = simplejson.dumps
         self.jinja.policies["json.dumps_kwargs"] = {"use_decimal": True, "sort_keys": False}
         self._compile = lru_cache(maxsize=512)(self.jinja.from_string)
 
@@ -230,14 +244,16 @@ class Renderer:
         except TemplateError as exc:
             line = getattr(exc, "lineno", None)
             raise RenderError(f"{what}: line {line}: {exc.message}") from None
+        except Exception as exc:  # nesting past Python's recursion limit, for one
+            raise RenderError(f"{what}: {type(exc).__name__}: {exc}") from None
 
     def render(self, source: str, ctx: Mapping[str, Any], what: str) -> str:
+        """Render one field, within the budget of the request being rendered."""
         if "{" not in source:
             return source  # no tag, expression or comment: nothing to render
         self.check(source, what)
         try:
-            with budget():
-                return collect(self._compile(source).generate(ctx))
+            return collect(self._compile(source).generate(ctx))
         except TemplateTooCostly as exc:
             raise RenderError(f"{what}: {exc}") from None
         except RenderError as exc:
@@ -291,10 +307,19 @@ class Renderer:
         timestamp: int,
         source: str,
     ) -> Request:
-        templated = any(
-            "{" in source
-            for source in (webhook.payload_url, webhook.body_template, webhook.additional_headers)
-        )
+        templated = needs_jinja(webhook)
+        with budget() if templated else nullcontext():
+            return self._build(webhook, change, action_data, timestamp, source, templated)
+
+    def _build(
+        self,
+        webhook: Webhook,
+        change: Change,
+        action_data: Mapping[str, Any] | None,
+        timestamp: int,
+        source: str,
+        templated: bool,
+    ) -> Request:
         try:
             # Without templates nothing reads the context, and building it parses the row.
             ctx = context(change, action_data) if templated else {}

@@ -23,7 +23,15 @@ from psycopg.rows import dict_row
 from relay import conditions
 from relay.db import Conn
 from relay.reasons import describe, redact
-from relay.render import Change, Renderer, RenderError, UnreadableJSON, Webhook, context, loads
+from relay.render import (
+    Change,
+    RenderError,
+    TemplateChecker,
+    UnreadableJSON,
+    Webhook,
+    context,
+    loads,
+)
 from relay.sqlfiles import query
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")+"|[^."]+)\.("(?:[^"]|"")+"|[^."]+)$')
@@ -255,7 +263,7 @@ class Problem:
         return f"{self.where}: {self.message}"
 
 
-def check(rules: Iterable[Rule], renderer: Renderer) -> list[Problem]:
+def check(rules: Iterable[Rule], renderer: TemplateChecker) -> list[Problem]:
     """Compile every template and validate every condition (regexes included)."""
     problems: list[Problem] = []
     seen_webhooks: set[int] = set()

@@ -37,7 +37,8 @@ from relay.deliver import Outcome, Sender
 from relay.metrics import Metrics
 from relay.reasons import describe, reason, redact
 from relay.record import Recorder, Result
-from relay.render import Change, Renderer, RenderError, Webhook
+from relay.render import Change, RenderError, Webhook
+from relay.renderpool import RenderPool
 from relay.rules import Rule
 from relay.rulewatch import RuleWatcher
 from relay.settings import Settings
@@ -87,7 +88,7 @@ class Worker:
         self.settings = settings
         self.dsn = dsn
         self.relay_id = relay_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.renderer = Renderer(settings.template_env_globs)
+        self.renders = RenderPool(settings.template_env_globs)
         self.rules = RuleWatcher(dsn, application_name=f"relay run {self.relay_id}")
         self.max_in_flight = settings.batch_size * 4
         self._held: dict[int, int] = defaultdict(int)
@@ -151,6 +152,7 @@ class Worker:
                     backoff = min(backoff * 2, 30.0)
         finally:
             watcher.cancel()
+            await self.renders.close()
 
     async def _session(self, stop: asyncio.Event, sender: Sender) -> None:
         """One connected stretch: claims, fan-out, outcomes and notifications, a connection
@@ -434,7 +436,7 @@ class Worker:
             else:
                 hook, rule = target
                 stage = "rendering"
-                request = self.renderer.request(
+                request = await self.renders.request(
                     hook,
                     item.change,
                     rule.action_data,

@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
+from aiohttp import web
 from receivers import Receiver, receiver
-from test_worker import FAST, running, until
+from test_renderpool import STUCK
+from test_worker import FAST, running, sql, until
+
+from relay.renderproc import KILL_MARGIN
 
 BIG = "x" * (10 * 1024 * 1024)
 
 
-def add(rconn, name: str, table: str = "public.items", **webhook: str) -> None:
+def add(
+    rconn, name: str, table: str = "public.items", conditions: str | None = None, **webhook: str
+) -> None:
     columns = {"name": name, "secret": "s", **webhook}
     rconn.execute(
         f"INSERT INTO relay.webhooks ({', '.join(columns)}) "
@@ -20,9 +27,9 @@ def add(rconn, name: str, table: str = "public.items", **webhook: str) -> None:
         list(columns.values()),
     )
     rconn.execute(
-        "INSERT INTO relay.event_rules (name, tables, webhook_id)"
-        " SELECT %s, ARRAY[%s], id FROM relay.webhooks WHERE name = %s",
-        (name, table, name),
+        "INSERT INTO relay.event_rules (name, tables, conditions, webhook_id)"
+        " SELECT %s, ARRAY[%s], %s, id FROM relay.webhooks WHERE name = %s",
+        (name, table, conditions, name),
     )
 
 
@@ -64,7 +71,7 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
                 await until(
                     lambda: (
                         rconn.execute(
-                            "SELECT count(*) FROM relay.outbox WHERE status = 'pending'"
+                            "SELECT count(*) FROM relay.deliveries WHERE status = 'pending'"
                         ).fetchone()[0]
                         == 0
                     ),
@@ -101,3 +108,68 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
     assert all("not an http(s) URL" in r for r in reasons["garbage-url"])
     (runaway,) = reasons["runaway"]
     assert "goes past" in runaway
+
+
+def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(rconn, relay_dsn):
+    """Both webhooks live, real receivers: while the stuck template renders (each attempt
+    until it is stopped, 1.5 s), every change to the healthy webhook (also templated) arrives
+    within KILL_MARGIN of its commit. The old sandbox rendered on the event loop: 25 s each,
+    with everything else waiting."""
+    rconn.execute("CREATE TABLE events (id int PRIMARY KEY, hostile bool NOT NULL)")
+    rconn.execute("SELECT relay.track('events')")
+    arrived: dict[int, float] = {}
+
+    async def note(request: web.Request) -> web.Response:
+        arrived[json.loads(await request.read())["id"]] = time.monotonic()
+        return web.Response(text="ok")
+
+    async def commit(row_id: int, hostile: bool = False) -> float:
+        await sql(relay_dsn, f"INSERT INTO events VALUES ({row_id}, {hostile})")
+        return time.monotonic()
+
+    async def scenario() -> tuple[dict[int, float], Receiver, list[tuple]]:
+        async with receiver(note) as healthy, receiver() as hostile:
+            add(
+                rconn,
+                "healthy",
+                "public.events",
+                payload_url=healthy.url,
+                body_template='{"id": {{ data.id }}}',
+            )
+            add(
+                rconn,
+                "stuck",
+                "public.events",
+                payload_url=hostile.url,
+                body_template=STUCK,
+                conditions='{"attr": "data.hostile", "value": true}',
+            )
+            async with running(relay_dsn, FAST):
+                await commit(0)
+                await until(lambda: 0 in arrived, timeout=30)  # render processes started
+                committed = {}
+                await commit(1000, hostile=True)
+                for row_id in range(1, 26):
+                    if row_id == 12:
+                        await commit(1001, hostile=True)
+                    committed[row_id] = await commit(row_id)
+                    await asyncio.sleep(0.1)
+                await until(lambda: set(committed) <= set(arrived), timeout=30)
+                failed = lambda: rconn.execute(  # noqa: E731
+                    "SELECT d.outbox_id, d.status::text, d.last_error FROM relay.deliveries d"
+                    " JOIN relay.webhooks w ON w.id = d.webhook_id WHERE w.name = 'stuck'"
+                ).fetchall()
+                await until(lambda: [row[1] for row in failed()] == ["failed"] * 2, timeout=30)
+            delays = {row_id: arrived[row_id] - at for row_id, at in committed.items()}
+            return delays, hostile, failed()
+
+    delays, hostile, failed = asyncio.run(scenario())
+    print(f"healthy webhook beside a stuck template: delay max {max(delays.values()):.3f} s")
+    assert max(delays.values()) < KILL_MARGIN
+    assert hostile.requests == []
+    assert {error for _, _, error in failed} == {"stopped after 1 s (the limit per request)"}
+    attempts = rconn.execute(
+        "SELECT a.error FROM relay.attempts a JOIN relay.webhooks w ON w.id = a.webhook_id"
+        " WHERE w.name = 'stuck'"
+    ).fetchall()
+    assert attempts == [("stopped after 1 s (the limit per request)",)] * 2

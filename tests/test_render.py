@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+import tracemalloc
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +26,7 @@ from relay.render import (
     dumps,
     loads,
 )
+from relay.sandbox import MAX_OUTPUT
 
 CHANGE = Change.of(
     id=41,
@@ -246,11 +248,11 @@ def test_the_default_body_splices_the_stored_json_as_it_is():
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
             "iterations",
         ),
-        ("{% for i in range(1000000) %}{{ i }}{% endfor %}{{ range(10) | list }}", "iterations"),
+        ("{% for i in range(1000000) %}{% endfor %}{{ range(10) | list }}", "iterations"),
         ("{{ 'a' * 1000000000 }}", "characters"),
         ("{{ [1] * 1000000000 }}", "characters"),
         ("{{ 9 ** (9 ** 9) }}", "too large a number"),
-        ("{{ 'x'.ljust(1000000000) }}", "too large"),
+        ("{{ 'x'.ljust(1000000000) }}", "ljust\\(\\) goes past"),
         ("{% for i in range(90000) %}{{ 'x' * 100 }}{% endfor %}", "characters"),
     ],
 )
@@ -298,7 +300,8 @@ def test_rows_python_cannot_hold_are_read_exactly_or_refused_in_words():
         Renderer().request(replace(HOOK, body_template="{{ data.n }}"), huge, timestamp=0).body
         == big.encode()
     )
-    with pytest.raises(RenderError, match=r"^body_template: ValueError: Exceeds the limit"):
+    too_large = r"^body_template: a 5001-digit number is too large a number to make an integer of$"
+    with pytest.raises(RenderError, match=too_large):
         Renderer().request(replace(HOOK, body_template="{{ data.n | int }}"), huge, timestamp=0)
 
 
@@ -314,3 +317,98 @@ def test_a_failure_never_shows_a_secret_or_a_value_read_from_the_environment(mon
     with pytest.raises(RenderError, match=r"^secret: ") as raised:
         renderer.request(bad_secret, CHANGE, timestamp=0)
     assert "s3cret-abc" not in str(raised.value)
+
+
+BIG = "{% set big = 'x' * 8000000 %}"
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        # The issue's three: a string doubled by `~`, and filters making 300 and 200 MB.
+        ("{% set a = 'ab' %}" + "{% set a = a ~ a %}" * 28 + "{{ a|length }}", "'~'"),
+        ("{{ ''|center(300000000) }}", "the center filter"),
+        ("{{ ('x' * 2000000)|replace('x', 'y' * 100) }}", "the replace filter"),
+        ("{{ ('x' * 2000000).replace('x', 'y' * 100) }}", "replace\\(\\)"),
+        ("{{ range(1000)|join('x' * 100000) }}", "the join filter"),
+        ("{{ ('-' * 10000).join(range(1000)|map('string')) }}", "join\\(\\)"),
+        ("{{ '{:>300000000}'.format(1) }}", "format\\(\\)"),
+        ("{{ '{:{w}}'.format(1, w=300000000) }}", "format\\(\\)"),
+        ("{{ '%0300000000d' % 1 }}", "'%' formatting"),
+        ("{{ '%*d' % (300000000, 1) }}", "'%' formatting"),
+        ("{{ '%300000000d'|format(1) }}", "the format filter"),
+        ("{{ 'a'|indent(300000000) }}", "the indent filter"),
+        ("{{ ('a ' * 1000000)|wordwrap(1, wrapstring='x' * 100) }}", "the wordwrap filter"),
+        ("{{ ('a.com ' * 100000)|urlize(target='x' * 1000) }}", "the urlize filter"),
+        ("{{ ('<' * 4000000)|tojson }}", "the tojson filter"),
+        ("{{ ('\\U0001F389' * 1000000)|tojson }}", "the tojson filter"),
+        ("{{ ('\"' * 4000000)|e }}", "the e filter"),
+        ("{{ ('\\u00df' * 4000000)|upper }}", "the upper filter"),
+        ("{{ ('\\t' * 1000).expandtabs(100000) }}", "expandtabs\\(\\)"),
+        ("{{ 'abc'.translate({97: 'x' * 8000000}) }}", "translate\\(\\)"),
+        ("{{ ('x' * 4000000).split('x')|length }}", "split\\(\\)"),
+        ("{{ (1).to_bytes(1000000000, 'big') }}", "to_bytes\\(\\)"),
+        ("{{ lipsum(100000) }}", "lipsum\\(\\)"),
+        ("{{ [1]|batch(1000000000, 'x') }}", "the batch filter"),
+        (BIG + "{{ [big, big, big] }}", "a printed value"),
+        (BIG + "{{ [big, big, big]|string }}", "the string filter"),
+        (BIG + "{{ [big, big, big]|tojson }}", "the tojson filter"),
+        (BIG + "{{ [big, big, big]|pprint }}", "the pprint filter"),
+        (BIG + "{{ '%s%s' % (big, big) }}", "'%' formatting"),
+        (BIG + "{{ big + big }}", "'\\+'"),
+        (
+            "{% set x %}{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}{% endset %}",
+            "a macro or block",
+        ),
+        (
+            "{% macro m() %}{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}"
+            "{% endmacro %}{{ m()|length }}",
+            "a macro or block",
+        ),
+        ("{{ range(10)|map('center', 100000000)|list }}", "the center filter"),
+    ],
+)
+def test_no_value_a_template_makes_goes_past_the_limit(template, reason):
+    """Each is refused before the large value exists: the render never holds much more than
+    one value at the limit (the old sandbox built 200 MB to 1 GB strings for these)."""
+    hook = Webhook(**{**HOOK.__dict__, "body_template": template})
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError, match=f"{reason} goes past 8,388,608 characters"):
+            Renderer().request(hook, CHANGE, timestamp=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_OUTPUT
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        # The issue's nested loops over strings: no sandbox hook inside, 40 s on the event loop.
+        "{% for a in ''|center(1000) %}{% for b in ''|center(100000) %}{% endfor %}{% endfor %}",
+        "{% for k, v in {'a': 1}.items() %}{% for b in range(10**9) %}{% endfor %}{% endfor %}",
+        "{{ range(10**9)|sum }}",
+        "{{ range(10**9)|map('string')|join }}",
+        "{{ {}.fromkeys(range(10**9))|length }}",
+        "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+        "{{ f(40) }}",
+        "{% for x in [1] recursive %}{% if loop.depth < 2 %}{{ loop(range(10**9)) }}{% endif %}"
+        "{% endfor %}",
+    ],
+)
+def test_loops_over_anything_are_counted_and_stopped(template):
+    hook = Webhook(**{**HOOK.__dict__, "body_template": template})
+    started = time.monotonic()
+    with pytest.raises(RenderError, match=r"iterations|stopped after 1 s|goes past"):
+        Renderer().request(hook, CHANGE, timestamp=0)
+    assert time.monotonic() - started < 1.5
+
+
+def test_templates_nested_past_pythons_limits_fail_with_a_reason():
+    deep = "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"
+    with pytest.raises(RenderError, match="body_template: RecursionError"):
+        Renderer().check(deep, "body_template")
+    recursive = "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}"
+    with pytest.raises(RenderError, match="body_template: RecursionError"):
+        request(body_template=recursive)

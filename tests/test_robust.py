@@ -160,8 +160,7 @@ def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(rconn, relay
     assert status == "failed" and error.startswith(f"the change cannot be read: {deep}")
     assert found[("int-template", 1)][::2] == (
         "failed",
-        "body_template: ValueError: Exceeds the limit (4300 digits) for integer string"
-        " conversion; use sys.set_int_max_str_digits() to increase the limit",
+        "body_template: a 5001-digit number is too large a number to make an integer of",
     )
     assert found[("int-template", 3)][0] == "delivered"
     assert [found[("other", i)][0] for i in (4, 5)] == ["delivered", "delivered"]

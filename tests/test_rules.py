@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 
 from helpers import outbox
 from test_cli import relay
+from test_renderpool import STUCK
 from test_rules_sql import add_rule, add_webhook
 
 from relay import rules
@@ -195,3 +197,33 @@ def test_preview_prints_the_exact_request_and_why_not(rconn, relay_dsn):
     )
     assert made_up.returncode == 0, made_up.stderr
     assert "not matched (data.status eq 'paid' is false (found 'held'))" in made_up.stdout
+
+
+def test_preview_and_rules_check_apply_the_limits_relay_run_does(rconn, relay_dsn):
+    stuck = add_webhook(rconn, name="stuck", body_template=STUCK)
+    add_rule(rconn, stuck, name="stuck")
+    deep = add_webhook(
+        rconn, name="deep", body_template="{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"
+    )
+    add_rule(rconn, deep, name="deep")
+
+    started = time.monotonic()
+    shown = relay(
+        "preview",
+        "--rule",
+        "stuck",
+        "--table",
+        "public.orders",
+        "--new",
+        '{"id": 1}',
+        dsn=relay_dsn,
+    )
+    took = time.monotonic() - started
+    assert shown.returncode == 1
+    assert "would fail: stopped after 1 s (the limit per request)" in shown.stderr
+    assert took < 15  # the old preview ran the sum to its end: minutes
+
+    checked = relay("rules", "check", dsn=relay_dsn)
+    assert checked.returncode == 1, checked.stderr
+    assert "webhook 'deep' (rule 'deep'): body_template: RecursionError" in checked.stdout
+    assert "Traceback" not in checked.stderr

@@ -1,0 +1,163 @@
+"""A render process: renders the requests relay/renderpool.py sends it, within hard limits.
+
+Run as ``python -m relay.renderproc ENV_ALLOW_JSON``. Jobs come on standard input, answers go on
+standard output, each a length-prefixed frame: jobs pickled (from the relay), answers in
+``marshal``, which can only make plain data, so nothing a render process says can run code in
+the relay. Kept apart from the pool (no asyncio here), so that a process starts quickly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import marshal
+import math
+import pickle
+import resource
+import signal
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
+
+from relay.render import Change, Renderer, RenderError, Webhook
+from relay.sandbox import MAX_SECONDS
+
+KILL_MARGIN = 0.5
+"""Seconds past MAX_SECONDS after which a render process that has not answered is killed."""
+MAX_MEMORY = 256 * 1024 * 1024
+"""Address space of a render process (about 35 MB at rest); past it, allocations fail. A
+template's values are each held under 8 million characters (up to 32 MB); this bounds how many
+it keeps, and the size of a row a templated webhook can render (tens of MB)."""
+FRAME = struct.Struct("!I")
+
+Reply = tuple[Any, ...]
+
+
+def frame(payload: bytes) -> bytes:
+    return FRAME.pack(len(payload)) + payload
+
+
+_CHANGE_FIELDS = tuple(field.name for field in dataclasses.fields(Change))
+"""A change travels as its fields: a plain tuple pickles several times faster."""
+
+
+@functools.lru_cache(maxsize=256)
+def _pickled(webhook: Webhook) -> bytes:
+    """A webhook as jobs carry it: pickled once, not for every change it is rendered for."""
+    return pickle.dumps(webhook)
+
+
+def request_job(
+    webhook: Webhook,
+    change: Change,
+    action_data: Mapping[str, Any] | None,
+    timestamp: int,
+    source: str,
+) -> bytes:
+    fields = tuple(getattr(change, name) for name in _CHANGE_FIELDS)
+    job = ("request", _pickled(webhook), fields, dict(action_data or {}), timestamp, source)
+    return frame(pickle.dumps(job))
+
+
+def check_job(source: str, what: str) -> bytes:
+    return frame(pickle.dumps(("check", source, what)))
+
+
+class _Handler:
+    """What a render process does with a job (webhooks unpickled once each)."""
+
+    def __init__(self, env_allow: Sequence[str]) -> None:
+        self._renderer = Renderer(env_allow)
+        self._webhooks: dict[bytes, Webhook] = {}
+
+    def __call__(self, job: tuple[Any, ...]) -> Reply:
+        kind, *args = job
+        try:
+            if kind == "request":
+                return self._request(*args)
+            self._renderer.check(*args)
+            return ("ok",)
+        except RenderError as exc:
+            return ("error", str(exc))
+        except Exception as exc:  # outside the templates (signing, say): still one line
+            return ("error", f"{type(exc).__name__}: {exc}")
+
+    def _request(
+        self,
+        pickled: bytes,
+        fields: tuple[Any, ...],
+        action_data: dict[str, Any],
+        timestamp: int,
+        source: str,
+    ) -> Reply:
+        webhook = self._webhooks.get(pickled)
+        if webhook is None:
+            if len(self._webhooks) > 256:
+                self._webhooks.clear()
+            webhook = self._webhooks[pickled] = pickle.loads(pickled)
+        request = self._renderer.request(
+            webhook, Change(*fields), action_data, timestamp=timestamp, source=source
+        )
+        return (
+            "ok",
+            request.method,
+            request.url,
+            request.headers,
+            request.body,
+            request.delivery_id,
+        )
+
+
+def _read_exactly(stream: BinaryIO, count: int) -> bytes | None:
+    data = stream.read(count)
+    return data if len(data) == count else None
+
+
+def serve() -> None:
+    """A render process: answer jobs from standard input on standard output until it closes.
+    Signals meant for the relay (Ctrl-C, systemd's stop) are left to the relay, which ends
+    its children when it is done with them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _limit(resource.RLIMIT_AS, MAX_MEMORY)
+    _limit(resource.RLIMIT_CORE, 0)  # a child ended by SIGXCPU leaves no core file
+    jobs, answers = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write on the answers' channel
+    handle = _Handler(json.loads(sys.argv[1]))
+    _reply(answers, ("ready",))
+    while (header := _read_exactly(jobs, FRAME.size)) is not None:
+        _limit_cpu()
+        try:
+            payload = _read_exactly(jobs, FRAME.unpack(header)[0])
+            if payload is None:
+                return
+            reply = handle(pickle.loads(payload))
+        except MemoryError:  # reading the job: what is left of it cannot be told from the next
+            megabytes = MAX_MEMORY // 2**20
+            _reply(answers, ("error", f"the change is too large to render within {megabytes} MB"))
+            return
+        _reply(answers, reply)
+
+
+def _reply(answers: BinaryIO, reply: Reply) -> None:
+    answers.write(frame(marshal.dumps(reply)))
+    answers.flush()
+
+
+def _limit_cpu() -> None:
+    """Allow this request a few seconds of CPU: the relay kills a child long before, but a child
+    whose relay died must stop by itself (SIGXCPU)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    spent = math.ceil(usage.ru_utime + usage.ru_stime)
+    _limit(resource.RLIMIT_CPU, spent + math.ceil(MAX_SECONDS + KILL_MARGIN) + 1)
+
+
+def _limit(kind: int, value: int) -> None:
+    _, hard = resource.getrlimit(kind)
+    resource.setrlimit(kind, (value if hard == resource.RLIM_INFINITY else min(value, hard), hard))
+
+
+if __name__ == "__main__":
+    serve()
