@@ -377,7 +377,7 @@ $$;
 -- Old and new rows of an UPDATE are paired by position: PostgreSQL appends each updated row's old
 -- and new versions to the two transition tables together. Most statements touch one row, and
 -- starting a join costs more than the capture itself, so a one-row statement takes a plain
--- two-table product; bigger ones pair by position with a hash join (the capture functions pin
+-- two-table product; bigger ones pair by position with a hash join (relay.pairing_settings pins
 -- the join method: the plan is cached per session, and a nested loop planned for a small
 -- statement would be quadratic on the next million-row one). `OFFSET 0` keeps each image
 -- computed once. Rows whose stored image did not change are dropped by comparing the rows byte
@@ -542,9 +542,8 @@ $$;
 -- The SET clauses of a capture function. Every function pins search_path. The settings a value's
 -- text depends on are pinned only where the table holds such values (each costs about a
 -- microsecond per call); user-defined ranges may hold anything, so they pin them all. The slow
--- path (relay.capture_rows) pins them all. UPDATE functions also pin the pairing join (see
--- relay.capture_sql).
-CREATE FUNCTION relay.capture_settings(tbl oid, event text) RETURNS text
+-- path (relay.capture_rows) pins them all.
+CREATE FUNCTION relay.capture_settings(tbl oid) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'SET search_path = pg_catalog, pg_temp'
         || coalesce((SELECT string_agg(format(' SET %I = %L', o.setting, o.value), '')
@@ -564,10 +563,24 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                             WHERE r = ANY ('{date,timestamp,timestamptz,time,timetz}'::regtype[]
                                            ::oid[]))),
                     '')
-        || CASE WHEN event = 'update'
-                THEN ' SET enable_nestloop = off SET enable_mergejoin = off SET jit = off '
-                     'SET work_mem = ''64MB'''
-                ELSE '' END
+$$;
+
+-- Old and new rows of an UPDATE of many rows pair with a hash join (see relay.capture_sql),
+-- planned under these settings; the one-row path needs none. Set only around the many-row
+-- statement (as SET clauses on the function they cost every call 4 microseconds) and put back
+-- after it: returns the values it replaced, and sets `restore` instead when given it.
+CREATE FUNCTION relay.pairing_settings(restore text[] DEFAULT NULL) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names  text[] := ARRAY['enable_nestloop', 'enable_mergejoin', 'jit', 'work_mem'];
+    values text[] := coalesce(restore, ARRAY['off', 'off', 'off', '64MB']);
+    before text[] := ARRAY(SELECT current_setting(n) FROM unnest(names) n);
+BEGIN
+    FOR i IN 1..cardinality(names) LOOP
+        PERFORM set_config(names[i], values[i], true);
+    END LOOP;
+    RETURN before;
+END
 $$;
 
 -- The slow path of a statement-level capture function that no longer fits its table: the call
@@ -596,13 +609,20 @@ DECLARE
     statement text := relay.capture_sql(tbl, event, false, 'pg_catalog.unnest($1)',
                                         'pg_catalog.unnest($2)');
     recorded  bigint;
+    saved     text[];
 BEGIN
     PERFORM relay.capture_stale();
     IF statement IS NULL THEN
         RETURN;
     END IF;
+    IF event = 'update' THEN
+        saved := relay.pairing_settings();
+    END IF;
     EXECUTE statement USING old_rows, new_rows;
     GET DIAGNOSTICS recorded = ROW_COUNT;
+    IF event = 'update' THEN
+        PERFORM relay.pairing_settings(saved);
+    END IF;
     IF recorded > 0 AND current_setting('relay.woken', true) IS DISTINCT FROM 'on' THEN
         PERFORM relay.wake();
     END IF;
@@ -639,8 +659,8 @@ CREATE FUNCTION relay.capture_body(tbl oid, event text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     shape   text := relay.shape(tbl);
-    wake    text := 'GET DIAGNOSTICS relay_rows = ROW_COUNT; '
-                    'IF relay_rows > 0 AND current_setting(''relay.woken'', true) '
+    counted text := 'GET DIAGNOSTICS relay_rows = ROW_COUNT; ';
+    wake    text := 'IF relay_rows > 0 AND current_setting(''relay.woken'', true) '
                     'IS DISTINCT FROM ''on'' THEN PERFORM relay.wake(); END IF; ';
     fitting text;
     source  text := CASE event WHEN 'delete' THEN 'relay_old' ELSE 'relay_new' END;
@@ -651,7 +671,7 @@ BEGIN
             'INSERT INTO relay.outbox (schema_name, table_name, op, username, request_id, txid, '
             'created_at) SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, ''truncate'', x.username, '
             'x.request_id, x.txid, x.at FROM relay.change_context() x; '
-            || wake || 'RETURN NULL; END';
+            || counted || wake || 'RETURN NULL; END';
     ELSIF event = 'row' THEN
         -- Once per transaction, unless the transaction changed catalogs since (see the top). Not
         -- shape_matches: a plan-time constant is exactly what this check must not be.
@@ -672,22 +692,28 @@ BEGIN
             'IF TG_OP = ''INSERT'' THEN %s ELSIF TG_OP = ''UPDATE'' THEN %s ELSE %s END IF; '
             'RETURN NULL; END',
             shape, token, tbl, shape, tbl, token,
-            coalesce(relay.capture_row_sql(tbl, 'INSERT', 'OLD', 'NEW') || '; ' || wake, 'NULL;'),
-            coalesce(relay.capture_row_sql(tbl, 'UPDATE', 'OLD', 'NEW') || '; ' || wake, 'NULL;'),
-            coalesce(relay.capture_row_sql(tbl, 'DELETE', 'OLD', 'NEW') || '; ' || wake, 'NULL;'));
+            coalesce(relay.capture_row_sql(tbl, 'INSERT', 'OLD', 'NEW') || '; ' || counted || wake,
+                     'NULL;'),
+            coalesce(relay.capture_row_sql(tbl, 'UPDATE', 'OLD', 'NEW') || '; ' || counted || wake,
+                     'NULL;'),
+            coalesce(relay.capture_row_sql(tbl, 'DELETE', 'OLD', 'NEW') || '; ' || counted || wake,
+                     'NULL;'));
     END IF;
     IF relay.capture_sql(tbl, event, false) IS NULL THEN
         -- A tracked ancestor records this table's changes: nothing to do while that holds.
         fitting := 'RETURN NULL; ';
     ELSIF event = 'update' THEN
-        fitting := format('IF relay_rows = 1 THEN %s; ELSE %s; END IF; ',
-                          relay.capture_sql(tbl, event, true), relay.capture_sql(tbl, event, false));
+        fitting := format('IF relay_rows = 1 THEN %s; %s'
+                          'ELSE relay_saved := relay.pairing_settings(); %s; %s'
+                          'PERFORM relay.pairing_settings(relay_saved); END IF; ',
+                          relay.capture_sql(tbl, event, true), counted,
+                          relay.capture_sql(tbl, event, false), counted);
     ELSE
-        fitting := relay.capture_sql(tbl, event, false) || '; ';
+        fitting := relay.capture_sql(tbl, event, false) || '; ' || counted;
     END IF;
     RETURN format(
         '#variable_conflict use_variable '
-        'DECLARE relay_fresh boolean; relay_rows bigint; BEGIN '
+        'DECLARE relay_fresh boolean; relay_rows bigint; relay_saved text[]; BEGIN '
         'SELECT relay.shape_matches(%s, %L), count(*) INTO relay_fresh, relay_rows '
         'FROM (SELECT FROM %s LIMIT 2) s; '
         'IF relay_rows = 0 THEN RETURN NULL; END IF; '
@@ -721,7 +747,7 @@ BEGIN
         -- The body goes in as a quoted literal: no name in it can end it early.
         EXECUTE format('CREATE OR REPLACE FUNCTION relay.%I() RETURNS trigger '
                        'LANGUAGE plpgsql SECURITY DEFINER %s AS %L',
-                       format('capture_%s_%s', tbl, event), relay.capture_settings(tbl, event),
+                       format('capture_%s_%s', tbl, event), relay.capture_settings(tbl),
                        relay.capture_body(tbl, event));
         EXECUTE format('REVOKE ALL ON FUNCTION relay.%I() FROM PUBLIC',
                        format('capture_%s_%s', tbl, event));
