@@ -13,20 +13,36 @@ change again once the rule is fixed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from relay.reasons import describe, reason
 from relay.render import Change
-from relay.rules import RuleSet
+from relay.rules import RuleSet, change_from_row
 
 
-def row_key(change: Change) -> str:
-    """Identity of the changed row: per-row ordering applies to changes with the same key."""
-    if change.pk_json is None:
+@dataclass(frozen=True)
+class Arrival:
+    """A change as fan-out sees it (a row of ``changes_to_fan_out``)."""
+
+    change: Change
+    old_pk_json: str | None
+    """The primary key an UPDATE moved the row from, when it changed the key."""
+
+
+def arrival(row: Mapping[str, Any], old: str | None, new: str | None) -> Arrival:
+    """An Arrival from a ``changes_to_fan_out`` row and its images."""
+    return Arrival(change_from_row({**row, "old": old, "new": new}), row["old_pk"])
+
+
+def row_key(change: Change, pk_json: str | None) -> str:
+    """Identity of a row: per-row ordering applies to changes with the same key. The key's
+    text is the pk JSON exactly as PostgreSQL wrote it (never re-serialized here, so numbers
+    keep their digits and the same row always gets the same key)."""
+    if pk_json is None:
         return f"{change.object_type}#{change.id}"
-    return f"{change.object_type}:{change.pk_json}"
+    return f"{change.object_type}:{pk_json}"
 
 
 @dataclass
@@ -37,13 +53,17 @@ class Deliveries:
     webhook_ids: list[int] = field(default_factory=list)
     rule_ids: list[int] = field(default_factory=list)
     row_keys: list[str] = field(default_factory=list)
+    old_row_keys: list[str | None] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def add(self, change: Change, webhook_id: int, rule_id: int, error: str = "") -> None:
+    def add(self, item: Arrival, webhook_id: int, rule_id: int, error: str = "") -> None:
+        change = item.change
         self.outbox_ids.append(change.id)
         self.webhook_ids.append(webhook_id)
         self.rule_ids.append(rule_id)
-        self.row_keys.append(row_key(change))
+        self.row_keys.append(row_key(change, change.pk_json))
+        old = item.old_pk_json
+        self.old_row_keys.append(None if old is None else row_key(change, old))
         self.errors.append(error)
 
     def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
@@ -52,6 +72,7 @@ class Deliveries:
             "webhook_ids": self.webhook_ids,
             "rule_ids": self.rule_ids,
             "row_keys": self.row_keys,
+            "old_row_keys": self.old_row_keys,
         }
         return {**columns, "errors": self.errors} if with_errors else columns
 
@@ -89,10 +110,11 @@ class Plan:
         yield "finish_changes", {"ids": self.fanned_out}
 
 
-def plan(changes: Iterable[Change], ruleset: RuleSet) -> Plan:
+def plan(arrivals: Iterable[Arrival], ruleset: RuleSet) -> Plan:
     """One delivery per matching webhook (the first matching rule names it)."""
     result = Plan()
-    for change in changes:
+    for item in arrivals:
+        change = item.change
         try:
             to_send, failed = _deliveries(change, ruleset)
         except Exception as exc:
@@ -100,9 +122,9 @@ def plan(changes: Iterable[Change], ruleset: RuleSet) -> Plan:
             continue
         result.fanned_out.append(change.id)
         for webhook_id, rule_id in to_send.items():
-            result.to_send.add(change, webhook_id, rule_id)
+            result.to_send.add(item, webhook_id, rule_id)
         for webhook_id, (rule_id, error) in failed.items():
-            result.failed.add(change, webhook_id, rule_id, error)
+            result.failed.add(item, webhook_id, rule_id, error)
     return result
 
 

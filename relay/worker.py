@@ -315,7 +315,9 @@ class Worker:
             cur_version = await conn.execute(query("rules_version"))
             version = await cur_version.fetchone()
             await self.rules.catch_up(conn, int(version[0]) if version else 0)
-            plan = fanout.plan([rules.change_from_row(r) for r in rows], self.rules.ruleset)
+            plan = fanout.plan(
+                (fanout.arrival(r, r["old"], r["new"]) for r in rows), self.rules.ruleset
+            )
             self._count_plan(plan, len(rows))
             for name, parameters in plan.statements():
                 await conn.execute(query(name), parameters)

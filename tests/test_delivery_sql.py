@@ -19,7 +19,7 @@ def fan_out(conn) -> fanout.Plan:
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
-        plan = fanout.plan([rules.change_from_row(r) for r in rows], rules.load(conn))
+        plan = fanout.plan((fanout.arrival(r, r["old"], r["new"]) for r in rows), rules.load(conn))
         for name, parameters in plan.statements():
             conn.execute(query(name), parameters)
     return plan
@@ -212,3 +212,27 @@ def test_documented_one_liners(rconn):
     )
     assert outbox(rconn)[0]["status"] == "failed"
     assert claim(rconn) == []
+
+
+def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn):
+    a, b = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (10, 0)")
+    rconn.execute("UPDATE items SET id = 11 WHERE id = 10")
+    rconn.execute("INSERT INTO items VALUES (10, 1)")  # a new row takes the old key
+    rconn.execute("UPDATE items SET v = 2 WHERE id = 11")
+    fan_out(rconn)
+    created, moved, reused, later = [r["id"] for r in outbox(rconn)]
+    keys = rconn.execute(
+        "SELECT row_key, old_row_key FROM relay.deliveries"
+        " WHERE outbox_id = %s AND webhook_id = %s",
+        (moved, a),
+    ).fetchone()
+    assert keys == ('public.items:{"id": 11}', 'public.items:{"id": 10}')
+    only_a = {"paused": [b]}
+    assert claim(rconn, **only_a) == [(created, a)]  # everything else waits for it
+    finish(rconn, created, a, "delivered")
+    assert claim(rconn, **only_a) == [(moved, a)]  # the new row 10 and row 11 wait for the move
+    finish(rconn, moved, a, "pending", retry_in=0)
+    assert claim(rconn, **only_a) == [(moved, a)]  # its retry still goes first
+    finish(rconn, moved, a, "delivered")
+    assert claim(rconn, **only_a) == [(reused, a), (later, a)]
