@@ -43,10 +43,10 @@ class Settings(BaseSettings):
     """No retry waits longer than this (Retry-After included)."""
     webhook_concurrency: int = Field(default=16, ge=1)
     """Requests in flight to one webhook at once."""
-    max_body_bytes: ByteSize = Field(default=ByteSize(32 * MiB), ge=1024)
-    """The largest request body sent (``32MiB``, ``5MB`` and plain numbers are understood). A
-    change whose row images are larger is never read; a body that renders larger is not sent:
-    either way the delivery fails at once, saying so."""
+    max_body_bytes: ByteSize = Field(default=ByteSize(32 * MiB), ge=1024, le=1024 * MiB)
+    """The largest request body sent, at most 1 GiB (``32MiB``, ``5MB`` and plain numbers are
+    understood). A change whose row images are larger is never read; a body that renders larger
+    is not sent: either way the delivery fails at once, saying so."""
     max_held_bytes: ByteSize = Field(default=ByteSize(256 * MiB))
     """Row images and request bodies a relay holds at once, fanning out, claimed, rendered and
     being sent, counted as HELD_PER_CHANGE_BYTE times the change's JSON. One webhook may take
