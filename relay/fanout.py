@@ -25,7 +25,7 @@ from typing import Any
 from relay.deliver import over_limit
 from relay.reasons import describe, reason
 from relay.render import Change
-from relay.rules import RuleSet, change_from_row
+from relay.rules import RuleSet
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,19 @@ def arrival(
     too_large: str | None = None,
 ) -> Arrival:
     """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``)."""
-    change = change_from_row({**row, "old": old, "new": new})
+    change = Change(
+        id=row["id"],
+        schema_name=row["schema_name"],
+        table_name=row["table_name"],
+        op=row["op"],
+        old_json=old,
+        new_json=new,
+        pk_json=row["pk"],
+        username=row["username"],
+        request_id=row["request_id"],
+        txid=row["txid"],
+        created_at=row["created_at"],
+    )
     return Arrival(change, row["old_pk"], row["bytes"], too_large)
 
 
@@ -62,11 +74,16 @@ def sort_out(
     too large to read at all."""
     ready: list[Arrival] = []
     to_read: list[Mapping[str, Any]] = []
+    conditions = any(rule.conditions for rule in ruleset.rules)  # else no row is looked at
     for row in rows:
         size = row["bytes"]
         too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
         item = arrival(row, too_large=too_large)
-        if not too_large and any(r.conditions for r in ruleset.candidates(item.change)):
+        if (
+            conditions
+            and not too_large
+            and any(rule.conditions for rule in ruleset.candidates(item.change))
+        ):
             to_read.append(row)
         else:
             ready.append(item)

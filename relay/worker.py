@@ -249,14 +249,15 @@ class Worker:
         for item in claimed:
             task = asyncio.create_task(self._process(item, recorder, sender))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
             task.add_done_callback(functools.partial(self._let_go, item))
         return bool(claimed)
 
-    def _let_go(self, item: Claimed, _: asyncio.Task[None]) -> None:
+    def _let_go(self, item: Claimed, task: asyncio.Task[None]) -> None:
         """The delivery's task ended: its change and body are gone, and so is their room."""
-        self.holding.give_back(item.webhook_id, item.held_bytes)
-        self._wake.set()
+        self._in_flight.discard(task)
+        if item.held_bytes:
+            self.holding.give_back(item.webhook_id, item.held_bytes)
+            self._wake.set()
 
     async def _fan_out_loop(self, conn: AConn) -> None:
         """Fan out whenever there may be new changes: after a notification, a full batch, or
