@@ -56,6 +56,7 @@ http {{
     log_format receipt {log_format};
     access_log {root}/access.log receipt buffer=64k flush=1s;
     client_body_temp_path {root}/body;
+    client_max_body_size 0;
     server {{
         listen 127.0.0.1:{port};
         keepalive_requests 1000000;

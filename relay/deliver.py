@@ -9,7 +9,8 @@ followed. Only the first 4 KB of a response are read, whatever its size. Nothing
 every attempt ends in an :class:`Outcome`, whose ``error`` names the host, never the full URL
 (whose path or query may carry a token), nor a secret. A request that cannot be made at all (a
 header or URL that the HTTP client refuses) fails for good; an exception nobody foresaw is
-retried like a network error, since relay cannot know that it will happen again.
+retried like a network error, since relay cannot know that it will happen again. A body over
+the limit is never sent, so no receiver ever gets part of one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.request import getproxies_environment, proxy_bypass
 
 import aiohttp
 import yarl
+from pydantic import ByteSize
 
 from relay.reasons import describe, redact
 from relay.render import Request, Webhook
@@ -67,6 +69,14 @@ def _tls(webhook: Webhook) -> ssl.SSLContext | bool:
     return True
 
 
+def over_limit(what: str, size: int, limit: int) -> str:
+    """Why a change or body is not sent: one line with both sizes."""
+    return (
+        f"{what} of {ByteSize(size).human_readable()} is over RELAY_MAX_BODY_BYTES"
+        f" ({ByteSize(limit).human_readable()})"
+    )
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
@@ -82,7 +92,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class Sender:
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int | None = None) -> None:
+        self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
         self._proxies = getproxies_environment()
         self._proxy_by_origin: dict[tuple[str, str], Proxy | None] = {}
@@ -102,6 +113,11 @@ class Sender:
 
     async def send(self, request: Request, webhook: Webhook) -> Outcome:
         assert self._session is not None, "use Sender as an async context manager"
+        if self.max_body_bytes is not None and len(request.body) > self.max_body_bytes:
+            error = over_limit("body", len(request.body), self.max_body_bytes)
+            return Outcome(
+                ok=False, status=None, duration=0.0, error=error, permanent=True, sent=False
+            )
         url = urlsplit(request.url)
         host = url.netloc.rpartition("@")[2]  # never the user:password@ part
         proxy = self.proxy(url.scheme, url.hostname or "")

@@ -61,6 +61,12 @@ class Metrics:
             "Age of the oldest pending change (0 when none).",
             registry=self.registry,
         )
+        self.held_bytes = Gauge(
+            "relay_held_bytes",
+            "Memory this relay counts for the changes it holds (claimed, being matched or sent):"
+            " three times their JSON; claims wait while it is near RELAY_MAX_HELD_BYTES.",
+            registry=self.registry,
+        )
         self.paused = Gauge(
             "relay_webhook_paused",
             "1 while the circuit breaker holds a webhook back, else 0.",

@@ -37,6 +37,8 @@ PROCESSES = 4
 """Render processes at most, each about 30 MB; started as webhooks with templates need them."""
 START_SECONDS = 30.0
 """Time a render process has to start (import relay and Jinja2) before its jobs fail."""
+END_SECONDS = 3.0
+"""How long shutting a render process down may wait for it to be gone."""
 
 
 @dataclass(eq=False)
@@ -174,7 +176,10 @@ class _Child:
             return
         with contextlib.suppress(ProcessLookupError):
             self._process.kill()
-        await self._process.wait()
+        # A killed process is reaped at once, but a machine under load may take its time: the
+        # relay's shutdown must not wait on it for long (the exit reaps it anyway).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._process.wait(), END_SECONDS)
         if self._process.stdin is not None:
             self._process.stdin.close()
 

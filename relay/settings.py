@@ -8,10 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import Field, ValidationError
+from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MASK = "********"
+MiB = 1024 * 1024
+HELD_PER_CHANGE_BYTE = 3
+"""What a claimed delivery holds per byte of its change's JSON: the row images as text, and
+the request body made from them (the default body carries the new image twice, as NetBox's
+``data`` and ``postchange``)."""
 
 
 class SettingsError(ValueError):
@@ -38,6 +43,14 @@ class Settings(BaseSettings):
     """No retry waits longer than this (Retry-After included)."""
     webhook_concurrency: int = Field(default=16, ge=1)
     """Requests in flight to one webhook at once."""
+    max_body_bytes: ByteSize = Field(default=ByteSize(32 * MiB), ge=1024, le=1024 * MiB)
+    """The largest request body sent, at most 1 GiB (``32MiB``, ``5MB`` and plain numbers are
+    understood). A change whose row images are larger is never read; a body that renders larger
+    is not sent: either way the delivery fails at once, saying so."""
+    max_held_bytes: ByteSize = Field(default=ByteSize(256 * MiB))
+    """Row images and request bodies a relay holds at once, fanning out, claimed, rendered and
+    being sent, counted as HELD_PER_CHANGE_BYTE times the change's JSON. One webhook may take
+    at most half of it."""
     breaker_failures: int = Field(default=5, ge=1)
     """Consecutive failed attempts after which a webhook is paused."""
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
@@ -56,6 +69,19 @@ class Settings(BaseSettings):
     """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9187."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """``json`` lines, ``console`` colours, or ``auto``: colours on a terminal, JSON elsewhere."""
+
+    @field_validator("max_held_bytes")
+    @classmethod
+    def _room_for_the_largest(cls, held: ByteSize, info: ValidationInfo) -> ByteSize:
+        """One webhook's half of the budget must hold a change of the largest size, or such a
+        change could never be claimed."""
+        body = info.data.get("max_body_bytes")
+        if body is not None and held < 2 * HELD_PER_CHANGE_BYTE * body:
+            least = ByteSize(2 * HELD_PER_CHANGE_BYTE * body).human_readable()
+            raise ValueError(
+                f"must be at least {2 * HELD_PER_CHANGE_BYTE} x RELAY_MAX_BODY_BYTES ({least})"
+            )
+        return held
 
     @property
     def template_env_globs(self) -> list[str]:
@@ -84,7 +110,8 @@ def load(env_file: Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = f"RELAY_{str(first['loc'][0]).upper()}" if first["loc"] else "settings"
-        raise SettingsError(f"{name}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")  # our own validators' words
+        raise SettingsError(f"{name}: {message}") from None
 
 
 def mask_dsn(dsn: str) -> str:

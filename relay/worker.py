@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import random
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,8 @@ from psycopg.rows import dict_row
 
 from relay import fanout, rules
 from relay.db import first_line
-from relay.deliver import Outcome, Sender
+from relay.deliver import Outcome, Sender, over_limit
+from relay.holding import Holding
 from relay.metrics import Metrics
 from relay.reasons import describe, reason, redact
 from relay.record import Recorder, Result
@@ -41,7 +44,7 @@ from relay.render import Change, RenderError, Webhook
 from relay.renderpool import RenderPool
 from relay.rules import Rule
 from relay.rulewatch import RuleWatcher
-from relay.settings import Settings
+from relay.settings import HELD_PER_CHANGE_BYTE, Settings
 from relay.sqlfiles import query
 
 log = structlog.get_logger("relay.worker")
@@ -74,6 +77,10 @@ class Claimed:
     rule_id: int | None
     attempt: int
     change: Change
+    held_bytes: int
+    """What this delivery counts in the relay's Holding until its task ends."""
+    refused: str | None = None
+    """Why it cannot be sent without even reading it: its change is too large."""
 
 
 class Worker:
@@ -93,6 +100,7 @@ class Worker:
         self.max_in_flight = settings.batch_size * 4
         self._held: dict[int, int] = defaultdict(int)
         """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
+        self.holding = Holding(settings)
         self._slots: dict[int, asyncio.Semaphore] = {}
         self._failures: dict[int, int] = defaultdict(int)
         self._paused_until: dict[int, float] = {}
@@ -109,6 +117,7 @@ class Worker:
         self._analyze_at = ANALYZE_AFTER_CHANGES
         self._in_flight: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
+        self.metrics.held_bytes.set_function(lambda: self.holding.total * HELD_PER_CHANGE_BYTE)
 
     @property
     def ready(self) -> bool:
@@ -126,7 +135,7 @@ class Worker:
         backoff = 0.5
         outage = False
         try:
-            async with Sender() as sender:
+            async with Sender(self.settings.max_body_bytes) as sender:
                 while not stop.is_set():
                     self._connected = False
                     began = time.monotonic()
@@ -242,8 +251,15 @@ class Worker:
         for item in claimed:
             task = asyncio.create_task(self._process(item, recorder, sender))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(functools.partial(self._let_go, item))
         return bool(claimed)
+
+    def _let_go(self, item: Claimed, task: asyncio.Task[None]) -> None:
+        """The delivery's task ended: its change and body are gone, and so is their room."""
+        self._in_flight.discard(task)
+        if item.held_bytes:
+            self.holding.give_back(item.webhook_id, item.held_bytes)
+            self._wake.set()
 
     async def _fan_out_loop(self, conn: AConn) -> None:
         """Fan out whenever there may be new changes: after a notification, a full batch, or
@@ -317,7 +333,12 @@ class Worker:
             cur_version = await conn.execute(query("rules_version"))
             version = await cur_version.fetchone()
             await self.rules.catch_up(conn, int(version[0]) if version else 0)
-            plan = fanout.plan([rules.change_from_row(r) for r in rows], self.rules.ruleset)
+            ruleset = self.rules.ruleset
+            ready, to_read = fanout.sort_out(rows, ruleset, self.settings.max_body_bytes)
+            plan = fanout.plan(ready, ruleset)
+            # A quarter of the room at a time: claims go on meanwhile.
+            for group in fanout.groups(to_read, self.holding.capacity // 4):
+                await self._match_read(conn, group, plan, ruleset)
             self._count_plan(plan, len(rows))
             for name, parameters in plan.statements():
                 await conn.execute(query(name), parameters)
@@ -326,6 +347,20 @@ class Worker:
             self._analyze_at *= 2
             await conn.execute(query("refresh_statistics"))
         return len(rows)
+
+    async def _match_read(
+        self,
+        conn: AConn,
+        group: list[Mapping[str, Any]],
+        plan: fanout.Plan,
+        ruleset: rules.RuleSet,
+    ) -> None:
+        """Read the images of a group of changes that conditions look at, once they fit in
+        the room the relay has, and match them."""
+        async with self.holding.reserve(sum(row["bytes"] for row in group)):
+            cur = await conn.execute(query("change_rows"), {"ids": [row["id"] for row in group]})
+            images = {row[0]: row[1:] for row in await cur.fetchall()}
+            plan.add((fanout.arrival(row, *images[row["id"]]) for row in group), ruleset)
 
     def _count_plan(self, plan: fanout.Plan, changes: int) -> None:
         failed = plan.failed
@@ -358,6 +393,9 @@ class Worker:
             elif self._failures.get(hook, 0) >= self.settings.breaker_failures:
                 # After the cool-down, one probe at a time until a request succeeds.
                 held[hook] = window if held.get(hook) else window - 1
+        holding = self.holding
+        busy = sorted(set(held) | {hook for hook, n in holding.by_webhook.items() if n})
+        most = self.settings.max_body_bytes
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(
                 query("claim_deliveries"),
@@ -366,23 +404,32 @@ class Worker:
                     "lease_seconds": self.settings.lease_seconds,
                     "relay_id": self.relay_id,
                     "per_webhook": window,
-                    "busy_ids": list(held),
-                    "busy_counts": list(held.values()),
+                    "busy_ids": busy,
+                    "busy_counts": [held.get(hook, 0) for hook in busy],
+                    "busy_bytes": [holding.by_webhook.get(hook, 0) for hook in busy],
+                    "bytes_free": holding.room,
+                    "bytes_per_webhook": holding.per_webhook,
+                    "max_change_bytes": most,
                 },
             )
             rows = await cur.fetchall()
-        for row in rows:
-            self._held[row["webhook_id"]] += 1
-        return [
-            Claimed(
+        claimed = []
+        for r in rows:
+            size = r["change_bytes"]
+            refused = over_limit("change", size, most) if size > most else None
+            item = Claimed(
                 r["outbox_id"],
                 r["webhook_id"],
                 r["rule_id"],
                 r["attempts"],
                 rules.change_from_row(r),
+                0 if refused else size,
+                refused,
             )
-            for r in rows
-        ]
+            self._held[item.webhook_id] += 1
+            holding.take(item.webhook_id, item.held_bytes)
+            claimed.append(item)
+        return claimed
 
     def _slot(self, webhook_id: int) -> asyncio.Semaphore:
         slot = self._slots.get(webhook_id)
@@ -415,7 +462,10 @@ class Worker:
             log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
 
     def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
-        """The webhook and rule to deliver with, or why there is none any more."""
+        """The webhook and rule to deliver with, or why there is none any more (or why the
+        change can never be sent)."""
+        if item.refused:
+            return item.refused
         rule = self.rules.ruleset.by_id(item.rule_id)
         if rule is None or rule.webhook.id != item.webhook_id:
             return "the rule that sent this change here was disabled or removed"

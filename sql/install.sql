@@ -52,4 +52,14 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 8) AS relay_appl
 \ir migrations/0008_robust.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 9) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0009_key_moves.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 10) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0010_change_bytes.sql
+\endif
+
 COMMIT;

@@ -76,25 +76,36 @@ SET LOCAL enable_bitmapscan = off;
 -- name: changes_to_fan_out
 -- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003): only the
 -- relay that gets the lock (held until its transaction ends) sees rows; the others get none.
+-- The row images stay in the database: matching needs them only for rules with conditions
+-- (change_rows fetches those, as many bytes at a time as the relay may hold), and the size and
+-- the key an UPDATE moved the row from are worked out here, so a 50 MB row costs the relay
+-- nothing to fan out.
 WITH lock AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(hashtext('relay.fan_out')) AS held
 )
-SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, username,
-       request_id, txid::text, created_at
+SELECT id, schema_name, table_name, op::text, pk::text,
+       relay.key_before(pk, old)::text AS old_pk,
+       coalesce(octet_length(old::text), 0) + coalesce(octet_length(new::text), 0) AS bytes,
+       username, request_id, txid::text, created_at
 FROM relay.outbox, lock
 WHERE lock.held AND status = 'pending' AND fanned_out_at IS NULL
 ORDER BY id
 LIMIT %(limit)s;
 
+-- name: change_rows
+-- The row images of changes that rules with conditions must look at (see changes_to_fan_out).
+SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint[]);
+
 -- name: add_deliveries
 -- New deliveries; a delivery that failed before is armed again (a re-queued change), one that
 -- succeeded is left alone, so a change goes again only to the webhooks that did not get it.
-INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key)
+INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
 SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-                     %(row_keys)s::text[])
+                     %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
-        leased_by = NULL, last_error = NULL, last_status_code = NULL
+        leased_by = NULL, last_error = NULL, last_status_code = NULL,
+        old_row_key = EXCLUDED.old_row_key, change_bytes = EXCLUDED.change_bytes
     WHERE relay.deliveries.status = 'failed';
 
 -- name: add_failed_deliveries
@@ -137,16 +148,33 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- relay already has in flight: a delivery is only claimed when it can be sent at once, so no
 -- lease runs out while waiting), and never one whose row has an earlier change still pending
 -- for the same webhook (in flight or waiting for a retry).
+--
+-- Bytes: change_bytes of what is claimed fits in bytes_free (what the relay may still hold),
+-- and per webhook in bytes_per_webhook less what it holds already (so one webhook's large
+-- changes never take all the room). Within a webhook, deliveries are taken in due order up to
+-- the first that does not fit; across webhooks, smallest first (counting those a webhook could
+-- not take, which only ever holds back larger ones): a large change waits for room while small
+-- ones keep flowing. A change over max_change_bytes counts nothing and comes without its
+-- images: it is never read, and fails (relay/worker.py). The byte columns are int, so that
+-- the running sums add bigints, not numerics (max_body_bytes is at most 1 GiB). With the
+-- key-move check, this costs 0.5 ms more per claim than counts alone (3.9 ms rather than 3.4
+-- for 128 of 20,000 pending, bench/claims.py).
 WITH room AS (
-    SELECT w.id AS webhook_id, %(per_webhook)s - coalesce(busy.n, 0) AS free
+    SELECT w.id AS webhook_id, %(per_webhook)s - coalesce(busy.n, 0) AS free,
+           %(bytes_per_webhook)s - coalesce(busy.bytes, 0) AS bytes_free,
+           EXISTS (SELECT FROM relay.deliveries m
+                   WHERE m.webhook_id = w.id AND m.old_row_key IS NOT NULL
+                     AND m.status = 'pending') AS moves
     FROM relay.webhooks w
-    LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[]) AS busy (id, n)
-        ON busy.id = w.id
+    LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[], %(busy_bytes)s::bigint[])
+        AS busy (id, n, bytes) ON busy.id = w.id
 ), due AS (
-    SELECT c.ctid
+    SELECT c.ctid, c.next_attempt_at, c.outbox_id, c.bytes, room.webhook_id, room.bytes_free
     FROM room
     CROSS JOIN LATERAL (
-        SELECT d.ctid
+        SELECT d.ctid, d.next_attempt_at, d.outbox_id,
+               CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
+                    ELSE d.change_bytes::int END AS bytes
         FROM relay.deliveries d
         WHERE d.webhook_id = room.webhook_id
           AND d.status = 'pending'
@@ -159,24 +187,41 @@ WITH room AS (
               SELECT min(e.outbox_id) FROM relay.deliveries e
               WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
                 AND e.status = 'pending')
+          -- Key moves (an UPDATE of the primary key, 0009_key_moves.sql): nothing earlier and
+          -- pending may share a key with this delivery, whichever of their keys is old or new.
+          -- Looked up only while the webhook has a key move pending (room.moves: one probe of
+          -- an index that is otherwise empty).
+          AND (NOT room.moves OR relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
+                                                          d.old_row_key))
         ORDER BY d.next_attempt_at, d.outbox_id
         LIMIT greatest(room.free, 0)
         FOR UPDATE OF d SKIP LOCKED
     ) c
     WHERE room.free > 0
     LIMIT %(limit)s
+), taken AS (
+    SELECT ctid FROM (
+        SELECT ctid, bytes_free,
+               sum(bytes) OVER (PARTITION BY webhook_id ORDER BY next_attempt_at, outbox_id
+                                ROWS UNBOUNDED PRECEDING) AS webhook_running,
+               sum(bytes) OVER (ORDER BY bytes, outbox_id ROWS UNBOUNDED PRECEDING) AS running
+        FROM due) counted
+    WHERE webhook_running <= bytes_free AND running <= %(bytes_free)s
 )
 -- The rows are locked, so their ctids stand: updating by ctid keeps this a lookup per claimed
--- row (a join on the key let the planner hash the whole table once the backlog grew).
+-- row (a join on the key let the planner hash the whole table once the backlog grew). Rows
+-- locked above but not taken are free again when the statement ends.
 UPDATE relay.deliveries d
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
     leased_by = %(relay_id)s,
     attempts = d.attempts + 1
 FROM relay.outbox o
-WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM due)) AND o.id = d.outbox_id
-RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
-          o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
-          o.username, o.request_id, o.txid::text, o.created_at;
+WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM taken)) AND o.id = d.outbox_id
+RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts, d.change_bytes,
+          o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
+          o.txid::text, o.created_at,
+          CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
+          CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 
 -- name: record_outcomes
 -- Attempts and their outcomes, many at once (relay/record.py batches them). An outcome is

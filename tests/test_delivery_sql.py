@@ -12,31 +12,52 @@ from test_rules_sql import add_rule, add_webhook
 from relay import fanout, record, rules
 from relay.deliver import Outcome
 from relay.record import Result
+from relay.settings import Settings
 from relay.sqlfiles import query
 
 
-def fan_out(conn) -> fanout.Plan:
+def fan_out(conn, max_body_bytes: int = Settings().max_body_bytes) -> fanout.Plan:
+    """Fan out as a relay would (reading every image conditions need at once)."""
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
-        plan = fanout.plan([rules.change_from_row(r) for r in rows], rules.load(conn))
+        ruleset = rules.load(conn)
+        ready, to_read = fanout.sort_out(rows, ruleset, max_body_bytes)
+        plan = fanout.plan(ready, ruleset)
+        ids = [row["id"] for row in to_read]
+        images = {row[0]: row[1:] for row in conn.execute(query("change_rows"), {"ids": ids})}
+        plan.add((fanout.arrival(row, *images[row["id"]]) for row in to_read), ruleset)
         for name, parameters in plan.statements():
             conn.execute(query(name), parameters)
     return plan
 
 
+def claim_parameters(
+    relay_id="r1", lease=30.0, per_webhook=100, busy=(), room=10**9, max_change=10**9, **more
+):
+    """What a relay passes to claim_deliveries: ``busy`` maps webhooks to the deliveries and
+    bytes they hold."""
+    busy = dict(busy)
+    return {
+        "limit": 100,
+        "lease_seconds": lease,
+        "relay_id": relay_id,
+        "per_webhook": per_webhook,
+        "busy_ids": list(busy),
+        "busy_counts": [n for n, _ in busy.values()],
+        "busy_bytes": [size for _, size in busy.values()],
+        "bytes_free": room,
+        "bytes_per_webhook": room,
+        "max_change_bytes": max_change,
+        **more,
+    }
+
+
 def claim(conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
     """Claim as a relay would; ``paused`` webhooks have every slot busy."""
+    busy = {hook: (per_webhook, 0) for hook in paused}
     rows = conn.execute(
-        query("claim_deliveries"),
-        {
-            "limit": 100,
-            "lease_seconds": lease,
-            "relay_id": relay_id,
-            "per_webhook": per_webhook,
-            "busy_ids": list(paused),
-            "busy_counts": [per_webhook] * len(paused),
-        },
+        query("claim_deliveries"), claim_parameters(relay_id, lease, per_webhook, busy)
     ).fetchall()
     return sorted((r[0], r[1]) for r in rows)
 
@@ -170,15 +191,7 @@ def test_busy_webhooks_get_only_their_free_slots(rconn):
     fan_out(rconn)
     assert {w for _, w in claim(rconn, paused=[a])} == {b}
     rows = rconn.execute(
-        query("claim_deliveries"),
-        {
-            "limit": 100,
-            "lease_seconds": 30,
-            "relay_id": "r1",
-            "per_webhook": 4,
-            "busy_ids": [a],
-            "busy_counts": [1],
-        },
+        query("claim_deliveries"), claim_parameters(per_webhook=4, busy={a: (1, 0)})
     ).fetchall()
     assert sorted(r[1] for r in rows) == [a, a, a]
 
@@ -212,3 +225,58 @@ def test_documented_one_liners(rconn):
     )
     assert outbox(rconn)[0]["status"] == "failed"
     assert claim(rconn) == []
+
+
+def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn):
+    a, b = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (10, 0)")
+    rconn.execute("UPDATE items SET id = 11 WHERE id = 10")
+    rconn.execute("INSERT INTO items VALUES (10, 1)")  # a new row takes the old key
+    rconn.execute("UPDATE items SET v = 2 WHERE id = 11")
+    fan_out(rconn)
+    created, moved, reused, later = [r["id"] for r in outbox(rconn)]
+    keys = rconn.execute(
+        "SELECT row_key, old_row_key FROM relay.deliveries"
+        " WHERE outbox_id = %s AND webhook_id = %s",
+        (moved, a),
+    ).fetchone()
+    assert keys == ('public.items:{"id": 11}', 'public.items:{"id": 10}')
+    only_a = {"paused": [b]}
+    assert claim(rconn, **only_a) == [(created, a)]  # everything else waits for it
+    finish(rconn, created, a, "delivered")
+    assert claim(rconn, **only_a) == [(moved, a)]  # the new row 10 and row 11 wait for the move
+    finish(rconn, moved, a, "pending", retry_in=0)
+    assert claim(rconn, **only_a) == [(moved, a)]  # its retry still goes first
+    finish(rconn, moved, a, "delivered")
+    assert claim(rconn, **only_a) == [(reused, a), (later, a)]
+
+
+def test_claims_take_only_what_fits_in_the_bytes_left(rconn):
+    a, b = setup(rconn)
+    rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 6) g")
+    fan_out(rconn)
+    size = rconn.execute("SELECT max(change_bytes) FROM relay.deliveries").fetchone()[0]
+    assert size == len('{"v": 0, "id": 1}')  # octet_length of the JSON text
+
+    def take(**room) -> int:
+        params = claim_parameters(**{"lease": 0.001, "busy": {b: (100, 0)}, **room})
+        rows = rconn.execute(query("claim_deliveries"), params).fetchall()
+        time.sleep(0.01)  # the lease runs out: the next call may take them again
+        return len(rows)
+
+    assert take(room=6 * size) == 6
+    assert take(room=4 * size) == 4
+    assert take(room=size - 1) == 0
+    # A webhook already holding bytes gets only what is left of its share.
+    assert take(room=10 * size, bytes_per_webhook=3 * size, busy={a: (0, size), b: (100, 0)}) == 2
+
+
+def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing(rconn):
+    _, b = setup(rconn)
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    fan_out(rconn)
+    params = claim_parameters(busy={b: (100, 0)}, room=0, max_change=5)
+    with rconn.cursor(row_factory=dict_row) as cur:
+        (row,) = cur.execute(query("claim_deliveries"), params).fetchall()
+    assert (row["outbox_id"], row["old"], row["new"]) == (outbox(rconn)[0]["id"], None, None)
+    assert row["change_bytes"] > 5

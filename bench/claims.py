@@ -1,0 +1,130 @@
+"""How long one claim takes in the database with a big backlog of pending deliveries.
+
+    .venv/bin/python bench/claims.py [--pending 300000] [--moves 3000] [--rounds 200]
+        [--compare OTHER/sql/queries.sql]
+
+On a private cluster: --pending changes inserted into a tracked table, --moves of them followed
+by an UPDATE of the primary key (a key move, the claim's second key), all fanned out as the
+relay does (one webhook), statistics refreshed as the relay does after a burst. Then
+claim_deliveries runs --rounds times, each in a transaction rolled back (so every round sees the
+same backlog), claiming 128 deliveries (a relay with RELAY_WEBHOOK_CONCURRENCY=64, as in
+bench/throughput.py); prints the median and p90 time in the database and the plan's shape.
+With --compare, the claim_deliveries of another queries.sql (an older relay) runs interleaved
+on the same backlog, for a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import psycopg
+
+from relay import schema, sqlfiles
+from relay.settings import Settings
+from relay.tempcluster import scratch_database, start_temp_cluster
+
+FAN_OUT = """
+INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
+SELECT o.id, r.webhook_id, r.id, o.schema_name || '.' || o.table_name || ':' || o.pk::text,
+       o.schema_name || '.' || o.table_name || ':' || relay.key_before(o.pk, o.old)::text,
+       coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0)
+FROM relay.outbox o, relay.event_rules r;
+UPDATE relay.outbox SET fanned_out_at = now();
+"""
+"""What fan-out writes for these changes (relay/fanout.py), in one statement for speed."""
+
+
+def parameters(settings: Settings) -> dict[str, object]:
+    room = settings.max_held_bytes // 3
+    return {
+        "limit": 1000,
+        "lease_seconds": 60,
+        "relay_id": "bench",
+        "per_webhook": 128,
+        "busy_ids": [],
+        "busy_counts": [],
+        "busy_bytes": [],
+        "bytes_free": room,
+        "bytes_per_webhook": room // 2,
+        "max_change_bytes": int(settings.max_body_bytes),
+    }
+
+
+def timed(
+    conn: psycopg.Connection[tuple[object, ...]], sql: str, params: dict[str, object]
+) -> float:
+    with conn.transaction(force_rollback=True):
+        started = time.perf_counter()
+        rows = conn.execute(sql, params).fetchall()
+        took = time.perf_counter() - started
+    assert len(rows) == 128, f"claimed {len(rows)}"
+    return took * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pending", type=int, default=300_000)
+    parser.add_argument("--moves", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--compare", type=Path)
+    args = parser.parse_args()
+    claims = {"this": sqlfiles.query("claim_deliveries")}
+    if args.compare:
+        claims["compared"] = sqlfiles.parse_named(args.compare.read_text())["claim_deliveries"]
+    params = parameters(Settings())
+    cluster = start_temp_cluster()
+    try:
+        with scratch_database(cluster.dsn, "relay_claims") as dsn, psycopg.connect(dsn) as conn:
+            conn.autocommit = True
+            schema.install(conn)
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+            conn.execute("SELECT relay.track('items')")
+            conn.execute(
+                "INSERT INTO relay.webhooks (name, payload_url, secret)"
+                " VALUES ('bench', 'http://127.0.0.1:9/', 's')"
+            )
+            conn.execute(
+                "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+                " SELECT 'bench', ARRAY['public.items'], id FROM relay.webhooks"
+            )
+            conn.execute(
+                "INSERT INTO items SELECT g, 0 FROM generate_series(1, %s) g",
+                (args.pending - args.moves,),
+            )
+            conn.execute("UPDATE items SET id = id + %s WHERE id <= %s", (args.pending, args.moves))
+            conn.execute(FAN_OUT)
+            conn.execute("SET jit = off")  # as the relay's connections
+            print(f"{args.pending} pending deliveries ({args.moves} key moves), claims of 128:")
+            # First as a burst finds the tables (autovacuum has not looked yet), then with the
+            # statistics the relay refreshes after its first 5,000 changes.
+            for when in ("without statistics", "with statistics"):
+                if when == "with statistics":
+                    conn.execute(sqlfiles.query("refresh_statistics"))
+                times: dict[str, list[float]] = {name: [] for name in claims}
+                for _ in range(args.rounds):
+                    for name, sql in claims.items():
+                        times[name].append(timed(conn, sql, params))
+                report(when, times)
+                with conn.transaction(force_rollback=True):
+                    plan = conn.execute("EXPLAIN (ANALYZE, COSTS OFF) " + claims["this"], params)
+                    lines = [str(row[0]) for row in plan]
+                print("\n".join("    " + line.strip() for line in lines if "Index" in line))
+    finally:
+        cluster.stop()
+
+
+def report(when: str, times: dict[str, list[float]]) -> None:
+    print(f"  {when}, {len(times['this'])} claims each:")
+    for name, values in times.items():
+        p90 = statistics.quantiles(values, n=10)[-1]
+        print(f"    {name:>8}: median {statistics.median(values):.2f} ms, p90 {p90:.2f} ms")
+    if "compared" in times:
+        ratio = statistics.median(times["this"]) / statistics.median(times["compared"])
+        print(f"    ratio this / compared: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
