@@ -60,6 +60,7 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 9) AS relay_appl
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 10) AS relay_apply \gset
 \if :relay_apply
 \ir migrations/0010_change_bytes.sql
+\ir migrations/0011_json_images.sql
 \endif
 
 COMMIT;

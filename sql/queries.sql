@@ -61,7 +61,8 @@ ORDER BY r.id;
 SELECT version FROM relay.rules_version;
 
 -- name: outbox_change
--- One outbox row for rendering; jsonb as text so that numbers keep their exact digits.
+-- One outbox row for rendering; the images as their json text, so that numbers keep their exact
+-- digits.
 SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, username,
        request_id, txid::text, created_at
 FROM relay.outbox WHERE id = %(id)s;
@@ -79,11 +80,12 @@ SET LOCAL enable_bitmapscan = off;
 -- The row images stay in the database: matching needs them only for rules with conditions
 -- (change_rows fetches those, as many bytes at a time as the relay may hold), and the size and
 -- the key an UPDATE moved the row from are worked out here, so a 50 MB row costs the relay
--- nothing to fan out.
+-- nothing to fan out. The key is the jsonb text of pk: row keys are compared as text, and that
+-- text is the same whether the change was captured as jsonb (before 0011) or json.
 WITH lock AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(hashtext('relay.fan_out')) AS held
 )
-SELECT id, schema_name, table_name, op::text, pk::text,
+SELECT id, schema_name, table_name, op::text, pk::jsonb::text AS pk,
        relay.key_before(pk, old)::text AS old_pk,
        coalesce(octet_length(old::text), 0) + coalesce(octet_length(new::text), 0) AS bytes,
        username, request_id, txid::text, created_at

@@ -256,7 +256,7 @@ def test_claims_take_only_what_fits_in_the_bytes_left(rconn):
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 6) g")
     fan_out(rconn)
     size = rconn.execute("SELECT max(change_bytes) FROM relay.deliveries").fetchone()[0]
-    assert size == len('{"v": 0, "id": 1}')  # octet_length of the JSON text
+    assert size == len('{"id":1,"v":0}')  # octet_length of the JSON text
 
     def take(**room) -> int:
         params = claim_parameters(**{"lease": 0.001, "busy": {b: (100, 0)}, **room})
@@ -280,3 +280,25 @@ def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing
         (row,) = cur.execute(query("claim_deliveries"), params).fetchall()
     assert (row["outbox_id"], row["old"], row["new"]) == (outbox(rconn)[0]["id"], None, None)
     assert row["change_bytes"] > 5
+
+
+def test_key_moves_are_found_in_images_postgresql_cannot_parse_as_text(rconn):
+    """A json column may hold \\u0000 or a lone surrogate: PostgreSQL's json operators fail on
+    such an image, yet fan-out still finds the key an UPDATE moved the row from."""
+    rconn.execute("CREATE TABLE docs (id text PRIMARY KEY, doc json)")
+    rconn.execute("SELECT relay.track('docs')")
+    hook = add_webhook(rconn, name="docs")
+    add_rule(rconn, hook, name="docs", tables=["public.docs"])
+    rconn.execute(
+        """INSERT INTO docs VALUES ('a\\u0000', '{"x": "\\u0000"}'), ('b', '"\\ud800"')"""
+    )
+    rconn.execute("UPDATE docs SET id = id || '2'")
+    fan_out(rconn)
+    keys = rconn.execute(
+        "SELECT d.row_key, d.old_row_key FROM relay.deliveries d JOIN relay.outbox o"
+        " ON o.id = d.outbox_id WHERE o.op = 'update' ORDER BY d.row_key"
+    ).fetchall()
+    assert keys == [
+        ('public.docs:{"id": "a\\\\u00002"}', 'public.docs:{"id": "a\\\\u0000"}'),
+        ('public.docs:{"id": "b2"}', 'public.docs:{"id": "b"}'),
+    ]
