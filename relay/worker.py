@@ -33,7 +33,7 @@ import psycopg
 import structlog
 from psycopg.rows import dict_row
 
-from relay import fanout, rules
+from relay import fanout, rules, window
 from relay.db import first_line
 from relay.deliver import Outcome, Sender, over_limit
 from relay.holding import Holding
@@ -321,14 +321,25 @@ class Worker:
         # Set before looking, so that a notification arriving meanwhile brings it forward again.
         self._next_fan_out = time.monotonic() + self.settings.poll_interval
         async with conn.pipeline(), conn.transaction():
-            await conn.execute(query("fan_out_plan"))
-            async with conn.cursor(row_factory=dict_row) as cur:
+            async with (
+                conn.cursor(row_factory=dict_row) as cur,
+                conn.cursor(row_factory=dict_row) as cur_gaps,
+            ):
                 await cur.execute(query("changes_to_fan_out"), {"limit": self.settings.batch_size})
-                rows = await cur.fetchall()
-            if len(rows) == self.settings.batch_size:
+                await cur_gaps.execute(query("fan_out_gaps"))
+                found = await cur.fetchall()
+                gaps = await cur_gaps.fetchall()
+            if not found:
+                return 0  # another relay holds the fan-out lock
+            full = len(found) == self.settings.batch_size
+            if full:
                 self._next_fan_out = 0.0
+            looked, moved = window.moved(found, gaps, full)
+            if moved != looked:
+                await conn.execute(query("move_fan_out_window"), moved.parameters())
+            rows = [row for row in found if row["fresh"]]
             if not rows:
-                return 0  # nothing new, or another relay holds the fan-out lock
+                return 0
             # Read after the changes: every rule committed before them is in this version.
             cur_version = await conn.execute(query("rules_version"))
             version = await cur_version.fetchone()

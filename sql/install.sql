@@ -61,6 +61,7 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 10) AS relay_app
 \if :relay_apply
 \ir migrations/0010_change_bytes.sql
 \ir migrations/0011_json_images.sql
+\ir migrations/0012_fan_out_window.sql
 \endif
 
 COMMIT;

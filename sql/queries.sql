@@ -67,16 +67,13 @@ SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, us
        request_id, txid::text, created_at
 FROM relay.outbox WHERE id = %(id)s;
 
--- name: fan_out_plan
--- For the fan-out transaction: changes_to_fan_out must walk outbox_to_fan_out in id order. When
--- a burst arrives after quiet times, statistics still say almost nothing is pending, and the
--- planner chose a bitmap scan of every pending row plus a sort, for each batch: 200 ms instead
--- of 2 ms at a 300,000-change backlog, until the next ANALYZE.
-SET LOCAL enable_bitmapscan = off;
-
 -- name: changes_to_fan_out
 -- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003): only the
 -- relay that gets the lock (held until its transaction ends) sees rows; the others get none.
+-- Three ways in (0012): ids after scanned_to (every visible row, fresh or not: relay/window.py
+-- works out the gaps from them), fresh rows in gaps some of whose transactions have ended, and
+-- re-queued changes. Each row carries the statement's snapshot. The ids of a sequence that went
+-- back (TRUNCATE ... RESTART IDENTITY) are read from the start.
 -- The row images stay in the database: matching needs them only for rules with conditions
 -- (change_rows fetches those, as many bytes at a time as the relay may hold), and the size and
 -- the key an UPDATE moved the row from are worked out here, so a 50 MB row costs the relay
@@ -84,15 +81,51 @@ SET LOCAL enable_bitmapscan = off;
 -- text is the same whether the change was captured as jsonb (before 0011) or json.
 WITH lock AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(hashtext('relay.fan_out')) AS held
+), here AS MATERIALIZED (
+    SELECT CASE WHEN coalesce(pg_sequence_last_value('relay.outbox_id_seq'), 0) < p.scanned_to
+                THEN 0 ELSE p.scanned_to END AS scanned_to,
+           p.scanned_to AS stored_to, pg_current_snapshot() AS snapshot
+    FROM relay.fan_out_position p, lock WHERE lock.held
+), ripe AS MATERIALIZED (
+    SELECT g.lo, g.hi FROM relay.fan_out_gaps g, here
+    WHERE EXISTS (SELECT FROM unnest(g.xids) x WHERE pg_visible_in_snapshot(x, here.snapshot))
+), candidates AS (
+    (SELECT o.id FROM relay.outbox o, here WHERE o.id > here.scanned_to
+     ORDER BY o.id LIMIT %(limit)s)
+    UNION
+    (SELECT o.id FROM relay.outbox o, ripe
+     WHERE o.id BETWEEN ripe.lo AND ripe.hi AND o.status = 'pending' AND o.fanned_out_at IS NULL
+     ORDER BY o.id LIMIT %(limit)s)
+    UNION
+    (SELECT o.id FROM relay.outbox o
+     WHERE o.status = 'pending' AND o.fanned_out_at IS NULL AND o.requeued_at IS NOT NULL
+     ORDER BY o.id LIMIT %(limit)s)
 )
-SELECT id, schema_name, table_name, op::text, pk::jsonb::text AS pk,
-       relay.key_before(pk, old)::text AS old_pk,
-       coalesce(octet_length(old::text), 0) + coalesce(octet_length(new::text), 0) AS bytes,
-       username, request_id, txid::text, created_at
-FROM relay.outbox, lock
-WHERE lock.held AND status = 'pending' AND fanned_out_at IS NULL
-ORDER BY id
+SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
+       o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
+       relay.key_before(o.pk, o.old)::text AS old_pk,
+       coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
+       o.username, o.request_id, o.txid::text, o.created_at,
+       here.scanned_to, here.stored_to,
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running
+FROM here LEFT JOIN (candidates c JOIN relay.outbox o ON o.id = c.id) ON true
+ORDER BY o.id
 LIMIT %(limit)s;
+
+-- name: fan_out_gaps
+SELECT lo, hi, ARRAY(SELECT x::text::bigint FROM unnest(xids) x) AS xids
+FROM relay.fan_out_gaps ORDER BY lo;
+
+-- name: move_fan_out_window
+-- What fan-out has looked at (relay/window.py): its position and the gaps, written whole.
+WITH position AS (
+    UPDATE relay.fan_out_position SET scanned_to = %(scanned_to)s
+), cleared AS (
+    DELETE FROM relay.fan_out_gaps
+)
+INSERT INTO relay.fan_out_gaps (lo, hi, xids)
+SELECT g.lo, g.hi, ARRAY(SELECT x::xid8 FROM unnest(string_to_array(g.xids, ',')) x)
+FROM unnest(%(los)s::bigint[], %(his)s::bigint[], %(xids)s::text[]) AS g (lo, hi, xids);
 
 -- name: change_rows
 -- The row images of changes that rules with conditions must look at (see changes_to_fan_out).

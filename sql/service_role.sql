@@ -15,6 +15,11 @@ GRANT SELECT, UPDATE (status, attempts, next_attempt_at, last_error, processed_a
     DELETE ON relay.outbox TO :"role";
 -- Its own bookkeeping: deliveries per webhook and the attempt log.
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"role";
+-- Where fan-out has looked (see 0012_fan_out_window.sql); the id sequence only to notice a
+-- restart.
+GRANT SELECT, UPDATE ON relay.fan_out_position TO :"role";
+GRANT SELECT, INSERT, DELETE ON relay.fan_out_gaps TO :"role";
+GRANT SELECT ON SEQUENCE relay.outbox_id_seq TO :"role";
 -- Know what is tracked and which schema version is installed (the view relay.tracked calls
 -- these read-only functions), and this installation's id (delivery ids are made from it).
 GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations, relay.installation

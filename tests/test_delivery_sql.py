@@ -9,7 +9,7 @@ from helpers import outbox
 from psycopg.rows import dict_row
 from test_rules_sql import add_rule, add_webhook
 
-from relay import fanout, record, rules
+from relay import fanout, record, rules, window
 from relay.deliver import Outcome
 from relay.record import Result
 from relay.settings import Settings
@@ -20,7 +20,12 @@ def fan_out(conn, max_body_bytes: int = Settings().max_body_bytes) -> fanout.Pla
     """Fan out as a relay would (reading every image conditions need at once)."""
     with conn.transaction():
         with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
+            found = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
+            gaps = cur.execute(query("fan_out_gaps")).fetchall()
+        looked, moved = window.moved(found, gaps, len(found) == 1000)
+        if moved != looked:
+            conn.execute(query("move_fan_out_window"), moved.parameters())
+        rows = [row for row in found if row["fresh"]]
         ruleset = rules.load(conn)
         ready, to_read = fanout.sort_out(rows, ruleset, max_body_bytes)
         plan = fanout.plan(ready, ruleset)
