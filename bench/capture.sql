@@ -8,18 +8,6 @@ SELECT relay.track(t) FROM unnest(ARRAY['pgbench_accounts', 'pgbench_branches',
 SELECT relay.untrack(t) FROM unnest(ARRAY['pgbench_accounts', 'pgbench_branches',
                                            'pgbench_tellers', 'pgbench_history']::regclass[]) t;
 
--- name: track_relay_noindex
--- relay without the partial index the fan-out reads (outbox_to_fan_out): what that index costs
--- the writers, measured beside the full capture.
-SELECT relay.track(t) FROM unnest(ARRAY['pgbench_accounts', 'pgbench_branches',
-                                         'pgbench_tellers', 'pgbench_history']::regclass[]) t;
-DROP INDEX relay.outbox_to_fan_out;
-
--- name: untrack_relay_noindex
-SELECT relay.untrack(t) FROM unnest(ARRAY['pgbench_accounts', 'pgbench_branches',
-                                           'pgbench_tellers', 'pgbench_history']::regclass[]) t;
-CREATE INDEX outbox_to_fan_out ON relay.outbox (id) WHERE status = 'pending' AND fanned_out_at IS NULL;
-
 -- name: setup_pgq
 CREATE EXTENSION IF NOT EXISTS pgq;
 SELECT pgq.create_queue('bench') WHERE NOT EXISTS (
