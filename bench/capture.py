@@ -10,15 +10,16 @@
    each and its ratio to the untracked median.
 2. CPU per one-row UPDATE and INSERT, read from the server process that ran 20,000 of them in
    one session (steady on a busy machine, where throughput is not).
-3. One UPDATE of every row of pgbench_accounts (1,000,000 rows at scale 10), untracked and
-   tracked, alternating; prints the median times and their ratio.
+3. Big statements: one UPDATE of every row of pgbench_accounts (1,000,000 rows at scale 10),
+   an INSERT ... SELECT of 100,000 pgbench_history rows and a DELETE of them, each untracked,
+   tracked by relay and by PgQ, alternating; prints the median times and their ratios.
 
 With ``--before REF`` both are also measured in a second database holding relay's schema as git
 REF had it, in the same interleaved rounds: the before/after figures of a change to capture.
 
 Runs on a private cluster started for the run with PostgreSQL's default settings (autovacuum
-and fsync on), unless --dsn names a server. The machines this runs on are noisy: only ratios from the same
-run mean anything.
+and fsync on), unless --dsn names a server. The machines this runs on are noisy: only ratios
+from the same run mean anything.
 """
 
 from __future__ import annotations
@@ -121,32 +122,53 @@ def timed(dsn: str, name: str) -> float:
         return time.perf_counter() - start
 
 
+BULK = {
+    "update 1M": ("bulk_update", None),
+    "insert 100k": ("bulk_insert", None),
+    "delete 100k": ("bulk_delete", "bulk_insert"),
+}
+
+
 def measure_bulk(targets: dict[str, str], rounds: int) -> dict[str, list[float]]:
-    modes = ["untracked", "tracked"]
+    """Each big statement untracked, tracked by relay and by PgQ, alternating; a mode is
+    ``statement: way[@ref]``."""
+    ways = ["untracked", "tracked"]
+    if has_pgq(targets["now"]):
+        ways.append("pgq")
     for ref in (name for name in targets if name != "now"):
-        modes += [f"untracked@{ref}", f"tracked@{ref}"]
-    results: dict[str, list[float]] = {m: [] for m in modes}
+        ways += [f"untracked@{ref}", f"tracked@{ref}"]
+    results: dict[str, list[float]] = {f"{b}: {w}": [] for b in BULK for w in ways}
     with psycopg.connect(targets["now"]) as conn:
-        rows = conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()
+        accounts = conn.execute("SELECT count(*) FROM pgbench_accounts").fetchone()
     for round_no in range(rounds):
-        order = modes if round_no % 2 == 0 else modes[::-1]
-        for mode in order:
-            name, _, ref = mode.partition("@")
-            dsn = targets[ref or "now"]
-            run_sql(dsn, "settle")
-            run_sql(dsn, "empty_queues")
-            if name == "tracked":
-                run_sql(dsn, "track_relay")
-            run_sql(dsn, "checkpoint")
-            seconds = timed(dsn, "bulk_update")
-            if name == "tracked":
-                run_sql(dsn, "untrack_relay")
-                with psycopg.connect(dsn) as conn:
-                    recorded = conn.execute(Q["count_outbox"]).fetchone()
-                if recorded != rows:
-                    sys.exit(f"tracked bulk UPDATE recorded {recorded} changes, expected {rows}")
-            results[mode].append(seconds)
-            print(f"  round {round_no + 1} {mode:>16}: {seconds:7.2f} s", flush=True)
+        order = ways if round_no % 2 == 0 else ways[::-1]
+        for bulk, (statement, before) in BULK.items():
+            for way in order:
+                name, _, ref = way.partition("@")
+                dsn = targets[ref or "now"]
+                run_sql(dsn, "settle")
+                run_sql(dsn, "empty_queues")
+                if before:
+                    run_sql(dsn, before)
+                if name == "tracked":
+                    run_sql(dsn, "track_relay")
+                elif name == "pgq":
+                    run_sql(dsn, "empty_pgq")
+                    run_sql(dsn, "track_pgq")
+                run_sql(dsn, "checkpoint")
+                seconds = timed(dsn, statement)
+                if name == "tracked":
+                    run_sql(dsn, "untrack_relay")
+                    with psycopg.connect(dsn) as conn:
+                        recorded = conn.execute(Q["count_outbox"]).fetchone()
+                    expected = accounts if statement == "bulk_update" else (100_000,)
+                    if recorded != expected:
+                        sys.exit(f"tracked {bulk} recorded {recorded} changes, not {expected}")
+                elif name == "pgq":
+                    run_sql(dsn, "untrack_pgq")
+                results[f"{bulk}: {way}"].append(seconds)
+                label = f"{bulk}: {way}"
+                print(f"  round {round_no + 1} {label:>28}: {seconds:7.2f} s", flush=True)
     return results
 
 
@@ -311,10 +333,16 @@ def main() -> None:
             bases = {m: "none@" + m.partition("@")[2] if "@" in m else "none" for m in tps}
             report("mode (tps)", tps, bases)
         if not args.skip_bulk:
-            print(f"\nUPDATE of every pgbench_accounts row, {args.bulk_rounds} rounds:")
+            print(
+                f"\nBig statements (UPDATE of every pgbench_accounts row, INSERT and DELETE of "
+                f"100,000 pgbench_history rows), {args.bulk_rounds} rounds:"
+            )
             bulk = measure_bulk(targets, args.bulk_rounds)
-            bases = {m: "untracked" + m.partition(m.partition("@")[0])[2] for m in bulk}
-            report("mode (seconds)", bulk, bases)
+            bases = {
+                m: m.split(": ")[0] + ": untracked" + ("@" + m.split("@")[1] if "@" in m else "")
+                for m in bulk
+            }
+            report("statement (seconds)", bulk, bases)
 
 
 if __name__ == "__main__":

@@ -68,7 +68,15 @@ SELECT pgq.create_queue('bench');
 -- name: bulk_update
 UPDATE pgbench_accounts SET abalance = abalance + 1;
 
+-- name: bulk_insert
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime)
+SELECT 1, 1, g, 1, now() FROM generate_series(1, 100000) g;
+
+-- name: bulk_delete
+DELETE FROM pgbench_history;
+
 -- name: settle
+TRUNCATE pgbench_history;
 VACUUM pgbench_accounts;
 
 -- name: count_outbox
