@@ -146,6 +146,7 @@ def measure_bulk(targets: dict[str, str], rounds: int) -> dict[str, list[float]]
             for way in order:
                 name, _, ref = way.partition("@")
                 dsn = targets[ref or "now"]
+                run_sql(dsn, "empty_history")
                 run_sql(dsn, "settle")
                 run_sql(dsn, "empty_queues")
                 if before:
