@@ -13,11 +13,19 @@ from rich.console import Console
 from rich.table import Table
 
 from relay import settings as settings_module
-from relay.db import Conn, DatabaseUnavailable, connect
+from relay.db import DSN_PROBLEM, Conn, DatabaseUnavailable, connect, parses
 from relay.settings import Settings, SettingsError
 
 out = Console()
 err = Console(stderr=True)
+
+
+def _readable_dsn(value: str | None) -> str | None:
+    """--dsn (or RELAY_DSN) that libpq cannot read ends the command before anything runs."""
+    if value is not None and not parses(value):
+        fail(f"--dsn (or RELAY_DSN): {DSN_PROBLEM}", 2)
+    return value
+
 
 Dsn = Annotated[
     str,
@@ -26,6 +34,7 @@ Dsn = Annotated[
         envvar="RELAY_DSN",
         help="libpq connection string or URI of the database (or set RELAY_DSN).",
         show_default=False,
+        callback=_readable_dsn,
     ),
 ]
 
@@ -48,6 +57,7 @@ OptionalDsn = Annotated[
         help="libpq connection string or URI of the database (default: RELAY_DSN, from the "
         "environment or the env file).",
         show_default=False,
+        callback=_readable_dsn,
     ),
 ]
 

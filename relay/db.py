@@ -5,8 +5,16 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from relay import __version__
+
+DSN_PROBLEM = (
+    "not a connection string: give a libpq string ('host=db dbname=app user=relay') or a URI "
+    "('postgresql://relay@db/app')"
+)
+"""Said of a connection string libpq cannot parse. Never libpq's own words: they quote the
+string, password included."""
 
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 """A synchronous connection with plain tuple rows (used by the CLI and admin commands)."""
@@ -16,7 +24,18 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or refused us: a configuration problem, not a bug."""
 
 
+def parses(dsn: str) -> bool:
+    """Whether libpq can read ``dsn`` (without connecting)."""
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return False
+    return True
+
+
 def connect(dsn: str, *, autocommit: bool = True) -> Conn:
+    if not parses(dsn):
+        raise DatabaseUnavailable(DSN_PROBLEM)
     try:
         return psycopg.connect(
             dsn,

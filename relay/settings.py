@@ -11,6 +11,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay import db
+
 MASK = "********"
 MiB = 1024 * 1024
 HELD_PER_CHANGE_BYTE = 3
@@ -69,6 +71,13 @@ class Settings(BaseSettings):
     """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9187."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """``json`` lines, ``console`` colours, or ``auto``: colours on a terminal, JSON elsewhere."""
+
+    @field_validator("dsn")
+    @classmethod
+    def _readable_dsn(cls, value: str | None) -> str | None:
+        if value is not None and not db.parses(value):
+            raise ValueError(db.DSN_PROBLEM)
+        return value
 
     @field_validator("max_held_bytes")
     @classmethod
