@@ -292,24 +292,14 @@ class Renderer:
         """The request to send, or RenderError naming the field or step that failed. Whatever
         goes wrong, the message never carries the webhook's secrets or a value the templates
         read with ``env`` (an error may quote the value it choked on)."""
+        templated = needs_jinja(webhook)
         with _reading_env() as env_values:
             try:
-                return self._request(webhook, change, action_data, timestamp, source)
+                with budget() if templated else nullcontext():
+                    return self._build(webhook, change, action_data, timestamp, source, templated)
             except RenderError as exc:
                 secrets = [*_secret_lines(webhook.secret), *env_values]
                 raise RenderError(redact(str(exc), secrets)) from None
-
-    def _request(
-        self,
-        webhook: Webhook,
-        change: Change,
-        action_data: Mapping[str, Any] | None,
-        timestamp: int,
-        source: str,
-    ) -> Request:
-        templated = needs_jinja(webhook)
-        with budget() if templated else nullcontext():
-            return self._build(webhook, change, action_data, timestamp, source, templated)
 
     def _build(
         self,
