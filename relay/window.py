@@ -26,12 +26,13 @@ class Window:
     gaps: tuple[Gap, ...] = ()
 
     def parameters(self) -> dict[str, Any]:
-        """For ``move_fan_out_window``."""
+        """For ``move_fan_out_window``: a row for each gap and transaction."""
+        rows = [(g.lo, g.hi, x) for g in self.gaps for x in g.xids]
         return {
             "scanned_to": self.scanned_to,
-            "los": [g.lo for g in self.gaps],
-            "his": [g.hi for g in self.gaps],
-            "xids": [",".join(map(str, g.xids)) for g in self.gaps],
+            "los": [lo for lo, _, _ in rows],
+            "his": [hi for _, hi, _ in rows],
+            "xids": [x for _, _, x in rows],
         }
 
 

@@ -87,8 +87,8 @@ WITH lock AS MATERIALIZED (
            p.scanned_to AS stored_to, pg_current_snapshot() AS snapshot
     FROM relay.fan_out_position p, lock WHERE lock.held
 ), ripe AS MATERIALIZED (
-    SELECT g.lo, g.hi FROM relay.fan_out_gaps g, here
-    WHERE EXISTS (SELECT FROM unnest(g.xids) x WHERE pg_visible_in_snapshot(x, here.snapshot))
+    SELECT DISTINCT g.lo, g.hi FROM relay.fan_out_gaps g, here
+    WHERE pg_visible_in_snapshot(g.xid, here.snapshot)
 ), candidates AS (
     (SELECT o.id FROM relay.outbox o, here WHERE o.id > here.scanned_to
      ORDER BY o.id LIMIT %(limit)s)
@@ -113,8 +113,8 @@ ORDER BY o.id
 LIMIT %(limit)s;
 
 -- name: fan_out_gaps
-SELECT lo, hi, ARRAY(SELECT x::text::bigint FROM unnest(xids) x) AS xids
-FROM relay.fan_out_gaps ORDER BY lo;
+SELECT lo, hi, array_agg(xid::text::bigint ORDER BY xid) AS xids
+FROM relay.fan_out_gaps GROUP BY lo, hi ORDER BY lo;
 
 -- name: move_fan_out_window
 -- What fan-out has looked at (relay/window.py): its position and the gaps, written whole.
@@ -123,9 +123,9 @@ WITH position AS (
 ), cleared AS (
     DELETE FROM relay.fan_out_gaps
 )
-INSERT INTO relay.fan_out_gaps (lo, hi, xids)
-SELECT g.lo, g.hi, ARRAY(SELECT x::xid8 FROM unnest(string_to_array(g.xids, ',')) x)
-FROM unnest(%(los)s::bigint[], %(his)s::bigint[], %(xids)s::text[]) AS g (lo, hi, xids);
+INSERT INTO relay.fan_out_gaps (lo, hi, xid)
+SELECT g.lo, g.hi, g.xid::text::xid8
+FROM unnest(%(los)s::bigint[], %(his)s::bigint[], %(xids)s::bigint[]) AS g (lo, hi, xid);
 
 -- name: change_rows
 -- The row images of changes that rules with conditions must look at (see changes_to_fan_out).

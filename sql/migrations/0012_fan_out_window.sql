@@ -23,13 +23,13 @@ CREATE TABLE relay.fan_out_position (
     scanned_to bigint  NOT NULL
 );
 
--- Ids lo..hi were not visible when fan-out passed them; xids were running then. A handful of
--- rows at most, rewritten whole by each fan-out pass that changes them (no key: the rewrite
--- deletes and inserts in one statement).
+-- Ids lo..hi were not visible when fan-out passed them, while transaction xid (one row for each
+-- of those running then) was. A handful of rows at most, rewritten whole by each fan-out pass
+-- that changes them.
 CREATE TABLE relay.fan_out_gaps (
-    lo   bigint  NOT NULL,
-    hi   bigint  NOT NULL,
-    xids xid8[]  NOT NULL
+    lo  bigint NOT NULL,
+    hi  bigint NOT NULL,
+    xid xid8   NOT NULL
 );
 
 -- The migration holds the outbox exclusively (DROP INDEX), so every id taken so far belongs to a
