@@ -135,6 +135,53 @@ def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(s
     assert all("TOPSECRET" not in str(r) for r in rows)
 
 
+@pytest.mark.parametrize("kind", list(EXPLOITS))
+@pytest.mark.parametrize("partitioned", [False, True], ids=["plain", "partitioned"])
+@pytest.mark.parametrize("same_transaction", [False, True], ids=["later", "same-transaction"])
+def test_a_column_of_the_applications_type_added_to_a_table_captured_by_to_json_is_safe(
+    split, kind, partitioned, same_transaction
+):
+    """A table of PostgreSQL's own types has its images made by one to_json(row) call, which
+    would call a cast: the table's owner adds a column of its own type to it, with a cast, and
+    writes at once (in the ALTER's transaction, or the next). Capture notices before building
+    any image, and writes the new column as its text."""
+    types, cast_type, column, value = EXPLOITS[kind]
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        app.execute(types)
+        app.execute(EVIL.format(type=cast_type, app=split["app_name"]))
+        app.execute(
+            "CREATE TABLE app.orders (id int PRIMARY KEY, total numeric)"
+            + (" PARTITION BY RANGE (id)" if partitioned else "")
+        )
+        if partitioned:
+            app.execute(
+                "CREATE TABLE app.orders_1 PARTITION OF app.orders FOR VALUES FROM (0) TO (100)"
+            )
+            app.execute(f"GRANT TRIGGER ON app.orders_1 TO {split['installer_name']}")
+        app.execute(f"GRANT TRIGGER ON app.orders TO {split['installer_name']}")
+    with psycopg.connect(split["installer"], autocommit=True) as inst:
+        capture.track(inst, "app.orders")
+    with psycopg.connect(split["app"], autocommit=True) as app:
+        app.execute("INSERT INTO app.orders VALUES (1, 1.50)")  # captured by to_json
+        with app.transaction():
+            app.execute(f"ALTER TABLE app.orders ADD COLUMN {column}")
+            if same_transaction:
+                app.execute(f"INSERT INTO app.orders VALUES (2, 2, {value})")
+        if not same_transaction:
+            app.execute(f"INSERT INTO app.orders VALUES (2, 2, {value})")
+        app.execute("UPDATE app.orders SET total = 3 WHERE id = 2")
+        calls = app.execute("SELECT who, secrets FROM app.calls").fetchall()
+    assert calls == [], f"the application's cast ran inside capture: {calls}"
+    with psycopg.connect(split["installer"], autocommit=True) as inst:
+        assert inst.execute("SELECT payload_url FROM relay.webhooks").fetchone() == (
+            "https://hooks.example.com/orders",
+        )
+        rows = outbox(inst)
+    assert [r["op"] for r in rows] == ["insert", "insert", "update"]
+    assert rows[0]["new"] == {"id": 1, "total": 1.5}
+    assert column.split()[0] in rows[1]["new"] and column.split()[0] in rows[2]["new"]
+
+
 def test_with_a_superuser_installer_the_cast_still_cannot_make_its_author_superuser(
     server_dsn, db_dsn, make_role, rconn
 ):
