@@ -12,14 +12,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import psycopg
 from sqlalchemy import ARRAY, ForeignKey, MetaData, Text, create_engine, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import FetchedValue
 
-from relay import __version__
+from relay import db as db_module
 
 
 class Base(DeclarativeBase):
@@ -72,10 +71,11 @@ class EventRuleRow(Base):
 
 @contextmanager
 def session(dsn: str) -> Iterator[Session]:
-    """A session on the same psycopg connection settings the rest of relay uses."""
+    """A session on a connection opened as the rest of relay opens them (relay.db.connect: its
+    DatabaseUnavailable says in one line why there is none)."""
     engine = create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(dsn, application_name=f"relay/{__version__}"),
+        creator=lambda: db_module.connect(dsn, autocommit=False),
         poolclass=NullPool,
     )
     try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
+import psycopg
 import typer
 from rich.table import Table
 
@@ -13,6 +16,8 @@ from relay.cli_common import (
     EnvFile,
     OptionalDsn,
     dsn_of,
+    err,
+    explain,
     fail,
     load_settings,
     out,
@@ -20,6 +25,7 @@ from relay.cli_common import (
 )
 from relay.cli_common import database as _database
 from relay.cli_rules import preview, rule_app, rules_app, webhook_app
+from relay.db import first_line
 
 app = typer.Typer(
     help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",
@@ -169,7 +175,6 @@ def demo(
 def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     """Deliver changes to webhooks until SIGTERM or SIGINT (knobs: RELAY_* variables)."""
     import asyncio
-    import os
     import signal
 
     import psycopg
@@ -403,7 +408,7 @@ def purge(
 
 @app.command()
 def receive(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 9000,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     secret: Annotated[
         str | None,
@@ -416,8 +421,43 @@ def receive(
 
     if not 100 <= status <= 599:
         fail(f"--status {status} is not an HTTP status", 2)
-    serve(host, port, secret, status)
+    if not 1 <= port <= 65535:
+        fail(f"--port {port} is not a TCP port: give one from 1 to 65535", 2)
+    try:
+        serve(host, port, secret, status)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
+        fail(f"cannot listen on {host}:{port}: {reason}: give another --port or --host", 2)
 
 
 def main() -> None:
-    app()
+    """Every way a command can fail ends in one line on stderr: a usage mistake or a database
+    refusal names its fix (exit 2 where running again cannot help); anything else is a bug in
+    relay, and says so."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        _last_words("interrupted", 130)
+    except psycopg.Error as exc:
+        _last_words(*explain(exc))
+    except Exception as exc:
+        # A usage mistake (Typer's command-line parser's exceptions: they know how to say it and
+        # their exit code); else the last line of defence: no traceback reaches the operator.
+        say, usage_code = getattr(exc, "format_message", None), getattr(exc, "exit_code", None)
+        if callable(say) and isinstance(usage_code, int):
+            message, ctx = str(say()), getattr(exc, "ctx", None)
+            if not message:  # a group called with no command: it printed its help
+                sys.exit(usage_code)
+            where = ctx.command_path if ctx is not None else "relay"
+            _last_words(f"{message} (see `{where} --help`)", usage_code)
+        _last_words(
+            f"unexpected {type(exc).__name__}: {first_line(exc)} (a bug in relay: please report "
+            "it with the command that caused it)",
+            1,
+        )
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _last_words(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)

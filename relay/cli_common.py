@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from relay import settings as settings_module
-from relay.db import DSN_PROBLEM, Conn, DatabaseUnavailable, connect, parses
+from relay.db import DSN_PROBLEM, Conn, DatabaseUnavailable, connect, first_line, parses
 from relay.settings import Settings, SettingsError
 
 out = Console()
@@ -82,10 +82,33 @@ def database(dsn: str) -> Iterator[Conn]:
         with conn:
             yield conn
     except psycopg.Error as exc:
-        message = exc.diag.message_primary or str(exc)
-        if exc.diag.message_hint:
-            message += f" (hint: {exc.diag.message_hint})"
-        fail(message, 1)
+        fail(*explain(exc))
+
+
+NOT_INSTALLED = "relay is not installed in this database: run `relay install` as its owner"
+NO_RIGHTS = (
+    "grant the role its rights with sql/service_role.sql (again after each upgrade), or run this "
+    "as relay's owner"
+)
+
+
+def explain(exc: psycopg.Error) -> tuple[str, int]:
+    """One line for a database error, naming the fix where there is a usual one, and the exit
+    code: 2 for what running the command again cannot change (relay missing, rights, a name
+    taken), 1 for the database refusing what was asked."""
+    primary = exc.diag.message_primary or first_line(exc)
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return f"{primary}: {NO_RIGHTS}", 2
+    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName) and (
+        '"relay' in primary or "schema relay" in primary
+    ):
+        return NOT_INSTALLED, 2
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        detail = exc.diag.message_detail or primary
+        return f"{detail} Choose another name, or change or remove the existing one.", 2
+    if exc.diag.message_hint:
+        primary += f" (hint: {exc.diag.message_hint})"
+    return primary, 1
 
 
 def print_table(table: Table) -> None:

@@ -12,16 +12,26 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
+import psycopg
 import sqlalchemy.exc
 import typer
 from rich.table import Table
 from sqlalchemy.orm import Session
 
 from relay import admin, rules
-from relay.cli_common import Dsn, database, fail, out, print_fields, print_table
+from relay.cli_common import (
+    Dsn,
+    database,
+    explain,
+    fail,
+    load_settings,
+    out,
+    print_fields,
+    print_table,
+)
+from relay.db import DatabaseUnavailable, first_line
 from relay.render import Change, RenderError, loads
 from relay.renderpool import BlockingRenderPool
-from relay.settings import Settings
 
 webhook_app = typer.Typer(help="Webhooks: where changes are sent.", no_args_is_help=True)
 rule_app = typer.Typer(help="Event rules: which changes go to which webhook.", no_args_is_help=True)
@@ -36,11 +46,12 @@ def _session(dsn: str) -> Iterator[Session]:
     try:
         with admin.session(dsn) as db:
             yield db
-    except sqlalchemy.exc.OperationalError as exc:
-        fail(f"cannot connect to the database: {str(exc.orig).strip()}", 2)
+    except DatabaseUnavailable as exc:
+        fail(str(exc), 2)
     except sqlalchemy.exc.DBAPIError as exc:
-        diag = getattr(exc.orig, "diag", None)
-        fail(getattr(diag, "message_primary", None) or str(exc.orig))
+        if isinstance(exc.orig, psycopg.Error):
+            fail(*explain(exc.orig))
+        fail(first_line(exc.orig or exc))
 
 
 def _json_option(value: str | None, what: str) -> Any:
@@ -50,6 +61,19 @@ def _json_option(value: str | None, what: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError as exc:
         fail(f"{what} is not valid JSON: {exc}")
+
+
+def _row_option(value: str | None, what: str) -> dict[str, Any] | None:
+    """A made-up row: a JSON object, read as relay reads rows (exact numbers)."""
+    if not value:
+        return None
+    try:
+        row = loads(value)
+    except ValueError as exc:
+        fail(f"{what} is not JSON ({first_line(exc)}): give an object, e.g. '{{\"id\": 9}}'", 2)
+    if not isinstance(row, dict):
+        fail(f"{what} must be a JSON object of column values, e.g. '{{\"id\": 9}}'", 2)
+    return row
 
 
 def _split_all(values: list[str] | None) -> list[str] | None:
@@ -268,7 +292,7 @@ def rules_check(dsn: Dsn) -> None:
     """Compile every template and validate every condition; report each problem."""
     with database(dsn) as conn:
         ruleset = rules.load(conn, everything=True)
-    with BlockingRenderPool(Settings().template_env_globs) as renders:
+    with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
         problems = rules.check(ruleset.rules, renders)
     for problem in problems:
         out.print(str(problem), highlight=False, soft_wrap=True)
@@ -307,8 +331,7 @@ def preview(
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
     schema_name, _, table_name = table.rpartition(".")
-    new_row = loads(new) if new else None
-    old_row = loads(old) if old else None
+    new_row, old_row = _row_option(new, "--new"), _row_option(old, "--old")
     op = event or ("update" if new_row and old_row else "insert" if new_row else "delete")
     if op not in ("insert", "update", "delete", "truncate"):
         fail(f"unknown event {op!r}")
@@ -343,7 +366,7 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
     for note in notes:
         out.print(f"[yellow]note:[/] {note}; nothing would be sent", highlight=False)
     try:
-        with BlockingRenderPool(Settings().template_env_globs) as renders:
+        with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
             request = renders.request(
                 hook, change, rule.action_data, timestamp=int(time.time()), source=installation
             )

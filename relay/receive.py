@@ -4,6 +4,8 @@ whether the signature (NetBox's ``X-Hook-Signature`` or Standard Webhooks') is v
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sys
 from datetime import UTC, datetime
@@ -51,13 +53,24 @@ def application(console: Console, secret: str | None, status: int) -> web.Applic
 
 
 def serve(host: str, port: int, secret: str | None, status: int) -> None:
+    """Serve until Ctrl-C. OSError when the address cannot be listened on, before anything is
+    printed."""
     console = Console(file=sys.stdout, soft_wrap=True)
-    console.print(
-        f"listening on http://{host}:{port}/ (answering {status}"
-        f"{', checking signatures' if secret is not None else ''}); Ctrl-C stops",
-        highlight=False,
-    )
-    console.file.flush()
-    web.run_app(
-        application(console, secret, status), host=host, port=port, print=None, access_log=None
-    )
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(console, host, port, secret, status))
+
+
+async def _serve(console: Console, host: str, port: int, secret: str | None, status: int) -> None:
+    runner = web.AppRunner(application(console, secret, status), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        console.print(
+            f"listening on http://{host}:{port}/ (answering {status}"
+            f"{', checking signatures' if secret is not None else ''}); Ctrl-C stops",
+            highlight=False,
+        )
+        console.file.flush()
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -4,6 +4,7 @@ environment wins over the file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,9 @@ HELD_PER_CHANGE_BYTE = 3
 """What a claimed delivery holds per byte of its change's JSON: the row images as text, and
 the request body made from them (the default body carries the new image twice, as NetBox's
 ``data`` and ``postchange``)."""
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[^:\s]*):(\d{1,5})$")
 
 
 class SettingsError(ValueError):
@@ -67,10 +71,21 @@ class Settings(BaseSettings):
     """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
-    metrics_address: str = Field(default="", pattern=r"^$|^(\[[0-9a-fA-F:]+\]|[^:\s]*):\d{1,5}$")
+    metrics_address: str = ""
     """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9187."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """``json`` lines, ``console`` colours, or ``auto``: colours on a terminal, JSON elsewhere."""
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        found = _HOST_PORT.match(value)
+        if value and (found is None or int(found[2]) > 65535):
+            raise ValueError(
+                f"{value!r} is not host:port: give e.g. 127.0.0.1:9187 ([::1]:9187 for IPv6), "
+                "or nothing to turn metrics off"
+            )
+        return value
 
     @field_validator("dsn")
     @classmethod

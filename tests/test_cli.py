@@ -7,19 +7,21 @@ import subprocess
 import sys
 
 import psycopg
-import pytest
 
 
-def relay(*args: str, dsn: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RELAY_DSN"}
-    env["COLUMNS"] = "200"
+def relay(
+    *args: str, dsn: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    environment["COLUMNS"] = "200"
+    environment.update(env or {})
     if dsn is not None:
-        env["RELAY_DSN"] = dsn
+        environment["RELAY_DSN"] = dsn
     return subprocess.run(
         [sys.executable, "-m", "relay", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env=environment,
         check=False,
         timeout=60,
     )
@@ -109,32 +111,3 @@ def test_demo_shows_changes_landing_and_cleans_up(server_dsn):
     summary = lines.split("Where every change went", 1)[1]
     assert "#3 update: delivered (payments delivered, sales delivered)" in summary
     assert demo_databases() == before
-
-
-COMMANDS = [
-    ["install"],
-    ["uninstall", "--yes"],
-    ["track", "t"],
-    ["untrack", "t"],
-    ["tracked"],
-    ["run"],
-    ["status"],
-    ["retry", "--id", "1"],
-    ["purge", "--older-than", "1d"],
-    ["preview", "--rule", "r", "--outbox-id", "1"],
-    ["webhook", "list"],
-    ["rule", "list"],
-    ["rules", "check"],
-]
-
-
-@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-@pytest.mark.parametrize("given", ["--dsn", "RELAY_DSN"])
-def test_a_connection_string_libpq_cannot_read_is_one_line_without_the_password(command, given):
-    """libpq's own message quotes the string: the password must not reach the terminal."""
-    dsn = "host=db password=top secret"
-    done = relay(*command, "--dsn", dsn) if given == "--dsn" else relay(*command, dsn=dsn)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: ") and "not a connection string" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
-    assert "secret" not in done.stderr + done.stdout and "Traceback" not in done.stderr

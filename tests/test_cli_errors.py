@@ -1,0 +1,141 @@
+"""Every command, given each kind of bad input, answers in one line: no traceback, the problem
+and its fix, exit 2 for what running it again cannot change."""
+
+from __future__ import annotations
+
+import socket
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+from test_cli import relay
+
+from relay import schema
+
+# Every subcommand that talks to a database, with arguments that are otherwise fine.
+DATABASE_COMMANDS = [
+    ["install"],
+    ["uninstall", "--yes"],
+    ["track", "t"],
+    ["untrack", "t"],
+    ["tracked"],
+    ["run"],
+    ["status"],
+    ["retry", "--id", "1"],
+    ["purge", "--older-than", "1d"],
+    ["preview", "--rule", "r", "--outbox-id", "1"],
+    ["webhook", "add", "w", "--url", "http://127.0.0.1:9/"],
+    ["webhook", "list"],
+    ["webhook", "show", "w"],
+    ["webhook", "remove", "w"],
+    ["rule", "add", "r", "--webhook", "w", "--table", "public.t"],
+    ["rule", "list"],
+    ["rule", "show", "r"],
+    ["rule", "remove", "r"],
+    ["rules", "check"],
+]
+ALL_COMMANDS = [*DATABASE_COMMANDS, ["config"], ["receive"], ["demo"]]
+
+
+def one_line(done, code: int, *words: str) -> str | None:
+    """What is wrong with how a command failed, or None."""
+    lines = done.stderr.strip().splitlines()
+    if "Traceback" in done.stderr or len(lines) != 1 or not lines[0].startswith("error: "):
+        return f"not one 'error:' line: {done.stderr!r}"
+    if done.returncode != code:
+        return f"exit {done.returncode}, not {code}: {lines[0]}"
+    missing = [w for w in words if w not in lines[0]]
+    return f"{lines[0]!r} does not say {missing}" if missing else None
+
+
+def check(commands, code: int, *words: str, dsn: str | None = None, extra=(), env=None):
+    problems = {}
+    for command in commands:
+        done = relay(*command, *extra, dsn=dsn, env=env)
+        problem = one_line(done, code, *words)
+        if problem:
+            problems[" ".join(command)] = problem
+    assert problems == {}
+
+
+def test_an_unknown_option():
+    check(ALL_COMMANDS, 2, "No such option: --bogus", "--help", extra=["--bogus"])
+
+
+@pytest.mark.parametrize("given", ["--dsn", "RELAY_DSN"])
+def test_a_connection_string_libpq_cannot_read_without_showing_the_password(given):
+    """libpq's own message quotes the string: the password must not reach the terminal."""
+    dsn = "host=db password=top secret"
+    problems = {}
+    for command in DATABASE_COMMANDS:
+        done = relay(*command, "--dsn", dsn) if given == "--dsn" else relay(*command, dsn=dsn)
+        problem = one_line(done, 2, "not a connection string")
+        if problem or "secret" in done.stderr + done.stdout:
+            problems[" ".join(command)] = problem or "shows the password"
+    assert problems == {}
+    check(DATABASE_COMMANDS, 2, "not a connection string", dsn="mysql://x@y/z")
+
+
+def test_a_server_that_is_not_there():
+    dead = "postgresql://postgres@127.0.0.1:1/none"
+    # relay run waits for a server that is down: it is the one command that does not give up.
+    check([c for c in DATABASE_COMMANDS if c != ["run"]], 2, "cannot connect", dsn=dead)
+
+
+def test_a_database_without_relay(db_dsn):
+    commands = [c for c in DATABASE_COMMANDS if c[0] not in ("install", "uninstall")]
+    check(commands, 2, "relay is not installed", "relay install", dsn=db_dsn)
+
+
+def test_a_role_without_the_service_grants(db_dsn, make_role):
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        schema.install(conn)
+    stranger = make_conninfo(db_dsn, user=make_role("stranger"))
+    commands = [c for c in DATABASE_COMMANDS if c[0] not in ("install", "uninstall")]
+    check(commands, 2, "permission denied", "sql/service_role.sql", dsn=stranger)
+
+
+def test_a_bad_setting(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        conn.execute("SELECT relay.track('t')")
+        conn.execute("INSERT INTO relay.webhooks (name, payload_url) VALUES ('w', 'http://x/')")
+        conn.execute(
+            "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+            " SELECT 'r', ARRAY['public.t'], id FROM relay.webhooks"
+        )
+        conn.execute("INSERT INTO t VALUES (1)")
+    readers = [["run"], ["config"], ["preview", "--rule", "r", "--outbox-id", "1"]]
+    for name, value, says in [
+        ("RELAY_BATCH_SIZE", "0", "greater than or equal to 1"),
+        ("RELAY_METRICS_ADDRESS", "9287", "is not host:port"),
+    ]:
+        check(readers, 2, name, says, dsn=db_dsn, env={name: value})
+
+
+def test_made_up_rows_that_are_not_json_objects(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        schema.install(conn)
+    for new, says in [("{id:9}", "--new is not JSON"), ("[1]", "--new must be a JSON object")]:
+        command = ["preview", "--rule", "r", "--table", "public.t", "--new", new]
+        check([command], 2, says, dsn=db_dsn)
+
+
+def test_a_name_taken_twice(db_dsn):
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        schema.install(conn)
+    assert relay("webhook", "add", "w", "--url", "http://127.0.0.1:9/", dsn=db_dsn).returncode == 0
+    again = ["webhook", "add", "w", "--url", "http://127.0.0.1:9/"]
+    check([again], 2, "(name)=(w) already exists", "Choose another name", dsn=db_dsn)
+
+
+def test_a_receiver_port_that_cannot_be_listened_on():
+    check([["receive", "--port", "99999"]], 2, "not a TCP port")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        done = relay("receive", "--port", port)
+    assert one_line(done, 2, "cannot listen on", "Address already in use") is None
+    assert "listening" not in done.stdout
