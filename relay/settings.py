@@ -4,10 +4,14 @@ environment wins over the file."""
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
+from dotenv import dotenv_values
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -130,12 +134,36 @@ def load(env_file: Path | None = None, **overrides: Any) -> Settings:
     if env_file is not None and not env_file.is_file():
         raise SettingsError(f"env file {env_file} does not exist")
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         first = exc.errors()[0]
         name = f"RELAY_{str(first['loc'][0]).upper()}" if first["loc"] else "settings"
         message = str(first["msg"]).removeprefix("Value error, ")  # our own validators' words
         raise SettingsError(f"{name}: {message}") from None
+    _refuse_unknown(settings, env_file)
+    return settings
+
+
+OTHER_NAMES = frozenset({"RELAY_ENV_FILE", "RELAY_TEST_DSN", "RELAY_TEST_DOWN_SECONDS"})
+"""RELAY_* variables that are not settings: the command line's and the test harness's."""
+
+
+def _refuse_unknown(settings: Settings, env_file: Path | None) -> None:
+    """A misspelled setting would otherwise be ignored without a word. Variables templates may
+    read (RELAY_TEMPLATE_ENV_ALLOW) may use the prefix too."""
+    given = {name for name in os.environ if name.startswith("RELAY_")}
+    if env_file is not None:
+        given |= {name for name in dotenv_values(env_file) if name.startswith("RELAY_")}
+    known = {f"RELAY_{field.upper()}" for field in Settings.model_fields} | OTHER_NAMES
+    for name in sorted(given - known):
+        if any(fnmatch.fnmatchcase(name, glob) for glob in settings.template_env_globs):
+            continue
+        close = difflib.get_close_matches(name, sorted(known - OTHER_NAMES), n=1)
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        raise SettingsError(
+            f"{name} is not a relay setting{guess}: correct or remove it (docs/operations.md lists "
+            "every setting)"
+        )
 
 
 def mask_dsn(dsn: str) -> str:

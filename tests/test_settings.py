@@ -63,6 +63,28 @@ def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
 
 
+def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path):
+    env_file = tmp_path / "relay.env"
+    env_file.write_text("RELAY_DSN=dbname=x\nRELAY_BATCHSIZE=5\n")
+    for args, env, said in [
+        (["config"], {"RELAY_MAX_ATEMPTS": "3"}, "did you mean RELAY_MAX_ATTEMPTS?"),
+        (["run", "--env-file", str(env_file)], {}, "did you mean RELAY_BATCH_SIZE?"),
+        (["config"], {"RELAY_COLOUR": "blue"}, "RELAY_COLOUR is not a relay setting"),
+    ]:
+        result = relay(*args, **env)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and said in lines[0], lines
+    # Variables templates may read can share the prefix; the test harness's own are not settings.
+    allowed = relay(
+        "config",
+        RELAY_TOKEN_A="x",
+        RELAY_TEMPLATE_ENV_ALLOW="RELAY_TOKEN_*",
+        RELAY_TEST_DSN="dbname=x",
+    )
+    assert allowed.returncode == 0, allowed.stderr
+
+
 def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
