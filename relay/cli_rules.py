@@ -30,7 +30,7 @@ from relay.cli_common import (
     print_table,
 )
 from relay.db import DatabaseUnavailable, first_line
-from relay.render import Change, RenderError, loads
+from relay.render import Change, RenderError, Webhook, loads
 from relay.renderpool import BlockingRenderPool
 
 webhook_app = typer.Typer(help="Webhooks: where changes are sent.", no_args_is_help=True)
@@ -116,33 +116,52 @@ def webhook_add(
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
     enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
 ) -> None:
-    """Add a webhook."""
+    """Add a webhook (its templates are compiled first: a broken one is refused)."""
     template = body_template or ""
     if body_template_file is not None:
-        template = body_template_file.read_text(encoding="utf-8")
+        try:
+            template = body_template_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--body-template-file {body_template_file}: {_unreadable(exc)}", 2)
     secret = ""
     if secret_env:
         if secret_env not in os.environ:
             fail(f"environment variable {secret_env} is not set")
         secret = os.environ[secret_env]
+    row = admin.WebhookRow(
+        name=name,
+        payload_url=url,
+        http_method=method,
+        http_content_type=content_type,
+        additional_headers="\n".join(header or []),
+        body_template=template,
+        secret=secret,
+        signature=signature,
+        ssl_verification=ssl_verification,
+        ca_file_path=ca_file,
+        timeout_seconds=Decimal(str(timeout)),
+        enabled=enabled,
+    )
+    hook = Webhook(
+        id=0,
+        name=name,
+        payload_url=url,
+        additional_headers=row.additional_headers,
+        body_template=template,
+    )
+    with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
+        problems = rules.webhook_problems(hook, renders, f"webhook {name!r}")
+    if problems:
+        fail(f"{problems[0]} (nothing was stored: fix the template)", 2)
     with _session(dsn) as db:
-        db.add(
-            admin.WebhookRow(
-                name=name,
-                payload_url=url,
-                http_method=method,
-                http_content_type=content_type,
-                additional_headers="\n".join(header or []),
-                body_template=template,
-                secret=secret,
-                signature=signature,
-                ssl_verification=ssl_verification,
-                ca_file_path=ca_file,
-                timeout_seconds=Decimal(str(timeout)),
-                enabled=enabled,
-            )
-        )
+        db.add(row)
     out.print(f"webhook {name} added", highlight=False)
+
+
+def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return os.strerror(exc.errno) if exc.errno else first_line(exc)
 
 
 @webhook_app.command("list")
@@ -292,14 +311,16 @@ def rules_check(dsn: Dsn) -> None:
     """Compile every template and validate every condition; report each problem."""
     with database(dsn) as conn:
         ruleset = rules.load(conn, everything=True)
+        unused = rules.unused_webhooks(conn)
     with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
-        problems = rules.check(ruleset.rules, renders)
+        problems = rules.check(ruleset.rules, renders, unused)
     for problem in problems:
         out.print(str(problem), highlight=False, soft_wrap=True)
-    hooks = len({rule.webhook.id for rule in ruleset.rules})
+    hooks = len({rule.webhook.id for rule in ruleset.rules}) + len(unused)
+    counted = f"{len(ruleset.rules)} rule(s), {hooks} webhook(s)"
     if problems:
-        fail(f"{len(problems)} problem(s) in {len(ruleset.rules)} rule(s)")
-    out.print(f"{len(ruleset.rules)} rule(s), {hooks} webhook(s): no problems", highlight=False)
+        fail(f"{len(problems)} problem(s) in {counted}")
+    out.print(f"{counted}: no problems", highlight=False)
 
 
 def preview(

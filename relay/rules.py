@@ -173,8 +173,14 @@ async def load_async(conn: psycopg.AsyncConnection[Any]) -> RuleSet:
     return RuleSet([_rule(row) for row in rows])
 
 
-def _rule(row: Mapping[str, Any]) -> Rule:
-    webhook = Webhook(
+def unused_webhooks(conn: Conn) -> list[Webhook]:
+    """The webhooks no rule calls."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return [_webhook(row) for row in cur.execute(query("unused_webhooks")).fetchall()]
+
+
+def _webhook(row: Mapping[str, Any]) -> Webhook:
+    return Webhook(
         id=row["webhook_id"],
         name=row["webhook_name"],
         payload_url=row["payload_url"],
@@ -189,6 +195,10 @@ def _rule(row: Mapping[str, Any]) -> Rule:
         timeout_seconds=row["timeout_seconds"],
         enabled=row["webhook_enabled"],
     )
+
+
+def _rule(row: Mapping[str, Any]) -> Rule:
+    webhook = _webhook(row)
     rule_conditions, problem = _conditions(row["conditions"])
     try:
         action_data = loads(row["action_data"])
@@ -263,23 +273,34 @@ class Problem:
         return f"{self.where}: {self.message}"
 
 
-def check(rules: Iterable[Rule], renderer: TemplateChecker) -> list[Problem]:
-    """Compile every template and validate every condition (regexes included)."""
+def check(
+    rules: Iterable[Rule], renderer: TemplateChecker, unused: Iterable[Webhook] = ()
+) -> list[Problem]:
+    """Compile every template and validate every condition (regexes included): of the rules'
+    webhooks, and of ``unused`` ones (no rule calls them yet; one will)."""
     problems: list[Problem] = []
     seen_webhooks: set[int] = set()
     for rule in rules:
         if rule.problem is not None:
             problems.append(Problem(f"rule {rule.name!r}", rule.problem))
-        hook = rule.webhook
-        if hook.id in seen_webhooks:
-            continue
-        seen_webhooks.add(hook.id)
-        fields = {"payload_url": hook.payload_url, "body_template": hook.body_template}
-        for number, line in enumerate(hook.additional_headers.splitlines(), 1):
-            fields[f"additional_headers line {number}"] = line
-        for name, source in fields.items():
-            try:
-                renderer.check(source, name)
-            except RenderError as exc:
-                problems.append(Problem(f"webhook {hook.name!r} (rule {rule.name!r})", str(exc)))
+        if rule.webhook.id not in seen_webhooks:
+            seen_webhooks.add(rule.webhook.id)
+            where = f"webhook {rule.webhook.name!r} (rule {rule.name!r})"
+            problems += webhook_problems(rule.webhook, renderer, where)
+    for hook in unused:
+        problems += webhook_problems(hook, renderer, f"webhook {hook.name!r} (no rule uses it)")
+    return problems
+
+
+def webhook_problems(hook: Webhook, renderer: TemplateChecker, where: str) -> list[Problem]:
+    """What stops a webhook's templates (URL, body, each header line) from compiling."""
+    fields = {"payload_url": hook.payload_url, "body_template": hook.body_template}
+    for number, line in enumerate(hook.additional_headers.splitlines(), 1):
+        fields[f"additional_headers line {number}"] = line
+    problems = []
+    for name, source in fields.items():
+        try:
+            renderer.check(source, name)
+        except RenderError as exc:
+            problems.append(Problem(where, str(exc)))
     return problems

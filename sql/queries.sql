@@ -56,6 +56,15 @@ JOIN relay.webhooks w ON w.id = r.webhook_id
 WHERE r.enabled OR %(everything)s
 ORDER BY r.id;
 
+-- name: unused_webhooks
+-- Webhooks no rule calls, for `relay rules check` (the same columns as load_rules').
+SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
+       w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
+       w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled
+FROM relay.webhooks w
+WHERE NOT EXISTS (SELECT FROM relay.event_rules r WHERE r.webhook_id = w.id)
+ORDER BY w.id;
+
 -- name: rules_version
 -- Bumped by every statement that changes webhooks or event rules (0006).
 SELECT version FROM relay.rules_version;

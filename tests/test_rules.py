@@ -87,6 +87,31 @@ def test_rules_check_reports_each_problem_with_rule_field_and_line(rconn):
     assert len(problems) == 3
 
 
+def test_rules_check_looks_at_webhooks_no_rule_uses_and_add_refuses_a_broken_template(
+    rconn, relay_dsn
+):
+    add_webhook(rconn, name="waiting", body_template="{% if %}")
+    checked = relay("rules", "check", dsn=relay_dsn)
+    assert checked.returncode == 1
+    assert "webhook 'waiting' (no rule uses it): body_template: line 1" in checked.stdout
+    assert "1 problem(s) in 0 rule(s), 1 webhook(s)" in checked.stderr
+    refused = relay(
+        "webhook",
+        "add",
+        "typo",
+        "--url",
+        "https://x.test/",
+        "--header",
+        "X-A: {{ a ",
+        dsn=relay_dsn,
+    )
+    assert refused.returncode == 2 and "additional_headers line 1" in refused.stderr
+    assert "nothing was stored" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert rconn.execute("SELECT count(*) FROM relay.webhooks WHERE name = 'typo'").fetchone() == (
+        0,
+    )
+
+
 def test_webhook_and_rule_commands(relay_dsn):
     secret = "do-not-print-me"
     import os
