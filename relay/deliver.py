@@ -15,6 +15,7 @@ the limit is never sent, so no receiver ever gets part of one.
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from dataclasses import dataclass
@@ -251,5 +252,10 @@ def _secrets(request: Request, webhook: Webhook) -> list[str]:
 
 
 def _reason(exc: BaseException | Any) -> str:
+    """The cause in words: an OS error by its name ("Connection refused", not "[Errno 111]
+    Connect call failed ('127.0.0.1', 9)")."""
+    if isinstance(exc, OSError) and exc.errno:
+        # A resolver's errors are negative, with their words in strerror.
+        return os.strerror(exc.errno) if exc.errno > 0 else str(exc.strerror or exc)
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
