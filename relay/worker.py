@@ -461,6 +461,7 @@ class Worker:
                         result = self._put_back(item, paused)
                     else:
                         result = self._result(item, await self._attempt(item, sender))
+                        self._log(item, result)
         finally:
             # Room for another claim as soon as the receiver has answered. The delivery stays
             # pending (so a later change to its row still waits) until its outcome is written.
@@ -514,16 +515,6 @@ class Worker:
             outcome = _not_sent(why, permanent=stage != "sending")
         if outcome.error is not None:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
-        log.info(
-            "delivery",
-            outbox_id=item.outbox_id,
-            webhook=hook.name if hook else self._webhook_name(item.webhook_id),
-            attempt=item.attempt,
-            status_code=outcome.status,
-            duration_ms=round(outcome.duration * 1000, 1),
-            outcome="delivered" if outcome.ok else "failed",
-            error=outcome.error,
-        )
         return outcome
 
     async def _measure_backlog(self, conn: AConn) -> None:
@@ -608,6 +599,23 @@ class Worker:
         return Result(
             item.outbox_id, item.webhook_id, item.attempt, "pending", seconds, outcome, False
         )
+
+    def _log(self, item: Claimed, result: Result) -> None:
+        """One line per attempt: delivered, retrying (and when), or failed for good."""
+        outcome = result.outcome
+        fields: dict[str, Any] = {
+            "outbox_id": item.outbox_id,
+            "webhook": self._webhook_name(item.webhook_id),
+            "attempt": item.attempt,
+            "status_code": outcome.status,
+            "duration_ms": round(outcome.duration * 1000, 1),
+        }
+        if result.status == "pending":
+            fields["next_attempt_in_s"] = round(result.retry_in, 1)
+        outcome_word = {"delivered": "delivered", "pending": "retrying"}.get(
+            result.status, "failed"
+        )
+        log.info("delivery", **fields, outcome=outcome_word, error=outcome.error)
 
     def _result(self, item: Claimed, outcome: Outcome) -> Result:
         self._breaker(item, outcome)

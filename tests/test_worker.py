@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import psycopg
 from aiohttp import web
 from receivers import Receiver, receiver
+from structlog.testing import capture_logs
 
 from relay.settings import Settings
 from relay.worker import Worker
@@ -133,6 +134,23 @@ def test_failures_are_retried_with_the_same_delivery_id(rconn, relay_dsn):
         (2, 500, "HTTP 500 Internal Server Error"),
         (3, 200, None),
     ]
+
+
+def test_the_log_tells_a_retry_from_the_final_failure(rconn, relay_dsn):
+    async def refusing(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    async def scenario() -> list[dict]:
+        async with receiver(refusing) as r:
+            setup(rconn, r.url)
+            with capture_logs() as events:
+                async with running(relay_dsn, FAST.model_copy(update={"max_attempts": 3})):
+                    await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                    await until(lambda: outbox_statuses(rconn) == ["failed"])
+            return [e for e in events if e["event"] == "delivery"]
+
+    said = [(e["attempt"], e["outcome"], "next_attempt_in_s" in e) for e in asyncio.run(scenario())]
+    assert said == [(1, "retrying", True), (2, "retrying", True), (3, "failed", False)]
 
 
 def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn, relay_dsn):
