@@ -76,6 +76,9 @@ class Claimed:
     webhook_id: int
     rule_id: int | None
     attempt: int
+    """Attempts since the delivery was (last) armed: what RELAY_MAX_ATTEMPTS counts."""
+    number: int
+    """The attempt's number across re-queues: what the log and relay.attempts show."""
     change: Change
     held_bytes: int
     """What this delivery counts in the relay's Holding until its task ends."""
@@ -433,6 +436,7 @@ class Worker:
                 r["webhook_id"],
                 r["rule_id"],
                 r["attempts"],
+                r["attempt_number"],
                 rules.change_from_row(r),
                 0 if refused else size,
                 refused,
@@ -578,12 +582,12 @@ class Worker:
             "delivery",
             outbox_id=item.outbox_id,
             webhook=self._webhook_name(item.webhook_id),
-            attempt=limit,
+            attempt=item.number - 1,
             outcome="failed",
             error=why,
         )
         outcome = _not_sent(why, permanent=True)
-        return Result(item.outbox_id, item.webhook_id, item.attempt, "failed", 0.0, outcome, False)
+        return Result(item.outbox_id, item.webhook_id, item.number, "failed", 0.0, outcome, False)
 
     @staticmethod
     def _put_back(item: Claimed, seconds: float) -> Result:
@@ -597,7 +601,7 @@ class Worker:
             sent=False,
         )
         return Result(
-            item.outbox_id, item.webhook_id, item.attempt, "pending", seconds, outcome, False
+            item.outbox_id, item.webhook_id, item.number, "pending", seconds, outcome, False
         )
 
     def _log(self, item: Claimed, result: Result) -> None:
@@ -606,7 +610,7 @@ class Worker:
         fields: dict[str, Any] = {
             "outbox_id": item.outbox_id,
             "webhook": self._webhook_name(item.webhook_id),
-            "attempt": item.attempt,
+            "attempt": item.number,
             "status_code": outcome.status,
             "duration_ms": round(outcome.duration * 1000, 1),
         }
@@ -628,7 +632,7 @@ class Worker:
             retry_in = self.settings.retry_delay(
                 item.attempt, random.uniform(0.8, 1.2), outcome.retry_after
             )
-        return Result(item.outbox_id, item.webhook_id, item.attempt, status, retry_in, outcome)
+        return Result(item.outbox_id, item.webhook_id, item.number, status, retry_in, outcome)
 
 
 def _not_sent(error: str, *, permanent: bool) -> Outcome:

@@ -62,6 +62,7 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 10) AS relay_app
 \ir migrations/0010_change_bytes.sql
 \ir migrations/0011_json_images.sql
 \ir migrations/0012_fan_out_window.sql
+\ir migrations/0013_attempt_numbers.sql
 \endif
 
 COMMIT;

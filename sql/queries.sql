@@ -148,6 +148,7 @@ SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule
                      %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
+        earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
         leased_by = NULL, last_error = NULL, last_status_code = NULL,
         old_row_key = EXCLUDED.old_row_key, change_bytes = EXCLUDED.change_bytes
     WHERE relay.deliveries.status = 'failed';
@@ -167,13 +168,14 @@ WITH failed AS (
     SELECT outbox_id, webhook_id, rule_id, row_key, 'failed', 1, error FROM failed
     ON CONFLICT (outbox_id, webhook_id) DO UPDATE
         SET status = 'failed', attempts = 1, rule_id = EXCLUDED.rule_id, next_attempt_at = now(),
+            earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
             leased_until = NULL, leased_by = NULL, last_status_code = NULL,
             last_error = EXCLUDED.last_error
         WHERE relay.deliveries.status = 'failed'
-    RETURNING outbox_id, webhook_id, last_error
+    RETURNING outbox_id, webhook_id, earlier_attempts + 1 AS attempt, last_error
 )
 INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, error)
-SELECT outbox_id, webhook_id, 1, 0, last_error FROM written;
+SELECT outbox_id, webhook_id, attempt, 0, last_error FROM written;
 
 -- name: fail_changes
 -- Changes that could not be matched against the rules at all (relay/fanout.py): failed, with
@@ -261,7 +263,8 @@ SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
     attempts = d.attempts + 1
 FROM relay.outbox o
 WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM taken)) AND o.id = d.outbox_id
-RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts, d.change_bytes,
+RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
+          d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,

@@ -153,6 +153,28 @@ def test_the_log_tells_a_retry_from_the_final_failure(rconn, relay_dsn):
     assert said == [(1, "retrying", True), (2, "retrying", True), (3, "failed", False)]
 
 
+def test_attempts_are_numbered_across_a_requeue(rconn, relay_dsn):
+    async def refusing(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    async def scenario() -> None:
+        async with receiver(refusing) as r:
+            setup(rconn, r.url)
+            async with running(relay_dsn, FAST.model_copy(update={"max_attempts": 2})):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["failed"])
+                await sql(relay_dsn, "UPDATE relay.outbox SET status = 'pending'")
+                await until(lambda: attempts() == 4)
+                await until(lambda: outbox_statuses(rconn) == ["failed"])
+
+    def attempts() -> int:
+        return rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0]
+
+    asyncio.run(scenario())
+    numbers = rconn.execute("SELECT attempt FROM relay.attempts ORDER BY id").fetchall()
+    assert numbers == [(1,), (2,), (3,), (4,)]
+
+
 def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn, relay_dsn):
     failures = {"left": 3}
 
