@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -98,6 +99,7 @@ class Worker:
         self.settings = settings
         self.dsn = dsn
         self.relay_id = relay_id or f"{socket.gethostname()}:{os.getpid()}"
+        self._started = datetime.now(UTC)
         self.renders = RenderPool(settings.template_env_globs)
         self.rules = RuleWatcher(dsn, application_name=f"relay run {self.relay_id}")
         self.max_in_flight = settings.batch_size * 4
@@ -180,6 +182,9 @@ class Worker:
             cur = await conn.execute(query("installation_id"))
             installation = await cur.fetchone()
             self._installation = installation[0] if installation else ""
+            await conn.execute(
+                query("relay_started"), {"relay_id": self.relay_id, "started_at": self._started}
+            )
             self._connected = True
             self._stopping = False
             self._next_fan_out = 0.0  # the backlog first
@@ -296,6 +301,7 @@ class Worker:
         that matching new changes (on the same connection) never waits long. True when a purge
         has more to do."""
         await conn.execute(query("refresh_capture"))
+        await conn.execute(query("relay_seen"), {"relay_id": self.relay_id})
         cur = await conn.execute(query("unfinished_changes"), {"limit": 10_000})
         ids = [row[0] for row in await cur.fetchall()]
         if ids:

@@ -63,6 +63,7 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 10) AS relay_app
 \ir migrations/0011_json_images.sql
 \ir migrations/0012_fan_out_window.sql
 \ir migrations/0013_attempt_numbers.sql
+\ir migrations/0014_relays.sql
 \endif
 
 COMMIT;

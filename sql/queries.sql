@@ -421,14 +421,29 @@ WHERE a.error IS NOT NULL
 ORDER BY a.attempted_at DESC
 LIMIT %(limit)s;
 
+-- name: relay_started
+INSERT INTO relay.relays (relay_id, started_at, seen_at)
+VALUES (%(relay_id)s, %(started_at)s, now())
+ON CONFLICT (relay_id) DO UPDATE SET started_at = EXCLUDED.started_at, seen_at = now();
+
+-- name: relay_seen
+-- Every sweep: this relay is alive; relays not seen for a day are gone.
+WITH gone AS (
+    DELETE FROM relay.relays WHERE seen_at < now() - interval '1 day'
+)
+UPDATE relay.relays SET seen_at = now() WHERE relay_id = %(relay_id)s;
+
 -- name: status_relays
--- Relays connected now (by their connections' application_name) and the leases each holds.
+-- Relays connected now (by their connections' application_name: visible to every role, unlike
+-- backend_start), when each started (its own record) and the leases each holds.
 WITH connected AS (
-    SELECT substr(application_name, length('relay run ') + 1) AS relay_id,
-           count(*) AS connections, min(backend_start) AS since
-    FROM pg_stat_activity
-    WHERE datname = current_database() AND application_name LIKE 'relay run %'
-    GROUP BY 1
+    SELECT a.relay_id, a.connections, r.started_at AS since
+    FROM (SELECT substr(application_name, length('relay run ') + 1) AS relay_id,
+                 count(*) AS connections
+          FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name LIKE 'relay run %'
+          GROUP BY 1) a
+    LEFT JOIN relay.relays r ON r.relay_id = a.relay_id
 ), leases AS (
     SELECT leased_by AS relay_id, count(*) AS leases, max(leased_until) AS leased_until
     FROM relay.deliveries

@@ -20,6 +20,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"ro
 GRANT SELECT, UPDATE ON relay.fan_out_position TO :"role";
 GRANT SELECT, INSERT, DELETE ON relay.fan_out_gaps TO :"role";
 GRANT SELECT ON SEQUENCE relay.outbox_id_seq TO :"role";
+-- When each relay started, for `relay status` (see 0014_relays.sql).
+GRANT SELECT, INSERT, UPDATE, DELETE ON relay.relays TO :"role";
 -- Know what is tracked and which schema version is installed (the view relay.tracked calls
 -- these read-only functions), and this installation's id (delivery ids are made from it).
 GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations, relay.installation

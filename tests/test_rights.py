@@ -317,6 +317,10 @@ def test_service_runs_the_relay(serviced):
                 assert proc.returncode is None, proc.stdout.read() if proc.stdout else ""
                 time.sleep(0.1)
             assert current == (True,)
+        # relay's owner cannot see the service role's sessions in pg_stat_activity, yet status
+        # says when the relay started.
+        status = json.loads(ok(relay("status", "--json", dsn=serviced["installer"])))
+        assert [r["since"] is not None for r in status["relays"]] == [True]
     finally:
         proc.terminate()
         proc.wait(10)
