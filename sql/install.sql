@@ -60,9 +60,25 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 9) AS relay_appl
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 10) AS relay_apply \gset
 \if :relay_apply
 \ir migrations/0010_change_bytes.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 11) AS relay_apply \gset
+\if :relay_apply
 \ir migrations/0011_json_images.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 12) AS relay_apply \gset
+\if :relay_apply
 \ir migrations/0012_fan_out_window.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 13) AS relay_apply \gset
+\if :relay_apply
 \ir migrations/0013_attempt_numbers.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 14) AS relay_apply \gset
+\if :relay_apply
 \ir migrations/0014_relays.sql
 \endif
 
