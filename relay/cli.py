@@ -10,7 +10,7 @@ import psycopg
 import typer
 from rich.table import Table
 
-from relay import __version__, capture, schema
+from relay import __version__, capture, schema, sqlfiles
 from relay.cli_common import (
     Dsn,
     EnvFile,
@@ -428,6 +428,39 @@ def receive(
     except OSError as exc:
         reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
         fail(f"cannot listen on {host}:{port}: {reason}: give another --port or --host", 2)
+
+
+sql_app = typer.Typer(
+    help="Print the SQL relay runs, for psql, from the installed package.", no_args_is_help=True
+)
+app.add_typer(sql_app, name="sql")
+
+
+@sql_app.command("install")
+def sql_install() -> None:
+    """Install or upgrade relay (what `relay install` runs): psql "$DSN" -f -."""
+    sys.stdout.write(sqlfiles.script("install.sql"))
+
+
+@sql_app.command("uninstall")
+def sql_uninstall() -> None:
+    """Remove relay and its capture triggers (what `relay uninstall` runs)."""
+    sys.stdout.write(sqlfiles.script("uninstall.sql"))
+
+
+@sql_app.command("service-role")
+def sql_service_role(
+    role: Annotated[
+        str | None,
+        typer.Option(help="The service's login role (else give psql -v role=NAME)."),
+    ] = None,
+) -> None:
+    """The grants `relay run` needs, to run as relay's owner: psql "$DSN" -f -."""
+    if role is not None:
+        if not role or "\n" in role or "\x00" in role:
+            fail("--role: give the name of a login role", 2)
+        sys.stdout.write("\\set role '" + role.replace("'", "''") + "'\n")
+    sys.stdout.write(sqlfiles.script("service_role.sql"))
 
 
 def main() -> None:

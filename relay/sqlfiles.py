@@ -29,6 +29,15 @@ def read(name: str) -> str:
     return (sql_dir() / name).read_text(encoding="utf-8")
 
 
+_INCLUDE = re.compile(r"^\\ir (\S+)$", re.MULTILINE)
+
+
+def script(name: str) -> str:
+    """A psql script in one piece: the file with every ``\\ir`` replaced by what it includes
+    (for an operator who has the package and psql, but no checkout)."""
+    return _INCLUDE.sub(lambda m: script(m[1]).rstrip("\n"), read(name))
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int

@@ -34,7 +34,14 @@ DATABASE_COMMANDS = [
     ["rule", "remove", "r"],
     ["rules", "check"],
 ]
-ALL_COMMANDS = [*DATABASE_COMMANDS, ["config"], ["receive"], ["demo"]]
+ALL_COMMANDS = [
+    *DATABASE_COMMANDS,
+    ["config"],
+    ["receive"],
+    ["demo"],
+    ["sql", "install"],
+    ["sql", "service-role"],
+]
 
 
 def one_line(done, code: int, *words: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -29,12 +30,13 @@ ORDER BY 1, 2
 """
 
 
-def psql(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+def psql(dsn: str, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("psql")
     if exe is None:
         pytest.skip("psql is not installed")
     return subprocess.run(
         [exe, dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", *args],
+        input=input_text,
         capture_output=True,
         text=True,
         check=False,
@@ -82,6 +84,32 @@ def test_psql_install_matches_python_install_and_is_repeatable(db_dsn, server_ds
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
             admin.execute("DROP DATABASE relay_fingerprint WITH (FORCE)")
+
+
+def test_relay_sql_prints_scripts_psql_runs_without_a_checkout(db_dsn, conn, make_role):
+    """`relay sql ...` prints the packaged SQL in one piece (no file includes), for psql."""
+    service = make_role("service")
+
+    def through_psql(*command: str) -> None:
+        printed = subprocess.run(
+            [sys.executable, "-m", "relay", "sql", *command],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "\\ir " not in printed
+        done = psql(db_dsn, "-f", "-", input_text=printed)
+        assert done.returncode == 0, done.stderr
+
+    through_psql("install")
+    through_psql("install")  # an upgrade with nothing new to do
+    assert schema.installed_version(conn) == schema.latest_version()
+    through_psql("service-role", "--role", service)
+    assert conn.execute(
+        "SELECT has_table_privilege(%s, 'relay.relays', 'INSERT')", (service,)
+    ).fetchone() == (True,)
+    through_psql("uninstall")
+    assert schema.installed_version(conn) == 0
 
 
 def test_install_sql_lists_every_migration_in_order():
