@@ -221,6 +221,27 @@ def webhook_remove(name: str, dsn: Dsn) -> None:
     out.print(f"webhook {name} removed", highlight=False)
 
 
+@webhook_app.command("enable")
+def webhook_enable(name: str, dsn: Dsn) -> None:
+    """Send to a disabled webhook again (`relay retry` sends what failed meanwhile)."""
+    _switch_webhook(name, dsn, on=True)
+
+
+@webhook_app.command("disable")
+def webhook_disable(name: str, dsn: Dsn) -> None:
+    """Stop sending to a webhook: its deliveries fail, saying it is disabled."""
+    _switch_webhook(name, dsn, on=False)
+
+
+def _switch_webhook(name: str, dsn: str, *, on: bool) -> None:
+    with _session(dsn) as db:
+        hook = admin.webhook_by_name(db, name)
+        if hook is None:
+            fail(f"no webhook named {name!r} (relay webhook list shows them)", 2)
+        hook.enabled = on
+    out.print(f"webhook {name} {'enabled' if on else 'disabled'}", highlight=False)
+
+
 @rule_app.command("add")
 def rule_add(
     name: Annotated[str, typer.Argument(help="Unique name.")],
@@ -304,6 +325,27 @@ def rule_remove(name: str, dsn: Dsn) -> None:
             fail(f"no rule named {name!r}")
         db.delete(rule)
     out.print(f"rule {name} removed", highlight=False)
+
+
+@rule_app.command("enable")
+def rule_enable(name: str, dsn: Dsn) -> None:
+    """Match changes against a disabled rule again."""
+    _switch_rule(name, dsn, on=True)
+
+
+@rule_app.command("disable")
+def rule_disable(name: str, dsn: Dsn) -> None:
+    """Stop matching changes against a rule (changes already matched still go)."""
+    _switch_rule(name, dsn, on=False)
+
+
+def _switch_rule(name: str, dsn: str, *, on: bool) -> None:
+    with _session(dsn) as db:
+        rule = admin.rule_by_name(db, name)
+        if rule is None:
+            fail(f"no rule named {name!r} (relay rule list shows them)", 2)
+        rule.enabled = on
+    out.print(f"rule {name} {'enabled' if on else 'disabled'}", highlight=False)
 
 
 @rules_app.command("check")

@@ -32,6 +32,8 @@ DATABASE_COMMANDS = [
     ["rule", "list"],
     ["rule", "show", "r"],
     ["rule", "remove", "r"],
+    ["webhook", "disable", "w"],
+    ["rule", "enable", "r"],
     ["rules", "check"],
 ]
 ALL_COMMANDS = [

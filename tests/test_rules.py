@@ -112,6 +112,30 @@ def test_rules_check_looks_at_webhooks_no_rule_uses_and_add_refuses_a_broken_tem
     )
 
 
+def test_webhooks_and_rules_are_disabled_and_enabled_by_name(rconn, relay_dsn):
+    hook = add_webhook(rconn, name="orders")
+    add_rule(rconn, hook, name="all orders")
+
+    def flags() -> tuple[bool, bool]:
+        row = rconn.execute(
+            "SELECT w.enabled, r.enabled FROM relay.webhooks w JOIN relay.event_rules r"
+            " ON r.webhook_id = w.id"
+        ).fetchone()
+        return row[0], row[1]
+
+    for command, expected in [
+        (("webhook", "disable", "orders"), (False, True)),
+        (("rule", "disable", "all orders"), (False, False)),
+        (("webhook", "enable", "orders"), (True, False)),
+        (("rule", "enable", "all orders"), (True, True)),
+    ]:
+        done = relay(*command, dsn=relay_dsn)
+        assert done.returncode == 0, done.stderr
+        assert flags() == expected, command
+    missing = relay("rule", "disable", "nope", dsn=relay_dsn)
+    assert missing.returncode == 2 and "no rule named 'nope'" in missing.stderr
+
+
 def test_webhook_and_rule_commands(relay_dsn):
     secret = "do-not-print-me"
     import os
