@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,8 +17,10 @@ from relay import settings as settings_module
 from relay.db import DSN_PROBLEM, Conn, DatabaseUnavailable, connect, first_line, parses
 from relay.settings import Settings, SettingsError
 
-out = Console()
-err = Console(stderr=True)
+# Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
+# in the middle cannot be pasted back. On a terminal, its width.
+out = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 10_000)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _readable_dsn(value: str | None) -> str | None:

@@ -111,3 +111,14 @@ def test_demo_shows_changes_landing_and_cleans_up(server_dsn):
     summary = lines.split("Where every change went", 1)[1]
     assert "#3 update: delivered (payments delivered, sales delivered)" in summary
     assert demo_databases() == before
+
+
+def test_output_without_a_terminal_is_never_cut_mid_name(db_dsn):
+    """Piped, a table is as wide as its content: names and SQL can be copied back whole."""
+    name = "a_table_name_long_enough_to_pass_eighty_columns_beside_others"
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+    assert relay("install", dsn=db_dsn).returncode == 0
+    assert relay("track", name, dsn=db_dsn).returncode == 0
+    shown = relay("tracked", dsn=db_dsn, env={"COLUMNS": "80"})
+    assert shown.returncode == 0 and f"public.{name}" in shown.stdout
