@@ -19,6 +19,7 @@ from relay.cli_common import (
     err,
     explain,
     fail,
+    group,
     load_settings,
     out,
     print_table,
@@ -32,6 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(rule_app, name="rule")
@@ -430,9 +432,7 @@ def receive(
         fail(f"cannot listen on {host}:{port}: {reason}: give another --port or --host", 2)
 
 
-sql_app = typer.Typer(
-    help="Print the SQL relay runs, for psql, from the installed package.", no_args_is_help=True
-)
+sql_app = group("Print the SQL relay runs, for psql, from the installed package.")
 app.add_typer(sql_app, name="sql")
 
 

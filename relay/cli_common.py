@@ -65,6 +65,12 @@ OptionalDsn = Annotated[
 ]
 
 
+def group(help_text: str) -> typer.Typer:
+    """A group of commands. Help in plain text: whole option names whatever the width (rich's
+    boxes cut them at 80 columns), flags without a type."""
+    return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

@@ -24,6 +24,7 @@ from relay.cli_common import (
     database,
     explain,
     fail,
+    group,
     load_settings,
     out,
     print_fields,
@@ -33,9 +34,9 @@ from relay.db import DatabaseUnavailable, first_line
 from relay.render import Change, RenderError, Webhook, loads
 from relay.renderpool import BlockingRenderPool
 
-webhook_app = typer.Typer(help="Webhooks: where changes are sent.", no_args_is_help=True)
-rule_app = typer.Typer(help="Event rules: which changes go to which webhook.", no_args_is_help=True)
-rules_app = typer.Typer(help="All rules at once.", no_args_is_help=True)
+webhook_app = group("Webhooks: where changes are sent.")
+rule_app = group("Event rules: which changes go to which webhook.")
+rules_app = group("All rules at once.")
 
 MASK = "******"
 

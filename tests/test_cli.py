@@ -122,3 +122,11 @@ def test_output_without_a_terminal_is_never_cut_mid_name(db_dsn):
     assert relay("track", name, dsn=db_dsn).returncode == 0
     shown = relay("tracked", dsn=db_dsn, env={"COLUMNS": "80"})
     assert shown.returncode == 0 and f"public.{name}" in shown.stdout
+
+
+def test_help_shows_whole_option_names_and_no_type_for_flags():
+    shown = relay("webhook", "add", "--help", env={"COLUMNS": "80"})
+    assert shown.returncode == 0
+    assert "--body-template-file" in shown.stdout
+    assert "--ssl-verification / --no-ssl-verification" in shown.stdout
+    assert "<bool>" not in shown.stdout and "…" not in shown.stdout
