@@ -61,7 +61,7 @@ def _json_option(value: str | None, what: str) -> Any:
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        fail(f"{what} is not valid JSON: {exc}")
+        fail(f"{what} is not valid JSON: {exc}", 2)
 
 
 def _row_option(value: str | None, what: str) -> dict[str, Any] | None:
@@ -118,17 +118,8 @@ def webhook_add(
     enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
-    template = body_template or ""
-    if body_template_file is not None:
-        try:
-            template = body_template_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"--body-template-file {body_template_file}: {_unreadable(exc)}", 2)
-    secret = ""
-    if secret_env:
-        if secret_env not in os.environ:
-            fail(f"environment variable {secret_env} is not set")
-        secret = os.environ[secret_env]
+    template = _body_template(body_template, body_template_file) or ""
+    secret = _secret(secret_env) or ""
     row = admin.WebhookRow(
         name=name,
         payload_url=url,
@@ -143,20 +134,94 @@ def webhook_add(
         timeout_seconds=Decimal(str(timeout)),
         enabled=enabled,
     )
-    hook = Webhook(
-        id=0,
-        name=name,
-        payload_url=url,
-        additional_headers=row.additional_headers,
-        body_template=template,
-    )
-    with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
-        problems = rules.webhook_problems(hook, renders, f"webhook {name!r}")
-    if problems:
-        fail(f"{problems[0]} (nothing was stored: fix the template)", 2)
+    _refuse_broken_templates(row)
     with _session(dsn) as db:
         db.add(row)
     out.print(f"webhook {name} added", highlight=False)
+
+
+@webhook_app.command("edit")
+def webhook_edit(
+    name: Annotated[str, typer.Argument(help="The webhook to change.")],
+    dsn: Dsn,
+    url: Annotated[str | None, typer.Option("--url", help="Payload URL (Jinja2).")] = None,
+    method: Annotated[str | None, typer.Option(help="GET, POST, PUT, PATCH or DELETE.")] = None,
+    content_type: Annotated[str | None, typer.Option()] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", help="'Name: Value' (Jinja2); repeatable; replaces them all."),
+    ] = None,
+    body_template: Annotated[str | None, typer.Option(help="Jinja2 body ('' for JSON).")] = None,
+    body_template_file: Annotated[Path | None, typer.Option(help="Read the body template.")] = None,
+    secret_env: Annotated[
+        str | None, typer.Option(help="Name of an environment variable holding the new secret.")
+    ] = None,
+    signature: Annotated[str | None, typer.Option(help="netbox, standard or none.")] = None,
+    ssl_verification: Annotated[
+        bool | None, typer.Option("--ssl-verification/--no-ssl-verification")
+    ] = None,
+    ca_file: Annotated[str | None, typer.Option(help="CA bundle ('' for none).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds per request.")] = None,
+) -> None:
+    """Change some of a webhook's fields; the others stay (templates compiled first)."""
+    template = _body_template(body_template, body_template_file)
+    secret = _secret(secret_env)
+    changes: dict[str, Any] = {
+        "payload_url": url,
+        "http_method": method,
+        "http_content_type": content_type,
+        "additional_headers": None if header is None else "\n".join(header),
+        "body_template": template,
+        "secret": secret,
+        "signature": signature,
+        "ssl_verification": ssl_verification,
+        "timeout_seconds": None if timeout is None else Decimal(str(timeout)),
+    }
+    changes = {key: value for key, value in changes.items() if value is not None}
+    if ca_file is not None:
+        changes["ca_file_path"] = ca_file or None  # '' removes it
+    if not changes:
+        fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
+    with _session(dsn) as db:
+        hook = admin.webhook_by_name(db, name)
+        if hook is None:
+            fail(f"no webhook named {name!r} (relay webhook list shows them)", 2)
+        for key, value in changes.items():
+            setattr(hook, key, value)
+        _refuse_broken_templates(hook)
+    out.print(f"webhook {name} changed: {', '.join(sorted(changes))}", highlight=False)
+
+
+def _body_template(text: str | None, path: Path | None) -> str | None:
+    if path is None:
+        return text
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--body-template-file {path}: {_unreadable(exc)}", 2)
+
+
+def _secret(variable: str | None) -> str | None:
+    """The secret from the environment (never from the command line)."""
+    if variable is None:
+        return None
+    if variable not in os.environ:
+        fail(f"environment variable {variable} is not set")
+    return os.environ[variable]
+
+
+def _refuse_broken_templates(row: admin.WebhookRow) -> None:
+    hook = Webhook(
+        id=0,
+        name=row.name,
+        payload_url=row.payload_url,
+        additional_headers=row.additional_headers or "",
+        body_template=row.body_template or "",
+    )
+    with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
+        problems = rules.webhook_problems(hook, renders, f"webhook {row.name!r}")
+    if problems:
+        fail(f"{problems[0]} (nothing was stored: fix the template)", 2)
 
 
 def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
@@ -279,6 +344,48 @@ def rule_add(
             row.action_data = _json_option(action_data, "--action-data")
         db.add(row)
     out.print(f"rule {name} added", highlight=False)
+
+
+@rule_app.command("edit")
+def rule_edit(
+    name: Annotated[str, typer.Argument(help="The rule to change.")],
+    dsn: Dsn,
+    webhook: Annotated[str | None, typer.Option("--webhook", help="Webhook to call.")] = None,
+    table: Annotated[
+        list[str] | None, typer.Option("--table", help="schema.table; repeatable; replaces all.")
+    ] = None,
+    event: Annotated[
+        list[str] | None, typer.Option("--event", help="insert, update, delete, truncate.")
+    ] = None,
+    conditions: Annotated[
+        str | None, typer.Option(help="Conditions as JSON (NetBox syntax; 'null' for none).")
+    ] = None,
+    action_data: Annotated[
+        str | None, typer.Option(help="JSON object added to the context.")
+    ] = None,
+) -> None:
+    """Change some of a rule's fields; the others stay. The database checks them as on add."""
+    given = [webhook, table, event, conditions, action_data]
+    if all(value is None for value in given):
+        fail("nothing to change: give at least one option (relay rule edit --help)", 2)
+    with _session(dsn) as db:
+        rule = admin.rule_by_name(db, name)
+        if rule is None:
+            fail(f"no rule named {name!r} (relay rule list shows them)", 2)
+        if webhook is not None:
+            hook = admin.webhook_by_name(db, webhook)
+            if hook is None:
+                fail(f"no webhook named {webhook!r} (relay webhook list shows them)", 2)
+            rule.webhook_id = hook.id
+        if table is not None:
+            rule.tables = _split_all(table) or []
+        if event is not None:
+            rule.events = _split_all(event) or []
+        if conditions is not None:
+            rule.conditions = _json_option(conditions, "--conditions")
+        if action_data is not None:
+            rule.action_data = _json_option(action_data, "--action-data")
+    out.print(f"rule {name} changed", highlight=False)
 
 
 @rule_app.command("list")

@@ -34,6 +34,8 @@ DATABASE_COMMANDS = [
     ["rule", "remove", "r"],
     ["webhook", "disable", "w"],
     ["rule", "enable", "r"],
+    ["webhook", "edit", "w", "--url", "http://127.0.0.1:9/"],
+    ["rule", "edit", "r", "--event", "insert"],
     ["rules", "check"],
 ]
 ALL_COMMANDS = [

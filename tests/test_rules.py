@@ -136,6 +136,59 @@ def test_webhooks_and_rules_are_disabled_and_enabled_by_name(rconn, relay_dsn):
     assert missing.returncode == 2 and "no rule named 'nope'" in missing.stderr
 
 
+def test_webhooks_and_rules_are_edited_field_by_field(rconn, relay_dsn):
+    hook = add_webhook(rconn, name="orders", payload_url="https://a.test/", timeout_seconds=5)
+    add_webhook(rconn, name="audit")
+    add_rule(rconn, hook, name="paid", tables=["public.orders"])
+    edited = relay(
+        "webhook",
+        "edit",
+        "orders",
+        "--url",
+        "https://b.test/{{ model }}",
+        "--header",
+        "X-A: 1",
+        dsn=relay_dsn,
+    )
+    assert edited.returncode == 0, edited.stderr
+    row = rconn.execute(
+        "SELECT payload_url, additional_headers, timeout_seconds FROM relay.webhooks"
+        " WHERE name = 'orders'"
+    ).fetchone()
+    assert row == ("https://b.test/{{ model }}", "X-A: 1", 5)  # the timeout stayed
+    broken = relay("webhook", "edit", "orders", "--body-template", "{{ x ", dsn=relay_dsn)
+    assert broken.returncode == 2 and "nothing was stored" in broken.stderr
+    assert rconn.execute(
+        "SELECT body_template FROM relay.webhooks WHERE name = 'orders'"
+    ).fetchone() == ("",)
+    moved = relay(
+        "rule",
+        "edit",
+        "paid",
+        "--webhook",
+        "audit",
+        "--event",
+        "update",
+        "--conditions",
+        '{"attr": "data.status", "value": "paid"}',
+        dsn=relay_dsn,
+    )
+    assert moved.returncode == 0, moved.stderr
+    rule = rconn.execute(
+        "SELECT w.name, r.events, r.conditions, r.tables FROM relay.event_rules r"
+        " JOIN relay.webhooks w ON w.id = r.webhook_id"
+    ).fetchone()
+    assert rule == (
+        "audit",
+        ["update"],
+        {"attr": "data.status", "value": "paid"},
+        ["public.orders"],
+    )
+    for command in (("webhook", "edit", "orders"), ("rule", "edit", "paid")):
+        nothing = relay(*command, dsn=relay_dsn)
+        assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
+
+
 def test_webhook_and_rule_commands(relay_dsn):
     secret = "do-not-print-me"
     import os
