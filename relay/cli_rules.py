@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -290,22 +290,23 @@ def webhook_remove(name: str, dsn: Dsn) -> None:
 @webhook_app.command("enable")
 def webhook_enable(name: str, dsn: Dsn) -> None:
     """Send to a disabled webhook again (`relay retry` sends what failed meanwhile)."""
-    _switch_webhook(name, dsn, on=True)
+    _switch("webhook", admin.webhook_by_name, name, dsn, True)
 
 
 @webhook_app.command("disable")
 def webhook_disable(name: str, dsn: Dsn) -> None:
     """Stop sending to a webhook: its deliveries fail, saying it is disabled."""
-    _switch_webhook(name, dsn, on=False)
+    _switch("webhook", admin.webhook_by_name, name, dsn, False)
 
 
-def _switch_webhook(name: str, dsn: str, *, on: bool) -> None:
+def _switch(kind: str, find: Callable[[Session, str], Any], name: str, dsn: str, on: bool) -> None:
+    """Enable or disable the webhook or rule ``name`` (``find`` looks it up by name)."""
     with _session(dsn) as db:
-        hook = admin.webhook_by_name(db, name)
-        if hook is None:
-            fail(f"no webhook named {name!r} (relay webhook list shows them)", 2)
-        hook.enabled = on
-    out.print(f"webhook {name} {'enabled' if on else 'disabled'}", highlight=False)
+        row = find(db, name)
+        if row is None:
+            fail(f"no {kind} named {name!r} (relay {kind} list shows them)", 2)
+        row.enabled = on
+    out.print(f"{kind} {name} {'enabled' if on else 'disabled'}", highlight=False)
 
 
 @rule_app.command("add")
@@ -438,22 +439,13 @@ def rule_remove(name: str, dsn: Dsn) -> None:
 @rule_app.command("enable")
 def rule_enable(name: str, dsn: Dsn) -> None:
     """Match changes against a disabled rule again."""
-    _switch_rule(name, dsn, on=True)
+    _switch("rule", admin.rule_by_name, name, dsn, True)
 
 
 @rule_app.command("disable")
 def rule_disable(name: str, dsn: Dsn) -> None:
     """Stop matching changes against a rule (changes already matched still go)."""
-    _switch_rule(name, dsn, on=False)
-
-
-def _switch_rule(name: str, dsn: str, *, on: bool) -> None:
-    with _session(dsn) as db:
-        rule = admin.rule_by_name(db, name)
-        if rule is None:
-            fail(f"no rule named {name!r} (relay rule list shows them)", 2)
-        rule.enabled = on
-    out.print(f"rule {name} {'enabled' if on else 'disabled'}", highlight=False)
+    _switch("rule", admin.rule_by_name, name, dsn, False)
 
 
 @rules_app.command("check")
