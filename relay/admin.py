@@ -46,6 +46,9 @@ class WebhookRow(Base):
     ca_file_path: Mapped[str | None]
     timeout_seconds: Mapped[Decimal] = _defaulted()
     enabled: Mapped[bool] = _defaulted()
+    max_attempts: Mapped[int | None]
+    retry_base_seconds: Mapped[Decimal | None]
+    retry_max_seconds: Mapped[Decimal | None]
     created_at: Mapped[datetime] = _defaulted()
     updated_at: Mapped[datetime] = _defaulted()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import typer
@@ -281,6 +281,21 @@ def config(
     print_table(table)
 
 
+def _retries(webhook: dict[str, Any]) -> str:
+    """A webhook's own retry policy in a few words; "relay's" where the relay settings decide."""
+    attempts, base, cap = (
+        webhook[key] for key in ("max_attempts", "retry_base_seconds", "retry_max_seconds")
+    )
+    if attempts is None and base is None and cap is None:
+        return "relay's"
+    relays = "relay's"
+    return (
+        f"{relays if attempts is None else attempts} attempts, "
+        f"first after {relays if base is None else f'{base:g} s'}, "
+        f"at most {relays if cap is None else f'{cap:g} s'}"
+    )
+
+
 @app.command()
 def status(
     dsn: Dsn,
@@ -303,7 +318,9 @@ def status(
         f"{b['delivered']} delivered, {b['failed']} failed, {b['skipped']} skipped",
         highlight=False,
     )
-    hooks = Table("webhook", "enabled", "pending", "delivered", "failed", "last delivered")
+    hooks = Table(
+        "webhook", "enabled", "pending", "delivered", "failed", "last delivered", "retries"
+    )
     for w in current.webhooks:
         hooks.add_row(
             w["name"],
@@ -312,6 +329,7 @@ def status(
             str(w["delivered"]),
             str(w["failed"]),
             _when(w["last_delivered_at"]),
+            _retries(w),
         )
     print_table(hooks)
     if current.errors:

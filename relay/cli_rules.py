@@ -40,6 +40,19 @@ rules_app = group("All rules at once.")
 
 MASK = "******"
 
+MaxAttempts = Annotated[
+    int | None,
+    typer.Option(help="Attempts per delivery to this webhook (default: RELAY_MAX_ATTEMPTS)."),
+]
+RetryBase = Annotated[
+    float | None,
+    typer.Option(help="First retry delay, seconds (default: RELAY_RETRY_BASE_SECONDS)."),
+]
+RetryMax = Annotated[
+    float | None,
+    typer.Option(help="Longest retry delay, seconds (default: RELAY_RETRY_MAX_SECONDS)."),
+]
+
 
 @contextmanager
 def _session(dsn: str) -> Iterator[Session]:
@@ -116,6 +129,9 @@ def webhook_add(
     ca_file: Annotated[str | None, typer.Option(help="CA bundle to verify the receiver.")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
     enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
+    max_attempts: MaxAttempts = None,
+    retry_base_seconds: RetryBase = None,
+    retry_max_seconds: RetryMax = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
     template = _body_template(body_template, body_template_file) or ""
@@ -133,6 +149,9 @@ def webhook_add(
         ca_file_path=ca_file,
         timeout_seconds=Decimal(str(timeout)),
         enabled=enabled,
+        max_attempts=max_attempts,
+        retry_base_seconds=_decimal(retry_base_seconds),
+        retry_max_seconds=_decimal(retry_max_seconds),
     )
     _refuse_broken_templates(row)
     with _session(dsn) as db:
@@ -162,6 +181,16 @@ def webhook_edit(
     ] = None,
     ca_file: Annotated[str | None, typer.Option(help="CA bundle ('' for none).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Seconds per request.")] = None,
+    max_attempts: MaxAttempts = None,
+    retry_base_seconds: RetryBase = None,
+    retry_max_seconds: RetryMax = None,
+    retry_default: Annotated[
+        bool,
+        typer.Option(
+            "--retry-default",
+            help="Forget the webhook's own retry policy: the relay's settings apply again.",
+        ),
+    ] = False,
 ) -> None:
     """Change some of a webhook's fields; the others stay (templates compiled first)."""
     template = _body_template(body_template, body_template_file)
@@ -175,9 +204,16 @@ def webhook_edit(
         "secret": secret,
         "signature": signature,
         "ssl_verification": ssl_verification,
-        "timeout_seconds": None if timeout is None else Decimal(str(timeout)),
+        "timeout_seconds": _decimal(timeout),
+        "max_attempts": max_attempts,
+        "retry_base_seconds": _decimal(retry_base_seconds),
+        "retry_max_seconds": _decimal(retry_max_seconds),
     }
     changes = {key: value for key, value in changes.items() if value is not None}
+    if retry_default:
+        if {"max_attempts", "retry_base_seconds", "retry_max_seconds"} & changes.keys():
+            fail("--retry-default forgets the webhook's retry policy: give it alone or drop it", 2)
+        changes.update(max_attempts=None, retry_base_seconds=None, retry_max_seconds=None)
     if ca_file is not None:
         changes["ca_file_path"] = ca_file or None  # '' removes it
     if not changes:
@@ -190,6 +226,11 @@ def webhook_edit(
             setattr(hook, key, value)
         _refuse_broken_templates(hook)
     out.print(f"webhook {name} changed: {', '.join(sorted(changes))}", highlight=False)
+
+
+def _decimal(value: float | None) -> Decimal | None:
+    """Seconds as the database keeps them (exactly what was typed, not a binary float's digits)."""
+    return None if value is None else Decimal(str(value))
 
 
 def _body_template(text: str | None, path: Path | None) -> str | None:
@@ -267,10 +308,25 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "ssl_verification": hook.ssl_verification,
             "ca_file_path": hook.ca_file_path,
             "timeout_seconds": hook.timeout_seconds,
+            **_retry_fields(hook),
             "enabled": hook.enabled,
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)
+
+
+def _retry_fields(hook: admin.WebhookRow) -> dict[str, str]:
+    """The retry policy as it applies: the webhook's own values, or the relay setting that
+    decides (the relay process's, which this command cannot see)."""
+    own = {
+        "max_attempts": (hook.max_attempts, "RELAY_MAX_ATTEMPTS"),
+        "retry_base_seconds": (hook.retry_base_seconds, "RELAY_RETRY_BASE_SECONDS"),
+        "retry_max_seconds": (hook.retry_max_seconds, "RELAY_RETRY_MAX_SECONDS"),
+    }
+    return {
+        key: f"relay's {setting}" if value is None else str(value)
+        for key, (value, setting) in own.items()
+    }
 
 
 @webhook_app.command("remove")

@@ -144,6 +144,9 @@ class Webhook:
     ca_file_path: str | None = None
     timeout_seconds: Decimal = Decimal(10)
     enabled: bool = True
+    max_attempts: int | None = None
+    retry_base_seconds: Decimal | None = None
+    retry_max_seconds: Decimal | None = None
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,9 @@ def _webhook(row: Mapping[str, Any]) -> Webhook:
         ca_file_path=row["ca_file_path"],
         timeout_seconds=row["timeout_seconds"],
         enabled=row["webhook_enabled"],
+        max_attempts=row["max_attempts"],
+        retry_base_seconds=row["retry_base_seconds"],
+        retry_max_seconds=row["retry_max_seconds"],
     )
 
 

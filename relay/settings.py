@@ -115,13 +115,6 @@ class Settings(BaseSettings):
     def template_env_globs(self) -> list[str]:
         return [part.strip() for part in self.template_env_allow.split(",") if part.strip()]
 
-    def retry_delay(self, attempt: int, jitter: float, retry_after: float | None) -> float:
-        """Seconds before the attempt after ``attempt`` (1-based); ``jitter`` in [0.8, 1.2]."""
-        delay = min(self.retry_max_seconds, self.retry_base_seconds * 4.0 ** (attempt - 1)) * jitter
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        return min(delay, self.retry_max_seconds)
-
     def shown(self) -> dict[str, Any]:
         """Every setting by its variable name, secrets masked: what ``relay config`` prints."""
         values = self.model_dump()

@@ -43,6 +43,7 @@ from relay.reasons import describe, reason, redact
 from relay.record import Recorder, Result
 from relay.render import Change, RenderError, Webhook
 from relay.renderpool import RenderPool
+from relay.retry import RetryPolicy
 from relay.rules import Rule
 from relay.rulewatch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
@@ -460,7 +461,7 @@ class Worker:
 
     async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
         try:
-            if item.attempt > self.settings.max_attempts:
+            if item.attempt > self._policy(item).max_attempts:
                 result = self._exhausted(item)
             else:
                 async with self._slot(item.webhook_id):
@@ -534,6 +535,9 @@ class Worker:
             self.metrics.backlog.set(row[0])
             self.metrics.oldest_pending.set(row[1])
 
+    def _policy(self, item: Claimed) -> RetryPolicy:
+        return RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
+
     def _webhook_name(self, webhook_id: int) -> str:
         webhook = self.rules.ruleset.webhook(webhook_id)
         return webhook.name if webhook else str(webhook_id)
@@ -576,12 +580,13 @@ class Worker:
             self.metrics.paused.labels(self._webhook_name(hook)).set(1)
 
     def _exhausted(self, item: Claimed) -> Result:
-        """A delivery claimed once more than RELAY_MAX_ATTEMPTS allows: its last attempts never
-        reported an outcome (a relay died or lost its lease while sending). It fails unsent, and
-        this claim does not count, so its attempts stay at the limit."""
-        limit = self.settings.max_attempts
+        """A delivery claimed once more than its webhook's max attempts allow: its last attempts
+        never reported an outcome (a relay died or lost its lease while sending). It fails
+        unsent, and this claim does not count, so its attempts stay at the limit."""
+        policy = self._policy(item)
         why = (
-            f"failed after {limit} attempts (RELAY_MAX_ATTEMPTS); the last ones never reported "
+            f"failed after {policy.max_attempts} attempts ({policy.attempts_from}); the last ones "
+            "never reported "
             "an outcome (a relay stopped or lost its lease while sending)"
         )
         log.warning(
@@ -631,11 +636,11 @@ class Worker:
         self._breaker(item, outcome)
         if outcome.ok:
             status, retry_in = "delivered", 0.0
-        elif outcome.permanent or item.attempt >= self.settings.max_attempts:
+        elif outcome.permanent or self._policy(item).gives_up(item.attempt):
             status, retry_in = "failed", 0.0
         else:
             status = "pending"
-            retry_in = self.settings.retry_delay(
+            retry_in = self._policy(item).delay(
                 item.attempt, random.uniform(0.8, 1.2), outcome.retry_after
             )
         return Result(item.outbox_id, item.webhook_id, item.number, status, retry_in, outcome)

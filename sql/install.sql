@@ -82,4 +82,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 14) AS relay_app
 \ir migrations/0014_relays.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 15) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0015_webhook_retry.sql
+\endif
+
 COMMIT;

@@ -50,7 +50,8 @@ SELECT r.id, r.name, r.tables, r.events, r.conditions::text AS conditions,
        r.action_data::text AS action_data,
        w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
-       w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled
+       w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
+       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds
 FROM relay.event_rules r
 JOIN relay.webhooks w ON w.id = r.webhook_id
 WHERE r.enabled OR %(everything)s
@@ -60,7 +61,8 @@ ORDER BY r.id;
 -- Webhooks no rule calls, for `relay rules check` (the same columns as load_rules').
 SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
-       w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled
+       w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
+       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds
 FROM relay.webhooks w
 WHERE NOT EXISTS (SELECT FROM relay.event_rules r WHERE r.webhook_id = w.id)
 ORDER BY w.id;
@@ -403,14 +405,16 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
 FROM relay.outbox;
 
 -- name: status_webhooks
-SELECT w.name, w.enabled,
+-- Per webhook: its deliveries, and its own retry policy (NULL: the relays' settings).
+SELECT w.name, w.enabled, w.max_attempts, w.retry_base_seconds::float8 AS retry_base_seconds,
+       w.retry_max_seconds::float8 AS retry_max_seconds,
        count(d.*) FILTER (WHERE d.status = 'pending') AS pending,
        count(d.*) FILTER (WHERE d.status = 'delivered') AS delivered,
        count(d.*) FILTER (WHERE d.status = 'failed') AS failed,
        max(d.delivered_at) AS last_delivered_at
 FROM relay.webhooks w
 LEFT JOIN relay.deliveries d ON d.webhook_id = w.id
-GROUP BY w.id, w.name, w.enabled
+GROUP BY w.id
 ORDER BY w.name;
 
 -- name: status_errors

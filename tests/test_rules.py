@@ -189,6 +189,55 @@ def test_webhooks_and_rules_are_edited_field_by_field(rconn, relay_dsn):
         assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
 
 
+def test_a_webhooks_retry_policy_is_set_shown_and_forgotten(rconn, relay_dsn):
+    def policy() -> tuple:
+        return rconn.execute(
+            "SELECT max_attempts, retry_base_seconds, retry_max_seconds FROM relay.webhooks"
+        ).fetchone()
+
+    def status_retries() -> str:
+        shown = relay("status", "--json", dsn=relay_dsn)
+        assert shown.returncode == 0, shown.stderr
+        (hook,) = json.loads(shown.stdout)["webhooks"]
+        text = relay("status", dsn=relay_dsn).stdout
+        return f"{hook['max_attempts']} {hook['retry_base_seconds']} | {text}"
+
+    added = relay(
+        "webhook",
+        *("add", "slow", "--url", "http://127.0.0.1:9/"),
+        *("--max-attempts", "20", "--retry-base-seconds", "0.5"),
+        dsn=relay_dsn,
+    )
+    assert added.returncode == 0, added.stderr
+    assert policy() == (20, Decimal("0.5"), None)
+    shown = relay("webhook", "show", "slow", dsn=relay_dsn).stdout
+    assert "max_attempts: 20\n" in shown
+    assert "retry_base_seconds: 0.5\n" in shown
+    assert "retry_max_seconds: relay's RELAY_RETRY_MAX_SECONDS\n" in shown
+    assert "20 0.5 |" in status_retries()
+    assert "20 attempts, first after 0.5 s, at most relay's" in status_retries()
+
+    relay("webhook", "edit", "slow", "--retry-max-seconds", "86400", dsn=relay_dsn)
+    assert policy() == (20, Decimal("0.5"), Decimal(86400))
+    for bad, code, says in [  # 1: the database refuses the value; 2: the command line is wrong
+        (["--max-attempts", "0"], 1, "max_attempts must be from 1 to 1000"),
+        (["--retry-base-seconds", "-1"], 1, "retry_base_seconds must be more than 0"),
+        (["--retry-max-seconds", "0.1"], 1, "retry_max_seconds (0.1) is below retry_base"),
+        (["--retry-default", "--max-attempts", "3"], 2, "give it alone"),
+        (["--max-attempts", "many"], 2, "Invalid value for '--max-attempts'"),
+    ]:
+        refused = relay("webhook", "edit", "slow", *bad, dsn=relay_dsn)
+        assert refused.returncode == code, refused
+        assert says in refused.stderr and refused.stderr.count("\n") == 1
+    assert policy() == (20, Decimal("0.5"), Decimal(86400))
+
+    forgot = relay("webhook", "edit", "slow", "--retry-default", dsn=relay_dsn)
+    assert forgot.returncode == 0, forgot.stderr
+    assert policy() == (None, None, None)
+    assert "relay's RELAY_MAX_ATTEMPTS" in relay("webhook", "show", "slow", dsn=relay_dsn).stdout
+    assert "None None | " in status_retries()
+
+
 def test_webhook_and_rule_commands(relay_dsn):
     secret = "do-not-print-me"
     import os

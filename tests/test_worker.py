@@ -153,6 +153,42 @@ def test_the_log_tells_a_retry_from_the_final_failure(rconn, relay_dsn):
     assert said == [(1, "retrying", True), (2, "retrying", True), (3, "failed", False)]
 
 
+def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn, relay_dsn):
+    """Two webhooks, one refusing receiver: "own" gives up after its 2 attempts, two seconds
+    apart; "usual" keeps the relay's 4 attempts and delays of a fraction of a second."""
+
+    async def refusing(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    async def scenario() -> list[dict]:
+        async with receiver(refusing) as r:
+            setup(rconn, r.url, "usual")
+            setup(rconn, r.url, "own", max_attempts=2, retry_base_seconds=2, retry_max_seconds=3)
+            with capture_logs() as events:
+                async with running(relay_dsn, FAST.model_copy(update={"max_attempts": 4})):
+                    await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                    await until(lambda: deliveries() == [("failed",), ("failed",)])
+            return [e for e in events if e["event"] == "delivery"]
+
+    def deliveries() -> list[tuple[str]]:
+        return rconn.execute("SELECT status::text FROM relay.deliveries").fetchall()
+
+    events = asyncio.run(scenario())
+    tries = rconn.execute(
+        "SELECT w.name, count(*), max(a.attempted_at) - min(a.attempted_at)"
+        " FROM relay.attempts a JOIN relay.webhooks w ON w.id = a.webhook_id GROUP BY w.name"
+    ).fetchall()
+    counts = {name: count for name, count, _ in tries}
+    assert counts == {"own": 2, "usual": 4}
+    gap = {name: span.total_seconds() for name, _, span in tries}
+    assert gap["own"] >= 1.6  # 2 s, less 20% of jitter
+    assert gap["usual"] < 1.5  # 0.05 s, 0.2 s, then the relay's cap of 0.5 s, +-20%
+    own = [(e["attempt"], e["outcome"]) for e in events if e["webhook"] == "own"]
+    assert own == [(1, "retrying"), (2, "failed")]
+    retry = next(e for e in events if e["webhook"] == "own" and e["outcome"] == "retrying")
+    assert 1.6 <= retry["next_attempt_in_s"] <= 2.4
+
+
 def test_attempts_are_numbered_across_a_requeue(rconn, relay_dsn):
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
