@@ -28,6 +28,8 @@ class TrackedTable:
     tracked_at: datetime
     capture_current: bool
     """False between DDL on the table and the regeneration of its capture functions."""
+    model: str | None
+    """The model name its changes carry (None: the table name)."""
 
     @property
     def qualified_name(self) -> str:
@@ -41,6 +43,7 @@ def track(
     events: Sequence[str] | None = None,
     update_columns: Sequence[str] | None = None,
     exclude_columns: Sequence[str] | None = None,
+    model: str | None = None,
 ) -> None:
     """Attach capture to ``table`` (a name as SQL would write it), replacing earlier options."""
     conn.execute(
@@ -50,6 +53,7 @@ def track(
             "events": list(events) if events is not None else None,
             "update_columns": list(update_columns) if update_columns is not None else None,
             "exclude_columns": list(exclude_columns) if exclude_columns is not None else None,
+            "model": model,
         },
     )
 

@@ -16,13 +16,14 @@ from relay.cli_common import (
     EnvFile,
     OptionalDsn,
     dsn_of,
-    err,
     explain,
     fail,
     group,
     load_settings,
     out,
     print_table,
+    say_error,
+    styled,
 )
 from relay.cli_common import database as _database
 from relay.cli_rules import preview, rule_app, rules_app, webhook_app
@@ -106,6 +107,13 @@ def track(
         str | None,
         typer.Option(help="Columns never written to the outbox (secrets, tokens)."),
     ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help='Model name webhooks see, e.g. dcim.device: model "device", object_type '
+            '"dcim.device" (default: the table name).'
+        ),
+    ] = None,
 ) -> None:
     """Capture changes to TABLE into the outbox (running it again replaces the options)."""
     with _database(dsn) as conn:
@@ -115,6 +123,7 @@ def track(
             events=_split(events),
             update_columns=_split(update_columns),
             exclude_columns=_split(exclude_columns),
+            model=model,
         )
     out.print(f"tracking {table}", highlight=False)
 
@@ -136,11 +145,19 @@ def tracked(dsn: Dsn) -> None:
     with _database(dsn) as conn:
         rows = capture.tracked(conn)
     table = Table(
-        "table", "events", "update columns", "excluded", "primary key", "partitioned", "capture"
+        "table",
+        "model",
+        "events",
+        "update columns",
+        "excluded",
+        "primary key",
+        "partitioned",
+        "capture",
     )
     for row in rows:
         table.add_row(
             row.qualified_name,
+            row.model or "-",
             ",".join(row.events),
             ",".join(row.update_columns or []) or "any",
             ",".join(row.exclude_columns) or "-",
@@ -168,7 +185,7 @@ def demo(
     from relay.tempcluster import NoPostgres
 
     try:
-        demo_module.run(out, dsn)
+        demo_module.run(styled, dsn)
     except NoPostgres as exc:
         fail(str(exc), 2)
 
@@ -317,6 +334,7 @@ def status(
         f"oldest {'-' if oldest is None else f'{oldest:.1f} s'}; "
         f"{b['delivered']} delivered, {b['failed']} failed, {b['skipped']} skipped",
         highlight=False,
+        markup=True,
     )
     hooks = Table(
         "webhook", "enabled", "pending", "delivered", "failed", "last delivered", "retries"
@@ -510,5 +528,5 @@ def main() -> None:
 
 
 def _last_words(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say_error(message)
     sys.exit(code)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 import psycopg
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from relay import settings as settings_module
@@ -19,8 +20,14 @@ from relay.settings import Settings, SettingsError
 
 # Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
 # in the middle cannot be pasted back. On a terminal, its width.
-out = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 10_000)
-err = Console(stderr=True, soft_wrap=True)
+out = Console(
+    soft_wrap=not sys.stdout.isatty(),
+    width=None if sys.stdout.isatty() else 10_000,
+    markup=False,  # names, URLs and templates hold brackets: styles are asked for by markup=True
+)
+styled = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 10_000)
+"""Standard output with markup, for the demo: its text is relay's own."""
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _readable_dsn(value: str | None) -> str | None:
@@ -71,8 +78,15 @@ def group(help_text: str) -> typer.Typer:
     return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
 
 
+def say_error(message: str) -> None:
+    """One line on stderr: the message's own brackets are text (a name such as "[/]" is not
+    markup), and its line breaks are shown as \\n so that the error stays one line."""
+    flat = message.replace("\r", "\\r").replace("\n", "\\n")
+    err.print(f"[bold red]error:[/] {escape(flat)}", highlight=False, soft_wrap=True, markup=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    say_error(message)
     raise typer.Exit(code)
 
 
@@ -129,7 +143,9 @@ def print_table(table: Table) -> None:
 
 def print_fields(fields: Mapping[str, Any]) -> None:
     for key, value in fields.items():
-        out.print(f"[bold]{key}:[/] {value}", highlight=False, soft_wrap=True)
+        out.print(
+            f"[bold]{key}:[/] {escape(str(value))}", highlight=False, soft_wrap=True, markup=True
+        )
 
 
 def load_settings(env_file: Path | None) -> Settings:

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 import psycopg
 import sqlalchemy.exc
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.orm import Session
 
@@ -540,6 +542,9 @@ def preview(
                 fail(f"no change with id {outbox_id} in relay.outbox")
         elif table is not None:
             change = _made_up_change(table, new, old, event)
+            change = replace(
+                change, model=rules.model_of(conn, change.schema_name, change.table_name)
+            )
         else:
             fail("give --outbox-id N, or --table T with --new and/or --old")
     chosen = next((r for r in ruleset.rules if r.name == rule), None)
@@ -571,7 +576,11 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
 
 def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
     hook = rule.webhook
-    out.print(f"[bold]rule[/] {rule.name} → [bold]webhook[/] {hook.name}", highlight=False)
+    out.print(
+        f"[bold]rule[/] {escape(rule.name)} → [bold]webhook[/] {escape(hook.name)}",
+        highlight=False,
+        markup=True,
+    )
     notes = []
     if not rule.covers(change):
         notes.append(f"the rule does not cover {change.op} on {change.object_type}")
@@ -581,9 +590,11 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
     status = (
         "matched" if verdict.matched else f"not matched ({verdict.reason}): nothing would be sent"
     )
-    out.print(f"[bold]conditions[/] {status}", highlight=False, soft_wrap=True)
+    out.print(f"[bold]conditions[/] {escape(status)}", highlight=False, soft_wrap=True, markup=True)
     for note in notes:
-        out.print(f"[yellow]note:[/] {note}; nothing would be sent", highlight=False)
+        out.print(
+            f"[yellow]note:[/] {escape(note)}; nothing would be sent", highlight=False, markup=True
+        )
     try:
         with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
             request = renders.request(
@@ -597,7 +608,7 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
         for secret in secrets:
             value = value.replace(secret, MASK)
         out.print(f"{key}: {value}", highlight=False, markup=False, soft_wrap=True)
-    out.print(f"[dim](secret: {_masked(hook.secret)})[/]", highlight=False)
+    out.print(f"[dim](secret: {_masked(hook.secret)})[/]", highlight=False, markup=True)
     out.print()
     out.print(
         request.body.decode("utf-8", errors="replace"),

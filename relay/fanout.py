@@ -62,6 +62,7 @@ def arrival(
         request_id=row["request_id"],
         txid=row["txid"],
         created_at=row["created_at"],
+        model=row["model"],
     )
     return Arrival(change, row["old_pk"], row["bytes"], too_large)
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 
 from relay.sign import verify
@@ -25,9 +26,14 @@ def application(console: Console, secret: str | None, status: int) -> web.Applic
         count += 1
         body = await request.read()
         when = datetime.now(UTC).isoformat(timespec="milliseconds")
-        console.rule(f"[bold]#{count}[/] {when} {request.method} {request.path_qs}", align="left")
+        console.rule(
+            f"[bold]#{count}[/] {when} {escape(request.method)} {escape(request.path_qs)}",
+            align="left",
+        )
         for name, value in request.headers.items():
-            console.print(f"[bold]{name}:[/] {value}", highlight=False, soft_wrap=True)
+            console.print(
+                f"[bold]{escape(name)}:[/] {escape(value)}", highlight=False, soft_wrap=True
+            )
         console.print()
         try:
             pretty = json.dumps(json.loads(body), indent=2, ensure_ascii=False)

@@ -96,6 +96,8 @@ class Change:
     request_id: str | None
     txid: str
     created_at: datetime
+    model: str | None = None
+    """The table's model name (``relay.track(..., model => 'dcim.device')``), if it has one."""
 
     @classmethod
     def of(cls, *, old: Any = None, new: Any = None, pk: Any = None, **fields: Any) -> Change:
@@ -121,7 +123,15 @@ class Change:
 
     @property
     def object_type(self) -> str:
+        """NetBox's "app_label.model" when the model name has a dot, else ``schema.table``."""
+        if self.model and "." in self.model:
+            return self.model
         return f"{self.schema_name}.{self.table_name}"
+
+    @property
+    def model_name(self) -> str:
+        """NetBox's model: the part of the model name after its last dot, else the table."""
+        return self.model.rpartition(".")[2] if self.model else self.table_name
 
     @property
     def table_key(self) -> tuple[str, str]:
@@ -177,7 +187,7 @@ def _context(
     core = {
         "event": EVENTS[change.op],
         "timestamp": change.created_at.isoformat(),
-        "model": change.table_name,
+        "model": change.model_name,
         "object_type": change.object_type,
         "username": change.username,
         "request_id": change.request_id,

@@ -250,7 +250,15 @@ def change_from_row(row: Mapping[str, Any]) -> Change:
         request_id=row["request_id"],
         txid=row["txid"],
         created_at=row["created_at"],
+        model=row["model"],
     )
+
+
+def model_of(conn: Conn, schema_name: str, table_name: str) -> str | None:
+    """The model name a tracked table's changes carry, None for the table's own name."""
+    params = {"schema_name": schema_name, "table_name": table_name}
+    row = conn.execute(query("tracked_model"), params).fetchone()
+    return row[0] if row else None
 
 
 def installation_id(conn: Conn) -> str:

@@ -87,4 +87,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 15) AS relay_app
 \ir migrations/0015_webhook_retry.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 16) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0016_model.sql
+\endif
+
 COMMIT;

@@ -16,14 +16,15 @@ SELECT relay.track(
     %(table)s::regclass,
     coalesce(%(events)s::text[], ARRAY['insert', 'update', 'delete', 'truncate']),
     %(update_columns)s::text[],
-    %(exclude_columns)s::text[]);
+    %(exclude_columns)s::text[],
+    %(model)s::text);
 
 -- name: untrack
 SELECT relay.untrack(%(table)s::regclass);
 
 -- name: list_tracked
 SELECT schema_name, table_name, partitioned, events, update_columns, exclude_columns,
-       pk_columns, tracked_at, capture_current
+       pk_columns, tracked_at, capture_current, model
 FROM relay.tracked
 ORDER BY schema_name, table_name;
 
@@ -74,9 +75,15 @@ SELECT version FROM relay.rules_version;
 -- name: outbox_change
 -- One outbox row for rendering; the images as their json text, so that numbers keep their exact
 -- digits.
-SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text, username,
-       request_id, txid::text, created_at
-FROM relay.outbox WHERE id = %(id)s;
+SELECT o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
+       o.username, o.request_id, o.txid::text, o.created_at,
+       (SELECT t.model FROM relay.tracked_tables t
+        WHERE t.tbl = to_regclass(format('%%I.%%I', o.schema_name, o.table_name))) AS model
+FROM relay.outbox o WHERE o.id = %(id)s;
+
+-- name: tracked_model
+-- The model name a made-up change of this table would carry (relay preview --table).
+SELECT model FROM relay.tracked WHERE schema_name = %(schema_name)s AND table_name = %(table_name)s;
 
 -- name: changes_to_fan_out
 -- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003): only the
@@ -117,6 +124,8 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
        o.username, o.request_id, o.txid::text, o.created_at,
+       (SELECT t.model FROM relay.tracked_tables t
+        WHERE t.tbl = to_regclass(format('%%I.%%I', o.schema_name, o.table_name))) AS model,
        here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running
 FROM here LEFT JOIN (candidates c JOIN relay.outbox o ON o.id = c.id) ON true
@@ -269,6 +278,8 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
+          (SELECT t.model FROM relay.tracked_tables t
+           WHERE t.tbl = to_regclass(format('%%I.%%I', o.schema_name, o.table_name))) AS model,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 

@@ -130,3 +130,41 @@ def test_help_shows_whole_option_names_and_no_type_for_flags():
     assert "--body-template-file" in shown.stdout
     assert "--ssl-verification / --no-ssl-verification" in shown.stdout
     assert "<bool>" not in shown.stdout and "…" not in shown.stdout
+
+
+def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn):
+    assert relay("install", dsn=db_dsn).returncode == 0
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE dcim_device (id int PRIMARY KEY, name text)")
+
+        def model() -> str | None:
+            return conn.execute("SELECT model FROM relay.tracked").fetchone()[0]
+
+        tracked = relay("track", "dcim_device", "--model", "dcim.device", dsn=db_dsn)
+        assert tracked.returncode == 0, tracked.stderr
+        assert model() == "dcim.device"
+        (row,) = [
+            line for line in relay("tracked", dsn=db_dsn).stdout.splitlines() if "dcim" in line
+        ]
+        assert row.split()[1:4] == ["public.dcim_device", "│", "dcim.device"]
+
+        conn.execute("INSERT INTO relay.webhooks (name, payload_url) VALUES ('w', 'http://x/')")
+        conn.execute(
+            "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+            " SELECT 'r', ARRAY['public.dcim_device'], id FROM relay.webhooks"
+        )
+        made_up = ["--table", "public.dcim_device", "--new", '{"id": 1}']
+        preview = relay("preview", "--rule", "r", *made_up, dsn=db_dsn)
+        assert preview.returncode == 0, preview.stderr
+        assert '"model": "device"' in preview.stdout
+        assert '"object_type": "dcim.device"' in preview.stdout
+
+        for bad in ["", " device", "device ", "dcim.", ".device", "a\nb", "x" * 201]:
+            refused = relay("track", "dcim_device", "--model", bad, dsn=db_dsn)
+            assert refused.returncode == 1, (bad, refused)
+            assert "is not a model name such as device or dcim.device" in refused.stderr
+            assert len(refused.stderr.splitlines()) == 1
+        assert model() == "dcim.device"  # each refusal changed nothing
+
+        assert relay("track", "dcim_device", dsn=db_dsn).returncode == 0
+        assert model() is None  # tracking again replaces every option: the table name again

@@ -150,3 +150,18 @@ def test_a_receiver_port_that_cannot_be_listened_on():
         done = relay("receive", "--port", port)
     assert one_line(done, 2, "cannot listen on", "Address already in use") is None
     assert "listening" not in done.stdout
+
+
+def test_names_with_brackets_are_text_not_styles(db_dsn):
+    """A name, URL or template may hold "[/]" or "[bold]": printed as written, never a crash."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        schema.install(conn)
+    added = relay("webhook", "add", "[/]x", "--url", "http://127.0.0.1:9/[bold]", dsn=db_dsn)
+    assert added.returncode == 0 and added.stdout == "webhook [/]x added\n", added
+    shown = relay("webhook", "show", "[/]x", dsn=db_dsn)
+    assert (
+        "name: [/]x\n" in shown.stdout
+        and "payload_url: http://127.0.0.1:9/[bold]\n" in shown.stdout
+    )
+    assert "[/]x" in relay("webhook", "list", dsn=db_dsn).stdout
+    assert one_line(relay("webhook", "show", "[bold]y", dsn=db_dsn), 1, "'[bold]y'") is None

@@ -65,15 +65,17 @@ def test_receive_prints_numbered_requests_and_checks_signatures():
             post(port, body, bad),
             post(port, body, standard),
             post(port, b"plain text", {}),
+            post(port, b"[/] brackets", {"X-Style": "[/][bold]not a style"}),
         ]
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=20)
-    assert statuses == [202] * 4
+    assert statuses == [202] * 5
     assert "#1" in output and "#4" in output and "POST /hook?x=1" in output
     assert "signature (netbox): valid" in output
     assert "signature (netbox): INVALID" in output
     assert "signature (standard): valid" in output
     assert "signature: none" in output and "plain text" in output
     assert '"name": "café"' in output  # pretty JSON, non-ASCII kept
+    assert "X-Style: [/][bold]not a style" in output  # a sender's brackets are text
     assert output.index("#1") < output.index("#2") < output.index("#3") < output.index("#4")

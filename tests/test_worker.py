@@ -189,6 +189,34 @@ def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn, relay_dsn):
     assert 1.6 <= retry["next_attempt_in_s"] <= 2.4
 
 
+def test_a_tables_model_name_reaches_the_body_and_the_conditions(rconn, relay_dsn):
+    """relay.track(..., model => 'dcim.device'): a NetBox receiver sees model "device" and
+    object_type "dcim.device", and a rule can match on the model."""
+
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            rconn.execute("SELECT relay.track('items', model => 'dcim.device')")
+            rconn.execute("CREATE TABLE sites (id int PRIMARY KEY)")
+            rconn.execute("SELECT relay.track('sites', model => 'Site')")
+            rconn.execute(
+                "UPDATE relay.event_rules SET tables = ARRAY['public.items', 'public.sites'],"
+                ' conditions = \'{"attr": "model", "op": "in", "value": ["device", "Site"]}\''
+            )
+            async with running(relay_dsn):
+                await sql(
+                    relay_dsn, "INSERT INTO items VALUES (1, 0)", "INSERT INTO sites VALUES (2)"
+                )
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 2)
+            return r
+
+    sent = sorted(bodies(asyncio.run(scenario())), key=lambda body: body["id"])
+    assert [(b["model"], b["object_type"], b["data"]["id"]) for b in sent] == [
+        ("device", "dcim.device", 1),
+        ("Site", "public.sites", 2),
+    ]
+
+
 def test_attempts_are_numbered_across_a_requeue(rconn, relay_dsn):
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
