@@ -1,0 +1,1 @@
+"""Helpers for web frameworks, each importing its framework only when used."""

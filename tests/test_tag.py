@@ -1,0 +1,106 @@
+"""relay.tag: an application tags its transaction's changes in one line, with psycopg or
+SQLAlchemy, and is told clearly when there is no transaction to tag."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+import relay
+
+
+def tags(rconn) -> list[tuple[str, str]]:
+    return rconn.execute("SELECT username, request_id FROM relay.outbox ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def items(rconn):
+    rconn.execute("CREATE TABLE items (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('items')")
+    return rconn
+
+
+def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn):
+    with psycopg.connect(relay_dsn, autocommit=True) as conn:
+        with pytest.raises(relay.NoTransaction, match=r"conn\.transaction"):
+            relay.tag(conn, username="alice")
+        with conn.transaction():
+            relay.tag(conn, username="alice", request_id="req-1")
+            conn.execute("INSERT INTO items VALUES (1), (2)")
+        conn.execute("INSERT INTO items VALUES (3)")  # the next transaction is not tagged
+        role = conn.execute("SELECT session_user").fetchone()[0]
+    with psycopg.connect(relay_dsn) as conn:  # not autocommit: the tag opens the transaction
+        relay.tag(conn, request_id="req-2")
+        conn.execute("INSERT INTO items VALUES (4)")
+        conn.commit()
+    recorded = tags(items)
+    assert recorded[:2] == [("alice", "req-1")] * 2
+    assert recorded[2][0] == role and recorded[2][1] not in ("req-1", "req-2")
+    assert recorded[3] == (role, "req-2")
+
+
+def test_a_failed_transaction_is_not_tagged(items, relay_dsn):
+    with psycopg.connect(relay_dsn) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")
+        with pytest.raises(relay.NoTransaction, match="roll it back first"):
+            relay.tag(conn, username="alice")
+
+
+def test_sqlalchemy_sessions_and_connections(items, relay_dsn):
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(relay_dsn))
+    try:
+        with Session(engine) as session, session.begin():
+            relay.tag(session, username="bob", request_id="from-a-session")
+            session.execute(text("INSERT INTO items VALUES (1)"))
+        with engine.begin() as connection:
+            relay.tag(connection, username="carol")
+            connection.execute(text("INSERT INTO items VALUES (2)"))
+        autocommit = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        with autocommit as connection, pytest.raises(relay.NoTransaction, match="AUTOCOMMIT"):
+            relay.tag(connection, username="dave")
+    finally:
+        engine.dispose()
+    recorded = tags(items)
+    assert recorded[0] == ("bob", "from-a-session")
+    assert recorded[1][0] == "carol"
+    assert len(recorded) == 2
+
+
+def test_asyncio_psycopg(items, relay_dsn):
+    async def scenario() -> None:
+        async with await psycopg.AsyncConnection.connect(relay_dsn, autocommit=True) as conn:
+            with pytest.raises(relay.NoTransaction):
+                await relay.atag(conn, username="erin")
+            async with conn.transaction():
+                await relay.atag(conn, username="erin", request_id="async")
+                await conn.execute("INSERT INTO items VALUES (1)")
+
+    asyncio.run(scenario())
+    assert tags(items) == [("erin", "async")]
+
+
+def test_hostile_values_are_recorded_exactly(items, relay_dsn):
+    names = ["o'brien\"; DROP TABLE items; --", "名前 ✓", "x" * 10_000, "%s %(x)s {}"]
+    with psycopg.connect(relay_dsn) as conn:
+        for number, name in enumerate(names):
+            relay.tag(conn, username=name, request_id=name[::-1])
+            conn.execute("INSERT INTO items VALUES (%s)", (number,))
+            conn.commit()
+    assert tags(items) == [(name, name[::-1]) for name in names]
+
+
+def test_bad_arguments_say_what_is_wrong(relay_dsn):
+    with psycopg.connect(relay_dsn) as conn:
+        with pytest.raises(ValueError, match="give username, request_id or both"):
+            relay.tag(conn)
+        with pytest.raises(TypeError, match="username must be a str"):
+            relay.tag(conn, username=7)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="request_id holds a NUL"):
+            relay.tag(conn, request_id="a\x00b")
+    with pytest.raises(TypeError, match="not str"):
+        relay.tag("postgresql://", username="x")  # type: ignore[arg-type]
