@@ -32,7 +32,7 @@ class RelayContextMiddleware:
     a list of aliases, narrows them). Django runs in autocommit, where a transaction-local
     setting would end with the statement, so the values are set for the database session at
     the request's first query and cleared when the response is ready; a tag set inside a
-    transaction or savepoint that may have rolled back is set again at the next query."""
+    transaction or savepoint that rolled back is set again at the next query."""
 
     sync_capable = True
     async_capable = False
@@ -73,8 +73,10 @@ class _Tagger:
         self.request_id = request_id
         self.session: Any = None
         """The DB-API connection tagged, None before the first query: a reconnect is untagged."""
-        self.depth: int | None = None
-        """Savepoints open when it was tagged inside a transaction; None once it is committed."""
+        self.pending: Callable[[], None] | None = None
+        """Tagged inside a transaction: the on_commit callback that says it was committed.
+        Django drops it when that transaction, or the savepoint it was set in, rolls back,
+        which is exactly when PostgreSQL undoes the setting."""
         self.busy = False
 
     def __call__(
@@ -96,17 +98,22 @@ class _Tagger:
     def _stale(self, connection: Any) -> bool:
         if self.session is not connection.connection:
             return True
-        if self.depth is None:
+        if self.pending is None:
             return False
-        # Tagged inside a transaction: a rollback of it, or of the savepoint it was set in,
-        # undoes the setting. Once that transaction or savepoint is over, set it again.
-        return not connection.in_atomic_block or len(connection.savepoint_ids) < self.depth
+        return not any(entry[1] is self.pending for entry in connection.run_on_commit)
 
     def _tag(self, connection: Any, cursor: Any) -> None:
         sql, params = statement(_username(self.request), self.request_id, local=False)
         cursor.execute(sql, params)
         self.session = connection.connection
-        self.depth = len(connection.savepoint_ids) if connection.in_atomic_block else None
+        self.pending = None
+        if connection.in_atomic_block:
+
+            def committed() -> None:
+                self.pending = None
+
+            self.pending = committed
+            connection.on_commit(committed)
 
     def clear(self) -> None:
         """Untag the session before the connection serves another request. One that cannot be
