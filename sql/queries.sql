@@ -78,7 +78,7 @@ SELECT version FROM relay.rules_version;
 SELECT o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
        o.username, o.request_id, o.txid::text, o.created_at,
        (SELECT t.model FROM relay.tracked_tables t
-        WHERE t.tbl = to_regclass(format('%%I.%%I', o.schema_name, o.table_name))) AS model
+        WHERE t.tbl = to_regclass(quote_ident(o.schema_name) || '.' || quote_ident(o.table_name))) AS model
 FROM relay.outbox o WHERE o.id = %(id)s;
 
 -- name: tracked_model
@@ -125,7 +125,7 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
        o.username, o.request_id, o.txid::text, o.created_at,
        (SELECT t.model FROM relay.tracked_tables t
-        WHERE t.tbl = to_regclass(format('%%I.%%I', o.schema_name, o.table_name))) AS model,
+        WHERE t.tbl = to_regclass(quote_ident(o.schema_name) || '.' || quote_ident(o.table_name))) AS model,
        here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running
 FROM here LEFT JOIN (candidates c JOIN relay.outbox o ON o.id = c.id) ON true
@@ -279,7 +279,7 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
           (SELECT t.model FROM relay.tracked_tables t
-           WHERE t.tbl = to_regclass(format('%%I.%%I', o.schema_name, o.table_name))) AS model,
+           WHERE t.tbl = to_regclass(quote_ident(o.schema_name) || '.' || quote_ident(o.table_name))) AS model,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 
