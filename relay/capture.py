@@ -33,7 +33,13 @@ class TrackedTable:
 
     @property
     def qualified_name(self) -> str:
-        return f"{self.schema_name}.{self.table_name}"
+        """``schema.table`` as event rules write it: a part holding a dot or a double quote is
+        quoted, so that the name reads back as this table and no other."""
+        return ".".join(_rule_part(part) for part in (self.schema_name, self.table_name))
+
+
+def _rule_part(name: str) -> str:
+    return f'"{name.replace(chr(34), chr(34) * 2)}"' if "." in name or '"' in name else name
 
 
 def track(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -78,11 +79,29 @@ def group(help_text: str) -> typer.Typer:
     return typer.Typer(help=help_text, no_args_is_help=True, rich_markup_mode=None)
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""What would break an error's one line or write to the terminal: control characters (the
+escape sequences' ESC among them) and Unicode's line and paragraph separators."""
+
+
+def visible(text: str, keep: str = "") -> str:
+    """``text`` with control characters and line separators escaped (``\\x1b``, ``\\n``),
+    but those in ``keep``: what comes from elsewhere never drives the terminal."""
+    return _UNPRINTABLE.sub(
+        lambda m: m.group() if m.group() in keep else m.group().encode("unicode_escape").decode(),
+        text,
+    )
+
+
 def say_error(message: str) -> None:
     """One line on stderr: the message's own brackets are text (a name such as "[/]" is not
-    markup), and its line breaks are shown as \\n so that the error stays one line."""
-    flat = message.replace("\r", "\\r").replace("\n", "\\n")
-    err.print(f"[bold red]error:[/] {escape(flat)}", highlight=False, soft_wrap=True, markup=True)
+    markup), and control characters and line breaks are shown escaped (\\n, \\x1b)."""
+    err.print(
+        f"[bold red]error:[/] {escape(visible(message))}",
+        highlight=False,
+        soft_wrap=True,
+        markup=True,
+    )
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

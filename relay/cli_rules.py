@@ -44,7 +44,11 @@ MASK = "******"
 
 MaxAttempts = Annotated[
     int | None,
-    typer.Option(help="Attempts per delivery to this webhook (default: RELAY_MAX_ATTEMPTS)."),
+    typer.Option(
+        min=1,
+        max=1000,
+        help="Attempts per delivery to this webhook, 1 to 1000 (default: RELAY_MAX_ATTEMPTS).",
+    ),
 ]
 RetryBase = Annotated[
     float | None,
@@ -554,14 +558,21 @@ def preview(
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
-    schema_name, _, table_name = table.rpartition(".")
+    key = rules.table_key(table) or rules.table_key(f"public.{table}")
+    if key is None:
+        fail(
+            f"--table {table!r} is not a table name as rules write them: schema.table, a part "
+            'in double quotes when it holds a dot or a quote ("we.ird"."v1.2")',
+            2,
+        )
+    schema_name, table_name = key
     new_row, old_row = _row_option(new, "--new"), _row_option(old, "--old")
     op = event or ("update" if new_row and old_row else "insert" if new_row else "delete")
     if op not in ("insert", "update", "delete", "truncate"):
         fail(f"unknown event {op!r}")
     return Change.of(
         id=0,
-        schema_name=schema_name or "public",
+        schema_name=schema_name,
         table_name=table_name,
         op=op,
         old=old_row,

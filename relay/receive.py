@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from datetime import UTC, datetime
 
@@ -15,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
 
+from relay.cli_common import visible
 from relay.sign import verify
 
 
@@ -26,21 +28,19 @@ def application(console: Console, secret: str | None, status: int) -> web.Applic
         count += 1
         body = await request.read()
         when = datetime.now(UTC).isoformat(timespec="milliseconds")
-        console.rule(
-            f"[bold]#{count}[/] {when} {escape(request.method)} {escape(request.path_qs)}",
-            align="left",
-        )
+        head = escape(visible(f"{request.method} {request.path_qs}"))
+        console.rule(f"[bold]#{count}[/] {when} {head}", align="left")
         for name, value in request.headers.items():
-            console.print(
-                f"[bold]{escape(name)}:[/] {escape(value)}", highlight=False, soft_wrap=True
-            )
+            line = f"[bold]{escape(visible(name))}:[/] {escape(visible(value))}"
+            console.print(line, highlight=False, soft_wrap=True)
         console.print()
         try:
             pretty = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
         except ValueError:
-            console.print(body.decode("utf-8", errors="replace"), highlight=False, markup=False)
+            text = visible(body.decode("utf-8", errors="replace"), keep="\n\t")
+            console.print(text, highlight=False, markup=False)
         else:
-            console.print(Syntax(pretty, "json", word_wrap=True))
+            console.print(Syntax(visible(pretty, keep="\n"), "json", word_wrap=True))
         if secret is not None:
             checked = verify(request.headers, body, secret)
             if checked is None:
@@ -58,10 +58,27 @@ def application(console: Console, secret: str | None, status: int) -> web.Applic
     return app
 
 
+class _OneLine(logging.Formatter):
+    """aiohttp's word on a request it could not read (a bad header, a body cut short): one
+    line with the reason, not a traceback of aiohttp's parser."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            reason = " ".join(part.strip() for part in str(record.exc_info[1]).splitlines())
+            text += f": {reason[:300] or type(record.exc_info[1]).__name__}"
+        return visible(text)
+
+
 def serve(host: str, port: int, secret: str | None, status: int) -> None:
     """Serve until Ctrl-C. OSError when the address cannot be listened on, before anything is
     printed."""
     console = Console(file=sys.stdout, soft_wrap=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    server_log = logging.getLogger("aiohttp.server")
+    server_log.addHandler(handler)
+    server_log.propagate = False
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(console, host, port, secret, status))
 

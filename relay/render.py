@@ -205,6 +205,18 @@ def _raw(text: str | None) -> simplejson.RawJSON | None:
     return None if text is None else simplejson.RawJSON(text)
 
 
+def header_line(line: str, what: str) -> tuple[str, str] | None:
+    """A rendered header line as (name, value), None when blank; RenderError when it is not
+    ``Name: Value``. Control characters leave the value, so no data can end the header."""
+    if not line.strip():
+        return None
+    name, sep, value = line.partition(":")
+    name = name.strip()
+    if not sep or not _HEADER_NAME.match(name):
+        raise RenderError(f"{what}: {line[:80]!r} is not 'Name: Value'")
+    return name, _CONTROL.sub("", value).strip()
+
+
 def needs_jinja(webhook: Webhook) -> bool:
     """Whether any of the webhook's fields is a template (has a ``{``): without one, rendering is
     a JSON dump of the row and nothing a template could make costly."""
@@ -283,14 +295,9 @@ class Renderer:
         headers: dict[str, str] = {}
         for number, template in enumerate(source.splitlines(), 1):
             what = f"additional_headers line {number}"
-            line = self.render(template, ctx, what)
-            if not line.strip():
-                continue
-            name, sep, value = line.partition(":")
-            name = name.strip()
-            if not sep or not _HEADER_NAME.match(name):
-                raise RenderError(f"{what}: {line[:80]!r} is not 'Name: Value'")
-            headers[name] = _CONTROL.sub("", value).strip()
+            header = header_line(self.render(template, ctx, what), what)
+            if header is not None:
+                headers[header[0]] = header[1]
         return headers
 
     def request(

@@ -30,6 +30,7 @@ from relay.render import (
     UnreadableJSON,
     Webhook,
     context,
+    header_line,
     loads,
 )
 from relay.sqlfiles import query
@@ -304,7 +305,8 @@ def check(
 
 
 def webhook_problems(hook: Webhook, renderer: TemplateChecker, where: str) -> list[Problem]:
-    """What stops a webhook's templates (URL, body, each header line) from compiling."""
+    """What stops a webhook's templates (URL, body, each header line) from compiling, and the
+    header lines without a template that are not ``Name: Value`` (every request would fail)."""
     fields = {"payload_url": hook.payload_url, "body_template": hook.body_template}
     for number, line in enumerate(hook.additional_headers.splitlines(), 1):
         fields[f"additional_headers line {number}"] = line
@@ -312,6 +314,8 @@ def webhook_problems(hook: Webhook, renderer: TemplateChecker, where: str) -> li
     for name, source in fields.items():
         try:
             renderer.check(source, name)
+            if name.startswith("additional_headers") and "{" not in source:
+                header_line(source, name)
         except RenderError as exc:
             problems.append(Problem(where, str(exc)))
     return problems

@@ -11,7 +11,13 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection as SAConnection
     from sqlalchemy.orm import Session
 
-__all__ = ["NoTransaction", "atag", "statement", "tag"]
+__all__ = ["CLEAR", "NoTransaction", "atag", "statement", "tag"]
+
+CLEAR = (
+    "SELECT pg_catalog.set_config('relay.username', '', false), "
+    "pg_catalog.set_config('relay.request_id', '', false)"
+)
+"""Untags a database session (an empty value is no tag: changes fall back to the defaults)."""
 
 
 class NoTransaction(RuntimeError):
@@ -33,6 +39,11 @@ def statement(
             raise TypeError(f"relay.tag: {name.split('.')[1]} must be a str, not {type(value)}")
         if "\x00" in value:
             raise ValueError(f"relay.tag: {name.split('.')[1]} holds a NUL character")
+        if not value:
+            raise ValueError(
+                f"relay.tag: {name.split('.')[1]} is empty (leave it out, or None, to keep "
+                "the default)"
+            )
     scope = "true" if local else "false"
     calls = ", ".join(f"pg_catalog.set_config('{name}', %s, {scope})" for name in given)
     return f"SELECT {calls}", list(given.values())
@@ -52,11 +63,13 @@ def tag(
     sql, params = statement(username, request_id)
     if isinstance(conn, psycopg.Connection):
         _check(conn, "wrap the writes in `with conn.transaction():` and tag inside it")
-        conn.execute(sql, params)
+        with psycopg.Cursor(conn) as cursor:  # not conn.cursor(): its factory may be any
+            cursor.execute(sql, params)
         return
     connection = _sqlalchemy_connection(conn)
-    driver = connection.connection.dbapi_connection
-    if not isinstance(driver, psycopg.Connection):
+    # psycopg's own connection, also under an AsyncSession's run_sync (an async adapter then)
+    driver = connection.connection.driver_connection
+    if not isinstance(driver, psycopg.Connection | psycopg.AsyncConnection):
         raise TypeError("relay.tag: the SQLAlchemy engine must use psycopg 3 (postgresql+psycopg)")
     _check(driver, "use a transaction (`with engine.begin() as conn:`), not AUTOCOMMIT")
     connection.exec_driver_sql(sql, tuple(params))
@@ -70,9 +83,12 @@ async def atag(
 ) -> None:
     """:func:`tag` for an asyncio psycopg connection. (A SQLAlchemy AsyncSession tags with
     ``await session.run_sync(relay.tag, username=...)``.)"""
+    if not isinstance(conn, psycopg.AsyncConnection):
+        raise TypeError(f"relay.atag takes a psycopg AsyncConnection, not {type(conn).__name__}")
     sql, params = statement(username, request_id)
     _check(conn, "wrap the writes in `async with conn.transaction():` and tag inside it")
-    await conn.execute(sql, params)
+    async with psycopg.AsyncCursor(conn) as cursor:
+        await cursor.execute(sql, params)
 
 
 def _check(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], fix: str) -> None:

@@ -92,4 +92,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 16) AS relay_app
 \ir migrations/0016_model.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 17) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0017_names.sql
+\endif
+
 COMMIT;

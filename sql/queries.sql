@@ -77,8 +77,8 @@ SELECT version FROM relay.rules_version;
 -- digits.
 SELECT o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
        o.username, o.request_id, o.txid::text, o.created_at,
-       (SELECT t.model FROM relay.tracked_tables t
-        WHERE t.tbl = to_regclass(quote_ident(o.schema_name) || '.' || quote_ident(o.table_name))) AS model
+       (SELECT v.model FROM relay.tracked v
+        WHERE v.schema_name = o.schema_name AND v.table_name = o.table_name) AS model
 FROM relay.outbox o WHERE o.id = %(id)s;
 
 -- name: tracked_model
@@ -124,8 +124,8 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
        o.username, o.request_id, o.txid::text, o.created_at,
-       (SELECT t.model FROM relay.tracked_tables t
-        WHERE t.tbl = to_regclass(quote_ident(o.schema_name) || '.' || quote_ident(o.table_name))) AS model,
+       (SELECT v.model FROM relay.tracked v
+        WHERE v.schema_name = o.schema_name AND v.table_name = o.table_name) AS model,
        here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running
 FROM here LEFT JOIN (candidates c JOIN relay.outbox o ON o.id = c.id) ON true
@@ -278,8 +278,8 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
-          (SELECT t.model FROM relay.tracked_tables t
-           WHERE t.tbl = to_regclass(quote_ident(o.schema_name) || '.' || quote_ident(o.table_name))) AS model,
+          (SELECT v.model FROM relay.tracked v
+           WHERE v.schema_name = o.schema_name AND v.table_name = o.table_name) AS model,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 

@@ -56,6 +56,21 @@ def reconnect_then_write(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
+def manual_transaction(request: HttpRequest) -> HttpResponse:
+    """Django's older API: a transaction it does not follow through atomic()."""
+    transaction.set_autocommit(False)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        transaction.rollback()
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO items (note) VALUES ('after a manual rollback')")
+        transaction.commit()
+    finally:
+        transaction.set_autocommit(True)
+    return HttpResponse("ok")
+
+
 def no_database(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
@@ -64,6 +79,7 @@ urlpatterns = [
     path("write", write),
     path("rollbacks", rolled_back_then_write),
     path("reconnect", reconnect_then_write),
+    path("manual", manual_transaction),
     path("nothing", no_database),
 ]
 
@@ -109,6 +125,7 @@ def main(dsn: str) -> None:
     answers["hostile id"] = client.get("/write", HTTP_X_REQUEST_ID="bad id; with spaces")
     answers["rollbacks"] = client.get("/rollbacks")
     answers["reconnect"] = client.get("/reconnect")
+    answers["manual"] = client.get("/manual")
     answers["nothing"] = client.get("/nothing")
     client.logout()
     answers["anonymous"] = client.get("/write")

@@ -159,7 +159,7 @@ def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn):
         assert '"model": "device"' in preview.stdout
         assert '"object_type": "dcim.device"' in preview.stdout
 
-        for bad in ["", " device", "device ", "dcim.", ".device", "a\nb", "x" * 201]:
+        for bad in ["", " device", "dcim.", ".device", "a\nb", "x" * 201, "a\u2028b", "\xa0a", "é"]:
             refused = relay("track", "dcim_device", "--model", bad, dsn=db_dsn)
             assert refused.returncode == 1, (bad, refused)
             assert "is not a model name such as device or dcim.device" in refused.stderr
@@ -168,3 +168,24 @@ def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn):
 
         assert relay("track", "dcim_device", dsn=db_dsn).returncode == 0
         assert model() is None  # tracking again replaces every option: the table name again
+
+
+def test_names_with_dots_and_quotes_are_written_as_rules_write_them(db_dsn):
+    assert relay("install", dsn=db_dsn).returncode == 0
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Sch""ema"')
+        conn.execute('CREATE TABLE "Sch""ema"."We""ird.Täb" (id int PRIMARY KEY)')
+        conn.execute("""SELECT relay.track('"Sch""ema"."We""ird.Täb"', model => 'x.y')""")
+        conn.execute("INSERT INTO relay.webhooks (name, payload_url) VALUES ('w', 'http://x/')")
+        conn.execute(
+            "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+            """ SELECT 'r', ARRAY['"Sch""ema"."We""ird.Täb"'], id FROM relay.webhooks"""
+        )
+    spelled = '"Sch""ema"."We""ird.Täb"'
+    assert spelled in relay("tracked", dsn=db_dsn).stdout
+    shown = relay("preview", "--rule", "r", "--table", spelled, "--new", '{"id": 1}', dsn=db_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert "conditions matched" in shown.stdout and "note:" not in shown.stdout
+    assert '"model": "y"' in shown.stdout and '"object_type": "x.y"' in shown.stdout
+    unreadable = relay("preview", "--rule", "r", "--table", 'a."b', "--new", "{}", dsn=db_dsn)
+    assert unreadable.returncode == 2 and "is not a table name as rules write" in unreadable.stderr

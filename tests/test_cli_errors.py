@@ -165,3 +165,22 @@ def test_names_with_brackets_are_text_not_styles(db_dsn):
     )
     assert "[/]x" in relay("webhook", "list", dsn=db_dsn).stdout
     assert one_line(relay("webhook", "show", "[bold]y", dsn=db_dsn), 1, "'[bold]y'") is None
+
+
+def test_names_with_control_characters_are_refused_in_one_line(db_dsn):
+    """A line break or an escape sequence in a name would split log lines and write to the
+    operator's terminal: refused by the database, whoever writes the row."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        schema.install(conn)
+    for name in ["esc\x1b[31mred", "two\nlines", "c1\x9bx", "sep\u2028x"]:
+        done = relay("webhook", "add", name, "--url", "http://127.0.0.1:9/", dsn=db_dsn)
+        assert one_line(done, 1, "holds a control character or a line break") is None
+        assert "\x1b" not in done.stderr
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO relay.webhooks (name, payload_url) VALUES ('w', 'http://x/')")
+        with pytest.raises(psycopg.errors.CheckViolation, match="event rule name"):
+            conn.execute(
+                "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+                " SELECT E'r\\n', ARRAY['public.t'], id FROM relay.webhooks"
+            )
+        assert conn.execute("SELECT count(*) FROM relay.webhooks").fetchone() == (1,)

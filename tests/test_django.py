@@ -26,7 +26,7 @@ def test_every_change_of_a_request_carries_its_user_and_request_id(rconn, relay_
     assert set(result["status"].values()) == {200}
     ids = result["request_ids"]
     assert ids["given id"] == "req-from-proxy"
-    assert len({ids["made id"], ids["hostile id"], ids["rollbacks"], ids["reconnect"]}) == 4
+    assert len({ids[name] for name in ids if name != "given id"}) == len(ids) - 1
     assert "bad id" not in ids["hostile id"]  # not a plain token: a new id instead
 
     role = rconn.execute("SELECT current_user").fetchone()[0]
@@ -42,6 +42,7 @@ def test_every_change_of_a_request_carries_its_user_and_request_id(rconn, relay_
         ("/write second", "alice", ids["hostile id"]),
         ("after rollbacks", "alice", ids["rollbacks"]),
         ("after a reconnect", "alice", ids["reconnect"]),
+        ("after a manual rollback", "alice", ids["manual"]),
         ("/write first", role, ids["anonymous"]),  # no user: the database role, as without
         ("/write second", role, ids["anonymous"]),
     ]

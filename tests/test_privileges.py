@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,6 +35,7 @@ def roles(db_dsn, make_role, conn):
         "installer": make_conninfo(db_dsn, user=installer),
         "app": make_conninfo(db_dsn, user=app),
         "app_name": app,
+        "installer_name": installer,
     }
 
 
@@ -123,11 +125,19 @@ def test_service_role_grants(roles, make_role, db_dsn):
 
 def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, monkeypatch):
     """The whole delivery path (fan-out, claims, outcomes, statistics, purge) as the service
-    role: what sql/service_role.sql grants is enough."""
+    role: what sql/service_role.sql grants is enough, also for a table in a schema the service
+    role has no right to (shop), with a model name."""
     service = make_role("svc")
+    with psycopg.connect(db_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE SCHEMA shop AUTHORIZATION {roles['app_name']}")
+    with psycopg.connect(roles["app"], autocommit=True) as app:
+        app.execute("CREATE TABLE shop.items (id int PRIMARY KEY)")
+        app.execute(f"GRANT USAGE ON SCHEMA shop TO {roles['installer_name']}")
+        app.execute(f"GRANT TRIGGER ON shop.items TO {roles['installer_name']}")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         schema.install(inst)
         capture.track(inst, "public.orders")
+        capture.track(inst, "shop.items", model="shop.item")
     grant_service_role(roles, service)
     service_dsn = make_conninfo(db_dsn, user=service)
     settings = Settings(**{**FAST.model_dump(), "attempt_retention_days": 1})
@@ -142,12 +152,15 @@ def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, m
                 )
                 inst.execute(
                     "INSERT INTO relay.event_rules (name, tables, webhook_id)"
-                    " SELECT 'r', ARRAY['public.orders'], id FROM relay.webhooks"
+                    " SELECT 'r', ARRAY['public.orders', 'shop.items'], id FROM relay.webhooks"
                 )
             async with running(service_dsn, settings):
                 with psycopg.connect(roles["app"], autocommit=True) as app:
-                    app.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 20) g")
+                    app.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 19) g")
+                    app.execute("INSERT INTO shop.items VALUES (1)")
                 await until(lambda: len(r.requests) == 20)
+                models = {json.loads(request.body)["model"] for request in r.requests}
+                assert models == {"orders", "item"}
                 with psycopg.connect(roles["installer"]) as inst:
                     await until(lambda: {row["status"] for row in outbox(inst)} == {"delivered"})
             return len(r.requests)

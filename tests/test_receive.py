@@ -66,11 +66,16 @@ def test_receive_prints_numbered_requests_and_checks_signatures():
             post(port, body, standard),
             post(port, b"plain text", {}),
             post(port, b"[/] brackets", {"X-Style": "[/][bold]not a style"}),
+            post(port, b"\x1b[2J\x1b]0;pwned\x07 \xc2\x9b1m", {}),
+            post(port, b'{"a": "\\u001b[31m\\u0085"}', json_type),
         ]
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.0 400")
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=20)
-    assert statuses == [202] * 5
+        output, errors = process.communicate(timeout=20)
+    assert statuses == [202] * 7
     assert "#1" in output and "#4" in output and "POST /hook?x=1" in output
     assert "signature (netbox): valid" in output
     assert "signature (netbox): INVALID" in output
@@ -78,4 +83,11 @@ def test_receive_prints_numbered_requests_and_checks_signatures():
     assert "signature: none" in output and "plain text" in output
     assert '"name": "café"' in output  # pretty JSON, non-ASCII kept
     assert "X-Style: [/][bold]not a style" in output  # a sender's brackets are text
+    # A sender's control characters are shown, never sent to the terminal.
+    assert "\x1b" not in output and "\x9b" not in output and "\x85" not in output
+    assert "\\x1b[2J\\x1b]0;pwned\\x07 \\x9b1m" in output
+    assert '"a": "\\u001b[31m\\x85"' in output  # JSON's own escape, then ours
+    # A request that cannot be read: one line saying why, no traceback.
+    assert "Traceback" not in errors
+    assert "Invalid character in Content-Length" in errors.splitlines()[0]
     assert output.index("#1") < output.index("#2") < output.index("#3") < output.index("#4")

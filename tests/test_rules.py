@@ -8,6 +8,8 @@ import json
 import time
 from decimal import Decimal
 
+import psycopg
+import pytest
 from helpers import outbox
 from test_cli import relay
 from test_renderpool import STUCK
@@ -110,6 +112,17 @@ def test_rules_check_looks_at_webhooks_no_rule_uses_and_add_refuses_a_broken_tem
     assert rconn.execute("SELECT count(*) FROM relay.webhooks WHERE name = 'typo'").fetchone() == (
         0,
     )
+
+
+def test_a_header_line_that_is_not_name_colon_value_is_refused_and_reported(rconn, relay_dsn):
+    add_webhook(rconn, name="stored", additional_headers="X-Ok: 1\nnocolon\nX-T: {{ event }}")
+    checked = relay("rules", "check", dsn=relay_dsn)
+    assert checked.returncode == 1
+    assert "additional_headers line 2: 'nocolon' is not 'Name: Value'" in checked.stdout
+    assert "line 1" not in checked.stdout and "line 3" not in checked.stdout
+    for command in (("add", "new", "--url", "https://x.test/"), ("edit", "stored")):
+        refused = relay("webhook", *command, "--header", "Bad Name: x", dsn=relay_dsn)
+        assert refused.returncode == 2 and "is not 'Name: Value'" in refused.stderr
 
 
 def test_webhooks_and_rules_are_disabled_and_enabled_by_name(rconn, relay_dsn):
@@ -220,8 +233,14 @@ def test_a_webhooks_retry_policy_is_set_shown_and_forgotten(rconn, relay_dsn):
     relay("webhook", "edit", "slow", "--retry-max-seconds", "86400", dsn=relay_dsn)
     assert policy() == (20, Decimal("0.5"), Decimal(86400))
     for bad, code, says in [  # 1: the database refuses the value; 2: the command line is wrong
-        (["--max-attempts", "0"], 1, "max_attempts must be from 1 to 1000"),
-        (["--retry-base-seconds", "-1"], 1, "retry_base_seconds must be more than 0"),
+        (
+            ["--max-attempts", "0"],
+            2,
+            "'--max-attempts': Input should be greater than or equal to 1",
+        ),
+        (["--max-attempts", "99999999999"], 2, "Invalid value for '--max-attempts'"),
+        (["--retry-base-seconds", "-1"], 1, "retry_base_seconds must be from 0.001"),
+        (["--retry-base-seconds", "1e-400"], 1, "retry_base_seconds must be from 0.001"),
         (["--retry-max-seconds", "0.1"], 1, "retry_max_seconds (0.1) is below retry_base"),
         (["--retry-default", "--max-attempts", "3"], 2, "give it alone"),
         (["--max-attempts", "many"], 2, "Invalid value for '--max-attempts'"),
@@ -229,6 +248,15 @@ def test_a_webhooks_retry_policy_is_set_shown_and_forgotten(rconn, relay_dsn):
         refused = relay("webhook", "edit", "slow", *bad, dsn=relay_dsn)
         assert refused.returncode == code, refused
         assert says in refused.stderr and refused.stderr.count("\n") == 1
+    assert policy() == (20, Decimal("0.5"), Decimal(86400))
+    for column, value, says in [  # plain SQL meets the same checks
+        ("max_attempts", "0", "max_attempts must be from 1 to 1000"),
+        ("max_attempts", "1001", "max_attempts must be from 1 to 1000"),
+        ("retry_base_seconds", "'NaN'", "retry_base_seconds must be from 0.001 to 86400"),
+        ("retry_max_seconds", "'Infinity'", "retry_max_seconds must be from 0.001 to 2592000"),
+    ]:
+        with pytest.raises(psycopg.errors.CheckViolation, match=says):
+            rconn.execute(f"UPDATE relay.webhooks SET {column} = {value}")
     assert policy() == (20, Decimal("0.5"), Decimal(86400))
 
     forgot = relay("webhook", "edit", "slow", "--retry-default", dsn=relay_dsn)

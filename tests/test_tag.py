@@ -8,6 +8,7 @@ import asyncio
 import psycopg
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import relay
@@ -71,6 +72,27 @@ def test_sqlalchemy_sessions_and_connections(items, relay_dsn):
     assert len(recorded) == 2
 
 
+def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn):
+    with psycopg.connect(relay_dsn, cursor_factory=psycopg.RawCursor) as conn:
+        relay.tag(conn, username="raw")  # its own cursor: %s, whatever conn.cursor() makes
+        conn.execute("INSERT INTO items VALUES ($1)", (1,))
+
+    async def scenario() -> None:
+        engine = create_async_engine(
+            "postgresql+psycopg://",
+            async_creator=lambda: psycopg.AsyncConnection.connect(relay_dsn),
+        )
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                await session.run_sync(relay.tag, username="async-session")
+                await session.execute(text("INSERT INTO items VALUES (2)"))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+    assert [name for name, _ in tags(items)] == ["raw", "async-session"]
+
+
 def test_asyncio_psycopg(items, relay_dsn):
     async def scenario() -> None:
         async with await psycopg.AsyncConnection.connect(relay_dsn, autocommit=True) as conn:
@@ -102,5 +124,10 @@ def test_bad_arguments_say_what_is_wrong(relay_dsn):
             relay.tag(conn, username=7)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="request_id holds a NUL"):
             relay.tag(conn, request_id="a\x00b")
+        with pytest.raises(ValueError, match="username is empty"):
+            relay.tag(conn, username="")
+        with pytest.raises(TypeError, match="takes a psycopg AsyncConnection"):
+            asyncio.run(relay.atag(conn, username="x"))  # type: ignore[arg-type]
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # nothing ran
     with pytest.raises(TypeError, match="not str"):
         relay.tag("postgresql://", username="x")  # type: ignore[arg-type]

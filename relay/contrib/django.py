@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from relay.tag import statement
+from relay.tag import CLEAR, statement
 
 __all__ = ["RelayContextMiddleware"]
 
@@ -77,6 +77,9 @@ class _Tagger:
         """Tagged inside a transaction: the on_commit callback that says it was committed.
         Django drops it when that transaction, or the savepoint it was set in, rolls back,
         which is exactly when PostgreSQL undoes the setting."""
+        self.unsure = False
+        """Tagged in a transaction Django does not follow (``set_autocommit(False)``, then
+        ``transaction.rollback()``): set again before every query while it lasts."""
         self.busy = False
 
     def __call__(
@@ -98,6 +101,8 @@ class _Tagger:
     def _stale(self, connection: Any) -> bool:
         if self.session is not connection.connection:
             return True
+        if self.unsure:
+            return True
         if self.pending is None:
             return False
         return not any(entry[1] is self.pending for entry in connection.run_on_commit)
@@ -107,6 +112,7 @@ class _Tagger:
         cursor.execute(sql, params)
         self.session = connection.connection
         self.pending = None
+        self.unsure = not connection.in_atomic_block and not connection.get_autocommit()
         if connection.in_atomic_block:
 
             def committed() -> None:
@@ -124,7 +130,7 @@ class _Tagger:
             return
         try:
             with self.session.cursor() as cursor:
-                cursor.execute(*statement("", "", local=False))
+                cursor.execute(CLEAR)
         except Exception:  # the driver's own errors: this cursor is psycopg's, not Django's
             connection.close()
 

@@ -23,12 +23,14 @@ BEGIN
         RAISE EXCEPTION 'webhook "%": max_attempts must be from 1 to 1000 (NULL: the relay''s RELAY_MAX_ATTEMPTS)',
             NEW.name USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.retry_base_seconds <= 0 OR NEW.retry_base_seconds > 86400 THEN
-        RAISE EXCEPTION 'webhook "%": retry_base_seconds must be more than 0 and at most 86400 (NULL: the relay''s RELAY_RETRY_BASE_SECONDS)',
+    -- At least a millisecond: a smaller delay is a busy loop, and a float cannot hold every
+    -- positive numeric (1e-400 is 0 in Python).
+    IF NEW.retry_base_seconds < 0.001 OR NEW.retry_base_seconds > 86400 THEN
+        RAISE EXCEPTION 'webhook "%": retry_base_seconds must be from 0.001 to 86400 (NULL: the relay''s RELAY_RETRY_BASE_SECONDS)',
             NEW.name USING ERRCODE = 'check_violation';
     END IF;
-    IF NEW.retry_max_seconds <= 0 OR NEW.retry_max_seconds > 2592000 THEN
-        RAISE EXCEPTION 'webhook "%": retry_max_seconds must be more than 0 and at most 2592000 (30 days; NULL: the relay''s RELAY_RETRY_MAX_SECONDS)',
+    IF NEW.retry_max_seconds < 0.001 OR NEW.retry_max_seconds > 2592000 THEN
+        RAISE EXCEPTION 'webhook "%": retry_max_seconds must be from 0.001 to 2592000 (30 days; NULL: the relay''s RELAY_RETRY_MAX_SECONDS)',
             NEW.name USING ERRCODE = 'check_violation';
     END IF;
     IF NEW.retry_max_seconds < NEW.retry_base_seconds THEN

@@ -5,12 +5,12 @@
 -- table; the relay reads it with each change (relay/render.py: "model" is the part after the
 -- last dot, "object_type" the whole name when it has a dot). NULL: the table name, as before.
 
--- A model name: 1 to 200 characters, no control characters, neither starting nor ending with a
--- dot or a space (the part after the last dot must not be empty).
+-- A model name: 1 to 200 printable ASCII characters without spaces, neither starting nor ending
+-- with a dot (the part after the last dot must not be empty). No control, format or
+-- line-separator character can reach a receiver's logs or an operator's terminal through it.
 CREATE FUNCTION relay.is_model_name(name text) RETURNS boolean
 LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT pg_catalog.length(name) <= 200
-       AND name OPERATOR(pg_catalog.~) '^[^[:cntrl:][:space:].]([^[:cntrl:]]*[^[:cntrl:][:space:].])?$'
+    SELECT name OPERATOR(pg_catalog.~) '^[!-\-/-~]([!-~]{0,198}[!-\-/-~])?$'
 $$;
 
 ALTER TABLE relay.tracked_tables ADD COLUMN model text
@@ -47,7 +47,7 @@ CREATE FUNCTION relay.track(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT relay.is_model_name(model) THEN
-        RAISE EXCEPTION 'relay.track: model % is not a model name such as device or dcim.device (1 to 200 characters without control characters, neither starting nor ending with a dot or a space)',
+        RAISE EXCEPTION 'relay.track: model % is not a model name such as device or dcim.device (1 to 200 printable ASCII characters without spaces, neither starting nor ending with a dot)',
             pg_catalog.quote_literal(model);
     END IF;
     PERFORM relay.track_options(tbl, events, update_columns, exclude_columns);
