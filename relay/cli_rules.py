@@ -23,7 +23,10 @@ from sqlalchemy.orm import Session
 from relay import admin, rules
 from relay.cli_common import (
     Dsn,
+    EnvFile,
+    OptionalDsn,
     database,
+    dsn_of,
     explain,
     fail,
     group,
@@ -35,6 +38,7 @@ from relay.cli_common import (
 from relay.db import DatabaseUnavailable, first_line
 from relay.render import Change, RenderError, Webhook, loads
 from relay.renderpool import BlockingRenderPool
+from relay.settings import Settings
 
 webhook_app = group("Webhooks: where changes are sent.")
 rule_app = group("Event rules: which changes go to which webhook.")
@@ -511,12 +515,13 @@ def rule_disable(name: str, dsn: Dsn) -> None:
 
 
 @rules_app.command("check")
-def rules_check(dsn: Dsn) -> None:
+def rules_check(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     """Compile every template and validate every condition; report each problem."""
-    with database(dsn) as conn:
+    settings = load_settings(env_file)
+    with database(dsn_of(dsn, settings)) as conn:
         ruleset = rules.load(conn, everything=True)
         unused = rules.unused_webhooks(conn)
-    with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
+    with BlockingRenderPool(settings.template_env_globs) as renders:
         problems = rules.check(ruleset.rules, renders, unused)
     for problem in problems:
         out.print(str(problem), highlight=False, soft_wrap=True)
@@ -528,16 +533,19 @@ def rules_check(dsn: Dsn) -> None:
 
 
 def preview(
-    dsn: Dsn,
     rule: Annotated[str, typer.Option("--rule", help="Rule to preview.")],
+    dsn: OptionalDsn = None,
+    env_file: EnvFile = None,
     outbox_id: Annotated[int | None, typer.Option(help="A change from relay.outbox.")] = None,
     table: Annotated[str | None, typer.Option(help="schema.table of a made-up change.")] = None,
     new: Annotated[str | None, typer.Option(help="Made-up row after the change (JSON).")] = None,
     old: Annotated[str | None, typer.Option(help="Made-up row before the change (JSON).")] = None,
     event: Annotated[str | None, typer.Option(help="insert, update or delete.")] = None,
 ) -> None:
-    """Show the request a rule would send for a change, without sending it."""
-    with database(dsn) as conn:
+    """Show the request a rule would send for a change, without sending it (with the settings
+    `relay run` would have: the environment, then --env-file)."""
+    settings = load_settings(env_file)
+    with database(dsn_of(dsn, settings)) as conn:
         ruleset = rules.load(conn, everything=True)
         installation = rules.installation_id(conn)
         if outbox_id is not None:
@@ -554,7 +562,7 @@ def preview(
     chosen = next((r for r in ruleset.rules if r.name == rule), None)
     if chosen is None:
         fail(f"no rule named {rule!r}")
-    _print_preview(chosen, change, installation)
+    _print_preview(chosen, change, installation, settings)
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
@@ -585,7 +593,7 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
     )
 
 
-def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
+def _print_preview(rule: rules.Rule, change: Change, installation: str, settings: Settings) -> None:
     hook = rule.webhook
     out.print(
         f"[bold]rule[/] {escape(rule.name)} → [bold]webhook[/] {escape(hook.name)}",
@@ -607,7 +615,7 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str) -> None:
             f"[yellow]note:[/] {escape(note)}; nothing would be sent", highlight=False, markup=True
         )
     try:
-        with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
+        with BlockingRenderPool(settings.template_env_globs) as renders:
             request = renders.request(
                 hook, change, rule.action_data, timestamp=int(time.time()), source=installation
             )

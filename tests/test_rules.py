@@ -407,3 +407,20 @@ def test_preview_and_rules_check_apply_the_limits_relay_run_does(rconn, relay_ds
     assert checked.returncode == 1, checked.stderr
     assert "webhook 'deep' (rule 'deep'): body_template: RecursionError" in checked.stdout
     assert "Traceback" not in checked.stderr
+
+
+def test_preview_and_rules_check_read_the_env_file_relay_run_reads(rconn, relay_dsn, tmp_path):
+    hook = add_webhook(rconn, name="crm", additional_headers='X-Token: {{ "CRM_TOKEN" | env }}')
+    add_rule(rconn, hook, name="crm")
+    env_file = tmp_path / "relay.env"
+    env_file.write_text(f"RELAY_DSN={relay_dsn}\nRELAY_TEMPLATE_ENV_ALLOW=CRM_*\n")
+    made_up = ["--table", "public.orders", "--new", '{"id": 1}']
+    env = {"CRM_TOKEN": "token-from-the-environment"}
+
+    without = relay("preview", "--rule", "crm", *made_up, dsn=relay_dsn, env=env)
+    assert without.returncode == 1 and "CRM_TOKEN" in without.stderr  # not allowed
+    shown = relay("preview", "--rule", "crm", *made_up, "--env-file", str(env_file), env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "X-Token: " in shown.stdout  # read (the value itself is masked in output)
+    checked = relay("rules", "check", "--env-file", str(env_file), env=env)
+    assert checked.returncode == 0 and "no problems" in checked.stdout, checked
