@@ -144,7 +144,8 @@ async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
                 "SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text,"
-                " username, request_id, txid::text, created_at FROM relay.outbox ORDER BY id"
+                " username, request_id, txid::text, created_at, NULL AS model"
+                " FROM relay.outbox ORDER BY id"
             ).fetchall()
     renderer = Renderer()
     requests = []
