@@ -15,6 +15,7 @@ from relay.cli_common import (
     Dsn,
     EnvFile,
     OptionalDsn,
+    add_row,
     dsn_of,
     explain,
     fail,
@@ -155,7 +156,8 @@ def tracked(dsn: Dsn) -> None:
         "capture",
     )
     for row in rows:
-        table.add_row(
+        add_row(
+            table,
             row.qualified_name,
             row.model or "-",
             ",".join(row.events),
@@ -294,7 +296,7 @@ def config(
         return
     table = Table("setting", "value")
     for name, value in shown.items():
-        table.add_row(name, "" if value is None else str(value))
+        add_row(table, name, "" if value is None else str(value))
     print_table(table)
 
 
@@ -340,7 +342,8 @@ def status(
         "webhook", "enabled", "pending", "delivered", "failed", "last delivered", "retries"
     )
     for w in current.webhooks:
-        hooks.add_row(
+        add_row(
+            hooks,
             w["name"],
             "yes" if w["enabled"] else "no",
             str(w["pending"]),
@@ -353,7 +356,8 @@ def status(
     if current.errors:
         recent = Table("when", "webhook", "change", "attempt", "status", "error")
         for e in current.errors:
-            recent.add_row(
+            add_row(
+                recent,
                 _when(e["attempted_at"]),
                 e["webhook"],
                 str(e["outbox_id"]),
@@ -364,7 +368,7 @@ def status(
         print_table(recent)
     relays = Table("relay", "connections", "since", "leases held")
     for r in current.relays:
-        relays.add_row(r["relay_id"], str(r["connections"]), _when(r["since"]), str(r["leases"]))
+        add_row(relays, r["relay_id"], str(r["connections"]), _when(r["since"]), str(r["leases"]))
     if current.relays:
         print_table(relays)
     else:

@@ -153,6 +153,12 @@ def explain(exc: psycopg.Error) -> tuple[str, int]:
     return primary, 1
 
 
+def add_row(table: Table, *values: str) -> None:
+    """A row whose values are shown as text: no control character in a stored name or error
+    reaches the terminal (names are refused them since 0017, but older rows may hold some)."""
+    table.add_row(*(visible(value) for value in values))
+
+
 def print_table(table: Table) -> None:
     """Print a table that never cuts a value short, however narrow the terminal."""
     for column in table.columns:
@@ -163,7 +169,10 @@ def print_table(table: Table) -> None:
 def print_fields(fields: Mapping[str, Any]) -> None:
     for key, value in fields.items():
         out.print(
-            f"[bold]{key}:[/] {escape(str(value))}", highlight=False, soft_wrap=True, markup=True
+            f"[bold]{key}:[/] {escape(visible(str(value), keep=chr(10) + chr(9)))}",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
         )
 
 

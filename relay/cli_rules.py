@@ -25,6 +25,7 @@ from relay.cli_common import (
     Dsn,
     EnvFile,
     OptionalDsn,
+    add_row,
     database,
     dsn_of,
     explain,
@@ -287,7 +288,8 @@ def webhook_list(dsn: Dsn) -> None:
     with _session(dsn) as db:
         table = Table("name", "method", "url", "signature", "secret", "enabled", "rules")
         for hook in admin.webhooks(db):
-            table.add_row(
+            add_row(
+                table,
                 hook.name,
                 hook.http_method,
                 hook.payload_url,
@@ -461,7 +463,8 @@ def rule_list(dsn: Dsn) -> None:
     with _session(dsn) as db:
         table = Table("name", "tables", "events", "conditions", "webhook", "enabled")
         for rule in admin.event_rules(db):
-            table.add_row(
+            add_row(
+                table,
                 rule.name,
                 ", ".join(rule.tables),
                 ",".join(rule.events),

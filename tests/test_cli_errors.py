@@ -184,3 +184,10 @@ def test_names_with_control_characters_are_refused_in_one_line(db_dsn):
                 " SELECT E'r\\n', ARRAY['public.t'], id FROM relay.webhooks"
             )
         assert conn.execute("SELECT count(*) FROM relay.webhooks").fetchone() == (1,)
+        # A name stored before 0017 (its check bypassed here) is shown escaped.
+        conn.execute("ALTER TABLE relay.webhooks DISABLE TRIGGER check_name")
+        conn.execute("UPDATE relay.webhooks SET name = E'old\\x1b[2J\\nname'")
+    for command in (["webhook", "list"], ["status"], ["webhook", "show", "old\x1b[2J\nname"]):
+        shown = relay(*command, dsn=db_dsn)
+        assert shown.returncode == 0, shown
+        assert "\x1b" not in shown.stdout and "old\\x1b[2J" in shown.stdout
