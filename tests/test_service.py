@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import sys
 import aiohttp
 from receivers import receiver
 from test_worker import outbox_statuses, setup, sql, until
+
+from relay import systemd
 
 
 def free_port() -> int:
@@ -101,3 +104,49 @@ def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
         assert {"outbox_id", "duration_ms", "timestamp", "level"} <= event.keys()
     assert "hook-secret-789" not in log and "token-abc-123" not in log
     assert len(signatures) == 3 and not any(sig in log for sig in signatures)
+
+
+def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_path, monkeypatch):
+    """Before READY=1 the relay looks at its readiness five times a second, but pings the
+    watchdog only at half of WatchdogSec, as after it."""
+    notify_path = str(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # WatchdogSec=2: a ping every second
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    received: list[tuple[float, str]] = []
+    became_ready: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        def ready() -> bool:
+            if loop.time() - start < 1.5:
+                return False
+            if not became_ready:
+                became_ready.append(loop.time() - start)
+            return True
+
+        async def collect(sock: socket.socket) -> None:
+            while True:
+                message = (await loop.sock_recv(sock, 4096)).decode()
+                received.append((loop.time() - start, message))
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(notify_path)
+            sock.setblocking(False)
+            collector = asyncio.create_task(collect(sock))
+            stop = asyncio.Event()
+            loop.call_later(2.7, stop.set)
+            await systemd.supervise(ready, stop)
+            await asyncio.sleep(0.1)
+            collector.cancel()
+
+    asyncio.run(scenario())
+    pings = [at for at, message in received if message == "WATCHDOG=1"]
+    ready_at = [at for at, message in received if message.startswith("READY=1")]
+    assert len(pings) == 3  # at 0, 1 and 2 s: not every 0.2 s while not ready
+    assert all(0.9 < later - earlier < 1.1 for earlier, later in itertools.pairwise(pings))
+    assert len(ready_at) == 1 and ready_at[0] - became_ready[0] < 0.05
+    assert ready_at[0] < 1.5 + systemd.READINESS_CHECK_SECONDS + 0.05
+    assert received[-1][1] == "STOPPING=1"
