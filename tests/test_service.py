@@ -150,3 +150,29 @@ def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_pat
     assert len(ready_at) == 1 and ready_at[0] - became_ready[0] < 0.05
     assert ready_at[0] < 1.5 + systemd.READINESS_CHECK_SECONDS + 0.05
     assert received[-1][1] == "STOPPING=1"
+
+
+def test_a_relay_waiting_for_a_database_that_is_down_stops_at_once_on_sigterm():
+    """systemd's stop (and its start timeout) sends SIGTERM to a relay that may never have
+    connected: it must exit 0 at once, not after its wait for the rules (TimeoutStopSec=30
+    would kill it and mark the unit failed)."""
+
+    async def scenario() -> tuple[int | None, float, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            env={**os.environ, "RELAY_DSN": f"postgresql://relay@127.0.0.1:{free_port()}/app"},
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        _, log = await asyncio.wait_for(process.communicate(), 20)
+        return process.returncode, loop.time() - sent, log.decode()
+
+    code, took, log = asyncio.run(scenario())
+    assert code == 0 and took < 2, (took, log)
