@@ -32,9 +32,18 @@ def test_unit_is_a_hardened_notify_service(unit):
     ]
     assert found["User"] == ["relay"] and found["WatchdogSec"] == ["30"]
     assert found["RestartPreventExitStatus"] == ["2"]  # configuration errors do not loop
-    for hardening in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "RestrictNamespaces"):
+    for hardening in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "RestrictNamespaces",
+        "PrivateUsers",
+        "RemoveIPC",
+    ):
         assert found[hardening] == ["yes"], hardening
     assert found["ProtectSystem"] == ["strict"]
+    assert found["ProcSubset"] == ["pid"] and found["DevicePolicy"] == ["closed"]
+    assert found["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
     assert found["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert found["CapabilityBoundingSet"] == [""]
 
