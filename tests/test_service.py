@@ -111,7 +111,7 @@ def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_pat
     watchdog only at half of WatchdogSec, as after it."""
     notify_path = str(tmp_path / "notify")
     monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
-    monkeypatch.setenv("WATCHDOG_USEC", "2000000")  # WatchdogSec=2: a ping every second
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1: a ping every 0.5 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     received: list[tuple[float, str]] = []
     became_ready: list[float] = []
@@ -121,7 +121,7 @@ def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_pat
         start = loop.time()
 
         def ready() -> bool:
-            if loop.time() - start < 1.5:
+            if loop.time() - start < 0.75:
                 return False
             if not became_ready:
                 became_ready.append(loop.time() - start)
@@ -137,7 +137,7 @@ def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_pat
             sock.setblocking(False)
             collector = asyncio.create_task(collect(sock))
             stop = asyncio.Event()
-            loop.call_later(2.7, stop.set)
+            loop.call_later(1.35, stop.set)
             await systemd.supervise(ready, stop)
             await asyncio.sleep(0.1)
             collector.cancel()
@@ -145,10 +145,10 @@ def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_pat
     asyncio.run(scenario())
     pings = [at for at, message in received if message == "WATCHDOG=1"]
     ready_at = [at for at, message in received if message.startswith("READY=1")]
-    assert len(pings) == 3  # at 0, 1 and 2 s: not every 0.2 s while not ready
-    assert all(0.9 < later - earlier < 1.1 for earlier, later in itertools.pairwise(pings))
+    assert len(pings) == 3  # at 0, 0.5 and 1 s: not every 0.2 s while not ready
+    assert all(0.45 < later - earlier < 0.55 for earlier, later in itertools.pairwise(pings))
     assert len(ready_at) == 1 and ready_at[0] - became_ready[0] < 0.05
-    assert ready_at[0] < 1.5 + systemd.READINESS_CHECK_SECONDS + 0.05
+    assert ready_at[0] < 0.75 + systemd.READINESS_CHECK_SECONDS + 0.05
     assert received[-1][1] == "STOPPING=1"
 
 
