@@ -313,6 +313,10 @@ def delivers_with_every_hardening_option(deployed: Deployment) -> None:
     assert machine.sh(f"nsenter -t {main} -m test -e /proc/meminfo", check=False).returncode == 1
 
     with psycopg.connect(deployed.owner_dsn, autocommit=True) as conn:
+        stored = conn.execute(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (deployed.role,)
+        ).fetchone()
+        assert stored and stored[0].startswith("SCRAM-SHA-256$")  # what pg_hba's line needs
         conn.execute("INSERT INTO public.orders VALUES (42, 'paid')")
         until(lambda: len(deployed.hook.requests) == 1, 20, "the webhook")
         request = deployed.hook.requests[0]
