@@ -12,6 +12,7 @@ why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -112,6 +113,31 @@ def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
+def nspawn_cgroups() -> list[Path]:
+    """Where ``systemd-nspawn --keep-unit`` puts itself and the container: ``supervisor`` and
+    ``payload`` under this process's own cgroup, in the unified and name=systemd hierarchies.
+    It leaves them behind, empty, when the container is gone."""
+    unified = Path("/sys/fs/cgroup/unified")
+    roots = {
+        "": unified if (unified / "cgroup.procs").exists() else Path("/sys/fs/cgroup"),
+        "name=systemd": Path("/sys/fs/cgroup/systemd"),
+    }
+    found = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, hierarchy, path = line.split(":", 2)
+        if hierarchy in roots:
+            base = roots[hierarchy] / path.lstrip("/")
+            found += [base / "supervisor", base / "payload"]
+    return found
+
+
+def remove_empty_cgroups(top: Path) -> None:
+    """rmdir, deepest first: the kernel refuses a cgroup that still has processes."""
+    for folder, _, _ in sorted(os.walk(top, topdown=False), key=lambda w: -len(w[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+
+
 def boot_problem() -> str | None:
     if os.geteuid() != 0:
         return "booting a container needs root"
@@ -139,6 +165,7 @@ def machine(
     )
     assert built.returncode == 0, built.stderr
     (work / "base").mkdir()
+    leftovers = [cgroup for cgroup in nspawn_cgroups() if not cgroup.exists()]
     log = (work / "boot.log").open("w+")
     boot = subprocess.Popen(
         [*UNSHARE, "sh", "-c", BOOT, "boot", str(work / "base"), str(REPO), str(wheels), WHEELS],
@@ -146,6 +173,7 @@ def machine(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    leader = 0
     try:
         leader = _container_init(boot, log)
         box = Machine(leader)
@@ -157,13 +185,28 @@ def machine(
             pytest.skip(f"the container's systemd did not come up: {state}")
         yield box
     finally:
-        boot.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to power off
-        try:
-            boot.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(boot.pid, signal.SIGKILL)
-            boot.wait(10)
+        power_off(boot, leader)
         log.close()
+        for cgroup in leftovers:
+            remove_empty_cgroups(cgroup)
+
+
+def power_off(boot: subprocess.Popen[bytes], leader: int) -> None:
+    """Ask the container to power off (systemd-nspawn turns SIGTERM into that). A systemd too
+    early in its boot to listen is killed instead, and the whole container with it: SIGKILL to
+    the first process of a PID namespace ends every process in it."""
+    boot.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        boot.wait(20)
+        return
+    if leader:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leader, signal.SIGKILL)
+    try:
+        boot.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(boot.pid, signal.SIGKILL)
+        boot.wait(10)
 
 
 def _container_init(boot: subprocess.Popen[bytes], log: IO[str]) -> int:
