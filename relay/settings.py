@@ -68,15 +68,17 @@ class Settings(BaseSettings):
     success resumes it."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     """On SIGTERM, how long in-flight requests may take to finish."""
-    retention_days: float = Field(default=0.0, ge=0)
+    retention_days: float = Field(default=7.0, ge=0)
     """Finished changes (delivered, failed, skipped) older than this are deleted by the relay,
-    with their deliveries and attempts (0 keeps them)."""
+    with their deliveries and attempts (0 keeps them for ever). A week: long enough to look
+    into and ``relay retry`` a failure seen on Monday, short enough that the outbox of a busy
+    database does not grow without end when nobody thought of it."""
     attempt_retention_days: float = Field(default=30.0, ge=0)
     """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
     metrics_address: str = ""
-    """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9187."""
+    """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9089."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """``json`` lines, ``console`` colours, or ``auto``: colours on a terminal, JSON elsewhere."""
 
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
         found = _HOST_PORT.match(value)
         if value and (found is None or int(found[2]) > 65535):
             raise ValueError(
-                f"{value!r} is not host:port: give e.g. 127.0.0.1:9187 ([::1]:9187 for IPv6), "
+                f"{value!r} is not host:port: give e.g. 127.0.0.1:9089 ([::1]:9089 for IPv6), "
                 "or nothing to turn metrics off"
             )
         return value

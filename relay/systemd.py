@@ -33,19 +33,32 @@ def watchdog_seconds() -> float | None:
     return int(usec) / 1_000_000 / 2
 
 
+READINESS_CHECK_SECONDS = 0.2
+"""How often readiness is looked at until READY=1 is sent: ``systemctl start`` returns that
+much after the relay connects, at most."""
+
+
 async def supervise(ready: Callable[[], bool], stop: asyncio.Event) -> None:
     """Tell systemd when the relay is ready, keep its watchdog fed, and say when it stops.
     The watchdog pings come from this task, so they stop if the event loop hangs; a relay
-    waiting for its database keeps pinging (it is alive, and reconnects on its own)."""
+    waiting for its database keeps pinging (it is alive, and reconnects on its own). Pings go
+    out at the watchdog interval whether or not the relay is ready yet: looking at readiness
+    often is cheap, a datagram to PID 1 five times a second is not."""
     interval = watchdog_seconds()
+    loop = asyncio.get_running_loop()
+    next_ping = loop.time()
     announced = False
     while not stop.is_set():
         if not announced and ready():
             announced = True
             notify("READY=1\nSTATUS=connected, delivering")
-        if interval:
+        now = loop.time()
+        if interval and now >= next_ping:
             notify("WATCHDOG=1")
-        timeout = 0.2 if not announced else interval  # None: nothing to do until stop
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout)
+            next_ping = now + interval
+        timeouts = [] if announced else [READINESS_CHECK_SECONDS]
+        if interval:
+            timeouts.append(max(next_ping - loop.time(), 0.0))
+        with contextlib.suppress(TimeoutError):  # no timeout at all: nothing to do until stop
+            await asyncio.wait_for(stop.wait(), min(timeouts) if timeouts else None)
     notify("STOPPING=1")

@@ -146,7 +146,9 @@ class Worker:
                     self._connected = False
                     began = time.monotonic()
                     try:
-                        await asyncio.wait_for(self.rules.loaded.wait(), 30)
+                        await _first_of(self.rules.loaded, stop, timeout=30)
+                        if stop.is_set():
+                            break
                         await self._session(stop, sender)
                         continue
                     except (psycopg.OperationalError, TimeoutError) as exc:
@@ -163,7 +165,8 @@ class Worker:
                         log.exception("relay session failed, starting again", error=describe(exc))
                         if time.monotonic() - began > SESSION_SETTLED_SECONDS:
                             backoff = 0.5
-                    await asyncio.wait([asyncio.create_task(stop.wait())], timeout=backoff)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), backoff)
                     backoff = min(backoff * 2, 30.0)
         finally:
             watcher.cancel()
@@ -644,6 +647,20 @@ class Worker:
                 item.attempt, random.uniform(0.8, 1.2), outcome.retry_after
             )
         return Result(item.outbox_id, item.webhook_id, item.number, status, retry_in, outcome)
+
+
+async def _first_of(event: asyncio.Event, stop: asyncio.Event, *, timeout: float) -> None:
+    """Wait for ``event`` or ``stop``, whichever comes first: a relay waiting for its rules
+    (which a database that is down never sends) must still stop at once on SIGTERM, well within
+    systemd's TimeoutStopSec. TimeoutError when neither came within ``timeout`` seconds."""
+    waiters = [asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())]
+    try:
+        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if not done:
+        raise TimeoutError
 
 
 def _not_sent(error: str, *, permanent: bool) -> Outcome:

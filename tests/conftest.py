@@ -21,6 +21,15 @@ from relay.tempcluster import NoPostgres, postgres_server, scratch_database
 Conn = psycopg.Connection[tuple[object, ...]]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--systemd",
+        action="store_true",
+        help="also run tests/test_systemd.py: relay installed as docs/deploy.md says, under a "
+        "real systemd in a systemd-nspawn container (root; about a minute)",
+    )
+
+
 @pytest.fixture(scope="session")
 def server_dsn() -> Iterator[str]:
     """A DSN with the right to create databases and roles."""

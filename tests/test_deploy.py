@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
+
+from relay.tempcluster import find_server_binaries, start_temp_cluster
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DOC = DEPLOY.parent / "docs" / "deploy.md"
 UNITS = {"relay.service": "relay.service", "relay@.service": "relay@orders.service"}
 
 
@@ -32,9 +39,18 @@ def test_unit_is_a_hardened_notify_service(unit):
     ]
     assert found["User"] == ["relay"] and found["WatchdogSec"] == ["30"]
     assert found["RestartPreventExitStatus"] == ["2"]  # configuration errors do not loop
-    for hardening in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "RestrictNamespaces"):
+    for hardening in (
+        "NoNewPrivileges",
+        "ProtectHome",
+        "PrivateTmp",
+        "RestrictNamespaces",
+        "PrivateUsers",
+        "RemoveIPC",
+    ):
         assert found[hardening] == ["yes"], hardening
     assert found["ProtectSystem"] == ["strict"]
+    assert found["ProcSubset"] == ["pid"] and found["DevicePolicy"] == ["closed"]
+    assert found["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
     assert found["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert found["CapabilityBoundingSet"] == [""]
 
@@ -58,3 +74,35 @@ def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
     assert result.returncode == 0, result.stderr
     complaints = [line for line in result.stderr.splitlines() if "relay" in line]
     assert complaints == []
+
+
+def test_the_documented_pg_hba_line_and_an_encoded_password_let_the_service_role_in():
+    """docs/deploy.md's pg_hba.conf line, on a private cluster (the shared one trusts
+    127.0.0.1), and a password full of URL syntax, percent-encoded by the doc's one-liner."""
+    if find_server_binaries() is None:
+        pytest.skip("no PostgreSQL server binaries to start a private cluster")
+    doc = DOC.read_text()
+    line = re.search(r"^host\s+app\s+relay_service\s+(\S+)\s+scram-sha-256$", doc, re.M)
+    encode = re.search(r"`(python3 -c '.*urllib\.parse.*') '(.*?)'`", doc)
+    assert line and encode, "docs/deploy.md lost its pg_hba line or its encoding one-liner"
+    password = encode[2] + " #%+?[]"  # the doc's example and the rest of what it lists
+    encoded = subprocess.run(
+        [*shlex.split(encode[1]), password], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    cluster = start_temp_cluster()
+    try:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE app")
+            conn.execute(
+                sql.SQL("CREATE ROLE relay_service LOGIN PASSWORD {}").format(sql.Literal(password))
+            )
+            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+        hba.write_text(line[0].replace(line[1], "127.0.0.1/32") + "\n" + hba.read_text())
+        cluster.reload()
+        server = f"127.0.0.1:{cluster.port}/app"
+        with psycopg.connect(f"postgresql://relay_service:{encoded}@{server}") as c:
+            assert c.execute("SELECT current_user").fetchone() == ("relay_service",)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(f"postgresql://relay_service:wrong@{server}")
+    finally:
+        cluster.stop()

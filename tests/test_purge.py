@@ -50,20 +50,33 @@ def test_purge_deletes_old_finished_changes_with_their_history_in_batches(rconn,
     assert bad.returncode == 2 and "--older-than" in bad.stderr
 
 
-def test_the_relay_purges_on_its_own_when_a_retention_is_set(rconn, relay_dsn):
+def test_the_relay_purges_on_its_own_a_week_after_by_default(rconn, relay_dsn):
+    """With no RELAY_RETENTION_DAYS the relay keeps a week of finished changes; 0 keeps every
+    one, a shorter retention keeps less."""
+
     async def scenario() -> None:
         async with receiver() as r:
             setup_hook(rconn, r.url)
-            async with running(relay_dsn):
+            keep_all = Settings(**{**FAST.model_dump(), "retention_days": 0})
+            async with running(relay_dsn, keep_all):
                 rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 4) g")
                 await until(lambda: outbox_statuses(rconn) == ["delivered"] * 4)
-            rconn.execute(
-                "UPDATE relay.outbox SET processed_at = now() - interval '3 days' WHERE id IN"
-                " (SELECT id FROM relay.outbox ORDER BY id LIMIT 3)"
-            )
+                for age, position in (("8 days", 1), ("6 days", 2), ("3 days", 3)):
+                    rconn.execute(
+                        "UPDATE relay.outbox SET processed_at = now() - %s::interval WHERE id ="
+                        " (SELECT id FROM relay.outbox ORDER BY id OFFSET %s LIMIT 1)",
+                        (age, position - 1),
+                    )
+            async with running(relay_dsn, keep_all):
+                await asyncio.sleep(1)  # a relay sweeps as it starts
+                assert counts(rconn) == (4, 4, 4)
+            assert Settings().retention_days == 7
+            async with running(relay_dsn):  # FAST leaves the retention at its default
+                await until(lambda: counts(rconn)[0] == 3)
             keep_two_days = Settings(**{**FAST.model_dump(), "retention_days": 2})
             async with running(relay_dsn, keep_two_days):
                 await until(lambda: counts(rconn)[0] == 1)
 
     asyncio.run(scenario())
     assert counts(rconn) == (1, 1, 1)
+    assert outbox_statuses(rconn) == ["delivered"]

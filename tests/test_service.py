@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -12,6 +13,8 @@ import sys
 import aiohttp
 from receivers import receiver
 from test_worker import outbox_statuses, setup, sql, until
+
+from relay import systemd
 
 
 def free_port() -> int:
@@ -101,3 +104,75 @@ def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
         assert {"outbox_id", "duration_ms", "timestamp", "level"} <= event.keys()
     assert "hook-secret-789" not in log and "token-abc-123" not in log
     assert len(signatures) == 3 and not any(sig in log for sig in signatures)
+
+
+def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_path, monkeypatch):
+    """Before READY=1 the relay looks at its readiness five times a second, but pings the
+    watchdog only at half of WatchdogSec, as after it."""
+    notify_path = str(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # WatchdogSec=1: a ping every 0.5 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    received: list[tuple[float, str]] = []
+    became_ready: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        def ready() -> bool:
+            if loop.time() - start < 0.75:
+                return False
+            if not became_ready:
+                became_ready.append(loop.time() - start)
+            return True
+
+        async def collect(sock: socket.socket) -> None:
+            while True:
+                message = (await loop.sock_recv(sock, 4096)).decode()
+                received.append((loop.time() - start, message))
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(notify_path)
+            sock.setblocking(False)
+            collector = asyncio.create_task(collect(sock))
+            stop = asyncio.Event()
+            loop.call_later(1.35, stop.set)
+            await systemd.supervise(ready, stop)
+            await asyncio.sleep(0.1)
+            collector.cancel()
+
+    asyncio.run(scenario())
+    pings = [at for at, message in received if message == "WATCHDOG=1"]
+    ready_at = [at for at, message in received if message.startswith("READY=1")]
+    assert len(pings) == 3  # at 0, 0.5 and 1 s: not every 0.2 s while not ready
+    assert all(0.45 < later - earlier < 0.55 for earlier, later in itertools.pairwise(pings))
+    assert len(ready_at) == 1 and ready_at[0] - became_ready[0] < 0.05
+    assert ready_at[0] < 0.75 + systemd.READINESS_CHECK_SECONDS + 0.05
+    assert received[-1][1] == "STOPPING=1"
+
+
+def test_a_relay_waiting_for_a_database_that_is_down_stops_at_once_on_sigterm():
+    """systemd's stop (and its start timeout) sends SIGTERM to a relay that may never have
+    connected: it must exit 0 at once, not after its wait for the rules (TimeoutStopSec=30
+    would kill it and mark the unit failed)."""
+
+    async def scenario() -> tuple[int | None, float, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "run",
+            env={**os.environ, "RELAY_DSN": f"postgresql://relay@127.0.0.1:{free_port()}/app"},
+            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        await asyncio.sleep(2)
+        process.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        _, log = await asyncio.wait_for(process.communicate(), 20)
+        return process.returncode, loop.time() - sent, log.decode()
+
+    code, took, log = asyncio.run(scenario())
+    assert code == 0 and took < 2, (took, log)

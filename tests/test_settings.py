@@ -55,7 +55,7 @@ def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
         (["run"], {"RELAY_DSN": "dbname=x", "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
         (["run"], {}, "RELAY_DSN"),
         (["run", "--env-file", str(tmp_path / "missing.env")], {}, "missing.env"),
-        (["run"], {"RELAY_DSN": "dbname=x", "RELAY_METRICS_ADDRESS": "9187"}, "METRICS_ADDRESS"),
+        (["run"], {"RELAY_DSN": "dbname=x", "RELAY_METRICS_ADDRESS": "9089"}, "METRICS_ADDRESS"),
     ]:
         result = relay(*args, **env)
         assert result.returncode == 2, (args, result.stderr)
