@@ -29,6 +29,7 @@ from relay.cli_common import (
 from relay.cli_common import database as _database
 from relay.cli_rules import preview, rule_app, rules_app, webhook_app
 from relay.db import first_line
+from relay.settings import comma_list
 
 app = typer.Typer(
     help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",
@@ -44,9 +45,7 @@ app.command()(preview)
 
 
 def _split(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [part.strip() for part in value.split(",") if part.strip()]
+    return None if value is None else comma_list(value)
 
 
 def _version_callback(show: bool) -> None:

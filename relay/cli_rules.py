@@ -37,15 +37,15 @@ from relay.cli_common import (
     print_table,
 )
 from relay.db import DatabaseUnavailable, first_line
+from relay.reasons import MASK
 from relay.render import Change, RenderError, Webhook, loads
 from relay.renderpool import BlockingRenderPool
-from relay.settings import Settings
+from relay.settings import Settings, comma_list
 
 webhook_app = group("Webhooks: where changes are sent.")
 rule_app = group("Event rules: which changes go to which webhook.")
 rules_app = group("All rules at once.")
 
-MASK = "******"
 
 MaxAttempts = Annotated[
     int | None,
@@ -102,9 +102,7 @@ def _row_option(value: str | None, what: str) -> dict[str, Any] | None:
 
 
 def _split_all(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+    return comma_list(*values) if values else None
 
 
 def _masked(secret: str) -> str:

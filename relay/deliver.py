@@ -29,6 +29,7 @@ import aiohttp
 import yarl
 from pydantic import ByteSize
 
+from relay.db import first_line
 from relay.reasons import describe, redact
 from relay.render import Request, Webhook
 
@@ -257,5 +258,4 @@ def _reason(exc: BaseException | Any) -> str:
     if isinstance(exc, OSError) and exc.errno:
         # A resolver's errors are negative, with their words in strerror.
         return os.strerror(exc.errno) if exc.errno > 0 else str(exc.strerror or exc)
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return first_line(exc)[:300]

@@ -31,7 +31,6 @@ class RuleWatcher:
         self.version = 0
         """relay.rules_version as read just before the rules were (0006)."""
         self.loaded = asyncio.Event()
-        self.reloads = 0
 
     async def run(self) -> None:
         """Listen and reload until cancelled, reconnecting with backoff when the connection is
@@ -77,5 +76,4 @@ class RuleWatcher:
         ruleset = await rules.load_async(conn)
         if version >= self.version:  # a slower, older reload must not win
             self.ruleset, self.version = ruleset, version
-        self.reloads += 1
         self.loaded.set()

@@ -17,8 +17,8 @@ from pydantic import ByteSize, Field, ValidationError, ValidationInfo, field_val
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay import db
+from relay.reasons import MASK
 
-MASK = "********"
 MiB = 1024 * 1024
 HELD_PER_CHANGE_BYTE = 3
 """What a claimed delivery holds per byte of its change's JSON: the row images as text, and
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
 
     @property
     def template_env_globs(self) -> list[str]:
-        return [part.strip() for part in self.template_env_allow.split(",") if part.strip()]
+        return comma_list(self.template_env_allow)
 
     def shown(self) -> dict[str, Any]:
         """Every setting by its variable name, secrets masked: what ``relay config`` prints."""
@@ -159,6 +159,12 @@ def _refuse_unknown(settings: Settings, env_file: Path | None) -> None:
             f"{name} is not a relay setting{guess}: correct or remove it (docs/operations.md lists "
             "every setting)"
         )
+
+
+def comma_list(*values: str) -> list[str]:
+    """The items of comma-separated values, each stripped, empty ones dropped: how settings
+    and command-line options write lists."""
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
 def mask_dsn(dsn: str) -> str:

@@ -3,13 +3,14 @@
 Four jobs share one event loop, each on its own connection so that none waits for another:
 fan-out matches new changes against the rules (sql/migrations/0003_delivery.sql explains the
 protocol); the claim loop leases due deliveries; one task per claimed delivery renders and sends
-it; the recorder writes outcomes in batches (relay/record.py). A fourth connection LISTENs.
+it; the recorder writes outcomes in batches (relay/record.py). A fourth connection LISTENs, and
+the rule watcher (relay/rulewatch.py) keeps a fifth.
 When there is nothing to do, each sleeps until a NOTIFY on relay_outbox, the poll interval, or
 a stop request, whichever comes first.
 
 Whatever one change, rule or webhook does, it costs only itself: matching is isolated per rule
 and change (relay/fanout.py), each delivery's task turns any exception into an outcome with a
-one-line reason, a delivery claimed past RELAY_MAX_ATTEMPTS (its earlier attempts never
+one-line reason, a delivery claimed past its max attempts (its earlier attempts never
 reported back) fails instead of going out again, and an unexpected error in a whole session is
 logged and the session started again rather than ending the process.
 """

@@ -201,10 +201,11 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 
 -- name: claim_deliveries
 -- Due deliveries nobody holds, leased to this relay for lease_seconds and returned with their
--- change. Per webhook, never more than it has free slots (webhook_concurrency less what this
--- relay already has in flight: a delivery is only claimed when it can be sent at once, so no
--- lease runs out while waiting), and never one whose row has an earlier change still pending
--- for the same webhook (in flight or waiting for a retry).
+-- change. Per webhook, never more than per_webhook less what this relay holds (busy_counts):
+-- per_webhook is twice webhook_concurrency (relay/worker.py PREFETCH), so that the next request
+-- is ready when one ends and a claimed delivery waits at most one request for its slot (well
+-- inside its lease); and never one whose row has an earlier change still pending for the same
+-- webhook (in flight or waiting for a retry).
 --
 -- Bytes: change_bytes of what is claimed fits in bytes_free (what the relay may still hold),
 -- and per webhook in bytes_per_webhook less what it holds already (so one webhook's large

@@ -34,6 +34,7 @@ GRANT EXECUTE ON FUNCTION relay.refresh_capture() TO :"role";
 GRANT SELECT ON relay.webhooks, relay.event_rules, relay.rules_version TO :"role";
 -- Refresh the delivery tables' statistics after a burst (see 0004_statistics.sql).
 GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";
--- Match changes and claim them in order across key moves (see 0009_key_moves.sql).
+-- Match changes and claim them in order across key moves (see 0009_key_moves.sql; keys read
+-- from json images: 0011_json_images.sql).
 GRANT EXECUTE ON FUNCTION relay.key_before(json, json), relay.key_before_escaped(json, json),
     relay.clear_of_key_moves(bigint, bigint, text, text) TO :"role";

@@ -43,7 +43,7 @@ def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path):
     assert shown["RELAY_POLL_INTERVAL"] == 0.5  # the environment wins over the file
     assert shown["RELAY_WEBHOOK_CONCURRENCY"] == 16  # the default
     assert "s3cr3t-pw" not in result.stdout
-    assert "password=********" in shown["RELAY_DSN"] and "host=db.example" in shown["RELAY_DSN"]
+    assert "password=******" in shown["RELAY_DSN"] and "host=db.example" in shown["RELAY_DSN"]
     table = relay("config", RELAY_DSN="host=db password=s3cr3t-pw dbname=app")
     assert table.returncode == 0 and "s3cr3t-pw" not in table.stdout
     assert "RELAY_ATTEMPT_RETENTION_DAYS" in table.stdout
