@@ -437,12 +437,7 @@ def the_watchdog_leaves_a_live_relay_alone_and_restarts_a_stopped_one(
 
         since = machine.now()
         machine.sh(f"kill -STOP {before['MainPID']}")
-        until(
-            lambda: machine.show("relay")["NRestarts"] == str(int(before["NRestarts"]) + 1),
-            20,
-            "the watchdog's restart",
-        )
-        until(lambda: machine.show("relay")["ActiveState"] == "active", 20, "active again")
+        restarted(machine, before, 20)
         assert machine.show("relay")["MainPID"] != before["MainPID"]
         assert "Watchdog timeout" in machine.journal("relay", since)
     finally:
@@ -451,17 +446,19 @@ def the_watchdog_leaves_a_live_relay_alone_and_restarts_a_stopped_one(
         )
 
 
+def restarted(machine: Machine, before: dict[str, str], seconds: float) -> None:
+    """Wait until systemd has started the relay once more than ``before`` and it is active."""
+    restarts = str(int(before["NRestarts"]) + 1)
+    until(lambda: machine.show("relay")["NRestarts"] == restarts, seconds, "the restart")
+    until(lambda: machine.show("relay")["ActiveState"] == "active", seconds, "active again")
+
+
 def a_killed_relay_is_restarted(deployed: Deployment) -> None:
     machine = deployed.machine
     before = running(deployed)
     since = machine.now()
     machine.sh(f"kill -9 {before['MainPID']}")
-    until(
-        lambda: machine.show("relay")["NRestarts"] == str(int(before["NRestarts"]) + 1),
-        15,
-        "the restart",
-    )
-    until(lambda: machine.show("relay")["ActiveState"] == "active", 15, "active again")
+    restarted(machine, before, 15)
     assert "status=9/KILL" in machine.journal("relay", since)
     assert readyz(deployed.metrics_port) == (200, "ready\n")
 
