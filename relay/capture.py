@@ -31,16 +31,6 @@ class TrackedTable:
     model: str | None
     """The model name its changes carry (None: the table name)."""
 
-    @property
-    def qualified_name(self) -> str:
-        """``schema.table`` as event rules write it: a part holding a dot or a double quote is
-        quoted, so that the name reads back as this table and no other."""
-        return ".".join(_rule_part(part) for part in (self.schema_name, self.table_name))
-
-
-def _rule_part(name: str) -> str:
-    return f'"{name.replace(chr(34), chr(34) * 2)}"' if "." in name or '"' in name else name
-
 
 def track(
     conn: Conn,

@@ -10,7 +10,7 @@ import psycopg
 import typer
 from rich.table import Table
 
-from relay import __version__, capture, schema, sqlfiles
+from relay import __version__, capture, rules, schema, sqlfiles
 from relay.cli_common import (
     Dsn,
     EnvFile,
@@ -157,7 +157,7 @@ def tracked(dsn: Dsn) -> None:
     for row in rows:
         add_row(
             table,
-            row.qualified_name,
+            rules.rule_table(row.schema_name, row.table_name),
             row.model or "-",
             ",".join(row.events),
             ",".join(row.update_columns or []) or "any",

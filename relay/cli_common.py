@@ -21,12 +21,13 @@ from relay.settings import Settings, SettingsError
 
 # Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
 # in the middle cannot be pasted back. On a terminal, its width.
-out = Console(
-    soft_wrap=not sys.stdout.isatty(),
-    width=None if sys.stdout.isatty() else 10_000,
-    markup=False,  # names, URLs and templates hold brackets: styles are asked for by markup=True
-)
-styled = Console(soft_wrap=not sys.stdout.isatty(), width=None if sys.stdout.isatty() else 10_000)
+_STDOUT: dict[str, Any] = {
+    "soft_wrap": not sys.stdout.isatty(),
+    "width": None if sys.stdout.isatty() else 10_000,
+}
+# Names, URLs and templates hold brackets: styles are asked for by markup=True.
+out = Console(**_STDOUT, markup=False)
+styled = Console(**_STDOUT)
 """Standard output with markup, for the demo: its text is relay's own."""
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
@@ -168,8 +169,9 @@ def print_table(table: Table) -> None:
 
 def print_fields(fields: Mapping[str, Any]) -> None:
     for key, value in fields.items():
+        shown = visible(str(value), keep="\n\t")  # templates keep their lines
         out.print(
-            f"[bold]{key}:[/] {escape(visible(str(value), keep=chr(10) + chr(9)))}",
+            f"[bold]{key}:[/] {escape(shown)}",
             highlight=False,
             soft_wrap=True,
             markup=True,

@@ -52,6 +52,15 @@ def table_key(name: str) -> tuple[str, str] | None:
     return schema, table
 
 
+def rule_table(schema: str, table: str) -> str:
+    """How a rule names the table (the inverse of :func:`table_key`): a part holding a dot or a
+    double quote is quoted, so the name reads back as this table and no other."""
+    return ".".join(
+        f'"{part.replace(chr(34), chr(34) * 2)}"' if "." in part or '"' in part else part
+        for part in (schema, table)
+    )
+
+
 class UnusableRule(Exception):
     """A rule whose stored conditions or action_data relay cannot use; the message says why."""
 

@@ -590,8 +590,7 @@ class Worker:
         policy = self._policy(item)
         why = (
             f"failed after {policy.max_attempts} attempts ({policy.attempts_from}); the last ones "
-            "never reported "
-            "an outcome (a relay stopped or lost its lease while sending)"
+            "never reported an outcome (a relay stopped or lost its lease while sending)"
         )
         log.warning(
             "delivery",
@@ -640,13 +639,11 @@ class Worker:
         self._breaker(item, outcome)
         if outcome.ok:
             status, retry_in = "delivered", 0.0
-        elif outcome.permanent or self._policy(item).gives_up(item.attempt):
+        elif outcome.permanent or (policy := self._policy(item)).gives_up(item.attempt):
             status, retry_in = "failed", 0.0
         else:
             status = "pending"
-            retry_in = self._policy(item).delay(
-                item.attempt, random.uniform(0.8, 1.2), outcome.retry_after
-            )
+            retry_in = policy.delay(item.attempt, random.uniform(0.8, 1.2), outcome.retry_after)
         return Result(item.outbox_id, item.webhook_id, item.number, status, retry_in, outcome)
 
 
