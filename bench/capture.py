@@ -37,14 +37,14 @@ from pathlib import Path
 
 import psycopg
 
-from relay import schema
-from relay.sqlfiles import parse_named
-from relay.tempcluster import (
+from relay.capture import schema
+from relay.cli.tempcluster import (
     find_server_binaries,
     postgres_server,
     scratch_database,
     start_temp_cluster,
 )
+from relay.sqlfiles import parse_named
 
 Q = parse_named((Path(__file__).parent / "capture.sql").read_text())
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)

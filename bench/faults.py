@@ -31,7 +31,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import load, start_nginx, start_relay, write_steadily
 
-from relay.tempcluster import postgres_server, scratch_database
+from relay.cli.tempcluster import postgres_server, scratch_database
 
 
 def held_by(conn: psycopg.Connection[tuple[object, ...]], pid: int) -> int:

@@ -34,8 +34,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import drain, free_port, start_nginx
 
-from relay import logs, schema
-from relay.tempcluster import postgres_server, scratch_database
+from relay.capture import schema
+from relay.cli.tempcluster import postgres_server, scratch_database
+from relay.service import logs
 
 SETUPS = ("solo", "beside a slow one", "1,000 rules")
 

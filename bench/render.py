@@ -48,11 +48,11 @@ from throughput import (
     write_steadily,
 )
 
-import relay.worker
-from relay import logs
-from relay.render import Change, Renderer, Request, Webhook
-from relay.renderpool import RenderPool
-from relay.tempcluster import postgres_server, scratch_database
+import relay.delivery.worker
+from relay.cli.tempcluster import postgres_server, scratch_database
+from relay.render.pool import RenderPool
+from relay.render.request import Change, Renderer, Request, Webhook
+from relay.service import logs
 
 SLACK = (
     '{"text": {{ ("Order " ~ data.id ~ " paid: " ~ data.total ~ " EUR by " ~ data.customer'

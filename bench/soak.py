@@ -32,7 +32,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import load, receipts, start_nginx, start_relay, vm_kb, write_steadily
 
-from relay.tempcluster import postgres_server, scratch_database, start_temp_cluster
+from relay.cli.tempcluster import postgres_server, scratch_database, start_temp_cluster
 
 SAMPLE = """
 SELECT (SELECT count(*) FROM relay.outbox),

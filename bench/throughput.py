@@ -41,11 +41,13 @@ import aiohttp
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import logs, rules, schema
-from relay.render import Renderer
-from relay.settings import Settings
-from relay.tempcluster import postgres_server, scratch_database
-from relay.worker import Worker
+from relay.capture import schema
+from relay.cli.tempcluster import postgres_server, scratch_database
+from relay.delivery.worker import Worker
+from relay.render.request import Renderer
+from relay.rules import ruleset
+from relay.service import logs
+from relay.service.settings import Settings
 
 NGINX_CONF = """
 worker_processes 1;
@@ -140,7 +142,7 @@ async def drain(dsn: str, changes: int, concurrency: int = 64, done: str = PENDI
 async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
     """The same requests relay sent, rendered first, posted as fast as aiohttp can."""
     with psycopg.connect(dsn) as conn:
-        ruleset = rules.load(conn)
+        loaded = ruleset.load(conn)
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
                 "SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text,"
@@ -150,8 +152,8 @@ async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
     renderer = Renderer()
     requests = []
     for row in rows:
-        change = rules.change_from_row(row)
-        rule = ruleset.matching(change)[0]
+        change = ruleset.change_from_row(row)
+        rule = loaded.matching(change)[0]
         requests.append(renderer.request(rule.webhook, change, rule.action_data, timestamp=0))
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(requests)):

@@ -7,6 +7,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
-from relay.tag import NoTransaction, atag, tag
+from relay.capture.tag import NoTransaction, atag, tag
 
 __all__ = ["NoTransaction", "__version__", "atag", "tag"]

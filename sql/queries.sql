@@ -88,7 +88,7 @@ SELECT model FROM relay.tracked WHERE schema_name = %(schema_name)s AND table_na
 -- name: changes_to_fan_out
 -- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003): only the
 -- relay that gets the lock (held until its transaction ends) sees rows; the others get none.
--- Three ways in (0012): ids after scanned_to (every visible row, fresh or not: relay/window.py
+-- Three ways in (0012): ids after scanned_to (every visible row, fresh or not: relay/delivery/window.py
 -- works out the gaps from them), fresh rows in gaps some of whose transactions have ended, and
 -- re-queued changes. Each row carries the statement's snapshot. The ids of a sequence that went
 -- back (TRUNCATE ... RESTART IDENTITY) are read from the start.
@@ -137,7 +137,7 @@ SELECT lo, hi, array_agg(xid::text::bigint ORDER BY xid) AS xids
 FROM relay.fan_out_gaps GROUP BY lo, hi ORDER BY lo;
 
 -- name: move_fan_out_window
--- What fan-out has looked at (relay/window.py): its position and the gaps, written whole.
+-- What fan-out has looked at (relay/delivery/window.py): its position and the gaps, written whole.
 WITH position AS (
     UPDATE relay.fan_out_position SET scanned_to = %(scanned_to)s
 ), cleared AS (
@@ -165,7 +165,7 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     WHERE relay.deliveries.status = 'failed';
 
 -- name: add_failed_deliveries
--- Deliveries whose rule could not be judged for the change (relay/fanout.py): written failed at
+-- Deliveries whose rule could not be judged for the change (relay/delivery/fanout.py): written failed at
 -- once, with the reason as their one attempt. As in add_deliveries, a delivery that failed before
 -- (a re-queued change) is written again and one that succeeded is left alone.
 WITH failed AS (
@@ -189,7 +189,7 @@ INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, error)
 SELECT outbox_id, webhook_id, attempt, 0, last_error FROM written;
 
 -- name: fail_changes
--- Changes that could not be matched against the rules at all (relay/fanout.py): failed, with
+-- Changes that could not be matched against the rules at all (relay/delivery/fanout.py): failed, with
 -- the reason.
 UPDATE relay.outbox o
 SET status = 'failed', processed_at = now(), fanned_out_at = now(), last_error = f.error
@@ -202,7 +202,7 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- name: claim_deliveries
 -- Due deliveries nobody holds, leased to this relay for lease_seconds and returned with their
 -- change. Per webhook, never more than per_webhook less what this relay holds (busy_counts):
--- per_webhook is twice webhook_concurrency (relay/worker.py PREFETCH), so that the next request
+-- per_webhook is twice webhook_concurrency (relay/delivery/worker.py PREFETCH), so that the next request
 -- is ready when one ends and a claimed delivery waits at most one request for its slot (well
 -- inside its lease); and never one whose row has an earlier change still pending for the same
 -- webhook (in flight or waiting for a retry).
@@ -213,7 +213,7 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- the first that does not fit; across webhooks, smallest first (counting those a webhook could
 -- not take, which only ever holds back larger ones): a large change waits for room while small
 -- ones keep flowing. A change over max_change_bytes counts nothing and comes without its
--- images: it is never read, and fails (relay/worker.py). The byte columns are int, so that
+-- images: it is never read, and fails (relay/delivery/worker.py). The byte columns are int, so that
 -- the running sums add bigints, not numerics (max_body_bytes is at most 1 GiB). With the
 -- key-move check, this costs 0.5 ms more per claim than counts alone (3.9 ms rather than 3.4
 -- for 128 of 20,000 pending, bench/claims.py).
@@ -285,7 +285,7 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 
 -- name: record_outcomes
--- Attempts and their outcomes, many at once (relay/record.py batches them). An outcome is
+-- Attempts and their outcomes, many at once (relay/delivery/record.py batches them). An outcome is
 -- written only while this relay still holds the lease: a relay that lost it to another must
 -- not overwrite what that one did. The attempt itself is logged either way, unless it was not
 -- counted (a delivery given back unsent).
@@ -296,7 +296,7 @@ WITH outcome AS (
            o ->> 6 AS excerpt, o ->> 7 AS status, (o ->> 8)::float8 AS retry_in,
            (o ->> 9)::bool AS counted
     -- One JSON array of [outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-    -- excerpt, status, retry_in, counted] per outcome (relay/record.py writes it).
+    -- excerpt, status, retry_in, counted] per outcome (relay/delivery/record.py writes it).
     FROM json_array_elements(%(outcomes)s::json) AS o
 ), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay import schema
-from relay.tempcluster import NoPostgres, postgres_server, scratch_database
+from relay.capture import schema
+from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
 
 Conn = psycopg.Connection[tuple[object, ...]]
 

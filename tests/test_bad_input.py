@@ -12,7 +12,7 @@ from receivers import Receiver, receiver
 from test_renderpool import STUCK
 from test_worker import FAST, running, sql, until
 
-from relay.renderproc import KILL_MARGIN
+from relay.render.child import KILL_MARGIN
 
 BIG = "x" * (10 * 1024 * 1024)
 

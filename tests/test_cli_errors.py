@@ -10,7 +10,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from test_cli import relay
 
-from relay import schema
+from relay.capture import schema
 
 # Every subcommand that talks to a database, with arguments that are otherwise fine.
 DATABASE_COMMANDS = [

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.conditions import (
+from relay.render.request import loads
+from relay.rules.conditions import (
     MAX_DEPTH,
     InvalidConditions,
     explain,
@@ -21,7 +22,6 @@ from relay.conditions import (
     same,
     validate,
 )
-from relay.render import loads
 
 ROW = {
     "event": "updated",

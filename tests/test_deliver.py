@@ -16,8 +16,8 @@ import trustme
 from aiohttp import web
 from receivers import connect_proxy, never_answers, receiver
 
-from relay.deliver import Sender, retry_after_seconds
-from relay.render import Request, Webhook
+from relay.delivery.send import Sender, retry_after_seconds
+from relay.render.request import Request, Webhook
 
 HOOK = Webhook(id=1, name="t", payload_url="unused", timeout_seconds=Decimal(2))
 
@@ -238,8 +238,8 @@ def test_an_unknown_host_fails_clearly(tmp_path):
     script.write_text(
         "import asyncio\n"
         "from decimal import Decimal\n"
-        "from relay.deliver import Sender\n"
-        "from relay.render import Request, Webhook\n"
+        "from relay.delivery.send import Sender\n"
+        "from relay.render.request import Request, Webhook\n"
         "async def main():\n"
         "    async with Sender() as sender:\n"
         "        outcome = await sender.send(\n"

@@ -9,10 +9,11 @@ from helpers import outbox
 from psycopg.rows import dict_row
 from test_rules_sql import add_rule, add_webhook
 
-from relay import fanout, record, rules, window
-from relay.deliver import Outcome
-from relay.record import Result
-from relay.settings import Settings
+from relay.delivery import fanout, record, window
+from relay.delivery.record import Result
+from relay.delivery.send import Outcome
+from relay.rules import ruleset
+from relay.service.settings import Settings
 from relay.sqlfiles import query
 
 
@@ -26,12 +27,12 @@ def fan_out(conn, max_body_bytes: int = Settings().max_body_bytes) -> fanout.Pla
         if moved != looked:
             conn.execute(query("move_fan_out_window"), moved.parameters())
         rows = [row for row in found if row["fresh"]]
-        ruleset = rules.load(conn)
-        ready, to_read = fanout.sort_out(rows, ruleset, max_body_bytes)
-        plan = fanout.plan(ready, ruleset)
+        loaded = ruleset.load(conn)
+        ready, to_read = fanout.sort_out(rows, loaded, max_body_bytes)
+        plan = fanout.plan(ready, loaded)
         ids = [row["id"] for row in to_read]
         images = {row[0]: row[1:] for row in conn.execute(query("change_rows"), {"ids": ids})}
-        plan.add((fanout.arrival(row, *images[row["id"]]) for row in to_read), ruleset)
+        plan.add((fanout.arrival(row, *images[row["id"]]) for row in to_read), loaded)
         for name, parameters in plan.statements():
             conn.execute(query(name), parameters)
     return plan

@@ -11,7 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from relay import schema, sqlfiles
+from relay import sqlfiles
+from relay.capture import schema
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 

@@ -15,8 +15,9 @@ from psycopg.conninfo import make_conninfo
 from receivers import receiver
 from test_worker import FAST, running, until
 
-from relay import capture, schema, worker
-from relay.settings import Settings
+from relay.capture import schema, tables
+from relay.delivery import worker
+from relay.service.settings import Settings
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -45,7 +46,7 @@ def test_installer_needs_no_superuser_and_app_needs_no_rights(roles):
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()[0]
         schema.install(inst)
-        capture.track(inst, "public.orders")
+        tables.track(inst, "public.orders")
 
     with psycopg.connect(roles["app"], autocommit=True) as app:
         app.execute("INSERT INTO orders VALUES (1, 10)")
@@ -99,7 +100,7 @@ def test_service_role_grants(roles, make_role, db_dsn):
     service = make_role("svc")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         schema.install(inst)
-        capture.track(inst, "public.orders")
+        tables.track(inst, "public.orders")
     grant_service_role(roles, service)
     with psycopg.connect(roles["app"], autocommit=True) as app:
         app.execute("INSERT INTO orders VALUES (1, 10), (2, 20)")
@@ -136,8 +137,8 @@ def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, m
         app.execute(f"GRANT TRIGGER ON shop.items TO {roles['installer_name']}")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         schema.install(inst)
-        capture.track(inst, "public.orders")
-        capture.track(inst, "shop.items", model="shop.item")
+        tables.track(inst, "public.orders")
+        tables.track(inst, "shop.items", model="shop.item")
     grant_service_role(roles, service)
     service_dsn = make_conninfo(db_dsn, user=service)
     settings = Settings(**{**FAST.model_dump(), "attempt_retention_days": 1})
@@ -174,7 +175,7 @@ def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off
         owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON orders TO {writer}")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         schema.install(inst)
-        capture.track(inst, "public.orders")
+        tables.track(inst, "public.orders")
     with psycopg.connect(make_conninfo(roles["app"], user=writer), autocommit=True) as app:
         for statement in [
             "ALTER TABLE orders DISABLE TRIGGER ALL",

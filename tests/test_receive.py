@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.request
 
-from relay.sign import signature_headers
+from relay.render.sign import signature_headers
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # good for both schemes
 

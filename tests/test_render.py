@@ -15,7 +15,7 @@ from decimal import Decimal
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from relay.render import (
+from relay.render.request import (
     Change,
     Renderer,
     RenderError,
@@ -26,7 +26,7 @@ from relay.render import (
     dumps,
     loads,
 )
-from relay.sandbox import MAX_OUTPUT
+from relay.render.sandbox import MAX_OUTPUT
 
 CHANGE = Change.of(
     id=41,

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from test_render import CHANGE, HOOK
 
-from relay.render import Renderer, RenderError, Webhook
-from relay.renderpool import RenderPool
-from relay.renderproc import KILL_MARGIN, MAX_MEMORY
-from relay.sandbox import MAX_OUTPUT, MAX_SECONDS
+from relay.render.child import KILL_MARGIN, MAX_MEMORY
+from relay.render.pool import RenderPool
+from relay.render.request import Renderer, RenderError, Webhook
+from relay.render.sandbox import MAX_OUTPUT, MAX_SECONDS
 
 STUCK = "{{ ([[0]] * 200000)|sum(start=[])|length }}"
 """One C call that no sandbox check sees (a sum of lists, quadratic), its values all under the
@@ -37,7 +37,7 @@ def render_processes() -> list[int]:
         except (OSError, NotADirectoryError):
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"relay.renderproc" in command:
+        if parent == os.getpid() and b"relay.render.child" in command:
             found.append(int(entry.name))
     return found
 

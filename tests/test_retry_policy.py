@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from relay.render import Webhook
-from relay.retry import RetryPolicy
-from relay.settings import Settings
+from relay.delivery.policy import RetryPolicy
+from relay.render.request import Webhook
+from relay.service.settings import Settings
 
 SETTINGS = Settings(max_attempts=8, retry_base_seconds=5, retry_max_seconds=36_000)
 

@@ -23,7 +23,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from relay import sqlfiles
-from relay.tempcluster import scratch_database
+from relay.cli.tempcluster import scratch_database
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 

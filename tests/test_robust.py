@@ -19,9 +19,11 @@ from structlog.testing import capture_logs
 from test_cli import relay
 from test_worker import FAST, running, setup, sql, until
 
-from relay import fanout, record, render, rules
-from relay.deliver import Sender
-from relay.settings import Settings
+from relay.delivery import fanout, record
+from relay.delivery.send import Sender
+from relay.render import request
+from relay.rules import ruleset
+from relay.service.settings import Settings
 
 BIG = "1" + "0" * 5000
 SESSION_FAILED = "relay session failed, starting again"
@@ -347,39 +349,39 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     secret = "" if stage == "record" else f" {VICTIM_SECRET}"
     boom = RuntimeError(f"injected at {stage}{secret}\nsecond line")
 
-    def hit(change: render.Change) -> bool:
+    def hit(change: request.Change) -> bool:
         return (change.new or {}).get("v") == 666
 
     def hit_body(body: bytes) -> bool:
         return json.loads(body)["data"]["v"] == 666
 
     if stage == "match":
-        verdict = rules.verdict
+        verdict = ruleset.verdict
 
         def failing_verdict(rule, change, base=None):  # type: ignore[no-untyped-def]
             if rule.name == "victim" and hit(change):
                 raise boom
             return verdict(rule, change, base)
 
-        monkeypatch.setattr(rules, "verdict", failing_verdict)
+        monkeypatch.setattr(ruleset, "verdict", failing_verdict)
     elif stage == "render":
-        default_body = render.default_body
+        default_body = request.default_body
 
         def failing_body(change, action_data=None):  # type: ignore[no-untyped-def]
             if (action_data or {}).get("victim") and hit(change):
                 raise boom
             return default_body(change, action_data)
 
-        monkeypatch.setattr(render, "default_body", failing_body)
+        monkeypatch.setattr(request, "default_body", failing_body)
     elif stage == "sign":
-        signature_headers = render.signature_headers
+        signature_headers = request.signature_headers
 
         def failing_signature(scheme, secret, body, message_id, timestamp):  # type: ignore[no-untyped-def]
             if secret == VICTIM_SECRET and hit_body(body):
                 raise boom
             return signature_headers(scheme, secret, body, message_id, timestamp)
 
-        monkeypatch.setattr(render, "signature_headers", failing_signature)
+        monkeypatch.setattr(request, "signature_headers", failing_signature)
     elif stage == "send":
         send = Sender.send
 

@@ -15,8 +15,8 @@ from test_cli import relay
 from test_renderpool import STUCK
 from test_rules_sql import add_rule, add_webhook
 
-from relay import rules
-from relay.render import Renderer, loads
+from relay.render.request import Renderer, loads
+from relay.rules import ruleset
 
 
 def test_rules_match_by_table_event_and_conditions(rconn):
@@ -38,15 +38,15 @@ def test_rules_match_by_table_event_and_conditions(rconn):
     rconn.execute("INSERT INTO orders VALUES (1, 'new')")
     rconn.execute("UPDATE orders SET status = 'paid'")
     rconn.execute("UPDATE orders SET status = 'shipped'")
-    ruleset = rules.load(rconn)
-    names = {r.name for r in ruleset.rules}
+    loaded = ruleset.load(rconn)
+    names = {r.name for r in loaded.rules}
     assert "disabled" not in names and "to-disabled-hook" in names
     matched = []
     for row in outbox(rconn):
-        change = rules.fetch_change(rconn, row["id"])
-        matched.append([r.name for r in ruleset.matching(change)])
+        change = ruleset.fetch_change(rconn, row["id"])
+        matched.append([r.name for r in loaded.matching(change)])
     assert matched == [["any-insert"], ["paid"], []]
-    why = ruleset.evaluate(rules.fetch_change(rconn, outbox(rconn)[2]["id"]))
+    why = loaded.evaluate(ruleset.fetch_change(rconn, outbox(rconn)[2]["id"]))
     assert [(m.rule.name, m.verdict.matched) for m in why] == [("paid", False)]
     assert "found 'shipped'" in why[0].verdict.reason
 
@@ -61,10 +61,10 @@ def test_a_thousand_rules_are_indexed_by_table(rconn):
     rconn.execute("CREATE TABLE t7 (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('t7')")
     rconn.execute("INSERT INTO t7 VALUES (1)")
-    ruleset = rules.load(rconn)
-    change = rules.fetch_change(rconn, outbox(rconn)[0]["id"])
-    assert len(ruleset.candidates(change)) == 10
-    assert all("public.t7" in r.tables for r in ruleset.matching(change))
+    loaded = ruleset.load(rconn)
+    change = ruleset.fetch_change(rconn, outbox(rconn)[0]["id"])
+    assert len(loaded.candidates(change)) == 10
+    assert all("public.t7" in r.tables for r in loaded.matching(change))
 
 
 def test_rules_check_reports_each_problem_with_rule_field_and_line(rconn):
@@ -82,7 +82,9 @@ def test_rules_check_reports_each_problem_with_rule_field_and_line(rconn):
         name="bad-regex",
         conditions={"attr": "data.name", "op": "regex", "value": "(?P<x"},
     )
-    problems = [str(p) for p in rules.check(rules.load(rconn, everything=True).rules, Renderer())]
+    problems = [
+        str(p) for p in ruleset.check(ruleset.load(rconn, everything=True).rules, Renderer())
+    ]
     assert any("uses-broken" in p and "body_template: line 1" in p for p in problems)
     assert any("additional_headers line 2: line 1" in p for p in problems)
     assert any("rule 'bad-regex'" in p and "invalid regular expression" in p for p in problems)

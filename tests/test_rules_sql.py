@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 from test_conditions import condition_sets, deep_documents, json_values
 
-from relay.conditions import InvalidConditions, validate
+from relay.rules.conditions import InvalidConditions, validate
 
 GOOD_WEBHOOK = {"name": "hook", "payload_url": "https://example.test/hooks/relay"}
 

@@ -7,7 +7,7 @@ import time
 
 from test_rules_sql import add_rule, add_webhook
 
-from relay.rulewatch import RuleWatcher
+from relay.rules.watch import RuleWatcher
 
 
 def test_rule_changes_reach_a_running_watcher_within_a_second(rconn, relay_dsn):

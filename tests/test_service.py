@@ -14,7 +14,7 @@ import aiohttp
 from receivers import receiver
 from test_worker import outbox_statuses, setup, sql, until
 
-from relay import systemd
+from relay.service import systemd
 
 
 def free_port() -> int:

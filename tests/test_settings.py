@@ -13,8 +13,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from relay import schema
-from relay.tempcluster import find_server_binaries, start_temp_cluster
+from relay.capture import schema
+from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 
 
 def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

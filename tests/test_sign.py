@@ -10,7 +10,7 @@ import time
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from relay.sign import InvalidSecret, signature_headers
+from relay.render.sign import InvalidSecret, signature_headers
 
 
 def test_netbox_signature_is_hex_hmac_sha512_of_the_body():

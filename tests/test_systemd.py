@@ -35,8 +35,8 @@ from psycopg.conninfo import conninfo_to_dict
 from receivers import Receiver, receiver
 from test_service import free_port
 
-from relay import sign
-from relay.tempcluster import scratch_database
+from relay.cli.tempcluster import scratch_database
+from relay.render import sign
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "deploy.md"

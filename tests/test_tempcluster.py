@@ -7,8 +7,8 @@ import os
 import psycopg
 import pytest
 
-from relay import schema
-from relay.tempcluster import find_server_binaries, start_temp_cluster
+from relay.capture import schema
+from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 
 
 def test_throwaway_cluster_starts_serves_relay_and_goes_away():
@@ -34,7 +34,7 @@ def test_throwaway_cluster_starts_serves_relay_and_goes_away():
 
 
 def test_without_server_or_binaries_the_message_says_what_to_install(monkeypatch):
-    import relay.tempcluster as tc
+    import relay.cli.tempcluster as tc
 
     monkeypatch.setattr(tc, "find_server_binaries", lambda: None)
     with pytest.raises(tc.NoPostgres, match=r"apt-get install postgresql\) or set RELAY_TEST_DSN"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 from test_delivery_sql import fan_out, setup
 
-from relay.window import Gap, Window, advance
+from relay.delivery.window import Gap, Window, advance
 
 
 def test_ids_missing_below_a_seen_one_wait_for_the_transactions_running():

@@ -15,8 +15,8 @@ from aiohttp import web
 from receivers import Receiver, receiver
 from structlog.testing import capture_logs
 
-from relay.settings import Settings
-from relay.worker import Worker
+from relay.delivery.worker import Worker
+from relay.service.settings import Settings
 
 FAST = Settings(
     poll_interval=0.2,

@@ -18,8 +18,8 @@ from aiohttp import web
 from receivers import receiver
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
 
-from relay import schema
-from relay.tempcluster import find_server_binaries, start_temp_cluster
+from relay.capture import schema
+from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 
 
 async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.subprocess.Process:

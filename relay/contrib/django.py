@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from relay.tag import CLEAR, statement
+from relay.capture.tag import CLEAR, statement
 
 __all__ = ["RelayContextMiddleware"]
 

@@ -38,7 +38,7 @@ CREATE TABLE relay.event_rules (
 );
 
 -- What is wrong with a conditions document, or NULL when it is well formed. The same rules as
--- relay/conditions.py's validate() (tests hold the two to the same answers), except that regular
+-- relay/rules/conditions.py's validate() (tests hold the two to the same answers), except that regular
 -- expressions are compiled by Python only (`relay rules check`): PostgreSQL's dialect differs.
 CREATE FUNCTION relay.conditions_problem(doc jsonb, here text DEFAULT 'conditions')
 RETURNS text LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$

@@ -1,6 +1,6 @@
 -- 0003 delivery: per-webhook delivery state, the attempt log, and re-queueing with plain SQL.
 --
--- How a change travels (relay/worker.py drives it, with the queries in sql/queries.sql):
+-- How a change travels (relay/delivery/worker.py drives it, with the queries in sql/queries.sql):
 -- 1. Fan-out: one relay at a time takes outbox rows that are pending and not yet fanned out, in
 --    id order, matches them against the rules and writes one relay.deliveries row per webhook
 --    (or marks the change 'skipped'). Id order is safe for per-row ordering: two changes to one

@@ -953,7 +953,7 @@ END
 $$;
 
 -- Rules must be able to name every table that can be tracked: a schema or table name holding a
--- dot (or a double quote) is written in double quotes, as in SQL ("we.ird"."v1.2"); relay/rules.py
+-- dot (or a double quote) is written in double quotes, as in SQL ("we.ird"."v1.2"); relay/rules/ruleset.py
 -- reads the names with the same pattern.
 CREATE OR REPLACE FUNCTION relay.check_event_rule() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

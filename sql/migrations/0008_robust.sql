@@ -1,7 +1,7 @@
 -- 0008 robust: the database refuses what relay could not run, in the same words as relay.
 --
 -- relay.conditions_problem now also refuses documents nested more than 32 levels deep (values
--- included), the limit relay/conditions.py's validate() has: relay evaluates conditions
+-- included), the limit relay/rules/conditions.py's validate() has: relay evaluates conditions
 -- recursively, and a document nested a thousand levels deep was accepted here and then stopped
 -- `relay run` when it loaded the rule. Both sides stay in step (a property test holds them to the
 -- same answers); regular expressions are still compiled by relay only (RE2 syntax).
@@ -9,7 +9,7 @@
 -- Webhooks: a Content-Type with a line break, or a literal URL whose host has an empty label or
 -- one over 63 characters, could never be sent (the HTTP client and the resolver refuse them);
 -- they are now refused when saved. Rows saved before this migration fail their deliveries with
--- the same reason instead (relay/render.py).
+-- the same reason instead (relay/render/request.py).
 
 -- Levels of arrays and objects in doc (a scalar is 0, [] is 1), counted no further than cap + 1.
 CREATE FUNCTION relay.json_depth(doc jsonb, cap integer) RETURNS integer

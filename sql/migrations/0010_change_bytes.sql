@@ -1,5 +1,5 @@
 -- 0010 change bytes: deliveries know how large their change is, so that a relay claims by
--- bytes, not only by count (claim_deliveries in sql/queries.sql, relay/holding.py).
+-- bytes, not only by count (claim_deliveries in sql/queries.sql, relay/delivery/holding.py).
 --
 -- Twenty 50 MB rows, inserted then updated, once took a relay to 7.3 GB: a claim brought a
 -- thousand changes into memory whatever their size. Now a claim takes only what fits in the

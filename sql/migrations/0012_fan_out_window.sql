@@ -14,7 +14,7 @@
 --   everything after it;
 -- * re-queued changes (`UPDATE relay.outbox SET status = 'pending'`) get `requeued_at` and are
 --   found through a partial index that new rows never enter.
--- relay/window.py holds the bookkeeping; changes_to_fan_out in sql/queries.sql reads all three.
+-- relay/delivery/window.py holds the bookkeeping; changes_to_fan_out in sql/queries.sql reads all three.
 
 ALTER TABLE relay.outbox ADD COLUMN requeued_at timestamptz;
 

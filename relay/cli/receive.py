@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
 
-from relay.cli_common import visible
-from relay.sign import verify
+from relay.cli.common import visible
+from relay.render.sign import verify
 
 
 def application(console: Console, secret: str | None, status: int) -> web.Application:

@@ -19,14 +19,16 @@ from psycopg.rows import dict_row
 from rich.console import Console
 from rich.syntax import Syntax
 
-from relay import logs, schema, sqlfiles
+from relay import sqlfiles
+from relay.capture import schema
+from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.db import Conn
-from relay.render import dumps, loads
-from relay.settings import Settings
-from relay.sign import verify
+from relay.delivery.worker import Worker
+from relay.render.request import dumps, loads
+from relay.render.sign import verify
+from relay.service import logs
+from relay.service.settings import Settings
 from relay.sqlfiles import query
-from relay.tempcluster import postgres_server, scratch_database
-from relay.worker import Worker
 
 _STEP = re.compile(r"^-- step: (.+)$", re.MULTILINE)
 SECRETS = {"/payments": "whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz"}

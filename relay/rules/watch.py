@@ -13,8 +13,8 @@ from typing import Any
 
 import psycopg
 
-from relay import rules
-from relay.rules import RuleSet
+from relay.rules import ruleset
+from relay.rules.ruleset import RuleSet
 from relay.sqlfiles import query
 
 CHANNEL = "relay_rules"
@@ -73,7 +73,7 @@ class RuleWatcher:
         cur = await conn.execute(query("rules_version"))
         row = await cur.fetchone()
         version = int(row[0]) if row else 0
-        ruleset = await rules.load_async(conn)
+        loaded = await ruleset.load_async(conn)
         if version >= self.version:  # a slower, older reload must not win
-            self.ruleset, self.version = ruleset, version
+            self.ruleset, self.version = loaded, version
         self.loaded.set()

@@ -16,7 +16,7 @@ over a long string inside another, a string doubled thirty times (``{% set a = a
   measured before it is printed.
 
 What never passes a check (one C-level call that runs long: a sort, a sum of lists) is stopped
-from outside: relay/renderpool.py renders in a process it kills at the deadline. Nothing is
+from outside: relay/render/pool.py renders in a process it kills at the deadline. Nothing is
 evaluated while compiling (constant folding is off), so compiling costs only the source's size.
 """
 

@@ -20,10 +20,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from relay import conditions
 from relay.db import Conn
 from relay.reasons import describe, redact
-from relay.render import (
+from relay.render.request import (
     Change,
     RenderError,
     TemplateChecker,
@@ -33,6 +32,7 @@ from relay.render import (
     header_line,
     loads,
 )
+from relay.rules import conditions
 from relay.sqlfiles import query
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")+"|[^."]+)\.("(?:[^"]|"")+"|[^."]+)$')

@@ -10,8 +10,9 @@ import psycopg
 import typer
 from rich.table import Table
 
-from relay import __version__, capture, rules, schema, sqlfiles
-from relay.cli_common import (
+from relay import __version__, sqlfiles
+from relay.capture import schema, tables
+from relay.cli.common import (
     Dsn,
     EnvFile,
     OptionalDsn,
@@ -26,10 +27,11 @@ from relay.cli_common import (
     say_error,
     styled,
 )
-from relay.cli_common import database as _database
-from relay.cli_rules import preview, rule_app, rules_app, webhook_app
+from relay.cli.common import database as _database
+from relay.cli.webhooks import preview, rule_app, rules_app, webhook_app
 from relay.db import first_line
-from relay.settings import comma_list
+from relay.rules import ruleset
+from relay.service.settings import comma_list
 
 app = typer.Typer(
     help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",
@@ -117,7 +119,7 @@ def track(
 ) -> None:
     """Capture changes to TABLE into the outbox (running it again replaces the options)."""
     with _database(dsn) as conn:
-        capture.track(
+        tables.track(
             conn,
             table,
             events=_split(events),
@@ -135,7 +137,7 @@ def untrack(
 ) -> None:
     """Stop capturing TABLE (changes already in the outbox stay)."""
     with _database(dsn) as conn:
-        was_tracked = capture.untrack(conn, table)
+        was_tracked = tables.untrack(conn, table)
     out.print(f"{'untracked' if was_tracked else 'was not tracked:'} {table}", highlight=False)
 
 
@@ -143,7 +145,7 @@ def untrack(
 def tracked(dsn: Dsn) -> None:
     """List the tracked tables and their options."""
     with _database(dsn) as conn:
-        rows = capture.tracked(conn)
+        rows = tables.tracked(conn)
     table = Table(
         "table",
         "model",
@@ -157,7 +159,7 @@ def tracked(dsn: Dsn) -> None:
     for row in rows:
         add_row(
             table,
-            rules.rule_table(row.schema_name, row.table_name),
+            ruleset.rule_table(row.schema_name, row.table_name),
             row.model or "-",
             ",".join(row.events),
             ",".join(row.update_columns or []) or "any",
@@ -182,8 +184,8 @@ def demo(
     ] = None,
 ) -> None:
     """Show relay at work on a scratch database that is dropped afterwards."""
-    from relay import demo as demo_module
-    from relay.tempcluster import NoPostgres
+    from relay.cli import demo as demo_module
+    from relay.cli.tempcluster import NoPostgres
 
     try:
         demo_module.run(styled, dsn)
@@ -199,9 +201,9 @@ def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
 
     import psycopg
 
-    from relay import logs, metrics, systemd
     from relay.db import one_line
-    from relay.worker import Worker
+    from relay.delivery.worker import Worker
+    from relay.service import logs, metrics, systemd
 
     settings = load_settings(env_file)
     database = dsn_of(dsn, settings)
@@ -321,7 +323,7 @@ def status(
     errors: Annotated[int, typer.Option(help="How many recent errors to show.")] = 5,
 ) -> None:
     """Backlog, per-webhook counts, recent errors and the relays at work."""
-    from relay import status as status_module
+    from relay.cli import status as status_module
 
     with _database(dsn) as conn:
         current = status_module.read(conn, errors)
@@ -391,8 +393,8 @@ def retry(
     change_id: Annotated[int | None, typer.Option("--id", help="Only this change.")] = None,
 ) -> None:
     """Send failed changes again, only to the webhooks that did not get them."""
+    from relay.cli.ages import parse_since
     from relay.sqlfiles import query
-    from relay.when import parse_since
 
     try:
         moment = parse_since(since) if since else None
@@ -421,8 +423,8 @@ def purge(
     deliveries and attempts, in short transactions; pending changes are never touched."""
     from rich.progress import Progress
 
+    from relay.cli.ages import parse_age
     from relay.sqlfiles import query
-    from relay.when import parse_age
 
     try:
         seconds = parse_age(older_than).total_seconds()
@@ -458,7 +460,7 @@ def receive(
     status: Annotated[int, typer.Option(help="HTTP status to answer with.")] = 200,
 ) -> None:
     """A webhook receiver for trying relay out: prints every request it gets."""
-    from relay.receive import serve
+    from relay.cli.receive import serve
 
     if not 100 <= status <= 599:
         fail(f"--status {status} is not an HTTP status", 2)

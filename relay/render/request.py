@@ -1,11 +1,11 @@
 """Turning one change and one webhook into the exact HTTP request that will be sent.
 
 Templates run in Jinja2's ``ImmutableSandboxedEnvironment``, with the cost limits of
-relay/sandbox.py: no attribute starting with an underscore, no mutation of the context, no
+relay/render/sandbox.py: no attribute starting with an underscore, no mutation of the context, no
 access to files, modules or the process environment, except environment variables whose names
 match a glob the operator allowed (NetBox's ``env`` filter). Every failure is a
 :class:`RenderError` whose message says which field failed and why. :class:`Renderer` renders
-in the calling process; relay/renderpool.py runs it in processes that can be stopped.
+in the calling process; relay/render/pool.py runs it in processes that can be stopped.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from jinja2 import TemplateError, Undefined
 
 from relay import __version__
 from relay.reasons import describe, redact
-from relay.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
-from relay.sign import InvalidSecret, signature_headers
+from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
+from relay.render.sign import InvalidSecret, signature_headers
 
 EVENTS = {"insert": "created", "update": "updated", "delete": "deleted", "truncate": "truncated"}
 DELIVERY_NAMESPACE = uuid.UUID("6f1c4f1e-58a9-4c43-9d0e-2b7f4f1b9a51")

@@ -1,9 +1,9 @@
 """Rendering templates in processes of their own, so that no template can hold up the relay.
 
-relay/sandbox.py stops a template at its next check, but some work never reaches one: a single
+relay/render/sandbox.py stops a template at its next check, but some work never reaches one: a single
 C-level operation (summing lists, sorting, compiling a huge template) can run for minutes, and
 on the event loop it would hold back every delivery. So templated requests are rendered by child
-processes (relay/renderproc.py); a child that has not answered ``MAX_SECONDS + KILL_MARGIN``
+processes (relay/render/child.py); a child that has not answered ``MAX_SECONDS + KILL_MARGIN``
 after starting a request is killed and replaced, and that request fails with "stopped after
 1 s". A child's address space is capped (``MAX_MEMORY``), and its CPU time per request, so that
 even one whose relay has died stops.
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from relay.render import Change, Renderer, RenderError, Request, Webhook, needs_jinja
-from relay.renderproc import FRAME, KILL_MARGIN, Reply, check_job, request_job
-from relay.sandbox import MAX_SECONDS
+from relay.render.child import FRAME, KILL_MARGIN, Reply, check_job, request_job
+from relay.render.request import Change, Renderer, RenderError, Request, Webhook, needs_jinja
+from relay.render.sandbox import MAX_SECONDS
 
 PROCESSES = 4
 """Render processes at most, each about 30 MB; started as webhooks with templates need them."""
@@ -190,7 +190,7 @@ class RenderPool:
 
     def __init__(self, env_allow: Sequence[str] = (), processes: int = PROCESSES) -> None:
         self._local = Renderer(env_allow)
-        self._argv = [sys.executable, "-P", "-m", "relay.renderproc", json.dumps(list(env_allow))]
+        self._argv = [sys.executable, "-P", "-m", "relay.render.child", json.dumps(list(env_allow))]
         self._processes = processes
         self._children: list[_Child] = []
 

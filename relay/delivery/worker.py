@@ -3,13 +3,13 @@
 Four jobs share one event loop, each on its own connection so that none waits for another:
 fan-out matches new changes against the rules (sql/migrations/0003_delivery.sql explains the
 protocol); the claim loop leases due deliveries; one task per claimed delivery renders and sends
-it; the recorder writes outcomes in batches (relay/record.py). A fourth connection LISTENs, and
-the rule watcher (relay/rulewatch.py) keeps a fifth.
+it; the recorder writes outcomes in batches (relay/delivery/record.py). A fourth connection LISTENs, and
+the rule watcher (relay/rules/watch.py) keeps a fifth.
 When there is nothing to do, each sleeps until a NOTIFY on relay_outbox, the poll interval, or
 a stop request, whichever comes first.
 
 Whatever one change, rule or webhook does, it costs only itself: matching is isolated per rule
-and change (relay/fanout.py), each delivery's task turns any exception into an outcome with a
+and change (relay/delivery/fanout.py), each delivery's task turns any exception into an outcome with a
 one-line reason, a delivery claimed past its max attempts (its earlier attempts never
 reported back) fails instead of going out again, and an unexpected error in a whole session is
 logged and the session started again rather than ending the process.
@@ -35,22 +35,23 @@ import psycopg
 import structlog
 from psycopg.rows import dict_row
 
-from relay import fanout, rules, window
 from relay.db import first_line
-from relay.deliver import Outcome, Sender, over_limit
-from relay.holding import Holding
-from relay.metrics import Metrics
+from relay.delivery import fanout, window
+from relay.delivery.holding import Holding
+from relay.delivery.policy import RetryPolicy
+from relay.delivery.record import Recorder, Result
+from relay.delivery.send import Outcome, Sender, over_limit
 from relay.reasons import describe, reason, redact
-from relay.record import Recorder, Result
-from relay.render import Change, RenderError, Webhook
-from relay.renderpool import RenderPool
-from relay.retry import RetryPolicy
-from relay.rules import Rule
-from relay.rulewatch import RuleWatcher
-from relay.settings import HELD_PER_CHANGE_BYTE, Settings
+from relay.render.pool import RenderPool
+from relay.render.request import Change, RenderError, Webhook
+from relay.rules import ruleset
+from relay.rules.ruleset import Rule
+from relay.rules.watch import RuleWatcher
+from relay.service.metrics import Metrics
+from relay.service.settings import HELD_PER_CHANGE_BYTE, Settings
 from relay.sqlfiles import query
 
-log = structlog.get_logger("relay.worker")
+log = structlog.get_logger("relay.delivery.worker")
 
 AConn = psycopg.AsyncConnection[Any]
 NO_JIT = "-c jit=off"
@@ -378,7 +379,7 @@ class Worker:
         conn: AConn,
         group: list[Mapping[str, Any]],
         plan: fanout.Plan,
-        ruleset: rules.RuleSet,
+        ruleset: ruleset.RuleSet,
     ) -> None:
         """Read the images of a group of changes that conditions look at, once they fit in
         the room the relay has, and match them."""
@@ -448,7 +449,7 @@ class Worker:
                 r["rule_id"],
                 r["attempts"],
                 r["attempt_number"],
-                rules.change_from_row(r),
+                ruleset.change_from_row(r),
                 0 if refused else size,
                 refused,
             )

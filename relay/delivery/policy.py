@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from relay.render import Webhook
-from relay.settings import Settings
+from relay.render.request import Webhook
+from relay.service.settings import Settings
 
 
 @dataclass(frozen=True)

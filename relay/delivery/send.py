@@ -31,7 +31,7 @@ from pydantic import ByteSize
 
 from relay.db import first_line
 from relay.reasons import describe, redact
-from relay.render import Request, Webhook
+from relay.render.request import Request, Webhook
 
 EXCERPT_BYTES = 4096
 

@@ -20,8 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from relay import admin, rules
-from relay.cli_common import (
+from relay.cli.common import (
     Dsn,
     EnvFile,
     OptionalDsn,
@@ -38,9 +37,10 @@ from relay.cli_common import (
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.reasons import MASK
-from relay.render import Change, RenderError, Webhook, loads
-from relay.renderpool import BlockingRenderPool
-from relay.settings import Settings, comma_list
+from relay.render.pool import BlockingRenderPool
+from relay.render.request import Change, RenderError, Webhook, loads
+from relay.rules import admin, ruleset
+from relay.service.settings import Settings, comma_list
 
 webhook_app = group("Webhooks: where changes are sent.")
 rule_app = group("Event rules: which changes go to which webhook.")
@@ -269,7 +269,7 @@ def _refuse_broken_templates(row: admin.WebhookRow) -> None:
         body_template=row.body_template or "",
     )
     with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
-        problems = rules.webhook_problems(hook, renders, f"webhook {row.name!r}")
+        problems = ruleset.webhook_problems(hook, renders, f"webhook {row.name!r}")
     if problems:
         fail(f"{problems[0]} (nothing was stored: fix the template)", 2)
 
@@ -520,14 +520,14 @@ def rules_check(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     """Compile every template and validate every condition; report each problem."""
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
-        ruleset = rules.load(conn, everything=True)
-        unused = rules.unused_webhooks(conn)
+        loaded = ruleset.load(conn, everything=True)
+        unused = ruleset.unused_webhooks(conn)
     with BlockingRenderPool(settings.template_env_globs) as renders:
-        problems = rules.check(ruleset.rules, renders, unused)
+        problems = ruleset.check(loaded.rules, renders, unused)
     for problem in problems:
         out.print(str(problem), highlight=False, soft_wrap=True)
-    hooks = len({rule.webhook.id for rule in ruleset.rules}) + len(unused)
-    counted = f"{len(ruleset.rules)} rule(s), {hooks} webhook(s)"
+    hooks = len({rule.webhook.id for rule in loaded.rules}) + len(unused)
+    counted = f"{len(loaded.rules)} rule(s), {hooks} webhook(s)"
     if problems:
         fail(f"{len(problems)} problem(s) in {counted}")
     out.print(f"{counted}: no problems", highlight=False)
@@ -547,27 +547,27 @@ def preview(
     `relay run` would have: the environment, then --env-file)."""
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
-        ruleset = rules.load(conn, everything=True)
-        installation = rules.installation_id(conn)
+        loaded = ruleset.load(conn, everything=True)
+        installation = ruleset.installation_id(conn)
         if outbox_id is not None:
-            change = rules.fetch_change(conn, outbox_id)
+            change = ruleset.fetch_change(conn, outbox_id)
             if change is None:
                 fail(f"no change with id {outbox_id} in relay.outbox")
         elif table is not None:
             change = _made_up_change(table, new, old, event)
             change = replace(
-                change, model=rules.model_of(conn, change.schema_name, change.table_name)
+                change, model=ruleset.model_of(conn, change.schema_name, change.table_name)
             )
         else:
             fail("give --outbox-id N, or --table T with --new and/or --old")
-    chosen = next((r for r in ruleset.rules if r.name == rule), None)
+    chosen = next((r for r in loaded.rules if r.name == rule), None)
     if chosen is None:
         fail(f"no rule named {rule!r}")
     _print_preview(chosen, change, installation, settings)
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
-    key = rules.table_key(table) or rules.table_key(f"public.{table}")
+    key = ruleset.table_key(table) or ruleset.table_key(f"public.{table}")
     if key is None:
         fail(
             f"--table {table!r} is not a table name as rules write them: schema.table, a part "
@@ -594,7 +594,9 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
     )
 
 
-def _print_preview(rule: rules.Rule, change: Change, installation: str, settings: Settings) -> None:
+def _print_preview(
+    rule: ruleset.Rule, change: Change, installation: str, settings: Settings
+) -> None:
     hook = rule.webhook
     out.print(
         f"[bold]rule[/] {escape(rule.name)} → [bold]webhook[/] {escape(hook.name)}",
@@ -606,7 +608,7 @@ def _print_preview(rule: rules.Rule, change: Change, installation: str, settings
         notes.append(f"the rule does not cover {change.op} on {change.object_type}")
     if not hook.enabled:
         notes.append("the webhook is disabled")
-    verdict = rules.judge(rule, change).verdict
+    verdict = ruleset.judge(rule, change).verdict
     status = (
         "matched" if verdict.matched else f"not matched ({verdict.reason}): nothing would be sent"
     )

@@ -1,4 +1,4 @@
-"""A render process: renders the requests relay/renderpool.py sends it, within hard limits.
+"""A render process: renders the requests relay/render/pool.py sends it, within hard limits.
 
 Run as ``python -m relay.renderproc ENV_ALLOW_JSON``. Jobs come on standard input, answers go on
 standard output, each a length-prefixed frame: jobs pickled (from the relay), answers in
@@ -21,8 +21,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
-from relay.render import Change, Renderer, RenderError, Webhook
-from relay.sandbox import MAX_SECONDS
+from relay.render.request import Change, Renderer, RenderError, Webhook
+from relay.render.sandbox import MAX_SECONDS
 
 KILL_MARGIN = 0.5
 """Seconds past MAX_SECONDS after which a render process that has not answered is killed."""

@@ -22,10 +22,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.deliver import over_limit
+from relay.delivery.send import over_limit
 from relay.reasons import describe, reason
-from relay.render import Change
-from relay.rules import RuleSet
+from relay.render.request import Change
+from relay.rules.ruleset import RuleSet
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,11 @@ import psycopg
 import structlog
 
 from relay.db import first_line
-from relay.deliver import Outcome
+from relay.delivery.send import Outcome
 from relay.reasons import describe, reason
 from relay.sqlfiles import query
 
-log = structlog.get_logger("relay.record")
+log = structlog.get_logger("relay.delivery.record")
 
 BATCH_LIMIT = 1000
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from relay.settings import HELD_PER_CHANGE_BYTE, Settings
+from relay.service.settings import HELD_PER_CHANGE_BYTE, Settings
 
 
 class Holding:

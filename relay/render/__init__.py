@@ -1,0 +1,1 @@
+"""Render and sign: a change and a webhook become the exact request, in Jinja2's sandbox."""

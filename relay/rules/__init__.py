@@ -1,0 +1,1 @@
+"""Matching: webhooks and event rules as loaded from the database, and their conditions."""

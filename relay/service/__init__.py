@@ -1,0 +1,1 @@
+"""The long-running process: settings, structured logs, metrics and systemd."""
