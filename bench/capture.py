@@ -37,7 +37,6 @@ from pathlib import Path
 
 import psycopg
 
-from relay.capture import schema
 from relay.cli.tempcluster import (
     find_server_binaries,
     postgres_server,
@@ -45,6 +44,7 @@ from relay.cli.tempcluster import (
     start_temp_cluster,
 )
 from relay.sqlfiles import parse_named
+from relay.store import Store
 
 Q = parse_named((Path(__file__).parent / "capture.sql").read_text())
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
@@ -291,7 +291,7 @@ def main() -> None:
         for ref, dsn in targets.items():
             if ref == "now":
                 with psycopg.connect(dsn, autocommit=True) as conn:
-                    schema.install(conn)
+                    Store(conn).install()
             else:
                 install_at(dsn, ref)
             subprocess.run(

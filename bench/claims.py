@@ -23,9 +23,9 @@ from pathlib import Path
 import psycopg
 
 from relay import sqlfiles
-from relay.capture import schema
 from relay.cli.tempcluster import scratch_database, start_temp_cluster
-from relay.service.settings import Settings
+from relay.settings import Settings
+from relay.store import Store
 
 FAN_OUT = """
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
@@ -35,7 +35,7 @@ SELECT o.id, r.webhook_id, r.id, o.schema_name || '.' || o.table_name || ':' || 
 FROM relay.outbox o, relay.event_rules r;
 UPDATE relay.outbox SET fanned_out_at = now();
 """
-"""What fan-out writes for these changes (relay/delivery/fanout.py), in one statement for speed."""
+"""What fan-out writes for these changes (relay/delivery/plan.py), in one statement for speed."""
 
 
 def parameters(settings: Settings) -> dict[str, object]:
@@ -80,7 +80,7 @@ def main() -> None:
     try:
         with scratch_database(cluster.dsn, "relay_claims") as dsn, psycopg.connect(dsn) as conn:
             conn.autocommit = True
-            schema.install(conn)
+            Store(conn).install()
             conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
             conn.execute("SELECT relay.track('items')")
             conn.execute(

@@ -46,8 +46,8 @@ from psycopg.types.json import Jsonb
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import free_port
 
-from relay.capture import schema
 from relay.cli.tempcluster import postgres_server, scratch_database
+from relay.store import Store
 
 MAX_ATTEMPTS = 4
 ROUNDS_PER_RULE_SET = 60
@@ -543,7 +543,7 @@ def main() -> None:
     try:
         with postgres_server(args.dsn) as server, scratch_database(server, "relay_fuzz") as dsn:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                schema.install(conn)
+                Store(conn).install()
                 conn.execute(TABLE)
             fuzz = Fuzz(dsn, port, log, time.monotonic() + args.minutes * 60, chosen)
             try:

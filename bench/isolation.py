@@ -34,9 +34,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import drain, free_port, start_nginx
 
-from relay.capture import schema
 from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.service import logs
+from relay.store import Store
 
 SETUPS = ("solo", "beside a slow one", "1,000 rules")
 
@@ -71,7 +71,7 @@ def rule(conn: psycopg.Connection[Any], name: str, table: str, hook: str, cond: 
 
 def prepare(dsn: str, setup: str, fast: str, slow: str, changes: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text, qty int)")
         conn.execute("SELECT relay.track('items')")
         webhook(conn, "fast", fast)

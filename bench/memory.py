@@ -35,8 +35,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import start_nginx, start_relay, stop_relay, vm_kb
 
-from relay.capture import schema
 from relay.cli.tempcluster import scratch_database, start_temp_cluster
+from relay.store import Store
 
 BIG_ID = 1_000_000
 """Big rows have ids from here on, small ones below."""
@@ -53,7 +53,7 @@ ORDER BY 1, 2, 3
 
 def build(dsn: str, url: str, small: int, big: int, big_mb: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int, note text)")
         conn.execute("SELECT relay.track('items')")
         conn.execute(

@@ -50,8 +50,9 @@ from throughput import (
 
 import relay.delivery.worker
 from relay.cli.tempcluster import postgres_server, scratch_database
+from relay.model import Change, Request, Webhook
 from relay.render.pool import RenderPool
-from relay.render.request import Change, Renderer, Request, Webhook
+from relay.render.request import Renderer
 from relay.service import logs
 
 SLACK = (

@@ -41,13 +41,13 @@ import aiohttp
 import psycopg
 from psycopg.rows import dict_row
 
-from relay.capture import schema
 from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.delivery.worker import Worker
 from relay.render.request import Renderer
 from relay.rules import ruleset
 from relay.service import logs
-from relay.service.settings import Settings
+from relay.settings import Settings
+from relay.store import Store
 
 NGINX_CONF = """
 worker_processes 1;
@@ -96,7 +96,7 @@ def start_nginx(root: Path, log_format: str = '"1"') -> tuple[subprocess.Popen[b
 
 def load(dsn: str, url: str, changes: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text, qty int)")
         conn.execute("SELECT relay.track('items')")
         conn.execute(

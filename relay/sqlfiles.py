@@ -83,3 +83,8 @@ def query(name: str) -> str:
         return queries()[name]
     except KeyError:
         raise KeyError(f"no query named {name!r} in sql/queries.sql") from None
+
+
+def latest_version() -> int:
+    """The migration a fully upgraded installation has applied last."""
+    return migrations()[-1].version

@@ -451,13 +451,15 @@ UPDATE relay.relays SET seen_at = now() WHERE relay_id = %(relay_id)s;
 
 -- name: status_relays
 -- Relays connected now (by their connections' application_name: visible to every role, unlike
--- backend_start), when each started (its own record) and the leases each holds.
+-- backend_start), when each started (its own record) and the leases each holds. %(prefix)s is
+-- how relay names its connections (relay/store.py, APPLICATION_NAME).
 WITH connected AS (
     SELECT a.relay_id, a.connections, r.started_at AS since
-    FROM (SELECT substr(application_name, length('relay run ') + 1) AS relay_id,
+    FROM (SELECT substr(application_name, length(%(prefix)s) + 1) AS relay_id,
                  count(*) AS connections
           FROM pg_stat_activity
-          WHERE datname = current_database() AND application_name LIKE 'relay run %'
+          WHERE datname = current_database()
+            AND starts_with(application_name, %(prefix)s)
           GROUP BY 1) a
     LEFT JOIN relay.relays r ON r.relay_id = a.relay_id
 ), leases AS (

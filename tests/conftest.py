@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.capture import schema
 from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
+from relay.store import Store
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -61,7 +61,7 @@ def conn(db_dsn: str) -> Iterator[Conn]:
 def relay_dsn(db_dsn: str) -> str:
     """A database with relay installed."""
     with psycopg.connect(db_dsn, autocommit=True) as connection:
-        schema.install(connection)
+        Store(connection).install()
     return db_dsn
 
 

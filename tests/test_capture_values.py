@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
-from relay.capture import tables
+from relay.store import Store
 
 TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40
@@ -120,7 +120,7 @@ def hostile_table(rconn):
     columns = ", ".join(f"{name} {sql_type}" for name, (sql_type, _) in COLUMNS.items())
     rconn.execute(f"CREATE TABLE hostile (id serial PRIMARY KEY, {columns})")
     rconn.execute("CREATE TABLE untracked (LIKE hostile)")
-    tables.track(rconn, "hostile", exclude_columns=["vc"])
+    Store(rconn).track("hostile", exclude_columns=["vc"])
     rconn.execute(
         "SET bytea_output = escape; SET extra_float_digits = -15; SET TimeZone = 'Pacific/Chatham';"
         " SET IntervalStyle = sql_standard; SET DateStyle = 'German, DMY'"

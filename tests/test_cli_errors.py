@@ -10,7 +10,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 from test_cli import relay
 
-from relay.capture import schema
+from relay.store import Store
 
 # Every subcommand that talks to a database, with arguments that are otherwise fine.
 DATABASE_COMMANDS = [
@@ -100,7 +100,7 @@ def test_a_database_without_relay(db_dsn):
 
 def test_a_role_without_the_service_grants(db_dsn, make_role):
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
     stranger = make_conninfo(db_dsn, user=make_role("stranger"))
     commands = [c for c in DATABASE_COMMANDS if c[0] not in ("install", "uninstall")]
     check(commands, 2, "permission denied", "sql/service_role.sql", dsn=stranger)
@@ -108,7 +108,7 @@ def test_a_role_without_the_service_grants(db_dsn, make_role):
 
 def test_a_bad_setting(db_dsn):
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
         conn.execute("SELECT relay.track('t')")
         conn.execute("INSERT INTO relay.webhooks (name, payload_url) VALUES ('w', 'http://x/')")
@@ -127,7 +127,7 @@ def test_a_bad_setting(db_dsn):
 
 def test_made_up_rows_that_are_not_json_objects(db_dsn):
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
     for new, says in [("{id:9}", "--new is not JSON"), ("[1]", "--new must be a JSON object")]:
         command = ["preview", "--rule", "r", "--table", "public.t", "--new", new]
         check([command], 2, says, dsn=db_dsn)
@@ -135,7 +135,7 @@ def test_made_up_rows_that_are_not_json_objects(db_dsn):
 
 def test_a_name_taken_twice(db_dsn):
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
     assert relay("webhook", "add", "w", "--url", "http://127.0.0.1:9/", dsn=db_dsn).returncode == 0
     again = ["webhook", "add", "w", "--url", "http://127.0.0.1:9/"]
     check([again], 2, "(name)=(w) already exists", "Choose another name", dsn=db_dsn)
@@ -155,7 +155,7 @@ def test_a_receiver_port_that_cannot_be_listened_on():
 def test_names_with_brackets_are_text_not_styles(db_dsn):
     """A name, URL or template may hold "[/]" or "[bold]": printed as written, never a crash."""
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
     added = relay("webhook", "add", "[/]x", "--url", "http://127.0.0.1:9/[bold]", dsn=db_dsn)
     assert added.returncode == 0 and added.stdout == "webhook [/]x added\n", added
     shown = relay("webhook", "show", "[/]x", dsn=db_dsn)
@@ -171,7 +171,7 @@ def test_names_with_control_characters_are_refused_in_one_line(db_dsn):
     """A line break or an escape sequence in a name would split log lines and write to the
     operator's terminal: refused by the database, whoever writes the row."""
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        schema.install(conn)
+        Store(conn).install()
     for name in ["esc\x1b[31mred", "two\nlines", "c1\x9bx", "sep\u2028x"]:
         done = relay("webhook", "add", name, "--url", "http://127.0.0.1:9/", dsn=db_dsn)
         assert one_line(done, 1, "holds a control character or a line break") is None

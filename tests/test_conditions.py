@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.render.request import loads
+from relay.model import loads
 from relay.rules.conditions import (
     MAX_DEPTH,
     InvalidConditions,

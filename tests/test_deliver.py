@@ -17,7 +17,7 @@ from aiohttp import web
 from receivers import connect_proxy, never_answers, receiver
 
 from relay.delivery.send import Sender, retry_after_seconds
-from relay.render.request import Request, Webhook
+from relay.model import Request, Webhook
 
 HOOK = Webhook(id=1, name="t", payload_url="unused", timeout_seconds=Decimal(2))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import psycopg
@@ -9,33 +10,30 @@ from helpers import outbox
 from psycopg.rows import dict_row
 from test_rules_sql import add_rule, add_webhook
 
-from relay.delivery import fanout, record, window
+from relay.delivery import record
+from relay.delivery.fanout import FanOut
+from relay.delivery.holding import Holding
+from relay.delivery.metrics import Metrics
 from relay.delivery.record import Result
 from relay.delivery.send import Outcome
-from relay.rules import ruleset
-from relay.service.settings import Settings
+from relay.rules.watch import RuleWatcher
+from relay.settings import Settings
 from relay.sqlfiles import query
+from relay.store import AsyncStore
 
 
-def fan_out(conn, max_body_bytes: int = Settings().max_body_bytes) -> fanout.Plan:
-    """Fan out as a relay would (reading every image conditions need at once)."""
-    with conn.transaction():
-        with conn.cursor(row_factory=dict_row) as cur:
-            found = cur.execute(query("changes_to_fan_out"), {"limit": 1000}).fetchall()
-            gaps = cur.execute(query("fan_out_gaps")).fetchall()
-        looked, moved = window.moved(found, gaps, len(found) == 1000)
-        if moved != looked:
-            conn.execute(query("move_fan_out_window"), moved.parameters())
-        rows = [row for row in found if row["fresh"]]
-        loaded = ruleset.load(conn)
-        ready, to_read = fanout.sort_out(rows, loaded, max_body_bytes)
-        plan = fanout.plan(ready, loaded)
-        ids = [row["id"] for row in to_read]
-        images = {row[0]: row[1:] for row in conn.execute(query("change_rows"), {"ids": ids})}
-        plan.add((fanout.arrival(row, *images[row["id"]]) for row in to_read), loaded)
-        for name, parameters in plan.statements():
-            conn.execute(query(name), parameters)
-    return plan
+def fan_out(conn, max_body_bytes: int = Settings().max_body_bytes) -> int:
+    """Fan out one batch as a relay does (relay/delivery/fanout.py); the changes it matched."""
+    settings = Settings(max_body_bytes=max_body_bytes)
+    dsn = conn.info.dsn
+
+    async def once() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
+            rules = RuleWatcher(dsn)
+            stage = FanOut(settings, "test", rules, Holding(settings), Metrics(), lambda: None)
+            return await stage.once(AsyncStore(aconn))
+
+    return asyncio.run(once())
 
 
 def claim_parameters(
@@ -107,7 +105,7 @@ def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rcon
         (ids[1], b, 'public.items:{"id": 1}'),
     ]
     assert [r["status"] for r in outbox(rconn)] == ["pending", "pending", "skipped"]
-    assert fan_out(rconn).fanned_out == []  # nothing left to fan out
+    assert fan_out(rconn) == 0  # nothing left to fan out
 
 
 def test_only_one_relay_fans_out_at_a_time(rconn, relay_dsn):

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from relay import sqlfiles
-from relay.capture import schema
+from relay.store import Store
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -45,10 +45,10 @@ def psql(dsn: str, *args: str, input_text: str | None = None) -> subprocess.Comp
 
 
 def test_install_creates_the_schema_and_records_the_version(conn):
-    assert schema.installed_version(conn) == 0
-    applied = schema.install(conn)
-    assert [m.version for m in applied] == list(range(1, schema.latest_version() + 1))
-    assert schema.installed_version(conn) == schema.latest_version()
+    assert Store(conn).installed_version() == 0
+    applied = Store(conn).install()
+    assert [m.version for m in applied] == list(range(1, sqlfiles.latest_version() + 1))
+    assert Store(conn).installed_version() == sqlfiles.latest_version()
     tables = {
         r[0]
         for r in conn.execute(
@@ -59,9 +59,9 @@ def test_install_creates_the_schema_and_records_the_version(conn):
 
 
 def test_install_twice_changes_nothing(conn):
-    schema.install(conn)
+    Store(conn).install()
     before = conn.execute(FINGERPRINT).fetchall()
-    assert schema.install(conn) == []
+    assert Store(conn).install() == []
     assert conn.execute(FINGERPRINT).fetchall() == before
 
 
@@ -72,7 +72,7 @@ def test_psql_install_matches_python_install_and_is_repeatable(db_dsn, server_ds
     again = psql(db_dsn, "-f", str(SQL / "install.sql"))
     assert again.returncode == 0, again.stderr
     assert conn.execute(FINGERPRINT).fetchall() == via_psql
-    assert schema.install(conn) == []  # Python sees psql's install as complete
+    assert Store(conn).install() == []  # Python sees psql's install as complete
 
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS relay_fingerprint WITH (FORCE)")
@@ -80,7 +80,7 @@ def test_psql_install_matches_python_install_and_is_repeatable(db_dsn, server_ds
     try:
         other = psycopg.conninfo.make_conninfo(server_dsn, dbname="relay_fingerprint")
         with psycopg.connect(other, autocommit=True) as c:
-            schema.install(c)
+            Store(c).install()
             assert c.execute(FINGERPRINT).fetchall() == via_psql
     finally:
         with psycopg.connect(server_dsn, autocommit=True) as admin:
@@ -104,13 +104,13 @@ def test_relay_sql_prints_scripts_psql_runs_without_a_checkout(db_dsn, conn, mak
 
     through_psql("install")
     through_psql("install")  # an upgrade with nothing new to do
-    assert schema.installed_version(conn) == schema.latest_version()
+    assert Store(conn).installed_version() == sqlfiles.latest_version()
     through_psql("service-role", "--role", service)
     assert conn.execute(
         "SELECT has_table_privilege(%s, 'relay.relays', 'INSERT')", (service,)
     ).fetchone() == (True,)
     through_psql("uninstall")
-    assert schema.installed_version(conn) == 0
+    assert Store(conn).installed_version() == 0
 
 
 def test_install_sql_lists_every_migration_in_order():
@@ -132,14 +132,14 @@ def test_install_sql_lists_every_migration_in_order():
 
 
 def test_upgrade_applies_only_new_migrations(conn, tmp_path, monkeypatch):
-    schema.install(conn)
+    Store(conn).install()
     conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     conn.execute("SELECT relay.track('t')")
     conn.execute("INSERT INTO t VALUES (1)")
 
     newer = tmp_path / "sql"
     shutil.copytree(SQL, newer)
-    n = schema.latest_version() + 1
+    n = sqlfiles.latest_version() + 1
     (newer / "migrations" / f"{n:04d}_extra.sql").write_text(
         "CREATE TABLE relay.extra (x int);\n"
         f"INSERT INTO relay.migrations (version, name) VALUES ({n}, 'extra');\n"
@@ -147,10 +147,10 @@ def test_upgrade_applies_only_new_migrations(conn, tmp_path, monkeypatch):
     monkeypatch.setattr(sqlfiles, "sql_dir", lambda: newer)
     sqlfiles.migrations.cache_clear()
     try:
-        applied = schema.install(conn)
+        applied = Store(conn).install()
         assert [m.name for m in applied] == ["extra"]
-        assert schema.installed_version(conn) == n
-        assert schema.install(conn) == []
+        assert Store(conn).installed_version() == n
+        assert Store(conn).install() == []
     finally:
         sqlfiles.migrations.cache_clear()
     # What the older version held is still there and still working.
@@ -161,21 +161,21 @@ def test_upgrade_applies_only_new_migrations(conn, tmp_path, monkeypatch):
 def test_failed_migration_leaves_the_install_as_it_was(conn, tmp_path, monkeypatch):
     newer = tmp_path / "sql"
     shutil.copytree(SQL, newer)
-    n = schema.latest_version() + 1
+    n = sqlfiles.latest_version() + 1
     (newer / "migrations" / f"{n:04d}_broken.sql").write_text("CREATE TABLE relay.x (;\n")
     monkeypatch.setattr(sqlfiles, "sql_dir", lambda: newer)
     sqlfiles.migrations.cache_clear()
     try:
         with pytest.raises(psycopg.errors.SyntaxError):
-            schema.install(conn)
+            Store(conn).install()
     finally:
         sqlfiles.migrations.cache_clear()
-    assert schema.installed_version(conn) == 0
+    assert Store(conn).installed_version() == 0
 
 
 @pytest.mark.parametrize("how", ["python", "psql"])
 def test_uninstall_removes_triggers_and_schema_but_not_user_data(conn, db_dsn, how):
-    schema.install(conn)
+    Store(conn).install()
     conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     conn.execute("CREATE TABLE p (id int, k int) PARTITION BY LIST (k)")
     conn.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1)")
@@ -184,7 +184,7 @@ def test_uninstall_removes_triggers_and_schema_but_not_user_data(conn, db_dsn, h
     conn.execute("INSERT INTO p VALUES (1, 1)")
 
     if how == "python":
-        schema.uninstall(conn)
+        Store(conn).uninstall()
     else:
         result = psql(db_dsn, "-f", str(SQL / "uninstall.sql"))
         assert result.returncode == 0, result.stderr
@@ -194,4 +194,4 @@ def test_uninstall_removes_triggers_and_schema_but_not_user_data(conn, db_dsn, h
     conn.execute("INSERT INTO t VALUES (2)")
     conn.execute("INSERT INTO p VALUES (2, 1)")
     assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2
-    schema.uninstall(conn)  # nothing left to remove is not an error
+    Store(conn).uninstall()  # nothing left to remove is not an error

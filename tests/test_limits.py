@@ -13,7 +13,7 @@ from test_bad_input import add
 from test_settings import relay
 from test_worker import FAST, outbox_statuses, running, until
 
-from relay.service.settings import Settings
+from relay.settings import Settings
 
 KiB = 1024
 

@@ -15,9 +15,9 @@ from psycopg.conninfo import make_conninfo
 from receivers import receiver
 from test_worker import FAST, running, until
 
-from relay.capture import schema, tables
-from relay.delivery import worker
-from relay.service.settings import Settings
+from relay.delivery import fanout
+from relay.settings import Settings
+from relay.store import Store
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -45,8 +45,8 @@ def test_installer_needs_no_superuser_and_app_needs_no_rights(roles):
         assert not inst.execute(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()[0]
-        schema.install(inst)
-        tables.track(inst, "public.orders")
+        Store(inst).install()
+        Store(inst).track("public.orders")
 
     with psycopg.connect(roles["app"], autocommit=True) as app:
         app.execute("INSERT INTO orders VALUES (1, 10)")
@@ -99,8 +99,8 @@ def grant_service_role(roles, service) -> None:
 def test_service_role_grants(roles, make_role, db_dsn):
     service = make_role("svc")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
-        schema.install(inst)
-        tables.track(inst, "public.orders")
+        Store(inst).install()
+        Store(inst).track("public.orders")
     grant_service_role(roles, service)
     with psycopg.connect(roles["app"], autocommit=True) as app:
         app.execute("INSERT INTO orders VALUES (1, 10), (2, 20)")
@@ -136,13 +136,13 @@ def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, m
         app.execute(f"GRANT USAGE ON SCHEMA shop TO {roles['installer_name']}")
         app.execute(f"GRANT TRIGGER ON shop.items TO {roles['installer_name']}")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
-        schema.install(inst)
-        tables.track(inst, "public.orders")
-        tables.track(inst, "shop.items", model="shop.item")
+        Store(inst).install()
+        Store(inst).track("public.orders")
+        Store(inst).track("shop.items", model="shop.item")
     grant_service_role(roles, service)
     service_dsn = make_conninfo(db_dsn, user=service)
     settings = Settings(**{**FAST.model_dump(), "attempt_retention_days": 1})
-    monkeypatch.setattr(worker, "ANALYZE_AFTER_CHANGES", 10)  # reach refresh_statistics
+    monkeypatch.setattr(fanout, "ANALYZE_AFTER_CHANGES", 10)  # reach refresh_statistics
 
     async def scenario() -> int:
         async with receiver() as r:
@@ -174,8 +174,8 @@ def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off
     with psycopg.connect(roles["app"], autocommit=True) as owner:
         owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON orders TO {writer}")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
-        schema.install(inst)
-        tables.track(inst, "public.orders")
+        Store(inst).install()
+        Store(inst).track("public.orders")
     with psycopg.connect(make_conninfo(roles["app"], user=writer), autocommit=True) as app:
         for statement in [
             "ALTER TABLE orders DISABLE TRIGGER ALL",

@@ -10,7 +10,7 @@ from test_delivery_sql import claim, fan_out, finish, setup
 from test_worker import FAST, outbox_statuses, running, until
 from test_worker import setup as setup_hook
 
-from relay.service.settings import Settings
+from relay.settings import Settings
 
 
 def counts(rconn) -> tuple[int, int, int]:

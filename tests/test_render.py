@@ -15,17 +15,8 @@ from decimal import Decimal
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from relay.render.request import (
-    Change,
-    Renderer,
-    RenderError,
-    Webhook,
-    context,
-    default_body,
-    delivery_id,
-    dumps,
-    loads,
-)
+from relay.model import Change, Webhook, dumps, loads
+from relay.render.request import Renderer, RenderError, context, default_body, delivery_id
 from relay.render.sandbox import MAX_OUTPUT
 
 CHANGE = Change.of(

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from test_render import CHANGE, HOOK
 
+from relay.model import Webhook
 from relay.render.child import KILL_MARGIN, MAX_MEMORY
 from relay.render.pool import RenderPool
-from relay.render.request import Renderer, RenderError, Webhook
+from relay.render.request import Renderer, RenderError
 from relay.render.sandbox import MAX_OUTPUT, MAX_SECONDS
 
 STUCK = "{{ ([[0]] * 200000)|sum(start=[])|length }}"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from decimal import Decimal
 
 from relay.delivery.policy import RetryPolicy
-from relay.render.request import Webhook
-from relay.service.settings import Settings
+from relay.model import Webhook
+from relay.settings import Settings
 
 SETTINGS = Settings(max_attempts=8, retry_base_seconds=5, retry_max_seconds=36_000)
 

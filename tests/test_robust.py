@@ -19,11 +19,11 @@ from structlog.testing import capture_logs
 from test_cli import relay
 from test_worker import FAST, running, setup, sql, until
 
-from relay.delivery import fanout, record
+from relay.delivery import plan, record
 from relay.delivery.send import Sender
 from relay.render import request
 from relay.rules import ruleset
-from relay.service.settings import Settings
+from relay.settings import Settings
 
 BIG = "1" + "0" * 5000
 SESSION_FAILED = "relay session failed, starting again"
@@ -458,16 +458,16 @@ def test_an_exception_at_any_stage_costs_only_its_change(rconn, relay_dsn, monke
 def test_an_unforeseen_error_in_a_session_starts_it_again(rconn, relay_dsn, monkeypatch):
     """A fault outside any one change (here the fan-out's planning, once) is logged and the
     session started again: relay run goes on, and nothing is lost."""
-    plan = fanout.plan
+    make_plan = plan.plan
     faults = ["once"]
 
     def failing_plan(changes, ruleset):  # type: ignore[no-untyped-def]
         if faults:
             faults.pop()
             raise RuntimeError("injected into the fan-out")
-        return plan(changes, ruleset)
+        return make_plan(changes, ruleset)
 
-    monkeypatch.setattr(fanout, "plan", failing_plan)
+    monkeypatch.setattr(plan, "plan", failing_plan)
 
     async def scenario() -> Receiver:
         async with receiver() as r:

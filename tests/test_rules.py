@@ -15,8 +15,10 @@ from test_cli import relay
 from test_renderpool import STUCK
 from test_rules_sql import add_rule, add_webhook
 
-from relay.render.request import Renderer, loads
+from relay.model import loads
+from relay.render.request import Renderer
 from relay.rules import ruleset
+from relay.store import Store
 
 
 def test_rules_match_by_table_event_and_conditions(rconn):
@@ -43,10 +45,10 @@ def test_rules_match_by_table_event_and_conditions(rconn):
     assert "disabled" not in names and "to-disabled-hook" in names
     matched = []
     for row in outbox(rconn):
-        change = ruleset.fetch_change(rconn, row["id"])
+        change = Store(rconn).change(row["id"])
         matched.append([r.name for r in loaded.matching(change)])
     assert matched == [["any-insert"], ["paid"], []]
-    why = loaded.evaluate(ruleset.fetch_change(rconn, outbox(rconn)[2]["id"]))
+    why = loaded.evaluate(Store(rconn).change(outbox(rconn)[2]["id"]))
     assert [(m.rule.name, m.verdict.matched) for m in why] == [("paid", False)]
     assert "found 'shipped'" in why[0].verdict.reason
 
@@ -62,7 +64,7 @@ def test_a_thousand_rules_are_indexed_by_table(rconn):
     rconn.execute("SELECT relay.track('t7')")
     rconn.execute("INSERT INTO t7 VALUES (1)")
     loaded = ruleset.load(rconn)
-    change = ruleset.fetch_change(rconn, outbox(rconn)[0]["id"])
+    change = Store(rconn).change(outbox(rconn)[0]["id"])
     assert len(loaded.candidates(change)) == 10
     assert all("public.t7" in r.tables for r in loaded.matching(change))
 

@@ -13,8 +13,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from relay.capture import schema
+from relay import sqlfiles
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
+from relay.store import Store
 
 
 def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -109,11 +110,13 @@ def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], lines
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        schema.install(conn)
-        conn.execute("DELETE FROM relay.migrations WHERE version = %s", (schema.latest_version(),))
+        Store(conn).install()
+        conn.execute(
+            "DELETE FROM relay.migrations WHERE version = %s", (sqlfiles.latest_version(),)
+        )
     old = relay("run", RELAY_DSN=db_dsn)
     assert old.returncode == 2
-    assert f"needs {schema.latest_version()}: run `relay install`" in old.stderr
+    assert f"needs {sqlfiles.latest_version()}: run `relay install`" in old.stderr
 
 
 def test_relay_run_refuses_a_wrong_password():

@@ -10,7 +10,7 @@ from receivers import receiver
 from test_cli import relay
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
 
-from relay.service.settings import Settings
+from relay.settings import Settings
 
 
 def test_status_shows_backlog_webhooks_errors_and_relays_without_secrets(rconn, relay_dsn):

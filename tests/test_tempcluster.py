@@ -7,8 +7,8 @@ import os
 import psycopg
 import pytest
 
-from relay.capture import schema
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
+from relay.store import Store
 
 
 def test_throwaway_cluster_starts_serves_relay_and_goes_away():
@@ -17,7 +17,7 @@ def test_throwaway_cluster_starts_serves_relay_and_goes_away():
     cluster = start_temp_cluster()
     try:
         with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-            schema.install(conn)
+            Store(conn).install()
             conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
             conn.execute("SELECT relay.track('t')")
             conn.execute("INSERT INTO t VALUES (1)")

@@ -15,9 +15,9 @@ from psycopg.conninfo import make_conninfo
 from receivers import receiver
 from test_worker import FAST, running, setup, until
 
-from relay.capture import schema, tables
 from relay.cli.tempcluster import find_server_binaries, scratch_database, start_temp_cluster
-from relay.render.request import loads
+from relay.model import loads
+from relay.store import Store
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def split(db_dsn, make_role, conn):
     conn.execute(f"CREATE SCHEMA app AUTHORIZATION {app}")
     conn.execute(f"GRANT USAGE ON SCHEMA app TO {installer}")
     with psycopg.connect(make_conninfo(db_dsn, user=installer), autocommit=True) as inst:
-        schema.install(inst)
+        Store(inst).install()
         inst.execute(
             "INSERT INTO relay.webhooks (name, payload_url, secret)"
             " VALUES ('orders', 'https://hooks.example.com/orders', 'TOPSECRET')"
@@ -118,7 +118,7 @@ def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(s
         app.execute(f"CREATE TABLE app.orders (id int PRIMARY KEY, {column})")
         app.execute(f"GRANT TRIGGER ON app.orders TO {split['installer_name']}")
     with psycopg.connect(split["installer"], autocommit=True) as inst:
-        tables.track(inst, "app.orders")
+        Store(inst).track("app.orders")
     with psycopg.connect(split["app"], autocommit=True) as app:
         app.execute(f"INSERT INTO app.orders VALUES (1, {value})")
         app.execute("UPDATE app.orders SET id = 2")
@@ -160,7 +160,7 @@ def test_a_column_of_the_applications_type_added_to_a_table_captured_by_to_json_
             app.execute(f"GRANT TRIGGER ON app.orders_1 TO {split['installer_name']}")
         app.execute(f"GRANT TRIGGER ON app.orders TO {split['installer_name']}")
     with psycopg.connect(split["installer"], autocommit=True) as inst:
-        tables.track(inst, "app.orders")
+        Store(inst).track("app.orders")
     with psycopg.connect(split["app"], autocommit=True) as app:
         app.execute("INSERT INTO app.orders VALUES (1, 1.50)")  # captured by to_json
         with app.transaction():
@@ -192,7 +192,7 @@ def test_with_a_superuser_installer_the_cast_still_cannot_make_its_author_superu
         conn.execute("CREATE TYPE app.status AS ENUM ('new', 'paid')")
         conn.execute(EVIL.format(type="app.status", app=app))
         conn.execute("CREATE TABLE app.orders (id int PRIMARY KEY, status app.status)")
-    tables.track(rconn, "app.orders")
+    Store(rconn).track("app.orders")
     with psycopg.connect(make_conninfo(db_dsn, user=app), autocommit=True) as conn:
         conn.execute("INSERT INTO app.orders VALUES (1, 'new')")
     with psycopg.connect(server_dsn, autocommit=True) as admin:
@@ -214,7 +214,7 @@ def test_values_of_application_types_are_captured_as_their_text(rconn):
         "CREATE TABLE t (id int PRIMARY KEY, s status, r srange, d dstatus, a status[],"
         " m status[], l item, ls item[], ids int[], n numeric)"
     )
-    tables.track(rconn, "t")
+    Store(rconn).track("t")
     rconn.execute(
         """INSERT INTO t VALUES (1, 'paid', srange('new', 'paid'), 'new',
            ARRAY['new', NULL]::status[], '{{new,paid},{paid,new}}', ROW('a', 1.50, 'new', '{paid}'),
@@ -260,8 +260,8 @@ def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path
             f"GRANT TRIGGER ON app.plain, app.parted, app.parted_1 TO {split['installer_name']}"
         )
     with psycopg.connect(split["installer"], autocommit=True) as inst:
-        tables.track(inst, "app.plain")
-        tables.track(inst, "app.parted")
+        Store(inst).track("app.plain")
+        Store(inst).track("app.parted")
         plain, parted = (
             inst.execute("SELECT %s::regclass::oid", (name,)).fetchone()[0]
             for name in ("app.plain", "app.parted")
@@ -303,8 +303,8 @@ def test_application_roles_can_call_no_relay_function(split):
 def test_options_follow_a_renamed_column_and_survive_a_dropped_one(rconn):
     rconn.execute("CREATE TABLE users (id int PRIMARY KEY, name text, password_hash text, qty int)")
     rconn.execute("CREATE TABLE stock (id int PRIMARY KEY, quantity int, note text)")
-    tables.track(rconn, "users", exclude_columns=["password_hash"])
-    tables.track(rconn, "stock", events=["update"], update_columns=["quantity"])
+    Store(rconn).track("users", exclude_columns=["password_hash"])
+    Store(rconn).track("stock", events=["update"], update_columns=["quantity"])
     rconn.execute("INSERT INTO users VALUES (1, 'a', 'h1', 1), (2, 'b', 'h2', 2)")
     rconn.execute("INSERT INTO stock VALUES (1, 10, 'x')")
 
@@ -354,7 +354,7 @@ def test_ddl_on_a_tracked_table_is_followed_at_once_and_regenerated_later(rconn)
     """Between a DDL and the relay's regeneration, writes take the catalog-built path: same
     images, current names; relay.tracked says the functions are behind."""
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, a int, b text)")
-    tables.track(rconn, "t")
+    Store(rconn).track("t")
     rconn.execute("INSERT INTO t VALUES (1, 1, 'x')")  # plans the capture in this session
     rconn.execute("ALTER TABLE t RENAME a TO aa")
     rconn.execute("ALTER TABLE t ADD COLUMN c numeric DEFAULT 1.50")
@@ -395,7 +395,7 @@ def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(relay_ds
             "CREATE TABLE v (b bytea, f float8, i interval, at timestamptz, d date,"
             " m money, fs float8[], dr daterange, grid stamp[], PRIMARY KEY (b, f, i, at))"
         )
-        tables.track(conn, "v")
+        Store(conn).track("v")
     row = (
         "'\\x00ff41', 0.1::float8 + 0.2::float8, '1 day 02:03:04', '2024-05-06 07:08:09.5+00',"
         " '2024-05-06', 12.5, ARRAY[1.5e300, 0.1], '[2024-01-01,2024-02-01)',"
@@ -427,7 +427,7 @@ def test_partitioned_tables_capture_the_same_way_in_every_session(rconn, relay_d
         " PARTITION BY RANGE (id)"
     )
     rconn.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100)")
-    tables.track(rconn, "p")
+    Store(rconn).track("p")
     for session in ("RESET ALL", "SET TimeZone = 'America/St_Johns'", "SET bytea_output = escape"):
         with psycopg.connect(relay_dsn, autocommit=True) as conn:
             conn.execute(session)
@@ -444,8 +444,8 @@ def test_json_values_jsonb_cannot_hold_never_fail_the_write(rconn):
     succeeds, and the image holds the value exactly as it was stored (docs/sql.md)."""
     rconn.execute("CREATE TABLE j (id int PRIMARY KEY, doc json, docs json[], secret json)")
     rconn.execute("CREATE TABLE k (id int PRIMARY KEY, doc json)")
-    tables.track(rconn, "j", exclude_columns=["secret"])
-    tables.track(rconn, "k")
+    Store(rconn).track("j", exclude_columns=["secret"])
+    Store(rconn).track("k")
     nul = '{"a": "\\u0000"}'
     huge = "[1e1000000]"
     rconn.execute(
@@ -501,7 +501,7 @@ def test_attaching_a_tracked_table_under_a_tracked_parent_records_each_change_on
     rconn.execute("CREATE TABLE sub (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)")
     rconn.execute("CREATE TABLE sub1 PARTITION OF sub FOR VALUES FROM (20) TO (30)")
     for table in ("m", "lone", "sub"):
-        tables.track(rconn, table)
+        Store(rconn).track(table)
     rconn.execute("INSERT INTO lone VALUES (15, 'before')")  # plans lone's capture
     rconn.execute("ALTER TABLE m ATTACH PARTITION lone FOR VALUES FROM (10) TO (20)")
     rconn.execute("ALTER TABLE m ATTACH PARTITION sub FOR VALUES FROM (20) TO (30)")
@@ -543,7 +543,7 @@ def test_two_phase_commit_writes_are_captured_and_delivered_with_notify_off(two_
     PREPARED and the relay delivers it by polling."""
     with scratch_database(two_phase_server, "relay_2pc") as dsn:
         with psycopg.connect(dsn, autocommit=True) as conn:
-            schema.install(conn)
+            Store(conn).install()
             conn.execute("CREATE ROLE xa LOGIN SUPERUSER")
             conn.execute("ALTER ROLE xa SET relay.notify = off")
 
@@ -573,8 +573,8 @@ def test_rules_can_name_tables_whose_names_hold_dots(rconn, relay_dsn):
     rconn.execute('CREATE SCHEMA "we.ird"')
     rconn.execute('CREATE TABLE "we.ird"."v1.2" (id int PRIMARY KEY)')
     rconn.execute('CREATE TABLE "we.ird".plain (id int PRIMARY KEY)')
-    tables.track(rconn, '"we.ird"."v1.2"')
-    tables.track(rconn, '"we.ird".plain')
+    Store(rconn).track('"we.ird"."v1.2"')
+    Store(rconn).track('"we.ird".plain')
     with pytest.raises(psycopg.errors.CheckViolation, match="double-quote a name"):
         rconn.execute(
             "INSERT INTO relay.event_rules (name, tables, webhook_id)"
@@ -627,7 +627,7 @@ def test_hostile_names_cannot_inject_into_the_generated_functions(split, conn):
         )
     with psycopg.connect(split["installer"], autocommit=True) as inst:
         name = inst.execute("SELECT %s::regclass::text", (table.as_string(inst),)).fetchone()[0]
-        tables.track(inst, name, exclude_columns=["a'b"], update_columns=["$$", "\\"])
+        Store(inst).track(name, exclude_columns=["a'b"], update_columns=["$$", "\\"])
     with psycopg.connect(split["app"], autocommit=True) as app:
         values = ", ".join(["%s"] * len(hostile))
         app.execute(sql.SQL("INSERT INTO {} VALUES (1, " + values + ")").format(table), hostile)
@@ -650,7 +650,7 @@ def test_partitioned_tables_follow_ddl_row_by_row(rconn, relay_dsn):
     columns as they are."""
     rconn.execute("CREATE TABLE p (id int PRIMARY KEY, a int, b text) PARTITION BY RANGE (id)")
     rconn.execute("CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100)")
-    tables.track(rconn, "p", exclude_columns=["b"])
+    Store(rconn).track("p", exclude_columns=["b"])
     with psycopg.connect(relay_dsn) as conn:  # one transaction
         conn.execute("INSERT INTO p VALUES (1, 1, 'secret')")
         conn.execute("ALTER TABLE p RENAME a TO aa")

@@ -16,7 +16,7 @@ from receivers import Receiver, receiver
 from structlog.testing import capture_logs
 
 from relay.delivery.worker import Worker
-from relay.service.settings import Settings
+from relay.settings import Settings
 
 FAST = Settings(
     poll_interval=0.2,

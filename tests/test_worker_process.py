@@ -18,8 +18,8 @@ from aiohttp import web
 from receivers import receiver
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
 
-from relay.capture import schema
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
+from relay.store import Store
 
 
 async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.subprocess.Process:
@@ -165,7 +165,7 @@ def test_a_postgres_restart_mid_flow_loses_nothing():
     async def scenario() -> tuple[list[int], float]:
         async with receiver(slowish) as r:
             with psycopg.connect(cluster.dsn, autocommit=True) as conn:
-                schema.install(conn)
+                Store(conn).install()
                 setup(conn, r.url)
             async with running(cluster.dsn):
                 await sql(

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from relay import settings as settings_module
 from relay.db import DSN_PROBLEM, Conn, DatabaseUnavailable, connect, first_line, parses
-from relay.service import settings as settings_module
-from relay.service.settings import Settings, SettingsError
+from relay.settings import Settings, SettingsError
 
 # Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
 # in the middle cannot be pasted back. On a terminal, its width.

@@ -15,20 +15,18 @@ from dataclasses import dataclass
 
 import psycopg
 from aiohttp import web
-from psycopg.rows import dict_row
 from rich.console import Console
 from rich.syntax import Syntax
 
 from relay import sqlfiles
-from relay.capture import schema
 from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.db import Conn
 from relay.delivery.worker import Worker
-from relay.render.request import dumps, loads
+from relay.model import dumps, loads
 from relay.render.sign import verify
 from relay.service import logs
-from relay.service.settings import Settings
-from relay.sqlfiles import query
+from relay.settings import Settings
+from relay.store import Store
 
 _STEP = re.compile(r"^-- step: (.+)$", re.MULTILINE)
 SECRETS = {"/payments": "whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz"}
@@ -92,7 +90,7 @@ async def _demo(console: Console, db: str) -> None:
     runner, address = await _receiver(arrivals)
     try:
         with psycopg.connect(db, autocommit=True) as conn:
-            applied = schema.install(conn)
+            applied = Store(conn).install()
             console.print(
                 f"installed relay schema version {applied[-1].version}; "
                 f"receiver listening on http://{address}/; starting the relay\n"
@@ -146,8 +144,7 @@ async def _settled(conn: Conn, relay: asyncio.Task[None]) -> None:
     """Wait until the relay has dealt with every change (at most 20 s)."""
 
     def pending() -> int:
-        row = conn.execute(query("demo_pending")).fetchone()
-        return int(row[0]) if row else 0
+        return Store(conn).demo_pending()
 
     for _ in range(200):
         if relay.done():
@@ -158,22 +155,21 @@ async def _settled(conn: Conn, relay: asyncio.Task[None]) -> None:
 
 
 def _show_new_changes(console: Console, conn: Conn, after: int) -> int:
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("demo_outbox_after"), {"after": after}).fetchall()
+    rows = Store(conn).demo_changes_after(after)
     if not rows:
         console.print("   [dim]→ nothing recorded in relay.outbox[/]")
         return after
     console.print("   → relay.outbox gained:")
     for row in rows:
         console.print(
-            f"   [bold]#{row['id']} {row['op']}[/] {row['schema_name']}.{row['table_name']}"
-            f"  pk={row['pk']}  username={row['username']}",
+            f"   [bold]#{row.id} {row.op}[/] {row.schema_name}.{row.table_name}"
+            f"  pk={row.pk}  username={row.username}",
             highlight=False,
         )
-        for label in ("old", "new"):
-            if row[label] is not None:
-                console.print(f"      {label}: {row[label]}", highlight=False, soft_wrap=True)
-    return int(rows[-1]["id"])
+        for label, image in (("old", row.old), ("new", row.new)):
+            if image is not None:
+                console.print(f"      {label}: {image}", highlight=False, soft_wrap=True)
+    return rows[-1].id
 
 
 def _show_arrivals(console: Console, arrivals: list[Arrival], shown: int) -> int:
@@ -195,7 +191,7 @@ def _show_arrivals(console: Console, arrivals: list[Arrival], shown: int) -> int
 
 def _summary(console: Console, conn: Conn) -> None:
     console.rule("[bold]Where every change went")
-    rows = conn.execute(query("demo_summary")).fetchall()
+    rows = Store(conn).demo_summary()
     for change_id, op, status, deliveries in rows:
         console.print(f"#{change_id} {op}: {status} ({deliveries})", highlight=False)
     console.print()

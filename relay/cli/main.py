@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import sys
+from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -11,7 +14,6 @@ import typer
 from rich.table import Table
 
 from relay import __version__, sqlfiles
-from relay.capture import schema, tables
 from relay.cli.common import (
     Dsn,
     EnvFile,
@@ -31,7 +33,8 @@ from relay.cli.common import database as _database
 from relay.cli.webhooks import preview, rule_app, rules_app, webhook_app
 from relay.db import first_line
 from relay.rules import ruleset
-from relay.service.settings import comma_list
+from relay.settings import comma_list
+from relay.store import Store
 
 app = typer.Typer(
     help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",
@@ -70,8 +73,8 @@ def _main(
 def install(dsn: Dsn) -> None:
     """Create or upgrade schema relay in an existing database (safe to run again)."""
     with _database(dsn) as conn:
-        before = schema.installed_version(conn)
-        applied = schema.install(conn)
+        before = Store(conn).installed_version()
+        applied = Store(conn).install()
     if not applied:
         out.print(f"relay schema is up to date (version {before})", highlight=False)
         return
@@ -89,7 +92,7 @@ def uninstall(
     if not yes:
         fail("this drops schema relay and every change it holds; add --yes to confirm", 2)
     with _database(dsn) as conn:
-        schema.uninstall(conn)
+        Store(conn).uninstall()
     out.print("relay removed", highlight=False)
 
 
@@ -119,8 +122,7 @@ def track(
 ) -> None:
     """Capture changes to TABLE into the outbox (running it again replaces the options)."""
     with _database(dsn) as conn:
-        tables.track(
-            conn,
+        Store(conn).track(
             table,
             events=_split(events),
             update_columns=_split(update_columns),
@@ -137,7 +139,7 @@ def untrack(
 ) -> None:
     """Stop capturing TABLE (changes already in the outbox stay)."""
     with _database(dsn) as conn:
-        was_tracked = tables.untrack(conn, table)
+        was_tracked = Store(conn).untrack(table)
     out.print(f"{'untracked' if was_tracked else 'was not tracked:'} {table}", highlight=False)
 
 
@@ -145,7 +147,7 @@ def untrack(
 def tracked(dsn: Dsn) -> None:
     """List the tracked tables and their options."""
     with _database(dsn) as conn:
-        rows = tables.tracked(conn)
+        rows = Store(conn).tracked()
     table = Table(
         "table",
         "model",
@@ -196,49 +198,16 @@ def demo(
 @app.command()
 def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     """Deliver changes to webhooks until SIGTERM or SIGINT (knobs: RELAY_* variables)."""
-    import asyncio
-    import signal
-
-    import psycopg
-
     from relay.db import one_line
-    from relay.delivery.worker import Worker
-    from relay.service import logs, metrics, systemd
+    from relay.service.process import CannotServe, serve
 
     settings = load_settings(env_file)
     database = dsn_of(dsn, settings)
     _preflight(database)
-    logs.configure(fmt=settings.log_format)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        worker = Worker(settings, database)
-        endpoint = None
-        if settings.metrics_address:
-            try:
-                endpoint = await metrics.serve(
-                    settings.metrics_address, worker.metrics, lambda: worker.ready
-                )
-            except OSError as exc:
-                fail(
-                    f"RELAY_METRICS_ADDRESS: cannot listen on {settings.metrics_address}: "
-                    f"{os.strerror(exc.errno) if exc.errno else exc}",
-                    2,
-                )
-        supervisor = asyncio.create_task(systemd.supervise(lambda: worker.ready, stop))
-        try:
-            await worker.run(stop)
-        finally:
-            stop.set()
-            await supervisor
-            if endpoint is not None:
-                await endpoint.cleanup()
-
     try:
-        asyncio.run(main())
+        serve(settings, database)
+    except CannotServe as exc:
+        fail(str(exc), 2)
     except psycopg.errors.InsufficientPrivilege as exc:
         fail(
             f"the database refused an operation: {one_line(exc)} (grant the service role its "
@@ -262,8 +231,8 @@ def _preflight(dsn: str) -> None:
             fail(f"the database refused the relay: {one_line(exc)}", 2)
         return
     with conn:
-        version = schema.installed_version(conn)
-    latest = schema.latest_version()
+        version = Store(conn).installed_version()
+    latest = sqlfiles.latest_version()
     if version == 0:
         fail(
             "relay is not installed in this database (or this role may not see schema relay: "
@@ -323,12 +292,10 @@ def status(
     errors: Annotated[int, typer.Option(help="How many recent errors to show.")] = 5,
 ) -> None:
     """Backlog, per-webhook counts, recent errors and the relays at work."""
-    from relay.cli import status as status_module
-
     with _database(dsn) as conn:
-        current = status_module.read(conn, errors)
+        current = Store(conn).status(errors)
     if as_json:
-        out.print_json(data=current.as_json())
+        out.print_json(data=_plain(dataclasses.asdict(current)))
         return
     b = current.backlog
     oldest = b["oldest_pending_seconds"]
@@ -376,6 +343,17 @@ def status(
         out.print("no relay is connected", highlight=False)
 
 
+def _plain(value: Any) -> Any:
+    """JSON's types: times as ISO 8601."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
 def _when(moment: object) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if hasattr(moment, "strftime") else "-"
 
@@ -394,20 +372,16 @@ def retry(
 ) -> None:
     """Send failed changes again, only to the webhooks that did not get them."""
     from relay.cli.ages import parse_since
-    from relay.sqlfiles import query
 
     try:
         moment = parse_since(since) if since else None
     except ValueError as exc:
         fail(f"--since: {exc}", 2)
     with _database(dsn) as conn:
-        if webhook is not None:
-            row = conn.execute(query("webhook_exists"), {"name": webhook}).fetchone()
-            if not row or not row[0]:
-                fail(f"no webhook named {webhook!r}")
-        requeued = conn.execute(
-            query("retry_failed"), {"id": change_id, "since": moment, "webhook": webhook}
-        ).rowcount
+        store = Store(conn)
+        if webhook is not None and not store.webhook_exists(webhook):
+            fail(f"no webhook named {webhook!r}")
+        requeued = store.retry_failed(change_id=change_id, since=moment, webhook=webhook)
     out.print(f"requeued {requeued} failed change{'' if requeued == 1 else 's'}", highlight=False)
 
 
@@ -424,25 +398,26 @@ def purge(
     from rich.progress import Progress
 
     from relay.cli.ages import parse_age
-    from relay.sqlfiles import query
+    from relay.delivery import maintenance
 
     try:
         seconds = parse_age(older_than).total_seconds()
     except ValueError as exc:
         fail(f"--older-than: {exc}", 2)
-    params = {"seconds": seconds, "limit": batch}
     with _database(dsn) as conn:
-        row = conn.execute(query("count_purgeable"), params).fetchone()
-        total = int(row[0]) if row else 0
-        deleted = 0
+        store = Store(conn)
+        total = store.count_purgeable(seconds)
+
+        async def delete(limit: int) -> int:
+            # The worker's purge loop, on this command's blocking connection: nothing else
+            # runs on this event loop.
+            return store.purge_changes(seconds, limit)
+
         with Progress(console=out, transient=True) as progress:
             task = progress.add_task("deleting", total=total)
-            while True:
-                count = conn.execute(query("purge_changes"), params).rowcount
-                deleted += count
-                progress.advance(task, count)
-                if count < batch:
-                    break
+            deleted, _ = asyncio.run(
+                maintenance.purge(delete, batch, progress=lambda n: progress.advance(task, n))
+            )
     out.print(
         f"deleted {deleted} finished change{'' if deleted == 1 else 's'} older than {older_than}",
         highlight=False,

@@ -36,11 +36,13 @@ from relay.cli.common import (
     print_table,
 )
 from relay.db import DatabaseUnavailable, first_line
+from relay.model import Change, Webhook, loads
 from relay.reasons import MASK
 from relay.render.pool import BlockingRenderPool
-from relay.render.request import Change, RenderError, Webhook, loads
+from relay.render.request import RenderError
 from relay.rules import admin, ruleset
-from relay.service.settings import Settings, comma_list
+from relay.settings import Settings, comma_list
+from relay.store import Store
 
 webhook_app = group("Webhooks: where changes are sent.")
 rule_app = group("Event rules: which changes go to which webhook.")
@@ -521,7 +523,7 @@ def rules_check(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
-        unused = ruleset.unused_webhooks(conn)
+        unused = [ruleset.webhook_of(row) for row in Store(conn).unused_webhooks()]
     with BlockingRenderPool(settings.template_env_globs) as renders:
         problems = ruleset.check(loaded.rules, renders, unused)
     for problem in problems:
@@ -548,15 +550,15 @@ def preview(
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
-        installation = ruleset.installation_id(conn)
+        installation = Store(conn).installation_id()
         if outbox_id is not None:
-            change = ruleset.fetch_change(conn, outbox_id)
+            change = Store(conn).change(outbox_id)
             if change is None:
                 fail(f"no change with id {outbox_id} in relay.outbox")
         elif table is not None:
             change = _made_up_change(table, new, old, event)
             change = replace(
-                change, model=ruleset.model_of(conn, change.schema_name, change.table_name)
+                change, model=Store(conn).tracked_model(change.schema_name, change.table_name)
             )
         else:
             fail("give --outbox-id N, or --table T with --new and/or --old")

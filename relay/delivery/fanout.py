@@ -1,229 +1,160 @@
-"""Fan-out: which deliveries a batch of changes makes, given the rules.
+"""The fan-out stage: new changes become deliveries, one per webhook whose rules match.
 
-Pure planning, so that the worker (async) and tests (sync) run the same logic and differ only
-in how they execute the named queries of :meth:`Plan.statements`.
-
-Matching is isolated per rule and per change, so that one bad rule or row costs only itself.
-A rule that cannot be judged for a change (see relay.rules.judge) makes that change's delivery
-to its webhook fail at once, with the reason as its one attempt, unless another rule sends the
-change to the same webhook. A change that cannot be matched at all fails with the reason in
-``relay.outbox.last_error``. Either way the fan-out moves on, and ``relay retry`` sends the
-change again once the rule is fixed.
-
-Fan-out reads a change's row images only when a rule with conditions must look at them (see
-:func:`sort_out`), and never those of a change over RELAY_MAX_BODY_BYTES: its conditions cannot
-be judged, so its delivery to every webhook with a rule for its table and event fails at once
-with the reason, rather than vanish as skipped unseen.
+It runs on a connection of its own, whenever there may be new changes: after a notification, a
+full batch, or the poll interval; every lease period it also sweeps (relay/delivery/
+maintenance.py). sql/migrations/0003_delivery.sql explains the protocol, relay/delivery/plan.py
+what a batch becomes, relay/delivery/window.py where fan-out has looked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 
-from relay.delivery.send import over_limit
-from relay.reasons import describe, reason
-from relay.render.request import Change
+import structlog
+
+from relay.delivery import maintenance, plan, window
+from relay.delivery.holding import Holding
+from relay.delivery.metrics import Metrics
 from relay.rules.ruleset import RuleSet
+from relay.rules.watch import RuleWatcher
+from relay.settings import Settings
+from relay.store import AsyncStore, FanOutRow
+
+log = structlog.get_logger("relay.worker")
+
+ANALYZE_AFTER_CHANGES = 5_000
+"""Changes fanned out by this relay after which it refreshes the delivery tables' statistics
+(relay.refresh_statistics), so claim plans are right from the start of a burst; then again each
+time the count doubles (an ANALYZE of a million-row table is not free; autovacuum takes over)."""
+BACKLOG_GAUGE_SECONDS = 10.0
+"""How often the backlog gauges are refreshed (a count of pending changes), when metrics are on."""
 
 
-@dataclass(frozen=True)
-class Arrival:
-    """A change as fan-out sees it (a row of ``changes_to_fan_out``)."""
+class FanOut:
+    def __init__(
+        self,
+        settings: Settings,
+        relay_id: str,
+        rules: RuleWatcher,
+        holding: Holding,
+        metrics: Metrics,
+        fanned: Callable[[], None],
+    ) -> None:
+        self.settings = settings
+        self.relay_id = relay_id
+        self.rules = rules
+        self.holding = holding
+        self.metrics = metrics
+        self._fanned = fanned
+        """Called when a batch made deliveries: there is something to claim."""
+        self._wake = asyncio.Event()
+        self._next = 0.0
+        self._capture_changed = False
+        """A capture function no longer fits its table (NOTIFY relay_capture): regenerate."""
+        self._count = 0
+        self._analyze_at = ANALYZE_AFTER_CHANGES
 
-    change: Change
-    """Without row images unless they were read for conditions."""
-    old_pk_json: str | None
-    """The primary key an UPDATE moved the row from, when it changed the key."""
-    json_bytes: int
-    """Its row images' JSON text, in bytes."""
-    too_large: str | None = None
-    """Why it was not read: over RELAY_MAX_BODY_BYTES."""
+    def new_changes(self) -> None:
+        """Look now (NOTIFY relay_outbox)."""
+        self._next = 0.0
+        self._wake.set()
 
+    def capture_changed(self) -> None:
+        """Regenerate capture functions before the next look (NOTIFY relay_capture)."""
+        self._capture_changed = True
+        self._wake.set()
 
-def arrival(
-    row: Mapping[str, Any],
-    old: str | None = None,
-    new: str | None = None,
-    *,
-    too_large: str | None = None,
-) -> Arrival:
-    """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``)."""
-    change = Change(
-        id=row["id"],
-        schema_name=row["schema_name"],
-        table_name=row["table_name"],
-        op=row["op"],
-        old_json=old,
-        new_json=new,
-        pk_json=row["pk"],
-        username=row["username"],
-        request_id=row["request_id"],
-        txid=row["txid"],
-        created_at=row["created_at"],
-        model=row["model"],
-    )
-    return Arrival(change, row["old_pk"], row["bytes"], too_large)
-
-
-def sort_out(
-    rows: Iterable[Mapping[str, Any]], ruleset: RuleSet, max_body_bytes: int
-) -> tuple[list[Arrival], list[Mapping[str, Any]]]:
-    """The changes that can be matched as they are, and the rows whose images must be read
-    first: those a rule with conditions looks at (no other rule reads the row), unless they are
-    too large to read at all."""
-    ready: list[Arrival] = []
-    to_read: list[Mapping[str, Any]] = []
-    conditions = any(rule.conditions for rule in ruleset.rules)  # else no row is looked at
-    for row in rows:
-        size = row["bytes"]
-        too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
-        item = arrival(row, too_large=too_large)
-        if (
-            conditions
-            and not too_large
-            and any(rule.conditions for rule in ruleset.candidates(item.change))
-        ):
-            to_read.append(row)
-        else:
-            ready.append(item)
-    return ready, to_read
-
-
-def groups(rows: Iterable[Mapping[str, Any]], limit: int) -> Iterator[list[Mapping[str, Any]]]:
-    """Consecutive ``changes_to_fan_out`` rows of at most ``limit`` bytes of images together (a
-    larger single change alone), to be read one group at a time."""
-    group: list[Mapping[str, Any]] = []
-    size = 0
-    for row in rows:
-        if group and size + row["bytes"] > limit:
-            yield group
-            group, size = [], 0
-        group.append(row)
-        size += row["bytes"]
-    if group:
-        yield group
-
-
-def row_key(change: Change, pk_json: str | None) -> str:
-    """Identity of a row: per-row ordering applies to changes with the same key. The key's
-    text is the pk JSON exactly as PostgreSQL wrote it (never re-serialized here, so numbers
-    keep their digits and the same row always gets the same key)."""
-    if pk_json is None:
-        return f"{change.object_type}#{change.id}"
-    return f"{change.object_type}:{pk_json}"
-
-
-@dataclass
-class Deliveries:
-    """Deliveries to write, as the columns the queries unnest."""
-
-    outbox_ids: list[int] = field(default_factory=list)
-    webhook_ids: list[int] = field(default_factory=list)
-    rule_ids: list[int] = field(default_factory=list)
-    row_keys: list[str] = field(default_factory=list)
-    old_row_keys: list[str | None] = field(default_factory=list)
-    change_bytes: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def add(self, item: Arrival, webhook_id: int, rule_id: int, error: str = "") -> None:
-        change = item.change
-        self.outbox_ids.append(change.id)
-        self.webhook_ids.append(webhook_id)
-        self.rule_ids.append(rule_id)
-        self.row_keys.append(row_key(change, change.pk_json))
-        old = item.old_pk_json
-        self.old_row_keys.append(None if old is None else row_key(change, old))
-        self.change_bytes.append(item.json_bytes)
-        self.errors.append(error)
-
-    def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
-        columns = {
-            "outbox_ids": self.outbox_ids,
-            "webhook_ids": self.webhook_ids,
-            "rule_ids": self.rule_ids,
-            "row_keys": self.row_keys,
-            "old_row_keys": self.old_row_keys,
-            "change_bytes": self.change_bytes,
-        }
-        return {**columns, "errors": self.errors} if with_errors else columns
-
-
-@dataclass
-class Plan:
-    to_send: Deliveries = field(default_factory=Deliveries)
-    failed: Deliveries = field(default_factory=Deliveries)
-    """Deliveries that fail at once: no rule for their webhook could be judged."""
-    unmatchable: dict[int, str] = field(default_factory=dict)
-    """Changes that could not be matched at all, with the reason."""
-    fanned_out: list[int] = field(default_factory=list)
-    """Every other change of the batch."""
-
-    @property
-    def outbox_ids(self) -> list[int]:
-        """The changes that go somewhere (one entry per delivery)."""
-        return self.to_send.outbox_ids
-
-    def add(self, arrivals: Iterable[Arrival], ruleset: RuleSet) -> None:
-        """One delivery per matching webhook (the first matching rule names it). Give a
-        generator: each change, and its rows parsed for conditions, is let go once matched."""
-        for item in arrivals:
-            change = item.change
-            try:
-                to_send, failed = _deliveries(item, ruleset)
-            except Exception as exc:
-                self.unmatchable[change.id] = reason(f"matching: {describe(exc)}")
+    async def run(self, store: AsyncStore) -> None:
+        """Fan out (and sweep) until cancelled or the connection fails; the backlog first."""
+        self._next = 0.0
+        next_sweep = next_gauges = 0.0
+        while True:
+            if self._capture_changed:
+                self._capture_changed = False
+                await store.refresh_capture()
+            if time.monotonic() >= next_sweep:
+                behind = await maintenance.sweep(store, self.relay_id, self.settings)
+                # A purge with more to do comes back in a second, not a lease period.
+                next_sweep = time.monotonic() + (1.0 if behind else self.settings.lease_seconds)
+            if self.settings.metrics_address and time.monotonic() >= next_gauges:
+                next_gauges = time.monotonic() + BACKLOG_GAUGE_SECONDS
+                pending, oldest = await store.backlog()
+                self.metrics.backlog.set(pending)
+                self.metrics.oldest_pending.set(oldest)
+            self._wake.clear()
+            wait = self._next - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
                 continue
-            self.fanned_out.append(change.id)
-            for webhook_id, rule_id in to_send.items():
-                self.to_send.add(item, webhook_id, rule_id)
-            for webhook_id, (rule_id, error) in failed.items():
-                self.failed.add(item, webhook_id, rule_id, error)
+            if await self.once(store):
+                self._fanned()
 
-    def statements(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The named queries that write the plan, in order, with their parameters."""
-        yield "add_deliveries", self.to_send.parameters()
-        if self.failed.outbox_ids:
-            yield "add_failed_deliveries", self.failed.parameters(with_errors=True)
-        if self.unmatchable:
-            yield (
-                "fail_changes",
-                {
-                    "ids": list(self.unmatchable),
-                    "errors": list(self.unmatchable.values()),
-                },
+    async def once(self, store: AsyncStore) -> int:
+        """One batch, in two round trips: the statements are pipelined (the event loop is busy
+        sending, and each round trip waits for its turn: eight of them capped fan-out, and so
+        delivery, at a third of what the sender could do). How many changes it matched."""
+        settings = self.settings
+        # Set before looking, so that a notification arriving meanwhile brings it forward again.
+        self._next = time.monotonic() + settings.poll_interval
+        async with store.batch():
+            found = await store.changes_to_fan_out(settings.batch_size)
+            if found is None:
+                return 0  # another relay holds the fan-out lock
+            if found.full:
+                self._next = 0.0
+            looked, moved = window.moved(found)
+            if moved != looked:
+                await store.move_fan_out_window(moved.parameters())
+            rows = [row for row in found.rows if row["fresh"]]
+            if not rows:
+                return 0
+            # Read after the changes: every rule committed before them is in this version.
+            await self.rules.catch_up(store.conn, await store.rules_version())
+            ruleset = self.rules.ruleset
+            ready, to_read = plan.sort_out(rows, ruleset, settings.max_body_bytes)
+            batch = plan.plan(ready, ruleset)
+            # A quarter of the room at a time: claims go on meanwhile.
+            for group in plan.groups(to_read, self.holding.capacity // 4):
+                await self._match_read(store, group, batch, ruleset)
+            self._report(batch, len(rows), ruleset)
+            await store.write_plan(batch.statements())
+        self._count += len(rows)
+        if self._count >= self._analyze_at:
+            self._analyze_at *= 2
+            await store.refresh_statistics()
+        return len(rows)
+
+    async def _match_read(
+        self, store: AsyncStore, group: list[FanOutRow], batch: plan.Plan, ruleset: RuleSet
+    ) -> None:
+        """Read the images of a group of changes that conditions look at, once they fit in
+        the room the relay has, and match them."""
+        async with self.holding.reserve(sum(row["bytes"] for row in group)):
+            images = await store.change_images([row["id"] for row in group])
+            batch.add((plan.arrival(row, *images[row["id"]]) for row in group), ruleset)
+
+    def _report(self, batch: plan.Plan, changes: int, ruleset: RuleSet) -> None:
+        """Log what failed at once, and count every change by what became of it."""
+        failed = batch.failed
+        for outbox_id, webhook_id, error in zip(
+            failed.outbox_ids, failed.webhook_ids, failed.errors, strict=True
+        ):
+            log.warning(
+                "delivery",
+                outbox_id=outbox_id,
+                webhook=ruleset.webhook_name(webhook_id),
+                attempt=1,
+                outcome="failed",
+                error=error,
             )
-        yield "mark_fanned_out", {"ids": self.fanned_out}
-        yield "skip_changes", {"ids": self.fanned_out}
-        yield "finish_changes", {"ids": self.fanned_out}
-
-
-def plan(arrivals: Iterable[Arrival], ruleset: RuleSet) -> Plan:
-    """A plan for the changes (more can be added: see :meth:`Plan.add`)."""
-    result = Plan()
-    result.add(arrivals, ruleset)
-    return result
-
-
-def _deliveries(
-    item: Arrival, ruleset: RuleSet
-) -> tuple[dict[int, int], dict[int, tuple[int, str]]]:
-    """Per webhook, the first rule that sends the change there; and per webhook no rule sends
-    it to, the first rule that could not be judged, with its error (every rule for a change too
-    large to read)."""
-    to_send: dict[int, int] = {}
-    failed: dict[int, tuple[int, str]] = {}
-    if item.too_large:
-        for rule in ruleset.candidates(item.change):
-            failed.setdefault(rule.webhook.id, (rule.id, item.too_large))
-        return to_send, failed
-    for match in ruleset.evaluate(item.change):
-        hook = match.rule.webhook.id
-        if match.verdict.matched:
-            to_send.setdefault(hook, match.rule.id)
-        elif match.error is not None:
-            failed.setdefault(hook, (match.rule.id, reason(match.error)))
-    for hook in to_send:
-        failed.pop(hook, None)
-    return to_send, failed
+        for outbox_id, error in batch.unmatchable.items():
+            log.error("change not matched", outbox_id=outbox_id, outcome="failed", error=error)
+        matched = set(batch.outbox_ids)
+        failing = (set(failed.outbox_ids) - matched) | set(batch.unmatchable)
+        self.metrics.changes.labels("matched").inc(len(matched))
+        self.metrics.changes.labels("failed").inc(len(failing))
+        self.metrics.changes.labels("skipped").inc(changes - len(matched) - len(failing))

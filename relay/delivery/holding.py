@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from relay.service.settings import HELD_PER_CHANGE_BYTE, Settings
+from relay.settings import HELD_PER_CHANGE_BYTE, Settings
 
 
 class Holding:
@@ -46,7 +46,7 @@ class Holding:
     @asynccontextmanager
     async def reserve(self, nbytes: int) -> AsyncIterator[None]:
         """Hold ``nbytes`` for the duration, once they fit (callers ask for at most half the
-        capacity: see fanout.groups)."""
+        capacity: see plan.groups)."""
         self._wanted += nbytes
         try:
             while self.total + nbytes > self.capacity:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Literal
 
-from relay.render.request import Webhook
-from relay.service.settings import Settings
+from relay.delivery.send import Outcome
+from relay.model import Webhook
+from relay.settings import Settings
+
+Status = Literal["delivered", "pending", "failed"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,23 @@ class RetryPolicy:
     def gives_up(self, attempt: int) -> bool:
         """Whether a failed ``attempt`` (1-based) was the last one."""
         return attempt >= self.max_attempts
+
+    def after(self, outcome: Outcome, attempt: int, jitter: float) -> tuple[Status, float]:
+        """What becomes of a delivery after ``attempt`` ended in ``outcome``: its new status,
+        and the seconds until the next attempt when it stays pending."""
+        if outcome.ok:
+            return "delivered", 0.0
+        if outcome.permanent or self.gives_up(attempt):
+            return "failed", 0.0
+        return "pending", self.delay(attempt, jitter, outcome.retry_after)
+
+    def exhausted(self) -> str:
+        """Why a delivery claimed once more than its max attempts allow fails unsent: its last
+        attempts never reported an outcome (a relay died or lost its lease while sending)."""
+        return (
+            f"failed after {self.max_attempts} attempts ({self.attempts_from}); the last ones "
+            "never reported an outcome (a relay stopped or lost its lease while sending)"
+        )
 
     def delay(self, attempt: int, jitter: float, retry_after: float | None) -> float:
         """Seconds before the attempt after ``attempt``: the base, four times longer each time,

@@ -29,7 +29,7 @@ import structlog
 from relay.db import first_line
 from relay.delivery.send import Outcome
 from relay.reasons import describe, reason
-from relay.sqlfiles import query
+from relay.store import AsyncStore
 
 log = structlog.get_logger("relay.delivery.record")
 
@@ -97,7 +97,7 @@ class Recorder:
         self._ready.set()
         await done
 
-    async def run(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def run(self, store: AsyncStore) -> None:
         """Write batches until cancelled or the connection fails (then raise its error, after
         failing every outcome still waiting)."""
         try:
@@ -107,23 +107,23 @@ class Recorder:
                 del self._waiting[:BATCH_LIMIT]
                 if not self._waiting:
                     self._ready.clear()
-                await self._write(conn, batch)
+                await self._write(store, batch)
         except BaseException as exc:
             self._close(exc)
             raise
 
     async def _write(
         self,
-        conn: psycopg.AsyncConnection[Any],
+        store: AsyncStore,
         batch: list[tuple[Result, asyncio.Future[None]]],
     ) -> None:
         try:
-            await self._store(conn, [result for result, _ in batch])
+            await store.record_outcomes(parameters([result for result, _ in batch], self.relay_id))
         except Exception as exc:
-            if conn.closed or conn.broken:
+            if _lost(store):
                 self._fail(batch, exc)
                 raise
-            await self._one_by_one(conn, batch, exc)
+            await self._one_by_one(store, batch, exc)
         except BaseException as exc:
             self._fail(batch, exc)
             raise
@@ -135,18 +135,15 @@ class Recorder:
         # relay's sweep finishes it later (unfinished_changes).
         ids = [result.outbox_id for result, _ in batch]
         try:
-            await conn.execute(query("finish_changes"), {"ids": ids})
+            await store.finish_changes(ids)
         except Exception as exc:
-            if conn.closed or conn.broken:
+            if _lost(store):
                 raise
             log.error("could not finish changes", outbox_ids=ids[:10], error=describe(exc))
 
-    async def _store(self, conn: psycopg.AsyncConnection[Any], results: list[Result]) -> None:
-        await conn.execute(query("record_outcomes"), parameters(results, self.relay_id))
-
     async def _one_by_one(
         self,
-        conn: psycopg.AsyncConnection[Any],
+        store: AsyncStore,
         batch: list[tuple[Result, asyncio.Future[None]]],
         first: Exception,
     ) -> None:
@@ -155,9 +152,9 @@ class Recorder:
         log.warning("outcomes refused, writing them one by one", error=describe(first))
         try:
             for result, done in batch:
-                refused = first if len(batch) == 1 else await self._try(conn, result)
+                refused = first if len(batch) == 1 else await self._try(store, result)
                 if refused is not None:
-                    refused = await self._try(conn, _without_details(result, refused))
+                    refused = await self._try(store, _without_details(result, refused))
                 if done.done():
                     continue  # its task was cancelled meanwhile
                 if refused is None:
@@ -171,13 +168,13 @@ class Recorder:
             self._fail(batch, exc)
             raise
 
-    async def _try(self, conn: psycopg.AsyncConnection[Any], result: Result) -> Exception | None:
+    async def _try(self, store: AsyncStore, result: Result) -> Exception | None:
         """Write one outcome: None when written, the error when the database refused it; a
         lost connection raises."""
         try:
-            await self._store(conn, [result])
+            await store.record_outcomes(parameters([result], self.relay_id))
         except Exception as exc:
-            if conn.closed or conn.broken:
+            if _lost(store):
                 raise
             return exc
         return None
@@ -192,6 +189,11 @@ class Recorder:
         for _, done in batch:
             if not done.done():
                 done.set_exception(RecorderClosed(_describe(exc)))
+
+
+def _lost(store: AsyncStore) -> bool:
+    """The connection is gone (an error on a live one is the statement's fault)."""
+    return store.conn.closed or store.conn.broken
 
 
 def _describe(exc: BaseException) -> str:

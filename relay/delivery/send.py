@@ -30,8 +30,8 @@ import yarl
 from pydantic import ByteSize
 
 from relay.db import first_line
+from relay.model import Request, Webhook
 from relay.reasons import describe, redact
-from relay.render.request import Request, Webhook
 
 EXCERPT_BYTES = 4096
 
@@ -56,6 +56,11 @@ class Outcome:
     """Retrying cannot help (410 Gone): fail the delivery now."""
     sent: bool = True
     """False when the request never left (a template or rule problem on our side)."""
+
+    @classmethod
+    def not_sent(cls, error: str, *, permanent: bool) -> Outcome:
+        """The request never left: a problem on our side, not the receiver's."""
+        return cls(False, None, 0.0, error, permanent=permanent, sent=False)
 
 
 @lru_cache(maxsize=64)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from relay.store import FanOutBatch
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,10 @@ def advance(
     return Window(scanned_to, tuple(sorted(gaps, key=lambda g: g.lo)))
 
 
-def moved(
-    found: Sequence[Mapping[str, Any]], gaps: Iterable[Mapping[str, Any]], full: bool
-) -> tuple[Window, Window]:
-    """The window before and after a pass, from its ``changes_to_fan_out`` rows (at least one,
-    all null but the window's columns when nothing was found) and ``fan_out_gaps`` rows."""
-    first = found[0]
+def moved(batch: FanOutBatch) -> tuple[Window, Window]:
+    """The window before and after a look at the outbox."""
     before = Window(
-        first["stored_to"], tuple(Gap(g["lo"], g["hi"], tuple(g["xids"])) for g in gaps)
+        batch.stored_to, tuple(Gap(g["lo"], g["hi"], tuple(g["xids"])) for g in batch.gaps)
     )
-    ids = [row["id"] for row in found if row["id"] is not None]
-    return before, advance(before, first["scanned_to"], ids, first["running"], full)
+    ids = [row["id"] for row in batch.rows]
+    return before, advance(before, batch.scanned_to, ids, batch.running, batch.full)

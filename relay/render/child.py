@@ -1,6 +1,6 @@
 """A render process: renders the requests relay/render/pool.py sends it, within hard limits.
 
-Run as ``python -m relay.renderproc ENV_ALLOW_JSON``. Jobs come on standard input, answers go on
+Run as ``python -m relay.render.child ENV_ALLOW_JSON``. Jobs come on standard input, answers go on
 standard output, each a length-prefixed frame: jobs pickled (from the relay), answers in
 ``marshal``, which can only make plain data, so nothing a render process says can run code in
 the relay. Kept apart from the pool (no asyncio here), so that a process starts quickly.
@@ -21,7 +21,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
-from relay.render.request import Change, Renderer, RenderError, Webhook
+from relay.model import Change, Webhook
+from relay.render.request import Renderer, RenderError
 from relay.render.sandbox import MAX_SECONDS
 
 KILL_MARGIN = 0.5

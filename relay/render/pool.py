@@ -1,12 +1,12 @@
 """Rendering templates in processes of their own, so that no template can hold up the relay.
 
-relay/render/sandbox.py stops a template at its next check, but some work never reaches one: a single
-C-level operation (summing lists, sorting, compiling a huge template) can run for minutes, and
-on the event loop it would hold back every delivery. So templated requests are rendered by child
-processes (relay/render/child.py); a child that has not answered ``MAX_SECONDS + KILL_MARGIN``
-after starting a request is killed and replaced, and that request fails with "stopped after
-1 s". A child's address space is capped (``MAX_MEMORY``), and its CPU time per request, so that
-even one whose relay has died stops.
+relay/render/sandbox.py stops a template at its next check, but some work never reaches one:
+a single C-level operation (summing lists, sorting, compiling a huge template) can run for
+minutes, and on the event loop it would hold back every delivery. So templated requests are
+rendered by child processes (relay/render/child.py); a child that has not answered
+``MAX_SECONDS + KILL_MARGIN`` after starting a request is killed and replaced, and that request
+fails with "stopped after 1 s". A child's address space is capped (``MAX_MEMORY``), and its
+CPU time per request, so that even one whose relay has died stops.
 
 A webhook renders in one child at a time: its requests queue there, in order. A webhook without
 a child takes an idle one; one idle child is kept ready (started in the background), up to
@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from relay.model import Change, Request, Webhook
 from relay.render.child import FRAME, KILL_MARGIN, Reply, check_job, request_job
-from relay.render.request import Change, Renderer, RenderError, Request, Webhook, needs_jinja
+from relay.render.request import Renderer, RenderError, needs_jinja
 from relay.render.sandbox import MAX_SECONDS
 
 PROCESSES = 4

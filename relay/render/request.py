@@ -13,15 +13,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -29,6 +25,7 @@ import simplejson
 from jinja2 import TemplateError, Undefined
 
 from relay import __version__
+from relay.model import Change, Request, UnreadableJSON, Webhook, dumps
 from relay.reasons import describe, redact
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.render.sign import InvalidSecret, signature_headers
@@ -43,129 +40,6 @@ _env_read: ContextVar[list[str] | None] = ContextVar("relay_env_read", default=N
 
 class RenderError(Exception):
     """A webhook could not be rendered for a change; the message is meant for a person."""
-
-
-class UnreadableJSON(ValueError):
-    """JSON that is valid but that Python cannot hold: nested deeper than its recursion limit."""
-
-
-def loads(text: str) -> Any:
-    """JSON with exact numbers: ``120.00`` stays ``Decimal('120.00')``, not ``120.0``, and an
-    integer too long for Python's int-from-text limit (4,300 digits) becomes an exact Decimal.
-    JSON nested too deeply to parse raises :class:`UnreadableJSON`, never RecursionError."""
-    try:
-        try:
-            return simplejson.loads(text, use_decimal=True)
-        except simplejson.JSONDecodeError:
-            raise
-        except ValueError:  # an integer past the limit: the rare case pays for the slow path
-            return simplejson.loads(text, use_decimal=True, parse_int=_exact_int)
-    except RecursionError:
-        raise UnreadableJSON(
-            f"JSON nested too deeply to read (Python stops near {sys.getrecursionlimit():,} levels)"
-        ) from None
-
-
-def _exact_int(text: str) -> int | Decimal:
-    try:
-        return int(text)
-    except ValueError:
-        return Decimal(text)
-
-
-def dumps(value: Any) -> str:
-    text: str = simplejson.dumps(value, use_decimal=True, ensure_ascii=False, default=str)
-    return text
-
-
-@dataclass(frozen=True)
-class Change:
-    """An outbox row, as the renderer needs it. The jsonb columns stay the text PostgreSQL sent
-    until something reads ``old``, ``new`` or ``pk`` (parsed with :func:`loads`, once): the
-    default body splices the text in as it is, and rules without conditions never look, so
-    most deliveries never parse their row at all."""
-
-    id: int
-    schema_name: str
-    table_name: str
-    op: str
-    old_json: str | None
-    new_json: str | None
-    pk_json: str | None
-    username: str | None
-    request_id: str | None
-    txid: str
-    created_at: datetime
-    model: str | None = None
-    """The table's model name (``relay.track(..., model => 'dcim.device')``), if it has one."""
-
-    @classmethod
-    def of(cls, *, old: Any = None, new: Any = None, pk: Any = None, **fields: Any) -> Change:
-        """A Change from values rather than stored text (previews, tests)."""
-        return cls(
-            old_json=None if old is None else dumps(old),
-            new_json=None if new is None else dumps(new),
-            pk_json=None if pk is None else dumps(pk),
-            **fields,
-        )
-
-    @cached_property
-    def old(self) -> Any:
-        return None if self.old_json is None else loads(self.old_json)
-
-    @cached_property
-    def new(self) -> Any:
-        return None if self.new_json is None else loads(self.new_json)
-
-    @cached_property
-    def pk(self) -> Any:
-        return None if self.pk_json is None else loads(self.pk_json)
-
-    @property
-    def object_type(self) -> str:
-        """NetBox's "app_label.model" when the model name has a dot, else ``schema.table``."""
-        if self.model and "." in self.model:
-            return self.model
-        return f"{self.schema_name}.{self.table_name}"
-
-    @property
-    def model_name(self) -> str:
-        """NetBox's model: the part of the model name after its last dot, else the table."""
-        return self.model.rpartition(".")[2] if self.model else self.table_name
-
-    @property
-    def table_key(self) -> tuple[str, str]:
-        """The table, unambiguous even when its names hold dots (object_type is not)."""
-        return self.schema_name, self.table_name
-
-
-@dataclass(frozen=True)
-class Webhook:
-    id: int
-    name: str
-    payload_url: str
-    http_method: str = "POST"
-    http_content_type: str = "application/json"
-    additional_headers: str = ""
-    body_template: str = ""
-    secret: str = field(default="", repr=False)
-    signature: str = "netbox"
-    ssl_verification: bool = True
-    ca_file_path: str | None = None
-    timeout_seconds: Decimal = Decimal(10)
-    enabled: bool = True
-    max_attempts: int | None = None
-    retry_base_seconds: Decimal | None = None
-    retry_max_seconds: Decimal | None = None
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    url: str
-    headers: dict[str, str]
-    body: bytes
-    delivery_id: str
 
 
 def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -17,23 +17,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
-
 from relay.db import Conn
+from relay.model import Change, UnreadableJSON, Webhook, loads
 from relay.reasons import describe, redact
-from relay.render.request import (
-    Change,
-    RenderError,
-    TemplateChecker,
-    UnreadableJSON,
-    Webhook,
-    context,
-    header_line,
-    loads,
-)
+from relay.render.request import RenderError, TemplateChecker, context, header_line
 from relay.rules import conditions
-from relay.sqlfiles import query
+from relay.store import RuleRow, Store, WebhookRow
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")+"|[^."]+)\.("(?:[^"]|"")+"|[^."]+)$')
 """``schema.table``, either part in double quotes when it holds a dot or a quote (``""`` for a
@@ -115,6 +104,11 @@ class RuleSet:
         """A webhook some enabled rule sends to."""
         return self._webhooks.get(webhook_id)
 
+    def webhook_name(self, webhook_id: int) -> str:
+        """What the log calls a webhook: its name, or its id once no enabled rule has it."""
+        webhook = self._webhooks.get(webhook_id)
+        return webhook.name if webhook else str(webhook_id)
+
     def candidates(self, change: Change) -> list[Rule]:
         """Rules naming the change's table and event, enabled with an enabled webhook."""
         return [
@@ -171,25 +165,14 @@ def verdict(
 
 def load(conn: Conn, *, everything: bool = False) -> RuleSet:
     """Enabled rules (all rules with ``everything``), each with its webhook."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(query("load_rules"), {"everything": everything}).fetchall()
+    return of_rows(Store(conn).rule_rows(everything=everything))
+
+
+def of_rows(rows: Iterable[RuleRow]) -> RuleSet:
     return RuleSet([_rule(row) for row in rows])
 
 
-async def load_async(conn: psycopg.AsyncConnection[Any]) -> RuleSet:
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query("load_rules"), {"everything": False})
-        rows = await cur.fetchall()
-    return RuleSet([_rule(row) for row in rows])
-
-
-def unused_webhooks(conn: Conn) -> list[Webhook]:
-    """The webhooks no rule calls."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        return [_webhook(row) for row in cur.execute(query("unused_webhooks")).fetchall()]
-
-
-def _webhook(row: Mapping[str, Any]) -> Webhook:
+def webhook_of(row: WebhookRow) -> Webhook:
     return Webhook(
         id=row["webhook_id"],
         name=row["webhook_name"],
@@ -210,8 +193,8 @@ def _webhook(row: Mapping[str, Any]) -> Webhook:
     )
 
 
-def _rule(row: Mapping[str, Any]) -> Rule:
-    webhook = _webhook(row)
+def _rule(row: RuleRow) -> Rule:
+    webhook = webhook_of(row)
     rule_conditions, problem = _conditions(row["conditions"])
     try:
         action_data = loads(row["action_data"])
@@ -244,43 +227,6 @@ def _conditions(text: str | None) -> tuple[Any, str | None]:
     except Exception as exc:
         return None, f"conditions cannot be read: {describe(exc)}"
     return document, None
-
-
-def change_from_row(row: Mapping[str, Any]) -> Change:
-    """A Change from the ``outbox_change`` query."""
-    return Change(
-        id=row["id"],
-        schema_name=row["schema_name"],
-        table_name=row["table_name"],
-        op=row["op"],
-        old_json=row["old"],
-        new_json=row["new"],
-        pk_json=row["pk"],
-        username=row["username"],
-        request_id=row["request_id"],
-        txid=row["txid"],
-        created_at=row["created_at"],
-        model=row["model"],
-    )
-
-
-def model_of(conn: Conn, schema_name: str, table_name: str) -> str | None:
-    """The model name a tracked table's changes carry, None for the table's own name."""
-    params = {"schema_name": schema_name, "table_name": table_name}
-    row = conn.execute(query("tracked_model"), params).fetchone()
-    return row[0] if row else None
-
-
-def installation_id(conn: Conn) -> str:
-    """What makes this database's delivery ids its own (see render.delivery_id)."""
-    row = conn.execute(query("installation_id")).fetchone()
-    return str(row[0]) if row else ""
-
-
-def fetch_change(conn: Conn, outbox_id: int) -> Change | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
-    return change_from_row(row) if row else None
 
 
 @dataclass(frozen=True)

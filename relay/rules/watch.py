@@ -15,9 +15,7 @@ import psycopg
 
 from relay.rules import ruleset
 from relay.rules.ruleset import RuleSet
-from relay.sqlfiles import query
-
-CHANNEL = "relay_rules"
+from relay.store import AsyncStore
 
 
 class RuleWatcher:
@@ -50,7 +48,7 @@ class RuleWatcher:
             self._dsn, autocommit=True, application_name=self._application_name
         )
         async with conn:
-            await conn.execute(f"LISTEN {CHANNEL}")
+            await AsyncStore(conn).listen("relay_rules")
             await self._reload(conn)
             while True:
                 # Leave the notifies() generator before querying: the connection serves one
@@ -70,10 +68,9 @@ class RuleWatcher:
             await self._reload(conn)
 
     async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        cur = await conn.execute(query("rules_version"))
-        row = await cur.fetchone()
-        version = int(row[0]) if row else 0
-        loaded = await ruleset.load_async(conn)
+        store = AsyncStore(conn)
+        version = await store.rules_version()
+        loaded = ruleset.of_rows(await store.rule_rows())
         if version >= self.version:  # a slower, older reload must not win
             self.ruleset, self.version = loaded, version
         self.loaded.set()

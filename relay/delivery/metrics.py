@@ -1,23 +1,12 @@
-"""Prometheus metrics, ``/healthz`` and ``/readyz`` for ``relay run``.
+"""What a relay counts: changes matched, deliveries by outcome, lag, backlog, paused webhooks.
 
-Each Worker has its own registry (several in one process, as in tests, do not share counts).
-The HTTP endpoint is off unless ``RELAY_METRICS_ADDRESS`` is set; it is a small aiohttp server
-on the relay's own event loop.
+Each Worker has its own registry (several in one process, as in tests, do not share counts);
+relay/service/endpoint.py serves it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 
@@ -76,28 +65,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-async def serve(address: str, metrics: Metrics, ready: Callable[[], bool]) -> web.AppRunner:
-    """Start the endpoint on ``host:port``; the caller cleans the runner up."""
-    host, _, port = address.rpartition(":")
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(request: web.Request) -> web.Response:
-        if ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not connected to the database\n")
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port)).start()
-    return runner

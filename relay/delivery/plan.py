@@ -1,0 +1,216 @@
+"""The fan-out plan: which deliveries a batch of changes makes, given the rules.
+
+Pure planning, testable without a database: relay/delivery/fanout.py reads the changes and has
+the store write :meth:`Plan.statements`.
+
+Matching is isolated per rule and per change, so that one bad rule or row costs only itself.
+A rule that cannot be judged for a change (see relay.rules.judge) makes that change's delivery
+to its webhook fail at once, with the reason as its one attempt, unless another rule sends the
+change to the same webhook. A change that cannot be matched at all fails with the reason in
+``relay.outbox.last_error``. Either way the fan-out moves on, and ``relay retry`` sends the
+change again once the rule is fixed.
+
+Fan-out reads a change's row images only when a rule with conditions must look at them (see
+:func:`sort_out`), and never those of a change over RELAY_MAX_BODY_BYTES: its conditions cannot
+be judged, so its delivery to every webhook with a rule for its table and event fails at once
+with the reason, rather than vanish as skipped unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.delivery.send import over_limit
+from relay.model import Change
+from relay.reasons import describe, reason
+from relay.rules.ruleset import RuleSet
+from relay.store import FanOutRow, PlanStatement, change_of
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A change as fan-out sees it (a row of ``changes_to_fan_out``)."""
+
+    change: Change
+    """Without row images unless they were read for conditions."""
+    old_pk_json: str | None
+    """The primary key an UPDATE moved the row from, when it changed the key."""
+    json_bytes: int
+    """Its row images' JSON text, in bytes."""
+    too_large: str | None = None
+    """Why it was not read: over RELAY_MAX_BODY_BYTES."""
+
+
+def arrival(
+    row: FanOutRow,
+    old: str | None = None,
+    new: str | None = None,
+    *,
+    too_large: str | None = None,
+) -> Arrival:
+    """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``)."""
+    return Arrival(change_of(row, old, new), row["old_pk"], row["bytes"], too_large)
+
+
+def sort_out(
+    rows: Iterable[FanOutRow], ruleset: RuleSet, max_body_bytes: int
+) -> tuple[list[Arrival], list[FanOutRow]]:
+    """The changes that can be matched as they are, and the rows whose images must be read
+    first: those a rule with conditions looks at (no other rule reads the row), unless they are
+    too large to read at all."""
+    ready: list[Arrival] = []
+    to_read: list[FanOutRow] = []
+    conditions = any(rule.conditions for rule in ruleset.rules)  # else no row is looked at
+    for row in rows:
+        size = row["bytes"]
+        too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
+        item = arrival(row, too_large=too_large)
+        if (
+            conditions
+            and not too_large
+            and any(rule.conditions for rule in ruleset.candidates(item.change))
+        ):
+            to_read.append(row)
+        else:
+            ready.append(item)
+    return ready, to_read
+
+
+def groups(rows: Iterable[FanOutRow], limit: int) -> Iterator[list[FanOutRow]]:
+    """Consecutive ``changes_to_fan_out`` rows of at most ``limit`` bytes of images together (a
+    larger single change alone), to be read one group at a time."""
+    group: list[FanOutRow] = []
+    size = 0
+    for row in rows:
+        if group and size + row["bytes"] > limit:
+            yield group
+            group, size = [], 0
+        group.append(row)
+        size += row["bytes"]
+    if group:
+        yield group
+
+
+def row_key(change: Change, pk_json: str | None) -> str:
+    """Identity of a row: per-row ordering applies to changes with the same key. The key's
+    text is the pk JSON exactly as PostgreSQL wrote it (never re-serialized here, so numbers
+    keep their digits and the same row always gets the same key)."""
+    if pk_json is None:
+        return f"{change.object_type}#{change.id}"
+    return f"{change.object_type}:{pk_json}"
+
+
+@dataclass
+class Deliveries:
+    """Deliveries to write, as the columns the queries unnest."""
+
+    outbox_ids: list[int] = field(default_factory=list)
+    webhook_ids: list[int] = field(default_factory=list)
+    rule_ids: list[int] = field(default_factory=list)
+    row_keys: list[str] = field(default_factory=list)
+    old_row_keys: list[str | None] = field(default_factory=list)
+    change_bytes: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, item: Arrival, webhook_id: int, rule_id: int, error: str = "") -> None:
+        change = item.change
+        self.outbox_ids.append(change.id)
+        self.webhook_ids.append(webhook_id)
+        self.rule_ids.append(rule_id)
+        self.row_keys.append(row_key(change, change.pk_json))
+        old = item.old_pk_json
+        self.old_row_keys.append(None if old is None else row_key(change, old))
+        self.change_bytes.append(item.json_bytes)
+        self.errors.append(error)
+
+    def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
+        columns = {
+            "outbox_ids": self.outbox_ids,
+            "webhook_ids": self.webhook_ids,
+            "rule_ids": self.rule_ids,
+            "row_keys": self.row_keys,
+            "old_row_keys": self.old_row_keys,
+            "change_bytes": self.change_bytes,
+        }
+        return {**columns, "errors": self.errors} if with_errors else columns
+
+
+@dataclass
+class Plan:
+    to_send: Deliveries = field(default_factory=Deliveries)
+    failed: Deliveries = field(default_factory=Deliveries)
+    """Deliveries that fail at once: no rule for their webhook could be judged."""
+    unmatchable: dict[int, str] = field(default_factory=dict)
+    """Changes that could not be matched at all, with the reason."""
+    fanned_out: list[int] = field(default_factory=list)
+    """Every other change of the batch."""
+
+    @property
+    def outbox_ids(self) -> list[int]:
+        """The changes that go somewhere (one entry per delivery)."""
+        return self.to_send.outbox_ids
+
+    def add(self, arrivals: Iterable[Arrival], ruleset: RuleSet) -> None:
+        """One delivery per matching webhook (the first matching rule names it). Give a
+        generator: each change, and its rows parsed for conditions, is let go once matched."""
+        for item in arrivals:
+            change = item.change
+            try:
+                to_send, failed = _deliveries(item, ruleset)
+            except Exception as exc:
+                self.unmatchable[change.id] = reason(f"matching: {describe(exc)}")
+                continue
+            self.fanned_out.append(change.id)
+            for webhook_id, rule_id in to_send.items():
+                self.to_send.add(item, webhook_id, rule_id)
+            for webhook_id, (rule_id, error) in failed.items():
+                self.failed.add(item, webhook_id, rule_id, error)
+
+    def statements(self) -> Iterator[tuple[PlanStatement, dict[str, Any]]]:
+        """The named queries that write the plan, in order, with their parameters."""
+        yield "add_deliveries", self.to_send.parameters()
+        if self.failed.outbox_ids:
+            yield "add_failed_deliveries", self.failed.parameters(with_errors=True)
+        if self.unmatchable:
+            yield (
+                "fail_changes",
+                {
+                    "ids": list(self.unmatchable),
+                    "errors": list(self.unmatchable.values()),
+                },
+            )
+        yield "mark_fanned_out", {"ids": self.fanned_out}
+        yield "skip_changes", {"ids": self.fanned_out}
+        yield "finish_changes", {"ids": self.fanned_out}
+
+
+def plan(arrivals: Iterable[Arrival], ruleset: RuleSet) -> Plan:
+    """A plan for the changes (more can be added: see :meth:`Plan.add`)."""
+    result = Plan()
+    result.add(arrivals, ruleset)
+    return result
+
+
+def _deliveries(
+    item: Arrival, ruleset: RuleSet
+) -> tuple[dict[int, int], dict[int, tuple[int, str]]]:
+    """Per webhook, the first rule that sends the change there; and per webhook no rule sends
+    it to, the first rule that could not be judged, with its error (every rule for a change too
+    large to read)."""
+    to_send: dict[int, int] = {}
+    failed: dict[int, tuple[int, str]] = {}
+    if item.too_large:
+        for rule in ruleset.candidates(item.change):
+            failed.setdefault(rule.webhook.id, (rule.id, item.too_large))
+        return to_send, failed
+    for match in ruleset.evaluate(item.change):
+        hook = match.rule.webhook.id
+        if match.verdict.matched:
+            to_send.setdefault(hook, match.rule.id)
+        elif match.error is not None:
+            failed.setdefault(hook, (match.rule.id, reason(match.error)))
+    for hook in to_send:
+        failed.pop(hook, None)
+    return to_send, failed

@@ -1,0 +1,464 @@
+"""The one place relay talks to its database: each named query of sql/queries.sql behind a method.
+
+Nothing else in relay sends a statement (the rule admin's SQLAlchemy mapping, relay/rules/admin.py,
+writes the same tables through the ORM; relay.tag's one ``set_config`` runs on the application's
+own connection). :class:`Store` serves the command line on a blocking connection and
+:class:`AsyncStore` the running relay on an asyncio one; each returns typed rows, so the stages
+above never index a result by position or guess a column's type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal, TypedDict, cast
+
+import psycopg
+from psycopg.rows import class_row, dict_row
+
+from relay import sqlfiles
+from relay.db import Conn
+from relay.model import Change
+from relay.sqlfiles import Migration, query
+
+AConn = psycopg.AsyncConnection[Any]
+
+APPLICATION_PREFIX = "relay run "
+"""How a running relay's connections are named, before its id: ``status_relays`` is given the
+same prefix to find them in ``pg_stat_activity``."""
+
+Channel = Literal["relay_outbox", "relay_capture", "relay_rules"]
+"""What the relay LISTENs to: new changes, capture functions to regenerate, rules edited."""
+
+PlanStatement = Literal[
+    "add_deliveries",
+    "add_failed_deliveries",
+    "fail_changes",
+    "mark_fanned_out",
+    "skip_changes",
+    "finish_changes",
+]
+"""The statements that write a fan-out plan (relay/delivery/plan.py decides which)."""
+
+
+def application_name(relay_id: str) -> str:
+    """The ``application_name`` of a relay's connections (see :data:`APPLICATION_PREFIX`)."""
+    return APPLICATION_PREFIX + relay_id
+
+
+@dataclass(frozen=True)
+class TrackedTable:
+    """A table whose changes are captured, with the options ``relay.track`` gave it."""
+
+    schema_name: str
+    table_name: str
+    partitioned: bool
+    events: list[str]
+    update_columns: list[str] | None
+    exclude_columns: list[str]
+    pk_columns: list[str]
+    tracked_at: datetime
+    capture_current: bool
+    """False between DDL on the table and the regeneration of its capture functions."""
+    model: str | None
+    """The model name its changes carry (None: the table name)."""
+
+
+class WebhookRow(TypedDict):
+    """A webhook's columns as ``load_rules`` and ``unused_webhooks`` name them."""
+
+    webhook_id: int
+    webhook_name: str
+    payload_url: str
+    http_method: str
+    http_content_type: str
+    additional_headers: str
+    body_template: str
+    secret: str
+    signature: str
+    ssl_verification: bool
+    ca_file_path: str | None
+    timeout_seconds: Decimal
+    webhook_enabled: bool
+    max_attempts: int | None
+    retry_base_seconds: Decimal | None
+    retry_max_seconds: Decimal | None
+
+
+class RuleRow(WebhookRow):
+    """An event rule with its webhook; conditions and action data as the JSON text stored."""
+
+    id: int
+    name: str
+    tables: list[str]
+    events: list[str]
+    conditions: str | None
+    action_data: str
+
+
+class FanOutRow(TypedDict):
+    """A change fan-out looked at: to match if ``fresh``, else matched by an earlier pass."""
+
+    id: int
+    fresh: bool
+    schema_name: str
+    table_name: str
+    op: str
+    pk: str | None
+    old_pk: str | None
+    bytes: int
+    username: str | None
+    request_id: str | None
+    txid: str
+    created_at: datetime
+    model: str | None
+
+
+class GapRow(TypedDict):
+    lo: int
+    hi: int
+    xids: list[int]
+
+
+@dataclass(frozen=True)
+class FanOutBatch:
+    """What one look at the outbox found, and where the fan-out window stood."""
+
+    rows: list[FanOutRow]
+    full: bool
+    """The query returned as many rows as asked for: there may be more at once."""
+    scanned_to: int
+    """Where this look started (0 when the id sequence was reset below the stored position)."""
+    stored_to: int
+    running: list[int]
+    """Transactions running at the look: a gap's ids may still come from one of them."""
+    gaps: list[GapRow]
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    """A delivery this relay now holds the lease of, with its change."""
+
+    outbox_id: int
+    webhook_id: int
+    rule_id: int | None
+    attempts: int
+    """Attempts since the delivery was (last) armed: what RELAY_MAX_ATTEMPTS counts."""
+    attempt_number: int
+    """The attempt's number across re-queues: what the log and relay.attempts show."""
+    change_bytes: int
+    change: Change
+
+
+@dataclass(frozen=True)
+class Status:
+    """``relay status``: everything it shows, read in one go."""
+
+    backlog: dict[str, Any]
+    webhooks: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    relays: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class DemoChange:
+    id: int
+    op: str
+    schema_name: str
+    table_name: str
+    pk: str | None
+    old: str | None
+    new: str | None
+    username: str | None
+    request_id: str | None
+
+
+def _change(row: Mapping[str, Any], old: str | None, new: str | None) -> Change:
+    return Change(
+        id=row["id"],
+        schema_name=row["schema_name"],
+        table_name=row["table_name"],
+        op=row["op"],
+        old_json=old,
+        new_json=new,
+        pk_json=row["pk"],
+        username=row["username"],
+        request_id=row["request_id"],
+        txid=row["txid"],
+        created_at=row["created_at"],
+        model=row["model"],
+    )
+
+
+def fan_out_batch(
+    found: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], limit: int
+) -> FanOutBatch | None:
+    """A FanOutBatch from ``changes_to_fan_out`` rows (at least one, all null but the window's
+    columns when nothing was found; none when the lock is taken) and ``fan_out_gaps``."""
+    if not found:
+        return None
+    first = found[0]
+    return FanOutBatch(
+        rows=cast(list[FanOutRow], [row for row in found if row["id"] is not None]),
+        full=len(found) == limit,
+        scanned_to=first["scanned_to"],
+        stored_to=first["stored_to"],
+        running=first["running"],
+        gaps=cast(list[GapRow], gaps),
+    )
+
+
+def change_of(row: FanOutRow, old: str | None, new: str | None) -> Change:
+    """The Change a fan-out row describes, with the images read for it (or None)."""
+    return _change(row, old, new)
+
+
+class Store:
+    """The command line's queries, on one blocking connection (autocommit unless said)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def _value(self, name: str, params: Mapping[str, Any] | None = None) -> Any:
+        row = self.conn.execute(query(name), params).fetchone()
+        return row[0] if row else None
+
+    def installed_version(self) -> int:
+        """The highest migration applied, or 0 when relay is not installed."""
+        if not self._value("migrations_table_exists"):
+            return 0
+        versions = [row[0] for row in self.conn.execute(query("applied_migrations"))]
+        return int(max(versions, default=0))
+
+    def install(self) -> list[Migration]:
+        """Apply, in one transaction, every migration the database does not have yet."""
+        conn = self.conn
+        with conn.transaction():
+            conn.execute(query("install_lock"))
+            conn.execute(sqlfiles.read("bootstrap.sql").encode())
+            applied = {row[0] for row in conn.execute(query("applied_migrations"))}
+            pending = [m for m in sqlfiles.migrations() if m.version not in applied]
+            for migration in pending:
+                conn.execute(migration.sql.encode())
+        return pending
+
+    def uninstall(self) -> None:
+        """Drop every capture trigger relay added, then schema relay and all it holds."""
+        self.conn.execute(sqlfiles.read("uninstall.sql").encode())
+
+    def track(
+        self,
+        table: str,
+        *,
+        events: Sequence[str] | None = None,
+        update_columns: Sequence[str] | None = None,
+        exclude_columns: Sequence[str] | None = None,
+        model: str | None = None,
+    ) -> None:
+        def listed(values: Sequence[str] | None) -> list[str] | None:
+            return None if values is None else list(values)
+
+        self.conn.execute(
+            query("track"),
+            {
+                "table": table,
+                "events": listed(events),
+                "update_columns": listed(update_columns),
+                "exclude_columns": listed(exclude_columns),
+                "model": model,
+            },
+        )
+
+    def untrack(self, table: str) -> bool:
+        return bool(self._value("untrack", {"table": table}))
+
+    def tracked(self) -> list[TrackedTable]:
+        with self.conn.cursor(row_factory=class_row(TrackedTable)) as cur:
+            return cur.execute(query("list_tracked")).fetchall()
+
+    def rule_rows(self, *, everything: bool) -> list[RuleRow]:
+        """Enabled rules (every rule with ``everything``), each with its webhook."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(query("load_rules"), {"everything": everything}).fetchall()
+        return cast(list[RuleRow], rows)
+
+    def unused_webhooks(self) -> list[WebhookRow]:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
+
+    def tracked_model(self, schema_name: str, table_name: str) -> str | None:
+        """The model name a tracked table's changes carry, None for the table's own name."""
+        model = self._value("tracked_model", {"schema_name": schema_name, "table_name": table_name})
+        return None if model is None else str(model)
+
+    def installation_id(self) -> str:
+        """What makes this database's delivery ids its own (see render.request.delivery_id)."""
+        return str(self._value("installation_id") or "")
+
+    def change(self, outbox_id: int) -> Change | None:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
+        return _change(row, row["old"], row["new"]) if row else None
+
+    def webhook_exists(self, name: str) -> bool:
+        return bool(self._value("webhook_exists", {"name": name}))
+
+    def retry_failed(
+        self, *, change_id: int | None, since: datetime | None, webhook: str | None
+    ) -> int:
+        """Arm failed deliveries again; how many changes were requeued."""
+        params = {"id": change_id, "since": since, "webhook": webhook}
+        return self.conn.execute(query("retry_failed"), params).rowcount
+
+    def purge_changes(self, seconds: float, limit: int) -> int:
+        """Delete up to ``limit`` finished changes older than ``seconds``; how many went."""
+        return self.conn.execute(
+            query("purge_changes"), {"seconds": seconds, "limit": limit}
+        ).rowcount
+
+    def count_purgeable(self, seconds: float) -> int:
+        return int(self._value("count_purgeable", {"seconds": seconds}) or 0)
+
+    def status(self, errors: int) -> Status:
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            backlog = cur.execute(query("status_backlog")).fetchone() or {}
+            webhooks = cur.execute(query("status_webhooks")).fetchall()
+            last_errors = cur.execute(query("status_errors"), {"limit": errors}).fetchall()
+            relays = cur.execute(query("status_relays"), {"prefix": APPLICATION_PREFIX}).fetchall()
+        return Status(dict(backlog), webhooks, last_errors, relays)
+
+    def demo_pending(self) -> int:
+        return int(self._value("demo_pending") or 0)
+
+    def demo_changes_after(self, after: int) -> list[DemoChange]:
+        with self.conn.cursor(row_factory=class_row(DemoChange)) as cur:
+            return cur.execute(query("demo_outbox_after"), {"after": after}).fetchall()
+
+    def demo_summary(self) -> list[tuple[int, str, str, str]]:
+        """Each change of the demo, how it ended, and what became of it per webhook."""
+        rows = self.conn.execute(query("demo_summary")).fetchall()
+        return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+
+class AsyncStore:
+    """The running relay's queries, on one asyncio connection in autocommit."""
+
+    def __init__(self, conn: AConn) -> None:
+        self.conn = conn
+
+    async def _value(self, name: str, params: Mapping[str, Any] | None = None) -> Any:
+        cur = await self.conn.execute(query(name), params)
+        row = await cur.fetchone()
+        return row[0] if row else None
+
+    async def _run(self, name: str, params: Mapping[str, Any] | None = None) -> int:
+        cur = await self.conn.execute(query(name), params)
+        return cur.rowcount
+
+    async def listen(self, *channels: Channel) -> None:
+        for channel in channels:
+            await self.conn.execute(f"LISTEN {channel}")
+
+    async def installation_id(self) -> str:
+        return str(await self._value("installation_id") or "")
+
+    async def relay_started(self, relay_id: str, started_at: datetime) -> None:
+        await self._run("relay_started", {"relay_id": relay_id, "started_at": started_at})
+
+    async def relay_seen(self, relay_id: str) -> None:
+        await self._run("relay_seen", {"relay_id": relay_id})
+
+    async def release_leases(self, relay_id: str) -> None:
+        """Give back every delivery this relay holds, due at once, for another to take."""
+        await self._run("release_leases", {"relay_id": relay_id})
+
+    async def refresh_capture(self) -> None:
+        """Regenerate capture functions that no longer fit their table's columns."""
+        await self._run("refresh_capture")
+
+    async def refresh_statistics(self) -> None:
+        await self._run("refresh_statistics")
+
+    async def rules_version(self) -> int:
+        return int(await self._value("rules_version") or 0)
+
+    async def rule_rows(self) -> list[RuleRow]:
+        """Enabled rules, each with its webhook."""
+        async with self.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("load_rules"), {"everything": False})
+            return cast(list[RuleRow], await cur.fetchall())
+
+    async def unfinished_changes(self, limit: int) -> list[int]:
+        cur = await self.conn.execute(query("unfinished_changes"), {"limit": limit})
+        return [row[0] for row in await cur.fetchall()]
+
+    async def finish_changes(self, ids: Sequence[int]) -> None:
+        await self._run("finish_changes", {"ids": list(ids)})
+
+    async def purge_changes(self, seconds: float, limit: int) -> int:
+        """Delete up to ``limit`` finished changes older than ``seconds``; how many went."""
+        return await self._run("purge_changes", {"seconds": seconds, "limit": limit})
+
+    async def purge_attempts(self, seconds: float, limit: int) -> int:
+        return await self._run("purge_attempts", {"seconds": seconds, "limit": limit})
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """One transaction whose statements are pipelined: sent without waiting for each
+        answer (the event loop is busy sending, and each round trip waits for its turn)."""
+        async with self.conn.pipeline(), self.conn.transaction():
+            yield
+
+    async def changes_to_fan_out(self, limit: int) -> FanOutBatch | None:
+        """The next changes to match and the fan-out window's gaps, in one round trip (inside
+        :meth:`batch`). None: another relay holds the fan-out lock."""
+        async with (
+            self.conn.cursor(row_factory=dict_row) as cur,
+            self.conn.cursor(row_factory=dict_row) as cur_gaps,
+        ):
+            await cur.execute(query("changes_to_fan_out"), {"limit": limit})
+            await cur_gaps.execute(query("fan_out_gaps"))
+            found = await cur.fetchall()
+            gaps = await cur_gaps.fetchall()
+        return fan_out_batch(found, gaps, limit)
+
+    async def move_fan_out_window(self, parameters: Mapping[str, Any]) -> None:
+        await self._run("move_fan_out_window", parameters)
+
+    async def change_images(self, ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """The old and new images of changes, by id."""
+        cur = await self.conn.execute(query("change_rows"), {"ids": list(ids)})
+        return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+
+    async def write_plan(self, statements: Iterable[tuple[PlanStatement, dict[str, Any]]]) -> None:
+        for name, parameters in statements:
+            await self._run(name, parameters)
+
+    async def claim_deliveries(self, parameters: Mapping[str, Any]) -> list[ClaimedRow]:
+        async with self.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("claim_deliveries"), parameters)
+            rows = await cur.fetchall()
+        return [
+            ClaimedRow(
+                r["outbox_id"],
+                r["webhook_id"],
+                r["rule_id"],
+                r["attempts"],
+                r["attempt_number"],
+                r["change_bytes"],
+                _change(r, r["old"], r["new"]),
+            )
+            for r in rows
+        ]
+
+    async def record_outcomes(self, parameters: Mapping[str, Any]) -> None:
+        await self._run("record_outcomes", parameters)
+
+    async def backlog(self) -> tuple[int, float]:
+        """Pending changes, and the age in seconds of the oldest."""
+        cur = await self.conn.execute(query("backlog_summary"))
+        row = await cur.fetchone()
+        return (int(row[0]), float(row[1])) if row else (0, 0.0)
