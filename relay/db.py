@@ -7,7 +7,7 @@ from typing import Any, TypeAlias
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from relay import __version__
+from relay._version import __version__
 
 DSN_PROBLEM = (
     "not a connection string: give a libpq string ('host=db dbname=app user=relay') or a URI "

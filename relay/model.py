@@ -8,6 +8,7 @@ receiver unchanged.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -79,6 +80,25 @@ class Change:
             new_json=None if new is None else dumps(new),
             pk_json=None if pk is None else dumps(pk),
             **fields,
+        )
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], old: str | None, new: str | None) -> Change:
+        """A Change from an outbox row as relay's queries name its columns, with its images
+        (None where they were not read)."""
+        return cls(
+            id=row["id"],
+            schema_name=row["schema_name"],
+            table_name=row["table_name"],
+            op=row["op"],
+            old_json=old,
+            new_json=new,
+            pk_json=row["pk"],
+            username=row["username"],
+            request_id=row["request_id"],
+            txid=row["txid"],
+            created_at=row["created_at"],
+            model=row["model"],
         )
 
     @cached_property

@@ -176,23 +176,6 @@ class DemoChange:
     request_id: str | None
 
 
-def _change(row: Mapping[str, Any], old: str | None, new: str | None) -> Change:
-    return Change(
-        id=row["id"],
-        schema_name=row["schema_name"],
-        table_name=row["table_name"],
-        op=row["op"],
-        old_json=old,
-        new_json=new,
-        pk_json=row["pk"],
-        username=row["username"],
-        request_id=row["request_id"],
-        txid=row["txid"],
-        created_at=row["created_at"],
-        model=row["model"],
-    )
-
-
 def fan_out_batch(
     found: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], limit: int
 ) -> FanOutBatch | None:
@@ -209,11 +192,6 @@ def fan_out_batch(
         running=first["running"],
         gaps=cast(list[GapRow], gaps),
     )
-
-
-def change_of(row: FanOutRow, old: str | None, new: str | None) -> Change:
-    """The Change a fan-out row describes, with the images read for it (or None)."""
-    return _change(row, old, new)
 
 
 class Store:
@@ -301,7 +279,7 @@ class Store:
     def change(self, outbox_id: int) -> Change | None:
         with self.conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
-        return _change(row, row["old"], row["new"]) if row else None
+        return Change.from_row(row, row["old"], row["new"]) if row else None
 
     def webhook_exists(self, name: str) -> bool:
         return bool(self._value("webhook_exists", {"name": name}))
@@ -449,7 +427,7 @@ class AsyncStore:
                 r["attempts"],
                 r["attempt_number"],
                 r["change_bytes"],
-                _change(r, r["old"], r["new"]),
+                Change.from_row(r, r["old"], r["new"]),
             )
             for r in rows
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from relay.delivery.policy import RetryPolicy
+from relay.delivery.send import Outcome
 from relay.model import Webhook
 from relay.settings import Settings
 
@@ -55,3 +56,18 @@ def test_a_thousand_attempts_do_not_overflow():
     """4.0 ** 999 is past a float's range: the growth stops counting once the cap has won."""
     policy = RetryPolicy.of(Settings(max_attempts=1000), hook(max_attempts=1000))
     assert policy.delay(999, 1.2, None) == Settings().retry_max_seconds
+
+
+def test_after_an_attempt_the_policy_says_delivered_retry_or_failed() -> None:
+    policy = RetryPolicy(max_attempts=3, base_seconds=2.0, max_seconds=60.0)
+    ok = Outcome(ok=True, status=200, duration=0.01)
+    refused = Outcome(ok=False, status=500, duration=0.01, error="HTTP 500")
+    gone = Outcome(ok=False, status=410, duration=0.01, error="HTTP 410", permanent=True)
+    slow_down = Outcome(ok=False, status=429, duration=0.01, error="HTTP 429", retry_after=30)
+    assert policy.after(ok, 3, 1.0) == ("delivered", 0.0)
+    assert policy.after(refused, 1, 1.0) == ("pending", 2.0)
+    assert policy.after(refused, 2, 1.1) == ("pending", 8.0 * 1.1)
+    assert policy.after(refused, 3, 1.0) == ("failed", 0.0)  # the last attempt
+    assert policy.after(gone, 1, 1.0) == ("failed", 0.0)  # retrying cannot help
+    assert policy.after(slow_down, 1, 1.0) == ("pending", 30.0)
+    assert "3 attempts" in policy.exhausted()

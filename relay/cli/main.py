@@ -13,7 +13,8 @@ import psycopg
 import typer
 from rich.table import Table
 
-from relay import __version__, sqlfiles
+from relay import sqlfiles
+from relay._version import __version__
 from relay.cli.common import (
     Dsn,
     EnvFile,

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.delivery.send import over_limit
 from relay.model import Change
 from relay.reasons import describe, reason
 from relay.rules.ruleset import RuleSet
-from relay.store import FanOutRow, PlanStatement, change_of
+
+if TYPE_CHECKING:
+    from relay.store import FanOutRow, PlanStatement
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ def arrival(
     too_large: str | None = None,
 ) -> Arrival:
     """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``)."""
-    return Arrival(change_of(row, old, new), row["old_pk"], row["bytes"], too_large)
+    return Arrival(Change.from_row(row, old, new), row["old_pk"], row["bytes"], too_large)
 
 
 def sort_out(

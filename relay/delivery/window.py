@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from relay.store import FanOutBatch
+if TYPE_CHECKING:
+    from relay.store import FanOutBatch
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import simplejson
 from jinja2 import TemplateError, Undefined
 
-from relay import __version__
+from relay._version import __version__
 from relay.model import Change, Request, UnreadableJSON, Webhook, dumps
 from relay.reasons import describe, redact
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect

@@ -1,0 +1,79 @@
+"""The layout docs/architecture.md draws: layers import downwards only, and only the store
+talks to the database."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "relay"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_every_layer_imports_only_the_layers_below_it() -> None:
+    checked = lint_imports(REPO)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "2 kept, 0 broken" in checked.stdout
+
+
+def test_an_import_upwards_breaks_the_layering(tmp_path: Path) -> None:
+    """The check bites: the model importing the command line is reported, by name."""
+    shutil.copytree(PACKAGE, tmp_path / "relay", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path)
+    model = tmp_path / "relay" / "model.py"
+    model.write_text(model.read_text() + "\nimport relay.cli.main  # noqa\n")
+    checked = lint_imports(tmp_path)
+    assert checked.returncode != 0
+    assert "relay.model is not allowed to import relay.cli" in checked.stdout
+
+
+def _calls(path: Path, name: str) -> int:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return sum(
+        1
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == name)
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == name)
+        )
+    )
+
+
+def test_only_the_store_runs_statements() -> None:
+    """Named queries run in relay/store.py alone; the other statements sent anywhere are the
+    application's own tag (relay.tag, the Django middleware) and the throwaway cluster's
+    CREATE DATABASE."""
+    others = {"capture/tag.py", "contrib/django.py", "cli/tempcluster.py"}
+    for path in PACKAGE.rglob("*.py"):
+        where = path.relative_to(PACKAGE).as_posix()
+        if where in {"store.py", "sqlfiles.py"}:
+            continue
+        assert _calls(path, "query") == 0, f"{where} runs a named query: move it to store.py"
+        if where not in others:
+            assert _calls(path, "execute") == 0, f"{where} sends SQL: move it to store.py"
+
+
+def test_every_named_query_is_run_by_the_store() -> None:
+    names = re.findall(r"^-- name: (\w+)", (REPO / "sql" / "queries.sql").read_text(), re.M)
+    store = (PACKAGE / "store.py").read_text()
+    unused = [name for name in names if f'"{name}"' not in store]
+    assert not unused, f"named queries the store never runs: {unused}"
