@@ -12,26 +12,36 @@ import logging
 import re
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated
 
 import psycopg
-from aiohttp import web
+import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
 from relay import sqlfiles
-from relay.cli.tempcluster import postgres_server, scratch_database
+from relay.cli.common import fail, styled
+from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
 from relay.db import Conn
-from relay.delivery.worker import Worker
 from relay.model import dumps, loads
 from relay.render.sign import verify
 from relay.service import logs
 from relay.settings import Settings
 from relay.store import Store
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 _STEP = re.compile(r"^-- step: (.+)$", re.MULTILINE)
 SECRETS = {"/payments": "whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz"}
 DEFAULT_SECRET = "demo-secret"
-DEMO_SETTINGS = Settings(poll_interval=0.5, retry_base_seconds=0.5, retry_max_seconds=2)
+
+
+def _settings() -> Settings:
+    """Quick retries, so that the demo's failing receiver is seen retried; built when the demo
+    runs (the environment's RELAY_* must not stop other commands from loading)."""
+    return Settings(poll_interval=0.5, retry_base_seconds=0.5, retry_max_seconds=2)
+
 
 TRY_NEXT = """\
 -- In your own database (relay install, relay track, then a webhook and a rule):
@@ -74,7 +84,7 @@ def steps(receiver: str = "127.0.0.1:9000") -> list[Step]:
     ]
 
 
-def run(console: Console, dsn: str | None) -> None:
+def show(console: Console, dsn: str | None) -> None:
     logs.configure(logging.WARNING)  # the demo shows deliveries itself; problems still show
     with postgres_server(dsn) as server, scratch_database(server, "relay_demo") as db:
         console.rule("[bold]relay demo")
@@ -86,6 +96,8 @@ def run(console: Console, dsn: str | None) -> None:
 
 
 async def _demo(console: Console, db: str) -> None:
+    from relay.delivery.worker import Worker  # here: other commands start without it
+
     arrivals: list[Arrival] = []
     runner, address = await _receiver(arrivals)
     try:
@@ -95,7 +107,7 @@ async def _demo(console: Console, db: str) -> None:
                 f"installed relay schema version {applied[-1].version}; "
                 f"receiver listening on http://{address}/; starting the relay\n"
             )
-            worker = Worker(DEMO_SETTINGS, db, relay_id="demo")
+            worker = Worker(_settings(), db, relay_id="demo")
             stop = asyncio.Event()
             relay = asyncio.create_task(worker.run(stop))
             try:
@@ -116,6 +128,8 @@ async def _demo(console: Console, db: str) -> None:
 
 
 async def _receiver(arrivals: list[Arrival]) -> tuple[web.AppRunner, str]:
+    from aiohttp import web
+
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         secret = SECRETS.get(request.path, DEFAULT_SECRET)
@@ -217,3 +231,21 @@ def _verdict(checked: tuple[str, bool] | None) -> str:
 
 def _sql(text: str) -> Syntax:
     return Syntax(text, "sql", theme="ansi_dark", background_color="default", word_wrap=True)
+
+
+def demo(
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--dsn",
+            envvar="RELAY_DSN",
+            help="Server to make the scratch database on (default: 127.0.0.1:5432, or a "
+            "throwaway cluster).",
+        ),
+    ] = None,
+) -> None:
+    """Show relay at work on a scratch database that is dropped afterwards."""
+    try:
+        show(styled, dsn)
+    except NoPostgres as exc:
+        fail(str(exc), 2)

@@ -8,19 +8,27 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
-from aiohttp import web
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.syntax import Syntax
 
-from relay.cli.common import visible
+from relay.cli.common import fail, visible
+from relay.db import first_line
+
+if TYPE_CHECKING:
+    from aiohttp import web
 from relay.render.sign import verify
 
 
 def application(console: Console, secret: str | None, status: int) -> web.Application:
+    from aiohttp import web  # here: other commands start without it
+
     count = 0
 
     async def receive(request: web.Request) -> web.Response:
@@ -84,6 +92,8 @@ def serve(host: str, port: int, secret: str | None, status: int) -> None:
 
 
 async def _serve(console: Console, host: str, port: int, secret: str | None, status: int) -> None:
+    from aiohttp import web
+
     runner = web.AppRunner(application(console, secret, status), access_log=None)
     await runner.setup()
     try:
@@ -97,3 +107,24 @@ async def _serve(console: Console, host: str, port: int, secret: str | None, sta
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+def receive(
+    port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 9000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    secret: Annotated[
+        str | None,
+        typer.Option(help="Check each request's signature with this secret (say valid/invalid)."),
+    ] = None,
+    status: Annotated[int, typer.Option(help="HTTP status to answer with.")] = 200,
+) -> None:
+    """A webhook receiver for trying relay out: prints every request it gets."""
+    if not 100 <= status <= 599:
+        fail(f"--status {status} is not an HTTP status", 2)
+    if not 1 <= port <= 65535:
+        fail(f"--port {port} is not a TCP port: give one from 1 to 65535", 2)
+    try:
+        serve(host, port, secret, status)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else first_line(exc)
+        fail(f"cannot listen on {host}:{port}: {reason}: give another --port or --host", 2)

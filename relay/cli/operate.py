@@ -1,0 +1,172 @@
+"""``relay status``, ``retry`` and ``purge``: the operator's day, from any machine."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from relay.cli.common import (
+    Dsn,
+    add_row,
+    fail,
+    out,
+    print_table,
+)
+from relay.cli.common import database as _database
+from relay.store import Store
+
+
+def _retries(webhook: dict[str, Any]) -> str:
+    """A webhook's own retry policy in a few words; "relay's" where the relay settings decide."""
+    attempts, base, cap = (
+        webhook[key] for key in ("max_attempts", "retry_base_seconds", "retry_max_seconds")
+    )
+    if attempts is None and base is None and cap is None:
+        return "relay's"
+    relays = "relay's"
+    return (
+        f"{relays if attempts is None else attempts} attempts, "
+        f"first after {relays if base is None else f'{base:g} s'}, "
+        f"at most {relays if cap is None else f'{cap:g} s'}"
+    )
+
+
+def status(
+    dsn: Dsn,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    errors: Annotated[int, typer.Option(help="How many recent errors to show.")] = 5,
+) -> None:
+    """Backlog, per-webhook counts, recent errors and the relays at work."""
+    with _database(dsn) as conn:
+        current = Store(conn).status(errors)
+    if as_json:
+        out.print_json(data=_plain(dataclasses.asdict(current)))
+        return
+    b = current.backlog
+    oldest = b["oldest_pending_seconds"]
+    out.print(
+        f"[bold]backlog[/] {b['pending']} pending ({b['not_matched_yet']} not matched yet), "
+        f"oldest {'-' if oldest is None else f'{oldest:.1f} s'}; "
+        f"{b['delivered']} delivered, {b['failed']} failed, {b['skipped']} skipped",
+        highlight=False,
+        markup=True,
+    )
+    hooks = Table(
+        "webhook", "enabled", "pending", "delivered", "failed", "last delivered", "retries"
+    )
+    for w in current.webhooks:
+        add_row(
+            hooks,
+            w["name"],
+            "yes" if w["enabled"] else "no",
+            str(w["pending"]),
+            str(w["delivered"]),
+            str(w["failed"]),
+            _when(w["last_delivered_at"]),
+            _retries(w),
+        )
+    print_table(hooks)
+    if current.errors:
+        recent = Table("when", "webhook", "change", "attempt", "status", "error")
+        for e in current.errors:
+            add_row(
+                recent,
+                _when(e["attempted_at"]),
+                e["webhook"],
+                str(e["outbox_id"]),
+                str(e["attempt"]),
+                str(e["status_code"] or "-"),
+                e["error"],
+            )
+        print_table(recent)
+    relays = Table("relay", "connections", "since", "leases held")
+    for r in current.relays:
+        add_row(relays, r["relay_id"], str(r["connections"]), _when(r["since"]), str(r["leases"]))
+    if current.relays:
+        print_table(relays)
+    else:
+        out.print("no relay is connected", highlight=False)
+
+
+def _plain(value: Any) -> Any:
+    """JSON's types: times as ISO 8601."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def _when(moment: object) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if hasattr(moment, "strftime") else "-"
+
+
+def retry(
+    dsn: Dsn,
+    webhook: Annotated[
+        str | None, typer.Option(help="Only changes that failed for this webhook.")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only changes made since then: an age (2h, 7d) or a time (ISO 8601)."),
+    ] = None,
+    change_id: Annotated[int | None, typer.Option("--id", help="Only this change.")] = None,
+) -> None:
+    """Send failed changes again, only to the webhooks that did not get them."""
+    from relay.cli.ages import parse_since
+
+    try:
+        moment = parse_since(since) if since else None
+    except ValueError as exc:
+        fail(f"--since: {exc}", 2)
+    with _database(dsn) as conn:
+        store = Store(conn)
+        if webhook is not None and not store.webhook_exists(webhook):
+            fail(f"no webhook named {webhook!r}")
+        requeued = store.retry_failed(change_id=change_id, since=moment, webhook=webhook)
+    out.print(f"requeued {requeued} failed change{'' if requeued == 1 else 's'}", highlight=False)
+
+
+def purge(
+    dsn: Dsn,
+    older_than: Annotated[
+        str, typer.Option("--older-than", help="Age of the finished changes to delete: 7d, 12h...")
+    ],
+    batch: Annotated[int, typer.Option(min=1, help="Changes deleted per transaction.")] = 5000,
+) -> None:
+    """Delete finished changes (delivered, failed, skipped) older than an age, with their
+    deliveries and attempts, in short transactions; pending changes are never touched."""
+    from rich.progress import Progress
+
+    from relay.cli.ages import parse_age
+    from relay.delivery import maintenance
+
+    try:
+        seconds = parse_age(older_than).total_seconds()
+    except ValueError as exc:
+        fail(f"--older-than: {exc}", 2)
+    with _database(dsn) as conn:
+        store = Store(conn)
+        total = store.count_purgeable(seconds)
+
+        async def delete(limit: int) -> int:
+            # The worker's purge loop, on this command's blocking connection: nothing else
+            # runs on this event loop.
+            return store.purge_changes(seconds, limit)
+
+        with Progress(console=out, transient=True) as progress:
+            task = progress.add_task("deleting", total=total)
+            deleted, _ = asyncio.run(
+                maintenance.purge(delete, batch, progress=lambda n: progress.advance(task, n))
+            )
+    out.print(
+        f"deleted {deleted} finished change{'' if deleted == 1 else 's'} older than {older_than}",
+        highlight=False,
+    )

@@ -1,0 +1,95 @@
+"""``relay run`` and ``relay config``: the service, and the settings it would run with."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.table import Table
+
+from relay import sqlfiles
+from relay.cli.common import (
+    EnvFile,
+    OptionalDsn,
+    add_row,
+    dsn_of,
+    fail,
+    load_settings,
+    out,
+    print_table,
+)
+from relay.store import Store
+
+
+def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
+    """Deliver changes to webhooks until SIGTERM or SIGINT (knobs: RELAY_* variables)."""
+    from relay.db import one_line
+    from relay.service.process import CannotServe, serve
+
+    settings = load_settings(env_file)
+    database = dsn_of(dsn, settings)
+    _preflight(database)
+    try:
+        serve(settings, database)
+    except CannotServe as exc:
+        fail(str(exc), 2)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        fail(
+            f"the database refused an operation: {one_line(exc)} (grant the service role its "
+            "rights with sql/service_role.sql, again after each upgrade)",
+            2,
+        )
+
+
+def _preflight(dsn: str) -> None:
+    """Refuse to start on what waiting cannot fix: a server that says no to us, relay not
+    installed, or a schema older or newer than this relay. A server that is down is waited
+    for (relay run retries with backoff)."""
+    import psycopg
+
+    from relay.db import one_line, refused
+
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+    except psycopg.OperationalError as exc:
+        if refused(exc):
+            fail(f"the database refused the relay: {one_line(exc)}", 2)
+        return
+    with conn:
+        version = Store(conn).installed_version()
+    latest = sqlfiles.latest_version()
+    if version == 0:
+        fail(
+            "relay is not installed in this database (or this role may not see schema relay: "
+            "run sql/service_role.sql for it): run `relay install` as the database's owner",
+            2,
+        )
+    if version < latest:
+        fail(
+            f"relay schema is at version {version}, this relay needs {latest}: run "
+            "`relay install` as the schema's owner (then sql/service_role.sql for the service)",
+            2,
+        )
+    if version > latest:
+        fail(
+            f"relay schema is at version {version}, newer than this relay ({latest}): "
+            "upgrade the relay",
+            2,
+        )
+
+
+def config(
+    env_file: EnvFile = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the effective settings (environment, then env file, then defaults), secrets
+    masked."""
+    shown = load_settings(env_file).shown()
+    if as_json:
+        out.print_json(data=shown)
+        return
+    table = Table("setting", "value")
+    for name, value in shown.items():
+        add_row(table, name, "" if value is None else str(value))
+    print_table(table)

@@ -1,0 +1,73 @@
+"""``relay install``, ``relay uninstall`` and ``relay sql``: putting relay into a database."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from relay import sqlfiles
+from relay.cli.common import (
+    Dsn,
+    fail,
+    group,
+    out,
+)
+from relay.cli.common import database as _database
+from relay.store import Store
+
+
+def install(dsn: Dsn) -> None:
+    """Create or upgrade schema relay in an existing database (safe to run again)."""
+    with _database(dsn) as conn:
+        before = Store(conn).installed_version()
+        applied = Store(conn).install()
+    if not applied:
+        out.print(f"relay schema is up to date (version {before})", highlight=False)
+        return
+    for migration in applied:
+        out.print(f"applied {migration.version:04d}_{migration.name}", highlight=False)
+    out.print(f"relay schema is at version {applied[-1].version}", highlight=False)
+
+
+def uninstall(
+    dsn: Dsn,
+    yes: Annotated[bool, typer.Option("--yes", help="Really remove it.")] = False,
+) -> None:
+    """Remove every capture trigger and schema relay, with the outbox and its history."""
+    if not yes:
+        fail("this drops schema relay and every change it holds; add --yes to confirm", 2)
+    with _database(dsn) as conn:
+        Store(conn).uninstall()
+    out.print("relay removed", highlight=False)
+
+
+sql_app = group("Print the SQL relay runs, for psql, from the installed package.")
+
+
+@sql_app.command("install")
+def sql_install() -> None:
+    """Install or upgrade relay (what `relay install` runs): psql "$DSN" -f -."""
+    sys.stdout.write(sqlfiles.script("install.sql"))
+
+
+@sql_app.command("uninstall")
+def sql_uninstall() -> None:
+    """Remove relay and its capture triggers (what `relay uninstall` runs)."""
+    sys.stdout.write(sqlfiles.script("uninstall.sql"))
+
+
+@sql_app.command("service-role")
+def sql_service_role(
+    role: Annotated[
+        str | None,
+        typer.Option(help="The service's login role (else give psql -v role=NAME)."),
+    ] = None,
+) -> None:
+    """The grants `relay run` needs, to run as relay's owner: psql "$DSN" -f -."""
+    if role is not None:
+        if not role or "\n" in role or "\x00" in role:
+            fail("--role: give the name of a login role", 2)
+        sys.stdout.write("\\set role '" + role.replace("'", "''") + "'\n")
+    sys.stdout.write(sqlfiles.script("service_role.sql"))
