@@ -97,4 +97,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 17) AS relay_app
 \ir migrations/0017_names.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 18) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0018_outbox_next_attempt.sql
+\endif
+
 COMMIT;

@@ -11,7 +11,7 @@
 -- into the outbox; applications that write tracked tables need none of these grants.
 GRANT USAGE ON SCHEMA relay TO :"role";
 -- Read changes, record their outcome (status, attempts...), and purge finished ones.
-GRANT SELECT, UPDATE (status, attempts, next_attempt_at, last_error, processed_at, fanned_out_at),
+GRANT SELECT, UPDATE (status, attempts, last_error, processed_at, fanned_out_at),
     DELETE ON relay.outbox TO :"role";
 -- Its own bookkeeping: deliveries per webhook and the attempt log.
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"role";

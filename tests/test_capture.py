@@ -36,7 +36,7 @@ def test_insert_update_delete_truncate_are_recorded(rconn):
     for row in rows:
         assert (row["schema_name"], row["table_name"]) == ("public", "orders")
         assert row["status"] == "pending" and row["attempts"] == 0
-        assert row["next_attempt_at"] is None and row["processed_at"] is None
+        assert "next_attempt_at" not in row and row["processed_at"] is None
         assert row["last_error"] is None and row["created_at"] is not None
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
 

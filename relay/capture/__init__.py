@@ -1,1 +1,1 @@
-"""Capture: the SQL relay installs, the tables it tracks, the tags a transaction gives."""
+"""Capture's Python side: ``relay.tag``. Capture itself runs in PostgreSQL (sql/migrations)."""

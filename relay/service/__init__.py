@@ -1,1 +1,1 @@
-"""The long-running process: settings, structured logs, metrics and systemd."""
+"""The ``relay run`` process around the worker: signals, logs, the metrics endpoint, systemd."""
