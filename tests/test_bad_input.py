@@ -12,13 +12,18 @@ from receivers import Receiver, receiver
 from test_renderpool import STUCK
 from test_worker import FAST, running, sql, until
 
+from relay.db import Conn
 from relay.render.child import KILL_MARGIN
 
 BIG = "x" * (10 * 1024 * 1024)
 
 
 def add(
-    rconn, name: str, table: str = "public.items", conditions: str | None = None, **webhook: str
+    rconn: Conn,
+    name: str,
+    table: str = "public.items",
+    conditions: str | None = None,
+    **webhook: str,
 ) -> None:
     columns = {"name": name, "secret": "s", **webhook}
     rconn.execute(
@@ -40,7 +45,9 @@ def strict_json(body: bytes) -> object:
     return json.loads(body, parse_constant=refuse)
 
 
-def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_dsn):
+def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute(
         "CREATE TABLE items (id int PRIMARY KEY, note text, amount numeric, blob bytea,"
         " tags text[], big text)"
@@ -110,7 +117,9 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
     assert "goes past" in runaway
 
 
-def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(rconn, relay_dsn):
+def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(
+    rconn: Conn, relay_dsn: str
+) -> None:
     """Both webhooks live, real receivers: while the stuck template renders (each attempt
     until it is stopped, 1.5 s), every change to the healthy webhook (also templated) arrives
     within KILL_MARGIN of its commit. The old sandbox rendered on the event loop: 25 s each,

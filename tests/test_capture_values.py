@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
+from relay.db import Conn
 from relay.store import Store
 
 TEXT = st.text(
@@ -113,7 +114,7 @@ ROWS = st.fixed_dictionaries(
 
 
 @pytest.fixture
-def hostile_table(rconn):
+def hostile_table(rconn: Conn):
     rconn.execute("CREATE TYPE mood AS ENUM ('ok', 'sad', 'a,b', 'q\"uote', ' ')")
     rconn.execute("CREATE TYPE moodrange AS RANGE (subtype = mood)")
     rconn.execute("CREATE TYPE pair AS (a int, b text)")
@@ -134,7 +135,7 @@ def hostile_table(rconn):
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(first=ROWS, second=ROWS)
-def test_every_value_is_captured_and_the_write_succeeds(hostile_table, first, second):
+def test_every_value_is_captured_and_the_write_succeeds(hostile_table, first, second) -> None:
     conn = hostile_table
     conn.execute("TRUNCATE relay.outbox CASCADE")
     inserted = [literal(name, first[name]) for name in NAMES]

@@ -92,12 +92,12 @@ ROW = {
         ({"attr": "data.qty", "op": "contains", "value": 5}, False),
     ],
 )
-def test_examples(conditions, expected):
+def test_examples(conditions, expected) -> None:
     validate(conditions)
     assert matches(conditions, ROW) is expected
 
 
-def test_explain_says_why_not():
+def test_explain_says_why_not() -> None:
     verdict = explain(
         {"and": [{"attr": "data.qty", "value": 5}, {"attr": "data.status", "value": "retired"}]},
         ROW,
@@ -137,7 +137,7 @@ def test_explain_says_why_not():
         ),
     ],
 )
-def test_malformed_conditions_are_refused_with_the_place(conditions, message):
+def test_malformed_conditions_are_refused_with_the_place(conditions, message) -> None:
     with pytest.raises(InvalidConditions, match=message):
         validate(conditions)
 
@@ -195,20 +195,20 @@ condition_sets = st.recursive(
 
 
 @given(st.one_of(json_values, condition_sets))
-def test_validate_only_ever_raises_invalid_conditions(document):
+def test_validate_only_ever_raises_invalid_conditions(document) -> None:
     with contextlib.suppress(InvalidConditions):
         validate(document)
 
 
 @given(condition_sets, json_values)
-def test_evaluation_never_raises_and_returns_a_bool(conditions, context):
+def test_evaluation_never_raises_and_returns_a_bool(conditions, context) -> None:
     validate(conditions)
     context = context if isinstance(context, dict) else {"data": context}
     assert isinstance(matches(conditions, context), bool)
 
 
 @given(condition_sets, condition_sets, json_values)
-def test_and_or_compose_like_boolean_logic(left, right, context):
+def test_and_or_compose_like_boolean_logic(left, right, context) -> None:
     context = {"data": context, "snapshots": {"prechange": context, "postchange": None}}
     a, b = matches(left, context), matches(right, context)
     assert matches({"and": [left, right]}, context) == (a and b)
@@ -216,7 +216,7 @@ def test_and_or_compose_like_boolean_logic(left, right, context):
 
 
 @given(paths, json_values, json_values)
-def test_negate_inverts_a_comparison_that_was_made(path, value, other):
+def test_negate_inverts_a_comparison_that_was_made(path, value, other) -> None:
     context: dict = {}
     node = context
     keys = path.split(".")
@@ -232,7 +232,7 @@ def test_negate_inverts_a_comparison_that_was_made(path, value, other):
 
 
 @given(paths, json_values, json_values)
-def test_changed_and_unchanged_are_complements(path, before, after):
+def test_changed_and_unchanged_are_complements(path, before, after) -> None:
     context = {"snapshots": {"prechange": {"data": before}, "postchange": {"data": after}}}
     changed = matches({"attr": path, "op": "changed"}, context)
     unchanged = matches({"attr": path, "op": "unchanged"}, context)
@@ -261,7 +261,7 @@ def nested_list(value: object, levels: int) -> object:
     return value
 
 
-def test_documents_nest_at_most_max_depth_levels():
+def test_documents_nest_at_most_max_depth_levels() -> None:
     assert json_depth(1, MAX_DEPTH) == 0 and json_depth({"a": [1, {"b": []}]}, MAX_DEPTH) == 4
     assert json_depth(nested_list(1, 1000), MAX_DEPTH) == MAX_DEPTH + 1  # stops counting
     leaf = {"attr": "data.x", "value": 1}
@@ -294,7 +294,7 @@ numbers = st.one_of(
 
 
 @given(numbers, numbers)
-def test_numbers_compare_by_exact_value_whatever_their_form(left, right):
+def test_numbers_compare_by_exact_value_whatever_their_form(left, right) -> None:
     (value, exact), (other, other_exact) = left, right
     context = {"data": {"n": value}}
     expected = {
@@ -332,11 +332,11 @@ def test_numbers_compare_by_exact_value_whatever_their_form(left, right):
         ('{"x": 1e400}', {"attr": "data.x", "op": "gt", "value": 1.7976931348623157e308}, True),
     ],
 )
-def test_numbers_from_rows_compare_by_value(row, condition, expected):
+def test_numbers_from_rows_compare_by_value(row, condition, expected) -> None:
     assert matches(condition, {"data": loads(row)}) is expected
 
 
-def test_a_reason_never_fails_on_the_value_it_describes():
+def test_a_reason_never_fails_on_the_value_it_describes() -> None:
     huge = 10**5000  # Python cannot print it (the 4,300-digit limit)
     verdict = explain({"attr": "data.x", "value": 1}, {"data": {"x": huge}})
     assert verdict.reason == "data.x eq 1 is false (found <integer of about 5,000 digits>)"
@@ -359,14 +359,14 @@ def test_a_reason_never_fails_on_the_value_it_describes():
         ("data.tags.-" + "9" * 19, None),
     ],
 )
-def test_any_path_the_validator_accepts_can_be_looked_up(path, expected):
+def test_any_path_the_validator_accepts_can_be_looked_up(path, expected) -> None:
     validate({"attr": path, "value": 1})
     tags = [{"slug": "core", "²": "superscript"}, {"slug": "lab"}]
     found = lookup({"data": {"tags": tags}}, path)
     assert found == expected if expected is not None else repr(found) == "<missing>"
 
 
-def test_regular_expressions_take_linear_time():
+def test_regular_expressions_take_linear_time() -> None:
     condition = {"attr": "data.name", "op": "regex", "value": "(a+)+$"}
     started = time.monotonic()
     # Python's re took 4 s at 27 characters here, doubling with each one more.

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
+from pathlib import Path
 
 import pytest
 import trustme
@@ -34,7 +35,7 @@ async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}'):
         return await sender.send(request, webhook)
 
 
-def test_2xx_is_success_and_the_request_arrives_intact():
+def test_2xx_is_success_and_the_request_arrives_intact() -> None:
     async def scenario():
         async with receiver() as r:
             outcome = await send(r.url + "?x=1")
@@ -62,7 +63,7 @@ def test_2xx_is_success_and_the_request_arrives_intact():
         ),
     ],
 )
-def test_non_2xx_answers(status, headers, error, permanent, retry_after):
+def test_non_2xx_answers(status, headers, error, permanent, retry_after) -> None:
     async def answer(request):
         return web.Response(status=status, headers=headers, text="nope")
 
@@ -76,13 +77,13 @@ def test_non_2xx_answers(status, headers, error, permanent, retry_after):
     assert count == 1  # a redirect is not followed
 
 
-def test_retry_after_as_an_http_date():
+def test_retry_after_as_an_http_date() -> None:
     when = datetime.now(UTC) + timedelta(seconds=30)
     seconds = retry_after_seconds(format_datetime(when, usegmt=True))
     assert seconds is not None and 25 < seconds <= 30
 
 
-def test_a_receiver_that_never_answers_times_out():
+def test_a_receiver_that_never_answers_times_out() -> None:
     async def scenario():
         async with receiver(never_answers) as r:
             hook = Webhook(**{**HOOK.__dict__, "timeout_seconds": Decimal("0.5")})
@@ -98,7 +99,7 @@ def test_a_receiver_that_never_answers_times_out():
     assert elapsed < 2
 
 
-def test_nobody_listening():
+def test_nobody_listening() -> None:
     import socket
 
     sock = socket.socket()
@@ -111,7 +112,7 @@ def test_nobody_listening():
     assert "secret-token-path" not in outcome.error
 
 
-def test_a_reset_connection():
+def test_a_reset_connection() -> None:
     async def reset(request):
         request.transport.abort()
         await asyncio.sleep(0.1)
@@ -126,7 +127,7 @@ def test_a_reset_connection():
     assert "closed the connection" in outcome.error or "failed" in outcome.error
 
 
-def test_a_huge_response_is_cut_to_an_excerpt():
+def test_a_huge_response_is_cut_to_an_excerpt() -> None:
     big = b"x" * (10 * 1024 * 1024)
 
     async def answer(request):
@@ -142,7 +143,7 @@ def test_a_huge_response_is_cut_to_an_excerpt():
     assert outcome.ok and len(outcome.excerpt) == 4096 and elapsed < 5
 
 
-def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path):
+def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path: Path) -> None:
     ca = trustme.CA()
     server_tls = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_tls)
@@ -161,7 +162,7 @@ def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path):
     assert trusted.ok and unverified.ok
 
 
-def test_connections_are_kept_alive_between_requests():
+def test_connections_are_kept_alive_between_requests() -> None:
     ports = []
 
     async def answer(request):
@@ -178,7 +179,9 @@ def test_connections_are_kept_alive_between_requests():
     assert len(set(ports)) == 1
 
 
-def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkeypatch):
+def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
@@ -202,7 +205,9 @@ def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkey
     assert "Proxy-Authorization" not in at_target[0].headers
 
 
-def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(tmp_path, monkeypatch):
+def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     ca = trustme.CA()
@@ -228,7 +233,7 @@ def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(tmp_p
     assert len(requests) == 1 and "Proxy-Authorization" not in requests[0].headers
 
 
-def test_an_unknown_host_fails_clearly(tmp_path):
+def test_an_unknown_host_fails_clearly(tmp_path: Path) -> None:
     """In a network namespace of its own (no interfaces up), so the name lookup cannot leave
     the machine: it fails at once, as an unknown name does."""
     unshare = shutil.which("unshare")
@@ -259,7 +264,7 @@ def test_an_unknown_host_fails_clearly(tmp_path):
     assert result.stdout.startswith("False cannot resolve host no-such-host.invalid: ")
 
 
-def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret():
+def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret() -> None:
     """What the renderer cannot see coming (headers aiohttp refuses to write, a URL it cannot
     use) ends as a failure for good, not sent, with the reason; the receiver gets nothing, and
     a credential in a header or in the URL is not repeated in the reason."""

@@ -10,6 +10,7 @@ from helpers import outbox
 from psycopg.rows import dict_row
 from test_rules_sql import add_rule, add_webhook
 
+from relay.db import Conn
 from relay.delivery import record
 from relay.delivery.fanout import FanOut
 from relay.delivery.holding import Holding
@@ -22,7 +23,7 @@ from relay.sqlfiles import query
 from relay.store import AsyncStore
 
 
-def fan_out(conn, max_body_bytes: int = Settings().max_body_bytes) -> int:
+def fan_out(conn: Conn, max_body_bytes: int = Settings().max_body_bytes) -> int:
     """Fan out one batch as a relay does (relay/delivery/fanout.py); the changes it matched."""
     settings = Settings(max_body_bytes=max_body_bytes)
     dsn = conn.info.dsn
@@ -57,7 +58,7 @@ def claim_parameters(
     }
 
 
-def claim(conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
+def claim(conn: Conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
     """Claim as a relay would; ``paused`` webhooks have every slot busy."""
     busy = {hook: (per_webhook, 0) for hook in paused}
     rows = conn.execute(
@@ -66,7 +67,7 @@ def claim(conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
     return sorted((r[0], r[1]) for r in rows)
 
 
-def finish(conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
+def finish(conn: Conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
     """Record an attempt's outcome as a relay would; the number of deliveries it changed."""
     ok = status == "delivered"
     outcome = Outcome(
@@ -78,7 +79,7 @@ def finish(conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
     return done
 
 
-def setup(rconn):
+def setup(rconn: Conn):
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("CREATE TABLE notes (body text)")
     rconn.execute("SELECT relay.track('items'), relay.track('notes')")
@@ -89,7 +90,7 @@ def setup(rconn):
     return a, b
 
 
-def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rconn):
+def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     rconn.execute("UPDATE items SET v = 1")
@@ -108,7 +109,7 @@ def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rcon
     assert fan_out(rconn) == 0  # nothing left to fan out
 
 
-def test_only_one_relay_fans_out_at_a_time(rconn, relay_dsn):
+def test_only_one_relay_fans_out_at_a_time(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
     with psycopg.connect(relay_dsn) as first, psycopg.connect(relay_dsn) as second:
@@ -118,7 +119,7 @@ def test_only_one_relay_fans_out_at_a_time(rconn, relay_dsn):
         assert len(second.execute(query("changes_to_fan_out"), {"limit": 10}).fetchall()) == 2
 
 
-def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn):
+def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn: Conn) -> None:
     a, b = setup(rconn)  # b's own order is independent: leave it out
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
     rconn.execute("UPDATE items SET v = 1 WHERE id = 1")
@@ -134,7 +135,7 @@ def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn):
     assert claim(rconn, **only_a) == [(third, a)]
 
 
-def test_a_lease_expires_and_the_old_holder_cannot_overwrite(rconn):
+def test_a_lease_expires_and_the_old_holder_cannot_overwrite(rconn: Conn) -> None:
     a, _ = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     fan_out(rconn)
@@ -148,7 +149,7 @@ def test_a_lease_expires_and_the_old_holder_cannot_overwrite(rconn):
     assert outbox(rconn)[0]["status"] == "delivered"
 
 
-def test_two_relays_claim_disjoint_work(rconn, relay_dsn):
+def test_two_relays_claim_disjoint_work(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g")
     fan_out(rconn)
@@ -160,7 +161,7 @@ def test_two_relays_claim_disjoint_work(rconn, relay_dsn):
     assert len(first) + len(second) == 50 and not set(first) & set(second)
 
 
-def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn):
+def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     rconn.execute("UPDATE items SET v = 1")
@@ -188,7 +189,7 @@ def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn):
     assert outbox(rconn)[1]["status"] == "delivered"
 
 
-def test_busy_webhooks_get_only_their_free_slots(rconn):
+def test_busy_webhooks_get_only_their_free_slots(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g")
     rconn.execute("UPDATE items SET v = 1")
@@ -200,7 +201,7 @@ def test_busy_webhooks_get_only_their_free_slots(rconn):
     assert sorted(r[1] for r in rows) == [a, a, a]
 
 
-def test_documented_one_liners(rconn):
+def test_documented_one_liners(rconn: Conn) -> None:
     """docs/operations.md: retry one webhook's failures; drop a poisoned change."""
     a, _ = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
@@ -231,7 +232,7 @@ def test_documented_one_liners(rconn):
     assert claim(rconn) == []
 
 
-def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn):
+def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (10, 0)")
     rconn.execute("UPDATE items SET id = 11 WHERE id = 10")
@@ -255,7 +256,7 @@ def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn):
     assert claim(rconn, **only_a) == [(reused, a), (later, a)]
 
 
-def test_claims_take_only_what_fits_in_the_bytes_left(rconn):
+def test_claims_take_only_what_fits_in_the_bytes_left(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 6) g")
     fan_out(rconn)
@@ -275,7 +276,9 @@ def test_claims_take_only_what_fits_in_the_bytes_left(rconn):
     assert take(room=10 * size, bytes_per_webhook=3 * size, busy={a: (0, size), b: (100, 0)}) == 2
 
 
-def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing(rconn):
+def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing(
+    rconn: Conn,
+) -> None:
     _, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     fan_out(rconn)
@@ -286,7 +289,7 @@ def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing
     assert row["change_bytes"] > 5
 
 
-def test_key_moves_are_found_in_images_postgresql_cannot_parse_as_text(rconn):
+def test_key_moves_are_found_in_images_postgresql_cannot_parse_as_text(rconn: Conn) -> None:
     """A json column may hold \\u0000 or a lone surrogate: PostgreSQL's json operators fail on
     such an image, yet fan-out still finds the key an UPDATE moved the row from."""
     rconn.execute("CREATE TABLE docs (id text PRIMARY KEY, doc json)")

@@ -30,7 +30,7 @@ def settings(text: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_unit_is_a_hardened_notify_service(unit):
+def test_unit_is_a_hardened_notify_service(unit) -> None:
     found = settings((DEPLOY / unit).read_text())
     assert found["Type"] == ["notify"] and found["Restart"] == ["on-failure"]
     assert found["ExecStart"] == ["/opt/relay/bin/relay run"]
@@ -56,7 +56,7 @@ def test_unit_is_a_hardened_notify_service(unit):
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
+def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed here")
@@ -76,7 +76,7 @@ def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
     assert complaints == []
 
 
-def test_the_documented_pg_hba_line_and_an_encoded_password_let_the_service_role_in():
+def test_the_documented_pg_hba_line_and_an_encoded_password_let_the_service_role_in() -> None:
     """docs/deploy.md's pg_hba.conf line, on a private cluster (the shared one trusts
     127.0.0.1), and a password full of URL syntax, percent-encoded by the doc's one-liner."""
     if find_server_binaries() is None:

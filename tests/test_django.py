@@ -8,10 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from relay.db import Conn
+
 SITE = Path(__file__).with_name("django_site.py")
 
 
-def test_every_change_of_a_request_carries_its_user_and_request_id(rconn, relay_dsn):
+def test_every_change_of_a_request_carries_its_user_and_request_id(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id serial PRIMARY KEY, note text)")
     rconn.execute("SELECT relay.track('items')")
     done = subprocess.run(

@@ -12,8 +12,10 @@ from aiohttp import web
 from receivers import receiver
 from test_worker import FAST, outbox_statuses, running, until
 
+from relay.db import Conn
 
-def add_webhook(conn, url: str, tables: list[str]) -> None:
+
+def add_webhook(conn: Conn, url: str, tables: list[str]) -> None:
     conn.execute(
         "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES ('hook', %s, 's')", (url,)
     )
@@ -61,7 +63,9 @@ def story(accepted: list[dict], table: str, column: str) -> list[str]:
     return told
 
 
-def test_an_update_of_the_primary_key_waits_for_the_insert_of_the_old_key(rconn, relay_dsn):
+def test_an_update_of_the_primary_key_waits_for_the_insert_of_the_old_key(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
 
@@ -77,7 +81,9 @@ def test_an_update_of_the_primary_key_waits_for_the_insert_of_the_old_key(rconn,
     assert story(asyncio.run(scenario()), "items", "id") == ["created 10", "updated 10 -> 11"]
 
 
-def test_a_chain_of_key_changes_and_a_reused_key_arrive_in_order(rconn, relay_dsn):
+def test_a_chain_of_key_changes_and_a_reused_key_arrive_in_order(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
 
@@ -102,8 +108,8 @@ def test_a_chain_of_key_changes_and_a_reused_key_arrive_in_order(rconn, relay_ds
 
 
 def test_order_holds_for_bytea_timestamptz_and_float_keys_written_with_other_settings(
-    rconn, relay_dsn
-):
+    rconn: Conn, relay_dsn: str
+) -> None:
     """Each row is written by two sessions whose settings print its key differently; the
     receiver still hears of each row's changes in the order they were made."""
     rconn.execute("CREATE TABLE blobs (k bytea PRIMARY KEY, v int)")

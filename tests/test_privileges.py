@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -15,6 +16,7 @@ from psycopg.conninfo import make_conninfo
 from receivers import receiver
 from test_worker import FAST, running, until
 
+from relay.db import Conn
 from relay.delivery import fanout
 from relay.settings import Settings
 from relay.store import Store
@@ -23,7 +25,7 @@ SQL = Path(__file__).resolve().parent.parent / "sql"
 
 
 @pytest.fixture
-def roles(db_dsn, make_role, conn):
+def roles(db_dsn: str, make_role: Callable[..., str], conn: Conn):
     """An installer with only CREATE on the database; an application that owns its table."""
     installer, app = make_role("installer"), make_role("app")
     dbname = conn.info.dbname
@@ -40,7 +42,7 @@ def roles(db_dsn, make_role, conn):
     }
 
 
-def test_installer_needs_no_superuser_and_app_needs_no_rights(roles):
+def test_installer_needs_no_superuser_and_app_needs_no_rights(roles) -> None:
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         assert not inst.execute(
             "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
@@ -96,7 +98,7 @@ def grant_service_role(roles, service) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_service_role_grants(roles, make_role, db_dsn):
+def test_service_role_grants(roles, make_role: Callable[..., str], db_dsn: str) -> None:
     service = make_role("svc")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         Store(inst).install()
@@ -124,7 +126,9 @@ def test_service_role_grants(roles, make_role, db_dsn):
                 svc.execute(statement)
 
 
-def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, monkeypatch):
+def test_relay_run_works_with_the_service_role_alone(
+    roles, make_role: Callable[..., str], db_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The whole delivery path (fan-out, claims, outcomes, statistics, purge) as the service
     role: what sql/service_role.sql grants is enough, also for a table in a schema the service
     role has no right to (shop), with a model name."""
@@ -169,7 +173,9 @@ def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, m
     assert asyncio.run(scenario()) == 20
 
 
-def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(roles, make_role):
+def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(
+    roles, make_role: Callable[..., str]
+) -> None:
     writer = make_role("writer")
     with psycopg.connect(roles["app"], autocommit=True) as owner:
         owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON orders TO {writer}")

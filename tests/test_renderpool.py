@@ -51,7 +51,7 @@ def memory(pid: int, field: str) -> int:
     raise AssertionError(f"no {field}")
 
 
-def test_requests_render_as_in_process_and_only_templates_start_a_process():
+def test_requests_render_as_in_process_and_only_templates_start_a_process() -> None:
     plain = replace(HOOK, id=1)
     templated = hook(2, '{"id": {{ data.id }}, "who": {{ username|tojson }}}')
     templated = replace(templated, additional_headers="X-Id: {{ data.id }}", secret="s")
@@ -74,7 +74,7 @@ def test_requests_render_as_in_process_and_only_templates_start_a_process():
     asyncio.run(scenario())
 
 
-def test_requests_sent_while_a_process_starts_each_get_their_own_answer():
+def test_requests_sent_while_a_process_starts_each_get_their_own_answer() -> None:
     async def scenario() -> list[bytes]:
         pool = RenderPool()
         try:
@@ -90,7 +90,7 @@ def test_requests_sent_while_a_process_starts_each_get_their_own_answer():
     assert asyncio.run(scenario()) == [b"0", b"1", b"2", b"3"]
 
 
-def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on():
+def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on() -> None:
     healthy = hook(1, '{"id": {{ data.id }}}')
     hostile = hook(2, STUCK)
     waits: list[float] = []
@@ -135,7 +135,7 @@ def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on(
     assert max(waits) < KILL_MARGIN  # the healthy webhook never waited on the stuck one
 
 
-def test_a_request_whose_process_dies_is_tried_once_more_in_a_new_one():
+def test_a_request_whose_process_dies_is_tried_once_more_in_a_new_one() -> None:
     """A process can die of something else than its request (killed while idle, say): the
     request goes to a new process. Only when that one dies too does the request fail."""
     slow = hook(
@@ -178,7 +178,7 @@ HOSTILE = [
 ]
 
 
-def test_render_processes_stay_small_whatever_the_template():
+def test_render_processes_stay_small_whatever_the_template() -> None:
     """Peak memory of the render process (VmHWM, reset before each template) while it renders
     hostile templates: each stops before it holds much more than one value at the limit. Many
     values each under the limit run into the process's own ceiling, never the relay's."""

@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from test_cli import relay
 from test_worker import FAST, running, setup, sql, until
 
+from relay.db import Conn
 from relay.delivery import plan, record
 from relay.delivery.send import Sender
 from relay.render import request
@@ -117,7 +118,9 @@ def assert_well_recorded(rconn: psycopg.Connection, max_attempts: int = 8) -> No
         assert "\n" not in error and "\r" not in error and len(error) <= 500, error
 
 
-def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(rconn, relay_dsn):
+def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, n numeric, j jsonb)")
     rconn.execute("CREATE TABLE other (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('items'), relay.track('other')")
@@ -176,7 +179,9 @@ def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(rconn, relay
     assert sum(1 for q in r.requests if BIG.encode() in q.body) == 3
 
 
-def test_a_request_that_cannot_be_made_fails_at_once_and_its_row_moves_on(rconn, relay_dsn):
+def test_a_request_that_cannot_be_made_fails_at_once_and_its_row_moves_on(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url, "good")
@@ -210,7 +215,9 @@ def test_a_request_that_cannot_be_made_fails_at_once_and_its_row_moves_on(rconn,
         assert error.startswith("payload_url: host 'aaaa") and "label empty or too long" in error
 
 
-def test_a_delivery_whose_attempts_never_reported_back_fails_at_the_limit(rconn, relay_dsn):
+def test_a_delivery_whose_attempts_never_reported_back_fails_at_the_limit(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -241,7 +248,7 @@ def test_a_delivery_whose_attempts_never_reported_back_fails_at_the_limit(rconn,
     assert error.startswith("failed after 8 attempts (RELAY_MAX_ATTEMPTS)")
 
 
-def test_rules_the_database_let_through_cost_only_themselves(rconn, relay_dsn):
+def test_rules_the_database_let_through_cost_only_themselves(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, name text, tags jsonb)")
     rconn.execute("SELECT relay.track('items')")
     too_deep: Any = {"attr": "data.name", "value": "x"}
@@ -308,7 +315,9 @@ def test_rules_the_database_let_through_cost_only_themselves(rconn, relay_dsn):
         assert f"rule {name!r}: {why.split('cannot be used: ')[1]}" in check.stdout
 
 
-def test_numbers_in_rules_compare_by_value_with_any_column_type(rconn, relay_dsn):
+def test_numbers_in_rules_compare_by_value_with_any_column_type(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute(
         "CREATE TABLE items (id int PRIMARY KEY, total numeric(10,2), qty int, ratio float8)"
     )
@@ -405,7 +414,9 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_an_exception_at_any_stage_costs_only_its_change(rconn, relay_dsn, monkeypatch, stage):
+def test_an_exception_at_any_stage_costs_only_its_change(
+    rconn: Conn, relay_dsn: str, monkeypatch: pytest.MonkeyPatch, stage
+) -> None:
     inject(monkeypatch, stage)
     settings = Settings(**{**FAST.model_dump(), "max_attempts": 3})
     matching = {"attr": "data.v", "op": "gte", "value": 0}
@@ -455,7 +466,9 @@ def test_an_exception_at_any_stage_costs_only_its_change(rconn, relay_dsn, monke
     )
 
 
-def test_an_unforeseen_error_in_a_session_starts_it_again(rconn, relay_dsn, monkeypatch):
+def test_an_unforeseen_error_in_a_session_starts_it_again(
+    rconn: Conn, relay_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fault outside any one change (here the fan-out's planning, once) is logged and the
     session started again: relay run goes on, and nothing is lost."""
     make_plan = plan.plan
@@ -486,7 +499,9 @@ def test_an_unforeseen_error_in_a_session_starts_it_again(rconn, relay_dsn, monk
     assert_well_recorded(rconn)
 
 
-def test_a_change_whose_webhook_is_deleted_while_it_waits_ends_skipped(rconn, relay_dsn):
+def test_a_change_whose_webhook_is_deleted_while_it_waits_ends_skipped(
+    rconn: Conn, relay_dsn: str
+) -> None:
     """Deleting a webhook deletes its deliveries; the changes that waited for it end instead of
     staying pending for ever (found by bench/fuzz.py)."""
 

@@ -7,10 +7,11 @@ import time
 
 from test_rules_sql import add_rule, add_webhook
 
+from relay.db import Conn
 from relay.rules.watch import RuleWatcher
 
 
-def test_rule_changes_reach_a_running_watcher_within_a_second(rconn, relay_dsn):
+def test_rule_changes_reach_a_running_watcher_within_a_second(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> list[float]:
         watcher = RuleWatcher(relay_dsn)
         task = asyncio.create_task(watcher.run())

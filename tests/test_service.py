@@ -9,11 +9,14 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import aiohttp
+import pytest
 from receivers import receiver
 from test_worker import outbox_statuses, setup, sql, until
 
+from relay.db import Conn
 from relay.service import systemd
 
 
@@ -24,8 +27,8 @@ def free_port() -> int:
 
 
 def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
-    rconn, relay_dsn, tmp_path
-):
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
     notify_path = str(tmp_path / "notify")
     port = free_port()
     messages: list[str] = []
@@ -106,7 +109,9 @@ def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
     assert len(signatures) == 3 and not any(sig in log for sig in signatures)
 
 
-def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_path, monkeypatch):
+def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before READY=1 the relay looks at its readiness five times a second, but pings the
     watchdog only at half of WatchdogSec, as after it."""
     notify_path = str(tmp_path / "notify")
@@ -152,7 +157,7 @@ def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_pat
     assert received[-1][1] == "STOPPING=1"
 
 
-def test_a_relay_waiting_for_a_database_that_is_down_stops_at_once_on_sigterm():
+def test_a_relay_waiting_for_a_database_that_is_down_stops_at_once_on_sigterm() -> None:
     """systemd's stop (and its start timeout) sends SIGTERM to a relay that may never have
     connected: it must exit 0 at once, not after its wait for the rules (TimeoutStopSec=30
     would kill it and mark the unit failed)."""

@@ -30,7 +30,7 @@ def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path):
+def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path: Path) -> None:
     env_file = tmp_path / "relay.env"
     env_file.write_text(
         "RELAY_DSN=postgresql://relay:s3cr3t-pw@db.example/app\n"
@@ -50,7 +50,7 @@ def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path):
     assert "RELAY_ATTEMPT_RETENTION_DAYS" in table.stdout
 
 
-def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
+def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path: Path) -> None:
     for args, env, named in [
         (["config"], {"RELAY_BATCH_SIZE": "many"}, "RELAY_BATCH_SIZE"),
         (["run"], {"RELAY_DSN": "dbname=x", "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
@@ -64,7 +64,7 @@ def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
 
 
-def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path):
+def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path: Path) -> None:
     env_file = tmp_path / "relay.env"
     env_file.write_text("RELAY_DSN=dbname=x\nRELAY_BATCHSIZE=5\n")
     for args, env, said in [
@@ -86,7 +86,7 @@ def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path):
     assert allowed.returncode == 0, allowed.stderr
 
 
-def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn):
+def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -98,7 +98,7 @@ def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn):
     ]
 
 
-def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
+def test_relay_run_refuses_a_database_it_cannot_use(db_dsn: str, server_dsn: str) -> None:
     unknown_role = make_conninfo(db_dsn, user="no_such_role_xyz")
     cases = [
         (unknown_role, "the database refused the relay: connection failed"),
@@ -119,7 +119,7 @@ def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
     assert f"needs {sqlfiles.latest_version()}: run `relay install`" in old.stderr
 
 
-def test_relay_run_refuses_a_wrong_password():
+def test_relay_run_refuses_a_wrong_password() -> None:
     """On a private cluster that asks for passwords (the shared one trusts 127.0.0.1)."""
     if find_server_binaries() is None:
         pytest.skip("no PostgreSQL server binaries to start a private cluster")

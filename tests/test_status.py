@@ -10,10 +10,13 @@ from receivers import receiver
 from test_cli import relay
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
 
+from relay.db import Conn
 from relay.settings import Settings
 
 
-def test_status_shows_backlog_webhooks_errors_and_relays_without_secrets(rconn, relay_dsn):
+def test_status_shows_backlog_webhooks_errors_and_relays_without_secrets(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.Response(status=503, text="down for maintenance")
 

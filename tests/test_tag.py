@@ -12,20 +12,21 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import relay
+from relay.db import Conn
 
 
-def tags(rconn) -> list[tuple[str, str]]:
+def tags(rconn: Conn) -> list[tuple[str, str]]:
     return rconn.execute("SELECT username, request_id FROM relay.outbox ORDER BY id").fetchall()
 
 
 @pytest.fixture
-def items(rconn):
+def items(rconn: Conn):
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('items')")
     return rconn
 
 
-def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn):
+def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn, autocommit=True) as conn:
         with pytest.raises(relay.NoTransaction, match=r"conn\.transaction"):
             relay.tag(conn, username="alice")
@@ -44,7 +45,7 @@ def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn):
     assert recorded[3] == (role, "req-2")
 
 
-def test_a_failed_transaction_is_not_tagged(items, relay_dsn):
+def test_a_failed_transaction_is_not_tagged(items, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1/0")
@@ -52,7 +53,7 @@ def test_a_failed_transaction_is_not_tagged(items, relay_dsn):
             relay.tag(conn, username="alice")
 
 
-def test_sqlalchemy_sessions_and_connections(items, relay_dsn):
+def test_sqlalchemy_sessions_and_connections(items, relay_dsn: str) -> None:
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(relay_dsn))
     try:
         with Session(engine) as session, session.begin():
@@ -72,7 +73,7 @@ def test_sqlalchemy_sessions_and_connections(items, relay_dsn):
     assert len(recorded) == 2
 
 
-def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn):
+def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn, cursor_factory=psycopg.RawCursor) as conn:
         relay.tag(conn, username="raw")  # its own cursor: %s, whatever conn.cursor() makes
         conn.execute("INSERT INTO items VALUES ($1)", (1,))
@@ -93,7 +94,7 @@ def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn):
     assert [name for name, _ in tags(items)] == ["raw", "async-session"]
 
 
-def test_asyncio_psycopg(items, relay_dsn):
+def test_asyncio_psycopg(items, relay_dsn: str) -> None:
     async def scenario() -> None:
         async with await psycopg.AsyncConnection.connect(relay_dsn, autocommit=True) as conn:
             with pytest.raises(relay.NoTransaction):
@@ -106,7 +107,7 @@ def test_asyncio_psycopg(items, relay_dsn):
     assert tags(items) == [("erin", "async")]
 
 
-def test_hostile_values_are_recorded_exactly(items, relay_dsn):
+def test_hostile_values_are_recorded_exactly(items, relay_dsn: str) -> None:
     names = ["o'brien\"; DROP TABLE items; --", "名前 ✓", "x" * 10_000, "%s %(x)s {}"]
     with psycopg.connect(relay_dsn) as conn:
         for number, name in enumerate(names):
@@ -116,7 +117,7 @@ def test_hostile_values_are_recorded_exactly(items, relay_dsn):
     assert tags(items) == [(name, name[::-1]) for name in names]
 
 
-def test_bad_arguments_say_what_is_wrong(relay_dsn):
+def test_bad_arguments_say_what_is_wrong(relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn) as conn:
         with pytest.raises(ValueError, match="give username, request_id or both"):
             relay.tag(conn)

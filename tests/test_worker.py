@@ -15,6 +15,7 @@ from aiohttp import web
 from receivers import Receiver, receiver
 from structlog.testing import capture_logs
 
+from relay.db import Conn
 from relay.delivery.worker import Worker
 from relay.settings import Settings
 
@@ -58,7 +59,7 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
     return time.monotonic() - start
 
 
-def setup(conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", **webhook) -> None:
+def setup(conn: Conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", **webhook) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v int)")
     conn.execute("SELECT relay.track('items')")
     columns = {"name": name, "payload_url": url, "secret": secret, **webhook}
@@ -78,11 +79,11 @@ def bodies(r: Receiver) -> list[dict]:
     return [json.loads(req.body) for req in r.requests]
 
 
-def outbox_statuses(conn) -> list[str]:
+def outbox_statuses(conn: Conn) -> list[str]:
     return [row[0] for row in conn.execute("SELECT status::text FROM relay.outbox ORDER BY id")]
 
 
-def test_changes_arrive_signed_and_in_order(rconn, relay_dsn):
+def test_changes_arrive_signed_and_in_order(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -108,7 +109,7 @@ def test_changes_arrive_signed_and_in_order(rconn, relay_dsn):
     assert rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0] == 5
 
 
-def test_failures_are_retried_with_the_same_delivery_id(rconn, relay_dsn):
+def test_failures_are_retried_with_the_same_delivery_id(rconn: Conn, relay_dsn: str) -> None:
     calls = {"n": 0}
 
     async def flaky(request: web.Request) -> web.Response:
@@ -136,7 +137,7 @@ def test_failures_are_retried_with_the_same_delivery_id(rconn, relay_dsn):
     ]
 
 
-def test_the_log_tells_a_retry_from_the_final_failure(rconn, relay_dsn):
+def test_the_log_tells_a_retry_from_the_final_failure(rconn: Conn, relay_dsn: str) -> None:
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
@@ -153,7 +154,7 @@ def test_the_log_tells_a_retry_from_the_final_failure(rconn, relay_dsn):
     assert said == [(1, "retrying", True), (2, "retrying", True), (3, "failed", False)]
 
 
-def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn, relay_dsn):
+def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn: Conn, relay_dsn: str) -> None:
     """Two webhooks, one refusing receiver: "own" gives up after its 2 attempts, two seconds
     apart; "usual" keeps the relay's 4 attempts and delays of a fraction of a second."""
 
@@ -189,7 +190,9 @@ def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn, relay_dsn):
     assert 1.6 <= retry["next_attempt_in_s"] <= 2.4
 
 
-def test_a_tables_model_name_reaches_the_body_and_the_conditions(rconn, relay_dsn):
+def test_a_tables_model_name_reaches_the_body_and_the_conditions(
+    rconn: Conn, relay_dsn: str
+) -> None:
     """relay.track(..., model => 'dcim.device'): a NetBox receiver sees model "device" and
     object_type "dcim.device", and a rule can match on the model."""
 
@@ -217,7 +220,7 @@ def test_a_tables_model_name_reaches_the_body_and_the_conditions(rconn, relay_ds
     ]
 
 
-def test_attempts_are_numbered_across_a_requeue(rconn, relay_dsn):
+def test_attempts_are_numbered_across_a_requeue(rconn: Conn, relay_dsn: str) -> None:
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
@@ -239,7 +242,7 @@ def test_attempts_are_numbered_across_a_requeue(rconn, relay_dsn):
     assert numbers == [(1,), (2,), (3,), (4,)]
 
 
-def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn, relay_dsn):
+def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn: Conn, relay_dsn: str) -> None:
     failures = {"left": 3}
 
     async def fail_first_change(request: web.Request) -> web.Response:
@@ -266,7 +269,7 @@ def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn, relay_dsn):
     assert delivered == [0, 1, 2, 3, 4, 5]
 
 
-def test_requeue_with_sql_sends_failed_changes_again(rconn, relay_dsn):
+def test_requeue_with_sql_sends_failed_changes_again(rconn: Conn, relay_dsn: str) -> None:
     state = {"status": 410}
 
     async def gone_then_back(request: web.Request) -> web.Response:
@@ -291,7 +294,7 @@ def test_requeue_with_sql_sends_failed_changes_again(rconn, relay_dsn):
     assert error == "HTTP 410 Gone"
 
 
-def test_a_broken_template_fails_that_delivery_and_others_flow(rconn, relay_dsn):
+def test_a_broken_template_fails_that_delivery_and_others_flow(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url, "good")
@@ -311,7 +314,7 @@ def test_a_broken_template_fails_that_delivery_and_others_flow(rconn, relay_dsn)
     assert rows[0][2].startswith("body_template: line 1:")
 
 
-def test_two_relays_deliver_each_change_once(rconn, relay_dsn):
+def test_two_relays_deliver_each_change_once(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -328,7 +331,7 @@ def test_two_relays_deliver_each_change_once(rconn, relay_dsn):
     assert holders == {None}
 
 
-def test_a_slow_endpoint_does_not_slow_another(rconn, relay_dsn):
+def test_a_slow_endpoint_does_not_slow_another(rconn: Conn, relay_dsn: str) -> None:
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(3)
         return web.Response()
@@ -346,7 +349,7 @@ def test_a_slow_endpoint_does_not_slow_another(rconn, relay_dsn):
     assert asyncio.run(scenario()) < 2.5
 
 
-def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
+def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn: Conn, relay_dsn: str) -> None:
     import socket
 
     sock = socket.socket()
@@ -391,7 +394,7 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
     assert waiting == 100
 
 
-def test_attempts_older_than_the_retention_are_deleted(rconn, relay_dsn):
+def test_attempts_older_than_the_retention_are_deleted(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> None:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -414,7 +417,7 @@ def test_attempts_older_than_the_retention_are_deleted(rconn, relay_dsn):
     assert outbox_statuses(rconn) == ["delivered"] * 3  # the changes themselves are kept
 
 
-def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn, relay_dsn):
+def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
@@ -430,7 +433,9 @@ def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn, relay_dsn)
     assert len(asyncio.run(scenario()).requests) == 1
 
 
-def test_deliveries_waiting_for_a_webhook_that_gets_disabled_fail_with_the_reason(rconn, relay_dsn):
+def test_deliveries_waiting_for_a_webhook_that_gets_disabled_fail_with_the_reason(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def busy(request: web.Request) -> web.Response:
         return web.Response(status=503, headers={"Retry-After": "2"})
 

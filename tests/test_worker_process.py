@@ -19,6 +19,7 @@ from receivers import receiver
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
+from relay.db import Conn
 from relay.store import Store
 
 
@@ -51,7 +52,7 @@ def relay_connections(dsn: str) -> int:
         ).fetchone()[0]
 
 
-def test_kill_9_mid_flow_loses_nothing(rconn, relay_dsn, tmp_path):
+def test_kill_9_mid_flow_loses_nothing(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
     log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
 
     async def slowish(request: web.Request) -> web.Response:
@@ -91,7 +92,7 @@ def test_kill_9_mid_flow_loses_nothing(rconn, relay_dsn, tmp_path):
     assert at_kill < 400
 
 
-def test_cut_connections_are_reestablished(rconn, relay_dsn):
+def test_cut_connections_are_reestablished(rconn: Conn, relay_dsn: str) -> None:
     async def scenario():
         async with receiver() as r:
             setup(rconn, r.url)
@@ -111,7 +112,7 @@ def test_cut_connections_are_reestablished(rconn, relay_dsn):
     assert asyncio.run(scenario()) < 10
 
 
-def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn, tmp_path):
+def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn: str, tmp_path: Path) -> None:
     log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
 
     async def scenario():
@@ -130,7 +131,7 @@ def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn, tmp_path):
     assert code == 0
 
 
-def test_leases_are_released_on_shutdown(rconn, relay_dsn):
+def test_leases_are_released_on_shutdown(rconn: Conn, relay_dsn: str) -> None:
     async def stuck(request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return web.Response()
@@ -151,7 +152,7 @@ def test_leases_are_released_on_shutdown(rconn, relay_dsn):
     assert asyncio.run(scenario()) == (0, 5)  # unfinished, and free for any relay at once
 
 
-def test_a_postgres_restart_mid_flow_loses_nothing():
+def test_a_postgres_restart_mid_flow_loses_nothing() -> None:
     """A private cluster (the shared server cannot be restarted by a test), stopped and started
     while the relay is delivering: it reconnects on its own and every change arrives."""
     if find_server_binaries() is None:
@@ -198,8 +199,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
-    rconn, relay_dsn, tmp_path
-):
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
     log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -246,5 +247,5 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
     assert took < 15  # back within a cool-down plus the longest retry delay, with room
 
 
-def attempt_count(conn) -> int:
+def attempt_count(conn: Conn) -> int:
     return conn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0]
