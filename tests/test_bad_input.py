@@ -8,6 +8,7 @@ import json
 import time
 
 from aiohttp import web
+from helpers import one_row
 from receivers import Receiver, receiver
 from test_renderpool import STUCK
 from test_worker import FAST, running, sql, until
@@ -77,9 +78,11 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(
                 await until(lambda: len(good.requests) == 4, timeout=30)
                 await until(
                     lambda: (
-                        rconn.execute(
-                            "SELECT count(*) FROM relay.deliveries WHERE status = 'pending'"
-                        ).fetchone()[0]
+                        one_row(
+                            rconn.execute(
+                                "SELECT count(*) FROM relay.deliveries WHERE status = 'pending'"
+                            )
+                        )[0]
                         == 0
                     ),
                     timeout=30,

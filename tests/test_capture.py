@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from helpers import outbox
+from helpers import one_row, outbox
 
 from relay.db import Conn
 
@@ -107,9 +107,9 @@ def test_tracking_again_replaces_the_options(rconn: Conn) -> None:
     assert rows[0]["new"] == {"id": 1, "v": "b", "secret": "s"}
     tracked = rconn.execute("SELECT events, exclude_columns FROM relay.tracked").fetchall()
     assert tracked == [(["update"], [])]
-    triggers = rconn.execute(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass"
-    ).fetchone()[0]
+    triggers = one_row(
+        rconn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass")
+    )[0]
     assert triggers == 1
 
 
@@ -117,13 +117,13 @@ def test_untrack_stops_capture_and_keeps_recorded_changes(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('t')")
     rconn.execute("INSERT INTO t VALUES (1)")
-    assert rconn.execute("SELECT relay.untrack('t')").fetchone()[0] is True
+    assert one_row(rconn.execute("SELECT relay.untrack('t')"))[0] is True
     rconn.execute("INSERT INTO t VALUES (2)")
     assert [r["new"] for r in outbox(rconn)] == [{"id": 1}]
-    assert rconn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
-    assert rconn.execute("SELECT relay.untrack('t')").fetchone()[0] is False
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.tracked"))[0] == 0
+    assert one_row(rconn.execute("SELECT relay.untrack('t')"))[0] is False
     assert (
-        rconn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0]
+        one_row(rconn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass"))[0]
         == 0
     )
 
@@ -162,7 +162,7 @@ def test_bad_track_calls_are_refused_clearly(rconn: Conn, call, message) -> None
     rconn.execute("CREATE VIEW v AS SELECT 1 AS x")
     with pytest.raises(psycopg.Error, match=message):
         rconn.execute(f"SELECT {call}")
-    assert rconn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.tracked"))[0] == 0
 
 
 def test_rolled_back_changes_leave_nothing(rconn: Conn) -> None:
@@ -211,7 +211,7 @@ def test_txid_is_the_writing_transaction(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int)")
     rconn.execute("SELECT relay.track('t')")
     with rconn.transaction():
-        xid = rconn.execute("SELECT pg_current_xact_id()").fetchone()[0]
+        xid = one_row(rconn.execute("SELECT pg_current_xact_id()"))[0]
         rconn.execute("INSERT INTO t VALUES (1)")
     assert outbox(rconn)[0]["txid"] == xid
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import one_row
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
@@ -151,7 +152,7 @@ def test_every_value_is_captured_and_the_write_succeeds(hostile_table, first, se
     )
     insert_params = [param for _, params in inserted for param in params]
     update_params = [param for _, params in updated for param in params]
-    row_id = conn.execute("SELECT nextval('hostile_id_seq')").fetchone()[0]
+    row_id = one_row(conn.execute("SELECT nextval('hostile_id_seq')"))[0]
     try:  # values PostgreSQL itself refuses (a date out of its range...) are never stored
         with conn.transaction(force_rollback=True):
             conn.execute(insert.format("untracked"), [row_id, *insert_params])

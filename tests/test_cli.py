@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import psycopg
+from helpers import one_row
 
 
 def relay(
@@ -61,13 +62,13 @@ def test_install_track_untrack_uninstall(db_dsn: str) -> None:
         ]
 
         assert relay("untrack", '"Orders"', dsn=db_dsn).returncode == 0
-        assert conn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
+        assert one_row(conn.execute("SELECT count(*) FROM relay.tracked"))[0] == 0
 
     refused = relay("uninstall", dsn=db_dsn)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert relay("uninstall", "--yes", dsn=db_dsn).returncode == 0
     with psycopg.connect(db_dsn) as conn:
-        assert conn.execute("SELECT to_regnamespace('relay')").fetchone()[0] is None
+        assert one_row(conn.execute("SELECT to_regnamespace('relay')"))[0] is None
 
 
 def test_errors_are_one_clear_line(db_dsn: str) -> None:
@@ -138,7 +139,7 @@ def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn: str) ->
         conn.execute("CREATE TABLE dcim_device (id int PRIMARY KEY, name text)")
 
         def model() -> str | None:
-            return conn.execute("SELECT model FROM relay.tracked").fetchone()[0]
+            return one_row(conn.execute("SELECT model FROM relay.tracked"))[0]
 
         tracked = relay("track", "dcim_device", "--model", "dcim.device", dsn=db_dsn)
         assert tracked.returncode == 0, tracked.stderr

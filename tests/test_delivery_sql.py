@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import psycopg
-from helpers import outbox
+from helpers import one_row, outbox
 from psycopg.rows import dict_row
 from test_rules_sql import add_rule, add_webhook
 
@@ -260,7 +260,7 @@ def test_claims_take_only_what_fits_in_the_bytes_left(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 6) g")
     fan_out(rconn)
-    size = rconn.execute("SELECT max(change_bytes) FROM relay.deliveries").fetchone()[0]
+    size = one_row(rconn.execute("SELECT max(change_bytes) FROM relay.deliveries"))[0]
     assert size == len('{"id":1,"v":0}')  # octet_length of the JSON text
 
     def take(**room) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import one_row
 from psycopg import sql
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
@@ -96,7 +97,7 @@ def test_the_documented_pg_hba_line_and_an_encoded_password_let_the_service_role
             conn.execute(
                 sql.SQL("CREATE ROLE relay_service LOGIN PASSWORD {}").format(sql.Literal(password))
             )
-            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+            hba = Path(one_row(conn.execute("SHOW hba_file"))[0])
         hba.write_text(line[0].replace(line[1], "127.0.0.1/32") + "\n" + hba.read_text())
         cluster.reload()
         server = f"127.0.0.1:{cluster.port}/app"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import one_row
+
 from relay.db import Conn
 
 SITE = Path(__file__).with_name("django_site.py")
@@ -33,7 +35,7 @@ def test_every_change_of_a_request_carries_its_user_and_request_id(
     assert len({ids[name] for name in ids if name != "given id"}) == len(ids) - 1
     assert "bad id" not in ids["hostile id"]  # not a plain token: a new id instead
 
-    role = rconn.execute("SELECT current_user").fetchone()[0]
+    role = one_row(rconn.execute("SELECT current_user"))[0]
     changes = rconn.execute(
         "SELECT new ->> 'note', username, request_id FROM relay.outbox ORDER BY id"
     ).fetchall()

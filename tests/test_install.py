@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import one_row
 
 from relay import sqlfiles
 from relay.db import Conn
@@ -163,7 +164,7 @@ def test_upgrade_applies_only_new_migrations(
         sqlfiles.migrations.cache_clear()
     # What the older version held is still there and still working.
     conn.execute("INSERT INTO t VALUES (2)")
-    assert conn.execute("SELECT count(*) FROM relay.outbox").fetchone()[0] == 2
+    assert one_row(conn.execute("SELECT count(*) FROM relay.outbox"))[0] == 2
 
 
 def test_failed_migration_leaves_the_install_as_it_was(
@@ -201,9 +202,9 @@ def test_uninstall_removes_triggers_and_schema_but_not_user_data(
         result = psql(db_dsn, "-f", str(SQL / "uninstall.sql"))
         assert result.returncode == 0, result.stderr
 
-    assert conn.execute("SELECT to_regnamespace('relay')").fetchone()[0] is None
-    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone()[0] == 0
+    assert one_row(conn.execute("SELECT to_regnamespace('relay')"))[0] is None
+    assert one_row(conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"))[0] == 0
     conn.execute("INSERT INTO t VALUES (2)")
     conn.execute("INSERT INTO p VALUES (2, 1)")
-    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+    assert one_row(conn.execute("SELECT count(*) FROM t"))[0] == 2
     Store(conn).uninstall()  # nothing left to remove is not an error

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import outbox
+from helpers import one_row, outbox
 from psycopg.conninfo import make_conninfo
 from receivers import receiver
 from test_worker import FAST, running, until
@@ -44,9 +44,9 @@ def roles(db_dsn: str, make_role: Callable[..., str], conn: Conn):
 
 def test_installer_needs_no_superuser_and_app_needs_no_rights(roles) -> None:
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
-        assert not inst.execute(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]
+        assert not one_row(
+            inst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        )[0]
         Store(inst).install()
         Store(inst).track("public.orders")
 
@@ -108,13 +108,13 @@ def test_service_role_grants(roles, make_role: Callable[..., str], db_dsn: str) 
         app.execute("INSERT INTO orders VALUES (1, 10), (2, 20)")
 
     with psycopg.connect(make_conninfo(db_dsn, user=service), autocommit=True) as svc:
-        assert svc.execute("SELECT count(*) FROM relay.outbox").fetchone()[0] == 2
+        assert one_row(svc.execute("SELECT count(*) FROM relay.outbox"))[0] == 2
         svc.execute(
             "UPDATE relay.outbox SET status = 'delivered', processed_at = now()"
             " WHERE new->>'id' = '1'"
         )
         svc.execute("DELETE FROM relay.outbox WHERE status = 'delivered'")
-        assert svc.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 1
+        assert one_row(svc.execute("SELECT count(*) FROM relay.tracked"))[0] == 1
         for statement in [
             "INSERT INTO relay.outbox (schema_name, table_name, op, txid)"
             " VALUES ('public', 'orders', 'insert', pg_current_xact_id())",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from helpers import one_row
 from test_cli import relay
 from test_delivery_sql import claim, fan_out, finish, setup
 
@@ -47,7 +48,7 @@ def test_retry_requeues_failed_changes_by_id_webhook_and_age(rconn: Conn, relay_
     assert statuses(rconn) == ["pending"] * 3
     # Requeued changes go back to the fan-out, which re-arms their failed deliveries.
     assert (
-        rconn.execute("SELECT count(*) FROM relay.outbox WHERE fanned_out_at IS NULL").fetchone()[0]
+        one_row(rconn.execute("SELECT count(*) FROM relay.outbox WHERE fanned_out_at IS NULL"))[0]
         == 3
     )
 

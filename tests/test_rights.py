@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import outbox
+from helpers import one_row, outbox
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -118,9 +118,9 @@ def recorded(world) -> list[tuple[str, str]]:
 def test_installer_installs(world) -> None:
     assert "relay schema is at version" in ok(relay("install", dsn=world["installer"]))
     with psycopg.connect(world["installer"]) as inst:
-        assert not inst.execute(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]
+        assert not one_row(
+            inst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        )[0]
 
 
 def test_installer_upgrades_a_database_with_tracked_tables(world) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp import web
+from helpers import one_row
 from psycopg.types.json import Jsonb
 from receivers import Receiver, receiver
 from structlog.testing import capture_logs
@@ -72,10 +73,12 @@ def hook(
 def pending(rconn: psycopg.Connection) -> int:
     """Changes and deliveries not finished yet (a change fails as soon as one of its
     deliveries does, while the others may still be on their way)."""
-    return rconn.execute(
-        "SELECT (SELECT count(*) FROM relay.outbox WHERE status = 'pending')"
-        " + (SELECT count(*) FROM relay.deliveries WHERE status = 'pending')"
-    ).fetchone()[0]
+    return one_row(
+        rconn.execute(
+            "SELECT (SELECT count(*) FROM relay.outbox WHERE status = 'pending')"
+            " + (SELECT count(*) FROM relay.deliveries WHERE status = 'pending')"
+        )
+    )[0]
 
 
 def deliveries(rconn: psycopg.Connection) -> dict[tuple[str, int], tuple[str, int, str | None]]:
@@ -106,7 +109,7 @@ def assert_well_recorded(rconn: psycopg.Connection, max_attempts: int = 8) -> No
         "SELECT count(*) FROM relay.deliveries WHERE status = 'pending' OR leased_by IS NOT NULL"
     ).fetchone() == (0,)
     assert (
-        rconn.execute("SELECT coalesce(max(attempts), 0) FROM relay.deliveries").fetchone()[0]
+        one_row(rconn.execute("SELECT coalesce(max(attempts), 0) FROM relay.deliveries"))[0]
         <= max_attempts
     )
     errors = rconn.execute(

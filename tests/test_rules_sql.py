@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from helpers import one_row
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
@@ -22,9 +23,9 @@ def add_webhook(conn: Conn, **fields):
     row = {**GOOD_WEBHOOK, **fields}
     columns = ", ".join(row)
     marks = ", ".join(f"%({k})s" for k in row)
-    return conn.execute(
-        f"INSERT INTO relay.webhooks ({columns}) VALUES ({marks}) RETURNING id", row
-    ).fetchone()[0]
+    return one_row(
+        conn.execute(f"INSERT INTO relay.webhooks ({columns}) VALUES ({marks}) RETURNING id", row)
+    )[0]
 
 
 def add_rule(conn: Conn, webhook_id, **fields):
@@ -33,9 +34,11 @@ def add_rule(conn: Conn, webhook_id, **fields):
         row["conditions"] = Jsonb(row["conditions"])
     columns = ", ".join(row)
     marks = ", ".join(f"%({k})s" for k in row)
-    return conn.execute(
-        f"INSERT INTO relay.event_rules ({columns}) VALUES ({marks}) RETURNING id", row
-    ).fetchone()[0]
+    return one_row(
+        conn.execute(
+            f"INSERT INTO relay.event_rules ({columns}) VALUES ({marks}) RETURNING id", row
+        )
+    )[0]
 
 
 def test_a_good_webhook_and_rule_get_netbox_defaults(rconn: Conn) -> None:
@@ -155,9 +158,9 @@ def test_database_and_python_agree_on_which_conditions_are_well_formed(
         python_ok = True
     except InvalidConditions:
         python_ok = False
-    problem = rconn.execute(
-        "SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),)
-    ).fetchone()[0]
+    problem = one_row(
+        rconn.execute("SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),))
+    )[0]
     assert (problem is None) == python_ok, problem
 
 
@@ -169,6 +172,6 @@ def test_the_database_leaves_regular_expressions_to_relay(rconn: Conn) -> None:
     for pattern in ["(", r"(a)\1", "(?=a)"]:
         document = {"attr": "data.x", "op": "regex", "value": pattern}
         sql = rconn.execute("SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),))
-        assert sql.fetchone()[0] is None
+        assert one_row(sql)[0] is None
         with pytest.raises(InvalidConditions, match="RE2 syntax"):
             validate(document)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from helpers import one_row
 from psycopg.conninfo import make_conninfo
 
 from relay import sqlfiles
@@ -127,7 +128,7 @@ def test_relay_run_refuses_a_wrong_password() -> None:
     try:
         with psycopg.connect(cluster.dsn, autocommit=True) as conn:
             conn.execute("CREATE ROLE relay_pw LOGIN PASSWORD 'right-password'")
-            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+            hba = Path(one_row(conn.execute("SHOW hba_file"))[0])
         hba.write_text("host all relay_pw 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         cluster.reload()
         wrong = make_conninfo(cluster.dsn, user="relay_pw", password="wrong-password")

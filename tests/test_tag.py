@@ -7,6 +7,7 @@ import asyncio
 
 import psycopg
 import pytest
+from helpers import one_row
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
@@ -34,7 +35,7 @@ def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn: s
             relay.tag(conn, username="alice", request_id="req-1")
             conn.execute("INSERT INTO items VALUES (1), (2)")
         conn.execute("INSERT INTO items VALUES (3)")  # the next transaction is not tagged
-        role = conn.execute("SELECT session_user").fetchone()[0]
+        role = one_row(conn.execute("SELECT session_user"))[0]
     with psycopg.connect(relay_dsn) as conn:  # not autocommit: the tag opens the transaction
         relay.tag(conn, request_id="req-2")
         conn.execute("INSERT INTO items VALUES (4)")

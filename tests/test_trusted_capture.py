@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from helpers import outbox
+from helpers import one_row, outbox
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from receivers import receiver
@@ -267,7 +267,7 @@ def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path
         Store(inst).track("app.plain")
         Store(inst).track("app.parted")
         plain, parted = (
-            inst.execute("SELECT %s::regclass::oid", (name,)).fetchone()[0]
+            one_row(inst.execute("SELECT %s::regclass::oid", (name,)))[0]
             for name in ("app.plain", "app.parted")
         )
     rows = conn.execute(
@@ -638,7 +638,7 @@ def test_hostile_names_cannot_inject_into_the_generated_functions(split, conn: C
             )
         )
     with psycopg.connect(split["installer"], autocommit=True) as inst:
-        name = inst.execute("SELECT %s::regclass::text", (table.as_string(inst),)).fetchone()[0]
+        name = one_row(inst.execute("SELECT %s::regclass::text", (table.as_string(inst),)))[0]
         Store(inst).track(name, exclude_columns=["a'b"], update_columns=["$$", "\\"])
     with psycopg.connect(split["app"], autocommit=True) as app:
         values = ", ".join(["%s"] * len(hostile))

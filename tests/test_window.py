@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+from helpers import one_row
 from test_delivery_sql import fan_out, setup
 
 from relay.db import Conn
@@ -52,14 +53,14 @@ def test_a_transaction_that_commits_after_a_later_one_is_fanned_out(
         aborted.rollback()
         fan_out(rconn)
         assert fanned_out(rconn) == [1, 4]
-        assert rconn.execute("SELECT count(DISTINCT lo) FROM relay.fan_out_gaps").fetchone()[0] == 1
+        assert one_row(rconn.execute("SELECT count(DISTINCT lo) FROM relay.fan_out_gaps"))[0] == 1
         rconn.execute("INSERT INTO items VALUES (5, 0)")
         early.commit()
     fan_out(rconn)
     assert fanned_out(rconn) == [1, 2, 4, 5]
     # Every transaction that could hold a missing id has ended: nothing is left to watch.
-    assert rconn.execute("SELECT count(*) FROM relay.fan_out_gaps").fetchone()[0] == 0
-    assert rconn.execute("SELECT count(*) FROM relay.deliveries").fetchone()[0] == 4
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.fan_out_gaps"))[0] == 0
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.deliveries"))[0] == 4
 
 
 def test_a_long_transaction_costs_one_gap_not_a_rescan(rconn: Conn, relay_dsn: str) -> None:
@@ -100,9 +101,11 @@ def test_a_requeued_change_is_fanned_out_again(rconn: Conn) -> None:
     fan_out(rconn)
     assert fanned_out(rconn) == [1, 2, 3]
     assert (
-        rconn.execute(
-            "SELECT count(*) FROM relay.deliveries WHERE outbox_id = 2 AND status = 'pending'"
-        ).fetchone()[0]
+        one_row(
+            rconn.execute(
+                "SELECT count(*) FROM relay.deliveries WHERE outbox_id = 2 AND status = 'pending'"
+            )
+        )[0]
         == 1
     )
 

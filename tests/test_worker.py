@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import psycopg
 from aiohttp import web
+from helpers import one_row
 from receivers import Receiver, receiver
 from structlog.testing import capture_logs
 
@@ -106,7 +107,7 @@ def test_changes_arrive_signed_and_in_order(rconn: Conn, relay_dsn: str) -> None
     row1 = [(b["event"], b["data"]["v"]) for b in bodies(r) if b["pk"] == {"id": 1}]
     assert row1 == [("created", 0), ("updated", 1), ("updated", 2)]
     assert [b["event"] for b in bodies(r) if b["pk"] == {"id": 2}] == ["created", "deleted"]
-    assert rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0] == 5
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0] == 5
 
 
 def test_failures_are_retried_with_the_same_delivery_id(rconn: Conn, relay_dsn: str) -> None:
@@ -235,7 +236,7 @@ def test_attempts_are_numbered_across_a_requeue(rconn: Conn, relay_dsn: str) -> 
                 await until(lambda: outbox_statuses(rconn) == ["failed"])
 
     def attempts() -> int:
-        return rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0]
+        return one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0]
 
     asyncio.run(scenario())
     numbers = rconn.execute("SELECT attempt FROM relay.attempts ORDER BY id").fetchall()
@@ -290,7 +291,7 @@ def test_requeue_with_sql_sends_failed_changes_again(rconn: Conn, relay_dsn: str
 
     r, took = asyncio.run(scenario())
     assert len(r.requests) == 2 and took < 2  # the NOTIFY woke it, not the 30 s poll
-    error = rconn.execute("SELECT error FROM relay.attempts ORDER BY id LIMIT 1").fetchone()[0]
+    error = one_row(rconn.execute("SELECT error FROM relay.attempts ORDER BY id LIMIT 1"))[0]
     assert error == "HTTP 410 Gone"
 
 
@@ -373,10 +374,12 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn: Conn, relay_dsn: s
                 await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 100) g")
                 await until(lambda: len(healthy.requests) == 100)
                 await asyncio.sleep(1)
-            attempts = rconn.execute(
-                "SELECT count(*) FROM relay.attempts a JOIN relay.webhooks w ON w.id = a.webhook_id"
-                " WHERE w.name = 'dead'"
-            ).fetchone()[0]
+            attempts = one_row(
+                rconn.execute(
+                    "SELECT count(*) FROM relay.attempts a"
+                    " JOIN relay.webhooks w ON w.id = a.webhook_id WHERE w.name = 'dead'"
+                )
+            )[0]
             counted = rconn.execute(
                 "SELECT sum(d.attempts), count(*) FILTER (WHERE d.status = 'pending')"
                 " FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id"
@@ -408,11 +411,11 @@ def test_attempts_older_than_the_retention_are_deleted(rconn: Conn, relay_dsn: s
             keep_a_day = Settings(**{**FAST.model_dump(), "attempt_retention_days": 1})
             async with running(relay_dsn, keep_a_day):
                 await until(
-                    lambda: rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0] == 1
+                    lambda: one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0] == 1
                 )
 
     asyncio.run(scenario())
-    last = rconn.execute("SELECT max(id) FROM relay.outbox").fetchone()[0]
+    last = one_row(rconn.execute("SELECT max(id) FROM relay.outbox"))[0]
     assert rconn.execute("SELECT outbox_id FROM relay.attempts").fetchall() == [(last,)]
     assert outbox_statuses(rconn) == ["delivered"] * 3  # the changes themselves are kept
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from aiohttp import web
+from helpers import one_row
 from receivers import receiver
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
 
@@ -46,10 +47,12 @@ async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.s
 
 def relay_connections(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'relay run %' AND datname = current_database()"
-        ).fetchone()[0]
+        return one_row(
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'relay run %' AND datname = current_database()"
+            )
+        )[0]
 
 
 def test_kill_9_mid_flow_loses_nothing(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
@@ -70,10 +73,12 @@ def test_kill_9_mid_flow_loses_nothing(rconn: Conn, relay_dsn: str, tmp_path: Pa
             at_kill = len(r.requests)
             # What the dead relay held: sent or about to be, or sent with the outcome not yet
             # written. Only these can arrive twice.
-            held = rconn.execute(
-                "SELECT count(*) FROM relay.deliveries WHERE leased_by LIKE %s",
-                (f"%:{first.pid}",),
-            ).fetchone()[0]
+            held = one_row(
+                rconn.execute(
+                    "SELECT count(*) FROM relay.deliveries WHERE leased_by LIKE %s",
+                    (f"%:{first.pid}",),
+                )
+            )[0]
             second = await start_relay(relay_dsn, log)
             await until(lambda: set(outbox_statuses(rconn)) == {"delivered"}, timeout=60)
             second.send_signal(signal.SIGTERM)
@@ -248,4 +253,4 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
 
 
 def attempt_count(conn: Conn) -> int:
-    return conn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0]
+    return one_row(conn.execute("SELECT count(*) FROM relay.attempts"))[0]
