@@ -125,7 +125,7 @@ HOSTILE_SQL = {
 }
 ALWAYS = {"date": "now()"}
 
-text = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=30)
+text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=30)
 json_scalars = (
     st.none()
     | st.booleans()
@@ -150,9 +150,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "f8": st.floats(),
     "b": st.booleans(),
     "t": text,
-    "vc": st.text(
-        st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=20
-    ),
+    "vc": st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20),
     "ch": st.text("abc☃", min_size=0, max_size=3),
     "by": st.binary(max_size=40),
     "ts": st.datetimes(timezones=st.timezones()).map(str),

@@ -60,7 +60,7 @@ def one_line(done, code: int, *words: str) -> str | None:
     return f"{lines[0]!r} does not say {missing}" if missing else None
 
 
-def check(commands, code: int, *words: str, dsn: str | None = None, extra=(), env=None):
+def check(commands, code: int, *words: str, dsn: str | None = None, extra=(), env=None) -> None:
     problems = {}
     for command in commands:
         done = relay(*command, *extra, dsn=dsn, env=env)

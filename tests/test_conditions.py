@@ -6,6 +6,7 @@ import contextlib
 import time
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -92,7 +93,7 @@ ROW = {
         ({"attr": "data.qty", "op": "contains", "value": 5}, False),
     ],
 )
-def test_examples(conditions, expected) -> None:
+def test_examples(conditions: Any, expected: bool) -> None:
     validate(conditions)
     assert matches(conditions, ROW) is expected
 
@@ -137,7 +138,7 @@ def test_explain_says_why_not() -> None:
         ),
     ],
 )
-def test_malformed_conditions_are_refused_with_the_place(conditions, message) -> None:
+def test_malformed_conditions_are_refused_with_the_place(conditions: Any, message: str) -> None:
     with pytest.raises(InvalidConditions, match=message):
         validate(conditions)
 
@@ -148,7 +149,7 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     # jsonb holds no NUL and no lone surrogate (neither can reach a rule)
-    | st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=5),
+    | st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=5),
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(st.sampled_from(["a", "b", "data", "x", "0"]), children, max_size=3)
@@ -195,20 +196,20 @@ condition_sets = st.recursive(
 
 
 @given(st.one_of(json_values, condition_sets))
-def test_validate_only_ever_raises_invalid_conditions(document) -> None:
+def test_validate_only_ever_raises_invalid_conditions(document: Any) -> None:
     with contextlib.suppress(InvalidConditions):
         validate(document)
 
 
 @given(condition_sets, json_values)
-def test_evaluation_never_raises_and_returns_a_bool(conditions, context) -> None:
+def test_evaluation_never_raises_and_returns_a_bool(conditions: Any, context: Any) -> None:
     validate(conditions)
     context = context if isinstance(context, dict) else {"data": context}
     assert isinstance(matches(conditions, context), bool)
 
 
 @given(condition_sets, condition_sets, json_values)
-def test_and_or_compose_like_boolean_logic(left, right, context) -> None:
+def test_and_or_compose_like_boolean_logic(left: Any, right: Any, context: Any) -> None:
     context = {"data": context, "snapshots": {"prechange": context, "postchange": None}}
     a, b = matches(left, context), matches(right, context)
     assert matches({"and": [left, right]}, context) == (a and b)
@@ -216,8 +217,8 @@ def test_and_or_compose_like_boolean_logic(left, right, context) -> None:
 
 
 @given(paths, json_values, json_values)
-def test_negate_inverts_a_comparison_that_was_made(path, value, other) -> None:
-    context: dict = {}
+def test_negate_inverts_a_comparison_that_was_made(path: str, value: Any, other: Any) -> None:
+    context: dict[str, Any] = {}
     node = context
     keys = path.split(".")
     if any(k.lstrip("-").isdigit() for k in keys):
@@ -232,7 +233,7 @@ def test_negate_inverts_a_comparison_that_was_made(path, value, other) -> None:
 
 
 @given(paths, json_values, json_values)
-def test_changed_and_unchanged_are_complements(path, before, after) -> None:
+def test_changed_and_unchanged_are_complements(path: str, before: Any, after: Any) -> None:
     context = {"snapshots": {"prechange": {"data": before}, "postchange": {"data": after}}}
     changed = matches({"attr": path, "op": "changed"}, context)
     unchanged = matches({"attr": path, "op": "unchanged"}, context)
@@ -294,7 +295,9 @@ numbers = st.one_of(
 
 
 @given(numbers, numbers)
-def test_numbers_compare_by_exact_value_whatever_their_form(left, right) -> None:
+def test_numbers_compare_by_exact_value_whatever_their_form(
+    left: tuple[Any, Fraction], right: tuple[Any, Fraction]
+) -> None:
     (value, exact), (other, other_exact) = left, right
     context = {"data": {"n": value}}
     expected = {
@@ -332,7 +335,9 @@ def test_numbers_compare_by_exact_value_whatever_their_form(left, right) -> None
         ('{"x": 1e400}', {"attr": "data.x", "op": "gt", "value": 1.7976931348623157e308}, True),
     ],
 )
-def test_numbers_from_rows_compare_by_value(row, condition, expected) -> None:
+def test_numbers_from_rows_compare_by_value(
+    row: str, condition: dict[str, Any], expected: bool
+) -> None:
     assert matches(condition, {"data": loads(row)}) is expected
 
 
@@ -359,7 +364,7 @@ def test_a_reason_never_fails_on_the_value_it_describes() -> None:
         ("data.tags.-" + "9" * 19, None),
     ],
 )
-def test_any_path_the_validator_accepts_can_be_looked_up(path, expected) -> None:
+def test_any_path_the_validator_accepts_can_be_looked_up(path: str, expected: str | None) -> None:
     validate({"attr": path, "value": 1})
     tags = [{"slug": "core", "²": "superscript"}, {"slug": "lab"}]
     found = lookup({"data": {"tags": tags}}, path)

@@ -169,7 +169,7 @@ def test_connections_are_kept_alive_between_requests() -> None:
         ports.append(request.transport.get_extra_info("peername")[1])
         return web.Response(text="ok")
 
-    async def scenario():
+    async def scenario() -> None:
         async with receiver(answer) as r, Sender() as sender:
             for _ in range(5):
                 request = Request("POST", r.url, {}, b"{}", "d")

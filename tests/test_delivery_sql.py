@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import psycopg
 from helpers import one_row, outbox
 from psycopg.rows import dict_row
+from pydantic import ByteSize
 from test_rules_sql import add_rule, add_webhook
 
 from relay.db import Conn
@@ -25,7 +28,7 @@ from relay.store import AsyncStore
 
 def fan_out(conn: Conn, max_body_bytes: int = Settings().max_body_bytes) -> int:
     """Fan out one batch as a relay does (relay/delivery/fanout.py); the changes it matched."""
-    settings = Settings(max_body_bytes=max_body_bytes)
+    settings = Settings(max_body_bytes=ByteSize(max_body_bytes))
     dsn = conn.info.dsn
 
     async def once() -> int:
@@ -38,8 +41,14 @@ def fan_out(conn: Conn, max_body_bytes: int = Settings().max_body_bytes) -> int:
 
 
 def claim_parameters(
-    relay_id="r1", lease=30.0, per_webhook=100, busy=(), room=10**9, max_change=10**9, **more
-):
+    relay_id: str = "r1",
+    lease: float = 30.0,
+    per_webhook: int = 100,
+    busy: Mapping[int, tuple[int, int]] | Iterable[tuple[int, tuple[int, int]]] = (),
+    room: int = 10**9,
+    max_change: int = 10**9,
+    **more: object,
+) -> dict[str, object]:
     """What a relay passes to claim_deliveries: ``busy`` maps webhooks to the deliveries and
     bytes they hold."""
     busy = dict(busy)
@@ -58,7 +67,13 @@ def claim_parameters(
     }
 
 
-def claim(conn: Conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
+def claim(
+    conn: Conn,
+    relay_id: str = "r1",
+    lease: float = 30.0,
+    paused: Iterable[int] = (),
+    per_webhook: int = 100,
+) -> list[tuple[int, int]]:
     """Claim as a relay would; ``paused`` webhooks have every slot busy."""
     busy = {hook: (per_webhook, 0) for hook in paused}
     rows = conn.execute(
@@ -67,7 +82,14 @@ def claim(conn: Conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
     return sorted((r[0], r[1]) for r in rows)
 
 
-def finish(conn: Conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
+def finish(
+    conn: Conn,
+    outbox_id: int,
+    webhook_id: int,
+    status: str,
+    relay_id: str = "r1",
+    retry_in: float = 0.0,
+) -> int:
     """Record an attempt's outcome as a relay would; the number of deliveries it changed."""
     ok = status == "delivered"
     outcome = Outcome(
@@ -79,7 +101,7 @@ def finish(conn: Conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.
     return done
 
 
-def setup(rconn: Conn):
+def setup(rconn: Conn) -> tuple[int, int]:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("CREATE TABLE notes (body text)")
     rconn.execute("SELECT relay.track('items'), relay.track('notes')")
@@ -126,7 +148,7 @@ def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn: Conn) -> N
     rconn.execute("UPDATE items SET v = 2 WHERE id = 1")
     fan_out(rconn)
     first, second, third, _ = [r["id"] for r in outbox(rconn)]
-    only_a = {"paused": [b]}
+    only_a: dict[str, Any] = {"paused": [b]}
     assert claim(rconn, **only_a) == [(first, a), (second, a)]  # row 1's first change, row 2
     assert claim(rconn, **only_a) == []  # row 1's next change waits while the first is out
     finish(rconn, first, a, "pending", retry_in=0)  # a failed attempt, retry due now
@@ -246,7 +268,7 @@ def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn: 
         (moved, a),
     ).fetchone()
     assert keys == ('public.items:{"id": 11}', 'public.items:{"id": 10}')
-    only_a = {"paused": [b]}
+    only_a: dict[str, Any] = {"paused": [b]}
     assert claim(rconn, **only_a) == [(created, a)]  # everything else waits for it
     finish(rconn, created, a, "delivered")
     assert claim(rconn, **only_a) == [(moved, a)]  # the new row 10 and row 11 wait for the move
@@ -263,7 +285,7 @@ def test_claims_take_only_what_fits_in_the_bytes_left(rconn: Conn) -> None:
     size = one_row(rconn.execute("SELECT max(change_bytes) FROM relay.deliveries"))[0]
     assert size == len('{"id":1,"v":0}')  # octet_length of the JSON text
 
-    def take(**room) -> int:
+    def take(**room: Any) -> int:
         params = claim_parameters(**{"lease": 0.001, "busy": {b: (100, 0)}, **room})
         rows = rconn.execute(query("claim_deliveries"), params).fetchall()
         time.sleep(0.01)  # the lease runs out: the next call may take them again

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
@@ -19,26 +20,28 @@ from relay.rules.conditions import InvalidConditions, validate
 GOOD_WEBHOOK = {"name": "hook", "payload_url": "https://example.test/hooks/relay"}
 
 
-def add_webhook(conn: Conn, **fields):
+def add_webhook(conn: Conn, **fields: object) -> int:
     row = {**GOOD_WEBHOOK, **fields}
     columns = ", ".join(row)
     marks = ", ".join(f"%({k})s" for k in row)
-    return one_row(
+    webhook_id: int = one_row(
         conn.execute(f"INSERT INTO relay.webhooks ({columns}) VALUES ({marks}) RETURNING id", row)
     )[0]
+    return webhook_id
 
 
-def add_rule(conn: Conn, webhook_id, **fields):
+def add_rule(conn: Conn, webhook_id: int, **fields: object) -> int:
     row = {"name": "rule", "tables": ["public.orders"], "webhook_id": webhook_id, **fields}
     if "conditions" in row:
         row["conditions"] = Jsonb(row["conditions"])
     columns = ", ".join(row)
     marks = ", ".join(f"%({k})s" for k in row)
-    return one_row(
+    rule_id: int = one_row(
         conn.execute(
             f"INSERT INTO relay.event_rules ({columns}) VALUES ({marks}) RETURNING id", row
         )
     )[0]
+    return rule_id
 
 
 def test_a_good_webhook_and_rule_get_netbox_defaults(rconn: Conn) -> None:
@@ -73,7 +76,7 @@ def test_a_good_webhook_and_rule_get_netbox_defaults(rconn: Conn) -> None:
         ({"name": " "}, "name must not be empty"),
     ],
 )
-def test_bad_webhooks_are_refused(rconn: Conn, fields, message) -> None:
+def test_bad_webhooks_are_refused(rconn: Conn, fields: dict[str, object], message: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation, match=message):
         add_webhook(rconn, **fields)
 
@@ -110,7 +113,7 @@ def test_templated_urls_and_lowercase_methods_are_accepted(rconn: Conn) -> None:
         ({"action_data": Jsonb([1])}, "action_data must be a JSON object"),
     ],
 )
-def test_bad_rules_are_refused(rconn: Conn, fields, message) -> None:
+def test_bad_rules_are_refused(rconn: Conn, fields: dict[str, object], message: str) -> None:
     hook = add_webhook(rconn)
     with pytest.raises(psycopg.errors.CheckViolation, match=message):
         add_rule(rconn, hook, **fields)
@@ -151,7 +154,7 @@ def test_application_roles_cannot_read_secrets(
 )
 @given(st.one_of(condition_sets, deep_documents, json_values))
 def test_database_and_python_agree_on_which_conditions_are_well_formed(
-    rconn: Conn, document
+    rconn: Conn, document: Any
 ) -> None:
     try:
         validate(document)
