@@ -115,7 +115,7 @@ ROWS = st.fixed_dictionaries(
 
 
 @pytest.fixture
-def hostile_table(rconn: Conn):
+def hostile_table(rconn: Conn) -> Conn:
     rconn.execute("CREATE TYPE mood AS ENUM ('ok', 'sad', 'a,b', 'q\"uote', ' ')")
     rconn.execute("CREATE TYPE moodrange AS RANGE (subtype = mood)")
     rconn.execute("CREATE TYPE pair AS (a int, b text)")
@@ -136,7 +136,9 @@ def hostile_table(rconn: Conn):
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(first=ROWS, second=ROWS)
-def test_every_value_is_captured_and_the_write_succeeds(hostile_table, first, second) -> None:
+def test_every_value_is_captured_and_the_write_succeeds(
+    hostile_table: Conn, first: dict[str, Any], second: dict[str, Any]
+) -> None:
     conn = hostile_table
     conn.execute("TRUNCATE relay.outbox CASCADE")
     inserted = [literal(name, first[name]) for name in NAMES]

@@ -4,7 +4,8 @@ and its fix, exit 2 for what running it again cannot change."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
 
 import psycopg
 import pytest
@@ -49,7 +50,7 @@ ALL_COMMANDS = [
 ]
 
 
-def one_line(done, code: int, *words: str) -> str | None:
+def one_line(done: subprocess.CompletedProcess[str], code: int, *words: str) -> str | None:
     """What is wrong with how a command failed, or None."""
     lines = done.stderr.strip().splitlines()
     if "Traceback" in done.stderr or len(lines) != 1 or not lines[0].startswith("error: "):
@@ -60,7 +61,14 @@ def one_line(done, code: int, *words: str) -> str | None:
     return f"{lines[0]!r} does not say {missing}" if missing else None
 
 
-def check(commands, code: int, *words: str, dsn: str | None = None, extra=(), env=None) -> None:
+def check(
+    commands: Iterable[Sequence[str]],
+    code: int,
+    *words: str,
+    dsn: str | None = None,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> None:
     problems = {}
     for command in commands:
         done = relay(*command, *extra, dsn=dsn, env=env)
@@ -75,7 +83,7 @@ def test_an_unknown_option() -> None:
 
 
 @pytest.mark.parametrize("given", ["--dsn", "RELAY_DSN"])
-def test_a_connection_string_libpq_cannot_read_without_showing_the_password(given) -> None:
+def test_a_connection_string_libpq_cannot_read_without_showing_the_password(given: str) -> None:
     """libpq's own message quotes the string: the password must not reach the terminal."""
     dsn = "host=db password=top secret"
     problems = {}

@@ -31,7 +31,7 @@ def settings(text: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_unit_is_a_hardened_notify_service(unit) -> None:
+def test_unit_is_a_hardened_notify_service(unit: str) -> None:
     found = settings((DEPLOY / unit).read_text())
     assert found["Type"] == ["notify"] and found["Restart"] == ["on-failure"]
     assert found["ExecStart"] == ["/opt/relay/bin/relay run"]
@@ -57,7 +57,7 @@ def test_unit_is_a_hardened_notify_service(unit) -> None:
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path: Path) -> None:
+def test_systemd_analyze_verify_accepts_the_unit(unit: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed here")

@@ -25,7 +25,7 @@ SQL = Path(__file__).resolve().parent.parent / "sql"
 
 
 @pytest.fixture
-def roles(db_dsn: str, make_role: Callable[..., str], conn: Conn):
+def roles(db_dsn: str, make_role: Callable[..., str], conn: Conn) -> dict[str, str]:
     """An installer with only CREATE on the database; an application that owns its table."""
     installer, app = make_role("installer"), make_role("app")
     dbname = conn.info.dbname
@@ -42,7 +42,7 @@ def roles(db_dsn: str, make_role: Callable[..., str], conn: Conn):
     }
 
 
-def test_installer_needs_no_superuser_and_app_needs_no_rights(roles) -> None:
+def test_installer_needs_no_superuser_and_app_needs_no_rights(roles: dict[str, str]) -> None:
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         assert not one_row(
             inst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
@@ -74,7 +74,7 @@ def test_installer_needs_no_superuser_and_app_needs_no_rights(roles) -> None:
     ]
 
 
-def grant_service_role(roles, service) -> None:
+def grant_service_role(roles: dict[str, str], service: str) -> None:
     psql = shutil.which("psql")
     if psql is None:
         pytest.skip("psql is not installed")
@@ -98,7 +98,9 @@ def grant_service_role(roles, service) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_service_role_grants(roles, make_role: Callable[..., str], db_dsn: str) -> None:
+def test_service_role_grants(
+    roles: dict[str, str], make_role: Callable[..., str], db_dsn: str
+) -> None:
     service = make_role("svc")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         Store(inst).install()
@@ -127,7 +129,10 @@ def test_service_role_grants(roles, make_role: Callable[..., str], db_dsn: str) 
 
 
 def test_relay_run_works_with_the_service_role_alone(
-    roles, make_role: Callable[..., str], db_dsn: str, monkeypatch: pytest.MonkeyPatch
+    roles: dict[str, str],
+    make_role: Callable[..., str],
+    db_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The whole delivery path (fan-out, claims, outcomes, statistics, purge) as the service
     role: what sql/service_role.sql grants is enough, also for a table in a schema the service
@@ -174,7 +179,7 @@ def test_relay_run_works_with_the_service_role_alone(
 
 
 def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(
-    roles, make_role: Callable[..., str]
+    roles: dict[str, str], make_role: Callable[..., str]
 ) -> None:
     writer = make_role("writer")
     with psycopg.connect(roles["app"], autocommit=True) as owner:

@@ -21,13 +21,13 @@ def tags(rconn: Conn) -> list[tuple[str, str]]:
 
 
 @pytest.fixture
-def items(rconn: Conn):
+def items(rconn: Conn) -> Conn:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('items')")
     return rconn
 
 
-def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn: str) -> None:
+def test_psycopg_tags_one_transaction_and_refuses_autocommit(items: Conn, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn, autocommit=True) as conn:
         with pytest.raises(relay.NoTransaction, match=r"conn\.transaction"):
             relay.tag(conn, username="alice")
@@ -46,7 +46,7 @@ def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn: s
     assert recorded[3] == (role, "req-2")
 
 
-def test_a_failed_transaction_is_not_tagged(items, relay_dsn: str) -> None:
+def test_a_failed_transaction_is_not_tagged(items: Conn, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1/0")
@@ -54,7 +54,7 @@ def test_a_failed_transaction_is_not_tagged(items, relay_dsn: str) -> None:
             relay.tag(conn, username="alice")
 
 
-def test_sqlalchemy_sessions_and_connections(items, relay_dsn: str) -> None:
+def test_sqlalchemy_sessions_and_connections(items: Conn, relay_dsn: str) -> None:
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(relay_dsn))
     try:
         with Session(engine) as session, session.begin():
@@ -74,7 +74,7 @@ def test_sqlalchemy_sessions_and_connections(items, relay_dsn: str) -> None:
     assert len(recorded) == 2
 
 
-def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn: str) -> None:
+def test_any_cursor_factory_and_a_sqlalchemy_async_session(items: Conn, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn, cursor_factory=psycopg.RawCursor) as conn:
         relay.tag(conn, username="raw")  # its own cursor: %s, whatever conn.cursor() makes
         conn.execute("INSERT INTO items VALUES ($1)", (1,))
@@ -95,7 +95,7 @@ def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn: str
     assert [name for name, _ in tags(items)] == ["raw", "async-session"]
 
 
-def test_asyncio_psycopg(items, relay_dsn: str) -> None:
+def test_asyncio_psycopg(items: Conn, relay_dsn: str) -> None:
     async def scenario() -> None:
         async with await psycopg.AsyncConnection.connect(relay_dsn, autocommit=True) as conn:
             with pytest.raises(relay.NoTransaction):
@@ -108,7 +108,7 @@ def test_asyncio_psycopg(items, relay_dsn: str) -> None:
     assert tags(items) == [("erin", "async")]
 
 
-def test_hostile_values_are_recorded_exactly(items, relay_dsn: str) -> None:
+def test_hostile_values_are_recorded_exactly(items: Conn, relay_dsn: str) -> None:
     names = ["o'brien\"; DROP TABLE items; --", "名前 ✓", "x" * 10_000, "%s %(x)s {}"]
     with psycopg.connect(relay_dsn) as conn:
         for number, name in enumerate(names):

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,7 +24,7 @@ from relay.store import Store
 
 
 @pytest.fixture
-def split(db_dsn: str, make_role: Callable[..., str], conn: Conn):
+def split(db_dsn: str, make_role: Callable[..., str], conn: Conn) -> dict[str, str]:
     """relay installed by a role with only CREATE on the database; an application role that owns
     its schema, its types and its tables, and grants the installer TRIGGER on them."""
     installer, app = make_role("installer"), make_role("app")
@@ -112,7 +113,9 @@ EXPLOITS = {
 
 
 @pytest.mark.parametrize("kind", list(EXPLOITS))
-def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(split, kind) -> None:
+def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(
+    split: dict[str, str], kind: str
+) -> None:
     types, cast_type, column, value = EXPLOITS[kind]
     with psycopg.connect(split["app"], autocommit=True) as app:
         app.execute(types)
@@ -141,7 +144,7 @@ def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(s
 @pytest.mark.parametrize("partitioned", [False, True], ids=["plain", "partitioned"])
 @pytest.mark.parametrize("same_transaction", [False, True], ids=["later", "same-transaction"])
 def test_a_column_of_the_applications_type_added_to_a_table_captured_by_to_json_is_safe(
-    split, kind, partitioned, same_transaction
+    split: dict[str, str], kind: str, partitioned: bool, same_transaction: bool
 ) -> None:
     """A table of PostgreSQL's own types has its images made by one to_json(row) call, which
     would call a cast: the table's owner adds a column of its own type to it, with a cast, and
@@ -251,7 +254,7 @@ def test_values_of_application_types_are_captured_as_their_text(rconn: Conn) -> 
 
 
 def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path(
-    split, conn: Conn
+    split: dict[str, str], conn: Conn
 ) -> None:
     """The functions that run with relay's owner's rights: owned by the installing role (not a
     superuser here), search_path pinned to pg_catalog then pg_temp, not callable by PUBLIC, and
@@ -292,7 +295,7 @@ def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path
         assert not any(item.startswith("=") for item in (acl or [])), f"{name}: PUBLIC may run it"
 
 
-def test_application_roles_can_call_no_relay_function(split) -> None:
+def test_application_roles_can_call_no_relay_function(split: dict[str, str]) -> None:
     with psycopg.connect(split["app"], autocommit=True) as app:
         for call in [
             "SELECT relay.refresh_capture()",
@@ -392,7 +395,7 @@ SESSION_SETTINGS = [
 
 @pytest.mark.parametrize("setting", SESSION_SETTINGS)
 def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(
-    relay_dsn: str, setting
+    relay_dsn: str, setting: str
 ) -> None:
     """The same row written from a default session and from one with `setting`."""
     with psycopg.connect(relay_dsn, autocommit=True) as conn:
@@ -414,10 +417,12 @@ def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(
             conn.execute(f"INSERT INTO v VALUES ({row})")
             conn.execute("DELETE FROM v")
             images.append(
-                conn.execute(
-                    "SELECT new::text, pk::text FROM relay.outbox WHERE op = 'insert'"
-                    " ORDER BY id DESC LIMIT 1"
-                ).fetchone()
+                one_row(
+                    conn.execute(
+                        "SELECT new::text, pk::text FROM relay.outbox WHERE op = 'insert'"
+                        " ORDER BY id DESC LIMIT 1"
+                    )
+                )
             )
     assert images[0] == images[1]
     image = loads(images[0][0])
@@ -473,7 +478,7 @@ def test_json_values_jsonb_cannot_hold_never_fail_the_write(rconn: Conn) -> None
         "delete",
     ]
     # As the relay reads them (json -> on an image holding \\u0000 fails in PostgreSQL).
-    images = [
+    images: list[tuple[Any, Any]] = [
         (loads(new) if new else None, loads(old) if old else None)
         for new, old in rconn.execute("SELECT new::text, old::text FROM relay.outbox ORDER BY id")
     ]
@@ -536,7 +541,7 @@ def test_attaching_a_tracked_table_under_a_tracked_parent_records_each_change_on
 
 
 @pytest.fixture(scope="module")
-def two_phase_server():
+def two_phase_server() -> Iterator[str]:
     """A private cluster that allows prepared transactions (the shared one may not)."""
     if find_server_binaries() is None:
         pytest.skip("no PostgreSQL server binaries to start a private cluster")
@@ -548,7 +553,7 @@ def two_phase_server():
 
 
 def test_two_phase_commit_writes_are_captured_and_delivered_with_notify_off(
-    two_phase_server,
+    two_phase_server: str,
 ) -> None:
     """PREPARE TRANSACTION refuses a transaction that sent NOTIFY; with relay.notify = off (here
     for the role, as a two-phase application would set it) the change commits with COMMIT
@@ -611,7 +616,9 @@ def test_rules_can_name_tables_whose_names_hold_dots(rconn: Conn, relay_dsn: str
     assert asyncio.run(scenario()) == ["we.ird.plain.created", "we.ird.v1.2.created"]
 
 
-def test_hostile_names_cannot_inject_into_the_generated_functions(split, conn: Conn) -> None:
+def test_hostile_names_cannot_inject_into_the_generated_functions(
+    split: dict[str, str], conn: Conn
+) -> None:
     """Schema, table and column names that end literals, dollar quotes and statements: the
     generated capture functions quote every name, and their bodies go in as one literal."""
     hostile = ["$f$", "$$", "a'b", 'q"q', "x; DROP TABLE app.victim; --", "new\nline", "\\"]
