@@ -92,7 +92,7 @@ def test_excluded_columns_never_reach_the_outbox(rconn: Conn) -> None:
     rconn.execute("DELETE FROM users")
     rows = outbox(rconn)
     assert [r["op"] for r in rows] == ["insert", "update", "delete"]
-    text = rconn.execute("SELECT string_agg(concat(old, new), ' ') FROM relay.outbox").fetchone()
+    text = one_row(rconn.execute("SELECT string_agg(concat(old, new), ' ') FROM relay.outbox"))
     assert "password_hash" not in text[0] and "h1" not in text[0] and "h3" not in text[0]
 
 
@@ -157,7 +157,7 @@ def test_tracked_view_lists_tables_and_options(rconn: Conn) -> None:
         ("relay.track('missing')", 'relation "missing" does not exist'),
     ],
 )
-def test_bad_track_calls_are_refused_clearly(rconn: Conn, call, message) -> None:
+def test_bad_track_calls_are_refused_clearly(rconn: Conn, call: str, message: str) -> None:
     rconn.execute("CREATE TABLE t (id int)")
     rconn.execute("CREATE VIEW v AS SELECT 1 AS x")
     with pytest.raises(psycopg.Error, match=message):

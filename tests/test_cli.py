@@ -139,7 +139,8 @@ def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn: str) ->
         conn.execute("CREATE TABLE dcim_device (id int PRIMARY KEY, name text)")
 
         def model() -> str | None:
-            return one_row(conn.execute("SELECT model FROM relay.tracked"))[0]
+            name: str | None = one_row(conn.execute("SELECT model FROM relay.tracked"))[0]
+            return name
 
         tracked = relay("track", "dcim_device", "--model", "dcim.device", dsn=db_dsn)
         assert tracked.returncode == 0, tracked.stderr

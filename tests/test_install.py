@@ -186,7 +186,7 @@ def test_failed_migration_leaves_the_install_as_it_was(
 
 @pytest.mark.parametrize("how", ["python", "psql"])
 def test_uninstall_removes_triggers_and_schema_but_not_user_data(
-    conn: Conn, db_dsn: str, how
+    conn: Conn, db_dsn: str, how: str
 ) -> None:
     Store(conn).install()
     conn.execute("CREATE TABLE t (id int PRIMARY KEY)")

@@ -8,7 +8,7 @@ import json
 import re
 
 from aiohttp import web
-from receivers import Receiver, receiver
+from receivers import Handler, Receiver, receiver
 from test_bad_input import add
 from test_settings import relay
 from test_worker import FAST, outbox_statuses, running, until
@@ -89,7 +89,7 @@ def test_held_bytes_bound_how_many_large_changes_are_in_flight(rconn: Conn, rela
     rconn.execute("SELECT relay.track('items')")
     most = {"a": 0, "b": 0}
 
-    def slow(name: str):
+    def slow(name: str) -> Handler:
         now = {"n": 0}
 
         async def answer(request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from helpers import one_row
 from receivers import receiver
 from test_cli import relay
 from test_delivery_sql import claim, fan_out, finish, setup
@@ -15,10 +16,12 @@ from relay.settings import Settings
 
 
 def counts(rconn: Conn) -> tuple[int, int, int]:
-    return rconn.execute(
-        "SELECT (SELECT count(*) FROM relay.outbox), (SELECT count(*) FROM relay.deliveries),"
-        " (SELECT count(*) FROM relay.attempts)"
-    ).fetchone()
+    return one_row(
+        rconn.execute(
+            "SELECT (SELECT count(*) FROM relay.outbox), (SELECT count(*) FROM relay.deliveries),"
+            " (SELECT count(*) FROM relay.attempts)"
+        )
+    )
 
 
 def test_purge_deletes_old_finished_changes_with_their_history_in_batches(

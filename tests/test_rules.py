@@ -8,10 +8,11 @@ import json
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from helpers import outbox
+from helpers import one_row, outbox
 from test_cli import relay
 from test_renderpool import STUCK
 from test_rules_sql import add_rule, add_webhook
@@ -48,9 +49,12 @@ def test_rules_match_by_table_event_and_conditions(rconn: Conn) -> None:
     matched = []
     for row in outbox(rconn):
         change = Store(rconn).change(row["id"])
+        assert change is not None
         matched.append([r.name for r in loaded.matching(change)])
     assert matched == [["any-insert"], ["paid"], []]
-    why = loaded.evaluate(Store(rconn).change(outbox(rconn)[2]["id"]))
+    third = Store(rconn).change(outbox(rconn)[2]["id"])
+    assert third is not None
+    why = loaded.evaluate(third)
     assert [(m.rule.name, m.verdict.matched) for m in why] == [("paid", False)]
     assert "found 'shipped'" in why[0].verdict.reason
 
@@ -67,6 +71,7 @@ def test_a_thousand_rules_are_indexed_by_table(rconn: Conn) -> None:
     rconn.execute("INSERT INTO t7 VALUES (1)")
     loaded = ruleset.load(rconn)
     change = Store(rconn).change(outbox(rconn)[0]["id"])
+    assert change is not None
     assert len(loaded.candidates(change)) == 10
     assert all("public.t7" in r.tables for r in loaded.matching(change))
 
@@ -138,10 +143,12 @@ def test_webhooks_and_rules_are_disabled_and_enabled_by_name(rconn: Conn, relay_
     add_rule(rconn, hook, name="all orders")
 
     def flags() -> tuple[bool, bool]:
-        row = rconn.execute(
-            "SELECT w.enabled, r.enabled FROM relay.webhooks w JOIN relay.event_rules r"
-            " ON r.webhook_id = w.id"
-        ).fetchone()
+        row = one_row(
+            rconn.execute(
+                "SELECT w.enabled, r.enabled FROM relay.webhooks w JOIN relay.event_rules r"
+                " ON r.webhook_id = w.id"
+            )
+        )
         return row[0], row[1]
 
     for command, expected in [
@@ -211,10 +218,12 @@ def test_webhooks_and_rules_are_edited_field_by_field(rconn: Conn, relay_dsn: st
 
 
 def test_a_webhooks_retry_policy_is_set_shown_and_forgotten(rconn: Conn, relay_dsn: str) -> None:
-    def policy() -> tuple:
-        return rconn.execute(
-            "SELECT max_attempts, retry_base_seconds, retry_max_seconds FROM relay.webhooks"
-        ).fetchone()
+    def policy() -> tuple[Any, ...]:
+        return one_row(
+            rconn.execute(
+                "SELECT max_attempts, retry_base_seconds, retry_max_seconds FROM relay.webhooks"
+            )
+        )
 
     def status_retries() -> str:
         shown = relay("status", "--json", dsn=relay_dsn)
@@ -365,7 +374,7 @@ def test_preview_prints_the_exact_request_and_why_not(rconn: Conn, relay_dsn: st
     assert "Authorization: Bearer ******" in lines and "s3cr3t" not in shown.stdout
     body = lines[-1].encode()
     assert json.loads(body)["data"] == {"id": 7, "status": "paid", "total": 10.5}
-    assert loads(body)["data"]["total"] == Decimal("10.50")  # the digits the row holds
+    assert loads(body.decode())["data"]["total"] == Decimal("10.50")  # the digits the row holds
     signature = next(
         line.split(": ", 1)[1] for line in lines if line.startswith("X-Hook-Signature:")
     )

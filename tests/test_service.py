@@ -45,7 +45,9 @@ def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
         ):
             return response.status, await response.text()
 
-    async def scenario():
+    async def scenario() -> tuple[
+        int | None, tuple[int, str], tuple[int, str], tuple[int, str], str, list[str]
+    ]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(notify_path)
             sock.setblocking(False)

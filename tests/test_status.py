@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from subprocess import CompletedProcess
 
 from aiohttp import web
 from receivers import receiver
@@ -22,7 +23,9 @@ def test_status_shows_backlog_webhooks_errors_and_relays_without_secrets(
 
     one_try = Settings(**{**FAST.model_dump(), "max_attempts": 1})
 
-    async def scenario():
+    async def scenario() -> tuple[
+        CompletedProcess[str], CompletedProcess[str], CompletedProcess[str]
+    ]:
         async with receiver() as good, receiver(refuse) as bad:
             setup(rconn, good.url, "good", secret="good-secret-123")
             setup(rconn, bad.url, "bad", secret="bad-secret-456")

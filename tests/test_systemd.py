@@ -296,7 +296,7 @@ def deployed(machine: Machine, server_dsn: str, hook: Receiver) -> Iterator[Depl
         finally:
             with psycopg.connect(server_dsn, autocommit=True) as admin:
                 admin.execute(
-                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname))
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(str(dbname)))
                 )
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 

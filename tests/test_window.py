@@ -110,7 +110,7 @@ def test_a_requeued_change_is_fanned_out_again(rconn: Conn) -> None:
     )
 
 
-def fanned_out(conn: Conn):
+def fanned_out(conn: Conn) -> list[int]:
     return [
         row[0]
         for row in conn.execute(
