@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -280,7 +280,16 @@ def webhook(draw: st.DrawFn, port: int) -> dict[str, Any]:
     }
 
 
-def operation(draw: st.DrawFn) -> tuple[str, str, list[Any]]:
+T = TypeVar("T")
+
+
+class Draw(Protocol):
+    """What hypothesis passes to a composite strategy, and what data.draw is."""
+
+    def __call__(self, strategy: st.SearchStrategy[T], /) -> T: ...
+
+
+def operation(draw: Draw) -> tuple[str, str, list[Any]]:
     """One statement on the fuzz table: SQL and parameters."""
     kind = draw(st.sampled_from(["insert"] * 5 + ["update"] * 4 + ["delete", "truncate"]))
     key = draw(st.integers(1, 50))
