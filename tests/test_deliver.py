@@ -7,27 +7,30 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trustme
 from aiohttp import web
-from receivers import connect_proxy, never_answers, receiver
+from receivers import Received, connect_proxy, never_answers, receiver
 
-from relay.delivery.send import Sender, retry_after_seconds
+from relay.delivery.send import Outcome, Sender, retry_after_seconds
 from relay.model import Request, Webhook
 
 HOOK = Webhook(id=1, name="t", payload_url="unused", timeout_seconds=Decimal(2))
+T = TypeVar("T")
 
 
-def run(coro):
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}'):
+async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}') -> Outcome:
     request = Request(
         "POST", url, {"Content-Type": "application/json", "X-Relay-Delivery": "d1"}, body, "d1"
     )
@@ -36,7 +39,7 @@ async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}'):
 
 
 def test_2xx_is_success_and_the_request_arrives_intact() -> None:
-    async def scenario():
+    async def scenario() -> tuple[Outcome, list[Received]]:
         async with receiver() as r:
             outcome = await send(r.url + "?x=1")
             return outcome, r.requests
@@ -63,11 +66,13 @@ def test_2xx_is_success_and_the_request_arrives_intact() -> None:
         ),
     ],
 )
-def test_non_2xx_answers(status, headers, error, permanent, retry_after) -> None:
-    async def answer(request):
+def test_non_2xx_answers(
+    status: int, headers: dict[str, str], error: str, permanent: bool, retry_after: float | None
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
         return web.Response(status=status, headers=headers, text="nope")
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, int]:
         async with receiver(answer) as r:
             return await send(r.url), len(r.requests)
 
@@ -84,7 +89,7 @@ def test_retry_after_as_an_http_date() -> None:
 
 
 def test_a_receiver_that_never_answers_times_out() -> None:
-    async def scenario():
+    async def scenario() -> tuple[Outcome, float]:
         async with receiver(never_answers) as r:
             hook = Webhook(**{**HOOK.__dict__, "timeout_seconds": Decimal("0.5")})
             started = time.monotonic()
@@ -93,6 +98,7 @@ def test_a_receiver_that_never_answers_times_out() -> None:
 
     outcome, elapsed = run(scenario())
     assert not outcome.ok and outcome.status is None
+    assert outcome.error is not None
     assert (
         outcome.error.startswith("no response from 127.0.0.1:") and "within 0.5 s" in outcome.error
     )
@@ -113,27 +119,29 @@ def test_nobody_listening() -> None:
 
 
 def test_a_reset_connection() -> None:
-    async def reset(request):
+    async def reset(request: web.Request) -> web.Response:
+        assert request.transport is not None
         request.transport.abort()
         await asyncio.sleep(0.1)
         return web.Response()
 
-    async def scenario():
+    async def scenario() -> Outcome:
         async with receiver(reset) as r:
             return await send(r.url)
 
     outcome = run(scenario())
     assert not outcome.ok and outcome.status is None
+    assert outcome.error is not None
     assert "closed the connection" in outcome.error or "failed" in outcome.error
 
 
 def test_a_huge_response_is_cut_to_an_excerpt() -> None:
     big = b"x" * (10 * 1024 * 1024)
 
-    async def answer(request):
+    async def answer(request: web.Request) -> web.Response:
         return web.Response(body=big)
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, float]:
         async with receiver(answer) as r:
             started = time.monotonic()
             outcome = await send(r.url)
@@ -150,7 +158,7 @@ def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path: Path)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, Outcome, Outcome]:
         async with receiver(tls=server_tls) as r:
             untrusted = await send(r.url)
             trusted = await send(r.url, Webhook(**{**HOOK.__dict__, "ca_file_path": str(ca_file)}))
@@ -158,14 +166,16 @@ def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path: Path)
             return untrusted, trusted, unverified
 
     untrusted, trusted, unverified = run(scenario())
+    assert untrusted.error is not None
     assert not untrusted.ok and "certificate" in untrusted.error and "127.0.0.1" in untrusted.error
     assert trusted.ok and unverified.ok
 
 
 def test_connections_are_kept_alive_between_requests() -> None:
-    ports = []
+    ports: list[int] = []
 
-    async def answer(request):
+    async def answer(request: web.Request) -> web.Response:
+        assert request.transport is not None
         ports.append(request.transport.get_extra_info("peername")[1])
         return web.Response(text="ok")
 
@@ -185,7 +195,7 @@ def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, Outcome, list[Received], list[Received], str]:
         # The "proxy" answers itself: what matters is which server the request reached.
         async with receiver() as proxy, receiver() as target:
             proxy_url = proxy.url.replace("http://", "http://ops:pa55@").removesuffix("/hook")
@@ -217,7 +227,7 @@ def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(
     ca.cert_pem.write_to_path(str(ca_file))
     hook = Webhook(**{**HOOK.__dict__, "ca_file_path": str(ca_file)})
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, list[tuple[str, dict[str, str]]], list[Received], str]:
         async with connect_proxy() as proxy, receiver(tls=server_tls) as target:
             address = proxy.url.replace("http://", "http://ops:pa55@")
             monkeypatch.setenv("HTTPS_PROXY", address)
@@ -269,7 +279,7 @@ def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret() 
     use) ends as a failure for good, not sent, with the reason; the receiver gets nothing, and
     a credential in a header or in the URL is not repeated in the reason."""
 
-    async def scenario():
+    async def scenario() -> tuple[list[Outcome], list[Received]]:
         async with receiver() as r, Sender() as sender:
             headers = {"Authorization": "Bearer tok-0123456789", "X-Note": "a\r\nX-Evil: 1"}
             bad_header = Request("POST", r.url, headers, b"{}", "d1")
@@ -280,8 +290,10 @@ def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret() 
     outcomes, requests = run(scenario())
     assert requests == []
     for outcome in outcomes:
+        assert outcome.error is not None
         assert not outcome.ok and outcome.permanent and not outcome.sent
         assert "0123456789" not in outcome.error and "\n" not in outcome.error
+    assert outcomes[0].error is not None and outcomes[1].error is not None
     assert (
         outcomes[0].error.startswith("request to 127.0.0.1:")
         and "ValueError: " in outcomes[0].error
