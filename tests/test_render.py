@@ -11,11 +11,12 @@ import tracemalloc
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from relay.model import Change, Webhook, dumps, loads
+from relay.model import Change, Request, Webhook, dumps, loads
 from relay.render.request import Renderer, RenderError, context, default_body, delivery_id
 from relay.render.sandbox import MAX_OUTPUT
 
@@ -35,7 +36,7 @@ CHANGE = Change.of(
 HOOK = Webhook(id=3, name="orders", payload_url="https://example.test/hook", secret="s3cret")
 
 
-def request(**changes):
+def request(**changes: Any) -> Request:
     fields = {**HOOK.__dict__, **changes}
     return Renderer().request(Webhook(**fields), CHANGE, {"team": "ops"}, timestamp=1_700_000_000)
 
@@ -126,7 +127,7 @@ def test_standard_webhooks_signature_verifies() -> None:
         ({"signature": "standard", "secret": "plain"}, "secret: a Standard Webhooks secret"),
     ],
 )
-def test_bad_templates_fail_with_a_clear_reason(fields, message) -> None:
+def test_bad_templates_fail_with_a_clear_reason(fields: dict[str, object], message: str) -> None:
     with pytest.raises(RenderError, match=message):
         request(**fields)
 
@@ -247,7 +248,7 @@ def test_the_default_body_splices_the_stored_json_as_it_is() -> None:
         ("{% for i in range(90000) %}{{ 'x' * 100 }}{% endfor %}", "characters"),
     ],
 )
-def test_templates_cannot_escape_or_run_away(template, reason) -> None:
+def test_templates_cannot_escape_or_run_away(template: str, reason: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     started = time.monotonic()
     with pytest.raises(RenderError, match=reason) as caught:
@@ -260,7 +261,7 @@ def test_templates_cannot_escape_or_run_away(template, reason) -> None:
     "template",
     ["{{ self._TemplateReference__context }}", "{{ data|attr('__class__') }}", "{{ ''.__doc__ }}"],
 )
-def test_private_attributes_render_as_nothing(template) -> None:
+def test_private_attributes_render_as_nothing(template: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     assert Renderer().request(hook, CHANGE, timestamp=0).body == b""
 
@@ -361,7 +362,7 @@ BIG = "{% set big = 'x' * 8000000 %}"
         ("{{ range(10)|map('center', 100000000)|list }}", "the center filter"),
     ],
 )
-def test_no_value_a_template_makes_goes_past_the_limit(template, reason) -> None:
+def test_no_value_a_template_makes_goes_past_the_limit(template: str, reason: str) -> None:
     """Each is refused before the large value exists: the render never holds much more than
     one value at the limit (the old sandbox built 200 MB to 1 GB strings for these)."""
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
@@ -390,7 +391,7 @@ def test_no_value_a_template_makes_goes_past_the_limit(template, reason) -> None
         "{% endfor %}",
     ],
 )
-def test_loops_over_anything_are_counted_and_stopped(template) -> None:
+def test_loops_over_anything_are_counted_and_stopped(template: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     started = time.monotonic()
     with pytest.raises(RenderError, match=r"iterations|stopped after 1 s|goes past"):
