@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from helpers import one_row
@@ -39,7 +41,7 @@ def add(
     )
 
 
-def strict_json(body: bytes) -> object:
+def strict_json(body: bytes) -> Any:
     def refuse(token: str) -> object:
         raise ValueError(f"not JSON: {token}")
 
@@ -56,7 +58,7 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(
     rconn.execute("CREATE TABLE gone (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('items'), relay.track('gone')")
 
-    async def scenario() -> tuple[Receiver, list[tuple]]:
+    async def scenario() -> tuple[Receiver, list[tuple[Any, ...]]]:
         async with receiver() as good:
             add(rconn, "good", payload_url=good.url)
             add(rconn, "broken", payload_url=good.url, body_template="{{ data.id ")
@@ -106,7 +108,7 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(
         "-Infinity",
     }
 
-    reasons = {}
+    reasons: dict[str, set[str]] = {}
     for name, _, status, error in failures:
         assert status == "failed", (name, error)
         reasons.setdefault(name, set()).add(error)
@@ -139,7 +141,7 @@ def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(
         await sql(relay_dsn, f"INSERT INTO events VALUES ({row_id}, {hostile})")
         return time.monotonic()
 
-    async def scenario() -> tuple[dict[int, float], Receiver, list[tuple]]:
+    async def scenario() -> tuple[dict[int, float], Receiver, list[tuple[Any, ...]]]:
         async with receiver(note) as healthy, receiver() as hostile:
             add(
                 rconn,
@@ -167,7 +169,7 @@ def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(
                     committed[row_id] = await commit(row_id)
                     await asyncio.sleep(0.1)
                 await until(lambda: set(committed) <= set(arrived), timeout=30)
-                failed = lambda: rconn.execute(  # noqa: E731
+                failed: Callable[[], list[tuple[Any, ...]]] = lambda: rconn.execute(  # noqa: E731
                     "SELECT d.outbox_id, d.status::text, d.last_error FROM relay.deliveries d"
                     " JOIN relay.webhooks w ON w.id = d.webhook_id WHERE w.name = 'stuck'"
                 ).fetchall()
