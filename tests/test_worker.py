@@ -7,8 +7,9 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from aiohttp import web
@@ -60,7 +61,9 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
     return time.monotonic() - start
 
 
-def setup(conn: Conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", **webhook) -> None:
+def setup(
+    conn: Conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", **webhook: object
+) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v int)")
     conn.execute("SELECT relay.track('items')")
     columns = {"name": name, "payload_url": url, "secret": secret, **webhook}
@@ -76,7 +79,7 @@ def setup(conn: Conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", *
     )
 
 
-def bodies(r: Receiver) -> list[dict]:
+def bodies(r: Receiver) -> list[dict[str, Any]]:
     return [json.loads(req.body) for req in r.requests]
 
 
@@ -142,7 +145,7 @@ def test_the_log_tells_a_retry_from_the_final_failure(rconn: Conn, relay_dsn: st
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         async with receiver(refusing) as r:
             setup(rconn, r.url)
             with capture_logs() as events:
@@ -162,7 +165,7 @@ def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn: Conn, relay_dsn
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         async with receiver(refusing) as r:
             setup(rconn, r.url, "usual")
             setup(rconn, r.url, "own", max_attempts=2, retry_base_seconds=2, retry_max_seconds=3)
@@ -236,7 +239,8 @@ def test_attempts_are_numbered_across_a_requeue(rconn: Conn, relay_dsn: str) -> 
                 await until(lambda: outbox_statuses(rconn) == ["failed"])
 
     def attempts() -> int:
-        return one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0]
+        count: int = one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0]
+        return count
 
     asyncio.run(scenario())
     numbers = rconn.execute("SELECT attempt FROM relay.attempts ORDER BY id").fetchall()
@@ -358,7 +362,7 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn: Conn, relay_dsn: s
     dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
     sock.close()  # nobody listens there
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, tuple[Any, ...]]:
         async with receiver() as healthy:
             setup(rconn, dead_url, "dead")
             setup(rconn, healthy.url, "healthy")
@@ -380,11 +384,13 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn: Conn, relay_dsn: s
                     " JOIN relay.webhooks w ON w.id = a.webhook_id WHERE w.name = 'dead'"
                 )
             )[0]
-            counted = rconn.execute(
-                "SELECT sum(d.attempts), count(*) FILTER (WHERE d.status = 'pending')"
-                " FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id"
-                " WHERE w.name = 'dead'"
-            ).fetchone()
+            counted = one_row(
+                rconn.execute(
+                    "SELECT sum(d.attempts), count(*) FILTER (WHERE d.status = 'pending')"
+                    " FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id"
+                    " WHERE w.name = 'dead'"
+                )
+            )
             return attempts, len(healthy.requests), counted
 
     dead_attempts, healthy_requests, (counted, waiting) = asyncio.run(scenario())
