@@ -11,12 +11,13 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import web
 from helpers import one_row
-from receivers import receiver
+from receivers import Receiver, receiver
 from test_worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
@@ -47,12 +48,13 @@ async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.s
 
 def relay_connections(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        return one_row(
+        count: int = one_row(
             conn.execute(
                 "SELECT count(*) FROM pg_stat_activity"
                 " WHERE application_name LIKE 'relay run %' AND datname = current_database()"
             )
         )[0]
+        return count
 
 
 def test_kill_9_mid_flow_loses_nothing(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
@@ -62,7 +64,7 @@ def test_kill_9_mid_flow_loses_nothing(rconn: Conn, relay_dsn: str, tmp_path: Pa
         await asyncio.sleep(0.01)
         return web.Response()
 
-    async def scenario():
+    async def scenario() -> tuple[Receiver, int, int, int]:
         async with receiver(slowish) as r:
             setup(rconn, r.url)
             await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 400) g")
@@ -98,7 +100,7 @@ def test_kill_9_mid_flow_loses_nothing(rconn: Conn, relay_dsn: str, tmp_path: Pa
 
 
 def test_cut_connections_are_reestablished(rconn: Conn, relay_dsn: str) -> None:
-    async def scenario():
+    async def scenario() -> float:
         async with receiver() as r:
             setup(rconn, r.url)
             async with running(relay_dsn):
@@ -120,7 +122,7 @@ def test_cut_connections_are_reestablished(rconn: Conn, relay_dsn: str) -> None:
 def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn: str, tmp_path: Path) -> None:
     log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
 
-    async def scenario():
+    async def scenario() -> tuple[int | None, str, int]:
         bad = await start_relay(relay_dsn, RELAY_BATCH_SIZE="0")
         _, bad_err = await asyncio.wait_for(bad.communicate(), 30)
         good = await start_relay(relay_dsn, log)
@@ -141,7 +143,7 @@ def test_leases_are_released_on_shutdown(rconn: Conn, relay_dsn: str) -> None:
         await asyncio.sleep(30)
         return web.Response()
 
-    async def scenario():
+    async def scenario() -> tuple[Any, ...] | None:
         async with receiver(stuck) as r:
             setup(rconn, r.url, timeout_seconds=60)
             async with running(relay_dsn):
@@ -214,7 +216,7 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
     # 6 s keeps CI short; RELAY_TEST_DOWN_SECONDS=30 ./test -k receiver_down runs the 30.
     down_seconds = float(os.environ.get("RELAY_TEST_DOWN_SECONDS", "6"))
 
-    async def scenario():
+    async def scenario() -> tuple[float, int, float, set[Any]]:
         setup(rconn, url)
         relay = await start_relay(
             relay_dsn,
@@ -253,4 +255,5 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
 
 
 def attempt_count(conn: Conn) -> int:
-    return one_row(conn.execute("SELECT count(*) FROM relay.attempts"))[0]
+    count: int = one_row(conn.execute("SELECT count(*) FROM relay.attempts"))[0]
+    return count
