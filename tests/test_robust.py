@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,9 +22,14 @@ from test_worker import FAST, running, setup, sql, until
 
 from relay.db import Conn
 from relay.delivery import plan, record
-from relay.delivery.send import Sender
-from relay.render import request
+from relay.delivery.plan import Arrival, Plan
+from relay.delivery.record import Result
+from relay.delivery.send import Outcome, Sender
+from relay.model import Change, Request, Webhook
+from relay.render import request, sign
 from relay.rules import ruleset
+from relay.rules.conditions import Verdict
+from relay.rules.ruleset import Rule, RuleSet
 from relay.settings import Settings
 
 BIG = "1" + "0" * 5000
@@ -73,12 +78,13 @@ def hook(
 def pending(rconn: psycopg.Connection) -> int:
     """Changes and deliveries not finished yet (a change fails as soon as one of its
     deliveries does, while the others may still be on their way)."""
-    return one_row(
+    count: int = one_row(
         rconn.execute(
             "SELECT (SELECT count(*) FROM relay.outbox WHERE status = 'pending')"
             " + (SELECT count(*) FROM relay.deliveries WHERE status = 'pending')"
         )
     )[0]
+    return count
 
 
 def deliveries(rconn: psycopg.Connection) -> dict[tuple[str, int], tuple[str, int, str | None]]:
@@ -163,8 +169,10 @@ def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(
     assert found[("plain", 2)][0] == "delivered"  # the default body passes the row through
     status, attempts, error = found[("matcher", 2)]
     assert (status, attempts) == ("failed", 1)
+    assert error is not None
     assert error.startswith(f"rule 'matcher': the change cannot be read: {deep}")
     status, _, error = found[("templated", 2)]
+    assert error is not None
     assert status == "failed" and error.startswith(f"the change cannot be read: {deep}")
     assert found[("int-template", 1)][::2] == (
         "failed",
@@ -215,6 +223,7 @@ def test_a_request_that_cannot_be_made_fails_at_once_and_its_row_moves_on(
         )
         status, attempts, error = found[("long-label", change)]
         assert (status, attempts) == ("failed", 1)
+        assert error is not None
         assert error.startswith("payload_url: host 'aaaa") and "label empty or too long" in error
 
 
@@ -248,6 +257,7 @@ def test_a_delivery_whose_attempts_never_reported_back_fails_at_the_limit(
     assert sent == [(1, 1), (2, 0)]  # not the change that had used up its attempts
     status, attempts, error = deliveries(rconn)[("hook", 1)]
     assert (status, attempts) == ("failed", 8)
+    assert error is not None
     assert error.startswith("failed after 8 attempts (RELAY_MAX_ATTEMPTS)")
 
 
@@ -361,16 +371,18 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     secret = "" if stage == "record" else f" {VICTIM_SECRET}"
     boom = RuntimeError(f"injected at {stage}{secret}\nsecond line")
 
-    def hit(change: request.Change) -> bool:
-        return (change.new or {}).get("v") == 666
+    def hit(change: Change) -> bool:
+        return bool((change.new or {}).get("v") == 666)
 
     def hit_body(body: bytes) -> bool:
-        return json.loads(body)["data"]["v"] == 666
+        return bool(json.loads(body)["data"]["v"] == 666)
 
     if stage == "match":
         verdict = ruleset.verdict
 
-        def failing_verdict(rule, change, base=None):  # type: ignore[no-untyped-def]
+        def failing_verdict(
+            rule: Rule, change: Change, base: Callable[[], dict[str, Any]] | None = None
+        ) -> Verdict:
             if rule.name == "victim" and hit(change):
                 raise boom
             return verdict(rule, change, base)
@@ -379,16 +391,18 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     elif stage == "render":
         default_body = request.default_body
 
-        def failing_body(change, action_data=None):  # type: ignore[no-untyped-def]
+        def failing_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
             if (action_data or {}).get("victim") and hit(change):
                 raise boom
             return default_body(change, action_data)
 
         monkeypatch.setattr(request, "default_body", failing_body)
     elif stage == "sign":
-        signature_headers = request.signature_headers
+        signature_headers = sign.signature_headers
 
-        def failing_signature(scheme, secret, body, message_id, timestamp):  # type: ignore[no-untyped-def]
+        def failing_signature(
+            scheme: str, secret: str | None, body: bytes, message_id: str, timestamp: int
+        ) -> dict[str, str]:
             if secret == VICTIM_SECRET and hit_body(body):
                 raise boom
             return signature_headers(scheme, secret, body, message_id, timestamp)
@@ -397,7 +411,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     elif stage == "send":
         send = Sender.send
 
-        async def failing_send(self, request, webhook):  # type: ignore[no-untyped-def]
+        async def failing_send(self: Sender, request: Request, webhook: Webhook) -> Outcome:
             if webhook.name == "victim" and hit_body(request.body):
                 raise boom
             return await send(self, request, webhook)
@@ -406,7 +420,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     else:
         parameters = record.parameters
 
-        def failing_parameters(results, relay_id):  # type: ignore[no-untyped-def]
+        def failing_parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             for r in results:
                 first_try = "not recorded" not in (r.outcome.error or "")
                 if (r.outbox_id, r.webhook_id) == (1, 1) and r.outcome.ok and first_try:
@@ -418,7 +432,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_an_exception_at_any_stage_costs_only_its_change(
-    rconn: Conn, relay_dsn: str, monkeypatch: pytest.MonkeyPatch, stage
+    rconn: Conn, relay_dsn: str, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
     inject(monkeypatch, stage)
     settings = Settings(**{**FAST.model_dump(), "max_attempts": 3})
@@ -477,7 +491,7 @@ def test_an_unforeseen_error_in_a_session_starts_it_again(
     make_plan = plan.plan
     faults = ["once"]
 
-    def failing_plan(changes, ruleset):  # type: ignore[no-untyped-def]
+    def failing_plan(changes: Iterable[Arrival], ruleset: RuleSet) -> Plan:
         if faults:
             faults.pop()
             raise RuntimeError("injected into the fan-out")
