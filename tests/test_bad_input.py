@@ -10,35 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from helpers import one_row
-from receivers import Receiver, receiver
-from test_renderpool import STUCK
-from test_worker import FAST, running, sql, until
+from support.db import one_row
+from support.hooks import add
+from support.receivers import Receiver, receiver
+from support.render import STUCK
+from support.worker import FAST, running, sql, until
 
 from relay.db import Conn
 from relay.render.child import KILL_MARGIN
 
 BIG = "x" * (10 * 1024 * 1024)
-
-
-def add(
-    rconn: Conn,
-    name: str,
-    table: str = "public.items",
-    conditions: str | None = None,
-    **webhook: str,
-) -> None:
-    columns = {"name": name, "secret": "s", **webhook}
-    rconn.execute(
-        f"INSERT INTO relay.webhooks ({', '.join(columns)}) "
-        f"VALUES ({', '.join(['%s'] * len(columns))})",
-        list(columns.values()),
-    )
-    rconn.execute(
-        "INSERT INTO relay.event_rules (name, tables, conditions, webhook_id)"
-        " SELECT %s, ARRAY[%s], %s, id FROM relay.webhooks WHERE name = %s",
-        (name, table, conditions, name),
-    )
 
 
 def strict_json(body: bytes) -> Any:

@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from helpers import one_row, outbox
+from support.db import one_row, outbox
 
 from relay.db import Conn
 

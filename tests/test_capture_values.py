@@ -15,10 +15,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import one_row
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
+from support.db import one_row
 
 from relay.db import Conn
 from relay.store import Store

@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import psycopg
-from helpers import one_row
-
-
-def relay(
-    *args: str, dsn: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    environment["COLUMNS"] = "200"
-    environment.update(env or {})
-    if dsn is not None:
-        environment["RELAY_DSN"] = dsn
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-        timeout=60,
-    )
+from support.cli import relay
+from support.db import one_row
 
 
 def test_install_track_untrack_uninstall(db_dsn: str) -> None:

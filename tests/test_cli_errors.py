@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from test_cli import relay
+from support.cli import relay
 
 from relay.store import Store
 

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 import trustme
 from aiohttp import web
-from receivers import Received, connect_proxy, never_answers, receiver
+from support.receivers import Received, connect_proxy, never_answers, receiver
 
 from relay.delivery.send import Outcome, Sender, retry_after_seconds
 from relay.model import Request, Webhook

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import one_row
 from psycopg import sql
+from support.db import one_row
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import one_row
+from support.db import one_row
 
 from relay.db import Conn
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import one_row
+from support.db import one_row
 
 from relay import sqlfiles
 from relay.db import Conn

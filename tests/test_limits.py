@@ -8,10 +8,10 @@ import json
 import re
 
 from aiohttp import web
-from receivers import Handler, Receiver, receiver
-from test_bad_input import add
-from test_settings import relay
-from test_worker import FAST, outbox_statuses, running, until
+from support.cli import relay_env as relay
+from support.hooks import add
+from support.receivers import Handler, Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, until
 
 from relay.db import Conn
 from relay.settings import Settings

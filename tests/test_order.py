@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 from aiohttp import web
-from receivers import receiver
-from test_worker import FAST, outbox_statuses, running, until
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, until
 
 from relay.db import Conn
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import one_row, outbox
 from psycopg.conninfo import make_conninfo
-from receivers import receiver
-from test_worker import FAST, running, until
+from support.db import one_row, outbox
+from support.receivers import receiver
+from support.worker import FAST, running, until
 
 from relay.db import Conn
 from relay.delivery import fanout

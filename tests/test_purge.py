@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from helpers import one_row
-from receivers import receiver
-from test_cli import relay
-from test_delivery_sql import claim, fan_out, finish, setup
-from test_worker import FAST, outbox_statuses, running, until
-from test_worker import setup as setup_hook
+from support.cli import relay
+from support.db import one_row
+from support.delivery import claim, fan_out, finish, setup
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, until
+from support.worker import setup as setup_hook
 
 from relay.db import Conn
 from relay.settings import Settings

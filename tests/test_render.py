@@ -15,25 +15,11 @@ from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
+from support.render import CHANGE, HOOK
 
 from relay.model import Change, Request, Webhook, dumps, loads
 from relay.render.request import Renderer, RenderError, context, default_body, delivery_id
 from relay.render.sandbox import MAX_OUTPUT
-
-CHANGE = Change.of(
-    id=41,
-    schema_name="public",
-    table_name="orders",
-    op="update",
-    old=loads('{"id": 7, "status": "new", "total": 120.00, "note": "a\\r\\nX-Evil: 1"}'),
-    new=loads('{"id": 7, "status": "paid", "total": 120.00, "note": "a\\r\\nX-Evil: 1"}'),
-    pk={"id": 7},
-    username="alice",
-    request_id="req-1",
-    txid="812",
-    created_at=datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC),
-)
-HOOK = Webhook(id=3, name="orders", payload_url="https://example.test/hook", secret="s3cret")
 
 
 def request(**changes: Any) -> Request:

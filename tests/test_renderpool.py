@@ -10,18 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_render import CHANGE, HOOK
+from support.render import CHANGE, HOOK, STUCK
 
 from relay.model import Webhook
 from relay.render.child import KILL_MARGIN, MAX_MEMORY
 from relay.render.pool import RenderPool
 from relay.render.request import Renderer, RenderError
 from relay.render.sandbox import MAX_OUTPUT, MAX_SECONDS
-
-STUCK = "{{ ([[0]] * 200000)|sum(start=[])|length }}"
-"""One C call that no sandbox check sees (a sum of lists, quadratic), its values all under the
-limits: minutes on the development machine, where the old sandbox said "stopped after 1 s" only
-once it had finished."""
 
 
 def hook(number: int, template: str) -> Webhook:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from helpers import one_row
-from test_cli import relay
-from test_delivery_sql import claim, fan_out, finish, setup
+from support.cli import relay
+from support.db import one_row
+from support.delivery import claim, fan_out, finish, setup
 
 from relay.db import Conn
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import one_row, outbox
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from support.db import one_row, outbox
 
 from relay import sqlfiles
 from relay.cli.tempcluster import scratch_database

@@ -13,12 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp import web
-from helpers import one_row
 from psycopg.types.json import Jsonb
-from receivers import Receiver, receiver
 from structlog.testing import capture_logs
-from test_cli import relay
-from test_worker import FAST, running, setup, sql, until
+from support.cli import relay
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, running, setup, sql, until
 
 from relay.db import Conn
 from relay.delivery import plan, record

@@ -12,10 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import one_row, outbox
-from test_cli import relay
-from test_renderpool import STUCK
-from test_rules_sql import add_rule, add_webhook
+from support.cli import relay
+from support.db import one_row, outbox
+from support.hooks import add_rule, add_webhook
+from support.render import STUCK
 
 from relay.db import Conn
 from relay.model import loads

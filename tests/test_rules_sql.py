@@ -8,40 +8,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import one_row
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
-from test_conditions import condition_sets, deep_documents, json_values
+from support.db import one_row
+from support.hooks import add_rule, add_webhook
+from support.strategies import condition_sets, deep_documents, json_values
 
 from relay.db import Conn
 from relay.rules.conditions import InvalidConditions, validate
-
-GOOD_WEBHOOK = {"name": "hook", "payload_url": "https://example.test/hooks/relay"}
-
-
-def add_webhook(conn: Conn, **fields: object) -> int:
-    row = {**GOOD_WEBHOOK, **fields}
-    columns = ", ".join(row)
-    marks = ", ".join(f"%({k})s" for k in row)
-    webhook_id: int = one_row(
-        conn.execute(f"INSERT INTO relay.webhooks ({columns}) VALUES ({marks}) RETURNING id", row)
-    )[0]
-    return webhook_id
-
-
-def add_rule(conn: Conn, webhook_id: int, **fields: object) -> int:
-    row = {"name": "rule", "tables": ["public.orders"], "webhook_id": webhook_id, **fields}
-    if "conditions" in row:
-        row["conditions"] = Jsonb(row["conditions"])
-    columns = ", ".join(row)
-    marks = ", ".join(f"%({k})s" for k in row)
-    rule_id: int = one_row(
-        conn.execute(
-            f"INSERT INTO relay.event_rules ({columns}) VALUES ({marks}) RETURNING id", row
-        )
-    )[0]
-    return rule_id
 
 
 def test_a_good_webhook_and_rule_get_netbox_defaults(rconn: Conn) -> None:

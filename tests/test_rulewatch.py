@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from test_rules_sql import add_rule, add_webhook
+from support.hooks import add_rule, add_webhook
 
 from relay.db import Conn
 from relay.rules.watch import RuleWatcher

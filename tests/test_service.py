@@ -13,17 +13,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from receivers import receiver
-from test_worker import outbox_statuses, setup, sql, until
+from support.receivers import free_port, receiver
+from support.worker import outbox_statuses, setup, sql, until
 
 from relay.db import Conn
 from relay.service import systemd
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(

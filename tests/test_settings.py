@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import one_row
 from psycopg.conninfo import make_conninfo
+from support.cli import relay_env as relay
+from support.db import one_row
 
 from relay import sqlfiles
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.store import Store
-
-
-def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        env={**base, "COLUMNS": "200", **env},
-        check=False,
-        timeout=60,
-    )
 
 
 def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path: Path) -> None:

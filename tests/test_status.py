@@ -7,9 +7,9 @@ import json
 from subprocess import CompletedProcess
 
 from aiohttp import web
-from receivers import receiver
-from test_cli import relay
-from test_worker import FAST, outbox_statuses, running, setup, sql, until
+from support.cli import relay
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.db import Conn
 from relay.settings import Settings

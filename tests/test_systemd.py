@@ -32,8 +32,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from receivers import Receiver, receiver
-from test_service import free_port
+from support.receivers import Receiver, free_port, receiver
 
 from relay.cli.tempcluster import scratch_database
 from relay.render import sign

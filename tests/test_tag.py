@@ -7,10 +7,10 @@ import asyncio
 
 import psycopg
 import pytest
-from helpers import one_row
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
+from support.db import one_row
 
 import relay
 from relay.db import Conn

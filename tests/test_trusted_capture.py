@@ -11,11 +11,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import one_row, outbox
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from receivers import receiver
-from test_worker import FAST, running, setup, until
+from support.db import one_row, outbox
+from support.receivers import receiver
+from support.worker import FAST, running, setup, until
 
 from relay.cli.tempcluster import find_server_binaries, scratch_database, start_temp_cluster
 from relay.db import Conn

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import psycopg
-from helpers import one_row
-from test_delivery_sql import fan_out, setup
+from support.db import one_row
+from support.delivery import fan_out, setup
 
 from relay.db import Conn
 from relay.delivery.window import Gap, Window, advance

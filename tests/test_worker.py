@@ -6,85 +6,21 @@ import asyncio
 import hashlib
 import hmac
 import json
-import time
-from collections.abc import AsyncIterator, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from collections.abc import MutableMapping
 from typing import Any
 
-import psycopg
 from aiohttp import web
-from helpers import one_row
-from receivers import Receiver, receiver
 from structlog.testing import capture_logs
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.db import Conn
-from relay.delivery.worker import Worker
 from relay.settings import Settings
-
-FAST = Settings(
-    poll_interval=0.2,
-    retry_base_seconds=0.05,
-    retry_max_seconds=0.5,
-    lease_seconds=5,
-    shutdown_grace_seconds=1,
-)
-
-
-@asynccontextmanager
-async def running(
-    dsn: str, settings: Settings = FAST, relay_id: str | None = None
-) -> AsyncIterator[Worker]:
-    worker = Worker(settings, dsn, relay_id=relay_id)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def sql(dsn: str, *statements: str) -> None:
-    def run() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for statement in statements:
-                conn.execute(statement)
-
-    await asyncio.to_thread(run)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "timed out waiting"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
-def setup(
-    conn: Conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", **webhook: object
-) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v int)")
-    conn.execute("SELECT relay.track('items')")
-    columns = {"name": name, "payload_url": url, "secret": secret, **webhook}
-    conn.execute(
-        f"INSERT INTO relay.webhooks ({', '.join(columns)}) "
-        f"VALUES ({', '.join(['%s'] * len(columns))})",
-        list(columns.values()),
-    )
-    conn.execute(
-        "INSERT INTO relay.event_rules (name, tables, webhook_id) SELECT %s,"
-        " ARRAY['public.items'], id FROM relay.webhooks WHERE name = %s",
-        (name, name),
-    )
 
 
 def bodies(r: Receiver) -> list[dict[str, Any]]:
     return [json.loads(req.body) for req in r.requests]
-
-
-def outbox_statuses(conn: Conn) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT status::text FROM relay.outbox ORDER BY id")]
 
 
 def test_changes_arrive_signed_and_in_order(rconn: Conn, relay_dsn: str) -> None:

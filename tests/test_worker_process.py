@@ -16,9 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp import web
-from helpers import one_row
-from receivers import Receiver, receiver
-from test_worker import FAST, outbox_statuses, running, setup, sql, until
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.db import Conn
