@@ -36,7 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 from hypothesis import HealthCheck, Phase, given, seed, settings
@@ -125,7 +125,7 @@ HOSTILE_SQL = {
 }
 ALWAYS = {"date": "now()"}
 
-text = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=30)
+text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=30)
 json_scalars = (
     st.none()
     | st.booleans()
@@ -150,9 +150,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "f8": st.floats(),
     "b": st.booleans(),
     "t": text,
-    "vc": st.text(
-        st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=20
-    ),
+    "vc": st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=20),
     "ch": st.text("abc☃", min_size=0, max_size=3),
     "by": st.binary(max_size=40),
     "ts": st.datetimes(timezones=st.timezones()).map(str),
@@ -282,7 +280,16 @@ def webhook(draw: st.DrawFn, port: int) -> dict[str, Any]:
     }
 
 
-def operation(draw: st.DrawFn) -> tuple[str, str, list[Any]]:
+T = TypeVar("T")
+
+
+class Draw(Protocol):
+    """What hypothesis passes to a composite strategy, and what data.draw is."""
+
+    def __call__(self, strategy: st.SearchStrategy[T], /) -> T: ...
+
+
+def operation(draw: Draw) -> tuple[str, str, list[Any]]:
     """One statement on the fuzz table: SQL and parameters."""
     kind = draw(st.sampled_from(["insert"] * 5 + ["update"] * 4 + ["delete", "truncate"]))
     key = draw(st.integers(1, 50))

@@ -32,6 +32,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psycopg
 
@@ -203,11 +204,12 @@ def main() -> None:
                     ("on the loop", OnTheLoop),
                     ("render processes", RenderPool),
                 ):
-                    relay.worker.RenderPool = renders  # type: ignore[misc, assignment]
-                    with scratch_database(server, "relay_rt") as dsn:
+                    with (
+                        mock.patch.object(relay.delivery.worker, "RenderPool", renders),
+                        scratch_database(server, "relay_rt") as dsn,
+                    ):
                         templated_load(dsn, url, args.changes)
                         rates[label].append(asyncio.run(drain(dsn, args.changes)))
-            relay.worker.RenderPool = RenderPool  # type: ignore[misc]
             for label, found in rates.items():
                 shown = ", ".join(f"{r:.0f}" for r in found)
                 print(f"  {label:<17} {statistics.median(found):6.0f} deliveries/s ({shown})")

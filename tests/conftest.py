@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
 
 from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
+from relay.db import Conn
 from relay.store import Store
-
-Conn = psycopg.Connection[tuple[object, ...]]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -73,7 +72,7 @@ def rconn(relay_dsn: str) -> Iterator[Conn]:
 
 
 @pytest.fixture
-def make_role(server_dsn: str, db_dsn: str) -> Iterator[object]:
+def make_role(server_dsn: str, db_dsn: str) -> Iterator[Callable[..., str]]:
     """Creates login roles for a test (roles are cluster-wide, so they are dropped after it)."""
     created: list[str] = []
 

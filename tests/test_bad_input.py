@@ -6,41 +6,32 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
-from receivers import Receiver, receiver
-from test_renderpool import STUCK
-from test_worker import FAST, running, sql, until
+from support.db import one_row
+from support.hooks import add
+from support.receivers import Receiver, receiver
+from support.render import STUCK
+from support.worker import FAST, running, sql, until
 
+from relay.db import Conn
 from relay.render.child import KILL_MARGIN
 
 BIG = "x" * (10 * 1024 * 1024)
 
 
-def add(
-    rconn, name: str, table: str = "public.items", conditions: str | None = None, **webhook: str
-) -> None:
-    columns = {"name": name, "secret": "s", **webhook}
-    rconn.execute(
-        f"INSERT INTO relay.webhooks ({', '.join(columns)}) "
-        f"VALUES ({', '.join(['%s'] * len(columns))})",
-        list(columns.values()),
-    )
-    rconn.execute(
-        "INSERT INTO relay.event_rules (name, tables, conditions, webhook_id)"
-        " SELECT %s, ARRAY[%s], %s, id FROM relay.webhooks WHERE name = %s",
-        (name, table, conditions, name),
-    )
-
-
-def strict_json(body: bytes) -> object:
+def strict_json(body: bytes) -> Any:
     def refuse(token: str) -> object:
         raise ValueError(f"not JSON: {token}")
 
     return json.loads(body, parse_constant=refuse)
 
 
-def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_dsn):
+def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute(
         "CREATE TABLE items (id int PRIMARY KEY, note text, amount numeric, blob bytea,"
         " tags text[], big text)"
@@ -48,7 +39,7 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
     rconn.execute("CREATE TABLE gone (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('items'), relay.track('gone')")
 
-    async def scenario() -> tuple[Receiver, list[tuple]]:
+    async def scenario() -> tuple[Receiver, list[tuple[Any, ...]]]:
         async with receiver() as good:
             add(rconn, "good", payload_url=good.url)
             add(rconn, "broken", payload_url=good.url, body_template="{{ data.id ")
@@ -70,9 +61,11 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
                 await until(lambda: len(good.requests) == 4, timeout=30)
                 await until(
                     lambda: (
-                        rconn.execute(
-                            "SELECT count(*) FROM relay.deliveries WHERE status = 'pending'"
-                        ).fetchone()[0]
+                        one_row(
+                            rconn.execute(
+                                "SELECT count(*) FROM relay.deliveries WHERE status = 'pending'"
+                            )
+                        )[0]
                         == 0
                     ),
                     timeout=30,
@@ -96,7 +89,7 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
         "-Infinity",
     }
 
-    reasons = {}
+    reasons: dict[str, set[str]] = {}
     for name, _, status, error in failures:
         assert status == "failed", (name, error)
         reasons.setdefault(name, set()).add(error)
@@ -110,7 +103,9 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(rconn, relay_
     assert "goes past" in runaway
 
 
-def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(rconn, relay_dsn):
+def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(
+    rconn: Conn, relay_dsn: str
+) -> None:
     """Both webhooks live, real receivers: while the stuck template renders (each attempt
     until it is stopped, 1.5 s), every change to the healthy webhook (also templated) arrives
     within KILL_MARGIN of its commit. The old sandbox rendered on the event loop: 25 s each,
@@ -127,7 +122,7 @@ def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(rconn, re
         await sql(relay_dsn, f"INSERT INTO events VALUES ({row_id}, {hostile})")
         return time.monotonic()
 
-    async def scenario() -> tuple[dict[int, float], Receiver, list[tuple]]:
+    async def scenario() -> tuple[dict[int, float], Receiver, list[tuple[Any, ...]]]:
         async with receiver(note) as healthy, receiver() as hostile:
             add(
                 rconn,
@@ -155,7 +150,7 @@ def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(rconn, re
                     committed[row_id] = await commit(row_id)
                     await asyncio.sleep(0.1)
                 await until(lambda: set(committed) <= set(arrived), timeout=30)
-                failed = lambda: rconn.execute(  # noqa: E731
+                failed: Callable[[], list[tuple[Any, ...]]] = lambda: rconn.execute(  # noqa: E731
                     "SELECT d.outbox_id, d.status::text, d.last_error FROM relay.deliveries d"
                     " JOIN relay.webhooks w ON w.id = d.webhook_id WHERE w.name = 'stuck'"
                 ).fetchall()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from decimal import Decimal
 
 import psycopg
 import pytest
-from helpers import outbox
+from support.db import one_row, outbox
+
+from relay.db import Conn
 
 
-def test_insert_update_delete_truncate_are_recorded(rconn):
+def test_insert_update_delete_truncate_are_recorded(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE public.orders (id int PRIMARY KEY, status text, qty int)")
     rconn.execute("SELECT relay.track('public.orders')")
 
@@ -41,7 +44,7 @@ def test_insert_update_delete_truncate_are_recorded(rconn):
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
 
 
-def test_update_that_changes_nothing_records_nothing(rconn):
+def test_update_that_changes_nothing_records_nothing(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, n numeric)")
     rconn.execute("SELECT relay.track('t')")
     rconn.execute("INSERT INTO t SELECT g, 'x', 1.0 FROM generate_series(1, 50) g")
@@ -58,7 +61,7 @@ def test_update_that_changes_nothing_records_nothing(rconn):
     assert all(r["old"]["v"] == "x" and r["new"]["v"] == "y" for r in changed)
 
 
-def test_events_option_limits_what_is_recorded(rconn):
+def test_events_option_limits_what_is_recorded(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
     rconn.execute("SELECT relay.track('t', events => ARRAY['insert', 'delete'])")
     rconn.execute("INSERT INTO t VALUES (1, 'a')")
@@ -68,7 +71,7 @@ def test_events_option_limits_what_is_recorded(rconn):
     assert [r["op"] for r in outbox(rconn)] == ["insert", "delete"]
 
 
-def test_update_columns_option_records_only_updates_touching_them(rconn):
+def test_update_columns_option_records_only_updates_touching_them(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, status text, seen_at int)")
     rconn.execute("SELECT relay.track('t', update_columns => ARRAY['status'])")
     rconn.execute("INSERT INTO t VALUES (1, 'a', 0), (2, 'a', 0)")
@@ -80,7 +83,7 @@ def test_update_columns_option_records_only_updates_touching_them(rconn):
     assert updates[0]["new"] == {"id": 2, "status": "b", "seen_at": 5}
 
 
-def test_excluded_columns_never_reach_the_outbox(rconn):
+def test_excluded_columns_never_reach_the_outbox(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE users (id int PRIMARY KEY, name text, password_hash text)")
     rconn.execute("SELECT relay.track('users', exclude_columns => ARRAY['password_hash'])")
     rconn.execute("INSERT INTO users VALUES (1, 'ann', 'h1')")
@@ -89,11 +92,11 @@ def test_excluded_columns_never_reach_the_outbox(rconn):
     rconn.execute("DELETE FROM users")
     rows = outbox(rconn)
     assert [r["op"] for r in rows] == ["insert", "update", "delete"]
-    text = rconn.execute("SELECT string_agg(concat(old, new), ' ') FROM relay.outbox").fetchone()
+    text = one_row(rconn.execute("SELECT string_agg(concat(old, new), ' ') FROM relay.outbox"))
     assert "password_hash" not in text[0] and "h1" not in text[0] and "h3" not in text[0]
 
 
-def test_tracking_again_replaces_the_options(rconn):
+def test_tracking_again_replaces_the_options(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, v text, secret text)")
     rconn.execute("SELECT relay.track('t', exclude_columns => ARRAY['secret'])")
     rconn.execute("SELECT relay.track('t', events => ARRAY['update'])")
@@ -104,28 +107,28 @@ def test_tracking_again_replaces_the_options(rconn):
     assert rows[0]["new"] == {"id": 1, "v": "b", "secret": "s"}
     tracked = rconn.execute("SELECT events, exclude_columns FROM relay.tracked").fetchall()
     assert tracked == [(["update"], [])]
-    triggers = rconn.execute(
-        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass"
-    ).fetchone()[0]
+    triggers = one_row(
+        rconn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass")
+    )[0]
     assert triggers == 1
 
 
-def test_untrack_stops_capture_and_keeps_recorded_changes(rconn):
+def test_untrack_stops_capture_and_keeps_recorded_changes(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('t')")
     rconn.execute("INSERT INTO t VALUES (1)")
-    assert rconn.execute("SELECT relay.untrack('t')").fetchone()[0] is True
+    assert one_row(rconn.execute("SELECT relay.untrack('t')"))[0] is True
     rconn.execute("INSERT INTO t VALUES (2)")
     assert [r["new"] for r in outbox(rconn)] == [{"id": 1}]
-    assert rconn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
-    assert rconn.execute("SELECT relay.untrack('t')").fetchone()[0] is False
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.tracked"))[0] == 0
+    assert one_row(rconn.execute("SELECT relay.untrack('t')"))[0] is False
     assert (
-        rconn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass").fetchone()[0]
+        one_row(rconn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 't'::regclass"))[0]
         == 0
     )
 
 
-def test_tracked_view_lists_tables_and_options(rconn):
+def test_tracked_view_lists_tables_and_options(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE a (x int, y int, z int, PRIMARY KEY (y, x))")
     rconn.execute("CREATE TABLE b (id int)")
     rconn.execute("SELECT relay.track('a', ARRAY['update'], ARRAY['x'], ARRAY['z'])")
@@ -154,15 +157,15 @@ def test_tracked_view_lists_tables_and_options(rconn):
         ("relay.track('missing')", 'relation "missing" does not exist'),
     ],
 )
-def test_bad_track_calls_are_refused_clearly(rconn, call, message):
+def test_bad_track_calls_are_refused_clearly(rconn: Conn, call: str, message: str) -> None:
     rconn.execute("CREATE TABLE t (id int)")
     rconn.execute("CREATE VIEW v AS SELECT 1 AS x")
     with pytest.raises(psycopg.Error, match=message):
         rconn.execute(f"SELECT {call}")
-    assert rconn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.tracked"))[0] == 0
 
 
-def test_rolled_back_changes_leave_nothing(rconn):
+def test_rolled_back_changes_leave_nothing(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('t')")
     with pytest.raises(psycopg.errors.UniqueViolation), rconn.transaction():
@@ -176,7 +179,9 @@ def test_rolled_back_changes_leave_nothing(rconn):
     assert [r["new"] for r in outbox(rconn)] == [{"id": 2}]
 
 
-def test_transaction_context_username_and_request_id(rconn, relay_dsn, make_role):
+def test_transaction_context_username_and_request_id(
+    rconn: Conn, relay_dsn: str, make_role: Callable[..., str]
+) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('t')")
     app = make_role("app")
@@ -202,16 +207,16 @@ def test_transaction_context_username_and_request_id(rconn, relay_dsn, make_role
     assert rows[0]["txid"] == rows[1]["txid"] != rows[2]["txid"]
 
 
-def test_txid_is_the_writing_transaction(rconn):
+def test_txid_is_the_writing_transaction(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE t (id int)")
     rconn.execute("SELECT relay.track('t')")
     with rconn.transaction():
-        xid = rconn.execute("SELECT pg_current_xact_id()").fetchone()[0]
+        xid = one_row(rconn.execute("SELECT pg_current_xact_id()"))[0]
         rconn.execute("INSERT INTO t VALUES (1)")
     assert outbox(rconn)[0]["txid"] == xid
 
 
-def test_changes_to_one_row_appear_in_commit_order(rconn, relay_dsn):
+def test_changes_to_one_row_appear_in_commit_order(rconn: Conn, relay_dsn: str) -> None:
     """Writers racing on one row: outbox id order is the order their updates committed."""
     rconn.execute("CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL)")
     rconn.execute("INSERT INTO counter VALUES (1, 0)")
@@ -236,7 +241,7 @@ def test_changes_to_one_row_appear_in_commit_order(rconn, relay_dsn):
     assert seen == list(range(1, workers * rounds + 1))
 
 
-def test_one_notify_per_statement_at_most(rconn, relay_dsn):
+def test_one_notify_per_statement_at_most(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('t')")
     with psycopg.connect(relay_dsn, autocommit=True) as listener:
@@ -259,7 +264,7 @@ def test_one_notify_per_statement_at_most(rconn, relay_dsn):
         assert received() == 0
 
 
-def test_rows_without_primary_key_pair_old_and_new_correctly(rconn):
+def test_rows_without_primary_key_pair_old_and_new_correctly(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE log (a int, b text)")
     rconn.execute("SELECT relay.track('log')")
     rconn.execute("INSERT INTO log SELECT g, 'v' || g FROM generate_series(1, 500) g")
@@ -272,7 +277,7 @@ def test_rows_without_primary_key_pair_old_and_new_correctly(rconn):
         assert row["new"]["b"] == row["old"]["b"] + "!" == f"v{row['old']['a']}!"
 
 
-def test_composite_primary_key(rconn):
+def test_composite_primary_key(rconn: Conn) -> None:
     rconn.execute(
         "CREATE TABLE line (order_id int, line_no int, sku text, PRIMARY KEY (order_id, line_no))"
     )
@@ -288,7 +293,7 @@ def test_composite_primary_key(rconn):
     ]
 
 
-def test_quoted_mixed_case_names(rconn):
+def test_quoted_mixed_case_names(rconn: Conn) -> None:
     rconn.execute('CREATE SCHEMA "Sales Dept"')
     rconn.execute(
         'CREATE TABLE "Sales Dept"."Order Items" ("Item ID" int PRIMARY KEY, "Unit Price" int,'
@@ -310,7 +315,7 @@ def test_quoted_mixed_case_names(rconn):
     assert rows[1]["new"] == {"Item ID": 1, "Unit Price": 11}
 
 
-def test_partitioned_table_captures_every_partition_including_later_ones(rconn):
+def test_partitioned_table_captures_every_partition_including_later_ones(rconn: Conn) -> None:
     rconn.execute(
         "CREATE TABLE events (id int, day int, v text, PRIMARY KEY (id, day))"
         " PARTITION BY RANGE (day)"
@@ -344,7 +349,7 @@ def test_partitioned_table_captures_every_partition_including_later_ones(rconn):
         rconn.execute("SELECT relay.track('events_1')")
 
 
-def test_partition_tracked_alone_blocks_tracking_its_parent(rconn):
+def test_partition_tracked_alone_blocks_tracking_its_parent(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE m (id int, k int) PARTITION BY LIST (k)")
     rconn.execute("CREATE TABLE m1 PARTITION OF m FOR VALUES IN (1)")
     rconn.execute("SELECT relay.track('m1')")
@@ -352,7 +357,7 @@ def test_partition_tracked_alone_blocks_tracking_its_parent(rconn):
         rconn.execute("SELECT relay.track('m')")
 
 
-def test_generated_columns_and_common_types(rconn):
+def test_generated_columns_and_common_types(rconn: Conn) -> None:
     rconn.execute("CREATE TYPE mood AS ENUM ('sad', 'happy')")
     rconn.execute("CREATE DOMAIN positive AS int CHECK (VALUE > 0)")
     rconn.execute("""
@@ -382,7 +387,7 @@ def test_generated_columns_and_common_types(rconn):
     assert update["new"]["big"] == big and update["pk"] == {"id": new["id"]}
 
 
-def test_bulk_statement_after_single_row_ones_is_complete(rconn):
+def test_bulk_statement_after_single_row_ones_is_complete(rconn: Conn) -> None:
     """The capture plan is cached per session: a big statement after small ones still pairs."""
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
     rconn.execute("INSERT INTO t SELECT g, 0 FROM generate_series(1, 20000) g")
@@ -397,7 +402,7 @@ def test_bulk_statement_after_single_row_ones_is_complete(rconn):
     assert counts == (20000, 20000)
 
 
-def test_column_names_cannot_confuse_capture(rconn):
+def test_column_names_cannot_confuse_capture(rconn: Conn) -> None:
     """Columns named like the capture code's own aliases and variables change nothing."""
     names = "a b c i j k n o r t ctx excluded pk_cols watched row_data relay_old relay_new".split()  # noqa: SIM905
     columns = ", ".join(f"{name} int" for name in names)
@@ -423,7 +428,7 @@ def test_column_names_cannot_confuse_capture(rconn):
     assert sorted((r["old"]["n"], r["new"]["n"]) for r in nopk) == [(2, 3), (5, 6)]
 
 
-def test_values_json_has_no_number_for_are_captured_without_failing_the_write(rconn):
+def test_values_json_has_no_number_for_are_captured_without_failing_the_write(rconn: Conn) -> None:
     """Capture must never make an application's write fail: odd values become JSON strings."""
     rconn.execute("CREATE TYPE part AS (sku text, qty int)")
     rconn.execute(

@@ -18,11 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
+from support.db import one_row
 
+from relay.db import Conn
 from relay.store import Store
 
 TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40
+    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=40
 ) | st.sampled_from(["", "NULL", "\\", "\\u0000", '"', "'", "😀", "\u202e", "a\nb", "{", "("])
 JSON_TEXT = st.sampled_from(
     [
@@ -113,7 +115,7 @@ ROWS = st.fixed_dictionaries(
 
 
 @pytest.fixture
-def hostile_table(rconn):
+def hostile_table(rconn: Conn) -> Conn:
     rconn.execute("CREATE TYPE mood AS ENUM ('ok', 'sad', 'a,b', 'q\"uote', ' ')")
     rconn.execute("CREATE TYPE moodrange AS RANGE (subtype = mood)")
     rconn.execute("CREATE TYPE pair AS (a int, b text)")
@@ -134,7 +136,9 @@ def hostile_table(rconn):
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(first=ROWS, second=ROWS)
-def test_every_value_is_captured_and_the_write_succeeds(hostile_table, first, second):
+def test_every_value_is_captured_and_the_write_succeeds(
+    hostile_table: Conn, first: dict[str, Any], second: dict[str, Any]
+) -> None:
     conn = hostile_table
     conn.execute("TRUNCATE relay.outbox CASCADE")
     inserted = [literal(name, first[name]) for name in NAMES]
@@ -150,7 +154,7 @@ def test_every_value_is_captured_and_the_write_succeeds(hostile_table, first, se
     )
     insert_params = [param for _, params in inserted for param in params]
     update_params = [param for _, params in updated for param in params]
-    row_id = conn.execute("SELECT nextval('hostile_id_seq')").fetchone()[0]
+    row_id = one_row(conn.execute("SELECT nextval('hostile_id_seq')"))[0]
     try:  # values PostgreSQL itself refuses (a date out of its range...) are never stored
         with conn.transaction(force_rollback=True):
             conn.execute(insert.format("untracked"), [row_id, *insert_params])

@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import psycopg
+from support.cli import relay
+from support.db import one_row
 
 
-def relay(
-    *args: str, dsn: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    environment["COLUMNS"] = "200"
-    environment.update(env or {})
-    if dsn is not None:
-        environment["RELAY_DSN"] = dsn
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        env=environment,
-        check=False,
-        timeout=60,
-    )
-
-
-def test_install_track_untrack_uninstall(db_dsn):
+def test_install_track_untrack_uninstall(db_dsn: str) -> None:
     first = relay("install", "--dsn", db_dsn)
     assert first.returncode == 0, first.stderr
     assert "applied 0001_capture" in first.stdout
@@ -61,16 +41,16 @@ def test_install_track_untrack_uninstall(db_dsn):
         ]
 
         assert relay("untrack", '"Orders"', dsn=db_dsn).returncode == 0
-        assert conn.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 0
+        assert one_row(conn.execute("SELECT count(*) FROM relay.tracked"))[0] == 0
 
     refused = relay("uninstall", dsn=db_dsn)
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert relay("uninstall", "--yes", dsn=db_dsn).returncode == 0
     with psycopg.connect(db_dsn) as conn:
-        assert conn.execute("SELECT to_regnamespace('relay')").fetchone()[0] is None
+        assert one_row(conn.execute("SELECT to_regnamespace('relay')"))[0] is None
 
 
-def test_errors_are_one_clear_line(db_dsn):
+def test_errors_are_one_clear_line(db_dsn: str) -> None:
     assert relay("install", dsn=db_dsn).returncode == 0
     missing = relay("track", "public.nope", dsn=db_dsn)
     assert missing.returncode == 1
@@ -89,7 +69,7 @@ def test_errors_are_one_clear_line(db_dsn):
     assert no_dsn.returncode == 2 and "--dsn" in no_dsn.stderr
 
 
-def test_demo_shows_changes_landing_and_cleans_up(server_dsn):
+def test_demo_shows_changes_landing_and_cleans_up(server_dsn: str) -> None:
     def demo_databases() -> set[str]:
         with psycopg.connect(server_dsn) as conn:
             rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'relay_demo_%'")
@@ -113,7 +93,7 @@ def test_demo_shows_changes_landing_and_cleans_up(server_dsn):
     assert demo_databases() == before
 
 
-def test_output_without_a_terminal_is_never_cut_mid_name(db_dsn):
+def test_output_without_a_terminal_is_never_cut_mid_name(db_dsn: str) -> None:
     """Piped, a table is as wide as its content: names and SQL can be copied back whole."""
     name = "a_table_name_long_enough_to_pass_eighty_columns_beside_others"
     with psycopg.connect(db_dsn, autocommit=True) as conn:
@@ -124,7 +104,7 @@ def test_output_without_a_terminal_is_never_cut_mid_name(db_dsn):
     assert shown.returncode == 0 and f"public.{name}" in shown.stdout
 
 
-def test_help_shows_whole_option_names_and_no_type_for_flags():
+def test_help_shows_whole_option_names_and_no_type_for_flags() -> None:
     shown = relay("webhook", "add", "--help", env={"COLUMNS": "80"})
     assert shown.returncode == 0
     assert "--body-template-file" in shown.stdout
@@ -132,13 +112,14 @@ def test_help_shows_whole_option_names_and_no_type_for_flags():
     assert "<bool>" not in shown.stdout and "…" not in shown.stdout
 
 
-def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn):
+def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn: str) -> None:
     assert relay("install", dsn=db_dsn).returncode == 0
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE dcim_device (id int PRIMARY KEY, name text)")
 
         def model() -> str | None:
-            return conn.execute("SELECT model FROM relay.tracked").fetchone()[0]
+            name: str | None = one_row(conn.execute("SELECT model FROM relay.tracked"))[0]
+            return name
 
         tracked = relay("track", "dcim_device", "--model", "dcim.device", dsn=db_dsn)
         assert tracked.returncode == 0, tracked.stderr
@@ -170,7 +151,7 @@ def test_a_tables_model_name_is_set_listed_previewed_and_checked(db_dsn):
         assert model() is None  # tracking again replaces every option: the table name again
 
 
-def test_names_with_dots_and_quotes_are_written_as_rules_write_them(db_dsn):
+def test_names_with_dots_and_quotes_are_written_as_rules_write_them(db_dsn: str) -> None:
     assert relay("install", dsn=db_dsn).returncode == 0
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute('CREATE SCHEMA "Sch""ema"')

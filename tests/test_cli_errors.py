@@ -4,11 +4,13 @@ and its fix, exit 2 for what running it again cannot change."""
 from __future__ import annotations
 
 import socket
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from test_cli import relay
+from support.cli import relay
 
 from relay.store import Store
 
@@ -48,7 +50,7 @@ ALL_COMMANDS = [
 ]
 
 
-def one_line(done, code: int, *words: str) -> str | None:
+def one_line(done: subprocess.CompletedProcess[str], code: int, *words: str) -> str | None:
     """What is wrong with how a command failed, or None."""
     lines = done.stderr.strip().splitlines()
     if "Traceback" in done.stderr or len(lines) != 1 or not lines[0].startswith("error: "):
@@ -59,7 +61,14 @@ def one_line(done, code: int, *words: str) -> str | None:
     return f"{lines[0]!r} does not say {missing}" if missing else None
 
 
-def check(commands, code: int, *words: str, dsn: str | None = None, extra=(), env=None):
+def check(
+    commands: Iterable[Sequence[str]],
+    code: int,
+    *words: str,
+    dsn: str | None = None,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> None:
     problems = {}
     for command in commands:
         done = relay(*command, *extra, dsn=dsn, env=env)
@@ -69,12 +78,12 @@ def check(commands, code: int, *words: str, dsn: str | None = None, extra=(), en
     assert problems == {}
 
 
-def test_an_unknown_option():
+def test_an_unknown_option() -> None:
     check(ALL_COMMANDS, 2, "No such option: --bogus", "--help", extra=["--bogus"])
 
 
 @pytest.mark.parametrize("given", ["--dsn", "RELAY_DSN"])
-def test_a_connection_string_libpq_cannot_read_without_showing_the_password(given):
+def test_a_connection_string_libpq_cannot_read_without_showing_the_password(given: str) -> None:
     """libpq's own message quotes the string: the password must not reach the terminal."""
     dsn = "host=db password=top secret"
     problems = {}
@@ -87,18 +96,18 @@ def test_a_connection_string_libpq_cannot_read_without_showing_the_password(give
     check(DATABASE_COMMANDS, 2, "not a connection string", dsn="mysql://x@y/z")
 
 
-def test_a_server_that_is_not_there():
+def test_a_server_that_is_not_there() -> None:
     dead = "postgresql://postgres@127.0.0.1:1/none"
     # relay run waits for a server that is down: it is the one command that does not give up.
     check([c for c in DATABASE_COMMANDS if c != ["run"]], 2, "cannot connect", dsn=dead)
 
 
-def test_a_database_without_relay(db_dsn):
+def test_a_database_without_relay(db_dsn: str) -> None:
     commands = [c for c in DATABASE_COMMANDS if c[0] not in ("install", "uninstall")]
     check(commands, 2, "relay is not installed", "relay install", dsn=db_dsn)
 
 
-def test_a_role_without_the_service_grants(db_dsn, make_role):
+def test_a_role_without_the_service_grants(db_dsn: str, make_role: Callable[..., str]) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         Store(conn).install()
     stranger = make_conninfo(db_dsn, user=make_role("stranger"))
@@ -106,7 +115,7 @@ def test_a_role_without_the_service_grants(db_dsn, make_role):
     check(commands, 2, "permission denied", "sql/service_role.sql", dsn=stranger)
 
 
-def test_a_bad_setting(db_dsn):
+def test_a_bad_setting(db_dsn: str) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         Store(conn).install()
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
@@ -125,7 +134,7 @@ def test_a_bad_setting(db_dsn):
         check(readers, 2, name, says, dsn=db_dsn, env={name: value})
 
 
-def test_made_up_rows_that_are_not_json_objects(db_dsn):
+def test_made_up_rows_that_are_not_json_objects(db_dsn: str) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         Store(conn).install()
     for new, says in [("{id:9}", "--new is not JSON"), ("[1]", "--new must be a JSON object")]:
@@ -133,7 +142,7 @@ def test_made_up_rows_that_are_not_json_objects(db_dsn):
         check([command], 2, says, dsn=db_dsn)
 
 
-def test_a_name_taken_twice(db_dsn):
+def test_a_name_taken_twice(db_dsn: str) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         Store(conn).install()
     assert relay("webhook", "add", "w", "--url", "http://127.0.0.1:9/", dsn=db_dsn).returncode == 0
@@ -141,7 +150,7 @@ def test_a_name_taken_twice(db_dsn):
     check([again], 2, "(name)=(w) already exists", "Choose another name", dsn=db_dsn)
 
 
-def test_a_receiver_port_that_cannot_be_listened_on():
+def test_a_receiver_port_that_cannot_be_listened_on() -> None:
     check([["receive", "--port", "99999"]], 2, "not a TCP port")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -152,7 +161,7 @@ def test_a_receiver_port_that_cannot_be_listened_on():
     assert "listening" not in done.stdout
 
 
-def test_names_with_brackets_are_text_not_styles(db_dsn):
+def test_names_with_brackets_are_text_not_styles(db_dsn: str) -> None:
     """A name, URL or template may hold "[/]" or "[bold]": printed as written, never a crash."""
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         Store(conn).install()
@@ -167,7 +176,7 @@ def test_names_with_brackets_are_text_not_styles(db_dsn):
     assert one_line(relay("webhook", "show", "[bold]y", dsn=db_dsn), 1, "'[bold]y'") is None
 
 
-def test_names_with_control_characters_are_refused_in_one_line(db_dsn):
+def test_names_with_control_characters_are_refused_in_one_line(db_dsn: str) -> None:
     """A line break or an escape sequence in a name would split log lines and write to the
     operator's terminal: refused by the database, whoever writes the row."""
     with psycopg.connect(db_dsn, autocommit=True) as conn:

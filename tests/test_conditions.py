@@ -6,10 +6,12 @@ import contextlib
 import time
 from decimal import Decimal
 from fractions import Fraction
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.strategies import condition_sets, json_values, nested, nested_list, paths
 
 from relay.model import loads
 from relay.rules.conditions import (
@@ -92,12 +94,12 @@ ROW = {
         ({"attr": "data.qty", "op": "contains", "value": 5}, False),
     ],
 )
-def test_examples(conditions, expected):
+def test_examples(conditions: Any, expected: bool) -> None:
     validate(conditions)
     assert matches(conditions, ROW) is expected
 
 
-def test_explain_says_why_not():
+def test_explain_says_why_not() -> None:
     verdict = explain(
         {"and": [{"attr": "data.qty", "value": 5}, {"attr": "data.status", "value": "retired"}]},
         ROW,
@@ -137,78 +139,26 @@ def test_explain_says_why_not():
         ),
     ],
 )
-def test_malformed_conditions_are_refused_with_the_place(conditions, message):
+def test_malformed_conditions_are_refused_with_the_place(conditions: Any, message: str) -> None:
     with pytest.raises(InvalidConditions, match=message):
         validate(conditions)
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    # jsonb holds no NUL and no lone surrogate (neither can reach a rule)
-    | st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=5),
-    lambda children: (
-        st.lists(children, max_size=3)
-        | st.dictionaries(st.sampled_from(["a", "b", "data", "x", "0"]), children, max_size=3)
-    ),
-    max_leaves=12,
-)
-paths = st.lists(
-    st.sampled_from(["a", "b", "data", "x", "0", "-1", "1", "²", "--1", "-0", "\u0661", "9" * 30]),
-    min_size=1,
-    max_size=4,
-).map(".".join)
-RE2_PATTERNS = ["a", r"edge-\w+-\d+", "(a+)+$", "(?i)ab|cd", r"\p{L}+", "[^x]*z", "(?P<n>a)b?"]
-leaf_conditions = (
-    st.builds(
-        lambda attr, op, value, negate: {"attr": attr, "op": op, "value": value, "negate": negate},
-        paths,
-        st.sampled_from(["eq", "gt", "gte", "lt", "lte", "contains"]),
-        json_values,
-        st.booleans(),
-    )
-    | st.builds(
-        lambda attr, values: {"attr": attr, "op": "in", "value": values},
-        paths,
-        st.lists(json_values, max_size=3),
-    )
-    | st.builds(
-        lambda attr, op: {"attr": attr, "op": op}, paths, st.sampled_from(["changed", "unchanged"])
-    )
-    | st.builds(
-        lambda attr, pattern: {"attr": attr, "op": "regex", "value": pattern},
-        paths,
-        st.sampled_from(RE2_PATTERNS),
-    )
-)
-condition_sets = st.recursive(
-    leaf_conditions,
-    lambda children: st.builds(
-        lambda k, items: {k: items},
-        st.sampled_from(["and", "or"]),
-        st.lists(children, min_size=1, max_size=3),
-    ),
-    max_leaves=8,
-)
-
-
 @given(st.one_of(json_values, condition_sets))
-def test_validate_only_ever_raises_invalid_conditions(document):
+def test_validate_only_ever_raises_invalid_conditions(document: Any) -> None:
     with contextlib.suppress(InvalidConditions):
         validate(document)
 
 
 @given(condition_sets, json_values)
-def test_evaluation_never_raises_and_returns_a_bool(conditions, context):
+def test_evaluation_never_raises_and_returns_a_bool(conditions: Any, context: Any) -> None:
     validate(conditions)
     context = context if isinstance(context, dict) else {"data": context}
     assert isinstance(matches(conditions, context), bool)
 
 
 @given(condition_sets, condition_sets, json_values)
-def test_and_or_compose_like_boolean_logic(left, right, context):
+def test_and_or_compose_like_boolean_logic(left: Any, right: Any, context: Any) -> None:
     context = {"data": context, "snapshots": {"prechange": context, "postchange": None}}
     a, b = matches(left, context), matches(right, context)
     assert matches({"and": [left, right]}, context) == (a and b)
@@ -216,8 +166,8 @@ def test_and_or_compose_like_boolean_logic(left, right, context):
 
 
 @given(paths, json_values, json_values)
-def test_negate_inverts_a_comparison_that_was_made(path, value, other):
-    context: dict = {}
+def test_negate_inverts_a_comparison_that_was_made(path: str, value: Any, other: Any) -> None:
+    context: dict[str, Any] = {}
     node = context
     keys = path.split(".")
     if any(k.lstrip("-").isdigit() for k in keys):
@@ -232,36 +182,14 @@ def test_negate_inverts_a_comparison_that_was_made(path, value, other):
 
 
 @given(paths, json_values, json_values)
-def test_changed_and_unchanged_are_complements(path, before, after):
+def test_changed_and_unchanged_are_complements(path: str, before: Any, after: Any) -> None:
     context = {"snapshots": {"prechange": {"data": before}, "postchange": {"data": after}}}
     changed = matches({"attr": path, "op": "changed"}, context)
     unchanged = matches({"attr": path, "op": "unchanged"}, context)
     assert changed != unchanged
 
 
-def nested(leaf: object, levels: int) -> object:
-    for _ in range(levels):
-        leaf = {"and": [leaf]}
-    return leaf
-
-
-deep_documents = st.builds(
-    nested, leaf_conditions, st.integers(min_value=12, max_value=17)
-) | st.builds(
-    lambda attr, value, levels: {"attr": attr, "value": nested_list(value, levels)},
-    paths,
-    json_values,
-    st.integers(min_value=28, max_value=34),
-)
-
-
-def nested_list(value: object, levels: int) -> object:
-    for _ in range(levels):
-        value = [value]
-    return value
-
-
-def test_documents_nest_at_most_max_depth_levels():
+def test_documents_nest_at_most_max_depth_levels() -> None:
     assert json_depth(1, MAX_DEPTH) == 0 and json_depth({"a": [1, {"b": []}]}, MAX_DEPTH) == 4
     assert json_depth(nested_list(1, 1000), MAX_DEPTH) == MAX_DEPTH + 1  # stops counting
     leaf = {"attr": "data.x", "value": 1}
@@ -294,7 +222,9 @@ numbers = st.one_of(
 
 
 @given(numbers, numbers)
-def test_numbers_compare_by_exact_value_whatever_their_form(left, right):
+def test_numbers_compare_by_exact_value_whatever_their_form(
+    left: tuple[Any, Fraction], right: tuple[Any, Fraction]
+) -> None:
     (value, exact), (other, other_exact) = left, right
     context = {"data": {"n": value}}
     expected = {
@@ -332,11 +262,13 @@ def test_numbers_compare_by_exact_value_whatever_their_form(left, right):
         ('{"x": 1e400}', {"attr": "data.x", "op": "gt", "value": 1.7976931348623157e308}, True),
     ],
 )
-def test_numbers_from_rows_compare_by_value(row, condition, expected):
+def test_numbers_from_rows_compare_by_value(
+    row: str, condition: dict[str, Any], expected: bool
+) -> None:
     assert matches(condition, {"data": loads(row)}) is expected
 
 
-def test_a_reason_never_fails_on_the_value_it_describes():
+def test_a_reason_never_fails_on_the_value_it_describes() -> None:
     huge = 10**5000  # Python cannot print it (the 4,300-digit limit)
     verdict = explain({"attr": "data.x", "value": 1}, {"data": {"x": huge}})
     assert verdict.reason == "data.x eq 1 is false (found <integer of about 5,000 digits>)"
@@ -359,14 +291,14 @@ def test_a_reason_never_fails_on_the_value_it_describes():
         ("data.tags.-" + "9" * 19, None),
     ],
 )
-def test_any_path_the_validator_accepts_can_be_looked_up(path, expected):
+def test_any_path_the_validator_accepts_can_be_looked_up(path: str, expected: str | None) -> None:
     validate({"attr": path, "value": 1})
     tags = [{"slug": "core", "²": "superscript"}, {"slug": "lab"}]
     found = lookup({"data": {"tags": tags}}, path)
     assert found == expected if expected is not None else repr(found) == "<missing>"
 
 
-def test_regular_expressions_take_linear_time():
+def test_regular_expressions_take_linear_time() -> None:
     condition = {"attr": "data.name", "op": "regex", "value": "(a+)+$"}
     started = time.monotonic()
     # Python's re took 4 s at 27 characters here, doubling with each one more.

@@ -7,26 +7,30 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trustme
 from aiohttp import web
-from receivers import connect_proxy, never_answers, receiver
+from support.receivers import Received, connect_proxy, never_answers, receiver
 
-from relay.delivery.send import Sender, retry_after_seconds
+from relay.delivery.send import Outcome, Sender, retry_after_seconds
 from relay.model import Request, Webhook
 
 HOOK = Webhook(id=1, name="t", payload_url="unused", timeout_seconds=Decimal(2))
+T = TypeVar("T")
 
 
-def run(coro):
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}'):
+async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}') -> Outcome:
     request = Request(
         "POST", url, {"Content-Type": "application/json", "X-Relay-Delivery": "d1"}, body, "d1"
     )
@@ -34,8 +38,8 @@ async def send(url: str, webhook: Webhook = HOOK, body: bytes = b'{"a": 1}'):
         return await sender.send(request, webhook)
 
 
-def test_2xx_is_success_and_the_request_arrives_intact():
-    async def scenario():
+def test_2xx_is_success_and_the_request_arrives_intact() -> None:
+    async def scenario() -> tuple[Outcome, list[Received]]:
         async with receiver() as r:
             outcome = await send(r.url + "?x=1")
             return outcome, r.requests
@@ -62,11 +66,13 @@ def test_2xx_is_success_and_the_request_arrives_intact():
         ),
     ],
 )
-def test_non_2xx_answers(status, headers, error, permanent, retry_after):
-    async def answer(request):
+def test_non_2xx_answers(
+    status: int, headers: dict[str, str], error: str, permanent: bool, retry_after: float | None
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
         return web.Response(status=status, headers=headers, text="nope")
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, int]:
         async with receiver(answer) as r:
             return await send(r.url), len(r.requests)
 
@@ -76,14 +82,14 @@ def test_non_2xx_answers(status, headers, error, permanent, retry_after):
     assert count == 1  # a redirect is not followed
 
 
-def test_retry_after_as_an_http_date():
+def test_retry_after_as_an_http_date() -> None:
     when = datetime.now(UTC) + timedelta(seconds=30)
     seconds = retry_after_seconds(format_datetime(when, usegmt=True))
     assert seconds is not None and 25 < seconds <= 30
 
 
-def test_a_receiver_that_never_answers_times_out():
-    async def scenario():
+def test_a_receiver_that_never_answers_times_out() -> None:
+    async def scenario() -> tuple[Outcome, float]:
         async with receiver(never_answers) as r:
             hook = Webhook(**{**HOOK.__dict__, "timeout_seconds": Decimal("0.5")})
             started = time.monotonic()
@@ -92,13 +98,14 @@ def test_a_receiver_that_never_answers_times_out():
 
     outcome, elapsed = run(scenario())
     assert not outcome.ok and outcome.status is None
+    assert outcome.error is not None
     assert (
         outcome.error.startswith("no response from 127.0.0.1:") and "within 0.5 s" in outcome.error
     )
     assert elapsed < 2
 
 
-def test_nobody_listening():
+def test_nobody_listening() -> None:
     import socket
 
     sock = socket.socket()
@@ -111,28 +118,30 @@ def test_nobody_listening():
     assert "secret-token-path" not in outcome.error
 
 
-def test_a_reset_connection():
-    async def reset(request):
+def test_a_reset_connection() -> None:
+    async def reset(request: web.Request) -> web.Response:
+        assert request.transport is not None
         request.transport.abort()
         await asyncio.sleep(0.1)
         return web.Response()
 
-    async def scenario():
+    async def scenario() -> Outcome:
         async with receiver(reset) as r:
             return await send(r.url)
 
     outcome = run(scenario())
     assert not outcome.ok and outcome.status is None
+    assert outcome.error is not None
     assert "closed the connection" in outcome.error or "failed" in outcome.error
 
 
-def test_a_huge_response_is_cut_to_an_excerpt():
+def test_a_huge_response_is_cut_to_an_excerpt() -> None:
     big = b"x" * (10 * 1024 * 1024)
 
-    async def answer(request):
+    async def answer(request: web.Request) -> web.Response:
         return web.Response(body=big)
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, float]:
         async with receiver(answer) as r:
             started = time.monotonic()
             outcome = await send(r.url)
@@ -142,14 +151,14 @@ def test_a_huge_response_is_cut_to_an_excerpt():
     assert outcome.ok and len(outcome.excerpt) == 4096 and elapsed < 5
 
 
-def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path):
+def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path: Path) -> None:
     ca = trustme.CA()
     server_tls = __import__("ssl").create_default_context(__import__("ssl").Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_tls)
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, Outcome, Outcome]:
         async with receiver(tls=server_tls) as r:
             untrusted = await send(r.url)
             trusted = await send(r.url, Webhook(**{**HOOK.__dict__, "ca_file_path": str(ca_file)}))
@@ -157,18 +166,20 @@ def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path):
             return untrusted, trusted, unverified
 
     untrusted, trusted, unverified = run(scenario())
+    assert untrusted.error is not None
     assert not untrusted.ok and "certificate" in untrusted.error and "127.0.0.1" in untrusted.error
     assert trusted.ok and unverified.ok
 
 
-def test_connections_are_kept_alive_between_requests():
-    ports = []
+def test_connections_are_kept_alive_between_requests() -> None:
+    ports: list[int] = []
 
-    async def answer(request):
+    async def answer(request: web.Request) -> web.Response:
+        assert request.transport is not None
         ports.append(request.transport.get_extra_info("peername")[1])
         return web.Response(text="ok")
 
-    async def scenario():
+    async def scenario() -> None:
         async with receiver(answer) as r, Sender() as sender:
             for _ in range(5):
                 request = Request("POST", r.url, {}, b"{}", "d")
@@ -178,11 +189,13 @@ def test_connections_are_kept_alive_between_requests():
     assert len(set(ports)) == 1
 
 
-def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkeypatch):
+def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, Outcome, list[Received], list[Received], str]:
         # The "proxy" answers itself: what matters is which server the request reached.
         async with receiver() as proxy, receiver() as target:
             proxy_url = proxy.url.replace("http://", "http://ops:pa55@").removesuffix("/hook")
@@ -202,7 +215,9 @@ def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkey
     assert "Proxy-Authorization" not in at_target[0].headers
 
 
-def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(tmp_path, monkeypatch):
+def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     ca = trustme.CA()
@@ -212,7 +227,7 @@ def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(tmp_p
     ca.cert_pem.write_to_path(str(ca_file))
     hook = Webhook(**{**HOOK.__dict__, "ca_file_path": str(ca_file)})
 
-    async def scenario():
+    async def scenario() -> tuple[Outcome, list[tuple[str, dict[str, str]]], list[Received], str]:
         async with connect_proxy() as proxy, receiver(tls=server_tls) as target:
             address = proxy.url.replace("http://", "http://ops:pa55@")
             monkeypatch.setenv("HTTPS_PROXY", address)
@@ -228,7 +243,7 @@ def test_https_goes_through_a_connect_proxy_whose_credentials_stay_outside(tmp_p
     assert len(requests) == 1 and "Proxy-Authorization" not in requests[0].headers
 
 
-def test_an_unknown_host_fails_clearly(tmp_path):
+def test_an_unknown_host_fails_clearly(tmp_path: Path) -> None:
     """In a network namespace of its own (no interfaces up), so the name lookup cannot leave
     the machine: it fails at once, as an unknown name does."""
     unshare = shutil.which("unshare")
@@ -259,12 +274,12 @@ def test_an_unknown_host_fails_clearly(tmp_path):
     assert result.stdout.startswith("False cannot resolve host no-such-host.invalid: ")
 
 
-def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret():
+def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret() -> None:
     """What the renderer cannot see coming (headers aiohttp refuses to write, a URL it cannot
     use) ends as a failure for good, not sent, with the reason; the receiver gets nothing, and
     a credential in a header or in the URL is not repeated in the reason."""
 
-    async def scenario():
+    async def scenario() -> tuple[list[Outcome], list[Received]]:
         async with receiver() as r, Sender() as sender:
             headers = {"Authorization": "Bearer tok-0123456789", "X-Note": "a\r\nX-Evil: 1"}
             bad_header = Request("POST", r.url, headers, b"{}", "d1")
@@ -275,8 +290,10 @@ def test_a_request_the_http_client_refuses_is_an_outcome_that_names_no_secret():
     outcomes, requests = run(scenario())
     assert requests == []
     for outcome in outcomes:
+        assert outcome.error is not None
         assert not outcome.ok and outcome.permanent and not outcome.sent
         assert "0123456789" not in outcome.error and "\n" not in outcome.error
+    assert outcomes[0].error is not None and outcomes[1].error is not None
     assert (
         outcomes[0].error.startswith("request to 127.0.0.1:")
         and "ValueError: " in outcomes[0].error

@@ -2,94 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
+from typing import Any
 
 import psycopg
-from helpers import outbox
 from psycopg.rows import dict_row
-from test_rules_sql import add_rule, add_webhook
+from support.db import one_row, outbox
+from support.delivery import claim, claim_parameters, fan_out, finish, setup
+from support.hooks import add_rule, add_webhook
 
-from relay.delivery import record
-from relay.delivery.fanout import FanOut
-from relay.delivery.holding import Holding
-from relay.delivery.metrics import Metrics
-from relay.delivery.record import Result
-from relay.delivery.send import Outcome
-from relay.rules.watch import RuleWatcher
-from relay.settings import Settings
+from relay.db import Conn
 from relay.sqlfiles import query
-from relay.store import AsyncStore
 
 
-def fan_out(conn, max_body_bytes: int = Settings().max_body_bytes) -> int:
-    """Fan out one batch as a relay does (relay/delivery/fanout.py); the changes it matched."""
-    settings = Settings(max_body_bytes=max_body_bytes)
-    dsn = conn.info.dsn
-
-    async def once() -> int:
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as aconn:
-            rules = RuleWatcher(dsn)
-            stage = FanOut(settings, "test", rules, Holding(settings), Metrics(), lambda: None)
-            return await stage.once(AsyncStore(aconn))
-
-    return asyncio.run(once())
-
-
-def claim_parameters(
-    relay_id="r1", lease=30.0, per_webhook=100, busy=(), room=10**9, max_change=10**9, **more
-):
-    """What a relay passes to claim_deliveries: ``busy`` maps webhooks to the deliveries and
-    bytes they hold."""
-    busy = dict(busy)
-    return {
-        "limit": 100,
-        "lease_seconds": lease,
-        "relay_id": relay_id,
-        "per_webhook": per_webhook,
-        "busy_ids": list(busy),
-        "busy_counts": [n for n, _ in busy.values()],
-        "busy_bytes": [size for _, size in busy.values()],
-        "bytes_free": room,
-        "bytes_per_webhook": room,
-        "max_change_bytes": max_change,
-        **more,
-    }
-
-
-def claim(conn, relay_id="r1", lease=30.0, paused=(), per_webhook=100):
-    """Claim as a relay would; ``paused`` webhooks have every slot busy."""
-    busy = {hook: (per_webhook, 0) for hook in paused}
-    rows = conn.execute(
-        query("claim_deliveries"), claim_parameters(relay_id, lease, per_webhook, busy)
-    ).fetchall()
-    return sorted((r[0], r[1]) for r in rows)
-
-
-def finish(conn, outbox_id, webhook_id, status, relay_id="r1", retry_in=0.0):
-    """Record an attempt's outcome as a relay would; the number of deliveries it changed."""
-    ok = status == "delivered"
-    outcome = Outcome(
-        ok=ok, status=200 if ok else 500, duration=0.005, error=None if ok else "HTTP 500"
-    )
-    result = Result(outbox_id, webhook_id, 1, status, retry_in, outcome)
-    done = conn.execute(query("record_outcomes"), record.parameters([result], relay_id)).rowcount
-    conn.execute(query("finish_changes"), {"ids": [outbox_id]})
-    return done
-
-
-def setup(rconn):
-    rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
-    rconn.execute("CREATE TABLE notes (body text)")
-    rconn.execute("SELECT relay.track('items'), relay.track('notes')")
-    a = add_webhook(rconn, name="a")
-    b = add_webhook(rconn, name="b")
-    add_rule(rconn, a, name="items-a", tables=["public.items"])
-    add_rule(rconn, b, name="items-b", tables=["public.items"], events=["update"])
-    return a, b
-
-
-def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rconn):
+def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     rconn.execute("UPDATE items SET v = 1")
@@ -108,7 +34,7 @@ def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rcon
     assert fan_out(rconn) == 0  # nothing left to fan out
 
 
-def test_only_one_relay_fans_out_at_a_time(rconn, relay_dsn):
+def test_only_one_relay_fans_out_at_a_time(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
     with psycopg.connect(relay_dsn) as first, psycopg.connect(relay_dsn) as second:
@@ -118,14 +44,14 @@ def test_only_one_relay_fans_out_at_a_time(rconn, relay_dsn):
         assert len(second.execute(query("changes_to_fan_out"), {"limit": 10}).fetchall()) == 2
 
 
-def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn):
+def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn: Conn) -> None:
     a, b = setup(rconn)  # b's own order is independent: leave it out
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
     rconn.execute("UPDATE items SET v = 1 WHERE id = 1")
     rconn.execute("UPDATE items SET v = 2 WHERE id = 1")
     fan_out(rconn)
     first, second, third, _ = [r["id"] for r in outbox(rconn)]
-    only_a = {"paused": [b]}
+    only_a: dict[str, Any] = {"paused": [b]}
     assert claim(rconn, **only_a) == [(first, a), (second, a)]  # row 1's first change, row 2
     assert claim(rconn, **only_a) == []  # row 1's next change waits while the first is out
     finish(rconn, first, a, "pending", retry_in=0)  # a failed attempt, retry due now
@@ -134,7 +60,7 @@ def test_changes_to_one_row_are_claimed_one_at_a_time_in_order(rconn):
     assert claim(rconn, **only_a) == [(third, a)]
 
 
-def test_a_lease_expires_and_the_old_holder_cannot_overwrite(rconn):
+def test_a_lease_expires_and_the_old_holder_cannot_overwrite(rconn: Conn) -> None:
     a, _ = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     fan_out(rconn)
@@ -148,7 +74,7 @@ def test_a_lease_expires_and_the_old_holder_cannot_overwrite(rconn):
     assert outbox(rconn)[0]["status"] == "delivered"
 
 
-def test_two_relays_claim_disjoint_work(rconn, relay_dsn):
+def test_two_relays_claim_disjoint_work(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g")
     fan_out(rconn)
@@ -160,7 +86,7 @@ def test_two_relays_claim_disjoint_work(rconn, relay_dsn):
     assert len(first) + len(second) == 50 and not set(first) & set(second)
 
 
-def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn):
+def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     rconn.execute("UPDATE items SET v = 1")
@@ -188,7 +114,7 @@ def test_requeue_with_plain_sql_resends_only_to_webhooks_that_failed(rconn):
     assert outbox(rconn)[1]["status"] == "delivered"
 
 
-def test_busy_webhooks_get_only_their_free_slots(rconn):
+def test_busy_webhooks_get_only_their_free_slots(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g")
     rconn.execute("UPDATE items SET v = 1")
@@ -200,7 +126,7 @@ def test_busy_webhooks_get_only_their_free_slots(rconn):
     assert sorted(r[1] for r in rows) == [a, a, a]
 
 
-def test_documented_one_liners(rconn):
+def test_documented_one_liners(rconn: Conn) -> None:
     """docs/operations.md: retry one webhook's failures; drop a poisoned change."""
     a, _ = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
@@ -231,7 +157,7 @@ def test_documented_one_liners(rconn):
     assert claim(rconn) == []
 
 
-def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn):
+def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (10, 0)")
     rconn.execute("UPDATE items SET id = 11 WHERE id = 10")
@@ -245,7 +171,7 @@ def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn):
         (moved, a),
     ).fetchone()
     assert keys == ('public.items:{"id": 11}', 'public.items:{"id": 10}')
-    only_a = {"paused": [b]}
+    only_a: dict[str, Any] = {"paused": [b]}
     assert claim(rconn, **only_a) == [(created, a)]  # everything else waits for it
     finish(rconn, created, a, "delivered")
     assert claim(rconn, **only_a) == [(moved, a)]  # the new row 10 and row 11 wait for the move
@@ -255,14 +181,14 @@ def test_a_key_move_is_claimed_after_the_old_key_and_before_what_follows(rconn):
     assert claim(rconn, **only_a) == [(reused, a), (later, a)]
 
 
-def test_claims_take_only_what_fits_in_the_bytes_left(rconn):
+def test_claims_take_only_what_fits_in_the_bytes_left(rconn: Conn) -> None:
     a, b = setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 6) g")
     fan_out(rconn)
-    size = rconn.execute("SELECT max(change_bytes) FROM relay.deliveries").fetchone()[0]
+    size = one_row(rconn.execute("SELECT max(change_bytes) FROM relay.deliveries"))[0]
     assert size == len('{"id":1,"v":0}')  # octet_length of the JSON text
 
-    def take(**room) -> int:
+    def take(**room: Any) -> int:
         params = claim_parameters(**{"lease": 0.001, "busy": {b: (100, 0)}, **room})
         rows = rconn.execute(query("claim_deliveries"), params).fetchall()
         time.sleep(0.01)  # the lease runs out: the next call may take them again
@@ -275,7 +201,9 @@ def test_claims_take_only_what_fits_in_the_bytes_left(rconn):
     assert take(room=10 * size, bytes_per_webhook=3 * size, busy={a: (0, size), b: (100, 0)}) == 2
 
 
-def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing(rconn):
+def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing(
+    rconn: Conn,
+) -> None:
     _, b = setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     fan_out(rconn)
@@ -286,7 +214,7 @@ def test_a_change_over_the_limit_is_claimed_without_its_images_and_costs_nothing
     assert row["change_bytes"] > 5
 
 
-def test_key_moves_are_found_in_images_postgresql_cannot_parse_as_text(rconn):
+def test_key_moves_are_found_in_images_postgresql_cannot_parse_as_text(rconn: Conn) -> None:
     """A json column may hold \\u0000 or a lone surrogate: PostgreSQL's json operators fail on
     such an image, yet fan-out still finds the key an UPDATE moved the row from."""
     rconn.execute("CREATE TABLE docs (id text PRIMARY KEY, doc json)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
+from support.db import one_row
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 
@@ -30,7 +31,7 @@ def settings(text: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_unit_is_a_hardened_notify_service(unit):
+def test_unit_is_a_hardened_notify_service(unit: str) -> None:
     found = settings((DEPLOY / unit).read_text())
     assert found["Type"] == ["notify"] and found["Restart"] == ["on-failure"]
     assert found["ExecStart"] == ["/opt/relay/bin/relay run"]
@@ -56,7 +57,7 @@ def test_unit_is_a_hardened_notify_service(unit):
 
 
 @pytest.mark.parametrize("unit", UNITS)
-def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
+def test_systemd_analyze_verify_accepts_the_unit(unit: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed here")
@@ -76,7 +77,7 @@ def test_systemd_analyze_verify_accepts_the_unit(unit, tmp_path):
     assert complaints == []
 
 
-def test_the_documented_pg_hba_line_and_an_encoded_password_let_the_service_role_in():
+def test_the_documented_pg_hba_line_and_an_encoded_password_let_the_service_role_in() -> None:
     """docs/deploy.md's pg_hba.conf line, on a private cluster (the shared one trusts
     127.0.0.1), and a password full of URL syntax, percent-encoded by the doc's one-liner."""
     if find_server_binaries() is None:
@@ -96,7 +97,7 @@ def test_the_documented_pg_hba_line_and_an_encoded_password_let_the_service_role
             conn.execute(
                 sql.SQL("CREATE ROLE relay_service LOGIN PASSWORD {}").format(sql.Literal(password))
             )
-            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+            hba = Path(one_row(conn.execute("SHOW hba_file"))[0])
         hba.write_text(line[0].replace(line[1], "127.0.0.1/32") + "\n" + hba.read_text())
         cluster.reload()
         server = f"127.0.0.1:{cluster.port}/app"

@@ -8,10 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.db import one_row
+
+from relay.db import Conn
+
 SITE = Path(__file__).with_name("django_site.py")
 
 
-def test_every_change_of_a_request_carries_its_user_and_request_id(rconn, relay_dsn):
+def test_every_change_of_a_request_carries_its_user_and_request_id(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id serial PRIMARY KEY, note text)")
     rconn.execute("SELECT relay.track('items')")
     done = subprocess.run(
@@ -29,7 +35,7 @@ def test_every_change_of_a_request_carries_its_user_and_request_id(rconn, relay_
     assert len({ids[name] for name in ids if name != "given id"}) == len(ids) - 1
     assert "bad id" not in ids["hostile id"]  # not a plain token: a new id instead
 
-    role = rconn.execute("SELECT current_user").fetchone()[0]
+    role = one_row(rconn.execute("SELECT current_user"))[0]
     changes = rconn.execute(
         "SELECT new ->> 'note', username, request_id FROM relay.outbox ORDER BY id"
     ).fetchall()

@@ -6,12 +6,15 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
+from support.db import one_row
 
 from relay import sqlfiles
+from relay.db import Conn
 from relay.store import Store
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
@@ -44,7 +47,7 @@ def psql(dsn: str, *args: str, input_text: str | None = None) -> subprocess.Comp
     )
 
 
-def test_install_creates_the_schema_and_records_the_version(conn):
+def test_install_creates_the_schema_and_records_the_version(conn: Conn) -> None:
     assert Store(conn).installed_version() == 0
     applied = Store(conn).install()
     assert [m.version for m in applied] == list(range(1, sqlfiles.latest_version() + 1))
@@ -58,14 +61,16 @@ def test_install_creates_the_schema_and_records_the_version(conn):
     assert {"outbox", "tracked", "migrations", "tracked_tables"} <= tables
 
 
-def test_install_twice_changes_nothing(conn):
+def test_install_twice_changes_nothing(conn: Conn) -> None:
     Store(conn).install()
     before = conn.execute(FINGERPRINT).fetchall()
     assert Store(conn).install() == []
     assert conn.execute(FINGERPRINT).fetchall() == before
 
 
-def test_psql_install_matches_python_install_and_is_repeatable(db_dsn, server_dsn, conn):
+def test_psql_install_matches_python_install_and_is_repeatable(
+    db_dsn: str, server_dsn: str, conn: Conn
+) -> None:
     first = psql(db_dsn, "-f", str(SQL / "install.sql"))
     assert first.returncode == 0, first.stderr
     via_psql = conn.execute(FINGERPRINT).fetchall()
@@ -87,7 +92,9 @@ def test_psql_install_matches_python_install_and_is_repeatable(db_dsn, server_ds
             admin.execute("DROP DATABASE relay_fingerprint WITH (FORCE)")
 
 
-def test_relay_sql_prints_scripts_psql_runs_without_a_checkout(db_dsn, conn, make_role):
+def test_relay_sql_prints_scripts_psql_runs_without_a_checkout(
+    db_dsn: str, conn: Conn, make_role: Callable[..., str]
+) -> None:
     """`relay sql ...` prints the packaged SQL in one piece (no file includes), for psql."""
     service = make_role("service")
 
@@ -113,7 +120,7 @@ def test_relay_sql_prints_scripts_psql_runs_without_a_checkout(db_dsn, conn, mak
     assert Store(conn).installed_version() == 0
 
 
-def test_install_sql_lists_every_migration_in_order():
+def test_install_sql_lists_every_migration_in_order() -> None:
     text = (SQL / "install.sql").read_text()
     listed = re.findall(r"^\\ir migrations/(\S+)$", text, re.M)
     assert listed == [m.path.name for m in sqlfiles.migrations()]
@@ -131,7 +138,9 @@ def test_install_sql_lists_every_migration_in_order():
         assert recorded and (int(recorded[1]), recorded[2]) == (m.version, m.name)
 
 
-def test_upgrade_applies_only_new_migrations(conn, tmp_path, monkeypatch):
+def test_upgrade_applies_only_new_migrations(
+    conn: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     Store(conn).install()
     conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     conn.execute("SELECT relay.track('t')")
@@ -155,10 +164,12 @@ def test_upgrade_applies_only_new_migrations(conn, tmp_path, monkeypatch):
         sqlfiles.migrations.cache_clear()
     # What the older version held is still there and still working.
     conn.execute("INSERT INTO t VALUES (2)")
-    assert conn.execute("SELECT count(*) FROM relay.outbox").fetchone()[0] == 2
+    assert one_row(conn.execute("SELECT count(*) FROM relay.outbox"))[0] == 2
 
 
-def test_failed_migration_leaves_the_install_as_it_was(conn, tmp_path, monkeypatch):
+def test_failed_migration_leaves_the_install_as_it_was(
+    conn: Conn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     newer = tmp_path / "sql"
     shutil.copytree(SQL, newer)
     n = sqlfiles.latest_version() + 1
@@ -174,7 +185,9 @@ def test_failed_migration_leaves_the_install_as_it_was(conn, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("how", ["python", "psql"])
-def test_uninstall_removes_triggers_and_schema_but_not_user_data(conn, db_dsn, how):
+def test_uninstall_removes_triggers_and_schema_but_not_user_data(
+    conn: Conn, db_dsn: str, how: str
+) -> None:
     Store(conn).install()
     conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
     conn.execute("CREATE TABLE p (id int, k int) PARTITION BY LIST (k)")
@@ -189,9 +202,9 @@ def test_uninstall_removes_triggers_and_schema_but_not_user_data(conn, db_dsn, h
         result = psql(db_dsn, "-f", str(SQL / "uninstall.sql"))
         assert result.returncode == 0, result.stderr
 
-    assert conn.execute("SELECT to_regnamespace('relay')").fetchone()[0] is None
-    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal").fetchone()[0] == 0
+    assert one_row(conn.execute("SELECT to_regnamespace('relay')"))[0] is None
+    assert one_row(conn.execute("SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal"))[0] == 0
     conn.execute("INSERT INTO t VALUES (2)")
     conn.execute("INSERT INTO p VALUES (2, 1)")
-    assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+    assert one_row(conn.execute("SELECT count(*) FROM t"))[0] == 2
     Store(conn).uninstall()  # nothing left to remove is not an error

@@ -8,11 +8,12 @@ import json
 import re
 
 from aiohttp import web
-from receivers import Receiver, receiver
-from test_bad_input import add
-from test_settings import relay
-from test_worker import FAST, outbox_statuses, running, until
+from support.cli import relay_env as relay
+from support.hooks import add
+from support.receivers import Handler, Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, until
 
+from relay.db import Conn
 from relay.settings import Settings
 
 KiB = 1024
@@ -23,8 +24,8 @@ def limited(body: int, held: int, **more: object) -> Settings:
 
 
 def test_changes_too_large_to_send_fail_at_once_with_the_reason_and_the_rest_flows(
-    rconn, relay_dsn
-):
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
     rconn.execute("SELECT relay.track('items')")
 
@@ -83,12 +84,12 @@ def test_changes_too_large_to_send_fail_at_once_with_the_reason_and_the_rest_flo
     assert re.fullmatch(r"body of 120\.\dKiB is over RELAY_MAX_BODY_BYTES \(100\.0KiB\)", error)
 
 
-def test_held_bytes_bound_how_many_large_changes_are_in_flight(rconn, relay_dsn):
+def test_held_bytes_bound_how_many_large_changes_are_in_flight(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
     rconn.execute("SELECT relay.track('items')")
     most = {"a": 0, "b": 0}
 
-    def slow(name: str):
+    def slow(name: str) -> Handler:
         now = {"n": 0}
 
         async def answer(request: web.Request) -> web.Response:
@@ -119,7 +120,7 @@ def test_held_bytes_bound_how_many_large_changes_are_in_flight(rconn, relay_dsn)
     assert most == {"a": 3, "b": 3}
 
 
-def test_the_byte_budget_must_hold_the_largest_change():
+def test_the_byte_budget_must_hold_the_largest_change() -> None:
     result = relay("config", RELAY_MAX_BODY_BYTES="64MiB", RELAY_MAX_HELD_BYTES="256MiB")
     assert result.returncode == 2
     assert result.stderr.strip() == (
@@ -129,7 +130,7 @@ def test_the_byte_budget_must_hold_the_largest_change():
     assert (shown["RELAY_MAX_BODY_BYTES"], shown["RELAY_MAX_HELD_BYTES"]) == (5_000_000, 256 << 20)
 
 
-def test_conditions_see_large_rows_read_a_few_at_a_time(rconn, relay_dsn):
+def test_conditions_see_large_rows_read_a_few_at_a_time(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
     rconn.execute("SELECT relay.track('items')")
 
@@ -154,7 +155,9 @@ def test_conditions_see_large_rows_read_a_few_at_a_time(rconn, relay_dsn):
     assert outbox_statuses(rconn) == ["skipped", "delivered"] * 5
 
 
-def test_a_change_waiting_when_the_limit_is_lowered_fails_unread(rconn, relay_dsn):
+def test_a_change_waiting_when_the_limit_is_lowered_fails_unread(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, note text)")
     rconn.execute("SELECT relay.track('items')")
 

@@ -6,14 +6,17 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import psycopg
 from aiohttp import web
-from receivers import receiver
-from test_worker import FAST, outbox_statuses, running, until
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, until
+
+from relay.db import Conn
 
 
-def add_webhook(conn, url: str, tables: list[str]) -> None:
+def add_webhook(conn: Conn, url: str, tables: list[str]) -> None:
     conn.execute(
         "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES ('hook', %s, 's')", (url,)
     )
@@ -25,11 +28,11 @@ def add_webhook(conn, url: str, tables: list[str]) -> None:
 
 
 @asynccontextmanager
-async def first_creates_refused() -> AsyncIterator[tuple[str, list[dict]]]:
+async def first_creates_refused() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A receiver that answers 503 to the first attempt of every "created" event, as a
     receiver that is briefly down would, and notes in order the bodies it accepted."""
     refused: set[str] = set()
-    accepted: list[dict] = []
+    accepted: list[dict[str, Any]] = []
 
     async def handle(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
@@ -44,7 +47,7 @@ async def first_creates_refused() -> AsyncIterator[tuple[str, list[dict]]]:
         yield r.url, accepted
 
 
-def story(accepted: list[dict], table: str, column: str) -> list[str]:
+def story(accepted: list[dict[str, Any]], table: str, column: str) -> list[str]:
     """What a receiver learnt about one table, in the order it learnt it: "created 10",
     "updated 10 -> 11", "updated 11"..."""
     told = []
@@ -61,11 +64,13 @@ def story(accepted: list[dict], table: str, column: str) -> list[str]:
     return told
 
 
-def test_an_update_of_the_primary_key_waits_for_the_insert_of_the_old_key(rconn, relay_dsn):
+def test_an_update_of_the_primary_key_waits_for_the_insert_of_the_old_key(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[dict[str, Any]]:
         async with first_creates_refused() as (url, accepted):
             add_webhook(rconn, url, ["public.items"])
             async with running(relay_dsn, FAST):
@@ -77,11 +82,13 @@ def test_an_update_of_the_primary_key_waits_for_the_insert_of_the_old_key(rconn,
     assert story(asyncio.run(scenario()), "items", "id") == ["created 10", "updated 10 -> 11"]
 
 
-def test_a_chain_of_key_changes_and_a_reused_key_arrive_in_order(rconn, relay_dsn):
+def test_a_chain_of_key_changes_and_a_reused_key_arrive_in_order(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[dict[str, Any]]:
         async with first_creates_refused() as (url, accepted):
             add_webhook(rconn, url, ["public.items"])
             async with running(relay_dsn, FAST):
@@ -102,8 +109,8 @@ def test_a_chain_of_key_changes_and_a_reused_key_arrive_in_order(rconn, relay_ds
 
 
 def test_order_holds_for_bytea_timestamptz_and_float_keys_written_with_other_settings(
-    rconn, relay_dsn
-):
+    rconn: Conn, relay_dsn: str
+) -> None:
     """Each row is written by two sessions whose settings print its key differently; the
     receiver still hears of each row's changes in the order they were made."""
     rconn.execute("CREATE TABLE blobs (k bytea PRIMARY KEY, v int)")
@@ -116,7 +123,7 @@ def test_order_holds_for_bytea_timestamptz_and_float_keys_written_with_other_set
         " SET extra_float_digits = 0; SET DateStyle = 'SQL, DMY'"
     )
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[dict[str, Any]]:
         async with first_creates_refused() as (url, accepted):
             add_webhook(rconn, url, ["public.blobs", "public.events", "public.ratios"])
             with (

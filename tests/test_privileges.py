@@ -6,15 +6,17 @@ import asyncio
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import outbox
 from psycopg.conninfo import make_conninfo
-from receivers import receiver
-from test_worker import FAST, running, until
+from support.db import one_row, outbox
+from support.receivers import receiver
+from support.worker import FAST, running, until
 
+from relay.db import Conn
 from relay.delivery import fanout
 from relay.settings import Settings
 from relay.store import Store
@@ -23,7 +25,7 @@ SQL = Path(__file__).resolve().parent.parent / "sql"
 
 
 @pytest.fixture
-def roles(db_dsn, make_role, conn):
+def roles(db_dsn: str, make_role: Callable[..., str], conn: Conn) -> dict[str, str]:
     """An installer with only CREATE on the database; an application that owns its table."""
     installer, app = make_role("installer"), make_role("app")
     dbname = conn.info.dbname
@@ -40,11 +42,11 @@ def roles(db_dsn, make_role, conn):
     }
 
 
-def test_installer_needs_no_superuser_and_app_needs_no_rights(roles):
+def test_installer_needs_no_superuser_and_app_needs_no_rights(roles: dict[str, str]) -> None:
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
-        assert not inst.execute(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]
+        assert not one_row(
+            inst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        )[0]
         Store(inst).install()
         Store(inst).track("public.orders")
 
@@ -72,7 +74,7 @@ def test_installer_needs_no_superuser_and_app_needs_no_rights(roles):
     ]
 
 
-def grant_service_role(roles, service) -> None:
+def grant_service_role(roles: dict[str, str], service: str) -> None:
     psql = shutil.which("psql")
     if psql is None:
         pytest.skip("psql is not installed")
@@ -96,7 +98,9 @@ def grant_service_role(roles, service) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_service_role_grants(roles, make_role, db_dsn):
+def test_service_role_grants(
+    roles: dict[str, str], make_role: Callable[..., str], db_dsn: str
+) -> None:
     service = make_role("svc")
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         Store(inst).install()
@@ -106,13 +110,13 @@ def test_service_role_grants(roles, make_role, db_dsn):
         app.execute("INSERT INTO orders VALUES (1, 10), (2, 20)")
 
     with psycopg.connect(make_conninfo(db_dsn, user=service), autocommit=True) as svc:
-        assert svc.execute("SELECT count(*) FROM relay.outbox").fetchone()[0] == 2
+        assert one_row(svc.execute("SELECT count(*) FROM relay.outbox"))[0] == 2
         svc.execute(
             "UPDATE relay.outbox SET status = 'delivered', processed_at = now()"
             " WHERE new->>'id' = '1'"
         )
         svc.execute("DELETE FROM relay.outbox WHERE status = 'delivered'")
-        assert svc.execute("SELECT count(*) FROM relay.tracked").fetchone()[0] == 1
+        assert one_row(svc.execute("SELECT count(*) FROM relay.tracked"))[0] == 1
         for statement in [
             "INSERT INTO relay.outbox (schema_name, table_name, op, txid)"
             " VALUES ('public', 'orders', 'insert', pg_current_xact_id())",
@@ -124,7 +128,12 @@ def test_service_role_grants(roles, make_role, db_dsn):
                 svc.execute(statement)
 
 
-def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, monkeypatch):
+def test_relay_run_works_with_the_service_role_alone(
+    roles: dict[str, str],
+    make_role: Callable[..., str],
+    db_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The whole delivery path (fan-out, claims, outcomes, statistics, purge) as the service
     role: what sql/service_role.sql grants is enough, also for a table in a schema the service
     role has no right to (shop), with a model name."""
@@ -169,7 +178,9 @@ def test_relay_run_works_with_the_service_role_alone(roles, make_role, db_dsn, m
     assert asyncio.run(scenario()) == 20
 
 
-def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(roles, make_role):
+def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off(
+    roles: dict[str, str], make_role: Callable[..., str]
+) -> None:
     writer = make_role("writer")
     with psycopg.connect(roles["app"], autocommit=True) as owner:
         owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON orders TO {writer}")

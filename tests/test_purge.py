@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import asyncio
 
-from receivers import receiver
-from test_cli import relay
-from test_delivery_sql import claim, fan_out, finish, setup
-from test_worker import FAST, outbox_statuses, running, until
-from test_worker import setup as setup_hook
+from support.cli import relay
+from support.db import one_row
+from support.delivery import claim, fan_out, finish, setup
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, until
+from support.worker import setup as setup_hook
 
+from relay.db import Conn
 from relay.settings import Settings
 
 
-def counts(rconn) -> tuple[int, int, int]:
-    return rconn.execute(
-        "SELECT (SELECT count(*) FROM relay.outbox), (SELECT count(*) FROM relay.deliveries),"
-        " (SELECT count(*) FROM relay.attempts)"
-    ).fetchone()
+def counts(rconn: Conn) -> tuple[int, int, int]:
+    return one_row(
+        rconn.execute(
+            "SELECT (SELECT count(*) FROM relay.outbox), (SELECT count(*) FROM relay.deliveries),"
+            " (SELECT count(*) FROM relay.attempts)"
+        )
+    )
 
 
-def test_purge_deletes_old_finished_changes_with_their_history_in_batches(rconn, relay_dsn):
+def test_purge_deletes_old_finished_changes_with_their_history_in_batches(
+    rconn: Conn, relay_dsn: str
+) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 5) g")
     rconn.execute("INSERT INTO notes VALUES ('no rule: skipped')")
@@ -50,7 +56,7 @@ def test_purge_deletes_old_finished_changes_with_their_history_in_batches(rconn,
     assert bad.returncode == 2 and "--older-than" in bad.stderr
 
 
-def test_the_relay_purges_on_its_own_a_week_after_by_default(rconn, relay_dsn):
+def test_the_relay_purges_on_its_own_a_week_after_by_default(rconn: Conn, relay_dsn: str) -> None:
     """With no RELAY_RETENTION_DAYS the relay keeps a week of finished changes; 0 keeps every
     one, a shorter retention keeps less."""
 

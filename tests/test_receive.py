@@ -28,7 +28,7 @@ def listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_receive_prints_numbered_requests_and_checks_signatures():
+def test_receive_prints_numbered_requests_and_checks_signatures() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -11,36 +11,23 @@ import tracemalloc
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
+from support.render import CHANGE, HOOK
 
-from relay.model import Change, Webhook, dumps, loads
+from relay.model import Change, Request, Webhook, dumps, loads
 from relay.render.request import Renderer, RenderError, context, default_body, delivery_id
 from relay.render.sandbox import MAX_OUTPUT
 
-CHANGE = Change.of(
-    id=41,
-    schema_name="public",
-    table_name="orders",
-    op="update",
-    old=loads('{"id": 7, "status": "new", "total": 120.00, "note": "a\\r\\nX-Evil: 1"}'),
-    new=loads('{"id": 7, "status": "paid", "total": 120.00, "note": "a\\r\\nX-Evil: 1"}'),
-    pk={"id": 7},
-    username="alice",
-    request_id="req-1",
-    txid="812",
-    created_at=datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC),
-)
-HOOK = Webhook(id=3, name="orders", payload_url="https://example.test/hook", secret="s3cret")
 
-
-def request(**changes):
+def request(**changes: Any) -> Request:
     fields = {**HOOK.__dict__, **changes}
     return Renderer().request(Webhook(**fields), CHANGE, {"team": "ops"}, timestamp=1_700_000_000)
 
 
-def test_context_has_netbox_names_and_ours():
+def test_context_has_netbox_names_and_ours() -> None:
     ctx = context(CHANGE, {"team": "ops", "event": "ignored"})
     assert ctx["event"] == "updated" and ctx["model"] == "orders"
     assert ctx["object_type"] == "public.orders" and ctx["timestamp"] == "2026-11-22T10:00:00+00:00"
@@ -57,7 +44,7 @@ def test_context_has_netbox_names_and_ours():
     assert deleted["event"] == "deleted" and deleted["data"]["status"] == "new"
 
 
-def test_default_body_is_the_context_as_json_with_exact_numbers_and_netbox_signature():
+def test_default_body_is_the_context_as_json_with_exact_numbers_and_netbox_signature() -> None:
     req = request()
     assert req.method == "POST" and req.url == "https://example.test/hook"
     body = json.loads(req.body)
@@ -72,7 +59,7 @@ def test_default_body_is_the_context_as_json_with_exact_numbers_and_netbox_signa
     assert request().delivery_id == req.delivery_id  # the same on every attempt
 
 
-def test_templates_for_url_body_and_headers():
+def test_templates_for_url_body_and_headers() -> None:
     req = request(
         payload_url="https://example.test/{{ model }}/{{ data.id }}?team={{ team }}",
         body_template='{"text": "Order {{ data.id }} is {{ data.status }} ({{ username }})"}',
@@ -85,19 +72,19 @@ def test_templates_for_url_body_and_headers():
     assert req.method == "PATCH"
 
 
-def test_tojson_keeps_exact_numbers():
+def test_tojson_keeps_exact_numbers() -> None:
     req = request(body_template='{"order": {{ data | tojson }}}')
     assert json.loads(req.body)["order"]["total"] == 120.0
     assert b"120.00" in req.body
 
 
-def test_header_values_cannot_inject_headers():
+def test_header_values_cannot_inject_headers() -> None:
     req = request(additional_headers="X-Note: {{ data.note }}")
     assert req.headers["X-Note"] == "aX-Evil: 1"
     assert "X-Evil" not in req.headers
 
 
-def test_standard_webhooks_signature_verifies():
+def test_standard_webhooks_signature_verifies() -> None:
     secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
     fields = {**HOOK.__dict__, "signature": "standard", "secret": secret}
     req = Renderer().request(Webhook(**fields), CHANGE, timestamp=int(datetime.now().timestamp()))
@@ -126,12 +113,12 @@ def test_standard_webhooks_signature_verifies():
         ({"signature": "standard", "secret": "plain"}, "secret: a Standard Webhooks secret"),
     ],
 )
-def test_bad_templates_fail_with_a_clear_reason(fields, message):
+def test_bad_templates_fail_with_a_clear_reason(fields: dict[str, object], message: str) -> None:
     with pytest.raises(RenderError, match=message):
         request(**fields)
 
 
-def test_env_filter_reads_only_allowed_names(monkeypatch):
+def test_env_filter_reads_only_allowed_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_TOKEN_A", "tok")
     monkeypatch.setenv("SECRET_KEY", "nope")
     renderer = Renderer(env_allow=["RELAY_TOKEN_*"])
@@ -144,11 +131,11 @@ def test_env_filter_reads_only_allowed_names(monkeypatch):
         renderer.request(bad, CHANGE, timestamp=0)
 
 
-def test_numbers_parse_exactly():
+def test_numbers_parse_exactly() -> None:
     assert loads('{"a": 1.10}') == {"a": Decimal("1.10")}
 
 
-def test_docs_worked_examples_render_valid_json():
+def test_docs_worked_examples_render_valid_json() -> None:
     """The Slack and compliance-report templates of docs/rules.md."""
     slack = Webhook(
         id=1,
@@ -207,7 +194,7 @@ def test_docs_worked_examples_render_valid_json():
     }
 
 
-def test_the_default_body_splices_the_stored_json_as_it_is():
+def test_the_default_body_splices_the_stored_json_as_it_is() -> None:
     stored = Change(
         id=5,
         schema_name="public",
@@ -247,7 +234,7 @@ def test_the_default_body_splices_the_stored_json_as_it_is():
         ("{% for i in range(90000) %}{{ 'x' * 100 }}{% endfor %}", "characters"),
     ],
 )
-def test_templates_cannot_escape_or_run_away(template, reason):
+def test_templates_cannot_escape_or_run_away(template: str, reason: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     started = time.monotonic()
     with pytest.raises(RenderError, match=reason) as caught:
@@ -260,12 +247,12 @@ def test_templates_cannot_escape_or_run_away(template, reason):
     "template",
     ["{{ self._TemplateReference__context }}", "{{ data|attr('__class__') }}", "{{ ''.__doc__ }}"],
 )
-def test_private_attributes_render_as_nothing(template):
+def test_private_attributes_render_as_nothing(template: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     assert Renderer().request(hook, CHANGE, timestamp=0).body == b""
 
 
-def test_a_slow_template_is_stopped_after_the_time_limit():
+def test_a_slow_template_is_stopped_after_the_time_limit() -> None:
     # Under every other limit, but slow: each step does real work through the sandbox.
     slow = "{% for i in range(900000) %}{% if data.status ~ i == 'never' %}x{% endif %}{% endfor %}"
     hook = Webhook(**{**HOOK.__dict__, "body_template": slow})
@@ -275,7 +262,7 @@ def test_a_slow_template_is_stopped_after_the_time_limit():
     assert time.monotonic() - started < 1.5
 
 
-def test_rows_python_cannot_hold_are_read_exactly_or_refused_in_words():
+def test_rows_python_cannot_hold_are_read_exactly_or_refused_in_words() -> None:
     """PostgreSQL happily stores a 5,001-digit numeric and JSON nested 1,000 deep; Python's
     int() stops at 4,300 digits and its parsers at its recursion limit."""
     big = "1" + "0" * 5000
@@ -296,7 +283,9 @@ def test_rows_python_cannot_hold_are_read_exactly_or_refused_in_words():
         Renderer().request(replace(HOOK, body_template="{{ data.n | int }}"), huge, timestamp=0)
 
 
-def test_a_failure_never_shows_a_secret_or_a_value_read_from_the_environment(monkeypatch):
+def test_a_failure_never_shows_a_secret_or_a_value_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CRM_TOKEN", "token-0123456789")
     renderer = Renderer(["CRM_*"])
     # An error that quotes the value: KeyError('token-0123456789').
@@ -359,7 +348,7 @@ BIG = "{% set big = 'x' * 8000000 %}"
         ("{{ range(10)|map('center', 100000000)|list }}", "the center filter"),
     ],
 )
-def test_no_value_a_template_makes_goes_past_the_limit(template, reason):
+def test_no_value_a_template_makes_goes_past_the_limit(template: str, reason: str) -> None:
     """Each is refused before the large value exists: the render never holds much more than
     one value at the limit (the old sandbox built 200 MB to 1 GB strings for these)."""
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
@@ -388,7 +377,7 @@ def test_no_value_a_template_makes_goes_past_the_limit(template, reason):
         "{% endfor %}",
     ],
 )
-def test_loops_over_anything_are_counted_and_stopped(template):
+def test_loops_over_anything_are_counted_and_stopped(template: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     started = time.monotonic()
     with pytest.raises(RenderError, match=r"iterations|stopped after 1 s|goes past"):
@@ -396,7 +385,7 @@ def test_loops_over_anything_are_counted_and_stopped(template):
     assert time.monotonic() - started < 1.5
 
 
-def test_templates_nested_past_pythons_limits_fail_with_a_reason():
+def test_templates_nested_past_pythons_limits_fail_with_a_reason() -> None:
     deep = "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}"
     with pytest.raises(RenderError, match="body_template: RecursionError"):
         Renderer().check(deep, "body_template")

@@ -10,18 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_render import CHANGE, HOOK
+from support.render import CHANGE, HOOK, STUCK
 
 from relay.model import Webhook
 from relay.render.child import KILL_MARGIN, MAX_MEMORY
 from relay.render.pool import RenderPool
 from relay.render.request import Renderer, RenderError
 from relay.render.sandbox import MAX_OUTPUT, MAX_SECONDS
-
-STUCK = "{{ ([[0]] * 200000)|sum(start=[])|length }}"
-"""One C call that no sandbox check sees (a sum of lists, quadratic), its values all under the
-limits: minutes on the development machine, where the old sandbox said "stopped after 1 s" only
-once it had finished."""
 
 
 def hook(number: int, template: str) -> Webhook:
@@ -51,7 +46,7 @@ def memory(pid: int, field: str) -> int:
     raise AssertionError(f"no {field}")
 
 
-def test_requests_render_as_in_process_and_only_templates_start_a_process():
+def test_requests_render_as_in_process_and_only_templates_start_a_process() -> None:
     plain = replace(HOOK, id=1)
     templated = hook(2, '{"id": {{ data.id }}, "who": {{ username|tojson }}}')
     templated = replace(templated, additional_headers="X-Id: {{ data.id }}", secret="s")
@@ -74,7 +69,7 @@ def test_requests_render_as_in_process_and_only_templates_start_a_process():
     asyncio.run(scenario())
 
 
-def test_requests_sent_while_a_process_starts_each_get_their_own_answer():
+def test_requests_sent_while_a_process_starts_each_get_their_own_answer() -> None:
     async def scenario() -> list[bytes]:
         pool = RenderPool()
         try:
@@ -90,7 +85,7 @@ def test_requests_sent_while_a_process_starts_each_get_their_own_answer():
     assert asyncio.run(scenario()) == [b"0", b"1", b"2", b"3"]
 
 
-def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on():
+def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on() -> None:
     healthy = hook(1, '{"id": {{ data.id }}}')
     hostile = hook(2, STUCK)
     waits: list[float] = []
@@ -135,7 +130,7 @@ def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on(
     assert max(waits) < KILL_MARGIN  # the healthy webhook never waited on the stuck one
 
 
-def test_a_request_whose_process_dies_is_tried_once_more_in_a_new_one():
+def test_a_request_whose_process_dies_is_tried_once_more_in_a_new_one() -> None:
     """A process can die of something else than its request (killed while idle, say): the
     request goes to a new process. Only when that one dies too does the request fail."""
     slow = hook(
@@ -178,7 +173,7 @@ HOSTILE = [
 ]
 
 
-def test_render_processes_stay_small_whatever_the_template():
+def test_render_processes_stay_small_whatever_the_template() -> None:
     """Peak memory of the render process (VmHWM, reset before each template) while it renders
     hostile templates: each stops before it holds much more than one value at the limit. Many
     values each under the limit run into the process's own ceiling, never the relay's."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from test_cli import relay
-from test_delivery_sql import claim, fan_out, finish, setup
+from support.cli import relay
+from support.db import one_row
+from support.delivery import claim, fan_out, finish, setup
+
+from relay.db import Conn
 
 
-def fail_everything(rconn) -> list[int]:
+def fail_everything(rconn: Conn) -> list[int]:
     """Three changes to items: every delivery fails for good. Returns the change ids."""
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
     rconn.execute("UPDATE items SET v = 1 WHERE id = 1")  # webhook b takes updates only
@@ -17,11 +20,11 @@ def fail_everything(rconn) -> list[int]:
     return [r[0] for r in rconn.execute("SELECT id FROM relay.outbox ORDER BY id")]
 
 
-def statuses(rconn) -> list[str]:
+def statuses(rconn: Conn) -> list[str]:
     return [r[0] for r in rconn.execute("SELECT status::text FROM relay.outbox ORDER BY id")]
 
 
-def test_retry_requeues_failed_changes_by_id_webhook_and_age(rconn, relay_dsn):
+def test_retry_requeues_failed_changes_by_id_webhook_and_age(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     first, second, _ = fail_everything(rconn)
     assert statuses(rconn) == ["failed"] * 3
@@ -45,12 +48,12 @@ def test_retry_requeues_failed_changes_by_id_webhook_and_age(rconn, relay_dsn):
     assert statuses(rconn) == ["pending"] * 3
     # Requeued changes go back to the fan-out, which re-arms their failed deliveries.
     assert (
-        rconn.execute("SELECT count(*) FROM relay.outbox WHERE fanned_out_at IS NULL").fetchone()[0]
+        one_row(rconn.execute("SELECT count(*) FROM relay.outbox WHERE fanned_out_at IS NULL"))[0]
         == 3
     )
 
 
-def test_retry_says_what_is_wrong(rconn, relay_dsn):
+def test_retry_says_what_is_wrong(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     unknown = relay("retry", "--webhook", "nope", dsn=relay_dsn)
     assert unknown.returncode == 1 and "no webhook named 'nope'" in unknown.stderr

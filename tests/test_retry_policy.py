@@ -17,14 +17,14 @@ def hook(**policy: object) -> Webhook:
     return Webhook(id=1, name="h", payload_url="http://127.0.0.1/", **policy)  # type: ignore[arg-type]
 
 
-def test_a_webhook_without_a_policy_follows_the_settings():
+def test_a_webhook_without_a_policy_follows_the_settings() -> None:
     for webhook in (None, hook()):
         policy = RetryPolicy.of(SETTINGS, webhook)
         assert (policy.max_attempts, policy.base_seconds, policy.max_seconds) == (8, 5.0, 36_000.0)
         assert policy.attempts_from == "RELAY_MAX_ATTEMPTS"
 
 
-def test_each_value_a_webhook_sets_replaces_only_that_setting():
+def test_each_value_a_webhook_sets_replaces_only_that_setting() -> None:
     policy = RetryPolicy.of(SETTINGS, hook(max_attempts=3, retry_base_seconds=Decimal("0.5")))
     assert (policy.max_attempts, policy.base_seconds, policy.max_seconds) == (3, 0.5, 36_000.0)
     assert policy.attempts_from == "the webhook's max_attempts"
@@ -32,12 +32,12 @@ def test_each_value_a_webhook_sets_replaces_only_that_setting():
     assert (capped.max_attempts, capped.base_seconds, capped.max_seconds) == (8, 5.0, 60.0)
 
 
-def test_the_last_attempt_is_the_one_numbered_max_attempts():
+def test_the_last_attempt_is_the_one_numbered_max_attempts() -> None:
     policy = RetryPolicy(max_attempts=3, base_seconds=1, max_seconds=10)
     assert [policy.gives_up(n) for n in (1, 2, 3, 4)] == [False, False, True, True]
 
 
-def test_delays_grow_four_times_with_jitter_up_to_the_cap():
+def test_delays_grow_four_times_with_jitter_up_to_the_cap() -> None:
     policy = RetryPolicy(max_attempts=10, base_seconds=2, max_seconds=100)
     assert [policy.delay(n, 1.0, None) for n in (1, 2, 3, 4)] == [2, 8, 32, 100]
     assert policy.delay(2, 0.8, None) == 6.4
@@ -45,14 +45,14 @@ def test_delays_grow_four_times_with_jitter_up_to_the_cap():
     assert policy.delay(4, 1.2, None) == 100  # the jitter never passes the cap
 
 
-def test_retry_after_lengthens_a_delay_but_never_past_the_cap():
+def test_retry_after_lengthens_a_delay_but_never_past_the_cap() -> None:
     policy = RetryPolicy(max_attempts=10, base_seconds=2, max_seconds=100)
     assert policy.delay(1, 1.0, 30) == 30
     assert policy.delay(3, 1.0, 1) == 32
     assert policy.delay(1, 1.0, 86_400) == 100
 
 
-def test_a_thousand_attempts_do_not_overflow():
+def test_a_thousand_attempts_do_not_overflow() -> None:
     """4.0 ** 999 is past a float's range: the growth stops counting once the cap has won."""
     policy = RetryPolicy.of(Settings(max_attempts=1000), hook(max_attempts=1000))
     assert policy.delay(999, 1.2, None) == Settings().retry_max_seconds

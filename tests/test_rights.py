@@ -14,16 +14,18 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import outbox
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+from support.db import one_row, outbox
 
 from relay import sqlfiles
 from relay.cli.tempcluster import scratch_database
+from relay.db import Conn
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -48,7 +50,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture
-def world(db_dsn, make_role, conn):
+def world(db_dsn: str, make_role: Callable[..., str], conn: Conn) -> dict[str, str]:
     """An application that owns its tables (one plain, one partitioned) and grants the installer
     TRIGGER on them; an installer with CREATE on the database and nothing more."""
     installer, app, service = make_role("installer"), make_role("app"), make_role("svc")
@@ -72,13 +74,13 @@ def world(db_dsn, make_role, conn):
     }
 
 
-def installed(world) -> None:
+def installed(world: dict[str, str]) -> None:
     ok(relay("install", dsn=world["installer"]))
     ok(relay("track", "public.orders", "--exclude-columns", "token", dsn=world["installer"]))
     ok(relay("track", "public.events", dsn=world["installer"]))
 
 
-def grant_service(world) -> None:
+def grant_service(world: dict[str, str]) -> None:
     psql = shutil.which("psql")
     if psql is None:
         pytest.skip("psql is not installed")
@@ -102,26 +104,26 @@ def grant_service(world) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def write(world, *statements: str) -> None:
+def write(world: dict[str, str], *statements: str) -> None:
     with psycopg.connect(world["app"], autocommit=True) as app:
         for statement in statements:
             app.execute(statement)
 
 
-def recorded(world) -> list[tuple[str, str]]:
+def recorded(world: dict[str, str]) -> list[tuple[str, str]]:
     with psycopg.connect(world["installer"], autocommit=True) as inst:
         return [(r["op"], r["table_name"]) for r in outbox(inst)]
 
 
-def test_installer_installs(world):
+def test_installer_installs(world: dict[str, str]) -> None:
     assert "relay schema is at version" in ok(relay("install", dsn=world["installer"]))
     with psycopg.connect(world["installer"]) as inst:
-        assert not inst.execute(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
-        ).fetchone()[0]
+        assert not one_row(
+            inst.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        )[0]
 
 
-def test_installer_upgrades_a_database_with_tracked_tables(world):
+def test_installer_upgrades_a_database_with_tracked_tables(world: dict[str, str]) -> None:
     """An install of the previous version, with tables tracked by its triggers, upgraded by the
     same role with `relay install`: capture goes on under the new functions."""
     previous = sqlfiles.migrations()[:-1]
@@ -149,13 +151,13 @@ def test_installer_upgrades_a_database_with_tracked_tables(world):
     assert tracked == [("events", [], True), ("orders", ["token"], True)]
 
 
-def test_installer_tracks(world):
+def test_installer_tracks(world: dict[str, str]) -> None:
     installed(world)
     write(world, "INSERT INTO orders VALUES (1, 10, 't')", "INSERT INTO events VALUES (1, 'a')")
     assert recorded(world) == [("insert", "orders"), ("insert", "events")]
 
 
-def test_installer_tracks_again_with_other_options(world):
+def test_installer_tracks_again_with_other_options(world: dict[str, str]) -> None:
     installed(world)
     ok(
         relay(
@@ -180,7 +182,7 @@ def test_installer_tracks_again_with_other_options(world):
     assert recorded(world) == [("update", "orders"), ("delete", "events")]
 
 
-def test_installer_untracks(world):
+def test_installer_untracks(world: dict[str, str]) -> None:
     installed(world)
     ok(relay("untrack", "public.orders", dsn=world["installer"]))
     ok(relay("untrack", "public.events", dsn=world["installer"]))
@@ -193,7 +195,7 @@ def test_installer_untracks(world):
 
 
 @pytest.mark.parametrize("how", ["relay uninstall", "psql -f sql/uninstall.sql"])
-def test_installer_uninstalls(world, how):
+def test_installer_uninstalls(world: dict[str, str], how: str) -> None:
     installed(world)
     if how == "relay uninstall":
         ok(relay("uninstall", "--yes", dsn=world["installer"]))
@@ -225,7 +227,7 @@ def test_installer_uninstalls(world, how):
         ).fetchone() == (0,)
 
 
-def test_owner_manages_webhooks_and_rules(world):
+def test_owner_manages_webhooks_and_rules(world: dict[str, str]) -> None:
     installed(world)
     inst = world["installer"]
     ok(relay("webhook", "add", "orders", "--url", "http://127.0.0.1:9/x", dsn=inst))
@@ -239,7 +241,7 @@ def test_owner_manages_webhooks_and_rules(world):
 
 
 @pytest.fixture
-def serviced(world):
+def serviced(world: dict[str, str]) -> dict[str, str]:
     installed(world)
     inst = world["installer"]
     ok(relay("webhook", "add", "orders", "--url", "http://127.0.0.1:9/x", dsn=inst))
@@ -253,17 +255,17 @@ def serviced(world):
     return world
 
 
-def test_service_reads_status(serviced):
+def test_service_reads_status(serviced: dict[str, str]) -> None:
     status = json.loads(ok(relay("status", "--json", dsn=serviced["service"])))
     assert status["backlog"]["pending"] == 1
 
 
-def test_service_previews(serviced):
+def test_service_previews(serviced: dict[str, str]) -> None:
     out = ok(relay("preview", "--rule", "all orders", "--outbox-id", "1", dsn=serviced["service"]))
     assert "X-Relay-Delivery" in out and json.loads(out.splitlines()[-1])["data"]["total"] == 10
 
 
-def test_service_lists_and_checks_webhooks_and_rules(serviced):
+def test_service_lists_and_checks_webhooks_and_rules(serviced: dict[str, str]) -> None:
     service = serviced["service"]
     assert "orders" in ok(relay("webhook", "list", dsn=service))
     assert "http://127.0.0.1:9/x" in ok(relay("webhook", "show", "orders", dsn=service))
@@ -273,7 +275,7 @@ def test_service_lists_and_checks_webhooks_and_rules(serviced):
     assert "orders" in ok(relay("tracked", dsn=service))
 
 
-def test_service_retries_and_purges(serviced):
+def test_service_retries_and_purges(serviced: dict[str, str]) -> None:
     with psycopg.connect(serviced["installer"], autocommit=True) as inst:
         inst.execute(
             "UPDATE relay.outbox SET status = 'failed', processed_at = now() - '2 days'"
@@ -291,7 +293,7 @@ def test_service_retries_and_purges(serviced):
         assert outbox(inst) == []
 
 
-def test_service_runs_the_relay(serviced):
+def test_service_runs_the_relay(serviced: dict[str, str]) -> None:
     """`relay run` as the service role until it has regenerated a table's capture after DDL
     (the part of running that the other tests of it do not cover: see test_privileges for
     delivery as the service role)."""
@@ -345,7 +347,9 @@ def change_and_rule(dsn: str) -> None:
         )
 
 
-def test_delivery_ids_differ_across_databases_and_reinstalls(server_dsn, relay_dsn):
+def test_delivery_ids_differ_across_databases_and_reinstalls(
+    server_dsn: str, relay_dsn: str
+) -> None:
     """Change 1 to webhook 1 in two databases, and in one database before and after a reinstall:
     a receiver that drops duplicates by delivery id must see three different ids."""
 

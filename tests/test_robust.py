@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,15 +14,22 @@ import psycopg
 import pytest
 from aiohttp import web
 from psycopg.types.json import Jsonb
-from receivers import Receiver, receiver
 from structlog.testing import capture_logs
-from test_cli import relay
-from test_worker import FAST, running, setup, sql, until
+from support.cli import relay
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, running, setup, sql, until
 
+from relay.db import Conn
 from relay.delivery import plan, record
-from relay.delivery.send import Sender
-from relay.render import request
+from relay.delivery.plan import Arrival, Plan
+from relay.delivery.record import Result
+from relay.delivery.send import Outcome, Sender
+from relay.model import Change, Request, Webhook
+from relay.render import request, sign
 from relay.rules import ruleset
+from relay.rules.conditions import Verdict
+from relay.rules.ruleset import Rule, RuleSet
 from relay.settings import Settings
 
 BIG = "1" + "0" * 5000
@@ -71,10 +78,13 @@ def hook(
 def pending(rconn: psycopg.Connection) -> int:
     """Changes and deliveries not finished yet (a change fails as soon as one of its
     deliveries does, while the others may still be on their way)."""
-    return rconn.execute(
-        "SELECT (SELECT count(*) FROM relay.outbox WHERE status = 'pending')"
-        " + (SELECT count(*) FROM relay.deliveries WHERE status = 'pending')"
-    ).fetchone()[0]
+    count: int = one_row(
+        rconn.execute(
+            "SELECT (SELECT count(*) FROM relay.outbox WHERE status = 'pending')"
+            " + (SELECT count(*) FROM relay.deliveries WHERE status = 'pending')"
+        )
+    )[0]
+    return count
 
 
 def deliveries(rconn: psycopg.Connection) -> dict[tuple[str, int], tuple[str, int, str | None]]:
@@ -105,7 +115,7 @@ def assert_well_recorded(rconn: psycopg.Connection, max_attempts: int = 8) -> No
         "SELECT count(*) FROM relay.deliveries WHERE status = 'pending' OR leased_by IS NOT NULL"
     ).fetchone() == (0,)
     assert (
-        rconn.execute("SELECT coalesce(max(attempts), 0) FROM relay.deliveries").fetchone()[0]
+        one_row(rconn.execute("SELECT coalesce(max(attempts), 0) FROM relay.deliveries"))[0]
         <= max_attempts
     )
     errors = rconn.execute(
@@ -117,7 +127,9 @@ def assert_well_recorded(rconn: psycopg.Connection, max_attempts: int = 8) -> No
         assert "\n" not in error and "\r" not in error and len(error) <= 500, error
 
 
-def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(rconn, relay_dsn):
+def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, n numeric, j jsonb)")
     rconn.execute("CREATE TABLE other (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('items'), relay.track('other')")
@@ -157,8 +169,10 @@ def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(rconn, relay
     assert found[("plain", 2)][0] == "delivered"  # the default body passes the row through
     status, attempts, error = found[("matcher", 2)]
     assert (status, attempts) == ("failed", 1)
+    assert error is not None
     assert error.startswith(f"rule 'matcher': the change cannot be read: {deep}")
     status, _, error = found[("templated", 2)]
+    assert error is not None
     assert status == "failed" and error.startswith(f"the change cannot be read: {deep}")
     assert found[("int-template", 1)][::2] == (
         "failed",
@@ -176,7 +190,9 @@ def test_a_huge_number_or_deep_json_in_a_row_costs_only_that_change(rconn, relay
     assert sum(1 for q in r.requests if BIG.encode() in q.body) == 3
 
 
-def test_a_request_that_cannot_be_made_fails_at_once_and_its_row_moves_on(rconn, relay_dsn):
+def test_a_request_that_cannot_be_made_fails_at_once_and_its_row_moves_on(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url, "good")
@@ -207,10 +223,13 @@ def test_a_request_that_cannot_be_made_fails_at_once_and_its_row_moves_on(rconn,
         )
         status, attempts, error = found[("long-label", change)]
         assert (status, attempts) == ("failed", 1)
+        assert error is not None
         assert error.startswith("payload_url: host 'aaaa") and "label empty or too long" in error
 
 
-def test_a_delivery_whose_attempts_never_reported_back_fails_at_the_limit(rconn, relay_dsn):
+def test_a_delivery_whose_attempts_never_reported_back_fails_at_the_limit(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -238,10 +257,11 @@ def test_a_delivery_whose_attempts_never_reported_back_fails_at_the_limit(rconn,
     assert sent == [(1, 1), (2, 0)]  # not the change that had used up its attempts
     status, attempts, error = deliveries(rconn)[("hook", 1)]
     assert (status, attempts) == ("failed", 8)
+    assert error is not None
     assert error.startswith("failed after 8 attempts (RELAY_MAX_ATTEMPTS)")
 
 
-def test_rules_the_database_let_through_cost_only_themselves(rconn, relay_dsn):
+def test_rules_the_database_let_through_cost_only_themselves(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, name text, tags jsonb)")
     rconn.execute("SELECT relay.track('items')")
     too_deep: Any = {"attr": "data.name", "value": "x"}
@@ -308,7 +328,9 @@ def test_rules_the_database_let_through_cost_only_themselves(rconn, relay_dsn):
         assert f"rule {name!r}: {why.split('cannot be used: ')[1]}" in check.stdout
 
 
-def test_numbers_in_rules_compare_by_value_with_any_column_type(rconn, relay_dsn):
+def test_numbers_in_rules_compare_by_value_with_any_column_type(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute(
         "CREATE TABLE items (id int PRIMARY KEY, total numeric(10,2), qty int, ratio float8)"
     )
@@ -349,16 +371,18 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     secret = "" if stage == "record" else f" {VICTIM_SECRET}"
     boom = RuntimeError(f"injected at {stage}{secret}\nsecond line")
 
-    def hit(change: request.Change) -> bool:
-        return (change.new or {}).get("v") == 666
+    def hit(change: Change) -> bool:
+        return bool((change.new or {}).get("v") == 666)
 
     def hit_body(body: bytes) -> bool:
-        return json.loads(body)["data"]["v"] == 666
+        return bool(json.loads(body)["data"]["v"] == 666)
 
     if stage == "match":
         verdict = ruleset.verdict
 
-        def failing_verdict(rule, change, base=None):  # type: ignore[no-untyped-def]
+        def failing_verdict(
+            rule: Rule, change: Change, base: Callable[[], dict[str, Any]] | None = None
+        ) -> Verdict:
             if rule.name == "victim" and hit(change):
                 raise boom
             return verdict(rule, change, base)
@@ -367,16 +391,18 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     elif stage == "render":
         default_body = request.default_body
 
-        def failing_body(change, action_data=None):  # type: ignore[no-untyped-def]
+        def failing_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
             if (action_data or {}).get("victim") and hit(change):
                 raise boom
             return default_body(change, action_data)
 
         monkeypatch.setattr(request, "default_body", failing_body)
     elif stage == "sign":
-        signature_headers = request.signature_headers
+        signature_headers = sign.signature_headers
 
-        def failing_signature(scheme, secret, body, message_id, timestamp):  # type: ignore[no-untyped-def]
+        def failing_signature(
+            scheme: str, secret: str | None, body: bytes, message_id: str, timestamp: int
+        ) -> dict[str, str]:
             if secret == VICTIM_SECRET and hit_body(body):
                 raise boom
             return signature_headers(scheme, secret, body, message_id, timestamp)
@@ -385,7 +411,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     elif stage == "send":
         send = Sender.send
 
-        async def failing_send(self, request, webhook):  # type: ignore[no-untyped-def]
+        async def failing_send(self: Sender, request: Request, webhook: Webhook) -> Outcome:
             if webhook.name == "victim" and hit_body(request.body):
                 raise boom
             return await send(self, request, webhook)
@@ -394,7 +420,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     else:
         parameters = record.parameters
 
-        def failing_parameters(results, relay_id):  # type: ignore[no-untyped-def]
+        def failing_parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             for r in results:
                 first_try = "not recorded" not in (r.outcome.error or "")
                 if (r.outbox_id, r.webhook_id) == (1, 1) and r.outcome.ok and first_try:
@@ -405,7 +431,9 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_an_exception_at_any_stage_costs_only_its_change(rconn, relay_dsn, monkeypatch, stage):
+def test_an_exception_at_any_stage_costs_only_its_change(
+    rconn: Conn, relay_dsn: str, monkeypatch: pytest.MonkeyPatch, stage: str
+) -> None:
     inject(monkeypatch, stage)
     settings = Settings(**{**FAST.model_dump(), "max_attempts": 3})
     matching = {"attr": "data.v", "op": "gte", "value": 0}
@@ -455,13 +483,15 @@ def test_an_exception_at_any_stage_costs_only_its_change(rconn, relay_dsn, monke
     )
 
 
-def test_an_unforeseen_error_in_a_session_starts_it_again(rconn, relay_dsn, monkeypatch):
+def test_an_unforeseen_error_in_a_session_starts_it_again(
+    rconn: Conn, relay_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A fault outside any one change (here the fan-out's planning, once) is logged and the
     session started again: relay run goes on, and nothing is lost."""
     make_plan = plan.plan
     faults = ["once"]
 
-    def failing_plan(changes, ruleset):  # type: ignore[no-untyped-def]
+    def failing_plan(changes: Iterable[Arrival], ruleset: RuleSet) -> Plan:
         if faults:
             faults.pop()
             raise RuntimeError("injected into the fan-out")
@@ -486,7 +516,9 @@ def test_an_unforeseen_error_in_a_session_starts_it_again(rconn, relay_dsn, monk
     assert_well_recorded(rconn)
 
 
-def test_a_change_whose_webhook_is_deleted_while_it_waits_ends_skipped(rconn, relay_dsn):
+def test_a_change_whose_webhook_is_deleted_while_it_waits_ends_skipped(
+    rconn: Conn, relay_dsn: str
+) -> None:
     """Deleting a webhook deletes its deliveries; the changes that waited for it end instead of
     staying pending for ever (found by bench/fuzz.py)."""
 

@@ -7,21 +7,24 @@ import hmac
 import json
 import time
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from helpers import outbox
-from test_cli import relay
-from test_renderpool import STUCK
-from test_rules_sql import add_rule, add_webhook
+from support.cli import relay
+from support.db import one_row, outbox
+from support.hooks import add_rule, add_webhook
+from support.render import STUCK
 
+from relay.db import Conn
 from relay.model import loads
 from relay.render.request import Renderer
 from relay.rules import ruleset
 from relay.store import Store
 
 
-def test_rules_match_by_table_event_and_conditions(rconn):
+def test_rules_match_by_table_event_and_conditions(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
     rconn.execute("SELECT relay.track('orders')")
     hook = add_webhook(rconn)
@@ -46,14 +49,17 @@ def test_rules_match_by_table_event_and_conditions(rconn):
     matched = []
     for row in outbox(rconn):
         change = Store(rconn).change(row["id"])
+        assert change is not None
         matched.append([r.name for r in loaded.matching(change)])
     assert matched == [["any-insert"], ["paid"], []]
-    why = loaded.evaluate(Store(rconn).change(outbox(rconn)[2]["id"]))
+    third = Store(rconn).change(outbox(rconn)[2]["id"])
+    assert third is not None
+    why = loaded.evaluate(third)
     assert [(m.rule.name, m.verdict.matched) for m in why] == [("paid", False)]
     assert "found 'shipped'" in why[0].verdict.reason
 
 
-def test_a_thousand_rules_are_indexed_by_table(rconn):
+def test_a_thousand_rules_are_indexed_by_table(rconn: Conn) -> None:
     hook = add_webhook(rconn)
     rconn.execute(
         "INSERT INTO relay.event_rules (name, tables, webhook_id) SELECT 'r' || g,"
@@ -65,11 +71,12 @@ def test_a_thousand_rules_are_indexed_by_table(rconn):
     rconn.execute("INSERT INTO t7 VALUES (1)")
     loaded = ruleset.load(rconn)
     change = Store(rconn).change(outbox(rconn)[0]["id"])
+    assert change is not None
     assert len(loaded.candidates(change)) == 10
     assert all("public.t7" in r.tables for r in loaded.matching(change))
 
 
-def test_rules_check_reports_each_problem_with_rule_field_and_line(rconn):
+def test_rules_check_reports_each_problem_with_rule_field_and_line(rconn: Conn) -> None:
     broken = add_webhook(
         rconn,
         name="broken",
@@ -94,8 +101,8 @@ def test_rules_check_reports_each_problem_with_rule_field_and_line(rconn):
 
 
 def test_rules_check_looks_at_webhooks_no_rule_uses_and_add_refuses_a_broken_template(
-    rconn, relay_dsn
-):
+    rconn: Conn, relay_dsn: str
+) -> None:
     add_webhook(rconn, name="waiting", body_template="{% if %}")
     checked = relay("rules", "check", dsn=relay_dsn)
     assert checked.returncode == 1
@@ -118,7 +125,9 @@ def test_rules_check_looks_at_webhooks_no_rule_uses_and_add_refuses_a_broken_tem
     )
 
 
-def test_a_header_line_that_is_not_name_colon_value_is_refused_and_reported(rconn, relay_dsn):
+def test_a_header_line_that_is_not_name_colon_value_is_refused_and_reported(
+    rconn: Conn, relay_dsn: str
+) -> None:
     add_webhook(rconn, name="stored", additional_headers="X-Ok: 1\nnocolon\nX-T: {{ event }}")
     checked = relay("rules", "check", dsn=relay_dsn)
     assert checked.returncode == 1
@@ -129,15 +138,17 @@ def test_a_header_line_that_is_not_name_colon_value_is_refused_and_reported(rcon
         assert refused.returncode == 2 and "is not 'Name: Value'" in refused.stderr
 
 
-def test_webhooks_and_rules_are_disabled_and_enabled_by_name(rconn, relay_dsn):
+def test_webhooks_and_rules_are_disabled_and_enabled_by_name(rconn: Conn, relay_dsn: str) -> None:
     hook = add_webhook(rconn, name="orders")
     add_rule(rconn, hook, name="all orders")
 
     def flags() -> tuple[bool, bool]:
-        row = rconn.execute(
-            "SELECT w.enabled, r.enabled FROM relay.webhooks w JOIN relay.event_rules r"
-            " ON r.webhook_id = w.id"
-        ).fetchone()
+        row = one_row(
+            rconn.execute(
+                "SELECT w.enabled, r.enabled FROM relay.webhooks w JOIN relay.event_rules r"
+                " ON r.webhook_id = w.id"
+            )
+        )
         return row[0], row[1]
 
     for command, expected in [
@@ -153,7 +164,7 @@ def test_webhooks_and_rules_are_disabled_and_enabled_by_name(rconn, relay_dsn):
     assert missing.returncode == 2 and "no rule named 'nope'" in missing.stderr
 
 
-def test_webhooks_and_rules_are_edited_field_by_field(rconn, relay_dsn):
+def test_webhooks_and_rules_are_edited_field_by_field(rconn: Conn, relay_dsn: str) -> None:
     hook = add_webhook(rconn, name="orders", payload_url="https://a.test/", timeout_seconds=5)
     add_webhook(rconn, name="audit")
     add_rule(rconn, hook, name="paid", tables=["public.orders"])
@@ -206,11 +217,13 @@ def test_webhooks_and_rules_are_edited_field_by_field(rconn, relay_dsn):
         assert nothing.returncode == 2 and "nothing to change" in nothing.stderr
 
 
-def test_a_webhooks_retry_policy_is_set_shown_and_forgotten(rconn, relay_dsn):
-    def policy() -> tuple:
-        return rconn.execute(
-            "SELECT max_attempts, retry_base_seconds, retry_max_seconds FROM relay.webhooks"
-        ).fetchone()
+def test_a_webhooks_retry_policy_is_set_shown_and_forgotten(rconn: Conn, relay_dsn: str) -> None:
+    def policy() -> tuple[Any, ...]:
+        return one_row(
+            rconn.execute(
+                "SELECT max_attempts, retry_base_seconds, retry_max_seconds FROM relay.webhooks"
+            )
+        )
 
     def status_retries() -> str:
         shown = relay("status", "--json", dsn=relay_dsn)
@@ -270,7 +283,7 @@ def test_a_webhooks_retry_policy_is_set_shown_and_forgotten(rconn, relay_dsn):
     assert "None None | " in status_retries()
 
 
-def test_webhook_and_rule_commands(relay_dsn):
+def test_webhook_and_rule_commands(relay_dsn: str) -> None:
     secret = "do-not-print-me"
     import os
 
@@ -334,7 +347,7 @@ def test_webhook_and_rule_commands(relay_dsn):
     assert relay("webhook", "remove", "orders", dsn=relay_dsn).returncode == 0
 
 
-def test_preview_prints_the_exact_request_and_why_not(rconn, relay_dsn):
+def test_preview_prints_the_exact_request_and_why_not(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric(8,2))")
     rconn.execute("SELECT relay.track('orders')")
     hook = add_webhook(
@@ -361,7 +374,7 @@ def test_preview_prints_the_exact_request_and_why_not(rconn, relay_dsn):
     assert "Authorization: Bearer ******" in lines and "s3cr3t" not in shown.stdout
     body = lines[-1].encode()
     assert json.loads(body)["data"] == {"id": 7, "status": "paid", "total": 10.5}
-    assert loads(body)["data"]["total"] == Decimal("10.50")  # the digits the row holds
+    assert loads(body.decode())["data"]["total"] == Decimal("10.50")  # the digits the row holds
     signature = next(
         line.split(": ", 1)[1] for line in lines if line.startswith("X-Hook-Signature:")
     )
@@ -383,7 +396,9 @@ def test_preview_prints_the_exact_request_and_why_not(rconn, relay_dsn):
     assert "not matched (data.status eq 'paid' is false (found 'held'))" in made_up.stdout
 
 
-def test_preview_and_rules_check_apply_the_limits_relay_run_does(rconn, relay_dsn):
+def test_preview_and_rules_check_apply_the_limits_relay_run_does(
+    rconn: Conn, relay_dsn: str
+) -> None:
     stuck = add_webhook(rconn, name="stuck", body_template=STUCK)
     add_rule(rconn, stuck, name="stuck")
     deep = add_webhook(
@@ -413,7 +428,9 @@ def test_preview_and_rules_check_apply_the_limits_relay_run_does(rconn, relay_ds
     assert "Traceback" not in checked.stderr
 
 
-def test_preview_and_rules_check_read_the_env_file_relay_run_reads(rconn, relay_dsn, tmp_path):
+def test_preview_and_rules_check_read_the_env_file_relay_run_reads(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
     hook = add_webhook(rconn, name="crm", additional_headers='X-Token: {{ "CRM_TOKEN" | env }}')
     add_rule(rconn, hook, name="crm")
     env_file = tmp_path / "relay.env"

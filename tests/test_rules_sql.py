@@ -3,40 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
-from test_conditions import condition_sets, deep_documents, json_values
+from support.db import one_row
+from support.hooks import add_rule, add_webhook
+from support.strategies import condition_sets, deep_documents, json_values
 
+from relay.db import Conn
 from relay.rules.conditions import InvalidConditions, validate
 
-GOOD_WEBHOOK = {"name": "hook", "payload_url": "https://example.test/hooks/relay"}
 
-
-def add_webhook(conn, **fields):
-    row = {**GOOD_WEBHOOK, **fields}
-    columns = ", ".join(row)
-    marks = ", ".join(f"%({k})s" for k in row)
-    return conn.execute(
-        f"INSERT INTO relay.webhooks ({columns}) VALUES ({marks}) RETURNING id", row
-    ).fetchone()[0]
-
-
-def add_rule(conn, webhook_id, **fields):
-    row = {"name": "rule", "tables": ["public.orders"], "webhook_id": webhook_id, **fields}
-    if "conditions" in row:
-        row["conditions"] = Jsonb(row["conditions"])
-    columns = ", ".join(row)
-    marks = ", ".join(f"%({k})s" for k in row)
-    return conn.execute(
-        f"INSERT INTO relay.event_rules ({columns}) VALUES ({marks}) RETURNING id", row
-    ).fetchone()[0]
-
-
-def test_a_good_webhook_and_rule_get_netbox_defaults(rconn):
+def test_a_good_webhook_and_rule_get_netbox_defaults(rconn: Conn) -> None:
     hook = add_webhook(rconn)
     add_rule(rconn, hook, conditions={"attr": "data.status", "value": "paid"})
     row = rconn.execute(
@@ -68,12 +51,12 @@ def test_a_good_webhook_and_rule_get_netbox_defaults(rconn):
         ({"name": " "}, "name must not be empty"),
     ],
 )
-def test_bad_webhooks_are_refused(rconn, fields, message):
+def test_bad_webhooks_are_refused(rconn: Conn, fields: dict[str, object], message: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation, match=message):
         add_webhook(rconn, **fields)
 
 
-def test_templated_urls_and_lowercase_methods_are_accepted(rconn):
+def test_templated_urls_and_lowercase_methods_are_accepted(rconn: Conn) -> None:
     add_webhook(
         rconn,
         name="a",
@@ -105,20 +88,20 @@ def test_templated_urls_and_lowercase_methods_are_accepted(rconn):
         ({"action_data": Jsonb([1])}, "action_data must be a JSON object"),
     ],
 )
-def test_bad_rules_are_refused(rconn, fields, message):
+def test_bad_rules_are_refused(rconn: Conn, fields: dict[str, object], message: str) -> None:
     hook = add_webhook(rconn)
     with pytest.raises(psycopg.errors.CheckViolation, match=message):
         add_rule(rconn, hook, **fields)
 
 
-def test_a_webhook_in_use_cannot_be_deleted(rconn):
+def test_a_webhook_in_use_cannot_be_deleted(rconn: Conn) -> None:
     hook = add_webhook(rconn)
     add_rule(rconn, hook)
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
         rconn.execute("DELETE FROM relay.webhooks")
 
 
-def test_changes_to_rules_are_announced(rconn, relay_dsn):
+def test_changes_to_rules_are_announced(rconn: Conn, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn, autocommit=True) as listener:
         listener.execute("LISTEN relay_rules")
         hook = add_webhook(rconn)
@@ -129,7 +112,9 @@ def test_changes_to_rules_are_announced(rconn, relay_dsn):
     assert payloads == ["webhooks", "event_rules", "event_rules", "event_rules"]
 
 
-def test_application_roles_cannot_read_secrets(rconn, relay_dsn, make_role):
+def test_application_roles_cannot_read_secrets(
+    rconn: Conn, relay_dsn: str, make_role: Callable[..., str]
+) -> None:
     add_webhook(rconn, secret="top-secret")
     app = make_role("app")
     with psycopg.connect(psycopg.conninfo.make_conninfo(relay_dsn, user=app)) as conn:
@@ -143,19 +128,21 @@ def test_application_roles_cannot_read_secrets(rconn, relay_dsn, make_role):
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.one_of(condition_sets, deep_documents, json_values))
-def test_database_and_python_agree_on_which_conditions_are_well_formed(rconn, document):
+def test_database_and_python_agree_on_which_conditions_are_well_formed(
+    rconn: Conn, document: Any
+) -> None:
     try:
         validate(document)
         python_ok = True
     except InvalidConditions:
         python_ok = False
-    problem = rconn.execute(
-        "SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),)
-    ).fetchone()[0]
+    problem = one_row(
+        rconn.execute("SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),))
+    )[0]
     assert (problem is None) == python_ok, problem
 
 
-def test_the_database_leaves_regular_expressions_to_relay(rconn):
+def test_the_database_leaves_regular_expressions_to_relay(rconn: Conn) -> None:
     """The one place the two validators differ: PostgreSQL cannot compile RE2 syntax, so it
     takes any string as a pattern; relay compiles it when it loads the rule (a rule with a
     pattern RE2 refuses fails its deliveries with the reason, see test_robust.py) and in
@@ -163,6 +150,6 @@ def test_the_database_leaves_regular_expressions_to_relay(rconn):
     for pattern in ["(", r"(a)\1", "(?=a)"]:
         document = {"attr": "data.x", "op": "regex", "value": pattern}
         sql = rconn.execute("SELECT relay.conditions_problem(%s::jsonb)", (json.dumps(document),))
-        assert sql.fetchone()[0] is None
+        assert one_row(sql)[0] is None
         with pytest.raises(InvalidConditions, match="RE2 syntax"):
             validate(document)

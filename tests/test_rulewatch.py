@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
-from test_rules_sql import add_rule, add_webhook
+from support.hooks import add_rule, add_webhook
 
+from relay.db import Conn
 from relay.rules.watch import RuleWatcher
 
 
-def test_rule_changes_reach_a_running_watcher_within_a_second(rconn, relay_dsn):
+def test_rule_changes_reach_a_running_watcher_within_a_second(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> list[float]:
         watcher = RuleWatcher(relay_dsn)
         task = asyncio.create_task(watcher.run())
@@ -18,7 +20,7 @@ def test_rule_changes_reach_a_running_watcher_within_a_second(rconn, relay_dsn):
         assert watcher.ruleset.rules == []
         delays = []
 
-        async def until(predicate) -> None:
+        async def until(predicate: Callable[[], bool]) -> None:
             start = time.monotonic()
             while not predicate():
                 assert time.monotonic() - start < 1.0, "rules were not reloaded within a second"

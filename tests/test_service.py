@@ -9,23 +9,20 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 
 import aiohttp
-from receivers import receiver
-from test_worker import outbox_statuses, setup, sql, until
+import pytest
+from support.receivers import free_port, receiver
+from support.worker import outbox_statuses, setup, sql, until
 
+from relay.db import Conn
 from relay.service import systemd
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
-    rconn, relay_dsn, tmp_path
-):
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
     notify_path = str(tmp_path / "notify")
     port = free_port()
     messages: list[str] = []
@@ -42,7 +39,9 @@ def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
         ):
             return response.status, await response.text()
 
-    async def scenario():
+    async def scenario() -> tuple[
+        int | None, tuple[int, str], tuple[int, str], tuple[int, str], str, list[str]
+    ]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(notify_path)
             sock.setblocking(False)
@@ -106,7 +105,9 @@ def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(
     assert len(signatures) == 3 and not any(sig in log for sig in signatures)
 
 
-def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_path, monkeypatch):
+def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Before READY=1 the relay looks at its readiness five times a second, but pings the
     watchdog only at half of WatchdogSec, as after it."""
     notify_path = str(tmp_path / "notify")
@@ -152,7 +153,7 @@ def test_watchdog_pings_at_its_interval_while_readiness_is_checked_often(tmp_pat
     assert received[-1][1] == "STOPPING=1"
 
 
-def test_a_relay_waiting_for_a_database_that_is_down_stops_at_once_on_sigterm():
+def test_a_relay_waiting_for_a_database_that_is_down_stops_at_once_on_sigterm() -> None:
     """systemd's stop (and its start timeout) sends SIGTERM to a relay that may never have
     connected: it must exit 0 at once, not after its wait for the rules (TimeoutStopSec=30
     would kill it and mark the unit failed)."""

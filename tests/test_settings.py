@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from support.cli import relay_env as relay
+from support.db import one_row
 
 from relay import sqlfiles
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.store import Store
 
 
-def relay(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        env={**base, "COLUMNS": "200", **env},
-        check=False,
-        timeout=60,
-    )
-
-
-def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path):
+def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path: Path) -> None:
     env_file = tmp_path / "relay.env"
     env_file.write_text(
         "RELAY_DSN=postgresql://relay:s3cr3t-pw@db.example/app\n"
@@ -50,7 +37,7 @@ def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path):
     assert "RELAY_ATTEMPT_RETENTION_DAYS" in table.stdout
 
 
-def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
+def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path: Path) -> None:
     for args, env, named in [
         (["config"], {"RELAY_BATCH_SIZE": "many"}, "RELAY_BATCH_SIZE"),
         (["run"], {"RELAY_DSN": "dbname=x", "RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
@@ -64,7 +51,7 @@ def test_a_bad_setting_stops_with_one_line_naming_it_and_exit_2(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0]
 
 
-def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path):
+def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path: Path) -> None:
     env_file = tmp_path / "relay.env"
     env_file.write_text("RELAY_DSN=dbname=x\nRELAY_BATCHSIZE=5\n")
     for args, env, said in [
@@ -86,7 +73,7 @@ def test_a_misspelled_setting_is_refused_with_the_closest_name(tmp_path):
     assert allowed.returncode == 0, allowed.stderr
 
 
-def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn):
+def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -98,7 +85,7 @@ def test_a_metrics_address_in_use_stops_the_relay_with_exit_2(relay_dsn):
     ]
 
 
-def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
+def test_relay_run_refuses_a_database_it_cannot_use(db_dsn: str, server_dsn: str) -> None:
     unknown_role = make_conninfo(db_dsn, user="no_such_role_xyz")
     cases = [
         (unknown_role, "the database refused the relay: connection failed"),
@@ -119,7 +106,7 @@ def test_relay_run_refuses_a_database_it_cannot_use(db_dsn, server_dsn):
     assert f"needs {sqlfiles.latest_version()}: run `relay install`" in old.stderr
 
 
-def test_relay_run_refuses_a_wrong_password():
+def test_relay_run_refuses_a_wrong_password() -> None:
     """On a private cluster that asks for passwords (the shared one trusts 127.0.0.1)."""
     if find_server_binaries() is None:
         pytest.skip("no PostgreSQL server binaries to start a private cluster")
@@ -127,7 +114,7 @@ def test_relay_run_refuses_a_wrong_password():
     try:
         with psycopg.connect(cluster.dsn, autocommit=True) as conn:
             conn.execute("CREATE ROLE relay_pw LOGIN PASSWORD 'right-password'")
-            hba = Path(conn.execute("SHOW hba_file").fetchone()[0])
+            hba = Path(one_row(conn.execute("SHOW hba_file"))[0])
         hba.write_text("host all relay_pw 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
         cluster.reload()
         wrong = make_conninfo(cluster.dsn, user="relay_pw", password="wrong-password")

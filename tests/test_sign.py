@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from relay.render.sign import InvalidSecret, signature_headers
 
 
-def test_netbox_signature_is_hex_hmac_sha512_of_the_body():
+def test_netbox_signature_is_hex_hmac_sha512_of_the_body() -> None:
     body = '{"event": "created", "data": {"id": 1, "name": "Zürich"}}'.encode()
     headers = signature_headers("netbox", "s3cret", body, "msg_1", 0)
     expected = hmac.new(b"s3cret", body, hashlib.sha512).hexdigest()
@@ -21,7 +21,7 @@ def test_netbox_signature_is_hex_hmac_sha512_of_the_body():
     assert len(expected) == 128
 
 
-def test_no_secret_or_scheme_none_signs_nothing():
+def test_no_secret_or_scheme_none_signs_nothing() -> None:
     assert signature_headers("netbox", None, b"x", "m", 0) == {}
     assert signature_headers("netbox", "", b"x", "m", 0) == {}
     assert signature_headers("none", "s", b"x", "m", 0) == {}
@@ -29,7 +29,7 @@ def test_no_secret_or_scheme_none_signs_nothing():
         signature_headers("md5", "s", b"x", "m", 0)
 
 
-def test_standard_webhooks_signature_verifies_with_the_reference_library():
+def test_standard_webhooks_signature_verifies_with_the_reference_library() -> None:
     secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
     body = b'{"type": "orders.updated", "data": {"id": 7}}'
     now = int(time.time())
@@ -40,7 +40,7 @@ def test_standard_webhooks_signature_verifies_with_the_reference_library():
         Webhook(secret).verify(body + b" ", headers)
 
 
-def test_rotation_signs_with_every_secret():
+def test_rotation_signs_with_every_secret() -> None:
     old = "whsec_" + base64.b64encode(b"old-key-old-key-old-key!").decode()
     new = "whsec_" + base64.b64encode(b"new-key-new-key-new-key!").decode()
     body = b'{"ok": true}'
@@ -50,7 +50,7 @@ def test_rotation_signs_with_every_secret():
     assert Webhook(new).verify(body, headers) == {"ok": True}
 
 
-def test_a_malformed_standard_secret_is_refused_without_echoing_it():
+def test_a_malformed_standard_secret_is_refused_without_echoing_it() -> None:
     with pytest.raises(InvalidSecret) as excinfo:
         signature_headers("standard", "whsec_not base64!!", b"x", "m", 0)
     assert "not base64" not in str(excinfo.value)

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+from subprocess import CompletedProcess
 
 from aiohttp import web
-from receivers import receiver
-from test_cli import relay
-from test_worker import FAST, outbox_statuses, running, setup, sql, until
+from support.cli import relay
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
+from relay.db import Conn
 from relay.settings import Settings
 
 
-def test_status_shows_backlog_webhooks_errors_and_relays_without_secrets(rconn, relay_dsn):
+def test_status_shows_backlog_webhooks_errors_and_relays_without_secrets(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def refuse(request: web.Request) -> web.Response:
         return web.Response(status=503, text="down for maintenance")
 
     one_try = Settings(**{**FAST.model_dump(), "max_attempts": 1})
 
-    async def scenario():
+    async def scenario() -> tuple[
+        CompletedProcess[str], CompletedProcess[str], CompletedProcess[str]
+    ]:
         async with receiver() as good, receiver(refuse) as bad:
             setup(rconn, good.url, "good", secret="good-secret-123")
             setup(rconn, bad.url, "bad", secret="bad-secret-456")

@@ -32,8 +32,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from receivers import Receiver, receiver
-from test_service import free_port
+from support.receivers import Receiver, free_port, receiver
 
 from relay.cli.tempcluster import scratch_database
 from relay.render import sign
@@ -296,7 +295,7 @@ def deployed(machine: Machine, server_dsn: str, hook: Receiver) -> Iterator[Depl
         finally:
             with psycopg.connect(server_dsn, autocommit=True) as admin:
                 admin.execute(
-                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname))
+                    sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(str(dbname)))
                 )
                 admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 

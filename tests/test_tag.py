@@ -10,22 +10,24 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
+from support.db import one_row
 
 import relay
+from relay.db import Conn
 
 
-def tags(rconn) -> list[tuple[str, str]]:
+def tags(rconn: Conn) -> list[tuple[str, str]]:
     return rconn.execute("SELECT username, request_id FROM relay.outbox ORDER BY id").fetchall()
 
 
 @pytest.fixture
-def items(rconn):
+def items(rconn: Conn) -> Conn:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('items')")
     return rconn
 
 
-def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn):
+def test_psycopg_tags_one_transaction_and_refuses_autocommit(items: Conn, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn, autocommit=True) as conn:
         with pytest.raises(relay.NoTransaction, match=r"conn\.transaction"):
             relay.tag(conn, username="alice")
@@ -33,7 +35,7 @@ def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn):
             relay.tag(conn, username="alice", request_id="req-1")
             conn.execute("INSERT INTO items VALUES (1), (2)")
         conn.execute("INSERT INTO items VALUES (3)")  # the next transaction is not tagged
-        role = conn.execute("SELECT session_user").fetchone()[0]
+        role = one_row(conn.execute("SELECT session_user"))[0]
     with psycopg.connect(relay_dsn) as conn:  # not autocommit: the tag opens the transaction
         relay.tag(conn, request_id="req-2")
         conn.execute("INSERT INTO items VALUES (4)")
@@ -44,7 +46,7 @@ def test_psycopg_tags_one_transaction_and_refuses_autocommit(items, relay_dsn):
     assert recorded[3] == (role, "req-2")
 
 
-def test_a_failed_transaction_is_not_tagged(items, relay_dsn):
+def test_a_failed_transaction_is_not_tagged(items: Conn, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn) as conn:
         with pytest.raises(psycopg.errors.DivisionByZero):
             conn.execute("SELECT 1/0")
@@ -52,7 +54,7 @@ def test_a_failed_transaction_is_not_tagged(items, relay_dsn):
             relay.tag(conn, username="alice")
 
 
-def test_sqlalchemy_sessions_and_connections(items, relay_dsn):
+def test_sqlalchemy_sessions_and_connections(items: Conn, relay_dsn: str) -> None:
     engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(relay_dsn))
     try:
         with Session(engine) as session, session.begin():
@@ -72,7 +74,7 @@ def test_sqlalchemy_sessions_and_connections(items, relay_dsn):
     assert len(recorded) == 2
 
 
-def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn):
+def test_any_cursor_factory_and_a_sqlalchemy_async_session(items: Conn, relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn, cursor_factory=psycopg.RawCursor) as conn:
         relay.tag(conn, username="raw")  # its own cursor: %s, whatever conn.cursor() makes
         conn.execute("INSERT INTO items VALUES ($1)", (1,))
@@ -93,7 +95,7 @@ def test_any_cursor_factory_and_a_sqlalchemy_async_session(items, relay_dsn):
     assert [name for name, _ in tags(items)] == ["raw", "async-session"]
 
 
-def test_asyncio_psycopg(items, relay_dsn):
+def test_asyncio_psycopg(items: Conn, relay_dsn: str) -> None:
     async def scenario() -> None:
         async with await psycopg.AsyncConnection.connect(relay_dsn, autocommit=True) as conn:
             with pytest.raises(relay.NoTransaction):
@@ -106,7 +108,7 @@ def test_asyncio_psycopg(items, relay_dsn):
     assert tags(items) == [("erin", "async")]
 
 
-def test_hostile_values_are_recorded_exactly(items, relay_dsn):
+def test_hostile_values_are_recorded_exactly(items: Conn, relay_dsn: str) -> None:
     names = ["o'brien\"; DROP TABLE items; --", "名前 ✓", "x" * 10_000, "%s %(x)s {}"]
     with psycopg.connect(relay_dsn) as conn:
         for number, name in enumerate(names):
@@ -116,7 +118,7 @@ def test_hostile_values_are_recorded_exactly(items, relay_dsn):
     assert tags(items) == [(name, name[::-1]) for name in names]
 
 
-def test_bad_arguments_say_what_is_wrong(relay_dsn):
+def test_bad_arguments_say_what_is_wrong(relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn) as conn:
         with pytest.raises(ValueError, match="give username, request_id or both"):
             relay.tag(conn)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -11,7 +12,7 @@ from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.store import Store
 
 
-def test_throwaway_cluster_starts_serves_relay_and_goes_away():
+def test_throwaway_cluster_starts_serves_relay_and_goes_away() -> None:
     if find_server_binaries() is None:
         pytest.skip("no PostgreSQL server binaries on this machine")
     cluster = start_temp_cluster()
@@ -33,7 +34,9 @@ def test_throwaway_cluster_starts_serves_relay_and_goes_away():
         assert cluster._run_as is not None and cluster._run_as.pw_uid != 0
 
 
-def test_without_server_or_binaries_the_message_says_what_to_install(monkeypatch):
+def test_without_server_or_binaries_the_message_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import relay.cli.tempcluster as tc
 
     monkeypatch.setattr(tc, "find_server_binaries", lambda: None)
@@ -41,10 +44,9 @@ def test_without_server_or_binaries_the_message_says_what_to_install(monkeypatch
         tc.start_temp_cluster()
 
 
-def test_an_unreachable_explicit_dsn_stops_the_run_with_one_line(tmp_path):
+def test_an_unreachable_explicit_dsn_stops_the_run_with_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
-    from pathlib import Path
 
     tests = Path(__file__).parent
     env = dict(os.environ, RELAY_TEST_DSN="postgresql://postgres@127.0.0.1:1/none")

@@ -5,23 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import pytest
-from helpers import outbox
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from receivers import receiver
-from test_worker import FAST, running, setup, until
+from support.db import one_row, outbox
+from support.receivers import receiver
+from support.worker import FAST, running, setup, until
 
 from relay.cli.tempcluster import find_server_binaries, scratch_database, start_temp_cluster
+from relay.db import Conn
 from relay.model import loads
 from relay.store import Store
 
 
 @pytest.fixture
-def split(db_dsn, make_role, conn):
+def split(db_dsn: str, make_role: Callable[..., str], conn: Conn) -> dict[str, str]:
     """relay installed by a role with only CREATE on the database; an application role that owns
     its schema, its types and its tables, and grants the installer TRIGGER on them."""
     installer, app = make_role("installer"), make_role("app")
@@ -110,7 +113,9 @@ EXPLOITS = {
 
 
 @pytest.mark.parametrize("kind", list(EXPLOITS))
-def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(split, kind):
+def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(
+    split: dict[str, str], kind: str
+) -> None:
     types, cast_type, column, value = EXPLOITS[kind]
     with psycopg.connect(split["app"], autocommit=True) as app:
         app.execute(types)
@@ -139,8 +144,8 @@ def test_a_cast_to_json_of_the_applications_type_never_runs_with_relays_rights(s
 @pytest.mark.parametrize("partitioned", [False, True], ids=["plain", "partitioned"])
 @pytest.mark.parametrize("same_transaction", [False, True], ids=["later", "same-transaction"])
 def test_a_column_of_the_applications_type_added_to_a_table_captured_by_to_json_is_safe(
-    split, kind, partitioned, same_transaction
-):
+    split: dict[str, str], kind: str, partitioned: bool, same_transaction: bool
+) -> None:
     """A table of PostgreSQL's own types has its images made by one to_json(row) call, which
     would call a cast: the table's owner adds a column of its own type to it, with a cast, and
     writes at once (in the ALTER's transaction, or the next). Capture notices before building
@@ -183,8 +188,8 @@ def test_a_column_of_the_applications_type_added_to_a_table_captured_by_to_json_
 
 
 def test_with_a_superuser_installer_the_cast_still_cannot_make_its_author_superuser(
-    server_dsn, db_dsn, make_role, rconn
-):
+    server_dsn: str, db_dsn: str, make_role: Callable[..., str], rconn: Conn
+) -> None:
     """relay installed by a superuser (rconn): the cast would run as superuser if called."""
     app = make_role("app")
     rconn.execute(f"CREATE SCHEMA app AUTHORIZATION {app}")
@@ -203,7 +208,7 @@ def test_with_a_superuser_installer_the_cast_still_cannot_make_its_author_superu
     assert outbox(rconn)[0]["new"] == {"id": 1, "status": "new"}
 
 
-def test_values_of_application_types_are_captured_as_their_text(rconn):
+def test_values_of_application_types_are_captured_as_their_text(rconn: Conn) -> None:
     """Enums, ranges and domains over them are their text; composites are objects built field
     by field; arrays are arrays (docs/sql.md, 'Images')."""
     rconn.execute("CREATE TYPE status AS ENUM ('new', 'paid')")
@@ -248,7 +253,9 @@ def test_values_of_application_types_are_captured_as_their_text(rconn):
     }
 
 
-def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path(split, conn):
+def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path(
+    split: dict[str, str], conn: Conn
+) -> None:
     """The functions that run with relay's owner's rights: owned by the installing role (not a
     superuser here), search_path pinned to pg_catalog then pg_temp, not callable by PUBLIC, and
     exactly the expected set, so that a new one is reviewed."""
@@ -263,7 +270,7 @@ def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path
         Store(inst).track("app.plain")
         Store(inst).track("app.parted")
         plain, parted = (
-            inst.execute("SELECT %s::regclass::oid", (name,)).fetchone()[0]
+            one_row(inst.execute("SELECT %s::regclass::oid", (name,)))[0]
             for name in ("app.plain", "app.parted")
         )
     rows = conn.execute(
@@ -288,7 +295,7 @@ def test_every_security_definer_function_is_relays_own_with_a_pinned_search_path
         assert not any(item.startswith("=") for item in (acl or [])), f"{name}: PUBLIC may run it"
 
 
-def test_application_roles_can_call_no_relay_function(split):
+def test_application_roles_can_call_no_relay_function(split: dict[str, str]) -> None:
     with psycopg.connect(split["app"], autocommit=True) as app:
         for call in [
             "SELECT relay.refresh_capture()",
@@ -300,7 +307,7 @@ def test_application_roles_can_call_no_relay_function(split):
                 app.execute(call)
 
 
-def test_options_follow_a_renamed_column_and_survive_a_dropped_one(rconn):
+def test_options_follow_a_renamed_column_and_survive_a_dropped_one(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE users (id int PRIMARY KEY, name text, password_hash text, qty int)")
     rconn.execute("CREATE TABLE stock (id int PRIMARY KEY, quantity int, note text)")
     Store(rconn).track("users", exclude_columns=["password_hash"])
@@ -350,7 +357,7 @@ def test_options_follow_a_renamed_column_and_survive_a_dropped_one(rconn):
     ).fetchall() == [([], []), (None, [])]
 
 
-def test_ddl_on_a_tracked_table_is_followed_at_once_and_regenerated_later(rconn):
+def test_ddl_on_a_tracked_table_is_followed_at_once_and_regenerated_later(rconn: Conn) -> None:
     """Between a DDL and the relay's regeneration, writes take the catalog-built path: same
     images, current names; relay.tracked says the functions are behind."""
     rconn.execute("CREATE TABLE t (id int PRIMARY KEY, a int, b text)")
@@ -387,7 +394,9 @@ SESSION_SETTINGS = [
 
 
 @pytest.mark.parametrize("setting", SESSION_SETTINGS)
-def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(relay_dsn, setting):
+def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(
+    relay_dsn: str, setting: str
+) -> None:
     """The same row written from a default session and from one with `setting`."""
     with psycopg.connect(relay_dsn, autocommit=True) as conn:
         conn.execute("CREATE TYPE stamp AS (d date, at timestamptz)")
@@ -408,10 +417,12 @@ def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(relay_ds
             conn.execute(f"INSERT INTO v VALUES ({row})")
             conn.execute("DELETE FROM v")
             images.append(
-                conn.execute(
-                    "SELECT new::text, pk::text FROM relay.outbox WHERE op = 'insert'"
-                    " ORDER BY id DESC LIMIT 1"
-                ).fetchone()
+                one_row(
+                    conn.execute(
+                        "SELECT new::text, pk::text FROM relay.outbox WHERE op = 'insert'"
+                        " ORDER BY id DESC LIMIT 1"
+                    )
+                )
             )
     assert images[0] == images[1]
     image = loads(images[0][0])
@@ -421,7 +432,9 @@ def test_the_image_and_the_row_key_do_not_depend_on_the_writers_session(relay_ds
     assert image["grid"] == '{{"(2024-05-06,\\"2024-05-06 07:08:09.5+00\\")"}}'
 
 
-def test_partitioned_tables_capture_the_same_way_in_every_session(rconn, relay_dsn):
+def test_partitioned_tables_capture_the_same_way_in_every_session(
+    rconn: Conn, relay_dsn: str
+) -> None:
     rconn.execute(
         "CREATE TABLE p (id int, at timestamptz, b bytea, PRIMARY KEY (id, at))"
         " PARTITION BY RANGE (id)"
@@ -439,7 +452,7 @@ def test_partitioned_tables_capture_the_same_way_in_every_session(rconn, relay_d
     assert {(r["new"] or r["old"])["b"] for r in rows} == {"\\xff"}
 
 
-def test_json_values_jsonb_cannot_hold_never_fail_the_write(rconn):
+def test_json_values_jsonb_cannot_hold_never_fail_the_write(rconn: Conn) -> None:
     """\\u0000 and numbers outside numeric's range are valid json but not jsonb: the write still
     succeeds, and the image holds the value exactly as it was stored (docs/sql.md)."""
     rconn.execute("CREATE TABLE j (id int PRIMARY KEY, doc json, docs json[], secret json)")
@@ -465,7 +478,7 @@ def test_json_values_jsonb_cannot_hold_never_fail_the_write(rconn):
         "delete",
     ]
     # As the relay reads them (json -> on an image holding \\u0000 fails in PostgreSQL).
-    images = [
+    images: list[tuple[Any, Any]] = [
         (loads(new) if new else None, loads(old) if old else None)
         for new, old in rconn.execute("SELECT new::text, old::text FROM relay.outbox ORDER BY id")
     ]
@@ -475,7 +488,7 @@ def test_json_values_jsonb_cannot_hold_never_fail_the_write(rconn):
     assert images[-3][0]["doc"] == {"a": "\x00"} and images[-2][0]["doc"] == [Decimal("1e1000000")]
 
 
-def test_tables_that_cannot_be_captured_faithfully_are_refused(rconn):
+def test_tables_that_cannot_be_captured_faithfully_are_refused(rconn: Conn) -> None:
     rconn.execute("CREATE TABLE parent (id int PRIMARY KEY)")
     rconn.execute("CREATE TABLE child (extra int) INHERITS (parent)")
     rconn.execute("CREATE TEMPORARY TABLE scratch (id int)")
@@ -494,7 +507,9 @@ def test_tables_that_cannot_be_captured_faithfully_are_refused(rconn):
     assert rconn.execute("SELECT count(*) FROM relay.tracked").fetchone() == (0,)
 
 
-def test_attaching_a_tracked_table_under_a_tracked_parent_records_each_change_once(rconn):
+def test_attaching_a_tracked_table_under_a_tracked_parent_records_each_change_once(
+    rconn: Conn,
+) -> None:
     rconn.execute("CREATE TABLE m (id int PRIMARY KEY, v text) PARTITION BY RANGE (id)")
     rconn.execute("CREATE TABLE m1 PARTITION OF m FOR VALUES FROM (0) TO (10)")
     rconn.execute("CREATE TABLE lone (id int PRIMARY KEY, v text)")
@@ -526,7 +541,7 @@ def test_attaching_a_tracked_table_under_a_tracked_parent_records_each_change_on
 
 
 @pytest.fixture(scope="module")
-def two_phase_server():
+def two_phase_server() -> Iterator[str]:
     """A private cluster that allows prepared transactions (the shared one may not)."""
     if find_server_binaries() is None:
         pytest.skip("no PostgreSQL server binaries to start a private cluster")
@@ -537,7 +552,9 @@ def two_phase_server():
         cluster.stop()
 
 
-def test_two_phase_commit_writes_are_captured_and_delivered_with_notify_off(two_phase_server):
+def test_two_phase_commit_writes_are_captured_and_delivered_with_notify_off(
+    two_phase_server: str,
+) -> None:
     """PREPARE TRANSACTION refuses a transaction that sent NOTIFY; with relay.notify = off (here
     for the role, as a two-phase application would set it) the change commits with COMMIT
     PREPARED and the relay delivers it by polling."""
@@ -569,7 +586,7 @@ def test_two_phase_commit_writes_are_captured_and_delivered_with_notify_off(two_
             conn.execute("DROP ROLE IF EXISTS xa")
 
 
-def test_rules_can_name_tables_whose_names_hold_dots(rconn, relay_dsn):
+def test_rules_can_name_tables_whose_names_hold_dots(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute('CREATE SCHEMA "we.ird"')
     rconn.execute('CREATE TABLE "we.ird"."v1.2" (id int PRIMARY KEY)')
     rconn.execute('CREATE TABLE "we.ird".plain (id int PRIMARY KEY)')
@@ -599,7 +616,9 @@ def test_rules_can_name_tables_whose_names_hold_dots(rconn, relay_dsn):
     assert asyncio.run(scenario()) == ["we.ird.plain.created", "we.ird.v1.2.created"]
 
 
-def test_hostile_names_cannot_inject_into_the_generated_functions(split, conn):
+def test_hostile_names_cannot_inject_into_the_generated_functions(
+    split: dict[str, str], conn: Conn
+) -> None:
     """Schema, table and column names that end literals, dollar quotes and statements: the
     generated capture functions quote every name, and their bodies go in as one literal."""
     hostile = ["$f$", "$$", "a'b", 'q"q', "x; DROP TABLE app.victim; --", "new\nline", "\\"]
@@ -626,7 +645,7 @@ def test_hostile_names_cannot_inject_into_the_generated_functions(split, conn):
             )
         )
     with psycopg.connect(split["installer"], autocommit=True) as inst:
-        name = inst.execute("SELECT %s::regclass::text", (table.as_string(inst),)).fetchone()[0]
+        name = one_row(inst.execute("SELECT %s::regclass::text", (table.as_string(inst),)))[0]
         Store(inst).track(name, exclude_columns=["a'b"], update_columns=["$$", "\\"])
     with psycopg.connect(split["app"], autocommit=True) as app:
         values = ", ".join(["%s"] * len(hostile))
@@ -644,7 +663,7 @@ def test_hostile_names_cannot_inject_into_the_generated_functions(split, conn):
     assert rows[1]["new"] == {**expected, "$$": "changed"}
 
 
-def test_partitioned_tables_follow_ddl_row_by_row(rconn, relay_dsn):
+def test_partitioned_tables_follow_ddl_row_by_row(rconn: Conn, relay_dsn: str) -> None:
     """Row-level capture checks its table once per transaction, and again after the
     transaction's own DDL: every write right after a change of columns is recorded with the
     columns as they are."""

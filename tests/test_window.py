@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import psycopg
-from test_delivery_sql import fan_out, setup
+from support.db import one_row
+from support.delivery import fan_out, setup
 
+from relay.db import Conn
 from relay.delivery.window import Gap, Window, advance
 
 
-def test_ids_missing_below_a_seen_one_wait_for_the_transactions_running():
+def test_ids_missing_below_a_seen_one_wait_for_the_transactions_running() -> None:
     moved = advance(Window(10), 10, [11, 14, 15, 18], running=[7, 9], full=False)
     assert moved == Window(18, (Gap(12, 13, (7, 9)), Gap(16, 17, (7, 9))))
     # With nothing running, a missing id belongs to a transaction that rolled back.
@@ -17,25 +19,29 @@ def test_ids_missing_below_a_seen_one_wait_for_the_transactions_running():
     assert advance(Window(10), 10, [], running=[5], full=False) == Window(10)
 
 
-def test_a_gap_is_read_again_when_one_of_its_transactions_ends_and_forgotten_when_all_have():
+def test_a_gap_is_read_again_when_one_of_its_transactions_ends_and_forgotten_when_all_have() -> (
+    None
+):
     window = Window(20, (Gap(12, 13, (7, 9)),))
     assert advance(window, 20, [], running=[7, 9], full=False) == window
     assert advance(window, 20, [12], running=[9], full=False) == Window(20, (Gap(12, 13, (9,)),))
     assert advance(window, 20, [12, 13, 21], running=[], full=False) == Window(21)
 
 
-def test_a_full_batch_keeps_the_gaps_it_did_not_read_to_their_end():
+def test_a_full_batch_keeps_the_gaps_it_did_not_read_to_their_end() -> None:
     window = Window(20, (Gap(5, 9, (7,)), Gap(12, 13, (7,))))
     assert advance(window, 20, [5, 6], running=[], full=True) == window
     assert advance(window, 20, [7, 9, 12], running=[], full=False) == Window(20)
 
 
-def test_ids_that_start_again_are_read_from_the_start():
+def test_ids_that_start_again_are_read_from_the_start() -> None:
     window = Window(500, (Gap(300, 301, (7,)),))
     assert advance(window, 0, [1, 2], running=[7], full=False) == Window(2)
 
 
-def test_a_transaction_that_commits_after_a_later_one_is_fanned_out(rconn, relay_dsn):
+def test_a_transaction_that_commits_after_a_later_one_is_fanned_out(
+    rconn: Conn, relay_dsn: str
+) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     with psycopg.connect(relay_dsn) as early, psycopg.connect(relay_dsn) as aborted:
@@ -47,17 +53,17 @@ def test_a_transaction_that_commits_after_a_later_one_is_fanned_out(rconn, relay
         aborted.rollback()
         fan_out(rconn)
         assert fanned_out(rconn) == [1, 4]
-        assert rconn.execute("SELECT count(DISTINCT lo) FROM relay.fan_out_gaps").fetchone()[0] == 1
+        assert one_row(rconn.execute("SELECT count(DISTINCT lo) FROM relay.fan_out_gaps"))[0] == 1
         rconn.execute("INSERT INTO items VALUES (5, 0)")
         early.commit()
     fan_out(rconn)
     assert fanned_out(rconn) == [1, 2, 4, 5]
     # Every transaction that could hold a missing id has ended: nothing is left to watch.
-    assert rconn.execute("SELECT count(*) FROM relay.fan_out_gaps").fetchone()[0] == 0
-    assert rconn.execute("SELECT count(*) FROM relay.deliveries").fetchone()[0] == 4
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.fan_out_gaps"))[0] == 0
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.deliveries"))[0] == 4
 
 
-def test_a_long_transaction_costs_one_gap_not_a_rescan(rconn, relay_dsn):
+def test_a_long_transaction_costs_one_gap_not_a_rescan(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     with psycopg.connect(relay_dsn) as long:
         long.execute("INSERT INTO items VALUES (0, 0)")
@@ -74,7 +80,7 @@ def test_a_long_transaction_costs_one_gap_not_a_rescan(rconn, relay_dsn):
     assert len(fanned_out(rconn)) == 501
 
 
-def test_outbox_ids_restarted_by_hand_are_read_from_the_start(rconn):
+def test_outbox_ids_restarted_by_hand_are_read_from_the_start(rconn: Conn) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 5) g")
     fan_out(rconn)
@@ -84,7 +90,7 @@ def test_outbox_ids_restarted_by_hand_are_read_from_the_start(rconn):
     assert fanned_out(rconn) == [6]
 
 
-def test_a_requeued_change_is_fanned_out_again(rconn):
+def test_a_requeued_change_is_fanned_out_again(rconn: Conn) -> None:
     setup(rconn)
     rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 3) g")
     fan_out(rconn)
@@ -95,14 +101,16 @@ def test_a_requeued_change_is_fanned_out_again(rconn):
     fan_out(rconn)
     assert fanned_out(rconn) == [1, 2, 3]
     assert (
-        rconn.execute(
-            "SELECT count(*) FROM relay.deliveries WHERE outbox_id = 2 AND status = 'pending'"
-        ).fetchone()[0]
+        one_row(
+            rconn.execute(
+                "SELECT count(*) FROM relay.deliveries WHERE outbox_id = 2 AND status = 'pending'"
+            )
+        )[0]
         == 1
     )
 
 
-def fanned_out(conn):
+def fanned_out(conn: Conn) -> list[int]:
     return [
         row[0]
         for row in conn.execute(

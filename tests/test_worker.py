@@ -6,83 +6,24 @@ import asyncio
 import hashlib
 import hmac
 import json
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import MutableMapping
+from typing import Any
 
-import psycopg
 from aiohttp import web
-from receivers import Receiver, receiver
 from structlog.testing import capture_logs
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
-from relay.delivery.worker import Worker
+from relay.db import Conn
 from relay.settings import Settings
 
-FAST = Settings(
-    poll_interval=0.2,
-    retry_base_seconds=0.05,
-    retry_max_seconds=0.5,
-    lease_seconds=5,
-    shutdown_grace_seconds=1,
-)
 
-
-@asynccontextmanager
-async def running(
-    dsn: str, settings: Settings = FAST, relay_id: str | None = None
-) -> AsyncIterator[Worker]:
-    worker = Worker(settings, dsn, relay_id=relay_id)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    try:
-        yield worker
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-
-
-async def sql(dsn: str, *statements: str) -> None:
-    def run() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            for statement in statements:
-                conn.execute(statement)
-
-    await asyncio.to_thread(run)
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, "timed out waiting"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
-
-
-def setup(conn, url: str, name: str = "hook", *, secret: str = "s3cr3t", **webhook) -> None:
-    conn.execute("CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, v int)")
-    conn.execute("SELECT relay.track('items')")
-    columns = {"name": name, "payload_url": url, "secret": secret, **webhook}
-    conn.execute(
-        f"INSERT INTO relay.webhooks ({', '.join(columns)}) "
-        f"VALUES ({', '.join(['%s'] * len(columns))})",
-        list(columns.values()),
-    )
-    conn.execute(
-        "INSERT INTO relay.event_rules (name, tables, webhook_id) SELECT %s,"
-        " ARRAY['public.items'], id FROM relay.webhooks WHERE name = %s",
-        (name, name),
-    )
-
-
-def bodies(r: Receiver) -> list[dict]:
+def bodies(r: Receiver) -> list[dict[str, Any]]:
     return [json.loads(req.body) for req in r.requests]
 
 
-def outbox_statuses(conn) -> list[str]:
-    return [row[0] for row in conn.execute("SELECT status::text FROM relay.outbox ORDER BY id")]
-
-
-def test_changes_arrive_signed_and_in_order(rconn, relay_dsn):
+def test_changes_arrive_signed_and_in_order(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -105,10 +46,10 @@ def test_changes_arrive_signed_and_in_order(rconn, relay_dsn):
     row1 = [(b["event"], b["data"]["v"]) for b in bodies(r) if b["pk"] == {"id": 1}]
     assert row1 == [("created", 0), ("updated", 1), ("updated", 2)]
     assert [b["event"] for b in bodies(r) if b["pk"] == {"id": 2}] == ["created", "deleted"]
-    assert rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0] == 5
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0] == 5
 
 
-def test_failures_are_retried_with_the_same_delivery_id(rconn, relay_dsn):
+def test_failures_are_retried_with_the_same_delivery_id(rconn: Conn, relay_dsn: str) -> None:
     calls = {"n": 0}
 
     async def flaky(request: web.Request) -> web.Response:
@@ -136,11 +77,11 @@ def test_failures_are_retried_with_the_same_delivery_id(rconn, relay_dsn):
     ]
 
 
-def test_the_log_tells_a_retry_from_the_final_failure(rconn, relay_dsn):
+def test_the_log_tells_a_retry_from_the_final_failure(rconn: Conn, relay_dsn: str) -> None:
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         async with receiver(refusing) as r:
             setup(rconn, r.url)
             with capture_logs() as events:
@@ -153,14 +94,14 @@ def test_the_log_tells_a_retry_from_the_final_failure(rconn, relay_dsn):
     assert said == [(1, "retrying", True), (2, "retrying", True), (3, "failed", False)]
 
 
-def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn, relay_dsn):
+def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn: Conn, relay_dsn: str) -> None:
     """Two webhooks, one refusing receiver: "own" gives up after its 2 attempts, two seconds
     apart; "usual" keeps the relay's 4 attempts and delays of a fraction of a second."""
 
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
-    async def scenario() -> list[dict]:
+    async def scenario() -> list[MutableMapping[str, Any]]:
         async with receiver(refusing) as r:
             setup(rconn, r.url, "usual")
             setup(rconn, r.url, "own", max_attempts=2, retry_base_seconds=2, retry_max_seconds=3)
@@ -189,7 +130,9 @@ def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn, relay_dsn):
     assert 1.6 <= retry["next_attempt_in_s"] <= 2.4
 
 
-def test_a_tables_model_name_reaches_the_body_and_the_conditions(rconn, relay_dsn):
+def test_a_tables_model_name_reaches_the_body_and_the_conditions(
+    rconn: Conn, relay_dsn: str
+) -> None:
     """relay.track(..., model => 'dcim.device'): a NetBox receiver sees model "device" and
     object_type "dcim.device", and a rule can match on the model."""
 
@@ -217,7 +160,7 @@ def test_a_tables_model_name_reaches_the_body_and_the_conditions(rconn, relay_ds
     ]
 
 
-def test_attempts_are_numbered_across_a_requeue(rconn, relay_dsn):
+def test_attempts_are_numbered_across_a_requeue(rconn: Conn, relay_dsn: str) -> None:
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)
 
@@ -232,14 +175,15 @@ def test_attempts_are_numbered_across_a_requeue(rconn, relay_dsn):
                 await until(lambda: outbox_statuses(rconn) == ["failed"])
 
     def attempts() -> int:
-        return rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0]
+        count: int = one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0]
+        return count
 
     asyncio.run(scenario())
     numbers = rconn.execute("SELECT attempt FROM relay.attempts ORDER BY id").fetchall()
     assert numbers == [(1,), (2,), (3,), (4,)]
 
 
-def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn, relay_dsn):
+def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn: Conn, relay_dsn: str) -> None:
     failures = {"left": 3}
 
     async def fail_first_change(request: web.Request) -> web.Response:
@@ -266,7 +210,7 @@ def test_a_later_change_waits_while_an_earlier_one_is_retried(rconn, relay_dsn):
     assert delivered == [0, 1, 2, 3, 4, 5]
 
 
-def test_requeue_with_sql_sends_failed_changes_again(rconn, relay_dsn):
+def test_requeue_with_sql_sends_failed_changes_again(rconn: Conn, relay_dsn: str) -> None:
     state = {"status": 410}
 
     async def gone_then_back(request: web.Request) -> web.Response:
@@ -287,11 +231,11 @@ def test_requeue_with_sql_sends_failed_changes_again(rconn, relay_dsn):
 
     r, took = asyncio.run(scenario())
     assert len(r.requests) == 2 and took < 2  # the NOTIFY woke it, not the 30 s poll
-    error = rconn.execute("SELECT error FROM relay.attempts ORDER BY id LIMIT 1").fetchone()[0]
+    error = one_row(rconn.execute("SELECT error FROM relay.attempts ORDER BY id LIMIT 1"))[0]
     assert error == "HTTP 410 Gone"
 
 
-def test_a_broken_template_fails_that_delivery_and_others_flow(rconn, relay_dsn):
+def test_a_broken_template_fails_that_delivery_and_others_flow(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url, "good")
@@ -311,7 +255,7 @@ def test_a_broken_template_fails_that_delivery_and_others_flow(rconn, relay_dsn)
     assert rows[0][2].startswith("body_template: line 1:")
 
 
-def test_two_relays_deliver_each_change_once(rconn, relay_dsn):
+def test_two_relays_deliver_each_change_once(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -328,7 +272,7 @@ def test_two_relays_deliver_each_change_once(rconn, relay_dsn):
     assert holders == {None}
 
 
-def test_a_slow_endpoint_does_not_slow_another(rconn, relay_dsn):
+def test_a_slow_endpoint_does_not_slow_another(rconn: Conn, relay_dsn: str) -> None:
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(3)
         return web.Response()
@@ -346,7 +290,7 @@ def test_a_slow_endpoint_does_not_slow_another(rconn, relay_dsn):
     assert asyncio.run(scenario()) < 2.5
 
 
-def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
+def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn: Conn, relay_dsn: str) -> None:
     import socket
 
     sock = socket.socket()
@@ -354,7 +298,7 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
     dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
     sock.close()  # nobody listens there
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, tuple[Any, ...]]:
         async with receiver() as healthy:
             setup(rconn, dead_url, "dead")
             setup(rconn, healthy.url, "healthy")
@@ -370,15 +314,19 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
                 await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 100) g")
                 await until(lambda: len(healthy.requests) == 100)
                 await asyncio.sleep(1)
-            attempts = rconn.execute(
-                "SELECT count(*) FROM relay.attempts a JOIN relay.webhooks w ON w.id = a.webhook_id"
-                " WHERE w.name = 'dead'"
-            ).fetchone()[0]
-            counted = rconn.execute(
-                "SELECT sum(d.attempts), count(*) FILTER (WHERE d.status = 'pending')"
-                " FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id"
-                " WHERE w.name = 'dead'"
-            ).fetchone()
+            attempts = one_row(
+                rconn.execute(
+                    "SELECT count(*) FROM relay.attempts a"
+                    " JOIN relay.webhooks w ON w.id = a.webhook_id WHERE w.name = 'dead'"
+                )
+            )[0]
+            counted = one_row(
+                rconn.execute(
+                    "SELECT sum(d.attempts), count(*) FILTER (WHERE d.status = 'pending')"
+                    " FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id"
+                    " WHERE w.name = 'dead'"
+                )
+            )
             return attempts, len(healthy.requests), counted
 
     dead_attempts, healthy_requests, (counted, waiting) = asyncio.run(scenario())
@@ -391,7 +339,7 @@ def test_a_dead_endpoint_is_paused_instead_of_hammered(rconn, relay_dsn):
     assert waiting == 100
 
 
-def test_attempts_older_than_the_retention_are_deleted(rconn, relay_dsn):
+def test_attempts_older_than_the_retention_are_deleted(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> None:
         async with receiver() as r:
             setup(rconn, r.url)
@@ -405,16 +353,16 @@ def test_attempts_older_than_the_retention_are_deleted(rconn, relay_dsn):
             keep_a_day = Settings(**{**FAST.model_dump(), "attempt_retention_days": 1})
             async with running(relay_dsn, keep_a_day):
                 await until(
-                    lambda: rconn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0] == 1
+                    lambda: one_row(rconn.execute("SELECT count(*) FROM relay.attempts"))[0] == 1
                 )
 
     asyncio.run(scenario())
-    last = rconn.execute("SELECT max(id) FROM relay.outbox").fetchone()[0]
+    last = one_row(rconn.execute("SELECT max(id) FROM relay.outbox"))[0]
     assert rconn.execute("SELECT outbox_id FROM relay.attempts").fetchall() == [(last,)]
     assert outbox_statuses(rconn) == ["delivered"] * 3  # the changes themselves are kept
 
 
-def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn, relay_dsn):
+def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> Receiver:
         async with receiver() as r:
             rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
@@ -430,7 +378,9 @@ def test_a_change_right_after_a_new_rule_is_matched_against_it(rconn, relay_dsn)
     assert len(asyncio.run(scenario()).requests) == 1
 
 
-def test_deliveries_waiting_for_a_webhook_that_gets_disabled_fail_with_the_reason(rconn, relay_dsn):
+def test_deliveries_waiting_for_a_webhook_that_gets_disabled_fail_with_the_reason(
+    rconn: Conn, relay_dsn: str
+) -> None:
     async def busy(request: web.Request) -> web.Response:
         return web.Response(status=503, headers={"Retry-After": "2"})
 

@@ -11,14 +11,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import web
-from receivers import receiver
-from test_worker import FAST, outbox_statuses, running, setup, sql, until
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
+from relay.db import Conn
 from relay.store import Store
 
 
@@ -45,20 +48,23 @@ async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.s
 
 def relay_connections(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name LIKE 'relay run %' AND datname = current_database()"
-        ).fetchone()[0]
+        count: int = one_row(
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name LIKE 'relay run %' AND datname = current_database()"
+            )
+        )[0]
+        return count
 
 
-def test_kill_9_mid_flow_loses_nothing(rconn, relay_dsn, tmp_path):
+def test_kill_9_mid_flow_loses_nothing(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
     log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
 
     async def slowish(request: web.Request) -> web.Response:
         await asyncio.sleep(0.01)
         return web.Response()
 
-    async def scenario():
+    async def scenario() -> tuple[Receiver, int, int, int]:
         async with receiver(slowish) as r:
             setup(rconn, r.url)
             await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 400) g")
@@ -69,10 +75,12 @@ def test_kill_9_mid_flow_loses_nothing(rconn, relay_dsn, tmp_path):
             at_kill = len(r.requests)
             # What the dead relay held: sent or about to be, or sent with the outcome not yet
             # written. Only these can arrive twice.
-            held = rconn.execute(
-                "SELECT count(*) FROM relay.deliveries WHERE leased_by LIKE %s",
-                (f"%:{first.pid}",),
-            ).fetchone()[0]
+            held = one_row(
+                rconn.execute(
+                    "SELECT count(*) FROM relay.deliveries WHERE leased_by LIKE %s",
+                    (f"%:{first.pid}",),
+                )
+            )[0]
             second = await start_relay(relay_dsn, log)
             await until(lambda: set(outbox_statuses(rconn)) == {"delivered"}, timeout=60)
             second.send_signal(signal.SIGTERM)
@@ -91,8 +99,8 @@ def test_kill_9_mid_flow_loses_nothing(rconn, relay_dsn, tmp_path):
     assert at_kill < 400
 
 
-def test_cut_connections_are_reestablished(rconn, relay_dsn):
-    async def scenario():
+def test_cut_connections_are_reestablished(rconn: Conn, relay_dsn: str) -> None:
+    async def scenario() -> float:
         async with receiver() as r:
             setup(rconn, r.url)
             async with running(relay_dsn):
@@ -111,10 +119,10 @@ def test_cut_connections_are_reestablished(rconn, relay_dsn):
     assert asyncio.run(scenario()) < 10
 
 
-def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn, tmp_path):
+def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn: str, tmp_path: Path) -> None:
     log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
 
-    async def scenario():
+    async def scenario() -> tuple[int | None, str, int]:
         bad = await start_relay(relay_dsn, RELAY_BATCH_SIZE="0")
         _, bad_err = await asyncio.wait_for(bad.communicate(), 30)
         good = await start_relay(relay_dsn, log)
@@ -130,12 +138,12 @@ def test_sigterm_exits_zero_and_a_bad_setting_exits_two(relay_dsn, tmp_path):
     assert code == 0
 
 
-def test_leases_are_released_on_shutdown(rconn, relay_dsn):
+def test_leases_are_released_on_shutdown(rconn: Conn, relay_dsn: str) -> None:
     async def stuck(request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return web.Response()
 
-    async def scenario():
+    async def scenario() -> tuple[Any, ...] | None:
         async with receiver(stuck) as r:
             setup(rconn, r.url, timeout_seconds=60)
             async with running(relay_dsn):
@@ -151,7 +159,7 @@ def test_leases_are_released_on_shutdown(rconn, relay_dsn):
     assert asyncio.run(scenario()) == (0, 5)  # unfinished, and free for any relay at once
 
 
-def test_a_postgres_restart_mid_flow_loses_nothing():
+def test_a_postgres_restart_mid_flow_loses_nothing() -> None:
     """A private cluster (the shared server cannot be restarted by a test), stopped and started
     while the relay is delivering: it reconnects on its own and every change arrives."""
     if find_server_binaries() is None:
@@ -198,8 +206,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
-    rconn, relay_dsn, tmp_path
-):
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
     log = os.open(tmp_path / "relay.log", os.O_WRONLY | os.O_CREAT)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -208,7 +216,7 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
     # 6 s keeps CI short; RELAY_TEST_DOWN_SECONDS=30 ./test -k receiver_down runs the issue's 30.
     down_seconds = float(os.environ.get("RELAY_TEST_DOWN_SECONDS", "6"))
 
-    async def scenario():
+    async def scenario() -> tuple[float, int, float, set[Any]]:
         setup(rconn, url)
         relay = await start_relay(
             relay_dsn,
@@ -246,5 +254,6 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
     assert took < 15  # back within a cool-down plus the longest retry delay, with room
 
 
-def attempt_count(conn) -> int:
-    return conn.execute("SELECT count(*) FROM relay.attempts").fetchone()[0]
+def attempt_count(conn: Conn) -> int:
+    count: int = one_row(conn.execute("SELECT count(*) FROM relay.attempts"))[0]
+    return count

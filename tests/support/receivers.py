@@ -109,3 +109,10 @@ async def connect_proxy() -> AsyncIterator[Proxy]:
         yield state
     finally:
         server.close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on (for now)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
