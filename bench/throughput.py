@@ -34,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,24 +140,6 @@ async def drain(dsn: str, changes: int, concurrency: int = 64, done: str = PENDI
     return changes / elapsed
 
 
-def change_from_row(row: Mapping[str, Any]) -> Change:
-    """A Change from an outbox row with its jsonb columns read as text."""
-    return Change(
-        id=row["id"],
-        schema_name=row["schema_name"],
-        table_name=row["table_name"],
-        op=row["op"],
-        old_json=row["old"],
-        new_json=row["new"],
-        pk_json=row["pk"],
-        username=row["username"],
-        request_id=row["request_id"],
-        txid=row["txid"],
-        created_at=row["created_at"],
-        model=row["model"],
-    )
-
-
 async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
     """The same requests relay sent, rendered first, posted as fast as aiohttp can."""
     with psycopg.connect(dsn) as conn:
@@ -172,7 +153,7 @@ async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
     renderer = Renderer()
     requests = []
     for row in rows:
-        change = change_from_row(row)
+        change = Change.from_row(row, row["old"], row["new"])
         rule = loaded.matching(change)[0]
         requests.append(renderer.request(rule.webhook, change, rule.action_data, timestamp=0))
     queue: asyncio.Queue[int] = asyncio.Queue()
