@@ -173,7 +173,7 @@ def test_names_with_brackets_are_text_not_styles(db_dsn: str) -> None:
         and "payload_url: http://127.0.0.1:9/[bold]\n" in shown.stdout
     )
     assert "[/]x" in relay("webhook", "list", dsn=db_dsn).stdout
-    assert one_line(relay("webhook", "show", "[bold]y", dsn=db_dsn), 1, "'[bold]y'") is None
+    assert one_line(relay("webhook", "show", "[bold]y", dsn=db_dsn), 2, "'[bold]y'") is None
 
 
 def test_names_with_control_characters_are_refused_in_one_line(db_dsn: str) -> None:

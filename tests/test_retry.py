@@ -56,6 +56,6 @@ def test_retry_requeues_failed_changes_by_id_webhook_and_age(rconn: Conn, relay_
 def test_retry_says_what_is_wrong(rconn: Conn, relay_dsn: str) -> None:
     setup(rconn)
     unknown = relay("retry", "--webhook", "nope", dsn=relay_dsn)
-    assert unknown.returncode == 1 and "no webhook named 'nope'" in unknown.stderr
+    assert unknown.returncode == 2 and "no webhook named 'nope'" in unknown.stderr
     bad_age = relay("retry", "--since", "yesterday", dsn=relay_dsn)
     assert bad_age.returncode == 2 and "--since" in bad_age.stderr

@@ -129,7 +129,7 @@ def retry(
     with _database(dsn) as conn:
         store = Store(conn)
         if webhook is not None and not store.webhook_exists(webhook):
-            fail(f"no webhook named {webhook!r}")
+            fail(f"no webhook named {webhook!r} (relay webhook list shows them)", 2)
         requeued = store.retry_failed(change_id=change_id, since=moment, webhook=webhook)
     out.print(f"requeued {requeued} failed change{'' if requeued == 1 else 's'}", highlight=False)
 

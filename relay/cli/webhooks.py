@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 import sqlalchemy.exc
@@ -43,6 +43,9 @@ from relay.render.request import RenderError
 from relay.rules import admin, ruleset
 from relay.settings import Settings, comma_list
 from relay.store import Store
+
+Row = TypeVar("Row")
+"""A webhook's or a rule's mapped row (relay/rules/admin.py)."""
 
 webhook_app = group("Webhooks: where changes are sent.")
 rule_app = group("Event rules: which changes go to which webhook.")
@@ -230,9 +233,7 @@ def webhook_edit(
     if not changes:
         fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
     with _session(dsn) as db:
-        hook = admin.webhook_by_name(db, name)
-        if hook is None:
-            fail(f"no webhook named {name!r} (relay webhook list shows them)", 2)
+        hook = _named("webhook", admin.webhook_by_name, db, name)
         for key, value in changes.items():
             setattr(hook, key, value)
         _refuse_broken_templates(hook)
@@ -305,9 +306,7 @@ def webhook_list(dsn: Dsn) -> None:
 def webhook_show(name: str, dsn: Dsn) -> None:
     """Show one webhook (secret masked)."""
     with _session(dsn) as db:
-        hook = admin.webhook_by_name(db, name)
-        if hook is None:
-            fail(f"no webhook named {name!r}")
+        hook = _named("webhook", admin.webhook_by_name, db, name)
         fields = {
             "name": hook.name,
             "payload_url": hook.payload_url,
@@ -344,15 +343,14 @@ def _retry_fields(hook: admin.WebhookRow) -> dict[str, str]:
 @webhook_app.command("remove")
 def webhook_remove(name: str, dsn: Dsn) -> None:
     """Remove a webhook no rule uses."""
-    with _session(dsn) as db:
-        hook = admin.webhook_by_name(db, name)
-        if hook is None:
-            fail(f"no webhook named {name!r}")
-        if hook.rules:
-            used_by = ", ".join(sorted(r.name for r in hook.rules))
-            fail(f"webhook {name!r} is used by rule(s) {used_by}; remove them first")
-        db.delete(hook)
-    out.print(f"webhook {name} removed", highlight=False)
+
+    def in_use(hook: admin.WebhookRow) -> str | None:
+        used_by = ", ".join(sorted(r.name for r in hook.rules))
+        return (
+            f"webhook {name!r} is used by rule(s) {used_by}; remove them first" if used_by else None
+        )
+
+    _remove("webhook", admin.webhook_by_name, name, dsn, in_use)
 
 
 @webhook_app.command("enable")
@@ -370,11 +368,33 @@ def webhook_disable(name: str, dsn: Dsn) -> None:
 def _switch(kind: str, find: Callable[[Session, str], Any], name: str, dsn: str, on: bool) -> None:
     """Enable or disable the webhook or rule ``name`` (``find`` looks it up by name)."""
     with _session(dsn) as db:
-        row = find(db, name)
-        if row is None:
-            fail(f"no {kind} named {name!r} (relay {kind} list shows them)", 2)
-        row.enabled = on
+        _named(kind, find, db, name).enabled = on
     out.print(f"{kind} {name} {'enabled' if on else 'disabled'}", highlight=False)
+
+
+def _remove(
+    kind: str,
+    find: Callable[[Session, str], Row | None],
+    name: str,
+    dsn: str,
+    refuse: Callable[[Row], str | None] = lambda row: None,
+) -> None:
+    """Delete the webhook or rule ``name``, unless ``refuse`` says why not."""
+    with _session(dsn) as db:
+        row = _named(kind, find, db, name)
+        why_not = refuse(row)
+        if why_not:
+            fail(why_not)
+        db.delete(row)
+    out.print(f"{kind} {name} removed", highlight=False)
+
+
+def _named(kind: str, find: Callable[[Session, str], Row | None], db: Session, name: str) -> Row:
+    """The webhook or rule ``name``, or the command ends saying there is none."""
+    row = find(db, name)
+    if row is None:
+        fail(f"no {kind} named {name!r} (relay {kind} list shows them)", 2)
+    return row
 
 
 @rule_app.command("add")
@@ -396,9 +416,7 @@ def rule_add(
 ) -> None:
     """Add an event rule."""
     with _session(dsn) as db:
-        hook = admin.webhook_by_name(db, webhook)
-        if hook is None:
-            fail(f"no webhook named {webhook!r}")
+        hook = _named("webhook", admin.webhook_by_name, db, webhook)
         row = admin.EventRuleRow(
             name=name,
             tables=_split_all(table),
@@ -438,13 +456,9 @@ def rule_edit(
     if all(value is None for value in given):
         fail("nothing to change: give at least one option (relay rule edit --help)", 2)
     with _session(dsn) as db:
-        rule = admin.rule_by_name(db, name)
-        if rule is None:
-            fail(f"no rule named {name!r} (relay rule list shows them)", 2)
+        rule = _named("rule", admin.rule_by_name, db, name)
         if webhook is not None:
-            hook = admin.webhook_by_name(db, webhook)
-            if hook is None:
-                fail(f"no webhook named {webhook!r} (relay webhook list shows them)", 2)
+            hook = _named("webhook", admin.webhook_by_name, db, webhook)
             rule.webhook_id = hook.id
         if table is not None:
             rule.tables = _split_all(table) or []
@@ -479,9 +493,7 @@ def rule_list(dsn: Dsn) -> None:
 def rule_show(name: str, dsn: Dsn) -> None:
     """Show one event rule."""
     with _session(dsn) as db:
-        rule = admin.rule_by_name(db, name)
-        if rule is None:
-            fail(f"no rule named {name!r}")
+        rule = _named("rule", admin.rule_by_name, db, name)
         fields = {
             "name": rule.name,
             "enabled": rule.enabled,
@@ -497,12 +509,7 @@ def rule_show(name: str, dsn: Dsn) -> None:
 @rule_app.command("remove")
 def rule_remove(name: str, dsn: Dsn) -> None:
     """Remove an event rule."""
-    with _session(dsn) as db:
-        rule = admin.rule_by_name(db, name)
-        if rule is None:
-            fail(f"no rule named {name!r}")
-        db.delete(rule)
-    out.print(f"rule {name} removed", highlight=False)
+    _remove("rule", admin.rule_by_name, name, dsn)
 
 
 @rule_app.command("enable")
@@ -564,7 +571,7 @@ def preview(
             fail("give --outbox-id N, or --table T with --new and/or --old")
     chosen = next((r for r in loaded.rules if r.name == rule), None)
     if chosen is None:
-        fail(f"no rule named {rule!r}")
+        fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
     _print_preview(chosen, change, installation, settings)
 
 
