@@ -9,7 +9,9 @@
    webhook, one rule); a Worker (the code behind `relay run`) drains it; deliveries per second
    from start to the last change marked delivered (fan-out, claims, sends and records
    included). Then the ceiling: a bare aiohttp client posts the same signed requests to the
-   same nginx, with the same concurrency, as fast as it can. Prints the medians and their ratio.
+   same nginx, with the same concurrency, as fast as it can. Prints the medians and their ratio,
+   and the relay's CPU per delivery (this process's CPU time during the drain: steadier than
+   the rate on a busy machine).
 3. Latency: `relay run` (a separate process) delivers to a small receiver process while this
    one commits --rate changes a second for --seconds (ten rows per transaction); commit to
    receipt, p50 and p99.
@@ -363,20 +365,26 @@ def main() -> None:
         with postgres_server(args.dsn) as server:
             print(f"{os.cpu_count()} CPUs, receiver nginx at {url}, concurrency {args.concurrency}")
             print(f"throughput, {args.changes} changes, {args.rounds} rounds:")
-            relay_rates, bare_rates = [], []
+            relay_rates, bare_rates, cpu_costs = [], [], []
             for _ in range(args.rounds):
                 with scratch_database(server, "relay_tp") as dsn:
                     load(dsn, url, args.changes)
+                    cpu = time.process_time()  # this process runs nothing but the Worker
                     relay_rates.append(asyncio.run(drain(dsn, args.changes, args.concurrency)))
+                    cpu_costs.append((time.process_time() - cpu) / args.changes * 1e6)
                     bare, ok = asyncio.run(ceiling(dsn, args.concurrency))
                     assert ok == args.changes, f"only {ok} of the ceiling's requests got 200"
                     bare_rates.append(bare)
-                print(f"  relay {relay_rates[-1]:8.0f} deliveries/s, bare {bare:8.0f} requests/s")
+                print(
+                    f"  relay {relay_rates[-1]:8.0f} deliveries/s ({cpu_costs[-1]:.0f} us of CPU"
+                    f" each), bare {bare:8.0f} requests/s"
+                )
             relay_rate = statistics.median(relay_rates)
             bare_rate = statistics.median(bare_rates)
             print(f"  relay drained the backlog:  {relay_rate:8.0f} deliveries/s (median)")
             print(f"  bare aiohttp (the ceiling): {bare_rate:8.0f} requests/s (median)")
             print(f"  ratio: {relay_rate / bare_rate:.2f}")
+            print(f"  relay CPU per delivery: {statistics.median(cpu_costs):.1f} us (median)")
             if args.rate and args.seconds:
                 print(f"latency, {args.rate} changes/s for {args.seconds:g} s:")
                 p50, p99, count = latency(server, args.rate, args.seconds, args.concurrency)
