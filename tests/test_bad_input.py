@@ -10,14 +10,14 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from relay.db import Conn
+from relay.render.child import KILL_MARGIN
 from support.db import one_row
 from support.hooks import add
 from support.receivers import Receiver, receiver
 from support.render import STUCK
 from support.worker import FAST, running, sql, until
-
-from relay.db import Conn
-from relay.render.child import KILL_MARGIN
 
 BIG = "x" * (10 * 1024 * 1024)
 

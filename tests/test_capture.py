@@ -8,9 +8,9 @@ from decimal import Decimal
 
 import psycopg
 import pytest
-from support.db import one_row, outbox
 
 from relay.db import Conn
+from support.db import one_row, outbox
 
 
 def test_insert_update_delete_truncate_are_recorded(rconn: Conn) -> None:

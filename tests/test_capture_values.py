@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
-from support.db import one_row
 
 from relay.db import Conn
 from relay.store import Store
+from support.db import one_row
 
 TEXT = st.text(
     alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=40

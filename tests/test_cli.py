@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import psycopg
+
 from support.cli import relay
 from support.db import one_row
 

@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterable, Sequence
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from support.cli import relay
 
 from relay.store import Store
+from support.cli import relay
 
 # Every subcommand that talks to a database, with arguments that are otherwise fine.
 DATABASE_COMMANDS = [

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support.strategies import condition_sets, json_values, nested, nested_list, paths
 
 from relay.model import loads
 from relay.rules.conditions import (
@@ -24,6 +23,7 @@ from relay.rules.conditions import (
     same,
     validate,
 )
+from support.strategies import condition_sets, json_values, nested, nested_list, paths
 
 ROW = {
     "event": "updated",

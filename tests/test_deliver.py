@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import pytest
 import trustme
 from aiohttp import web
-from support.receivers import Received, connect_proxy, never_answers, receiver
 
 from relay.delivery.send import Outcome, Sender, retry_after_seconds
 from relay.model import Request, Webhook
+from support.receivers import Received, connect_proxy, never_answers, receiver
 
 HOOK = Webhook(id=1, name="t", payload_url="unused", timeout_seconds=Decimal(2))
 T = TypeVar("T")

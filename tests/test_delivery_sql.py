@@ -7,12 +7,12 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from support.db import one_row, outbox
-from support.delivery import claim, claim_parameters, fan_out, finish, setup
-from support.hooks import add_rule, add_webhook
 
 from relay.db import Conn
 from relay.sqlfiles import query
+from support.db import one_row, outbox
+from support.delivery import claim, claim_parameters, fan_out, finish, setup
+from support.hooks import add_rule, add_webhook
 
 
 def test_fan_out_makes_one_delivery_per_matching_webhook_and_skips_the_rest(rconn: Conn) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-from support.db import one_row
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
+from support.db import one_row
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 DOC = DEPLOY.parent / "docs" / "deploy.md"

@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support.db import one_row
-
 from relay.db import Conn
+from support.db import one_row
 
 SITE = Path(__file__).with_name("django_site.py")
 

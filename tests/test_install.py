@@ -11,11 +11,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from support.db import one_row
 
 from relay import sqlfiles
 from relay.db import Conn
 from relay.store import Store
+from support.db import one_row
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 

@@ -8,13 +8,13 @@ import json
 import re
 
 from aiohttp import web
+
+from relay.db import Conn
+from relay.settings import Settings
 from support.cli import relay_env as relay
 from support.hooks import add
 from support.receivers import Handler, Receiver, receiver
 from support.worker import FAST, outbox_statuses, running, until
-
-from relay.db import Conn
-from relay.settings import Settings
 
 KiB = 1024
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import psycopg
 from aiohttp import web
-from support.receivers import receiver
-from support.worker import FAST, outbox_statuses, running, until
 
 from relay.db import Conn
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, until
 
 
 def add_webhook(conn: Conn, url: str, tables: list[str]) -> None:

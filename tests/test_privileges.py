@@ -12,14 +12,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from support.db import one_row, outbox
-from support.receivers import receiver
-from support.worker import FAST, running, until
 
 from relay.db import Conn
 from relay.delivery import fanout
 from relay.settings import Settings
 from relay.store import Store
+from support.db import one_row, outbox
+from support.receivers import receiver
+from support.worker import FAST, running, until
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 

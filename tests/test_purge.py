@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+from relay.db import Conn
+from relay.settings import Settings
 from support.cli import relay
 from support.db import one_row
 from support.delivery import claim, fan_out, finish, setup
 from support.receivers import receiver
 from support.worker import FAST, outbox_statuses, running, until
 from support.worker import setup as setup_hook
-
-from relay.db import Conn
-from relay.settings import Settings
 
 
 def counts(rconn: Conn) -> tuple[int, int, int]:

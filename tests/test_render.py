@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
-from support.render import CHANGE, HOOK
 
 from relay.model import Change, Request, Webhook, dumps, loads
 from relay.render.request import Renderer, RenderError, context, default_body, delivery_id
 from relay.render.sandbox import MAX_OUTPUT
+from support.render import CHANGE, HOOK
 
 
 def request(**changes: Any) -> Request:

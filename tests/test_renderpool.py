@@ -10,13 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support.render import CHANGE, HOOK, STUCK
 
 from relay.model import Webhook
 from relay.render.child import KILL_MARGIN, MAX_MEMORY
 from relay.render.pool import RenderPool
 from relay.render.request import Renderer, RenderError
 from relay.render.sandbox import MAX_OUTPUT, MAX_SECONDS
+from support.render import CHANGE, HOOK, STUCK
 
 
 def hook(number: int, template: str) -> Webhook:

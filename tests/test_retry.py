@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+from relay.db import Conn
 from support.cli import relay
 from support.db import one_row
 from support.delivery import claim, fan_out, finish, setup
-
-from relay.db import Conn
 
 
 def fail_everything(rconn: Conn) -> list[int]:

@@ -21,11 +21,11 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from support.db import one_row, outbox
 
 from relay import sqlfiles
 from relay.cli.tempcluster import scratch_database
 from relay.db import Conn
+from support.db import one_row, outbox
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 

@@ -15,10 +15,6 @@ import pytest
 from aiohttp import web
 from psycopg.types.json import Jsonb
 from structlog.testing import capture_logs
-from support.cli import relay
-from support.db import one_row
-from support.receivers import Receiver, receiver
-from support.worker import FAST, running, setup, sql, until
 
 from relay.db import Conn
 from relay.delivery import plan, record
@@ -31,6 +27,10 @@ from relay.rules import ruleset
 from relay.rules.conditions import Verdict
 from relay.rules.ruleset import Rule, RuleSet
 from relay.settings import Settings
+from support.cli import relay
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, running, setup, sql, until
 
 BIG = "1" + "0" * 5000
 SESSION_FAILED = "relay session failed, starting again"

@@ -12,16 +12,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from support.cli import relay
-from support.db import one_row, outbox
-from support.hooks import add_rule, add_webhook
-from support.render import STUCK
 
 from relay.db import Conn
 from relay.model import loads
 from relay.render.request import Renderer
 from relay.rules import ruleset
 from relay.store import Store
+from support.cli import relay
+from support.db import one_row, outbox
+from support.hooks import add_rule, add_webhook
+from support.render import STUCK
 
 
 def test_rules_match_by_table_event_and_conditions(rconn: Conn) -> None:

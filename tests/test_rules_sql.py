@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
-from support.db import one_row
-from support.hooks import add_rule, add_webhook
-from support.strategies import condition_sets, deep_documents, json_values
 
 from relay.db import Conn
 from relay.rules.conditions import InvalidConditions, validate
+from support.db import one_row
+from support.hooks import add_rule, add_webhook
+from support.strategies import condition_sets, deep_documents, json_values
 
 
 def test_a_good_webhook_and_rule_get_netbox_defaults(rconn: Conn) -> None:

@@ -6,10 +6,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from support.hooks import add_rule, add_webhook
-
 from relay.db import Conn
 from relay.rules.watch import RuleWatcher
+from support.hooks import add_rule, add_webhook
 
 
 def test_rule_changes_reach_a_running_watcher_within_a_second(rconn: Conn, relay_dsn: str) -> None:

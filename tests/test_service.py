@@ -13,11 +13,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support.receivers import free_port, receiver
-from support.worker import outbox_statuses, setup, sql, until
 
 from relay.db import Conn
 from relay.service import systemd
+from support.receivers import free_port, receiver
+from support.worker import outbox_statuses, setup, sql, until
 
 
 def test_run_under_systemd_reports_ready_feeds_the_watchdog_and_serves_metrics(

@@ -9,12 +9,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from support.cli import relay_env as relay
-from support.db import one_row
 
 from relay import sqlfiles
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.store import Store
+from support.cli import relay_env as relay
+from support.db import one_row
 
 
 def test_config_shows_the_effective_settings_with_the_password_masked(tmp_path: Path) -> None:

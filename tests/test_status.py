@@ -7,12 +7,12 @@ import json
 from subprocess import CompletedProcess
 
 from aiohttp import web
-from support.cli import relay
-from support.receivers import receiver
-from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.db import Conn
 from relay.settings import Settings
+from support.cli import relay
+from support.receivers import receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 
 def test_status_shows_backlog_webhooks_errors_and_relays_without_secrets(

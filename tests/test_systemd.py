@@ -32,10 +32,10 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from support.receivers import Receiver, free_port, receiver
 
 from relay.cli.tempcluster import scratch_database
 from relay.render import sign
+from support.receivers import Receiver, free_port, receiver
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "deploy.md"

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
-from support.db import one_row
 
 import relay
 from relay.db import Conn
+from support.db import one_row
 
 
 def tags(rconn: Conn) -> list[tuple[str, str]]:

@@ -13,14 +13,14 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from support.db import one_row, outbox
-from support.receivers import receiver
-from support.worker import FAST, running, setup, until
 
 from relay.cli.tempcluster import find_server_binaries, scratch_database, start_temp_cluster
 from relay.db import Conn
 from relay.model import loads
 from relay.store import Store
+from support.db import one_row, outbox
+from support.receivers import receiver
+from support.worker import FAST, running, setup, until
 
 
 @pytest.fixture

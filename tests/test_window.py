@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import psycopg
-from support.db import one_row
-from support.delivery import fan_out, setup
 
 from relay.db import Conn
 from relay.delivery.window import Gap, Window, advance
+from support.db import one_row
+from support.delivery import fan_out, setup
 
 
 def test_ids_missing_below_a_seen_one_wait_for_the_transactions_running() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 
 from aiohttp import web
 from structlog.testing import capture_logs
-from support.db import one_row
-from support.receivers import Receiver, receiver
-from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.db import Conn
 from relay.settings import Settings
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 
 def bodies(r: Receiver) -> list[dict[str, Any]]:

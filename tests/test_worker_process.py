@@ -16,13 +16,13 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp import web
-from support.db import one_row
-from support.receivers import Receiver, receiver
-from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.db import Conn
 from relay.store import Store
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 
 async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.subprocess.Process:
