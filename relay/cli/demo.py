@@ -62,13 +62,13 @@ BEGIN; SET LOCAL relay.username = 'bob'; SET LOCAL relay.request_id = 'req-1'; .
 
 
 @dataclass(frozen=True)
-class Step:
+class _Step:
     title: str
     sql: str
 
 
 @dataclass(frozen=True)
-class Arrival:
+class _Arrival:
     method: str
     path: str
     headers: dict[str, str]
@@ -76,15 +76,15 @@ class Arrival:
     signature: tuple[str, bool] | None
 
 
-def steps(receiver: str = "127.0.0.1:9000") -> list[Step]:
+def _steps(receiver: str = "127.0.0.1:9000") -> list[_Step]:
     parts = _STEP.split(sqlfiles.read("demo.sql"))
     return [
-        Step(title.strip(), sql.strip().replace("RECEIVER", receiver))
+        _Step(title.strip(), sql.strip().replace("RECEIVER", receiver))
         for title, sql in zip(parts[1::2], parts[2::2], strict=True)
     ]
 
 
-def show(console: Console, dsn: str | None) -> None:
+def _show(console: Console, dsn: str | None) -> None:
     logs.configure(logging.WARNING)  # the demo shows deliveries itself; problems still show
     with postgres_server(dsn) as server, scratch_database(server, "relay_demo") as db:
         console.rule("[bold]relay demo")
@@ -98,7 +98,7 @@ def show(console: Console, dsn: str | None) -> None:
 async def _demo(console: Console, db: str) -> None:
     from relay.delivery.worker import Worker  # here: other commands start without it
 
-    arrivals: list[Arrival] = []
+    arrivals: list[_Arrival] = []
     runner, address = await _receiver(arrivals)
     try:
         with psycopg.connect(db, autocommit=True) as conn:
@@ -112,7 +112,7 @@ async def _demo(console: Console, db: str) -> None:
             relay = asyncio.create_task(worker.run(stop))
             try:
                 seen = shown = 0
-                for number, step in enumerate(steps(address), 1):
+                for number, step in enumerate(_steps(address), 1):
                     console.print(f"[bold]{number}. {step.title}")
                     console.print(_sql(step.sql))
                     await asyncio.to_thread(conn.execute, step.sql.encode())
@@ -127,14 +127,14 @@ async def _demo(console: Console, db: str) -> None:
         await runner.cleanup()
 
 
-async def _receiver(arrivals: list[Arrival]) -> tuple[web.AppRunner, str]:
+async def _receiver(arrivals: list[_Arrival]) -> tuple[web.AppRunner, str]:
     from aiohttp import web
 
     async def receive(request: web.Request) -> web.Response:
         body = await request.read()
         secret = SECRETS.get(request.path, DEFAULT_SECRET)
         arrivals.append(
-            Arrival(
+            _Arrival(
                 request.method,
                 request.path,
                 dict(request.headers),
@@ -186,7 +186,7 @@ def _show_new_changes(console: Console, conn: Conn, after: int) -> int:
     return rows[-1].id
 
 
-def _show_arrivals(console: Console, arrivals: list[Arrival], shown: int) -> int:
+def _show_arrivals(console: Console, arrivals: list[_Arrival], shown: int) -> int:
     fresh = arrivals[shown:]
     if not fresh:
         console.print("   [dim]→ the receiver got nothing[/]\n")
@@ -246,6 +246,6 @@ def demo(
 ) -> None:
     """Show relay at work on a scratch database that is dropped afterwards."""
     try:
-        show(styled, dsn)
+        _show(styled, dsn)
     except NoPostgres as exc:
         fail(str(exc), 2)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 from relay.render.sign import verify
 
 
-def application(console: Console, secret: str | None, status: int) -> web.Application:
+def _application(console: Console, secret: str | None, status: int) -> web.Application:
     from aiohttp import web  # here: other commands start without it
 
     count = 0
@@ -94,7 +94,7 @@ def serve(host: str, port: int, secret: str | None, status: int) -> None:
 async def _serve(console: Console, host: str, port: int, secret: str | None, status: int) -> None:
     from aiohttp import web
 
-    runner = web.AppRunner(application(console, secret, status), access_log=None)
+    runner = web.AppRunner(_application(console, secret, status), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -32,7 +32,7 @@ class NoPostgres(RuntimeError):
     """No usable PostgreSQL: the message names what to install or set."""
 
 
-def reachable(dsn: str) -> bool:
+def _reachable(dsn: str) -> bool:
     try:
         with psycopg.connect(dsn, connect_timeout=3):
             return True
@@ -178,11 +178,11 @@ def start_temp_cluster(**settings: str) -> TempCluster:
 def postgres_server(explicit_dsn: str | None = None) -> Iterator[str]:
     """A DSN for a server we may create databases on, for as long as the block runs."""
     if explicit_dsn:
-        if not reachable(explicit_dsn):
+        if not _reachable(explicit_dsn):
             raise NoPostgres(f"cannot connect to {explicit_dsn}")
         yield explicit_dsn
         return
-    if reachable(LOCAL_DSN):
+    if _reachable(LOCAL_DSN):
         yield LOCAL_DSN
         return
     cluster = start_temp_cluster()

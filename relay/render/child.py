@@ -36,7 +36,7 @@ FRAME = struct.Struct("!I")
 Reply = tuple[Any, ...]
 
 
-def frame(payload: bytes) -> bytes:
+def _frame(payload: bytes) -> bytes:
     return FRAME.pack(len(payload)) + payload
 
 
@@ -59,11 +59,11 @@ def request_job(
 ) -> bytes:
     fields = tuple(getattr(change, name) for name in _CHANGE_FIELDS)
     job = ("request", _pickled(webhook), fields, dict(action_data or {}), timestamp, source)
-    return frame(pickle.dumps(job))
+    return _frame(pickle.dumps(job))
 
 
 def check_job(source: str, what: str) -> bytes:
-    return frame(pickle.dumps(("check", source, what)))
+    return _frame(pickle.dumps(("check", source, what)))
 
 
 class _Handler:
@@ -143,7 +143,7 @@ def serve() -> None:
 
 
 def _reply(answers: BinaryIO, reply: Reply) -> None:
-    answers.write(frame(marshal.dumps(reply)))
+    answers.write(_frame(marshal.dumps(reply)))
     answers.flush()
 
 

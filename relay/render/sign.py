@@ -22,11 +22,11 @@ class InvalidSecret(ValueError):
     """A secret that cannot sign (never contains the secret itself)."""
 
 
-def netbox_signature(secret: str, body: bytes) -> str:
+def _netbox_signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha512).hexdigest()
 
 
-def standard_key(secret: str) -> bytes:
+def _standard_key(secret: str) -> bytes:
     encoded = secret.strip().removeprefix("whsec_")
     try:
         key = base64.b64decode(encoded, validate=True)
@@ -37,9 +37,9 @@ def standard_key(secret: str) -> bytes:
     return key
 
 
-def standard_signature(secrets: str, message_id: str, timestamp: int, body: bytes) -> str:
+def _standard_signature(secrets: str, message_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{message_id}.{timestamp}.".encode() + body
-    keys = [standard_key(line) for line in secrets.splitlines() if line.strip()]
+    keys = [_standard_key(line) for line in secrets.splitlines() if line.strip()]
     if not keys:
         raise InvalidSecret("no secret to sign with")
     return " ".join(
@@ -55,12 +55,12 @@ def signature_headers(
     if scheme == "none" or not secret:
         return {}
     if scheme == "netbox":
-        return {"X-Hook-Signature": netbox_signature(secret, body)}
+        return {"X-Hook-Signature": _netbox_signature(secret, body)}
     if scheme == "standard":
         return {
             "webhook-id": message_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": standard_signature(secret, message_id, timestamp, body),
+            "webhook-signature": _standard_signature(secret, message_id, timestamp, body),
         }
     raise ValueError(f"unknown signature scheme {scheme!r} (use one of {', '.join(SIGNATURES)})")
 
@@ -71,12 +71,12 @@ def verify(headers: Mapping[str, str], body: bytes, secret: str) -> tuple[str, b
     request is valid when any of its signatures matches.)"""
     lowered = {name.lower(): value for name, value in headers.items()}
     if "x-hook-signature" in lowered:
-        expected = netbox_signature(secret, body)
+        expected = _netbox_signature(secret, body)
         return "netbox", hmac.compare_digest(expected, lowered["x-hook-signature"].strip())
     if "webhook-signature" in lowered:
         try:
             timestamp = int(lowered.get("webhook-timestamp", ""))
-            expected = standard_signature(secret, lowered.get("webhook-id", ""), timestamp, body)
+            expected = _standard_signature(secret, lowered.get("webhook-id", ""), timestamp, body)
         except (ValueError, InvalidSecret):
             return "standard", False
         given = set(lowered["webhook-signature"].split())
