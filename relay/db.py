@@ -34,6 +34,9 @@ def parses(dsn: str) -> bool:
 
 
 def connect(dsn: str, *, autocommit: bool = True) -> Conn:
+    """A connection that pg_stat_activity shows as ``relay/<version>``, autocommit unless asked
+    otherwise. A DSN libpq cannot read, or a server not reached within 10 s, raises
+    :class:`DatabaseUnavailable` with a one-line message."""
     if not parses(dsn):
         raise DatabaseUnavailable(DSN_PROBLEM)
     try:
@@ -58,9 +61,13 @@ def refused(exc: psycopg.OperationalError) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
+    """An error's whole message joined into one line, for errors whose later lines carry the cause
+    (libpq's connection failures), where :func:`first_line` would lose it."""
     return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def first_line(exc: BaseException) -> str:
+    """An error's first line, or its type's name when it has no message: short enough for a log
+    field or a stored reason."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -106,6 +106,8 @@ def say_error(message: str) -> None:
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with ``message`` as one line on stderr (see :func:`say_error`) and exit
+    status ``code``: 2 for configuration, 1 for a refusal. Never returns."""
     say_error(message)
     raise typer.Exit(code)
 
@@ -168,6 +170,8 @@ def print_table(table: Table) -> None:
 
 
 def print_fields(fields: Mapping[str, Any]) -> None:
+    """One ``key: value`` line per field, for the ``show`` commands: values keep their line breaks
+    and tabs (a template reads as written), but no other control character reaches the terminal."""
     for key, value in fields.items():
         shown = visible(str(value), keep="\n\t")  # templates keep their lines
         out.print(
@@ -187,6 +191,8 @@ def load_settings(env_file: Path | None) -> Settings:
 
 
 def dsn_of(dsn: str | None, settings: Settings) -> str:
+    """The database a command talks to: ``--dsn`` when given, else RELAY_DSN from the settings; with
+    neither, the command ends (exit 2)."""
     chosen = dsn or settings.dsn
     if not chosen:
         fail("RELAY_DSN: no database given (set RELAY_DSN, or use --dsn or --env-file)", 2)

@@ -69,9 +69,14 @@ class TempCluster:
 
     @property
     def dsn(self) -> str:
+        """The ``postgres`` superuser's URI on 127.0.0.1 (trust auth: no password); meaningful once
+        :meth:`start` has chosen the port."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> TempCluster:
+        """Create the cluster and start it on a free port, as an unprivileged OS user when run as
+        root. Returns the cluster; raises NoPostgres with the tool's own words when initdb or
+        pg_ctl fails."""
         if os.geteuid() == 0:
             self._run_as = _unprivileged_user()
             os.chmod(self.root, 0o755)
@@ -122,6 +127,8 @@ class TempCluster:
         self._start_server()
 
     def stop(self) -> None:
+        """Stop the server at once (immediate shutdown, connections cut) and delete its folder:
+        nothing of the cluster is left."""
         if (self.root / "data" / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "stop")
         shutil.rmtree(self.root, ignore_errors=True)
@@ -165,6 +172,8 @@ def _free_port() -> int:
 
 
 def start_temp_cluster(**settings: str) -> TempCluster:
+    """A started :class:`TempCluster`, ``settings`` being postgresql.conf values; the caller stops
+    it. Raises NoPostgres when this machine has no server binaries."""
     bin_dir = find_server_binaries()
     if bin_dir is None:
         raise NoPostgres(

@@ -23,6 +23,9 @@ class Turn(Enum):
 
 
 class Breaker:
+    """The circuit breakers of one relay process, one per webhook: ``failures`` sent requests
+    failing in a row pause the webhook for ``cooldown`` seconds."""
+
     def __init__(
         self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -34,6 +37,7 @@ class Breaker:
         self._until: dict[int, float] = {}
 
     def consecutive(self, webhook_id: int) -> int:
+        """Sent requests to the webhook that failed in a row since its last success."""
         return self._count.get(webhook_id, 0)
 
     def paused_for(self, webhook_id: int) -> float:

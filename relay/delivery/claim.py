@@ -42,6 +42,8 @@ class Claimed:
 
     @classmethod
     def of(cls, row: ClaimedRow, max_change_bytes: int) -> Claimed:
+        """A Claimed from a claimed row: a change over ``max_change_bytes`` is refused without being
+        read, and holds no bytes."""
         size = row.change_bytes
         refused = over_limit("change", size, max_change_bytes) if size > max_change_bytes else None
         return cls(

@@ -34,6 +34,10 @@ BACKLOG_GAUGE_SECONDS = 10.0
 
 
 class FanOut:
+    """The fan-out stage of one Worker: :meth:`run` turns new changes into deliveries,
+    :meth:`new_changes` wakes it, and ``fanned`` is called whenever a batch made deliveries to
+    claim."""
+
     def __init__(
         self,
         settings: Settings,

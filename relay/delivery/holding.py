@@ -19,6 +19,9 @@ from relay.settings import HELD_PER_CHANGE_BYTE, Settings
 
 
 class Holding:
+    """The bytes of changes one relay holds, in total and per webhook: claims take at most
+    :attr:`room`, fan-out waits in :meth:`reserve`."""
+
     def __init__(self, settings: Settings) -> None:
         self.capacity = settings.max_held_bytes // HELD_PER_CHANGE_BYTE
         self.per_webhook = self.capacity // 2
@@ -35,10 +38,14 @@ class Holding:
         return max(self.capacity - self.total - self._wanted, 0)
 
     def take(self, webhook_id: int, nbytes: int) -> None:
+        """Count a claimed delivery's bytes against its webhook; whoever takes them must
+        :meth:`give_back` the same amount when the delivery's task ends."""
         self.total += nbytes
         self.by_webhook[webhook_id] += nbytes
 
     def give_back(self, webhook_id: int, nbytes: int) -> None:
+        """Release what :meth:`take` counted, and wake fan-out if it waits for room in
+        :meth:`reserve`."""
         self.total -= nbytes
         self.by_webhook[webhook_id] -= nbytes
         self._released.set()

@@ -12,6 +12,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class Metrics:
+    """One Worker's Prometheus metrics, in a registry of its own: several Workers in one process (as
+    in tests) keep separate counts."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.changes = Counter(
@@ -64,4 +67,5 @@ class Metrics:
         )
 
     def render(self) -> bytes:
+        """The registry in Prometheus' text exposition format, as /metrics serves it."""
         return generate_latest(self.registry)

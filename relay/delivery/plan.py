@@ -117,6 +117,9 @@ class Deliveries:
     errors: list[str] = field(default_factory=list)
 
     def add(self, item: Arrival, webhook_id: int, rule_id: int, error: str = "") -> None:
+        """Add a delivery of ``item``'s change to ``webhook_id``; ``error`` is the reason when it
+        fails at once. Its row keys come from the pk text as PostgreSQL wrote it (see
+        :func:`row_key`)."""
         change = item.change
         self.outbox_ids.append(change.id)
         self.webhook_ids.append(webhook_id)
@@ -128,6 +131,8 @@ class Deliveries:
         self.errors.append(error)
 
     def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
+        """The columns as a named query's parameters; ``with_errors`` adds the ``errors`` column,
+        which only ``add_failed_deliveries`` takes."""
         columns = {
             "outbox_ids": self.outbox_ids,
             "webhook_ids": self.webhook_ids,
@@ -141,6 +146,9 @@ class Deliveries:
 
 @dataclass
 class Plan:
+    """What one batch of changes becomes: deliveries to send, deliveries that fail at once, changes
+    that cannot be matched, and the rest. :meth:`statements` writes it."""
+
     to_send: Deliveries = field(default_factory=Deliveries)
     failed: Deliveries = field(default_factory=Deliveries)
     """Deliveries that fail at once: no rule for their webhook could be judged."""

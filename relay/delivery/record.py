@@ -82,6 +82,9 @@ class NotRecorded(Exception):
 
 
 class Recorder:
+    """Writes outcomes in batches on the connection :meth:`run` is given; each delivery's task waits
+    in :meth:`record` until its own outcome is written."""
+
     def __init__(self, relay_id: str) -> None:
         self.relay_id = relay_id
         self._waiting: list[tuple[Result, asyncio.Future[None]]] = []

@@ -38,6 +38,9 @@ EXCERPT_BYTES = 4096
 
 @dataclass(frozen=True)
 class Proxy:
+    """The proxy for one origin, taken from the environment when the Sender started, with the
+    credentials of its URL moved into a header."""
+
     url: str
     headers: dict[str, str] | None
     """Proxy-Authorization, from credentials in the proxy's URL."""
@@ -45,6 +48,9 @@ class Proxy:
 
 @dataclass(frozen=True)
 class Outcome:
+    """How one attempt ended. ``status`` is None when no response came; ``error`` says why in words,
+    naming the host but never the URL or a secret."""
+
     ok: bool
     status: int | None
     duration: float
@@ -99,6 +105,9 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class Sender:
+    """Sends rendered requests for the whole process on one aiohttp session; use it as an async
+    context manager. A body over ``max_body_bytes`` is never sent."""
+
     def __init__(self, max_body_bytes: int | None = None) -> None:
         self.max_body_bytes = max_body_bytes
         self._session: aiohttp.ClientSession | None = None
@@ -119,6 +128,8 @@ class Sender:
             await self._session.close()
 
     async def send(self, request: Request, webhook: Webhook) -> Outcome:
+        """Send ``request`` with ``webhook``'s timeout and TLS settings. Never raises: every
+        failure, ours or the receiver's, comes back as an :class:`Outcome`."""
         assert self._session is not None, "use Sender as an async context manager"
         if self.max_body_bytes is not None and len(request.body) > self.max_body_bytes:
             error = over_limit("body", len(request.body), self.max_body_bytes)
