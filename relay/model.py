@@ -47,6 +47,8 @@ def _exact_int(text: str) -> int | Decimal:
 
 
 def dumps(value: Any) -> str:
+    """JSON as relay writes it: Decimals as exact numbers, text not ASCII-escaped, and any value
+    JSON has no type for (a datetime, a UUID) as its ``str``."""
     text: str = simplejson.dumps(value, use_decimal=True, ensure_ascii=False, default=str)
     return text
 
@@ -103,14 +105,20 @@ class Change:
 
     @cached_property
     def old(self) -> Any:
+        """The row before an update or delete, parsed with :func:`loads` on first use; None for an
+        insert or truncate, and when the image was not read."""
         return None if self.old_json is None else loads(self.old_json)
 
     @cached_property
     def new(self) -> Any:
+        """The row after an insert or update, parsed with :func:`loads` on first use; None for a
+        delete or truncate, and when the image was not read."""
         return None if self.new_json is None else loads(self.new_json)
 
     @cached_property
     def pk(self) -> Any:
+        """The primary-key columns and their values, parsed on first use; None for a truncate and
+        for a table without a primary key."""
         return None if self.pk_json is None else loads(self.pk_json)
 
     @property
@@ -133,6 +141,9 @@ class Change:
 
 @dataclass(frozen=True)
 class Webhook:
+    """A webhook as relay sends to it (a relay.webhooks row). ``max_attempts`` and the retry fields
+    are None where the relay's settings apply; ``secret`` stays out of the repr."""
+
     id: int
     name: str
     payload_url: str
@@ -153,6 +164,9 @@ class Webhook:
 
 @dataclass(frozen=True)
 class Request:
+    """A rendered request, ready to send. ``delivery_id`` is the same for every attempt of one
+    delivery (X-Relay-Delivery), so a receiver can drop repeats."""
+
     method: str
     url: str
     headers: dict[str, str]

@@ -34,6 +34,9 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
+    """relay's configuration: field ``name`` is read from RELAY_NAME in the environment. Build it
+    with :func:`load`, which also reads an env file and names a bad value in one line."""
+
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore")
 
     dsn: str | None = Field(default=None, repr=False)
@@ -115,6 +118,8 @@ class Settings(BaseSettings):
 
     @property
     def template_env_globs(self) -> list[str]:
+        """RELAY_TEMPLATE_ENV_ALLOW as a list of globs: the environment variables templates may read
+        with ``env``."""
         return comma_list(self.template_env_allow)
 
     def shown(self) -> dict[str, Any]:

@@ -18,6 +18,8 @@ _QUERY_NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 @cache
 def sql_dir() -> Path:
+    """The sql/ folder: an installed wheel's copy, else a checkout's; FileNotFoundError when neither
+    is there."""
     here = Path(__file__).resolve().parent
     for candidate in (here / "sql", here.parent / "sql"):
         if (candidate / "install.sql").is_file():
@@ -26,6 +28,7 @@ def sql_dir() -> Path:
 
 
 def read(name: str) -> str:
+    """A file of sql/ by its path there (``demo.sql``, ``migrations/0001_capture.sql``)."""
     return (sql_dir() / name).read_text(encoding="utf-8")
 
 
@@ -40,17 +43,22 @@ def script(name: str) -> str:
 
 @dataclass(frozen=True)
 class Migration:
+    """A numbered file of sql/migrations; applying it also records it in relay.migrations."""
+
     version: int
     name: str
     path: Path
 
     @property
     def sql(self) -> str:
+        """The file's text, read from disk each time it is asked for (not cached)."""
         return self.path.read_text(encoding="utf-8")
 
 
 @cache
 def migrations() -> tuple[Migration, ...]:
+    """Every migration in version order, found once; RuntimeError when the numbers skip one, so that
+    none is ever left out."""
     found = []
     for path in sorted((sql_dir() / "migrations").iterdir()):
         match = _MIGRATION_FILE.match(path.name)
@@ -75,10 +83,13 @@ def parse_named(text: str) -> dict[str, str]:
 
 @cache
 def queries() -> dict[str, str]:
+    """Every named query of sql/queries.sql by name, read once."""
     return parse_named(read("queries.sql"))
 
 
 def query(name: str) -> str:
+    """The statement called ``name`` in sql/queries.sql; a KeyError that says where it looked when
+    there is none."""
     try:
         return queries()[name]
     except KeyError:

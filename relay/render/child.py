@@ -57,12 +57,16 @@ def request_job(
     timestamp: int,
     source: str,
 ) -> bytes:
+    """The frame asking a render process for ``webhook``'s request for ``change`` (the webhook
+    pickled once per webhook, the change as a plain tuple)."""
     fields = tuple(getattr(change, name) for name in _CHANGE_FIELDS)
     job = ("request", _pickled(webhook), fields, dict(action_data or {}), timestamp, source)
     return _frame(pickle.dumps(job))
 
 
 def check_job(source: str, what: str) -> bytes:
+    """The frame asking a render process to compile ``source`` without rendering it; errors name it
+    ``what``."""
     return _frame(pickle.dumps(("check", source, what)))
 
 

@@ -292,9 +292,11 @@ class BlockingRenderPool:
         timestamp: int,
         source: str = "",
     ) -> Request:
+        """As :meth:`RenderPool.request`, waiting for the answer."""
         return self._runner.run(
             self._pool.request(webhook, change, action_data, timestamp=timestamp, source=source)
         )
 
     def check(self, source: str, what: str) -> None:
+        """As :meth:`RenderPool.check`, waiting for the answer."""
         self._runner.run(self._pool.check(source, what))

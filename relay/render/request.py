@@ -101,6 +101,9 @@ def needs_jinja(webhook: Webhook) -> bool:
 
 
 class TemplateChecker(Protocol):
+    """What checking rules needs of a renderer: compiling a template without rendering it (a
+    Renderer, or a BlockingRenderPool for the limits ``relay run`` applies)."""
+
     def check(self, source: str, what: str) -> None:
         """Compile only: raise RenderError with the line of a syntax error."""
 

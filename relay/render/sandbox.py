@@ -65,14 +65,20 @@ class TemplateTooCostly(Exception):
 
 @dataclass
 class Budget:
+    """What rendering one request has spent (see :func:`budget`): the deadline it must end by, and
+    the loop items taken so far."""
+
     deadline: float
     iterations: int = 0
 
     def check(self) -> None:
+        """Raise :class:`TemplateTooCostly` once past the deadline."""
         if time.monotonic() > self.deadline:
             raise TemplateTooCostly(f"stopped after {MAX_SECONDS:g} s (the limit per request)")
 
     def spend(self) -> None:
+        """Count one loop item: raise :class:`TemplateTooCostly` past MAX_ITERATIONS, and look at
+        the clock every 256 items."""
         self.iterations += 1
         if self.iterations > MAX_ITERATIONS:
             raise TemplateTooCostly(
@@ -695,15 +701,21 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
 
     @staticmethod
     def output_buffer() -> list[str]:
+        """Where compiled templates write a macro's or block's output: a list measured as it grows,
+        so a block cannot build past MAX_OUTPUT before it is joined."""
         return _Buffer()
 
     @staticmethod
     def tilde(operands: tuple[Any, ...]) -> str:
+        """``~`` as compiled templates call it: refused before joining when the operands would make
+        a string past MAX_OUTPUT."""
         _tick()
         _within(sum(size(operand) for operand in operands), "'~'")
         return "".join([str(operand) for operand in operands])
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """Jinja2's hook for arithmetic operators, guarded: numbers past MAX_INT_BITS and ``*``,
+        ``+`` or ``%`` results past MAX_OUTPUT are refused before they are made."""
         _tick()
         if operator == "**":
             if (
@@ -731,6 +743,9 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Jinja2's hook for every call in a template, guarded: looks at the clock, and refuses
+        before running when its arguments say the result would be too large; what it returns is
+        measured."""
         _tick()
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", "a call")
@@ -771,9 +786,11 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         return functools.update_wrapper(checked, value)
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        """Jinja2's sandboxed attribute lookup, which also looks at the clock."""
         _tick()
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
+        """Jinja2's sandboxed item lookup (``a[b]``), which also looks at the clock."""
         _tick()
         return super().getitem(obj, argument)

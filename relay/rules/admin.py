@@ -22,6 +22,8 @@ from relay import db as db_module
 
 
 class Base(DeclarativeBase):
+    """The declarative base of the mapped tables, all in schema ``relay``."""
+
     metadata = MetaData(schema="relay")
 
 
@@ -31,6 +33,9 @@ def _defaulted() -> Any:
 
 
 class WebhookRow(Base):
+    """relay.webhooks as the webhook commands write it: a column left unset gets the database's
+    default, and the database checks every value."""
+
     __tablename__ = "webhooks"
 
     id: Mapped[int] = mapped_column(primary_key=True, server_default=FetchedValue())
@@ -56,6 +61,9 @@ class WebhookRow(Base):
 
 
 class EventRuleRow(Base):
+    """relay.event_rules as the rule commands write it; ``conditions`` and ``action_data`` hold the
+    JSON documents as Python values."""
+
     __tablename__ = "event_rules"
 
     id: Mapped[int] = mapped_column(primary_key=True, server_default=FetchedValue())
@@ -89,16 +97,20 @@ def session(dsn: str) -> Iterator[Session]:
 
 
 def webhook_by_name(db: Session, name: str) -> WebhookRow | None:
+    """The webhook called ``name`` (names are unique), or None."""
     return db.scalars(select(WebhookRow).where(WebhookRow.name == name)).one_or_none()
 
 
 def rule_by_name(db: Session, name: str) -> EventRuleRow | None:
+    """The event rule called ``name`` (names are unique), or None."""
     return db.scalars(select(EventRuleRow).where(EventRuleRow.name == name)).one_or_none()
 
 
 def webhooks(db: Session) -> list[WebhookRow]:
+    """Every webhook, enabled or not, by name."""
     return list(db.scalars(select(WebhookRow).order_by(WebhookRow.name)))
 
 
 def event_rules(db: Session) -> list[EventRuleRow]:
+    """Every event rule, enabled or not, by name."""
     return list(db.scalars(select(EventRuleRow).order_by(EventRuleRow.name)))

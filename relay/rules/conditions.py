@@ -301,6 +301,7 @@ def explain(conditions: Any, context: Mapping[str, Any]) -> Verdict:
 
 
 def matches(conditions: Any, context: Mapping[str, Any]) -> bool:
+    """Whether ``conditions`` hold for ``context``; :func:`explain` also says why not."""
     return explain(conditions, context).matched
 
 

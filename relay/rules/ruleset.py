@@ -56,6 +56,9 @@ class UnusableRule(Exception):
 
 @dataclass(frozen=True)
 class Rule:
+    """An event rule with its webhook, as loaded. A rule relay cannot use stays in the set with its
+    ``problem``, so its deliveries fail with the reason instead of vanishing."""
+
     id: int
     name: str
     tables: tuple[str, ...]
@@ -75,6 +78,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class Match:
+    """One rule's verdict on one change; ``error`` says why when the rule could not be judged."""
+
     rule: Rule
     verdict: conditions.Verdict
     error: str | None = None
@@ -83,6 +88,9 @@ class Match:
 
 @dataclass
 class RuleSet:
+    """The rules a process matches changes against, indexed by table and event. A reload builds a
+    new one (see RuleWatcher) rather than changing this one."""
+
     rules: list[Rule]
     _index: dict[tuple[tuple[str, str] | None, str], list[Rule]] = field(init=False, repr=False)
     _by_id: dict[int, Rule] = field(init=False, repr=False)
@@ -98,6 +106,8 @@ class RuleSet:
                     self._index[(key, event)].append(rule)
 
     def by_id(self, rule_id: int | None) -> Rule | None:
+        """The rule with this id, or None: a delivery may have no rule, or one since disabled or
+        deleted."""
         return self._by_id.get(rule_id) if rule_id is not None else None
 
     def webhook(self, webhook_id: int) -> Webhook | None:
@@ -131,6 +141,8 @@ class RuleSet:
         return [judge(rule, change, base) for rule in self.candidates(change)]
 
     def matching(self, change: Change) -> list[Rule]:
+        """The rules whose conditions hold for the change; one that cannot be judged is left out
+        (:meth:`evaluate` says why)."""
         return [m.rule for m in self.evaluate(change) if m.verdict.matched]
 
 
@@ -169,10 +181,14 @@ def load(conn: Conn, *, everything: bool = False) -> RuleSet:
 
 
 def of_rows(rows: Iterable[RuleRow]) -> RuleSet:
+    """A RuleSet from ``load_rules`` rows. Never raises for a rule relay cannot use: it is kept with
+    its ``problem``."""
     return RuleSet([_rule(row) for row in rows])
 
 
 def webhook_of(row: WebhookRow) -> Webhook:
+    """The Webhook of a ``load_rules`` or ``unused_webhooks`` row (both name the webhook's columns
+    alike)."""
     return Webhook(
         id=row["webhook_id"],
         name=row["webhook_name"],

@@ -19,6 +19,9 @@ from relay.store import AsyncStore
 
 
 class RuleWatcher:
+    """Keeps :attr:`ruleset` current for one process, on a connection of its own: :meth:`run`
+    listens and reloads; ``loaded`` is set once the first load is done."""
+
     def __init__(
         self, dsn: str, *, settle_seconds: float = 0.05, application_name: str = "relay"
     ) -> None:
