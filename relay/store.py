@@ -118,6 +118,9 @@ class FanOutRow(TypedDict):
 
 
 class GapRow(TypedDict):
+    """A row of ``fan_out_gaps``: ids ``lo`` to ``hi`` that fan-out has not seen, and the
+    transactions (``xids``) that may still commit them (see relay/delivery/window.py)."""
+
     lo: int
     hi: int
     xids: list[int]
@@ -165,6 +168,8 @@ class Status:
 
 @dataclass(frozen=True)
 class DemoChange:
+    """An outbox row as ``relay demo`` shows it, its images as the JSON text PostgreSQL stored."""
+
     id: int
     op: str
     schema_name: str
@@ -236,6 +241,9 @@ class Store:
         exclude_columns: Sequence[str] | None = None,
         model: str | None = None,
     ) -> None:
+        """Capture the table's changes (relay.track). ``table`` is read as PostgreSQL reads a
+        regclass (search_path, double quotes); ``events`` default to all four."""
+
         def listed(values: Sequence[str] | None) -> list[str] | None:
             return None if values is None else list(values)
 
@@ -251,9 +259,11 @@ class Store:
         )
 
     def untrack(self, table: str) -> bool:
+        """Stop capturing the table (relay.untrack); whether it was tracked."""
         return bool(self._value("untrack", {"table": table}))
 
     def tracked(self) -> list[TrackedTable]:
+        """Every tracked table with how it is captured, as ``relay tracked`` lists them."""
         with self.conn.cursor(row_factory=class_row(TrackedTable)) as cur:
             return cur.execute(query("list_tracked")).fetchall()
 
@@ -264,6 +274,7 @@ class Store:
         return cast(list[RuleRow], rows)
 
     def unused_webhooks(self) -> list[WebhookRow]:
+        """Webhooks no rule sends to, in ``load_rules``' columns, for ``relay rules check``."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
 
@@ -277,11 +288,14 @@ class Store:
         return str(self._value("installation_id") or "")
 
     def change(self, outbox_id: int) -> Change | None:
+        """The change with this outbox id, images included, or None when there is none (never made,
+        or purged)."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
         return Change.from_row(row, row["old"], row["new"]) if row else None
 
     def webhook_exists(self, name: str) -> bool:
+        """Whether a webhook is called ``name``."""
         return bool(self._value("webhook_exists", {"name": name}))
 
     def retry_failed(
@@ -298,9 +312,11 @@ class Store:
         ).rowcount
 
     def count_purgeable(self, seconds: float) -> int:
+        """Finished changes older than ``seconds``: how many ``relay purge`` would delete."""
         return int(self._value("count_purgeable", {"seconds": seconds}) or 0)
 
     def status(self, errors: int) -> Status:
+        """Everything ``relay status`` shows, with the last ``errors`` errors, read in one go."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             backlog = cur.execute(query("status_backlog")).fetchone() or {}
             webhooks = cur.execute(query("status_webhooks")).fetchall()
@@ -309,9 +325,12 @@ class Store:
         return Status(dict(backlog), webhooks, last_errors, relays)
 
     def demo_pending(self) -> int:
+        """Changes still pending in the whole outbox: the demo waits until the relay has dealt with
+        them."""
         return int(self._value("demo_pending") or 0)
 
     def demo_changes_after(self, after: int) -> list[DemoChange]:
+        """Changes with an id above ``after``, oldest first: what the demo's last step recorded."""
         with self.conn.cursor(row_factory=class_row(DemoChange)) as cur:
             return cur.execute(query("demo_outbox_after"), {"after": after}).fetchall()
 
@@ -337,16 +356,21 @@ class AsyncStore:
         return cur.rowcount
 
     async def listen(self, *channels: Channel) -> None:
+        """LISTEN on each channel: notifications then arrive on this store's connection."""
         for channel in channels:
             await self.conn.execute(f"LISTEN {channel}")
 
     async def installation_id(self) -> str:
+        """What makes this database's delivery ids its own (see render.request.delivery_id)."""
         return str(await self._value("installation_id") or "")
 
     async def relay_started(self, relay_id: str, started_at: datetime) -> None:
+        """Register this relay in relay.relays for ``relay status``, or start the entry of a relay
+        id seen before afresh."""
         await self._run("relay_started", {"relay_id": relay_id, "started_at": started_at})
 
     async def relay_seen(self, relay_id: str) -> None:
+        """Mark this relay alive (every sweep), and forget relays not seen for a day."""
         await self._run("relay_seen", {"relay_id": relay_id})
 
     async def release_leases(self, relay_id: str) -> None:
@@ -358,9 +382,13 @@ class AsyncStore:
         await self._run("refresh_capture")
 
     async def refresh_statistics(self) -> None:
+        """ANALYZE the outbox and the deliveries through relay.refresh_statistics, which runs as
+        relay's owner: the service role may not ANALYZE them itself."""
         await self._run("refresh_statistics")
 
     async def rules_version(self) -> int:
+        """The counter every change to webhooks or event rules bumps: rules loaded at a lower
+        version are stale."""
         return int(await self._value("rules_version") or 0)
 
     async def rule_rows(self) -> list[RuleRow]:
@@ -370,10 +398,14 @@ class AsyncStore:
             return cast(list[RuleRow], await cur.fetchall())
 
     async def unfinished_changes(self, limit: int) -> list[int]:
+        """Up to ``limit`` fanned-out changes still pending with no pending delivery left: their
+        relay stopped before it finished them."""
         cur = await self.conn.execute(query("unfinished_changes"), {"limit": limit})
         return [row[0] for row in await cur.fetchall()]
 
     async def finish_changes(self, ids: Sequence[int]) -> None:
+        """Settle the changes that are done: delivered when all their deliveries are, failed as soon
+        as one is, skipped with none left. Others stay pending: any ids may be given."""
         await self._run("finish_changes", {"ids": list(ids)})
 
     async def purge_changes(self, seconds: float, limit: int) -> int:
@@ -381,6 +413,8 @@ class AsyncStore:
         return await self._run("purge_changes", {"seconds": seconds, "limit": limit})
 
     async def purge_attempts(self, seconds: float, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest attempts older than ``seconds``; how many went
+        (fewer than ``limit``: the purge is done)."""
         return await self._run("purge_attempts", {"seconds": seconds, "limit": limit})
 
     @asynccontextmanager
@@ -404,6 +438,8 @@ class AsyncStore:
         return fan_out_batch(found, gaps, limit)
 
     async def move_fan_out_window(self, parameters: Mapping[str, Any]) -> None:
+        """Write fan-out's position and gaps, replacing the stored ones whole (parameters from
+        relay/delivery/window.py)."""
         await self._run("move_fan_out_window", parameters)
 
     async def change_images(self, ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
@@ -412,10 +448,14 @@ class AsyncStore:
         return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
 
     async def write_plan(self, statements: Iterable[tuple[PlanStatement, dict[str, Any]]]) -> None:
+        """Run a plan's statements in order. Call it inside :meth:`batch`, so that the plan is
+        written whole or not at all."""
         for name, parameters in statements:
             await self._run(name, parameters)
 
     async def claim_deliveries(self, parameters: Mapping[str, Any]) -> list[ClaimedRow]:
+        """Take the leases of due deliveries, with their changes (parameters from
+        relay/delivery/claim.py); they are this relay's until the lease runs out."""
         async with self.conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query("claim_deliveries"), parameters)
             rows = await cur.fetchall()
@@ -433,6 +473,8 @@ class AsyncStore:
         ]
 
     async def record_outcomes(self, parameters: Mapping[str, Any]) -> None:
+        """Write a batch of attempts and their deliveries' new states (parameters from
+        relay/delivery/record.py)."""
         await self._run("record_outcomes", parameters)
 
     async def backlog(self) -> tuple[int, float]:
