@@ -77,3 +77,37 @@ def test_every_named_query_is_run_by_the_store() -> None:
     store = (PACKAGE / "store.py").read_text()
     unused = [name for name in names if f'"{name}"' not in store]
     assert not unused, f"named queries the store never runs: {unused}"
+
+
+def _undocumented(path: Path) -> list[str]:
+    """The public names in ``path`` without a docstring: the module itself, its functions and
+    classes, and the methods and properties of its public classes."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    where = path.relative_to(REPO).as_posix()
+    missing = [f"{where}: module"] if ast.get_docstring(tree) is None else []
+
+    def visit(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            if node.name.startswith("_"):
+                continue
+            if ast.get_docstring(node) is None:
+                missing.append(f"{where}:{node.lineno}: {prefix}{node.name}")
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+
+    visit(tree.body, "")
+    return missing
+
+
+def test_every_public_name_is_documented() -> None:
+    """As psycopg: every module opens with a docstring, and so does every public function,
+    class, method and property (``__main__.py`` only runs a command)."""
+    missing = [
+        name
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__main__.py"
+        for name in _undocumented(path)
+    ]
+    assert not missing, "public names without a docstring:\n" + "\n".join(missing)
