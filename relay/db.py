@@ -24,21 +24,34 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or refused us: a configuration problem, not a bug."""
 
 
-def parses(dsn: str) -> bool:
-    """Whether libpq can read ``dsn`` (without connecting)."""
+DSN_EMPTY = (
+    "is empty: give a connection string (libpq's defaults alone, if that is what you mean, are "
+    "'postgresql://')"
+)
+"""Said of an empty connection string: libpq would take it for its defaults (the local socket,
+a database named after the OS user) and a command such as ``relay uninstall`` would act on a
+database nobody named."""
+
+
+def dsn_problem(dsn: str) -> str | None:
+    """Why ``dsn`` cannot be used (empty, or libpq cannot read it), without connecting; None
+    when it can."""
+    if not dsn.strip():
+        return DSN_EMPTY
     try:
         conninfo_to_dict(dsn)
     except psycopg.ProgrammingError:
-        return False
-    return True
+        return DSN_PROBLEM
+    return None
 
 
 def connect(dsn: str, *, autocommit: bool = True) -> Conn:
     """A connection that pg_stat_activity shows as ``relay/<version>``, autocommit unless asked
     otherwise. A DSN libpq cannot read, or a server not reached within 10 s, raises
     :class:`DatabaseUnavailable` with a one-line message."""
-    if not parses(dsn):
-        raise DatabaseUnavailable(DSN_PROBLEM)
+    problem = dsn_problem(dsn)
+    if problem is not None:
+        raise DatabaseUnavailable(problem)
     try:
         return psycopg.connect(
             dsn,

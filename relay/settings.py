@@ -99,8 +99,11 @@ class Settings(BaseSettings):
     @field_validator("dsn")
     @classmethod
     def _readable_dsn(cls, value: str | None) -> str | None:
-        if value is not None and not db.parses(value):
-            raise ValueError(db.DSN_PROBLEM)
+        if value is None or not value.strip():
+            return None  # RELAY_DSN= in an env file is unset, not libpq's defaults
+        problem = db.dsn_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("max_held_bytes")

@@ -96,6 +96,22 @@ def test_a_connection_string_libpq_cannot_read_without_showing_the_password(give
     check(DATABASE_COMMANDS, 2, "not a connection string", dsn="mysql://x@y/z")
 
 
+def test_an_empty_connection_string_is_refused_not_taken_for_libpq_defaults() -> None:
+    """``--dsn ""`` would reach the local socket's database named after the OS user: found by
+    an attack run that installed and uninstalled relay there. Refused before connecting; an
+    empty RELAY_DSN (``RELAY_DSN=`` in an env file) counts as unset."""
+    problems = {}
+    for command in DATABASE_COMMANDS:
+        for empty in ("", "  "):
+            done = relay(*command, "--dsn", empty)
+            problem = one_line(done, 2, "is empty", "'postgresql://'")
+            if problem:
+                problems[f"{' '.join(command)} --dsn {empty!r}"] = problem
+    assert problems == {}
+    unset = relay("run", env={"RELAY_DSN": ""})
+    assert one_line(unset, 2, "no database given") is None
+
+
 def test_a_server_that_is_not_there() -> None:
     dead = "postgresql://postgres@127.0.0.1:1/none"
     # relay run waits for a server that is down: it is the one command that does not give up.

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relay import settings as settings_module
-from relay.db import DSN_PROBLEM, Conn, DatabaseUnavailable, connect, first_line, parses
+from relay.db import Conn, DatabaseUnavailable, connect, dsn_problem, first_line
 from relay.settings import Settings, SettingsError
 
 # Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
@@ -33,9 +33,11 @@ err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
 def _readable_dsn(value: str | None) -> str | None:
-    """--dsn (or RELAY_DSN) that libpq cannot read ends the command before anything runs."""
-    if value is not None and not parses(value):
-        fail(f"--dsn (or RELAY_DSN): {DSN_PROBLEM}", 2)
+    """--dsn (or RELAY_DSN) that is empty or that libpq cannot read ends the command before
+    anything runs."""
+    problem = None if value is None else dsn_problem(value)
+    if problem is not None:
+        fail(f"--dsn (or RELAY_DSN): {problem}", 2)
     return value
 
 
