@@ -88,10 +88,10 @@ SELECT model FROM relay.tracked WHERE schema_name = %(schema_name)s AND table_na
 -- name: changes_to_fan_out
 -- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003): only the
 -- relay that gets the lock (held until its transaction ends) sees rows; the others get none.
--- Three ways in (0012): ids after scanned_to (every visible row, fresh or not: relay/delivery/window.py
--- works out the gaps from them), fresh rows in gaps some of whose transactions have ended, and
--- re-queued changes. Each row carries the statement's snapshot. The ids of a sequence that went
--- back (TRUNCATE ... RESTART IDENTITY) are read from the start.
+-- Three ways in (0012): ids after scanned_to (every visible row, fresh or not:
+-- relay/delivery/window.py works out the gaps from them), fresh rows in gaps some of whose
+-- transactions have ended, and re-queued changes. Each row carries the statement's snapshot.
+-- The ids of a sequence that went back (TRUNCATE ... RESTART IDENTITY) are read from the start.
 -- The row images stay in the database: matching needs them only for rules with conditions
 -- (change_rows fetches those, as many bytes at a time as the relay may hold), and the size and
 -- the key an UPDATE moved the row from are worked out here, so a 50 MB row costs the relay
@@ -165,9 +165,9 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     WHERE relay.deliveries.status = 'failed';
 
 -- name: add_failed_deliveries
--- Deliveries whose rule could not be judged for the change (relay/delivery/fanout.py): written failed at
--- once, with the reason as their one attempt. As in add_deliveries, a delivery that failed before
--- (a re-queued change) is written again and one that succeeded is left alone.
+-- Deliveries whose rule could not be judged for the change (relay/delivery/plan.py): written
+-- failed at once, with the reason as their one attempt. As in add_deliveries, a delivery that
+-- failed before (a re-queued change) is written again and one that succeeded is left alone.
 WITH failed AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
@@ -189,8 +189,8 @@ INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, error)
 SELECT outbox_id, webhook_id, attempt, 0, last_error FROM written;
 
 -- name: fail_changes
--- Changes that could not be matched against the rules at all (relay/delivery/fanout.py): failed, with
--- the reason.
+-- Changes that could not be matched against the rules at all (relay/delivery/plan.py): failed,
+-- with the reason.
 UPDATE relay.outbox o
 SET status = 'failed', processed_at = now(), fanned_out_at = now(), last_error = f.error
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f (id, error)
@@ -202,10 +202,10 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- name: claim_deliveries
 -- Due deliveries nobody holds, leased to this relay for lease_seconds and returned with their
 -- change. Per webhook, never more than per_webhook less what this relay holds (busy_counts):
--- per_webhook is twice webhook_concurrency (relay/delivery/worker.py PREFETCH), so that the next request
--- is ready when one ends and a claimed delivery waits at most one request for its slot (well
--- inside its lease); and never one whose row has an earlier change still pending for the same
--- webhook (in flight or waiting for a retry).
+-- per_webhook is twice webhook_concurrency (relay/delivery/claim.py, PREFETCH), so that the next
+-- request is ready when one ends and a claimed delivery waits at most one request for its slot
+-- (well inside its lease); and never one whose row has an earlier change still pending for the
+-- same webhook (in flight or waiting for a retry).
 --
 -- Bytes: change_bytes of what is claimed fits in bytes_free (what the relay may still hold),
 -- and per webhook in bytes_per_webhook less what it holds already (so one webhook's large
@@ -213,10 +213,10 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- the first that does not fit; across webhooks, smallest first (counting those a webhook could
 -- not take, which only ever holds back larger ones): a large change waits for room while small
 -- ones keep flowing. A change over max_change_bytes counts nothing and comes without its
--- images: it is never read, and fails (relay/delivery/worker.py). The byte columns are int, so that
--- the running sums add bigints, not numerics (max_body_bytes is at most 1 GiB). With the
--- key-move check, this costs 0.5 ms more per claim than counts alone (3.9 ms rather than 3.4
--- for 128 of 20,000 pending, bench/claims.py).
+-- images: it is never read, and fails (relay/delivery/claim.py, Claimed.of). The byte columns
+-- are int, so that the running sums add bigints, not numerics (max_body_bytes is at most 1 GiB).
+-- With the key-move check, this costs 0.5 ms more per claim than counts alone (3.9 ms rather
+-- than 3.4 for 128 of 20,000 pending, bench/claims.py).
 WITH room AS (
     SELECT w.id AS webhook_id, %(per_webhook)s - coalesce(busy.n, 0) AS free,
            %(bytes_per_webhook)s - coalesce(busy.bytes, 0) AS bytes_free,
@@ -452,7 +452,7 @@ UPDATE relay.relays SET seen_at = now() WHERE relay_id = %(relay_id)s;
 -- name: status_relays
 -- Relays connected now (by their connections' application_name: visible to every role, unlike
 -- backend_start), when each started (its own record) and the leases each holds. %(prefix)s is
--- how relay names its connections (relay/store.py, APPLICATION_NAME).
+-- how relay names its connections (relay/store.py, APPLICATION_PREFIX).
 WITH connected AS (
     SELECT a.relay_id, a.connections, r.started_at AS since
     FROM (SELECT substr(application_name, length(%(prefix)s) + 1) AS relay_id,

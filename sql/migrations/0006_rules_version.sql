@@ -4,7 +4,7 @@
 -- committed in that moment would have been matched against the rules as they were before. Now
 -- every statement that changes webhooks or event rules also bumps relay.rules_version, and the
 -- fan-out reads the version after reading the changes it is about to match: if the rules it
--- holds are older, it reloads them first (relay/delivery/worker.py).
+-- holds are older, it reloads them first (relay/delivery/fanout.py).
 CREATE TABLE relay.rules_version (
     one     boolean PRIMARY KEY DEFAULT true CHECK (one),
     version bigint  NOT NULL

@@ -2,7 +2,7 @@
 --
 -- NetBox receivers expect NetBox's model names ("device", object type "dcim.device"), not a
 -- table name such as dcim_device. relay.track(..., model => 'dcim.device') records one per
--- table; the relay reads it with each change (relay/render/request.py: "model" is the part after the
+-- table; the relay reads it with each change (relay/model.py: "model" is the part after the
 -- last dot, "object_type" the whole name when it has a dot). NULL: the table name, as before.
 
 -- A model name: 1 to 200 printable ASCII characters without spaces, neither starting nor ending
