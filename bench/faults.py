@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,7 +27,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import load, start_nginx, start_relay, write_steadily
+from throughput import Nginx, load, start_relay, write_steadily
 
 from relay.cli.tempcluster import postgres_server, scratch_database
 
@@ -55,9 +53,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    root = Path(tempfile.mkdtemp(prefix="relay-faults-"))
-    os.chmod(root, 0o755)
-    nginx, url = start_nginx(root, log_format="$http_x_relay_delivery")
+    nginx = Nginx("relay-faults-", log_format="$http_x_relay_delivery")
+    root, url = nginx.root, nginx.url
     try:
         with postgres_server(args.dsn) as server, scratch_database(server, "relay_faults") as dsn:
             load(dsn, url, 0)
@@ -86,10 +83,9 @@ def main() -> None:
             relay.send_signal(signal.SIGTERM)
             relay.wait()
     finally:
-        nginx.send_signal(signal.SIGQUIT)  # graceful: flushes the access log
-        nginx.wait()
+        nginx.stop()  # graceful: flushes the access log
     ids = Counter(line.strip() for line in (root / "access.log").read_text().splitlines())
-    shutil.rmtree(root, ignore_errors=True)
+    nginx.close()
     duplicates = sum(ids.values()) - len(ids)
     print(f"{args.changes} changes over {args.seconds:g} s, relay killed {args.kills} times")
     print(f"  all delivered after {elapsed:.1f} s; distinct changes received: {len(ids)}")

@@ -21,18 +21,16 @@ import asyncio
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import drain, free_port, start_nginx
+from throughput import Nginx, drain, free_port
 
 from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.service import logs
@@ -108,9 +106,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     logs.configure(file=open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
-    root = Path(tempfile.mkdtemp(prefix="relay-isolation-"))
-    os.chmod(root, 0o755)
-    nginx, fast = start_nginx(root)
+    nginx = Nginx("relay-isolation-")
+    fast = nginx.url
     port = free_port()
     ready = multiprocessing.Event()
     slow_process = multiprocessing.Process(target=slow_receiver, args=(port, ready))
@@ -131,12 +128,10 @@ def main() -> None:
                         f"  round {round_no + 1} {setup:>18}: {rate:7.0f} deliveries/s", flush=True
                     )
     finally:
-        nginx.terminate()
-        nginx.wait()
+        nginx.close()
         if slow_process.pid:
             os.kill(slow_process.pid, signal.SIGINT)
         slow_process.join(10)
-        shutil.rmtree(root, ignore_errors=True)
     solo = statistics.median(rates["solo"])
     print(f"\n{args.changes} changes to the fast webhook, medians of {args.rounds} rounds:")
     for setup in SETUPS:

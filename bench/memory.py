@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import start_nginx, start_relay, stop_relay, vm_kb
+from throughput import Nginx, start_relay, stop_relay, vm_kb
 
 from relay.cli.tempcluster import scratch_database, start_temp_cluster
 from relay.store import Store
@@ -99,9 +96,8 @@ def main() -> None:
     for item in args.set:
         name, _, value = item.partition("=")
         settings[name.removeprefix("RELAY_").lower()] = value
-    root = Path(tempfile.mkdtemp(prefix="relay-memory-"))
-    os.chmod(root, 0o755)
-    nginx, url = start_nginx(root)
+    nginx = Nginx("relay-memory-")
+    url = nginx.url
     cluster = start_temp_cluster(max_wal_size="4GB")
     try:
         with scratch_database(cluster.dsn, "relay_memory") as dsn:
@@ -132,10 +128,8 @@ def main() -> None:
             finally:
                 stop_relay(relay)
     finally:
-        nginx.terminate()
-        nginx.wait()
+        nginx.close()
         cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
     shown = " ".join(f"RELAY_{name.upper()}={value}" for name, value in settings.items())
     print(f"relay run ({shown or 'default settings'}): done in {took:.0f} s")
     for big, status, _, count, example in outcomes:

@@ -22,10 +22,8 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -38,12 +36,12 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (
+    Nginx,
     drain,
     free_port,
     load,
     percentile,
     receiver_process,
-    start_nginx,
     start_relay,
     stop_relay,
     write_steadily,
@@ -192,9 +190,8 @@ def main() -> None:
     logs.configure(file=open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
     print(f"{os.cpu_count()} CPUs; renders of the Slack template, {args.renders} each:")
     asyncio.run(render_rates(args.renders))
-    root = Path(tempfile.mkdtemp(prefix="relay-nginx-"))
-    os.chmod(root, 0o755)
-    nginx, url = start_nginx(root)
+    nginx = Nginx("relay-nginx-")
+    url = nginx.url
     try:
         with postgres_server(args.dsn) as server:
             print(f"delivery of {args.changes} templated changes to nginx, {args.rounds} rounds:")
@@ -223,9 +220,7 @@ def main() -> None:
                     f" ({len(waits)} changes)"
                 )
     finally:
-        nginx.terminate()
-        nginx.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        nginx.close()
 
 
 if __name__ == "__main__":

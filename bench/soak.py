@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import load, receipts, start_nginx, start_relay, vm_kb, write_steadily
+from throughput import Nginx, load, receipts, start_relay, vm_kb, write_steadily
 
 from relay.cli.tempcluster import postgres_server, scratch_database, start_temp_cluster
 
@@ -56,9 +54,8 @@ def main() -> None:
     parser.add_argument("--retention-seconds", type=float, default=60)
     parser.add_argument("--every", type=float, default=30)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="relay-soak-"))
-    os.chmod(root, 0o755)
-    nginx, url = start_nginx(root)
+    nginx = Nginx("relay-soak-")
+    root, url = nginx.root, nginx.url
     samples: list[tuple[float, int, float, float, float, float]] = []
     stop = threading.Event()
     cluster = None
@@ -73,11 +70,9 @@ def main() -> None:
             soak(server, url, root, args, samples, stop)
     finally:
         stop.set()
-        nginx.terminate()
-        nginx.wait()
+        nginx.close()
         if cluster is not None:
             cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
     summarise(samples)
 
 

@@ -77,24 +77,42 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_nginx(root: Path, log_format: str = '"1"') -> tuple[subprocess.Popen[bytes], str]:
-    """nginx answering 200 to everything; its access log gets one ``log_format`` line per
-    request (flushed every second)."""
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(nginx).exists():
-        sys.exit("nginx not found: apt-get install nginx-light")
-    port = free_port()
-    conf = root / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(root=root, port=port, log_format=log_format))
-    process = subprocess.Popen([nginx, "-c", str(conf), "-p", str(root), "-g", "daemon off;"])
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return process, f"http://127.0.0.1:{port}/hook"
-        time.sleep(0.05)
-    process.kill()
-    sys.exit(f"nginx did not start; see {root}/error.log")
+class Nginx:
+    """nginx answering 200 to everything, in a folder of its own; its access log
+    (``root / "access.log"``) gets one ``log_format`` line per request (flushed every second)."""
+
+    def __init__(self, prefix: str, log_format: str = '"1"') -> None:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(binary).exists():
+            sys.exit("nginx not found: apt-get install nginx-light")
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        os.chmod(self.root, 0o755)
+        port = free_port()
+        conf = self.root / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(root=self.root, port=port, log_format=log_format))
+        self.process = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(self.root), "-g", "daemon off;"]
+        )
+        self.url = f"http://127.0.0.1:{port}/hook"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.process.kill()
+        sys.exit(f"nginx did not start; see {self.root}/error.log")
+
+    def stop(self) -> None:
+        """Stop gracefully: the access log is flushed whole (and can still be read)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+        self.process.wait()
+
+    def close(self) -> None:
+        """Stop, and remove the folder with its logs."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def load(dsn: str, url: str, changes: int) -> None:
@@ -358,9 +376,8 @@ def main() -> None:
     args = parser.parse_args()
     # Logged as `relay run` logs (a JSON line per delivery), to a file nobody reads.
     logs.configure(file=open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
-    root = Path(tempfile.mkdtemp(prefix="relay-nginx-"))
-    os.chmod(root, 0o755)
-    nginx, url = start_nginx(root)
+    nginx = Nginx("relay-nginx-")
+    root, url = nginx.root, nginx.url
     try:
         with postgres_server(args.dsn) as server:
             print(f"{os.cpu_count()} CPUs, receiver nginx at {url}, concurrency {args.concurrency}")
@@ -402,9 +419,7 @@ def main() -> None:
                     f" {large / small:.2f}; peak RSS {peak / 1024:.0f} MB"
                 )
     finally:
-        nginx.terminate()
-        nginx.wait()
-        shutil.rmtree(root, ignore_errors=True)
+        nginx.close()
 
 
 if __name__ == "__main__":
