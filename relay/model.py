@@ -85,9 +85,11 @@ class Change:
         )
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], old: str | None, new: str | None) -> Change:
+    def from_row(
+        cls, row: Mapping[str, Any], old: str | None, new: str | None, model: str | None = None
+    ) -> Change:
         """A Change from an outbox row as relay's queries name its columns, with its images
-        (None where they were not read)."""
+        (None where they were not read) and its table's model name."""
         return cls(
             id=row["id"],
             schema_name=row["schema_name"],
@@ -100,7 +102,7 @@ class Change:
             request_id=row["request_id"],
             txid=row["txid"],
             created_at=row["created_at"],
-            model=row["model"],
+            model=model,
         )
 
     @cached_property

@@ -44,6 +44,10 @@ PlanStatement = Literal[
 """The statements that write a fan-out plan (relay/delivery/plan.py decides which)."""
 
 
+Models = dict[tuple[str, str], str]
+"""(schema, table) -> the model name its changes carry, for the tables that have one."""
+
+
 def application_name(relay_id: str) -> str:
     """The ``application_name`` of a relay's connections (see :data:`APPLICATION_PREFIX`)."""
     return APPLICATION_PREFIX + relay_id
@@ -114,7 +118,6 @@ class FanOutRow(TypedDict):
     request_id: str | None
     txid: str
     created_at: datetime
-    model: str | None
 
 
 class GapRow(TypedDict):
@@ -273,6 +276,10 @@ class Store:
             rows = cur.execute(query("load_rules"), {"everything": everything}).fetchall()
         return cast(list[RuleRow], rows)
 
+    def models(self) -> Models:
+        """Every tracked table's model name, for the rules (see :data:`Models`)."""
+        return {(s, t): m for s, t, m in self.conn.execute(query("load_models"))}
+
     def unused_webhooks(self) -> list[WebhookRow]:
         """Webhooks no rule sends to, in ``load_rules``' columns, for ``relay rules check``."""
         with self.conn.cursor(row_factory=dict_row) as cur:
@@ -292,7 +299,7 @@ class Store:
         or purged)."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
-        return Change.from_row(row, row["old"], row["new"]) if row else None
+        return Change.from_row(row, row["old"], row["new"], row["model"]) if row else None
 
     def webhook_exists(self, name: str) -> bool:
         """Whether a webhook is called ``name``."""
@@ -396,6 +403,11 @@ class AsyncStore:
         async with self.conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query("load_rules"), {"everything": False})
             return cast(list[RuleRow], await cur.fetchall())
+
+    async def models(self) -> Models:
+        """Every tracked table's model name, for the rules (see :data:`Models`)."""
+        cur = await self.conn.execute(query("load_models"))
+        return {(s, t): m for s, t, m in await cur.fetchall()}
 
     async def unfinished_changes(self, limit: int) -> list[int]:
         """Up to ``limit`` fanned-out changes still pending with no pending delivery left: their

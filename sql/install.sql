@@ -102,4 +102,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 18) AS relay_app
 \ir migrations/0018_outbox_next_attempt.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 19) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0019_models_with_rules.sql
+\endif
+
 COMMIT;

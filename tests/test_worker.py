@@ -160,6 +160,41 @@ def test_a_tables_model_name_reaches_the_body_and_the_conditions(
     ]
 
 
+def test_a_model_renamed_while_the_relay_runs_names_the_next_changes(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Models are loaded with the rules (0019): relay.track(..., model => ...) on a running
+    relay reaches the very next change, as a rule change does; untrack forgets it."""
+
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            rconn.execute("SELECT relay.track('items', model => 'dcim.device')")
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"])
+                await sql(
+                    relay_dsn,
+                    "SELECT relay.track('items', model => 'dcim.module')",
+                    "INSERT INTO items VALUES (2, 0)",
+                )
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 2)
+                await sql(
+                    relay_dsn,
+                    "SELECT relay.track('items')",  # options replaced: no model
+                    "INSERT INTO items VALUES (3, 0)",
+                )
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 3)
+            return r
+
+    sent = sorted(bodies(asyncio.run(scenario())), key=lambda body: body["id"])
+    assert [(b["data"]["id"], b["model"], b["object_type"]) for b in sent] == [
+        (1, "device", "dcim.device"),
+        (2, "module", "dcim.module"),
+        (3, "items", "public.items"),
+    ]
+
+
 def test_attempts_are_numbered_across_a_requeue(rconn: Conn, relay_dsn: str) -> None:
     async def refusing(request: web.Request) -> web.Response:
         return web.Response(status=503)

@@ -7,6 +7,7 @@ holds up other work, and nothing waits in memory while its lease runs out.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +42,9 @@ class Claimed:
     """Why it cannot be sent without even reading it: its change is too large."""
 
     @classmethod
-    def of(cls, row: ClaimedRow, max_change_bytes: int) -> Claimed:
-        """A Claimed from a claimed row: a change over ``max_change_bytes`` is refused without being
-        read, and holds no bytes."""
+    def of(cls, row: ClaimedRow, max_change_bytes: int, model: str | None) -> Claimed:
+        """A Claimed from a claimed row, its change given its table's ``model`` name: a change
+        over ``max_change_bytes`` is refused without being read, and holds no bytes."""
         size = row.change_bytes
         refused = over_limit("change", size, max_change_bytes) if size > max_change_bytes else None
         return cls(
@@ -52,7 +53,7 @@ class Claimed:
             row.rule_id,
             row.attempts,
             row.attempt_number,
-            row.change,
+            dataclasses.replace(row.change, model=model) if model else row.change,
             0 if refused else size,
             refused,
         )

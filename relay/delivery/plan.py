@@ -51,9 +51,16 @@ def arrival(
     new: str | None = None,
     *,
     too_large: str | None = None,
+    model: str | None = None,
 ) -> Arrival:
     """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``)."""
-    return Arrival(Change.from_row(row, old, new), row["old_pk"], row["bytes"], too_large)
+    change = Change.from_row(row, old, new, model)
+    return Arrival(change, row["old_pk"], row["bytes"], too_large)
+
+
+def table(row: FanOutRow) -> tuple[str, str]:
+    """The change's table, as RuleSet.model takes it."""
+    return row["schema_name"], row["table_name"]
 
 
 def sort_out(
@@ -68,7 +75,7 @@ def sort_out(
     for row in rows:
         size = row["bytes"]
         too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
-        item = arrival(row, too_large=too_large)
+        item = arrival(row, too_large=too_large, model=ruleset.model(*table(row)))
         if (
             conditions
             and not too_large

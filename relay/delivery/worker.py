@@ -247,8 +247,10 @@ class Worker:
             holding=self.holding,
         )
         claimed = []
+        ruleset = self.rules.ruleset
         for row in await store.claim_deliveries(parameters):
-            item = Claimed.of(row, self.settings.max_body_bytes)
+            model = ruleset.model(row.change.schema_name, row.change.table_name)
+            item = Claimed.of(row, self.settings.max_body_bytes, model)
             self._held[item.webhook_id] += 1
             self.holding.take(item.webhook_id, item.held_bytes)
             claimed.append(item)

@@ -22,7 +22,7 @@ from relay.model import Change, UnreadableJSON, Webhook, loads
 from relay.reasons import describe, redact
 from relay.render.request import RenderError, TemplateChecker, context, header_line
 from relay.rules import conditions
-from relay.store import RuleRow, Store, WebhookRow
+from relay.store import Models, RuleRow, Store, WebhookRow
 
 _QUALIFIED = re.compile(r'^("(?:[^"]|"")+"|[^."]+)\.("(?:[^"]|"")+"|[^."]+)$')
 """``schema.table``, either part in double quotes when it holds a dot or a quote (``""`` for a
@@ -92,6 +92,8 @@ class RuleSet:
     new one (see RuleWatcher) rather than changing this one."""
 
     rules: list[Rule]
+    models: Models = field(default_factory=dict)
+    """Each tracked table's model name (loaded with the rules, so changes need no lookup)."""
     _index: dict[tuple[tuple[str, str] | None, str], list[Rule]] = field(init=False, repr=False)
     _by_id: dict[int, Rule] = field(init=False, repr=False)
     _webhooks: dict[int, Webhook] = field(init=False, repr=False)
@@ -113,6 +115,10 @@ class RuleSet:
     def webhook(self, webhook_id: int) -> Webhook | None:
         """A webhook some enabled rule sends to."""
         return self._webhooks.get(webhook_id)
+
+    def model(self, schema_name: str, table_name: str) -> str | None:
+        """The model name the table's changes carry, None for the table's own name."""
+        return self.models.get((schema_name, table_name))
 
     def webhook_name(self, webhook_id: int) -> str:
         """What the log calls a webhook: its name, or its id once no enabled rule has it."""
@@ -177,13 +183,14 @@ def verdict(
 
 def load(conn: Conn, *, everything: bool = False) -> RuleSet:
     """Enabled rules (all rules with ``everything``), each with its webhook."""
-    return of_rows(Store(conn).rule_rows(everything=everything))
+    store = Store(conn)
+    return of_rows(store.rule_rows(everything=everything), store.models())
 
 
-def of_rows(rows: Iterable[RuleRow]) -> RuleSet:
+def of_rows(rows: Iterable[RuleRow], models: Models | None = None) -> RuleSet:
     """A RuleSet from ``load_rules`` rows. Never raises for a rule relay cannot use: it is kept with
     its ``problem``."""
-    return RuleSet([_rule(row) for row in rows])
+    return RuleSet([_rule(row) for row in rows], models or {})
 
 
 def webhook_of(row: WebhookRow) -> Webhook:

@@ -73,7 +73,7 @@ class RuleWatcher:
     async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
         store = AsyncStore(conn)
         version = await store.rules_version()
-        loaded = ruleset.of_rows(await store.rule_rows())
+        loaded = ruleset.of_rows(await store.rule_rows(), await store.models())
         if version >= self.version:  # a slower, older reload must not win
             self.ruleset, self.version = loaded, version
         self.loaded.set()
