@@ -145,17 +145,19 @@ class FanOutBatch:
 
 
 @dataclass(frozen=True)
-class ClaimedRow:
-    """A delivery this relay now holds the lease of, with its change."""
+class Claimed:
+    """A delivery this relay holds the lease of, with its change, from its claim to its
+    recorded outcome."""
 
     outbox_id: int
     webhook_id: int
     rule_id: int | None
-    attempts: int
+    attempt: int
     """Attempts since the delivery was (last) armed: what RELAY_MAX_ATTEMPTS counts."""
-    attempt_number: int
+    number: int
     """The attempt's number across re-queues: what the log and relay.attempts show."""
     change_bytes: int
+    """Its change's JSON images in bytes (they come unread past ``max_change_bytes``)."""
     change: Change
 
 
@@ -184,7 +186,7 @@ class DemoChange:
     request_id: str | None
 
 
-def fan_out_batch(
+def _fan_out_batch(
     found: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], limit: int
 ) -> FanOutBatch | None:
     """A FanOutBatch from ``changes_to_fan_out`` rows (at least one, all null but the window's
@@ -285,21 +287,19 @@ class Store:
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
 
-    def tracked_model(self, schema_name: str, table_name: str) -> str | None:
-        """The model name a tracked table's changes carry, None for the table's own name."""
-        model = self._value("tracked_model", {"schema_name": schema_name, "table_name": table_name})
-        return None if model is None else str(model)
-
     def installation_id(self) -> str:
         """What makes this database's delivery ids its own (see render.request.delivery_id)."""
         return str(self._value("installation_id") or "")
 
-    def change(self, outbox_id: int) -> Change | None:
-        """The change with this outbox id, images included, or None when there is none (never made,
-        or purged)."""
+    def change(self, outbox_id: int, models: Models) -> Change | None:
+        """The change with this outbox id, images included and named by ``models``, or None
+        when there is none (never made, or purged)."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
-        return Change.from_row(row, row["old"], row["new"], row["model"]) if row else None
+        if row is None:
+            return None
+        model = models.get((row["schema_name"], row["table_name"]))
+        return Change.from_row(row, row["old"], row["new"], model)
 
     def webhook_exists(self, name: str) -> bool:
         """Whether a webhook is called ``name``."""
@@ -447,7 +447,7 @@ class AsyncStore:
             await cur_gaps.execute(query("fan_out_gaps"))
             found = await cur.fetchall()
             gaps = await cur_gaps.fetchall()
-        return fan_out_batch(found, gaps, limit)
+        return _fan_out_batch(found, gaps, limit)
 
     async def move_fan_out_window(self, parameters: Mapping[str, Any]) -> None:
         """Write fan-out's position and gaps, replacing the stored ones whole (parameters from
@@ -465,21 +465,26 @@ class AsyncStore:
         for name, parameters in statements:
             await self._run(name, parameters)
 
-    async def claim_deliveries(self, parameters: Mapping[str, Any]) -> list[ClaimedRow]:
-        """Take the leases of due deliveries, with their changes (parameters from
-        relay/delivery/claim.py); they are this relay's until the lease runs out."""
+    async def claim_deliveries(
+        self, parameters: Mapping[str, Any], models: Models
+    ) -> list[Claimed]:
+        """Take the leases of due deliveries, with their changes named by ``models``
+        (parameters from relay/delivery/claim.py); they are this relay's until the lease runs
+        out."""
         async with self.conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query("claim_deliveries"), parameters)
             rows = await cur.fetchall()
         return [
-            ClaimedRow(
+            Claimed(
                 r["outbox_id"],
                 r["webhook_id"],
                 r["rule_id"],
                 r["attempts"],
                 r["attempt_number"],
                 r["change_bytes"],
-                Change.from_row(r, r["old"], r["new"]),
+                Change.from_row(
+                    r, r["old"], r["new"], models.get((r["schema_name"], r["table_name"]))
+                ),
             )
             for r in rows
         ]

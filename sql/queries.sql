@@ -76,20 +76,14 @@ SELECT version FROM relay.rules_version;
 -- One outbox row for rendering; the images as their json text, so that numbers keep their exact
 -- digits.
 SELECT o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
-       o.username, o.request_id, o.txid::text, o.created_at,
-       (SELECT v.model FROM relay.tracked v
-        WHERE v.schema_name = o.schema_name AND v.table_name = o.table_name) AS model
+       o.username, o.request_id, o.txid::text, o.created_at
 FROM relay.outbox o WHERE o.id = %(id)s;
 
 -- name: load_models
--- Tables whose changes carry a model name, loaded with the rules: relay run names each change's
--- model from this map rather than looking it up per change (2.4 us each time, twice per change,
--- at fan-out and at claim). relay.track bumps relay.rules_version when a model changes (0019).
+-- Tables whose changes carry a model name, loaded with the rules: relay run and relay preview
+-- name each change's model from this map rather than looking it up per change (2.4 us each
+-- time, twice per change, at fan-out and at claim). relay.track bumps relay.rules_version when a model changes (0019).
 SELECT schema_name, table_name, model FROM relay.tracked WHERE model IS NOT NULL;
-
--- name: tracked_model
--- The model name a made-up change of this table would carry (relay preview --table).
-SELECT model FROM relay.tracked WHERE schema_name = %(schema_name)s AND table_name = %(table_name)s;
 
 -- name: changes_to_fan_out
 -- Fan-out runs in one relay at a time, so changes are matched in id order (see 0003): only the

@@ -25,22 +25,10 @@ from psycopg.conninfo import make_conninfo
 from relay import sqlfiles
 from relay.cli.tempcluster import scratch_database
 from relay.db import Conn
+from support.cli import relay
 from support.db import one_row, outbox
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
-
-
-def relay(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env.update(RELAY_DSN=dsn, COLUMNS="200")
-    return subprocess.run(
-        [sys.executable, "-m", "relay", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=60,
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

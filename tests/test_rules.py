@@ -48,11 +48,11 @@ def test_rules_match_by_table_event_and_conditions(rconn: Conn) -> None:
     assert "disabled" not in names and "to-disabled-hook" in names
     matched = []
     for row in outbox(rconn):
-        change = Store(rconn).change(row["id"])
+        change = Store(rconn).change(row["id"], loaded.models)
         assert change is not None
         matched.append([r.name for r in loaded.matching(change)])
     assert matched == [["any-insert"], ["paid"], []]
-    third = Store(rconn).change(outbox(rconn)[2]["id"])
+    third = Store(rconn).change(outbox(rconn)[2]["id"], loaded.models)
     assert third is not None
     why = loaded.evaluate(third)
     assert [(m.rule.name, m.verdict.matched) for m in why] == [("paid", False)]
@@ -70,7 +70,7 @@ def test_a_thousand_rules_are_indexed_by_table(rconn: Conn) -> None:
     rconn.execute("SELECT relay.track('t7')")
     rconn.execute("INSERT INTO t7 VALUES (1)")
     loaded = ruleset.load(rconn)
-    change = Store(rconn).change(outbox(rconn)[0]["id"])
+    change = Store(rconn).change(outbox(rconn)[0]["id"], loaded.models)
     assert change is not None
     assert len(loaded.candidates(change)) == 10
     assert all("public.t7" in r.tables for r in loaded.matching(change))

@@ -559,14 +559,12 @@ def preview(
         loaded = ruleset.load(conn, everything=True)
         installation = Store(conn).installation_id()
         if outbox_id is not None:
-            change = Store(conn).change(outbox_id)
+            change = Store(conn).change(outbox_id, loaded.models)
             if change is None:
                 fail(f"no change with id {outbox_id} in relay.outbox")
         elif table is not None:
             change = _made_up_change(table, new, old, event)
-            change = replace(
-                change, model=Store(conn).tracked_model(change.schema_name, change.table_name)
-            )
+            change = replace(change, model=loaded.model(change.schema_name, change.table_name))
         else:
             fail("give --outbox-id N, or --table T with --new and/or --old")
     chosen = next((r for r in loaded.rules if r.name == rule), None)

@@ -7,16 +7,13 @@ holds up other work, and nothing waits in memory while its lease runs out.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from relay.delivery.holding import Holding
 from relay.delivery.send import over_limit
-from relay.model import Change
 from relay.settings import Settings
-from relay.store import ClaimedRow
+from relay.store import Claimed
 
 PREFETCH = 2
 """Deliveries claimed per webhook, as a multiple of its concurrency: the next ones are ready
@@ -24,39 +21,17 @@ when a request ends, instead of a claim round trip later. They wait for a slot a
 one request's time, well inside their lease."""
 
 
-@dataclass(frozen=True)
-class Claimed:
-    """A delivery this relay holds the lease of, from its claim to its recorded outcome."""
+def refusal(item: Claimed, max_change_bytes: int) -> str | None:
+    """Why the delivery cannot be sent without even reading it: its change is too large (the
+    claim brought it without its images)."""
+    size = item.change_bytes
+    return over_limit("change", size, max_change_bytes) if size > max_change_bytes else None
 
-    outbox_id: int
-    webhook_id: int
-    rule_id: int | None
-    attempt: int
-    """Attempts since the delivery was (last) armed: what RELAY_MAX_ATTEMPTS counts."""
-    number: int
-    """The attempt's number across re-queues: what the log and relay.attempts show."""
-    change: Change
-    held_bytes: int
-    """What this delivery counts in the relay's Holding until its task ends."""
-    refused: str | None = None
-    """Why it cannot be sent without even reading it: its change is too large."""
 
-    @classmethod
-    def of(cls, row: ClaimedRow, max_change_bytes: int, model: str | None) -> Claimed:
-        """A Claimed from a claimed row, its change given its table's ``model`` name: a change
-        over ``max_change_bytes`` is refused without being read, and holds no bytes."""
-        size = row.change_bytes
-        refused = over_limit("change", size, max_change_bytes) if size > max_change_bytes else None
-        return cls(
-            row.outbox_id,
-            row.webhook_id,
-            row.rule_id,
-            row.attempts,
-            row.attempt_number,
-            dataclasses.replace(row.change, model=model) if model else row.change,
-            0 if refused else size,
-            refused,
-        )
+def held_bytes(item: Claimed, max_change_bytes: int) -> int:
+    """What the delivery counts in the relay's Holding until its task ends: nothing for a
+    change too large to read."""
+    return 0 if item.change_bytes > max_change_bytes else item.change_bytes
 
 
 def window(settings: Settings) -> int:

@@ -139,10 +139,7 @@ class FanOut:
         the room the relay has, and match them."""
         async with self.holding.reserve(sum(row["bytes"] for row in group)):
             images = await store.change_images([row["id"] for row in group])
-            arrivals = (
-                plan.arrival(row, *images[row["id"]], model=ruleset.model(*plan.table(row)))
-                for row in group
-            )
+            arrivals = (plan.arrival(row, ruleset, *images[row["id"]]) for row in group)
             batch.add(arrivals, ruleset)
 
     def _report(self, batch: plan.Plan, changes: int, ruleset: RuleSet) -> None:

@@ -47,20 +47,17 @@ class Arrival:
 
 def arrival(
     row: FanOutRow,
+    ruleset: RuleSet,
     old: str | None = None,
     new: str | None = None,
     *,
     too_large: str | None = None,
-    model: str | None = None,
 ) -> Arrival:
-    """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``)."""
+    """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``),
+    named by the ruleset's models."""
+    model = ruleset.model(row["schema_name"], row["table_name"])
     change = Change.from_row(row, old, new, model)
     return Arrival(change, row["old_pk"], row["bytes"], too_large)
-
-
-def table(row: FanOutRow) -> tuple[str, str]:
-    """The change's table, as RuleSet.model takes it."""
-    return row["schema_name"], row["table_name"]
 
 
 def sort_out(
@@ -75,7 +72,7 @@ def sort_out(
     for row in rows:
         size = row["bytes"]
         too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
-        item = arrival(row, too_large=too_large, model=ruleset.model(*table(row)))
+        item = arrival(row, ruleset, too_large=too_large)
         if (
             conditions
             and not too_large

@@ -37,7 +37,6 @@ import structlog
 from relay.db import first_line
 from relay.delivery import claim
 from relay.delivery.breaker import Breaker, Turn
-from relay.delivery.claim import Claimed
 from relay.delivery.fanout import FanOut
 from relay.delivery.holding import Holding
 from relay.delivery.metrics import Metrics
@@ -51,7 +50,7 @@ from relay.render.request import RenderError
 from relay.rules.ruleset import Rule
 from relay.rules.watch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
-from relay.store import AConn, AsyncStore, application_name
+from relay.store import AConn, AsyncStore, Claimed, application_name
 
 log = structlog.get_logger("relay.worker")
 
@@ -233,8 +232,9 @@ class Worker:
     def _let_go(self, item: Claimed, task: asyncio.Task[None]) -> None:
         """The delivery's task ended: its change and body are gone, and so is their room."""
         self._in_flight.discard(task)
-        if item.held_bytes:
-            self.holding.give_back(item.webhook_id, item.held_bytes)
+        held = claim.held_bytes(item, self.settings.max_body_bytes)
+        if held:
+            self.holding.give_back(item.webhook_id, held)
             self._wake.set()
 
     async def _claim(self, store: AsyncStore, limit: int) -> list[Claimed]:
@@ -246,14 +246,10 @@ class Worker:
             held=held,
             holding=self.holding,
         )
-        claimed = []
-        ruleset = self.rules.ruleset
-        for row in await store.claim_deliveries(parameters):
-            model = ruleset.model(row.change.schema_name, row.change.table_name)
-            item = Claimed.of(row, self.settings.max_body_bytes, model)
+        claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
+        for item in claimed:
             self._held[item.webhook_id] += 1
-            self.holding.take(item.webhook_id, item.held_bytes)
-            claimed.append(item)
+            self.holding.take(item.webhook_id, claim.held_bytes(item, self.settings.max_body_bytes))
         return claimed
 
     def _slot(self, webhook_id: int) -> asyncio.Semaphore:
@@ -263,9 +259,10 @@ class Worker:
         return slot
 
     async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
+        policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
         try:
-            if item.attempt > self._policy(item).max_attempts:
-                result = self._exhausted(item)
+            if item.attempt > policy.max_attempts:
+                result = self._exhausted(item, policy)
             else:
                 async with self._slot(item.webhook_id):
                     if self._stopping:
@@ -274,7 +271,8 @@ class Worker:
                     if paused > 0:
                         result = self._put_back(item, paused)
                     else:
-                        result = self._result(item, await self._attempt(item, sender))
+                        outcome = await self._attempt(item, sender)
+                        result = self._result(item, policy, outcome)
                         self._log(item, result)
         finally:
             # Room for another claim as soon as the receiver has answered. The delivery stays
@@ -290,8 +288,9 @@ class Worker:
     def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
         """The webhook and rule to deliver with, or why there is none any more (or why the
         change can never be sent)."""
-        if item.refused:
-            return item.refused
+        refused = claim.refusal(item, self.settings.max_body_bytes)
+        if refused:
+            return refused
         rule = self.rules.ruleset.by_id(item.rule_id)
         if rule is None or rule.webhook.id != item.webhook_id:
             return "the rule that sent this change here was disabled or removed"
@@ -331,9 +330,6 @@ class Worker:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
         return outcome
 
-    def _policy(self, item: Claimed) -> RetryPolicy:
-        return RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
-
     def _webhook_name(self, webhook_id: int) -> str:
         return self.rules.ruleset.webhook_name(webhook_id)
 
@@ -367,11 +363,11 @@ class Worker:
         if self.breaker.paused_for(hook) > 0:
             self.metrics.paused.labels(self._webhook_name(hook)).set(1)
 
-    def _exhausted(self, item: Claimed) -> Result:
+    def _exhausted(self, item: Claimed, policy: RetryPolicy) -> Result:
         """A delivery claimed once more than its webhook's max attempts allow: its last attempts
         never reported an outcome (a relay died or lost its lease while sending). It fails
         unsent, and this claim does not count, so its attempts stay at the limit."""
-        why = self._policy(item).exhausted()
+        why = policy.exhausted()
         log.warning(
             "delivery",
             outbox_id=item.outbox_id,
@@ -411,10 +407,10 @@ class Worker:
         )
         log.info("delivery", **fields, outcome=outcome_word, error=outcome.error)
 
-    def _result(self, item: Claimed, outcome: Outcome) -> Result:
+    def _result(self, item: Claimed, policy: RetryPolicy, outcome: Outcome) -> Result:
         self._breaker(item, outcome)
         jitter = random.uniform(0.8, 1.2)
-        status, retry_in = self._policy(item).after(outcome, item.attempt, jitter)
+        status, retry_in = policy.after(outcome, item.attempt, jitter)
         return Result(item.outbox_id, item.webhook_id, item.number, status, retry_in, outcome)
 
 
