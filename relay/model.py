@@ -162,6 +162,21 @@ class Webhook:
     max_attempts: int | None = None
     retry_base_seconds: Decimal | None = None
     retry_max_seconds: Decimal | None = None
+    batch_size: int = 1
+    """Changes per request, at most; above 1 the body is a JSON array, even of one change."""
+    batch_wait_ms: int = 0
+    """How long a batch that is not full may wait for more changes."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Changes that go to one webhook in one request, in outbox order, each with its rule's
+    action data. ``id`` (relay.batch_ids) names the batch on every attempt: its delivery id is
+    made from it."""
+
+    id: int
+    changes: tuple[Change, ...]
+    action_data: tuple[Mapping[str, Any] | None, ...]
 
 
 @dataclass(frozen=True)

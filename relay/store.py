@@ -90,6 +90,8 @@ class WebhookRow(TypedDict):
     max_attempts: int | None
     retry_base_seconds: Decimal | None
     retry_max_seconds: Decimal | None
+    batch_size: int
+    batch_wait_ms: int
 
 
 class RuleRow(WebhookRow):
@@ -159,6 +161,8 @@ class Claimed:
     change_bytes: int
     """Its change's JSON images in bytes (they come unread past ``max_change_bytes``)."""
     change: Change
+    batch_id: int | None = None
+    """The batch that carries it (claim_batch), None when it goes alone."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,22 @@ def _fan_out_batch(
         stored_to=first["stored_to"],
         running=first["running"],
         gaps=cast(list[GapRow], gaps),
+    )
+
+
+def _claimed(row: Mapping[str, Any], models: Models) -> Claimed:
+    """A Claimed from a ``claim_deliveries`` or ``claim_batch`` row."""
+    return Claimed(
+        row["outbox_id"],
+        row["webhook_id"],
+        row["rule_id"],
+        row["attempts"],
+        row["attempt_number"],
+        row["change_bytes"],
+        Change.from_row(
+            row, row["old"], row["new"], models.get((row["schema_name"], row["table_name"]))
+        ),
+        row.get("batch_id"),
     )
 
 
@@ -474,20 +494,19 @@ class AsyncStore:
         async with self.conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(query("claim_deliveries"), parameters)
             rows = await cur.fetchall()
-        return [
-            Claimed(
-                r["outbox_id"],
-                r["webhook_id"],
-                r["rule_id"],
-                r["attempts"],
-                r["attempt_number"],
-                r["change_bytes"],
-                Change.from_row(
-                    r, r["old"], r["new"], models.get((r["schema_name"], r["table_name"]))
-                ),
-            )
-            for r in rows
-        ]
+        return [_claimed(r, models) for r in rows]
+
+    async def claim_batch(
+        self, parameters: Mapping[str, Any], models: Models
+    ) -> tuple[list[Claimed], float | None]:
+        """Take the leases of one batch for one webhook (parameters from
+        relay/delivery/claim.py), in outbox order; or none, and how many seconds until a batch
+        that is not full may go (None when there is nothing to wait for)."""
+        async with self.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("claim_batch"), parameters)
+            rows = await cur.fetchall()
+        claimed = [_claimed(r, models) for r in rows if r["outbox_id"] is not None]
+        return claimed, rows[0]["wait_seconds"] if rows and not claimed else None
 
     async def record_outcomes(self, parameters: Mapping[str, Any]) -> None:
         """Write a batch of attempts and their deliveries' new states (parameters from

@@ -107,4 +107,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 19) AS relay_app
 \ir migrations/0019_models_with_rules.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 20) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0020_batches.sql
+\endif
+
 COMMIT;

@@ -52,7 +52,7 @@ SELECT r.id, r.name, r.tables, r.events, r.conditions::text AS conditions,
        w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
-       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds
+       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms
 FROM relay.event_rules r
 JOIN relay.webhooks w ON w.id = r.webhook_id
 WHERE r.enabled OR %(everything)s
@@ -63,7 +63,7 @@ ORDER BY r.id;
 SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
-       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds
+       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms
 FROM relay.webhooks w
 WHERE NOT EXISTS (SELECT FROM relay.event_rules r WHERE r.webhook_id = w.id)
 ORDER BY w.id;
@@ -151,14 +151,16 @@ SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint
 
 -- name: add_deliveries
 -- New deliveries; a delivery that failed before is armed again (a re-queued change), one that
--- succeeded is left alone, so a change goes again only to the webhooks that did not get it.
+-- succeeded is left alone, so a change goes again only to the webhooks that did not get it. A
+-- re-armed delivery leaves its old batch: it goes in a new one, under a new delivery id (the
+-- old batch's other changes may not be re-queued with it).
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
 SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                      %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
         earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
-        leased_by = NULL, last_error = NULL, last_status_code = NULL,
+        leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
         old_row_key = EXCLUDED.old_row_key, change_bytes = EXCLUDED.change_bytes
     WHERE relay.deliveries.status = 'failed';
 
@@ -178,7 +180,7 @@ WITH failed AS (
     ON CONFLICT (outbox_id, webhook_id) DO UPDATE
         SET status = 'failed', attempts = 1, rule_id = EXCLUDED.rule_id, next_attempt_at = now(),
             earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
-            leased_until = NULL, leased_by = NULL, last_status_code = NULL,
+            leased_until = NULL, leased_by = NULL, last_status_code = NULL, batch_id = NULL,
             last_error = EXCLUDED.last_error
         WHERE relay.deliveries.status = 'failed'
     RETURNING outbox_id, webhook_id, earlier_attempts + 1 AS attempt, last_error
@@ -214,7 +216,8 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- images: it is never read, and fails (relay/delivery/claim.py, Claimed.of). The byte columns
 -- are int, so that the running sums add bigints, not numerics (max_body_bytes is at most 1 GiB).
 -- With the key-move check, this costs 0.5 ms more per claim than counts alone (3.9 ms rather
--- than 3.4 for 128 of 20,000 pending, bench/claims.py).
+-- than 3.4 for 128 of 20,000 pending, bench/claims.py). Webhooks the relay sends batches to
+-- (batched_ids) are claimed by claim_batch instead.
 WITH room AS (
     SELECT w.id AS webhook_id, %(per_webhook)s - coalesce(busy.n, 0) AS free,
            %(bytes_per_webhook)s - coalesce(busy.bytes, 0) AS bytes_free,
@@ -224,6 +227,7 @@ WITH room AS (
     FROM relay.webhooks w
     LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[], %(busy_bytes)s::bigint[])
         AS busy (id, n, bytes) ON busy.id = w.id
+    WHERE w.id <> ALL(%(batched_ids)s::bigint[])
 ), due AS (
     SELECT c.ctid, c.next_attempt_at, c.outbox_id, c.bytes, room.webhook_id, room.bytes_free
     FROM room
@@ -280,6 +284,94 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 
+-- name: claim_batch
+-- One batch for a webhook that takes them (webhooks.batch_size > 1), leased to this relay.
+-- A batch that was sent before and is due again goes whole, under its id (a retry carries the
+-- same changes under the same delivery id, whichever relay sends it). Otherwise up to
+-- batch_size due deliveries nobody holds, in due order, become a new batch, numbered from
+-- relay.batch_ids; a batch may hold several changes of one row, and holds a change only with
+-- every earlier pending change of its row for this webhook (per-row order: nothing earlier is in
+-- flight, waiting for a retry, or left out of this batch, whether by the limit or by another
+-- relay's lock). While key moves are pending, relay.clear_of_key_moves applies as in
+-- claim_deliveries. The changes' bytes fit in bytes_free, in id order up to the first that
+-- does not; as in claim_deliveries, a change over max_change_bytes counts nothing and comes
+-- without its images.
+--
+-- A new batch that is not full waits until its oldest delivery has been due for wait_ms: then
+-- nothing is claimed and the one row returned says, in wait_seconds, how long until it may go.
+-- Otherwise one row per claimed delivery (wait_seconds NULL); a row with a NULL outbox_id when
+-- there is nothing to claim.
+WITH again AS MATERIALIZED (
+    SELECT d.batch_id FROM relay.deliveries d
+    WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id IS NOT NULL
+      AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
+    ORDER BY d.outbox_id
+    LIMIT 1
+), moves AS MATERIALIZED (
+    SELECT EXISTS (SELECT FROM relay.deliveries m
+                   WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
+                     AND m.status = 'pending') AS pending
+), candidates AS MATERIALIZED (
+    SELECT d.ctid, d.outbox_id, d.row_key, d.next_attempt_at,
+           CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
+                ELSE d.change_bytes::int END AS bytes
+    FROM relay.deliveries d, moves
+    WHERE d.webhook_id = %(webhook_id)s
+      AND d.status = 'pending'
+      AND d.next_attempt_at <= now()
+      AND (d.leased_until IS NULL OR d.leased_until < now())
+      AND d.batch_id IS NOT DISTINCT FROM (SELECT batch_id FROM again)
+      AND (NOT moves.pending OR relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
+                                                         d.old_row_key))
+    ORDER BY d.next_attempt_at, d.outbox_id
+    LIMIT %(batch_size)s
+    FOR UPDATE OF d SKIP LOCKED
+), in_order AS (
+    SELECT c.* FROM candidates c
+    WHERE NOT EXISTS (
+        SELECT FROM relay.deliveries e
+        WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key AND e.status = 'pending'
+          AND e.outbox_id < c.outbox_id
+          AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM candidates)))
+), fitting AS MATERIALIZED (
+    SELECT ctid, outbox_id, next_attempt_at FROM (
+        SELECT ctid, outbox_id, next_attempt_at,
+               sum(bytes) OVER (ORDER BY outbox_id ROWS UNBOUNDED PRECEDING) AS running
+        FROM in_order) counted
+    WHERE running <= %(bytes_free)s
+), ready AS MATERIALIZED (
+    SELECT count(*) > 0 AS any,
+           EXISTS (SELECT FROM again) OR count(*) >= %(batch_size)s
+               OR min(next_attempt_at) <= now() - make_interval(secs => %(wait_ms)s / 1000.0)
+               AS go,
+           extract(epoch FROM min(next_attempt_at)
+                              + make_interval(secs => %(wait_ms)s / 1000.0) - now())::float8
+               AS wait_seconds
+    FROM fitting
+), batch AS MATERIALIZED (
+    SELECT coalesce((SELECT batch_id FROM again), nextval('relay.batch_ids')) AS id
+    FROM ready WHERE ready.any AND ready.go
+), claimed AS (
+    UPDATE relay.deliveries d
+    SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
+        leased_by = %(relay_id)s,
+        attempts = d.attempts + 1,
+        batch_id = batch.id
+    FROM relay.outbox o, batch
+    WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM fitting)) AND o.id = d.outbox_id
+    RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
+              d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.batch_id,
+              o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
+              o.request_id, o.txid::text, o.created_at,
+              CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
+              CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new
+)
+SELECT claimed.*,
+       CASE WHEN ready.any AND NOT ready.go THEN greatest(ready.wait_seconds, 0.001) END
+           AS wait_seconds
+FROM ready LEFT JOIN claimed ON true
+ORDER BY claimed.outbox_id;
+
 -- name: record_outcomes
 -- Attempts and their outcomes, many at once (relay/delivery/record.py batches them). An outcome is
 -- written only while this relay still holds the lease: a relay that lost it to another must
@@ -290,14 +382,15 @@ WITH outcome AS (
            (o ->> 1)::bigint AS webhook_id, (o ->> 2)::int AS attempt,
            (o ->> 3)::int AS duration_ms, (o ->> 4)::int AS status_code, o ->> 5 AS error,
            o ->> 6 AS excerpt, o ->> 7 AS status, (o ->> 8)::float8 AS retry_in,
-           (o ->> 9)::bool AS counted
+           (o ->> 9)::bool AS counted, (o ->> 10)::bigint AS batch_id
     -- One JSON array of [outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-    -- excerpt, status, retry_in, counted] per outcome (relay/delivery/record.py writes it).
+    -- excerpt, status, retry_in, counted, batch_id] per outcome (relay/delivery/record.py
+    -- writes it).
     FROM json_array_elements(%(outcomes)s::json) AS o
 ), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-                                response_excerpt)
-    SELECT outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt
+                                response_excerpt, batch_id)
+    SELECT outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt, batch_id
     FROM outcome
     WHERE counted
 )

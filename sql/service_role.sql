@@ -15,6 +15,8 @@ GRANT SELECT, UPDATE (status, attempts, last_error, processed_at, fanned_out_at)
     DELETE ON relay.outbox TO :"role";
 -- Its own bookkeeping: deliveries per webhook and the attempt log.
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"role";
+-- Number the batches it sends (see 0020_batches.sql).
+GRANT USAGE ON SEQUENCE relay.batch_ids TO :"role";
 -- Where fan-out has looked (see 0012_fan_out_window.sql); the id sequence only to notice a
 -- restart.
 GRANT SELECT, UPDATE ON relay.fan_out_position TO :"role";

@@ -36,7 +36,7 @@ from relay.cli.common import (
     print_table,
 )
 from relay.db import DatabaseUnavailable, first_line
-from relay.model import Change, Webhook, loads
+from relay.model import Batch, Change, Webhook, loads
 from relay.reasons import MASK
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError
@@ -67,6 +67,22 @@ RetryBase = Annotated[
 RetryMax = Annotated[
     float | None,
     typer.Option(help="Longest retry delay, seconds (default: RELAY_RETRY_MAX_SECONDS)."),
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=1000,
+        help="Changes per request, 1 to 1000; above 1 the body is a JSON array (default: 1).",
+    ),
+]
+BatchWait = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        max=60000,
+        help="Milliseconds a batch that is not full may wait for more changes (default: 0).",
+    ),
 ]
 
 
@@ -146,6 +162,8 @@ def webhook_add(
     max_attempts: MaxAttempts = None,
     retry_base_seconds: RetryBase = None,
     retry_max_seconds: RetryMax = None,
+    batch_size: BatchSize = None,
+    batch_wait_ms: BatchWait = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
     template = _body_template(body_template, body_template_file) or ""
@@ -167,6 +185,10 @@ def webhook_add(
         retry_base_seconds=_decimal(retry_base_seconds),
         retry_max_seconds=_decimal(retry_max_seconds),
     )
+    if batch_size is not None:
+        row.batch_size = batch_size
+    if batch_wait_ms is not None:
+        row.batch_wait_ms = batch_wait_ms
     _refuse_broken_templates(row)
     with _session(dsn) as db:
         db.add(row)
@@ -198,6 +220,8 @@ def webhook_edit(
     max_attempts: MaxAttempts = None,
     retry_base_seconds: RetryBase = None,
     retry_max_seconds: RetryMax = None,
+    batch_size: BatchSize = None,
+    batch_wait_ms: BatchWait = None,
     retry_default: Annotated[
         bool,
         typer.Option(
@@ -222,6 +246,8 @@ def webhook_edit(
         "max_attempts": max_attempts,
         "retry_base_seconds": _decimal(retry_base_seconds),
         "retry_max_seconds": _decimal(retry_max_seconds),
+        "batch_size": batch_size,
+        "batch_wait_ms": batch_wait_ms,
     }
     changes = {key: value for key, value in changes.items() if value is not None}
     if retry_default:
@@ -320,6 +346,8 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "ca_file_path": hook.ca_file_path,
             "timeout_seconds": hook.timeout_seconds,
             **_retry_fields(hook),
+            "batch_size": hook.batch_size,
+            "batch_wait_ms": hook.batch_wait_ms,
             "enabled": hook.enabled,
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
@@ -546,7 +574,10 @@ def preview(
     rule: Annotated[str, typer.Option("--rule", help="Rule to preview.")],
     dsn: OptionalDsn = None,
     env_file: EnvFile = None,
-    outbox_id: Annotated[int | None, typer.Option(help="A change from relay.outbox.")] = None,
+    outbox_id: Annotated[
+        list[int] | None,
+        typer.Option(help="A change from relay.outbox; repeat it for a batched webhook's batch."),
+    ] = None,
     table: Annotated[str | None, typer.Option(help="schema.table of a made-up change.")] = None,
     new: Annotated[str | None, typer.Option(help="Made-up row after the change (JSON).")] = None,
     old: Annotated[str | None, typer.Option(help="Made-up row before the change (JSON).")] = None,
@@ -558,19 +589,29 @@ def preview(
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
         installation = Store(conn).installation_id()
-        if outbox_id is not None:
-            change = Store(conn).change(outbox_id, loaded.models)
-            if change is None:
-                fail(f"no change with id {outbox_id} in relay.outbox")
-        elif table is not None:
-            change = _made_up_change(table, new, old, event)
-            change = replace(change, model=loaded.model(change.schema_name, change.table_name))
-        else:
+        changes: list[Change] = []
+        for one in sorted(set(outbox_id or [])):
+            found = Store(conn).change(one, loaded.models)
+            if found is None:
+                fail(f"no change with id {one} in relay.outbox")
+            changes.append(found)
+        if not changes and table is not None:
+            made_up = _made_up_change(table, new, old, event)
+            model = loaded.model(made_up.schema_name, made_up.table_name)
+            changes.append(replace(made_up, model=model))
+        if not changes:
             fail("give --outbox-id N, or --table T with --new and/or --old")
     chosen = next((r for r in loaded.rules if r.name == rule), None)
     if chosen is None:
         fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
-    _print_preview(chosen, change, installation, settings)
+    batch_size = chosen.webhook.batch_size
+    if len(changes) > batch_size:
+        fail(
+            f"webhook {chosen.webhook.name!r} takes at most {batch_size} change(s) per request "
+            f"(batch_size): give at most {batch_size} --outbox-id",
+            2,
+        )
+    _print_preview(chosen, changes, installation, settings)
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
@@ -602,7 +643,7 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
 
 
 def _print_preview(
-    rule: ruleset.Rule, change: Change, installation: str, settings: Settings
+    rule: ruleset.Rule, changes: list[Change], installation: str, settings: Settings
 ) -> None:
     hook = rule.webhook
     out.print(
@@ -610,24 +651,43 @@ def _print_preview(
         highlight=False,
         markup=True,
     )
+    if hook.batch_size > 1:
+        out.print(
+            f"[bold]batch[/] {len(changes)} change(s) of at most {hook.batch_size}; relay run "
+            "numbers each batch (this preview's delivery id is batch 0's)",
+            highlight=False,
+            markup=True,
+        )
     notes = []
-    if not rule.covers(change):
-        notes.append(f"the rule does not cover {change.op} on {change.object_type}")
     if not hook.enabled:
         notes.append("the webhook is disabled")
-    verdict = ruleset.judge(rule, change).verdict
-    status = (
-        "matched" if verdict.matched else f"not matched ({verdict.reason}): nothing would be sent"
-    )
-    out.print(f"[bold]conditions[/] {escape(status)}", highlight=False, soft_wrap=True, markup=True)
+    for change in changes:
+        prefix = f"change {change.id}: " if len(changes) > 1 else ""
+        if not rule.covers(change):
+            notes.append(f"{prefix}the rule does not cover {change.op} on {change.object_type}")
+        verdict = ruleset.judge(rule, change).verdict
+        status = (
+            "matched"
+            if verdict.matched
+            else f"not matched ({verdict.reason}): nothing would be sent"
+        )
+        out.print(
+            f"[bold]conditions[/] {escape(prefix + status)}",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
     for note in notes:
         out.print(
             f"[yellow]note:[/] {escape(note)}; nothing would be sent", highlight=False, markup=True
         )
+    subject: Change | Batch = changes[0]
+    if hook.batch_size > 1:
+        subject = Batch(0, tuple(changes), tuple(rule.action_data for _ in changes))
     try:
         with BlockingRenderPool(settings.template_env_globs) as renders:
             request = renders.request(
-                hook, change, rule.action_data, timestamp=int(time.time()), source=installation
+                hook, subject, rule.action_data, timestamp=int(time.time()), source=installation
             )
     except RenderError as exc:
         fail(f"would fail: {exc}")

@@ -7,11 +7,12 @@ holds up other work, and nothing waits in memory while its lease runs out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from relay.delivery.holding import Holding
 from relay.delivery.send import over_limit
+from relay.model import Webhook
 from relay.settings import Settings
 from relay.store import Claimed
 
@@ -46,9 +47,11 @@ def parameters(
     settings: Settings,
     held: Mapping[int, int],
     holding: Holding,
+    batched: Sequence[int] = (),
 ) -> dict[str, Any]:
     """``claim_deliveries``' parameters: ``held`` is what each webhook counts as holding (see
-    Breaker.held), ``holding`` the bytes this relay holds."""
+    Breaker.held), ``holding`` the bytes this relay holds, ``batched`` the webhooks it claims
+    batches for instead (claim_batch)."""
     busy = sorted(set(held) | {hook for hook, n in holding.by_webhook.items() if n})
     return {
         "limit": limit,
@@ -60,5 +63,23 @@ def parameters(
         "busy_bytes": [holding.by_webhook.get(hook, 0) for hook in busy],
         "bytes_free": holding.room,
         "bytes_per_webhook": holding.per_webhook,
+        "max_change_bytes": settings.max_body_bytes,
+        "batched_ids": list(batched),
+    }
+
+
+def batch_parameters(
+    webhook: Webhook, *, relay_id: str, settings: Settings, holding: Holding
+) -> dict[str, Any]:
+    """``claim_batch``'s parameters for one of ``webhook``'s batches, within the bytes the
+    relay and the webhook may still hold."""
+    webhook_room = holding.per_webhook - holding.by_webhook.get(webhook.id, 0)
+    return {
+        "webhook_id": webhook.id,
+        "batch_size": webhook.batch_size,
+        "wait_ms": webhook.batch_wait_ms,
+        "lease_seconds": settings.lease_seconds,
+        "relay_id": relay_id,
+        "bytes_free": max(min(holding.room, webhook_room), 0),
         "max_change_bytes": settings.max_body_bytes,
     }

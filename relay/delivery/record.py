@@ -48,6 +48,8 @@ class Result:
     outcome: Outcome
     counted: bool = True
     """False for a delivery given back unsent: no attempt is logged or counted."""
+    batch_id: int | None = None
+    """The batch the attempt carried it in, None when it went alone."""
 
 
 def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
@@ -65,6 +67,7 @@ def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             r.status,
             r.retry_in,
             r.counted,
+            r.batch_id,
         )
         for r in results
     ]

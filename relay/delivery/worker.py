@@ -28,6 +28,7 @@ import random
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +44,7 @@ from relay.delivery.metrics import Metrics
 from relay.delivery.policy import RetryPolicy
 from relay.delivery.record import Recorder, Result
 from relay.delivery.send import Outcome, Sender
-from relay.model import Webhook
+from relay.model import Batch, Request, Webhook
 from relay.reasons import describe, reason, redact
 from relay.render.pool import RenderPool
 from relay.render.request import RenderError
@@ -85,6 +86,8 @@ class Worker:
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self._wake = asyncio.Event()
         """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
+        self._batch_due: float | None = None
+        """When (monotonic) a batch that was not full may go: the claim loop wakes for it."""
         self._installation = ""
         self._stopping = False
         self._connected = False
@@ -201,10 +204,13 @@ class Worker:
         """Sleep until there may be something to claim, a helper ends, stop, or the poll
         interval (retries come due without a notification)."""
         self._wake.clear()
+        timeout = self.settings.poll_interval
+        if self._batch_due is not None:
+            timeout = min(timeout, max(self._batch_due - time.monotonic(), 0.0))
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         await asyncio.wait(
             [*waiters, *helpers],
-            timeout=self.settings.poll_interval,
+            timeout=timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
         for waiter in waiters:
@@ -222,35 +228,72 @@ class Worker:
 
     async def _claim_round(self, store: AsyncStore, recorder: Recorder, sender: Sender) -> bool:
         room = self.max_in_flight - len(self._in_flight)
-        claimed = await self._claim(store, min(room, self.settings.batch_size)) if room else []
+        batched = self.rules.ruleset.batched()
+        held = self.breaker.held(self._held, claim.window(self.settings))
+        limit = min(room, self.settings.batch_size)
+        claimed = await self._claim(store, limit, held, batched) if room else []
         for item in claimed:
-            task = asyncio.create_task(self._process(item, recorder, sender))
-            self._in_flight.add(task)
-            task.add_done_callback(functools.partial(self._let_go, item))
-        return bool(claimed)
+            self._start(self._process(item, recorder, sender), [item])
+        self._batch_due = None
+        started = bool(claimed)
+        for hook in batched:
+            if len(self._in_flight) >= self.max_in_flight:
+                break
+            if held.get(hook.id, 0) < claim.window(self.settings):
+                items = await self._claim_batch(store, hook)
+                if items:
+                    self._start(self._process_batch(items, recorder, sender), items)
+                    started = True
+        return started
 
-    def _let_go(self, item: Claimed, task: asyncio.Task[None]) -> None:
-        """The delivery's task ended: its change and body are gone, and so is their room."""
+    def _start(self, work: Coroutine[Any, Any, None], items: list[Claimed]) -> None:
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
+        task.add_done_callback(functools.partial(self._let_go, items))
+
+    def _let_go(self, items: list[Claimed], task: asyncio.Task[None]) -> None:
+        """The task of a delivery (or batch) ended: its changes and body are gone, and so is
+        their room."""
         self._in_flight.discard(task)
-        held = claim.held_bytes(item, self.settings.max_body_bytes)
+        held = sum(claim.held_bytes(item, self.settings.max_body_bytes) for item in items)
         if held:
-            self.holding.give_back(item.webhook_id, held)
+            self.holding.give_back(items[0].webhook_id, held)
             self._wake.set()
 
-    async def _claim(self, store: AsyncStore, limit: int) -> list[Claimed]:
-        held = self.breaker.held(self._held, claim.window(self.settings))
+    async def _claim(
+        self, store: AsyncStore, limit: int, held: dict[int, int], batched: list[Webhook]
+    ) -> list[Claimed]:
         parameters = claim.parameters(
             limit=limit,
             relay_id=self.relay_id,
             settings=self.settings,
             held=held,
             holding=self.holding,
+            batched=[hook.id for hook in batched],
         )
         claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
         for item in claimed:
             self._held[item.webhook_id] += 1
-            self.holding.take(item.webhook_id, claim.held_bytes(item, self.settings.max_body_bytes))
+            self._take(item)
         return claimed
+
+    def _take(self, item: Claimed) -> None:
+        self.holding.take(item.webhook_id, claim.held_bytes(item, self.settings.max_body_bytes))
+
+    async def _claim_batch(self, store: AsyncStore, hook: Webhook) -> list[Claimed]:
+        """One batch for ``hook``, or none (then note when one that waits to fill may go)."""
+        parameters = claim.batch_parameters(
+            hook, relay_id=self.relay_id, settings=self.settings, holding=self.holding
+        )
+        items, wait = await store.claim_batch(parameters, self.rules.ruleset.models)
+        if wait is not None:
+            due = time.monotonic() + wait
+            self._batch_due = due if self._batch_due is None else min(self._batch_due, due)
+        if items:
+            self._held[hook.id] += 1
+            for item in items:
+                self._take(item)
+        return items
 
     def _slot(self, webhook_id: int) -> asyncio.Semaphore:
         slot = self._slots.get(webhook_id)
@@ -284,6 +327,150 @@ class Worker:
             self._count(item, result)
         except Exception as exc:  # the lease expires and another attempt follows
             log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
+
+    async def _process_batch(
+        self, items: list[Claimed], recorder: Recorder, sender: Sender
+    ) -> None:
+        """A batch goes as one request and its outcome is each change's; a change that cannot
+        go (too large, its rule gone, or one the template fails on) fails alone, and the rest
+        go without it."""
+        hook_id = items[0].webhook_id
+        policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(hook_id))
+        try:
+            if items[0].attempt > policy.max_attempts:
+                results = [self._exhausted(item, policy) for item in items]
+            else:
+                async with self._slot(hook_id):
+                    if self._stopping:
+                        return  # not sent: release_leases gives it back
+                    paused = self.breaker.paused_for(hook_id)
+                    if paused > 0:
+                        results = [self._put_back(item, paused) for item in items]
+                    else:
+                        results = await self._attempt_batch(items, policy, sender)
+        finally:
+            self._held[hook_id] -= 1
+            self._wake.set()
+        written = await asyncio.gather(
+            *(recorder.record(result) for result in results), return_exceptions=True
+        )
+        for item, result, error in zip(items, results, written, strict=True):
+            if isinstance(error, BaseException):
+                log.error(
+                    "could not record outcome", outbox_id=item.outbox_id, error=describe(error)
+                )
+            else:
+                self._count(item, result, timed=item is items[0])
+
+    async def _attempt_batch(
+        self, items: list[Claimed], policy: RetryPolicy, sender: Sender
+    ) -> list[Result]:
+        results: dict[int, Result] = {}
+        going: list[tuple[Claimed, Rule]] = []
+        for item in items:
+            target = self._target(item)
+            if isinstance(target, str):
+                results[item.outbox_id] = self._alone(item, policy, target)
+            else:
+                going.append((item, target[1]))
+        if going:
+            hook = going[0][1].webhook
+            outcome, left_out = await self._send_batch(hook, going, sender)
+            for item, _ in going:
+                if item.outbox_id in left_out:
+                    results[item.outbox_id] = self._alone(item, policy, left_out[item.outbox_id])
+            sent = [item for item, _ in going if item.outbox_id not in left_out]
+            if sent:
+                self._breaker(sent[0], outcome)
+                status, retry_in = policy.after(outcome, sent[0].attempt, random.uniform(0.8, 1.2))
+                for item in sent:
+                    results[item.outbox_id] = Result(
+                        item.outbox_id,
+                        item.webhook_id,
+                        item.number,
+                        status,
+                        retry_in,
+                        outcome,
+                        batch_id=item.batch_id,
+                    )
+                self._log_batch(sent, results[sent[0].outbox_id])
+        return [results[item.outbox_id] for item in items]
+
+    def _alone(self, item: Claimed, policy: RetryPolicy, why: str) -> Result:
+        """A change of a batch that cannot go, failed with the reason (the rest go on)."""
+        outcome = Outcome.not_sent(reason(why), permanent=True)
+        status, retry_in = policy.after(outcome, item.attempt, 1.0)
+        result = Result(
+            item.outbox_id,
+            item.webhook_id,
+            item.number,
+            status,
+            retry_in,
+            outcome,
+            batch_id=item.batch_id,
+        )
+        self._log(item, result)
+        return result
+
+    async def _send_batch(
+        self, hook: Webhook, going: list[tuple[Claimed, Rule]], sender: Sender
+    ) -> tuple[Outcome, dict[int, str]]:
+        """Render and send a batch. When the batch does not render, each change is rendered
+        alone to find those at fault: they are left out (with their reason) and the rest go;
+        when none is at fault alone, the whole batch fails with the batch's error."""
+        left_out: dict[int, str] = {}
+        try:
+            try:
+                request = await self._render_batch(hook, going)
+            except RenderError as exc:
+                for item, rule in going:
+                    try:
+                        await self._render_batch(hook, [(item, rule)])
+                    except RenderError as alone:
+                        left_out[item.outbox_id] = str(alone)
+                rest = [(item, rule) for item, rule in going if item.outbox_id not in left_out]
+                if not left_out or not rest:
+                    return Outcome.not_sent(str(exc), permanent=True), {}
+                request = await self._render_batch(hook, rest)
+            outcome = await sender.send(request, hook)
+        except RenderError as exc:
+            outcome = Outcome.not_sent(str(exc), permanent=True)
+        except Exception as exc:
+            why = f"sending: {redact(describe(exc), hook.secret.splitlines())}"
+            outcome = Outcome.not_sent(why, permanent=False)
+        if outcome.error is not None:
+            outcome = dataclasses.replace(outcome, error=reason(outcome.error))
+        return outcome, left_out
+
+    async def _render_batch(self, hook: Webhook, going: list[tuple[Claimed, Rule]]) -> Request:
+        batch_id = going[0][0].batch_id
+        assert batch_id is not None, "claim_batch numbers every batch it claims"
+        batch = Batch(
+            batch_id,
+            tuple(item.change for item, _ in going),
+            tuple(rule.action_data for _, rule in going),
+        )
+        return await self.renders.request(
+            hook, batch, timestamp=int(time.time()), source=self._installation
+        )
+
+    def _log_batch(self, items: list[Claimed], result: Result) -> None:
+        """One line per attempt at a batch: which changes it carried, and what became of it."""
+        outcome = result.outcome
+        fields: dict[str, Any] = {
+            "batch_id": items[0].batch_id,
+            "changes": len(items),
+            "first_outbox_id": items[0].outbox_id,
+            "last_outbox_id": items[-1].outbox_id,
+            "webhook": self._webhook_name(items[0].webhook_id),
+            "attempt": items[0].number,
+            "status_code": outcome.status,
+            "duration_ms": round(outcome.duration * 1000, 1),
+        }
+        if result.status == "pending":
+            fields["next_attempt_in_s"] = round(result.retry_in, 1)
+        word = {"delivered": "delivered", "pending": "retrying"}.get(result.status, "failed")
+        log.info("batch", **fields, outcome=word, error=outcome.error)
 
     def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
         """The webhook and rule to deliver with, or why there is none any more (or why the
@@ -333,13 +520,15 @@ class Worker:
     def _webhook_name(self, webhook_id: int) -> str:
         return self.rules.ruleset.webhook_name(webhook_id)
 
-    def _count(self, item: Claimed, result: Result) -> None:
+    def _count(self, item: Claimed, result: Result, *, timed: bool = True) -> None:
+        """Count a delivery's outcome; ``timed``: observe its attempt's duration too (once per
+        request: a batch's changes share one)."""
         if not result.counted:
             return
         name = self._webhook_name(item.webhook_id)
         outcome = "retry" if result.status == "pending" else result.status
         self.metrics.deliveries.labels(name, outcome).inc()
-        if result.outcome.sent:
+        if result.outcome.sent and timed:
             self.metrics.attempt_seconds.labels(name).observe(result.outcome.duration)
         if result.status == "delivered":
             lag = time.time() - item.change.created_at.timestamp()
@@ -377,7 +566,16 @@ class Worker:
             error=why,
         )
         outcome = Outcome.not_sent(why, permanent=True)
-        return Result(item.outbox_id, item.webhook_id, item.number, "failed", 0.0, outcome, False)
+        return Result(
+            item.outbox_id,
+            item.webhook_id,
+            item.number,
+            "failed",
+            0.0,
+            outcome,
+            False,
+            item.batch_id,
+        )
 
     @staticmethod
     def _put_back(item: Claimed, seconds: float) -> Result:
@@ -387,7 +585,14 @@ class Worker:
             "not sent: webhook paused by the circuit breaker", permanent=False
         )
         return Result(
-            item.outbox_id, item.webhook_id, item.number, "pending", seconds, outcome, False
+            item.outbox_id,
+            item.webhook_id,
+            item.number,
+            "pending",
+            seconds,
+            outcome,
+            False,
+            item.batch_id,
         )
 
     def _log(self, item: Claimed, result: Result) -> None:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
-from relay.model import Change, Webhook
+from relay.model import Batch, Change, Webhook
 from relay.render.request import Renderer, RenderError
 from relay.render.sandbox import MAX_SECONDS
 
@@ -50,17 +50,34 @@ def _pickled(webhook: Webhook) -> bytes:
     return pickle.dumps(webhook)
 
 
+def _fields(change: Change) -> tuple[Any, ...]:
+    return tuple(getattr(change, name) for name in _CHANGE_FIELDS)
+
+
 def request_job(
     webhook: Webhook,
-    change: Change,
+    change: Change | Batch,
     action_data: Mapping[str, Any] | None,
     timestamp: int,
     source: str,
 ) -> bytes:
-    """The frame asking a render process for ``webhook``'s request for ``change`` (the webhook
-    pickled once per webhook, the change as a plain tuple)."""
-    fields = tuple(getattr(change, name) for name in _CHANGE_FIELDS)
-    job = ("request", _pickled(webhook), fields, dict(action_data or {}), timestamp, source)
+    """The frame asking a render process for ``webhook``'s request for ``change`` or a batch (the
+    webhook pickled once per webhook, each change as a plain tuple)."""
+    if isinstance(change, Batch):
+        changes = [_fields(c) for c in change.changes]
+        datas = [dict(data or {}) for data in change.action_data]
+        job: tuple[Any, ...] = (
+            "batch",
+            _pickled(webhook),
+            change.id,
+            changes,
+            datas,
+            timestamp,
+            source,
+        )
+    else:
+        fields = _fields(change)
+        job = ("request", _pickled(webhook), fields, dict(action_data or {}), timestamp, source)
     return _frame(pickle.dumps(job))
 
 
@@ -82,12 +99,34 @@ class _Handler:
         try:
             if kind == "request":
                 return self._request(*args)
+            if kind == "batch":
+                return self._batch(*args)
             self._renderer.check(*args)
             return ("ok",)
         except RenderError as exc:
             return ("error", str(exc))
         except Exception as exc:  # outside the templates (signing, say): still one line
             return ("error", f"{type(exc).__name__}: {exc}")
+
+    def _webhook(self, pickled: bytes) -> Webhook:
+        webhook = self._webhooks.get(pickled)
+        if webhook is None:
+            if len(self._webhooks) > 256:
+                self._webhooks.clear()
+            webhook = self._webhooks[pickled] = pickle.loads(pickled)
+        return webhook
+
+    def _batch(
+        self,
+        pickled: bytes,
+        batch_id: int,
+        changes: list[tuple[Any, ...]],
+        datas: list[dict[str, Any]],
+        timestamp: int,
+        source: str,
+    ) -> Reply:
+        batch = Batch(batch_id, tuple(Change(*fields) for fields in changes), tuple(datas))
+        return self._reply(self._webhook(pickled), batch, None, timestamp, source)
 
     def _request(
         self,
@@ -97,13 +136,18 @@ class _Handler:
         timestamp: int,
         source: str,
     ) -> Reply:
-        webhook = self._webhooks.get(pickled)
-        if webhook is None:
-            if len(self._webhooks) > 256:
-                self._webhooks.clear()
-            webhook = self._webhooks[pickled] = pickle.loads(pickled)
+        return self._reply(self._webhook(pickled), Change(*fields), action_data, timestamp, source)
+
+    def _reply(
+        self,
+        webhook: Webhook,
+        change: Change | Batch,
+        action_data: dict[str, Any] | None,
+        timestamp: int,
+        source: str,
+    ) -> Reply:
         request = self._renderer.request(
-            webhook, Change(*fields), action_data, timestamp=timestamp, source=source
+            webhook, change, action_data, timestamp=timestamp, source=source
         )
         return (
             "ok",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from relay.model import Change, Request, Webhook
+from relay.model import Batch, Change, Request, Webhook
 from relay.render.child import FRAME, KILL_MARGIN, Reply, check_job, request_job
 from relay.render.request import Renderer, RenderError, needs_jinja
 from relay.render.sandbox import MAX_SECONDS
@@ -198,7 +198,7 @@ class RenderPool:
     async def request(
         self,
         webhook: Webhook,
-        change: Change,
+        change: Change | Batch,
         action_data: Mapping[str, Any] | None = None,
         *,
         timestamp: int,
@@ -286,7 +286,7 @@ class BlockingRenderPool:
     def request(
         self,
         webhook: Webhook,
-        change: Change,
+        change: Change | Batch,
         action_data: Mapping[str, Any] | None = None,
         *,
         timestamp: int,

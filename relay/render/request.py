@@ -25,7 +25,7 @@ import simplejson
 from jinja2 import TemplateError, Undefined
 
 from relay._version import __version__
-from relay.model import Change, Request, UnreadableJSON, Webhook, dumps
+from relay.model import Batch, Change, Request, UnreadableJSON, Webhook, dumps
 from relay.reasons import describe, redact
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.render.sign import InvalidSecret, signature_headers
@@ -48,11 +48,26 @@ def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dic
     return _context(change, change.old, change.new, change.pk, action_data)
 
 
+def batch_context(batch: Batch) -> dict[str, Any]:
+    """A batch's template context: its first change's, so that a template written for one
+    change still renders, plus ``changes``, every change's own context in outbox order."""
+    contexts = [context(c, data) for c, data in zip(batch.changes, batch.action_data, strict=True)]
+    return {**contexts[0], "changes": contexts}
+
+
 def default_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
     """The body without a template: the context as JSON, the row's JSON text spliced in as
     PostgreSQL wrote it (same values and digits; no parse, no re-encoding)."""
     raw = _raw(change.old_json), _raw(change.new_json), _raw(change.pk_json)
     return dumps(_context(change, *raw, action_data)).encode()
+
+
+def default_batch_body(batch: Batch) -> bytes:
+    """A batch's body without a template: a JSON array of its changes' default bodies."""
+    bodies = (
+        default_body(c, data) for c, data in zip(batch.changes, batch.action_data, strict=True)
+    )
+    return b"[" + b",".join(bodies) + b"]"
 
 
 def _context(
@@ -113,6 +128,12 @@ def delivery_id(change_id: int, webhook_id: int, source: str = "") -> str:
     ``source`` the database's installation id (relay.installation), different for every other
     change of any database or installation."""
     return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{source}/{change_id}/{webhook_id}"))
+
+
+def batch_delivery_id(batch_id: int, webhook_id: int, source: str = "") -> str:
+    """As :func:`delivery_id`, for a batch: the same on every attempt at sending it, and never
+    one a single change's delivery has (the name space differs)."""
+    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{source}/batch/{batch_id}/{webhook_id}"))
 
 
 class Renderer:
@@ -180,13 +201,14 @@ class Renderer:
     def request(
         self,
         webhook: Webhook,
-        change: Change,
+        change: Change | Batch,
         action_data: Mapping[str, Any] | None = None,
         *,
         timestamp: int,
         source: str = "",
     ) -> Request:
-        """The request to send, or RenderError naming the field or step that failed. Whatever
+        """The request to send for a change (with its rule's ``action_data``) or a batch (each
+        change with its own), or RenderError naming the field or step that failed. Whatever
         goes wrong, the message never carries the webhook's secrets or a value the templates
         read with ``env`` (an error may quote the value it choked on)."""
         templated = needs_jinja(webhook)
@@ -201,7 +223,7 @@ class Renderer:
     def _build(
         self,
         webhook: Webhook,
-        change: Change,
+        change: Change | Batch,
         action_data: Mapping[str, Any] | None,
         timestamp: int,
         source: str,
@@ -209,7 +231,12 @@ class Renderer:
     ) -> Request:
         try:
             # Without templates nothing reads the context, and building it parses the row.
-            ctx = context(change, action_data) if templated else {}
+            if not templated:
+                ctx: dict[str, Any] = {}
+            elif isinstance(change, Batch):
+                ctx = batch_context(change)
+            else:
+                ctx = context(change, action_data)
         except UnreadableJSON as exc:
             raise RenderError(f"the change cannot be read: {exc}") from None
         except Exception as exc:
@@ -220,15 +247,23 @@ class Renderer:
             raise RenderError("http_content_type holds a line break or another control character")
         if webhook.body_template.strip():
             body = self.render(webhook.body_template, ctx, "body_template").encode()
+        elif isinstance(change, Batch):
+            body = default_batch_body(change)
         else:
             body = default_body(change, action_data)
-        delivery = delivery_id(change.id, webhook.id, source)
         headers = {
             "Content-Type": webhook.http_content_type,
             "User-Agent": f"relay/{__version__}",
-            "X-Relay-Delivery": delivery,
-            "X-Relay-Event": f"{change.object_type}.{EVENTS[change.op]}",
         }
+        if isinstance(change, Batch):
+            delivery = batch_delivery_id(change.id, webhook.id, source)
+            headers["X-Relay-Delivery"] = delivery
+            headers["X-Relay-Event"] = "batch"
+            headers["X-Relay-Batch-Size"] = str(len(change.changes))
+        else:
+            delivery = delivery_id(change.id, webhook.id, source)
+            headers["X-Relay-Delivery"] = delivery
+            headers["X-Relay-Event"] = f"{change.object_type}.{EVENTS[change.op]}"
         headers.update(self.headers(webhook.additional_headers, ctx))
         try:
             headers.update(

@@ -54,6 +54,8 @@ class WebhookRow(Base):
     max_attempts: Mapped[int | None]
     retry_base_seconds: Mapped[Decimal | None]
     retry_max_seconds: Mapped[Decimal | None]
+    batch_size: Mapped[int] = _defaulted()
+    batch_wait_ms: Mapped[int] = _defaulted()
     created_at: Mapped[datetime] = _defaulted()
     updated_at: Mapped[datetime] = _defaulted()
 

@@ -120,6 +120,13 @@ class RuleSet:
         """The model name the table's changes carry, None for the table's own name."""
         return self.models.get((schema_name, table_name))
 
+    def batched(self) -> list[Webhook]:
+        """The enabled webhooks that take changes in batches (batch_size > 1), by id."""
+        return sorted(
+            (hook for hook in self._webhooks.values() if hook.batch_size > 1 and hook.enabled),
+            key=lambda hook: hook.id,
+        )
+
     def webhook_name(self, webhook_id: int) -> str:
         """What the log calls a webhook: its name, or its id once no enabled rule has it."""
         webhook = self._webhooks.get(webhook_id)
@@ -213,6 +220,8 @@ def webhook_of(row: WebhookRow) -> Webhook:
         max_attempts=row["max_attempts"],
         retry_base_seconds=row["retry_base_seconds"],
         retry_max_seconds=row["retry_max_seconds"],
+        batch_size=row["batch_size"],
+        batch_wait_ms=row["batch_wait_ms"],
     )
 
 

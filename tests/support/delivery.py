@@ -59,6 +59,7 @@ def claim_parameters(
         "bytes_free": room,
         "bytes_per_webhook": room,
         "max_change_bytes": max_change,
+        "batched_ids": [],
         **more,
     }
 
