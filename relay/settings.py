@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
+    processes: int = Field(default=1, ge=1, le=64)
+    """Relay processes ``relay run`` starts (each uses one core, with its own connections); see
+    docs/operations.md for when more help."""
     metrics_address: str = ""
     """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9089."""
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -147,8 +150,11 @@ def load(env_file: Path | None = None, **overrides: Any) -> Settings:
     return settings
 
 
-OTHER_NAMES = frozenset({"RELAY_ENV_FILE", "RELAY_TEST_DSN", "RELAY_TEST_DOWN_SECONDS"})
-"""RELAY_* variables that are not settings: the command line's and the test harness's."""
+OTHER_NAMES = frozenset(
+    {"RELAY_ENV_FILE", "RELAY_TEST_DSN", "RELAY_TEST_DOWN_SECONDS", "RELAY_SUPERVISOR_FD"}
+)
+"""RELAY_* variables that are not settings: the command line's, the test harness's, and the
+one ``relay run --processes`` gives its processes."""
 
 
 def _refuse_unknown(settings: Settings, env_file: Path | None) -> None:

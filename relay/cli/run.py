@@ -22,17 +22,31 @@ from relay.cli.common import (
 from relay.store import Store
 
 
-def run(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
+def run(
+    dsn: OptionalDsn = None,
+    env_file: EnvFile = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=64, help="Relay processes to run, one core each (default: RELAY_PROCESSES)."
+        ),
+    ] = None,
+) -> None:
     """Deliver changes to webhooks until SIGTERM or SIGINT (knobs: RELAY_* variables)."""
     from relay.db import one_line
+    from relay.service import supervisor
     from relay.service.process import CannotServe, serve
 
     settings = load_settings(env_file)
     database = dsn_of(dsn, settings)
     _preflight(database)
+    count = processes or settings.processes
     try:
-        serve(settings, database)
-    except CannotServe as exc:
+        if count > 1:
+            supervisor.serve(settings, database, count, env_file)
+        else:
+            serve(settings, database)
+    except (CannotServe, supervisor.ProcessCannotServe) as exc:
         fail(str(exc), 2)
     except psycopg.errors.InsufficientPrivilege as exc:
         fail(

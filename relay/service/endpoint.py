@@ -3,21 +3,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 
 async def serve(
-    address: str, page: Callable[[], bytes], ready: Callable[[], bool]
+    address: str, page: Callable[[], Awaitable[bytes]], ready: Callable[[], bool]
 ) -> web.AppRunner:
-    """Start the endpoint on ``host:port``, ``page`` giving the metrics in Prometheus' text
-    format; the caller cleans the runner up."""
+    """Start the endpoint on ``host:port`` (port 0: any free one, runner.addresses says which),
+    ``page`` giving the metrics in Prometheus' text format; the caller cleans the runner up."""
     host, _, port = address.rpartition(":")
 
     async def metrics_page(request: web.Request) -> web.Response:
-        return web.Response(body=page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await page(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

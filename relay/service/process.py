@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
 
 from relay.delivery.worker import Worker
 from relay.service import endpoint, logs, systemd
 from relay.settings import Settings
+
+SUPERVISOR_FD = "RELAY_SUPERVISOR_FD"
+"""Set by ``relay run --processes N`` (relay/service/supervisor.py) for each of its processes:
+the fd on which the process reports its metrics port and its readiness to the parent."""
+REPORT_SECONDS = 0.2
+"""How often a supervised process looks at its readiness and at its parent."""
 
 
 class CannotServe(Exception):
@@ -21,6 +31,19 @@ def serve(settings: Settings, dsn: str) -> None:
     asyncio.run(_serve(settings, dsn))
 
 
+async def listen(
+    address: str, page: Callable[[], Awaitable[bytes]], ready: Callable[[], bool]
+) -> web.AppRunner:
+    """The metrics endpoint on ``address``, or CannotServe saying why it cannot listen there."""
+    try:
+        return await endpoint.serve(address, page, ready)
+    except OSError as exc:
+        raise CannotServe(
+            f"RELAY_METRICS_ADDRESS: cannot listen on {address}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc}"
+        ) from None
+
+
 async def _serve(settings: Settings, dsn: str) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -29,20 +52,42 @@ async def _serve(settings: Settings, dsn: str) -> None:
     worker = Worker(settings, dsn)
     runner = None
     if settings.metrics_address:
-        try:
-            runner = await endpoint.serve(
-                settings.metrics_address, worker.metrics.render, lambda: worker.ready
-            )
-        except OSError as exc:
-            raise CannotServe(
-                f"RELAY_METRICS_ADDRESS: cannot listen on {settings.metrics_address}: "
-                f"{os.strerror(exc.errno) if exc.errno else exc}"
-            ) from None
-    supervisor = asyncio.create_task(systemd.supervise(lambda: worker.ready, stop))
+
+        async def page() -> bytes:
+            return worker.metrics.render()
+
+        runner = await listen(settings.metrics_address, page, lambda: worker.ready)
+    report = os.environ.get(SUPERVISOR_FD)
+    if report is not None:
+        helper = asyncio.create_task(_report(int(report), worker, runner, stop))
+    else:
+        helper = asyncio.create_task(systemd.supervise(lambda: worker.ready, stop))
     try:
         await worker.run(stop)
     finally:
         stop.set()
-        await supervisor
+        await helper
         if runner is not None:
             await runner.cleanup()
+
+
+async def _report(
+    fd: int, worker: Worker, runner: web.AppRunner | None, stop: asyncio.Event
+) -> None:
+    """Tell the parent where this process's metrics are and whether it is ready, and stop when
+    the parent is gone (a parent killed outright cannot pass SIGTERM on)."""
+    parent = os.getppid()
+    with open(fd, "w", buffering=1, closefd=True) as reports:
+        if runner is not None:
+            reports.write(f"metrics {runner.addresses[0][1]}\n")
+        said: bool | None = None
+        while not stop.is_set():
+            if worker.ready != said:
+                said = worker.ready
+                with contextlib.suppress(BrokenPipeError):
+                    reports.write(f"ready {int(said)}\n")
+            if os.getppid() != parent:
+                stop.set()
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPORT_SECONDS)

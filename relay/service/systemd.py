@@ -38,12 +38,14 @@ READINESS_CHECK_SECONDS = 0.2
 much after the relay connects, at most."""
 
 
-async def supervise(ready: Callable[[], bool], stop: asyncio.Event) -> None:
-    """Tell systemd when the relay is ready, keep its watchdog fed, and say when it stops.
-    The watchdog pings come from this task, so they stop if the event loop hangs; a relay
-    waiting for its database keeps pinging (it is alive, and reconnects on its own). Pings go
-    out at the watchdog interval whether or not the relay is ready yet: looking at readiness
-    often is cheap, a datagram to PID 1 five times a second is not."""
+async def supervise(
+    ready: Callable[[], bool], stop: asyncio.Event, alive: Callable[[], bool] = lambda: True
+) -> None:
+    """Tell systemd when the relay is ready, keep its watchdog fed while ``alive()``, and say
+    when it stops. The watchdog pings come from this task, so they stop if the event loop
+    hangs; a relay waiting for its database keeps pinging (it is alive, and reconnects on its
+    own). Pings go out at the watchdog interval whether or not the relay is ready yet: looking
+    at readiness often is cheap, a datagram to PID 1 five times a second is not."""
     interval = watchdog_seconds()
     loop = asyncio.get_running_loop()
     next_ping = loop.time()
@@ -54,8 +56,11 @@ async def supervise(ready: Callable[[], bool], stop: asyncio.Event) -> None:
             notify("READY=1\nSTATUS=connected, delivering")
         now = loop.time()
         if interval and now >= next_ping:
-            notify("WATCHDOG=1")
-            next_ping = now + interval
+            if alive():
+                notify("WATCHDOG=1")
+                next_ping = now + interval
+            else:  # no ping while a process is down: look again shortly
+                next_ping = now + READINESS_CHECK_SECONDS
         timeouts = [] if announced else [READINESS_CHECK_SECONDS]
         if interval:
             timeouts.append(max(next_ping - loop.time(), 0.0))
