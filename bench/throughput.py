@@ -36,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +116,15 @@ class Nginx:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def load(dsn: str, url: str, changes: int) -> None:
+def load(dsn: str, url: str, changes: int, batch_size: int = 1, batch_wait_ms: int = 0) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         Store(conn).install()
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text, qty int)")
         conn.execute("SELECT relay.track('items')")
         conn.execute(
-            "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES ('bench', %s, 's')",
-            (url,),
+            "INSERT INTO relay.webhooks (name, payload_url, secret, batch_size, batch_wait_ms)"
+            " VALUES ('bench', %s, 's', %s, %s)",
+            (url, batch_size, batch_wait_ms),
         )
         conn.execute(
             "INSERT INTO relay.event_rules (name, tables, webhook_id)"
@@ -207,7 +209,9 @@ def receiver_process(port: int, ready: Any, results: Any) -> None:
 
     async def hook(request: web.Request) -> web.Response:
         body = await request.json()
-        arrived.append((int(body["data"]["id"]), time.time()))
+        now = time.time()
+        for change in body if isinstance(body, list) else [body]:
+            arrived.append((int(change["data"]["id"]), now))
         return web.Response(text="ok")
 
     async def serve() -> None:
@@ -248,6 +252,77 @@ def stop_relay(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU the processes have used so far (those that are gone count 0)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def pids_named(name: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def family(pid: int) -> list[int]:
+    """The process and its children (relay run --processes N's parent and its N processes)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *map(int, children)]
+
+
+def processes_rate(
+    server: str, url: str, changes: int, processes: int, concurrency: int
+) -> tuple[float, dict[str, float]]:
+    """`relay run --processes N` draining ``changes``: deliveries per second from its first
+    delivery to its last (so that starting the processes does not count), and the CPU seconds
+    relay, PostgreSQL and nginx used over that stretch."""
+    with scratch_database(server, "relay_np") as dsn:
+        load(dsn, url, changes)
+        relay = start_relay(dsn, webhook_concurrency=str(concurrency), processes=str(processes))
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                count = "SELECT count(*) FROM relay.outbox WHERE status = 'delivered'"
+
+                def delivered() -> int:
+                    row = conn.execute(count).fetchone()
+                    return int(row[0]) if row else 0
+
+                deadline = time.monotonic() + 60
+                while (first := delivered()) == 0:
+                    if time.monotonic() > deadline:
+                        sys.exit("relay run --processes did not start delivering")
+                    time.sleep(0.01)
+                began = time.monotonic()
+                groups: dict[str, Callable[[], list[int]]] = {
+                    "relay": lambda: family(relay.pid),
+                    "postgres": lambda: pids_named("postgres"),
+                    "nginx": lambda: pids_named("nginx"),
+                }
+                cpu_before = {name: cpu_seconds(pids()) for name, pids in groups.items()}
+                while delivered() < changes:
+                    time.sleep(0.05)
+                elapsed = time.monotonic() - began
+                cpu = {
+                    name: cpu_seconds(pids()) - cpu_before[name] for name, pids in groups.items()
+                }
+        finally:
+            stop_relay(relay)
+    return (changes - first) / elapsed, cpu
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -282,8 +357,11 @@ def write_steadily(
             committed.update((key, now) for key in range(first, last + 1))
 
 
-def latency(server: str, rate: int, seconds: float, concurrency: int) -> tuple[float, float, int]:
-    """Commit-to-receipt latency (p50, p99, in ms) at a steady ``rate`` of changes a second."""
+def latency(
+    server: str, rate: int, seconds: float, concurrency: int, batch_size: int = 1, wait_ms: int = 0
+) -> tuple[float, float, int]:
+    """Commit-to-receipt latency (p50, p99, in ms) at a steady ``rate`` of changes a second,
+    to a webhook with ``batch_size`` and ``wait_ms`` (batch_wait_ms)."""
     port = free_port()
     ready = multiprocessing.Event()
     ours, theirs = multiprocessing.Pipe()
@@ -291,7 +369,7 @@ def latency(server: str, rate: int, seconds: float, concurrency: int) -> tuple[f
     receiver.start()
     ready.wait(10)
     with scratch_database(server, "relay_lat") as dsn:
-        load(dsn, f"http://127.0.0.1:{port}/hook", 0)
+        load(dsn, f"http://127.0.0.1:{port}/hook", 0, batch_size, wait_ms)
         relay = start_relay(dsn, webhook_concurrency=str(concurrency))
         committed: dict[int, float] = {}
         try:
@@ -373,6 +451,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--backlog", type=int, default=1_000_000)
     parser.add_argument("--backlog-seconds", type=float, default=30)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batch-wait-ms", type=int, default=50)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--processes-changes", type=int, default=60_000)
     args = parser.parse_args()
     # Logged as `relay run` logs (a JSON line per delivery), to a file nobody reads.
     logs.configure(file=open(os.devnull, "w"))  # noqa: SIM115 (open for the whole run)
@@ -382,7 +464,7 @@ def main() -> None:
         with postgres_server(args.dsn) as server:
             print(f"{os.cpu_count()} CPUs, receiver nginx at {url}, concurrency {args.concurrency}")
             print(f"throughput, {args.changes} changes, {args.rounds} rounds:")
-            relay_rates, bare_rates, cpu_costs = [], [], []
+            relay_rates, bare_rates, cpu_costs, batch_rates = [], [], [], []
             for _ in range(args.rounds):
                 with scratch_database(server, "relay_tp") as dsn:
                     load(dsn, url, args.changes)
@@ -392,20 +474,61 @@ def main() -> None:
                     bare, ok = asyncio.run(ceiling(dsn, args.concurrency))
                     assert ok == args.changes, f"only {ok} of the ceiling's requests got 200"
                     bare_rates.append(bare)
+                with scratch_database(server, "relay_tb") as dsn:
+                    load(dsn, url, args.changes, args.batch_size)
+                    batch_rates.append(asyncio.run(drain(dsn, args.changes, args.concurrency)))
                 print(
                     f"  relay {relay_rates[-1]:8.0f} deliveries/s ({cpu_costs[-1]:.0f} us of CPU"
-                    f" each), bare {bare:8.0f} requests/s"
+                    f" each), bare {bare:8.0f} requests/s, batches of {args.batch_size}"
+                    f" {batch_rates[-1]:8.0f} changes/s"
                 )
             relay_rate = statistics.median(relay_rates)
             bare_rate = statistics.median(bare_rates)
+            batch_rate = statistics.median(batch_rates)
             print(f"  relay drained the backlog:  {relay_rate:8.0f} deliveries/s (median)")
             print(f"  bare aiohttp (the ceiling): {bare_rate:8.0f} requests/s (median)")
             print(f"  ratio: {relay_rate / bare_rate:.2f}")
             print(f"  relay CPU per delivery: {statistics.median(cpu_costs):.1f} us (median)")
+            print(
+                f"  batch_size {args.batch_size}: {batch_rate:8.0f} changes/s (median),"
+                f" {batch_rate / relay_rate:.1f}x single-change mode"
+            )
+            if args.processes > 1 and args.processes_changes:
+                print(
+                    f"processes, `relay run` draining {args.processes_changes} changes,"
+                    f" {args.rounds} rounds:"
+                )
+                ones: list[float] = []
+                manys: list[float] = []
+                for _ in range(args.rounds):
+                    for count, rates in ((1, ones), (args.processes, manys)):
+                        rate, split_cpu = processes_rate(
+                            server, url, args.processes_changes, count, args.concurrency
+                        )
+                        rates.append(rate)
+                        split = ", ".join(f"{name} {sec:.1f}" for name, sec in split_cpu.items())
+                        print(f"  --processes {count}: {rate:8.0f} deliveries/s; CPU s: {split}")
+                print(
+                    f"  --processes {args.processes} / 1: "
+                    f"{statistics.median(manys) / statistics.median(ones):.2f} (medians"
+                    f" {statistics.median(manys):.0f} / {statistics.median(ones):.0f})"
+                )
             if args.rate and args.seconds:
                 print(f"latency, {args.rate} changes/s for {args.seconds:g} s:")
                 p50, p99, count = latency(server, args.rate, args.seconds, args.concurrency)
                 print(f"  commit to receipt: p50 {p50:.1f} ms, p99 {p99:.1f} ms ({count} changes)")
+                p50, p99, count = latency(
+                    server,
+                    args.rate,
+                    args.seconds,
+                    args.concurrency,
+                    args.batch_size,
+                    args.batch_wait_ms,
+                )
+                print(
+                    f"  batch_size {args.batch_size}, batch_wait_ms {args.batch_wait_ms}:"
+                    f" p50 {p50:.1f} ms, p99 {p99:.1f} ms ({count} changes)"
+                )
             if args.backlog:
                 print(f"backlog, `relay run` for {args.backlog_seconds:g} s each:")
                 small, _ = backlog(
