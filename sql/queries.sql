@@ -294,16 +294,24 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 
 -- name: claim_batch
 -- One batch for a webhook that takes them (webhooks.batch_size > 1), leased to this relay.
--- A batch that was sent before and is due again goes whole, under its id (a retry carries the
--- same changes under the same delivery id, whichever relay sends it). Otherwise up to
--- batch_size due deliveries nobody holds, in due order, become a new batch, numbered from
--- relay.batch_ids; a batch may hold several changes of one row, and holds a change only with
--- every earlier pending change of its row for this webhook (per-row order: nothing earlier is in
--- flight, waiting for a retry, or left out of this batch, whether by the limit or by another
--- relay's lock). While key moves are pending, relay.clear_of_key_moves applies as in
--- claim_deliveries. The changes' bytes fit in bytes_free, in id order up to the first that
--- does not; as in claim_deliveries, a change over max_change_bytes counts nothing and comes
--- without its images.
+--
+-- A batch that was sent before and is due again goes whole or not at all, under its id, with
+-- no regard to batch_size or to a later change of the body limit: a retry carries exactly the
+-- same changes under the same delivery id, whichever relay sends it, so a receiver that drops
+-- an id it has processed loses nothing. It waits while another relay holds any of it, while the
+-- relay has not the room for all of it, or while any of its changes has an earlier pending
+-- change of its row outside it (a re-queued one: then that change goes first, in a new batch).
+--
+-- Otherwise up to batch_size due deliveries nobody holds, in due order, become a new batch,
+-- numbered from relay.batch_ids. Per-row order: a delivery whose row has an earlier change in
+-- flight or waiting for a retry is passed over before the limit (so one busy row never holds
+-- up the others), and after the rows are locked a change stays only with every earlier pending
+-- change of its row (another relay may hold one). A batch may hold several changes of one row.
+-- While key moves are pending, relay.clear_of_key_moves applies as in claim_deliveries. In id
+-- order up to the first that does not fit: the changes' bytes fit in bytes_free (a change over
+-- max_change_bytes counts nothing and comes without its images), and the default body, about
+-- twice their bytes (the new image is there twice) and BODY_OVERHEAD each
+-- (relay/delivery/claim.py), in body_bytes.
 --
 -- A new batch that is not full waits until its oldest delivery has been due for wait_ms: then
 -- nothing is claimed and the one row returned says, in wait_seconds, how long until it may go.
@@ -312,9 +320,30 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 WITH again AS MATERIALIZED (
     SELECT d.batch_id FROM relay.deliveries d
     WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id IS NOT NULL
-      AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
-    ORDER BY d.outbox_id
+    GROUP BY d.batch_id
+    HAVING bool_and(d.next_attempt_at <= now()
+                    AND (d.leased_until IS NULL OR d.leased_until < now()))
+       AND bool_and((SELECT min(e.outbox_id) FROM relay.deliveries e
+                     WHERE e.webhook_id = %(webhook_id)s AND e.row_key = d.row_key
+                       AND e.status = 'pending' AND e.outbox_id < d.outbox_id
+                       AND e.batch_id IS DISTINCT FROM d.batch_id) IS NULL)
+    ORDER BY min(d.outbox_id)
     LIMIT 1
+), members AS MATERIALIZED (
+    SELECT d.ctid, d.outbox_id, d.next_attempt_at,
+           CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
+                ELSE d.change_bytes::int END AS bytes
+    FROM relay.deliveries d, again
+    WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id = again.batch_id
+    FOR UPDATE OF d SKIP LOCKED
+), whole AS MATERIALIZED (
+    -- The batch again, if this relay locked all of it and has the room for all of it.
+    SELECT ctid, outbox_id, next_attempt_at FROM members
+    WHERE (SELECT count(*) FROM members) = (
+              SELECT count(*) FROM relay.deliveries d, again
+              WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending'
+                AND d.batch_id = again.batch_id)
+      AND (SELECT sum(bytes) FROM members) <= %(bytes_free)s
 ), moves AS MATERIALIZED (
     SELECT EXISTS (SELECT FROM relay.deliveries m
                    WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
@@ -324,19 +353,24 @@ WITH again AS MATERIALIZED (
            CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
                 ELSE d.change_bytes::int END AS bytes
     FROM relay.deliveries d, moves
-    WHERE d.webhook_id = %(webhook_id)s
+    WHERE NOT EXISTS (SELECT FROM again)
+      AND d.webhook_id = %(webhook_id)s
       AND d.status = 'pending'
+      AND d.batch_id IS NULL
       AND d.next_attempt_at <= now()
       AND (d.leased_until IS NULL OR d.leased_until < now())
-      AND d.batch_id IS NOT DISTINCT FROM (SELECT batch_id FROM again)
+      -- A correlated min(), as in claim_deliveries, so that it is an index lookup.
+      AND (SELECT min(e.outbox_id) FROM relay.deliveries e
+           WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
+             AND e.status = 'pending' AND e.outbox_id < d.outbox_id
+             AND (e.batch_id IS NOT NULL OR e.next_attempt_at > now()
+                  OR e.leased_until >= now())) IS NULL
       AND (NOT moves.pending OR relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
                                                          d.old_row_key))
     ORDER BY d.next_attempt_at, d.outbox_id
     LIMIT %(batch_size)s
     FOR UPDATE OF d SKIP LOCKED
 ), in_order AS (
-    -- A correlated min() rather than NOT EXISTS, as in claim_deliveries: an index lookup per
-    -- candidate (the anti-join read every pending delivery of the webhook for each: 3.2 ms each).
     SELECT c.* FROM candidates c
     WHERE (SELECT min(e.outbox_id) FROM relay.deliveries e
            WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key
@@ -345,12 +379,18 @@ WITH again AS MATERIALIZED (
 ), fitting AS MATERIALIZED (
     SELECT ctid, outbox_id, next_attempt_at FROM (
         SELECT ctid, outbox_id, next_attempt_at,
-               sum(bytes) OVER (ORDER BY outbox_id ROWS UNBOUNDED PRECEDING) AS running
+               sum(bytes) OVER (ORDER BY outbox_id ROWS UNBOUNDED PRECEDING) AS running,
+               sum(2 * bytes + %(body_overhead)s)
+                   OVER (ORDER BY outbox_id ROWS UNBOUNDED PRECEDING) AS body,
+               row_number() OVER (ORDER BY outbox_id) AS n
         FROM in_order) counted
-    WHERE running <= %(bytes_free)s
+    WHERE running <= %(bytes_free)s AND (body <= %(body_bytes)s OR n = 1)
+    UNION ALL
+    SELECT ctid, outbox_id, next_attempt_at FROM whole
 ), ready AS MATERIALIZED (
     SELECT count(*) > 0 AS any,
            EXISTS (SELECT FROM again) OR count(*) >= %(batch_size)s
+               OR count(*) < (SELECT count(*) FROM candidates)
                OR min(next_attempt_at) <= now() - make_interval(secs => %(wait_ms)s / 1000.0)
                AS go,
            extract(epoch FROM min(next_attempt_at)
@@ -391,10 +431,12 @@ WITH outcome AS (
            (o ->> 1)::bigint AS webhook_id, (o ->> 2)::int AS attempt,
            (o ->> 3)::int AS duration_ms, (o ->> 4)::int AS status_code, o ->> 5 AS error,
            o ->> 6 AS excerpt, o ->> 7 AS status, (o ->> 8)::float8 AS retry_in,
-           (o ->> 9)::bool AS counted, (o ->> 10)::bigint AS batch_id
+           (o ->> 9)::bool AS counted, (o ->> 10)::bigint AS batch_id,
+           (o ->> 11)::bool AS unbatch
     -- One JSON array of [outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-    -- excerpt, status, retry_in, counted, batch_id] per outcome (relay/delivery/record.py
-    -- writes it).
+    -- excerpt, status, retry_in, counted, batch_id, unbatch] per outcome
+    -- (relay/delivery/record.py writes it). unbatch: the delivery leaves its batch unsent, to
+    -- go in a later one (a batch too large to render or send whole keeps what fits).
     FROM json_array_elements(%(outcomes)s::json) AS o
 ), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
@@ -409,6 +451,7 @@ SET status = outcome.status::relay.delivery_status,
     next_attempt_at = now() + make_interval(secs => outcome.retry_in),
     leased_until = NULL,
     leased_by = NULL,
+    batch_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_id END,
     last_status_code = outcome.status_code,
     last_error = outcome.error,
     delivered_at = CASE WHEN outcome.status = 'delivered' THEN now() END

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.db import Conn
+from relay.service import supervisor as supervisor_module
 from relay.service.supervisor import ProcessCannotServe, Supervisor
 from relay.settings import Settings
 from support.receivers import Receiver, free_port, receiver
@@ -55,10 +58,25 @@ async def notify_socket(tmp_path: Path) -> AsyncIterator[Notifications]:
             task.cancel()
 
 
+STARTED: list[asyncio.subprocess.Process] = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers() -> Iterator[None]:
+    """A failed test must not leave a relay run behind: kill its parent (the processes notice
+    and stop within a fraction of a second)."""
+    yield
+    while STARTED:
+        parent = STARTED.pop()
+        if parent.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                parent.kill()
+
+
 async def start(
     dsn: str, processes: int, port: int, notify: str, **env: str
 ) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
+    parent = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "relay",
@@ -78,6 +96,8 @@ async def start(
         stderr=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.DEVNULL,
     )
+    STARTED.append(parent)
+    return parent
 
 
 def workers(parent: asyncio.subprocess.Process) -> list[int]:
@@ -261,3 +281,38 @@ def test_a_process_that_keeps_dying_is_restarted_and_counts_as_down_meanwhile() 
     seen, restarts = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert False in seen
     assert min(restarts) >= 2
+
+
+class Hangs(Supervisor):
+    """A supervisor whose processes report ready once, then hang (report nothing more)."""
+
+    def __init__(self) -> None:
+        super().__init__(Settings(shutdown_grace_seconds=0), "dbname=unused", 2)
+
+    def _argv(self) -> list[str]:
+        program = (
+            "import os, time; fd = int(os.environ['RELAY_SUPERVISOR_FD']);"
+            " os.write(fd, b'ready 1\\n'); time.sleep(60)"
+        )
+        return [sys.executable, "-c", program]
+
+
+def test_a_hung_process_counts_as_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process whose event loop hangs (it stops reporting) is neither alive nor ready, so
+    systemd's watchdog stops being fed and /readyz says 503, as for one relay process."""
+    monkeypatch.setattr(supervisor_module, "SILENT_SECONDS", 1.0)
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        supervisor = Hangs()
+        stop = asyncio.Event()
+        task = asyncio.create_task(supervisor.run(stop))
+        await until(lambda: supervisor.ready, timeout=10)
+        alive_at_first = supervisor.alive
+        await asyncio.sleep(1.5)
+        state = (alive_at_first, supervisor.alive, supervisor.ready)
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        return state
+
+    alive_at_first, alive, ready = asyncio.run(scenario())
+    assert alive_at_first and not alive and not ready

@@ -16,6 +16,9 @@ from relay.model import Webhook
 from relay.settings import Settings
 from relay.store import Claimed
 
+BODY_OVERHEAD = 600
+"""Bytes a change adds to a default batch body beside its images (NetBox's keys, timestamps,
+ids): claim_batch keeps a new batch's estimated body within RELAY_MAX_BODY_BYTES."""
 PREFETCH = 2
 """Deliveries claimed per webhook, as a multiple of its concurrency: the next ones are ready
 when a request ends, instead of a claim round trip later. They wait for a slot at most about
@@ -82,4 +85,6 @@ def batch_parameters(
         "relay_id": relay_id,
         "bytes_free": max(min(holding.room, webhook_room), 0),
         "max_change_bytes": settings.max_body_bytes,
+        "body_bytes": settings.max_body_bytes,
+        "body_overhead": BODY_OVERHEAD,
     }

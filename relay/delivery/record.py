@@ -50,6 +50,8 @@ class Result:
     """False for a delivery given back unsent: no attempt is logged or counted."""
     batch_id: int | None = None
     """The batch the attempt carried it in, None when it went alone."""
+    unbatch: bool = False
+    """It leaves its batch unsent (with ``counted`` False), to go in a later batch."""
 
 
 def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
@@ -68,6 +70,7 @@ def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             r.retry_in,
             r.counted,
             r.batch_id,
+            r.unbatch,
         )
         for r in results
     ]

@@ -43,7 +43,7 @@ from relay.delivery.holding import Holding
 from relay.delivery.metrics import Metrics
 from relay.delivery.policy import RetryPolicy
 from relay.delivery.record import Recorder, Result
-from relay.delivery.send import Outcome, Sender
+from relay.delivery.send import Outcome, Sender, over_limit
 from relay.model import Batch, Request, Webhook
 from relay.reasons import describe, reason, redact
 from relay.render.pool import RenderPool
@@ -332,22 +332,19 @@ class Worker:
         self, items: list[Claimed], recorder: Recorder, sender: Sender
     ) -> None:
         """A batch goes as one request and its outcome is each change's; a change that cannot
-        go (too large, its rule gone, or one the template fails on) fails alone, and the rest
-        go without it."""
+        go (out of attempts, too large, its rule gone, or one the template fails on alone)
+        fails alone, and the rest go without it."""
         hook_id = items[0].webhook_id
         policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(hook_id))
         try:
-            if items[0].attempt > policy.max_attempts:
-                results = [self._exhausted(item, policy) for item in items]
-            else:
-                async with self._slot(hook_id):
-                    if self._stopping:
-                        return  # not sent: release_leases gives it back
-                    paused = self.breaker.paused_for(hook_id)
-                    if paused > 0:
-                        results = [self._put_back(item, paused) for item in items]
-                    else:
-                        results = await self._attempt_batch(items, policy, sender)
+            async with self._slot(hook_id):
+                if self._stopping:
+                    return  # not sent: release_leases gives it back
+                paused = self.breaker.paused_for(hook_id)
+                if paused > 0:
+                    results = [self._put_back(item, paused) for item in items]
+                else:
+                    results = await self._attempt_batch(items, policy, sender)
         finally:
             self._held[hook_id] -= 1
             self._wake.set()
@@ -369,27 +366,34 @@ class Worker:
         going: list[tuple[Claimed, Rule]] = []
         for item in items:
             target = self._target(item)
-            if isinstance(target, str):
+            if item.attempt > policy.max_attempts:
+                results[item.outbox_id] = self._exhausted(item, policy)
+            elif isinstance(target, str):
                 results[item.outbox_id] = self._alone(item, policy, target)
             else:
                 going.append((item, target[1]))
         if going:
             hook = going[0][1].webhook
-            outcome, left_out = await self._send_batch(hook, going, sender)
+            request, left_out, later = await self._fit_batch(hook, going)
             for item, _ in going:
                 if item.outbox_id in left_out:
                     results[item.outbox_id] = self._alone(item, policy, left_out[item.outbox_id])
-            sent = [item for item, _ in going if item.outbox_id not in left_out]
+                elif item.outbox_id in later:
+                    results[item.outbox_id] = self._later(item)
+            sent = [item for item, _ in going if item.outbox_id not in results]
             if sent:
+                outcome = await self._send_batch(hook, request, sender)
                 self._breaker(sent[0], outcome)
-                status, retry_in = policy.after(outcome, sent[0].attempt, random.uniform(0.8, 1.2))
+                jitter = random.uniform(0.8, 1.2)
+                _, retry_in = policy.after(outcome, sent[0].attempt, jitter)
                 for item in sent:
+                    status, _ = policy.after(outcome, item.attempt, jitter)
                     results[item.outbox_id] = Result(
                         item.outbox_id,
                         item.webhook_id,
                         item.number,
                         status,
-                        retry_in,
+                        retry_in if status == "pending" else 0.0,
                         outcome,
                         batch_id=item.batch_id,
                     )
@@ -412,35 +416,73 @@ class Worker:
         self._log(item, result)
         return result
 
-    async def _send_batch(
-        self, hook: Webhook, going: list[tuple[Claimed, Rule]], sender: Sender
-    ) -> tuple[Outcome, dict[int, str]]:
-        """Render and send a batch. When the batch does not render, each change is rendered
-        alone to find those at fault: they are left out (with their reason) and the rest go;
-        when none is at fault alone, the whole batch fails with the batch's error."""
-        left_out: dict[int, str] = {}
+    @staticmethod
+    def _later(item: Claimed) -> Result:
+        """A change the batch had no room for: it leaves the batch unsent and uncounted, and
+        goes in a later one."""
+        outcome = Outcome.not_sent("not sent: no room in its batch", permanent=False)
+        return Result(
+            item.outbox_id,
+            item.webhook_id,
+            item.number,
+            "pending",
+            0.0,
+            outcome,
+            False,
+            item.batch_id,
+            unbatch=True,
+        )
+
+    async def _fit_batch(
+        self, hook: Webhook, going: list[tuple[Claimed, Rule]]
+    ) -> tuple[Request | None, dict[int, str], set[int]]:
+        """The request for as much of the batch as renders within the sandbox's budgets and
+        fits RELAY_MAX_BODY_BYTES, from its start: the whole batch; else, when its first change
+        fails alone, that change fails (with its reason) and the rest wait for a later batch;
+        else the first half, quarter... goes and the rest waits. At most about log2(size) + 2
+        renders (each within MAX_SECONDS), so a claim never outlives its lease on them.
+        Returns the request (None when nothing goes), the changes that fail with why, and
+        those that wait."""
+
+        def rest(count: int) -> set[int]:
+            return {item.outbox_id for item, _ in going[count:]}
+
+        whole = await self._try_render(hook, going)
+        if isinstance(whole, Request):
+            return whole, {}, set()
+        first = await self._try_render(hook, going[:1]) if len(going) > 1 else whole
+        if not isinstance(first, Request):
+            return None, {going[0][0].outbox_id: first}, rest(1)
+        count = len(going) // 2
+        while count > 1:
+            part = await self._try_render(hook, going[:count])
+            if isinstance(part, Request):
+                return part, {}, rest(count)
+            count //= 2
+        return first, {}, rest(1)
+
+    async def _try_render(self, hook: Webhook, going: list[tuple[Claimed, Rule]]) -> Request | str:
+        """The batch's request, or why it cannot go (rendering failed, or its body is over
+        RELAY_MAX_BODY_BYTES)."""
         try:
-            try:
-                request = await self._render_batch(hook, going)
-            except RenderError as exc:
-                for item, rule in going:
-                    try:
-                        await self._render_batch(hook, [(item, rule)])
-                    except RenderError as alone:
-                        left_out[item.outbox_id] = str(alone)
-                rest = [(item, rule) for item, rule in going if item.outbox_id not in left_out]
-                if not left_out or not rest:
-                    return Outcome.not_sent(str(exc), permanent=True), {}
-                request = await self._render_batch(hook, rest)
-            outcome = await sender.send(request, hook)
+            request = await self._render_batch(hook, going)
         except RenderError as exc:
-            outcome = Outcome.not_sent(str(exc), permanent=True)
+            return str(exc)
+        except Exception as exc:  # outside the templates: still one line, secrets out
+            return f"rendering: {redact(describe(exc), hook.secret.splitlines())}"
+        size, limit = len(request.body), self.settings.max_body_bytes
+        return over_limit("body", size, limit) if size > limit else request
+
+    async def _send_batch(self, hook: Webhook, request: Request | None, sender: Sender) -> Outcome:
+        assert request is not None, "_fit_batch gives a request whenever a change goes"
+        try:
+            outcome = await sender.send(request, hook)
         except Exception as exc:
             why = f"sending: {redact(describe(exc), hook.secret.splitlines())}"
             outcome = Outcome.not_sent(why, permanent=False)
         if outcome.error is not None:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
-        return outcome, left_out
+        return outcome
 
     async def _render_batch(self, hook: Webhook, going: list[tuple[Claimed, Rule]]) -> Request:
         batch_id = going[0][0].batch_id

@@ -74,18 +74,16 @@ async def _serve(settings: Settings, dsn: str) -> None:
 async def _report(
     fd: int, worker: Worker, runner: web.AppRunner | None, stop: asyncio.Event
 ) -> None:
-    """Tell the parent where this process's metrics are and whether it is ready, and stop when
-    the parent is gone (a parent killed outright cannot pass SIGTERM on)."""
+    """Tell the parent where this process's metrics are, whether it is ready, and that its event
+    loop turns (a line at least every REPORT_SECONDS: silence means it hangs); stop when the
+    parent is gone (a parent killed outright cannot pass SIGTERM on)."""
     parent = os.getppid()
     with open(fd, "w", buffering=1, closefd=True) as reports:
         if runner is not None:
             reports.write(f"metrics {runner.addresses[0][1]}\n")
-        said: bool | None = None
         while not stop.is_set():
-            if worker.ready != said:
-                said = worker.ready
-                with contextlib.suppress(BrokenPipeError):
-                    reports.write(f"ready {int(said)}\n")
+            with contextlib.suppress(BrokenPipeError):
+                reports.write(f"ready {int(worker.ready)}\n")
             if os.getppid() != parent:
                 stop.set()
                 break

@@ -44,6 +44,9 @@ RESTART_SECONDS = (0.5, 30.0)
 """A dead process is started again after the first, doubling while it keeps dying young."""
 SETTLED_SECONDS = 60.0
 """A process that ran this long before dying counts as healthy: its restart waits the least."""
+SILENT_SECONDS = 10.0
+"""A process that has not reported for this long counts as hung: not alive, not ready (its
+reports come every 0.2 s from its event loop)."""
 KILL_MARGIN_SECONDS = 5.0
 """After SIGTERM, how long past the grace period a process may take before it is killed."""
 _NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")
@@ -64,10 +67,14 @@ class _Process:
     metrics_port: int | None = None
     restarts: int = 0
     started: float = field(default_factory=time.monotonic)
+    heard: float = field(default_factory=time.monotonic)
+    """When it last reported (starting counts)."""
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+        """Running, and its event loop turns (it reported lately)."""
+        running = self.process is not None and self.process.returncode is None
+        return running and time.monotonic() - self.heard < SILENT_SECONDS
 
 
 class Supervisor:
@@ -121,7 +128,7 @@ class Supervisor:
     async def metrics_page(self) -> bytes:
         """Every process's metrics, each sample labelled with its process number, and the
         parent's own."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             pages = await asyncio.gather(
                 *(self._page(session, p) for p in self.processes if p.metrics_port)
             )
@@ -181,7 +188,7 @@ class Supervisor:
         finally:
             os.close(write_fd)
         process.process, process.ready, process.metrics_port = child, False, None
-        process.started = time.monotonic()
+        process.started = process.heard = time.monotonic()
         log.info("relay process started", process=process.number, pid=child.pid)
         if stop.is_set():  # SIGTERM came while it was starting: _terminate missed it
             _signal(child, signal.SIGTERM)
@@ -200,6 +207,7 @@ class Supervisor:
         )
         try:
             async for line in reader:
+                process.heard = time.monotonic()
                 kind, _, value = line.decode().strip().partition(" ")
                 if kind == "ready":
                     process.ready = value == "1"
@@ -227,14 +235,14 @@ class Supervisor:
 
     def _terminate(self) -> None:
         for process in self.processes:
-            if process.alive and process.process is not None:
+            if process.process is not None and process.process.returncode is None:
                 _signal(process.process, signal.SIGTERM)
         deadline = self.settings.shutdown_grace_seconds + KILL_MARGIN_SECONDS
         asyncio.get_running_loop().call_later(deadline, self._kill)
 
     def _kill(self) -> None:
         for process in self.processes:
-            if process.alive and process.process is not None:
+            if process.process is not None and process.process.returncode is None:
                 log.warning(
                     "relay process did not stop in time, killing it", process=process.number
                 )
