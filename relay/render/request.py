@@ -17,10 +17,12 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+import orjson
 import simplejson
 from jinja2 import TemplateError, Undefined
 
@@ -57,9 +59,31 @@ def batch_context(batch: Batch) -> dict[str, Any]:
 
 def default_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
     """The body without a template: the context as JSON, the row's JSON text spliced in as
-    PostgreSQL wrote it (same values and digits; no parse, no re-encoding)."""
-    raw = _raw(change.old_json), _raw(change.new_json), _raw(change.pk_json)
-    return dumps(_context(change, *raw, action_data)).encode()
+    PostgreSQL wrote it (same values and digits; no parse, no re-encoding). orjson writes it
+    (3 us rather than simplejson's 13); what orjson cannot write (an integer past 64 bits in
+    the action data) takes simplejson's exact path."""
+    pieces = _fragment(change.old_json), _fragment(change.new_json), _fragment(change.pk_json)
+    try:
+        return orjson.dumps(
+            _context(change, *pieces, action_data),
+            default=_exact,
+            option=orjson.OPT_PASSTHROUGH_DATETIME,
+        )
+    except orjson.JSONEncodeError:
+        raw = _raw(change.old_json), _raw(change.new_json), _raw(change.pk_json)
+        return dumps(_context(change, *raw, action_data)).encode()
+
+
+def _fragment(text: str | None) -> orjson.Fragment | None:
+    return None if text is None else orjson.Fragment(text)
+
+
+def _exact(value: Any) -> Any:
+    """What orjson has no type for, written as :func:`relay.model.dumps` writes it: a Decimal
+    with its exact digits, anything else as its ``str``."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    return str(value)
 
 
 def default_batch_body(batch: Batch) -> bytes:
