@@ -131,6 +131,28 @@ def test_a_role_without_the_service_grants(db_dsn: str, make_role: Callable[...,
     check(commands, 2, "permission denied", "sql/service_role.sql", dsn=stranger)
 
 
+def test_relay_run_as_a_role_that_sees_the_schema_but_not_the_rules(
+    db_dsn: str, make_role: Callable[..., str]
+) -> None:
+    """Past the start-up check (it may read relay.migrations) but without the other grants:
+    relay run used to wait for rules it could never read, logging a timeout every 30 s. It
+    stops at once, saying which grant is missing, with exit 2, with one process or several."""
+    role = make_role("halfway")
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        Store(conn).install()
+        conn.execute(f'GRANT USAGE ON SCHEMA relay TO "{role}"')
+        conn.execute(f'GRANT SELECT ON relay.migrations TO "{role}"')
+    halfway = make_conninfo(db_dsn, user=role)
+    check([["run"]], 2, "permission denied", "sql/service_role.sql", dsn=halfway)
+    several = relay("run", "--processes", "2", dsn=halfway)
+    assert several.returncode == 2
+    errors = [line for line in several.stderr.splitlines() if line.startswith("error:")]
+    # The process that failed first (the other may be stopped before it fails), then the parent.
+    assert len(errors) in (2, 3), several.stderr
+    assert all("sql/service_role.sql" in line for line in errors[:-1])
+    assert "exited with code 2" in errors[-1] and "stopping all of them" in errors[-1]
+
+
 def test_a_bad_setting(db_dsn: str) -> None:
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         Store(conn).install()

@@ -119,10 +119,12 @@ class Worker:
                     self._connected = False
                     began = time.monotonic()
                     try:
-                        await _first_of(self.rules.loaded, stop, timeout=30)
+                        await _first_of(self.rules.loaded, stop, watcher, timeout=30)
+                        if watcher.done():
+                            watcher.result()  # the rules cannot be read: a missing grant, say
                         if stop.is_set():
                             break
-                        await self._session(stop, sender)
+                        await self._session(stop, sender, watcher)
                         continue
                     except (psycopg.OperationalError, TimeoutError) as exc:
                         if self._connected or not outage:
@@ -145,9 +147,12 @@ class Worker:
             watcher.cancel()
             await self.renders.close()
 
-    async def _session(self, stop: asyncio.Event, sender: Sender) -> None:
+    async def _session(
+        self, stop: asyncio.Event, sender: Sender, watcher: asyncio.Task[None]
+    ) -> None:
         """One connected stretch: claims, fan-out, outcomes and notifications, a connection
-        each. Any of them failing ends the stretch (run() reconnects)."""
+        each. Any of them failing ends the stretch (run() reconnects), and so does the rule
+        watcher giving up (a grant revoked, say)."""
         async with (
             await self._connect() as conn,
             await self._connect() as fanning,
@@ -169,7 +174,7 @@ class Worker:
             ]
             try:
                 while not stop.is_set():
-                    for helper in helpers:
+                    for helper in [*helpers, watcher]:
                         if helper.done():
                             helper.result()  # its connection died: raise the error
                     if not await self._claim_round(store, recorder, sender):
@@ -661,13 +666,18 @@ class Worker:
         return Result(item.outbox_id, item.webhook_id, item.number, status, retry_in, outcome)
 
 
-async def _first_of(event: asyncio.Event, stop: asyncio.Event, *, timeout: float) -> None:
-    """Wait for ``event`` or ``stop``, whichever comes first: a relay waiting for its rules
-    (which a database that is down never sends) must still stop at once on SIGTERM, well within
-    systemd's TimeoutStopSec. TimeoutError when neither came within ``timeout`` seconds."""
+async def _first_of(
+    event: asyncio.Event, stop: asyncio.Event, task: asyncio.Task[None], *, timeout: float
+) -> None:
+    """Wait for ``event``, ``stop`` or the end of ``task``, whichever comes first: a relay
+    waiting for its rules (which a database that is down never sends) must still stop at once
+    on SIGTERM, well within systemd's TimeoutStopSec, and must not wait for rules the watcher
+    has given up reading. TimeoutError when none came within ``timeout`` seconds."""
     waiters = [asyncio.create_task(event.wait()), asyncio.create_task(stop.wait())]
     try:
-        done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [*waiters, task], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
     finally:
         for waiter in waiters:
             waiter.cancel()
