@@ -95,7 +95,13 @@ class Worker:
         self.metrics = Metrics()
         self.metrics.held_bytes.set_function(lambda: self.holding.total * HELD_PER_CHANGE_BYTE)
         self.fan_out = FanOut(
-            settings, self.relay_id, self.rules, self.holding, self.metrics, self._wake.set
+            settings,
+            self.relay_id,
+            self.rules,
+            self.holding,
+            self.metrics,
+            self._wake.set,
+            self._refresh_statistics,
         )
 
     @property
@@ -196,6 +202,11 @@ class Worker:
             application_name=application_name(self.relay_id),
             options=NO_JIT,
         )
+
+    async def _refresh_statistics(self) -> None:
+        """ANALYZE the delivery tables on a connection of its own (see FanOut)."""
+        async with await self._connect() as conn:
+            await AsyncStore(conn).refresh_statistics()
 
     async def _listen(self, listener: AConn) -> None:
         async for notification in listener.notifies():
