@@ -318,11 +318,15 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- Otherwise one row per claimed delivery (wait_seconds NULL); a row with a NULL outbox_id when
 -- there is nothing to claim.
 WITH again AS MATERIALIZED (
+    -- Claimed batches are due only when their lease ends (next_attempt_at, set below), so the
+    -- batches in flight are not even read (deliveries_batch_due).
     SELECT d.batch_id FROM relay.deliveries d
     WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id IS NOT NULL
+      AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
     GROUP BY d.batch_id
-    HAVING bool_and(d.next_attempt_at <= now()
-                    AND (d.leased_until IS NULL OR d.leased_until < now()))
+    HAVING NOT EXISTS (SELECT FROM relay.deliveries m
+                       WHERE m.batch_id = d.batch_id AND m.status = 'pending'
+                         AND (m.next_attempt_at > now() OR m.leased_until >= now()))
        AND bool_and((SELECT min(e.outbox_id) FROM relay.deliveries e
                      WHERE e.webhook_id = %(webhook_id)s AND e.row_key = d.row_key
                        AND e.status = 'pending' AND e.outbox_id < d.outbox_id
@@ -334,15 +338,14 @@ WITH again AS MATERIALIZED (
            CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
                 ELSE d.change_bytes::int END AS bytes
     FROM relay.deliveries d, again
-    WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id = again.batch_id
+    WHERE d.batch_id = again.batch_id AND d.status = 'pending'
     FOR UPDATE OF d SKIP LOCKED
 ), whole AS MATERIALIZED (
     -- The batch again, if this relay locked all of it and has the room for all of it.
     SELECT ctid, outbox_id, next_attempt_at FROM members
     WHERE (SELECT count(*) FROM members) = (
               SELECT count(*) FROM relay.deliveries d, again
-              WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending'
-                AND d.batch_id = again.batch_id)
+              WHERE d.batch_id = again.batch_id AND d.status = 'pending')
       AND (SELECT sum(bytes) FROM members) <= %(bytes_free)s
 ), moves AS MATERIALIZED (
     SELECT EXISTS (SELECT FROM relay.deliveries m
@@ -403,6 +406,7 @@ WITH again AS MATERIALIZED (
 ), claimed AS (
     UPDATE relay.deliveries d
     SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
+        next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
         leased_by = %(relay_id)s,
         attempts = d.attempts + 1,
         batch_id = batch.id
@@ -506,9 +510,11 @@ WHERE id = ANY(%(ids)s::bigint[]) AND NOT EXISTS (
     SELECT FROM relay.deliveries d WHERE d.outbox_id = relay.outbox.id);
 
 -- name: release_leases
--- On shutdown: what this relay claimed but did not finish is free for others at once.
+-- On shutdown: what this relay claimed but did not finish is free for others at once (a claimed
+-- batch was made due at its lease's end: claim_batch).
 UPDATE relay.deliveries
-SET leased_until = NULL, leased_by = NULL, attempts = greatest(attempts - 1, 0)
+SET leased_until = NULL, leased_by = NULL, attempts = greatest(attempts - 1, 0),
+    next_attempt_at = least(next_attempt_at, now())
 WHERE leased_by = %(relay_id)s AND status = 'pending';
 
 -- name: purge_attempts

@@ -41,8 +41,12 @@ CREATE SEQUENCE relay.batch_ids;
 ALTER TABLE relay.deliveries ADD COLUMN batch_id bigint;
 ALTER TABLE relay.attempts ADD COLUMN batch_id bigint;
 
--- Batches waiting for a retry, found without reading the rest of the backlog.
-CREATE INDEX deliveries_batched ON relay.deliveries (webhook_id, outbox_id)
+-- Batches due again, found without reading the rest of the backlog or the batches in flight
+-- (a claimed batch is due again only when its lease ends: claim_batch sets next_attempt_at so),
+-- and a batch's members by its id.
+CREATE INDEX deliveries_batch_due ON relay.deliveries (webhook_id, next_attempt_at)
+    WHERE status = 'pending' AND batch_id IS NOT NULL;
+CREATE INDEX deliveries_batch_members ON relay.deliveries (batch_id)
     WHERE status = 'pending' AND batch_id IS NOT NULL;
 
 INSERT INTO relay.migrations (version, name) VALUES (20, 'batches');
