@@ -401,9 +401,13 @@ class Worker:
                 outcome = await self._send_batch(hook, request, sender)
                 self._breaker(sent[0], outcome)
                 jitter = random.uniform(0.8, 1.2)
-                _, retry_in = policy.after(outcome, sent[0].attempt, jitter)
-                for item in sent:
-                    status, _ = policy.after(outcome, item.attempt, jitter)
+                decided = [(item, *policy.after(outcome, item.attempt, jitter)) for item in sent]
+                # The batch's changes that go on are due again together, after the longest of
+                # their delays (each change's own attempts decide whether it goes on at all).
+                retry_in = max(
+                    (wait for _, status, wait in decided if status == "pending"), default=0.0
+                )
+                for item, status, _ in decided:
                     results[item.outbox_id] = Result(
                         item.outbox_id,
                         item.webhook_id,
@@ -413,7 +417,9 @@ class Worker:
                         outcome,
                         batch_id=item.batch_id,
                     )
-                self._log_batch(sent, results[sent[0].outbox_id])
+                going_on = [item for item, status, _ in decided if status == "pending"]
+                shown = going_on[0] if going_on else sent[0]
+                self._log_batch(sent, results[shown.outbox_id])
         return [results[item.outbox_id] for item in items]
 
     def _alone(self, item: Claimed, policy: RetryPolicy, why: str) -> Result:
