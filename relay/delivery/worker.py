@@ -398,7 +398,8 @@ class Worker:
                     results[item.outbox_id] = self._later(item)
             sent = [item for item, _ in going if item.outbox_id not in results]
             if sent:
-                outcome = await self._send_batch(hook, request, sender)
+                assert request is not None, "_fit_batch gives a request whenever a change goes"
+                outcome = await self._send(hook, request, sender)
                 self._breaker(sent[0], outcome)
                 jitter = random.uniform(0.8, 1.2)
                 decided = [(item, *policy.after(outcome, item.attempt, jitter)) for item in sent]
@@ -495,17 +496,6 @@ class Worker:
         size, limit = len(request.body), self.settings.max_body_bytes
         return over_limit("body", size, limit) if size > limit else request
 
-    async def _send_batch(self, hook: Webhook, request: Request | None, sender: Sender) -> Outcome:
-        assert request is not None, "_fit_batch gives a request whenever a change goes"
-        try:
-            outcome = await sender.send(request, hook)
-        except Exception as exc:
-            why = f"sending: {redact(describe(exc), hook.secret.splitlines())}"
-            outcome = Outcome.not_sent(why, permanent=False)
-        if outcome.error is not None:
-            outcome = dataclasses.replace(outcome, error=reason(outcome.error))
-        return outcome
-
     async def _render_batch(self, hook: Webhook, going: list[tuple[Claimed, Rule]]) -> Request:
         batch_id = going[0][0].batch_id
         assert batch_id is not None, "claim_batch numbers every batch it claims"
@@ -551,32 +541,40 @@ class Worker:
 
     async def _attempt(self, item: Claimed, sender: Sender) -> Outcome:
         """One attempt, ending in an outcome whatever happens. Rendering and signing depend on
-        the change and the webhook alone, so their failures are for good; an exception that
-        escapes the sender is retried like a network error (it may not happen again)."""
+        the change and the webhook alone, so their failures are for good."""
         hook: Webhook | None = None
         stage = "finding its rule"
         try:
             target = self._target(item)
             if isinstance(target, str):
-                outcome = Outcome.not_sent(target, permanent=True)
-            else:
-                hook, rule = target
-                stage = "rendering"
-                request = await self.renders.request(
-                    hook,
-                    item.change,
-                    rule.action_data,
-                    timestamp=int(time.time()),
-                    source=self._installation,
-                )
-                stage = "sending"
-                outcome = await sender.send(request, hook)
+                return Outcome.not_sent(reason(target), permanent=True)
+            hook, rule = target
+            stage = "rendering"
+            request = await self.renders.request(
+                hook,
+                item.change,
+                rule.action_data,
+                timestamp=int(time.time()),
+                source=self._installation,
+            )
         except RenderError as exc:
-            outcome = Outcome.not_sent(str(exc), permanent=True)
+            return Outcome.not_sent(reason(str(exc)), permanent=True)
         except Exception as exc:
             secrets = hook.secret.splitlines() if hook else []
-            why = f"{stage}: {redact(describe(exc), secrets)}"
-            outcome = Outcome.not_sent(why, permanent=stage != "sending")
+            return Outcome.not_sent(
+                reason(f"{stage}: {redact(describe(exc), secrets)}"), permanent=True
+            )
+        return await self._send(hook, request, sender)
+
+    @staticmethod
+    async def _send(hook: Webhook, request: Request, sender: Sender) -> Outcome:
+        """Send one request (a change's or a batch's); an exception that escapes the sender is
+        retried like a network error (it may not happen again)."""
+        try:
+            outcome = await sender.send(request, hook)
+        except Exception as exc:
+            why = f"sending: {redact(describe(exc), hook.secret.splitlines())}"
+            outcome = Outcome.not_sent(why, permanent=False)
         if outcome.error is not None:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
         return outcome
