@@ -142,7 +142,9 @@ class FanOutBatch:
     """Where this look started (0 when the id sequence was reset below the stored position)."""
     stored_to: int
     running: list[int]
-    """Transactions running at the look: a gap's ids may still come from one of them."""
+    """Transactions running at the look, as its snapshot lists them: below ``xmax``."""
+    xmax: int
+    """The look's snapshot's xmax: transactions from it on were running too, unlisted."""
     gaps: list[GapRow]
 
 
@@ -204,6 +206,7 @@ def _fan_out_batch(
         scanned_to=first["scanned_to"],
         stored_to=first["stored_to"],
         running=first["running"],
+        xmax=first["xmax"],
         gaps=cast(list[GapRow], gaps),
     )
 
@@ -468,6 +471,11 @@ class AsyncStore:
             found = await cur.fetchall()
             gaps = await cur_gaps.fetchall()
         return _fan_out_batch(found, gaps, limit)
+
+    async def newest_xid(self) -> int:
+        """A transaction id newer than any that began before the last look (see
+        relay/delivery/window.py): this transaction's own, taken now."""
+        return int(await self._value("newest_xid"))
 
     async def move_fan_out_window(self, parameters: Mapping[str, Any]) -> None:
         """Write fan-out's position and gaps, replacing the stored ones whole (parameters from

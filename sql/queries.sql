@@ -133,10 +133,17 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
        o.username, o.request_id, o.txid::text, o.created_at,
        here.scanned_to, here.stored_to,
-       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running
+       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running,
+       pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax
 FROM here LEFT JOIN relay.outbox o ON o.id = ANY(ARRAY(SELECT id FROM candidates))
 ORDER BY o.id
 LIMIT %(limit)s;
+
+-- name: newest_xid
+-- A transaction id taken after changes_to_fan_out's snapshot (fan-out's own, in its transaction,
+-- which writes anyway): a change that look missed belongs to a transaction below it
+-- (relay/delivery/window.py, advance).
+SELECT pg_current_xact_id()::text::bigint;
 
 -- name: fan_out_gaps
 SELECT lo, hi, array_agg(xid::text::bigint ORDER BY xid) AS xids

@@ -124,7 +124,8 @@ class FanOut:
                 return 0  # another relay holds the fan-out lock
             if found.full:
                 self._next = 0.0
-            looked, moved = window.moved(found)
+            newest = await store.newest_xid() if window.opens_gaps(found) else None
+            looked, moved = window.moved(found, newest)
             if moved != looked:
                 await store.move_fan_out_window(moved.parameters())
             rows = [row for row in found.rows if row["fresh"]]

@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     from relay.store import FanOutBatch
 
 
+UNLISTED_LIMIT = 10_000
+"""The most transaction ids a gap is written with beyond those its snapshot lists (see
+:func:`advance`); past it, the window stops before the gap and the ids are read again."""
+
+
 @dataclass(frozen=True)
 class Gap:
     """Ids ``lo``..``hi`` were not visible when fan-out passed them, while transactions ``xids``
@@ -40,37 +45,76 @@ class Window:
 
 
 def advance(
-    window: Window, start: int, ids: Sequence[int], running: Iterable[int], full: bool
+    window: Window,
+    start: int,
+    ids: Sequence[int],
+    running: Iterable[int],
+    full: bool,
+    *,
+    xmax: int | None = None,
+    newest: int | None = None,
 ) -> Window:
     """The window after a pass that read ``ids`` (ascending: every visible id after ``start``,
     then fresh ones in ripe gaps and re-queued ones, cut to the batch size when ``full``) while
     ``running`` transactions were in progress. ``start`` below ``window.scanned_to`` means the
-    outbox's ids started again (TRUNCATE ... RESTART IDENTITY): the old gaps mean nothing then."""
+    outbox's ids started again (TRUNCATE ... RESTART IDENTITY): the old gaps mean nothing then.
+
+    A snapshot lists the transactions running below its ``xmax``, which is one past the newest
+    that had *ended*, not the newest that had begun: those from ``xmax`` on are running too, and
+    unlisted. A transaction that took an id below a visible one began before the snapshot, so
+    its id is below ``newest``, one the fan-out's own transaction took after the snapshot: a new
+    gap waits for the listed ones and for every id from ``xmax`` to ``newest``. (Missing that,
+    a change whose transaction began just after the last one to end was never fanned out.)"""
     active = frozenset(running)
     seen = [i for i in ids if i > start]
     scanned_to = seen[-1] if seen else start
+
+    def still_running(xid: int) -> bool:
+        return xid in active or (xmax is not None and xid >= xmax)
+
     gaps: list[Gap] = []
     old = window.gaps if start >= window.scanned_to else ()
     for gap in old:
-        still = tuple(x for x in gap.xids if x in active)
+        still = tuple(x for x in gap.xids if still_running(x))
         if still == gap.xids or (full and ids and gap.hi > ids[-1]):
             gaps.append(gap)  # not read this pass, or not to its end
         elif still:
             gaps.append(Gap(gap.lo, gap.hi, still))
-    if active:
-        xids = tuple(sorted(active))
+    unlisted = range(xmax, newest) if xmax is not None and newest is not None else range(0)
+    if len(unlisted) > UNLISTED_LIMIT:
+        before_gaps = [i for i, j in zip([start, *seen], seen, strict=False) if j > i + 1]
+        if before_gaps:
+            return Window(before_gaps[0], tuple(sorted(gaps, key=lambda g: g.lo)))
+    owners = tuple(sorted(active | set(unlisted)))
+    if owners:
         previous = start
         for i in seen:
             if i > previous + 1:
-                gaps.append(Gap(previous + 1, i - 1, xids))
+                gaps.append(Gap(previous + 1, i - 1, owners))
             previous = i
     return Window(scanned_to, tuple(sorted(gaps, key=lambda g: g.lo)))
 
 
-def moved(batch: FanOutBatch) -> tuple[Window, Window]:
-    """The window before and after a look at the outbox."""
+def opens_gaps(batch: FanOutBatch) -> bool:
+    """Whether the look found ids missing after where it started: the window then needs the
+    newest transaction id (see :func:`advance`)."""
+    previous = batch.scanned_to
+    for i in (row["id"] for row in batch.rows):
+        if i > previous:
+            if i > previous + 1:
+                return True
+            previous = i
+    return False
+
+
+def moved(batch: FanOutBatch, newest: int | None = None) -> tuple[Window, Window]:
+    """The window before and after a look at the outbox; ``newest`` is a transaction id taken
+    after the look's snapshot, needed when it :func:`opens_gaps`."""
     before = Window(
         batch.stored_to, tuple(Gap(g["lo"], g["hi"], tuple(g["xids"])) for g in batch.gaps)
     )
     ids = [row["id"] for row in batch.rows]
-    return before, advance(before, batch.scanned_to, ids, batch.running, batch.full)
+    after = advance(
+        before, batch.scanned_to, ids, batch.running, batch.full, xmax=batch.xmax, newest=newest
+    )
+    return before, after
