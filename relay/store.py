@@ -120,6 +120,8 @@ class FanOutRow(TypedDict):
     request_id: str | None
     txid: str
     created_at: datetime
+    target: int | None
+    """The one webhook the change is for (a backfill for one webhook), else None."""
 
 
 class GapRow(TypedDict):
@@ -165,6 +167,8 @@ class Claimed:
     change: Change
     batch_id: int | None = None
     """The batch that carries it (claim_batch), None when it goes alone."""
+    replay: bool = False
+    """Made pending again by ``relay replay`` (the request and the attempt log say so)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,29 @@ class Status:
     webhooks: list[dict[str, Any]]
     errors: list[dict[str, Any]]
     relays: list[dict[str, Any]]
+    backfills: list[dict[str, Any]]
+    """Backfills under way, and those that ended in the last day."""
+
+
+@dataclass(frozen=True)
+class TableName:
+    """A table as the catalogs name it: ``name`` is how a query may refer to it."""
+
+    schema_name: str
+    table_name: str
+    name: str
+
+
+@dataclass(frozen=True)
+class BackfillProgress:
+    """Where a backfill stands (relay.backfills)."""
+
+    id: int
+    rows_total: int
+    """The rows it selected when it started (rows written since may add to them)."""
+    rows_done: int
+    started_at: datetime
+    finished_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -224,6 +251,7 @@ def _claimed(row: Mapping[str, Any], models: Models) -> Claimed:
             row, row["old"], row["new"], models.get((row["schema_name"], row["table_name"]))
         ),
         row.get("batch_id"),
+        row["replay"],
     )
 
 
@@ -352,7 +380,29 @@ class Store:
             webhooks = cur.execute(query("status_webhooks")).fetchall()
             last_errors = cur.execute(query("status_errors"), {"limit": errors}).fetchall()
             relays = cur.execute(query("status_relays"), {"prefix": APPLICATION_PREFIX}).fetchall()
-        return Status(dict(backlog), webhooks, last_errors, relays)
+            backfills = cur.execute(query("status_backfills")).fetchall()
+        return Status(dict(backlog), webhooks, last_errors, relays, backfills)
+
+    def table_name(self, table: str) -> TableName | None:
+        """The table ``table`` names (as a query would resolve it), or None."""
+        with self.conn.cursor(row_factory=class_row(TableName)) as cur:
+            return cur.execute(query("table_name"), {"table": table}).fetchone()
+
+    def backfill_chunk(
+        self, table: str, where: str | None, webhook: str | None, chunk: int, *, again: bool
+    ) -> int:
+        """One chunk of a backfill, in its own transaction: how many rows it went past (0 once
+        the backfill is complete)."""
+        params = {"table": table, "where": where, "webhook": webhook, "chunk": chunk}
+        return int(self._value("backfill_chunk", {**params, "again": again}) or 0)
+
+    def backfill_progress(
+        self, table: str, where: str | None, webhook: str | None
+    ) -> BackfillProgress | None:
+        """The latest backfill with these arguments, or None if there was none."""
+        params = {"table": table, "where": where or "", "webhook": webhook}
+        with self.conn.cursor(row_factory=class_row(BackfillProgress)) as cur:
+            return cur.execute(query("backfill_progress"), params).fetchone()
 
     def demo_pending(self) -> int:
         """Changes still pending in the whole outbox: the demo waits until the relay has dealt with

@@ -131,7 +131,7 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.txid::text, o.created_at,
+       o.username, o.request_id, o.txid::text, o.created_at, o.webhook_id AS target,
        here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running,
        pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax
@@ -176,7 +176,7 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
         earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
         leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
-        old_row_key = EXCLUDED.old_row_key, change_bytes = EXCLUDED.change_bytes
+        replay = false, old_row_key = EXCLUDED.old_row_key, change_bytes = EXCLUDED.change_bytes
     WHERE relay.deliveries.status = 'failed';
 
 -- name: add_failed_deliveries
@@ -196,7 +196,7 @@ WITH failed AS (
         SET status = 'failed', attempts = 1, rule_id = EXCLUDED.rule_id, next_attempt_at = now(),
             earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
             leased_until = NULL, leased_by = NULL, last_status_code = NULL, batch_id = NULL,
-            last_error = EXCLUDED.last_error
+            replay = false, last_error = EXCLUDED.last_error
         WHERE relay.deliveries.status = 'failed'
     RETURNING outbox_id, webhook_id, earlier_attempts + 1 AS attempt, last_error
 )
@@ -293,7 +293,7 @@ SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
 FROM relay.outbox o
 WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM taken)) AND o.id = d.outbox_id
 RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
-          d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes,
+          d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.replay,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
@@ -421,6 +421,7 @@ WITH again AS MATERIALIZED (
     WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM fitting)) AND o.id = d.outbox_id
     RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
               d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.batch_id,
+              d.replay,
               o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
               o.request_id, o.txid::text, o.created_at,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
@@ -443,16 +444,17 @@ WITH outcome AS (
            (o ->> 3)::int AS duration_ms, (o ->> 4)::int AS status_code, o ->> 5 AS error,
            o ->> 6 AS excerpt, o ->> 7 AS status, (o ->> 8)::float8 AS retry_in,
            (o ->> 9)::bool AS counted, (o ->> 10)::bigint AS batch_id,
-           (o ->> 11)::bool AS unbatch
+           (o ->> 11)::bool AS unbatch, coalesce((o ->> 12)::bool, false) AS replay
     -- One JSON array of [outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-    -- excerpt, status, retry_in, counted, batch_id, unbatch] per outcome
+    -- excerpt, status, retry_in, counted, batch_id, unbatch, replay] per outcome
     -- (relay/delivery/record.py writes it). unbatch: the delivery leaves its batch unsent, to
     -- go in a later one (a batch too large to render or send whole keeps what fits).
     FROM json_array_elements(%(outcomes)s::json) AS o
 ), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-                                response_excerpt, batch_id)
-    SELECT outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt, batch_id
+                                response_excerpt, batch_id, replay)
+    SELECT outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt, batch_id,
+           replay
     FROM outcome
     WHERE counted
 )
@@ -637,15 +639,51 @@ WHERE status = 'pending';
 -- name: purge_changes
 -- One batch of finished changes (delivered, failed or skipped) older than the retention,
 -- oldest first; their deliveries and attempts go with them. Rows another session holds are
--- left for the next batch.
+-- left for the next batch, and so is a change being replayed (a delivery of it is pending).
 DELETE FROM relay.outbox
 WHERE id IN (
-    SELECT id FROM relay.outbox
-    WHERE status <> 'pending' AND processed_at < now() - make_interval(secs => %(seconds)s)
-    ORDER BY processed_at
+    SELECT o.id FROM relay.outbox o
+    WHERE o.status <> 'pending' AND o.processed_at < now() - make_interval(secs => %(seconds)s)
+      AND NOT EXISTS (SELECT FROM relay.deliveries d
+                      WHERE d.outbox_id = o.id AND d.status = 'pending')
+    ORDER BY o.processed_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED);
 
 -- name: count_purgeable
-SELECT count(*) FROM relay.outbox
-WHERE status <> 'pending' AND processed_at < now() - make_interval(secs => %(seconds)s);
+SELECT count(*) FROM relay.outbox o
+WHERE o.status <> 'pending' AND o.processed_at < now() - make_interval(secs => %(seconds)s)
+  AND NOT EXISTS (SELECT FROM relay.deliveries d WHERE d.outbox_id = o.id AND d.status = 'pending');
+
+-- name: table_name
+-- The table a name resolves to (as a query would resolve it), schema-qualified, or none.
+SELECT n.nspname AS schema_name, c.relname AS table_name,
+       quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass(%(table)s);
+
+-- name: backfill_chunk
+-- One chunk of a backfill (relay.backfill in 0021_backfill_replay.sql explains it): how many
+-- rows it went past, 0 once complete.
+SELECT relay.backfill(%(table)s::regclass, %(where)s, %(webhook)s, %(chunk)s, %(again)s);
+
+-- name: backfill_progress
+-- Where the backfill with these arguments stands (the latest one, finished or not).
+SELECT b.id, b.rows_total, b.rows_done, b.started_at, b.finished_at
+FROM relay.backfills b
+WHERE b.tbl = %(table)s::regclass AND b.where_clause = coalesce(btrim(%(where)s), '')
+  AND b.webhook_id IS NOT DISTINCT FROM (SELECT w.id FROM relay.webhooks w
+                                         WHERE w.name = %(webhook)s)
+ORDER BY b.id DESC
+LIMIT 1;
+
+-- name: status_backfills
+-- `relay status`: backfills under way, and those that ended in the last day.
+SELECT b.id, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS table_name, w.name AS webhook, b.where_clause, b.rows_done,
+       b.rows_total, b.started_at, b.updated_at, b.finished_at
+FROM relay.backfills b
+JOIN pg_catalog.pg_class c ON c.oid = b.tbl
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN relay.webhooks w ON w.id = b.webhook_id
+WHERE b.finished_at IS NULL OR b.finished_at > now() - interval '1 day'
+ORDER BY b.id;

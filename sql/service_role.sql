@@ -40,3 +40,5 @@ GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";
 -- from json images: 0011_json_images.sql).
 GRANT EXECUTE ON FUNCTION relay.key_before(json, json), relay.key_before_escaped(json, json),
     relay.clear_of_key_moves(bigint, bigint, text, text) TO :"role";
+-- Show backfills in `relay status` (see 0021_backfill_replay.sql); it cannot start one.
+GRANT SELECT ON relay.backfills TO :"role";

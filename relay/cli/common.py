@@ -155,6 +155,8 @@ def explain(exc: psycopg.Error) -> tuple[str, int]:
         return f"{detail} Choose another name, or change or remove the existing one.", 2
     if exc.diag.message_hint:
         primary += f" (hint: {exc.diag.message_hint})"
+    if isinstance(exc, psycopg.errors.InvalidParameterValue | psycopg.errors.FeatureNotSupported):
+        return primary, 2
     return primary, 1
 
 

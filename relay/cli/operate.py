@@ -84,6 +84,22 @@ def status(
                 e["error"],
             )
         print_table(recent)
+    if current.backfills:
+        fills = Table("backfill", "table", "webhook", "where", "snapshots", "started", "state")
+        for f in current.backfills:
+            add_row(
+                fills,
+                str(f["id"]),
+                f["table_name"],
+                f["webhook"] or "(rules)",
+                f["where_clause"] or "-",
+                f"{f['rows_done']} of {max(f['rows_total'], f['rows_done'])}",
+                _when(f["started_at"]),
+                f"done {_when(f['finished_at'])}"
+                if f["finished_at"]
+                else f"under way, last chunk {_when(f['updated_at'])}",
+            )
+        print_table(fills)
     relays = Table("relay", "connections", "since", "leases held")
     for r in current.relays:
         add_row(relays, r["relay_id"], str(r["connections"]), _when(r["since"]), str(r["leases"]))

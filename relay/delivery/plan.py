@@ -43,6 +43,8 @@ class Arrival:
     """Its row images' JSON text, in bytes."""
     too_large: str | None = None
     """Why it was not read: over RELAY_MAX_BODY_BYTES."""
+    target: int | None = None
+    """The one webhook it is for (a backfill for one webhook), else None: every rule."""
 
 
 def arrival(
@@ -57,7 +59,7 @@ def arrival(
     named by the ruleset's models."""
     model = ruleset.model(row["schema_name"], row["table_name"])
     change = Change.from_row(row, old, new, model)
-    return Arrival(change, row["old_pk"], row["bytes"], too_large)
+    return Arrival(change, row["old_pk"], row["bytes"], too_large, row["target"])
 
 
 def sort_out(
@@ -76,7 +78,7 @@ def sort_out(
         if (
             conditions
             and not too_large
-            and any(rule.conditions for rule in ruleset.candidates(item.change))
+            and any(rule.conditions for rule in ruleset.candidates(item.change, item.target))
         ):
             to_read.append(row)
         else:
@@ -216,10 +218,10 @@ def _deliveries(
     to_send: dict[int, int] = {}
     failed: dict[int, tuple[int, str]] = {}
     if item.too_large:
-        for rule in ruleset.candidates(item.change):
+        for rule in ruleset.candidates(item.change, item.target):
             failed.setdefault(rule.webhook.id, (rule.id, item.too_large))
         return to_send, failed
-    for match in ruleset.evaluate(item.change):
+    for match in ruleset.evaluate(item.change, item.target):
         hook = match.rule.webhook.id
         if match.verdict.matched:
             to_send.setdefault(hook, match.rule.id)

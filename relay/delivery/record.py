@@ -29,7 +29,7 @@ import structlog
 from relay.db import first_line
 from relay.delivery.send import Outcome
 from relay.reasons import describe, reason
-from relay.store import AsyncStore
+from relay.store import AsyncStore, Claimed
 
 log = structlog.get_logger("relay.delivery.record")
 
@@ -52,6 +52,34 @@ class Result:
     """The batch the attempt carried it in, None when it went alone."""
     unbatch: bool = False
     """It leaves its batch unsent (with ``counted`` False), to go in a later batch."""
+    replay: bool = False
+    """The delivery was made pending again by ``relay replay``: the attempt is logged as one."""
+
+    @classmethod
+    def of(
+        cls,
+        item: Claimed,
+        status: str,
+        retry_in: float,
+        outcome: Outcome,
+        *,
+        counted: bool = True,
+        unbatch: bool = False,
+    ) -> Result:
+        """What became of an attempt at ``item``: which delivery, attempt, batch and replay it
+        was come from the claim, so no caller can mix them up."""
+        return cls(
+            item.outbox_id,
+            item.webhook_id,
+            item.number,
+            status,
+            retry_in,
+            outcome,
+            counted,
+            item.batch_id,
+            unbatch,
+            item.replay,
+        )
 
 
 def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
@@ -71,6 +99,7 @@ def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             r.counted,
             r.batch_id,
             r.unbatch,
+            r.replay,
         )
         for r in results
     ]

@@ -399,7 +399,8 @@ class Worker:
             sent = [item for item, _ in going if item.outbox_id not in results]
             if sent:
                 assert request is not None, "_fit_batch gives a request whenever a change goes"
-                outcome = await self._send(hook, request, sender)
+                replayed = any(item.replay for item in sent)
+                outcome = await self._send(hook, request, sender, replay=replayed)
                 self._breaker(sent[0], outcome)
                 jitter = random.uniform(0.8, 1.2)
                 decided = [(item, *policy.after(outcome, item.attempt, jitter)) for item in sent]
@@ -409,14 +410,8 @@ class Worker:
                     (wait for _, status, wait in decided if status == "pending"), default=0.0
                 )
                 for item, status, _ in decided:
-                    results[item.outbox_id] = Result(
-                        item.outbox_id,
-                        item.webhook_id,
-                        item.number,
-                        status,
-                        retry_in if status == "pending" else 0.0,
-                        outcome,
-                        batch_id=item.batch_id,
+                    results[item.outbox_id] = Result.of(
+                        item, status, retry_in if status == "pending" else 0.0, outcome
                     )
                 going_on = [item for item, status, _ in decided if status == "pending"]
                 shown = going_on[0] if going_on else sent[0]
@@ -427,15 +422,7 @@ class Worker:
         """A change of a batch that cannot go, failed with the reason (the rest go on)."""
         outcome = Outcome.not_sent(reason(why), permanent=True)
         status, retry_in = policy.after(outcome, item.attempt, 1.0)
-        result = Result(
-            item.outbox_id,
-            item.webhook_id,
-            item.number,
-            status,
-            retry_in,
-            outcome,
-            batch_id=item.batch_id,
-        )
+        result = Result.of(item, status, retry_in, outcome)
         self._log(item, result)
         return result
 
@@ -444,17 +431,7 @@ class Worker:
         """A change the batch had no room for: it leaves the batch unsent and uncounted, and
         goes in a later one."""
         outcome = Outcome.not_sent("not sent: no room in its batch", permanent=False)
-        return Result(
-            item.outbox_id,
-            item.webhook_id,
-            item.number,
-            "pending",
-            0.0,
-            outcome,
-            False,
-            item.batch_id,
-            unbatch=True,
-        )
+        return Result.of(item, "pending", 0.0, outcome, counted=False, unbatch=True)
 
     async def _fit_batch(
         self, hook: Webhook, going: list[tuple[Claimed, Rule]]
@@ -564,12 +541,19 @@ class Worker:
             return Outcome.not_sent(
                 reason(f"{stage}: {redact(describe(exc), secrets)}"), permanent=True
             )
-        return await self._send(hook, request, sender)
+        return await self._send(hook, request, sender, replay=item.replay)
 
     @staticmethod
-    async def _send(hook: Webhook, request: Request, sender: Sender) -> Outcome:
+    async def _send(
+        hook: Webhook, request: Request, sender: Sender, *, replay: bool = False
+    ) -> Outcome:
         """Send one request (a change's or a batch's); an exception that escapes the sender is
-        retried like a network error (it may not happen again)."""
+        retried like a network error (it may not happen again). A replay says so in
+        X-Relay-Replay (set here, after rendering: the same change renders the same way)."""
+        if replay:
+            request = dataclasses.replace(
+                request, headers={**request.headers, "X-Relay-Replay": "true"}
+            )
         try:
             outcome = await sender.send(request, hook)
         except Exception as exc:
@@ -628,16 +612,7 @@ class Worker:
             error=why,
         )
         outcome = Outcome.not_sent(why, permanent=True)
-        return Result(
-            item.outbox_id,
-            item.webhook_id,
-            item.number,
-            "failed",
-            0.0,
-            outcome,
-            False,
-            item.batch_id,
-        )
+        return Result.of(item, "failed", 0.0, outcome, counted=False)
 
     @staticmethod
     def _put_back(item: Claimed, seconds: float) -> Result:
@@ -646,16 +621,7 @@ class Worker:
         outcome = Outcome.not_sent(
             "not sent: webhook paused by the circuit breaker", permanent=False
         )
-        return Result(
-            item.outbox_id,
-            item.webhook_id,
-            item.number,
-            "pending",
-            seconds,
-            outcome,
-            False,
-            item.batch_id,
-        )
+        return Result.of(item, "pending", seconds, outcome, counted=False)
 
     def _log(self, item: Claimed, result: Result) -> None:
         """One line per attempt: delivered, retrying (and when), or failed for good."""
@@ -678,7 +644,7 @@ class Worker:
         self._breaker(item, outcome)
         jitter = random.uniform(0.8, 1.2)
         status, retry_in = policy.after(outcome, item.attempt, jitter)
-        return Result(item.outbox_id, item.webhook_id, item.number, status, retry_in, outcome)
+        return Result.of(item, status, retry_in, outcome)
 
 
 async def _first_of(

@@ -32,7 +32,13 @@ from relay.reasons import describe, redact
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.render.sign import InvalidSecret, signature_headers
 
-EVENTS = {"insert": "created", "update": "updated", "delete": "deleted", "truncate": "truncated"}
+EVENTS = {
+    "insert": "created",
+    "update": "updated",
+    "delete": "deleted",
+    "truncate": "truncated",
+    "snapshot": "snapshot",
+}
 DELIVERY_NAMESPACE = uuid.UUID("6f1c4f1e-58a9-4c43-9d0e-2b7f4f1b9a51")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -1,0 +1,139 @@
+"""``relay backfill``: send the rows a table already holds, as snapshots, a chunk at a time."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import psycopg
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from relay.cli.common import Dsn, explain, fail, out
+from relay.cli.common import database as _database
+from relay.rules import ruleset
+from relay.store import BackfillProgress, Store
+
+LOCK_RETRIES = 50
+"""Chunks in a row that may find a row locked (relay.backfill gives up a chunk after 200 ms
+rather than hold up a writer) before the command stops: a row locked for ten seconds or more is
+held by a transaction worth looking at first."""
+
+
+def backfill(
+    table: Annotated[str, typer.Argument(help="The tracked table, e.g. public.orders.")],
+    dsn: Dsn,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            "--where",
+            help="Only rows for which this SQL condition holds, e.g. \"status = 'open'\" "
+            "(functions in it must be schema-qualified).",
+        ),
+    ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option(help="Send the snapshots to this webhook alone (its rules for the table)."),
+    ] = None,
+    batch: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="Rows per chunk (per transaction).")
+    ] = 10_000,
+    again: Annotated[
+        bool,
+        typer.Option(help="Start over when the same backfill is complete (else it does nothing)."),
+    ] = False,
+) -> None:
+    """Write a snapshot of every existing row of TABLE to the outbox, in primary-key order, in
+    chunks; interrupted, the same command goes on where it stopped."""
+    with _database(dsn) as conn:
+        store = Store(conn)
+        found = store.table_name(table)
+        if found is None:
+            fail(f"no table named {table!r}: name it as in SQL, e.g. public.orders", 2)
+        rules = ruleset.load(conn)
+        target = None
+        if webhook is not None:
+            if not store.webhook_exists(webhook):
+                fail(f"no webhook named {webhook!r} (relay webhook list shows them)", 2)
+            target = next((r.webhook.id for r in rules.rules if r.webhook.name == webhook), 0)
+        key = (found.schema_name, found.table_name)
+        if not rules.takes_snapshots(key, target):
+            fail(_nowhere(found.name, webhook), 2)
+        progress = store.backfill_progress(found.name, where, webhook)
+        if progress and progress.finished_at and not again:
+            out.print(
+                f"the backfill of {found.name} is complete ({progress.rows_done} rows, ended "
+                f"{progress.finished_at:%Y-%m-%d %H:%M:%S}): --again starts a new one",
+                highlight=False,
+            )
+            return
+        resumed = progress is not None and progress.finished_at is None
+        done = _run(store, found.name, where, webhook, batch, again=again)
+    out.print(
+        f"backfill of {found.name} complete: {done.rows_done} snapshots"
+        f"{' (resumed)' if resumed else ''}",
+        highlight=False,
+    )
+
+
+def _nowhere(table: str, webhook: str | None) -> str:
+    if webhook is not None:
+        return (
+            f"webhook {webhook!r} has no enabled rule for {table}: add one "
+            f"(relay rule add NAME --webhook {webhook} --table {table})"
+        )
+    return (
+        f"no enabled rule takes snapshots of {table}: add snapshot to a rule's events "
+        "(relay rule edit NAME --event ...), or name the webhook with --webhook"
+    )
+
+
+def _run(
+    store: Store, table: str, where: str | None, webhook: str | None, chunk: int, *, again: bool
+) -> BackfillProgress:
+    """Chunks until the backfill is complete, with a progress bar; a locked row makes the
+    chunk go again after a pause, Ctrl-C stops it (the next run goes on)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    locked = 0
+    first = True
+    with Progress(*columns, console=out, transient=True) as bar:
+        task = bar.add_task(f"backfill {table}", total=None)
+        try:
+            while True:
+                try:
+                    passed = store.backfill_chunk(
+                        table, where, webhook, chunk, again=again and first
+                    )
+                except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                    locked += 1
+                    if locked > LOCK_RETRIES:
+                        fail(
+                            f"rows of {table} stayed locked by other transactions for "
+                            f"{LOCK_RETRIES} tries: see pg_locks, then run the same command "
+                            "again to go on",
+                            1,
+                        )
+                    time.sleep(0.2)
+                    continue
+                except psycopg.errors.InvalidParameterValue as exc:
+                    fail(explain(exc)[0], 2)
+                first, locked = False, 0
+                now = store.backfill_progress(table, where, webhook)
+                if now is not None:
+                    bar.update(
+                        task, total=max(now.rows_total, now.rows_done), completed=now.rows_done
+                    )
+                if passed == 0:
+                    break
+        except KeyboardInterrupt:
+            now = store.backfill_progress(table, where, webhook)
+            done = now.rows_done if now else 0
+            fail(f"interrupted after {done} snapshots: run the same command again to go on", 130)
+    final = store.backfill_progress(table, where, webhook)
+    assert final is not None, "a backfill that ran has its row"
+    return final

@@ -1,0 +1,274 @@
+-- 0021 backfill and replay: send the rows that exist, send again what was sent.
+--
+-- Backfill (relay.backfill, `relay backfill`): one outbox row per existing row of a tracked
+-- table, op 'snapshot', in primary-key order, a chunk per call (per transaction), resumable
+-- from relay.backfills. It goes through fan-out like any change, so it keeps every guarantee of
+-- one. Per-row order beside live writes: each chunk takes FOR SHARE locks on its rows before it
+-- writes their snapshots. A writer that updates or deletes one of them meanwhile waits for the
+-- chunk's commit, so its change gets a later outbox id than the snapshot. A writer that got
+-- there first makes the chunk wait for its commit, and the snapshot (later id) then holds the
+-- row as that writer left it. Either way a snapshot is never delivered after a newer change of
+-- its row. The chunk gives up after lock_timeout rather than hold up a writer long
+-- enough to risk a deadlock in the application (relay backfill tries the chunk again).
+--
+-- Replay (`relay replay`): deliveries of changes still in the outbox made pending again for one
+-- webhook, flagged replay so that the attempt log and the request (X-Relay-Replay) say so.
+
+ALTER TYPE relay.change_op ADD VALUE 'snapshot';
+
+-- A change for one webhook only (a backfill with a webhook): fan-out matches it against that
+-- webhook's rules alone, whatever events they name. No foreign key: a change for a webhook
+-- deleted since is skipped, never sent to every rule instead.
+ALTER TABLE relay.outbox ADD COLUMN webhook_id bigint;
+
+ALTER TABLE relay.deliveries ADD COLUMN replay boolean NOT NULL DEFAULT false;
+ALTER TABLE relay.attempts ADD COLUMN replay boolean NOT NULL DEFAULT false;
+
+COMMENT ON COLUMN relay.outbox.webhook_id IS
+    'Only this webhook receives the change (a backfill for one webhook); NULL: every matching rule.';
+COMMENT ON COLUMN relay.deliveries.replay IS
+    'Made pending again by relay replay: its attempts are logged as replays.';
+COMMENT ON COLUMN relay.attempts.replay IS 'The attempt was a replay (relay replay).';
+
+-- Rules may name the snapshot event (changes written by relay.backfill).
+CREATE OR REPLACE FUNCTION relay.check_event_rule() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bad     text;
+    problem text;
+BEGIN
+    IF btrim(NEW.name) = '' THEN
+        RAISE EXCEPTION 'event rule name must not be empty' USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.events := ARRAY(SELECT DISTINCT lower(e) FROM unnest(NEW.events) e ORDER BY 1);
+    IF cardinality(NEW.events) = 0 THEN
+        RAISE EXCEPTION 'event rule "%": events must name at least one of insert, update, delete, truncate, snapshot',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT e INTO bad FROM unnest(NEW.events) e
+    WHERE e IS NULL OR e NOT IN ('insert', 'update', 'delete', 'truncate', 'snapshot') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event rule "%": unknown event "%" (use insert, update, delete, truncate or snapshot)',
+            NEW.name, bad USING ERRCODE = 'check_violation';
+    END IF;
+    IF cardinality(NEW.tables) = 0 THEN
+        RAISE EXCEPTION 'event rule "%": tables must name at least one schema.table', NEW.name
+            USING ERRCODE = 'check_violation';
+    END IF;
+    SELECT t INTO bad FROM unnest(NEW.tables) t
+    WHERE t IS NULL OR t !~ '^("([^"]|"")+"|[^."]+)\.("([^"]|"")+"|[^."]+)$' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'event rule "%": "%" is not a schema-qualified table name such as public.orders (double-quote a name that holds a dot: "my.schema"."my.table")',
+            NEW.name, bad USING ERRCODE = 'check_violation';
+    END IF;
+    problem := relay.conditions_problem(NEW.conditions);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'event rule "%": %', NEW.name, problem USING ERRCODE = 'check_violation';
+    END IF;
+    IF jsonb_typeof(NEW.action_data) <> 'object' THEN
+        RAISE EXCEPTION 'event rule "%": action_data must be a JSON object', NEW.name
+            USING ERRCODE = 'check_violation';
+    END IF;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+-- One row per backfill: where it is (the key of the last row it went past, as text) and how far.
+-- A run with the same table, filter and webhook goes on from last_key while finished_at is NULL.
+CREATE TABLE relay.backfills (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tbl          regclass    NOT NULL,
+    where_clause text        NOT NULL DEFAULT '',
+    webhook_id   bigint      REFERENCES relay.webhooks (id) ON DELETE CASCADE,
+    last_key     text[],
+    rows_total   bigint      NOT NULL,
+    rows_done    bigint      NOT NULL DEFAULT 0,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz
+);
+CREATE UNIQUE INDEX backfills_running ON relay.backfills (tbl, where_clause, coalesce(webhook_id, 0))
+    WHERE finished_at IS NULL;
+
+COMMENT ON TABLE relay.backfills IS
+    'Backfills (relay.backfill): where each is, rows_total counted when it started.';
+
+-- The key columns of a table with the types to read their text back as (a domain's base type:
+-- casting to the domain would run its CHECK expressions, which another role may have written).
+-- Composite keys of a composite type have no text relay can page by: refused.
+CREATE FUNCTION relay.backfill_keys(tbl oid, OUT names text[], OUT types text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    col record;
+BEGIN
+    names := '{}';
+    types := '{}';
+    FOR col IN
+        SELECT a.attname::text AS name,
+               coalesce(nullif(t.typbasetype, 0), a.atttypid) AS base
+        FROM unnest(relay.pk_attnums(tbl)) WITH ORDINALITY k(attnum, i)
+        JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum
+        JOIN pg_type t ON t.oid = a.atttypid
+        ORDER BY k.i
+    LOOP
+        IF (SELECT typtype FROM pg_type WHERE oid = col.base) NOT IN ('b', 'e', 'r') THEN
+            RAISE EXCEPTION 'backfill of %: primary key column "%" is of type %, which it cannot page through',
+                tbl::regclass, col.name, format_type(col.base, NULL)
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        names := names || col.name;
+        types := types || format_type(col.base, NULL);
+    END LOOP;
+END
+$$;
+
+-- One chunk of a backfill of tbl: snapshots of up to `chunk` more rows (those `where_clause`
+-- selects, an SQL condition on the table's columns; functions in it must be schema-qualified),
+-- for `webhook` alone or, when NULL, for every rule. Returns how many rows it went past: 0 once
+-- the backfill is complete (a row deleted or changed under it counts, its live change goes).
+-- Call it until it returns 0, committing in between:
+--
+--     DO $$ BEGIN WHILE relay.backfill('public.orders') > 0 LOOP COMMIT; END LOOP; END $$;
+--
+-- A call after an interruption goes on where the last committed chunk ended; a call once it is
+-- complete does nothing, unless `again` starts a new one. Runs with the caller's rights (the
+-- rows are read as the caller would read them, and it needs INSERT on relay.outbox): nobody
+-- else may call it, and nothing in it runs with relay's rights. Row security is off: a policy
+-- that would hide rows makes it fail rather than leave them out. Output settings are pinned as
+-- capture pins them, so a snapshot's image is the text an INSERT of that row would have had.
+CREATE FUNCTION relay.backfill(tbl regclass, where_clause text DEFAULT NULL,
+                               webhook text DEFAULT NULL, chunk integer DEFAULT 10000,
+                               again boolean DEFAULT false) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
+SET IntervalStyle = 'postgres' SET bytea_output = 'hex' SET extra_float_digits = 1
+SET lc_monetary = 'C' SET row_security = off SET lock_timeout = '200ms' AS $$
+DECLARE
+    condition text := coalesce(nullif(btrim(where_clause), ''), '');
+    hook      bigint;
+    job       relay.backfills;
+    keys      record := relay.backfill_keys(tbl);
+    key_cols  text;
+    key_vals  text;
+    key_desc  text;
+    after     text := '';
+    names     text;
+    total     bigint;
+    passed    bigint;
+    written   bigint;
+    last      text[];
+BEGIN
+    IF chunk IS NULL OR chunk < 1 OR chunk > 1000000 THEN
+        RAISE EXCEPTION 'backfill: chunk must be from 1 to 1000000 rows'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM relay.tracked_tables t WHERE t.tbl = backfill.tbl) THEN
+        IF relay.tracked_ancestor(tbl) IS NOT NULL THEN
+            RAISE EXCEPTION 'backfill: % is a partition of tracked table %: backfill that table',
+                tbl, relay.tracked_ancestor(tbl)::regclass USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        RAISE EXCEPTION 'backfill: % is not tracked (relay track % first)', tbl, tbl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(keys.names) = 0 THEN
+        RAISE EXCEPTION 'backfill: % has no primary key, which a backfill needs to go in order and resume', tbl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF webhook IS NOT NULL THEN
+        SELECT w.id INTO hook FROM relay.webhooks w WHERE w.name = webhook;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'backfill: no webhook named "%"', webhook
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+
+    SELECT * INTO job FROM relay.backfills b
+    WHERE b.tbl = backfill.tbl AND b.where_clause = condition
+      AND b.webhook_id IS NOT DISTINCT FROM hook
+    ORDER BY b.id DESC LIMIT 1 FOR UPDATE;
+    IF NOT FOUND OR job.finished_at IS NOT NULL AND again THEN
+        BEGIN
+            EXECUTE format('SELECT count(*) FROM %s r WHERE %s', tbl,
+                           CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || ')' END)
+                INTO total;
+        EXCEPTION WHEN syntax_error_or_access_rule_violation OR data_exception THEN
+            RAISE EXCEPTION 'backfill of %: the where clause does not work: %', tbl, SQLERRM
+                USING ERRCODE = 'invalid_parameter_value';
+        END;
+        INSERT INTO relay.backfills (tbl, where_clause, webhook_id, rows_total)
+        VALUES (tbl, condition, hook, total)
+        ON CONFLICT DO NOTHING;
+        -- ON CONFLICT: another session started the same backfill meanwhile; go on with it.
+        SELECT * INTO job FROM relay.backfills b
+        WHERE b.tbl = backfill.tbl AND b.where_clause = condition
+          AND b.webhook_id IS NOT DISTINCT FROM hook AND b.finished_at IS NULL
+        ORDER BY b.id DESC LIMIT 1 FOR UPDATE;
+    ELSIF job.finished_at IS NOT NULL THEN
+        RETURN 0;
+    END IF;
+
+    SELECT string_agg(format('r.%I AS relay_key_%s', n, i), ', ' ORDER BY i),
+           string_agg(format('$1[%s]::%s', i, keys.types[i]), ', ' ORDER BY i),
+           string_agg(format('relay_key_%s DESC', i), ', ' ORDER BY i)
+    INTO key_cols, key_vals, key_desc
+    FROM unnest(keys.names) WITH ORDINALITY k(n, i);
+    IF job.last_key IS NOT NULL THEN
+        after := format(' AND ROW(%s) OPERATOR(pg_catalog.>) ROW(%s)',
+                        (SELECT string_agg(format('r.%I', n), ', ' ORDER BY i)
+                         FROM unnest(keys.names) WITH ORDINALITY k(n, i)), key_vals);
+    END IF;
+    SELECT format('%L, %L', n.nspname, c.relname) INTO names
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+
+    -- The next keys in order, read without locks; then those rows, locked, as they are now (a
+    -- row changed meanwhile is read as its writer left it, one deleted or no longer selected is
+    -- gone: its live change speaks for it), written in key order.
+    EXECUTE format(
+        'WITH keys AS MATERIALIZED ('
+        '  SELECT %1$s FROM %2$s r WHERE %3$s%4$s ORDER BY %5$s LIMIT $2), '
+        'rows AS MATERIALIZED ('
+        '  SELECT %6$s AS n, %7$s AS k, %1$s FROM %2$s r '
+        '  WHERE ROW(%8$s) IN (SELECT %9$s FROM keys) AND %3$s FOR SHARE OF r), '
+        'written AS ('
+        '  INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
+        '                            txid, created_at, webhook_id) '
+        '  SELECT %10$s, ''snapshot'', c.n, c.k, x.username, x.request_id, x.txid, x.at, $3 '
+        '  FROM rows c, relay.change_context() x ORDER BY %9$s RETURNING 1) '
+        'SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM written), '
+        '       (SELECT ARRAY[%11$s] FROM keys ORDER BY %12$s LIMIT 1)',
+        key_cols, tbl,
+        CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || ')' END,
+        after,
+        (SELECT string_agg(format('r.%I', n), ', ' ORDER BY i)
+         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
+        relay.image_sql(tbl, 'r', (relay.options_of(tbl)).excluded), relay.pk_sql(tbl, 'r'),
+        (SELECT string_agg(format('r.%I', n), ', ' ORDER BY i)
+         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
+        (SELECT string_agg(format('relay_key_%s', i), ', ' ORDER BY i)
+         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
+        names,
+        (SELECT string_agg(format('relay_key_%s::pg_catalog.text', i), ', ' ORDER BY i)
+         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
+        key_desc)
+    INTO passed, written, last
+    USING job.last_key, chunk, hook;
+
+    UPDATE relay.backfills b
+    SET last_key = coalesce(last, b.last_key), rows_done = b.rows_done + written,
+        updated_at = now(), finished_at = CASE WHEN passed = 0 THEN now() END
+    WHERE b.id = job.id;
+    IF written > 0 THEN
+        PERFORM relay.wake();
+    END IF;
+    RETURN passed;
+END
+$$;
+
+REVOKE ALL ON FUNCTION relay.backfill(regclass, text, text, integer, boolean),
+    relay.backfill_keys(oid) FROM PUBLIC;
+
+-- A replay's deliveries must outlive retention until they are sent: purge_changes skips a
+-- change with a delivery pending (through the primary key of relay.deliveries).
+
+INSERT INTO relay.migrations (version, name) VALUES (21, 'backfill_replay');

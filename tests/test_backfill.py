@@ -1,0 +1,240 @@
+"""`relay backfill` and relay.backfill: existing rows as snapshots, with real receivers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections import defaultdict
+from typing import Any
+
+import psycopg
+import pytest
+
+from relay.db import Conn
+from support.cli import relay
+from support.db import one_row
+from support.receivers import Receiver, receiver
+from support.worker import FAST, outbox_statuses, running, until
+
+
+def hook(conn: Conn, name: str, url: str, events: list[str], conditions: str | None = None) -> None:
+    conn.execute(
+        "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES (%s, %s, 's')", (name, url)
+    )
+    conn.execute(
+        "INSERT INTO relay.event_rules (name, tables, events, conditions, webhook_id)"
+        " SELECT %s, ARRAY['public.items'], %s, %s::jsonb, id FROM relay.webhooks WHERE name = %s",
+        (name, events, conditions, name),
+    )
+
+
+def items(conn: Conn, rows: int, *, v_is_id: bool = False) -> None:
+    """A tracked table of ``rows`` rows that existed before it was tracked (v 0, or its id)."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, token text)")
+    conn.execute(
+        "INSERT INTO items SELECT g, CASE WHEN %s THEN g ELSE 0 END, 'secret'"
+        " FROM generate_series(1, %s) g",
+        (v_is_id, rows),
+    )
+    conn.execute("SELECT relay.track('items', exclude_columns => ARRAY['token'])")
+
+
+def bodies(r: Receiver) -> list[dict[str, Any]]:
+    return [json.loads(request.body) for request in r.requests]
+
+
+def delivered(conn: Conn) -> bool:
+    """Nothing left pending (a change no rule takes ends skipped)."""
+    return "pending" not in outbox_statuses(conn)
+
+
+def test_backfill_sends_every_row_once_as_a_snapshot_in_key_order(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    items(rconn, 25)
+
+    async def scenario() -> Receiver:
+        async with receiver() as r:
+            hook(rconn, "snap", r.url, ["insert", "snapshot"])
+            done = await asyncio.to_thread(
+                relay, "backfill", "public.items", "--batch", "7", dsn=relay_dsn
+            )
+            assert done.returncode == 0, done.stderr
+            assert "backfill of public.items complete: 25 snapshots" in done.stdout
+            async with running(relay_dsn):
+                await until(lambda: delivered(rconn) and len(r.requests) == 25)
+            return r
+
+    r = asyncio.run(scenario())
+    sent = bodies(r)
+    assert sorted(body["data"]["id"] for body in sent) == list(range(1, 26))
+    assert {body["event"] for body in sent} == {"snapshot"}
+    assert all(body["snapshots"]["prechange"] is None for body in sent)
+    assert all("token" not in body["data"] for body in sent), "excluded columns stay out"
+    assert {request.headers["X-Relay-Event"] for request in r.requests} == {"public.items.snapshot"}
+    keys = [
+        row[0] for row in rconn.execute("SELECT (pk->>'id')::int FROM relay.outbox ORDER BY id")
+    ]
+    assert keys == list(range(1, 26)), "written in primary-key order"
+    status = relay("status", dsn=relay_dsn)
+    assert "public.items" in status.stdout and "25 of 25" in status.stdout
+
+
+def test_a_backfill_for_one_webhook_goes_there_alone_and_keeps_its_conditions(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    items(rconn, 20, v_is_id=True)
+
+    async def scenario() -> tuple[Receiver, Receiver]:
+        async with receiver() as a, receiver() as b:
+            # Neither rule names the snapshot event: --webhook sends them all the same.
+            hook(rconn, "a", a.url, ["insert"], '{"attr": "data.v", "value": 10, "op": "gt"}')
+            hook(rconn, "b", b.url, ["insert", "update"])
+            nowhere = relay("backfill", "public.items", dsn=relay_dsn)
+            assert nowhere.returncode == 2
+            assert "no enabled rule takes snapshots of public.items" in nowhere.stderr
+            done = await asyncio.to_thread(
+                relay, "backfill", "public.items", "--webhook", "a", dsn=relay_dsn
+            )
+            assert done.returncode == 0, done.stderr
+            async with running(relay_dsn):
+                await until(lambda: len(a.requests) == 10 and delivered(rconn))
+                await asyncio.sleep(0.3)
+            return a, b
+
+    a, b = asyncio.run(scenario())
+    assert sorted(body["data"]["v"] for body in bodies(a)) == list(range(11, 21))
+    assert b.requests == [], "only the webhook named receives the snapshots"
+    skipped = one_row(rconn.execute("SELECT count(*) FROM relay.outbox WHERE status = 'skipped'"))
+    assert skipped[0] == 10, "rows the conditions leave out are skipped, as any change"
+
+
+def test_an_interrupted_backfill_goes_on_where_it_stopped_and_never_twice(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    items(rconn, 100)
+    hook(rconn, "snap", "http://127.0.0.1:9/never", ["snapshot"])
+    # Two chunks committed, then the run stopped (the SQL calls are what the command makes).
+    assert one_row(rconn.execute("SELECT relay.backfill('items', chunk => 30)"))[0] == 30
+    assert one_row(rconn.execute("SELECT relay.backfill('items', chunk => 30)"))[0] == 30
+    status = relay("status", dsn=relay_dsn)
+    assert "60 of 100" in status.stdout and "under way" in status.stdout
+
+    resumed = relay("backfill", "public.items", "--batch", "25", dsn=relay_dsn)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "complete: 100 snapshots (resumed)" in resumed.stdout
+    count, distinct = one_row(
+        rconn.execute("SELECT count(*), count(DISTINCT pk::text) FROM relay.outbox")
+    )
+    assert count == distinct == 100
+
+    again = relay("backfill", "public.items", dsn=relay_dsn)
+    assert again.returncode == 0
+    assert "is complete (100 rows" in again.stdout and "--again" in again.stdout
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 100
+
+    fresh = relay("backfill", "public.items", "--again", dsn=relay_dsn)
+    assert fresh.returncode == 0, fresh.stderr
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 200
+
+
+def test_a_chunk_locks_its_rows_so_a_snapshot_never_follows_a_newer_change(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    items(rconn, 10)
+    hook(rconn, "snap", "http://127.0.0.1:9/never", ["snapshot", "update"])
+
+    # A writer that got to row 5 first: the chunk gives up rather than wait long, and once the
+    # writer commits, the snapshot (a later id) holds the row as the writer left it.
+    with psycopg.connect(relay_dsn) as writer, psycopg.connect(relay_dsn, autocommit=True) as b:
+        writer.execute("UPDATE items SET v = 1 WHERE id = 5")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            b.execute("SELECT relay.backfill('items')")
+        writer.commit()
+        b.execute("SELECT relay.backfill('items')")
+    story = rconn.execute(
+        "SELECT op::text, (coalesce(new, old)->>'v')::int FROM relay.outbox"
+        " WHERE (pk->>'id')::int = 5 ORDER BY id"
+    ).fetchall()
+    assert story == [("update", 1), ("snapshot", 1)]
+
+    # A chunk that got there first: the writer waits for the chunk's commit, so its change
+    # comes after the snapshot.
+    rconn.execute("SELECT relay.backfill('items', again => true)")  # completes the first one
+    with psycopg.connect(relay_dsn) as chunk:
+        chunk.execute("SELECT relay.backfill('items', again => true)")
+        wrote = threading.Event()
+
+        def write() -> None:
+            with psycopg.connect(relay_dsn, autocommit=True) as w:
+                w.execute("UPDATE items SET v = 2 WHERE id = 6")
+            wrote.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        assert not wrote.wait(0.5), "the writer waits for the chunk"
+        chunk.commit()
+        thread.join(10)
+    story = rconn.execute(
+        "SELECT op::text, (coalesce(new, old)->>'v')::int FROM relay.outbox"
+        " WHERE (pk->>'id')::int = 6 ORDER BY id"
+    ).fetchall()
+    assert story[-2:] == [("snapshot", 0), ("update", 2)]
+
+
+def test_a_backfill_racing_live_updates_never_delivers_an_older_image_after_a_newer(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    rows = 400
+    items(rconn, rows)
+    seen: dict[int, list[int]] = defaultdict(list)
+    stop = threading.Event()
+
+    def writer() -> None:
+        pick = random.Random(7)
+        with psycopg.connect(relay_dsn, autocommit=True) as w:
+            for _ in range(400):
+                if stop.is_set():
+                    return
+                time.sleep(0.002)
+                first = pick.randint(1, rows - 3)
+                # Several rows a transaction, as an application would.
+                with w.transaction():
+                    for row in range(first, first + 3):
+                        w.execute("UPDATE items SET v = v + 1 WHERE id = %s", (row,))
+
+    async def scenario() -> None:
+        async with receiver() as r:
+            hook(rconn, "snap", r.url, ["snapshot", "update"])
+            threads = [threading.Thread(target=writer) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            try:
+                async with running(relay_dsn, FAST):
+                    done = await asyncio.to_thread(
+                        relay, "backfill", "public.items", "--batch", "10", dsn=relay_dsn
+                    )
+                    assert done.returncode == 0, done.stderr
+                    await asyncio.sleep(0.3)
+                    stop.set()
+                    for thread in threads:
+                        await asyncio.to_thread(thread.join, 10)
+                    await until(lambda: delivered(rconn), timeout=60)
+            finally:
+                stop.set()
+            for body in bodies(r):
+                seen[body["data"]["id"]].append(body["data"]["v"])
+
+    started = time.monotonic()
+    asyncio.run(scenario())
+    assert time.monotonic() - started < 90
+    assert len(seen) == rows, "every row reached the receiver"
+    final: dict[int, int] = dict(rconn.execute("SELECT id, v FROM items").fetchall())
+    updates = one_row(rconn.execute("SELECT count(*) FROM relay.outbox WHERE op = 'update'"))[0]
+    assert updates > 50, "the writers raced the backfill"
+    for row, values in seen.items():
+        assert values == sorted(values), f"row {row} went back in time: {values}"
+        assert values[-1] == final[row], f"row {row} ended on {values[-1]}, not {final[row]}"
