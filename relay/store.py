@@ -396,6 +396,44 @@ class Store:
         params = {"table": table, "where": where, "webhook": webhook, "chunk": chunk}
         return int(self._value("backfill_chunk", {**params, "again": again}) or 0)
 
+    def webhook_state(self, name: str) -> tuple[int, bool] | None:
+        """The id of the webhook called ``name`` and whether it is enabled, or None."""
+        row = self.conn.execute(query("webhook_state"), {"name": name}).fetchone()
+        return None if row is None else (int(row[0]), bool(row[1]))
+
+    def oldest_change(self) -> datetime | None:
+        """When the oldest change the outbox holds was made (None: it is empty)."""
+        found: datetime | None = self._value("oldest_change")
+        return found
+
+    def replay_rearm(self, window: Mapping[str, Any], statuses: Sequence[str]) -> tuple[int, int]:
+        """Make the webhook's finished deliveries in ``window`` (webhook_id, since, until,
+        schema_name, table_name) pending again as replays: how many had been delivered, and
+        how many had failed."""
+        row = self.conn.execute(
+            query("replay_rearm"), {**window, "statuses": list(statuses)}
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def replay_candidates(
+        self, window: Mapping[str, Any], after: int, limit: int
+    ) -> list[FanOutRow]:
+        """Finished changes in ``window`` the webhook has no delivery of, after id ``after``."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(
+                query("replay_candidates"), {**window, "after": after, "limit": limit}
+            ).fetchall()
+        return cast(list[FanOutRow], rows)
+
+    def change_images(self, ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """The old and new images of changes, by id."""
+        rows = self.conn.execute(query("change_rows"), {"ids": list(ids)}).fetchall()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def add_replay_deliveries(self, parameters: Mapping[str, Any]) -> None:
+        """Write deliveries a replay made (columns as relay/delivery/plan.py's Deliveries)."""
+        self.conn.execute(query("add_replay_deliveries"), parameters)
+
     def backfill_progress(
         self, table: str, where: str | None, webhook: str | None
     ) -> BackfillProgress | None:

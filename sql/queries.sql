@@ -687,3 +687,68 @@ JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN relay.webhooks w ON w.id = b.webhook_id
 WHERE b.finished_at IS NULL OR b.finished_at > now() - interval '1 day'
 ORDER BY b.id;
+
+-- name: webhook_state
+SELECT id, enabled FROM relay.webhooks WHERE name = %(name)s;
+
+-- name: oldest_change
+-- The oldest change the outbox still holds (retention purges older ones): a replay reaches no
+-- further back.
+SELECT min(created_at) FROM relay.outbox;
+
+-- name: replay_rearm
+-- `relay replay`: the webhook's deliveries of changes made in [since, until) (of one table when
+-- given) whose last outcome is one of `statuses`, pending again, flagged replay, all due at
+-- the replay transaction's now() (so they go in outbox order). Each keeps its delivery id (made from the change and the
+-- webhook); the attempts it had count as earlier ones. Pending deliveries are left alone.
+WITH target AS (
+    SELECT d.outbox_id, d.status::text AS was
+    FROM relay.deliveries d JOIN relay.outbox o ON o.id = d.outbox_id
+    WHERE d.webhook_id = %(webhook_id)s AND d.status::text = ANY(%(statuses)s::text[])
+      AND o.created_at >= %(since)s
+      AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
+      AND (%(schema_name)s::text IS NULL
+           OR o.schema_name = %(schema_name)s::text AND o.table_name = %(table_name)s::text)
+    FOR UPDATE OF d
+), armed AS (
+    UPDATE relay.deliveries d
+    SET status = 'pending', attempts = 0, earlier_attempts = d.earlier_attempts + d.attempts,
+        next_attempt_at = now(), leased_until = NULL, leased_by = NULL, last_error = NULL,
+        last_status_code = NULL, batch_id = NULL, replay = true
+    FROM target t
+    WHERE d.outbox_id = t.outbox_id AND d.webhook_id = %(webhook_id)s
+    RETURNING t.was
+)
+SELECT count(*) FILTER (WHERE was = 'delivered') AS delivered,
+       count(*) FILTER (WHERE was = 'failed') AS failed
+FROM armed;
+
+-- name: replay_candidates
+-- Changes made in [since, until) (of one table when given) that the webhook has no delivery of,
+-- after `after`, in id order, as changes_to_fan_out returns them: `relay replay` matches them
+-- against the webhook's rules (as any change: a backfill's webhook does not count). Changes
+-- still pending are left to the fan-out.
+SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
+       relay.key_before(o.pk, o.old)::text AS old_pk,
+       coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
+       o.username, o.request_id, o.txid::text, o.created_at, NULL::bigint AS target
+FROM relay.outbox o
+WHERE o.id > %(after)s AND o.status <> 'pending'
+  AND o.created_at >= %(since)s
+  AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
+  AND (%(schema_name)s::text IS NULL
+       OR o.schema_name = %(schema_name)s::text AND o.table_name = %(table_name)s::text)
+  AND NOT EXISTS (SELECT FROM relay.deliveries d
+                  WHERE d.outbox_id = o.id AND d.webhook_id = %(webhook_id)s)
+ORDER BY o.id
+LIMIT %(limit)s;
+
+-- name: add_replay_deliveries
+-- Deliveries made by `relay replay` for changes the webhook never had: as add_deliveries, due
+-- at the replay transaction's now() and flagged replay.
+INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
+                              next_attempt_at, replay)
+SELECT d.*, now(), true
+FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+            %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[]) AS d
+ON CONFLICT (outbox_id, webhook_id) DO NOTHING;

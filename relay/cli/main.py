@@ -13,7 +13,7 @@ import psycopg
 import typer
 
 from relay._version import __version__
-from relay.cli import backfill, demo, operate, receive, run, schema, tables, webhooks
+from relay.cli import backfill, demo, operate, receive, replay, run, schema, tables, webhooks
 from relay.cli.common import explain, out, say_error
 from relay.db import first_line
 
@@ -37,6 +37,7 @@ for command in (
     operate.retry,
     operate.purge,
     backfill.backfill,
+    replay.replay,
     receive.receive,
     webhooks.preview,
 ):

@@ -1,0 +1,136 @@
+"""``relay replay``: send a webhook the changes of a stretch of time again."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import psycopg
+import typer
+
+from relay.cli.common import Dsn, err, fail, out
+from relay.cli.common import database as _database
+from relay.delivery import plan
+from relay.delivery.replay import ReplayPlan
+from relay.rules import ruleset
+from relay.settings import Settings
+from relay.store import Store
+
+CHUNK = 1000
+"""Changes matched at a time, their images read only for rules with conditions."""
+
+
+class Status(enum.StrEnum):
+    """Which of the webhook's earlier outcomes go again."""
+
+    delivered = "delivered"
+    failed = "failed"
+    all = "all"
+
+
+def replay(
+    webhook: Annotated[str, typer.Option(help="The webhook to send the changes to again.")],
+    since: Annotated[
+        str, typer.Option(help="Changes made since then: an age (2h, 1d) or a time (ISO 8601).")
+    ],
+    dsn: Dsn,
+    until: Annotated[
+        str | None, typer.Option(help="And before then (an age or a time); default: now.")
+    ] = None,
+    table: Annotated[str | None, typer.Option(help="Only this table's (schema.table).")] = None,
+    status: Annotated[
+        Status,
+        typer.Option(
+            help="Which go again: those delivered to the webhook, those that failed, or all "
+            "(also the changes it never had: matched against its rules as they are now)."
+        ),
+    ] = Status.all,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would go, and change nothing.")
+    ] = False,
+) -> None:
+    """Send WEBHOOK the changes made in a stretch of time again, in order, under their first
+    delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay)."""
+    from relay.cli.ages import parse_since
+
+    try:
+        start = parse_since(since)
+        end = parse_since(until) if until else None
+    except ValueError as exc:
+        fail(f"--since/--until: {exc}", 2)
+    if end is not None and end <= start:
+        fail("--until must be later than --since", 2)
+    key = None
+    if table is not None:
+        key = ruleset.table_key(table) or ruleset.table_key(f"public.{table}")
+        if key is None:
+            fail(f"--table {table!r} is not a table name such as public.orders", 2)
+    with _database(dsn) as conn:
+        store = Store(conn)
+        state = store.webhook_state(webhook)
+        if state is None:
+            fail(f"no webhook named {webhook!r} (relay webhook list shows them)", 2)
+        webhook_id, enabled = state
+        if not enabled:
+            fail(f"webhook {webhook!r} is disabled: enable it first (relay webhook edit)", 2)
+        rules = ruleset.load(conn)
+        oldest = store.oldest_change()
+        if oldest is None or oldest > start:
+            kept = (
+                "nothing" if oldest is None else f"nothing made before {oldest:%Y-%m-%d %H:%M:%S}"
+            )
+            err.print(
+                f"warning: the outbox keeps {kept} (retention purges older changes): "
+                "only what it keeps is replayed",
+                highlight=False,
+            )
+        window: dict[str, Any] = {
+            "webhook_id": webhook_id,
+            "since": start,
+            "until": end,
+            "schema_name": key[0] if key else None,
+            "table_name": key[1] if key else None,
+        }
+        statuses = ["delivered", "failed"] if status is Status.all else [status.value]
+        try:
+            with conn.transaction() as tx:
+                delivered, failed = store.replay_rearm(window, statuses)
+                new = ReplayPlan()
+                if status is Status.all:
+                    _match(store, rules, window, new)
+                    if new.deliveries.outbox_ids:
+                        store.add_replay_deliveries(new.deliveries.parameters())
+                if dry_run:
+                    raise psycopg.Rollback(tx)
+        except psycopg.errors.LockNotAvailable:
+            fail("deliveries of this webhook are locked by a relay: try again", 1)
+    total = delivered + failed + len(new.deliveries.outbox_ids)
+    what = (
+        f"{total} change{'' if total == 1 else 's'} to webhook {webhook} ({delivered} delivered "
+        f"before, {failed} failed before, {len(new.deliveries.outbox_ids)} new to it)"
+    )
+    if new.unjudged:
+        first = next(iter(new.unjudged.items()))
+        err.print(
+            f"warning: {len(new.unjudged)} change(s) left out: the webhook's rules could not be "
+            f"judged for them (change {first[0]}: {first[1]})",
+            highlight=False,
+        )
+    if dry_run:
+        out.print(f"would replay {what}; nothing changed (--dry-run)", highlight=False)
+    else:
+        out.print(f"replaying {what}: the relays send them in order", highlight=False)
+
+
+def _match(store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan) -> None:
+    """Match, a chunk at a time, the changes in the window the webhook never had."""
+    limit = Settings().max_body_bytes
+    after = 0
+    while rows := store.replay_candidates(window, after, CHUNK):
+        after = rows[-1]["id"]
+        ready, to_read = plan.sort_out(rows, rules, limit)
+        into.add(ready, rules, window["webhook_id"])
+        if to_read:
+            images = store.change_images([row["id"] for row in to_read])
+            arrivals = (plan.arrival(row, rules, *images[row["id"]]) for row in to_read)
+            into.add(arrivals, rules, window["webhook_id"])
