@@ -432,7 +432,8 @@ def rule_add(
     table: Annotated[list[str], typer.Option("--table", help="schema.table; repeatable.")],
     dsn: Dsn,
     event: Annotated[
-        list[str] | None, typer.Option("--event", help="insert, update, delete, truncate.")
+        list[str] | None,
+        typer.Option("--event", help="insert, update, delete, truncate, snapshot."),
     ] = None,
     conditions: Annotated[
         str | None, typer.Option(help="Conditions as JSON (NetBox syntax).")
@@ -470,7 +471,8 @@ def rule_edit(
         list[str] | None, typer.Option("--table", help="schema.table; repeatable; replaces all.")
     ] = None,
     event: Annotated[
-        list[str] | None, typer.Option("--event", help="insert, update, delete, truncate.")
+        list[str] | None,
+        typer.Option("--event", help="insert, update, delete, truncate, snapshot."),
     ] = None,
     conditions: Annotated[
         str | None, typer.Option(help="Conditions as JSON (NetBox syntax; 'null' for none).")
@@ -581,7 +583,9 @@ def preview(
     table: Annotated[str | None, typer.Option(help="schema.table of a made-up change.")] = None,
     new: Annotated[str | None, typer.Option(help="Made-up row after the change (JSON).")] = None,
     old: Annotated[str | None, typer.Option(help="Made-up row before the change (JSON).")] = None,
-    event: Annotated[str | None, typer.Option(help="insert, update or delete.")] = None,
+    event: Annotated[
+        str | None, typer.Option(help="insert, update, delete, truncate or snapshot.")
+    ] = None,
 ) -> None:
     """Show the request a rule would send for a change, without sending it (with the settings
     `relay run` would have: the environment, then --env-file)."""
@@ -625,8 +629,8 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
     schema_name, table_name = key
     new_row, old_row = _row_option(new, "--new"), _row_option(old, "--old")
     op = event or ("update" if new_row and old_row else "insert" if new_row else "delete")
-    if op not in ("insert", "update", "delete", "truncate"):
-        fail(f"unknown event {op!r}")
+    if op not in ("insert", "update", "delete", "truncate", "snapshot"):
+        fail(f"--event {op!r}: use insert, update, delete, truncate or snapshot", 2)
     return Change.of(
         id=0,
         schema_name=schema_name,
