@@ -238,3 +238,43 @@ def test_a_backfill_racing_live_updates_never_delivers_an_older_image_after_a_ne
     for row, values in seen.items():
         assert values == sorted(values), f"row {row} went back in time: {values}"
         assert values[-1] == final[row], f"row {row} ended on {values[-1]}, not {final[row]}"
+
+
+def test_backfill_refuses_what_it_cannot_do_in_one_line_each(rconn: Conn, relay_dsn: str) -> None:
+    rconn.execute("CREATE TABLE keyless (v int)")
+    rconn.execute("SELECT relay.track('keyless')")
+    rconn.execute("CREATE TABLE untracked (id int PRIMARY KEY)")
+    rconn.execute("CREATE TABLE parted (id int PRIMARY KEY) PARTITION BY RANGE (id)")
+    rconn.execute("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100)")
+    rconn.execute("SELECT relay.track('parted')")
+    rconn.execute("CREATE TYPE pair AS (a int, b int)")
+    rconn.execute("CREATE TABLE paired (id pair PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('paired')")
+    items(rconn, 3)
+    hook(rconn, "snap", "http://127.0.0.1:9/", ["snapshot"])
+    rconn.execute(
+        "UPDATE relay.event_rules SET tables = ARRAY['public.items', 'public.keyless',"
+        " 'public.untracked', 'public.parted', 'public.parted_1', 'public.paired']"
+    )
+    for args, message in [
+        (["public.nope"], "no table named 'public.nope'"),
+        (["public.untracked"], "public.untracked is not tracked (relay track"),
+        (["public.parted_1"], "is a partition of tracked table public.parted: backfill that table"),
+        (["public.keyless"], "has no primary key"),
+        (["public.paired"], 'primary key column "id" is of type public.pair'),
+        (["public.items", "--where", "nonsense +"], "the where clause does not work"),
+        (["public.items", "--where", "own_function(id)"], "the where clause does not work"),
+        (["public.items", "--webhook", "nope"], "no webhook named 'nope'"),
+        (["public.items", "--batch", "0"], "--batch"),
+    ]:
+        result = relay("backfill", *args, dsn=relay_dsn)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 0
+    # A partitioned table is backfilled through its parent, under the parent's name.
+    rconn.execute("INSERT INTO parted VALUES (1), (2)")
+    rconn.execute("TRUNCATE relay.outbox CASCADE")
+    done = relay("backfill", "public.parted", dsn=relay_dsn)
+    assert done.returncode == 0, done.stderr
+    assert rconn.execute("SELECT DISTINCT table_name FROM relay.outbox").fetchall() == [("parted",)]

@@ -84,6 +84,42 @@ def test_installer_needs_no_superuser_and_app_needs_no_rights(roles: dict[str, s
     ]
 
 
+def test_backfill_reads_with_its_callers_rights_and_a_policy_cannot_hide_rows(
+    roles: dict[str, str],
+) -> None:
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        Store(inst).install()
+        Store(inst).track("public.orders")
+    with psycopg.connect(roles["app"], autocommit=True) as app:
+        app.execute("INSERT INTO orders VALUES (1, 10), (2, 20)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            app.execute("SELECT relay.backfill('public.orders')")
+    with (
+        psycopg.connect(roles["installer"], autocommit=True) as inst,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="orders"),
+    ):
+        inst.execute("SELECT relay.backfill('public.orders')")  # may not read the table
+    with psycopg.connect(roles["app"], autocommit=True) as app:
+        # Reading, and locking rows, which takes UPDATE on a column (nothing is updated).
+        app.execute(f"GRANT SELECT, UPDATE (id) ON orders TO {roles['installer_name']}")
+        app.execute("ALTER TABLE orders ENABLE ROW LEVEL SECURITY")
+        app.execute("CREATE POLICY big_only ON orders USING (total > 15)")
+    with (
+        psycopg.connect(roles["installer"], autocommit=True) as inst,
+        pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+    ):
+        inst.execute("SELECT relay.backfill('public.orders')")  # not a silent half backfill
+    with psycopg.connect(roles["app"], autocommit=True) as app:
+        app.execute("ALTER TABLE orders DISABLE ROW LEVEL SECURITY")
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        while one_row(inst.execute("SELECT relay.backfill('public.orders')"))[0]:
+            pass
+        snapshots = inst.execute(
+            "SELECT new::text FROM relay.outbox WHERE op = 'snapshot' ORDER BY id"
+        ).fetchall()
+    assert snapshots == [('{"id":1,"total":10}',), ('{"id":2,"total":20}',)]
+
+
 def grant_service_role(roles: dict[str, str], service: str) -> None:
     psql = shutil.which("psql")
     if psql is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 import psycopg
@@ -15,9 +16,9 @@ from relay.rules import ruleset
 from relay.store import BackfillProgress, Store
 
 LOCK_RETRIES = 50
-"""Chunks in a row that may find a row locked (relay.backfill gives up a chunk after 200 ms
-rather than hold up a writer) before the command stops: a row locked for ten seconds or more is
-held by a transaction worth looking at first."""
+"""Tries of one chunk that may find a row locked (relay.backfill gives up a chunk after 200 ms
+rather than hold up a writer) before the command stops: a row locked for twenty seconds or more
+is held by a transaction worth looking at first."""
 
 
 def backfill(
@@ -37,7 +38,11 @@ def backfill(
     ] = None,
     batch: Annotated[
         int, typer.Option(min=1, max=1_000_000, help="Rows per chunk (per transaction).")
-    ] = 10_000,
+    ] = 1_000,
+    rate: Annotated[
+        int | None,
+        typer.Option(min=1, help="At most this many rows a second (spare the writers)."),
+    ] = None,
     again: Annotated[
         bool,
         typer.Option(help="Start over when the same backfill is complete (else it does nothing)."),
@@ -59,7 +64,8 @@ def backfill(
         key = (found.schema_name, found.table_name)
         if not rules.takes_snapshots(key, target):
             fail(_nowhere(found.name, webhook), 2)
-        progress = store.backfill_progress(found.name, where, webhook)
+        job = Job(store, found.name, where, webhook)
+        progress = job.progress()
         if progress and progress.finished_at and not again:
             out.print(
                 f"the backfill of {found.name} is complete ({progress.rows_done} rows, ended "
@@ -68,7 +74,7 @@ def backfill(
             )
             return
         resumed = progress is not None and progress.finished_at is None
-        done = _run(store, found.name, where, webhook, batch, again=again)
+        done = job.run(batch, rate, again=again)
     out.print(
         f"backfill of {found.name} complete: {done.rows_done} snapshots"
         f"{' (resumed)' if resumed else ''}",
@@ -88,52 +94,63 @@ def _nowhere(table: str, webhook: str | None) -> str:
     )
 
 
-def _run(
-    store: Store, table: str, where: str | None, webhook: str | None, chunk: int, *, again: bool
-) -> BackfillProgress:
-    """Chunks until the backfill is complete, with a progress bar; a locked row makes the
-    chunk go again after a pause, Ctrl-C stops it (the next run goes on)."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    locked = 0
-    first = True
-    with Progress(*columns, console=out, transient=True) as bar:
-        task = bar.add_task(f"backfill {table}", total=None)
-        try:
-            while True:
-                try:
-                    passed = store.backfill_chunk(
-                        table, where, webhook, chunk, again=again and first
-                    )
-                except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
-                    locked += 1
-                    if locked > LOCK_RETRIES:
-                        fail(
-                            f"rows of {table} stayed locked by other transactions for "
-                            f"{LOCK_RETRIES} tries: see pg_locks, then run the same command "
-                            "again to go on",
-                            1,
-                        )
-                    time.sleep(0.2)
-                    continue
-                except psycopg.errors.InvalidParameterValue as exc:
-                    fail(explain(exc)[0], 2)
-                first, locked = False, 0
-                now = store.backfill_progress(table, where, webhook)
-                if now is not None:
-                    bar.update(
-                        task, total=max(now.rows_total, now.rows_done), completed=now.rows_done
-                    )
-                if passed == 0:
-                    break
-        except KeyboardInterrupt:
-            now = store.backfill_progress(table, where, webhook)
-            done = now.rows_done if now else 0
-            fail(f"interrupted after {done} snapshots: run the same command again to go on", 130)
-    final = store.backfill_progress(table, where, webhook)
-    assert final is not None, "a backfill that ran has its row"
-    return final
+@dataclass(frozen=True)
+class Job:
+    """One backfill, as its arguments name it (relay.backfills finds it by them)."""
+
+    store: Store
+    table: str
+    where: str | None
+    webhook: str | None
+
+    def progress(self) -> BackfillProgress | None:
+        return self.store.backfill_progress(self.table, self.where, self.webhook)
+
+    def chunk(self, rows: int, *, again: bool) -> int:
+        """One chunk; a row locked past relay.backfill's lock_timeout makes it go again after a
+        pause (LOCK_RETRIES in a row at most)."""
+        for _ in range(LOCK_RETRIES):
+            try:
+                return self.store.backfill_chunk(
+                    self.table, self.where, self.webhook, rows, again=again
+                )
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                time.sleep(0.2)
+            except psycopg.errors.InvalidParameterValue as exc:
+                fail(explain(exc)[0], 2)
+        fail(
+            f"rows of {self.table} stayed locked by other transactions for {LOCK_RETRIES} "
+            "tries: see pg_locks, then run the same command again to go on",
+            1,
+        )
+
+    def run(self, rows: int, rate: int | None, *, again: bool) -> BackfillProgress:
+        """Chunks until the backfill is complete, at most ``rate`` rows a second, with a
+        progress bar; Ctrl-C stops it (the same command goes on)."""
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
+        started, passed_all = time.monotonic(), 0
+        with Progress(*columns, console=out, transient=True) as bar:
+            task = bar.add_task(f"backfill {self.table}", total=None)
+            try:
+                while passed := self.chunk(rows, again=again and passed_all == 0):
+                    passed_all += passed
+                    now = self.progress()
+                    if now is not None:
+                        total = max(now.rows_total, now.rows_done)
+                        bar.update(task, total=total, completed=now.rows_done)
+                    if rate is not None:
+                        time.sleep(max(0.0, passed_all / rate - (time.monotonic() - started)))
+            except KeyboardInterrupt:
+                now = self.progress()
+                done = now.rows_done if now else 0
+                fail(
+                    f"interrupted after {done} snapshots: run the same command again to go on", 130
+                )
+        final = self.progress()
+        assert final is not None, "a backfill that ran has its row"
+        return final

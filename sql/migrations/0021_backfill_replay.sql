@@ -138,7 +138,7 @@ $$;
 -- that would hide rows makes it fail rather than leave them out. Output settings are pinned as
 -- capture pins them, so a snapshot's image is the text an INSERT of that row would have had.
 CREATE FUNCTION relay.backfill(tbl regclass, where_clause text DEFAULT NULL,
-                               webhook text DEFAULT NULL, chunk integer DEFAULT 10000,
+                               webhook text DEFAULT NULL, chunk integer DEFAULT 1000,
                                again boolean DEFAULT false) RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD'
@@ -192,7 +192,9 @@ BEGIN
             EXECUTE format('SELECT count(*) FROM %s r WHERE %s', tbl,
                            CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || ')' END)
                 INTO total;
-        EXCEPTION WHEN syntax_error_or_access_rule_violation OR data_exception THEN
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE;  -- the table or a row policy refuses the caller: say so as it is
+        WHEN syntax_error_or_access_rule_violation OR data_exception THEN
             RAISE EXCEPTION 'backfill of %: the where clause does not work: %', tbl, SQLERRM
                 USING ERRCODE = 'invalid_parameter_value';
         END;
