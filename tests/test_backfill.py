@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -278,3 +282,46 @@ def test_backfill_refuses_what_it_cannot_do_in_one_line_each(rconn: Conn, relay_
     done = relay("backfill", "public.parted", dsn=relay_dsn)
     assert done.returncode == 0, done.stderr
     assert rconn.execute("SELECT DISTINCT table_name FROM relay.outbox").fetchall() == [("parted",)]
+
+
+def test_a_backfill_stopped_with_ctrl_c_says_so_and_the_same_command_finishes_it(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    items(rconn, 3000)
+    hook(rconn, "snap", "http://127.0.0.1:9/never", ["snapshot"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    slow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "backfill",
+            "public.items",
+            "--batch",
+            "100",
+            "--rate",
+            "1000",
+        ],
+        env={**env, "RELAY_DSN": relay_dsn},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] < 500:
+        assert time.monotonic() < deadline, "the backfill did not start"
+        time.sleep(0.05)
+    slow.send_signal(signal.SIGINT)
+    _, stderr = slow.communicate(timeout=20)
+    assert slow.returncode == 130
+    assert "interrupted after" in stderr and "run the same command again to go on" in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    written = one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0]
+    assert 500 <= written < 3000
+
+    done = relay("backfill", "public.items", dsn=relay_dsn)
+    assert done.returncode == 0, done.stderr
+    count, distinct = one_row(
+        rconn.execute("SELECT count(*), count(DISTINCT pk::text) FROM relay.outbox")
+    )
+    assert count == distinct == 3000, "nothing twice, nothing missed"
