@@ -325,3 +325,81 @@ def test_a_backfill_stopped_with_ctrl_c_says_so_and_the_same_command_finishes_it
         rconn.execute("SELECT count(*), count(DISTINCT pk::text) FROM relay.outbox")
     )
     assert count == distinct == 3000, "nothing twice, nothing missed"
+
+
+KEYS = {
+    # table: (key columns, rows)
+    "chars": ("k char(3) PRIMARY KEY", "VALUES ('aa'), ('ab'), ('ac'), ('ba')"),
+    "bits": ("k bit(4) PRIMARY KEY", "VALUES (B'0001'), (B'0010'), (B'1000')"),
+    "moods": ("k mood PRIMARY KEY", "VALUES ('sad'), ('happy'), ('meh')"),
+    "checked": ("k checked_int PRIMARY KEY", "SELECT generate_series(1, 5)"),
+    "pairs": (
+        "a text, b timestamptz, PRIMARY KEY (a, b)",
+        "SELECT chr(65 + g % 3), '2026-01-01'::timestamptz + g * interval '1.5 s'"
+        " FROM generate_series(1, 7) g",
+    ),
+    "floats": ("k float8 PRIMARY KEY", "VALUES (0.1), (1e-300), (-2.5), (3.141592653589793)"),
+    "numbers": ("k numeric PRIMARY KEY", "VALUES (1.50), (1.5000001), (-7), (1e20)"),
+}
+
+
+def test_backfill_pages_through_keys_of_any_type_once_each_and_runs_no_other_roles_code(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    rconn.execute("CREATE TABLE ran (what text)")
+    rconn.execute("CREATE TYPE mood AS ENUM ('happy', 'meh', 'sad')")
+    # Another role's code: a cast from the key's type to text, and a domain's CHECK.
+    rconn.execute(
+        "CREATE FUNCTION mood_text(mood) RETURNS text LANGUAGE plpgsql AS"
+        " $$BEGIN INSERT INTO ran VALUES ('cast'); RETURN textin(enum_out($1)); END$$"
+    )
+    rconn.execute("CREATE CAST (mood AS text) WITH FUNCTION mood_text(mood)")
+    rconn.execute(
+        "CREATE FUNCTION positive(int) RETURNS boolean LANGUAGE plpgsql AS"
+        " $$BEGIN INSERT INTO ran VALUES ('check'); RETURN $1 > 0; END$$"
+    )
+    rconn.execute("CREATE DOMAIN checked_int AS int CHECK (positive(VALUE))")
+    rules = []
+    for table, (columns, rows) in KEYS.items():
+        rconn.execute(f"CREATE TABLE {table} ({columns})")
+        rconn.execute(f"INSERT INTO {table} {rows}")
+        rconn.execute("SELECT relay.track(%s)", (table,))
+        rules.append(f"public.{table}")
+    rconn.execute("DELETE FROM ran")
+    hook(rconn, "snap", "http://127.0.0.1:9/", ["snapshot"])
+    rconn.execute("UPDATE relay.event_rules SET tables = %s", (rules,))
+    for table in KEYS:
+        done = relay("backfill", f"public.{table}", "--batch", "1", dsn=relay_dsn)
+        assert done.returncode == 0, (table, done.stderr)
+        sent = rconn.execute(
+            "SELECT pk::text FROM relay.outbox WHERE table_name = %s ORDER BY id", (table,)
+        ).fetchall()
+        # What capture writes as the key, in the key index's order (PostgreSQL's ORDER BY).
+        rconn.execute("SET TimeZone = 'UTC'")
+        pk = one_row(rconn.execute("SELECT relay.pk_sql(%s::regclass, 'r')", (table,)))[0]
+        order = "a, b" if table == "pairs" else "k"
+        expected = rconn.execute(f"SELECT {pk}::text FROM {table} r ORDER BY {order}").fetchall()
+        assert sent == expected, table
+    assert rconn.execute("SELECT * FROM ran").fetchall() == []
+
+
+def test_backfill_refuses_a_key_type_whose_cast_from_text_another_role_wrote(
+    rconn: Conn, relay_dsn: str, make_role: Any
+) -> None:
+    app = make_role()
+    rconn.execute(f"GRANT CREATE ON SCHEMA public TO {app}")
+    with psycopg.connect(relay_dsn, user=app, autocommit=True) as conn:
+        conn.execute("CREATE TYPE mood AS ENUM ('happy', 'sad')")
+        conn.execute("CREATE TABLE moods (k mood PRIMARY KEY)")
+        conn.execute("INSERT INTO moods VALUES ('happy'), ('sad')")
+        conn.execute(
+            "CREATE FUNCTION to_mood(text) RETURNS mood LANGUAGE sql AS $$SELECT 'sad'::mood$$"
+        )
+        conn.execute("CREATE CAST (text AS mood) WITH FUNCTION to_mood(text)")
+        conn.execute(f"GRANT TRIGGER ON moods TO {conn.info.user}")
+    rconn.execute("SELECT relay.track('public.moods')")
+    hook(rconn, "snap", "http://127.0.0.1:9/", ["snapshot"])
+    rconn.execute("UPDATE relay.event_rules SET tables = ARRAY['public.moods']")
+    refused = relay("backfill", "public.moods", dsn=relay_dsn)
+    assert refused.returncode == 2, refused.stderr
+    assert "has a cast from text that a role other than a superuser wrote" in refused.stderr

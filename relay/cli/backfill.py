@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Annotated
@@ -104,6 +105,7 @@ class Job:
     webhook: str | None
 
     def progress(self) -> BackfillProgress | None:
+        """Where it stands now (None before its first chunk)."""
         return self.store.backfill_progress(self.table, self.where, self.webhook)
 
     def chunk(self, rows: int, *, again: bool) -> int:
@@ -134,6 +136,11 @@ class Job:
             TimeRemainingColumn(),
         )
         started, passed_all = time.monotonic(), 0
+        known = self.progress()
+        done = known.rows_done if known else 0
+        # Ctrl-C during a chunk cancels it, and psycopg says so on stderr: the one line below
+        # says all there is to say.
+        logging.getLogger("psycopg").setLevel(logging.CRITICAL)
         with Progress(*columns, console=out, transient=True) as bar:
             task = bar.add_task(f"backfill {self.table}", total=None)
             try:
@@ -141,15 +148,17 @@ class Job:
                     passed_all += passed
                     now = self.progress()
                     if now is not None:
+                        done = now.rows_done
                         total = max(now.rows_total, now.rows_done)
-                        bar.update(task, total=total, completed=now.rows_done)
+                        bar.update(task, total=total, completed=done)
                     if rate is not None:
                         time.sleep(max(0.0, passed_all / rate - (time.monotonic() - started)))
             except KeyboardInterrupt:
-                now = self.progress()
-                done = now.rows_done if now else 0
+                # The connection may be gone with the chunk it was running: say what is known.
                 fail(
-                    f"interrupted after {done} snapshots: run the same command again to go on", 130
+                    f"interrupted after {done} snapshots (a chunk under way is undone): run the"
+                    " same command again to go on",
+                    130,
                 )
         final = self.progress()
         assert final is not None, "a backfill that ran has its row"

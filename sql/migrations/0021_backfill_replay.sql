@@ -94,22 +94,34 @@ CREATE UNIQUE INDEX backfills_running ON relay.backfills (tbl, where_clause, coa
 COMMENT ON TABLE relay.backfills IS
     'Backfills (relay.backfill): where each is, rows_total counted when it started.';
 
--- The key columns of a table with the types to read their text back as (a domain's base type:
--- casting to the domain would run its CHECK expressions, which another role may have written).
--- Composite keys of a composite type have no text relay can page by: refused.
-CREATE FUNCTION relay.backfill_keys(tbl oid, OUT names text[], OUT types text[])
+-- The primary key's columns of a table, in order, with what paging by them takes: the type to
+-- read a key's text back as, and the operators of the key index's operator class (the order
+-- the index and ORDER BY ... USING keep, whatever the search_path or a column's type: citext
+-- orders case-blind). A key is written as text by its type's output function (format('%s'),
+-- which runs no cast) and read back with a cast from text to the column's type, or a domain's
+-- base type (casting to the domain would run its CHECK expressions), with its type modifier
+-- (char(3) stays char(3)). Refused: a key of a composite type, and a key whose type has a cast
+-- from text running a function that a role other than a superuser owns (another role's code
+-- would run with the rights of whoever runs the backfill).
+CREATE FUNCTION relay.backfill_keys(tbl oid)
+RETURNS TABLE (i bigint, name text, value_type text, lt text, eq text, ge text, gt text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col record;
 BEGIN
-    names := '{}';
-    types := '{}';
     FOR col IN
-        SELECT a.attname::text AS name,
-               coalesce(nullif(t.typbasetype, 0), a.atttypid) AS base
-        FROM unnest(relay.pk_attnums(tbl)) WITH ORDINALITY k(attnum, i)
+        SELECT k.i, a.attname::text AS name,
+               CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END AS base,
+               CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
+                    ELSE format_type(a.atttypid, a.atttypmod) END AS value_type,
+               oc.opcfamily, oc.opcintype, oc.opcmethod
+        FROM pg_index x
+        CROSS JOIN LATERAL unnest(x.indkey::int2[], x.indclass::oid[])
+            WITH ORDINALITY k(attnum, opclass, i)
         JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum
         JOIN pg_type t ON t.oid = a.atttypid
+        JOIN pg_opclass oc ON oc.oid = k.opclass
+        WHERE x.indrelid = tbl AND x.indisprimary
         ORDER BY k.i
     LOOP
         IF (SELECT typtype FROM pg_type WHERE oid = col.base) NOT IN ('b', 'e', 'r') THEN
@@ -117,9 +129,95 @@ BEGIN
                 tbl::regclass, col.name, format_type(col.base, NULL)
                 USING ERRCODE = 'feature_not_supported';
         END IF;
-        names := names || col.name;
-        types := types || format_type(col.base, NULL);
+        IF EXISTS (SELECT FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
+                   JOIN pg_roles o ON o.oid = p.proowner
+                   WHERE c.castsource = 'text'::regtype AND c.casttarget = col.base
+                     AND NOT o.rolsuper) THEN
+            RAISE EXCEPTION 'backfill of %: the type of primary key column "%" (%) has a cast from text that a role other than a superuser wrote; backfill will not run it',
+                tbl::regclass, col.name, format_type(col.base, NULL)
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        RETURN QUERY
+        SELECT col.i, col.name, col.value_type,
+               max(op) FILTER (WHERE m.amopstrategy = 1), max(op) FILTER (WHERE m.amopstrategy = 3),
+               max(op) FILTER (WHERE m.amopstrategy = 4), max(op) FILTER (WHERE m.amopstrategy = 5)
+        FROM pg_amop m
+        JOIN pg_operator o ON o.oid = m.amopopr
+        JOIN pg_namespace n ON n.oid = o.oprnamespace
+        CROSS JOIN LATERAL (SELECT format('OPERATOR(%I.%s)', n.nspname, o.oprname) AS op) f
+        WHERE m.amopfamily = col.opcfamily AND m.amopmethod = col.opcmethod
+          AND m.amoplefttype = col.opcintype AND m.amoprighttype = col.opcintype;
     END LOOP;
+END
+$$;
+
+-- The statement that writes one chunk of a backfill of tbl (relay.backfill runs it with the
+-- last key as text in $1, the chunk's size in $2 and the webhook in $3): the next keys in key
+-- order, read without locks; then those rows, locked FOR SHARE, as they are now (a row changed
+-- meanwhile is read as its writer left it; one deleted, or no longer selected by the condition,
+-- is left out: its live change speaks for it); their snapshots, written in key order. Returns
+-- the keys it went past, the snapshots it wrote, and the last key as text.
+CREATE FUNCTION relay.backfill_sql(tbl oid, condition text, resume boolean) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols    text;
+    ordered text;
+    newest  text;
+    same    text;
+    after   text := '';
+    names   text;
+    k       record;
+BEGIN
+    SELECT string_agg(format('r.%I AS relay_key_%s', b.name, b.i), ', ' ORDER BY b.i),
+           string_agg(format('relay_key_%s USING %s', b.i, b.lt), ', ' ORDER BY b.i),
+           string_agg(format('relay_key_%s USING %s', b.i, b.gt), ', ' ORDER BY b.i),
+           string_agg(format('r.%I %s keys.relay_key_%s', b.name, b.eq, b.i), ' AND '
+                      ORDER BY b.i)
+    INTO cols, ordered, newest, same
+    FROM relay.backfill_keys(tbl) b;
+    IF cols IS NULL THEN
+        RAISE EXCEPTION 'backfill: % has no primary key, which a backfill needs to go in order and resume',
+            tbl::regclass USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF resume THEN
+        -- (k1, k2, ...) after the last key, in the index's order, spelt out column by column
+        -- (a row comparison would look its operators up by name), led by k1 >= its last value
+        -- so that it is an index range.
+        FOR k IN SELECT * FROM relay.backfill_keys(tbl) ORDER BY i DESC LOOP
+            after := CASE WHEN after = ''
+                          THEN format('r.%I %s $1[%s]::%s', k.name, k.gt, k.i, k.value_type)
+                          ELSE format('(r.%I %s $1[%s]::%s OR r.%I %s $1[%s]::%s AND %s)',
+                                      k.name, k.gt, k.i, k.value_type,
+                                      k.name, k.eq, k.i, k.value_type, after) END;
+            IF k.i = 1 THEN
+                after := format(' AND r.%I %s $1[1]::%s AND %s', k.name, k.ge, k.value_type,
+                                after);
+            END IF;
+        END LOOP;
+    END IF;
+    SELECT format('%L, %L', n.nspname, c.relname) INTO names
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
+    RETURN format(
+        'WITH keys AS MATERIALIZED ('
+        '  SELECT %1$s FROM %2$s r WHERE %3$s%4$s ORDER BY %5$s LIMIT $2), '
+        'rows AS MATERIALIZED ('
+        '  SELECT %6$s AS n, %7$s AS k, %1$s FROM %2$s r '
+        '  WHERE EXISTS (SELECT FROM keys WHERE %8$s) AND %3$s FOR SHARE OF r), '
+        'written AS ('
+        '  INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
+        '                            txid, created_at, webhook_id) '
+        '  SELECT %9$s, ''snapshot'', c.n, c.k, x.username, x.request_id, x.txid, x.at, $3 '
+        '  FROM rows c, relay.change_context() x ORDER BY %5$s RETURNING 1) '
+        'SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM written), '
+        '       (SELECT ARRAY[%10$s] FROM keys ORDER BY %11$s LIMIT 1)',
+        cols, tbl::regclass,
+        CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || ')' END,
+        after, ordered,
+        relay.image_sql(tbl, 'r', (relay.options_of(tbl)).excluded), relay.pk_sql(tbl, 'r'),
+        same, names,
+        (SELECT string_agg(format('pg_catalog.format(%L, relay_key_%s)', '%s', b.i), ', '
+                           ORDER BY b.i) FROM relay.backfill_keys(tbl) b),
+        newest);
 END
 $$;
 
@@ -148,12 +246,6 @@ DECLARE
     condition text := coalesce(nullif(btrim(where_clause), ''), '');
     hook      bigint;
     job       relay.backfills;
-    keys      record := relay.backfill_keys(tbl);
-    key_cols  text;
-    key_vals  text;
-    key_desc  text;
-    after     text := '';
-    names     text;
     total     bigint;
     passed    bigint;
     written   bigint;
@@ -171,10 +263,7 @@ BEGIN
         RAISE EXCEPTION 'backfill: % is not tracked (relay track % first)', tbl, tbl
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF cardinality(keys.names) = 0 THEN
-        RAISE EXCEPTION 'backfill: % has no primary key, which a backfill needs to go in order and resume', tbl
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    PERFORM relay.backfill_sql(tbl, condition, true);  -- refuses what it cannot page through
     IF webhook IS NOT NULL THEN
         SELECT w.id INTO hook FROM relay.webhooks w WHERE w.name = webhook;
         IF NOT FOUND THEN
@@ -210,49 +299,7 @@ BEGIN
         RETURN 0;
     END IF;
 
-    SELECT string_agg(format('r.%I AS relay_key_%s', n, i), ', ' ORDER BY i),
-           string_agg(format('$1[%s]::%s', i, keys.types[i]), ', ' ORDER BY i),
-           string_agg(format('relay_key_%s DESC', i), ', ' ORDER BY i)
-    INTO key_cols, key_vals, key_desc
-    FROM unnest(keys.names) WITH ORDINALITY k(n, i);
-    IF job.last_key IS NOT NULL THEN
-        after := format(' AND ROW(%s) OPERATOR(pg_catalog.>) ROW(%s)',
-                        (SELECT string_agg(format('r.%I', n), ', ' ORDER BY i)
-                         FROM unnest(keys.names) WITH ORDINALITY k(n, i)), key_vals);
-    END IF;
-    SELECT format('%L, %L', n.nspname, c.relname) INTO names
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
-
-    -- The next keys in order, read without locks; then those rows, locked, as they are now (a
-    -- row changed meanwhile is read as its writer left it, one deleted or no longer selected is
-    -- gone: its live change speaks for it), written in key order.
-    EXECUTE format(
-        'WITH keys AS MATERIALIZED ('
-        '  SELECT %1$s FROM %2$s r WHERE %3$s%4$s ORDER BY %5$s LIMIT $2), '
-        'rows AS MATERIALIZED ('
-        '  SELECT %6$s AS n, %7$s AS k, %1$s FROM %2$s r '
-        '  WHERE ROW(%8$s) IN (SELECT %9$s FROM keys) AND %3$s FOR SHARE OF r), '
-        'written AS ('
-        '  INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
-        '                            txid, created_at, webhook_id) '
-        '  SELECT %10$s, ''snapshot'', c.n, c.k, x.username, x.request_id, x.txid, x.at, $3 '
-        '  FROM rows c, relay.change_context() x ORDER BY %9$s RETURNING 1) '
-        'SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM written), '
-        '       (SELECT ARRAY[%11$s] FROM keys ORDER BY %12$s LIMIT 1)',
-        key_cols, tbl,
-        CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || ')' END,
-        after,
-        (SELECT string_agg(format('r.%I', n), ', ' ORDER BY i)
-         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
-        relay.image_sql(tbl, 'r', (relay.options_of(tbl)).excluded), relay.pk_sql(tbl, 'r'),
-        (SELECT string_agg(format('r.%I', n), ', ' ORDER BY i)
-         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
-        (SELECT string_agg(format('relay_key_%s', i), ', ' ORDER BY i)
-         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
-        names,
-        (SELECT string_agg(format('relay_key_%s::pg_catalog.text', i), ', ' ORDER BY i)
-         FROM unnest(keys.names) WITH ORDINALITY k(n, i)),
-        key_desc)
+    EXECUTE relay.backfill_sql(tbl, condition, job.last_key IS NOT NULL)
     INTO passed, written, last
     USING job.last_key, chunk, hook;
 
@@ -268,7 +315,7 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION relay.backfill(regclass, text, text, integer, boolean),
-    relay.backfill_keys(oid) FROM PUBLIC;
+    relay.backfill_keys(oid), relay.backfill_sql(oid, text, boolean) FROM PUBLIC;
 
 -- A replay's deliveries must outlive retention until they are sent: purge_changes skips a
 -- change with a delivery pending (through the primary key of relay.deliveries).
