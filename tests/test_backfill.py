@@ -403,3 +403,29 @@ def test_backfill_refuses_a_key_type_whose_cast_from_text_another_role_wrote(
     refused = relay("backfill", "public.moods", dsn=relay_dsn)
     assert refused.returncode == 2, refused.stderr
     assert "has a cast from text that a role other than a superuser wrote" in refused.stderr
+
+
+def test_ctrl_c_while_a_chunk_waits_for_a_locked_row_ends_in_one_line(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    items(rconn, 10)
+    hook(rconn, "snap", "http://127.0.0.1:9/never", ["snapshot"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    with psycopg.connect(relay_dsn) as holder:
+        holder.execute("SELECT * FROM items WHERE id = 5 FOR UPDATE")
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "relay", "backfill", "public.items"],
+            env={**env, "RELAY_DSN": relay_dsn},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(2.5)  # started, and trying the chunk again every 200 ms
+        waiting.send_signal(signal.SIGINT)
+        _, stderr = waiting.communicate(timeout=20)
+    assert waiting.returncode == 130, stderr
+    assert stderr.strip().splitlines() == [
+        "error: interrupted after 0 snapshots (a chunk under way is undone): run the same"
+        " command again to go on"
+    ]
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 0
