@@ -388,6 +388,11 @@ class Store:
         with self.conn.cursor(row_factory=class_row(TableName)) as cur:
             return cur.execute(query("table_name"), {"table": table}).fetchone()
 
+    def backfill_problem(self, table: str) -> str | None:
+        """Why ``table`` cannot be backfilled (not tracked, no primary key...), or None."""
+        found: str | None = self._value("backfill_problem", {"table": table})
+        return found
+
     def backfill_chunk(
         self, table: str, where: str | None, webhook: str | None, chunk: int, *, again: bool
     ) -> int:

@@ -662,6 +662,10 @@ SELECT n.nspname AS schema_name, c.relname AS table_name,
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = to_regclass(%(table)s);
 
+-- name: backfill_problem
+-- Why the table cannot be backfilled, or NULL (see relay.backfill_problem).
+SELECT relay.backfill_problem(to_regclass(%(table)s));
+
 -- name: backfill_chunk
 -- One chunk of a backfill (relay.backfill in 0021_backfill_replay.sql explains it): how many
 -- rows it went past, 0 once complete.

@@ -56,6 +56,9 @@ def backfill(
         found = store.table_name(table)
         if found is None:
             fail(f"no table named {table!r}: name it as in SQL, e.g. public.orders", 2)
+        problem = store.backfill_problem(found.name)
+        if problem is not None:
+            fail(problem, 2)
         rules = ruleset.load(conn)
         target = None
         if webhook is not None:
@@ -120,6 +123,12 @@ class Job:
                 time.sleep(0.2)
             except psycopg.errors.InvalidParameterValue as exc:
                 fail(explain(exc)[0], 2)
+            except psycopg.errors.DataException as exc:
+                fail(
+                    f"the where clause failed on a row of {self.table}: {explain(exc)[0]}; "
+                    "change it and run again",
+                    2,
+                )
         fail(
             f"rows of {self.table} stayed locked by other transactions for {LOCK_RETRIES} "
             "tries: see pg_locks, then run the same command again to go on",

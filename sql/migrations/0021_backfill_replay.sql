@@ -104,13 +104,19 @@ COMMENT ON TABLE relay.backfills IS
 -- from text running a function that a role other than a superuser owns (another role's code
 -- would run with the rights of whoever runs the backfill).
 CREATE FUNCTION relay.backfill_keys(tbl oid)
-RETURNS TABLE (i bigint, name text, value_type text, lt text, eq text, ge text, gt text)
+RETURNS TABLE (i bigint, name text, expr text, value_type text, lt text, eq text, ge text,
+               gt text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col record;
 BEGIN
     FOR col IN
         SELECT k.i, a.attname::text AS name,
+               -- A domain's key is read as its base type (no CHECK runs: a relabelling), so
+               -- that the base type's operators apply (a domain over an enum has none by name).
+               CASE WHEN t.typtype = 'd'
+                    THEN format('r.%I::%s', a.attname, format_type(t.typbasetype, t.typtypmod))
+                    ELSE format('r.%I', a.attname) END AS expr,
                CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END AS base,
                CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
                     ELSE format_type(a.atttypid, a.atttypmod) END AS value_type,
@@ -125,7 +131,7 @@ BEGIN
         ORDER BY k.i
     LOOP
         IF (SELECT typtype FROM pg_type WHERE oid = col.base) NOT IN ('b', 'e', 'r') THEN
-            RAISE EXCEPTION 'backfill of %: primary key column "%" is of type %, which it cannot page through',
+            RAISE EXCEPTION '%: primary key column "%" is of type %, which a backfill cannot page through',
                 tbl::regclass, col.name, format_type(col.base, NULL)
                 USING ERRCODE = 'feature_not_supported';
         END IF;
@@ -133,12 +139,12 @@ BEGIN
                    JOIN pg_roles o ON o.oid = p.proowner
                    WHERE c.castsource = 'text'::regtype AND c.casttarget = col.base
                      AND NOT o.rolsuper) THEN
-            RAISE EXCEPTION 'backfill of %: the type of primary key column "%" (%) has a cast from text that a role other than a superuser wrote; backfill will not run it',
+            RAISE EXCEPTION '%: the type of primary key column "%" (%) has a cast from text that a role other than a superuser wrote, which a backfill will not run',
                 tbl::regclass, col.name, format_type(col.base, NULL)
                 USING ERRCODE = 'feature_not_supported';
         END IF;
         RETURN QUERY
-        SELECT col.i, col.name, col.value_type,
+        SELECT col.i, col.name, col.expr, col.value_type,
                max(op) FILTER (WHERE m.amopstrategy = 1), max(op) FILTER (WHERE m.amopstrategy = 3),
                max(op) FILTER (WHERE m.amopstrategy = 4), max(op) FILTER (WHERE m.amopstrategy = 5)
         FROM pg_amop m
@@ -148,6 +154,33 @@ BEGIN
         WHERE m.amopfamily = col.opcfamily AND m.amopmethod = col.opcmethod
           AND m.amoplefttype = col.opcintype AND m.amoprighttype = col.opcintype;
     END LOOP;
+END
+$$;
+
+-- The rows a backfill reads: the table's own (ONLY: a table that inherits from it is not
+-- tracked with it), or for a partitioned table, its partitions' (as capture records them).
+CREATE FUNCTION relay.backfill_source(tbl oid) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN relkind = 'p' THEN '' ELSE 'ONLY ' END || oid::regclass::text
+    FROM pg_class WHERE oid = tbl
+$$;
+
+-- Why a table cannot be backfilled (not tracked, a partition of a tracked table, no primary
+-- key, a key it cannot page through), or NULL: relay backfill asks before anything else.
+CREATE FUNCTION relay.backfill_problem(tbl oid) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM relay.tracked_tables t WHERE t.tbl = backfill_problem.tbl) THEN
+        IF relay.tracked_ancestor(tbl) IS NOT NULL THEN
+            RETURN format('%s is a partition of tracked table %s: backfill that table',
+                          tbl::regclass, relay.tracked_ancestor(tbl)::regclass);
+        END IF;
+        RETURN format('%s is not tracked (relay track %s first)', tbl::regclass, tbl::regclass);
+    END IF;
+    PERFORM relay.backfill_sql(tbl, '', true);
+    RETURN NULL;
+EXCEPTION WHEN invalid_parameter_value OR feature_not_supported THEN
+    RETURN SQLERRM;
 END
 $$;
 
@@ -168,15 +201,15 @@ DECLARE
     names   text;
     k       record;
 BEGIN
-    SELECT string_agg(format('r.%I AS relay_key_%s', b.name, b.i), ', ' ORDER BY b.i),
+    SELECT string_agg(format('%s AS relay_key_%s', b.expr, b.i), ', ' ORDER BY b.i),
            string_agg(format('relay_key_%s USING %s', b.i, b.lt), ', ' ORDER BY b.i),
            string_agg(format('relay_key_%s USING %s', b.i, b.gt), ', ' ORDER BY b.i),
-           string_agg(format('r.%I %s keys.relay_key_%s', b.name, b.eq, b.i), ' AND '
+           string_agg(format('%s %s keys.relay_key_%s', b.expr, b.eq, b.i), ' AND '
                       ORDER BY b.i)
     INTO cols, ordered, newest, same
     FROM relay.backfill_keys(tbl) b;
     IF cols IS NULL THEN
-        RAISE EXCEPTION 'backfill: % has no primary key, which a backfill needs to go in order and resume',
+        RAISE EXCEPTION '% has no primary key, which a backfill needs to go in order and resume',
             tbl::regclass USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF resume THEN
@@ -185,12 +218,12 @@ BEGIN
         -- so that it is an index range.
         FOR k IN SELECT * FROM relay.backfill_keys(tbl) ORDER BY i DESC LOOP
             after := CASE WHEN after = ''
-                          THEN format('r.%I %s $1[%s]::%s', k.name, k.gt, k.i, k.value_type)
-                          ELSE format('(r.%I %s $1[%s]::%s OR r.%I %s $1[%s]::%s AND %s)',
-                                      k.name, k.gt, k.i, k.value_type,
-                                      k.name, k.eq, k.i, k.value_type, after) END;
+                          THEN format('%s %s $1[%s]::%s', k.expr, k.gt, k.i, k.value_type)
+                          ELSE format('(%s %s $1[%s]::%s OR %s %s $1[%s]::%s AND %s)',
+                                      k.expr, k.gt, k.i, k.value_type,
+                                      k.expr, k.eq, k.i, k.value_type, after) END;
             IF k.i = 1 THEN
-                after := format(' AND r.%I %s $1[1]::%s AND %s', k.name, k.ge, k.value_type,
+                after := format(' AND %s %s $1[1]::%s AND %s', k.expr, k.ge, k.value_type,
                                 after);
             END IF;
         END LOOP;
@@ -210,8 +243,8 @@ BEGIN
         '  FROM rows c, relay.change_context() x ORDER BY %5$s RETURNING 1) '
         'SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM written), '
         '       (SELECT ARRAY[%10$s] FROM keys ORDER BY %11$s LIMIT 1)',
-        cols, tbl::regclass,
-        CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || ')' END,
+        cols, relay.backfill_source(tbl),
+        CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || E'\n)' END,
         after, ordered,
         relay.image_sql(tbl, 'r', (relay.options_of(tbl)).excluded), relay.pk_sql(tbl, 'r'),
         same, names,
@@ -244,6 +277,7 @@ SET IntervalStyle = 'postgres' SET bytea_output = 'hex' SET extra_float_digits =
 SET lc_monetary = 'C' SET row_security = off SET lock_timeout = '200ms' AS $$
 DECLARE
     condition text := coalesce(nullif(btrim(where_clause), ''), '');
+    problem   text;
     hook      bigint;
     job       relay.backfills;
     total     bigint;
@@ -255,15 +289,10 @@ BEGIN
         RAISE EXCEPTION 'backfill: chunk must be from 1 to 1000000 rows'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT EXISTS (SELECT FROM relay.tracked_tables t WHERE t.tbl = backfill.tbl) THEN
-        IF relay.tracked_ancestor(tbl) IS NOT NULL THEN
-            RAISE EXCEPTION 'backfill: % is a partition of tracked table %: backfill that table',
-                tbl, relay.tracked_ancestor(tbl)::regclass USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        RAISE EXCEPTION 'backfill: % is not tracked (relay track % first)', tbl, tbl
-            USING ERRCODE = 'invalid_parameter_value';
+    problem := relay.backfill_problem(tbl);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'backfill: %', problem USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM relay.backfill_sql(tbl, condition, true);  -- refuses what it cannot page through
     IF webhook IS NOT NULL THEN
         SELECT w.id INTO hook FROM relay.webhooks w WHERE w.name = webhook;
         IF NOT FOUND THEN
@@ -278,14 +307,14 @@ BEGIN
     ORDER BY b.id DESC LIMIT 1 FOR UPDATE;
     IF NOT FOUND OR job.finished_at IS NOT NULL AND again THEN
         BEGIN
-            EXECUTE format('SELECT count(*) FROM %s r WHERE %s', tbl,
-                           CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || ')' END)
+            EXECUTE format('SELECT count(*) FROM %s r WHERE %s', relay.backfill_source(tbl),
+                           CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || E'\n)' END)
                 INTO total;
         EXCEPTION WHEN insufficient_privilege THEN
             RAISE;  -- the table or a row policy refuses the caller: say so as it is
         WHEN syntax_error_or_access_rule_violation OR data_exception THEN
-            RAISE EXCEPTION 'backfill of %: the where clause does not work: %', tbl, SQLERRM
-                USING ERRCODE = 'invalid_parameter_value';
+            RAISE EXCEPTION 'backfill of %: the where clause does not work: % (it is SQL on the table''s columns; call functions by schema-qualified names)',
+                tbl, SQLERRM USING ERRCODE = 'invalid_parameter_value';
         END;
         INSERT INTO relay.backfills (tbl, where_clause, webhook_id, rows_total)
         VALUES (tbl, condition, hook, total)
@@ -315,7 +344,8 @@ END
 $$;
 
 REVOKE ALL ON FUNCTION relay.backfill(regclass, text, text, integer, boolean),
-    relay.backfill_keys(oid), relay.backfill_sql(oid, text, boolean) FROM PUBLIC;
+    relay.backfill_keys(oid), relay.backfill_sql(oid, text, boolean), relay.backfill_source(oid),
+    relay.backfill_problem(oid) FROM PUBLIC;
 
 -- A replay's deliveries must outlive retention until they are sent: purge_changes skips a
 -- change with a delivery pending (through the primary key of relay.deliveries).
