@@ -184,6 +184,18 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Rearmed:
+    """What ``replay_rearm`` made pending again, by earlier outcome, and what it left out."""
+
+    delivered: int
+    failed: int
+    busy: int
+    """Left out: a later change of their row is in flight (it would be overtaken)."""
+    ruleless: int
+    """Left out: the rule that sent them is gone or disabled."""
+
+
+@dataclass(frozen=True)
 class TableName:
     """A table as the catalogs name it: ``name`` is how a query may refer to it."""
 
@@ -411,14 +423,23 @@ class Store:
         found: datetime | None = self._value("oldest_change")
         return found
 
-    def replay_rearm(self, window: Mapping[str, Any], statuses: Sequence[str]) -> tuple[int, int]:
+    def replay_hold(self, webhook_id: int) -> list[str]:
+        """Hold every delivery still until the transaction ends (relays wait); the row keys of
+        the webhook's deliveries in flight."""
+        self.conn.execute(query("replay_lock"))
+        row = self.conn.execute(query("replay_busy"), {"webhook_id": webhook_id}).fetchone()
+        return list(row[0]) if row else []
+
+    def replay_rearm(
+        self, window: Mapping[str, Any], statuses: Sequence[str], busy: Sequence[str]
+    ) -> Rearmed:
         """Make the webhook's finished deliveries in ``window`` (webhook_id, since, until,
-        schema_name, table_name) pending again as replays: how many had been delivered, and
-        how many had failed."""
-        row = self.conn.execute(
-            query("replay_rearm"), {**window, "statuses": list(statuses)}
-        ).fetchone()
-        return (int(row[0]), int(row[1])) if row else (0, 0)
+        schema_name, table_name) pending again as replays, but those of ``busy`` rows and those
+        whose rule is gone."""
+        params = {**window, "statuses": list(statuses), "busy": list(busy)}
+        with self.conn.cursor(row_factory=class_row(Rearmed)) as cur:
+            found = cur.execute(query("replay_rearm"), params).fetchone()
+        return found or Rearmed(0, 0, 0, 0)
 
     def replay_candidates(
         self, window: Mapping[str, Any], after: int, limit: int

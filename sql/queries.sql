@@ -700,32 +700,52 @@ SELECT id, enabled FROM relay.webhooks WHERE name = %(name)s;
 -- further back.
 SELECT min(created_at) FROM relay.outbox;
 
+-- name: replay_lock
+-- `relay replay`, first: no delivery is claimed, recorded or added until the replay commits
+-- (the relays wait: a few seconds for 100,000 changes). Without it, a later change of a
+-- replayed row could be fanned out and claimed meanwhile, and be overtaken by the replay.
+LOCK TABLE relay.deliveries IN SHARE ROW EXCLUSIVE MODE;
+
+-- name: replay_busy
+-- The rows the webhook has a delivery in flight of: a replayed change of such a row would
+-- overtake the later change in flight, so the replay leaves those rows out.
+SELECT coalesce(array_agg(DISTINCT row_key), '{}') FROM relay.deliveries
+WHERE webhook_id = %(webhook_id)s AND status = 'pending' AND leased_until >= now();
+
 -- name: replay_rearm
 -- `relay replay`: the webhook's deliveries of changes made in [since, until) (of one table when
 -- given) whose last outcome is one of `statuses`, pending again, flagged replay, all due at
--- the replay transaction's now() (so they go in outbox order). Each keeps its delivery id (made from the change and the
--- webhook); the attempts it had count as earlier ones. Pending deliveries are left alone.
-WITH target AS (
-    SELECT d.outbox_id, d.status::text AS was
-    FROM relay.deliveries d JOIN relay.outbox o ON o.id = d.outbox_id
+-- the replay transaction's now() (so they go in outbox order). Each keeps its delivery id (made
+-- from the change and the webhook); the attempts it had count as earlier ones. Left out, and
+-- counted: deliveries of rows with a delivery in flight (`busy`, from replay_busy), and those
+-- whose rule is gone or disabled (it would fail them at once: the rule that sent a change
+-- renders it). Pending deliveries are left alone.
+WITH chosen AS (
+    SELECT d.outbox_id, d.status::text AS was, d.row_key = ANY(%(busy)s::text[]) AS busy,
+           r.id IS NULL AS ruleless
+    FROM relay.deliveries d
+    JOIN relay.outbox o ON o.id = d.outbox_id
+    LEFT JOIN relay.event_rules r ON r.id = d.rule_id AND r.enabled
+                                 AND r.webhook_id = d.webhook_id
     WHERE d.webhook_id = %(webhook_id)s AND d.status::text = ANY(%(statuses)s::text[])
       AND o.created_at >= %(since)s
       AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
       AND (%(schema_name)s::text IS NULL
            OR o.schema_name = %(schema_name)s::text AND o.table_name = %(table_name)s::text)
-    FOR UPDATE OF d
 ), armed AS (
     UPDATE relay.deliveries d
     SET status = 'pending', attempts = 0, earlier_attempts = d.earlier_attempts + d.attempts,
         next_attempt_at = now(), leased_until = NULL, leased_by = NULL, last_error = NULL,
         last_status_code = NULL, batch_id = NULL, replay = true
-    FROM target t
-    WHERE d.outbox_id = t.outbox_id AND d.webhook_id = %(webhook_id)s
-    RETURNING t.was
+    FROM chosen c
+    WHERE d.outbox_id = c.outbox_id AND d.webhook_id = %(webhook_id)s
+      AND NOT c.busy AND NOT c.ruleless
+    RETURNING c.was
 )
-SELECT count(*) FILTER (WHERE was = 'delivered') AS delivered,
-       count(*) FILTER (WHERE was = 'failed') AS failed
-FROM armed;
+SELECT (SELECT count(*) FROM armed WHERE was = 'delivered') AS delivered,
+       (SELECT count(*) FROM armed WHERE was = 'failed') AS failed,
+       (SELECT count(*) FROM chosen WHERE busy) AS busy,
+       (SELECT count(*) FROM chosen WHERE ruleless AND NOT busy) AS ruleless;
 
 -- name: replay_candidates
 -- Changes made in [since, until) (of one table when given) that the webhook has no delivery of,

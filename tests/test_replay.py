@@ -177,8 +177,8 @@ def test_replay_says_what_retention_left_and_refuses_bad_arguments(
     rconn.execute("UPDATE relay.outbox SET status = 'delivered', processed_at = now()")
     old = relay("replay", "--webhook", "hook", "--since", "30d", dsn=relay_dsn)
     assert old.returncode == 0, old.stderr
-    assert "the outbox keeps nothing made before" in old.stderr
-    assert "retention" in old.stderr
+    assert "the outbox holds no change made before" in old.stderr
+    assert "RELAY_RETENTION_DAYS" in old.stderr
 
     for args, message in [
         (["--webhook", "nope", "--since", "1h"], "no webhook named 'nope'"),
@@ -202,8 +202,9 @@ def test_a_change_being_replayed_outlives_retention_until_it_is_sent(
     setup(rconn, "http://127.0.0.1:9/hook")
     rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
     rconn.execute(
-        "INSERT INTO relay.deliveries (outbox_id, webhook_id, row_key, status)"
-        " SELECT o.id, w.id, 'k' || o.id, 'delivered' FROM relay.outbox o, relay.webhooks w"
+        "INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, status)"
+        " SELECT o.id, r.webhook_id, r.id, 'k' || o.id, 'delivered'"
+        " FROM relay.outbox o, relay.event_rules r"
     )
     rconn.execute(
         "UPDATE relay.outbox SET status = 'delivered', processed_at = now() - interval '2 days'"
@@ -213,3 +214,55 @@ def test_a_change_being_replayed_outlives_retention_until_it_is_sent(
     purged = relay("purge", "--older-than", "1d", dsn=relay_dsn)
     assert purged.returncode == 0, purged.stderr
     assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 2
+
+
+def delivered_by_hand(conn: Conn) -> None:
+    """Every change delivered to the webhook, as a relay would have left it."""
+    conn.execute(
+        "INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, status)"
+        " SELECT o.id, r.webhook_id, r.id, 'public.items:' || o.pk::jsonb::text, 'delivered'"
+        " FROM relay.outbox o, relay.event_rules r"
+    )
+    conn.execute("UPDATE relay.outbox SET status = 'delivered', processed_at = now()")
+
+
+def test_replay_leaves_out_rows_with_a_later_change_in_flight_and_changes_whose_rule_is_gone(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    setup(rconn, "http://127.0.0.1:9/hook")
+    rconn.execute("INSERT INTO items VALUES (1, 0), (2, 0)")
+    rconn.execute("UPDATE items SET v = 1")
+    delivered_by_hand(rconn)
+    # A later change of row 1 is being sent right now (leased by a relay).
+    rconn.execute("UPDATE items SET v = 99 WHERE id = 1")
+    rconn.execute(
+        "INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, leased_by,"
+        " leased_until) SELECT o.id, r.webhook_id, r.id, 'public.items:' || o.pk::jsonb::text,"
+        " 'elsewhere', now() + interval '1 minute' FROM relay.outbox o, relay.event_rules r"
+        " WHERE o.status = 'pending'"
+    )
+    done = relay("replay", "--webhook", "hook", "--since", "1h", dsn=relay_dsn)
+    assert done.returncode == 0, done.stderr
+    assert "replaying 2 changes to webhook hook (2 delivered before" in done.stdout
+    assert "2 change(s) left out: a later change of their row is being sent" in done.stderr
+    rearmed = rconn.execute(
+        "SELECT row_key FROM relay.deliveries WHERE replay ORDER BY outbox_id"
+    ).fetchall()
+    assert rearmed == [('public.items:{"id": 2}',)] * 2
+
+    rconn.execute("UPDATE relay.deliveries SET status = 'delivered', replay = false")
+    rconn.execute("UPDATE relay.event_rules SET enabled = false")
+    rconn.execute(
+        "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+        " SELECT 'now', ARRAY['public.items'], id FROM relay.webhooks"
+    )
+    gone = relay(
+        "replay", "--webhook", "hook", "--since", "1h", "--status", "delivered", dsn=relay_dsn
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert "replaying 0 changes" in gone.stdout
+    assert "5 change(s) left out: the rule that sent them to hook is gone or disabled" in (
+        gone.stderr
+    )
+    statuses = rconn.execute("SELECT DISTINCT status::text FROM relay.deliveries").fetchall()
+    assert statuses == [("delivered",)], "what was delivered stays delivered"

@@ -14,13 +14,18 @@ def parse_age(text: str) -> timedelta:
     match = _AGE.match(text)
     if not match:
         raise ValueError(f"{text!r} is not an age like 30m, 12h, 7d or 2w")
-    return timedelta(**{_UNITS[match[2]]: float(match[1])})
+    try:
+        return timedelta(**{_UNITS[match[2]]: float(match[1])})
+    except OverflowError:
+        raise ValueError(f"{text!r} is longer than an age can be") from None
 
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """An age back from now (``2h``) or an ISO 8601 time (UTC when it names no zone)."""
     try:
         return (now or datetime.now(UTC)) - parse_age(text)
+    except OverflowError:
+        raise ValueError(f"{text!r} reaches back before the year 1") from None
     except ValueError:
         pass
     try:

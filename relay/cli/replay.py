@@ -77,11 +77,13 @@ def replay(
         oldest = store.oldest_change()
         if oldest is None or oldest > start:
             kept = (
-                "nothing" if oldest is None else f"nothing made before {oldest:%Y-%m-%d %H:%M:%S}"
+                "no change"
+                if oldest is None
+                else f"no change made before {oldest:%Y-%m-%d %H:%M:%S}"
             )
             err.print(
-                f"warning: the outbox keeps {kept} (retention purges older changes): "
-                "only what it keeps is replayed",
+                f"warning: the outbox holds {kept} (RELAY_RETENTION_DAYS purges finished "
+                "changes): what is older cannot be replayed",
                 highlight=False,
             )
         window: dict[str, Any] = {
@@ -92,23 +94,35 @@ def replay(
             "table_name": key[1] if key else None,
         }
         statuses = ["delivered", "failed"] if status is Status.all else [status.value]
-        try:
-            with conn.transaction() as tx:
-                delivered, failed = store.replay_rearm(window, statuses)
-                new = ReplayPlan()
-                if status is Status.all:
-                    _match(store, rules, window, new)
-                    if new.deliveries.outbox_ids:
-                        store.add_replay_deliveries(new.deliveries.parameters())
-                if dry_run:
-                    raise psycopg.Rollback(tx)
-        except psycopg.errors.LockNotAvailable:
-            fail("deliveries of this webhook are locked by a relay: try again", 1)
-    total = delivered + failed + len(new.deliveries.outbox_ids)
+        with conn.transaction() as tx:
+            busy = store.replay_hold(webhook_id)
+            armed = store.replay_rearm(window, statuses, busy)
+            new = ReplayPlan(busy=set(busy))
+            if status is Status.all:
+                _match(store, rules, window, new)
+                if new.deliveries.outbox_ids:
+                    store.add_replay_deliveries(new.deliveries.parameters())
+            if dry_run:
+                raise psycopg.Rollback(tx)
+    added = len(new.deliveries.outbox_ids)
+    total = armed.delivered + armed.failed + added
     what = (
-        f"{total} change{'' if total == 1 else 's'} to webhook {webhook} ({delivered} delivered "
-        f"before, {failed} failed before, {len(new.deliveries.outbox_ids)} new to it)"
+        f"{total} change{'' if total == 1 else 's'} to webhook {webhook} ({armed.delivered} "
+        f"delivered before, {armed.failed} failed before, {added} new to it)"
     )
+    left = armed.busy + new.left_busy
+    if left:
+        err.print(
+            f"warning: {left} change(s) left out: a later change of their row is being sent to "
+            f"{webhook} now, and they would overtake it; run the same replay again in a moment",
+            highlight=False,
+        )
+    if armed.ruleless:
+        err.print(
+            f"warning: {armed.ruleless} change(s) left out: the rule that sent them to {webhook} "
+            "is gone or disabled (its action data and templates are needed to send them)",
+            highlight=False,
+        )
     if new.unjudged:
         first = next(iter(new.unjudged.items()))
         err.print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from relay.delivery.plan import Arrival, Deliveries
+from relay.delivery.plan import Arrival, Deliveries, row_key
 from relay.rules.ruleset import RuleSet, judge
 
 
@@ -21,11 +21,18 @@ class ReplayPlan:
     deliveries: Deliveries = field(default_factory=Deliveries)
     unjudged: dict[int, str] = field(default_factory=dict)
     """Change id -> why no rule of the webhook could be judged for it (it is not replayed)."""
+    busy: set[str] = field(default_factory=set)
+    """Rows with a delivery to the webhook in flight: their changes are left out (one would
+    overtake the later change in flight)."""
+    left_busy: int = 0
 
     def add(self, arrivals: Iterable[Arrival], ruleset: RuleSet, webhook_id: int) -> None:
         """A delivery per change that one of the webhook's rules matches (the first names it).
         A change too large to read goes only through a rule without conditions."""
         for item in arrivals:
+            if row_key(item.change, item.change.pk_json) in self.busy:
+                self.left_busy += 1
+                continue
             why = None
             for rule in ruleset.candidates(item.change):
                 if rule.webhook.id != webhook_id:
