@@ -18,6 +18,7 @@ from relay.db import Conn
 from relay.delivery import fanout
 from relay.settings import Settings
 from relay.store import Store
+from support.cli import relay
 from support.db import one_row, outbox
 from support.receivers import receiver
 from support.worker import FAST, running, until
@@ -99,6 +100,21 @@ def test_backfill_reads_with_its_callers_rights_and_a_policy_cannot_hide_rows(
         pytest.raises(psycopg.errors.InsufficientPrivilege, match="orders"),
     ):
         inst.execute("SELECT relay.backfill('public.orders')")  # may not read the table
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        inst.execute(
+            "INSERT INTO relay.webhooks (name, payload_url, secret)"
+            " VALUES ('h', 'http://127.0.0.1:9/', 's')"
+        )
+        inst.execute(
+            "INSERT INTO relay.event_rules (name, tables, events, webhook_id)"
+            " SELECT 'r', ARRAY['public.orders'], ARRAY['snapshot'], id FROM relay.webhooks"
+        )
+    refused = relay("backfill", "public.orders", dsn=roles["installer"])
+    assert refused.returncode == 2, refused.stderr
+    assert "permission denied for table orders: a backfill reads public.orders with the rights" in (
+        refused.stderr
+    )
+    assert len(refused.stderr.strip().splitlines()) == 1
     with psycopg.connect(roles["app"], autocommit=True) as app:
         # Reading, and locking rows, which takes UPDATE on a column (nothing is updated).
         app.execute(f"GRANT SELECT, UPDATE (id) ON orders TO {roles['installer_name']}")

@@ -123,6 +123,14 @@ class Job:
                 time.sleep(0.2)
             except psycopg.errors.InvalidParameterValue as exc:
                 fail(explain(exc)[0], 2)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                fail(
+                    f"{exc.diag.message_primary}: a backfill reads {self.table} with the rights "
+                    "of the role running it, which needs SELECT on it and UPDATE on one of its "
+                    "columns (row locks), and no row security hiding rows; run it as relay's "
+                    "owner with those rights",
+                    2,
+                )
             except psycopg.errors.DataException as exc:
                 fail(
                     f"the where clause failed on a row of {self.table}: {explain(exc)[0]}; "
