@@ -14,7 +14,7 @@ from relay.delivery import plan
 from relay.delivery.replay import ReplayPlan
 from relay.rules import ruleset
 from relay.settings import Settings
-from relay.store import Store
+from relay.store import Rearmed, Store
 
 CHUNK = 1000
 """Changes matched at a time, their images read only for rules with conditions."""
@@ -104,32 +104,31 @@ def replay(
                     store.add_replay_deliveries(new.deliveries.parameters())
             if dry_run:
                 raise psycopg.Rollback(tx)
+    _report(webhook, armed, new, dry_run=dry_run)
+
+
+def _report(webhook: str, armed: Rearmed, new: ReplayPlan, *, dry_run: bool) -> None:
+    """What the replay queued (or would), and a warning line for each kind it left out."""
     added = len(new.deliveries.outbox_ids)
     total = armed.delivered + armed.failed + added
+    left_out = {
+        "a later change of their row is being sent to the webhook now, and they would "
+        "overtake it; run the same replay again in a moment": armed.busy + new.left_busy,
+        "the rule that sent them is gone or disabled (its action data and templates are "
+        "needed to send them)": armed.ruleless,
+    }
+    if new.unjudged:
+        change, why = next(iter(new.unjudged.items()))
+        left_out[f"the webhook's rules could not be judged for them (change {change}: {why})"] = (
+            len(new.unjudged)
+        )
+    for why, count in left_out.items():
+        if count:
+            err.print(f"warning: {count} change(s) left out: {why}", highlight=False)
     what = (
         f"{total} change{'' if total == 1 else 's'} to webhook {webhook} ({armed.delivered} "
         f"delivered before, {armed.failed} failed before, {added} new to it)"
     )
-    left = armed.busy + new.left_busy
-    if left:
-        err.print(
-            f"warning: {left} change(s) left out: a later change of their row is being sent to "
-            f"{webhook} now, and they would overtake it; run the same replay again in a moment",
-            highlight=False,
-        )
-    if armed.ruleless:
-        err.print(
-            f"warning: {armed.ruleless} change(s) left out: the rule that sent them to {webhook} "
-            "is gone or disabled (its action data and templates are needed to send them)",
-            highlight=False,
-        )
-    if new.unjudged:
-        first = next(iter(new.unjudged.items()))
-        err.print(
-            f"warning: {len(new.unjudged)} change(s) left out: the webhook's rules could not be "
-            f"judged for them (change {first[0]}: {first[1]})",
-            highlight=False,
-        )
     if dry_run:
         out.print(f"would replay {what}; nothing changed (--dry-run)", highlight=False)
     else:
