@@ -70,7 +70,7 @@ def main() -> None:
     relay, and says so."""
     try:
         code = app(standalone_mode=False)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         _last_words("interrupted", 130)
     except psycopg.Error as exc:
         _last_words(*explain(exc))
