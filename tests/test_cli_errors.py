@@ -25,6 +25,8 @@ DATABASE_COMMANDS = [
     ["status"],
     ["retry", "--id", "1"],
     ["purge", "--older-than", "1d"],
+    ["backfill", "public.t"],
+    ["replay", "--webhook", "w", "--since", "1h"],
     ["preview", "--rule", "r", "--outbox-id", "1"],
     ["webhook", "add", "w", "--url", "http://127.0.0.1:9/"],
     ["webhook", "list"],
