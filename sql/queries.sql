@@ -707,10 +707,12 @@ SELECT min(created_at) FROM relay.outbox;
 LOCK TABLE relay.deliveries IN SHARE ROW EXCLUSIVE MODE;
 
 -- name: replay_busy
--- The rows the webhook has a delivery in flight of: a replayed change of such a row would
--- overtake the later change in flight, so the replay leaves those rows out.
-SELECT coalesce(array_agg(DISTINCT row_key), '{}') FROM relay.deliveries
-WHERE webhook_id = %(webhook_id)s AND status = 'pending' AND leased_until >= now();
+-- The rows the webhook has a delivery in flight of, under their key and, for a key move, the
+-- key they moved from: a replayed change of such a row would overtake the later change in
+-- flight, so the replay leaves those rows out.
+SELECT coalesce(array_agg(DISTINCT k.key) FILTER (WHERE k.key IS NOT NULL), '{}')
+FROM relay.deliveries d, LATERAL (VALUES (d.row_key), (d.old_row_key)) k (key)
+WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.leased_until >= now();
 
 -- name: replay_rearm
 -- `relay replay`: the webhook's deliveries of changes made in [since, until) (of one table when
@@ -721,7 +723,9 @@ WHERE webhook_id = %(webhook_id)s AND status = 'pending' AND leased_until >= now
 -- whose rule is gone or disabled (it would fail them at once: the rule that sent a change
 -- renders it). Pending deliveries are left alone.
 WITH chosen AS (
-    SELECT d.outbox_id, d.status::text AS was, d.row_key = ANY(%(busy)s::text[]) AS busy,
+    SELECT d.outbox_id, d.status::text AS was,
+           d.row_key = ANY(%(busy)s::text[])
+               OR coalesce(d.old_row_key = ANY(%(busy)s::text[]), false) AS busy,
            r.id IS NULL AS ruleless
     FROM relay.deliveries d
     JOIN relay.outbox o ON o.id = d.outbox_id

@@ -262,6 +262,8 @@ def test_backfill_refuses_what_it_cannot_do_in_one_line_each(rconn: Conn, relay_
     )
     for args, message in [
         (["public.nope"], "no table named 'public.nope'"),
+        (["a.b.c.d"], "no table named 'a.b.c.d'"),
+        ([""], "no table named ''"),
         (["public.untracked"], "public.untracked is not tracked (relay track"),
         (["public.parted_1"], "is a partition of tracked table public.parted: backfill that table"),
         (["public.keyless"], "has no primary key"),
@@ -440,3 +442,45 @@ def test_ctrl_c_while_a_chunk_waits_for_a_locked_row_ends_in_one_line(
         " command again to go on"
     ]
     assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 0
+
+
+def test_backfill_refuses_keys_holding_a_domain_and_a_where_clause_cannot_undo_its_paging(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    rconn.execute("CREATE TABLE ran (what text)")
+    rconn.execute(
+        "CREATE FUNCTION positive(int) RETURNS boolean LANGUAGE plpgsql AS"
+        " $$BEGIN INSERT INTO ran VALUES ('check'); RETURN $1 > 0; END$$"
+    )
+    rconn.execute("CREATE DOMAIN posint AS int CHECK (positive(VALUE))")
+    rconn.execute("CREATE TYPE posrange AS RANGE (subtype = posint)")
+    rconn.execute("CREATE TABLE arrays (k posint[] PRIMARY KEY)")
+    rconn.execute("CREATE TABLE ranges (k posrange PRIMARY KEY)")
+    rconn.execute("INSERT INTO arrays VALUES (ARRAY[1]), (ARRAY[2])")
+    rconn.execute("INSERT INTO ranges VALUES (posrange(1, 2)), (posrange(2, 3))")
+    items(rconn, 5)
+    for table in ("arrays", "ranges"):
+        rconn.execute("SELECT relay.track(%s)", (table,))
+    hook(rconn, "snap", "http://127.0.0.1:9/", ["snapshot"])
+    rconn.execute(
+        "UPDATE relay.event_rules SET tables = ARRAY['public.arrays', 'public.ranges',"
+        " 'public.items']"
+    )
+    rconn.execute("DELETE FROM ran")
+    for table in ("arrays", "ranges"):
+        refused = relay("backfill", f"public.{table}", "--batch", "1", dsn=relay_dsn)
+        assert refused.returncode == 2, refused.stderr
+        assert "holds values of public.posint, a domain or composite type" in refused.stderr
+    assert rconn.execute("SELECT * FROM ran").fetchall() == []
+    # A clause that closes relay's parentheses only narrows the rows; paging goes on.
+    done = relay(
+        "backfill",
+        "public.items",
+        "--batch",
+        "2",
+        "--where",
+        "v >= 0) OR (v < 0",
+        dsn=relay_dsn,
+    )
+    assert done.returncode == 0, done.stderr
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 5

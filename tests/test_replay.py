@@ -264,3 +264,22 @@ def test_replay_leaves_out_rows_with_a_later_change_in_flight_and_changes_whose_
     assert "5 change(s) left out: the rule that sent them is gone or disabled" in (gone.stderr)
     statuses = rconn.execute("SELECT DISTINCT status::text FROM relay.deliveries").fetchall()
     assert statuses == [("delivered",)], "what was delivered stays delivered"
+
+
+def test_replay_leaves_out_a_row_whose_key_move_is_in_flight(rconn: Conn, relay_dsn: str) -> None:
+    setup(rconn, "http://127.0.0.1:9/hook")
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    rconn.execute("UPDATE items SET v = 1")
+    delivered_by_hand(rconn)
+    rconn.execute("UPDATE items SET id = 2")  # the key move, being sent right now
+    rconn.execute(
+        "INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key,"
+        " leased_by, leased_until) SELECT o.id, r.webhook_id, r.id,"
+        " 'public.items:' || o.pk::jsonb::text, 'public.items:{\"id\": 1}', 'elsewhere',"
+        " now() + interval '1 minute' FROM relay.outbox o, relay.event_rules r"
+        " WHERE o.status = 'pending'"
+    )
+    done = relay("replay", "--webhook", "hook", "--since", "1h", dsn=relay_dsn)
+    assert done.returncode == 0, done.stderr
+    assert "replaying 0 changes" in done.stdout
+    assert "2 change(s) left out: a later change of their row is being sent" in done.stderr

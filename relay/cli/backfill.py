@@ -55,7 +55,10 @@ def backfill(
         store = Store(conn)
         if not store.installed_version():
             fail(NOT_INSTALLED, 2)
-        found = store.table_name(table)
+        try:
+            found = store.table_name(table)
+        except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError):
+            found = None  # not even a name: '', 'a.b.c.d'
         if found is None:
             fail(f"no table named {table!r}: name it as in SQL, e.g. public.orders", 2)
         problem = store.backfill_problem(found.name)

@@ -30,7 +30,10 @@ class ReplayPlan:
         """A delivery per change that one of the webhook's rules matches (the first names it).
         A change too large to read goes only through a rule without conditions."""
         for item in arrivals:
-            if row_key(item.change, item.change.pk_json) in self.busy:
+            keys = {row_key(item.change, item.change.pk_json)}
+            if item.old_pk_json is not None:
+                keys.add(row_key(item.change, item.old_pk_json))
+            if keys & self.busy:
                 self.left_busy += 1
                 continue
             why = None

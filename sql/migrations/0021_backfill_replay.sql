@@ -94,15 +94,67 @@ CREATE UNIQUE INDEX backfills_running ON relay.backfills (tbl, where_clause, coa
 COMMENT ON TABLE relay.backfills IS
     'Backfills (relay.backfill): where each is, rows_total counted when it started.';
 
+-- A type with its domains taken off (a domain over a domain too), and the type modifier that
+-- applies: the base type's own values, read without any domain's CHECK.
+CREATE FUNCTION relay.base_type(typ oid, mod integer, OUT base oid, OUT typmod integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    base := typ;
+    base_type.typmod := mod;
+    LOOP
+        SELECT typtype, typbasetype, typtypmod INTO t FROM pg_type WHERE oid = base;
+        EXIT WHEN t.typtype IS DISTINCT FROM 'd';
+        base := t.typbasetype;
+        IF t.typtypmod <> -1 THEN
+            base_type.typmod := t.typtypmod;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- The types a type's values are made of, one level down.
+CREATE FUNCTION relay.type_children(typ oid) RETURNS SETOF oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ty.typelem FROM pg_type ty
+    WHERE ty.oid = typ AND ty.typcategory = 'A' AND ty.typelem <> 0
+    UNION ALL
+    SELECT ty.typbasetype FROM pg_type ty WHERE ty.oid = typ AND ty.typtype = 'd'
+    UNION ALL
+    SELECT g.rngsubtype FROM pg_range g WHERE g.rngtypid = typ
+    UNION ALL
+    SELECT g.rngtypid FROM pg_range g WHERE g.rngmultitypid = typ
+    UNION ALL
+    SELECT a.atttypid FROM pg_type ty JOIN pg_attribute a ON a.attrelid = ty.typrelid
+    WHERE ty.oid = typ AND ty.typtype = 'c' AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- The first domain or composite type found inside a type (its array elements, range subtype, a
+-- multirange's range, a domain's base, a composite's fields, at any depth), or NULL. Reading
+-- such a value from text runs the domain's CHECK, which another role may have written.
+CREATE FUNCTION relay.typed_inside(typ oid) RETURNS regtype
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE inside(t) AS (
+        SELECT c.child FROM pg_type ty, LATERAL relay.type_children(ty.oid) c(child)
+        WHERE ty.oid = typ
+        UNION
+        SELECT c.child FROM inside, LATERAL relay.type_children(inside.t) c(child)
+    )
+    SELECT ty.oid::regtype FROM inside JOIN pg_type ty ON ty.oid = inside.t
+    WHERE ty.typtype IN ('d', 'c') LIMIT 1
+$$;
+
 -- The primary key's columns of a table, in order, with what paging by them takes: the type to
 -- read a key's text back as, and the operators of the key index's operator class (the order
 -- the index and ORDER BY ... USING keep, whatever the search_path or a column's type: citext
 -- orders case-blind). A key is written as text by its type's output function (format('%s'),
 -- which runs no cast) and read back with a cast from text to the column's type, or a domain's
 -- base type (casting to the domain would run its CHECK expressions), with its type modifier
--- (char(3) stays char(3)). Refused: a key of a composite type, and a key whose type has a cast
--- from text running a function that a role other than a superuser owns (another role's code
--- would run with the rights of whoever runs the backfill).
+-- (char(3) stays char(3)). Refused: a key of a composite type or holding a domain or composite
+-- type inside (an array of a domain, a range over one: reading it runs the domain's CHECK), and
+-- a key whose type has a cast from text running a function that a role other than a superuser
+-- owns (another role's code would run with the rights of whoever runs the backfill).
 CREATE FUNCTION relay.backfill_keys(tbl oid)
 RETURNS TABLE (i bigint, name text, expr text, value_type text, lt text, eq text, ge text,
                gt text)
@@ -111,21 +163,19 @@ DECLARE
     col record;
 BEGIN
     FOR col IN
-        SELECT k.i, a.attname::text AS name,
+        SELECT k.i, a.attname::text AS name, a.atttypid AS declared, d.base,
                -- A domain's key is read as its base type (no CHECK runs: a relabelling), so
                -- that the base type's operators apply (a domain over an enum has none by name).
-               CASE WHEN t.typtype = 'd'
-                    THEN format('r.%I::%s', a.attname, format_type(t.typbasetype, t.typtypmod))
+               CASE WHEN d.base <> a.atttypid
+                    THEN format('r.%I::%s', a.attname, format_type(d.base, d.typmod))
                     ELSE format('r.%I', a.attname) END AS expr,
-               CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END AS base,
-               CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
-                    ELSE format_type(a.atttypid, a.atttypmod) END AS value_type,
+               format_type(d.base, d.typmod) AS value_type,
                oc.opcfamily, oc.opcintype, oc.opcmethod
         FROM pg_index x
         CROSS JOIN LATERAL unnest(x.indkey::int2[], x.indclass::oid[])
             WITH ORDINALITY k(attnum, opclass, i)
         JOIN pg_attribute a ON a.attrelid = tbl AND a.attnum = k.attnum
-        JOIN pg_type t ON t.oid = a.atttypid
+        CROSS JOIN LATERAL relay.base_type(a.atttypid, a.atttypmod) d
         JOIN pg_opclass oc ON oc.oid = k.opclass
         WHERE x.indrelid = tbl AND x.indisprimary
         ORDER BY k.i
@@ -133,6 +183,11 @@ BEGIN
         IF (SELECT typtype FROM pg_type WHERE oid = col.base) NOT IN ('b', 'e', 'r') THEN
             RAISE EXCEPTION '%: primary key column "%" is of type %, which a backfill cannot page through',
                 tbl::regclass, col.name, format_type(col.base, NULL)
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        IF relay.typed_inside(col.base) IS NOT NULL THEN
+            RAISE EXCEPTION '%: primary key column "%" holds values of %, a domain or composite type, whose input a backfill will not run (its CHECK may be another role''s code)',
+                tbl::regclass, col.name, relay.typed_inside(col.base)
                 USING ERRCODE = 'feature_not_supported';
         END IF;
         IF EXISTS (SELECT FROM pg_cast c JOIN pg_proc p ON p.oid = c.castfunc
@@ -232,7 +287,8 @@ BEGIN
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
     RETURN format(
         'WITH keys AS MATERIALIZED ('
-        '  SELECT %1$s FROM %2$s r WHERE %3$s%4$s ORDER BY %5$s LIMIT $2), '
+        '  SELECT %1$s FROM (SELECT * FROM %2$s r WHERE true%4$s) r WHERE %3$s '
+        '  ORDER BY %5$s LIMIT $2), '
         'rows AS MATERIALIZED ('
         '  SELECT %6$s AS n, %7$s AS k, %1$s FROM %2$s r '
         '  WHERE EXISTS (SELECT FROM keys WHERE %8$s) AND %3$s FOR SHARE OF r), '
@@ -345,7 +401,8 @@ $$;
 
 REVOKE ALL ON FUNCTION relay.backfill(regclass, text, text, integer, boolean),
     relay.backfill_keys(oid), relay.backfill_sql(oid, text, boolean), relay.backfill_source(oid),
-    relay.backfill_problem(oid) FROM PUBLIC;
+    relay.backfill_problem(oid), relay.base_type(oid, integer), relay.typed_inside(oid),
+    relay.type_children(oid) FROM PUBLIC;
 
 -- A replay's deliveries must outlive retention until they are sent: purge_changes skips a
 -- change with a delivery pending (through the primary key of relay.deliveries).
