@@ -249,6 +249,9 @@ def test_preview_shows_a_batch_and_the_cli_sets_batching(rconn: Conn, relay_dsn:
     )
     assert refused.returncode == 2
     assert "at most 1 change(s) per request" in refused.stderr
+    unknown = relay("preview", "--rule", "r", "--outbox-id", "999999", dsn=relay_dsn)
+    assert unknown.returncode == 2
+    assert "no change with id 999999 in relay.outbox (purged, or never made)" in unknown.stderr
     bad = relay("webhook", "edit", "b", "--batch-size", "0", dsn=relay_dsn)
     assert bad.returncode == 2 and "batch-size" in bad.stderr
     try:  # the database checks values written with plain SQL too

@@ -597,7 +597,11 @@ def preview(
         for one in sorted(set(outbox_id or [])):
             found = Store(conn).change(one, loaded.models)
             if found is None:
-                fail(f"no change with id {one} in relay.outbox")
+                fail(
+                    f"no change with id {one} in relay.outbox (purged, or never made): "
+                    "pick one with SELECT id FROM relay.outbox",
+                    2,
+                )
             changes.append(found)
         if not changes and table is not None:
             made_up = _made_up_change(table, new, old, event)
