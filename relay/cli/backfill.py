@@ -67,9 +67,10 @@ def backfill(
         rules = ruleset.load(conn)
         target = None
         if webhook is not None:
-            if not store.webhook_exists(webhook):
+            state = store.webhook_state(webhook)
+            if state is None:
                 fail(f"no webhook named {webhook!r} (relay webhook list shows them)", 2)
-            target = next((r.webhook.id for r in rules.rules if r.webhook.name == webhook), 0)
+            target = state[0]
         key = (found.schema_name, found.table_name)
         if not rules.takes_snapshots(key, target):
             fail(_nowhere(found.name, webhook), 2)

@@ -8,12 +8,11 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
-from relay.cli.common import Dsn, err, fail, out
+from relay.cli.common import Dsn, err, fail, load_settings, out
 from relay.cli.common import database as _database
 from relay.delivery import plan
 from relay.delivery.replay import ReplayPlan
 from relay.rules import ruleset
-from relay.settings import Settings
 from relay.store import Rearmed, Store
 
 CHUNK = 1000
@@ -137,7 +136,7 @@ def _report(webhook: str, armed: Rearmed, new: ReplayPlan, *, dry_run: bool) -> 
 
 def _match(store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan) -> None:
     """Match, a chunk at a time, the changes in the window the webhook never had."""
-    limit = Settings().max_body_bytes
+    limit = load_settings(None).max_body_bytes
     after = 0
     while rows := store.replay_candidates(window, after, CHUNK):
         after = rows[-1]["id"]

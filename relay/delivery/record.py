@@ -66,8 +66,8 @@ class Result:
         counted: bool = True,
         unbatch: bool = False,
     ) -> Result:
-        """What became of an attempt at ``item``: which delivery, attempt, batch and replay it
-        was come from the claim, so no caller can mix them up."""
+        """What became of an attempt at ``item``. The delivery, attempt number, batch and
+        replay flag come from the claim, so no caller can mix them up."""
         return cls(
             item.outbox_id,
             item.webhook_id,

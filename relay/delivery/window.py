@@ -80,31 +80,26 @@ def advance(
             gaps.append(gap)  # not read this pass, or not to its end
         elif still:
             gaps.append(Gap(gap.lo, gap.hi, still))
+    missing = _missing(start, seen)
     unlisted = range(xmax, newest) if xmax is not None and newest is not None else range(0)
-    if len(unlisted) > UNLISTED_LIMIT:
-        before_gaps = [i for i, j in zip([start, *seen], seen, strict=False) if j > i + 1]
-        if before_gaps:
-            return Window(before_gaps[0], tuple(sorted(gaps, key=lambda g: g.lo)))
+    if missing and len(unlisted) > UNLISTED_LIMIT:
+        return Window(missing[0][0] - 1, tuple(sorted(gaps, key=lambda g: g.lo)))
     owners = tuple(sorted(active | set(unlisted)))
     if owners:
-        previous = start
-        for i in seen:
-            if i > previous + 1:
-                gaps.append(Gap(previous + 1, i - 1, owners))
-            previous = i
+        gaps.extend(Gap(lo, hi, owners) for lo, hi in missing)
     return Window(scanned_to, tuple(sorted(gaps, key=lambda g: g.lo)))
+
+
+def _missing(start: int, seen: Sequence[int]) -> list[tuple[int, int]]:
+    """The runs of ids (first, last) that ``seen`` (ascending, after ``start``) skips."""
+    return [(i + 1, j - 1) for i, j in zip([start, *seen], seen, strict=False) if j > i + 1]
 
 
 def opens_gaps(batch: FanOutBatch) -> bool:
     """Whether the look found ids missing after where it started: the window then needs the
     newest transaction id (see :func:`advance`)."""
-    previous = batch.scanned_to
-    for i in (row["id"] for row in batch.rows):
-        if i > previous:
-            if i > previous + 1:
-                return True
-            previous = i
-    return False
+    start = batch.scanned_to
+    return bool(_missing(start, [row["id"] for row in batch.rows if row["id"] > start]))
 
 
 def moved(batch: FanOutBatch, newest: int | None = None) -> tuple[Window, Window]:

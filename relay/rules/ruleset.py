@@ -141,22 +141,21 @@ class RuleSet:
         """Rules naming the change's table and event, enabled with an enabled webhook. A change
         for one webhook (``target``: a backfill for that webhook) has that webhook's rules for
         its table, whatever events they name: the operator asked for it by name."""
-        if target is not None:
-            found = self._for_webhook.get((target, change.table_key), [])
-        else:
-            found = self._index.get((change.table_key, change.op), [])
-        return [rule for rule in found if rule.webhook.enabled]
+        return self._rules(change.table_key, change.op, target)
 
     def takes_snapshots(self, table: tuple[str, str], target: int | None = None) -> bool:
         """Whether a snapshot of ``table`` (schema, name) goes anywhere: to ``target``, when
         one of its rules names the table; else when a rule names the table and the snapshot
         event."""
+        return bool(self._rules(table, "snapshot", target))
+
+    def _rules(self, table: tuple[str, str], op: str, target: int | None) -> list[Rule]:
         found = (
             self._for_webhook.get((target, table), [])
             if target is not None
-            else self._index.get((table, "snapshot"), [])
+            else self._index.get((table, op), [])
         )
-        return any(rule.webhook.enabled for rule in found)
+        return [rule for rule in found if rule.webhook.enabled]
 
     def evaluate(self, change: Change, target: int | None = None) -> list[Match]:
         """Every candidate rule with its verdict (matched or why not). Rules without
