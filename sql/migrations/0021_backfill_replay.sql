@@ -252,26 +252,22 @@ DECLARE
     ordered text;
     newest  text;
     same    text;
+    lasts   text;
     after   text := '';
     names   text;
     k       record;
 BEGIN
-    SELECT string_agg(format('%s AS relay_key_%s', b.expr, b.i), ', ' ORDER BY b.i),
-           string_agg(format('relay_key_%s USING %s', b.i, b.lt), ', ' ORDER BY b.i),
-           string_agg(format('relay_key_%s USING %s', b.i, b.gt), ', ' ORDER BY b.i),
-           string_agg(format('%s %s keys.relay_key_%s', b.expr, b.eq, b.i), ' AND '
-                      ORDER BY b.i)
-    INTO cols, ordered, newest, same
-    FROM relay.backfill_keys(tbl) b;
-    IF cols IS NULL THEN
-        RAISE EXCEPTION '% has no primary key, which a backfill needs to go in order and resume',
-            tbl::regclass USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF resume THEN
-        -- (k1, k2, ...) after the last key, in the index's order, spelt out column by column
-        -- (a row comparison would look its operators up by name), led by k1 >= its last value
-        -- so that it is an index range.
-        FOR k IN SELECT * FROM relay.backfill_keys(tbl) ORDER BY i DESC LOOP
+    -- One pass over the key columns, last first, each piece put in front of the others'. The
+    -- paging condition, (k1, k2, ...) after the last key in the index's order, is spelt out
+    -- column by column (a row comparison would look its operators up by name), led by
+    -- k1 >= its last value so that it is an index range.
+    FOR k IN SELECT * FROM relay.backfill_keys(tbl) ORDER BY i DESC LOOP
+        cols := concat_ws(', ', format('%s AS relay_key_%s', k.expr, k.i), cols);
+        ordered := concat_ws(', ', format('relay_key_%s USING %s', k.i, k.lt), ordered);
+        newest := concat_ws(', ', format('relay_key_%s USING %s', k.i, k.gt), newest);
+        same := concat_ws(' AND ', format('%s %s keys.relay_key_%s', k.expr, k.eq, k.i), same);
+        lasts := concat_ws(', ', format('pg_catalog.format(%L, relay_key_%s)', '%s', k.i), lasts);
+        IF resume THEN
             after := CASE WHEN after = ''
                           THEN format('%s %s $1[%s]::%s', k.expr, k.gt, k.i, k.value_type)
                           ELSE format('(%s %s $1[%s]::%s OR %s %s $1[%s]::%s AND %s)',
@@ -281,7 +277,11 @@ BEGIN
                 after := format(' AND %s %s $1[1]::%s AND %s', k.expr, k.ge, k.value_type,
                                 after);
             END IF;
-        END LOOP;
+        END IF;
+    END LOOP;
+    IF cols IS NULL THEN
+        RAISE EXCEPTION '% has no primary key, which a backfill needs to go in order and resume',
+            tbl::regclass USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT format('%L, %L', n.nspname, c.relname) INTO names
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = tbl;
@@ -303,10 +303,7 @@ BEGIN
         CASE WHEN condition = '' THEN 'true' ELSE '(' || condition || E'\n)' END,
         after, ordered,
         relay.image_sql(tbl, 'r', (relay.options_of(tbl)).excluded), relay.pk_sql(tbl, 'r'),
-        same, names,
-        (SELECT string_agg(format('pg_catalog.format(%L, relay_key_%s)', '%s', b.i), ', '
-                           ORDER BY b.i) FROM relay.backfill_keys(tbl) b),
-        newest);
+        same, names, lasts, newest);
 END
 $$;
 
