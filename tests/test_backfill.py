@@ -50,6 +50,19 @@ def bodies(r: Receiver) -> list[dict[str, Any]]:
     return [json.loads(request.body) for request in r.requests]
 
 
+def started(*args: str, dsn: str) -> subprocess.Popen[str]:
+    """``relay backfill *args`` running in the background, as a person starts it (to stop with
+    Ctrl-C)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", "backfill", *args],
+        env={**env, "RELAY_DSN": dsn},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def delivered(conn: Conn) -> bool:
     """Nothing left pending (a change no rule takes ends skipped)."""
     return "pending" not in outbox_statuses(conn)
@@ -300,24 +313,7 @@ def test_a_backfill_stopped_with_ctrl_c_says_so_and_the_same_command_finishes_it
 ) -> None:
     items(rconn, 3000)
     hook(rconn, "snap", "http://127.0.0.1:9/never", ["snapshot"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    slow = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay",
-            "backfill",
-            "public.items",
-            "--batch",
-            "100",
-            "--rate",
-            "1000",
-        ],
-        env={**env, "RELAY_DSN": relay_dsn},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    slow = started("public.items", "--batch", "100", "--rate", "1000", dsn=relay_dsn)
     deadline = time.monotonic() + 20
     while one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] < 500:
         assert time.monotonic() < deadline, "the backfill did not start"
@@ -423,16 +419,9 @@ def test_ctrl_c_while_a_chunk_waits_for_a_locked_row_ends_in_one_line(
 ) -> None:
     items(rconn, 10)
     hook(rconn, "snap", "http://127.0.0.1:9/never", ["snapshot"])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     with psycopg.connect(relay_dsn) as holder:
         holder.execute("SELECT * FROM items WHERE id = 5 FOR UPDATE")
-        waiting = subprocess.Popen(
-            [sys.executable, "-m", "relay", "backfill", "public.items"],
-            env={**env, "RELAY_DSN": relay_dsn},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        waiting = started("public.items", dsn=relay_dsn)
         time.sleep(2.5)  # started, and trying the chunk again every 200 ms
         waiting.send_signal(signal.SIGINT)
         _, stderr = waiting.communicate(timeout=20)

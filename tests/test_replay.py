@@ -226,6 +226,18 @@ def delivered_by_hand(conn: Conn) -> None:
     conn.execute("UPDATE relay.outbox SET status = 'delivered', processed_at = now()")
 
 
+def in_flight(conn: Conn, moved_from: str | None = None) -> None:
+    """The pending changes' deliveries, being sent right now by another relay (leased);
+    ``moved_from``: the row key a key move left."""
+    conn.execute(
+        "INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key,"
+        " leased_by, leased_until) SELECT o.id, r.webhook_id, r.id,"
+        " 'public.items:' || o.pk::jsonb::text, %s, 'elsewhere', now() + interval '1 minute'"
+        " FROM relay.outbox o, relay.event_rules r WHERE o.status = 'pending'",
+        (moved_from,),
+    )
+
+
 def test_replay_leaves_out_rows_with_a_later_change_in_flight_and_changes_whose_rule_is_gone(
     rconn: Conn, relay_dsn: str
 ) -> None:
@@ -235,12 +247,7 @@ def test_replay_leaves_out_rows_with_a_later_change_in_flight_and_changes_whose_
     delivered_by_hand(rconn)
     # A later change of row 1 is being sent right now (leased by a relay).
     rconn.execute("UPDATE items SET v = 99 WHERE id = 1")
-    rconn.execute(
-        "INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, leased_by,"
-        " leased_until) SELECT o.id, r.webhook_id, r.id, 'public.items:' || o.pk::jsonb::text,"
-        " 'elsewhere', now() + interval '1 minute' FROM relay.outbox o, relay.event_rules r"
-        " WHERE o.status = 'pending'"
-    )
+    in_flight(rconn)
     done = relay("replay", "--webhook", "hook", "--since", "1h", dsn=relay_dsn)
     assert done.returncode == 0, done.stderr
     assert "replaying 2 changes to webhook hook (2 delivered before" in done.stdout
@@ -272,13 +279,7 @@ def test_replay_leaves_out_a_row_whose_key_move_is_in_flight(rconn: Conn, relay_
     rconn.execute("UPDATE items SET v = 1")
     delivered_by_hand(rconn)
     rconn.execute("UPDATE items SET id = 2")  # the key move, being sent right now
-    rconn.execute(
-        "INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key,"
-        " leased_by, leased_until) SELECT o.id, r.webhook_id, r.id,"
-        " 'public.items:' || o.pk::jsonb::text, 'public.items:{\"id\": 1}', 'elsewhere',"
-        " now() + interval '1 minute' FROM relay.outbox o, relay.event_rules r"
-        " WHERE o.status = 'pending'"
-    )
+    in_flight(rconn, moved_from='public.items:{"id": 1}')
     done = relay("replay", "--webhook", "hook", "--since", "1h", dsn=relay_dsn)
     assert done.returncode == 0, done.stderr
     assert "replaying 0 changes" in done.stdout
