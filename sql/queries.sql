@@ -683,8 +683,9 @@ LIMIT 1;
 
 -- name: status_backfills
 -- `relay status`: backfills under way, and those that ended in the last day.
-SELECT b.id, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS table_name, w.name AS webhook, b.where_clause, b.rows_done,
-       b.rows_total, b.started_at, b.updated_at, b.finished_at
+SELECT b.id, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS table_name,
+       w.name AS webhook, b.where_clause, b.rows_done, b.rows_total, b.started_at,
+       b.updated_at, b.finished_at
 FROM relay.backfills b
 JOIN pg_catalog.pg_class c ON c.oid = b.tbl
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
