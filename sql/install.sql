@@ -9,6 +9,11 @@
 \set QUIET on
 SET client_min_messages = warning;
 BEGIN;
+-- Every name below resolves in pg_catalog or is qualified with relay: the installing session's
+-- own search path (a schema another role can create objects in, such as public) must not decide
+-- which operator an index predicate, a default or a view is built with (docs/security.md).
+-- relay install (relay/db.py) opens its session on the same path.
+SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 \ir bootstrap.sql
 
