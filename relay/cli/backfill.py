@@ -29,8 +29,8 @@ def backfill(
         str | None,
         typer.Option(
             "--where",
-            help="Only rows for which this SQL condition holds, e.g. \"status = 'open'\" "
-            "(functions in it must be schema-qualified).",
+            help="Only rows for which this SQL condition holds, e.g. \"status = 'open'\": "
+            "one condition, without a semicolon (functions in it must be schema-qualified).",
         ),
     ] = None,
     webhook: Annotated[
