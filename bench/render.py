@@ -54,6 +54,9 @@ from relay.render.pool import RenderPool
 from relay.render.request import Renderer
 from relay.service import logs
 
+DELIVERY = "5d3c1e2a-7b4f-4e0a-9c1d-2f6b8a9e0c11"
+"""The delivery id the requests here go under (relay.deliveries.id in a running relay)."""
+
 SLACK = (
     '{"text": {{ ("Order " ~ data.id ~ " paid: " ~ data.total ~ " EUR by " ~ data.customer'
     ' ~ " (" ~ username ~ ")") | tojson }}}'
@@ -87,10 +90,10 @@ class OnTheLoop:
         action_data: Mapping[str, Any] | None = None,
         *,
         timestamp: int,
-        source: str = "",
+        delivery_id: str,
     ) -> Request:
         return self._renderer.request(
-            webhook, change, action_data, timestamp=timestamp, source=source
+            webhook, change, action_data, timestamp=timestamp, delivery_id=delivery_id
         )
 
     async def close(self) -> None:
@@ -115,14 +118,16 @@ async def render_rates(count: int) -> None:
     plain = replace(templated, id=2, body_template="")
     renderer, pool = Renderer(), RenderPool()
     try:
-        await pool.request(templated, CHANGE, timestamp=0)  # started, and a spare
+        await pool.request(
+            templated, CHANGE, timestamp=0, delivery_id=DELIVERY
+        )  # started, and a spare
         await asyncio.sleep(2)
 
         async def here(webhook: Webhook = templated) -> Request:
-            return renderer.request(webhook, CHANGE, timestamp=0)
+            return renderer.request(webhook, CHANGE, timestamp=0, delivery_id=DELIVERY)
 
         async def there(webhook: Webhook = templated) -> Request:
-            return await pool.request(webhook, CHANGE, timestamp=0)
+            return await pool.request(webhook, CHANGE, timestamp=0, delivery_id=DELIVERY)
 
         rows = [
             ("template, in this process (before)", here, 1),

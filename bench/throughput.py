@@ -53,6 +53,9 @@ from relay.service import logs
 from relay.settings import Settings
 from relay.store import Store
 
+DELIVERY = "5d3c1e2a-7b4f-4e0a-9c1d-2f6b8a9e0c11"
+"""The delivery id the requests here go under (relay.deliveries.id in a running relay)."""
+
 NGINX_CONF = """
 worker_processes 1;
 pid {root}/nginx.pid;
@@ -183,7 +186,11 @@ async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
     for row in rows:
         change = Change.from_row(row, row["old"], row["new"])
         rule = loaded.matching(change)[0]
-        requests.append(renderer.request(rule.webhook, change, rule.action_data, timestamp=0))
+        requests.append(
+            renderer.request(
+                rule.webhook, change, rule.action_data, timestamp=0, delivery_id=DELIVERY
+            )
+        )
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(requests)):
         queue.put_nowait(index)

@@ -162,8 +162,12 @@ class Claimed:
     change_bytes: int
     """Its change's JSON images in bytes (they come unread past ``max_change_bytes``)."""
     change: Change
+    delivery_id: str
+    """relay.deliveries.id: what X-Relay-Delivery says when it goes alone, on every attempt."""
     batch_id: int | None = None
     """The batch that carries it (claim_batch), None when it goes alone."""
+    batch_delivery_id: str | None = None
+    """The X-Relay-Delivery of the batch that carries it, drawn when the batch was numbered."""
     replay: bool = False
     """Made pending again by ``relay replay`` (the request and the attempt log say so)."""
 
@@ -259,9 +263,15 @@ def _claimed(row: Mapping[str, Any], models: Models) -> Claimed:
         Change.from_row(
             row, row["old"], row["new"], models.get((row["schema_name"], row["table_name"]))
         ),
+        str(row["delivery_id"]),
         row.get("batch_id"),
+        _text(row.get("batch_delivery_id")),
         row["replay"],
     )
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 class Store:
@@ -347,10 +357,6 @@ class Store:
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
 
-    def installation_id(self) -> str:
-        """What makes this database's delivery ids its own (see render.request.delivery_id)."""
-        return str(self._value("installation_id") or "")
-
     def change(self, outbox_id: int, models: Models) -> Change | None:
         """The change with this outbox id, images included and named by ``models``, or None
         when there is none (never made, or purged)."""
@@ -360,6 +366,11 @@ class Store:
             return None
         model = models.get((row["schema_name"], row["table_name"]))
         return Change.from_row(row, row["old"], row["new"], model)
+
+    def delivery_id(self, outbox_id: int, webhook_id: int) -> str | None:
+        """The id of the change's delivery to the webhook (0023), None when it has none yet."""
+        found = self._value("delivery_id", {"outbox_id": outbox_id, "webhook_id": webhook_id})
+        return None if found is None else str(found)
 
     def webhook_exists(self, name: str) -> bool:
         """Whether a webhook is called ``name``."""
@@ -510,9 +521,12 @@ class AsyncStore:
         for channel in channels:
             await self.conn.execute(f"LISTEN {channel}")
 
-    async def installation_id(self) -> str:
-        """What makes this database's delivery ids its own (see render.request.delivery_id)."""
-        return str(await self._value("installation_id") or "")
+    async def session_check(self) -> tuple[int, str]:
+        """The schema version installed, and this session's search path."""
+        cur = await self.conn.execute(query("session_check"))
+        row = await cur.fetchone()
+        assert row is not None, "session_check returns one row"
+        return int(row[0] or 0), str(row[1])
 
     async def relay_started(self, relay_id: str, started_at: datetime) -> None:
         """Register this relay in relay.relays for ``relay status``, or start the entry of a relay

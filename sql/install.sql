@@ -127,4 +127,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 22) AS relay_app
 \ir migrations/0022_backfill_where.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 23) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0023_delivery_ids.sql
+\endif
+
 COMMIT;

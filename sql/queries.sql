@@ -176,7 +176,8 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
         earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
         leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
-        replay = false, old_row_key = EXCLUDED.old_row_key, change_bytes = EXCLUDED.change_bytes
+        batch_delivery_id = NULL, replay = false, old_row_key = EXCLUDED.old_row_key,
+        change_bytes = EXCLUDED.change_bytes
     WHERE relay.deliveries.status = 'failed';
 
 -- name: add_failed_deliveries
@@ -196,7 +197,7 @@ WITH failed AS (
         SET status = 'failed', attempts = 1, rule_id = EXCLUDED.rule_id, next_attempt_at = now(),
             earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
             leased_until = NULL, leased_by = NULL, last_status_code = NULL, batch_id = NULL,
-            replay = false, last_error = EXCLUDED.last_error
+            batch_delivery_id = NULL, replay = false, last_error = EXCLUDED.last_error
         WHERE relay.deliveries.status = 'failed'
     RETURNING outbox_id, webhook_id, earlier_attempts + 1 AS attempt, last_error
 )
@@ -294,7 +295,7 @@ FROM relay.outbox o
 WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM taken)) AND o.id = d.outbox_id
 RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.replay,
-          o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
+          d.id AS delivery_id, o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
@@ -310,7 +311,8 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- change of its row outside it (a re-queued one: then that change goes first, in a new batch).
 --
 -- Otherwise up to batch_size due deliveries nobody holds, in due order, become a new batch,
--- numbered from relay.batch_ids. Per-row order: a delivery whose row has an earlier change in
+-- numbered from relay.batch_ids, with a random delivery id of its own (batch_delivery_id, on each
+-- of its deliveries: 0023). Per-row order: a delivery whose row has an earlier change in
 -- flight or waiting for a retry is passed over before the limit (so one busy row never holds
 -- up the others), and after the rows are locked a change stays only with every earlier pending
 -- change of its row (another relay may hold one). A batch may hold several changes of one row.
@@ -327,7 +329,8 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 WITH again AS MATERIALIZED (
     -- Claimed batches are due only when their lease ends (next_attempt_at, set below), so the
     -- batches in flight are not even read (deliveries_batch_due).
-    SELECT d.batch_id FROM relay.deliveries d
+    SELECT d.batch_id, (array_agg(d.batch_delivery_id))[1] AS delivery_id
+    FROM relay.deliveries d
     WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id IS NOT NULL
       AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
     GROUP BY d.batch_id
@@ -408,7 +411,8 @@ WITH again AS MATERIALIZED (
                AS wait_seconds
     FROM fitting
 ), batch AS MATERIALIZED (
-    SELECT coalesce((SELECT batch_id FROM again), nextval('relay.batch_ids')) AS id
+    SELECT coalesce((SELECT batch_id FROM again), nextval('relay.batch_ids')) AS id,
+           coalesce((SELECT delivery_id FROM again), gen_random_uuid()) AS delivery_id
     FROM ready WHERE ready.any AND ready.go
 ), claimed AS (
     UPDATE relay.deliveries d
@@ -416,13 +420,13 @@ WITH again AS MATERIALIZED (
         next_attempt_at = now() + make_interval(secs => %(lease_seconds)s),
         leased_by = %(relay_id)s,
         attempts = d.attempts + 1,
-        batch_id = batch.id
+        batch_id = batch.id,
+        batch_delivery_id = batch.delivery_id
     FROM relay.outbox o, batch
     WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM fitting)) AND o.id = d.outbox_id
     RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
               d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.batch_id,
-              d.replay,
-              o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
+              d.replay, d.id AS delivery_id, d.batch_delivery_id, o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
               o.request_id, o.txid::text, o.created_at,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new
@@ -465,6 +469,7 @@ SET status = outcome.status::relay.delivery_status,
     leased_until = NULL,
     leased_by = NULL,
     batch_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_id END,
+    batch_delivery_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_delivery_id END,
     last_status_code = outcome.status_code,
     last_error = outcome.error,
     delivered_at = CASE WHEN outcome.status = 'delivered' THEN now() END
@@ -538,9 +543,12 @@ WHERE id IN (
 -- name: refresh_statistics
 SELECT relay.refresh_statistics();
 
--- name: installation_id
--- Delivery ids are derived from it (0007), so they are unique across databases and reinstalls.
-SELECT id::text FROM relay.installation;
+-- name: session_check
+-- At the start of each session of relay run: the schema version installed (a relay delivers
+-- only on the schema it was built for: 0023) and the session's search path (relay/db.py pins
+-- it; a connection pooler that dropped libpq's options would leave the role's own).
+SELECT (SELECT max(version) FROM relay.migrations) AS version,
+       pg_catalog.current_setting('search_path') AS search_path;
 
 -- name: refresh_capture
 -- Regenerate the capture functions of tables whose columns changed (0007): until then their
@@ -557,6 +565,11 @@ WHERE o.status = 'failed'
   AND (%(webhook)s::text IS NULL OR EXISTS (
       SELECT FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
       WHERE d.outbox_id = o.id AND d.status = 'failed' AND w.name = %(webhook)s::text));
+
+-- name: delivery_id
+-- The id a change's delivery to a webhook goes under (relay preview), when it has one.
+SELECT id::text FROM relay.deliveries
+WHERE outbox_id = %(outbox_id)s AND webhook_id = %(webhook_id)s;
 
 -- name: webhook_exists
 SELECT EXISTS (SELECT FROM relay.webhooks WHERE name = %(name)s);
@@ -756,7 +769,7 @@ WITH chosen AS (
     UPDATE relay.deliveries d
     SET status = 'pending', attempts = 0, earlier_attempts = d.earlier_attempts + d.attempts,
         next_attempt_at = now(), leased_until = NULL, leased_by = NULL, last_error = NULL,
-        last_status_code = NULL, batch_id = NULL, replay = true
+        last_status_code = NULL, batch_id = NULL, batch_delivery_id = NULL, replay = true
     FROM chosen c
     WHERE d.outbox_id = c.outbox_id AND d.webhook_id = %(webhook_id)s
       AND NOT c.busy AND NOT c.ruleless

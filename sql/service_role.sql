@@ -28,9 +28,8 @@ GRANT SELECT ON SEQUENCE relay.outbox_id_seq TO :"role";
 -- When each relay started, for `relay status` (see 0014_relays.sql).
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.relays TO :"role";
 -- Know what is tracked and which schema version is installed (the view relay.tracked calls
--- these read-only functions), and this installation's id (delivery ids are made from it).
-GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations, relay.installation
-    TO :"role";
+-- these read-only functions).
+GRANT SELECT ON relay.tracked, relay.tracked_tables, relay.migrations TO :"role";
 GRANT EXECUTE ON FUNCTION relay.column_names(oid, int2[]), relay.pk_attnums(oid),
     relay.shape(oid), relay.reached_types(oid), relay.tracked_ancestor(oid) TO :"role";
 -- Regenerate the capture functions of a table whose columns changed (see 0007_trusted_capture.sql).

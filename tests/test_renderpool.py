@@ -18,6 +18,9 @@ from relay.render.request import Renderer, RenderError
 from relay.render.sandbox import MAX_OUTPUT, MAX_SECONDS
 from support.render import CHANGE, HOOK, STUCK
 
+DELIVERY = "5d3c1e2a-7b4f-4e0a-9c1d-2f6b8a9e0c11"
+"""The delivery id the requests here go under (relay.deliveries.id in a running relay)."""
+
 
 def hook(number: int, template: str) -> Webhook:
     return replace(HOOK, id=number, name=f"hook{number}", body_template=template)
@@ -54,14 +57,20 @@ def test_requests_render_as_in_process_and_only_templates_start_a_process() -> N
     async def scenario() -> None:
         pool = RenderPool()
         try:
-            await pool.request(plain, CHANGE, timestamp=7)
+            await pool.request(plain, CHANGE, timestamp=7, delivery_id=DELIVERY)
             assert render_processes() == []  # the default body is a JSON dump, no round trip
             for webhook in (plain, templated):
-                got = await pool.request(webhook, CHANGE, {"team": "ops"}, timestamp=7)
-                assert got == Renderer().request(webhook, CHANGE, {"team": "ops"}, timestamp=7)
+                got = await pool.request(
+                    webhook, CHANGE, {"team": "ops"}, timestamp=7, delivery_id=DELIVERY
+                )
+                assert got == Renderer().request(
+                    webhook, CHANGE, {"team": "ops"}, timestamp=7, delivery_id=DELIVERY
+                )
             assert render_processes() != []
             with pytest.raises(RenderError, match="body_template: ZeroDivisionError"):
-                await pool.request(hook(3, "{{ 1 / 0 }}"), CHANGE, timestamp=7)
+                await pool.request(
+                    hook(3, "{{ 1 / 0 }}"), CHANGE, timestamp=7, delivery_id=DELIVERY
+                )
         finally:
             await pool.close()
         assert render_processes() == []
@@ -73,10 +82,13 @@ def test_requests_sent_while_a_process_starts_each_get_their_own_answer() -> Non
     async def scenario() -> list[bytes]:
         pool = RenderPool()
         try:
-            first = asyncio.create_task(pool.request(hook(1, "{{ 0 }}"), CHANGE, timestamp=0))
+            first = asyncio.create_task(
+                pool.request(hook(1, "{{ 0 }}"), CHANGE, timestamp=0, delivery_id=DELIVERY)
+            )
             await asyncio.sleep(0.05)  # the process exists, and is still importing
             later = [
-                pool.request(hook(1, f"{{{{ {n} }}}}"), CHANGE, timestamp=0) for n in (1, 2, 3)
+                pool.request(hook(1, f"{{{{ {n} }}}}"), CHANGE, timestamp=0, delivery_id=DELIVERY)
+                for n in (1, 2, 3)
             ]
             return [request.body for request in await asyncio.gather(first, *later)]
         finally:
@@ -93,7 +105,7 @@ def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on(
     async def keep_rendering(pool: RenderPool, until: asyncio.Task[None]) -> None:
         while not until.done():
             started = time.monotonic()
-            await pool.request(healthy, CHANGE, timestamp=0)
+            await pool.request(healthy, CHANGE, timestamp=0, delivery_id=DELIVERY)
             waits.append(time.monotonic() - started)
             await asyncio.sleep(0.05)
 
@@ -102,14 +114,17 @@ def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on(
         try:
             # Two processes started and ready, as in a relay that has been running.
             await asyncio.gather(
-                *(pool.request(hook(n, "{{ 1 }}"), CHANGE, timestamp=0) for n in (1, 2))
+                *(
+                    pool.request(hook(n, "{{ 1 }}"), CHANGE, timestamp=0, delivery_id=DELIVERY)
+                    for n in (1, 2)
+                )
             )
 
             async def stuck() -> None:
                 with pytest.raises(
                     RenderError, match=r"^stopped after 1 s \(the limit per request\)"
                 ):
-                    await pool.request(hostile, CHANGE, timestamp=0)
+                    await pool.request(hostile, CHANGE, timestamp=0, delivery_id=DELIVERY)
 
             started = time.monotonic()
             task = asyncio.create_task(stuck())
@@ -117,7 +132,7 @@ def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on(
             took = time.monotonic() - started
             # The process was replaced: the same webhook renders again at once.
             again = await pool.request(
-                replace(hostile, body_template="{{ 1 }}"), CHANGE, timestamp=0
+                replace(hostile, body_template="{{ 1 }}"), CHANGE, timestamp=0, delivery_id=DELIVERY
             )
             assert again.body == b"1"
             return took
@@ -138,7 +153,9 @@ def test_a_request_whose_process_dies_is_tried_once_more_in_a_new_one() -> None:
     )
 
     async def killed(pool: RenderPool, times: int) -> bytes:
-        rendering = asyncio.create_task(pool.request(slow, CHANGE, timestamp=0))
+        rendering = asyncio.create_task(
+            pool.request(slow, CHANGE, timestamp=0, delivery_id=DELIVERY)
+        )
         gone: set[int] = set()
         for _ in range(times):
             while not set(render_processes()) - gone:  # the one given the request
@@ -155,7 +172,9 @@ def test_a_request_whose_process_dies_is_tried_once_more_in_a_new_one() -> None:
             assert await killed(pool, 1) == b"done"
             with pytest.raises(RenderError, match="render process was ended by signal SIGKILL"):
                 await killed(pool, 2)
-            assert (await pool.request(hook(1, "{{ 2 }}"), CHANGE, timestamp=0)).body == b"2"
+            assert (
+                await pool.request(hook(1, "{{ 2 }}"), CHANGE, timestamp=0, delivery_id=DELIVERY)
+            ).body == b"2"
         finally:
             await pool.close()
 
@@ -185,18 +204,20 @@ def test_render_processes_stay_small_whatever_the_template() -> None:
         pool = RenderPool(processes=1)
         grew = {}
         try:
-            await pool.request(hook(1, "{{ data.id }}"), CHANGE, timestamp=0)
+            await pool.request(hook(1, "{{ data.id }}"), CHANGE, timestamp=0, delivery_id=DELIVERY)
             (pid,) = render_processes()
             for template in HOSTILE:
                 Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM
                 before = memory(pid, "VmRSS")
                 with pytest.raises(RenderError, match=r"goes past|iterations|stopped after"):
-                    await pool.request(hook(1, template), CHANGE, timestamp=0)
+                    await pool.request(hook(1, template), CHANGE, timestamp=0, delivery_id=DELIVERY)
                 grew[template] = memory(pid, "VmHWM") - before
             with pytest.raises(RenderError, match="MemoryError"):
-                await pool.request(hook(1, many), CHANGE, timestamp=0)
+                await pool.request(hook(1, many), CHANGE, timestamp=0, delivery_id=DELIVERY)
             assert render_processes() == [pid]  # the same process, still at work
-            assert (await pool.request(hook(1, "{{ 3 }}"), CHANGE, timestamp=0)).body == b"3"
+            assert (
+                await pool.request(hook(1, "{{ 3 }}"), CHANGE, timestamp=0, delivery_id=DELIVERY)
+            ).body == b"3"
             return grew
         finally:
             await pool.close()

@@ -27,6 +27,7 @@ from relay.cli.tempcluster import scratch_database
 from relay.db import Conn
 from support.cli import relay
 from support.db import one_row, outbox
+from support.delivery import fan_out
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -333,13 +334,15 @@ def change_and_rule(dsn: str) -> None:
             "INSERT INTO relay.event_rules (name, tables, webhook_id)"
             " SELECT 'all', ARRAY['public.t'], id FROM relay.webhooks"
         )
+        assert fan_out(conn) == 1
 
 
 def test_delivery_ids_differ_across_databases_and_reinstalls(
     server_dsn: str, relay_dsn: str
 ) -> None:
     """Change 1 to webhook 1 in two databases, and in one database before and after a reinstall:
-    a receiver that drops duplicates by delivery id must see three different ids."""
+    a receiver that drops duplicates by delivery id must see three different ids (each drawn
+    when its delivery is made: relay.deliveries.id)."""
 
     change_and_rule(relay_dsn)
     first = delivery_header(relay_dsn)

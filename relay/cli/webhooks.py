@@ -592,7 +592,6 @@ def preview(
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
-        installation = Store(conn).installation_id()
         changes: list[Change] = []
         for one in sorted(set(outbox_id or [])):
             found = Store(conn).change(one, loaded.models)
@@ -609,9 +608,12 @@ def preview(
             changes.append(replace(made_up, model=model))
         if not changes:
             fail("give --outbox-id N, or --table T with --new and/or --old")
-    chosen = next((r for r in loaded.rules if r.name == rule), None)
-    if chosen is None:
-        fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
+        chosen = next((r for r in loaded.rules if r.name == rule), None)
+        if chosen is None:
+            fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
+        made = None
+        if len(changes) == 1 and chosen.webhook.batch_size == 1:
+            made = Store(conn).delivery_id(changes[0].id, chosen.webhook.id)
     batch_size = chosen.webhook.batch_size
     if len(changes) > batch_size:
         fail(
@@ -619,7 +621,7 @@ def preview(
             f"(batch_size): give at most {batch_size} --outbox-id",
             2,
         )
-    _print_preview(chosen, changes, installation, settings)
+    _print_preview(chosen, changes, made, settings)
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
@@ -650,9 +652,15 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
     )
 
 
+PREVIEW_ID = "00000000-0000-0000-0000-000000000000"
+"""The delivery id a preview shows for a delivery not made yet: relay draws a random one when the
+change is matched (a batch's, when the batch is numbered), and signs with it."""
+
+
 def _print_preview(
-    rule: ruleset.Rule, changes: list[Change], installation: str, settings: Settings
+    rule: ruleset.Rule, changes: list[Change], delivery_id: str | None, settings: Settings
 ) -> None:
+    """``delivery_id``: the id the change's delivery has, or None when it has none yet."""
     hook = rule.webhook
     out.print(
         f"[bold]rule[/] {escape(rule.name)} → [bold]webhook[/] {escape(hook.name)}",
@@ -662,7 +670,7 @@ def _print_preview(
     if hook.batch_size > 1:
         out.print(
             f"[bold]batch[/] {len(changes)} change(s) of at most {hook.batch_size}; relay run "
-            "numbers each batch (this preview's delivery id is batch 0's)",
+            "numbers each batch and draws its delivery id then",
             highlight=False,
             markup=True,
         )
@@ -692,10 +700,21 @@ def _print_preview(
     subject: Change | Batch = changes[0]
     if hook.batch_size > 1:
         subject = Batch(0, tuple(changes), tuple(rule.action_data for _ in changes))
+    if delivery_id is None:
+        out.print(
+            f"[dim](delivery id {PREVIEW_ID}: relay draws the real one when it makes the "
+            "delivery)[/]",
+            highlight=False,
+            markup=True,
+        )
     try:
         with BlockingRenderPool(settings.template_env_globs) as renders:
             request = renders.request(
-                hook, subject, rule.action_data, timestamp=int(time.time()), source=installation
+                hook,
+                subject,
+                rule.action_data,
+                timestamp=int(time.time()),
+                delivery_id=delivery_id or PREVIEW_ID,
             )
     except RenderError as exc:
         fail(f"would fail: {exc}")

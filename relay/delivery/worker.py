@@ -35,7 +35,8 @@ from typing import Any
 import psycopg
 import structlog
 
-from relay.db import AConn, aconnect, first_line
+from relay import sqlfiles
+from relay.db import SEARCH_PATH, AConn, aconnect, first_line
 from relay.delivery import claim
 from relay.delivery.breaker import Breaker, Turn
 from relay.delivery.fanout import FanOut
@@ -58,9 +59,41 @@ log = structlog.get_logger("relay.worker")
 NO_JIT = "-c jit=off"
 """The relay's queries are short and many: JIT compilation, which the planner's cost estimate
 for the claim query can trigger, took 240 ms of a 256 ms claim."""
+SCHEMA_VERSION = f"-c relay.schema_version={sqlfiles.latest_version()}"
+"""What every session of the relay says it was built for: relay.refuse_other_releases (0023)
+refuses deliveries to a session built for another schema version, so that a relay left running
+across an upgrade stops rather than send under ids of its own making."""
 SESSION_SETTLED_SECONDS = 60.0
 """A session that failed after running this long waits only briefly before the next one; one
 that fails sooner waits twice as long as the last (up to 30 s)."""
+
+
+class CannotDeliver(Exception):
+    """What a restart of the relay cannot fix: a schema this relay was not built for, or a
+    session that does not search the path relay pins (``relay run`` says so, exit 2)."""
+
+
+def session_problem(version: int, search_path: str, latest: int) -> str | None:
+    """Why a session may not deliver, or None: the schema must be the one this relay was built
+    for (an older one needs ``relay install``; a newer one, this relay upgraded, or deliveries
+    would go under other ids), and the search path must be relay's own (relay/db.py)."""
+    if version < latest:
+        return (
+            f"relay schema is at version {version}, this relay needs {latest}: run `relay "
+            "install` as the schema's owner (then sql/service_role.sql for the service)"
+        )
+    if version > latest:
+        return (
+            f"relay schema is at version {version}, newer than this relay ({latest}): run the "
+            "relay of the release that installed it"
+        )
+    if search_path.replace(" ", "") != SEARCH_PATH:
+        return (
+            f"the session's search_path is {search_path!r}, not {SEARCH_PATH!r}: something "
+            "between relay and PostgreSQL (a connection pooler) dropped the startup options; "
+            "connect relay to PostgreSQL directly or let the options through"
+        )
+    return None
 
 
 class Worker:
@@ -88,7 +121,6 @@ class Worker:
         """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
         self._batch_due: float | None = None
         """When (monotonic) a batch that was not full may go: the claim loop wakes for it."""
-        self._installation = ""
         self._stopping = False
         self._connected = False
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -137,8 +169,8 @@ class Worker:
                             log.warning("database unavailable, retrying", error=first_line(exc))
                             backoff = 0.5
                         outage = True
-                    except psycopg.errors.InsufficientPrivilege:
-                        raise  # a missing grant: waiting will not help (relay run says so)
+                    except (psycopg.errors.InsufficientPrivilege, CannotDeliver):
+                        raise  # a missing grant, another schema: waiting will not help
                     except Exception as exc:
                         # A fault of relay's own: start the session again rather than stop
                         # delivering (the work is all in the database), waiting longer each
@@ -167,7 +199,9 @@ class Worker:
         ):
             store = AsyncStore(conn)
             await AsyncStore(listener).listen("relay_outbox", "relay_capture")
-            self._installation = await store.installation_id()
+            problem = session_problem(*await store.session_check(), sqlfiles.latest_version())
+            if problem is not None:
+                raise CannotDeliver(problem)
             await store.relay_started(self.relay_id, self._started)
             self._connected = True
             self._stopping = False
@@ -197,7 +231,9 @@ class Worker:
     async def _connect(self) -> AConn:
         """Connections carry the relay's id, so operators can see (and tests can cut) them."""
         return await aconnect(
-            self.dsn, application_name=application_name(self.relay_id), options=NO_JIT
+            self.dsn,
+            application_name=application_name(self.relay_id),
+            options=f"{NO_JIT} {SCHEMA_VERSION}",
         )
 
     async def _refresh_statistics(self) -> None:
@@ -478,8 +514,10 @@ class Worker:
             tuple(item.change for item, _ in going),
             tuple(rule.action_data for _, rule in going),
         )
+        delivery_id = going[0][0].batch_delivery_id
+        assert delivery_id is not None, "claim_batch draws the batch's id with its number"
         return await self.renders.request(
-            hook, batch, timestamp=int(time.time()), source=self._installation
+            hook, batch, timestamp=int(time.time()), delivery_id=delivery_id
         )
 
     def _log_batch(self, items: list[Claimed], result: Result) -> None:
@@ -529,7 +567,7 @@ class Worker:
                 item.change,
                 rule.action_data,
                 timestamp=int(time.time()),
-                source=self._installation,
+                delivery_id=item.delivery_id,
             )
         except RenderError as exc:
             return Outcome.not_sent(reason(str(exc)), permanent=True)

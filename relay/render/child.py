@@ -59,7 +59,7 @@ def request_job(
     change: Change | Batch,
     action_data: Mapping[str, Any] | None,
     timestamp: int,
-    source: str,
+    delivery_id: str,
 ) -> bytes:
     """The frame asking a render process for ``webhook``'s request for ``change`` or a batch (the
     webhook pickled once per webhook, each change as a plain tuple)."""
@@ -73,11 +73,12 @@ def request_job(
             changes,
             datas,
             timestamp,
-            source,
+            delivery_id,
         )
     else:
         fields = _fields(change)
-        job = ("request", _pickled(webhook), fields, dict(action_data or {}), timestamp, source)
+        data = dict(action_data or {})
+        job = ("request", _pickled(webhook), fields, data, timestamp, delivery_id)
     return _frame(pickle.dumps(job))
 
 
@@ -123,10 +124,10 @@ class _Handler:
         changes: list[tuple[Any, ...]],
         datas: list[dict[str, Any]],
         timestamp: int,
-        source: str,
+        delivery_id: str,
     ) -> Reply:
         batch = Batch(batch_id, tuple(Change(*fields) for fields in changes), tuple(datas))
-        return self._reply(self._webhook(pickled), batch, None, timestamp, source)
+        return self._reply(self._webhook(pickled), batch, None, timestamp, delivery_id)
 
     def _request(
         self,
@@ -134,9 +135,10 @@ class _Handler:
         fields: tuple[Any, ...],
         action_data: dict[str, Any],
         timestamp: int,
-        source: str,
+        delivery_id: str,
     ) -> Reply:
-        return self._reply(self._webhook(pickled), Change(*fields), action_data, timestamp, source)
+        change = Change(*fields)
+        return self._reply(self._webhook(pickled), change, action_data, timestamp, delivery_id)
 
     def _reply(
         self,
@@ -144,10 +146,10 @@ class _Handler:
         change: Change | Batch,
         action_data: dict[str, Any] | None,
         timestamp: int,
-        source: str,
+        delivery_id: str,
     ) -> Reply:
         request = self._renderer.request(
-            webhook, change, action_data, timestamp=timestamp, source=source
+            webhook, change, action_data, timestamp=timestamp, delivery_id=delivery_id
         )
         return (
             "ok",

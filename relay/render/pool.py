@@ -202,14 +202,14 @@ class RenderPool:
         action_data: Mapping[str, Any] | None = None,
         *,
         timestamp: int,
-        source: str = "",
+        delivery_id: str,
     ) -> Request:
         """As :meth:`Renderer.request`."""
         if not needs_jinja(webhook):
             return self._local.request(
-                webhook, change, action_data, timestamp=timestamp, source=source
+                webhook, change, action_data, timestamp=timestamp, delivery_id=delivery_id
             )
-        job = request_job(webhook, change, action_data, timestamp, source)
+        job = request_job(webhook, change, action_data, timestamp, delivery_id)
         _, method, url, headers, body, delivery = await self._run(job, webhook.id)
         return Request(method, url, headers, body, delivery)
 
@@ -290,11 +290,13 @@ class BlockingRenderPool:
         action_data: Mapping[str, Any] | None = None,
         *,
         timestamp: int,
-        source: str = "",
+        delivery_id: str,
     ) -> Request:
         """As :meth:`RenderPool.request`, waiting for the answer."""
         return self._runner.run(
-            self._pool.request(webhook, change, action_data, timestamp=timestamp, source=source)
+            self._pool.request(
+                webhook, change, action_data, timestamp=timestamp, delivery_id=delivery_id
+            )
         )
 
     def check(self, source: str, what: str) -> None:

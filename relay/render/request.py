@@ -13,7 +13,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
@@ -39,7 +38,6 @@ EVENTS = {
     "truncate": "truncated",
     "snapshot": "snapshot",
 }
-DELIVERY_NAMESPACE = uuid.UUID("6f1c4f1e-58a9-4c43-9d0e-2b7f4f1b9a51")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _env_read: ContextVar[list[str] | None] = ContextVar("relay_env_read", default=None)
@@ -153,19 +151,6 @@ class TemplateChecker(Protocol):
         """Compile only: raise RenderError with the line of a syntax error."""
 
 
-def delivery_id(change_id: int, webhook_id: int, source: str = "") -> str:
-    """The same for every attempt at delivering one change to one webhook, and, with
-    ``source`` the database's installation id (relay.installation), different for every other
-    change of any database or installation."""
-    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{source}/{change_id}/{webhook_id}"))
-
-
-def batch_delivery_id(batch_id: int, webhook_id: int, source: str = "") -> str:
-    """As :func:`delivery_id`, for a batch: the same on every attempt at sending it, and never
-    one a single change's delivery has (the name space differs)."""
-    return str(uuid.uuid5(DELIVERY_NAMESPACE, f"{source}/batch/{batch_id}/{webhook_id}"))
-
-
 class Renderer:
     """Compiles templates once and renders them in the sandbox."""
 
@@ -235,17 +220,20 @@ class Renderer:
         action_data: Mapping[str, Any] | None = None,
         *,
         timestamp: int,
-        source: str = "",
+        delivery_id: str,
     ) -> Request:
         """The request to send for a change (with its rule's ``action_data``) or a batch (each
-        change with its own), or RenderError naming the field or step that failed. Whatever
-        goes wrong, the message never carries the webhook's secrets or a value the templates
-        read with ``env`` (an error may quote the value it choked on)."""
+        change with its own), under ``delivery_id`` (relay.deliveries.id, or batch_delivery_id:
+        made with the delivery, never worked out here), or RenderError naming the field or step
+        that failed. Whatever goes wrong, the message never carries the webhook's secrets or a
+        value the templates read with ``env`` (an error may quote the value it choked on)."""
         templated = needs_jinja(webhook)
         with _reading_env() as env_values:
             try:
                 with budget() if templated else nullcontext():
-                    return self._build(webhook, change, action_data, timestamp, source, templated)
+                    return self._build(
+                        webhook, change, action_data, timestamp, delivery_id, templated
+                    )
             except RenderError as exc:
                 secrets = [*_secret_lines(webhook.secret), *env_values]
                 raise RenderError(redact(str(exc), secrets)) from None
@@ -256,7 +244,7 @@ class Renderer:
         change: Change | Batch,
         action_data: Mapping[str, Any] | None,
         timestamp: int,
-        source: str,
+        delivery: str,
         templated: bool,
     ) -> Request:
         try:
@@ -285,14 +273,11 @@ class Renderer:
             "Content-Type": webhook.http_content_type,
             "User-Agent": f"relay/{__version__}",
         }
+        headers["X-Relay-Delivery"] = delivery
         if isinstance(change, Batch):
-            delivery = batch_delivery_id(change.id, webhook.id, source)
-            headers["X-Relay-Delivery"] = delivery
             headers["X-Relay-Event"] = "batch"
             headers["X-Relay-Batch-Size"] = str(len(change.changes))
         else:
-            delivery = delivery_id(change.id, webhook.id, source)
-            headers["X-Relay-Delivery"] = delivery
             headers["X-Relay-Event"] = f"{change.object_type}.{EVENTS[change.op]}"
         headers.update(self.headers(webhook.additional_headers, ctx))
         try:

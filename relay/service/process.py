@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from relay.delivery.worker import Worker
+from relay.delivery.worker import CannotDeliver, Worker
 from relay.service import endpoint, logs, systemd
 from relay.settings import Settings
 
@@ -64,6 +64,8 @@ async def _serve(settings: Settings, dsn: str) -> None:
         helper = asyncio.create_task(systemd.supervise(lambda: worker.ready, stop))
     try:
         await worker.run(stop)
+    except CannotDeliver as exc:
+        raise CannotServe(str(exc)) from None
     finally:
         stop.set()
         await helper

@@ -21,3 +21,14 @@ def one_row(cursor: psycopg.Cursor[Row]) -> Row:
     row = cursor.fetchone()
     assert row is not None, "the query returned no row"
     return row
+
+
+def install_up_to(connection: psycopg.Connection[Any], version: int) -> None:
+    """Install relay as the release whose last migration was ``version`` did: its migrations
+    alone, in one transaction (an earlier schema to upgrade from)."""
+    from relay import sqlfiles
+
+    with connection.transaction():
+        connection.execute(sqlfiles.read("bootstrap.sql").encode())
+        for migration in sqlfiles.migrations()[:version]:
+            connection.execute(migration.sql.encode())
