@@ -34,6 +34,7 @@ from typing import Any
 
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 from relay.db import first_line
 from relay.delivery import claim
@@ -45,9 +46,9 @@ from relay.delivery.policy import RetryPolicy
 from relay.delivery.record import Recorder, Result
 from relay.delivery.send import Outcome, Sender, over_limit
 from relay.model import Batch, Request, Webhook
-from relay.reasons import describe, reason, redact
+from relay.reasons import Secrets, describe, masking, reason
 from relay.render.pool import RenderPool
-from relay.render.request import RenderError
+from relay.render.request import RenderError, env_values, secrets_of
 from relay.rules.ruleset import Rule
 from relay.rules.watch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
@@ -77,7 +78,16 @@ class Worker:
         self.relay_id = relay_id or f"{socket.gethostname()}:{os.getpid()}"
         self._started = datetime.now(UTC)
         self.renders = RenderPool(settings.template_env_globs)
-        self.rules = RuleWatcher(dsn, application_name=application_name(self.relay_id))
+        self.secrets = Secrets()
+        """What no reason or log line of this relay may show (see relay/reasons.py): the
+        values templates may read with ``env``, the database password, and the webhooks'
+        secrets, kept current with the rules."""
+        self.secrets.update("settings", [*env_values(settings.template_env_globs), *_password(dsn)])
+        self.rules = RuleWatcher(
+            dsn,
+            application_name=application_name(self.relay_id),
+            on_load=lambda rules: self.secrets.update("webhooks", rules.secrets()),
+        )
         self.max_in_flight = settings.batch_size * 4
         self._held: dict[int, int] = defaultdict(int)
         """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
@@ -115,7 +125,12 @@ class Worker:
 
         A lost database connection is retried with backoff and logged once per outage; work
         resumes from the database's state (whatever is due, including the backlog), so nothing
-        depends on what this process remembered."""
+        depends on what this process remembered. Every stage runs within :func:`masking`, so no
+        reason or log line of theirs shows a secret the relay knows."""
+        with masking(self.secrets):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(self.rules.run())
         backoff = 0.5
         outage = False
@@ -467,9 +482,9 @@ class Worker:
         try:
             request = await self._render_batch(hook, going)
         except RenderError as exc:
-            return str(exc)
+            return reason(str(exc))
         except Exception as exc:  # outside the templates: still one line, secrets out
-            return f"rendering: {redact(describe(exc), hook.secret.splitlines())}"
+            return f"rendering: {describe(exc, secrets_of(hook))}"
         size, limit = len(request.body), self.settings.max_body_bytes
         return over_limit("body", size, limit) if size > limit else request
 
@@ -537,10 +552,8 @@ class Worker:
         except RenderError as exc:
             return Outcome.not_sent(reason(str(exc)), permanent=True)
         except Exception as exc:
-            secrets = hook.secret.splitlines() if hook else []
-            return Outcome.not_sent(
-                reason(f"{stage}: {redact(describe(exc), secrets)}"), permanent=True
-            )
+            secrets = secrets_of(hook) if hook else []
+            return Outcome.not_sent(reason(f"{stage}: {describe(exc, secrets)}"), permanent=True)
         return await self._send(hook, request, sender, replay=item.replay)
 
     @staticmethod
@@ -557,7 +570,7 @@ class Worker:
         try:
             outcome = await sender.send(request, hook)
         except Exception as exc:
-            why = f"sending: {redact(describe(exc), hook.secret.splitlines())}"
+            why = f"sending: {describe(exc, secrets_of(hook, request))}"
             outcome = Outcome.not_sent(why, permanent=False)
         if outcome.error is not None:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
@@ -645,6 +658,15 @@ class Worker:
         jitter = random.uniform(0.8, 1.2)
         status, retry_in = policy.after(outcome, item.attempt, jitter)
         return Result.of(item, status, retry_in, outcome)
+
+
+def _password(dsn: str) -> list[str]:
+    """The password of the connection string, if it holds one."""
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        return []
+    return [str(password)] if password else []
 
 
 async def _first_of(
