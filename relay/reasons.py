@@ -142,7 +142,8 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every URL in it shown by its origin (:func:`url_origin`), and ``secrets``
     and those the process knows (:func:`masking`) masked: what every log field and every value
     a command shows from elsewhere goes through."""
-    text = redact(text, secrets)
+    if secrets:
+        text = redact(text, secrets)
     known = _known.get()
     if known is not None:
         text = known.mask(text)

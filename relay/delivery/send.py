@@ -137,7 +137,7 @@ class Sender:
             )
         url = urlsplit(request.url)
         host = url.netloc.rpartition("@")[2]  # never the user:password@ part
-        attempt = _Attempt(host, secrets_of(webhook, request))
+        attempt = _Attempt(host, webhook, request)
         try:
             verify = tls.context(webhook, url.scheme)
         except tls.CAFileProblem as exc:
@@ -217,12 +217,14 @@ class Sender:
 
 
 class _Attempt:
-    """One attempt's reasons: each names ``host`` and masks ``secrets`` (the webhook's, and the
-    credentials of the request rendered for it)."""
+    """One attempt's reasons: each names ``host`` and masks the webhook's secrets and the
+    credentials of the request rendered for it (found only when a reason is made: most
+    attempts need none)."""
 
-    def __init__(self, host: str, secrets: list[str]) -> None:
+    def __init__(self, host: str, webhook: Webhook, request: Request) -> None:
         self.host = host
-        self.secrets = secrets
+        self.webhook = webhook
+        self.request = request
         self.started = time.monotonic()
 
     def _took(self) -> float:
@@ -271,7 +273,7 @@ class _Attempt:
         )
 
     def _said(self, why: str) -> str:
-        return reason(why, self.secrets)
+        return reason(why, secrets_of(self.webhook, self.request))
 
 
 async def _excerpt(response: aiohttp.ClientResponse, timeout: float) -> tuple[bytes, str | None]:

@@ -31,6 +31,8 @@ from collections import defaultdict
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment
 
 import psycopg
 import structlog
@@ -80,9 +82,10 @@ class Worker:
         self.renders = RenderPool(settings.template_env_globs)
         self.secrets = Secrets()
         """What no reason or log line of this relay may show (see relay/reasons.py): the
-        values templates may read with ``env``, the database password, and the webhooks'
-        secrets, kept current with the rules."""
-        self.secrets.update("settings", [*env_values(settings.template_env_globs), *_password(dsn)])
+        values templates may read with ``env``, the passwords of the database and of proxies,
+        and the webhooks' secrets, kept current with the rules."""
+        known = [*env_values(settings.template_env_globs), *_passwords(dsn)]
+        self.secrets.update("settings", known)
         self.rules = RuleWatcher(
             dsn,
             application_name=application_name(self.relay_id),
@@ -660,13 +663,12 @@ class Worker:
         return Result.of(item, status, retry_in, outcome)
 
 
-def _password(dsn: str) -> list[str]:
-    """The password of the connection string, if it holds one."""
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:
-        return []
-    return [str(password)] if password else []
+def _passwords(dsn: str) -> list[str]:
+    """The passwords of the connection string and of the proxies the environment names."""
+    found = [urlsplit(proxy).password or "" for proxy in getproxies_environment().values()]
+    with contextlib.suppress(psycopg.ProgrammingError):
+        found.append(str(conninfo_to_dict(dsn).get("password") or ""))
+    return [password for password in found if password]
 
 
 async def _first_of(

@@ -61,7 +61,10 @@ def scrubbed(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping
     if exc_info:
         event["exception"] = _traceback(exc_info)
     for key, value in event.items():
-        event[key] = _scrub(value)
+        if type(value) is str:
+            event[key] = scrub(value)
+        elif isinstance(value, list | tuple | dict | str):
+            event[key] = _scrub(value)
     return event
 
 
