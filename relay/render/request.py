@@ -320,8 +320,8 @@ def _reading_env() -> Iterator[list[str]]:
 
 def secrets_of(webhook: Webhook, request: Request | None = None) -> list[str]:
     """What no reason, log line or output may show of ``webhook`` and of a ``request``
-    rendered for it: its secrets, the user part of its URL, and the values of query parameters
-    and headers whose names say they are credentials (a template's own text is none: what it
+    rendered for it: its secrets, its URL's password, and the values of query parameters and
+    headers whose names say they are credentials (a template's own text is none: what it
     renders may be)."""
     found = [line.strip() for line in webhook.secret.splitlines() if line.strip()]
     found += _url_credentials(webhook.payload_url)
@@ -345,10 +345,12 @@ def _credential(value: str) -> list[str]:
 
 
 def _url_credentials(url: str) -> list[str]:
-    """The user name, password and credential-named query values of ``url``."""
+    """The password and credential-named query values of ``url``. Not the user name: it is as
+    often a word ("webhook") that masking everywhere would make every line unreadable (it never
+    shows anyway: a URL in a reason or a log line shows no user part)."""
     try:
         parts = urlsplit(url)
-        found = [parts.username or "", parts.password or ""]
+        found = [parts.password or ""]
     except ValueError:
         return []
     for pair in parts.query.split("&"):
