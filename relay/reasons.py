@@ -5,8 +5,8 @@ That path (:func:`scrub`, and :func:`reason` for what is recorded) shows a URL b
 alone (``https://hooks.example/…``: a token can live in the user part, the query or the path, as
 Slack's and Discord's do) and masks every secret it is given and every secret the process knows
 (:class:`Secrets`, see :func:`masking`). Commands that show a webhook's own URL use
-:func:`url_shown`, which keeps the path (it is what tells endpoints apart) but masks the password
-and every query value.
+:func:`url_shown`, which keeps the path (it is what tells endpoints apart) but masks the user
+part and every query value.
 """
 
 from __future__ import annotations

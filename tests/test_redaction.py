@@ -39,6 +39,8 @@ TOKENS = {
     "userinfo": "tok8-8d3e7f1a5b",
 }
 """What must appear nowhere: each path's own, so that a failure says which path leaked."""
+SECRET = "hook-secret-5e7a1c9d3b"
+URL_TOKEN = "tok9-2c6e0a4f8b"
 
 
 def sinks(conn: Conn) -> dict[str, str]:
@@ -176,8 +178,24 @@ def json_log() -> Iterator[io.TextIOWrapper]:
         structlog.configure(**before)
 
 
-SECRET = "hook-secret-5e7a1c9d3b"
-URL_TOKEN = "tok9-2c6e0a4f8b"
+def test_every_value_of_every_log_line_is_scrubbed_whoever_logs_it() -> None:
+    """Strings, the items of lists and mappings, an object written as its text, the event
+    itself and a traceback: the processor sees them all, whatever the caller passed."""
+    log = structlog.get_logger("anyone")
+    url = f"https://u:pw-123456@hooks.example/services/{URL_TOKEN}"
+    with json_log() as stream:
+        try:
+            raise ValueError(f"boom at {url}")
+        except ValueError as exc:
+            log.exception(f"failed at {url}", error=exc, urls=[url], more={"url": url}, n=3)
+        stream.flush()
+        text = stream.buffer.getvalue().decode()  # type: ignore[attr-defined]
+    (line,) = [json.loads(line) for line in text.splitlines()]
+    shown = "https://hooks.example/…"
+    assert line["event"] == f"failed at {shown}" and line["error"] == f"boom at {shown}"
+    assert line["urls"] == [shown] and line["more"] == {"url": shown} and line["n"] == 3
+    assert f"ValueError: boom at {shown}" in line["exception"]
+    assert URL_TOKEN not in text and "pw-123456" not in text
 
 
 def test_a_fault_nobody_foresaw_is_logged_without_a_secret_or_a_url_token(

@@ -15,7 +15,9 @@ import logging
 import sys
 import traceback
 from collections.abc import MutableMapping
+from datetime import date, datetime
 from typing import Any, TextIO
+from uuid import UUID
 
 import orjson
 import structlog
@@ -63,19 +65,25 @@ def scrubbed(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping
     for key, value in event.items():
         if type(value) is str:
             event[key] = scrub(value)
-        elif isinstance(value, list | tuple | dict | str):
+        elif not isinstance(value, _PLAIN):
             event[key] = _scrub(value)
     return event
 
 
+_PLAIN = (int, float, type(None), datetime, date, UUID)
+"""Values no text of anyone else's can be in (the JSON writer writes them as they are)."""
+
+
 def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        return scrub(value)
+    """A value of a log line scrubbed: strings, the items of lists and mappings, and anything
+    else as the text it would be written as."""
+    if isinstance(value, _PLAIN):
+        return value
     if isinstance(value, list | tuple):
         return [_scrub(item) for item in value]
     if isinstance(value, dict):
         return {key: _scrub(item) for key, item in value.items()}
-    return value
+    return scrub(value if isinstance(value, str) else str(value))
 
 
 def _traceback(exc_info: Any) -> str:
