@@ -1,7 +1,12 @@
-"""Opening connections, and turning connection failures into one line a person can act on."""
+"""Opening connections, and turning connection failures into one line a person can act on.
+
+Every connection relay opens goes through :func:`connect` or :func:`aconnect`, so that every
+session starts with the search path no other role can write to (see :data:`SEARCH_PATH`).
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeAlias
 
 import psycopg
@@ -19,9 +24,28 @@ string, password included."""
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 """A synchronous connection with plain tuple rows (used by the CLI and admin commands)."""
 
+AConn: TypeAlias = psycopg.AsyncConnection[Any]
+"""An asyncio connection (``relay run``'s stages and the rule watcher)."""
+
+SEARCH_PATH = "pg_catalog,pg_temp"
+"""The search path of every session relay opens, set in the startup packet before any statement
+runs. PostgreSQL resolves every unqualified function, operator and type name through it, picking
+the best match over every schema on the path: with ``"$user", public`` (the default), an operator
+another role creates in ``public`` or in a schema named like relay's role, for argument types
+``pg_catalog`` has no exact match for, would run inside relay's queries with relay's rights. Only a
+superuser can write to ``pg_catalog``, and ``pg_temp`` (last, so that it is never searched first)
+holds only what this session creates. relay's own objects are always named with their schema."""
+
 
 class DatabaseUnavailable(Exception):
-    """The database could not be reached or refused us: a configuration problem, not a bug."""
+    """The database could not be reached or refused us: a configuration problem, not a bug.
+    ``refused`` when the server answered and said no (see :func:`refused`): waiting will not
+    help, where an outage may pass; ``detail`` is then the server's words, in one line."""
+
+    def __init__(self, message: str, *, refused: bool = False, detail: str = "") -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.detail = detail
 
 
 DSN_EMPTY = (
@@ -45,22 +69,51 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
-def connect(dsn: str, *, autocommit: bool = True) -> Conn:
-    """A connection that pg_stat_activity shows as ``relay/<version>``, autocommit unless asked
-    otherwise. A DSN libpq cannot read, or a server not reached within 10 s, raises
-    :class:`DatabaseUnavailable` with a one-line message."""
+def startup_parameters(
+    dsn: str, *, application_name: str | None = None, options: str = ""
+) -> dict[str, Any]:
+    """The connection parameters every relay session starts with: the DSN's own ``options`` (or
+    PGOPTIONS, as libpq would) kept, then ``options``, then the search path, last so that nothing
+    before it can undo it."""
+    given = conninfo_to_dict(dsn)
+    own = given.get("options") or os.environ.get("PGOPTIONS")
+    pinned = f"-c search_path={SEARCH_PATH}"
+    return {
+        "application_name": application_name or f"relay/{__version__}",
+        "options": " ".join(str(o) for o in (own, options, pinned) if o),
+        "connect_timeout": given.get("connect_timeout") or 10,
+    }
+
+
+def connect(
+    dsn: str,
+    *,
+    autocommit: bool = True,
+    application_name: str | None = None,
+    options: str = "",
+) -> Conn:
+    """A connection that pg_stat_activity shows as ``relay/<version>`` (or
+    ``application_name``), autocommit unless asked otherwise, on the pinned search path. A DSN
+    libpq cannot read, or a server not reached within 10 s, raises :class:`DatabaseUnavailable`
+    with a one-line message."""
     problem = dsn_problem(dsn)
     if problem is not None:
         raise DatabaseUnavailable(problem)
+    parameters = startup_parameters(dsn, application_name=application_name, options=options)
     try:
-        return psycopg.connect(
-            dsn,
-            autocommit=autocommit,
-            application_name=f"relay/{__version__}",
-            connect_timeout=10,
-        )
+        return psycopg.connect(dsn, autocommit=autocommit, **parameters)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {one_line(exc)}") from exc
+        detail = one_line(exc)
+        raise DatabaseUnavailable(
+            f"cannot connect to the database: {detail}", refused=refused(exc), detail=detail
+        ) from exc
+
+
+async def aconnect(dsn: str, *, application_name: str | None = None, options: str = "") -> AConn:
+    """As :func:`connect`, for asyncio, always autocommit; connection failures are psycopg's own
+    (``relay run`` retries them with backoff, and says when the server refuses)."""
+    parameters = startup_parameters(dsn, application_name=application_name, options=options)
+    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **parameters)
 
 
 _PASSING = ("starting up", "shutting down", "in recovery", "too many clients", "terminating")

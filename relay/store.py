@@ -16,15 +16,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypedDict, cast
 
-import psycopg
 from psycopg.rows import class_row, dict_row
 
 from relay import sqlfiles
-from relay.db import Conn
+from relay.db import SEARCH_PATH, AConn, Conn
 from relay.model import Change
 from relay.sqlfiles import Migration, query
-
-AConn = psycopg.AsyncConnection[Any]
 
 APPLICATION_PREFIX = "relay run "
 """How a running relay's connections are named, before its id: ``status_relays`` is given the
@@ -396,9 +393,18 @@ class Store:
         return Status(dict(backlog), webhooks, last_errors, relays, backfills)
 
     def table_name(self, table: str) -> TableName | None:
-        """The table ``table`` names (as a query would resolve it), or None."""
+        """The table ``table`` names, or None: a qualified name as written, an unqualified one
+        in the role's own schema, then public (see the query names_as_written). Raises
+        psycopg's InvalidName or SyntaxError for what is not a name at all."""
+        with self.conn.transaction():
+            self.conn.execute(query("names_as_written"))
+            oid = self._value("table_oid", {"table": table})
+            # A failed lookup rolls back, and the path with it.
+            self.conn.execute(query("names_pinned"), {"search_path": SEARCH_PATH})
+        if oid is None:
+            return None
         with self.conn.cursor(row_factory=class_row(TableName)) as cur:
-            return cur.execute(query("table_name"), {"table": table}).fetchone()
+            return cur.execute(query("table_name"), {"oid": oid}).fetchone()
 
     def backfill_problem(self, table: str) -> str | None:
         """Why ``table`` cannot be backfilled (not tracked, no primary key...), or None."""

@@ -33,21 +33,21 @@ FROM relay.webhooks WHERE name = 'payments';
 -- step: Two orders in one transaction, tagged with the user who placed them
 BEGIN;
 SET LOCAL relay.username = 'alice';
-INSERT INTO orders (customer, total, card_token)
+INSERT INTO public.orders (customer, total, card_token)
     VALUES ('ACME', 120.00, 'tok_1'), ('Initech', 75.50, 'tok_2');
 COMMIT;
 
 -- step: One order is paid; the other is saved without any change, which records nothing
 BEGIN;
 SET LOCAL relay.username = 'bob';
-UPDATE orders SET status = 'paid' WHERE customer = 'ACME';
-UPDATE orders SET total = total WHERE customer = 'Initech';
+UPDATE public.orders SET status = 'paid' WHERE customer = 'ACME';
+UPDATE public.orders SET total = total WHERE customer = 'Initech';
 COMMIT;
 
 -- step: A transaction that rolls back leaves nothing behind
 BEGIN;
-DELETE FROM orders;
+DELETE FROM public.orders;
 ROLLBACK;
 
 -- step: An order is cancelled and deleted
-DELETE FROM orders WHERE customer = 'Initech';
+DELETE FROM public.orders WHERE customer = 'Initech';

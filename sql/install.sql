@@ -9,6 +9,11 @@
 \set QUIET on
 SET client_min_messages = warning;
 BEGIN;
+-- Every name below resolves in pg_catalog or is qualified with relay: the installing session's
+-- own search path (a schema another role can create objects in, such as public) must not decide
+-- which operator an index predicate, a default or a view is built with (docs/security.md).
+-- relay install (relay/db.py) opens its session on the same path.
+SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 \ir bootstrap.sql
 
@@ -115,6 +120,11 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 20) AS relay_app
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 21) AS relay_apply \gset
 \if :relay_apply
 \ir migrations/0021_backfill_replay.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 22) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0022_backfill_where.sql
 \endif
 
 COMMIT;

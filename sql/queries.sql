@@ -655,12 +655,27 @@ SELECT count(*) FROM relay.outbox o
 WHERE o.status <> 'pending' AND o.processed_at < now() - make_interval(secs => %(seconds)s)
   AND NOT EXISTS (SELECT FROM relay.deliveries d WHERE d.outbox_id = o.id AND d.status = 'pending');
 
+-- name: names_as_written
+-- For the next statement only (relay/store.py, Store.table_name): an unqualified table name given
+-- on the command line is looked up as PostgreSQL's default search path would, in the schema named
+-- after the role, then in public. relay's sessions otherwise search pg_catalog alone (relay/db.py,
+-- SEARCH_PATH), where no user table is; table_oid, run on this path, resolves no operator or
+-- function another role could have written (every name in it is qualified), and the next
+-- statement, names_pinned, puts pg_catalog's path back.
+SELECT pg_catalog.set_config('search_path', '"$user", public', true);
+
+-- name: table_oid
+SELECT pg_catalog.to_regclass(%(table)s::pg_catalog.text)::pg_catalog.oid;
+
+-- name: names_pinned
+SELECT pg_catalog.set_config('search_path', %(search_path)s::pg_catalog.text, true);
+
 -- name: table_name
--- The table a name resolves to (as a query would resolve it), schema-qualified, or none.
+-- A table by oid, with its names and a schema-qualified name any statement may refer to it by.
 SELECT n.nspname AS schema_name, c.relname AS table_name,
        quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = to_regclass(%(table)s);
+WHERE c.oid = %(oid)s;
 
 -- name: backfill_problem
 -- Why the table cannot be backfilled, or NULL (see relay.backfill_problem).

@@ -9,6 +9,9 @@
 -- Run it again after every upgrade: later migrations add what later versions need.
 -- The service cannot track or untrack tables, change the schema, or write changes of its own
 -- into the outbox; applications that write tracked tables need none of these grants.
+BEGIN;
+-- Type names in the signatures below are pg_catalog's, whatever the session's search path.
+SET LOCAL search_path = pg_catalog, pg_temp;
 GRANT USAGE ON SCHEMA relay TO :"role";
 -- Read changes, record their outcome (status, attempts...), and purge finished ones.
 GRANT SELECT, UPDATE (status, attempts, last_error, processed_at, fanned_out_at),
@@ -42,3 +45,4 @@ GRANT EXECUTE ON FUNCTION relay.key_before(json, json), relay.key_before_escaped
     relay.clear_of_key_moves(bigint, bigint, text, text) TO :"role";
 -- Show backfills in `relay status` (see 0021_backfill_replay.sql); it cannot start one.
 GRANT SELECT ON relay.backfills TO :"role";
+COMMIT;

@@ -6,6 +6,7 @@
 --
 --     psql "$DSN" -v ON_ERROR_STOP=1 -f sql/uninstall.sql
 BEGIN;
+SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 DROP SCHEMA IF EXISTS relay CASCADE;
 COMMIT;

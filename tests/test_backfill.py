@@ -16,6 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from relay.db import Conn
 from support.cli import relay
@@ -461,8 +463,8 @@ def test_backfill_refuses_keys_holding_a_domain_and_a_where_clause_cannot_undo_i
         assert refused.returncode == 2, refused.stderr
         assert "holds values of public.posint, a domain or composite type" in refused.stderr
     assert rconn.execute("SELECT * FROM ran").fetchall() == []
-    # A clause that closes relay's parentheses only narrows the rows; paging goes on.
-    done = relay(
+    # A clause that closes relay's parentheses is refused before it can reach the paging.
+    refused = relay(
         "backfill",
         "public.items",
         "--batch",
@@ -471,5 +473,227 @@ def test_backfill_refuses_keys_holding_a_domain_and_a_where_clause_cannot_undo_i
         "v >= 0) OR (v < 0",
         dsn=relay_dsn,
     )
+    assert refused.returncode == 2, refused.stderr
+    assert "the where clause is not one condition" in refused.stderr
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 0
+
+
+def test_a_where_clause_that_closes_its_parentheses_is_refused_before_any_row_is_written(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Issue 24's reproduction: on a 5-row table, chunks of 2, this clause wrote every row 4
+    times."""
+    items(rconn, 5, v_is_id=True)
+    hook(rconn, "snap", "http://127.0.0.1:9/", ["snapshot"])
+    clause = "v > 100) OR (true"
+    refused = relay("backfill", "public.items", "--batch", "2", "--where", clause, dsn=relay_dsn)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "error: backfill of public.items: the where clause is not one condition: it closes a"
+        " parenthesis it did not open, or is a query on its own (write EXISTS (SELECT ...))"
+    ]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="is not one condition"):
+        rconn.execute("SELECT relay.backfill('items', %s, chunk => 2)", (clause,))
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 0
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.backfills"))[0] == 0
+    # The same condition written as one narrows as it says.
+    done = relay(
+        "backfill", "public.items", "--batch", "2", "--where", "(v > 100) OR (v > 3)", dsn=relay_dsn
+    )
     assert done.returncode == 0, done.stderr
-    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 5
+    assert "complete: 2 snapshots" in done.stdout
+    keys = rconn.execute("SELECT (pk->>'id')::int FROM relay.outbox ORDER BY id").fetchall()
+    assert keys == [(4,), (5,)]
+
+
+# Clauses that reach, or try to reach, out of their parentheses, and the words of their refusal.
+REFUSED = [
+    ("v > 100) OR (true", "is not one condition"),
+    ("v > 100) OR (v <= 100", "is not one condition"),
+    (r"token = E'\\') OR (true", "is not one condition"),  # E'\\' is one backslash
+    (r"token = '\') OR (true --'", "is not one condition"),  # '\' is one backslash
+    ("token = $$x$$) OR ($$y$$ = $$y$$", "is not one condition"),
+    ("SELECT true", "is not one condition"),
+    ("pg_catalog.nextval('public.counter') > 0) OR (true", "is not one condition"),
+    # Turns standard_conforming_strings off as it runs (in the count), so that the chunk after
+    # reads '\' as the start of a longer string and `) OR (true` outside it.
+    (
+        r"pg_catalog.set_config('standard_conforming_strings', 'off', false) IS NOT NULL"
+        r" AND token = '\' || ') OR (true --'",
+        "is not one condition",
+    ),
+    ("(v > 100", "the where clause does not work"),
+    ("v > 100)", "the where clause does not work"),
+    ("v > 100 /* ) OR (true", "the where clause does not work: unterminated /* comment"),
+    ("v > 100) /* ", "the where clause does not work: unterminated /* comment"),
+    ("token = ') OR (true", "the where clause does not work: unterminated quoted string"),
+    ("token = $a$) OR (true", "the where clause does not work: unterminated dollar-quoted"),
+    ("v > 100] OR ARRAY[true", "the where clause does not work"),
+    ("v > 100 UNION SELECT true", "the where clause does not work"),
+    ("v > 100) UNION (SELECT true", "the where clause does not work"),
+    ("leak(v)", "the where clause does not work: function leak(integer) does not exist"),
+    ("v > 100; DELETE FROM items", "holds a semicolon"),
+    ("token = ';'", "holds a semicolon"),
+]
+
+# Clauses that only look as if they closed their parentheses, and the rows they select.
+NARROWED = [
+    ("token = ')'", [2]),
+    ("token = ') OR (true'", [3]),
+    ("token = $$) OR (true$$", [3]),
+    ("token = $x$) OR (true$x$", [3]),
+    (r"token = E'\) OR \(true'", [3]),
+    (r"token = E'\') OR (true' OR v > 4", [5]),  # \' in an E'' string is a quote
+    (r"token = '\'", [4]),
+    (r"token = E'\\'", [4]),
+    ("token = chr(59)", [5]),
+    ("v > 3 -- ) OR (true", [4, 5]),
+    ("v > 3 /* ) OR (true */", [4, 5]),
+    ("v > 3 /* /* ) OR (true */ ) OR (true */", [4, 5]),
+    ('"v" > 3', [4, 5]),
+    ("(SELECT v > 3)", [4, 5]),
+    ("id IN (SELECT i.id FROM public.items i WHERE i.v > 3)", [4, 5]),
+    ("v > 2.5", [3, 4, 5]),  # int > numeric: pg_catalog's, not the trap in public
+    ("pg_catalog.nextval('public.counter') > 0 AND v > 3", [4, 5]),
+    ("public.leak(v)", [4, 5]),  # named with its schema: it runs, as the caller
+]
+
+
+def test_a_where_clause_is_one_condition_whatever_strings_comments_and_quotes_it_holds(
+    rconn: Conn, relay_dsn: str, make_role: Any
+) -> None:
+    items(rconn, 5, v_is_id=True)
+    for key, token in [(2, ")"), (3, ") OR (true"), (4, "\\"), (5, ";")]:
+        rconn.execute("UPDATE items SET token = %s WHERE id = %s", (token, key))
+    rconn.execute("TRUNCATE relay.outbox CASCADE")
+    rconn.execute("CREATE SEQUENCE counter")
+    rconn.execute("CREATE TABLE ran (what text, who text)")
+    hook(rconn, "snap", "http://127.0.0.1:9/", ["snapshot"])
+    # Another role's traps in public: a function, and an operator pg_catalog has no exact match
+    # for (int > numeric).
+    app = make_role()
+    rconn.execute(f"GRANT CREATE ON SCHEMA public TO {app}")
+    with psycopg.connect(relay_dsn, user=app, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION public.leak(int) RETURNS boolean LANGUAGE plpgsql AS"
+            " $$BEGIN INSERT INTO public.ran VALUES ('leak', current_user); RETURN $1 > 3; END$$"
+        )
+        conn.execute(
+            "CREATE FUNCTION public.trap(int, numeric) RETURNS boolean LANGUAGE plpgsql AS"
+            " $$BEGIN INSERT INTO public.ran VALUES ('operator', current_user); RETURN true;"
+            " END$$"
+        )
+        conn.execute(
+            "CREATE OPERATOR public.> (LEFTARG = int, RIGHTARG = numeric, FUNCTION = public.trap)"
+        )
+
+    for clause, words in REFUSED:
+        refused = relay(
+            "backfill", "public.items", "--batch", "2", "--where", clause, dsn=relay_dsn
+        )
+        assert refused.returncode == 2, (clause, refused.stdout, refused.stderr)
+        assert words in refused.stderr, (clause, refused.stderr)
+        assert len(refused.stderr.strip().splitlines()) == 1, (clause, refused.stderr)
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as raised:
+            rconn.execute("SELECT relay.backfill('items', %s, chunk => 2)", (clause,))
+        assert words in str(raised.value), (clause, raised.value)
+        assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 0, clause
+        assert one_row(rconn.execute("SELECT count(*) FROM relay.backfills"))[0] == 0, clause
+    # Refused before anything ran it: nextval is not undone by a rollback.
+    assert one_row(rconn.execute("SELECT last_value, is_called FROM counter")) == (1, False)
+    assert rconn.execute("SELECT * FROM ran").fetchall() == []
+
+    for clause, selected in NARROWED:
+        rconn.execute("TRUNCATE relay.outbox CASCADE")
+        while one_row(rconn.execute("SELECT relay.backfill('items', %s, chunk => 2)", (clause,)))[
+            0
+        ]:
+            pass
+        keys = rconn.execute("SELECT (pk->>'id')::int FROM relay.outbox ORDER BY id").fetchall()
+        assert [key for (key,) in keys] == selected, clause
+    ran = rconn.execute("SELECT DISTINCT what, who FROM ran").fetchall()
+    assert ran == [("leak", rconn.info.user)], "only the function named with its schema, as caller"
+    # And through the command.
+    rconn.execute("TRUNCATE relay.outbox CASCADE")
+    done = relay("backfill", "public.items", "--where", "token = ') OR (true' -- )", dsn=relay_dsn)
+    assert done.returncode == 0, done.stderr
+    assert "complete: 1 snapshots" in done.stdout
+    assert rconn.execute("SELECT (pk->>'id')::int FROM relay.outbox").fetchall() == [(3,)]
+
+
+# Pieces of SQL that open, close or hide brackets, strings and comments.
+PIECES = [
+    "v > 2",
+    "v < 4",
+    "true",
+    "false",
+    "token",
+    " = ",
+    " OR ",
+    " AND ",
+    "NOT ",
+    "(",
+    ")",
+    "[",
+    "]",
+    "ARRAY",
+    ", ",
+    "'",
+    "''",
+    "')'",
+    "'('",
+    r"E'",
+    "\\",
+    r"\'",
+    "--",
+    "\n",
+    "/*",
+    "*/",
+    "$$",
+    "$a$",
+    "$$)$$",
+    '"',
+    '"v"',
+    " UNION SELECT ",
+    "SELECT ",
+    " IS NULL",
+    ";",
+]
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=9).map("".join))
+@example("v > 2) OR (true")
+@example("v > 2]) OR (ARRAY[true")
+def test_whatever_the_where_clause_a_backfill_writes_each_selected_row_once_in_key_order(
+    five: Conn, clause: str
+) -> None:
+    """Either relay.backfill refuses the clause, or its snapshots are rows of the table, each
+    once, in key order, as many as its count found when it started."""
+    try:
+        with five.transaction(force_rollback=True):
+            while one_row(
+                five.execute("SELECT relay.backfill('items', %s, chunk => 2)", (clause,))
+            )[0]:
+                pass
+            keys = [
+                key
+                for (key,) in five.execute(
+                    "SELECT (pk->>'id')::int FROM relay.outbox ORDER BY id"
+                ).fetchall()
+            ]
+            total = one_row(five.execute("SELECT rows_total FROM relay.backfills"))[0]
+    except psycopg.errors.InvalidParameterValue:
+        return
+    assert keys == sorted(set(keys)), (clause, keys)
+    assert set(keys) <= {1, 2, 3, 4, 5}, (clause, keys)
+    assert len(keys) == total, (clause, keys, total)
+
+
+@pytest.fixture
+def five(rconn: Conn) -> Conn:
+    """items, 5 rows with v = id."""
+    items(rconn, 5, v_is_id=True)
+    return rconn

@@ -63,11 +63,13 @@ def test_install_track_untrack_uninstall(db_dsn: str) -> None:
 def test_errors_are_one_clear_line(db_dsn: str) -> None:
     assert relay("install", dsn=db_dsn).returncode == 0
     missing = relay("track", "public.nope", dsn=db_dsn)
-    assert missing.returncode == 1
-    assert missing.stderr.strip() == 'error: relation "public.nope" does not exist'
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == (
+        "error: no table named 'public.nope': name it as in SQL, e.g. public.orders"
+    )
 
     bad_event = relay("track", "public.nope", "--events", "upsert", dsn=db_dsn)
-    assert bad_event.returncode == 1
+    assert bad_event.returncode == 2
 
     unreachable = relay("install", dsn="postgresql://postgres@127.0.0.1:1/none")
     assert unreachable.returncode == 2

@@ -72,6 +72,21 @@ def test_only_the_store_runs_statements() -> None:
             assert _calls(path, "execute") == 0, f"{where} sends SQL: move it to store.py"
 
 
+def test_only_relay_db_opens_connections() -> None:
+    """Every session relay opens starts on the search path no other role can write to
+    (relay/db.py, SEARCH_PATH): so no module but relay/db.py calls psycopg's connect, and the rule
+    admin's SQLAlchemy engine gets its connections from it too (a ``creator``)."""
+    for path in PACKAGE.rglob("*.py"):
+        where = path.relative_to(PACKAGE).as_posix()
+        text = path.read_text(encoding="utf-8")
+        if where != "db.py":
+            assert "psycopg.connect" not in text and "Connection.connect" not in text, (
+                f"{where} opens a connection: use relay.db.connect or aconnect"
+            )
+        if "create_engine(" in text:
+            assert "creator=" in text, f"{where}: give the engine relay.db.connect as creator"
+
+
 def test_every_named_query_is_run_by_the_store() -> None:
     names = re.findall(r"^-- name: (\w+)", (REPO / "sql" / "queries.sql").read_text(), re.M)
     store = (PACKAGE / "store.py").read_text()

@@ -11,7 +11,7 @@ import psycopg
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from relay.cli.common import NOT_INSTALLED, Dsn, explain, fail, out
+from relay.cli.common import Dsn, explain, fail, out, table_named
 from relay.cli.common import database as _database
 from relay.rules import ruleset
 from relay.store import BackfillProgress, Store
@@ -29,8 +29,8 @@ def backfill(
         str | None,
         typer.Option(
             "--where",
-            help="Only rows for which this SQL condition holds, e.g. \"status = 'open'\" "
-            "(functions in it must be schema-qualified).",
+            help="Only rows for which this SQL condition holds, e.g. \"status = 'open'\": "
+            "one condition, without a semicolon (functions in it must be schema-qualified).",
         ),
     ] = None,
     webhook: Annotated[
@@ -53,14 +53,7 @@ def backfill(
     chunks; interrupted, the same command goes on where it stopped."""
     with _database(dsn) as conn:
         store = Store(conn)
-        if not store.installed_version():
-            fail(NOT_INSTALLED, 2)
-        try:
-            found = store.table_name(table)
-        except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError):
-            found = None  # not even a name: '', 'a.b.c.d'
-        if found is None:
-            fail(f"no table named {table!r}: name it as in SQL, e.g. public.orders", 2)
+        found = table_named(store, table)
         problem = store.backfill_problem(found.name)
         if problem is not None:
             fail(problem, 2)

@@ -18,6 +18,7 @@ from rich.table import Table
 from relay import settings as settings_module
 from relay.db import Conn, DatabaseUnavailable, connect, dsn_problem, first_line
 from relay.settings import Settings, SettingsError
+from relay.store import Store, TableName
 
 # Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
 # in the middle cannot be pasted back. On a terminal, its width.
@@ -130,6 +131,21 @@ def database(dsn: str) -> Iterator[Conn]:
             yield conn
     except psycopg.Error as exc:
         fail(*explain(exc))
+
+
+def table_named(store: Store, table: str) -> TableName:
+    """The table a name on the command line means (qualified as written; unqualified, in the
+    role's own schema, then public), or the command ends: exit 2, naming the fix (relay's own
+    absence first: every command that names a table needs it)."""
+    if not store.installed_version():
+        fail(NOT_INSTALLED, 2)
+    try:
+        found = store.table_name(table)
+    except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError):
+        found = None  # not even a name: '', 'a.b.c.d'
+    if found is None:
+        fail(f"no table named {table!r}: name it as in SQL, e.g. public.orders", 2)
+    return found
 
 
 NOT_INSTALLED = "relay is not installed in this database: run `relay install` as its owner"

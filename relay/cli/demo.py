@@ -22,7 +22,7 @@ from rich.syntax import Syntax
 from relay import sqlfiles
 from relay.cli.common import fail, styled
 from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
-from relay.db import Conn
+from relay.db import Conn, connect
 from relay.model import dumps, loads
 from relay.render.sign import verify
 from relay.service import logs
@@ -101,7 +101,7 @@ async def _demo(console: Console, db: str) -> None:
     arrivals: list[_Arrival] = []
     runner, address = await _receiver(arrivals)
     try:
-        with psycopg.connect(db, autocommit=True) as conn:
+        with connect(db) as conn:
             applied = Store(conn).install()
             console.print(
                 f"installed relay schema version {applied[-1].version}; "

@@ -60,15 +60,13 @@ def _preflight(dsn: str) -> None:
     """Refuse to start on what waiting cannot fix: a server that says no to us, relay not
     installed, or a schema older or newer than this relay. A server that is down is waited
     for (relay run retries with backoff)."""
-    import psycopg
-
-    from relay.db import one_line, refused
+    from relay.db import DatabaseUnavailable, connect
 
     try:
-        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-    except psycopg.OperationalError as exc:
-        if refused(exc):
-            fail(f"the database refused the relay: {one_line(exc)}", 2)
+        conn = connect(dsn)
+    except DatabaseUnavailable as exc:
+        if exc.refused:
+            fail(f"the database refused the relay: {exc.detail}", 2)
         return
     with conn:
         version = Store(conn).installed_version()

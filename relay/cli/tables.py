@@ -12,6 +12,7 @@ from relay.cli.common import (
     add_row,
     out,
     print_table,
+    table_named,
 )
 from relay.cli.common import database as _database
 from relay.rules import ruleset
@@ -48,8 +49,10 @@ def track(
 ) -> None:
     """Capture changes to TABLE into the outbox (running it again replaces the options)."""
     with _database(dsn) as conn:
-        Store(conn).track(
-            table,
+        store = Store(conn)
+        found = table_named(store, table)
+        store.track(
+            found.name,
             events=_split(events),
             update_columns=_split(update_columns),
             exclude_columns=_split(exclude_columns),
@@ -64,7 +67,8 @@ def untrack(
 ) -> None:
     """Stop capturing TABLE (changes already in the outbox stay)."""
     with _database(dsn) as conn:
-        was_tracked = Store(conn).untrack(table)
+        store = Store(conn)
+        was_tracked = store.untrack(table_named(store, table).name)
     out.print(f"{'untracked' if was_tracked else 'was not tracked:'} {table}", highlight=False)
 
 

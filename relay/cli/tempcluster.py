@@ -21,9 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
+
+from relay.db import DatabaseUnavailable, connect
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -34,9 +35,9 @@ class NoPostgres(RuntimeError):
 
 def _reachable(dsn: str) -> bool:
     try:
-        with psycopg.connect(dsn, connect_timeout=3):
+        with connect(make_conninfo(dsn, connect_timeout=3)):
             return True
-    except psycopg.Error:
+    except DatabaseUnavailable:
         return False
 
 
@@ -205,12 +206,12 @@ def postgres_server(explicit_dsn: str | None = None) -> Iterator[str]:
 def scratch_database(server_dsn: str, prefix: str) -> Iterator[str]:
     """A new database on the server, dropped (whoever is still connected) when the block ends."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_dsn, autocommit=True) as admin:
+    with connect(server_dsn) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
         yield make_conninfo(server_dsn, dbname=name)
     finally:
-        with psycopg.connect(server_dsn, autocommit=True) as admin:
+        with connect(server_dsn) as admin:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )

@@ -38,7 +38,7 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict
 
-from relay.db import first_line
+from relay.db import AConn, aconnect, first_line
 from relay.delivery import claim
 from relay.delivery.breaker import Breaker, Turn
 from relay.delivery.fanout import FanOut
@@ -54,7 +54,7 @@ from relay.render.request import RenderError, env_values, secrets_of
 from relay.rules.ruleset import Rule
 from relay.rules.watch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
-from relay.store import AConn, AsyncStore, Claimed, application_name
+from relay.store import AsyncStore, Claimed, application_name
 
 log = structlog.get_logger("relay.worker")
 
@@ -214,11 +214,8 @@ class Worker:
 
     async def _connect(self) -> AConn:
         """Connections carry the relay's id, so operators can see (and tests can cut) them."""
-        return await psycopg.AsyncConnection.connect(
-            self.dsn,
-            autocommit=True,
-            application_name=application_name(self.relay_id),
-            options=NO_JIT,
+        return await aconnect(
+            self.dsn, application_name=application_name(self.relay_id), options=NO_JIT
         )
 
     async def _refresh_statistics(self) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import psycopg
 
+from relay.db import AConn, aconnect
 from relay.rules import ruleset
 from relay.rules.ruleset import RuleSet
 from relay.store import AsyncStore
@@ -55,9 +55,7 @@ class RuleWatcher:
     async def _watch(self) -> None:
         """The first load happens once listening, so that no change made in between is
         missed."""
-        conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
-            self._dsn, autocommit=True, application_name=self._application_name
-        )
+        conn = await aconnect(self._dsn, application_name=self._application_name)
         async with conn:
             await AsyncStore(conn).listen("relay_rules")
             await self._reload(conn)
@@ -72,13 +70,13 @@ class RuleWatcher:
                     pass
                 await self._reload(conn)
 
-    async def catch_up(self, conn: psycopg.AsyncConnection[Any], version: int) -> None:
+    async def catch_up(self, conn: AConn, version: int) -> None:
         """Reload now, on ``conn``, if the rules held are older than ``version``: a caller
         about to match changes must not wait for the notification."""
         if version > self.version:
             await self._reload(conn)
 
-    async def _reload(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _reload(self, conn: AConn) -> None:
         store = AsyncStore(conn)
         version = await store.rules_version()
         loaded = ruleset.of_rows(await store.rule_rows(), await store.models())
