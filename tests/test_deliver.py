@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 import shutil
+import ssl
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +25,10 @@ from aiohttp import web
 
 from relay.delivery.send import Outcome, Sender, retry_after_seconds
 from relay.model import Request, Webhook
-from support.receivers import Received, connect_proxy, never_answers, receiver
+from relay.render.request import Renderer
+from support.receivers import Received, connect_proxy, never_answers, raw_receiver, receiver
+from support.render import CHANGE
+from support.render import HOOK as RENDER_HOOK
 
 HOOK = Webhook(id=1, name="t", payload_url="unused", timeout_seconds=Decimal(2))
 T = TypeVar("T")
@@ -60,7 +68,22 @@ def test_2xx_is_success_and_the_request_arrives_intact() -> None:
         (
             302,
             {"Location": "https://elsewhere.test/"},
-            "HTTP 302: redirect to https://elsewhere.test/ not followed",
+            "HTTP 302: redirect to https://elsewhere.test not followed",
+            False,
+            None,
+        ),
+        # A redirect target by scheme and host alone: a Slack-style URL is its own token.
+        (
+            302,
+            {"Location": "https://hooks.example/services/T000/B000/XXXXsecret"},
+            "HTTP 302: redirect to https://hooks.example/… not followed",
+            False,
+            None,
+        ),
+        (
+            307,
+            {"Location": "/services/T000/B000/XXXXsecret?token=abc"},
+            "HTTP 307: redirect to another path on the same host not followed",
             False,
             None,
         ),
@@ -86,6 +109,92 @@ def test_retry_after_as_an_http_date() -> None:
     when = datetime.now(UTC) + timedelta(seconds=30)
     seconds = retry_after_seconds(format_datetime(when, usegmt=True))
     assert seconds is not None and 25 < seconds <= 30
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (" 12 ", 12.0),
+        ("0", 0.0),
+        ("9" * 400, float("inf")),  # the retry policy caps it at its longest delay
+        ("²", None),  # str.isdigit() takes it, float() does not
+        ("\u0663", None),  # ARABIC-INDIC DIGIT THREE: float() reads it, HTTP does not
+        ("1.5", None),
+        ("-5", None),
+        ("+5", None),
+        ("1e3", None),
+        ("Mon, 99 Foo 2026 00:00:00 GMT", None),
+        ("Fri, 01 Jan 99999 00:00:00 GMT", None),
+    ],
+)
+def test_retry_after_is_read_strictly(value: str, seconds: float | None) -> None:
+    """Delay-seconds are ASCII digits (RFC 9110); anything else is no Retry-After at all, so
+    the retry policy alone decides. Reading it never raises."""
+    assert retry_after_seconds(value) == seconds
+
+
+def test_a_503_with_an_unreadable_retry_after_is_the_receivers_answer() -> None:
+    """The receiver got the request and said 503: the outcome says so and is retried, rather
+    than "could not be made" and failed for good."""
+
+    async def scenario() -> tuple[Outcome, int]:
+        answer = "HTTP/1.1 503 Busy\r\nRetry-After: \u00b2\r\nContent-Length: 0\r\n\r\n"
+        async with raw_receiver(answer.encode()) as r:
+            return await send(r.url), r.requests
+
+    outcome, requests = run(scenario())
+    assert requests == 1
+    assert (outcome.ok, outcome.status, outcome.error) == (False, 503, "HTTP 503 Busy")
+    assert outcome.sent and not outcome.permanent and outcome.retry_after is None
+
+
+def test_a_2xx_whose_body_cannot_be_read_is_delivered_and_says_why() -> None:
+    """The receiver said yes; a broken gzip stream after it changes nothing but the excerpt.
+    (No status of 400 is made up: nobody sent one.)"""
+    broken = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot gzip!!"
+
+    async def scenario() -> Outcome:
+        async with raw_receiver(broken) as r:
+            return await send(r.url)
+
+    outcome = run(scenario())
+    assert (outcome.ok, outcome.status, outcome.error) == (True, 200, None)
+    assert outcome.excerpt == (
+        "(relay could not read the body: Can not decode content-encoding: gzip)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (b"HTTP/1.1 2x0 OK\r\nContent-Length: 0\r\n\r\n", "Bad status line"),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 20000 + b"\r\nContent-Length: 0\r\n\r\n",
+            "Got more than 8190 bytes",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            "Invalid character in chunk size",
+        ),
+    ],
+    ids=["status line", "header too long", "chunk size"],
+)
+def test_a_response_that_cannot_be_parsed_is_said_without_the_url(
+    answer: bytes, words: str
+) -> None:
+    """aiohttp's own message ends with the whole URL (query and all) and starts with its
+    parser's "400": the reason has neither."""
+
+    async def scenario() -> tuple[Outcome, str]:
+        async with raw_receiver(answer) as r:
+            return await send(r.url + "?token=tok-0123456789"), r.url
+
+    outcome, url = run(scenario())
+    host = url.removeprefix("http://").removesuffix("/hook")
+    assert outcome.error is not None and not outcome.ok and outcome.status is None
+    assert outcome.error.startswith(f"the response from {host} cannot be read: {words}")
+    assert "0123456789" not in outcome.error and "400" not in outcome.error
+    assert "url=" not in outcome.error and "\n" not in outcome.error
 
 
 def test_a_receiver_that_never_answers_times_out() -> None:
@@ -169,6 +278,98 @@ def test_tls_untrusted_fails_clearly_and_a_ca_file_makes_it_work(tmp_path: Path)
     assert untrusted.error is not None
     assert not untrusted.ok and "certificate" in untrusted.error and "127.0.0.1" in untrusted.error
     assert trusted.ok and unverified.ok
+
+
+def test_a_ca_file_that_cannot_be_used_names_the_field_and_http_does_not_need_it(
+    tmp_path: Path,
+) -> None:
+    """A CA file that is no certificate, or is missing, fails an https request unsent, naming
+    ca_file_path and the file (not OpenSSL's error number as the system's: "Unknown error
+    136"), and is retried: the file can be fixed. An http webhook never reads it."""
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    not_a_certificate = tmp_path / "ca.pem"
+    not_a_certificate.write_text("hello\n")
+    missing = tmp_path / "missing.pem"
+
+    def hook(path: Path) -> Webhook:
+        return replace(HOOK, ca_file_path=str(path))
+
+    async def scenario() -> tuple[list[Outcome], Outcome, str, int]:
+        async with receiver(tls=server_tls) as secure, receiver() as plain:
+            refused = [await send(secure.url, hook(path)) for path in (not_a_certificate, missing)]
+            host = secure.url.removeprefix("https://").removesuffix("/hook")
+            made = await send(plain.url, hook(not_a_certificate))
+            return refused, made, host, len(secure.requests)
+
+    refused, plain, host, reached = run(scenario())
+    assert reached == 0
+    assert [outcome.error for outcome in refused] == [
+        f"request to {host} could not be made: ca_file_path '{not_a_certificate}' holds no "
+        "certificate (PEM, -----BEGIN CERTIFICATE-----)",
+        f"request to {host} could not be made: ca_file_path '{missing}' cannot be read: "
+        "No such file or directory",
+    ]
+    assert all(not o.sent and not o.permanent for o in refused)
+    assert plain.ok and plain.status == 200
+
+
+def test_a_ca_file_replaced_on_disk_takes_effect_at_once(tmp_path: Path) -> None:
+    """Trust follows the file, not the path: rewritten in place or renamed over, the next
+    request reads it (before, a context cached by path trusted the old CA until a restart)."""
+    first, second = trustme.CA(), trustme.CA()
+    first_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    first.issue_cert("127.0.0.1").configure_cert(first_tls)
+    second_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    second.issue_cert("127.0.0.1").configure_cert(second_tls)
+    ca_file = tmp_path / "ca.pem"
+    hook = replace(HOOK, ca_file_path=str(ca_file))
+
+    async def scenario() -> list[bool]:
+        seen = []
+        async with receiver(tls=first_tls) as old, receiver(tls=second_tls) as new:
+            first.cert_pem.write_to_path(str(ca_file))
+            seen += [(await send(old.url, hook)).ok, (await send(new.url, hook)).ok]
+            second.cert_pem.write_to_path(str(ca_file))  # rewritten in place
+            seen += [(await send(old.url, hook)).ok, (await send(new.url, hook)).ok]
+            replacement = tmp_path / "ca.pem.new"
+            first.cert_pem.write_to_path(str(replacement))
+            replacement.replace(ca_file)  # renamed over
+            seen += [(await send(old.url, hook)).ok, (await send(new.url, hook)).ok]
+        return seen
+
+    assert run(scenario()) == [True, False, False, True, True, False]
+
+
+def test_the_user_agent_names_the_installed_release() -> None:
+    async def scenario() -> list[Received]:
+        async with receiver() as r:
+            hook = replace(RENDER_HOOK, payload_url=r.url)
+            request = Renderer().request(hook, CHANGE, timestamp=0, delivery_id=str(uuid.uuid4()))
+            async with Sender() as sender:
+                assert (await sender.send(request, hook)).ok
+            return r.requests
+
+    (received,) = run(scenario())
+    assert received.headers["User-Agent"] == f"relay/{version('relay')}"
+
+
+def test_a_source_tree_that_was_never_installed_names_its_release_too(tmp_path: Path) -> None:
+    """Without the distribution's metadata (no site-packages: -S), the version is
+    pyproject.toml's, not a made-up 0.0.0."""
+    source = Path(__file__).resolve().parent.parent
+    script = (
+        "import importlib.util as u; "
+        f"spec = u.spec_from_file_location('v', {str(source / 'relay' / '_version.py')!r}); "
+        "module = u.module_from_spec(spec); spec.loader.exec_module(module); "
+        "print(module.__version__)"
+    )
+    found = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, check=True
+    )
+    with (source / "pyproject.toml").open("rb") as file:
+        assert found.stdout.strip() == tomllib.load(file)["project"]["version"]
 
 
 def test_connections_are_kept_alive_between_requests() -> None:

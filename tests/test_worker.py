@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from relay.db import Conn
 from relay.settings import Settings
 from support.db import one_row
-from support.receivers import Receiver, receiver
+from support.receivers import Receiver, raw_receiver, receiver
 from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 
@@ -128,6 +128,39 @@ def test_a_webhooks_own_retry_policy_overrides_the_relays(rconn: Conn, relay_dsn
     assert own == [(1, "retrying"), (2, "failed")]
     retry = next(e for e in events if e["webhook"] == "own" and e["outcome"] == "retrying")
     assert 1.6 <= retry["next_attempt_in_s"] <= 2.4
+
+
+def test_what_the_receiver_answered_decides_the_delivery(rconn: Conn, relay_dsn: str) -> None:
+    """A 503 whose Retry-After is no number ("²") is retried like any 503 (it failed for good,
+    "could not be made", though the receiver had it); a 200 whose gzip body is broken is
+    delivered (it was "failed: 400", and nobody sent a 400)."""
+    busy = (
+        "HTTP/1.1 503 Busy\r\nRetry-After: \u00b2\r\nContent-Length: 0\r\n\r\n".encode(),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    )
+    gzip = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 10\r\n\r\nnot gzip!!"
+
+    async def scenario() -> tuple[int, int]:
+        async with raw_receiver(*busy) as slow, raw_receiver(gzip) as broken:
+            setup(rconn, slow.url, "busy")
+            setup(rconn, broken.url, "gzip")
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"])
+            return slow.requests, broken.requests
+
+    assert asyncio.run(scenario()) == (2, 1)
+    unreadable = "Can not decode content-encoding: gzip"
+    attempts = rconn.execute(
+        "SELECT w.name, a.attempt, a.status_code, a.error, a.response_excerpt"
+        " FROM relay.attempts a JOIN relay.webhooks w ON w.id = a.webhook_id"
+        " ORDER BY w.name, a.attempt"
+    ).fetchall()
+    assert attempts == [
+        ("busy", 1, 503, "HTTP 503 Busy", ""),
+        ("busy", 2, 200, None, ""),
+        ("gzip", 1, 200, None, f"(relay could not read the body: {unreadable})"),
+    ]
 
 
 def test_a_tables_model_name_reaches_the_body_and_the_conditions(

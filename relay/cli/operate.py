@@ -18,6 +18,7 @@ from relay.cli.common import (
     print_table,
 )
 from relay.cli.common import database as _database
+from relay.reasons import reason
 from relay.store import Store
 
 
@@ -44,6 +45,9 @@ def status(
     """Backlog, per-webhook counts, recent errors and the relays at work."""
     with _database(dsn) as conn:
         current = Store(conn).status(errors)
+    # Reasons are scrubbed when recorded; again here for those an older relay recorded.
+    for e in current.errors:
+        e["error"] = reason(e["error"])
     if as_json:
         out.print_json(data=_plain(dataclasses.asdict(current)))
         return

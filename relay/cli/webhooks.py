@@ -36,10 +36,11 @@ from relay.cli.common import (
     print_table,
 )
 from relay.db import DatabaseUnavailable, first_line
+from relay.delivery import tls
 from relay.model import Batch, Change, Webhook, loads
-from relay.reasons import MASK
+from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
-from relay.render.request import RenderError
+from relay.render.request import RenderError, env_values, secrets_of
 from relay.rules import admin, ruleset
 from relay.settings import Settings, comma_list
 from relay.store import Store
@@ -300,7 +301,9 @@ def _refuse_broken_templates(row: admin.WebhookRow) -> None:
     with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
         problems = ruleset.webhook_problems(hook, renders, f"webhook {row.name!r}")
     if problems:
-        fail(f"{problems[0]} (nothing was stored: fix the template)", 2)
+        fail(
+            f"{scrub(str(problems[0]), secrets_of(hook))} (nothing was stored: fix the template)", 2
+        )
 
 
 def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
@@ -319,7 +322,7 @@ def webhook_list(dsn: Dsn) -> None:
                 table,
                 hook.name,
                 hook.http_method,
-                hook.payload_url,
+                url_shown(hook.payload_url),
                 hook.signature,
                 _masked(hook.secret),
                 "yes" if hook.enabled else "no",
@@ -335,10 +338,10 @@ def webhook_show(name: str, dsn: Dsn) -> None:
         hook = _named("webhook", admin.webhook_by_name, db, name)
         fields = {
             "name": hook.name,
-            "payload_url": hook.payload_url,
+            "payload_url": url_shown(hook.payload_url),
             "http_method": hook.http_method,
             "http_content_type": hook.http_content_type,
-            "additional_headers": hook.additional_headers,
+            "additional_headers": _headers_shown(hook.additional_headers or ""),
             "body_template": hook.body_template,
             "secret": _masked(hook.secret),
             "signature": hook.signature,
@@ -352,6 +355,18 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)
+
+
+def _headers_shown(lines: str) -> str:
+    """additional_headers as shown: the value of a header whose name says it is a credential
+    is masked, unless it is a template (which says where the value comes from)."""
+    shown = []
+    for line in lines.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and sensitive(name) and value.strip() and "{" not in value:
+            line = f"{name}: {MASK}"
+        shown.append(line)
+    return "\n".join(shown)
 
 
 def _retry_fields(hook: admin.WebhookRow) -> dict[str, str]:
@@ -562,9 +577,9 @@ def rules_check(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
         loaded = ruleset.load(conn, everything=True)
         unused = [ruleset.webhook_of(row) for row in Store(conn).unused_webhooks()]
     with BlockingRenderPool(settings.template_env_globs) as renders:
-        problems = ruleset.check(loaded.rules, renders, unused)
+        problems = ruleset.check(loaded.rules, renders, unused, tls.ca_problem)
     for problem in problems:
-        out.print(str(problem), highlight=False, soft_wrap=True)
+        out.print(scrub(str(problem)), highlight=False, soft_wrap=True)
     hooks = len({rule.webhook.id for rule in loaded.rules}) + len(unused)
     counted = f"{len(loaded.rules)} rule(s), {hooks} webhook(s)"
     if problems:
@@ -717,17 +732,20 @@ def _print_preview(
                 delivery_id=delivery_id or PREVIEW_ID,
             )
     except RenderError as exc:
-        fail(f"would fail: {exc}")
-    secrets = [line.strip() for line in hook.secret.splitlines() if line.strip()]
-    out.print(f"\n{request.method} {request.url}", highlight=False, markup=False, soft_wrap=True)
+        fail(f"would fail: {reason(str(exc))}")
+    # The signature is shown (it is no secret, and the point of a preview); the secrets it was
+    # made with, credentials in the URL or the webhook's headers, and values read with env are
+    # not, wherever they appear.
+    secrets = [*secrets_of(hook), *env_values(settings.template_env_globs)]
+    shown_url = redact(url_shown(request.url), secrets)
+    out.print(f"\n{request.method} {shown_url}", highlight=False, markup=False, soft_wrap=True)
     for key, value in request.headers.items():
-        for secret in secrets:
-            value = value.replace(secret, MASK)
-        out.print(f"{key}: {value}", highlight=False, markup=False, soft_wrap=True)
+        shown = redact(value, secrets)
+        out.print(f"{key}: {shown}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"[dim](secret: {_masked(hook.secret)})[/]", highlight=False, markup=True)
     out.print()
     out.print(
-        request.body.decode("utf-8", errors="replace"),
+        redact(request.body.decode("utf-8", errors="replace"), secrets),
         highlight=False,
         markup=False,
         soft_wrap=True,

@@ -134,7 +134,7 @@ class Deliveries:
         old = item.old_pk_json
         self.old_row_keys.append(None if old is None else row_key(change, old))
         self.change_bytes.append(item.json_bytes)
-        self.errors.append(error)
+        self.errors.append(reason(error) if error else "")
 
     def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
         """The columns as a named query's parameters; ``with_errors`` adds the ``errors`` column,
@@ -226,7 +226,7 @@ def _deliveries(
         if match.verdict.matched:
             to_send.setdefault(hook, match.rule.id)
         elif match.error is not None:
-            failed.setdefault(hook, (match.rule.id, reason(match.error)))
+            failed.setdefault(hook, (match.rule.id, match.error))
     for hook in to_send:
         failed.pop(hook, None)
     return to_send, failed

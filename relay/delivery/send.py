@@ -6,21 +6,25 @@ Sender starts; we pick them ourselves rather than with aiohttp's ``trust_env``, 
 looks up ``~/.netrc`` for every request (in a thread: over half the relay's CPU time at load)
 and would send credentials from it that nobody configured for a webhook. Redirects are never
 followed. Only the first 4 KB of a response are read, whatever its size. Nothing here raises:
-every attempt ends in an :class:`Outcome`, whose ``error`` names the host, never the full URL
-(whose path or query may carry a token), nor a secret. A request that cannot be made at all (a
-header or URL that the HTTP client refuses) fails for good; an exception nobody foresaw is
-retried like a network error, since relay cannot know that it will happen again. A body over
-the limit is never sent, so no receiver ever gets part of one.
+every attempt ends in an :class:`Outcome`, whose ``error`` is a reason (relay/reasons.py): it
+names the host, never a full URL (whose user part, path or query may carry a token), nor a
+secret, and never quotes the HTTP client's own message where that holds the URL. A request that
+cannot be made at all (a header or URL that the HTTP client refuses) fails for good; an
+exception nobody foresaw is retried like a network error, since relay cannot know that it will
+happen again. Once a response's status has arrived, it decides the outcome: a body that cannot
+be read (a broken gzip stream, a connection closed half way) is said in the excerpt, and a 2xx
+stays delivered. A body over the limit is never sent, so no receiver ever gets part of one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import ssl
 import time
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import getproxies_environment, proxy_bypass
@@ -30,10 +34,13 @@ import yarl
 from pydantic import ByteSize
 
 from relay.db import first_line
+from relay.delivery import tls
 from relay.model import Request, Webhook
-from relay.reasons import describe, redact
+from relay.reasons import describe, reason, url_origin
+from relay.render.request import secrets_of
 
 EXCERPT_BYTES = 4096
+_SECONDS = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -69,19 +76,6 @@ class Outcome:
         return cls(False, None, 0.0, error, permanent=permanent, sent=False)
 
 
-@lru_cache(maxsize=64)
-def _ssl_context(ca_file: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca_file)
-
-
-def _tls(webhook: Webhook) -> ssl.SSLContext | bool:
-    if not webhook.ssl_verification:
-        return False
-    if webhook.ca_file_path:
-        return _ssl_context(webhook.ca_file_path)
-    return True
-
-
 def over_limit(what: str, size: int, limit: int) -> str:
     """Why a change or body is not sent: one line with both sizes."""
     return (
@@ -91,17 +85,22 @@ def over_limit(what: str, size: int, limit: int) -> str:
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date; None when absent or unreadable."""
+    """Retry-After as delta-seconds (ASCII digits only: ``str.isdigit`` also takes "²", which
+    no number parser reads) or an HTTP date; None when absent or anything else, and then the
+    retry policy alone decides. Never raises: the receiver's answer must stay an outcome."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if _SECONDS.fullmatch(value):
+        return float(value)  # a number too large for a float is inf, which the policy caps
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:  # "-0000": UTC, with no claim about the sender's zone
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (now if now is not None else time.time())
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+    return max(0.0, seconds)
 
 
 class Sender:
@@ -138,6 +137,12 @@ class Sender:
             )
         url = urlsplit(request.url)
         host = url.netloc.rpartition("@")[2]  # never the user:password@ part
+        attempt = _Attempt(host, webhook, request)
+        try:
+            verify = tls.context(webhook, url.scheme)
+        except tls.CAFileProblem as exc:
+            # The file can be fixed on disk (it is read again when it changes): retried.
+            return attempt.not_made(str(exc), permanent=False)
         proxy = self.proxy(url.scheme, url.hostname or "")
         headers, proxy_headers = request.headers, None
         if proxy and proxy.headers:
@@ -147,7 +152,6 @@ class Sender:
                 proxy_headers = proxy.headers
             else:
                 headers = {**headers, **proxy.headers}
-        started = time.monotonic()
         timeout = float(webhook.timeout_seconds)
         try:
             async with self._session.request(
@@ -156,40 +160,44 @@ class Sender:
                 data=request.body,
                 headers=headers,
                 allow_redirects=False,
-                ssl=_tls(webhook),
+                ssl=verify,
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 proxy=proxy.url if proxy else None,
                 proxy_headers=proxy_headers,
             ) as response:
-                raw = await response.content.read(EXCERPT_BYTES)
-                return self._judge(response, raw, time.monotonic() - started)
+                # The receiver has answered: whatever happens to its body, the status decides.
+                raw, unread = await _excerpt(response, timeout)
+                return attempt.judge(response, raw, unread)
         except TimeoutError:
-            return self._failed(started, f"no response from {host} within {timeout:g} s")
+            return attempt.failed(f"no response from {host} within {timeout:g} s")
         except aiohttp.ClientConnectorCertificateError as exc:
-            return self._failed(
-                started, f"TLS certificate of {host} not trusted: {exc.certificate_error}"
+            return attempt.failed(
+                f"TLS certificate of {host} not trusted: {_reason(exc.certificate_error)}"
             )
         except aiohttp.ClientSSLError as exc:
-            return self._failed(started, f"TLS with {host} failed: {_reason(exc)}")
+            return attempt.failed(f"TLS with {host} failed: {_reason(exc)}")
         except aiohttp.ClientConnectorDNSError as exc:
-            return self._failed(started, f"cannot resolve host {host}: {_reason(exc.os_error)}")
+            return attempt.failed(f"cannot resolve host {host}: {_reason(exc.os_error)}")
         except aiohttp.ClientConnectorError as exc:
-            return self._failed(started, f"cannot connect to {host}: {_reason(exc.os_error)}")
+            return attempt.failed(f"cannot connect to {host}: {_reason(exc.os_error)}")
         except aiohttp.ServerDisconnectedError:
-            return self._failed(started, f"{host} closed the connection without answering")
+            return attempt.failed(f"{host} closed the connection without answering")
+        except aiohttp.ClientHttpProxyError as exc:
+            where = url_origin(proxy.url) if proxy else "the proxy"
+            return attempt.failed(f"proxy {where} refused: {exc.status} {_words(exc)}".rstrip())
+        except aiohttp.ClientResponseError as exc:  # the parser's: its status is no HTTP status
+            return attempt.failed(f"the response from {host} cannot be read: {_words(exc)}")
         except aiohttp.InvalidURL as exc:  # its text is the whole URL
-            reason = f"the URL cannot be used: {exc.description or 'invalid'}"
-            return self._not_made(started, host, reason, permanent=True)
+            why = f"the URL cannot be used: {exc.description or 'invalid'}"
+            return attempt.not_made(why, permanent=True)
         except aiohttp.ClientError as exc:
-            return self._failed(started, f"request to {host} failed: {_reason(exc)}")
+            return attempt.failed(f"request to {host} failed: {_words(exc)}")
         except OSError as exc:
-            return self._failed(started, f"request to {host} failed: {_reason(exc)}")
+            return attempt.failed(f"request to {host} failed: {_reason(exc)}")
         except (ValueError, TypeError) as exc:  # e.g. a header the client refuses to write
-            reason = redact(describe(exc), _secrets(request, webhook))
-            return self._not_made(started, host, reason, permanent=True)
+            return attempt.not_made(describe(exc), permanent=True)
         except Exception as exc:
-            reason = f"unexpected {redact(describe(exc), _secrets(request, webhook))}"
-            return self._not_made(started, host, reason, permanent=False)
+            return attempt.not_made(f"unexpected {describe(exc)}", permanent=False)
 
     def proxy(self, scheme: str, hostname: str) -> Proxy | None:
         """The proxy for requests to ``scheme://hostname``, or None to connect directly."""
@@ -207,33 +215,48 @@ class Sender:
                 )
         return self._proxy_by_origin[origin]
 
-    @staticmethod
-    def _failed(started: float, reason: str) -> Outcome:
-        return Outcome(ok=False, status=None, duration=time.monotonic() - started, error=reason)
 
-    @staticmethod
-    def _not_made(started: float, host: str, reason: str, *, permanent: bool) -> Outcome:
+class _Attempt:
+    """One attempt's reasons: each names ``host`` and masks the webhook's secrets and the
+    credentials of the request rendered for it (found only when a reason is made: most
+    attempts need none)."""
+
+    def __init__(self, host: str, webhook: Webhook, request: Request) -> None:
+        self.host = host
+        self.webhook = webhook
+        self.request = request
+        self.started = time.monotonic()
+
+    def _took(self) -> float:
+        return time.monotonic() - self.started
+
+    def failed(self, why: str) -> Outcome:
+        """No answer: a network or TLS failure, or a response that could not be read."""
+        return Outcome(ok=False, status=None, duration=self._took(), error=self._said(why))
+
+    def not_made(self, why: str, *, permanent: bool) -> Outcome:
         """Our side could not make the request: not the receiver's failure (the circuit
         breaker does not count it)."""
         return Outcome(
             ok=False,
             status=None,
-            duration=time.monotonic() - started,
-            error=f"request to {host} could not be made: {reason}",
+            duration=self._took(),
+            error=self._said(f"request to {self.host} could not be made: {why}"),
             permanent=permanent,
             sent=False,
         )
 
-    @staticmethod
-    def _judge(response: aiohttp.ClientResponse, raw: bytes, duration: float) -> Outcome:
+    def judge(self, response: aiohttp.ClientResponse, raw: bytes, unread: str | None) -> Outcome:
+        """The receiver's status decides; ``unread`` says why its body could not be read."""
         status = response.status
         # Text columns cannot hold NUL: a binary body keeps the rest of its excerpt.
         excerpt = raw.decode("utf-8", errors="replace").replace("\x00", "")
+        if unread is not None:
+            excerpt = f"{excerpt}(relay could not read the body: {self._said(unread)})"
         if 200 <= status < 300:
-            return Outcome(ok=True, status=status, duration=duration, excerpt=excerpt)
+            return Outcome(ok=True, status=status, duration=self._took(), excerpt=excerpt)
         if 300 <= status < 400:
-            location = response.headers.get("Location", "(no Location)")
-            error = f"HTTP {status}: redirect to {location} not followed"
+            error = f"HTTP {status}: redirect to {_target(response)} not followed"
         else:
             error = f"HTTP {status} {response.reason or ''}".rstrip()
         retry_after = None
@@ -242,35 +265,64 @@ class Sender:
         return Outcome(
             ok=False,
             status=status,
-            duration=duration,
-            error=error,
+            duration=self._took(),
+            error=self._said(error),
             excerpt=excerpt,
             retry_after=retry_after,
             permanent=status == 410,
         )
 
+    def _said(self, why: str) -> str:
+        return reason(why, secrets_of(self.webhook, self.request))
 
-_SENSITIVE_HEADER = ("auth", "token", "key", "secret", "signature", "cookie")
+
+async def _excerpt(response: aiohttp.ClientResponse, timeout: float) -> tuple[bytes, str | None]:
+    """The first EXCERPT_BYTES of the body, and why the rest of it (or all of it) could not be
+    read, None when it could."""
+    try:
+        return await response.content.read(EXCERPT_BYTES), None
+    except TimeoutError:
+        return b"", f"not within {timeout:g} s"
+    except aiohttp.ClientError as exc:
+        return b"", _words(exc)
+    except (OSError, ValueError) as exc:
+        return b"", _reason(exc)
 
 
-def _secrets(request: Request, webhook: Webhook) -> list[str]:
-    """What an error message of unknown origin must not show: the webhook's secrets, the URL's
-    password, and the values of headers whose names say they are credentials."""
-    found = [line.strip() for line in webhook.secret.splitlines() if line.strip()]
-    password = urlsplit(request.url).password
-    if password:
-        found.append(password)
-    found.extend(
-        value
-        for name, value in request.headers.items()
-        if value and any(word in name.lower() for word in _SENSITIVE_HEADER)
-    )
-    return found
+def _target(response: aiohttp.ClientResponse) -> str:
+    """Where a redirect points, by scheme and host alone: a Location can carry a token in its
+    path or query (a Slack-style URL)."""
+    location = response.headers.get("Location", "").strip()
+    if not location:
+        return "nowhere (no Location)"
+    shown = url_origin(location)
+    return shown if "://" in shown else "another path on the same host"
+
+
+_OPENSSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+_PARSER_PREFIX = re.compile(r"^\d{3}, message[:=]\s*")
+_URL_SUFFIX = re.compile(r",\s*url=.*$", re.DOTALL)
+
+
+def _words(exc: BaseException) -> str:
+    """What aiohttp says went wrong, without what misleads or leaks in its text: the code its
+    parser puts first (400 for any malformed response: nobody sent a 400) and the URL it adds
+    after (with its query)."""
+    message = getattr(exc, "message", None)
+    text = message if isinstance(message, str) and message else str(exc)
+    text = _URL_SUFFIX.sub("", _PARSER_PREFIX.sub("", text.strip()))
+    lines = (line.strip() for line in text.splitlines())
+    return " ".join(line for line in lines if line.strip("^ ")) or type(exc).__name__
 
 
 def _reason(exc: BaseException | Any) -> str:
     """The cause in words: an OS error by its name ("Connection refused", not "[Errno 111]
-    Connect call failed ('127.0.0.1', 9)")."""
+    Connect call failed ('127.0.0.1', 9)"), a TLS error by OpenSSL's words (its errno is
+    OpenSSL's, which the system calls "Unknown error 136")."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    if isinstance(exc, ssl.SSLError):
+        return _OPENSSL_SOURCE.sub("", first_line(exc))
     if isinstance(exc, OSError) and exc.errno:
         # A resolver's errors are negative, with their words in strerror.
         return os.strerror(exc.errno) if exc.errno > 0 else str(exc.strerror or exc)

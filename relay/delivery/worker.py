@@ -31,9 +31,12 @@ from collections import defaultdict
 from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import getproxies_environment
 
 import psycopg
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 
 from relay import sqlfiles
 from relay.db import SEARCH_PATH, AConn, aconnect, first_line
@@ -46,9 +49,9 @@ from relay.delivery.policy import RetryPolicy
 from relay.delivery.record import Recorder, Result
 from relay.delivery.send import Outcome, Sender, over_limit
 from relay.model import Batch, Request, Webhook
-from relay.reasons import describe, reason, redact
+from relay.reasons import Secrets, describe, masking, reason
 from relay.render.pool import RenderPool
-from relay.render.request import RenderError
+from relay.render.request import RenderError, env_values, secrets_of
 from relay.rules.ruleset import Rule
 from relay.rules.watch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
@@ -110,7 +113,17 @@ class Worker:
         self.relay_id = relay_id or f"{socket.gethostname()}:{os.getpid()}"
         self._started = datetime.now(UTC)
         self.renders = RenderPool(settings.template_env_globs)
-        self.rules = RuleWatcher(dsn, application_name=application_name(self.relay_id))
+        self.secrets = Secrets()
+        """What no reason or log line of this relay may show (see relay/reasons.py): the
+        values templates may read with ``env``, the passwords of the database and of proxies,
+        and the webhooks' secrets, kept current with the rules."""
+        known = [*env_values(settings.template_env_globs), *_passwords(dsn)]
+        self.secrets.update("settings", known)
+        self.rules = RuleWatcher(
+            dsn,
+            application_name=application_name(self.relay_id),
+            on_load=lambda rules: self.secrets.update("webhooks", rules.secrets()),
+        )
         self.max_in_flight = settings.batch_size * 4
         self._held: dict[int, int] = defaultdict(int)
         """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
@@ -147,7 +160,12 @@ class Worker:
 
         A lost database connection is retried with backoff and logged once per outage; work
         resumes from the database's state (whatever is due, including the backlog), so nothing
-        depends on what this process remembered."""
+        depends on what this process remembered. Every stage runs within :func:`masking`, so no
+        reason or log line of theirs shows a secret the relay knows."""
+        with masking(self.secrets):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         watcher = asyncio.create_task(self.rules.run())
         backoff = 0.5
         outage = False
@@ -500,9 +518,9 @@ class Worker:
         try:
             request = await self._render_batch(hook, going)
         except RenderError as exc:
-            return str(exc)
+            return reason(str(exc))
         except Exception as exc:  # outside the templates: still one line, secrets out
-            return f"rendering: {redact(describe(exc), hook.secret.splitlines())}"
+            return f"rendering: {describe(exc, secrets_of(hook))}"
         size, limit = len(request.body), self.settings.max_body_bytes
         return over_limit("body", size, limit) if size > limit else request
 
@@ -572,10 +590,8 @@ class Worker:
         except RenderError as exc:
             return Outcome.not_sent(reason(str(exc)), permanent=True)
         except Exception as exc:
-            secrets = hook.secret.splitlines() if hook else []
-            return Outcome.not_sent(
-                reason(f"{stage}: {redact(describe(exc), secrets)}"), permanent=True
-            )
+            secrets = secrets_of(hook) if hook else []
+            return Outcome.not_sent(reason(f"{stage}: {describe(exc, secrets)}"), permanent=True)
         return await self._send(hook, request, sender, replay=item.replay)
 
     @staticmethod
@@ -592,7 +608,7 @@ class Worker:
         try:
             outcome = await sender.send(request, hook)
         except Exception as exc:
-            why = f"sending: {redact(describe(exc), hook.secret.splitlines())}"
+            why = f"sending: {describe(exc, secrets_of(hook, request))}"
             outcome = Outcome.not_sent(why, permanent=False)
         if outcome.error is not None:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
@@ -680,6 +696,14 @@ class Worker:
         jitter = random.uniform(0.8, 1.2)
         status, retry_in = policy.after(outcome, item.attempt, jitter)
         return Result.of(item, status, retry_in, outcome)
+
+
+def _passwords(dsn: str) -> list[str]:
+    """The passwords of the connection string and of the proxies the environment names."""
+    found = [urlsplit(proxy).password or "" for proxy in getproxies_environment().values()]
+    with contextlib.suppress(psycopg.ProgrammingError):
+        found.append(str(conninfo_to_dict(dsn).get("password") or ""))
+    return [password for password in found if password]
 
 
 async def _first_of(

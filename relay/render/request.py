@@ -27,7 +27,7 @@ from jinja2 import TemplateError, Undefined
 
 from relay._version import __version__
 from relay.model import Batch, Change, Request, UnreadableJSON, Webhook, dumps
-from relay.reasons import describe, redact
+from relay.reasons import describe, scrub, sensitive, url_origin
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.render.sign import InvalidSecret, signature_headers
 
@@ -129,8 +129,11 @@ def header_line(line: str, what: str) -> tuple[str, str] | None:
         return None
     name, sep, value = line.partition(":")
     name = name.strip()
-    if not sep or not _HEADER_NAME.match(name):
-        raise RenderError(f"{what}: {line[:80]!r} is not 'Name: Value'")
+    # Never the line itself: what is missing its colon may be "Authorization Bearer <token>".
+    if not sep:
+        raise RenderError(f"{what} is not 'Name: Value': it has no ':'")
+    if not _HEADER_NAME.match(name):
+        raise RenderError(f"{what} is not 'Name: Value': {name[:40]!r} is not a header name")
     return name, _CONTROL.sub("", value).strip()
 
 
@@ -164,7 +167,7 @@ class Renderer:
         self._compile = lru_cache(maxsize=512)(self.jinja.from_string)
 
     def _env(self, name: str) -> str:
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in self._env_allow):
+        if not env_allowed(name, self._env_allow):
             raise RenderError(
                 f"environment variable {name!r} is not allowed in templates "
                 "(RELAY_TEMPLATE_ENV_ALLOW lists the names that are)"
@@ -235,8 +238,7 @@ class Renderer:
                         webhook, change, action_data, timestamp, delivery_id, templated
                     )
             except RenderError as exc:
-                secrets = [*_secret_lines(webhook.secret), *env_values]
-                raise RenderError(redact(str(exc), secrets)) from None
+                raise RenderError(scrub(str(exc), [*secrets_of(webhook), *env_values])) from None
 
     def _build(
         self,
@@ -301,8 +303,57 @@ def _reading_env() -> Iterator[list[str]]:
         _env_read.reset(token)
 
 
-def _secret_lines(secret: str) -> list[str]:
-    return [line.strip() for line in secret.splitlines() if line.strip()]
+def secrets_of(webhook: Webhook, request: Request | None = None) -> list[str]:
+    """What no reason, log line or output may show of ``webhook`` and of a ``request``
+    rendered for it: its secrets, its URL's password, and the values of query parameters and
+    headers whose names say they are credentials (a template's own text is none: what it
+    renders may be)."""
+    found = [line.strip() for line in webhook.secret.splitlines() if line.strip()]
+    found += _url_credentials(webhook.payload_url)
+    for line in webhook.additional_headers.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and sensitive(name) and "{" not in value:
+            found += _credential(value)
+    if request is not None:
+        found += _url_credentials(request.url)
+        for name, value in request.headers.items():
+            if sensitive(name):
+                found += _credential(value)
+    return [value for value in found if value]
+
+
+def _credential(value: str) -> list[str]:
+    """A credential header's value, after its scheme when it has one ("Bearer <token>")."""
+    value = value.strip()
+    scheme, space, rest = value.partition(" ")
+    return [rest.strip()] if space and scheme.isalpha() else [value]
+
+
+def _url_credentials(url: str) -> list[str]:
+    """The password and credential-named query values of ``url``. Not the user name: it is as
+    often a word ("webhook") that masking everywhere would make every line unreadable (it never
+    shows anyway: a URL in a reason or a log line shows no user part)."""
+    try:
+        parts = urlsplit(url)
+        found = [parts.password or ""]
+    except ValueError:
+        return []
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if sensitive(name):
+            found.append(value)
+    return [value for value in found if "{" not in value]  # a template's text is no secret
+
+
+def env_allowed(name: str, globs: Sequence[str]) -> bool:
+    """Whether templates may read the environment variable ``name`` (RELAY_TEMPLATE_ENV_ALLOW's
+    ``globs``)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in globs)
+
+
+def env_values(globs: Sequence[str]) -> list[str]:
+    """The values templates may read with ``env``: secrets as much as a webhook's own."""
+    return [value for name, value in os.environ.items() if env_allowed(name, globs)]
 
 
 def check_url(url: str) -> None:
@@ -314,8 +365,13 @@ def check_url(url: str) -> None:
     except ValueError:
         parts = urlsplit("")
     host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host or _CONTROL.search(url):
-        raise RenderError(f"payload_url rendered to {url[:200]!r}, not an http(s) URL with a host")
+    if _CONTROL.search(url):
+        raise RenderError("payload_url rendered to a URL with a line break or control character")
+    if parts.scheme not in ("http", "https") or not host:
+        # By origin alone: the rest may hold a password or a token (ftp://user:pw@host/...).
+        raise RenderError(
+            f"payload_url rendered to {url_origin(url)[:200]!r}, not an http(s) URL with a host"
+        )
     if ":" not in host:  # an IPv6 address has no labels
         try:
             host.encode("idna")

@@ -19,8 +19,8 @@ from typing import Any
 
 from relay.db import Conn
 from relay.model import Change, UnreadableJSON, Webhook, loads
-from relay.reasons import describe, redact
-from relay.render.request import RenderError, TemplateChecker, context, header_line
+from relay.reasons import describe
+from relay.render.request import RenderError, TemplateChecker, context, header_line, secrets_of
 from relay.rules import conditions
 from relay.store import Models, RuleRow, Store, WebhookRow
 
@@ -132,6 +132,10 @@ class RuleSet:
             key=lambda hook: hook.id,
         )
 
+    def secrets(self) -> set[str]:
+        """Every secret of the webhooks the rules send to (see render.request.secrets_of)."""
+        return {secret for hook in self._webhooks.values() for secret in secrets_of(hook)}
+
     def webhook_name(self, webhook_id: int) -> str:
         """What the log calls a webhook: its name, or its id once no enabled rule has it."""
         webhook = self._webhooks.get(webhook_id)
@@ -185,8 +189,7 @@ def judge(rule: Rule, change: Change, base: Callable[[], dict[str, Any]] | None 
     except UnreadableJSON as exc:
         why = f"rule {rule.name!r}: the change cannot be read: {exc}"
     except Exception as exc:
-        secrets = rule.webhook.secret.splitlines()
-        why = f"matching rule {rule.name!r}: {redact(describe(exc), secrets)}"
+        why = f"matching rule {rule.name!r}: {describe(exc, secrets_of(rule.webhook))}"
     return Match(rule, conditions.Verdict(False, why), why)
 
 
@@ -290,10 +293,14 @@ class Problem:
 
 
 def check(
-    rules: Iterable[Rule], renderer: TemplateChecker, unused: Iterable[Webhook] = ()
+    rules: Iterable[Rule],
+    renderer: TemplateChecker,
+    unused: Iterable[Webhook] = (),
+    more: Callable[[Webhook], str | None] = lambda hook: None,
 ) -> list[Problem]:
     """Compile every template and validate every condition (regexes included): of the rules'
-    webhooks, and of ``unused`` ones (no rule calls them yet; one will)."""
+    webhooks, and of ``unused`` ones (no rule calls them yet; one will). ``more`` says what
+    else is wrong with a webhook (its CA file, which only the delivery side reads)."""
     problems: list[Problem] = []
     seen_webhooks: set[int] = set()
     for rule in rules:
@@ -302,15 +309,22 @@ def check(
         if rule.webhook.id not in seen_webhooks:
             seen_webhooks.add(rule.webhook.id)
             where = f"webhook {rule.webhook.name!r} (rule {rule.name!r})"
-            problems += webhook_problems(rule.webhook, renderer, where)
+            problems += webhook_problems(rule.webhook, renderer, where, more)
     for hook in unused:
-        problems += webhook_problems(hook, renderer, f"webhook {hook.name!r} (no rule uses it)")
+        where = f"webhook {hook.name!r} (no rule uses it)"
+        problems += webhook_problems(hook, renderer, where, more)
     return problems
 
 
-def webhook_problems(hook: Webhook, renderer: TemplateChecker, where: str) -> list[Problem]:
-    """What stops a webhook's templates (URL, body, each header line) from compiling, and the
-    header lines without a template that are not ``Name: Value`` (every request would fail)."""
+def webhook_problems(
+    hook: Webhook,
+    renderer: TemplateChecker,
+    where: str,
+    more: Callable[[Webhook], str | None] = lambda hook: None,
+) -> list[Problem]:
+    """What stops a webhook's templates (URL, body, each header line) from compiling, the
+    header lines without a template that are not ``Name: Value`` (every request would fail),
+    and what ``more`` finds."""
     fields = {"payload_url": hook.payload_url, "body_template": hook.body_template}
     for number, line in enumerate(hook.additional_headers.splitlines(), 1):
         fields[f"additional_headers line {number}"] = line
@@ -322,4 +336,7 @@ def webhook_problems(hook: Webhook, renderer: TemplateChecker, where: str) -> li
                 header_line(source, name)
         except RenderError as exc:
             problems.append(Problem(where, str(exc)))
+    other = more(hook)
+    if other is not None:
+        problems.append(Problem(where, other))
     return problems

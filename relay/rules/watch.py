@@ -9,6 +9,7 @@ the burst began.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import psycopg
 
@@ -23,11 +24,18 @@ class RuleWatcher:
     listens and reloads; ``loaded`` is set once the first load is done."""
 
     def __init__(
-        self, dsn: str, *, settle_seconds: float = 0.05, application_name: str = "relay"
+        self,
+        dsn: str,
+        *,
+        settle_seconds: float = 0.05,
+        application_name: str = "relay",
+        on_load: Callable[[RuleSet], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._application_name = application_name
         self._settle = settle_seconds
+        self._on_load = on_load
+        """Called with each rule set taken: the worker learns the secrets to mask from it."""
         self.ruleset = RuleSet([])
         self.version = 0
         """relay.rules_version as read just before the rules were (0006)."""
@@ -74,4 +82,6 @@ class RuleWatcher:
         loaded = ruleset.of_rows(await store.rule_rows(), await store.models())
         if version >= self.version:  # a slower, older reload must not win
             self.ruleset, self.version = loaded, version
+            if self._on_load is not None:
+                self._on_load(loaded)
         self.loaded.set()

@@ -1,5 +1,10 @@
 """Structured logs: one event per line, JSON when not on a terminal, colours on one.
 
+Every value of every line, and the traceback of an exception logged with one, goes through
+relay/reasons.py's :func:`~relay.reasons.scrub` first (URLs by origin, known secrets masked),
+whoever logged it: the one path reasons take too. A traceback is text (no local variables, which
+the console renderer would otherwise print, secrets and all).
+
 JSON lines are written by orjson, as bytes: at thousands of deliveries a second (a line each)
 the standard library's encoder was a tenth of the relay's CPU time.
 """
@@ -8,10 +13,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+import traceback
+from collections.abc import MutableMapping
+from datetime import date, datetime
+from typing import Any, TextIO
+from uuid import UUID
 
 import orjson
 import structlog
+
+from relay.reasons import scrub
 
 _streams: list[TextIO] = []
 
@@ -22,6 +33,7 @@ def configure(level: int = logging.INFO, file: TextIO | None = None, fmt: str = 
     file = file or sys.stderr
     _streams[:] = [file]  # JSON goes to its buffer: the file must outlive the caller's reference
     shared: list[structlog.typing.Processor] = [
+        scrubbed,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -43,3 +55,42 @@ def configure(level: int = logging.INFO, file: TextIO | None = None, fmt: str = 
 
 def _json(event: object, **_: object) -> bytes:
     return orjson.dumps(event, default=str)
+
+
+def scrubbed(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The event with each value scrubbed, and ``exc_info`` made a scrubbed traceback."""
+    exc_info = event.pop("exc_info", None)
+    if exc_info:
+        event["exception"] = _traceback(exc_info)
+    for key, value in event.items():
+        if type(value) is str:
+            event[key] = scrub(value)
+        elif not isinstance(value, _PLAIN):
+            event[key] = _scrub(value)
+    return event
+
+
+_PLAIN = (int, float, type(None), datetime, date, UUID)
+"""Values no text of anyone else's can be in (the JSON writer writes them as they are)."""
+
+
+def _scrub(value: Any) -> Any:
+    """A value of a log line scrubbed: strings, the items of lists and mappings, and anything
+    else as the text it would be written as."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, list | tuple):
+        return [_scrub(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _scrub(item) for key, item in value.items()}
+    return scrub(value if isinstance(value, str) else str(value))
+
+
+def _traceback(exc_info: Any) -> str:
+    if isinstance(exc_info, BaseException):
+        return "".join(traceback.format_exception(exc_info))
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, tuple) and exc_info[1] is not None:
+        return "".join(traceback.format_exception(exc_info[1]))
+    return "(no exception)"

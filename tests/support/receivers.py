@@ -116,3 +116,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass
+class RawReceiver:
+    url: str
+    requests: int = 0
+
+
+@asynccontextmanager
+async def raw_receiver(*answers: bytes) -> AsyncIterator[RawReceiver]:
+    """A receiver on a free port of 127.0.0.1 that reads each request (head and Content-Length
+    body) and answers with the bytes given, as they are: the next answer for each request, the
+    last one again once they are used up. For what no well-behaved HTTP server sends (a bad
+    status line, a header past any limit, a broken chunk or gzip stream, a non-ASCII digit)."""
+    state = RawReceiver(url="")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                answer = answers[min(state.requests, len(answers) - 1)]
+                state.requests += 1
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+    try:
+        yield state
+    finally:
+        server.close()
