@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 import shutil
 import ssl
 import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from collections.abc import Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
