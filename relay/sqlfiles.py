@@ -1,12 +1,14 @@
 """The SQL files relay ships, and the named queries Python runs.
 
-Every statement the Python code sends lives in ``sql/``: migrations as numbered files, and the
-queries in ``sql/queries.sql``, each under a ``-- name: <name>`` line, loaded once by name. An
-installed wheel carries the folder as ``relay/sql``; a source checkout reads the top-level one.
+Every statement the Python code sends lives in ``sql/``: migrations as numbered files, the
+definitions (every function and view, as they are now) in ``sql/functions/``, and the queries in
+``sql/queries.sql``, each under a ``-- name: <name>`` line, loaded once by name. An installed
+wheel carries the folder as ``relay/sql``; a source checkout reads the top-level one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -68,6 +70,25 @@ def migrations() -> tuple[Migration, ...]:
     if versions != list(range(1, len(found) + 1)):
         raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
     return tuple(found)
+
+
+_DEFINITION = re.compile(r"^\\ir ((?:functions/\w+|definitions)\.sql)$", re.MULTILINE)
+
+
+@cache
+def definitions() -> tuple[str, ...]:
+    """The files every install applies after the migrations, in the order sql/install.sql runs
+    them (that list is the only one): sql/functions/*.sql, then sql/definitions.sql."""
+    return tuple(_DEFINITION.findall(read("install.sql")))
+
+
+def definitions_digest() -> str:
+    """What the definitions' files hold, as a SHA-256: relay install skips them when the database
+    holds the same (relay.definitions)."""
+    digest = hashlib.sha256()
+    for name in definitions():
+        digest.update(name.encode() + b"\0" + read(name).encode() + b"\0")
+    return digest.hexdigest()
 
 
 def parse_named(text: str) -> dict[str, str]:

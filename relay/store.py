@@ -197,6 +197,15 @@ class Rearmed:
 
 
 @dataclass(frozen=True)
+class Installed:
+    """What ``relay install`` applied: the migrations, and whether the definitions (every
+    function and view) were written again."""
+
+    migrations: list[Migration]
+    definitions: bool
+
+
+@dataclass(frozen=True)
 class TableName:
     """A table as the catalogs name it: ``name`` is how a query may refer to it."""
 
@@ -291,9 +300,12 @@ class Store:
         versions = [row[0] for row in self.conn.execute(query("applied_migrations"))]
         return int(max(versions, default=0))
 
-    def install(self) -> list[Migration]:
-        """Apply, in one transaction, every migration the database does not have yet."""
+    def install(self) -> Installed:
+        """Apply, in one transaction, every migration the database does not have yet, then the
+        definitions (sqlfiles.definitions) unless the database holds these very files already:
+        with nothing new, nothing is written."""
         conn = self.conn
+        digest = sqlfiles.definitions_digest()
         with conn.transaction():
             conn.execute(query("install_lock"))
             conn.execute(sqlfiles.read("bootstrap.sql").encode())
@@ -301,7 +313,12 @@ class Store:
             pending = [m for m in sqlfiles.migrations() if m.version not in applied]
             for migration in pending:
                 conn.execute(migration.sql.encode())
-        return pending
+            current = pending or self._value("definitions_digest") != digest
+            if current:
+                for name in sqlfiles.definitions():
+                    conn.execute(sqlfiles.read(name).encode())
+                conn.execute(query("definitions_applied"), {"digest": digest})
+        return Installed(pending, bool(current))
 
     def uninstall(self) -> None:
         """Drop every capture trigger relay added, then schema relay and all it holds."""

@@ -3,8 +3,10 @@
 --     psql "$DSN" -v ON_ERROR_STOP=1 -f sql/install.sql
 --
 -- Every migration in sql/migrations/ is listed below in order; each runs only if it is not yet
--- recorded in relay.migrations, so running this file twice is a no-op and running it on an older
--- install applies only what is new. `relay install` applies the same files the same way.
+-- recorded in relay.migrations, so running it on an older install applies only what is new.
+-- Then every file of sql/functions/, the only definition of each function and view of schema
+-- relay (CREATE OR REPLACE: running this file twice changes nothing), and sql/definitions.sql.
+-- `relay install` applies the same files the same way.
 \set ON_ERROR_STOP on
 \set QUIET on
 SET client_min_messages = warning;
@@ -131,5 +133,19 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 23) AS relay_app
 \if :relay_apply
 \ir migrations/0023_delivery_ids.sql
 \endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 24) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0024_functions.sql
+\endif
+
+-- Every function and view as it is now, in this order (views last: they call functions), then
+-- what follows them (relay install applies the same files: relay/sqlfiles.py reads this list).
+\ir functions/capture.sql
+\ir functions/rules.sql
+\ir functions/delivery.sql
+\ir functions/backfill.sql
+\ir functions/views.sql
+\ir definitions.sql
 
 COMMIT;

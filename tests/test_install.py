@@ -13,9 +13,10 @@ import psycopg
 import pytest
 
 from relay import sqlfiles
+from relay.cli.tempcluster import scratch_database
 from relay.db import Conn
-from relay.store import Store
-from support.db import one_row
+from relay.store import Installed, Store
+from support.db import install_up_to, one_row
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
 
@@ -49,8 +50,11 @@ def psql(dsn: str, *args: str, input_text: str | None = None) -> subprocess.Comp
 
 def test_install_creates_the_schema_and_records_the_version(conn: Conn) -> None:
     assert Store(conn).installed_version() == 0
-    applied = Store(conn).install()
-    assert [m.version for m in applied] == list(range(1, sqlfiles.latest_version() + 1))
+    installed = Store(conn).install()
+    assert [m.version for m in installed.migrations] == list(
+        range(1, sqlfiles.latest_version() + 1)
+    )
+    assert installed.definitions
     assert Store(conn).installed_version() == sqlfiles.latest_version()
     tables = {
         r[0]
@@ -64,7 +68,7 @@ def test_install_creates_the_schema_and_records_the_version(conn: Conn) -> None:
 def test_install_twice_changes_nothing(conn: Conn) -> None:
     Store(conn).install()
     before = conn.execute(FINGERPRINT).fetchall()
-    assert Store(conn).install() == []
+    assert Store(conn).install() == Installed([], definitions=False)
     assert conn.execute(FINGERPRINT).fetchall() == before
 
 
@@ -77,7 +81,11 @@ def test_psql_install_matches_python_install_and_is_repeatable(
     again = psql(db_dsn, "-f", str(SQL / "install.sql"))
     assert again.returncode == 0, again.stderr
     assert conn.execute(FINGERPRINT).fetchall() == via_psql
-    assert Store(conn).install() == []  # Python sees psql's install as complete
+    # Python sees psql's migrations as applied; it writes the definitions once more (psql records
+    # no digest of them), to the same effect.
+    assert Store(conn).install() == Installed([], definitions=True)
+    assert conn.execute(FINGERPRINT).fetchall() == via_psql
+    assert Store(conn).install() == Installed([], definitions=False)
 
     with psycopg.connect(server_dsn, autocommit=True) as admin:
         admin.execute("DROP DATABASE IF EXISTS relay_fingerprint WITH (FORCE)")
@@ -120,6 +128,16 @@ def test_relay_sql_prints_scripts_psql_runs_without_a_checkout(
     assert Store(conn).installed_version() == 0
 
 
+def test_install_sql_applies_every_definition_file_after_the_migrations() -> None:
+    """Every function and view is defined in a file of sql/functions/, each applied by every
+    install (relay/sqlfiles.py reads the list from install.sql)."""
+    text = (SQL / "install.sql").read_text()
+    files = sorted(f"functions/{p.name}" for p in (SQL / "functions").glob("*.sql"))
+    assert sorted(sqlfiles.definitions()[:-1]) == files
+    assert sqlfiles.definitions()[-1] == "definitions.sql"
+    assert text.index("\\ir functions/") > text.rindex("\\ir migrations/")
+
+
 def test_install_sql_lists_every_migration_in_order() -> None:
     text = (SQL / "install.sql").read_text()
     listed = re.findall(r"^\\ir migrations/(\S+)$", text, re.M)
@@ -156,10 +174,10 @@ def test_upgrade_applies_only_new_migrations(
     monkeypatch.setattr(sqlfiles, "sql_dir", lambda: newer)
     sqlfiles.migrations.cache_clear()
     try:
-        applied = Store(conn).install()
-        assert [m.name for m in applied] == ["extra"]
+        installed = Store(conn).install()
+        assert [m.name for m in installed.migrations] == ["extra"]
         assert Store(conn).installed_version() == n
-        assert Store(conn).install() == []
+        assert Store(conn).install() == Installed([], definitions=False)
     finally:
         sqlfiles.migrations.cache_clear()
     # What the older version held is still there and still working.
@@ -208,3 +226,151 @@ def test_uninstall_removes_triggers_and_schema_but_not_user_data(
     conn.execute("INSERT INTO p VALUES (2, 1)")
     assert one_row(conn.execute("SELECT count(*) FROM t"))[0] == 2
     Store(conn).uninstall()  # nothing left to remove is not an error
+
+
+CATALOG = """
+SELECT 'column', c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+       || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), ''), a.attnum::text
+FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+WHERE c.relnamespace = 'relay'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'relation', relname || ':' || relkind::text || ':'
+       || coalesce(array_to_string(reloptions, ','), '') || ':'
+       || coalesce(array_to_string(relacl, ','), ''), ''
+FROM pg_class WHERE relnamespace = 'relay'::regnamespace
+UNION ALL
+SELECT 'index', pg_get_indexdef(indexrelid), ''
+FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid WHERE c.relnamespace = 'relay'::regnamespace
+UNION ALL
+SELECT 'constraint', conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid), ''
+FROM pg_constraint WHERE connamespace = 'relay'::regnamespace
+UNION ALL
+SELECT 'trigger', pg_get_triggerdef(t.oid), ''
+FROM pg_trigger t WHERE NOT t.tgisinternal
+UNION ALL
+SELECT 'function', pg_get_functiondef(p.oid), coalesce(array_to_string(p.proacl, ','), '')
+FROM pg_proc p WHERE p.pronamespace = 'relay'::regnamespace
+UNION ALL
+SELECT 'view', c.relname || ' ' || pg_get_viewdef(c.oid), ''
+FROM pg_class c WHERE c.relnamespace = 'relay'::regnamespace AND c.relkind = 'v'
+UNION ALL
+SELECT 'enum', t.typname || ' ' || string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder), ''
+FROM pg_type t JOIN pg_enum e ON e.enumtypid = t.oid
+WHERE t.typnamespace = 'relay'::regnamespace GROUP BY t.typname
+UNION ALL
+SELECT 'tracked', format('%s %s %s %s %s', tbl::regclass, events, update_attnums, exclude_attnums,
+                         shape IS NOT DISTINCT FROM relay.shape(tbl)), ''
+FROM relay.tracked_tables
+UNION ALL
+SELECT 'migration', version || ' ' || name, '' FROM relay.migrations
+"""
+"""Everything an install leaves in the database's catalogs: schema relay's tables, columns (with
+defaults), indexes, constraints, functions (whole definitions, rights), views, types, the triggers
+on every table, and what relay.track recorded."""
+
+
+def _catalog(conn: Conn) -> list[tuple[str, ...]]:
+    """CATALOG, with what differs between two databases written the same: the tracked table's
+    oid (in its capture functions' names) as T, the digest of its shape (relay.shape, made
+    from oids) as SHAPE."""
+    oid = str(one_row(conn.execute("SELECT 'public.t'::regclass::oid"))[0])
+    rows = conn.execute(CATALOG).fetchall()
+    return sorted(
+        tuple(re.sub(r"'[0-9a-f]{32}'", "SHAPE", str(v).replace(oid, "T")) for v in row)
+        for row in rows
+    )
+
+
+def _tracked_with_changes(conn: Conn) -> None:
+    conn.execute("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+    conn.execute("SELECT relay.track('public.t')")
+    conn.execute("INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 3) g")
+    conn.execute("UPDATE t SET v = 'w' WHERE id = 2")
+
+
+def test_an_upgrade_from_every_earlier_version_ends_as_a_fresh_install(
+    server_dsn: str, conn: Conn
+) -> None:
+    """From each schema version relay has had, with a table tracked and changes pending, relay
+    install makes exactly what a fresh install makes: tables, columns, indexes, constraints,
+    triggers, and every function and view, definition and rights; and the changes are kept."""
+    Store(conn).install()
+    _tracked_with_changes(conn)
+    fresh = _catalog(conn)
+    differences = {}
+    for version in range(1, sqlfiles.latest_version()):
+        with (
+            scratch_database(server_dsn, "relay_upgrade") as dsn,
+            psycopg.connect(dsn, autocommit=True) as old,
+        ):
+            install_up_to(old, version)
+            _tracked_with_changes(old)
+            Store(old).install()
+            upgraded = _catalog(old)
+            if upgraded != fresh:
+                differences[version] = (
+                    [row for row in upgraded if row not in fresh],
+                    [row for row in fresh if row not in upgraded],
+                )
+            assert one_row(old.execute("SELECT count(*) FROM relay.outbox"))[0] == 4
+    assert differences == {}
+
+
+def test_every_function_and_view_is_defined_once_in_sql_functions(conn: Conn) -> None:
+    """The only definition of each function and view of schema relay is in sql/functions/ (the
+    capture functions relay.track generates per table aside); migrations from 0024 on define
+    none, so that none restates a body."""
+    defined: list[str] = []
+    for path in sorted((SQL / "functions").glob("*.sql")):
+        defined += re.findall(
+            r"^CREATE OR REPLACE (?:FUNCTION|VIEW) relay\.(\w+)", path.read_text(), re.M
+        )
+    assert sorted(defined) == sorted(set(defined)), "defined twice"
+    Store(conn).install()
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+    conn.execute("SELECT relay.track('t')")
+    installed = {
+        r[0]
+        for r in conn.execute(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'relay'::regnamespace"
+            " AND proname !~ '^capture_[0-9]+_' UNION SELECT relname FROM pg_class"
+            " WHERE relnamespace = 'relay'::regnamespace AND relkind = 'v'"
+        )
+    }
+    assert installed == set(defined)
+    for migration in sqlfiles.migrations()[23:]:
+        assert not re.search(r"CREATE (OR REPLACE )?(FUNCTION|VIEW)", migration.sql), migration
+
+
+_KEYWORDS = {"coalesce", "nullif", "row", "array", "exists", "case", "when", "then", "else",
+             "end", "select", "from", "with", "ordinality", "order", "by", "null", "is", "not",
+             "and", "or", "where", "in", "any", "all", "u", "s"}  # fmt: skip
+
+
+def test_functions_without_a_pinned_search_path_name_everything_with_its_schema() -> None:
+    """A function left without SET search_path (so that PostgreSQL can inline it) is read with
+    its caller's search path: every function, operator and type in it must be named with its
+    schema, or a caller whose path holds another role's schema would run that role's code."""
+    checked = 0
+    for path in sorted((SQL / "functions").glob("*.sql")):
+        for header, body in re.findall(
+            r"^(CREATE OR REPLACE FUNCTION relay\.\w+.*?) AS \$\$(.*?)\$\$;",
+            path.read_text(),
+            re.M | re.S,
+        ):
+            if "search_path" in header:
+                continue
+            checked += 1
+            code = re.sub(r"'(?:[^']|'')*'", "''", body)  # string literals out
+            casts = re.findall(r"::\s*(\w+)\b(?!\.)", code)
+            code = re.sub(r"OPERATOR\(pg_catalog\.[^)]+\)", " ", code)
+            code = re.sub(r"\b(?:pg_catalog|relay)\.\w+", " ", code)
+            name = header.split("(")[0]
+            code = code.replace("::", " ").replace("(*)", "()")
+            assert not re.search(r"[=<>~!@#%^&|*/+-]", code), (name, code)
+            calls = {c.lower() for c in re.findall(r"\b(\w+)\s*\(", code)} - _KEYWORDS
+            assert not calls, (name, calls)
+            assert not casts, (name, casts)
+    assert checked >= 5  # relay.text_value and the others capture inlines

@@ -102,9 +102,9 @@ async def _demo(console: Console, db: str) -> None:
     runner, address = await _receiver(arrivals)
     try:
         with connect(db) as conn:
-            applied = Store(conn).install()
+            Store(conn).install()
             console.print(
-                f"installed relay schema version {applied[-1].version}; "
+                f"installed relay schema version {sqlfiles.latest_version()}; "
                 f"receiver listening on http://{address}/; starting the relay\n"
             )
             worker = Worker(_settings(), db, relay_id="demo")

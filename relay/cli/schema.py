@@ -22,13 +22,14 @@ def install(dsn: Dsn) -> None:
     """Create or upgrade schema relay in an existing database (safe to run again)."""
     with _database(dsn) as conn:
         before = Store(conn).installed_version()
-        applied = Store(conn).install()
-    if not applied:
-        out.print(f"relay schema is up to date (version {before})", highlight=False)
+        installed = Store(conn).install()
+    if not installed.migrations:
+        more = "; functions and views written again" if installed.definitions else ""
+        out.print(f"relay schema is up to date (version {before}){more}", highlight=False)
         return
-    for migration in applied:
+    for migration in installed.migrations:
         out.print(f"applied {migration.version:04d}_{migration.name}", highlight=False)
-    out.print(f"relay schema is at version {applied[-1].version}", highlight=False)
+    out.print(f"relay schema is at version {installed.migrations[-1].version}", highlight=False)
 
 
 def uninstall(

@@ -1,6 +1,6 @@
 """Managing webhooks and event rules with SQLAlchemy, on the same tables plain SQL uses.
 
-The database checks every row (see sql/migrations/0002_rules.sql); this module only maps the
+The database checks every row (see sql/functions/rules.sql); this module only maps the
 tables, so what `relay webhook add` accepts is exactly what an INSERT accepts.
 """
 

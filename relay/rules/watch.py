@@ -1,7 +1,7 @@
 """Keeping a process's rules current without a restart.
 
 Every change to relay.webhooks or relay.event_rules is announced on channel ``relay_rules``
-(sql/migrations/0002_rules.sql). A :class:`RuleWatcher` listens on its own connection and
+(sql/functions/rules.sql). A :class:`RuleWatcher` listens on its own connection and
 reloads the whole rule set when told; a burst of changes causes one reload, a short moment after
 the burst began.
 """
