@@ -307,15 +307,25 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- same changes under the same delivery id, whichever relay sends it, so a receiver that drops
 -- an id it has processed loses nothing. It waits while another relay holds any of it, while the
 -- relay has not the room for all of it, or while any of its changes has an earlier pending
--- change of its row outside it (a re-queued one: then that change goes first, in a new batch).
+-- change of its row outside it (a re-queued or replayed one: then that change goes first, in a
+-- new batch), its row's key included (a key move: relay.clear_of_key_moves; no batch holds a
+-- key move and a change it waits for, so only changes outside it count).
 --
--- Otherwise up to batch_size due deliveries nobody holds, in due order, become a new batch,
--- numbered from relay.batch_ids. Per-row order: a delivery whose row has an earlier change in
--- flight or waiting for a retry is passed over before the limit (so one busy row never holds
--- up the others), and after the rows are locked a change stays only with every earlier pending
--- change of its row (another relay may hold one). A batch may hold several changes of one row.
--- While key moves are pending, relay.clear_of_key_moves applies as in claim_deliveries. In id
--- order up to the first that does not fit: the changes' bytes fit in bytes_free (a change over
+-- Otherwise up to batch_size due deliveries nobody holds become a new batch, numbered from
+-- relay.batch_ids. Per-row order: a delivery whose row has an earlier change in flight, waiting
+-- for a retry or in another batch is passed over before the limit (so one busy row never holds
+-- up the others), and so is one that waits for a key move (relay.clear_of_key_moves, for it and
+-- every earlier pending change of its row, looked up only while the webhook has a key move
+-- pending). The limit takes them in due order, and a change due later than a later change of
+-- its row (one that a replay, `relay retry` or an SQL reset made pending again: due at that
+-- moment) would be left out while the later one is taken, and every claim would then drop the
+-- later one and come out empty. So the earlier pending changes of the chosen rows are added
+-- (each is claimable: the chosen change's condition covers every earlier change of its row),
+-- up to batch_size of them per row; after the rows are locked a change stays only with every
+-- earlier pending change of its row (another relay may hold one); and the batch is the first
+-- batch_size of those in id order (a set that holds every earlier change of its members still
+-- does when cut by id). A batch may hold several changes of one row. In id order up to the
+-- first that does not fit: the changes' bytes fit in bytes_free (a change over
 -- max_change_bytes counts nothing and comes without its images), and the default body, about
 -- twice their bytes (the new image is there twice) and BODY_OVERHEAD each
 -- (relay/delivery/claim.py), in body_bytes.
@@ -324,13 +334,17 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- nothing is claimed and the one row returned says, in wait_seconds, how long until it may go.
 -- Otherwise one row per claimed delivery (wait_seconds NULL); a row with a NULL outbox_id when
 -- there is nothing to claim.
-WITH again AS MATERIALIZED (
+WITH moves AS MATERIALIZED (
+    SELECT EXISTS (SELECT FROM relay.deliveries m
+                   WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
+                     AND m.status = 'pending') AS pending
+), again AS MATERIALIZED (
     -- Claimed batches are due only when their lease ends (next_attempt_at, set below), so the
     -- batches in flight are not even read (deliveries_batch_due).
-    SELECT d.batch_id FROM relay.deliveries d
+    SELECT d.batch_id FROM relay.deliveries d, moves
     WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id IS NOT NULL
       AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
-    GROUP BY d.batch_id
+    GROUP BY d.batch_id, moves.pending
     HAVING NOT EXISTS (SELECT FROM relay.deliveries m
                        WHERE m.batch_id = d.batch_id AND m.status = 'pending'
                          AND (m.next_attempt_at > now() OR m.leased_until >= now()))
@@ -338,6 +352,9 @@ WITH again AS MATERIALIZED (
                      WHERE e.webhook_id = %(webhook_id)s AND e.row_key = d.row_key
                        AND e.status = 'pending' AND e.outbox_id < d.outbox_id
                        AND e.batch_id IS DISTINCT FROM d.batch_id) IS NULL)
+       AND (NOT moves.pending
+            OR bool_and(relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
+                                                 d.old_row_key)))
     ORDER BY min(d.outbox_id)
     LIMIT 1
 ), members AS MATERIALIZED (
@@ -354,10 +371,6 @@ WITH again AS MATERIALIZED (
               SELECT count(*) FROM relay.deliveries d, again
               WHERE d.batch_id = again.batch_id AND d.status = 'pending')
       AND (SELECT sum(bytes) FROM members) <= %(bytes_free)s
-), moves AS MATERIALIZED (
-    SELECT EXISTS (SELECT FROM relay.deliveries m
-                   WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
-                     AND m.status = 'pending') AS pending
 ), candidates AS MATERIALIZED (
     SELECT d.ctid, d.outbox_id, d.row_key, d.next_attempt_at,
            CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
@@ -375,17 +388,44 @@ WITH again AS MATERIALIZED (
              AND e.status = 'pending' AND e.outbox_id < d.outbox_id
              AND (e.batch_id IS NOT NULL OR e.next_attempt_at > now()
                   OR e.leased_until >= now())) IS NULL
-      AND (NOT moves.pending OR relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
-                                                         d.old_row_key))
+      AND (NOT moves.pending
+           OR relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key, d.old_row_key)
+              AND NOT EXISTS (SELECT FROM relay.deliveries e
+                              WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
+                                AND e.status = 'pending' AND e.outbox_id < d.outbox_id
+                                AND NOT relay.clear_of_key_moves(e.webhook_id, e.outbox_id,
+                                                                 e.row_key, e.old_row_key)))
     ORDER BY d.next_attempt_at, d.outbox_id
     LIMIT %(batch_size)s
     FOR UPDATE OF d SKIP LOCKED
+), earlier AS MATERIALIZED (
+    -- The earlier pending changes of the candidates' rows (one probe of deliveries_row_order
+    -- per row, which finds none but after a re-queue or a replay), locked too.
+    SELECT e.ctid, e.outbox_id, e.row_key, e.next_attempt_at,
+           CASE WHEN e.change_bytes > %(max_change_bytes)s THEN 0
+                ELSE e.change_bytes::int END AS bytes
+    FROM relay.deliveries e
+    WHERE e.ctid = ANY(ARRAY(
+        SELECT f.ctid
+        FROM (SELECT row_key, max(outbox_id) AS upto FROM candidates GROUP BY row_key) c
+        CROSS JOIN LATERAL (
+            SELECT f.ctid FROM relay.deliveries f
+            WHERE f.webhook_id = %(webhook_id)s AND f.row_key = c.row_key
+              AND f.status = 'pending' AND f.outbox_id < c.upto
+            ORDER BY f.outbox_id
+            LIMIT %(batch_size)s) f))
+      AND e.status = 'pending'
+    FOR UPDATE OF e SKIP LOCKED
+), chosen AS MATERIALIZED (
+    SELECT * FROM candidates
+    UNION
+    SELECT * FROM earlier
 ), in_order AS (
-    SELECT c.* FROM candidates c
+    SELECT c.* FROM chosen c
     WHERE (SELECT min(e.outbox_id) FROM relay.deliveries e
            WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key
              AND e.status = 'pending' AND e.outbox_id < c.outbox_id
-             AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM candidates))) IS NULL
+             AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen))) IS NULL
 ), fitting AS MATERIALIZED (
     SELECT ctid, outbox_id, next_attempt_at FROM (
         SELECT ctid, outbox_id, next_attempt_at,
@@ -395,12 +435,13 @@ WITH again AS MATERIALIZED (
                row_number() OVER (ORDER BY outbox_id) AS n
         FROM in_order) counted
     WHERE running <= %(bytes_free)s AND (body <= %(body_bytes)s OR n = 1)
+      AND n <= %(batch_size)s
     UNION ALL
     SELECT ctid, outbox_id, next_attempt_at FROM whole
 ), ready AS MATERIALIZED (
     SELECT count(*) > 0 AS any,
            EXISTS (SELECT FROM again) OR count(*) >= %(batch_size)s
-               OR count(*) < (SELECT count(*) FROM candidates)
+               OR count(*) < (SELECT count(*) FROM chosen)
                OR min(next_attempt_at) <= now() - make_interval(secs => %(wait_ms)s / 1000.0)
                AS go,
            extract(epoch FROM min(next_attempt_at)

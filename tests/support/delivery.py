@@ -107,3 +107,20 @@ def setup(rconn: Conn) -> tuple[int, int]:
     add_rule(rconn, a, name="items-a", tables=["public.items"])
     add_rule(rconn, b, name="items-b", tables=["public.items"], events=["update"])
     return a, b
+
+
+def claim_batch(conn: Conn, webhook_id: int, batch_size: int, relay_id: str = "r1") -> list[int]:
+    """Claim one batch for a batched webhook as a relay would: its changes, in id order."""
+    params = {
+        "webhook_id": webhook_id,
+        "batch_size": batch_size,
+        "wait_ms": 0,
+        "lease_seconds": 30.0,
+        "relay_id": relay_id,
+        "bytes_free": 10**9,
+        "max_change_bytes": 10**9,
+        "body_bytes": 10**9,
+        "body_overhead": 600,
+    }
+    rows = conn.execute(query("claim_batch"), params).fetchall()
+    return [row[0] for row in rows if row[0] is not None]
