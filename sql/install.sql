@@ -117,4 +117,9 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 21) AS relay_app
 \ir migrations/0021_backfill_replay.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 22) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0022_superseded.sql
+\endif
+
 COMMIT;

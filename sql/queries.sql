@@ -132,7 +132,7 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
        o.username, o.request_id, o.txid::text, o.created_at, o.webhook_id AS target,
-       here.scanned_to, here.stored_to,
+       o.requeued_at IS NOT NULL AS requeued, here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running,
        pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax
 FROM here LEFT JOIN relay.outbox o ON o.id = ANY(ARRAY(SELECT id FROM candidates))
@@ -172,6 +172,72 @@ SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
 SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                      %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
+ON CONFLICT (outbox_id, webhook_id) DO UPDATE
+    SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
+        earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
+        leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
+        replay = false, old_row_key = EXCLUDED.old_row_key, change_bytes = EXCLUDED.change_bytes
+    WHERE relay.deliveries.status = 'failed';
+
+-- name: rearm_deliveries
+-- The deliveries of re-queued changes (`relay retry`, the SQL reset: relay.requeue), written as
+-- add_deliveries writes new ones, while hold_deliveries holds every claim and outcome back: one
+-- that failed before is armed again, one that succeeded is left alone. A failed one stays
+-- failed, its reason saying why, when it is superseded (superseded_by, 0022_superseded.sql: a
+-- later change of its row was delivered to the webhook after it failed) and nobody asked for it
+-- anyway (send_superseded), or while a later change of its row (either key of a key move) is
+-- in flight to the webhook: it would race that change to the receiver, and be superseded if
+-- that one is delivered; the operator retries it once that is done. A webhook that never had
+-- the change gets a new delivery, failed for the second reason too. The four lookups of a
+-- later change in flight, one per pairing of keys, run for these deliveries only.
+WITH given AS (
+    SELECT *
+    FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
+        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
+), judged AS MATERIALIZED (
+    SELECT g.*, d.status::text AS was,
+           CASE WHEN d.status = 'failed' AND d.superseded_by IS NOT NULL
+                     AND NOT d.send_superseded
+                THEN format('superseded: change %%s of this row was delivered after it',
+                            d.superseded_by)
+                WHEN f.outbox_id IS NOT NULL
+                THEN format('not sent again: change %%s of this row was being sent to the webhook;'
+                            ' retry it once that is done', f.outbox_id)
+           END AS kept
+    FROM given g
+    LEFT JOIN relay.deliveries d ON d.outbox_id = g.outbox_id AND d.webhook_id = g.webhook_id
+    CROSS JOIN LATERAL (
+        SELECT least(
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.row_key = g.row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now()),
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.row_key = g.old_row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now()),
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.old_row_key = g.row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now()),
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.old_row_key = g.old_row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now())) AS outbox_id
+    ) f
+), kept AS (
+    UPDATE relay.deliveries d SET last_error = j.kept, send_superseded = false
+    FROM judged j
+    WHERE d.outbox_id = j.outbox_id AND d.webhook_id = j.webhook_id AND d.status = 'failed'
+      AND j.was = 'failed' AND j.kept IS NOT NULL
+)
+INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
+                              status, last_error)
+SELECT outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
+       CASE WHEN kept IS NULL THEN 'pending' ELSE 'failed' END::relay.delivery_status, kept
+FROM judged
+WHERE was IS DISTINCT FROM 'failed' OR kept IS NULL
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
         earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
@@ -294,6 +360,7 @@ FROM relay.outbox o
 WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM taken)) AND o.id = d.outbox_id
 RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.replay,
+          CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
@@ -462,7 +529,7 @@ WITH moves AS MATERIALIZED (
     WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM fitting)) AND o.id = d.outbox_id
     RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
               d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.batch_id,
-              d.replay,
+              d.replay, CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
               o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
               o.request_id, o.txid::text, o.created_at,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
@@ -479,6 +546,15 @@ ORDER BY claimed.outbox_id;
 -- written only while this relay still holds the lease: a relay that lost it to another must
 -- not overwrite what that one did. The attempt itself is logged either way, unless it was not
 -- counted (a delivery given back unsent).
+--
+-- A delivery that fails for good no longer holds its row back, so its later changes go on:
+-- each one delivered marks the failed earlier deliveries of its row (either key of a key move)
+-- to the same webhook as superseded by it (superseded_by, 0022_superseded.sql), so that sending
+-- them again (`relay retry`, the SQL reset) leaves them failed unless asked. Two probes of the
+-- small indexes of failed deliveries per change delivered (four for a key move); a delivery
+-- that fails in this very statement is marked by the changes delivered in it (a batch may
+-- carry a later change of the row of one that ran out of attempts). send_superseded, the
+-- operator's leave to send a superseded delivery, is spent once it ends.
 WITH outcome AS (
     SELECT (o ->> 0)::bigint AS outbox_id,
            (o ->> 1)::bigint AS webhook_id, (o ->> 2)::int AS attempt,
@@ -498,9 +574,38 @@ WITH outcome AS (
            replay
     FROM outcome
     WHERE counted
+), delivered AS MATERIALIZED (
+    SELECT d.webhook_id, d.outbox_id, k.key
+    FROM outcome o
+    JOIN relay.deliveries d ON d.outbox_id = o.outbox_id AND d.webhook_id = o.webhook_id
+    CROSS JOIN LATERAL (VALUES (d.row_key), (d.old_row_key)) k (key)
+    WHERE o.status = 'delivered' AND d.leased_by = %(relay_id)s AND k.key IS NOT NULL
+), superseded AS (
+    UPDATE relay.deliveries f
+    SET superseded_by = greatest(f.superseded_by, s.later)
+    FROM (SELECT e.outbox_id, e.webhook_id, max(x.outbox_id) AS later
+          FROM delivered x
+          CROSS JOIN LATERAL (
+              SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+              WHERE e.webhook_id = x.webhook_id AND e.row_key = x.key
+                AND e.status = 'failed' AND e.outbox_id < x.outbox_id
+              UNION ALL
+              SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+              WHERE e.webhook_id = x.webhook_id AND e.old_row_key = x.key
+                AND e.status = 'failed' AND e.outbox_id < x.outbox_id) e
+          GROUP BY e.outbox_id, e.webhook_id) s
+    WHERE f.outbox_id = s.outbox_id AND f.webhook_id = s.webhook_id AND f.status = 'failed'
 )
 UPDATE relay.deliveries d
 SET status = outcome.status::relay.delivery_status,
+    superseded_by = CASE WHEN outcome.status = 'failed'
+                         THEN greatest(d.superseded_by,
+                                       (SELECT max(x.outbox_id) FROM delivered x
+                                        WHERE x.webhook_id = d.webhook_id
+                                          AND x.key IN (d.row_key, d.old_row_key)
+                                          AND x.outbox_id > d.outbox_id))
+                         ELSE d.superseded_by END,
+    send_superseded = d.send_superseded AND outcome.status = 'pending',
     attempts = d.attempts - (NOT outcome.counted)::int,
     next_attempt_at = now() + make_interval(secs => outcome.retry_in),
     leased_until = NULL,
@@ -590,14 +695,29 @@ SELECT relay.refresh_capture();
 
 -- name: retry_failed
 -- `relay retry`: the documented one-liner with its filters (each NULL means "any"). The requeue
--- trigger does the rest: the fan-out re-arms only the deliveries that failed.
-UPDATE relay.outbox o SET status = 'pending'
-WHERE o.status = 'failed'
-  AND (%(id)s::bigint IS NULL OR o.id = %(id)s::bigint)
-  AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
-  AND (%(webhook)s::text IS NULL OR EXISTS (
-      SELECT FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
-      WHERE d.outbox_id = o.id AND d.status = 'failed' AND w.name = %(webhook)s::text));
+-- trigger does the rest: the fan-out re-arms only the deliveries that failed (rearm_deliveries).
+-- Returns how many changes it re-queued, and how many of their failed deliveries are
+-- superseded (a later change of the row was delivered to that webhook after them): those stay
+-- failed unless `superseded` asks for them (send_superseded).
+WITH requeued AS (
+    UPDATE relay.outbox o SET status = 'pending'
+    WHERE o.status = 'failed'
+      AND (%(id)s::bigint IS NULL OR o.id = %(id)s::bigint)
+      AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
+      AND (%(webhook)s::text IS NULL OR EXISTS (
+          SELECT FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
+          WHERE d.outbox_id = o.id AND d.status = 'failed' AND w.name = %(webhook)s::text))
+    RETURNING o.id
+), superseded AS MATERIALIZED (
+    SELECT d.outbox_id, d.webhook_id
+    FROM requeued r JOIN relay.deliveries d ON d.outbox_id = r.id
+    WHERE d.status = 'failed' AND d.superseded_by IS NOT NULL
+), asked AS (
+    UPDATE relay.deliveries d SET send_superseded = true
+    FROM superseded s
+    WHERE %(superseded)s AND d.outbox_id = s.outbox_id AND d.webhook_id = s.webhook_id
+)
+SELECT (SELECT count(*) FROM requeued) AS requeued, (SELECT count(*) FROM superseded) AS superseded;
 
 -- name: webhook_exists
 SELECT EXISTS (SELECT FROM relay.webhooks WHERE name = %(name)s);
@@ -742,10 +862,11 @@ SELECT id, enabled FROM relay.webhooks WHERE name = %(name)s;
 -- further back.
 SELECT min(created_at) FROM relay.outbox;
 
--- name: replay_lock
--- `relay replay`, first: no delivery is claimed, recorded or added until the replay commits
--- (the relays wait: a few seconds for 100,000 changes). Without it, a later change of a
--- replayed row could be fanned out and claimed meanwhile, and be overtaken by the replay.
+-- name: hold_deliveries
+-- `relay replay`, first, and a fan-out that re-arms re-queued changes (rearm_deliveries): no
+-- delivery is claimed, recorded or added by anyone else until the transaction commits (the
+-- relays wait: a few seconds for a replay of 100,000 changes). Without it, a later change of a
+-- row sent again could be claimed meanwhile, and race the earlier one to the receiver.
 LOCK TABLE relay.deliveries IN SHARE ROW EXCLUSIVE MODE;
 
 -- name: replay_busy
@@ -761,11 +882,16 @@ WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.leased_until 
 -- given) whose last outcome is one of `statuses`, pending again, flagged replay, all due at
 -- the replay transaction's now() (so they go in outbox order). Each keeps its delivery id (made
 -- from the change and the webhook); the attempts it had count as earlier ones. Left out, and
--- counted: deliveries of rows with a delivery in flight (`busy`, from replay_busy), and those
+-- counted: deliveries of rows with a delivery in flight (`busy`, from replay_busy), those
 -- whose rule is gone or disabled (it would fail them at once: the rule that sent a change
--- renders it). Pending deliveries are left alone.
-WITH chosen AS (
-    SELECT d.outbox_id, d.status::text AS was,
+-- renders it), and those superseded: a later change of their row (either key of a key move)
+-- was delivered to the webhook and is not sent again by this replay, so the receiver would end
+-- on the older image. With `superseded` these go too, marked (send_superseded, superseded_by:
+-- the latest such change); without, a failed one's reason says which change superseded it. The
+-- later changes are found in one pass over the webhook's deliveries after the first replayed
+-- one. Pending deliveries are left alone.
+WITH chosen AS MATERIALIZED (
+    SELECT d.outbox_id, d.row_key, d.old_row_key, d.status::text AS was,
            d.row_key = ANY(%(busy)s::text[])
                OR coalesce(d.old_row_key = ANY(%(busy)s::text[]), false) AS busy,
            r.id IS NULL AS ruleless
@@ -778,20 +904,49 @@ WITH chosen AS (
       AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
       AND (%(schema_name)s::text IS NULL
            OR o.schema_name = %(schema_name)s::text AND o.table_name = %(table_name)s::text)
+), sent AS MATERIALIZED (
+    SELECT * FROM chosen WHERE NOT busy AND NOT ruleless
+), newest AS MATERIALIZED (
+    -- Per key of the rows it sends, the newest change delivered to the webhook that it does
+    -- not send again.
+    SELECT k.key, max(e.outbox_id) AS outbox_id
+    FROM relay.deliveries e, LATERAL (VALUES (e.row_key), (e.old_row_key)) k (key)
+    WHERE e.webhook_id = %(webhook_id)s AND e.status = 'delivered'
+      AND e.outbox_id > (SELECT min(outbox_id) FROM sent)
+      AND e.outbox_id NOT IN (SELECT outbox_id FROM sent)
+      AND k.key IN (SELECT row_key FROM sent UNION SELECT old_row_key FROM sent)
+    GROUP BY k.key
+), judged AS MATERIALIZED (
+    SELECT c.outbox_id, c.was,
+           nullif(greatest(CASE WHEN n.outbox_id > c.outbox_id THEN n.outbox_id ELSE 0 END,
+                           CASE WHEN m.outbox_id > c.outbox_id THEN m.outbox_id ELSE 0 END),
+                  0) AS later
+    FROM sent c
+    LEFT JOIN newest n ON n.key = c.row_key
+    LEFT JOIN newest m ON m.key = c.old_row_key
 ), armed AS (
     UPDATE relay.deliveries d
     SET status = 'pending', attempts = 0, earlier_attempts = d.earlier_attempts + d.attempts,
         next_attempt_at = now(), leased_until = NULL, leased_by = NULL, last_error = NULL,
-        last_status_code = NULL, batch_id = NULL, replay = true
-    FROM chosen c
-    WHERE d.outbox_id = c.outbox_id AND d.webhook_id = %(webhook_id)s
-      AND NOT c.busy AND NOT c.ruleless
-    RETURNING c.was
+        last_status_code = NULL, batch_id = NULL, replay = true,
+        superseded_by = j.later, send_superseded = j.later IS NOT NULL
+    FROM judged j
+    WHERE d.outbox_id = j.outbox_id AND d.webhook_id = %(webhook_id)s
+      AND (j.later IS NULL OR %(superseded)s)
+    RETURNING j.was
+), noted AS (
+    UPDATE relay.deliveries d
+    SET superseded_by = j.later,
+        last_error = format('superseded: change %%s of this row was delivered after it', j.later)
+    FROM judged j
+    WHERE d.outbox_id = j.outbox_id AND d.webhook_id = %(webhook_id)s
+      AND j.later IS NOT NULL AND NOT %(superseded)s AND j.was = 'failed'
 )
 SELECT (SELECT count(*) FROM armed WHERE was = 'delivered') AS delivered,
        (SELECT count(*) FROM armed WHERE was = 'failed') AS failed,
        (SELECT count(*) FROM chosen WHERE busy) AS busy,
-       (SELECT count(*) FROM chosen WHERE ruleless AND NOT busy) AS ruleless;
+       (SELECT count(*) FROM chosen WHERE ruleless AND NOT busy) AS ruleless,
+       (SELECT count(*) FROM judged WHERE later IS NOT NULL) AS superseded;
 
 -- name: replay_candidates
 -- Changes made in [since, until) (of one table when given) that the webhook has no delivery of,
@@ -801,7 +956,8 @@ SELECT (SELECT count(*) FROM armed WHERE was = 'delivered') AS delivered,
 SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.txid::text, o.created_at, NULL::bigint AS target
+       o.username, o.request_id, o.txid::text, o.created_at, NULL::bigint AS target,
+       false AS requeued
 FROM relay.outbox o
 WHERE o.id > %(after)s AND o.status <> 'pending'
   AND o.created_at >= %(since)s
@@ -815,10 +971,40 @@ LIMIT %(limit)s;
 
 -- name: add_replay_deliveries
 -- Deliveries made by `relay replay` for changes the webhook never had: as add_deliveries, due
--- at the replay transaction's now() and flagged replay.
-INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
-                              next_attempt_at, replay)
-SELECT d.*, now(), true
-FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-            %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[]) AS d
-ON CONFLICT (outbox_id, webhook_id) DO NOTHING;
+-- at the replay transaction's now() and flagged replay. Left out, and counted, as in
+-- replay_rearm: those superseded by a change of their row delivered to the webhook (the ones
+-- this replay sends again are pending by now), unless `superseded` asks for them (then they
+-- go marked). Returns how many it added, and how many were superseded.
+WITH given AS (
+    SELECT *
+    FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
+        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
+), newest AS MATERIALIZED (
+    SELECT e.webhook_id, k.key, max(e.outbox_id) AS outbox_id
+    FROM relay.deliveries e, LATERAL (VALUES (e.row_key), (e.old_row_key)) k (key)
+    WHERE e.webhook_id IN (SELECT webhook_id FROM given) AND e.status = 'delivered'
+      AND e.outbox_id > (SELECT min(outbox_id) FROM given)
+      AND k.key IN (SELECT row_key FROM given UNION SELECT old_row_key FROM given)
+    GROUP BY e.webhook_id, k.key
+), judged AS MATERIALIZED (
+    SELECT g.*,
+           nullif(greatest(CASE WHEN n.outbox_id > g.outbox_id THEN n.outbox_id ELSE 0 END,
+                           CASE WHEN m.outbox_id > g.outbox_id THEN m.outbox_id ELSE 0 END),
+                  0) AS later
+    FROM given g
+    LEFT JOIN newest n ON n.webhook_id = g.webhook_id AND n.key = g.row_key
+    LEFT JOIN newest m ON m.webhook_id = g.webhook_id AND m.key = g.old_row_key
+), added AS (
+    INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key,
+                                  change_bytes, next_attempt_at, replay, superseded_by,
+                                  send_superseded)
+    SELECT outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, now(), true,
+           later, later IS NOT NULL
+    FROM judged
+    WHERE later IS NULL OR %(superseded)s
+    ON CONFLICT (outbox_id, webhook_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added) AS added,
+       (SELECT count(*) FROM judged WHERE later IS NOT NULL) AS superseded;
