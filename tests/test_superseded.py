@@ -16,6 +16,7 @@ from aiohttp import web
 from relay.db import Conn
 from support.cli import relay
 from support.db import one_row
+from support.delivery import fan_out
 from support.receivers import receiver
 from support.worker import FAST, running, setup, until
 
@@ -199,3 +200,31 @@ def test_a_key_move_away_supersedes_the_changes_of_its_old_key(rconn: Conn, rela
     assert r.told() == [(1, 1), (2, 1), (1, 0)]
     headers = r.taken[-1][1]
     assert (headers["X-Relay-Superseded"], headers["X-Relay-Replay"]) == ("1:3", "true")
+
+
+def test_a_change_sent_again_while_a_later_change_of_its_row_is_in_flight_waits(
+    rconn: Conn,
+) -> None:
+    """Sent again now, the insert would race the update being sent to the receiver (and be
+    superseded if that one is delivered): it stays failed, saying so, until retried later."""
+    setup(rconn, "http://127.0.0.1:9/hook")
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    rconn.execute("UPDATE items SET v = 1 WHERE id = 1")
+    fan_out(rconn)
+    rconn.execute("UPDATE relay.deliveries SET status = 'failed' WHERE outbox_id = 1")
+    rconn.execute("UPDATE relay.outbox SET status = 'failed' WHERE id = 1")
+    rconn.execute(  # another relay is sending the update
+        "UPDATE relay.deliveries SET leased_by = 'elsewhere',"
+        " leased_until = now() + interval '1 minute' WHERE outbox_id = 2"
+    )
+    rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
+    fan_out(rconn)
+    assert first_delivery(rconn) == (
+        "failed",
+        "not sent again: change 2 of this row was being sent to the webhook; retry it once that "
+        "is done",
+    )
+    rconn.execute("UPDATE relay.deliveries SET leased_until = NULL WHERE outbox_id = 2")
+    rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
+    fan_out(rconn)
+    assert first_delivery(rconn) == ("pending", None), "once it is not in flight, it goes first"
