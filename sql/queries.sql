@@ -575,48 +575,56 @@ WITH outcome AS (
     FROM outcome
     WHERE counted
 ), delivered AS MATERIALIZED (
+    -- The keys of the changes this statement delivers, read only when it also fails one (a
+    -- batch may carry a later change of the row of a change that ran out of attempts).
     SELECT d.webhook_id, d.outbox_id, k.key
     FROM outcome o
     JOIN relay.deliveries d ON d.outbox_id = o.outbox_id AND d.webhook_id = o.webhook_id
     CROSS JOIN LATERAL (VALUES (d.row_key), (d.old_row_key)) k (key)
     WHERE o.status = 'delivered' AND d.leased_by = %(relay_id)s AND k.key IS NOT NULL
+), written AS (
+    UPDATE relay.deliveries d
+    SET status = outcome.status::relay.delivery_status,
+        superseded_by = CASE WHEN outcome.status = 'failed'
+                             THEN greatest(d.superseded_by,
+                                           (SELECT max(x.outbox_id) FROM delivered x
+                                            WHERE x.webhook_id = d.webhook_id
+                                              AND x.key IN (d.row_key, d.old_row_key)
+                                              AND x.outbox_id > d.outbox_id))
+                             ELSE d.superseded_by END,
+        send_superseded = d.send_superseded AND outcome.status = 'pending',
+        attempts = d.attempts - (NOT outcome.counted)::int,
+        next_attempt_at = now() + make_interval(secs => outcome.retry_in),
+        leased_until = NULL,
+        leased_by = NULL,
+        batch_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_id END,
+        last_status_code = outcome.status_code,
+        last_error = outcome.error,
+        delivered_at = CASE WHEN outcome.status = 'delivered' THEN now() END
+    FROM outcome
+    WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id
+      AND d.leased_by = %(relay_id)s
+    RETURNING d.outbox_id, d.webhook_id, d.row_key, d.old_row_key, outcome.status
 ), superseded AS (
     UPDATE relay.deliveries f
     SET superseded_by = greatest(f.superseded_by, s.later)
-    FROM (SELECT e.outbox_id, e.webhook_id, max(x.outbox_id) AS later
-          FROM delivered x
+    FROM (SELECT e.outbox_id, e.webhook_id, max(w.outbox_id) AS later
+          FROM written w
+          CROSS JOIN LATERAL (VALUES (w.row_key), (w.old_row_key)) k (key)
           CROSS JOIN LATERAL (
               SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
-              WHERE e.webhook_id = x.webhook_id AND e.row_key = x.key
-                AND e.status = 'failed' AND e.outbox_id < x.outbox_id
+              WHERE e.webhook_id = w.webhook_id AND e.row_key = k.key
+                AND e.status = 'failed' AND e.outbox_id < w.outbox_id
               UNION ALL
               SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
-              WHERE e.webhook_id = x.webhook_id AND e.old_row_key = x.key
-                AND e.status = 'failed' AND e.outbox_id < x.outbox_id) e
+              WHERE e.webhook_id = w.webhook_id AND e.old_row_key = k.key
+                AND e.status = 'failed' AND e.outbox_id < w.outbox_id) e
+          WHERE w.status = 'delivered' AND k.key IS NOT NULL
           GROUP BY e.outbox_id, e.webhook_id) s
     WHERE f.outbox_id = s.outbox_id AND f.webhook_id = s.webhook_id AND f.status = 'failed'
 )
-UPDATE relay.deliveries d
-SET status = outcome.status::relay.delivery_status,
-    superseded_by = CASE WHEN outcome.status = 'failed'
-                         THEN greatest(d.superseded_by,
-                                       (SELECT max(x.outbox_id) FROM delivered x
-                                        WHERE x.webhook_id = d.webhook_id
-                                          AND x.key IN (d.row_key, d.old_row_key)
-                                          AND x.outbox_id > d.outbox_id))
-                         ELSE d.superseded_by END,
-    send_superseded = d.send_superseded AND outcome.status = 'pending',
-    attempts = d.attempts - (NOT outcome.counted)::int,
-    next_attempt_at = now() + make_interval(secs => outcome.retry_in),
-    leased_until = NULL,
-    leased_by = NULL,
-    batch_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_id END,
-    last_status_code = outcome.status_code,
-    last_error = outcome.error,
-    delivered_at = CASE WHEN outcome.status = 'delivered' THEN now() END
-FROM outcome
-WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id
-  AND d.leased_by = %(relay_id)s;
+-- How many outcomes were written (those of deliveries whose lease this relay still held).
+SELECT count(*) FROM written;
 
 -- name: finish_changes
 -- A change is delivered when all its deliveries are, failed as soon as one is, and skipped when

@@ -14,6 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from relay.db import Conn
+from relay.delivery.record import Result, parameters
+from relay.delivery.send import Outcome
+from relay.sqlfiles import query
 from support.cli import relay
 from support.db import one_row
 from support.delivery import fan_out
@@ -228,3 +231,29 @@ def test_a_change_sent_again_while_a_later_change_of_its_row_is_in_flight_waits(
     rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
     fan_out(rconn)
     assert first_delivery(rconn) == ("pending", None), "once it is not in flight, it goes first"
+
+
+def test_a_change_that_fails_beside_a_later_change_of_its_row_delivered_is_superseded(
+    rconn: Conn,
+) -> None:
+    """One batch carried row 1's insert, out of attempts (failed unsent), and its update
+    (delivered): both outcomes are written by one statement, and the insert is superseded."""
+    setup(rconn, "http://127.0.0.1:9/hook")
+    rconn.execute("INSERT INTO items VALUES (1, 0)")
+    rconn.execute("UPDATE items SET v = 1 WHERE id = 1")
+    fan_out(rconn)
+    rconn.execute("UPDATE relay.deliveries SET leased_by = 'r1', leased_until = now() + '1 min'")
+    hook = one_row(rconn.execute("SELECT id FROM relay.webhooks"))[0]
+    gone = Outcome.not_sent("out of attempts", permanent=True)
+    ok = Outcome(ok=True, status=200, duration=0.01)
+    results = [Result(1, hook, 2, "failed", 0.0, gone), Result(2, hook, 1, "delivered", 0.0, ok)]
+    written = one_row(rconn.execute(query("record_outcomes"), parameters(results, "r1")))[0]
+    assert written == 2
+    rconn.execute(query("finish_changes"), {"ids": [1, 2]})
+    assert statuses(rconn) == ["failed", "delivered"]
+    rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
+    fan_out(rconn)
+    assert first_delivery(rconn) == (
+        "failed",
+        "superseded: change 2 of this row was delivered after it",
+    )

@@ -93,9 +93,9 @@ def finish(
         ok=ok, status=200 if ok else 500, duration=0.005, error=None if ok else "HTTP 500"
     )
     result = Result(outbox_id, webhook_id, 1, status, retry_in, outcome)
-    done = conn.execute(query("record_outcomes"), record.parameters([result], relay_id)).rowcount
+    row = conn.execute(query("record_outcomes"), record.parameters([result], relay_id)).fetchone()
     conn.execute(query("finish_changes"), {"ids": [outbox_id]})
-    return done
+    return int(row[0]) if row else 0
 
 
 def setup(rconn: Conn) -> tuple[int, int]:
