@@ -419,9 +419,10 @@ WITH moves AS MATERIALIZED (
                      WHERE e.webhook_id = %(webhook_id)s AND e.row_key = d.row_key
                        AND e.status = 'pending' AND e.outbox_id < d.outbox_id
                        AND e.batch_id IS DISTINCT FROM d.batch_id) IS NULL)
-       AND (NOT moves.pending
-            OR bool_and(relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
-                                                 d.old_row_key)))
+       AND bool_and(CASE WHEN moves.pending
+                         THEN relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
+                                                       d.old_row_key)
+                         ELSE true END)
     ORDER BY min(d.outbox_id)
     LIMIT 1
 ), members AS MATERIALIZED (
