@@ -52,6 +52,7 @@ def parameters(settings: Settings) -> dict[str, object]:
         "bytes_free": room,
         "bytes_per_webhook": room // 2,
         "max_change_bytes": int(settings.max_body_bytes),
+        "batched_ids": [],
     }
 
 
