@@ -1,7 +1,7 @@
 """How long one claim takes in the database with a big backlog of pending deliveries.
 
     .venv/bin/python bench/claims.py [--pending 300000] [--moves 3000] [--rounds 200]
-        [--compare OTHER/sql/queries.sql]
+        [--compare OTHER/sql/queries.sql] [--batch 100]
 
 On a private cluster: --pending changes inserted into a tracked table, --moves of them followed
 by an UPDATE of the primary key (a key move, the claim's second key), all fanned out as the
@@ -10,7 +10,8 @@ claim_deliveries runs --rounds times, each in a transaction rolled back (so ever
 same backlog), claiming 128 deliveries (a relay with RELAY_WEBHOOK_CONCURRENCY=64, as in
 bench/throughput.py); prints the median and p90 time in the database and the plan's shape.
 With --compare, the claim_deliveries of another queries.sql (an older relay) runs interleaved
-on the same backlog, for a ratio.
+on the same backlog, for a ratio. With --batch N, claim_batch is measured instead: one batch of
+N for the webhook (batch_size N), on the same backlog.
 """
 
 from __future__ import annotations
@@ -51,17 +52,35 @@ def parameters(settings: Settings) -> dict[str, object]:
         "bytes_free": room,
         "bytes_per_webhook": room // 2,
         "max_change_bytes": int(settings.max_body_bytes),
+        "batched_ids": [],
+    }
+
+
+def batch_parameters(settings: Settings, webhook_id: int, size: int) -> dict[str, object]:
+    return {
+        "webhook_id": webhook_id,
+        "batch_size": size,
+        "wait_ms": 0,
+        "lease_seconds": 60,
+        "relay_id": "bench",
+        "bytes_free": settings.max_held_bytes // 3,
+        "max_change_bytes": int(settings.max_body_bytes),
+        "body_bytes": int(settings.max_body_bytes),
+        "body_overhead": 600,
     }
 
 
 def timed(
-    conn: psycopg.Connection[tuple[object, ...]], sql: str, params: dict[str, object]
+    conn: psycopg.Connection[tuple[object, ...]],
+    sql: str,
+    params: dict[str, object],
+    expected: int,
 ) -> float:
     with conn.transaction(force_rollback=True):
         started = time.perf_counter()
         rows = conn.execute(sql, params).fetchall()
         took = time.perf_counter() - started
-    assert len(rows) == 128, f"claimed {len(rows)}"
+    assert len(rows) == expected, f"claimed {len(rows)}"
     return took * 1000
 
 
@@ -71,11 +90,12 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=3_000)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--compare", type=Path)
+    parser.add_argument("--batch", type=int, help="measure claim_batch, batches of this size")
     args = parser.parse_args()
-    claims = {"this": sqlfiles.query("claim_deliveries")}
+    statement = "claim_batch" if args.batch else "claim_deliveries"
+    claims = {"this": sqlfiles.query(statement)}
     if args.compare:
-        claims["compared"] = sqlfiles.parse_named(args.compare.read_text())["claim_deliveries"]
-    params = parameters(Settings())
+        claims["compared"] = sqlfiles.parse_named(args.compare.read_text())[statement]
     cluster = start_temp_cluster()
     try:
         with scratch_database(cluster.dsn, "relay_claims") as dsn, psycopg.connect(dsn) as conn:
@@ -98,7 +118,15 @@ def main() -> None:
             conn.execute("UPDATE items SET id = id + %s WHERE id <= %s", (args.pending, args.moves))
             conn.execute(FAN_OUT)
             conn.execute("SET jit = off")  # as the relay's connections
-            print(f"{args.pending} pending deliveries ({args.moves} key moves), claims of 128:")
+            webhook = conn.execute("SELECT id FROM relay.webhooks").fetchone()
+            assert webhook is not None
+            if args.batch:
+                params = batch_parameters(Settings(), int(str(webhook[0])), args.batch)
+                expected = args.batch
+            else:
+                params, expected = parameters(Settings()), 128
+            what = f"{args.pending} pending deliveries ({args.moves} key moves)"
+            print(f"{what}, {statement} of {expected}:")
             # First as a burst finds the tables (autovacuum has not looked yet), then with the
             # statistics the relay refreshes after its first 5,000 changes.
             for when in ("without statistics", "with statistics"):
@@ -107,7 +135,7 @@ def main() -> None:
                 times: dict[str, list[float]] = {name: [] for name in claims}
                 for _ in range(args.rounds):
                     for name, sql in claims.items():
-                        times[name].append(timed(conn, sql, params))
+                        times[name].append(timed(conn, sql, params, expected))
                 report(when, times)
                 with conn.transaction(force_rollback=True):
                     plan = conn.execute("EXPLAIN (ANALYZE, COSTS OFF) " + claims["this"], params)

@@ -31,7 +31,9 @@ Channel = Literal["relay_outbox", "relay_capture", "relay_rules"]
 """What the relay LISTENs to: new changes, capture functions to regenerate, rules edited."""
 
 PlanStatement = Literal[
+    "hold_deliveries",
     "add_deliveries",
+    "rearm_deliveries",
     "add_failed_deliveries",
     "fail_changes",
     "mark_fanned_out",
@@ -119,6 +121,9 @@ class FanOutRow(TypedDict):
     created_at: datetime
     target: int | None
     """The one webhook the change is for (a backfill for one webhook), else None."""
+    requeued: bool
+    """Sent again (``relay retry``, the SQL reset): its deliveries are armed again with
+    ``rearm_deliveries``."""
 
 
 class GapRow(TypedDict):
@@ -170,6 +175,9 @@ class Claimed:
     """The X-Relay-Delivery of the batch that carries it, drawn when the batch was numbered."""
     replay: bool = False
     """Made pending again by ``relay replay`` (the request and the attempt log say so)."""
+    superseded_by: int | None = None
+    """Sent although this later change of its row was delivered after it, as the operator
+    asked (``--superseded``): the request says so (X-Relay-Superseded)."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +202,29 @@ class Rearmed:
     """Left out: a later change of their row is in flight (it would be overtaken)."""
     ruleless: int
     """Left out: the rule that sent them is gone or disabled."""
+    superseded: int
+    """Superseded: a later change of their row was delivered to the webhook and is not sent
+    again. Left out, or, when asked for, among those made pending (marked)."""
+
+
+@dataclass(frozen=True)
+class Retried:
+    """What ``retry_failed`` re-queued."""
+
+    requeued: int
+    """Changes."""
+    superseded: int
+    """Their failed deliveries that are superseded: a later change of the row was delivered to
+    that webhook after them. They stay failed unless asked for."""
+
+
+@dataclass(frozen=True)
+class Added:
+    """What ``add_replay_deliveries`` wrote."""
+
+    added: int
+    superseded: int
+    """Superseded (as in Rearmed): left out, or, when asked for, among those added."""
 
 
 @dataclass(frozen=True)
@@ -276,6 +307,7 @@ def _claimed(row: Mapping[str, Any], models: Models) -> Claimed:
         row.get("batch_id"),
         _text(row.get("batch_delivery_id")),
         row["replay"],
+        row["superseded_by"],
     )
 
 
@@ -394,11 +426,19 @@ class Store:
         return bool(self._value("webhook_exists", {"name": name}))
 
     def retry_failed(
-        self, *, change_id: int | None, since: datetime | None, webhook: str | None
-    ) -> int:
-        """Arm failed deliveries again; how many changes were requeued."""
-        params = {"id": change_id, "since": since, "webhook": webhook}
-        return self.conn.execute(query("retry_failed"), params).rowcount
+        self,
+        *,
+        change_id: int | None,
+        since: datetime | None,
+        webhook: str | None,
+        superseded: bool = False,
+    ) -> Retried:
+        """Re-queue failed changes (their failed deliveries are armed again, superseded ones
+        only with ``superseded``); how many, and how many of their deliveries are superseded."""
+        params = {"id": change_id, "since": since, "webhook": webhook, "superseded": superseded}
+        with self.conn.cursor(row_factory=class_row(Retried)) as cur:
+            found = cur.execute(query("retry_failed"), params).fetchone()
+        return found or Retried(0, 0)
 
     def purge_changes(self, seconds: float, limit: int) -> int:
         """Delete up to ``limit`` finished changes older than ``seconds``; how many went."""
@@ -460,20 +500,30 @@ class Store:
     def replay_hold(self, webhook_id: int) -> list[str]:
         """Hold every delivery still until the transaction ends (relays wait); the row keys of
         the webhook's deliveries in flight."""
-        self.conn.execute(query("replay_lock"))
+        self.conn.execute(query("hold_deliveries"))
         row = self.conn.execute(query("replay_busy"), {"webhook_id": webhook_id}).fetchone()
         return list(row[0]) if row else []
 
     def replay_rearm(
-        self, window: Mapping[str, Any], statuses: Sequence[str], busy: Sequence[str]
+        self,
+        window: Mapping[str, Any],
+        statuses: Sequence[str],
+        busy: Sequence[str],
+        *,
+        superseded: bool = False,
     ) -> Rearmed:
         """Make the webhook's finished deliveries in ``window`` (webhook_id, since, until,
-        schema_name, table_name) pending again as replays, but those of ``busy`` rows and those
-        whose rule is gone."""
-        params = {**window, "statuses": list(statuses), "busy": list(busy)}
+        schema_name, table_name) pending again as replays, but those of ``busy`` rows, those
+        whose rule is gone and, unless ``superseded``, those superseded."""
+        params = {
+            **window,
+            "statuses": list(statuses),
+            "busy": list(busy),
+            "superseded": superseded,
+        }
         with self.conn.cursor(row_factory=class_row(Rearmed)) as cur:
             found = cur.execute(query("replay_rearm"), params).fetchone()
-        return found or Rearmed(0, 0, 0, 0)
+        return found or Rearmed(0, 0, 0, 0, 0)
 
     def replay_candidates(
         self, window: Mapping[str, Any], after: int, limit: int
@@ -490,9 +540,15 @@ class Store:
         rows = self.conn.execute(query("change_rows"), {"ids": list(ids)}).fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
 
-    def add_replay_deliveries(self, parameters: Mapping[str, Any]) -> None:
-        """Write deliveries a replay made (columns as relay/delivery/plan.py's Deliveries)."""
-        self.conn.execute(query("add_replay_deliveries"), parameters)
+    def add_replay_deliveries(
+        self, parameters: Mapping[str, Any], *, superseded: bool = False
+    ) -> Added:
+        """Write deliveries a replay made (columns as relay/delivery/plan.py's Deliveries), but,
+        unless ``superseded``, those superseded."""
+        params = {**parameters, "superseded": superseded}
+        with self.conn.cursor(row_factory=class_row(Added)) as cur:
+            found = cur.execute(query("add_replay_deliveries"), params).fetchone()
+        return found or Added(0, 0)
 
     def backfill_progress(
         self, table: str, where: str | None, webhook: str | None

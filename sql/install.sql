@@ -139,6 +139,11 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 24) AS relay_app
 \ir migrations/0024_functions.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 25) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0025_superseded.sql
+\endif
+
 -- Every function and view as it is now, in this order (views last: they call functions), then
 -- what follows them (relay install applies the same files: relay/sqlfiles.py reads this list).
 \ir functions/capture.sql

@@ -140,7 +140,7 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
        o.username, o.request_id, o.txid::text, o.created_at, o.webhook_id AS target,
-       here.scanned_to, here.stored_to,
+       o.requeued_at IS NOT NULL AS requeued, here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running,
        pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax
 FROM here LEFT JOIN relay.outbox o ON o.id = ANY(ARRAY(SELECT id FROM candidates))
@@ -180,6 +180,73 @@ SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
 SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                      %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
+ON CONFLICT (outbox_id, webhook_id) DO UPDATE
+    SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
+        earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
+        leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
+        batch_delivery_id = NULL, replay = false, old_row_key = EXCLUDED.old_row_key,
+        change_bytes = EXCLUDED.change_bytes
+    WHERE relay.deliveries.status = 'failed';
+
+-- name: rearm_deliveries
+-- The deliveries of re-queued changes (`relay retry`, the SQL reset: relay.requeue), written as
+-- add_deliveries writes new ones, while hold_deliveries holds every claim and outcome back: one
+-- that failed before is armed again, one that succeeded is left alone. A failed one stays
+-- failed, its reason saying why, when it is superseded (superseded_by, 0025_superseded.sql: a
+-- later change of its row was delivered to the webhook after it failed) and nobody asked for it
+-- anyway (send_superseded), or while a later change of its row (either key of a key move) is
+-- in flight to the webhook: it would race that change to the receiver, and be superseded if
+-- that one is delivered; the operator retries it once that is done. A webhook that never had
+-- the change gets a new delivery, failed for the second reason too. The four lookups of a
+-- later change in flight, one per pairing of keys, run for these deliveries only.
+WITH given AS (
+    SELECT *
+    FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
+        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
+), judged AS MATERIALIZED (
+    SELECT g.*, d.status::text AS was,
+           CASE WHEN d.status = 'failed' AND d.superseded_by IS NOT NULL
+                     AND NOT d.send_superseded
+                THEN format('superseded: change %%s of this row was delivered after it',
+                            d.superseded_by)
+                WHEN f.outbox_id IS NOT NULL
+                THEN format('not sent again: change %%s of this row was being sent to the webhook;'
+                            ' retry it once that is done', f.outbox_id)
+           END AS kept
+    FROM given g
+    LEFT JOIN relay.deliveries d ON d.outbox_id = g.outbox_id AND d.webhook_id = g.webhook_id
+    CROSS JOIN LATERAL (
+        SELECT least(
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.row_key = g.row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now()),
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.row_key = g.old_row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now()),
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.old_row_key = g.row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now()),
+            (SELECT min(e.outbox_id) FROM relay.deliveries e
+             WHERE e.webhook_id = g.webhook_id AND e.old_row_key = g.old_row_key
+               AND e.status = 'pending' AND e.outbox_id > g.outbox_id
+               AND e.leased_until >= now())) AS outbox_id
+    ) f
+), kept AS (
+    UPDATE relay.deliveries d SET last_error = j.kept, send_superseded = false
+    FROM judged j
+    WHERE d.outbox_id = j.outbox_id AND d.webhook_id = j.webhook_id AND d.status = 'failed'
+      AND j.was = 'failed' AND j.kept IS NOT NULL
+)
+INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
+                              status, last_error)
+SELECT outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
+       CASE WHEN kept IS NULL THEN 'pending' ELSE 'failed' END::relay.delivery_status, kept
+FROM judged
+WHERE was IS DISTINCT FROM 'failed' OR kept IS NULL
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
         earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
@@ -303,7 +370,9 @@ FROM relay.outbox o
 WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM taken)) AND o.id = d.outbox_id
 RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.replay,
-          d.id AS delivery_id, o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
+          d.id AS delivery_id,
+          CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
+          o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
@@ -316,16 +385,26 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- same changes under the same delivery id, whichever relay sends it, so a receiver that drops
 -- an id it has processed loses nothing. It waits while another relay holds any of it, while the
 -- relay has not the room for all of it, or while any of its changes has an earlier pending
--- change of its row outside it (a re-queued one: then that change goes first, in a new batch).
+-- change of its row outside it (a re-queued or replayed one: then that change goes first, in a
+-- new batch), its row's key included (a key move: relay.clear_of_key_moves; no batch holds a
+-- key move and a change it waits for, so only changes outside it count).
 --
--- Otherwise up to batch_size due deliveries nobody holds, in due order, become a new batch,
--- numbered from relay.batch_ids, with a random delivery id of its own (batch_delivery_id, on each
--- of its deliveries: 0023). Per-row order: a delivery whose row has an earlier change in
--- flight or waiting for a retry is passed over before the limit (so one busy row never holds
--- up the others), and after the rows are locked a change stays only with every earlier pending
--- change of its row (another relay may hold one). A batch may hold several changes of one row.
--- While key moves are pending, relay.clear_of_key_moves applies as in claim_deliveries. In id
--- order up to the first that does not fit: the changes' bytes fit in bytes_free (a change over
+-- Otherwise up to batch_size due deliveries nobody holds become a new batch, numbered from
+-- relay.batch_ids, with a random delivery id of its own (batch_delivery_id, on each of its
+-- deliveries: 0023). Per-row order: a delivery whose row has an earlier change in flight, waiting
+-- for a retry or in another batch is passed over before the limit (so one busy row never holds
+-- up the others), and so is one that waits for a key move (relay.clear_of_key_moves, for it and
+-- every earlier pending change of its row, looked up only while the webhook has a key move
+-- pending). The limit takes them in due order, and a change due later than a later change of
+-- its row (one that a replay, `relay retry` or an SQL reset made pending again: due at that
+-- moment) would be left out while the later one is taken, and every claim would then drop the
+-- later one and come out empty. So the earlier pending changes of the chosen rows are added
+-- (each is claimable: the chosen change's condition covers every earlier change of its row),
+-- up to batch_size of them per row; after the rows are locked a change stays only with every
+-- earlier pending change of its row (another relay may hold one); and the batch is the first
+-- batch_size of those in id order (a set that holds every earlier change of its members still
+-- does when cut by id). A batch may hold several changes of one row. In id order up to the
+-- first that does not fit: the changes' bytes fit in bytes_free (a change over
 -- max_change_bytes counts nothing and comes without its images), and the default body, about
 -- twice their bytes (the new image is there twice) and BODY_OVERHEAD each
 -- (relay/delivery/claim.py), in body_bytes.
@@ -334,14 +413,18 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- nothing is claimed and the one row returned says, in wait_seconds, how long until it may go.
 -- Otherwise one row per claimed delivery (wait_seconds NULL); a row with a NULL outbox_id when
 -- there is nothing to claim.
-WITH again AS MATERIALIZED (
+WITH moves AS MATERIALIZED (
+    SELECT EXISTS (SELECT FROM relay.deliveries m
+                   WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
+                     AND m.status = 'pending') AS pending
+), again AS MATERIALIZED (
     -- Claimed batches are due only when their lease ends (next_attempt_at, set below), so the
     -- batches in flight are not even read (deliveries_batch_due).
     SELECT d.batch_id, (array_agg(d.batch_delivery_id))[1] AS delivery_id
-    FROM relay.deliveries d
+    FROM relay.deliveries d, moves
     WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id IS NOT NULL
       AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
-    GROUP BY d.batch_id
+    GROUP BY d.batch_id, moves.pending
     HAVING NOT EXISTS (SELECT FROM relay.deliveries m
                        WHERE m.batch_id = d.batch_id AND m.status = 'pending'
                          AND (m.next_attempt_at > now() OR m.leased_until >= now()))
@@ -349,6 +432,10 @@ WITH again AS MATERIALIZED (
                      WHERE e.webhook_id = %(webhook_id)s AND e.row_key = d.row_key
                        AND e.status = 'pending' AND e.outbox_id < d.outbox_id
                        AND e.batch_id IS DISTINCT FROM d.batch_id) IS NULL)
+       AND bool_and(CASE WHEN moves.pending
+                         THEN relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
+                                                       d.old_row_key)
+                         ELSE true END)
     ORDER BY min(d.outbox_id)
     LIMIT 1
 ), members AS MATERIALIZED (
@@ -365,10 +452,6 @@ WITH again AS MATERIALIZED (
               SELECT count(*) FROM relay.deliveries d, again
               WHERE d.batch_id = again.batch_id AND d.status = 'pending')
       AND (SELECT sum(bytes) FROM members) <= %(bytes_free)s
-), moves AS MATERIALIZED (
-    SELECT EXISTS (SELECT FROM relay.deliveries m
-                   WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
-                     AND m.status = 'pending') AS pending
 ), candidates AS MATERIALIZED (
     SELECT d.ctid, d.outbox_id, d.row_key, d.next_attempt_at,
            CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
@@ -386,17 +469,44 @@ WITH again AS MATERIALIZED (
              AND e.status = 'pending' AND e.outbox_id < d.outbox_id
              AND (e.batch_id IS NOT NULL OR e.next_attempt_at > now()
                   OR e.leased_until >= now())) IS NULL
-      AND (NOT moves.pending OR relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
-                                                         d.old_row_key))
+      AND (NOT moves.pending
+           OR relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key, d.old_row_key)
+              AND NOT EXISTS (SELECT FROM relay.deliveries e
+                              WHERE e.webhook_id = d.webhook_id AND e.row_key = d.row_key
+                                AND e.status = 'pending' AND e.outbox_id < d.outbox_id
+                                AND NOT relay.clear_of_key_moves(e.webhook_id, e.outbox_id,
+                                                                 e.row_key, e.old_row_key)))
     ORDER BY d.next_attempt_at, d.outbox_id
     LIMIT %(batch_size)s
     FOR UPDATE OF d SKIP LOCKED
+), earlier AS MATERIALIZED (
+    -- The earlier pending changes of the candidates' rows (one probe of deliveries_row_order
+    -- per row, which finds none but after a re-queue or a replay), locked too.
+    SELECT e.ctid, e.outbox_id, e.row_key, e.next_attempt_at,
+           CASE WHEN e.change_bytes > %(max_change_bytes)s THEN 0
+                ELSE e.change_bytes::int END AS bytes
+    FROM relay.deliveries e
+    WHERE e.ctid = ANY(ARRAY(
+        SELECT f.ctid
+        FROM (SELECT row_key, max(outbox_id) AS upto FROM candidates GROUP BY row_key) c
+        CROSS JOIN LATERAL (
+            SELECT f.ctid FROM relay.deliveries f
+            WHERE f.webhook_id = %(webhook_id)s AND f.row_key = c.row_key
+              AND f.status = 'pending' AND f.outbox_id < c.upto
+            ORDER BY f.outbox_id
+            LIMIT %(batch_size)s) f))
+      AND e.status = 'pending'
+    FOR UPDATE OF e SKIP LOCKED
+), chosen AS MATERIALIZED (
+    SELECT * FROM candidates
+    UNION
+    SELECT * FROM earlier
 ), in_order AS (
-    SELECT c.* FROM candidates c
+    SELECT c.* FROM chosen c
     WHERE (SELECT min(e.outbox_id) FROM relay.deliveries e
            WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key
              AND e.status = 'pending' AND e.outbox_id < c.outbox_id
-             AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM candidates))) IS NULL
+             AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen))) IS NULL
 ), fitting AS MATERIALIZED (
     SELECT ctid, outbox_id, next_attempt_at FROM (
         SELECT ctid, outbox_id, next_attempt_at,
@@ -406,12 +516,13 @@ WITH again AS MATERIALIZED (
                row_number() OVER (ORDER BY outbox_id) AS n
         FROM in_order) counted
     WHERE running <= %(bytes_free)s AND (body <= %(body_bytes)s OR n = 1)
+      AND n <= %(batch_size)s
     UNION ALL
     SELECT ctid, outbox_id, next_attempt_at FROM whole
 ), ready AS MATERIALIZED (
     SELECT count(*) > 0 AS any,
            EXISTS (SELECT FROM again) OR count(*) >= %(batch_size)s
-               OR count(*) < (SELECT count(*) FROM candidates)
+               OR count(*) < (SELECT count(*) FROM chosen)
                OR min(next_attempt_at) <= now() - make_interval(secs => %(wait_ms)s / 1000.0)
                AS go,
            extract(epoch FROM min(next_attempt_at)
@@ -434,7 +545,9 @@ WITH again AS MATERIALIZED (
     WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM fitting)) AND o.id = d.outbox_id
     RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
               d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.batch_id,
-              d.replay, d.id AS delivery_id, d.batch_delivery_id, o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
+              d.replay, d.id AS delivery_id, d.batch_delivery_id,
+              CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
+              o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
               o.request_id, o.txid::text, o.created_at,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new
@@ -450,6 +563,15 @@ ORDER BY claimed.outbox_id;
 -- written only while this relay still holds the lease: a relay that lost it to another must
 -- not overwrite what that one did. The attempt itself is logged either way, unless it was not
 -- counted (a delivery given back unsent).
+--
+-- A delivery that fails for good no longer holds its row back, so its later changes go on:
+-- each one delivered marks the failed earlier deliveries of its row (either key of a key move)
+-- to the same webhook as superseded by it (superseded_by, 0025_superseded.sql), so that sending
+-- them again (`relay retry`, the SQL reset) leaves them failed unless asked. Two probes of the
+-- small indexes of failed deliveries per change delivered (four for a key move); a delivery
+-- that fails in this very statement is marked by the changes delivered in it (a batch may
+-- carry a later change of the row of one that ran out of attempts). send_superseded, the
+-- operator's leave to send a superseded delivery, is spent once it ends.
 WITH outcome AS (
     SELECT (o ->> 0)::bigint AS outbox_id,
            (o ->> 1)::bigint AS webhook_id, (o ->> 2)::int AS attempt,
@@ -469,21 +591,58 @@ WITH outcome AS (
            replay
     FROM outcome
     WHERE counted
+), delivered AS MATERIALIZED (
+    -- The keys of the changes this statement delivers, read only when it also fails one (a
+    -- batch may carry a later change of the row of a change that ran out of attempts).
+    SELECT d.webhook_id, d.outbox_id, k.key
+    FROM outcome o
+    JOIN relay.deliveries d ON d.outbox_id = o.outbox_id AND d.webhook_id = o.webhook_id
+    CROSS JOIN LATERAL (VALUES (d.row_key), (d.old_row_key)) k (key)
+    WHERE o.status = 'delivered' AND d.leased_by = %(relay_id)s AND k.key IS NOT NULL
+), written AS (
+    UPDATE relay.deliveries d
+    SET status = outcome.status::relay.delivery_status,
+        superseded_by = CASE WHEN outcome.status = 'failed'
+                             THEN greatest(d.superseded_by,
+                                           (SELECT max(x.outbox_id) FROM delivered x
+                                            WHERE x.webhook_id = d.webhook_id
+                                              AND x.key IN (d.row_key, d.old_row_key)
+                                              AND x.outbox_id > d.outbox_id))
+                             ELSE d.superseded_by END,
+        send_superseded = d.send_superseded AND outcome.status = 'pending',
+        attempts = d.attempts - (NOT outcome.counted)::int,
+        next_attempt_at = now() + make_interval(secs => outcome.retry_in),
+        leased_until = NULL,
+        leased_by = NULL,
+        batch_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_id END,
+        batch_delivery_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_delivery_id END,
+        last_status_code = outcome.status_code,
+        last_error = outcome.error,
+        delivered_at = CASE WHEN outcome.status = 'delivered' THEN now() END
+    FROM outcome
+    WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id
+      AND d.leased_by = %(relay_id)s
+    RETURNING d.outbox_id, d.webhook_id, d.row_key, d.old_row_key, outcome.status
+), superseded AS (
+    UPDATE relay.deliveries f
+    SET superseded_by = greatest(f.superseded_by, s.later)
+    FROM (SELECT e.outbox_id, e.webhook_id, max(w.outbox_id) AS later
+          FROM written w
+          CROSS JOIN LATERAL (VALUES (w.row_key), (w.old_row_key)) k (key)
+          CROSS JOIN LATERAL (
+              SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+              WHERE e.webhook_id = w.webhook_id AND e.row_key = k.key
+                AND e.status = 'failed' AND e.outbox_id < w.outbox_id
+              UNION ALL
+              SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+              WHERE e.webhook_id = w.webhook_id AND e.old_row_key = k.key
+                AND e.status = 'failed' AND e.outbox_id < w.outbox_id) e
+          WHERE w.status = 'delivered' AND k.key IS NOT NULL
+          GROUP BY e.outbox_id, e.webhook_id) s
+    WHERE f.outbox_id = s.outbox_id AND f.webhook_id = s.webhook_id AND f.status = 'failed'
 )
-UPDATE relay.deliveries d
-SET status = outcome.status::relay.delivery_status,
-    attempts = d.attempts - (NOT outcome.counted)::int,
-    next_attempt_at = now() + make_interval(secs => outcome.retry_in),
-    leased_until = NULL,
-    leased_by = NULL,
-    batch_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_id END,
-    batch_delivery_id = CASE WHEN outcome.unbatch THEN NULL ELSE d.batch_delivery_id END,
-    last_status_code = outcome.status_code,
-    last_error = outcome.error,
-    delivered_at = CASE WHEN outcome.status = 'delivered' THEN now() END
-FROM outcome
-WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id
-  AND d.leased_by = %(relay_id)s;
+-- How many outcomes were written (those of deliveries whose lease this relay still held).
+SELECT count(*) FROM written;
 
 -- name: finish_changes
 -- A change is delivered when all its deliveries are, failed as soon as one is, and skipped when
@@ -565,14 +724,29 @@ SELECT relay.refresh_capture();
 
 -- name: retry_failed
 -- `relay retry`: the documented one-liner with its filters (each NULL means "any"). The requeue
--- trigger does the rest: the fan-out re-arms only the deliveries that failed.
-UPDATE relay.outbox o SET status = 'pending'
-WHERE o.status = 'failed'
-  AND (%(id)s::bigint IS NULL OR o.id = %(id)s::bigint)
-  AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
-  AND (%(webhook)s::text IS NULL OR EXISTS (
-      SELECT FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
-      WHERE d.outbox_id = o.id AND d.status = 'failed' AND w.name = %(webhook)s::text));
+-- trigger does the rest: the fan-out re-arms only the deliveries that failed (rearm_deliveries).
+-- Returns how many changes it re-queued, and how many of their failed deliveries are
+-- superseded (a later change of the row was delivered to that webhook after them): those stay
+-- failed unless `superseded` asks for them (send_superseded).
+WITH requeued AS (
+    UPDATE relay.outbox o SET status = 'pending'
+    WHERE o.status = 'failed'
+      AND (%(id)s::bigint IS NULL OR o.id = %(id)s::bigint)
+      AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
+      AND (%(webhook)s::text IS NULL OR EXISTS (
+          SELECT FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
+          WHERE d.outbox_id = o.id AND d.status = 'failed' AND w.name = %(webhook)s::text))
+    RETURNING o.id
+), superseded AS MATERIALIZED (
+    SELECT d.outbox_id, d.webhook_id
+    FROM requeued r JOIN relay.deliveries d ON d.outbox_id = r.id
+    WHERE d.status = 'failed' AND d.superseded_by IS NOT NULL
+), asked AS (
+    UPDATE relay.deliveries d SET send_superseded = true
+    FROM superseded s
+    WHERE %(superseded)s AND d.outbox_id = s.outbox_id AND d.webhook_id = s.webhook_id
+)
+SELECT (SELECT count(*) FROM requeued) AS requeued, (SELECT count(*) FROM superseded) AS superseded;
 
 -- name: delivery_id
 -- The id a change's delivery to a webhook goes under (relay preview), when it has one.
@@ -737,10 +911,11 @@ SELECT id, enabled FROM relay.webhooks WHERE name = %(name)s;
 -- further back.
 SELECT min(created_at) FROM relay.outbox;
 
--- name: replay_lock
--- `relay replay`, first: no delivery is claimed, recorded or added until the replay commits
--- (the relays wait: a few seconds for 100,000 changes). Without it, a later change of a
--- replayed row could be fanned out and claimed meanwhile, and be overtaken by the replay.
+-- name: hold_deliveries
+-- `relay replay`, first, and a fan-out that re-arms re-queued changes (rearm_deliveries): no
+-- delivery is claimed, recorded or added by anyone else until the transaction commits (the
+-- relays wait: a few seconds for a replay of 100,000 changes). Without it, a later change of a
+-- row sent again could be claimed meanwhile, and race the earlier one to the receiver.
 LOCK TABLE relay.deliveries IN SHARE ROW EXCLUSIVE MODE;
 
 -- name: replay_busy
@@ -756,11 +931,16 @@ WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.leased_until 
 -- given) whose last outcome is one of `statuses`, pending again, flagged replay, all due at
 -- the replay transaction's now() (so they go in outbox order). Each keeps its delivery id (made
 -- from the change and the webhook); the attempts it had count as earlier ones. Left out, and
--- counted: deliveries of rows with a delivery in flight (`busy`, from replay_busy), and those
+-- counted: deliveries of rows with a delivery in flight (`busy`, from replay_busy), those
 -- whose rule is gone or disabled (it would fail them at once: the rule that sent a change
--- renders it). Pending deliveries are left alone.
-WITH chosen AS (
-    SELECT d.outbox_id, d.status::text AS was,
+-- renders it), and those superseded: a later change of their row (either key of a key move)
+-- was delivered to the webhook and is not sent again by this replay, so the receiver would end
+-- on the older image. With `superseded` these go too, marked (send_superseded, superseded_by:
+-- the latest such change); without, a failed one's reason says which change superseded it. The
+-- later changes are found in one pass over the webhook's deliveries after the first replayed
+-- one. Pending deliveries are left alone.
+WITH chosen AS MATERIALIZED (
+    SELECT d.outbox_id, d.row_key, d.old_row_key, d.status::text AS was,
            d.row_key = ANY(%(busy)s::text[])
                OR coalesce(d.old_row_key = ANY(%(busy)s::text[]), false) AS busy,
            r.id IS NULL AS ruleless
@@ -773,20 +953,49 @@ WITH chosen AS (
       AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
       AND (%(schema_name)s::text IS NULL
            OR o.schema_name = %(schema_name)s::text AND o.table_name = %(table_name)s::text)
+), sent AS MATERIALIZED (
+    SELECT * FROM chosen WHERE NOT busy AND NOT ruleless
+), newest AS MATERIALIZED (
+    -- Per key of the rows it sends, the newest change delivered to the webhook that it does
+    -- not send again.
+    SELECT k.key, max(e.outbox_id) AS outbox_id
+    FROM relay.deliveries e, LATERAL (VALUES (e.row_key), (e.old_row_key)) k (key)
+    WHERE e.webhook_id = %(webhook_id)s AND e.status = 'delivered'
+      AND e.outbox_id > (SELECT min(outbox_id) FROM sent)
+      AND e.outbox_id NOT IN (SELECT outbox_id FROM sent)
+      AND k.key IN (SELECT row_key FROM sent UNION SELECT old_row_key FROM sent)
+    GROUP BY k.key
+), judged AS MATERIALIZED (
+    SELECT c.outbox_id, c.was,
+           nullif(greatest(CASE WHEN n.outbox_id > c.outbox_id THEN n.outbox_id ELSE 0 END,
+                           CASE WHEN m.outbox_id > c.outbox_id THEN m.outbox_id ELSE 0 END),
+                  0) AS later
+    FROM sent c
+    LEFT JOIN newest n ON n.key = c.row_key
+    LEFT JOIN newest m ON m.key = c.old_row_key
 ), armed AS (
     UPDATE relay.deliveries d
     SET status = 'pending', attempts = 0, earlier_attempts = d.earlier_attempts + d.attempts,
         next_attempt_at = now(), leased_until = NULL, leased_by = NULL, last_error = NULL,
-        last_status_code = NULL, batch_id = NULL, batch_delivery_id = NULL, replay = true
-    FROM chosen c
-    WHERE d.outbox_id = c.outbox_id AND d.webhook_id = %(webhook_id)s
-      AND NOT c.busy AND NOT c.ruleless
-    RETURNING c.was
+        last_status_code = NULL, batch_id = NULL, batch_delivery_id = NULL, replay = true,
+        superseded_by = j.later, send_superseded = j.later IS NOT NULL
+    FROM judged j
+    WHERE d.outbox_id = j.outbox_id AND d.webhook_id = %(webhook_id)s
+      AND (j.later IS NULL OR %(superseded)s)
+    RETURNING j.was
+), noted AS (
+    UPDATE relay.deliveries d
+    SET superseded_by = j.later,
+        last_error = format('superseded: change %%s of this row was delivered after it', j.later)
+    FROM judged j
+    WHERE d.outbox_id = j.outbox_id AND d.webhook_id = %(webhook_id)s
+      AND j.later IS NOT NULL AND NOT %(superseded)s AND j.was = 'failed'
 )
 SELECT (SELECT count(*) FROM armed WHERE was = 'delivered') AS delivered,
        (SELECT count(*) FROM armed WHERE was = 'failed') AS failed,
        (SELECT count(*) FROM chosen WHERE busy) AS busy,
-       (SELECT count(*) FROM chosen WHERE ruleless AND NOT busy) AS ruleless;
+       (SELECT count(*) FROM chosen WHERE ruleless AND NOT busy) AS ruleless,
+       (SELECT count(*) FROM judged WHERE later IS NOT NULL) AS superseded;
 
 -- name: replay_candidates
 -- Changes made in [since, until) (of one table when given) that the webhook has no delivery of,
@@ -796,7 +1005,8 @@ SELECT (SELECT count(*) FROM armed WHERE was = 'delivered') AS delivered,
 SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.txid::text, o.created_at, NULL::bigint AS target
+       o.username, o.request_id, o.txid::text, o.created_at, NULL::bigint AS target,
+       false AS requeued
 FROM relay.outbox o
 WHERE o.id > %(after)s AND o.status <> 'pending'
   AND o.created_at >= %(since)s
@@ -810,10 +1020,40 @@ LIMIT %(limit)s;
 
 -- name: add_replay_deliveries
 -- Deliveries made by `relay replay` for changes the webhook never had: as add_deliveries, due
--- at the replay transaction's now() and flagged replay.
-INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
-                              next_attempt_at, replay)
-SELECT d.*, now(), true
-FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-            %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[]) AS d
-ON CONFLICT (outbox_id, webhook_id) DO NOTHING;
+-- at the replay transaction's now() and flagged replay. Left out, and counted, as in
+-- replay_rearm: those superseded by a change of their row delivered to the webhook (the ones
+-- this replay sends again are pending by now), unless `superseded` asks for them (then they
+-- go marked). Returns how many it added, and how many were superseded.
+WITH given AS (
+    SELECT *
+    FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
+        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
+), newest AS MATERIALIZED (
+    SELECT e.webhook_id, k.key, max(e.outbox_id) AS outbox_id
+    FROM relay.deliveries e, LATERAL (VALUES (e.row_key), (e.old_row_key)) k (key)
+    WHERE e.webhook_id IN (SELECT webhook_id FROM given) AND e.status = 'delivered'
+      AND e.outbox_id > (SELECT min(outbox_id) FROM given)
+      AND k.key IN (SELECT row_key FROM given UNION SELECT old_row_key FROM given)
+    GROUP BY e.webhook_id, k.key
+), judged AS MATERIALIZED (
+    SELECT g.*,
+           nullif(greatest(CASE WHEN n.outbox_id > g.outbox_id THEN n.outbox_id ELSE 0 END,
+                           CASE WHEN m.outbox_id > g.outbox_id THEN m.outbox_id ELSE 0 END),
+                  0) AS later
+    FROM given g
+    LEFT JOIN newest n ON n.webhook_id = g.webhook_id AND n.key = g.row_key
+    LEFT JOIN newest m ON m.webhook_id = g.webhook_id AND m.key = g.old_row_key
+), added AS (
+    INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key,
+                                  change_bytes, next_attempt_at, replay, superseded_by,
+                                  send_superseded)
+    SELECT outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, now(), true,
+           later, later IS NOT NULL
+    FROM judged
+    WHERE later IS NULL OR %(superseded)s
+    ON CONFLICT (outbox_id, webhook_id) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM added) AS added,
+       (SELECT count(*) FROM judged WHERE later IS NOT NULL) AS superseded;

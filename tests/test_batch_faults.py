@@ -12,6 +12,7 @@ from aiohttp import web
 
 from relay.db import Conn
 from support.cli import relay
+from support.db import one_row
 from support.delivery import fan_out
 from support.receivers import Receiver, receiver
 from support.worker import FAST, outbox_statuses, running, setup, sql, until
@@ -431,3 +432,60 @@ def test_a_row_waiting_for_a_retry_does_not_hold_up_other_rows(rconn: Conn, rela
 
     asyncio.run(scenario())
     assert outbox_statuses(rconn)[3] == "delivered", outbox_statuses(rconn)
+
+
+def test_a_replay_while_a_batch_is_in_flight_does_not_stall_the_webhook(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Issue 24, item 4: batch_size 2, one request at a time, a slow receiver, a second change
+    of every row while a batch is in flight, then `relay replay`. The replayed inserts are due
+    at the replay's now(), later than the updates of their rows: claim_batch's candidates were
+    cut to batch_size (those updates) before the per-row check dropped them, on every claim,
+    and nothing more went to the webhook, across restarts."""
+    arrived: list[int] = []
+    answered = {"n": 0}
+
+    async def slow(request: web.Request) -> web.Response:
+        arrived.append(len(arrived))
+        turn = arrived[-1]
+        await until(lambda: answered["n"] > turn, timeout=30)
+        return web.Response(text="ok")
+
+    settings = FAST.model_copy(update={"webhook_concurrency": 1})
+
+    async def scenario() -> Receiver:
+        async with receiver(slow) as r:
+            setup(rconn, r.url, batch_size=2, batch_wait_ms=0)
+            async with running(relay_dsn, settings):
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 6) g")
+                await until(lambda: len(arrived) == 1)  # batch {1, 2} in flight
+                await sql(relay_dsn, "UPDATE items SET v = 1")
+                await until(lambda: pending(rconn) == 12)
+                answered["n"] = 1  # {1, 2} delivered; {3, 4} in flight, {5, 6} waits its turn
+                await until(lambda: len(arrived) == 2)
+                out = await asyncio.to_thread(
+                    relay, "replay", "--webhook", "hook", "--since", "1h", dsn=relay_dsn
+                )
+                assert out.returncode == 0, out.stderr
+                assert "replaying 2 changes" in out.stdout, out.stdout + out.stderr
+                answered["n"] = 1000
+                await until(lambda: pending(rconn) == 0, timeout=10)
+            return r
+
+    r = asyncio.run(scenario())
+    assert outbox_statuses(rconn) == ["delivered"] * 12
+    for row in range(1, 7):
+        told = [c["data"]["v"] for q in r.requests for c in changes(q.body) if c["pk"]["id"] == row]
+        assert told[0] == 0 and told[-1] == 1, f"row {row} ends on its latest image: {told}"
+
+
+def changes(body: bytes) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = json.loads(body)
+    return sent
+
+
+def pending(conn: Conn) -> int:
+    count: int = one_row(
+        conn.execute("SELECT count(*) FROM relay.deliveries WHERE status = 'pending'")
+    )[0]
+    return count

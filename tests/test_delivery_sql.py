@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from relay.db import Conn
 from relay.sqlfiles import query
 from support.db import one_row, outbox
-from support.delivery import claim, claim_parameters, fan_out, finish, setup
+from support.delivery import claim, claim_batch, claim_parameters, fan_out, finish, setup
 from support.hooks import add_rule, add_webhook
 
 
@@ -234,3 +234,49 @@ def test_key_moves_are_found_in_images_postgresql_cannot_parse_as_text(rconn: Co
         ('public.docs:{"id": "a\\\\u00002"}', 'public.docs:{"id": "a\\\\u0000"}'),
         ('public.docs:{"id": "b2"}', 'public.docs:{"id": "b"}'),
     ]
+
+
+def batched_key_move(conn: Conn) -> tuple[int, list[int]]:
+    """A batched webhook (batch_size 2) and row 10 inserted, moved to key 11, then updated
+    twice: the webhook and the four changes."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+    conn.execute("SELECT relay.track('items')")
+    hook = add_webhook(conn, name="batched", batch_size=2)
+    add_rule(conn, hook, name="all", tables=["public.items"])
+    conn.execute("INSERT INTO items VALUES (10, 0)")
+    conn.execute("UPDATE items SET id = 11 WHERE id = 10")
+    conn.execute("UPDATE items SET v = 1 WHERE id = 11")
+    conn.execute("UPDATE items SET v = 2 WHERE id = 11")
+    fan_out(conn)
+    return hook, [r["id"] for r in outbox(conn)]
+
+
+def test_a_batch_claim_reaches_an_earlier_change_due_after_the_later_ones(rconn: Conn) -> None:
+    """The insert of row 10 is due after the later changes (made pending again, by SQL, at
+    that moment). The updates of row 11 wait for the key move, which waits for the insert: a
+    claim that took the updates (due first) and then dropped them took nothing, for ever."""
+    hook, (created, moved, *_) = batched_key_move(rconn)
+    rconn.execute(
+        "UPDATE relay.deliveries SET next_attempt_at = now() - CASE outbox_id WHEN %s"
+        " THEN interval '1 second' ELSE interval '1 minute' END",
+        (created,),
+    )
+    assert claim_batch(rconn, hook, 2) == [created]
+    finish(rconn, created, hook, "delivered")
+    assert claim_batch(rconn, hook, 2, relay_id="r2") == [moved, moved + 1]
+
+
+def test_a_batch_retry_waits_for_an_earlier_change_of_the_key_it_moved_from(rconn: Conn) -> None:
+    """The key move went in a batch and waits for its retry; the insert of the key it moved
+    from failed before it and is sent again (`relay retry`): the batch must wait for it."""
+    hook, (created, moved, *_) = batched_key_move(rconn)
+    rconn.execute("UPDATE relay.deliveries SET status = 'failed' WHERE outbox_id = %s", (created,))
+    assert claim_batch(rconn, hook, 2) == [moved, moved + 1]
+    for change in (moved, moved + 1):
+        finish(rconn, change, hook, "pending", retry_in=0)  # a 503: the batch is due again
+    rconn.execute(
+        "UPDATE relay.deliveries SET status = 'pending', next_attempt_at = now()"
+        " WHERE outbox_id = %s",
+        (created,),
+    )
+    assert claim_batch(rconn, hook, 2, relay_id="r2") == [created]

@@ -9,11 +9,17 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
+import psycopg
 from aiohttp import web
 from structlog.testing import capture_logs
 
 from relay.db import Conn
+from relay.delivery.fanout import FanOut
+from relay.delivery.holding import Holding
+from relay.delivery.metrics import Metrics
+from relay.rules.watch import RuleWatcher
 from relay.settings import Settings
+from relay.store import AsyncStore
 from support.db import one_row
 from support.receivers import Receiver, raw_receiver, receiver
 from support.worker import FAST, outbox_statuses, running, setup, sql, until
@@ -479,3 +485,32 @@ def test_deliveries_waiting_for_a_webhook_that_gets_disabled_fail_with_the_reaso
         ("other", "delivered", None),
         ("other", "delivered", None),
     ]
+
+
+def test_a_fan_out_stopped_as_a_change_arrives_stops(relay_dsn: str) -> None:
+    """A relay stopping (its fan-out cancelled) at the moment a notification wakes the fan-out:
+    Python 3.11's asyncio.wait_for then returned as if woken and swallowed the cancellation, so
+    the fan-out went on and the relay never stopped (found by tests/test_drain.py, seed 105)."""
+    settings = FAST.model_copy(update={"poll_interval": 30.0})
+
+    async def scenario() -> bool:
+        async with await psycopg.AsyncConnection.connect(relay_dsn, autocommit=True) as conn:
+            stage = FanOut(
+                settings,
+                "test",
+                RuleWatcher(relay_dsn),
+                Holding(settings),
+                Metrics(),
+                lambda: None,
+            )
+            task = asyncio.create_task(stage.run(AsyncStore(conn)))
+            await asyncio.sleep(0.5)  # idle: waiting for a notification or the poll interval
+            stage.new_changes()
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=3)
+            if not done:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return bool(done)
+
+    assert asyncio.run(scenario()), "the fan-out went on after it was cancelled"

@@ -13,6 +13,7 @@ from rich.table import Table
 from relay.cli.common import (
     Dsn,
     add_row,
+    err,
     fail,
     out,
     print_table,
@@ -138,8 +139,18 @@ def retry(
         typer.Option(help="Only changes made since then: an age (2h, 7d) or a time (ISO 8601)."),
     ] = None,
     change_id: Annotated[int | None, typer.Option("--id", help="Only this change.")] = None,
+    superseded: Annotated[
+        bool,
+        typer.Option(
+            "--superseded",
+            help="Also send the deliveries a later change of their row, delivered to that "
+            "webhook after them, supersedes (the receiver then ends on the older image), "
+            "marked X-Relay-Superseded.",
+        ),
+    ] = False,
 ) -> None:
-    """Send failed changes again, only to the webhooks that did not get them."""
+    """Send failed changes again, only to the webhooks that did not get them. A delivery that
+    a later change of its row has superseded stays failed unless --superseded."""
     from relay.cli.ages import parse_since
 
     try:
@@ -150,8 +161,25 @@ def retry(
         store = Store(conn)
         if webhook is not None and not store.webhook_exists(webhook):
             fail(f"no webhook named {webhook!r} (relay webhook list shows them)", 2)
-        requeued = store.retry_failed(change_id=change_id, since=moment, webhook=webhook)
-    out.print(f"requeued {requeued} failed change{'' if requeued == 1 else 's'}", highlight=False)
+        done = store.retry_failed(
+            change_id=change_id, since=moment, webhook=webhook, superseded=superseded
+        )
+    count = done.requeued
+    out.print(f"requeued {count} failed change{'' if count == 1 else 's'}", highlight=False)
+    if done.superseded and superseded:
+        out.print(
+            f"{done.superseded} of their deliveries are superseded (a later change of the row "
+            "was delivered to that webhook after them): they go too, marked X-Relay-Superseded",
+            highlight=False,
+        )
+    elif done.superseded:
+        err.print(
+            f"warning: {done.superseded} of their deliveries are superseded (a later change of "
+            "the row was delivered to that webhook after them; sent now, the receiver would end "
+            "on the older image): they stay failed; relay retry --superseded sends them anyway, "
+            "marked X-Relay-Superseded",
+            highlight=False,
+        )
 
 
 def purge(

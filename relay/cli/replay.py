@@ -13,7 +13,7 @@ from relay.cli.common import database as _database
 from relay.delivery import plan
 from relay.delivery.replay import ReplayPlan
 from relay.rules import ruleset
-from relay.store import Rearmed, Store
+from relay.store import Added, Rearmed, Store
 
 CHUNK = 1000
 """Changes matched at a time, their images read only for rules with conditions."""
@@ -47,9 +47,19 @@ def replay(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would go, and change nothing.")
     ] = False,
+    superseded: Annotated[
+        bool,
+        typer.Option(
+            "--superseded",
+            help="Also send the changes a later change of their row supersedes (delivered to "
+            "the webhook and not sent again by this replay: the receiver then ends on the "
+            "older image), marked X-Relay-Superseded.",
+        ),
+    ] = False,
 ) -> None:
     """Send WEBHOOK the changes made in a stretch of time again, in order, under their first
-    delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay)."""
+    delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay). A change that a
+    later change of its row supersedes is left out unless --superseded."""
     from relay.cli.ages import parse_since
 
     try:
@@ -95,26 +105,40 @@ def replay(
         statuses = ["delivered", "failed"] if status is Status.all else [status.value]
         with conn.transaction() as tx:
             busy = store.replay_hold(webhook_id)
-            armed = store.replay_rearm(window, statuses, busy)
+            armed = store.replay_rearm(window, statuses, busy, superseded=superseded)
             new = ReplayPlan(busy=set(busy))
+            added = Added(0, 0)
             if status is Status.all:
                 _match(store, rules, window, new)
                 if new.deliveries.outbox_ids:
-                    store.add_replay_deliveries(new.deliveries.parameters())
+                    added = store.add_replay_deliveries(
+                        new.deliveries.parameters(), superseded=superseded
+                    )
             if dry_run:
                 raise psycopg.Rollback(tx)
-    _report(webhook, armed, new, dry_run=dry_run)
+    _report(webhook, armed, new, added, dry_run=dry_run, superseded=superseded)
 
 
-def _report(webhook: str, armed: Rearmed, new: ReplayPlan, *, dry_run: bool) -> None:
+def _report(
+    webhook: str,
+    armed: Rearmed,
+    new: ReplayPlan,
+    added: Added,
+    *,
+    dry_run: bool,
+    superseded: bool,
+) -> None:
     """What the replay queued (or would), and a warning line for each kind it left out."""
-    added = len(new.deliveries.outbox_ids)
-    total = armed.delivered + armed.failed + added
+    total = armed.delivered + armed.failed + added.added
+    replaced = armed.superseded + added.superseded
     left_out = {
         "a later change of their row is being sent to the webhook now, and they would "
         "overtake it; run the same replay again in a moment": armed.busy + new.left_busy,
         "the rule that sent them is gone or disabled (its action data and templates are "
         "needed to send them)": armed.ruleless,
+        "they are superseded: a later change of their row was delivered to the webhook and is "
+        "not replayed, so the receiver would end on the older image; --superseded sends them "
+        "anyway, marked X-Relay-Superseded": 0 if superseded else replaced,
     }
     if new.unjudged:
         change, why = next(iter(new.unjudged.items()))
@@ -126,7 +150,12 @@ def _report(webhook: str, armed: Rearmed, new: ReplayPlan, *, dry_run: bool) -> 
             err.print(f"warning: {count} change(s) left out: {why}", highlight=False)
     what = (
         f"{total} change{'' if total == 1 else 's'} to webhook {webhook} ({armed.delivered} "
-        f"delivered before, {armed.failed} failed before, {added} new to it)"
+        f"delivered before, {armed.failed} failed before, {added.added} new to it"
+        + (
+            f"; {replaced} superseded, marked X-Relay-Superseded)"
+            if superseded and replaced
+            else ")"
+        )
     )
     if dry_run:
         out.print(f"would replay {what}; nothing changed (--dry-run)", highlight=False)

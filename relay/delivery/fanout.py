@@ -105,8 +105,11 @@ class FanOut:
             self._wake.clear()
             wait = self._next - time.monotonic()
             if wait > 0:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returns as if woken when
+                # the wake-up and a cancellation come at once, and the relay never stopped.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
                 continue
             if await self.once(store):
                 self._fanned()

@@ -45,6 +45,8 @@ class Arrival:
     """Why it was not read: over RELAY_MAX_BODY_BYTES."""
     target: int | None = None
     """The one webhook it is for (a backfill for one webhook), else None: every rule."""
+    requeued: bool = False
+    """Sent again (``relay retry``, the SQL reset): its later changes may have gone since."""
 
 
 def arrival(
@@ -59,7 +61,7 @@ def arrival(
     named by the ruleset's models."""
     model = ruleset.model(row["schema_name"], row["table_name"])
     change = Change.from_row(row, old, new, model)
-    return Arrival(change, row["old_pk"], row["bytes"], too_large, row["target"])
+    return Arrival(change, row["old_pk"], row["bytes"], too_large, row["target"], row["requeued"])
 
 
 def sort_out(
@@ -156,6 +158,9 @@ class Plan:
     that cannot be matched, and the rest. :meth:`statements` writes it."""
 
     to_send: Deliveries = field(default_factory=Deliveries)
+    to_rearm: Deliveries = field(default_factory=Deliveries)
+    """Deliveries of re-queued changes: armed again unless superseded or racing a later change
+    of their row (``rearm_deliveries``)."""
     failed: Deliveries = field(default_factory=Deliveries)
     """Deliveries that fail at once: no rule for their webhook could be judged."""
     unmatchable: dict[int, str] = field(default_factory=dict)
@@ -166,7 +171,7 @@ class Plan:
     @property
     def outbox_ids(self) -> list[int]:
         """The changes that go somewhere (one entry per delivery)."""
-        return self.to_send.outbox_ids
+        return self.to_send.outbox_ids + self.to_rearm.outbox_ids
 
     def add(self, arrivals: Iterable[Arrival], ruleset: RuleSet) -> None:
         """One delivery per matching webhook (the first matching rule names it). Give a
@@ -179,14 +184,21 @@ class Plan:
                 self.unmatchable[change.id] = reason(f"matching: {describe(exc)}")
                 continue
             self.fanned_out.append(change.id)
+            deliveries = self.to_rearm if item.requeued else self.to_send
             for webhook_id, rule_id in to_send.items():
-                self.to_send.add(item, webhook_id, rule_id)
+                deliveries.add(item, webhook_id, rule_id)
             for webhook_id, (rule_id, error) in failed.items():
                 self.failed.add(item, webhook_id, rule_id, error)
 
     def statements(self) -> Iterator[tuple[PlanStatement, dict[str, Any]]]:
-        """The named queries that write the plan, in order, with their parameters."""
+        """The named queries that write the plan, in order, with their parameters. Re-queued
+        changes' deliveries are judged while no relay claims or records (hold_deliveries, taken
+        before anything else is written, so that it waits for nobody holding what it holds)."""
+        if self.to_rearm.outbox_ids:
+            yield "hold_deliveries", {}
         yield "add_deliveries", self.to_send.parameters()
+        if self.to_rearm.outbox_ids:
+            yield "rearm_deliveries", self.to_rearm.parameters()
         if self.failed.outbox_ids:
             yield "add_failed_deliveries", self.failed.parameters(with_errors=True)
         if self.unmatchable:

@@ -451,7 +451,14 @@ class Worker:
             if sent:
                 assert request is not None, "_fit_batch gives a request whenever a change goes"
                 replayed = any(item.replay for item in sent)
-                outcome = await self._send(hook, request, sender, replay=replayed)
+                superseded = ", ".join(
+                    f"{item.outbox_id}:{item.superseded_by}"
+                    for item in sent
+                    if item.superseded_by is not None
+                )
+                outcome = await self._send(
+                    hook, request, sender, replay=replayed, superseded=superseded or None
+                )
                 self._breaker(sent[0], outcome)
                 jitter = random.uniform(0.8, 1.2)
                 decided = [(item, *policy.after(outcome, item.attempt, jitter)) for item in sent]
@@ -592,19 +599,31 @@ class Worker:
         except Exception as exc:
             secrets = secrets_of(hook) if hook else []
             return Outcome.not_sent(reason(f"{stage}: {describe(exc, secrets)}"), permanent=True)
-        return await self._send(hook, request, sender, replay=item.replay)
+        superseded = None if item.superseded_by is None else str(item.superseded_by)
+        return await self._send(hook, request, sender, replay=item.replay, superseded=superseded)
 
     @staticmethod
     async def _send(
-        hook: Webhook, request: Request, sender: Sender, *, replay: bool = False
+        hook: Webhook,
+        request: Request,
+        sender: Sender,
+        *,
+        replay: bool = False,
+        superseded: str | None = None,
     ) -> Outcome:
         """Send one request (a change's or a batch's); an exception that escapes the sender is
         retried like a network error (it may not happen again). A replay says so in
-        X-Relay-Replay (set here, after rendering: the same change renders the same way)."""
+        X-Relay-Replay, and a change sent although a later change of its row was delivered
+        (the operator asked: ``--superseded``) in X-Relay-Superseded, the later change's id
+        (for a batch, ``change:later`` for each such change). Both are set here, after
+        rendering: the same change renders the same way."""
+        marks = {}
         if replay:
-            request = dataclasses.replace(
-                request, headers={**request.headers, "X-Relay-Replay": "true"}
-            )
+            marks["X-Relay-Replay"] = "true"
+        if superseded is not None:
+            marks["X-Relay-Superseded"] = superseded
+        if marks:
+            request = dataclasses.replace(request, headers={**request.headers, **marks})
         try:
             outcome = await sender.send(request, hook)
         except Exception as exc:

@@ -93,9 +93,9 @@ def finish(
         ok=ok, status=200 if ok else 500, duration=0.005, error=None if ok else "HTTP 500"
     )
     result = Result(outbox_id, webhook_id, 1, status, retry_in, outcome)
-    done = conn.execute(query("record_outcomes"), record.parameters([result], relay_id)).rowcount
+    row = conn.execute(query("record_outcomes"), record.parameters([result], relay_id)).fetchone()
     conn.execute(query("finish_changes"), {"ids": [outbox_id]})
-    return done
+    return int(row[0]) if row else 0
 
 
 def setup(rconn: Conn) -> tuple[int, int]:
@@ -107,3 +107,20 @@ def setup(rconn: Conn) -> tuple[int, int]:
     add_rule(rconn, a, name="items-a", tables=["public.items"])
     add_rule(rconn, b, name="items-b", tables=["public.items"], events=["update"])
     return a, b
+
+
+def claim_batch(conn: Conn, webhook_id: int, batch_size: int, relay_id: str = "r1") -> list[int]:
+    """Claim one batch for a batched webhook as a relay would: its changes, in id order."""
+    params = {
+        "webhook_id": webhook_id,
+        "batch_size": batch_size,
+        "wait_ms": 0,
+        "lease_seconds": 30.0,
+        "relay_id": relay_id,
+        "bytes_free": 10**9,
+        "max_change_bytes": 10**9,
+        "body_bytes": 10**9,
+        "body_overhead": 600,
+    }
+    rows = conn.execute(query("claim_batch"), params).fetchall()
+    return [row[0] for row in rows if row[0] is not None]
