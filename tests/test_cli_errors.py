@@ -168,7 +168,7 @@ def test_a_bad_setting(db_dsn: str) -> None:
         conn.execute("INSERT INTO t VALUES (1)")
     readers = [["run"], ["config"], ["preview", "--rule", "r", "--outbox-id", "1"]]
     for name, value, says in [
-        ("RELAY_BATCH_SIZE", "0", "greater than or equal to 1"),
+        ("RELAY_BATCH_SIZE", "0", "must be a whole number from 1 to 10000, not '0'"),
         ("RELAY_METRICS_ADDRESS", "9287", "is not host:port"),
     ]:
         check(readers, 2, name, says, dsn=db_dsn, env={name: value})

@@ -52,6 +52,7 @@ def replay(
     delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay)."""
     from relay.cli.ages import parse_since
 
+    limit = load_settings(None).max_body_bytes  # RELAY_MAX_BODY_BYTES, as relay run reads it
     try:
         start = parse_since(since)
         end = parse_since(until) if until else None
@@ -98,7 +99,7 @@ def replay(
             armed = store.replay_rearm(window, statuses, busy)
             new = ReplayPlan(busy=set(busy))
             if status is Status.all:
-                _match(store, rules, window, new)
+                _match(store, rules, window, new, limit)
                 if new.deliveries.outbox_ids:
                     store.add_replay_deliveries(new.deliveries.parameters())
             if dry_run:
@@ -134,9 +135,11 @@ def _report(webhook: str, armed: Rearmed, new: ReplayPlan, *, dry_run: bool) -> 
         out.print(f"replaying {what}: the relays send them in order", highlight=False)
 
 
-def _match(store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan) -> None:
-    """Match, a chunk at a time, the changes in the window the webhook never had."""
-    limit = load_settings(None).max_body_bytes
+def _match(
+    store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan, limit: int
+) -> None:
+    """Match, a chunk at a time, the changes in the window the webhook never had (a change
+    larger than ``limit`` bytes fails for it, as in relay run)."""
     after = 0
     while rows := store.replay_candidates(window, after, CHUNK):
         after = rows[-1]["id"]
