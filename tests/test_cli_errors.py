@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+import sys
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import psycopg
 import pytest
+import typer.main
 from psycopg.conninfo import make_conninfo
 
+from relay.cli.main import app, main
 from relay.store import Store
 from support.cli import relay
 
@@ -191,7 +196,7 @@ def test_a_name_taken_twice(db_dsn: str) -> None:
 
 
 def test_a_receiver_port_that_cannot_be_listened_on() -> None:
-    check([["receive", "--port", "99999"]], 2, "not a TCP port")
+    check([["receive", "--port", "99999"]], 2, "Invalid value for '--port'")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -240,3 +245,101 @@ def test_names_with_control_characters_are_refused_in_one_line(db_dsn: str) -> N
         shown = relay(*command, dsn=db_dsn)
         assert shown.returncode == 0, shown
         assert "\x1b" not in shown.stdout and "old\\x1b[2J" in shown.stdout
+
+
+def _commands(group: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+    """Every command under ``group`` (a click group of typer's), by its path."""
+    for name, command in getattr(group, "commands", {}).items():
+        if getattr(command, "commands", None):
+            yield from _commands(command, [*path, name])
+        else:
+            yield [*path, name], command
+
+
+def numeric_options() -> list[tuple[list[str], str, float | None, float | None]]:
+    """Every number a command takes: (the command with its other arguments, the option, its
+    lowest and highest value)."""
+    found = []
+    for path, command in _commands(typer.main.get_command(app), []):
+        base = next((c for c in ALL_COMMANDS if c[: len(path)] == path), path)
+        for param in command.params:
+            annotation = param.type_descriptor.annotation
+            if typing.get_origin(annotation) is list:
+                (annotation,) = typing.get_args(annotation)
+            if annotation in (int, float):
+                found.append((base, param.opts[0], param.min, param.max))
+    return found
+
+
+def in_process(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``relay *args`` in this process (quick: the values are refused before anything runs; a
+    value let through meets an unreachable database, and says so instead of the option)."""
+    argv = sys.argv
+    sys.argv = [
+        "relay",
+        *args,
+        *(["--dsn", "postgresql://127.0.0.1:1/x"] if _takes_dsn(args) else []),
+    ]
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main()
+    finally:
+        sys.argv = argv
+    code = ended.value.code
+    return code if isinstance(code, int) else 1, capsys.readouterr().err
+
+
+def _takes_dsn(args: Sequence[str]) -> bool:
+    return list(args[:1]) not in (["config"], ["receive"], ["demo"], ["sql"])
+
+
+def test_every_number_a_command_takes_has_a_range(capsys: pytest.CaptureFixture[str]) -> None:
+    """`relay status --errors -1` and `--errors 99999999999999999999`, `relay retry --id
+    99999999999999999999999` ended with the database's words and exit 1. Every numeric option
+    of every command (an option added later too) has both bounds, and refuses what is past
+    them, not a number, or not finite, in one line, exit 2."""
+    options = numeric_options()
+    assert len(options) >= 20, options
+    problems = {}
+    for base, option, low, high in options:
+        if low is None or high is None:
+            problems[f"{base[0]} {option}"] = "no range"
+            continue
+        bad = ["-1", "99999999999999999999", "x", "nan", "inf", "-inf", "1e400", "", "1,5"]
+        bad += [str(high * 2 + 1), str(low - 1)] + (["0"] if low > 0 else [])
+        for value in bad:
+            code, said = in_process([*base, option, value], capsys)
+            lines = said.strip().splitlines()
+            if code != 2 or len(lines) != 1 or f"Invalid value for '{option}'" not in lines[0]:
+                problems[f"{' '.join(base)} {option} {value!r}"] = f"exit {code}: {said!r}"
+    assert problems == {}
+
+
+def test_every_age_and_time_a_command_takes_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    """An age past a century took now() - interval out of PostgreSQL's range: `relay purge
+    --older-than 5000000w` said "timestamp out of range", exit 1."""
+    problems = {}
+    for base, option in [
+        (["retry"], "--since"),
+        (["purge"], "--older-than"),
+        (["replay", "--webhook", "w"], "--since"),
+        (["replay", "--webhook", "w", "--since", "1d"], "--until"),
+    ]:
+        for value in [
+            "-1d",
+            "1e400d",
+            "99999999999999999999w",
+            "36501d",
+            "5000000w",
+            "nan",
+            "inf",
+            "x",
+            "",
+            "10000-01-01",
+            "2026-13-01",
+        ]:
+            code, said = in_process([*base, option, value], capsys)
+            lines = said.strip().splitlines()
+            if code != 2 or len(lines) != 1 or option not in lines[0]:
+                problems[f"{' '.join(base)} {option} {value!r}"] = f"exit {code}: {said!r}"
+    assert problems == {}

@@ -33,6 +33,11 @@ styled = Console(**_STDOUT)
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
+BIGINT_MAX = 2**63 - 1
+"""The largest id a bigint holds (relay.outbox's ids): every id option's upper bound, so that a
+larger one is a usage error, not the database's "bigint out of range"."""
+
+
 def _readable_dsn(value: str | None) -> str | None:
     """--dsn (or RELAY_DSN) that is empty or that libpq cannot read ends the command before
     anything runs."""

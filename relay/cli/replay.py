@@ -55,7 +55,7 @@ def replay(
     limit = load_settings(None).max_body_bytes  # RELAY_MAX_BODY_BYTES, as relay run reads it
     try:
         start = parse_since(since)
-        end = parse_since(until) if until else None
+        end = parse_since(until) if until is not None else None
     except ValueError as exc:
         fail(f"--since/--until: {exc}", 2)
     if end is not None and end <= start:

@@ -21,6 +21,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from relay.cli.common import (
+    BIGINT_MAX,
     Dsn,
     EnvFile,
     OptionalDsn,
@@ -63,11 +64,23 @@ MaxAttempts = Annotated[
 ]
 RetryBase = Annotated[
     float | None,
-    typer.Option(help="First retry delay, seconds (default: RELAY_RETRY_BASE_SECONDS)."),
+    typer.Option(
+        min=0.001,
+        max=86_400,
+        help="First retry delay, seconds (default: RELAY_RETRY_BASE_SECONDS).",
+    ),
 ]
 RetryMax = Annotated[
     float | None,
-    typer.Option(help="Longest retry delay, seconds (default: RELAY_RETRY_MAX_SECONDS)."),
+    typer.Option(
+        min=0.001,
+        max=2_592_000,
+        help="Longest retry delay, seconds, at most 30 days (default: RELAY_RETRY_MAX_SECONDS).",
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option(min=0.001, max=300, help="Seconds per request, at most 300 (default: 10)."),
 ]
 BatchSize = Annotated[
     int | None,
@@ -158,7 +171,7 @@ def webhook_add(
         bool, typer.Option("--ssl-verification/--no-ssl-verification")
     ] = True,
     ca_file: Annotated[str | None, typer.Option(help="CA bundle to verify the receiver.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
+    timeout: Timeout = None,
     enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
     max_attempts: MaxAttempts = None,
     retry_base_seconds: RetryBase = None,
@@ -180,12 +193,13 @@ def webhook_add(
         signature=signature,
         ssl_verification=ssl_verification,
         ca_file_path=ca_file,
-        timeout_seconds=Decimal(str(timeout)),
         enabled=enabled,
         max_attempts=max_attempts,
         retry_base_seconds=_decimal(retry_base_seconds),
         retry_max_seconds=_decimal(retry_max_seconds),
     )
+    if timeout is not None:
+        row.timeout_seconds = Decimal(str(timeout))
     if batch_size is not None:
         row.batch_size = batch_size
     if batch_wait_ms is not None:
@@ -217,7 +231,7 @@ def webhook_edit(
         bool | None, typer.Option("--ssl-verification/--no-ssl-verification")
     ] = None,
     ca_file: Annotated[str | None, typer.Option(help="CA bundle ('' for none).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per request.")] = None,
+    timeout: Timeout = None,
     max_attempts: MaxAttempts = None,
     retry_base_seconds: RetryBase = None,
     retry_max_seconds: RetryMax = None,
@@ -593,7 +607,11 @@ def preview(
     env_file: EnvFile = None,
     outbox_id: Annotated[
         list[int] | None,
-        typer.Option(help="A change from relay.outbox; repeat it for a batched webhook's batch."),
+        typer.Option(
+            min=1,
+            max=BIGINT_MAX,
+            help="A change from relay.outbox; repeat it for a batched webhook's batch.",
+        ),
     ] = None,
     table: Annotated[str | None, typer.Option(help="schema.table of a made-up change.")] = None,
     new: Annotated[str | None, typer.Option(help="Made-up row after the change (JSON).")] = None,
