@@ -15,6 +15,7 @@ import pytest
 import typer.main
 from psycopg.conninfo import make_conninfo
 
+from relay import sqlfiles
 from relay.cli.main import app, main
 from relay.store import Store
 from support.cli import relay
@@ -343,3 +344,31 @@ def test_every_age_and_time_a_command_takes_is_checked(capsys: pytest.CaptureFix
             if code != 2 or len(lines) != 1 or option not in lines[0]:
                 problems[f"{' '.join(base)} {option} {value!r}"] = f"exit {code}: {said!r}"
     assert problems == {}
+
+
+def test_a_schema_older_or_newer_than_the_relay(db_dsn: str) -> None:
+    """`relay status` against a database at migration 10 ended in a raw SQL error: every
+    command but install and uninstall says which version it found and to run `relay install`."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(sqlfiles.read("bootstrap.sql").encode())
+        for migration in sqlfiles.migrations()[:10]:
+            conn.execute(migration.sql.encode())
+    commands = [c for c in DATABASE_COMMANDS if c[0] not in ("install", "uninstall")]
+    latest = sqlfiles.latest_version()
+    check(commands, 2, f"relay schema is at version 10, this relay needs {latest}", dsn=db_dsn)
+    check(commands, 2, "run `relay install` as the schema's owner", dsn=db_dsn)
+    upgraded = relay("install", dsn=db_dsn)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert relay("status", dsn=db_dsn).returncode == 0
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO relay.migrations (version, name) VALUES (%s, 'future')", (latest + 1,)
+        )
+    newer = [
+        ["status"],
+        ["webhook", "list"],
+        ["run"],
+        ["preview", "--rule", "r", "--outbox-id", "1"],
+    ]
+    check(newer, 2, f"is at version {latest + 1}, newer than this relay", dsn=db_dsn)
+    assert relay("uninstall", "--yes", dsn=db_dsn).returncode == 0

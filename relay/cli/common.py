@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relay import settings as settings_module
+from relay import sqlfiles
 from relay.db import Conn, DatabaseUnavailable, connect, dsn_problem, first_line
 from relay.settings import Settings, SettingsError
 from relay.store import Store, TableName
@@ -121,8 +122,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 @contextmanager
-def database(dsn: str) -> Iterator[Conn]:
-    """A connection whose failures end the command with one clear line.
+def database(dsn: str, *, installed: bool = True) -> Iterator[Conn]:
+    """A connection whose failures end the command with one clear line; unless ``installed`` is
+    False (install and uninstall), to a database whose relay schema is the one this relay
+    knows (else the command ends saying to install or upgrade: an older schema's missing
+    columns would otherwise come back as raw SQL errors).
 
     Exit code 2 means the database could not be used at all (configuration); 1 means it
     refused what we asked (a bad table name, missing rights...).
@@ -133,6 +137,8 @@ def database(dsn: str) -> Iterator[Conn]:
         fail(str(exc), 2)
     try:
         with conn:
+            if installed:
+                require_schema(conn)
             yield conn
     except psycopg.Error as exc:
         fail(*explain(exc))
@@ -141,9 +147,7 @@ def database(dsn: str) -> Iterator[Conn]:
 def table_named(store: Store, table: str) -> TableName:
     """The table a name on the command line means (qualified as written; unqualified, in the
     role's own schema, then public), or the command ends: exit 2, naming the fix (relay's own
-    absence first: every command that names a table needs it)."""
-    if not store.installed_version():
-        fail(NOT_INSTALLED, 2)
+    absence is found first, by :func:`database`)."""
     try:
         found = store.table_name(table)
     except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError):
@@ -154,6 +158,34 @@ def table_named(store: Store, table: str) -> TableName:
 
 
 NOT_INSTALLED = "relay is not installed in this database: run `relay install` as its owner"
+
+
+def schema_problem(version: int) -> str | None:
+    """Why a relay schema at ``version`` cannot be used by this relay, or None when it can."""
+    latest = sqlfiles.latest_version()
+    if version == 0:
+        return NOT_INSTALLED
+    if version < latest:
+        return (
+            f"relay schema is at version {version}, this relay needs {latest}: run "
+            "`relay install` as the schema's owner (then sql/service_role.sql for the service)"
+        )
+    if version > latest:
+        return (
+            f"relay schema is at version {version}, newer than this relay ({latest}): run the "
+            "relay of the release that installed it"
+        )
+    return None
+
+
+def require_schema(conn: Conn) -> None:
+    """End the command (exit 2) unless relay's schema in ``conn``'s database is the one this
+    relay knows."""
+    problem = schema_problem(Store(conn).installed_version())
+    if problem is not None:
+        fail(problem, 2)
+
+
 NO_RIGHTS = (
     "grant the role its rights with sql/service_role.sql (again after each upgrade), or run this "
     "as relay's owner"

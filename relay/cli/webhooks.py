@@ -35,6 +35,7 @@ from relay.cli.common import (
     out,
     print_fields,
     print_table,
+    require_schema,
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import tls
@@ -102,9 +103,13 @@ BatchWait = Annotated[
 
 @contextmanager
 def _session(dsn: str) -> Iterator[Session]:
-    """A session whose database errors end the command with the database's own words."""
+    """A session whose database errors end the command with the database's own words, on a
+    database whose relay schema this relay knows."""
     try:
         with admin.session(dsn) as db:
+            raw = db.connection().connection.driver_connection
+            assert isinstance(raw, psycopg.Connection), "admin.session connects with psycopg"
+            require_schema(raw)
             yield db
     except DatabaseUnavailable as exc:
         fail(str(exc), 2)
