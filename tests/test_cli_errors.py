@@ -229,7 +229,7 @@ def test_names_with_control_characters_are_refused_in_one_line(db_dsn: str) -> N
         Store(conn).install()
     for name in ["esc\x1b[31mred", "two\nlines", "c1\x9bx", "sep\u2028x"]:
         done = relay("webhook", "add", name, "--url", "http://127.0.0.1:9/", dsn=db_dsn)
-        assert one_line(done, 1, "holds a control character or a line break") is None
+        assert one_line(done, 2, "holds a control character or a line break") is None
         assert "\x1b" not in done.stderr
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO relay.webhooks (name, payload_url) VALUES ('w', 'http://x/')")
@@ -372,3 +372,57 @@ def test_a_schema_older_or_newer_than_the_relay(db_dsn: str) -> None:
     ]
     check(newer, 2, f"is at version {latest + 1}, newer than this relay", dsn=db_dsn)
     assert relay("uninstall", "--yes", dsn=db_dsn).returncode == 0
+
+
+def test_every_webhook_and_rule_command_refuses_bad_input_with_exit_2(relay_dsn: str) -> None:
+    """docs/rules.md and docs/operations.md promise exit 2 for a bad option; a value the
+    database's checks refused (`webhook add --method FOO`), an unset --secret-env and a webhook
+    still in use ended with exit 1."""
+    url = ["--url", "http://127.0.0.1:9/"]
+    assert relay("webhook", "add", "w", *url, dsn=relay_dsn).returncode == 0
+    rule = ["--webhook", "w", "--table", "public.t"]
+    assert relay("rule", "add", "r", *rule, dsn=relay_dsn).returncode == 0
+    webhook_options = [
+        (["--method", "FOO"], 'unknown http_method "FOO"'),
+        (["--signature", "rot13"], 'unknown signature "rot13"'),
+        (["--url", "ftp://127.0.0.1/x"], "is not an http:// or https:// URL"),
+        (["--secret-env", "RELAY_TEST_UNSET_SECRET"], "RELAY_TEST_UNSET_SECRET is not set"),
+        (["--ca-file", "/etc/ssl/x.pem", "--no-ssl-verification"], "ssl_verification is off"),
+        (["--max-attempts", "0"], "'--max-attempts'"),
+        (["--retry-base-seconds", "9", "--retry-max-seconds", "1"], "is below retry_base"),
+        (["--header", "no colon here"], "additional_headers"),
+    ]
+    commands = []
+    for options, says in webhook_options:
+        commands.append((["webhook", "add", "w2", *url, *options], says))
+        if "--url" not in options:
+            commands.append((["webhook", "edit", "w", *options], says))
+    for options, says in [
+        (["--table", "orders"], "is not a schema-qualified table name"),
+        (["--event", "upsert"], 'unknown event "upsert"'),
+        (["--conditions", '{"attr": "data.x", "op": "nope", "value": 1}'], "nope"),
+        (["--conditions", "{not json"], "--conditions is not valid JSON"),
+        (["--action-data", "[1]"], "action_data must be a JSON object"),
+        (["--webhook", "nosuch"], "no webhook named 'nosuch'"),
+    ]:
+        add_options = options if "--webhook" in options else ["--webhook", "w", *options]
+        if "--table" not in add_options:
+            add_options += ["--table", "public.t"]
+        commands.append((["rule", "add", "r2", *add_options], says))
+        commands.append((["rule", "edit", "r", *options], says))
+    commands += [
+        (["webhook", "add", "bad\nname", *url], "holds a control character"),
+        (["rule", "add", "bad\x1bname", *rule], "holds a control character"),
+        (["webhook", "remove", "w"], "is used by rule(s) r"),
+        (["webhook", "show", "nosuch"], "no webhook named 'nosuch'"),
+        (["rule", "enable", "nosuch"], "no rule named 'nosuch'"),
+        (["preview", "--rule", "r"], "give --outbox-id N, or --table T"),
+    ]
+    problems = {}
+    for command, says in commands:
+        problem = one_line(relay(*command, dsn=relay_dsn), 2, says)
+        if problem:
+            problems[" ".join(command)] = problem
+    assert problems == {}
+    listed = relay("webhook", "list", dsn=relay_dsn).stdout
+    assert "w2" not in listed and "POST" in listed  # nothing refused was stored

@@ -195,7 +195,8 @@ NO_RIGHTS = (
 def explain(exc: psycopg.Error) -> tuple[str, int]:
     """One line for a database error, naming the fix where there is a usual one, and the exit
     code: 2 for what running the command again cannot change (relay missing, rights, a name
-    taken), 1 for the database refusing what was asked."""
+    taken, a value the database's checks refuse: a bad option), 1 for the database refusing
+    what was asked otherwise."""
     primary = exc.diag.message_primary or first_line(exc)
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return f"{primary}: {NO_RIGHTS}", 2
@@ -208,7 +209,8 @@ def explain(exc: psycopg.Error) -> tuple[str, int]:
         return f"{detail} Choose another name, or change or remove the existing one.", 2
     if exc.diag.message_hint:
         primary += f" (hint: {exc.diag.message_hint})"
-    if isinstance(exc, psycopg.errors.InvalidParameterValue | psycopg.errors.FeatureNotSupported):
+    refused_value = (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.FeatureNotSupported)
+    if isinstance(exc, refused_value):  # InvalidParameterValue is a DataError
         return primary, 2
     return primary, 1
 

@@ -305,7 +305,7 @@ def _secret(variable: str | None) -> str | None:
     if variable is None:
         return None
     if variable not in os.environ:
-        fail(f"environment variable {variable} is not set")
+        fail(f"environment variable {variable} is not set: export it, or give another name", 2)
     return os.environ[variable]
 
 
@@ -446,7 +446,7 @@ def _remove(
         row = _named(kind, find, db, name)
         why_not = refuse(row)
         if why_not:
-            fail(why_not)
+            fail(why_not, 2)
         db.delete(row)
     out.print(f"{kind} {name} removed", highlight=False)
 
@@ -645,7 +645,7 @@ def preview(
             model = loaded.model(made_up.schema_name, made_up.table_name)
             changes.append(replace(made_up, model=model))
         if not changes:
-            fail("give --outbox-id N, or --table T with --new and/or --old")
+            fail("give --outbox-id N, or --table T with --new and/or --old", 2)
         chosen = next((r for r in loaded.rules if r.name == rule), None)
         if chosen is None:
             fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
