@@ -42,7 +42,7 @@ async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.s
         "run",
         env=environment,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if log is None else log,
     )
 
 
@@ -257,3 +257,51 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
 def attempt_count(conn: Conn) -> int:
     count: int = one_row(conn.execute("SELECT count(*) FROM relay.attempts"))[0]
     return count
+
+
+FULL_DISK = """
+CREATE FUNCTION public.full_disk() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'could not extend file "base/1/2": No space left on device'
+        USING ERRCODE = 'disk_full';
+END $$;
+CREATE TRIGGER full_disk BEFORE INSERT ON relay.deliveries
+    FOR EACH ROW EXECUTE FUNCTION public.full_disk();
+"""
+
+
+def log_events(path: Path) -> Counter[str]:
+    """How often each event is in the JSON lines of a ``relay run`` log."""
+    lines = path.read_text().splitlines()
+    return Counter(json.loads(line)["event"] for line in lines if line.startswith("{"))
+
+
+def test_a_fault_right_after_each_connect_is_one_outage_logged_once(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """With a full tablespace the relay connects, and its first write fails: each reconnect
+    reset the backoff to 0.5 s, and 45 "database unavailable" warnings came in 25 s where
+    docs/reliability.md promises one per outage. Here every write to relay.deliveries fails as
+    on a full disk (SQLSTATE 53100) for 10 s: one warning, sessions further and further apart,
+    and the change delivered once the disk has room."""
+    path = tmp_path / "relay.log"
+    log = os.open(path, os.O_WRONLY | os.O_CREAT)
+
+    async def scenario() -> None:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            rconn.execute(FULL_DISK)
+            rconn.execute("INSERT INTO items VALUES (1, 0)")
+            relay = await start_relay(relay_dsn, log, RELAY_LOG_FORMAT="json")
+            try:
+                await asyncio.sleep(10)
+                rconn.execute("DROP TRIGGER full_disk ON relay.deliveries")
+                await until(lambda: len(r.requests) == 1, timeout=30)
+            finally:
+                relay.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(relay.wait(), 20)
+
+    asyncio.run(scenario())
+    events = log_events(path)
+    assert events["database unavailable, retrying"] == 1, events
+    assert 3 <= events["relay connected"] <= 7, events  # 0.5 s, 1, 2, 4, 8... apart
