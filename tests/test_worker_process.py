@@ -21,7 +21,9 @@ from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.db import Conn
 from relay.store import Store
 from support.db import one_row
+from support.hooks import add
 from support.receivers import Receiver, receiver
+from support.render import STUCK
 from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 
@@ -305,3 +307,54 @@ def test_a_fault_right_after_each_connect_is_one_outage_logged_once(
     events = log_events(path)
     assert events["database unavailable, retrying"] == 1, events
     assert 3 <= events["relay connected"] <= 7, events  # 0.5 s, 1, 2, 4, 8... apart
+
+
+def test_every_line_relay_run_writes_in_json_mode_is_json(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """Through faults (a full disk, its connections cut, a receiver failing, a render process
+    killed at the deadline), with every Python warning shown: lines of psycopg's own logger
+    ("error ignored terminating <psycopg.AsyncPipeline ...>"), asyncio's and the warnings
+    module's reached stderr as plain text, breaking a log pipeline that reads JSON."""
+    path = tmp_path / "relay.log"
+    log = os.open(path, os.O_WRONLY | os.O_CREAT)
+    answers = iter([500, 500])
+
+    async def flaky(request: web.Request) -> web.Response:
+        return web.Response(status=next(answers, 200))
+
+    async def scenario() -> None:
+        async with receiver(flaky) as r:
+            setup(rconn, r.url)
+            add(rconn, "stuck", payload_url=r.url, body_template=STUCK)
+            rconn.execute(FULL_DISK)
+            rconn.execute("INSERT INTO items VALUES (1, 0)")
+            relay = await start_relay(
+                relay_dsn, log, RELAY_LOG_FORMAT="json", PYTHONWARNINGS="always"
+            )
+            try:
+                await asyncio.sleep(3)
+                rconn.execute("DROP TRIGGER full_disk ON relay.deliveries")
+                await until(lambda: len(r.requests) == 3, timeout=30)
+                await sql(
+                    relay_dsn,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'relay run %' AND datname = current_database()",
+                )
+                await sql(relay_dsn, "INSERT INTO items VALUES (2, 0)")
+                await until(lambda: len(r.requests) == 4, timeout=30)
+            finally:
+                relay.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(relay.wait(), 20)
+
+    asyncio.run(scenario())
+    lines = path.read_text().splitlines()
+    not_json = []
+    for line in lines:
+        try:
+            assert isinstance(json.loads(line), dict)
+        except (ValueError, AssertionError):
+            not_json.append(line)
+    assert not_json == []
+    events = Counter(json.loads(line)["event"] for line in lines)
+    assert events["database unavailable, retrying"] >= 1 and events["delivery"] >= 6, events
