@@ -20,7 +20,7 @@ from relay.store import Store
 
 def install(dsn: Dsn) -> None:
     """Create or upgrade schema relay in an existing database (safe to run again)."""
-    with _database(dsn) as conn:
+    with _database(dsn, installed=False) as conn:
         before = Store(conn).installed_version()
         installed = Store(conn).install()
     if not installed.migrations:
@@ -39,7 +39,7 @@ def uninstall(
     """Remove every capture trigger and schema relay, with the outbox and its history."""
     if not yes:
         fail("this drops schema relay and every change it holds; add --yes to confirm", 2)
-    with _database(dsn) as conn:
+    with _database(dsn, installed=False) as conn:
         Store(conn).uninstall()
     out.print("relay removed", highlight=False)
 
