@@ -227,6 +227,16 @@ class Added:
     """Superseded (as in Rearmed): left out, or, when asked for, among those added."""
 
 
+class NewerSchema(Exception):
+    """The database's relay schema is newer than this relay: installing would undo it."""
+
+    def __init__(self, version: int, latest: int) -> None:
+        super().__init__(
+            f"relay schema is at version {version}, newer than this relay ({latest}): run the "
+            "relay install of the release that installed it"
+        )
+
+
 @dataclass(frozen=True)
 class Installed:
     """What ``relay install`` applied: the migrations, and whether the definitions (every
@@ -342,6 +352,10 @@ class Store:
             conn.execute(query("install_lock"))
             conn.execute(sqlfiles.read("bootstrap.sql").encode())
             applied = {row[0] for row in conn.execute(query("applied_migrations"))}
+            latest = sqlfiles.latest_version()
+            if max(applied, default=0) > latest:
+                # Its definitions are older than the schema's: writing them would undo an upgrade.
+                raise NewerSchema(max(applied), latest)
             pending = [m for m in sqlfiles.migrations() if m.version not in applied]
             for migration in pending:
                 conn.execute(migration.sql.encode())

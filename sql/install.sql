@@ -18,6 +18,15 @@ BEGIN;
 SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 \ir bootstrap.sql
+-- An older release's definitions must never replace a newer schema's (they would undo it).
+DO $$
+BEGIN
+    IF (SELECT max(version) FROM relay.migrations) > 25 THEN
+        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (25): run the install.sql of the release that installed it',
+            (SELECT max(version) FROM relay.migrations);
+    END IF;
+END
+$$;
 
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 1) AS relay_apply \gset
 \if :relay_apply

@@ -140,6 +140,9 @@ def test_install_sql_applies_every_definition_file_after_the_migrations() -> Non
 
 def test_install_sql_lists_every_migration_in_order() -> None:
     text = (SQL / "install.sql").read_text()
+    latest = sqlfiles.latest_version()
+    assert f"IF (SELECT max(version) FROM relay.migrations) > {latest} THEN" in text
+    assert f"newer than this install.sql ({latest})" in text
     listed = re.findall(r"^\\ir migrations/(\S+)$", text, re.M)
     assert listed == [m.path.name for m in sqlfiles.migrations()]
     # Each behind its own guard: a psql upgrade applies exactly the migrations not recorded.
@@ -374,3 +377,31 @@ def test_functions_without_a_pinned_search_path_name_everything_with_its_schema(
             assert not calls, (name, calls)
             assert not casts, (name, casts)
     assert checked >= 5  # relay.text_value and the others capture inlines
+
+
+@pytest.mark.parametrize("how", ["relay install", "psql"])
+def test_an_older_install_refuses_a_newer_schema_and_changes_nothing(
+    conn: Conn, db_dsn: str, how: str
+) -> None:
+    """An older release's install on a schema upgraded past it: one line, exit 2, and no
+    function of the newer schema replaced by an older one."""
+    Store(conn).install()
+    newer = sqlfiles.latest_version() + 1
+    conn.execute("INSERT INTO relay.migrations (version, name) VALUES (%s, 'future')", (newer,))
+    conn.execute("DELETE FROM relay.definitions")  # as if its functions were other files'
+    before = conn.execute(FINGERPRINT).fetchall()
+    if how == "psql":
+        done = psql(db_dsn, "-f", str(SQL / "install.sql"))
+        assert done.returncode != 0
+        assert f"relay schema is at version {newer}, newer than this install.sql" in done.stderr
+    else:
+        done = subprocess.run(
+            [sys.executable, "-m", "relay", "install", "--dsn", db_dsn],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"error: relay schema is at version {newer}, newer than this relay "
+            f"({newer - 1}): run the relay install of the release that installed it"
+        ]
+    assert conn.execute(FINGERPRINT).fetchall() == before
