@@ -28,7 +28,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from support import traps
-from support.cli import relay
+from support.cli import in_process, relay
 from support.receivers import free_port, receiver
 from support.worker import until
 
@@ -150,7 +150,9 @@ def _statuses(dsn: str) -> dict[str, int]:
 
 
 def _ok(*args: str, dsn: str) -> str:
-    done = relay(*args, dsn=dsn, env=SECRETS)
+    """A command that must succeed (in this process: relay run is a process of its own, and no
+    command needs the receiver)."""
+    done = in_process(*args, dsn=dsn, env=SECRETS)
     assert done.returncode == 0, f"relay {' '.join(args)}: {done.stderr}"
     return done.stdout
 
