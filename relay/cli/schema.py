@@ -15,14 +15,17 @@ from relay.cli.common import (
     out,
 )
 from relay.cli.common import database as _database
-from relay.store import Store
+from relay.store import NewerSchema, Store
 
 
 def install(dsn: Dsn) -> None:
     """Create or upgrade schema relay in an existing database (safe to run again)."""
-    with _database(dsn) as conn:
-        before = Store(conn).installed_version()
-        installed = Store(conn).install()
+    try:
+        with _database(dsn) as conn:
+            before = Store(conn).installed_version()
+            installed = Store(conn).install()
+    except NewerSchema as exc:
+        fail(str(exc), 2)
     if not installed.migrations:
         more = "; functions and views written again" if installed.definitions else ""
         out.print(f"relay schema is up to date (version {before}){more}", highlight=False)
