@@ -173,6 +173,9 @@ class Claimed:
     """The batch that carries it (claim_batch), None when it goes alone."""
     batch_delivery_id: str | None = None
     """The X-Relay-Delivery of the batch that carries it, drawn when the batch was numbered."""
+    batch_again: bool = False
+    """Its batch is one claimed before (sent under its id, or about to be when its relay
+    stopped): it goes whole or not at all, never in parts under two ids."""
     replay: bool = False
     """Made pending again by ``relay replay`` (the request and the attempt log say so)."""
     superseded_by: int | None = None
@@ -318,6 +321,7 @@ def _claimed(row: Mapping[str, Any], models: Models) -> Claimed:
         str(row["delivery_id"]),
         row.get("batch_id"),
         _text(row.get("batch_delivery_id")),
+        bool(row.get("batch_again")),
         row["replay"],
         row["superseded_by"],
     )

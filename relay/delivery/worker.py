@@ -441,7 +441,15 @@ class Worker:
                 going.append((item, target[1]))
         if going:
             hook = going[0][1].webhook
-            request, left_out, later = await self._fit_batch(hook, going)
+            if going[0][0].batch_again:
+                whole = await self._try_render(hook, going)
+                if isinstance(whole, str):
+                    results.update(self._waits_whole([item for item, _ in going], policy, whole))
+                request = whole if isinstance(whole, Request) else None
+                left_out: dict[int, str] = {}
+                later: set[int] = set()
+            else:
+                request, left_out, later = await self._fit_batch(hook, going)
             for item, _ in going:
                 if item.outbox_id in left_out:
                     results[item.outbox_id] = self._alone(item, policy, left_out[item.outbox_id])
@@ -475,6 +483,27 @@ class Worker:
                 shown = going_on[0] if going_on else sent[0]
                 self._log_batch(sent, results[shown.outbox_id])
         return [results[item.outbox_id] for item in items]
+
+    def _waits_whole(
+        self, items: list[Claimed], policy: RetryPolicy, why: str
+    ) -> dict[int, Result]:
+        """A batch claimed before (its request sent under its id, as far as anyone knows) that
+        does not render whole now (RELAY_MAX_BODY_BYTES lowered, its template changed): nothing
+        goes, and it is tried again whole, as the retry policy allows. Sending a part under its
+        id would put the rest under a new one, and a receiver that dropped the ids it had
+        processed would take those changes twice."""
+        outcome = Outcome.not_sent(
+            reason(f"not sent: its batch was sent before and goes whole or not at all: {why}"),
+            permanent=False,
+        )
+        decided = [(item, *policy.after(outcome, item.attempt, 1.0)) for item in items]
+        retry_in = max((wait for _, status, wait in decided if status == "pending"), default=0.0)
+        results = {
+            item.outbox_id: Result.of(item, status, retry_in if status == "pending" else 0, outcome)
+            for item, status, _ in decided
+        }
+        self._log_batch(items, results[items[0].outbox_id])
+        return results
 
     def _alone(self, item: Claimed, policy: RetryPolicy, why: str) -> Result:
         """A change of a batch that cannot go, failed with the reason (the rest go on)."""
