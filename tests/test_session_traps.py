@@ -27,7 +27,7 @@ from aiohttp import web
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from support import traps
+from support import pooler, traps
 from support.cli import relay
 from support.receivers import free_port, receiver
 from support.worker import until
@@ -275,3 +275,38 @@ def test_no_trap_another_role_sets_runs_in_any_session_relay_opens(
     assert _sprung(owner) == (0, [])
     with _connect(owner) as conn:
         assert conn.execute("SELECT count(*) FROM relay.outbox").fetchone() == (0,)
+
+
+def test_a_session_whose_options_a_pooler_dropped_runs_nothing(trapped: dict[str, str]) -> None:
+    """Between relay and PostgreSQL, a pooler that drops libpq's options (PgBouncer with
+    `ignore_startup_parameters = options`): each session starts on the role's own search path,
+    where the traps are. relay install, the commands and relay run each stop in one line
+    (exit 2) before any statement of theirs runs there; no trap runs (the fixture checks)."""
+    owner, service = trapped["owner"], trapped["service"]
+    given = conninfo_to_dict(owner)
+    upstream = (str(given.get("host") or "127.0.0.1"), int(given.get("port") or 5432))
+    with pooler.dropping_options(*upstream) as (host, port):
+        through = make_conninfo(owner, host=host, port=str(port))
+        done = relay("install", dsn=through)
+        assert done.returncode == 2, done.stdout
+        assert done.stderr.splitlines() == [
+            "error: cannot use the database: the session's search_path is '\"$user\", public', "
+            "not 'pg_catalog,pg_temp': something between relay and PostgreSQL (a connection "
+            "pooler) dropped the startup options; connect relay to PostgreSQL directly or let "
+            "the options through"
+        ]
+        with _connect(owner) as conn:
+            assert conn.execute("SELECT to_regnamespace('relay')").fetchone() == (None,)
+        _ok("install", dsn=owner)
+        _psql(owner, SQL / "service_role.sql", "-v", f"role={trapped['service_name']}")
+        for command, dsn in (
+            (["track", "items"], through),
+            (["status"], make_conninfo(service, host=host, port=str(port))),
+            (["retry"], through),
+            (["replay", "--webhook", "none", "--since", "1h"], through),
+            (["run"], make_conninfo(service, host=host, port=str(port))),
+        ):
+            done = relay(*command, dsn=dsn)
+            assert done.returncode == 2, (command, done.stdout)
+            assert "dropped the startup options" in done.stderr, (command, done.stderr)
+            assert len(done.stderr.splitlines()) == 1, (command, done.stderr)

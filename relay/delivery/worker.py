@@ -39,7 +39,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from relay import sqlfiles
-from relay.db import SEARCH_PATH, AConn, aconnect, first_line
+from relay.db import AConn, DatabaseUnavailable, aconnect, first_line, path_problem
 from relay.delivery import claim
 from relay.delivery.breaker import Breaker, Turn
 from relay.delivery.fanout import FanOut
@@ -90,13 +90,7 @@ def session_problem(version: int, search_path: str, latest: int) -> str | None:
             f"relay schema is at version {version}, newer than this relay ({latest}): run the "
             "relay of the release that installed it"
         )
-    if search_path.replace(" ", "") != SEARCH_PATH:
-        return (
-            f"the session's search_path is {search_path!r}, not {SEARCH_PATH!r}: something "
-            "between relay and PostgreSQL (a connection pooler) dropped the startup options; "
-            "connect relay to PostgreSQL directly or let the options through"
-        )
-    return None
+    return path_problem(search_path)
 
 
 class Worker:
@@ -189,6 +183,8 @@ class Worker:
                         outage = True
                     except (psycopg.errors.InsufficientPrivilege, CannotDeliver):
                         raise  # a missing grant, another schema: waiting will not help
+                    except DatabaseUnavailable as exc:  # a session off relay's search path
+                        raise CannotDeliver(exc.detail or str(exc)) from exc
                     except Exception as exc:
                         # A fault of relay's own: start the session again rather than stop
                         # delivering (the work is all in the database), waiting longer each
