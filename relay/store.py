@@ -181,6 +181,10 @@ class Claimed:
     superseded_by: int | None = None
     """Sent although this later change of its row was delivered after it, as the operator
     asked (``--superseded``): the request says so (X-Relay-Superseded)."""
+    superseded_unasked: int | None = None
+    """This later change of its row was delivered after it failed, and nobody asked to send it
+    anyway: something that does not judge superseded changes made it pending (a release's
+    ``relay replay`` from before 0025, SQL by hand). It is not sent: it fails again, saying so."""
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,7 @@ def _claimed(row: Mapping[str, Any], models: Models) -> Claimed:
         bool(row.get("batch_again")),
         row["replay"],
         row["superseded_by"],
+        row["superseded_unasked"],
     )
 
 

@@ -594,6 +594,7 @@ class Worker:
         refused = claim.refusal(item, self.settings.max_body_bytes)
         if refused:
             return refused
+
         rule = self.rules.ruleset.by_id(item.rule_id)
         if rule is None or rule.webhook.id != item.webhook_id:
             return "the rule that sent this change here was disabled or removed"
