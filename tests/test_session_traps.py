@@ -28,6 +28,7 @@ from aiohttp import web
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from relay.db import connect
 from support import pooler, traps
 from support.cli import relay
 from support.receivers import free_port, receiver
@@ -370,3 +371,28 @@ def test_the_sql_the_docs_give_operators_runs_no_trap_in_their_own_session(
         _psql(relay_dsn, Path("/dev/stdin"), input_text=block)
     with _connect(relay_dsn) as owner:
         assert owner.execute("SELECT * FROM public.seen").fetchall() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="relay gives libpq an options parameter of its own (the DSN's or PGOPTIONS' options, "
+    "then its search path), which takes the place of a service file's: options in "
+    "pg_service.conf are not used (docs/operations.md, RELAY_DSN: give them in the DSN or "
+    "PGOPTIONS)",
+)
+def test_options_a_connection_service_file_gives_are_kept(
+    db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator names the database by a service of pg_service.conf (`service=app`), which
+    sets options of its own: relay's sessions keep them, as they keep the DSN's and
+    PGOPTIONS', with relay's search path after them."""
+    given = conninfo_to_dict(db_dsn)
+    lines = [f"{key}={value}" for key, value in given.items() if key != "options"]
+    (tmp_path / "pg_service.conf").write_text(
+        "[app]\n" + "\n".join(lines) + "\noptions=-c work_mem=77MB\n"
+    )
+    monkeypatch.setenv("PGSERVICEFILE", str(tmp_path / "pg_service.conf"))
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    with connect("service=app") as conn:
+        assert conn.execute("SHOW search_path").fetchone() == ("pg_catalog,pg_temp",)
+        assert conn.execute("SHOW work_mem").fetchone() == ("77MB",)
