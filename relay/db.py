@@ -69,18 +69,33 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
+SESSION_TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+"""Timeouts a role or database may set for its sessions, which relay's sessions set for
+themselves (to none): they are tuned for an application's queries, and relay's long statements
+(install, status on a large outbox, a purge batch, waiting for a replay's lock) are not those.
+relay bounds its own work: leases, batches, backfill's own lock_timeout per chunk."""
+
+
+def session_options() -> str:
+    """The ``-c name=value`` options every relay session starts with, first (see
+    :func:`startup_parameters`): they win over ALTER ROLE and ALTER DATABASE settings, so that
+    a role with ``statement_timeout = '1ms'`` cannot stop relay; the operator's own options,
+    after them, still win over them (the server takes the last of a setting)."""
+    return " ".join(f"-c {name}=0" for name in SESSION_TIMEOUTS)
+
+
 def startup_parameters(
     dsn: str, *, application_name: str | None = None, options: str = ""
 ) -> dict[str, Any]:
-    """The connection parameters every relay session starts with: the DSN's own ``options`` (or
-    PGOPTIONS, as libpq would) kept, then ``options``, then the search path, last so that nothing
-    before it can undo it."""
+    """The connection parameters every relay session starts with: :func:`session_options`, then
+    the DSN's own ``options`` (or PGOPTIONS, as libpq would), then ``options``, then the search
+    path, last so that nothing before it can undo it."""
     given = conninfo_to_dict(dsn)
     own = given.get("options") or os.environ.get("PGOPTIONS")
     pinned = f"-c search_path={SEARCH_PATH}"
     return {
         "application_name": application_name or f"relay/{__version__}",
-        "options": " ".join(str(o) for o in (own, options, pinned) if o),
+        "options": " ".join(str(o) for o in (session_options(), own, options, pinned) if o),
         "connect_timeout": given.get("connect_timeout") or 10,
     }
 

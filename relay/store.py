@@ -235,14 +235,12 @@ class Added:
 
 
 class NewerSchema(Exception):
-    """The database's relay schema has migrations this release does not know: a later release
-    installed it. Installing this release's definitions over it would put older functions on
-    newer tables, so install refuses."""
+    """The database's relay schema is newer than this relay: installing would undo it."""
 
     def __init__(self, version: int, latest: int) -> None:
         super().__init__(
-            f"relay schema is at version {version}, newer than this release of relay ({latest}): "
-            "run `relay install` of the release that installed it"
+            f"relay schema is at version {version}, newer than this relay ({latest}): run the "
+            "relay install of the release that installed it"
         )
 
 
@@ -356,16 +354,17 @@ class Store:
     def install(self) -> Installed:
         """Apply, in one transaction, every migration the database does not have yet, then the
         definitions (sqlfiles.definitions) unless the database holds these very files already:
-        with nothing new, nothing is written. :class:`NewerSchema` when a later release
-        installed it."""
+        with nothing new, nothing is written."""
         conn = self.conn
         digest = sqlfiles.definitions_digest()
         with conn.transaction():
             conn.execute(query("install_lock"))
             conn.execute(sqlfiles.read("bootstrap.sql").encode())
             applied = {row[0] for row in conn.execute(query("applied_migrations"))}
-            if max(applied, default=0) > sqlfiles.latest_version():
-                raise NewerSchema(max(applied), sqlfiles.latest_version())
+            latest = sqlfiles.latest_version()
+            if max(applied, default=0) > latest:
+                # Its definitions are older than the schema's: writing them would undo an upgrade.
+                raise NewerSchema(max(applied), latest)
             pending = [m for m in sqlfiles.migrations() if m.version not in applied]
             for migration in pending:
                 conn.execute(migration.sql.encode())

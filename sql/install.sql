@@ -18,15 +18,12 @@ BEGIN;
 SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 \ir bootstrap.sql
--- A database a later release installed holds migrations this file does not list: this release's
--- functions and views over its tables would be older code on a newer schema. The number is the
--- last migration below (tests/test_install.py checks that it is).
+-- An older release's definitions must never replace a newer schema's (they would undo it).
 DO $$
 BEGIN
     IF (SELECT max(version) FROM relay.migrations) > 25 THEN
-        RAISE EXCEPTION 'relay schema is at version %, newer than this release of relay (25): run the install.sql of the release that installed it',
-            (SELECT max(version) FROM relay.migrations)
-            USING ERRCODE = 'object_not_in_prerequisite_state';
+        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (25): run the install.sql of the release that installed it',
+            (SELECT max(version) FROM relay.migrations);
     END IF;
 END
 $$;

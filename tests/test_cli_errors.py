@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+import sys
+import typing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import psycopg
 import pytest
+import typer.main
 from psycopg.conninfo import make_conninfo
 
+from relay import sqlfiles
+from relay.cli.main import app, main
 from relay.store import Store
 from support.cli import relay
 
@@ -168,7 +174,7 @@ def test_a_bad_setting(db_dsn: str) -> None:
         conn.execute("INSERT INTO t VALUES (1)")
     readers = [["run"], ["config"], ["preview", "--rule", "r", "--outbox-id", "1"]]
     for name, value, says in [
-        ("RELAY_BATCH_SIZE", "0", "greater than or equal to 1"),
+        ("RELAY_BATCH_SIZE", "0", "must be a whole number from 1 to 10000, not '0'"),
         ("RELAY_METRICS_ADDRESS", "9287", "is not host:port"),
     ]:
         check(readers, 2, name, says, dsn=db_dsn, env={name: value})
@@ -191,7 +197,7 @@ def test_a_name_taken_twice(db_dsn: str) -> None:
 
 
 def test_a_receiver_port_that_cannot_be_listened_on() -> None:
-    check([["receive", "--port", "99999"]], 2, "not a TCP port")
+    check([["receive", "--port", "99999"]], 2, "Invalid value for '--port'")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -223,7 +229,7 @@ def test_names_with_control_characters_are_refused_in_one_line(db_dsn: str) -> N
         Store(conn).install()
     for name in ["esc\x1b[31mred", "two\nlines", "c1\x9bx", "sep\u2028x"]:
         done = relay("webhook", "add", name, "--url", "http://127.0.0.1:9/", dsn=db_dsn)
-        assert one_line(done, 1, "holds a control character or a line break") is None
+        assert one_line(done, 2, "holds a control character or a line break") is None
         assert "\x1b" not in done.stderr
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO relay.webhooks (name, payload_url) VALUES ('w', 'http://x/')")
@@ -240,3 +246,183 @@ def test_names_with_control_characters_are_refused_in_one_line(db_dsn: str) -> N
         shown = relay(*command, dsn=db_dsn)
         assert shown.returncode == 0, shown
         assert "\x1b" not in shown.stdout and "old\\x1b[2J" in shown.stdout
+
+
+def _commands(group: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
+    """Every command under ``group`` (a click group of typer's), by its path."""
+    for name, command in getattr(group, "commands", {}).items():
+        if getattr(command, "commands", None):
+            yield from _commands(command, [*path, name])
+        else:
+            yield [*path, name], command
+
+
+def numeric_options() -> list[tuple[list[str], str, float | None, float | None]]:
+    """Every number a command takes: (the command with its other arguments, the option, its
+    lowest and highest value)."""
+    found = []
+    for path, command in _commands(typer.main.get_command(app), []):
+        base = next((c for c in ALL_COMMANDS if c[: len(path)] == path), path)
+        for param in command.params:
+            annotation = param.type_descriptor.annotation
+            if typing.get_origin(annotation) is list:
+                (annotation,) = typing.get_args(annotation)
+            if annotation in (int, float):
+                found.append((base, param.opts[0], param.min, param.max))
+    return found
+
+
+def in_process(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``relay *args`` in this process (quick: the values are refused before anything runs; a
+    value let through meets an unreachable database, and says so instead of the option)."""
+    argv = sys.argv
+    sys.argv = [
+        "relay",
+        *args,
+        *(["--dsn", "postgresql://127.0.0.1:1/x"] if _takes_dsn(args) else []),
+    ]
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main()
+    finally:
+        sys.argv = argv
+    code = ended.value.code
+    return code if isinstance(code, int) else 1, capsys.readouterr().err
+
+
+def _takes_dsn(args: Sequence[str]) -> bool:
+    return list(args[:1]) not in (["config"], ["receive"], ["demo"], ["sql"])
+
+
+def test_every_number_a_command_takes_has_a_range(capsys: pytest.CaptureFixture[str]) -> None:
+    """`relay status --errors -1` and `--errors 99999999999999999999`, `relay retry --id
+    99999999999999999999999` ended with the database's words and exit 1. Every numeric option
+    of every command (an option added later too) has both bounds, and refuses what is past
+    them, not a number, or not finite, in one line, exit 2."""
+    options = numeric_options()
+    assert len(options) >= 20, options
+    problems = {}
+    for base, option, low, high in options:
+        if low is None or high is None:
+            problems[f"{base[0]} {option}"] = "no range"
+            continue
+        bad = ["-1", "99999999999999999999", "x", "nan", "inf", "-inf", "1e400", "", "1,5"]
+        bad += [str(high * 2 + 1), str(low - 1)] + (["0"] if low > 0 else [])
+        for value in bad:
+            code, said = in_process([*base, option, value], capsys)
+            lines = said.strip().splitlines()
+            if code != 2 or len(lines) != 1 or f"Invalid value for '{option}'" not in lines[0]:
+                problems[f"{' '.join(base)} {option} {value!r}"] = f"exit {code}: {said!r}"
+    assert problems == {}
+
+
+def test_every_age_and_time_a_command_takes_is_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    """An age past a century took now() - interval out of PostgreSQL's range: `relay purge
+    --older-than 5000000w` said "timestamp out of range", exit 1."""
+    problems = {}
+    for base, option in [
+        (["retry"], "--since"),
+        (["purge"], "--older-than"),
+        (["replay", "--webhook", "w"], "--since"),
+        (["replay", "--webhook", "w", "--since", "1d"], "--until"),
+    ]:
+        for value in [
+            "-1d",
+            "1e400d",
+            "99999999999999999999w",
+            "36501d",
+            "5000000w",
+            "nan",
+            "inf",
+            "x",
+            "",
+            "10000-01-01",
+            "2026-13-01",
+        ]:
+            code, said = in_process([*base, option, value], capsys)
+            lines = said.strip().splitlines()
+            if code != 2 or len(lines) != 1 or option not in lines[0]:
+                problems[f"{' '.join(base)} {option} {value!r}"] = f"exit {code}: {said!r}"
+    assert problems == {}
+
+
+def test_a_schema_older_or_newer_than_the_relay(db_dsn: str) -> None:
+    """`relay status` against a database at migration 10 ended in a raw SQL error: every
+    command but install and uninstall says which version it found and to run `relay install`."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(sqlfiles.read("bootstrap.sql").encode())
+        for migration in sqlfiles.migrations()[:10]:
+            conn.execute(migration.sql.encode())
+    commands = [c for c in DATABASE_COMMANDS if c[0] not in ("install", "uninstall")]
+    latest = sqlfiles.latest_version()
+    check(commands, 2, f"relay schema is at version 10, this relay needs {latest}", dsn=db_dsn)
+    check(commands, 2, "run `relay install` as the schema's owner", dsn=db_dsn)
+    upgraded = relay("install", dsn=db_dsn)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert relay("status", dsn=db_dsn).returncode == 0
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO relay.migrations (version, name) VALUES (%s, 'future')", (latest + 1,)
+        )
+    newer = [
+        ["status"],
+        ["webhook", "list"],
+        ["run"],
+        ["preview", "--rule", "r", "--outbox-id", "1"],
+    ]
+    check(newer, 2, f"is at version {latest + 1}, newer than this relay", dsn=db_dsn)
+    assert relay("uninstall", "--yes", dsn=db_dsn).returncode == 0
+
+
+def test_every_webhook_and_rule_command_refuses_bad_input_with_exit_2(relay_dsn: str) -> None:
+    """docs/rules.md and docs/operations.md promise exit 2 for a bad option; a value the
+    database's checks refused (`webhook add --method FOO`), an unset --secret-env and a webhook
+    still in use ended with exit 1."""
+    url = ["--url", "http://127.0.0.1:9/"]
+    assert relay("webhook", "add", "w", *url, dsn=relay_dsn).returncode == 0
+    rule = ["--webhook", "w", "--table", "public.t"]
+    assert relay("rule", "add", "r", *rule, dsn=relay_dsn).returncode == 0
+    webhook_options = [
+        (["--method", "FOO"], 'unknown http_method "FOO"'),
+        (["--signature", "rot13"], 'unknown signature "rot13"'),
+        (["--url", "ftp://127.0.0.1/x"], "is not an http:// or https:// URL"),
+        (["--secret-env", "RELAY_TEST_UNSET_SECRET"], "RELAY_TEST_UNSET_SECRET is not set"),
+        (["--ca-file", "/etc/ssl/x.pem", "--no-ssl-verification"], "ssl_verification is off"),
+        (["--max-attempts", "0"], "'--max-attempts'"),
+        (["--retry-base-seconds", "9", "--retry-max-seconds", "1"], "is below retry_base"),
+        (["--header", "no colon here"], "additional_headers"),
+    ]
+    commands = []
+    for options, says in webhook_options:
+        commands.append((["webhook", "add", "w2", *url, *options], says))
+        if "--url" not in options:
+            commands.append((["webhook", "edit", "w", *options], says))
+    for options, says in [
+        (["--table", "orders"], "is not a schema-qualified table name"),
+        (["--event", "upsert"], 'unknown event "upsert"'),
+        (["--conditions", '{"attr": "data.x", "op": "nope", "value": 1}'], "nope"),
+        (["--conditions", "{not json"], "--conditions is not valid JSON"),
+        (["--action-data", "[1]"], "action_data must be a JSON object"),
+        (["--webhook", "nosuch"], "no webhook named 'nosuch'"),
+    ]:
+        add_options = options if "--webhook" in options else ["--webhook", "w", *options]
+        if "--table" not in add_options:
+            add_options += ["--table", "public.t"]
+        commands.append((["rule", "add", "r2", *add_options], says))
+        commands.append((["rule", "edit", "r", *options], says))
+    commands += [
+        (["webhook", "add", "bad\nname", *url], "holds a control character"),
+        (["rule", "add", "bad\x1bname", *rule], "holds a control character"),
+        (["webhook", "remove", "w"], "is used by rule(s) r"),
+        (["webhook", "show", "nosuch"], "no webhook named 'nosuch'"),
+        (["rule", "enable", "nosuch"], "no rule named 'nosuch'"),
+        (["preview", "--rule", "r"], "give --outbox-id N, or --table T"),
+    ]
+    problems = {}
+    for command, says in commands:
+        problem = one_line(relay(*command, dsn=relay_dsn), 2, says)
+        if problem:
+            problems[" ".join(command)] = problem
+    assert problems == {}
+    listed = relay("webhook", "list", dsn=relay_dsn).stdout
+    assert "w2" not in listed and "POST" in listed  # nothing refused was stored

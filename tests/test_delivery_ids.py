@@ -258,10 +258,10 @@ def test_a_relay_of_the_previous_release_left_running_across_the_upgrade_stops_d
                 assert all(r.headers["X-Relay-Delivery"] in first_ids for r in hook.requests)
             finally:
                 _, log = previous.stop()
+            installed = sqlfiles.latest_version()
             assert (
-                "built for relay schema version an older one, the database has "
-                f"{sqlfiles.latest_version()}"
-            ) in log
+                f"built for relay schema version an older one, the database has {installed}" in log
+            )
             new = _Run(db_dsn)
             try:
                 await until(

@@ -124,7 +124,8 @@ def test_the_byte_budget_must_hold_the_largest_change() -> None:
     result = relay("config", RELAY_MAX_BODY_BYTES="64MiB", RELAY_MAX_HELD_BYTES="256MiB")
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: RELAY_MAX_HELD_BYTES: must be at least 6 x RELAY_MAX_BODY_BYTES (384.0MiB)"
+        "error: RELAY_MAX_HELD_BYTES: must be a size from 6 x RELAY_MAX_BODY_BYTES (384.0MiB) "
+        "to 1.0TiB"
     )
     shown = json.loads(relay("config", "--json", RELAY_MAX_BODY_BYTES="5MB").stdout)
     assert (shown["RELAY_MAX_BODY_BYTES"], shown["RELAY_MAX_HELD_BYTES"]) == (5_000_000, 256 << 20)

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -177,3 +178,62 @@ def test_a_relay_waiting_for_a_database_that_is_down_stops_at_once_on_sigterm() 
 
     code, took, log = asyncio.run(scenario())
     assert code == 0 and took < 2, (took, log)
+
+
+OTHER_OUTPUT = """
+import asyncio, gc, logging, threading, warnings
+from relay.service import logs
+
+logs.configure(fmt="json")
+warnings.warn("a warning, shown once")
+logging.getLogger("psycopg").warning("error ignored terminating %s: %s", "<pipeline>", "lost")
+thread = threading.Thread(target=lambda: 1 / 0, name="resolver")
+thread.start()
+thread.join()
+
+
+class Finalised:
+    def __del__(self) -> None:
+        raise RuntimeError("raised in __del__")
+
+
+Finalised()
+gc.collect()
+
+
+async def main() -> None:
+    async def boom() -> None:
+        raise ValueError("never retrieved")
+
+    task = asyncio.get_running_loop().create_task(boom())
+    await asyncio.sleep(0.05)
+    del task
+    gc.collect()
+
+
+asyncio.run(main())
+"""
+
+
+def test_whatever_else_a_relay_process_prints_is_a_json_line_in_json_mode() -> None:
+    """Python's own output (a warning, a standard library logger, an exception ending a thread,
+    one raised in __del__, a task's exception nobody retrieved) came out as plain text, several
+    lines each, in the middle of the JSON log."""
+    done = subprocess.run(
+        [sys.executable, "-c", OTHER_OUTPUT], capture_output=True, text=True, check=False
+    )
+    lines = done.stderr.splitlines()
+    events = [json.loads(line) for line in lines]  # a line that is not JSON fails here
+    said = " | ".join(f"{e['level']} {e['event']} {e.get('exception', '')}" for e in events)
+    for expected in [
+        "warning",
+        "UserWarning: a warning, shown once",
+        "error ignored terminating <pipeline>: lost",
+        "exception in thread resolver",
+        "ZeroDivisionError",
+        "RuntimeError: raised in __del__",
+        "Task exception was never retrieved",
+        "ValueError: never retrieved",
+    ]:
+        assert expected in said, (expected, said)
+    assert len(events) == 5, said

@@ -5,23 +5,31 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import web
+from psycopg.conninfo import make_conninfo
 
+from relay import db, sqlfiles
 from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.db import Conn
 from relay.store import Store
+from support.cli import relay as relay_cli
 from support.db import one_row
+from support.hooks import add
 from support.receivers import Receiver, receiver
+from support.render import STUCK
 from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
 
@@ -42,7 +50,7 @@ async def start_relay(dsn: str, log: int | None = None, **env: str) -> asyncio.s
         "run",
         env=environment,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if log is None else log,
     )
 
 
@@ -257,3 +265,178 @@ def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
 def attempt_count(conn: Conn) -> int:
     count: int = one_row(conn.execute("SELECT count(*) FROM relay.attempts"))[0]
     return count
+
+
+FULL_DISK = """
+CREATE FUNCTION public.full_disk() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'could not extend file "base/1/2": No space left on device'
+        USING ERRCODE = 'disk_full';
+END $$;
+CREATE TRIGGER full_disk BEFORE INSERT ON relay.deliveries
+    FOR EACH ROW EXECUTE FUNCTION public.full_disk();
+"""
+
+
+def log_events(path: Path) -> Counter[str]:
+    """How often each event is in the JSON lines of a ``relay run`` log."""
+    lines = path.read_text().splitlines()
+    return Counter(json.loads(line)["event"] for line in lines if line.startswith("{"))
+
+
+def test_a_fault_right_after_each_connect_is_one_outage_logged_once(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """With a full tablespace the relay connects, and its first write fails: each reconnect
+    reset the backoff to 0.5 s, and 45 "database unavailable" warnings came in 25 s where
+    docs/reliability.md promises one per outage. Here every write to relay.deliveries fails as
+    on a full disk (SQLSTATE 53100) for 10 s: one warning, sessions further and further apart,
+    and the change delivered once the disk has room."""
+    path = tmp_path / "relay.log"
+    log = os.open(path, os.O_WRONLY | os.O_CREAT)
+
+    async def scenario() -> None:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            rconn.execute(FULL_DISK)
+            rconn.execute("INSERT INTO items VALUES (1, 0)")
+            relay = await start_relay(relay_dsn, log, RELAY_LOG_FORMAT="json")
+            try:
+                await asyncio.sleep(10)
+                rconn.execute("DROP TRIGGER full_disk ON relay.deliveries")
+                await until(lambda: len(r.requests) == 1, timeout=30)
+            finally:
+                relay.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(relay.wait(), 20)
+
+    asyncio.run(scenario())
+    events = log_events(path)
+    assert events["database unavailable, retrying"] == 1, events
+    assert 3 <= events["relay connected"] <= 7, events  # 0.5 s, 1, 2, 4, 8... apart
+
+
+def test_every_line_relay_run_writes_in_json_mode_is_json(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """Through faults (a full disk, its connections cut, a receiver failing, a render process
+    killed at the deadline), with every Python warning shown: lines of psycopg's own logger
+    ("error ignored terminating <psycopg.AsyncPipeline ...>"), asyncio's and the warnings
+    module's reached stderr as plain text, breaking a log pipeline that reads JSON."""
+    path = tmp_path / "relay.log"
+    log = os.open(path, os.O_WRONLY | os.O_CREAT)
+    answers = iter([500, 500])
+
+    async def flaky(request: web.Request) -> web.Response:
+        return web.Response(status=next(answers, 200))
+
+    async def scenario() -> None:
+        async with receiver(flaky) as r:
+            setup(rconn, r.url)
+            add(rconn, "stuck", payload_url=r.url, body_template=STUCK)
+            rconn.execute(FULL_DISK)
+            rconn.execute("INSERT INTO items VALUES (1, 0)")
+            relay = await start_relay(
+                relay_dsn, log, RELAY_LOG_FORMAT="json", PYTHONWARNINGS="always"
+            )
+            try:
+                await asyncio.sleep(3)
+                rconn.execute("DROP TRIGGER full_disk ON relay.deliveries")
+                await until(lambda: len(r.requests) == 3, timeout=30)
+                await sql(
+                    relay_dsn,
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'relay run %' AND datname = current_database()",
+                )
+                await sql(relay_dsn, "INSERT INTO items VALUES (2, 0)")
+                await until(lambda: len(r.requests) == 4, timeout=30)
+            finally:
+                relay.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(relay.wait(), 20)
+
+    asyncio.run(scenario())
+    lines = path.read_text().splitlines()
+    not_json = []
+    for line in lines:
+        try:
+            assert isinstance(json.loads(line), dict)
+        except (ValueError, AssertionError):
+            not_json.append(line)
+    assert not_json == []
+    events = Counter(json.loads(line)["event"] for line in lines)
+    assert events["database unavailable, retrying"] >= 1 and events["delivery"] >= 6, events
+
+
+TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+"""What a role or database may set that relay's own sessions override."""
+
+
+def test_timeouts_set_for_the_role_do_not_stop_relay(
+    rconn: Conn, relay_dsn: str, tmp_path: Path, make_role: Callable[..., str]
+) -> None:
+    """A role with statement_timeout=1ms (ALTER ROLE ... SET) stopped relay run with a message
+    naming neither the setting nor a fix. relay's sessions set their own timeouts (none:
+    relay bounds its own work), so the role's, meant for an application, do not apply."""
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql is not installed (it runs sql/service_role.sql)")
+    role = make_role("slow")
+    granted = subprocess.run(
+        [
+            psql,
+            relay_dsn,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-v",
+            f"role={role}",
+            "-f",
+            str(sqlfiles.sql_dir() / "service_role.sql"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert granted.returncode == 0, granted.stderr
+    for setting in TIMEOUTS:
+        rconn.execute(f"ALTER ROLE {role} SET {setting} = '1ms'")
+    service = make_conninfo(relay_dsn, user=role)
+    path = tmp_path / "relay.log"
+    log = os.open(path, os.O_WRONLY | os.O_CREAT)
+
+    async def scenario() -> None:
+        async with receiver() as r:
+            setup(rconn, r.url)
+            relay = await start_relay(service, log, RELAY_LOG_FORMAT="json")
+            try:
+                rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 50) g")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 50, timeout=30)
+            finally:
+                relay.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(relay.wait(), 20)
+
+    asyncio.run(scenario())
+    events = log_events(path)
+    assert events["delivery"] == 50, events
+    assert events["database unavailable, retrying"] == events["relay session failed"] == 0
+    for command in [["status"], ["webhook", "list"], ["rules", "check"], ["retry"]]:
+        done = relay_cli(*command, dsn=service)
+        assert done.returncode == 0, (command, done.stderr)
+
+
+def test_relay_sessions_ignore_the_roles_timeouts_but_not_the_operators(
+    rconn: Conn, relay_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection relay opens sets its own timeouts over the role's and the database's;
+    a timeout written into RELAY_DSN's options, or PGOPTIONS, is the operator's choice for
+    relay and still wins, as libpq would have it."""
+    monkeypatch.delenv("PGOPTIONS", raising=False)
+    for setting in TIMEOUTS:
+        rconn.execute(f"ALTER ROLE CURRENT_USER IN DATABASE {rconn.info.dbname} SET {setting} = 1")
+    own = make_conninfo(relay_dsn, options="-c statement_timeout=5s")
+    for dsn, shown in [(relay_dsn, ["0", "0", "0"]), (own, ["5s", "0", "0"])]:
+        with db.connect(dsn) as conn:
+            assert [one_row(conn.execute(f"SHOW {s}"))[0] for s in TIMEOUTS] == shown
+    monkeypatch.setenv("PGOPTIONS", "-c lock_timeout=2s")
+    with db.connect(relay_dsn) as conn:
+        assert [one_row(conn.execute(f"SHOW {s}"))[0] for s in TIMEOUTS] == ["0", "2s", "0"]

@@ -42,7 +42,9 @@ def backfill(
     ] = 1_000,
     rate: Annotated[
         int | None,
-        typer.Option(min=1, help="At most this many rows a second (spare the writers)."),
+        typer.Option(
+            min=1, max=10_000_000, help="At most this many rows a second (spare the writers)."
+        ),
     ] = None,
     again: Annotated[
         bool,

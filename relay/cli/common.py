@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from relay import settings as settings_module
+from relay import sqlfiles
 from relay.db import Conn, DatabaseUnavailable, connect, dsn_problem, first_line
 from relay.settings import Settings, SettingsError
 from relay.store import Store, TableName
@@ -31,6 +32,11 @@ out = Console(**_STDOUT, markup=False)
 styled = Console(**_STDOUT)
 """Standard output with markup, for the demo: its text is relay's own."""
 err = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+BIGINT_MAX = 2**63 - 1
+"""The largest id a bigint holds (relay.outbox's ids): every id option's upper bound, so that a
+larger one is a usage error, not the database's "bigint out of range"."""
 
 
 def _readable_dsn(value: str | None) -> str | None:
@@ -116,8 +122,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 @contextmanager
-def database(dsn: str) -> Iterator[Conn]:
-    """A connection whose failures end the command with one clear line.
+def database(dsn: str, *, installed: bool = True) -> Iterator[Conn]:
+    """A connection whose failures end the command with one clear line; unless ``installed`` is
+    False (install and uninstall), to a database whose relay schema is the one this relay
+    knows (else the command ends saying to install or upgrade: an older schema's missing
+    columns would otherwise come back as raw SQL errors).
 
     Exit code 2 means the database could not be used at all (configuration); 1 means it
     refused what we asked (a bad table name, missing rights...).
@@ -128,6 +137,8 @@ def database(dsn: str) -> Iterator[Conn]:
         fail(str(exc), 2)
     try:
         with conn:
+            if installed:
+                require_schema(conn)
             yield conn
     except psycopg.Error as exc:
         fail(*explain(exc))
@@ -136,9 +147,7 @@ def database(dsn: str) -> Iterator[Conn]:
 def table_named(store: Store, table: str) -> TableName:
     """The table a name on the command line means (qualified as written; unqualified, in the
     role's own schema, then public), or the command ends: exit 2, naming the fix (relay's own
-    absence first: every command that names a table needs it)."""
-    if not store.installed_version():
-        fail(NOT_INSTALLED, 2)
+    absence is found first, by :func:`database`)."""
     try:
         found = store.table_name(table)
     except (psycopg.errors.InvalidName, psycopg.errors.SyntaxError):
@@ -149,6 +158,34 @@ def table_named(store: Store, table: str) -> TableName:
 
 
 NOT_INSTALLED = "relay is not installed in this database: run `relay install` as its owner"
+
+
+def schema_problem(version: int) -> str | None:
+    """Why a relay schema at ``version`` cannot be used by this relay, or None when it can."""
+    latest = sqlfiles.latest_version()
+    if version == 0:
+        return NOT_INSTALLED
+    if version < latest:
+        return (
+            f"relay schema is at version {version}, this relay needs {latest}: run "
+            "`relay install` as the schema's owner (then sql/service_role.sql for the service)"
+        )
+    if version > latest:
+        return (
+            f"relay schema is at version {version}, newer than this relay ({latest}): run the "
+            "relay of the release that installed it"
+        )
+    return None
+
+
+def require_schema(conn: Conn) -> None:
+    """End the command (exit 2) unless relay's schema in ``conn``'s database is the one this
+    relay knows."""
+    problem = schema_problem(Store(conn).installed_version())
+    if problem is not None:
+        fail(problem, 2)
+
+
 NO_RIGHTS = (
     "grant the role its rights with sql/service_role.sql (again after each upgrade), or run this "
     "as relay's owner"
@@ -158,7 +195,8 @@ NO_RIGHTS = (
 def explain(exc: psycopg.Error) -> tuple[str, int]:
     """One line for a database error, naming the fix where there is a usual one, and the exit
     code: 2 for what running the command again cannot change (relay missing, rights, a name
-    taken), 1 for the database refusing what was asked."""
+    taken, a value the database's checks refuse: a bad option), 1 for the database refusing
+    what was asked otherwise."""
     primary = exc.diag.message_primary or first_line(exc)
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return f"{primary}: {NO_RIGHTS}", 2
@@ -171,7 +209,8 @@ def explain(exc: psycopg.Error) -> tuple[str, int]:
         return f"{detail} Choose another name, or change or remove the existing one.", 2
     if exc.diag.message_hint:
         primary += f" (hint: {exc.diag.message_hint})"
-    if isinstance(exc, psycopg.errors.InvalidParameterValue | psycopg.errors.FeatureNotSupported):
+    refused_value = (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.FeatureNotSupported)
+    if isinstance(exc, refused_value):  # InvalidParameterValue is a DataError
         return primary, 2
     return primary, 1
 

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from relay.cli.common import (
+    BIGINT_MAX,
     Dsn,
     add_row,
     err,
@@ -41,7 +42,9 @@ def _retries(webhook: dict[str, Any]) -> str:
 def status(
     dsn: Dsn,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    errors: Annotated[int, typer.Option(help="How many recent errors to show.")] = 5,
+    errors: Annotated[
+        int, typer.Option(min=0, max=1000, help="How many recent errors to show.")
+    ] = 5,
 ) -> None:
     """Backlog, per-webhook counts, recent errors and the relays at work."""
     with _database(dsn) as conn:
@@ -138,7 +141,9 @@ def retry(
         str | None,
         typer.Option(help="Only changes made since then: an age (2h, 7d) or a time (ISO 8601)."),
     ] = None,
-    change_id: Annotated[int | None, typer.Option("--id", help="Only this change.")] = None,
+    change_id: Annotated[
+        int | None, typer.Option("--id", min=1, max=BIGINT_MAX, help="Only this change.")
+    ] = None,
     superseded: Annotated[
         bool,
         typer.Option(
@@ -154,7 +159,7 @@ def retry(
     from relay.cli.ages import parse_since
 
     try:
-        moment = parse_since(since) if since else None
+        moment = parse_since(since) if since is not None else None
     except ValueError as exc:
         fail(f"--since: {exc}", 2)
     with _database(dsn) as conn:
@@ -187,7 +192,9 @@ def purge(
     older_than: Annotated[
         str, typer.Option("--older-than", help="Age of the finished changes to delete: 7d, 12h...")
     ],
-    batch: Annotated[int, typer.Option(min=1, help="Changes deleted per transaction.")] = 5000,
+    batch: Annotated[
+        int, typer.Option(min=1, max=1_000_000, help="Changes deleted per transaction.")
+    ] = 5000,
 ) -> None:
     """Delete finished changes (delivered, failed, skipped) older than an age, with their
     deliveries and attempts, in short transactions; pending changes are never touched."""

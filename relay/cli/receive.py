@@ -110,19 +110,17 @@ async def _serve(console: Console, host: str, port: int, secret: str | None, sta
 
 
 def receive(
-    port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 9000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 9000,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     secret: Annotated[
         str | None,
         typer.Option(help="Check each request's signature with this secret (say valid/invalid)."),
     ] = None,
-    status: Annotated[int, typer.Option(help="HTTP status to answer with.")] = 200,
+    status: Annotated[
+        int, typer.Option(min=100, max=599, help="HTTP status to answer with.")
+    ] = 200,
 ) -> None:
     """A webhook receiver for trying relay out: prints every request it gets."""
-    if not 100 <= status <= 599:
-        fail(f"--status {status} is not an HTTP status", 2)
-    if not 1 <= port <= 65535:
-        fail(f"--port {port} is not a TCP port: give one from 1 to 65535", 2)
     try:
         serve(host, port, secret, status)
     except OSError as exc:

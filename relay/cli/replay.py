@@ -62,9 +62,10 @@ def replay(
     later change of its row supersedes is left out unless --superseded."""
     from relay.cli.ages import parse_since
 
+    limit = load_settings(None).max_body_bytes  # RELAY_MAX_BODY_BYTES, as relay run reads it
     try:
         start = parse_since(since)
-        end = parse_since(until) if until else None
+        end = parse_since(until) if until is not None else None
     except ValueError as exc:
         fail(f"--since/--until: {exc}", 2)
     if end is not None and end <= start:
@@ -109,7 +110,7 @@ def replay(
             new = ReplayPlan(busy=set(busy))
             added = Added(0, 0)
             if status is Status.all:
-                _match(store, rules, window, new)
+                _match(store, rules, window, new, limit)
                 if new.deliveries.outbox_ids:
                     added = store.add_replay_deliveries(
                         new.deliveries.parameters(), superseded=superseded
@@ -163,9 +164,11 @@ def _report(
         out.print(f"replaying {what}: the relays send them in order", highlight=False)
 
 
-def _match(store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan) -> None:
-    """Match, a chunk at a time, the changes in the window the webhook never had."""
-    limit = load_settings(None).max_body_bytes
+def _match(
+    store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan, limit: int
+) -> None:
+    """Match, a chunk at a time, the changes in the window the webhook never had (a change
+    larger than ``limit`` bytes fails for it, as in relay run)."""
     after = 0
     while rows := store.replay_candidates(window, after, CHUNK):
         after = rows[-1]["id"]

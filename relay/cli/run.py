@@ -8,7 +8,6 @@ import psycopg
 import typer
 from rich.table import Table
 
-from relay import sqlfiles
 from relay.cli.common import (
     EnvFile,
     OptionalDsn,
@@ -18,8 +17,8 @@ from relay.cli.common import (
     load_settings,
     out,
     print_table,
+    require_schema,
 )
-from relay.store import Store
 
 
 def run(
@@ -69,26 +68,7 @@ def _preflight(dsn: str) -> None:
             fail(f"the database refused the relay: {exc.detail}", 2)
         return
     with conn:
-        version = Store(conn).installed_version()
-    latest = sqlfiles.latest_version()
-    if version == 0:
-        fail(
-            "relay is not installed in this database (or this role may not see schema relay: "
-            "run sql/service_role.sql for it): run `relay install` as the database's owner",
-            2,
-        )
-    if version < latest:
-        fail(
-            f"relay schema is at version {version}, this relay needs {latest}: run "
-            "`relay install` as the schema's owner (then sql/service_role.sql for the service)",
-            2,
-        )
-    if version > latest:
-        fail(
-            f"relay schema is at version {version}, newer than this relay ({latest}): "
-            "upgrade the relay",
-            2,
-        )
+        require_schema(conn)
 
 
 def config(

@@ -20,12 +20,12 @@ from relay.store import NewerSchema, Store
 
 def install(dsn: Dsn) -> None:
     """Create or upgrade schema relay in an existing database (safe to run again)."""
-    try:
-        with _database(dsn) as conn:
-            before = Store(conn).installed_version()
+    with _database(dsn, installed=False) as conn:
+        before = Store(conn).installed_version()
+        try:
             installed = Store(conn).install()
-    except NewerSchema as exc:
-        fail(str(exc), 2)
+        except NewerSchema as exc:
+            fail(str(exc), 2)
     if not installed.migrations:
         more = "; functions and views written again" if installed.definitions else ""
         out.print(f"relay schema is up to date (version {before}){more}", highlight=False)
@@ -42,7 +42,7 @@ def uninstall(
     """Remove every capture trigger and schema relay, with the outbox and its history."""
     if not yes:
         fail("this drops schema relay and every change it holds; add --yes to confirm", 2)
-    with _database(dsn) as conn:
+    with _database(dsn, installed=False) as conn:
         Store(conn).uninstall()
     out.print("relay removed", highlight=False)
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from relay.cli.common import (
+    BIGINT_MAX,
     Dsn,
     EnvFile,
     OptionalDsn,
@@ -34,6 +35,7 @@ from relay.cli.common import (
     out,
     print_fields,
     print_table,
+    require_schema,
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import tls
@@ -63,11 +65,23 @@ MaxAttempts = Annotated[
 ]
 RetryBase = Annotated[
     float | None,
-    typer.Option(help="First retry delay, seconds (default: RELAY_RETRY_BASE_SECONDS)."),
+    typer.Option(
+        min=0.001,
+        max=86_400,
+        help="First retry delay, seconds (default: RELAY_RETRY_BASE_SECONDS).",
+    ),
 ]
 RetryMax = Annotated[
     float | None,
-    typer.Option(help="Longest retry delay, seconds (default: RELAY_RETRY_MAX_SECONDS)."),
+    typer.Option(
+        min=0.001,
+        max=2_592_000,
+        help="Longest retry delay, seconds, at most 30 days (default: RELAY_RETRY_MAX_SECONDS).",
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    typer.Option(min=0.001, max=300, help="Seconds per request, at most 300 (default: 10)."),
 ]
 BatchSize = Annotated[
     int | None,
@@ -89,9 +103,13 @@ BatchWait = Annotated[
 
 @contextmanager
 def _session(dsn: str) -> Iterator[Session]:
-    """A session whose database errors end the command with the database's own words."""
+    """A session whose database errors end the command with the database's own words, on a
+    database whose relay schema this relay knows."""
     try:
         with admin.session(dsn) as db:
+            raw = db.connection().connection.driver_connection
+            assert isinstance(raw, psycopg.Connection), "admin.session connects with psycopg"
+            require_schema(raw)
             yield db
     except DatabaseUnavailable as exc:
         fail(str(exc), 2)
@@ -158,7 +176,7 @@ def webhook_add(
         bool, typer.Option("--ssl-verification/--no-ssl-verification")
     ] = True,
     ca_file: Annotated[str | None, typer.Option(help="CA bundle to verify the receiver.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
+    timeout: Timeout = None,
     enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
     max_attempts: MaxAttempts = None,
     retry_base_seconds: RetryBase = None,
@@ -180,12 +198,13 @@ def webhook_add(
         signature=signature,
         ssl_verification=ssl_verification,
         ca_file_path=ca_file,
-        timeout_seconds=Decimal(str(timeout)),
         enabled=enabled,
         max_attempts=max_attempts,
         retry_base_seconds=_decimal(retry_base_seconds),
         retry_max_seconds=_decimal(retry_max_seconds),
     )
+    if timeout is not None:
+        row.timeout_seconds = Decimal(str(timeout))
     if batch_size is not None:
         row.batch_size = batch_size
     if batch_wait_ms is not None:
@@ -217,7 +236,7 @@ def webhook_edit(
         bool | None, typer.Option("--ssl-verification/--no-ssl-verification")
     ] = None,
     ca_file: Annotated[str | None, typer.Option(help="CA bundle ('' for none).")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Seconds per request.")] = None,
+    timeout: Timeout = None,
     max_attempts: MaxAttempts = None,
     retry_base_seconds: RetryBase = None,
     retry_max_seconds: RetryMax = None,
@@ -286,7 +305,7 @@ def _secret(variable: str | None) -> str | None:
     if variable is None:
         return None
     if variable not in os.environ:
-        fail(f"environment variable {variable} is not set")
+        fail(f"environment variable {variable} is not set: export it, or give another name", 2)
     return os.environ[variable]
 
 
@@ -427,7 +446,7 @@ def _remove(
         row = _named(kind, find, db, name)
         why_not = refuse(row)
         if why_not:
-            fail(why_not)
+            fail(why_not, 2)
         db.delete(row)
     out.print(f"{kind} {name} removed", highlight=False)
 
@@ -593,7 +612,11 @@ def preview(
     env_file: EnvFile = None,
     outbox_id: Annotated[
         list[int] | None,
-        typer.Option(help="A change from relay.outbox; repeat it for a batched webhook's batch."),
+        typer.Option(
+            min=1,
+            max=BIGINT_MAX,
+            help="A change from relay.outbox; repeat it for a batched webhook's batch.",
+        ),
     ] = None,
     table: Annotated[str | None, typer.Option(help="schema.table of a made-up change.")] = None,
     new: Annotated[str | None, typer.Option(help="Made-up row after the change (JSON).")] = None,
@@ -622,7 +645,7 @@ def preview(
             model = loaded.model(made_up.schema_name, made_up.table_name)
             changes.append(replace(made_up, model=model))
         if not changes:
-            fail("give --outbox-id N, or --table T with --new and/or --old")
+            fail("give --outbox-id N, or --table T with --new and/or --old", 2)
         chosen = next((r for r in loaded.rules if r.name == rule), None)
         if chosen is None:
             fail(f"no rule named {rule!r} (relay rule list shows them)", 2)

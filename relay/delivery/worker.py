@@ -67,8 +67,10 @@ SCHEMA_VERSION = f"-c relay.schema_version={sqlfiles.latest_version()}"
 refuses deliveries to a session built for another schema version, so that a relay left running
 across an upgrade stops rather than send under ids of its own making."""
 SESSION_SETTLED_SECONDS = 60.0
-"""A session that failed after running this long waits only briefly before the next one; one
-that fails sooner waits twice as long as the last (up to 30 s)."""
+"""A session that ran this long after connecting was healthy: its failure starts a new outage
+(logged, and the next session after 0.5 s). One that fails sooner is the same outage as the
+failure before it (a full disk lets the relay connect and fails its first write): not logged
+again, and each wait twice the last, up to 30 s."""
 
 
 class CannotDeliver(Exception):
@@ -130,6 +132,8 @@ class Worker:
         """When (monotonic) a batch that was not full may go: the claim loop wakes for it."""
         self._stopping = False
         self._connected = False
+        self._connected_at: float | None = None
+        """When (monotonic) the current session connected; None before it has."""
         self._in_flight: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
         self.metrics.held_bytes.set_function(lambda: self.holding.total * HELD_PER_CHANGE_BYTE)
@@ -152,7 +156,8 @@ class Worker:
         """Deliver until ``stop`` is set; then let in-flight requests finish within the grace
         period and release whatever is left to other relays.
 
-        A lost database connection is retried with backoff and logged once per outage; work
+        A lost database connection is retried with backoff and logged once per outage (sessions
+        that fail soon after connecting are the same outage: see SESSION_SETTLED_SECONDS); work
         resumes from the database's state (whatever is due, including the backlog), so nothing
         depends on what this process remembered. Every stage runs within :func:`masking`, so no
         reason or log line of theirs shows a secret the relay knows."""
@@ -166,8 +171,7 @@ class Worker:
         try:
             async with Sender(self.settings.max_body_bytes) as sender:
                 while not stop.is_set():
-                    self._connected = False
-                    began = time.monotonic()
+                    self._connected, self._connected_at = False, None
                     try:
                         await _first_of(self.rules.loaded, stop, watcher, timeout=30)
                         if watcher.done():
@@ -177,7 +181,7 @@ class Worker:
                         await self._session(stop, sender, watcher)
                         continue
                     except (psycopg.OperationalError, TimeoutError) as exc:
-                        if self._connected or not outage:
+                        if self._settled() or not outage:
                             log.warning("database unavailable, retrying", error=first_line(exc))
                             backoff = 0.5
                         outage = True
@@ -190,7 +194,7 @@ class Worker:
                         # delivering (the work is all in the database), waiting longer each
                         # time it comes back at once.
                         log.exception("relay session failed, starting again", error=describe(exc))
-                        if time.monotonic() - began > SESSION_SETTLED_SECONDS:
+                        if self._settled():
                             backoff = 0.5
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), backoff)
@@ -198,6 +202,11 @@ class Worker:
         finally:
             watcher.cancel()
             await self.renders.close()
+
+    def _settled(self) -> bool:
+        """The session ran healthily for SESSION_SETTLED_SECONDS after it connected."""
+        connected = self._connected_at
+        return connected is not None and time.monotonic() - connected >= SESSION_SETTLED_SECONDS
 
     async def _session(
         self, stop: asyncio.Event, sender: Sender, watcher: asyncio.Task[None]
@@ -217,7 +226,7 @@ class Worker:
             if problem is not None:
                 raise CannotDeliver(problem)
             await store.relay_started(self.relay_id, self._started)
-            self._connected = True
+            self._connected, self._connected_at = True, time.monotonic()
             self._stopping = False
             log.info("relay connected", relay_id=self.relay_id)
             recorder = Recorder(self.relay_id)

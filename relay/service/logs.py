@@ -7,12 +7,18 @@ the console renderer would otherwise print, secrets and all).
 
 JSON lines are written by orjson, as bytes: at thousands of deliveries a second (a line each)
 the standard library's encoder was a tenth of the relay's CPU time.
+
+Whatever else a relay process would write to standard error goes the same way, so that in JSON
+mode every line is JSON: the standard library's loggers (psycopg's "error ignored terminating",
+asyncio's "Task exception was never retrieved" and its child watcher, aiohttp's), the warnings
+module, exceptions nobody could catch (in threads, in ``__del__``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import traceback
 from collections.abc import MutableMapping
 from datetime import date, datetime
@@ -44,13 +50,14 @@ def configure(level: int = logging.INFO, file: TextIO | None = None, fmt: str = 
             logger_factory=structlog.PrintLoggerFactory(file=file),
             cache_logger_on_first_use=True,
         )
-        return
-    structlog.configure(
-        processors=[*shared, structlog.processors.JSONRenderer(serializer=_json)],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.BytesLoggerFactory(file=file.buffer),
-        cache_logger_on_first_use=True,
-    )
+    else:
+        structlog.configure(
+            processors=[*shared, structlog.processors.JSONRenderer(serializer=_json)],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            logger_factory=structlog.BytesLoggerFactory(file=file.buffer),
+            cache_logger_on_first_use=True,
+        )
+    _take_over_the_rest()
 
 
 def _json(event: object, **_: object) -> bytes:
@@ -94,3 +101,47 @@ def _traceback(exc_info: Any) -> str:
     if isinstance(exc_info, tuple) and exc_info[1] is not None:
         return "".join(traceback.format_exception(exc_info[1]))
     return "(no exception)"
+
+
+class _Forward(logging.Handler):
+    """Records of the standard library's loggers, as structlog events of the same level (with
+    the logger's name): the one format every line is in."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def _take_over_the_rest() -> None:
+    """Route what the standard library would print itself through structlog. For a process's
+    entry point: it takes over the root logger (warnings and above, as Python's last-resort
+    handler printed them) and the hooks for exceptions nobody can catch."""
+    root = logging.getLogger()
+    root.handlers[:] = [_Forward()]
+    root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    sys.unraisablehook = _unraisable
+    threading.excepthook = _in_thread
+
+
+def _unraisable(unraisable: Any) -> None:
+    """An exception Python could only ignore (in ``__del__``, a finalizer, a callback)."""
+    where = unraisable.err_msg or "Exception ignored in"
+    structlog.get_logger("relay").warning(
+        f"{where}: {unraisable.object!r}" if unraisable.object is not None else where,
+        exc_info=unraisable.exc_value,
+    )
+
+
+def _in_thread(args: threading.ExceptHookArgs) -> None:
+    """An exception that ended a thread."""
+    name = args.thread.name if args.thread is not None else "a thread"
+    structlog.get_logger("relay").error(
+        f"exception in thread {name}",
+        exc_info=args.exc_value,
+    )
