@@ -100,6 +100,30 @@ def startup_parameters(
     }
 
 
+_CURRENT_PATH = "SELECT pg_catalog.current_setting('search_path')"
+"""The one statement a session runs before relay knows its search path is pinned: every name in
+it is qualified, so no object on any path can take its place."""
+
+
+def path_problem(search_path: str) -> str | None:
+    """Why a session on ``search_path`` may not run relay's SQL (something between relay and
+    PostgreSQL dropped the startup options), or None when it is :data:`SEARCH_PATH`."""
+    if search_path.replace(" ", "") == SEARCH_PATH:
+        return None
+    return (
+        f"the session's search_path is {search_path!r}, not {SEARCH_PATH!r}: something "
+        "between relay and PostgreSQL (a connection pooler) dropped the startup options; "
+        "connect relay to PostgreSQL directly or let the options through"
+    )
+
+
+def _unpinned(search_path: str) -> DatabaseUnavailable | None:
+    problem = path_problem(search_path)
+    if problem is None:
+        return None
+    return DatabaseUnavailable(f"cannot use the database: {problem}", refused=True, detail=problem)
+
+
 def connect(
     dsn: str,
     *,
@@ -109,26 +133,46 @@ def connect(
 ) -> Conn:
     """A connection that pg_stat_activity shows as ``relay/<version>`` (or
     ``application_name``), autocommit unless asked otherwise, on the pinned search path. A DSN
-    libpq cannot read, or a server not reached within 10 s, raises :class:`DatabaseUnavailable`
-    with a one-line message."""
+    libpq cannot read, a server not reached within 10 s, or a session that is not on the
+    pinned path (:func:`path_problem`), raises :class:`DatabaseUnavailable` with a one-line
+    message."""
     problem = dsn_problem(dsn)
     if problem is not None:
         raise DatabaseUnavailable(problem)
     parameters = startup_parameters(dsn, application_name=application_name, options=options)
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, **parameters)
+        conn = psycopg.connect(dsn, autocommit=autocommit, **parameters)
+        row = conn.execute(_CURRENT_PATH).fetchone()
     except psycopg.OperationalError as exc:
         detail = one_line(exc)
         raise DatabaseUnavailable(
             f"cannot connect to the database: {detail}", refused=refused(exc), detail=detail
         ) from exc
+    if not autocommit:
+        conn.rollback()
+    unpinned = _unpinned(str(row[0]) if row else "")
+    if unpinned is not None:
+        conn.close()
+        raise unpinned
+    return conn
 
 
 async def aconnect(dsn: str, *, application_name: str | None = None, options: str = "") -> AConn:
     """As :func:`connect`, for asyncio, always autocommit; connection failures are psycopg's own
-    (``relay run`` retries them with backoff, and says when the server refuses)."""
+    (``relay run`` retries them with backoff, and says when the server refuses), a session off
+    the pinned path a :class:`DatabaseUnavailable` (waiting will not help)."""
     parameters = startup_parameters(dsn, application_name=application_name, options=options)
-    return await psycopg.AsyncConnection.connect(dsn, autocommit=True, **parameters)
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, **parameters)
+    try:
+        row = await (await conn.execute(_CURRENT_PATH)).fetchone()
+    except BaseException:
+        await conn.close()
+        raise
+    unpinned = _unpinned(str(row[0]) if row else "")
+    if unpinned is not None:
+        await conn.close()
+        raise unpinned
+    return conn
 
 
 _PASSING = ("starting up", "shutting down", "in recovery", "too many clients", "terminating")

@@ -173,11 +173,18 @@ class Claimed:
     """The batch that carries it (claim_batch), None when it goes alone."""
     batch_delivery_id: str | None = None
     """The X-Relay-Delivery of the batch that carries it, drawn when the batch was numbered."""
+    batch_again: bool = False
+    """Its batch is one claimed before (sent under its id, or about to be when its relay
+    stopped): it goes whole or not at all, never in parts under two ids."""
     replay: bool = False
     """Made pending again by ``relay replay`` (the request and the attempt log say so)."""
     superseded_by: int | None = None
     """Sent although this later change of its row was delivered after it, as the operator
     asked (``--superseded``): the request says so (X-Relay-Superseded)."""
+    superseded_unasked: int | None = None
+    """This later change of its row was delivered after it failed, and nobody asked to send it
+    anyway: something that does not judge superseded changes made it pending (a release's
+    ``relay replay`` from before 0025, SQL by hand). It is not sent: it fails again, saying so."""
 
 
 @dataclass(frozen=True)
@@ -316,8 +323,10 @@ def _claimed(row: Mapping[str, Any], models: Models) -> Claimed:
         str(row["delivery_id"]),
         row.get("batch_id"),
         _text(row.get("batch_delivery_id")),
+        bool(row.get("batch_again")),
         row["replay"],
         row["superseded_by"],
+        row["superseded_unasked"],
     )
 
 

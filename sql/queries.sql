@@ -372,6 +372,7 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.replay,
           d.id AS delivery_id,
           CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
+          CASE WHEN NOT d.send_superseded THEN d.superseded_by END AS superseded_unasked,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
           o.txid::text, o.created_at,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
@@ -411,7 +412,8 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 --
 -- A new batch that is not full waits until its oldest delivery has been due for wait_ms: then
 -- nothing is claimed and the one row returned says, in wait_seconds, how long until it may go.
--- Otherwise one row per claimed delivery (wait_seconds NULL); a row with a NULL outbox_id when
+-- Otherwise one row per claimed delivery (wait_seconds NULL; batch_again when the batch is one
+-- due again, which the relay sends whole or not at all); a row with a NULL outbox_id when
 -- there is nothing to claim.
 WITH moves AS MATERIALIZED (
     SELECT EXISTS (SELECT FROM relay.deliveries m
@@ -531,7 +533,8 @@ WITH moves AS MATERIALIZED (
     FROM fitting
 ), batch AS MATERIALIZED (
     SELECT coalesce((SELECT batch_id FROM again), nextval('relay.batch_ids')) AS id,
-           coalesce((SELECT delivery_id FROM again), gen_random_uuid()) AS delivery_id
+           coalesce((SELECT delivery_id FROM again), gen_random_uuid()) AS delivery_id,
+           EXISTS (SELECT FROM again) AS again
     FROM ready WHERE ready.any AND ready.go
 ), claimed AS (
     UPDATE relay.deliveries d
@@ -545,8 +548,9 @@ WITH moves AS MATERIALIZED (
     WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM fitting)) AND o.id = d.outbox_id
     RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
               d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.batch_id,
-              d.replay, d.id AS delivery_id, d.batch_delivery_id,
+              d.replay, d.id AS delivery_id, d.batch_delivery_id, batch.again AS batch_again,
               CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
+              CASE WHEN NOT d.send_superseded THEN d.superseded_by END AS superseded_unasked,
               o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
               o.request_id, o.txid::text, o.created_at,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,

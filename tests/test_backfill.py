@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
@@ -697,3 +698,21 @@ def five(rconn: Conn) -> Conn:
     """items, 5 rows with v = id."""
     items(rconn, 5, v_is_id=True)
     return rconn
+
+
+def test_a_where_clause_too_long_to_keep_is_refused_in_one_line(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """relay.backfills keeps each backfill's clause in a unique index, whose entries PostgreSQL
+    caps near 2,700 bytes: a longer clause (a list of keys, say) ended in the index's own error,
+    exit 1. It is refused first, saying how long it may be."""
+    items(rconn, 5, v_is_id=True)
+    hook(rconn, "snap", "http://127.0.0.1:9/", ["snapshot"])
+    clause = "v::text <> '" + secrets.token_hex(1500) + "'"
+    refused = relay("backfill", "public.items", "--where", clause, dsn=relay_dsn)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        "error: backfill of public.items: the where clause is 3,013 bytes, over the 2,000 a "
+        "backfill keeps: say it in fewer (a function of your own can hold a long condition)"
+    ]
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 0

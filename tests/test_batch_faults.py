@@ -489,3 +489,58 @@ def pending(conn: Conn) -> int:
         conn.execute("SELECT count(*) FROM relay.deliveries WHERE status = 'pending'")
     )[0]
     return count
+
+
+def test_a_batch_sent_before_that_no_longer_fits_goes_whole_or_waits_under_its_id(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Batch X of 6 changes of 3 KB goes out and gets a 500, as from a receiver that stored
+    it and then failed. RELAY_MAX_BODY_BYTES is then lowered below X's body and the relay
+    restarted. Before: X's retry went in parts, its first change under X's id and the others
+    under new batch ids, so a receiver that drops the ids it has processed took those five
+    twice. Now X waits whole, saying why, and goes whole under its id once the limit is back."""
+    from pydantic import ByteSize
+
+    up = {"on": False}
+
+    async def gate(request: web.Request) -> web.Response:
+        return web.Response(status=200 if up["on"] else 500)
+
+    roomy = FAST.model_copy(
+        update={
+            "retry_base_seconds": 0.3,
+            "retry_max_seconds": 0.3,
+            "max_body_bytes": ByteSize(65536),
+        }
+    )
+    tight = roomy.model_copy(update={"max_body_bytes": ByteSize(8192)})
+
+    async def scenario() -> Receiver:
+        async with receiver(gate) as r:
+            rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int, t text)")
+            setup(rconn, r.url, batch_size=10, batch_wait_ms=300, max_attempts=100)
+            async with running(relay_dsn, roomy):
+                await sql(
+                    relay_dsn,
+                    "INSERT INTO items SELECT g, 0, repeat('x', 1500) FROM generate_series(1, 6) g",
+                )
+                await until(lambda: len(r.requests) >= 1)
+            up["on"] = True
+            async with running(relay_dsn, tight):
+                await asyncio.sleep(2)
+            waiting = rconn.execute(
+                "SELECT DISTINCT status::text, last_error FROM relay.deliveries"
+            ).fetchall()
+            assert len(waiting) == 1 and waiting[0][0] == "pending", waiting
+            assert "over RELAY_MAX_BODY_BYTES" in waiting[0][1], waiting
+            async with running(relay_dsn, roomy):
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 6)
+            return r
+
+    r = asyncio.run(scenario())
+    ids_by_change: dict[int, set[str]] = {}
+    for q in r.requests:
+        for change in ids_of(q.body):
+            ids_by_change.setdefault(change, set()).add(q.headers["X-Relay-Delivery"])
+    assert len({i for ids in ids_by_change.values() for i in ids}) == 1, ids_by_change
+    assert len(ids_by_change) == 6

@@ -10,9 +10,9 @@ formula, kept here to check that an upgrade keeps the ids those releases sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,11 +27,11 @@ from relay.db import Conn
 from support.cli import process, relay
 from support.db import install_up_to, one_row
 from support.receivers import receiver
+from support.releases import unpack
 from support.worker import FAST, running, until
 
 NAMESPACE = uuid.UUID("6f1c4f1e-58a9-4c43-9d0e-2b7f4f1b9a51")
 """The name space of the ids releases before 0023 worked out."""
-REPO = Path(__file__).resolve().parents[1]
 OLD_RELEASE = "512bf44"
 """The last commit before delivery ids were stored (schema version 21): a relay of that release
 is run below as an operator might have left one running."""
@@ -163,20 +163,15 @@ def test_an_upgrade_keeps_the_ids_earlier_releases_sent_deliveries_under(
     asyncio.run(scenario())
 
 
+UNNAMED_RELEASE = "83d5a58"
+"""The last commit whose relay named none of its connections (schema version 3; from cda2c6f
+on they are 'relay run <relay id>', which the fence goes by)."""
+
+
 @pytest.fixture
 def old_release(tmp_path: Path) -> Path:
-    """relay as released at OLD_RELEASE, unpacked from git (its sql/ beside its package)."""
-    if shutil.which("git") is None or not (REPO / ".git").exists():
-        pytest.skip("needs git and this checkout's history, to unpack an earlier release")
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", OLD_RELEASE, "relay", "sql"],
-        capture_output=True,
-        check=False,
-    )
-    if archive.returncode != 0:
-        pytest.skip(f"commit {OLD_RELEASE} is not in this clone's history")
-    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive.stdout, check=True)
-    return tmp_path
+    """relay as released at OLD_RELEASE."""
+    return unpack(OLD_RELEASE, tmp_path)
 
 
 class _Run:
@@ -334,5 +329,44 @@ def test_a_relay_delivers_only_on_the_schema_it_was_built_for(conn: Conn, relay_
             again = relay("run", dsn=relay_dsn)
             assert again.returncode == 2
             assert f"relay schema is at version {newer}, newer than this relay" in again.stderr
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the fence knows a relay's sessions by their name ('relay run ...'); the releases "
+    "before cda2c6f named none, so theirs pass it and send under ids of their own making "
+    "(docs/deploy.md: stop such a relay by hand before upgrading)",
+)
+def test_a_relay_of_a_release_that_named_no_session_is_stopped_too(
+    conn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """A relay of the day-one releases (schema version 3, unnamed connections) left running
+    on the current schema: it must send nothing, or only under the ids stored."""
+    unnamed = unpack(UNNAMED_RELEASE, tmp_path)
+
+    async def scenario() -> None:
+        async with receiver() as hook:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+            conn.execute("SELECT relay.track('items')")
+            conn.execute(
+                "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES ('h', %s, 's')",
+                (hook.url,),
+            )
+            conn.execute(
+                "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+                " SELECT 'r', ARRAY['public.items'], id FROM relay.webhooks"
+            )
+            previous = _Run(relay_dsn, unnamed)
+            try:
+                conn.execute("INSERT INTO items VALUES (1, 1)")
+                with contextlib.suppress(AssertionError):
+                    await until(lambda: len(hook.requests) >= 1, timeout=5)
+            finally:
+                previous.stop()
+            stored = {r[0] for r in conn.execute("SELECT id::text FROM relay.deliveries")}
+            sent = {r.headers["X-Relay-Delivery"] for r in hook.requests}
+            assert sent <= stored, f"sent under {sent}, stored {stored}"
 
     asyncio.run(scenario())

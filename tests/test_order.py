@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -157,3 +159,37 @@ def test_order_holds_for_bytea_timestamptz_and_float_keys_written_with_other_set
         "created 0.3333333333333333",
         "updated 0.3333333333333333",
     ]
+
+
+def test_order_holds_for_keys_too_long_to_index_as_written(rconn: Conn, relay_dsn: str) -> None:
+    """A row's key as relay writes it (its table and the key's JSON) may be longer than the
+    application's own index of it: a bytea key doubles as hex, and a text key near PostgreSQL's
+    limit gains its table's name. An application's writes of such rows stop nothing: every
+    change is delivered, each row's in order, the key moves included, and the other tables'
+    changes flow."""
+    rconn.execute("CREATE TABLE blobs (k bytea PRIMARY KEY, v int)")
+    rconn.execute("CREATE TABLE names (k text PRIMARY KEY, v int)")
+    rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
+    rconn.execute("SELECT relay.track('blobs'), relay.track('names'), relay.track('items')")
+    blob, moved = os.urandom(1500), os.urandom(1500)
+    name = secrets.token_hex(1300)  # random: no compression brings it under the limit
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with first_creates_refused() as (url, accepted):
+            add_webhook(rconn, url, ["public.blobs", "public.names", "public.items"])
+            async with running(relay_dsn, FAST):
+                rconn.execute("INSERT INTO blobs VALUES (%s, 0)", (blob,))
+                rconn.execute("UPDATE blobs SET v = 1 WHERE k = %s", (blob,))
+                rconn.execute("UPDATE blobs SET k = %s, v = 2 WHERE k = %s", (moved, blob))
+                rconn.execute("UPDATE blobs SET v = 3 WHERE k = %s", (moved,))
+                rconn.execute("INSERT INTO names VALUES (%s, 0)", (name,))
+                rconn.execute("UPDATE names SET v = 1 WHERE k = %s", (name,))
+                rconn.execute("INSERT INTO items VALUES (1, 0)")
+                await until(lambda: outbox_statuses(rconn) == ["delivered"] * 7, timeout=20)
+            return accepted
+
+    accepted = asyncio.run(scenario())
+    assert story(accepted, "blobs", "v") == ["created 0", "updated 0 -> 1", "updated 1 -> 2",
+                                             "updated 2 -> 3"]  # fmt: skip
+    assert story(accepted, "names", "v") == ["created 0", "updated 0 -> 1"]
+    assert story(accepted, "items", "v") == ["created 0"]

@@ -358,3 +358,41 @@ def test_delivery_ids_differ_across_databases_and_reinstalls(
     change_and_rule(relay_dsn)
     third = delivery_header(relay_dsn)
     assert len({first, second, third}) == 3
+
+
+OWNED_BY_OTHERS = """
+SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p
+WHERE p.pronamespace = 'relay'::regnamespace AND p.proowner <> current_user::regrole
+UNION ALL
+SELECT 'relation ' || c.oid::regclass::text FROM pg_class c
+WHERE c.relnamespace = 'relay'::regnamespace AND c.relowner <> current_user::regrole
+UNION ALL
+SELECT 'type ' || t.oid::regtype::text FROM pg_type t
+WHERE t.typnamespace = 'relay'::regnamespace AND t.typowner <> current_user::regrole
+"""
+
+
+def test_what_a_superuser_makes_in_schema_relay_belongs_to_relays_owner(
+    world: dict[str, str], db_dsn: str
+) -> None:
+    """A DBA, as a superuser, upgrades an install (from version 23, so the upgrade makes a
+    table) that a role without superuser rights owns, and tracks a table. Before: the capture
+    functions it wrote were SECURITY DEFINER functions of the superuser, so every write to the
+    table ran relay's capture with a superuser's rights, and what the upgrade made was the
+    superuser's, so relay's owner could neither upgrade again nor regenerate capture after DDL
+    (permission denied). Now all of it is relay's owner's, whoever made it."""
+    with psycopg.connect(world["installer"], autocommit=True) as inst, inst.transaction():
+        inst.execute(sqlfiles.read("bootstrap.sql").encode())
+        for migration in sqlfiles.migrations()[:23]:
+            inst.execute(migration.sql.encode())
+        inst.execute("SELECT relay.track('events')")
+    ok(relay("install", dsn=db_dsn))
+    ok(relay("track", "public.orders", dsn=db_dsn))
+    with psycopg.connect(world["installer"], autocommit=True) as inst:
+        assert inst.execute(OWNED_BY_OTHERS).fetchall() == []
+    write(world, "ALTER TABLE orders ADD COLUMN note text", "INSERT INTO orders VALUES (1, 1)")
+    with psycopg.connect(world["installer"], autocommit=True) as inst:
+        assert one_row(inst.execute("SELECT relay.refresh_capture()"))[0] == 1
+        inst.execute("UPDATE relay.definitions SET digest = 'an earlier release'")
+    ok(relay("install", dsn=world["installer"]))
+    assert recorded(world) == [("insert", "orders")]

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +22,7 @@ from support.cli import relay
 from support.db import one_row
 from support.delivery import fan_out
 from support.receivers import receiver
+from support.releases import command, unpack
 from support.worker import FAST, running, setup, until
 
 
@@ -253,6 +255,39 @@ def test_a_change_that_fails_beside_a_later_change_of_its_row_delivered_is_super
     assert statuses(rconn) == ["failed", "delivered"]
     rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
     fan_out(rconn)
+    assert first_delivery(rconn) == (
+        "failed",
+        "superseded: change 2 of this row was delivered after it",
+    )
+
+
+REPLAY_BEFORE_0025 = "512bf44"
+"""A release whose `relay replay` knew nothing of superseded changes (schema version 21)."""
+
+
+def test_a_superseded_change_an_older_relay_replay_makes_pending_is_not_sent(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """Row 1's insert failed and its update was delivered; then `relay replay --status failed`
+    of a release before 0025 (run from a host not yet upgraded), which knows nothing of
+    superseded changes, makes the insert pending again. The relay does not send the older
+    image last (before, it did, unmarked): the delivery fails again, saying which change
+    superseded it. The same holds for any other path that does not judge it (SQL by hand)."""
+    older = unpack(REPLAY_BEFORE_0025, tmp_path)
+
+    async def scenario() -> Receiver:
+        async with story(rconn, relay_dsn) as r:
+            done = await asyncio.to_thread(
+                command, older, "replay", "--webhook", "hook", "--since", "1h",
+                "--status", "failed", dsn=relay_dsn,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert "replaying 1 change" in done.stdout
+            await until(lambda: first_delivery(rconn)[0] != "pending")
+        return r
+
+    r = asyncio.run(scenario())
+    assert r.told() == [(1, 1)], "the receiver still holds row 1's latest image"
     assert first_delivery(rconn) == (
         "failed",
         "superseded: change 2 of this row was delivered after it",

@@ -27,7 +27,11 @@ one request's time, well inside their lease."""
 
 def refusal(item: Claimed, max_change_bytes: int) -> str | None:
     """Why the delivery cannot be sent without even reading it: its change is too large (the
-    claim brought it without its images)."""
+    claim brought it without its images), or it is superseded and nobody asked to send it
+    anyway (whatever made it pending did not judge that: sent, the receiver would end on the
+    older image; docs/operations.md)."""
+    if item.superseded_unasked is not None:
+        return f"superseded: change {item.superseded_unasked} of this row was delivered after it"
     size = item.change_bytes
     return over_limit("change", size, max_change_bytes) if size > max_change_bytes else None
 

@@ -18,6 +18,7 @@ with the reason, rather than vanish as skipped unseen.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -103,12 +104,25 @@ def groups(rows: Iterable[FanOutRow], limit: int) -> Iterator[list[FanOutRow]]:
         yield group
 
 
+ROW_KEY_JSON_BYTES = 2048
+"""The longest primary-key JSON a row key holds as it is; a longer one is held as its SHA-256.
+Row keys are indexed (deliveries_row_order and the like), and a B-tree entry holds at most
+2,704 bytes: an application's key within its own index's limit can be longer than that as
+relay writes it (a bytea key doubles in hex, every key gains its table's name and JSON's
+quotes), and one such change would fail the fan-out of every change with it, for ever."""
+
+
 def row_key(change: Change, pk_json: str | None) -> str:
     """Identity of a row: per-row ordering applies to changes with the same key. The key's
     text is the pk JSON exactly as PostgreSQL wrote it (never re-serialized here, so numbers
-    keep their digits and the same row always gets the same key)."""
+    keep their digits and the same row always gets the same key); over
+    :data:`ROW_KEY_JSON_BYTES`, its SHA-256 (JSON never starts with ``sha256:``)."""
     if pk_json is None:
         return f"{change.object_type}#{change.id}"
+    if len(pk_json) * 4 > ROW_KEY_JSON_BYTES:  # UTF-8 takes at most 4 bytes a character
+        data = pk_json.encode()
+        if len(data) > ROW_KEY_JSON_BYTES:
+            return f"{change.object_type}:sha256:{hashlib.sha256(data).hexdigest()}"
     return f"{change.object_type}:{pk_json}"
 
 

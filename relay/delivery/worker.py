@@ -39,7 +39,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from relay import sqlfiles
-from relay.db import SEARCH_PATH, AConn, aconnect, first_line
+from relay.db import AConn, DatabaseUnavailable, aconnect, first_line, path_problem
 from relay.delivery import claim
 from relay.delivery.breaker import Breaker, Turn
 from relay.delivery.fanout import FanOut
@@ -92,13 +92,7 @@ def session_problem(version: int, search_path: str, latest: int) -> str | None:
             f"relay schema is at version {version}, newer than this relay ({latest}): run the "
             "relay of the release that installed it"
         )
-    if search_path.replace(" ", "") != SEARCH_PATH:
-        return (
-            f"the session's search_path is {search_path!r}, not {SEARCH_PATH!r}: something "
-            "between relay and PostgreSQL (a connection pooler) dropped the startup options; "
-            "connect relay to PostgreSQL directly or let the options through"
-        )
-    return None
+    return path_problem(search_path)
 
 
 class Worker:
@@ -193,6 +187,8 @@ class Worker:
                         outage = True
                     except (psycopg.errors.InsufficientPrivilege, CannotDeliver):
                         raise  # a missing grant, another schema: waiting will not help
+                    except DatabaseUnavailable as exc:  # a session off relay's search path
+                        raise CannotDeliver(exc.detail or str(exc)) from exc
                     except Exception as exc:
                         # A fault of relay's own: start the session again rather than stop
                         # delivering (the work is all in the database), waiting longer each
@@ -450,7 +446,15 @@ class Worker:
                 going.append((item, target[1]))
         if going:
             hook = going[0][1].webhook
-            request, left_out, later = await self._fit_batch(hook, going)
+            if going[0][0].batch_again:
+                whole = await self._try_render(hook, going)
+                if isinstance(whole, str):
+                    results.update(self._waits_whole([item for item, _ in going], policy, whole))
+                request = whole if isinstance(whole, Request) else None
+                left_out: dict[int, str] = {}
+                later: set[int] = set()
+            else:
+                request, left_out, later = await self._fit_batch(hook, going)
             for item, _ in going:
                 if item.outbox_id in left_out:
                     results[item.outbox_id] = self._alone(item, policy, left_out[item.outbox_id])
@@ -484,6 +488,27 @@ class Worker:
                 shown = going_on[0] if going_on else sent[0]
                 self._log_batch(sent, results[shown.outbox_id])
         return [results[item.outbox_id] for item in items]
+
+    def _waits_whole(
+        self, items: list[Claimed], policy: RetryPolicy, why: str
+    ) -> dict[int, Result]:
+        """A batch claimed before (its request sent under its id, as far as anyone knows) that
+        does not render whole now (RELAY_MAX_BODY_BYTES lowered, its template changed): nothing
+        goes, and it is tried again whole, as the retry policy allows. Sending a part under its
+        id would put the rest under a new one, and a receiver that dropped the ids it had
+        processed would take those changes twice."""
+        outcome = Outcome.not_sent(
+            reason(f"not sent: its batch was sent before and goes whole or not at all: {why}"),
+            permanent=False,
+        )
+        decided = [(item, *policy.after(outcome, item.attempt, 1.0)) for item in items]
+        retry_in = max((wait for _, status, wait in decided if status == "pending"), default=0.0)
+        results = {
+            item.outbox_id: Result.of(item, status, retry_in if status == "pending" else 0, outcome)
+            for item, status, _ in decided
+        }
+        self._log_batch(items, results[items[0].outbox_id])
+        return results
 
     def _alone(self, item: Claimed, policy: RetryPolicy, why: str) -> Result:
         """A change of a batch that cannot go, failed with the reason (the rest go on)."""
@@ -578,6 +603,7 @@ class Worker:
         refused = claim.refusal(item, self.settings.max_body_bytes)
         if refused:
             return refused
+
         rule = self.rules.ruleset.by_id(item.rule_id)
         if rule is None or rule.webhook.id != item.webhook_id:
             return "the rule that sent this change here was disabled or removed"

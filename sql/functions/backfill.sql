@@ -134,6 +134,8 @@ $$;
 -- in parentheses, the closing one on a line of its own (it ends a trailing -- comment); 'true'
 -- for ''. Why it can only narrow the rows:
 --
+-- * It is at most 2,000 bytes: relay.backfills keeps it in a unique index (backfills_running),
+--   whose entries PostgreSQL caps near 2,700 bytes.
 -- * It holds no semicolon, not even in a string. Without one, whatever PostgreSQL makes of the
 --   text is one statement: neither the checks below nor the statements that use the clause can
 --   run a second one.
@@ -162,6 +164,11 @@ DECLARE
 BEGIN
     IF where_clause = '' THEN
         RETURN 'true';
+    END IF;
+    IF octet_length(where_clause) > 2000 THEN
+        RAISE EXCEPTION 'backfill of %: the where clause is % bytes, over the 2,000 a backfill keeps: say it in fewer (a function of your own can hold a long condition)',
+            tbl::regclass, to_char(octet_length(where_clause), 'FM999,999,999')
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF strpos(where_clause, ';') > 0 THEN
         RAISE EXCEPTION 'backfill of %: the where clause holds a semicolon, which it may not even in a string (write chr(59))',

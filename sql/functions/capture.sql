@@ -442,6 +442,10 @@ BEGIN
                        relay.capture_body(tbl, event));
         EXECUTE format('REVOKE ALL ON FUNCTION relay.%I() FROM PUBLIC',
                        format('capture_%s_%s', tbl, event));
+        -- Relay's owner's, whoever wrote it: a function a superuser wrote (relay track run by a
+        -- DBA) would run with a superuser's rights in every writer's session.
+        EXECUTE format('ALTER FUNCTION relay.%I() OWNER TO %s', format('capture_%s_%s', tbl, event),
+                       (SELECT n.nspowner::regrole FROM pg_namespace n WHERE n.nspname = 'relay'));
     END LOOP;
     UPDATE relay.tracked_tables t SET shape = relay.shape(write_capture.tbl)
     WHERE t.tbl = write_capture.tbl;
