@@ -1,12 +1,14 @@
 """Opening connections, and turning connection failures into one line a person can act on.
 
-Every connection relay opens goes through :func:`connect` or :func:`aconnect`, so that every
-session starts with the search path no other role can write to (see :data:`SEARCH_PATH`).
+Every connection relay opens goes through :func:`connect` or :func:`aconnect`, so that the first
+statement of every session sets the search path no other role can write to (see
+:data:`SEARCH_PATH`) and the session settings relay runs with (:data:`SESSION`).
 """
 
 from __future__ import annotations
 
-import os
+import re
+from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import psycopg
@@ -28,13 +30,14 @@ AConn: TypeAlias = psycopg.AsyncConnection[Any]
 """An asyncio connection (``relay run``'s stages and the rule watcher)."""
 
 SEARCH_PATH = "pg_catalog,pg_temp"
-"""The search path of every session relay opens, set in the startup packet before any statement
-runs. PostgreSQL resolves every unqualified function, operator and type name through it, picking
-the best match over every schema on the path: with ``"$user", public`` (the default), an operator
-another role creates in ``public`` or in a schema named like relay's role, for argument types
-``pg_catalog`` has no exact match for, would run inside relay's queries with relay's rights. Only a
-superuser can write to ``pg_catalog``, and ``pg_temp`` (last, so that it is never searched first)
-holds only what this session creates. relay's own objects are always named with their schema."""
+"""The search path of every session relay opens, set by its first statement (see :func:`_pin`).
+PostgreSQL resolves every unqualified function, operator and type name
+through it, picking the best match over every schema on the path: with ``"$user", public`` (the
+default), an operator another role creates in ``public`` or in a schema named like relay's role,
+for argument types ``pg_catalog`` has no exact match for, would run inside relay's queries with
+relay's rights. Only a superuser can write to ``pg_catalog``, and ``pg_temp`` (last, so that it
+is never searched first) holds only what this session creates. relay's own objects are always
+named with their schema."""
 
 
 class DatabaseUnavailable(Exception):
@@ -69,59 +72,59 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
-SESSION_TIMEOUTS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
-"""Timeouts a role or database may set for its sessions, which relay's sessions set for
-themselves (to none): they are tuned for an application's queries, and relay's long statements
-(install, status on a large outbox, a purge batch, waiting for a replay's lock) are not those.
-relay bounds its own work: leases, batches, backfill's own lock_timeout per chunk."""
+SESSION = {
+    "statement_timeout": "0",
+    "lock_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+}
+"""Settings every relay session sets for itself, over a role's or a database's (ALTER ROLE ...
+SET): timeouts tuned for an application's queries would stop relay's long statements (install,
+status on a large outbox, a purge batch, waiting for a replay's lock); relay bounds its own
+work (leases, batches, backfill's own lock_timeout per chunk). A value the operator gives in the
+connection's options (the DSN's, PGOPTIONS, a service file's) is the operator's choice for
+relay, and wins."""
+
+_OPTION = re.compile(r"(?:-c\s*|--)([A-Za-z0-9_.-]+)=")
 
 
-def session_options() -> str:
-    """The ``-c name=value`` options every relay session starts with, first (see
-    :func:`startup_parameters`): they win over ALTER ROLE and ALTER DATABASE settings, so that
-    a role with ``statement_timeout = '1ms'`` cannot stop relay; the operator's own options,
-    after them, still win over them (the server takes the last of a setting)."""
-    return " ".join(f"-c {name}=0" for name in SESSION_TIMEOUTS)
+def _given(options: str) -> set[str]:
+    """The settings a libpq ``options`` string sets (``-c name=value``, ``--name=value``)."""
+    return {name.lower().replace("-", "_") for name in _OPTION.findall(options)}
 
 
-def startup_parameters(
-    dsn: str, *, application_name: str | None = None, options: str = ""
-) -> dict[str, Any]:
-    """The connection parameters every relay session starts with: :func:`session_options`, then
-    the DSN's own ``options`` (or PGOPTIONS, as libpq would), then ``options``, then the search
-    path, last so that nothing before it can undo it."""
-    given = conninfo_to_dict(dsn)
-    own = given.get("options") or os.environ.get("PGOPTIONS")
-    pinned = f"-c search_path={SEARCH_PATH}"
-    return {
-        "application_name": application_name or f"relay/{__version__}",
-        "options": " ".join(str(o) for o in (session_options(), own, options, pinned) if o),
-        "connect_timeout": given.get("connect_timeout") or 10,
-    }
-
-
-_CURRENT_PATH = "SELECT pg_catalog.current_setting('search_path')"
-"""The one statement a session runs before relay knows its search path is pinned: every name in
-it is qualified, so no object on any path can take its place."""
+def _pin(conn_options: str, settings: Mapping[str, str]) -> bytes:
+    """The first statements of every session relay opens: SET commands, which resolve no
+    function, operator or type, so nothing another role made on the session's own search path
+    can run in them. The search path first, then :data:`SESSION` and ``settings``, but those the
+    connection's own options give (the DSN's, PGOPTIONS, a service file's: the operator's
+    choice). Set by statements rather than in the startup packet, they hold through a pooler
+    that drops libpq's options (PgBouncer's ignore_startup_parameters), and a service file's
+    options are kept."""
+    given = _given(conn_options)
+    wanted = {name: value for name, value in {**SESSION, **settings}.items() if name not in given}
+    statements = [f"SET search_path = {SEARCH_PATH}"]
+    statements += [f"SET {name} = '{value}'" for name, value in wanted.items()]
+    return "; ".join(statements).encode()
 
 
 def path_problem(search_path: str) -> str | None:
-    """Why a session on ``search_path`` may not run relay's SQL (something between relay and
-    PostgreSQL dropped the startup options), or None when it is :data:`SEARCH_PATH`."""
+    """Why a session on ``search_path`` may not run relay's SQL, or None when it is
+    :data:`SEARCH_PATH` (as every session relay opens sets it first: another path means another
+    server session answers, as behind a pooler that shares them between clients)."""
     if search_path.replace(" ", "") == SEARCH_PATH:
         return None
     return (
-        f"the session's search_path is {search_path!r}, not {SEARCH_PATH!r}: something "
-        "between relay and PostgreSQL (a connection pooler) dropped the startup options; "
-        "connect relay to PostgreSQL directly or let the options through"
+        f"the session's search_path is {search_path!r}, not {SEARCH_PATH!r}: relay needs "
+        "sessions of its own (a pooler in transaction mode shares them); connect relay to "
+        "PostgreSQL directly, or through a pooler in session mode"
     )
 
 
-def _unpinned(search_path: str) -> DatabaseUnavailable | None:
-    problem = path_problem(search_path)
-    if problem is None:
-        return None
-    return DatabaseUnavailable(f"cannot use the database: {problem}", refused=True, detail=problem)
+def _parameters(dsn: str, application_name: str | None) -> dict[str, Any]:
+    return {
+        "application_name": application_name or f"relay/{__version__}",
+        "connect_timeout": conninfo_to_dict(dsn).get("connect_timeout") or 10,
+    }
 
 
 def connect(
@@ -129,49 +132,46 @@ def connect(
     *,
     autocommit: bool = True,
     application_name: str | None = None,
-    options: str = "",
+    settings: Mapping[str, str] | None = None,
 ) -> Conn:
     """A connection that pg_stat_activity shows as ``relay/<version>`` (or
-    ``application_name``), autocommit unless asked otherwise, on the pinned search path. A DSN
-    libpq cannot read, a server not reached within 10 s, or a session that is not on the
-    pinned path (:func:`path_problem`), raises :class:`DatabaseUnavailable` with a one-line
+    ``application_name``), autocommit unless asked otherwise, its first statement run: the
+    search path pinned, :data:`SESSION` and ``settings`` set. A DSN libpq cannot read, or a
+    server not reached within 10 s, raises :class:`DatabaseUnavailable` with a one-line
     message."""
     problem = dsn_problem(dsn)
     if problem is not None:
         raise DatabaseUnavailable(problem)
-    parameters = startup_parameters(dsn, application_name=application_name, options=options)
     try:
-        conn = psycopg.connect(dsn, autocommit=autocommit, **parameters)
-        row = conn.execute(_CURRENT_PATH).fetchone()
+        conn = psycopg.connect(dsn, autocommit=autocommit, **_parameters(dsn, application_name))
     except psycopg.OperationalError as exc:
         detail = one_line(exc)
         raise DatabaseUnavailable(
             f"cannot connect to the database: {detail}", refused=refused(exc), detail=detail
         ) from exc
-    if not autocommit:
-        conn.rollback()
-    unpinned = _unpinned(str(row[0]) if row else "")
-    if unpinned is not None:
+    try:
+        conn.execute(_pin(conn.info.get_parameters().get("options", ""), settings or {}))
+        if not autocommit:
+            conn.commit()  # a session setting made in a transaction ends with it
+    except BaseException:
         conn.close()
-        raise unpinned
+        raise
     return conn
 
 
-async def aconnect(dsn: str, *, application_name: str | None = None, options: str = "") -> AConn:
+async def aconnect(
+    dsn: str, *, application_name: str | None = None, settings: Mapping[str, str] | None = None
+) -> AConn:
     """As :func:`connect`, for asyncio, always autocommit; connection failures are psycopg's own
-    (``relay run`` retries them with backoff, and says when the server refuses), a session off
-    the pinned path a :class:`DatabaseUnavailable` (waiting will not help)."""
-    parameters = startup_parameters(dsn, application_name=application_name, options=options)
-    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True, **parameters)
+    (``relay run`` retries them with backoff, and says when the server refuses)."""
+    conn = await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, **_parameters(dsn, application_name)
+    )
     try:
-        row = await (await conn.execute(_CURRENT_PATH)).fetchone()
+        await conn.execute(_pin(conn.info.get_parameters().get("options", ""), settings or {}))
     except BaseException:
         await conn.close()
         raise
-    unpinned = _unpinned(str(row[0]) if row else "")
-    if unpinned is not None:
-        await conn.close()
-        raise unpinned
     return conn
 
 

@@ -61,7 +61,7 @@ def _calls(path: Path, name: str) -> int:
 def test_only_the_store_runs_statements() -> None:
     """Named queries run in relay/store.py alone; the other statements sent anywhere are the
     application's own tag (relay.tag, the Django middleware), the throwaway cluster's
-    CREATE DATABASE, and the first statement of every session, which checks its search path
+    CREATE DATABASE, and the first statement of every session, which pins its search path
     (relay/db.py)."""
     others = {"capture/tag.py", "contrib/django.py", "cli/tempcluster.py", "db.py"}
     for path in PACKAGE.rglob("*.py"):

@@ -39,7 +39,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from relay import sqlfiles
-from relay.db import AConn, DatabaseUnavailable, aconnect, first_line, path_problem
+from relay.db import AConn, aconnect, first_line, path_problem
 from relay.delivery import claim
 from relay.delivery.breaker import Breaker, Turn
 from relay.delivery.fanout import FanOut
@@ -59,13 +59,12 @@ from relay.store import AsyncStore, Claimed, application_name
 
 log = structlog.get_logger("relay.worker")
 
-NO_JIT = "-c jit=off"
-"""The relay's queries are short and many: JIT compilation, which the planner's cost estimate
-for the claim query can trigger, took 240 ms of a 256 ms claim."""
-SCHEMA_VERSION = f"-c relay.schema_version={sqlfiles.latest_version()}"
-"""What every session of the relay says it was built for: relay.refuse_other_releases (0023)
-refuses deliveries to a session built for another schema version, so that a relay left running
-across an upgrade stops rather than send under ids of its own making."""
+SESSION = {"jit": "off", "relay.schema_version": str(sqlfiles.latest_version())}
+"""The settings of every session of the relay. jit: the relay's queries are short and many, and
+JIT compilation, which the planner's cost estimate for the claim query can trigger, took 240 ms
+of a 256 ms claim. relay.schema_version: what it was built for (relay.refuse_other_releases,
+0023, refuses deliveries to a session built for another schema version, so that a relay left
+running across an upgrade stops rather than send under ids of its own making)."""
 SESSION_SETTLED_SECONDS = 60.0
 """A session that ran this long after connecting was healthy: its failure starts a new outage
 (logged, and the next session after 0.5 s). One that fails sooner is the same outage as the
@@ -187,8 +186,6 @@ class Worker:
                         outage = True
                     except (psycopg.errors.InsufficientPrivilege, CannotDeliver):
                         raise  # a missing grant, another schema: waiting will not help
-                    except DatabaseUnavailable as exc:  # a session off relay's search path
-                        raise CannotDeliver(exc.detail or str(exc)) from exc
                     except Exception as exc:
                         # A fault of relay's own: start the session again rather than stop
                         # delivering (the work is all in the database), waiting longer each
@@ -256,7 +253,7 @@ class Worker:
         return await aconnect(
             self.dsn,
             application_name=application_name(self.relay_id),
-            options=f"{NO_JIT} {SCHEMA_VERSION}",
+            settings=SESSION,
         )
 
     async def _refresh_statistics(self) -> None:
