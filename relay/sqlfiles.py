@@ -82,6 +82,18 @@ def definitions() -> tuple[str, ...]:
     return tuple(_DEFINITION.findall(read("install.sql")))
 
 
+_DEFINITIONS_VERSION = re.compile(r"^\\set relay_definitions (\d+)$", re.MULTILINE)
+
+
+def definitions_version() -> int:
+    """The version of the definitions (install.sql's relay_definitions): one more with every
+    change to them, so that an install can refuse to put older ones over newer ones."""
+    found = _DEFINITIONS_VERSION.search(read("install.sql"))
+    if found is None:
+        raise RuntimeError("sql/install.sql sets no relay_definitions")
+    return int(found[1])
+
+
 def definitions_digest() -> str:
     """What the definitions' files hold, as a SHA-256: relay install skips them when the database
     holds the same (relay.definitions)."""

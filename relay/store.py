@@ -244,6 +244,17 @@ class NewerSchema(Exception):
         )
 
 
+class NewerDefinitions(Exception):
+    """The database's functions are a later release's (at the same schema version): writing
+    this release's would undo them."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "relay's functions in this database are newer than this relay's: run the relay "
+            "install of the release that installed them"
+        )
+
+
 @dataclass(frozen=True)
 class Installed:
     """What ``relay install`` applied: the migrations, and whether the definitions (every
@@ -368,11 +379,16 @@ class Store:
             pending = [m for m in sqlfiles.migrations() if m.version not in applied]
             for migration in pending:
                 conn.execute(migration.sql.encode())
-            current = pending or self._value("definitions_digest") != digest
+            version = sqlfiles.definitions_version()
+            held = conn.execute(query("definitions_state")).fetchone()
+            if held is not None and held[0] > version:
+                raise NewerDefinitions()
+            current = pending or held is None or held[1] != digest
             if current:
                 for name in sqlfiles.definitions():
                     conn.execute(sqlfiles.read(name).encode())
-                conn.execute(query("definitions_applied"), {"digest": digest})
+                parameters = {"version": version, "digest": digest}
+                conn.execute(query("definitions_applied"), parameters)
         return Installed(pending, bool(current))
 
     def uninstall(self) -> None:

@@ -9,6 +9,9 @@
 -- `relay install` applies the same files the same way.
 \set ON_ERROR_STOP on
 \set QUIET on
+-- The version of the definitions below (sql/functions/, sql/definitions.sql): one more with every
+-- change to them, so that an install never puts older ones over newer ones (tests/definitions.lock).
+\set relay_definitions 1
 SET client_min_messages = warning;
 BEGIN;
 -- Every name below resolves in pg_catalog or is qualified with relay: the installing session's
@@ -153,6 +156,16 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 25) AS relay_app
 \ir migrations/0025_superseded.sql
 \endif
 
+-- Definitions newer than these are left as they are: this install.sql is an older release's.
+SELECT coalesce(max(version), 0) > :relay_definitions AS relay_newer FROM relay.definitions \gset
+\if :relay_newer
+DO $$
+BEGIN
+    RAISE EXCEPTION 'relay''s functions in this database are newer than this install.sql''s: run the install.sql of the release that installed them';
+END
+$$;
+\endif
+
 -- Every function and view as it is now, in this order (views last: they call functions), then
 -- what follows them (relay install applies the same files: relay/sqlfiles.py reads this list).
 \ir functions/capture.sql
@@ -161,5 +174,7 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 25) AS relay_app
 \ir functions/backfill.sql
 \ir functions/views.sql
 \ir definitions.sql
+DELETE FROM relay.definitions;
+INSERT INTO relay.definitions (version) VALUES (:relay_definitions);
 
 COMMIT;

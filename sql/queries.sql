@@ -11,13 +11,13 @@ SELECT to_regclass('relay.migrations') IS NOT NULL;
 -- name: applied_migrations
 SELECT version FROM relay.migrations ORDER BY version;
 
--- name: definitions_digest
--- The digest of the definitions last applied (0024), NULL when none was recorded.
-SELECT digest FROM relay.definitions;
+-- name: definitions_state
+-- The version and digest of the definitions last applied (0024); no row before any.
+SELECT version, digest FROM relay.definitions;
 
 -- name: definitions_applied
 WITH gone AS (DELETE FROM relay.definitions)
-INSERT INTO relay.definitions (digest) VALUES (%(digest)s);
+INSERT INTO relay.definitions (version, digest) VALUES (%(version)s, %(digest)s);
 
 -- name: track
 SELECT relay.track(

@@ -205,18 +205,14 @@ def test_failed_migration_leaves_the_install_as_it_was(
     assert Store(conn).installed_version() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.definitions keeps one digest and no order between releases: at the same "
-    "schema version an older release's install cannot tell a later release's definitions "
-    "from an earlier one's, and writes its own over them",
-)
+@pytest.mark.parametrize("how", ["relay install", "psql"])
 def test_an_older_release_never_installs_over_a_later_releases_functions(
-    conn: Conn, db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    conn: Conn, db_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """A later release that changed a function and added no migration (a function's change is
-    an edit of its file, never a migration) installs; then this release's `relay install` runs
-    on a host not yet upgraded. The later release's functions must stay."""
+    an edit of its file, and of the definitions' version) installs; then this release's
+    install runs on a host not yet upgraded: one line, exit 2, and the later release's functions
+    stay."""
     newer = tmp_path / "sql"
     shutil.copytree(SQL, newer)
     with (newer / "functions" / "rules.sql").open("a") as later:
@@ -224,14 +220,53 @@ def test_an_older_release_never_installs_over_a_later_releases_functions(
             "CREATE OR REPLACE FUNCTION relay.is_model_name(name text) RETURNS boolean\n"
             "LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT name IS NOT NULL $$;\n"
         )
+    version = sqlfiles.definitions_version()
+    install_sql = newer / "install.sql"
+    install_sql.write_text(
+        install_sql.read_text().replace(
+            f"\\set relay_definitions {version}\n", f"\\set relay_definitions {version + 1}\n"
+        )
+    )
     Store(conn).install()
     monkeypatch.setattr(sqlfiles, "sql_dir", lambda: newer)
     Store(conn).install()
     monkeypatch.undo()
     later_release = conn.execute(FINGERPRINT).fetchall()
-    command = [sys.executable, "-m", "relay", "install", "--dsn", db_dsn]
-    subprocess.run(command, capture_output=True, check=False)
+    if how == "psql":
+        done = psql(db_dsn, "-f", str(SQL / "install.sql"))
+        assert done.returncode != 0
+        assert "relay's functions in this database are newer than this install.sql's" in (
+            done.stderr
+        )
+    else:
+        command = [sys.executable, "-m", "relay", "install", "--dsn", db_dsn]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            "error: relay's functions in this database are newer than this relay's: run the "
+            "relay install of the release that installed them"
+        ]
     assert conn.execute(FINGERPRINT).fetchall() == later_release
+
+
+LOCK = Path(__file__).resolve().parent / "definitions.lock"
+"""Each version the definitions have had, with the digest of their files: a change to a file of
+sql/functions/ (or sql/definitions.sql) must come with a new version, or an older release's
+install could not tell it is older."""
+
+
+def test_a_change_to_the_definitions_comes_with_a_new_version() -> None:
+    lines = [line.split() for line in LOCK.read_text().splitlines() if line.strip()]
+    versions = {int(version): digest for version, digest in lines}
+    version, digest = sqlfiles.definitions_version(), sqlfiles.definitions_digest()
+    following = max(versions) + 1
+    assert versions.get(version) == digest, (
+        f"the definitions changed: set relay_definitions to {following} in sql/install.sql and "
+        f"add the line '{following} {digest}' to tests/definitions.lock"
+        if version in versions
+        else f"add the line '{version} {digest}' to tests/definitions.lock"
+    )
+    assert version == max(versions), "relay_definitions went back"
 
 
 @pytest.mark.parametrize("how", ["python", "psql"])

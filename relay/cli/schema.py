@@ -15,7 +15,7 @@ from relay.cli.common import (
     out,
 )
 from relay.cli.common import database as _database
-from relay.store import NewerSchema, Store
+from relay.store import NewerDefinitions, NewerSchema, Store
 
 
 def install(dsn: Dsn) -> None:
@@ -24,7 +24,7 @@ def install(dsn: Dsn) -> None:
         before = Store(conn).installed_version()
         try:
             installed = Store(conn).install()
-        except NewerSchema as exc:
+        except (NewerSchema, NewerDefinitions) as exc:
             fail(str(exc), 2)
     if not installed.migrations:
         more = "; functions and views written again" if installed.definitions else ""
