@@ -11,7 +11,7 @@
 \set QUIET on
 -- The version of the definitions below (sql/functions/, sql/definitions.sql): one more with every
 -- change to them, so that an install never puts older ones over newer ones (tests/definitions.lock).
-\set relay_definitions 1
+\set relay_definitions 2
 SET client_min_messages = warning;
 BEGIN;
 -- Every name below resolves in pg_catalog or is qualified with relay: the installing session's
@@ -24,8 +24,8 @@ SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 -- An older release's definitions must never replace a newer schema's (they would undo it).
 DO $$
 BEGIN
-    IF (SELECT max(version) FROM relay.migrations) > 25 THEN
-        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (25): run the install.sql of the release that installed it',
+    IF (SELECT max(version) FROM relay.migrations) > 26 THEN
+        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (26): run the install.sql of the release that installed it',
             (SELECT max(version) FROM relay.migrations);
     END IF;
 END
@@ -154,6 +154,11 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 24) AS relay_app
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 25) AS relay_apply \gset
 \if :relay_apply
 \ir migrations/0025_superseded.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 26) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0026_steering.sql
 \endif
 
 -- Definitions newer than these are left as they are: this install.sql is an older release's.

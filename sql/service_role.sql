@@ -36,6 +36,10 @@ GRANT EXECUTE ON FUNCTION relay.column_names(oid, int2[]), relay.pk_attnums(oid)
 GRANT EXECUTE ON FUNCTION relay.refresh_capture() TO :"role";
 -- Read webhooks (secrets included: it signs with them) and event rules; never change them.
 GRANT SELECT ON relay.webhooks, relay.event_rules, relay.rules_version TO :"role";
+-- Relay pauses a webhook whose endpoint stays dead (0026_steering.sql), and records each
+-- endpoint's health.
+GRANT UPDATE (paused_at, paused_reason) ON relay.webhooks TO :"role";
+GRANT SELECT, INSERT, UPDATE, DELETE ON relay.webhook_health TO :"role";
 -- Refresh the delivery tables' statistics after a burst (see 0004_statistics.sql).
 GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";
 -- Match changes and claim them in order across key moves (see 0009_key_moves.sql; keys read

@@ -173,6 +173,32 @@ BEGIN
         RAISE EXCEPTION 'webhook "%": timeout_seconds must be more than 0 and at most 300', NEW.name
             USING ERRCODE = 'check_violation';
     END IF;
+    -- Steering (0026_steering.sql).
+    IF (NEW.paused_at IS NULL) <> (NEW.paused_reason IS NULL)
+       OR NEW.paused_reason NOT IN ('operator', 'dead') THEN
+        RAISE EXCEPTION 'webhook "%": paused_at and paused_reason (operator or dead) are set together, or both NULL',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.concurrency < 1 OR NEW.concurrency > 10000 THEN
+        RAISE EXCEPTION 'webhook "%": concurrency must be from 1 to 10000 (NULL: the relay''s RELAY_WEBHOOK_CONCURRENCY)',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.rate_limit < 0.001 OR NEW.rate_limit > 100000 THEN
+        RAISE EXCEPTION 'webhook "%": rate_limit must be from 0.001 to 100000 requests a second (NULL: no limit)',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.dead_after_seconds < 60 OR NEW.dead_after_seconds > 31536000 THEN
+        RAISE EXCEPTION 'webhook "%": dead_after_seconds must be from 60 to 31536000 (a year; NULL: the relay''s RELAY_DEAD_AFTER_SECONDS)',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    IF NEW.ordering NOT IN ('row', 'transaction', 'key') THEN
+        RAISE EXCEPTION 'webhook "%": unknown ordering "%" (use row, transaction or key)',
+            NEW.name, NEW.ordering USING ERRCODE = 'check_violation';
+    END IF;
+    IF (NEW.ordering = 'key') <> (coalesce(btrim(NEW.ordering_key), '') <> '') THEN
+        RAISE EXCEPTION 'webhook "%": ordering_key is a template given with ordering = key, and only then',
+            NEW.name USING ERRCODE = 'check_violation';
+    END IF;
     NEW.updated_at := now();
     RETURN NEW;
 END
