@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -20,8 +21,14 @@ from aiohttp import web
 from structlog.testing import capture_logs
 
 from relay.db import Conn
+from relay.delivery import record
+from relay.delivery.record import Result
+from relay.delivery.send import Outcome
 from relay.settings import Settings
+from relay.sqlfiles import query
 from support.cli import relay
+from support.delivery import fan_out
+from support.hooks import add_rule, add_webhook
 from support.receivers import free_port, receiver
 from support.worker import FAST, running, setup, sql, until
 
@@ -460,3 +467,107 @@ def test_status_alone_tells_the_slow_the_recovered_and_the_dead_endpoint(
     # And the log named the dead webhook once, at warning.
     dead_lines = [json.loads(entry) for entry in logs.splitlines() if "paused as dead" in entry]
     assert [(e["level"], e["webhook"]) for e in dead_lines] == [("warning", "dead")]
+
+
+def _health(conn: Conn, webhook_id: int) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT failing_since, last_success_at, last_failure_at, last_error"
+        " FROM relay.webhook_health WHERE webhook_id = %s",
+        (webhook_id,),
+    ).fetchone()
+    return tuple(row) if row else ()
+
+
+def test_health_is_one_row_per_webhook_kept_by_each_round_of_outcomes(rconn: Conn) -> None:
+    """record_outcomes keeps relay.webhook_health: failing_since from the first failure after a
+    success, kept by later failures, cleared by a success (one in the same round is enough);
+    what never left counts for nothing; and it names the webhooks due to be paused as dead,
+    which pause_dead then pauses (the webhook's own dead_after first)."""
+    hook = add_webhook(rconn, name="w")
+    other = add_webhook(rconn, name="v", dead_after_seconds=3 * 86_400)
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('orders')")
+    add_rule(rconn, hook, name="w")
+    add_rule(rconn, other, name="v")
+    rconn.execute("INSERT INTO orders SELECT generate_series(1, 20)")
+    assert fan_out(rconn) == 20
+    changes = iter(range(1, 21))
+    failed = Outcome(ok=False, status=500, duration=0.01, error="HTTP 500 Internal Server Error")
+    refused = Outcome(ok=False, status=None, duration=0.0, error="cannot connect to h:1")
+    ok = Outcome(ok=True, status=200, duration=0.01)
+
+    def round_of(*outcomes: tuple[int, Outcome], dead_after: float = 86_400) -> list[int]:
+        results = [
+            Result(next(changes), webhook, 1, "delivered" if o.ok else "pending", 1.0, o)
+            for webhook, o in outcomes
+        ]
+        parameters = {**record.parameters(results, "r1"), "dead_after": dead_after}
+        row = rconn.execute(query("record_outcomes"), parameters).fetchone()
+        assert row is not None
+        return list(row[1])
+
+    assert round_of((hook, failed), (hook, failed)) == []
+    since, success, failure, error = _health(rconn, hook)
+    assert since == failure and success is None and error == "HTTP 500 Internal Server Error"
+    assert round_of((hook, refused)) == []
+    assert _health(rconn, hook)[0] == since  # kept
+    assert _health(rconn, hook)[2] > failure and _health(rconn, hook)[3] == refused.error
+    unsent = Outcome.not_sent("body_template: broken", permanent=True)
+    before = _health(rconn, hook)
+    assert round_of((hook, unsent)) == []
+    assert _health(rconn, hook) == before  # a template of ours says nothing of the endpoint
+    assert round_of((hook, failed), (hook, ok)) == []
+    since, success, _, error = _health(rconn, hook)
+    assert since is None and success is not None and error == failed.error  # the last error stays
+
+    # Failing for two days: due as dead with a day's setting, not with the webhook's own 3 days.
+    round_of((hook, failed), (other, failed))
+    rconn.execute("UPDATE relay.webhook_health SET failing_since = now() - interval '2 days'")
+    assert round_of((hook, failed), (other, failed)) == [hook]
+    paused = rconn.execute(query("pause_dead"), {"ids": [hook, other], "dead_after": 86_400})
+    assert [row[0] for row in paused.fetchall()] == ["w"]
+    assert _paused(rconn, "w") == (True, "dead") and _paused(rconn, "v") == (False, None)
+    assert round_of((hook, failed)) == []  # paused already: not named again
+
+
+def _disable_on_a_terminal(dsn: str, answer: str) -> subprocess.CompletedProcess[str]:
+    """``relay webhook disable hook`` with a terminal as its standard input, answering."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    environment["RELAY_DSN"] = dsn
+    controller, terminal = pty.openpty()
+    try:
+        with os.fdopen(controller, "w", closefd=False) as typed:
+            typed.write(answer + "\n")
+        return subprocess.run(
+            [sys.executable, "-m", "relay", "webhook", "disable", "hook"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+
+
+def test_disable_on_a_terminal_asks_how_many_fail_and_does_nothing_unless_told(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    setup(rconn, "http://127.0.0.1:9/hook")
+    rconn.execute(
+        "UPDATE relay.webhooks SET paused_at = now(), paused_reason = 'operator'"
+        " WHERE name = 'hook'"
+    )
+    rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 2) g")
+    assert fan_out(rconn) == 2
+
+    declined = _disable_on_a_terminal(relay_dsn, "n")
+    assert "Disabling webhook hook fails its 2 pending deliveries" in declined.stdout
+    assert declined.returncode == 1 and "not disabled: nothing changed" in declined.stderr
+    assert rconn.execute("SELECT enabled FROM relay.webhooks").fetchone() == (True,)
+    accepted = _disable_on_a_terminal(relay_dsn, "y")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "webhook hook disabled" in accepted.stdout
+    assert rconn.execute("SELECT enabled FROM relay.webhooks").fetchone() == (False,)
