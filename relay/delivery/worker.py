@@ -14,7 +14,9 @@ with a one-line reason, a delivery claimed past its max attempts (its earlier at
 reported back) fails instead of going out again, and an unexpected error in a whole session is
 logged and the session started again rather than ending the process. What happens to a delivery
 after an attempt is the retry policy's call (relay/delivery/policy.py), whether its webhook is
-paused the breaker's (relay/delivery/breaker.py).
+paused for a cool-down the breaker's (relay/delivery/breaker.py); a webhook paused until resumed
+(by the operator, or by the recorder once its endpoint is dead: relay/delivery/record.py) is
+not claimed at all.
 """
 
 from __future__ import annotations
