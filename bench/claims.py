@@ -53,6 +53,8 @@ def parameters(settings: Settings) -> dict[str, object]:
         "bytes_per_webhook": room // 2,
         "max_change_bytes": int(settings.max_body_bytes),
         "batched_ids": [],
+        "window_ids": [],
+        "window_sizes": [],
     }
 
 

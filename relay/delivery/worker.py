@@ -123,7 +123,12 @@ class Worker:
         self._held: dict[int, int] = defaultdict(int)
         """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
         self.holding = Holding(settings)
-        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._slots: dict[int, tuple[int, asyncio.Semaphore]] = {}
+        """Per webhook: how many slots, and the semaphore that holds them."""
+        self._pacing: AConn | None = None
+        """The connection that takes request slots of webhooks with a rate limit (take_slot),
+        opened at the first such request of a session."""
+        self._pacing_opened = asyncio.Lock()
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self._wake = asyncio.Event()
         """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
@@ -237,6 +242,9 @@ class Worker:
                     for helper in [*helpers, watcher]:
                         if helper.done():
                             helper.result()  # its connection died: raise the error
+                    # Cleared before the round, not after: whatever frees room during it (an
+                    # outcome written) makes the next round come at once.
+                    self._wake.clear()
                     if not await self._claim_round(store, recorder, sender):
                         await self._idle(stop, helpers)
             finally:
@@ -245,6 +253,7 @@ class Worker:
                 for helper in helpers:
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
+                await self._close_pacing()
             await store.release_leases(self.relay_id)
             log.info("relay stopped", relay_id=self.relay_id)
 
@@ -272,7 +281,6 @@ class Worker:
     async def _idle(self, stop: asyncio.Event, helpers: list[asyncio.Task[Any]]) -> None:
         """Sleep until there may be something to claim, a helper ends, stop, or the poll
         interval (retries come due without a notification)."""
-        self._wake.clear()
         timeout = self.settings.poll_interval
         if self._batch_due is not None:
             timeout = min(timeout, max(self._batch_due - time.monotonic(), 0.0))
@@ -298,9 +306,12 @@ class Worker:
     async def _claim_round(self, store: AsyncStore, recorder: Recorder, sender: Sender) -> bool:
         room = self.max_in_flight - len(self._in_flight)
         batched = self.rules.ruleset.batched()
-        held = self.breaker.held(self._held, claim.window(self.settings))
+        limited = self.rules.ruleset.limited()
+        default = claim.window(self.settings)
+        windows = {hook.id: claim.window(self.settings, hook) for hook in limited}
+        held = self.breaker.held(self._held, default, windows)
         limit = min(room, self.settings.batch_size)
-        claimed = await self._claim(store, limit, held, batched) if room else []
+        claimed = await self._claim(store, limit, held, batched, limited) if room else []
         for item in claimed:
             self._start(self._process(item, recorder, sender), [item])
         self._batch_due = None
@@ -308,7 +319,7 @@ class Worker:
         for hook in batched:
             if len(self._in_flight) >= self.max_in_flight:
                 break
-            if held.get(hook.id, 0) < claim.window(self.settings):
+            if held.get(hook.id, 0) < windows.get(hook.id, default):
                 items = await self._claim_batch(store, hook)
                 if items:
                     self._start(self._process_batch(items, recorder, sender), items)
@@ -330,7 +341,12 @@ class Worker:
             self._wake.set()
 
     async def _claim(
-        self, store: AsyncStore, limit: int, held: dict[int, int], batched: list[Webhook]
+        self,
+        store: AsyncStore,
+        limit: int,
+        held: dict[int, int],
+        batched: list[Webhook],
+        limited: list[Webhook],
     ) -> list[Claimed]:
         parameters = claim.parameters(
             limit=limit,
@@ -339,6 +355,7 @@ class Worker:
             held=held,
             holding=self.holding,
             batched=[hook.id for hook in batched],
+            limited=limited,
         )
         claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
         for item in claimed:
@@ -365,10 +382,14 @@ class Worker:
         return items
 
     def _slot(self, webhook_id: int) -> asyncio.Semaphore:
-        slot = self._slots.get(webhook_id)
-        if slot is None:
-            slot = self._slots[webhook_id] = asyncio.Semaphore(self.settings.webhook_concurrency)
-        return slot
+        """The webhook's slots in this process: its concurrency (which the claim keeps across
+        relays), else RELAY_WEBHOOK_CONCURRENCY. A concurrency changed since gets new slots;
+        requests already waiting keep the old ones."""
+        size = claim.slots(self.settings, self.rules.ruleset.webhook(webhook_id))
+        kept = self._slots.get(webhook_id)
+        if kept is None or kept[0] != size:
+            kept = self._slots[webhook_id] = (size, asyncio.Semaphore(size))
+        return kept[1]
 
     async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
         policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
@@ -396,6 +417,10 @@ class Worker:
             self._count(item, result)
         except Exception as exc:  # the lease expires and another attempt follows
             log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
+        finally:
+            # Its lease ends with the outcome written: a webhook with a concurrency has room
+            # again only now (the claim counts leases across relays).
+            self._wake.set()
 
     async def _process_batch(
         self, items: list[Claimed], recorder: Recorder, sender: Sender
@@ -420,6 +445,7 @@ class Worker:
         written = await asyncio.gather(
             *(recorder.record(result) for result in results), return_exceptions=True
         )
+        self._wake.set()  # its leases have ended (see _process)
         for item, result, error in zip(items, results, written, strict=True):
             if isinstance(error, BaseException):
                 log.error(
@@ -634,8 +660,8 @@ class Worker:
         superseded = None if item.superseded_by is None else str(item.superseded_by)
         return await self._send(hook, request, sender, replay=item.replay, superseded=superseded)
 
-    @staticmethod
     async def _send(
+        self,
         hook: Webhook,
         request: Request,
         sender: Sender,
@@ -657,6 +683,10 @@ class Worker:
         if marks:
             request = dataclasses.replace(request, headers={**request.headers, **marks})
         try:
+            await self._pace(hook)
+        except Exception as exc:  # no slot: not sent, and tried again like a network error
+            return Outcome.not_sent(reason(f"pacing: {describe(exc)}"), permanent=False)
+        try:
             outcome = await sender.send(request, hook)
         except Exception as exc:
             why = f"sending: {describe(exc, secrets_of(hook, request))}"
@@ -664,6 +694,31 @@ class Worker:
         if outcome.error is not None:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
         return outcome
+
+    async def _pace(self, hook: Webhook) -> None:
+        """Wait for the request's slot when the webhook has a rate limit: every relay takes
+        slots from the same row (take_slot), 1/rate_limit apart (RATE_SPACING of it), so the
+        limit holds across relays. Called once the request is rendered, right before it is
+        sent; a batch is one request, one slot."""
+        if hook.rate_limit is None:
+            return
+        async with self._pacing_opened:
+            if self._pacing is None or self._pacing.closed:
+                self._pacing = await self._connect()
+            conn = self._pacing
+        try:
+            wait = await AsyncStore(conn).take_slot(hook.id, claim.RATE_SPACING)
+        except psycopg.OperationalError:
+            await self._close_pacing()  # the next request connects again
+            raise
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _close_pacing(self) -> None:
+        conn, self._pacing = self._pacing, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     def _webhook_name(self, webhook_id: int) -> str:
         return self.rules.ruleset.webhook_name(webhook_id)

@@ -60,6 +60,8 @@ def claim_parameters(
         "bytes_per_webhook": room,
         "max_change_bytes": max_change,
         "batched_ids": [],
+        "window_ids": [],
+        "window_sizes": [],
         **more,
     }
 
