@@ -317,7 +317,9 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- window) is in window_ids/window_sizes. A webhook with a concurrency gets no more than its
 -- concurrency less the requests leased to anyone for it (relay.leased_requests: counted under a
 -- lock per webhook, so relays claiming at once never lease more between them), and no
--- prefetch: what is leased may all be in flight.
+-- prefetch: what is leased may all be in flight. A webhook with a rate limit gets none while its
+-- next request slot (relay.webhook_pace) is more than pace_ahead seconds away: what is claimed
+-- waits for its slot, and must not wait for its lease to run out.
 WITH leased AS MATERIALIZED (
     SELECT l.webhook, l.requests
     FROM relay.leased_requests(ARRAY(
@@ -325,8 +327,10 @@ WITH leased AS MATERIALIZED (
         WHERE w.concurrency IS NOT NULL AND w.id <> ALL(%(batched_ids)s::bigint[]))) AS l
 ), room AS (
     SELECT w.id AS webhook_id,
-           least(coalesce(win.size, %(per_webhook)s) - coalesce(busy.n, 0),
-                 w.concurrency - leased.requests) AS free,
+           CASE WHEN w.rate_limit IS NOT NULL
+                     AND pace.next_slot > now() + make_interval(secs => %(pace_ahead)s) THEN 0
+                ELSE least(coalesce(win.size, %(per_webhook)s) - coalesce(busy.n, 0),
+                           w.concurrency - leased.requests) END AS free,
            %(bytes_per_webhook)s - coalesce(busy.bytes, 0) AS bytes_free,
            EXISTS (SELECT FROM relay.deliveries m
                    WHERE m.webhook_id = w.id AND m.old_row_key IS NOT NULL
@@ -337,6 +341,7 @@ WITH leased AS MATERIALIZED (
     LEFT JOIN unnest(%(window_ids)s::bigint[], %(window_sizes)s::int[]) AS win (id, size)
         ON win.id = w.id
     LEFT JOIN leased ON leased.webhook = w.id
+    LEFT JOIN relay.webhook_pace pace ON pace.webhook_id = w.id
     WHERE w.id <> ALL(%(batched_ids)s::bigint[])
 ), due AS (
     SELECT c.ctid, c.next_attempt_at, c.outbox_id, c.bytes, room.webhook_id, room.bytes_free
@@ -436,7 +441,8 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- there is nothing to claim.
 --
 -- A webhook with a concurrency gets a batch only while fewer batches than that are leased to
--- anyone for it (relay.leased_requests, counted under a lock: see claim_deliveries).
+-- anyone for it (relay.leased_requests, counted under a lock: see claim_deliveries); one with a
+-- rate limit only while its next request slot is at most pace_ahead seconds away.
 WITH moves AS MATERIALIZED (
     SELECT EXISTS (SELECT FROM relay.deliveries m
                    WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
@@ -557,7 +563,12 @@ WITH moves AS MATERIALIZED (
     SELECT coalesce((SELECT w.concurrency > (SELECT l.requests
                                              FROM relay.leased_requests(ARRAY[w.id]) AS l)
                      FROM relay.webhooks w
-                     WHERE w.id = %(webhook_id)s AND w.concurrency IS NOT NULL), true) AS free
+                     WHERE w.id = %(webhook_id)s AND w.concurrency IS NOT NULL), true)
+           AND NOT EXISTS (SELECT FROM relay.webhooks w
+                           JOIN relay.webhook_pace pace ON pace.webhook_id = w.id
+                           WHERE w.id = %(webhook_id)s AND w.rate_limit IS NOT NULL
+                             AND pace.next_slot
+                                 > now() + make_interval(secs => %(pace_ahead)s)) AS free
 ), batch AS MATERIALIZED (
     SELECT coalesce((SELECT batch_id FROM again), nextval('relay.batch_ids')) AS id,
            coalesce((SELECT delivery_id FROM again), gen_random_uuid()) AS delivery_id,

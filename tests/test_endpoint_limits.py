@@ -14,17 +14,38 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from decimal import Decimal
 
 import psycopg
 from aiohttp import web
 
 from relay.db import Conn
+from relay.delivery.claim import slots
+from relay.delivery.claim import window as claim_window
+from relay.model import Webhook
+from relay.settings import Settings
 from relay.sqlfiles import query
 from support.db import one_row
 from support.delivery import claim, claim_batch, claim_parameters, fan_out, finish, setup
 from support.receivers import receiver
 from support.worker import setup as setup_hook
 from support.worker import sql, until
+
+
+def test_a_relay_holds_a_webhooks_concurrency_and_a_seconds_worth_of_its_rate() -> None:
+    """Without limits, twice RELAY_WEBHOOK_CONCURRENCY (prefetch); with a concurrency, exactly
+    it (the claim counts leases across relays, so no prefetch); with a rate limit, what goes in
+    a second (at least one); the slots in the process follow the concurrency."""
+    settings = Settings(webhook_concurrency=16)
+    hook = Webhook(id=1, name="h", payload_url="http://127.0.0.1/")
+    assert claim_window(settings, hook) == claim_window(settings) == 32
+    assert claim_window(settings, replace(hook, concurrency=64)) == 64
+    assert claim_window(settings, replace(hook, rate_limit=Decimal(20))) == 20
+    assert claim_window(settings, replace(hook, rate_limit=Decimal("0.01"))) == 1
+    assert claim_window(settings, replace(hook, concurrency=8, rate_limit=Decimal(20))) == 8
+    assert slots(settings, replace(hook, concurrency=64)) == 64
+    assert slots(settings, hook) == slots(settings, None) == 16
 
 
 def test_the_claim_leases_no_more_than_a_webhooks_concurrency_across_relays(rconn: Conn) -> None:
@@ -86,6 +107,24 @@ def test_a_webhooks_concurrency_counts_batches_as_requests(rconn: Conn) -> None:
     assert claim_batch(rconn, a, 2, relay_id="r2") == []
     rconn.execute("UPDATE relay.webhooks SET concurrency = 2 WHERE id = %s", (a,))
     assert len(claim_batch(rconn, a, 2, relay_id="r2")) == 2
+
+
+def test_a_webhook_with_a_rate_limit_is_claimed_only_while_its_next_slot_is_near(
+    rconn: Conn,
+) -> None:
+    """A claimed delivery waits for its slot: none is claimed while the slot is further than
+    pace_ahead, lest it wait past its lease (and another relay send it too)."""
+    a, _ = setup(rconn)
+    rconn.execute("UPDATE relay.webhooks SET rate_limit = 0.01 WHERE id = %s", (a,))
+    rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g")
+    fan_out(rconn)
+    rconn.execute(
+        "INSERT INTO relay.webhook_pace VALUES (%s, now() + interval '100 seconds')", (a,)
+    )
+    assert claim(rconn, "r1") == []
+    assert claim_batch(rconn, a, 2) == []
+    rconn.execute("UPDATE relay.webhook_pace SET next_slot = now() + interval '0.5 seconds'")
+    assert len(claim(rconn, "r1")) == 10  # how many: the relay's window (claim.window)
 
 
 async def start_relay(dsn: str, **env: str) -> asyncio.subprocess.Process:

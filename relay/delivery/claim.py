@@ -96,6 +96,7 @@ def parameters(
         "lease_seconds": settings.lease_seconds,
         "relay_id": relay_id,
         "per_webhook": window(settings),
+        "pace_ahead": PACE_AHEAD_SECONDS,
         "window_ids": [hook.id for hook in limited],
         "window_sizes": [window(settings, hook) for hook in limited],
         "busy_ids": busy,
@@ -124,4 +125,5 @@ def batch_parameters(
         "max_change_bytes": settings.max_body_bytes,
         "body_bytes": settings.max_body_bytes,
         "body_overhead": BODY_OVERHEAD,
+        "pace_ahead": PACE_AHEAD_SECONDS,
     }

@@ -94,6 +94,17 @@ def session_problem(version: int, search_path: str, latest: int) -> str | None:
     return path_problem(search_path)
 
 
+class SlotTooFar(Exception):
+    """The request's rate-limit slot comes later than its lease allows waiting for (a slow rate
+    shared by many relays): it goes back unsent, due at its slot (the slot is lost, which only
+    slows the webhook down)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+        self.why = f"rate limit: its request slot is {seconds:.1f} s away"
+
+
 class Worker:
     """One relay process. Each claimed delivery is a task that waits for one of its webhook's
     ``webhook_concurrency`` slots, sends, and hands its outcome to the recorder. The claim query
@@ -391,6 +402,14 @@ class Worker:
             kept = self._slots[webhook_id] = (size, asyncio.Semaphore(size))
         return kept[1]
 
+    def _room_freed(self, webhook_id: int) -> None:
+        """The receiver has answered: the webhook has room for another claim, unless it has a
+        concurrency of its own, whose room comes only with the outcome written (the claim counts
+        leases across relays): a claim now would find none, and hold up the one that would."""
+        hook = self.rules.ruleset.webhook(webhook_id)
+        if hook is None or hook.concurrency is None:
+            self._wake.set()
+
     async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
         policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
         try:
@@ -404,14 +423,18 @@ class Worker:
                     if paused > 0:
                         result = self._put_back(item, paused)
                     else:
-                        outcome = await self._attempt(item, sender)
-                        result = self._result(item, policy, outcome)
-                        self._log(item, result)
+                        try:
+                            outcome = await self._attempt(item, sender)
+                        except SlotTooFar as far:
+                            result = self._put_back(item, far.seconds, far.why)
+                        else:
+                            result = self._result(item, policy, outcome)
+                            self._log(item, result)
         finally:
             # Room for another claim as soon as the receiver has answered. The delivery stays
             # pending (so a later change to its row still waits) until its outcome is written.
             self._held[item.webhook_id] -= 1
-            self._wake.set()
+            self._room_freed(item.webhook_id)
         try:
             await recorder.record(result)
             self._count(item, result)
@@ -438,10 +461,13 @@ class Worker:
                 if paused > 0:
                     results = [self._put_back(item, paused) for item in items]
                 else:
-                    results = await self._attempt_batch(items, policy, sender)
+                    try:
+                        results = await self._attempt_batch(items, policy, sender)
+                    except SlotTooFar as far:
+                        results = [self._put_back(item, far.seconds, far.why) for item in items]
         finally:
             self._held[hook_id] -= 1
-            self._wake.set()
+            self._room_freed(hook_id)
         written = await asyncio.gather(
             *(recorder.record(result) for result in results), return_exceptions=True
         )
@@ -684,6 +710,8 @@ class Worker:
             request = dataclasses.replace(request, headers={**request.headers, **marks})
         try:
             await self._pace(hook)
+        except SlotTooFar:
+            raise
         except Exception as exc:  # no slot: not sent, and tried again like a network error
             return Outcome.not_sent(reason(f"pacing: {describe(exc)}"), permanent=False)
         try:
@@ -711,6 +739,8 @@ class Worker:
         except psycopg.OperationalError:
             await self._close_pacing()  # the next request connects again
             raise
+        if wait > self.settings.lease_seconds / 2:
+            raise SlotTooFar(wait)
         if wait > 0:
             await asyncio.sleep(wait)
 
@@ -772,12 +802,13 @@ class Worker:
         return Result.of(item, "failed", 0.0, outcome, counted=False)
 
     @staticmethod
-    def _put_back(item: Claimed, seconds: float) -> Result:
-        """A delivery claimed just before its webhook was paused goes back unsent, due when the
-        pause ends, and its attempt does not count."""
-        outcome = Outcome.not_sent(
-            "not sent: webhook paused by the circuit breaker", permanent=False
-        )
+    def _put_back(
+        item: Claimed, seconds: float, why: str = "webhook paused by the circuit breaker"
+    ) -> Result:
+        """A delivery claimed just before its webhook was paused (or whose rate-limit slot came
+        too late for its lease) goes back unsent, due when the pause ends (the slot comes), and
+        its attempt does not count."""
+        outcome = Outcome.not_sent(f"not sent: {why}", permanent=False)
         return Result.of(item, "pending", seconds, outcome, counted=False)
 
     def _log(self, item: Claimed, result: Result) -> None:

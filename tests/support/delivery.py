@@ -62,6 +62,7 @@ def claim_parameters(
         "batched_ids": [],
         "window_ids": [],
         "window_sizes": [],
+        "pace_ahead": 1.0,
         **more,
     }
 
@@ -123,6 +124,7 @@ def claim_batch(conn: Conn, webhook_id: int, batch_size: int, relay_id: str = "r
         "max_change_bytes": 10**9,
         "body_bytes": 10**9,
         "body_overhead": 600,
+        "pace_ahead": 1.0,
     }
     rows = conn.execute(query("claim_batch"), params).fetchall()
     return [row[0] for row in rows if row[0] is not None]
