@@ -58,6 +58,8 @@ def parameters(settings: Settings) -> dict[str, object]:
         "window_ids": [],
         "window_sizes": [],
         "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
     }
 
 
@@ -73,6 +75,8 @@ def batch_parameters(settings: Settings, webhook_id: int, size: int) -> dict[str
         "body_bytes": int(settings.max_body_bytes),
         "body_overhead": 600,
         "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
     }
 
 

@@ -148,9 +148,10 @@ async def start_relay(dsn: str, **env: str) -> asyncio.subprocess.Process:
 
 
 @asynccontextmanager
-async def relays(dsn: str, count: int, **env: str) -> AsyncIterator[list[str]]:
-    """``count`` relay processes; yields the relay ids seen holding leases (filled as they do)."""
-    processes = [await start_relay(dsn, **env) for _ in range(count)]
+async def relays(dsn: str, *envs: dict[str, str]) -> AsyncIterator[list[str]]:
+    """A relay process per ``envs`` (its RELAY_* variables); yields the relay ids seen holding
+    leases (filled as they do)."""
+    processes = [await start_relay(dsn, **env) for env in envs]
     seen: list[str] = []
     stop = asyncio.Event()
 
@@ -188,7 +189,10 @@ def test_two_relays_never_send_a_webhook_more_than_its_concurrency_at_once(
     rconn: Conn, relay_dsn: str
 ) -> None:
     """Each relay would allow 16 (RELAY_WEBHOOK_CONCURRENCY, per process); the webhook's 8
-    hold for both together, and are used."""
+    hold for both together, and are used. One relay has room for 4 requests in all
+    (RELAY_BATCH_SIZE=1: 4 in flight), the other for 8, so both must send to reach 8 (a relay
+    that can take the whole concurrency keeps it: it claims again as soon as an answer comes);
+    without the limit across relays they would send 12 at once."""
     now_in_flight = 0
     most: list[int] = []
 
@@ -206,7 +210,9 @@ def test_two_relays_never_send_a_webhook_more_than_its_concurrency_at_once(
         async with receiver(slow) as r:
             setup_hook(rconn, r.url, concurrency=8)
             await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 200) g")
-            async with relays(relay_dsn, 2, RELAY_WEBHOOK_CONCURRENCY="16") as seen:
+            small = {"RELAY_WEBHOOK_CONCURRENCY": "16", "RELAY_BATCH_SIZE": "1"}
+            large = {"RELAY_WEBHOOK_CONCURRENCY": "16", "RELAY_BATCH_SIZE": "2"}
+            async with relays(relay_dsn, small, large) as seen:
                 await until(lambda: delivered(rconn) == 200, timeout=60)
             return seen
 
@@ -229,7 +235,7 @@ def test_two_relays_keep_to_a_webhooks_rate_limit_together(rconn: Conn, relay_ds
         async with receiver(note) as r:
             setup_hook(rconn, r.url, rate_limit=20)
             await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 120) g")
-            async with relays(relay_dsn, 2) as seen:
+            async with relays(relay_dsn, {}, {}) as seen:
                 await until(lambda: delivered(rconn) == 120, timeout=60)
             return seen
 
@@ -259,7 +265,7 @@ def test_a_slow_receiver_with_a_concurrency_of_64_takes_3000_changes_in_time(
         async with receiver(slow) as r:
             setup_hook(rconn, r.url, concurrency=64)
             await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 3000) g")
-            async with relays(relay_dsn, 1):
+            async with relays(relay_dsn, {}):
                 await until(lambda: delivered(rconn) == 3000, timeout=90)
 
     asyncio.run(scenario())

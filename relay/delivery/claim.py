@@ -8,7 +8,7 @@ holds up other work, and nothing waits in memory while its lease runs out.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from relay.delivery.holding import Holding
@@ -85,11 +85,13 @@ def parameters(
     holding: Holding,
     batched: Sequence[int] = (),
     limited: Sequence[Webhook] = (),
+    answered: Mapping[int, Collection[int]] | None = None,
 ) -> dict[str, Any]:
     """``claim_deliveries``' parameters: ``held`` is what each webhook counts as holding (see
     Breaker.held), ``holding`` the bytes this relay holds, ``batched`` the webhooks it claims
     batches for instead (claim_batch), ``limited`` those with a concurrency or rate limit of
-    their own (each gets its :func:`window`)."""
+    their own (each gets its :func:`window`), ``answered`` the deliveries per webhook whose
+    receiver has answered and whose outcome is being written (see :func:`answered_pairs`)."""
     busy = sorted(set(held) | {hook for hook, n in holding.by_webhook.items() if n})
     return {
         "limit": limit,
@@ -99,6 +101,7 @@ def parameters(
         "pace_ahead": PACE_AHEAD_SECONDS,
         "window_ids": [hook.id for hook in limited],
         "window_sizes": [window(settings, hook) for hook in limited],
+        **answered_pairs(answered or {}),
         "busy_ids": busy,
         "busy_counts": [held.get(hook, 0) for hook in busy],
         "busy_bytes": [holding.by_webhook.get(hook, 0) for hook in busy],
@@ -109,8 +112,25 @@ def parameters(
     }
 
 
+def answered_pairs(answered: Mapping[int, Collection[int]]) -> dict[str, list[int]]:
+    """The deliveries (webhook, outbox id) this relay has had answered and whose outcome it is
+    writing: their leases do not count against a webhook's concurrency (relay.leased_requests),
+    so the next request goes as soon as the receiver answers, as with prefetch, while what is
+    in flight across relays stays within the concurrency."""
+    pairs = [(hook, outbox) for hook, ids in answered.items() for outbox in ids]
+    return {
+        "answered_webhooks": [hook for hook, _ in pairs],
+        "answered_ids": [outbox for _, outbox in pairs],
+    }
+
+
 def batch_parameters(
-    webhook: Webhook, *, relay_id: str, settings: Settings, holding: Holding
+    webhook: Webhook,
+    *,
+    relay_id: str,
+    settings: Settings,
+    holding: Holding,
+    answered: Mapping[int, Collection[int]] | None = None,
 ) -> dict[str, Any]:
     """``claim_batch``'s parameters for one of ``webhook``'s batches, within the bytes the
     relay and the webhook may still hold."""
@@ -126,4 +146,5 @@ def batch_parameters(
         "body_bytes": settings.max_body_bytes,
         "body_overhead": BODY_OVERHEAD,
         "pace_ahead": PACE_AHEAD_SECONDS,
+        **answered_pairs({webhook.id: (answered or {}).get(webhook.id, ())}),
     }

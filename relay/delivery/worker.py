@@ -133,6 +133,9 @@ class Worker:
         self.max_in_flight = settings.batch_size * 4
         self._held: dict[int, int] = defaultdict(int)
         """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
+        self._answered: dict[int, set[int]] = defaultdict(set)
+        """Per webhook: the deliveries answered (or given up) whose outcome is being written:
+        still leased, but not in flight (claim.answered_pairs)."""
         self.holding = Holding(settings)
         self._slots: dict[int, tuple[int, asyncio.Semaphore]] = {}
         """Per webhook: how many slots, and the semaphore that holds them."""
@@ -367,6 +370,7 @@ class Worker:
             holding=self.holding,
             batched=[hook.id for hook in batched],
             limited=limited,
+            answered=self._limited_answered(limited),
         )
         claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
         for item in claimed:
@@ -380,7 +384,11 @@ class Worker:
     async def _claim_batch(self, store: AsyncStore, hook: Webhook) -> list[Claimed]:
         """One batch for ``hook``, or none (then note when one that waits to fill may go)."""
         parameters = claim.batch_parameters(
-            hook, relay_id=self.relay_id, settings=self.settings, holding=self.holding
+            hook,
+            relay_id=self.relay_id,
+            settings=self.settings,
+            holding=self.holding,
+            answered=self._limited_answered([hook]),
         )
         items, wait = await store.claim_batch(parameters, self.rules.ruleset.models)
         if wait is not None:
@@ -402,13 +410,14 @@ class Worker:
             kept = self._slots[webhook_id] = (size, asyncio.Semaphore(size))
         return kept[1]
 
-    def _room_freed(self, webhook_id: int) -> None:
-        """The receiver has answered: the webhook has room for another claim, unless it has a
-        concurrency of its own, whose room comes only with the outcome written (the claim counts
-        leases across relays): a claim now would find none, and hold up the one that would."""
-        hook = self.rules.ruleset.webhook(webhook_id)
-        if hook is None or hook.concurrency is None:
-            self._wake.set()
+    def _limited_answered(self, hooks: list[Webhook]) -> dict[int, set[int]]:
+        """What the claim may leave out of the leases it counts, for the webhooks with a
+        concurrency (the others count no leases)."""
+        return {
+            hook.id: self._answered[hook.id]
+            for hook in hooks
+            if hook.concurrency is not None and self._answered.get(hook.id)
+        }
 
     async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
         policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
@@ -434,16 +443,19 @@ class Worker:
             # Room for another claim as soon as the receiver has answered. The delivery stays
             # pending (so a later change to its row still waits) until its outcome is written.
             self._held[item.webhook_id] -= 1
-            self._room_freed(item.webhook_id)
+            self._wake.set()
+        # Answered: no longer in flight, though leased until its outcome is written (a webhook
+        # with a concurrency counts leases across relays, all but these: claim.answered_pairs).
+        # Added before the first await, so no claim round sees it as in flight.
+        answered = self._answered[item.webhook_id]
+        answered.add(item.outbox_id)
         try:
             await recorder.record(result)
             self._count(item, result)
         except Exception as exc:  # the lease expires and another attempt follows
             log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
         finally:
-            # Its lease ends with the outcome written: a webhook with a concurrency has room
-            # again only now (the claim counts leases across relays).
-            self._wake.set()
+            answered.discard(item.outbox_id)
 
     async def _process_batch(
         self, items: list[Claimed], recorder: Recorder, sender: Sender
@@ -467,11 +479,15 @@ class Worker:
                         results = [self._put_back(item, far.seconds, far.why) for item in items]
         finally:
             self._held[hook_id] -= 1
-            self._room_freed(hook_id)
-        written = await asyncio.gather(
-            *(recorder.record(result) for result in results), return_exceptions=True
-        )
-        self._wake.set()  # its leases have ended (see _process)
+            self._wake.set()
+        answered = self._answered[hook_id]  # see _process
+        answered.update(item.outbox_id for item in items)
+        try:
+            written = await asyncio.gather(
+                *(recorder.record(result) for result in results), return_exceptions=True
+            )
+        finally:
+            answered.difference_update(item.outbox_id for item in items)
         for item, result, error in zip(items, results, written, strict=True):
             if isinstance(error, BaseException):
                 log.error(

@@ -63,6 +63,8 @@ def claim_parameters(
         "window_ids": [],
         "window_sizes": [],
         "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
         **more,
     }
 
@@ -125,6 +127,8 @@ def claim_batch(conn: Conn, webhook_id: int, batch_size: int, relay_id: str = "r
         "body_bytes": 10**9,
         "body_overhead": 600,
         "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
     }
     rows = conn.execute(query("claim_batch"), params).fetchall()
     return [row[0] for row in rows if row[0] is not None]
