@@ -151,7 +151,8 @@ def run(
 
 
 def span(noted: list[tuple[float, int]], delay: float) -> float:
-    """From the first request's arrival to the last one's answer."""
+    """From the first request's arrival to the last one's answer (the issue counts to the last
+    request: ``delay`` less)."""
     return noted[-1][0] - noted[0][0] + delay
 
 

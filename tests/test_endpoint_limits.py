@@ -270,5 +270,5 @@ def test_a_slow_receiver_with_a_concurrency_of_64_takes_3000_changes_in_time(
 
     asyncio.run(scenario())
     assert len(arrivals) == 3000
-    took = arrivals[-1] - arrivals[0] + 0.2
+    took = arrivals[-1] - arrivals[0]  # from the first request to the last, as the issue says
     assert took <= 1.3 * 3000 * 0.2 / 64, took

@@ -107,11 +107,12 @@ class SlotTooFar(Exception):
 
 class Worker:
     """One relay process. Each claimed delivery is a task that waits for one of its webhook's
-    ``webhook_concurrency`` slots, sends, and hands its outcome to the recorder. The claim query
-    is told how many deliveries this process holds per webhook, so a slow receiver holds only a
-    bounded number of claims, never holds up other work, and nothing waits in memory while its
-    lease runs out. A webhook that keeps failing is paused for a cool-down (each process keeps
-    its own count)."""
+    slots (its ``concurrency``, which the claim keeps across relays, else
+    ``webhook_concurrency``), for its rate-limit slot if it has one, sends, and hands its
+    outcome to the recorder. The claim query is told how many deliveries this process holds per
+    webhook, so a slow receiver holds only a bounded number of claims, never holds up other
+    work, and nothing waits in memory while its lease runs out. A webhook that keeps failing is
+    paused for a cool-down (each process keeps its own count)."""
 
     def __init__(self, settings: Settings, dsn: str, *, relay_id: str | None = None) -> None:
         self.settings = settings
