@@ -329,7 +329,7 @@ WITH limited AS MATERIALIZED (
     -- Not even called without such a webhook (a plpgsql call costs 0.2 ms).
     SELECT l.webhook, l.requests
     FROM limited,
-         relay.leased_requests(limited.ids, %(answered_webhooks)s::bigint[],
+         relay.leased_requests(limited.ids, %(relay_id)s, %(answered_webhooks)s::bigint[],
                                %(answered_ids)s::bigint[]) AS l
     WHERE cardinality(limited.ids) > 0
 ), room AS (
@@ -569,7 +569,8 @@ WITH moves AS MATERIALIZED (
 ), room AS MATERIALIZED (
     SELECT coalesce((SELECT w.concurrency > (SELECT l.requests
                                              FROM relay.leased_requests(
-                                                 ARRAY[w.id], %(answered_webhooks)s::bigint[],
+                                                 ARRAY[w.id], %(relay_id)s,
+                                                 %(answered_webhooks)s::bigint[],
                                                  %(answered_ids)s::bigint[]) AS l)
                      FROM relay.webhooks w
                      WHERE w.id = %(webhook_id)s AND w.concurrency IS NOT NULL), true)

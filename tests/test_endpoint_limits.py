@@ -71,6 +71,25 @@ def test_the_claim_leases_no_more_than_a_webhooks_concurrency_across_relays(rcon
     assert claim(rconn, "r1") == []
 
 
+def test_a_relay_leaves_out_of_the_count_only_its_own_answered_deliveries(rconn: Conn) -> None:
+    """A delivery whose receiver has answered is not in flight while its outcome is written:
+    the relay that holds it claims the next one at once. Another relay naming it gains
+    nothing."""
+    a, _ = setup(rconn)
+    rconn.execute("UPDATE relay.webhooks SET concurrency = 3 WHERE id = %s", (a,))
+    rconn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 10) g")
+    fan_out(rconn)
+    (answered, _), *_ = claim(rconn, "r1")
+
+    def claimed(relay_id: str) -> int:
+        params = claim_parameters(relay_id, answered_webhooks=[a], answered_ids=[answered])
+        return len(rconn.execute(query("claim_deliveries"), params).fetchall())
+
+    assert claimed("r2") == 0
+    assert claimed("r1") == 1
+    assert claimed("r1") == 0  # the one it took now counts
+
+
 def test_relays_claiming_at_once_count_each_others_leases(rconn: Conn, relay_dsn: str) -> None:
     """The second claim waits for the first one's transaction, then counts what it leased: in
     one statement, its own snapshot (taken before) would have seen nothing leased."""
