@@ -60,7 +60,7 @@ CREATE INDEX deliveries_leased ON relay.deliveries (webhook_id, leased_until)
     WHERE status = 'pending' AND leased_until IS NOT NULL;
 
 -- A webhook's rate limit: the time of its next free request slot, shared by every relay. Each
--- request takes the slot greatest(next_slot, now) and moves it on by 1/rate_limit, in one
+-- request takes the slot greatest(next_slot, now) and moves it on by 1.05/rate_limit, in one
 -- statement (take_slot, sql/queries.sql), then waits until its slot before it is sent.
 CREATE TABLE relay.webhook_pace (
     webhook_id bigint PRIMARY KEY REFERENCES relay.webhooks (id) ON DELETE CASCADE,
