@@ -318,9 +318,10 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- concurrency less the requests leased to anyone for it (relay.leased_requests: counted under a
 -- lock per webhook, so relays claiming at once never lease more between them), and no
 -- prefetch: what is leased may all be in flight; but for the deliveries this relay has had
--- answered and whose outcome it is writing (answered_webhooks, answered_ids: pairs). A webhook with a rate limit gets none while its
--- next request slot (relay.webhook_pace) is more than pace_ahead seconds away: what is claimed
--- waits for its slot, and must not wait for its lease to run out.
+-- answered and whose outcome it is writing (answered_webhooks, answered_ids: pairs). A webhook
+-- with a rate limit gets none while its next request slot (relay.webhook_pace) is more than
+-- pace_ahead seconds away: what is claimed waits for its slot, and must not wait for its lease
+-- to run out.
 WITH limited AS MATERIALIZED (
     SELECT ARRAY(SELECT w.id FROM relay.webhooks w
                  WHERE w.concurrency IS NOT NULL

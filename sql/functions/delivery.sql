@@ -100,10 +100,11 @@ $$;
 -- concurrency (sql/queries.sql, claim_deliveries and claim_batch), but the deliveries the
 -- claiming relay (relay_id) holds and names as answered (answered_webhooks, answered_outbox:
 -- pairs): their receiver has answered and their outcome is on its way to the database, so they
--- are not in flight, and the next request may go now rather than a write later. Each webhook's count is taken
--- under a transaction lock of its own, taken in id order, so two relays claiming for the same
--- webhook count one after the other: the second counts, with a snapshot taken after the lock,
--- what the first leased, and together they never lease more than the webhook's concurrency.
+-- are not in flight, and the next request may go now rather than a write later.
+-- Each webhook's count is taken under a transaction lock of its own, taken in id order, so two
+-- relays claiming for the same webhook count one after the other: the second counts, with a
+-- snapshot taken after the lock, what the first leased, and together they never lease more
+-- than the webhook's concurrency.
 -- plpgsql and VOLATILE for that fresh snapshot: a count in the claim statement itself would see
 -- the statement's snapshot, taken before the lock. The count reads deliveries_leased (0026).
 CREATE OR REPLACE FUNCTION relay.leased_requests(webhooks bigint[], relay_id text,
