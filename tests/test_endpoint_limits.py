@@ -29,8 +29,8 @@ from relay.sqlfiles import query
 from support.db import one_row
 from support.delivery import claim, claim_batch, claim_parameters, fan_out, finish, setup
 from support.receivers import receiver
+from support.worker import FAST, running, sql, until
 from support.worker import setup as setup_hook
-from support.worker import sql, until
 
 
 def test_a_relay_holds_a_webhooks_concurrency_and_a_seconds_worth_of_its_rate() -> None:
@@ -144,6 +144,50 @@ def test_a_webhook_with_a_rate_limit_is_claimed_only_while_its_next_slot_is_near
     assert claim_batch(rconn, a, 2) == []
     rconn.execute("UPDATE relay.webhook_pace SET next_slot = now() + interval '0.5 seconds'")
     assert len(claim(rconn, "r1")) == 10  # how many: the relay's window (claim.window)
+
+
+def test_a_request_whose_rate_slot_comes_after_half_its_lease_goes_back_unsent(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Claimed when its slot was near, a delivery finds its slot far away when it is about to go
+    (here: the receiver moves the webhook's next slot 100 s on while it answers the first
+    request; in life, many relays sharing a slow rate). It goes back unsent and uncounted, due
+    at its slot, rather than wait past its lease (which another relay would then claim, and both
+    would send)."""
+    settings = Settings(**{**FAST.model_dump(), "webhook_concurrency": 1})  # one at a time
+
+    async def far(request: web.Request) -> web.Response:
+        await sql(
+            relay_dsn,
+            "UPDATE relay.webhook_pace SET next_slot = clock_timestamp() + interval '100 s'",
+        )
+        return web.Response()
+
+    async def scenario() -> int:
+        async with receiver(far) as r:
+            setup_hook(rconn, r.url, rate_limit=2)  # a window of 2: both claimed at once
+            await sql(relay_dsn, "INSERT INTO items VALUES (1, 0), (2, 0)")
+            async with running(relay_dsn, settings):
+                await until(lambda: delivered(rconn) == 1)
+                await until(lambda: "rate limit" in (second(rconn)[3] or ""), timeout=5)
+            return len(r.requests)
+
+    assert asyncio.run(scenario()) == 1
+    status, attempts, due_in, error, leased = second(rconn)
+    assert (status, attempts, leased) == ("pending", 0, False)
+    assert 95 < due_in <= 100
+    assert error is not None and error.startswith("not sent: rate limit: its request slot is")
+
+
+def second(conn: Conn) -> tuple[str, int, float, str | None, bool]:
+    """The second change's delivery: status, attempts, seconds until due, last error, leased."""
+    row = conn.execute(
+        "SELECT status::text, attempts, extract(epoch FROM next_attempt_at - now())::float8,"
+        " last_error, leased_until IS NOT NULL FROM relay.deliveries ORDER BY outbox_id"
+        " OFFSET 1 LIMIT 1"
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1], row[2], row[3], row[4]
 
 
 async def start_relay(dsn: str, **env: str) -> asyncio.subprocess.Process:
