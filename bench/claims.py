@@ -1,7 +1,7 @@
 """How long one claim takes in the database with a big backlog of pending deliveries.
 
     .venv/bin/python bench/claims.py [--pending 300000] [--moves 3000] [--rounds 200]
-        [--compare OTHER/sql/queries.sql] [--batch 100]
+        [--compare OTHER/sql/queries.sql] [--batch 100] [--limited]
 
 On a private cluster: --pending changes inserted into a tracked table, --moves of them followed
 by an UPDATE of the primary key (a key move, the claim's second key), all fanned out as the
@@ -11,7 +11,9 @@ same backlog), claiming 128 deliveries (a relay with RELAY_WEBHOOK_CONCURRENCY=6
 bench/throughput.py); prints the median and p90 time in the database and the plan's shape.
 With --compare, the claim_deliveries of another queries.sql (an older relay) runs interleaved
 on the same backlog, for a ratio. With --batch N, claim_batch is measured instead: one batch of
-N for the webhook (batch_size N), on the same backlog.
+N for the webhook (batch_size N), on the same backlog. With --limited, the webhook has a
+concurrency (0026_steering.sql) and another relay holds 64 leases: the claim counts them
+(relay.leased_requests), and the concurrency leaves room for the same claim as without.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def parameters(settings: Settings) -> dict[str, object]:
         "bytes_per_webhook": room // 2,
         "max_change_bytes": int(settings.max_body_bytes),
         "batched_ids": [],
+        "window_ids": [],
+        "window_sizes": [],
+        "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
     }
 
 
@@ -67,6 +74,9 @@ def batch_parameters(settings: Settings, webhook_id: int, size: int) -> dict[str
         "max_change_bytes": int(settings.max_body_bytes),
         "body_bytes": int(settings.max_body_bytes),
         "body_overhead": 600,
+        "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
     }
 
 
@@ -91,6 +101,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--compare", type=Path)
     parser.add_argument("--batch", type=int, help="measure claim_batch, batches of this size")
+    parser.add_argument("--limited", action="store_true", help="the webhook has a concurrency")
     args = parser.parse_args()
     statement = "claim_batch" if args.batch else "claim_deliveries"
     claims = {"this": sqlfiles.query(statement)}
@@ -117,6 +128,15 @@ def main() -> None:
             )
             conn.execute("UPDATE items SET id = id + %s WHERE id <= %s", (args.pending, args.moves))
             conn.execute(FAN_OUT)
+            if args.limited:
+                conn.execute(
+                    "UPDATE relay.deliveries SET leased_by = 'other',"
+                    " leased_until = now() + interval '1 hour'"
+                    " WHERE outbox_id IN (SELECT outbox_id FROM relay.deliveries"
+                    " ORDER BY outbox_id DESC LIMIT 64)"
+                )
+                room = 1 if args.batch else 128
+                conn.execute("UPDATE relay.webhooks SET concurrency = %s", (64 + room,))
             conn.execute("SET jit = off")  # as the relay's connections
             webhook = conn.execute("SELECT id FROM relay.webhooks").fetchone()
             assert webhook is not None
@@ -126,6 +146,8 @@ def main() -> None:
             else:
                 params, expected = parameters(Settings()), 128
             what = f"{args.pending} pending deliveries ({args.moves} key moves)"
+            if args.limited:
+                what += ", webhook concurrency (64 leased elsewhere)"
             print(f"{what}, {statement} of {expected}:")
             # First as a burst finds the tables (autovacuum has not looked yet), then with the
             # statistics the relay refreshes after its first 5,000 changes.

@@ -166,6 +166,11 @@ class Webhook:
     """Changes per request, at most; above 1 the body is a JSON array, even of one change."""
     batch_wait_ms: int = 0
     """How long a batch that is not full may wait for more changes."""
+    concurrency: int | None = None
+    """Requests in flight to it across every relay (None: RELAY_WEBHOOK_CONCURRENCY, per relay
+    process)."""
+    rate_limit: Decimal | None = None
+    """Requests a second across every relay, evenly spaced (None: no limit)."""
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,8 @@ class WebhookRow(TypedDict):
     retry_max_seconds: Decimal | None
     batch_size: int
     batch_wait_ms: int
+    concurrency: int | None
+    rate_limit: Decimal | None
 
 
 class RuleRow(WebhookRow):
@@ -811,6 +813,15 @@ class AsyncStore:
             rows = await cur.fetchall()
         claimed = [_claimed(r, models) for r in rows if r["outbox_id"] is not None]
         return claimed, rows[0]["wait_seconds"] if rows and not claimed else None
+
+    async def take_slot(self, webhook_id: int, spacing: float) -> float:
+        """Take the next request slot of a webhook with a rate limit (every relay shares them);
+        seconds until it comes, 0 when it is now or the webhook has no rate limit."""
+        cur = await self.conn.execute(
+            query("take_slot"), {"webhook_id": webhook_id, "spacing": spacing}
+        )
+        row = await cur.fetchone()
+        return max(float(row[0]), 0.0) if row is not None else 0.0
 
     async def record_outcomes(self, parameters: Mapping[str, Any]) -> list[int]:
         """Write a batch of attempts, their deliveries' new states and their endpoints' health

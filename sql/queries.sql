@@ -60,7 +60,8 @@ SELECT r.id, r.name, r.tables, r.events, r.conditions::text AS conditions,
        w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
-       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms
+       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
+       w.concurrency, w.rate_limit
 FROM relay.event_rules r
 JOIN relay.webhooks w ON w.id = r.webhook_id
 WHERE r.enabled OR %(everything)s
@@ -71,7 +72,8 @@ ORDER BY r.id;
 SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
-       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms
+       w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
+       w.concurrency, w.rate_limit
 FROM relay.webhooks w
 WHERE NOT EXISTS (SELECT FROM relay.event_rules r WHERE r.webhook_id = w.id)
 ORDER BY w.id;
@@ -310,8 +312,34 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- than 3.4 for 128 of 20,000 pending, bench/claims.py). Webhooks the relay sends batches to
 -- (batched_ids) are claimed by claim_batch instead, and a paused webhook's (paused_at set: by
 -- the operator, or by relay for a dead endpoint) by nobody until it is resumed.
-WITH room AS (
-    SELECT w.id AS webhook_id, %(per_webhook)s - coalesce(busy.n, 0) AS free,
+--
+-- Limits per endpoint (docs/operations.md): a webhook whose window differs from per_webhook (its
+-- concurrency, or what its rate limit lets it send in the next second: relay/delivery/claim.py,
+-- window) is in window_ids/window_sizes. A webhook with a concurrency gets no more than its
+-- concurrency less the requests leased to anyone for it (relay.leased_requests: counted under a
+-- lock per webhook, so relays claiming at once never lease more between them), and no
+-- prefetch: what is leased may all be in flight; but for the deliveries this relay has had
+-- answered and whose outcome it is writing (answered_webhooks, answered_ids: pairs). A webhook
+-- with a rate limit gets none while its next request slot (relay.webhook_pace) is more than
+-- pace_ahead seconds away: what is claimed waits for its slot, and must not wait for its lease
+-- to run out.
+WITH limited AS MATERIALIZED (
+    SELECT ARRAY(SELECT w.id FROM relay.webhooks w
+                 WHERE w.concurrency IS NOT NULL
+                   AND w.id <> ALL(%(batched_ids)s::bigint[])) AS ids
+), leased AS MATERIALIZED (
+    -- Not even called without such a webhook (a plpgsql call costs 0.2 ms).
+    SELECT l.webhook, l.requests
+    FROM limited,
+         relay.leased_requests(limited.ids, %(relay_id)s, %(answered_webhooks)s::bigint[],
+                               %(answered_ids)s::bigint[]) AS l
+    WHERE cardinality(limited.ids) > 0
+), room AS (
+    SELECT w.id AS webhook_id,
+           CASE WHEN w.rate_limit IS NOT NULL
+                     AND pace.next_slot > now() + make_interval(secs => %(pace_ahead)s) THEN 0
+                ELSE least(coalesce(win.size, %(per_webhook)s) - coalesce(busy.n, 0),
+                           w.concurrency - leased.requests) END AS free,
            %(bytes_per_webhook)s - coalesce(busy.bytes, 0) AS bytes_free,
            EXISTS (SELECT FROM relay.deliveries m
                    WHERE m.webhook_id = w.id AND m.old_row_key IS NOT NULL
@@ -319,6 +347,10 @@ WITH room AS (
     FROM relay.webhooks w
     LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[], %(busy_bytes)s::bigint[])
         AS busy (id, n, bytes) ON busy.id = w.id
+    LEFT JOIN unnest(%(window_ids)s::bigint[], %(window_sizes)s::int[]) AS win (id, size)
+        ON win.id = w.id
+    LEFT JOIN leased ON leased.webhook = w.id
+    LEFT JOIN relay.webhook_pace pace ON pace.webhook_id = w.id
     WHERE w.id <> ALL(%(batched_ids)s::bigint[])
       -- A paused webhook (0026_steering.sql) gets none: its deliveries wait, in order.
       AND w.paused_at IS NULL
@@ -418,6 +450,10 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 -- Otherwise one row per claimed delivery (wait_seconds NULL; batch_again when the batch is one
 -- due again, which the relay sends whole or not at all); a row with a NULL outbox_id when
 -- there is nothing to claim.
+--
+-- A webhook with a concurrency gets a batch only while fewer batches than that are leased to
+-- anyone for it (relay.leased_requests, counted under a lock: see claim_deliveries); one with a
+-- rate limit only while its next request slot is at most pace_ahead seconds away.
 WITH moves AS MATERIALIZED (
     SELECT EXISTS (SELECT FROM relay.deliveries m
                    WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
@@ -539,11 +575,24 @@ WITH moves AS MATERIALIZED (
                               + make_interval(secs => %(wait_ms)s / 1000.0) - now())::float8
                AS wait_seconds
     FROM fitting
+), room AS MATERIALIZED (
+    SELECT coalesce((SELECT w.concurrency > (SELECT l.requests
+                                             FROM relay.leased_requests(
+                                                 ARRAY[w.id], %(relay_id)s,
+                                                 %(answered_webhooks)s::bigint[],
+                                                 %(answered_ids)s::bigint[]) AS l)
+                     FROM relay.webhooks w
+                     WHERE w.id = %(webhook_id)s AND w.concurrency IS NOT NULL), true)
+           AND NOT EXISTS (SELECT FROM relay.webhooks w
+                           JOIN relay.webhook_pace pace ON pace.webhook_id = w.id
+                           WHERE w.id = %(webhook_id)s AND w.rate_limit IS NOT NULL
+                             AND pace.next_slot
+                                 > now() + make_interval(secs => %(pace_ahead)s)) AS free
 ), batch AS MATERIALIZED (
     SELECT coalesce((SELECT batch_id FROM again), nextval('relay.batch_ids')) AS id,
            coalesce((SELECT delivery_id FROM again), gen_random_uuid()) AS delivery_id,
            EXISTS (SELECT FROM again) AS again
-    FROM ready WHERE ready.any AND ready.go
+    FROM ready WHERE ready.any AND ready.go AND (SELECT free FROM room)
 ), claimed AS (
     UPDATE relay.deliveries d
     SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
@@ -569,6 +618,24 @@ SELECT claimed.*,
            AS wait_seconds
 FROM ready LEFT JOIN claimed ON true
 ORDER BY claimed.outbox_id;
+
+-- name: take_slot
+-- A request slot for a webhook with a rate limit, shared by every relay (relay.webhook_pace,
+-- 0026): the slot is greatest(next_slot, now), and next_slot moves on by spacing/rate_limit,
+-- atomically (the row's lock; a relay that waited for it sees the slot the other one left).
+-- Returns how many seconds until the slot (0 or less: now); no row when the webhook has no
+-- rate limit. clock_timestamp(), not now(): the slot is compared with when the relay sends.
+WITH hook AS (
+    SELECT w.id, make_interval(secs => %(spacing)s::float8 / w.rate_limit::float8) AS step
+    FROM relay.webhooks w
+    WHERE w.id = %(webhook_id)s AND w.rate_limit IS NOT NULL
+)
+INSERT INTO relay.webhook_pace AS p (webhook_id, next_slot)
+SELECT hook.id, clock_timestamp() + hook.step FROM hook
+ON CONFLICT (webhook_id) DO UPDATE
+SET next_slot = greatest(p.next_slot, clock_timestamp()) + (SELECT step FROM hook)
+RETURNING extract(epoch FROM p.next_slot - (SELECT step FROM hook) - clock_timestamp())::float8
+    AS wait_seconds;
 
 -- name: record_outcomes
 -- Attempts and their outcomes, many at once (relay/delivery/record.py batches them). An outcome is

@@ -40,6 +40,10 @@ GRANT SELECT ON relay.webhooks, relay.event_rules, relay.rules_version TO :"role
 -- endpoint's health.
 GRANT UPDATE (paused_at, paused_reason) ON relay.webhooks TO :"role";
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.webhook_health TO :"role";
+-- Pace requests to a webhook with a rate limit across relays (0026_steering.sql), and count
+-- the requests leased for one with a concurrency.
+GRANT SELECT, INSERT, UPDATE ON relay.webhook_pace TO :"role";
+GRANT EXECUTE ON FUNCTION relay.leased_requests(bigint[], text, bigint[], bigint[]) TO :"role";
 -- Refresh the delivery tables' statistics after a burst (see 0004_statistics.sql).
 GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";
 -- Match changes and claim them in order across key moves (see 0009_key_moves.sql; keys read

@@ -198,7 +198,8 @@ def test_relay_run_works_with_the_service_role_alone(
 ) -> None:
     """The whole delivery path (fan-out, claims, outcomes, statistics, purge) as the service
     role: what sql/service_role.sql grants is enough, also for a table in a schema the service
-    role has no right to (shop), with a model name."""
+    role has no right to (shop), with a model name, to a webhook with a concurrency and a rate
+    limit (relay.leased_requests, relay.webhook_pace)."""
     service = make_role("svc")
     with psycopg.connect(db_dsn, autocommit=True) as admin:
         admin.execute(f"CREATE SCHEMA shop AUTHORIZATION {roles['app_name']}")
@@ -219,7 +220,8 @@ def test_relay_run_works_with_the_service_role_alone(
         async with receiver() as r:
             with psycopg.connect(roles["installer"], autocommit=True) as inst:
                 inst.execute(
-                    "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES ('h', %s, 's')",
+                    "INSERT INTO relay.webhooks (name, payload_url, secret, concurrency,"
+                    " rate_limit) VALUES ('h', %s, 's', 4, 200)",
                     (r.url,),
                 )
                 inst.execute(

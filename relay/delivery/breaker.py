@@ -61,15 +61,19 @@ class Breaker:
         self._until[webhook_id] = self._clock() + self.cooldown
         return Turn.NONE if already else Turn.PAUSED
 
-    def held(self, held: Mapping[int, int], window: int) -> dict[int, int]:
+    def held(
+        self, held: Mapping[int, int], window: int, windows: Mapping[int, int] | None = None
+    ) -> dict[int, int]:
         """What the claim query must think each webhook holds, given what it does hold: a
         paused webhook holds its whole window (so none is claimed), and one past its cool-down
-        with failures still counted holds all but one (one probe at a time)."""
+        with failures still counted holds all but one (one probe at a time). ``windows``: the
+        webhooks whose window is not ``window`` (a concurrency or rate limit of their own)."""
         counts = {hook: n for hook, n in held.items() if n}
         now = self._clock()
         for hook, until in self._until.items():
+            size = (windows or {}).get(hook, window)
             if until > now:
-                counts[hook] = window
+                counts[hook] = size
             elif self._count.get(hook, 0) >= self.failures:
-                counts[hook] = window if counts.get(hook) else window - 1
+                counts[hook] = size if counts.get(hook) else size - 1
         return counts

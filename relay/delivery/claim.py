@@ -7,7 +7,8 @@ holds up other work, and nothing waits in memory while its lease runs out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from relay.delivery.holding import Holding
@@ -42,9 +43,37 @@ def held_bytes(item: Claimed, max_change_bytes: int) -> int:
     return 0 if item.change_bytes > max_change_bytes else item.change_bytes
 
 
-def window(settings: Settings) -> int:
-    """How many deliveries of one webhook a relay holds at most."""
-    return settings.webhook_concurrency * PREFETCH
+PACE_AHEAD_SECONDS = 1.0
+"""A webhook with a rate limit: a relay holds at most what the limit lets go in this many
+seconds, so that a claimed delivery waits for its slot for seconds (with a few relays), never
+for its lease to run out."""
+RATE_SPACING = 1.05
+"""Requests to a webhook with a rate limit are this many times 1/rate_limit apart (take_slot):
+5% of headroom for the jitter between the slot and the request's arrival (the relay's event
+loop, the network), so that no second at the receiver sees more than rate_limit requests."""
+
+
+def window(settings: Settings, hook: Webhook | None = None) -> int:
+    """How many deliveries (or batches) of one webhook a relay holds at most. Without limits of
+    its own, PREFETCH times RELAY_WEBHOOK_CONCURRENCY (this relay's slots, and the next
+    requests ready). With a concurrency, that concurrency and no prefetch: the claim never
+    leases more than it across relays (claim_deliveries), so everything leased may be in
+    flight at once. With a rate limit, at most what goes in PACE_AHEAD_SECONDS."""
+    if hook is None or hook.concurrency is None:
+        size = settings.webhook_concurrency * PREFETCH
+    else:
+        size = hook.concurrency
+    if hook is not None and hook.rate_limit is not None:
+        size = min(size, max(math.ceil(float(hook.rate_limit) * PACE_AHEAD_SECONDS), 1))
+    return size
+
+
+def slots(settings: Settings, hook: Webhook | None) -> int:
+    """How many requests to the webhook this relay has in flight at most: its concurrency (the
+    claim keeps the total across relays within it), else RELAY_WEBHOOK_CONCURRENCY."""
+    if hook is None or hook.concurrency is None:
+        return settings.webhook_concurrency
+    return hook.concurrency
 
 
 def parameters(
@@ -55,16 +84,24 @@ def parameters(
     held: Mapping[int, int],
     holding: Holding,
     batched: Sequence[int] = (),
+    limited: Sequence[Webhook] = (),
+    answered: Mapping[int, Collection[int]] | None = None,
 ) -> dict[str, Any]:
     """``claim_deliveries``' parameters: ``held`` is what each webhook counts as holding (see
     Breaker.held), ``holding`` the bytes this relay holds, ``batched`` the webhooks it claims
-    batches for instead (claim_batch)."""
+    batches for instead (claim_batch), ``limited`` those with a concurrency or rate limit of
+    their own (each gets its :func:`window`), ``answered`` the deliveries per webhook whose
+    receiver has answered and whose outcome is being written (see :func:`answered_pairs`)."""
     busy = sorted(set(held) | {hook for hook, n in holding.by_webhook.items() if n})
     return {
         "limit": limit,
         "lease_seconds": settings.lease_seconds,
         "relay_id": relay_id,
         "per_webhook": window(settings),
+        "pace_ahead": PACE_AHEAD_SECONDS,
+        "window_ids": [hook.id for hook in limited],
+        "window_sizes": [window(settings, hook) for hook in limited],
+        **answered_pairs(answered or {}),
         "busy_ids": busy,
         "busy_counts": [held.get(hook, 0) for hook in busy],
         "busy_bytes": [holding.by_webhook.get(hook, 0) for hook in busy],
@@ -75,8 +112,25 @@ def parameters(
     }
 
 
+def answered_pairs(answered: Mapping[int, Collection[int]]) -> dict[str, list[int]]:
+    """The deliveries (webhook, outbox id) this relay has had answered and whose outcome it is
+    writing: their leases do not count against a webhook's concurrency (relay.leased_requests),
+    so the next request goes as soon as the receiver answers, as with prefetch, while what is
+    in flight across relays stays within the concurrency."""
+    pairs = [(hook, outbox) for hook, ids in answered.items() for outbox in ids]
+    return {
+        "answered_webhooks": [hook for hook, _ in pairs],
+        "answered_ids": [outbox for _, outbox in pairs],
+    }
+
+
 def batch_parameters(
-    webhook: Webhook, *, relay_id: str, settings: Settings, holding: Holding
+    webhook: Webhook,
+    *,
+    relay_id: str,
+    settings: Settings,
+    holding: Holding,
+    answered: Mapping[int, Collection[int]] | None = None,
 ) -> dict[str, Any]:
     """``claim_batch``'s parameters for one of ``webhook``'s batches, within the bytes the
     relay and the webhook may still hold."""
@@ -91,4 +145,6 @@ def batch_parameters(
         "max_change_bytes": settings.max_body_bytes,
         "body_bytes": settings.max_body_bytes,
         "body_overhead": BODY_OVERHEAD,
+        "pace_ahead": PACE_AHEAD_SECONDS,
+        **answered_pairs({webhook.id: (answered or {}).get(webhook.id, ())}),
     }

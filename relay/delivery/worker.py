@@ -96,13 +96,25 @@ def session_problem(version: int, search_path: str, latest: int) -> str | None:
     return path_problem(search_path)
 
 
+class SlotTooFar(Exception):
+    """The request's rate-limit slot comes later than its lease allows waiting for (a slow rate
+    shared by many relays): it goes back unsent, due at its slot (the slot is lost, which only
+    slows the webhook down)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+        self.why = f"rate limit: its request slot is {seconds:.1f} s away"
+
+
 class Worker:
     """One relay process. Each claimed delivery is a task that waits for one of its webhook's
-    ``webhook_concurrency`` slots, sends, and hands its outcome to the recorder. The claim query
-    is told how many deliveries this process holds per webhook, so a slow receiver holds only a
-    bounded number of claims, never holds up other work, and nothing waits in memory while its
-    lease runs out. A webhook that keeps failing is paused for a cool-down (each process keeps
-    its own count)."""
+    slots (its ``concurrency``, which the claim keeps across relays, else
+    ``webhook_concurrency``), for its rate-limit slot if it has one, sends, and hands its
+    outcome to the recorder. The claim query is told how many deliveries this process holds per
+    webhook, so a slow receiver holds only a bounded number of claims, never holds up other
+    work, and nothing waits in memory while its lease runs out. A webhook that keeps failing is
+    paused for a cool-down (each process keeps its own count)."""
 
     def __init__(self, settings: Settings, dsn: str, *, relay_id: str | None = None) -> None:
         self.settings = settings
@@ -124,8 +136,16 @@ class Worker:
         self.max_in_flight = settings.batch_size * 4
         self._held: dict[int, int] = defaultdict(int)
         """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
+        self._answered: dict[int, set[int]] = defaultdict(set)
+        """Per webhook: the deliveries answered (or given up) whose outcome is being written:
+        still leased, but not in flight (claim.answered_pairs)."""
         self.holding = Holding(settings)
-        self._slots: dict[int, asyncio.Semaphore] = {}
+        self._slots: dict[int, tuple[int, asyncio.Semaphore]] = {}
+        """Per webhook: how many slots, and the semaphore that holds them."""
+        self._pacing: AConn | None = None
+        """The connection that takes request slots of webhooks with a rate limit (take_slot),
+        opened at the first such request of a session."""
+        self._pacing_opened = asyncio.Lock()
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self._wake = asyncio.Event()
         """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
@@ -241,6 +261,9 @@ class Worker:
                     for helper in [*helpers, watcher]:
                         if helper.done():
                             helper.result()  # its connection died: raise the error
+                    # Cleared before the round, not after: whatever frees room during it (an
+                    # outcome written) makes the next round come at once.
+                    self._wake.clear()
                     if not await self._claim_round(store, recorder, sender):
                         await self._idle(stop, helpers)
             finally:
@@ -249,6 +272,7 @@ class Worker:
                 for helper in helpers:
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
+                await self._close_pacing()
             await store.release_leases(self.relay_id)
             log.info("relay stopped", relay_id=self.relay_id)
 
@@ -276,7 +300,6 @@ class Worker:
     async def _idle(self, stop: asyncio.Event, helpers: list[asyncio.Task[Any]]) -> None:
         """Sleep until there may be something to claim, a helper ends, stop, or the poll
         interval (retries come due without a notification)."""
-        self._wake.clear()
         timeout = self.settings.poll_interval
         if self._batch_due is not None:
             timeout = min(timeout, max(self._batch_due - time.monotonic(), 0.0))
@@ -302,9 +325,12 @@ class Worker:
     async def _claim_round(self, store: AsyncStore, recorder: Recorder, sender: Sender) -> bool:
         room = self.max_in_flight - len(self._in_flight)
         batched = self.rules.ruleset.batched()
-        held = self.breaker.held(self._held, claim.window(self.settings))
+        limited = self.rules.ruleset.limited()
+        default = claim.window(self.settings)
+        windows = {hook.id: claim.window(self.settings, hook) for hook in limited}
+        held = self.breaker.held(self._held, default, windows)
         limit = min(room, self.settings.batch_size)
-        claimed = await self._claim(store, limit, held, batched) if room else []
+        claimed = await self._claim(store, limit, held, batched, limited) if room else []
         for item in claimed:
             self._start(self._process(item, recorder, sender), [item])
         self._batch_due = None
@@ -312,7 +338,7 @@ class Worker:
         for hook in batched:
             if len(self._in_flight) >= self.max_in_flight:
                 break
-            if held.get(hook.id, 0) < claim.window(self.settings):
+            if held.get(hook.id, 0) < windows.get(hook.id, default):
                 items = await self._claim_batch(store, hook)
                 if items:
                     self._start(self._process_batch(items, recorder, sender), items)
@@ -334,7 +360,12 @@ class Worker:
             self._wake.set()
 
     async def _claim(
-        self, store: AsyncStore, limit: int, held: dict[int, int], batched: list[Webhook]
+        self,
+        store: AsyncStore,
+        limit: int,
+        held: dict[int, int],
+        batched: list[Webhook],
+        limited: list[Webhook],
     ) -> list[Claimed]:
         parameters = claim.parameters(
             limit=limit,
@@ -343,6 +374,8 @@ class Worker:
             held=held,
             holding=self.holding,
             batched=[hook.id for hook in batched],
+            limited=limited,
+            answered=self._limited_answered(limited),
         )
         claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
         for item in claimed:
@@ -356,7 +389,11 @@ class Worker:
     async def _claim_batch(self, store: AsyncStore, hook: Webhook) -> list[Claimed]:
         """One batch for ``hook``, or none (then note when one that waits to fill may go)."""
         parameters = claim.batch_parameters(
-            hook, relay_id=self.relay_id, settings=self.settings, holding=self.holding
+            hook,
+            relay_id=self.relay_id,
+            settings=self.settings,
+            holding=self.holding,
+            answered=self._limited_answered([hook]),
         )
         items, wait = await store.claim_batch(parameters, self.rules.ruleset.models)
         if wait is not None:
@@ -369,10 +406,23 @@ class Worker:
         return items
 
     def _slot(self, webhook_id: int) -> asyncio.Semaphore:
-        slot = self._slots.get(webhook_id)
-        if slot is None:
-            slot = self._slots[webhook_id] = asyncio.Semaphore(self.settings.webhook_concurrency)
-        return slot
+        """The webhook's slots in this process: its concurrency (which the claim keeps across
+        relays), else RELAY_WEBHOOK_CONCURRENCY. A concurrency changed since gets new slots;
+        requests already waiting keep the old ones."""
+        size = claim.slots(self.settings, self.rules.ruleset.webhook(webhook_id))
+        kept = self._slots.get(webhook_id)
+        if kept is None or kept[0] != size:
+            kept = self._slots[webhook_id] = (size, asyncio.Semaphore(size))
+        return kept[1]
+
+    def _limited_answered(self, hooks: list[Webhook]) -> dict[int, set[int]]:
+        """What the claim may leave out of the leases it counts, for the webhooks with a
+        concurrency (the others count no leases)."""
+        return {
+            hook.id: self._answered[hook.id]
+            for hook in hooks
+            if hook.concurrency is not None and self._answered.get(hook.id)
+        }
 
     async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
         policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
@@ -387,19 +437,30 @@ class Worker:
                     if paused > 0:
                         result = self._put_back(item, paused)
                     else:
-                        outcome = await self._attempt(item, sender)
-                        result = self._result(item, policy, outcome)
-                        self._log(item, result)
+                        try:
+                            outcome = await self._attempt(item, sender)
+                        except SlotTooFar as far:
+                            result = self._put_back(item, far.seconds, far.why)
+                        else:
+                            result = self._result(item, policy, outcome)
+                            self._log(item, result)
         finally:
             # Room for another claim as soon as the receiver has answered. The delivery stays
             # pending (so a later change to its row still waits) until its outcome is written.
             self._held[item.webhook_id] -= 1
             self._wake.set()
+        # Answered: no longer in flight, though leased until its outcome is written (a webhook
+        # with a concurrency counts leases across relays, all but these: claim.answered_pairs).
+        # Added before the first await, so no claim round sees it as in flight.
+        answered = self._answered[item.webhook_id]
+        answered.add(item.outbox_id)
         try:
             await recorder.record(result)
             self._count(item, result)
         except Exception as exc:  # the lease expires and another attempt follows
             log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
+        finally:
+            answered.discard(item.outbox_id)
 
     async def _process_batch(
         self, items: list[Claimed], recorder: Recorder, sender: Sender
@@ -417,13 +478,21 @@ class Worker:
                 if paused > 0:
                     results = [self._put_back(item, paused) for item in items]
                 else:
-                    results = await self._attempt_batch(items, policy, sender)
+                    try:
+                        results = await self._attempt_batch(items, policy, sender)
+                    except SlotTooFar as far:
+                        results = [self._put_back(item, far.seconds, far.why) for item in items]
         finally:
             self._held[hook_id] -= 1
             self._wake.set()
-        written = await asyncio.gather(
-            *(recorder.record(result) for result in results), return_exceptions=True
-        )
+        answered = self._answered[hook_id]  # see _process
+        answered.update(item.outbox_id for item in items)
+        try:
+            written = await asyncio.gather(
+                *(recorder.record(result) for result in results), return_exceptions=True
+            )
+        finally:
+            answered.difference_update(item.outbox_id for item in items)
         for item, result, error in zip(items, results, written, strict=True):
             if isinstance(error, BaseException):
                 log.error(
@@ -638,8 +707,8 @@ class Worker:
         superseded = None if item.superseded_by is None else str(item.superseded_by)
         return await self._send(hook, request, sender, replay=item.replay, superseded=superseded)
 
-    @staticmethod
     async def _send(
+        self,
         hook: Webhook,
         request: Request,
         sender: Sender,
@@ -661,6 +730,12 @@ class Worker:
         if marks:
             request = dataclasses.replace(request, headers={**request.headers, **marks})
         try:
+            await self._pace(hook)
+        except SlotTooFar:
+            raise
+        except Exception as exc:  # no slot: not sent, and tried again like a network error
+            return Outcome.not_sent(reason(f"pacing: {describe(exc)}"), permanent=False)
+        try:
             outcome = await sender.send(request, hook)
         except Exception as exc:
             why = f"sending: {describe(exc, secrets_of(hook, request))}"
@@ -668,6 +743,33 @@ class Worker:
         if outcome.error is not None:
             outcome = dataclasses.replace(outcome, error=reason(outcome.error))
         return outcome
+
+    async def _pace(self, hook: Webhook) -> None:
+        """Wait for the request's slot when the webhook has a rate limit: every relay takes
+        slots from the same row (take_slot), 1/rate_limit apart (RATE_SPACING of it), so the
+        limit holds across relays. Called once the request is rendered, right before it is
+        sent; a batch is one request, one slot."""
+        if hook.rate_limit is None:
+            return
+        async with self._pacing_opened:
+            if self._pacing is None or self._pacing.closed:
+                self._pacing = await self._connect()
+            conn = self._pacing
+        try:
+            wait = await AsyncStore(conn).take_slot(hook.id, claim.RATE_SPACING)
+        except psycopg.OperationalError:
+            await self._close_pacing()  # the next request connects again
+            raise
+        if wait > self.settings.lease_seconds / 2:
+            raise SlotTooFar(wait)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _close_pacing(self) -> None:
+        conn, self._pacing = self._pacing, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
 
     def _webhook_name(self, webhook_id: int) -> str:
         return self.rules.ruleset.webhook_name(webhook_id)
@@ -722,12 +824,13 @@ class Worker:
         return Result.of(item, "failed", 0.0, outcome, counted=False)
 
     @staticmethod
-    def _put_back(item: Claimed, seconds: float) -> Result:
-        """A delivery claimed just before its webhook was paused goes back unsent, due when the
-        pause ends, and its attempt does not count."""
-        outcome = Outcome.not_sent(
-            "not sent: webhook paused by the circuit breaker", permanent=False
-        )
+    def _put_back(
+        item: Claimed, seconds: float, why: str = "webhook paused by the circuit breaker"
+    ) -> Result:
+        """A delivery claimed just before its webhook was paused (or whose rate-limit slot came
+        too late for its lease) goes back unsent, due when the pause ends (the slot comes), and
+        its attempt does not count."""
+        outcome = Outcome.not_sent(f"not sent: {why}", permanent=False)
         return Result.of(item, "pending", seconds, outcome, counted=False)
 
     def _log(self, item: Claimed, result: Result) -> None:

@@ -132,6 +132,18 @@ class RuleSet:
             key=lambda hook: hook.id,
         )
 
+    def limited(self) -> list[Webhook]:
+        """The webhooks with a concurrency or a rate limit of their own (the claim gives each a
+        window of its own: relay/delivery/claim.py), by id."""
+        return sorted(
+            (
+                hook
+                for hook in self._webhooks.values()
+                if hook.concurrency is not None or hook.rate_limit is not None
+            ),
+            key=lambda hook: hook.id,
+        )
+
     def secrets(self) -> set[str]:
         """Every secret of the webhooks the rules send to (see render.request.secrets_of)."""
         return {secret for hook in self._webhooks.values() for secret in secrets_of(hook)}
@@ -242,6 +254,8 @@ def webhook_of(row: WebhookRow) -> Webhook:
         retry_max_seconds=row["retry_max_seconds"],
         batch_size=row["batch_size"],
         batch_wait_ms=row["batch_wait_ms"],
+        concurrency=row["concurrency"],
+        rate_limit=row["rate_limit"],
     )
 
 

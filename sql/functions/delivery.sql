@@ -95,6 +95,44 @@ LANGUAGE sql STABLE AS $$
                 outbox)))
 $$;
 
+-- The requests leased to anyone for each of these webhooks (a batch is one request; a lease past
+-- its end counts nothing: its relay died or gave up), for the claim of a webhook with a
+-- concurrency (sql/queries.sql, claim_deliveries and claim_batch), but the deliveries the
+-- claiming relay (relay_id) holds and names as answered (answered_webhooks, answered_outbox:
+-- pairs): their receiver has answered and their outcome is on its way to the database, so they
+-- are not in flight, and the next request may go now rather than a write later.
+-- Each webhook's count is taken under a transaction lock of its own, taken in id order, so two
+-- relays claiming for the same webhook count one after the other: the second counts, with a
+-- snapshot taken after the lock, what the first leased, and together they never lease more
+-- than the webhook's concurrency.
+-- plpgsql and VOLATILE for that fresh snapshot: a count in the claim statement itself would see
+-- the statement's snapshot, taken before the lock. The count reads deliveries_leased (0026).
+CREATE OR REPLACE FUNCTION relay.leased_requests(webhooks bigint[], relay_id text,
+                                                 answered_webhooks bigint[],
+                                                 answered_outbox bigint[])
+RETURNS TABLE (webhook bigint, requests bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hook bigint;
+BEGIN
+    FOREACH hook IN ARRAY ARRAY(SELECT DISTINCT u.id FROM unnest(webhooks) AS u (id) ORDER BY u.id)
+    LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('relay.leased_requests'),
+                                      (hook % 2147483647)::int);
+    END LOOP;
+    RETURN QUERY
+        SELECT u.id,
+               (SELECT count(*) FILTER (WHERE d.batch_id IS NULL) + count(DISTINCT d.batch_id)
+                FROM relay.deliveries d
+                WHERE d.webhook_id = u.id AND d.status = 'pending'
+                  AND d.leased_until IS NOT NULL AND d.leased_until >= now()
+                  AND NOT (d.leased_by = relay_id AND (d.webhook_id, d.outbox_id) IN (
+                      SELECT a.webhook, a.outbox
+                      FROM unnest(answered_webhooks, answered_outbox) AS a (webhook, outbox))))
+        FROM unnest(webhooks) AS u (id);
+END
+$$;
+
 -- The fence: a session of `relay run` (its connections are named 'relay run <relay id>') may
 -- write deliveries only if it was built for the schema version installed. Each such session
 -- says which in its startup options (relay.schema_version; relay/delivery/worker.py); a relay

@@ -7,7 +7,8 @@
 -- without one success (record_outcomes and pause_dead in sql/queries.sql, run by
 -- relay/delivery/record.py).
 -- concurrency: requests in flight to the webhook across every relay and process of the
--- database (NULL: RELAY_WEBHOOK_CONCURRENCY). rate_limit: requests a second, spread evenly,
+-- database (NULL: RELAY_WEBHOOK_CONCURRENCY, which each relay process applies on its own).
+-- rate_limit: requests a second, spread evenly,
 -- across relays (NULL: none). dead_after_seconds: NULL: RELAY_DEAD_AFTER_SECONDS.
 -- ordering: which changes go out one after another: 'row' (each row's changes, in order),
 -- 'transaction' (every change, one transaction after another), 'key' (changes whose
@@ -26,7 +27,7 @@ COMMENT ON COLUMN relay.webhooks.paused_at IS
 COMMENT ON COLUMN relay.webhooks.paused_reason IS
     'operator (relay webhook pause, or SQL) or dead (relay paused it: it failed for dead_after_seconds).';
 COMMENT ON COLUMN relay.webhooks.concurrency IS
-    'Requests in flight to this webhook across all relays; NULL: RELAY_WEBHOOK_CONCURRENCY.';
+    'Requests in flight to this webhook across all relays; NULL: RELAY_WEBHOOK_CONCURRENCY per relay process.';
 COMMENT ON COLUMN relay.webhooks.rate_limit IS
     'Requests per second to this webhook across all relays, evenly spaced; NULL: no limit.';
 COMMENT ON COLUMN relay.webhooks.dead_after_seconds IS
@@ -49,5 +50,25 @@ CREATE TABLE relay.webhook_health (
 
 COMMENT ON COLUMN relay.webhook_health.failing_since IS
     'The first failed attempt since the last success (NULL: the last attempt succeeded, or none was made).';
+
+-- Limits per endpoint (issue 25; docs/operations.md, "Limits per endpoint"). A webhook's
+-- concurrency counts the requests leased to anyone for it: the claim counts them with
+-- relay.leased_requests (sql/functions/delivery.sql) through this index, which holds only the
+-- deliveries leased and not yet recorded (record_outcomes clears leased_until), so the count is
+-- a short range scan however long the backlog.
+CREATE INDEX deliveries_leased ON relay.deliveries (webhook_id, leased_until)
+    INCLUDE (batch_id)
+    WHERE status = 'pending' AND leased_until IS NOT NULL;
+
+-- A webhook's rate limit: the time of its next free request slot, shared by every relay. Each
+-- request takes the slot greatest(next_slot, now) and moves it on by 1.05/rate_limit, in one
+-- statement (take_slot, sql/queries.sql), then waits until its slot before it is sent.
+CREATE TABLE relay.webhook_pace (
+    webhook_id bigint PRIMARY KEY REFERENCES relay.webhooks (id) ON DELETE CASCADE,
+    next_slot  timestamptz NOT NULL
+);
+
+COMMENT ON COLUMN relay.webhook_pace.next_slot IS
+    'When the next request to this webhook may be sent (rate_limit); a time past: now.';
 
 INSERT INTO relay.migrations (version, name) VALUES (26, 'steering');

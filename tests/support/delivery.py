@@ -60,6 +60,11 @@ def claim_parameters(
         "bytes_per_webhook": room,
         "max_change_bytes": max_change,
         "batched_ids": [],
+        "window_ids": [],
+        "window_sizes": [],
+        "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
         **more,
     }
 
@@ -121,6 +126,9 @@ def claim_batch(conn: Conn, webhook_id: int, batch_size: int, relay_id: str = "r
         "max_change_bytes": 10**9,
         "body_bytes": 10**9,
         "body_overhead": 600,
+        "pace_ahead": 1.0,
+        "answered_webhooks": [],
+        "answered_ids": [],
     }
     rows = conn.execute(query("claim_batch"), params).fetchall()
     return [row[0] for row in rows if row[0] is not None]
