@@ -166,6 +166,11 @@ class Webhook:
     """Changes per request, at most; above 1 the body is a JSON array, even of one change."""
     batch_wait_ms: int = 0
     """How long a batch that is not full may wait for more changes."""
+    ordering: str = "row"
+    """Which changes go out one after another: ``row`` (each row's), ``transaction`` (all of
+    them, in commit order) or ``key`` (those whose ``ordering_key`` renders the same)."""
+    ordering_key: str | None = None
+    """With ``ordering = 'key'``: a template, rendered with the body's context."""
 
 
 @dataclass(frozen=True)

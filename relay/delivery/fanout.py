@@ -22,7 +22,7 @@ from relay.reasons import describe
 from relay.rules.ruleset import RuleSet
 from relay.rules.watch import RuleWatcher
 from relay.settings import Settings
-from relay.store import AsyncStore, FanOutRow
+from relay.store import AsyncStore, FanOutBatch, FanOutRow
 
 log = structlog.get_logger("relay.worker")
 
@@ -32,6 +32,28 @@ ANALYZE_AFTER_CHANGES = 5_000
 time the count doubles (an ANALYZE of a million-row table is not free; autovacuum takes over)."""
 BACKLOG_GAUGE_SECONDS = 10.0
 """How often the backlog gauges are refreshed (a count of pending changes), when metrics are on."""
+
+
+async def _read_on(store: AsyncStore, found: FanOutBatch, rows: list[FanOutRow]) -> list[FanOutRow]:
+    """What a pass cut by its limit reads on, for webhooks ordered by transaction or key: up to
+    the last change of every transaction it holds, the changes between included (visible in
+    its snapshot), and so on for the transactions those bring. Then each transaction's changes
+    are placed together (plan.commit_order), and no transaction left to a later pass committed
+    before one this pass takes: a transaction left out has every change after the pass's
+    last, so its last id is beyond every last id taken here (0026_steering.sql)."""
+    after = max(row["id"] for row in found.rows)
+    asked = {row["txid"] for row in rows if not row["requeued"]}
+    txids = asked
+    more: list[FanOutRow] = []
+    while txids:
+        read = await store.transaction_rest(sorted(txids), after, found.snapshot)
+        if not read:
+            break
+        more += read
+        after = read[-1]["id"]
+        txids = {row["txid"] for row in read} - asked
+        asked |= txids
+    return more
 
 
 class FanOut:
@@ -137,8 +159,13 @@ class FanOut:
             # Read after the changes: every rule committed before them is in this version.
             await self.rules.catch_up(store.conn, await store.rules_version())
             ruleset = self.rules.ruleset
+            ranks: dict[int, int] = {}
+            if ruleset.ordered():
+                if found.full:
+                    rows += await _read_on(store, found, rows)
+                ranks = plan.commit_order(rows)
             ready, to_read = plan.sort_out(rows, ruleset, settings.max_body_bytes)
-            batch = plan.plan(ready, ruleset)
+            batch = plan.plan(ready, ruleset, ranks)
             # A quarter of the room at a time: claims go on meanwhile.
             for group in plan.groups(to_read, self.holding.capacity // 4):
                 await self._match_read(store, group, batch, ruleset)

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from relay.delivery.send import over_limit
-from relay.model import Change
+from relay.model import Change, Webhook
 from relay.reasons import describe, reason
+from relay.render.request import RenderError, Renderer, context
+from relay.render.sandbox import budget
 from relay.rules.ruleset import RuleSet
 
 if TYPE_CHECKING:
@@ -73,7 +75,8 @@ def sort_out(
     too large to read at all."""
     ready: list[Arrival] = []
     to_read: list[FanOutRow] = []
-    conditions = any(rule.conditions for rule in ruleset.rules)  # else no row is looked at
+    # Else no row is looked at; an ordering key is rendered from the row, as a condition reads it.
+    conditions = any(rule.conditions or _keyed(rule.webhook) for rule in ruleset.rules)
     for row in rows:
         size = row["bytes"]
         too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
@@ -81,7 +84,10 @@ def sort_out(
         if (
             conditions
             and not too_large
-            and any(rule.conditions for rule in ruleset.candidates(item.change, item.target))
+            and any(
+                rule.conditions or _keyed(rule.webhook)
+                for rule in ruleset.candidates(item.change, item.target)
+            )
         ):
             to_read.append(row)
         else:
@@ -102,6 +108,56 @@ def groups(rows: Iterable[FanOutRow], limit: int) -> Iterator[list[FanOutRow]]:
         size += row["bytes"]
     if group:
         yield group
+
+
+def _keyed(webhook: Webhook) -> bool:
+    return webhook.ordering == "key"
+
+
+def commit_order(rows: Iterable[FanOutRow]) -> dict[int, int]:
+    """Each change's rank in the order its deliveries to ordered webhooks take their positions
+    (0026_steering.sql): transactions one after another, by the largest id each has among
+    ``rows``, and each transaction's changes in id order.
+
+    Why this is commit order where it matters: capture takes a change's id as the change is
+    made, so a transaction's last id precedes its commit. A transaction that saw another's
+    commit before it wrote (it read its rows, or waited for a row lock it held: every later
+    change of a row) took its own last id after that commit: its largest id is the larger. Two
+    transactions that ran side by side without either seeing the other may go in either order;
+    no receiver can tell. Across passes, a pass sees a prefix of the commits (a snapshot), so
+    what a pass newly sees committed after what earlier passes saw, and the positions drawn
+    later are larger. A pass cut by its limit reads the rest of the transactions it cut
+    (fanout.py), so no transaction's changes are placed around another's.
+
+    Per-row order follows: a later change of a row is in the same transaction after the
+    earlier one, or in a transaction that waited for the earlier one's row lock."""
+    rows = list(rows)
+    last: dict[str, int] = {}
+    for row in rows:
+        last[row["txid"]] = max(last.get(row["txid"], row["id"]), row["id"])
+    ordered = sorted(rows, key=lambda row: (last[row["txid"]], row["id"]))
+    return {row["id"]: rank for rank, row in enumerate(ordered)}
+
+
+_keys = Renderer()
+"""Renders ordering keys (in the sandbox, within a budget, without ``env``)."""
+
+
+def order_key(webhook: Webhook, change: Change, action_data: Any = None) -> str | None:
+    """The order key of a delivery of ``change`` to ``webhook``: None in row scope, '' for the
+    whole webhook in transaction scope, the rendered ``ordering_key`` in key scope (held as its
+    SHA-256 past :data:`ROW_KEY_JSON_BYTES`, as row keys are: it is indexed). Raises
+    RenderError, naming the field, when the template fails."""
+    if webhook.ordering == "transaction":
+        return ""
+    if webhook.ordering != "key":
+        return None
+    with budget():
+        key = _keys.render(webhook.ordering_key or "", context(change, action_data), "ordering_key")
+    data = key.encode()
+    if len(data) > ROW_KEY_JSON_BYTES:
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
+    return key
 
 
 ROW_KEY_JSON_BYTES = 2048
@@ -137,8 +193,22 @@ class Deliveries:
     old_row_keys: list[str | None] = field(default_factory=list)
     change_bytes: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    order_keys: list[str | None] = field(default_factory=list)
+    """None in row scope (see :func:`order_key`)."""
+    ranks: list[int] = field(default_factory=list)
+    """Where the change comes in commit order (:func:`commit_order`): positions are drawn in
+    this order."""
 
-    def add(self, item: Arrival, webhook_id: int, rule_id: int, error: str = "") -> None:
+    def add(
+        self,
+        item: Arrival,
+        webhook_id: int,
+        rule_id: int,
+        error: str = "",
+        *,
+        order: str | None = None,
+        rank: int = 0,
+    ) -> None:
         """Add a delivery of ``item``'s change to ``webhook_id``; ``error`` is the reason when it
         fails at once. Its row keys come from the pk text as PostgreSQL wrote it (see
         :func:`row_key`)."""
@@ -151,6 +221,8 @@ class Deliveries:
         self.old_row_keys.append(None if old is None else row_key(change, old))
         self.change_bytes.append(item.json_bytes)
         self.errors.append(reason(error) if error else "")
+        self.order_keys.append(order)
+        self.ranks.append(rank)
 
     def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
         """The columns as a named query's parameters; ``with_errors`` adds the ``errors`` column,
@@ -162,6 +234,8 @@ class Deliveries:
             "row_keys": self.row_keys,
             "old_row_keys": self.old_row_keys,
             "change_bytes": self.change_bytes,
+            "order_keys": self.order_keys,
+            "ranks": self.ranks,
         }
         return {**columns, "errors": self.errors} if with_errors else columns
 
@@ -181,6 +255,8 @@ class Plan:
     """Changes that could not be matched at all, with the reason."""
     fanned_out: list[int] = field(default_factory=list)
     """Every other change of the batch."""
+    ranks: dict[int, int] = field(default_factory=dict)
+    """Change id -> its rank in commit order (:func:`commit_order`), for ordered webhooks."""
 
     @property
     def outbox_ids(self) -> list[int]:
@@ -199,8 +275,17 @@ class Plan:
                 continue
             self.fanned_out.append(change.id)
             deliveries = self.to_rearm if item.requeued else self.to_send
+            rank = self.ranks.get(change.id, 0)
             for webhook_id, rule_id in to_send.items():
-                deliveries.add(item, webhook_id, rule_id)
+                try:
+                    order = _order_key(ruleset, webhook_id, rule_id, change)
+                except RenderError as exc:  # the template's failure is this delivery's alone
+                    self.failed.add(item, webhook_id, rule_id, str(exc))
+                    continue
+                except Exception as exc:  # the context could not be made (a row unreadable)
+                    self.failed.add(item, webhook_id, rule_id, f"ordering_key: {describe(exc)}")
+                    continue
+                deliveries.add(item, webhook_id, rule_id, order=order, rank=rank)
             for webhook_id, (rule_id, error) in failed.items():
                 self.failed.add(item, webhook_id, rule_id, error)
 
@@ -228,11 +313,22 @@ class Plan:
         yield "finish_changes", {"ids": self.fanned_out}
 
 
-def plan(arrivals: Iterable[Arrival], ruleset: RuleSet) -> Plan:
-    """A plan for the changes (more can be added: see :meth:`Plan.add`)."""
-    result = Plan()
+def plan(
+    arrivals: Iterable[Arrival], ruleset: RuleSet, ranks: dict[int, int] | None = None
+) -> Plan:
+    """A plan for the changes (more can be added: see :meth:`Plan.add`); ``ranks`` places them
+    in commit order (:func:`commit_order`)."""
+    result = Plan(ranks=ranks or {})
     result.add(arrivals, ruleset)
     return result
+
+
+def _order_key(ruleset: RuleSet, webhook_id: int, rule_id: int, change: Change) -> str | None:
+    webhook = ruleset.webhook(webhook_id)
+    if webhook is None or webhook.ordering == "row":
+        return None
+    rule = ruleset.by_id(rule_id)
+    return order_key(webhook, change, rule.action_data if rule is not None else None)
 
 
 def _deliveries(
