@@ -393,6 +393,33 @@ def test_in_row_scope_a_tenant_has_several_requests_in_flight(
     assert max(seen["most"].values()) > 1
 
 
+def test_a_row_whose_key_changes_keeps_its_order(rconn: Conn, relay_dsn: str) -> None:
+    """Key scope, a row inserted under tenant a and moved to tenant b while its insert waits
+    for a retry (the receiver refuses every first attempt of a change of a): the update, first
+    of key b, still waits for the insert (relay.placed_first), and the receiver hears them in
+    order."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, tenant text, v int)")
+    rconn.execute("SELECT relay.track('orders')")
+    handle, accepted = mirror_receiver(lambda c: c["data"]["tenant"] == "a")
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(rconn, r.url, ["public.orders"], ordering="key",
+                 ordering_key="{{ data.tenant }}")
+            async with running(relay_dsn, FAST):
+                rconn.execute("INSERT INTO orders VALUES (1, 'a', 0)")
+                rconn.execute("UPDATE orders SET tenant = 'b', v = 1 WHERE id = 1")
+                rconn.execute("INSERT INTO orders VALUES (2, 'b', 2)")
+                await until(lambda: settled(rconn))
+
+    asyncio.run(scenario())
+    assert [c["data"]["v"] for c in accepted if c["data"]["id"] == 1] == [0, 1]
+    keys = rconn.execute(
+        "SELECT order_key FROM relay.deliveries ORDER BY position"
+    ).fetchall()
+    assert keys == [("a",), ("b",), ("b",)]
+
+
 def test_an_ordering_key_that_fails_to_render_fails_its_delivery_and_the_rest_flows(
     rconn: Conn, relay_dsn: str
 ) -> None:
