@@ -541,10 +541,23 @@ WITH moves AS MATERIALIZED (
                        AND e.batch_id IS DISTINCT FROM d.batch_id
                        -- ordered: only those placed before it (relay.placed_first)
                        AND (d.position IS NULL OR e.position < d.position)) IS NULL)
-       AND bool_and(CASE WHEN moves.pending
+       AND bool_and(CASE WHEN NOT moves.pending THEN true
+                         WHEN d.position IS NULL
                          THEN relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
                                                        d.old_row_key)
-                         ELSE true END)
+                         -- Ordered (0026): a batch may hold a key move and the change it
+                         -- waits for (claimed by position); only changes outside it placed
+                         -- before count, as in relay.placed_first.
+                         ELSE NOT EXISTS (SELECT FROM relay.deliveries e
+                                          WHERE e.webhook_id = %(webhook_id)s
+                                            AND (e.old_row_key = d.row_key
+                                                 OR e.row_key = d.old_row_key
+                                                 OR e.old_row_key = d.old_row_key)
+                                            AND e.status = 'pending'
+                                            AND e.outbox_id < d.outbox_id
+                                            AND e.position < d.position
+                                            AND e.batch_id IS DISTINCT FROM d.batch_id)
+                    END)
        -- Ordered (0026): nor while a delivery of its keys placed before it is pending outside
        -- it (one re-armed meanwhile goes first).
        AND bool_and(d.order_key IS NULL
@@ -667,31 +680,41 @@ WITH moves AS MATERIALIZED (
     SELECT * FROM earlier
     UNION
     SELECT * FROM heads
-), in_order AS (
+), judged AS (
     -- Row scope: with every earlier pending change of its row. Ordered: with every pending
-    -- delivery of its key placed before it, and every earlier change of its row placed before
-    -- it (relay.placed_first's rule; locked by another relay, or not claimable, it is missing).
-    SELECT c.* FROM chosen c, moves
-    WHERE CASE WHEN c.position IS NULL
-          THEN (SELECT min(e.outbox_id) FROM relay.deliveries e
-                WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key
-                  AND e.status = 'pending' AND e.outbox_id < c.outbox_id
-                  AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen))) IS NULL
-          ELSE NOT EXISTS (SELECT FROM relay.deliveries e
-                           WHERE e.webhook_id = %(webhook_id)s AND e.order_key = c.order_key
-                             AND e.status = 'pending' AND e.position < c.position
-                             AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen)))
-               AND NOT EXISTS (SELECT FROM relay.deliveries e
-                               WHERE e.webhook_id = %(webhook_id)s
-                                 AND (e.row_key = c.row_key
-                                      OR moves.pending
-                                         AND (e.old_row_key = c.row_key
-                                              OR e.row_key = c.old_row_key
-                                              OR e.old_row_key = c.old_row_key))
-                                 AND e.status = 'pending' AND e.outbox_id < c.outbox_id
-                                 AND e.position < c.position
-                                 AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen)))
-          END
+    -- delivery of its key placed before it, and no earlier change of its row placed before it
+    -- pending under another key (relay.placed_first's rule; counted whether chosen or not,
+    -- since it may itself be left out), and then only with every member of its key before it
+    -- kept (in_order): each key keeps a run from its head.
+    SELECT c.*,
+           CASE WHEN c.position IS NULL
+           THEN (SELECT min(e.outbox_id) FROM relay.deliveries e
+                 WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key
+                   AND e.status = 'pending' AND e.outbox_id < c.outbox_id
+                   AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen))) IS NULL
+           ELSE NOT EXISTS (SELECT FROM relay.deliveries e
+                            WHERE e.webhook_id = %(webhook_id)s AND e.order_key = c.order_key
+                              AND e.status = 'pending' AND e.position < c.position
+                              AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen)))
+                AND NOT EXISTS (SELECT FROM relay.deliveries e
+                                WHERE e.webhook_id = %(webhook_id)s
+                                  AND (e.row_key = c.row_key
+                                       OR moves.pending
+                                          AND (e.old_row_key = c.row_key
+                                               OR e.row_key = c.old_row_key
+                                               OR e.old_row_key = c.old_row_key))
+                                  AND e.status = 'pending' AND e.outbox_id < c.outbox_id
+                                  AND e.position < c.position
+                                  AND e.order_key IS DISTINCT FROM c.order_key)
+           END AS passes
+    FROM chosen c, moves
+), in_order AS (
+    SELECT * FROM (
+        SELECT j.*,
+               bool_and(j.passes) OVER (PARTITION BY j.order_key ORDER BY j.position
+                                        ROWS UNBOUNDED PRECEDING) AS run
+        FROM judged j) k
+    WHERE CASE WHEN k.position IS NULL THEN k.passes ELSE k.run END
 ), fitting AS MATERIALIZED (
     -- In position order for ordered deliveries (position is NULL in row scope: outbox order).
     SELECT ctid, outbox_id, next_attempt_at FROM (
