@@ -538,6 +538,52 @@ def test_positions_follow_commit_order_not_id_order(rconn: Conn, relay_dsn: str)
     assert placed == [2, 4, 1, 3, 5]
 
 
+def backfill(conn: Conn, table: str) -> None:
+    """relay.backfill to the webhook, a chunk (a transaction) of 10 rows per call, to the end."""
+    while conn.execute(
+        "SELECT relay.backfill(%s, webhook => 'mirror', chunk => 10)", (table,)
+    ).fetchone() != (0,):
+        conn.execute("INSERT INTO authors VALUES (100, 'live') ON CONFLICT (id) DO UPDATE"
+                     " SET name = authors.name || '.'")
+
+
+def test_a_backfill_goes_chunk_by_chunk_among_live_transactions(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Backfill snapshots to a webhook ordered by transaction: each chunk is a transaction, and
+    the receiver takes it whole, between the live transactions, in commit order, with every
+    row's snapshot after nothing newer of that row."""
+    authors_and_books(rconn)
+    with rconn.transaction():
+        rconn.execute("INSERT INTO authors SELECT g, 'a' || g FROM generate_series(1, 25) g")
+        rconn.execute("INSERT INTO books SELECT g, g, 'b' FROM generate_series(1, 25) g")
+    rconn.execute("UPDATE relay.outbox SET status = 'skipped'")  # made before the webhook
+    rconn.execute("UPDATE relay.fan_out_position SET scanned_to = (SELECT max(id) FROM relay.outbox)")
+    accepted: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        accepted.extend(changes(json.loads(await request.read())))
+        return web.Response()
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(rconn, r.url, ["public.authors", "public.books"], ordering="transaction",
+                 batch_size=4)
+            settings = FAST.model_copy(update={"batch_size": 6})
+            async with running(relay_dsn, settings):
+                backfill(rconn, "authors")
+                rconn.execute("DELETE FROM authors WHERE id = 3")  # and its book
+                backfill(rconn, "books")
+                await until(lambda: settled(rconn), timeout=30)
+
+    asyncio.run(scenario())
+    assert whole_transactions(rconn, accepted) == []
+    assert fk_mirror(accepted) == []
+    order = [txid for txid, _ in runs(accepted)]
+    assert order == sorted(order, key=int)
+    assert sum(c["event"] == "snapshot" for c in accepted) == 26 + 24
+
+
 def test_row_scope_deliveries_have_no_order_key(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
