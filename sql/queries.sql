@@ -156,8 +156,10 @@ LIMIT %(limit)s;
 -- as changes_to_fan_out returns them. Fan-out asks again for the transactions this brings
 -- (`txids`: those not asked before) until none goes further; then no transaction is split
 -- around another, and none that committed before one the pass takes is left to a later pass
--- (0026_steering.sql). Only rows not fanned out yet are looked at (outbox_fresh_by_transaction
--- for each transaction's last id, outbox_to_fan_out for the ids between).
+-- (0026_steering.sql). Only rows not fanned out yet are looked at, in outbox_to_fan_out: the
+-- last id of the transactions is found by reading every such row after `after` (the backlog
+-- past the pass, a heap fetch each for its txid: there is no index on txid, which every
+-- captured change would pay for), and only for passes that were full.
 WITH upto AS MATERIALIZED (
     SELECT max(o.id) AS id FROM relay.outbox o
     WHERE o.txid = ANY(%(txids)s::text[]::xid8[]) AND o.id > %(after)s

@@ -64,11 +64,11 @@ ALTER TABLE relay.deliveries
     ADD COLUMN position  bigint;
 CREATE INDEX deliveries_key_order ON relay.deliveries (webhook_id, order_key, position)
     WHERE status = 'pending' AND order_key IS NOT NULL;
--- A fan-out pass cut by its limit reads the rest of the transactions it cut (transaction_rest),
--- so that one transaction is never split around another. Only rows not fanned out yet are in
--- it: the writers pay one more index entry per change; fan-out removes it.
-CREATE INDEX outbox_fresh_by_transaction ON relay.outbox (txid, id)
-    WHERE status = 'pending' AND fanned_out_at IS NULL;
+-- A fan-out pass cut by its limit reads on to the end of the transactions it cut
+-- (transaction_rest), so that one transaction is never split around another. No index on
+-- outbox.txid for it: one cost the writers 30% on a 100,000-row INSERT (docs/benchmarks.md),
+-- whether any webhook is ordered or not; the read-on walks outbox_to_fan_out instead, and only
+-- for ordered webhooks.
 
 COMMENT ON COLUMN relay.deliveries.order_key IS
     'Webhooks with ordering transaction or key: deliveries with the same order_key go one after another, by position. NULL: row scope.';
