@@ -258,6 +258,9 @@ WITH given AS (
                 WHEN f.outbox_id IS NOT NULL
                 THEN format('not sent again: change %%s of this row was being sent to the webhook;'
                             ' retry it once that is done', f.outbox_id)
+                WHEN s.batch_id IS NOT NULL
+                THEN format('not sent again: batch %%s of its ordering key holds changes placed'
+                            ' before and after it; retry it once that batch is done', s.batch_id)
            END AS kept
     FROM given g
     LEFT JOIN relay.deliveries d ON d.outbox_id = g.outbox_id AND d.webhook_id = g.webhook_id
@@ -280,6 +283,18 @@ WITH given AS (
                AND e.status = 'pending' AND e.outbox_id > g.outbox_id
                AND e.leased_until >= now())) AS outbox_id
     ) f
+    -- Ordered (0026): as in replay_rearm, a batch of its order key waiting to go again whole
+    -- that holds changes placed before it and after it.
+    LEFT JOIN LATERAL (
+        SELECT b.batch_id FROM relay.deliveries b
+        WHERE d.position IS NOT NULL AND g.order_key IS NOT NULL
+          AND b.webhook_id = g.webhook_id AND b.order_key = g.order_key
+          AND b.status = 'pending' AND b.batch_id IS NOT NULL AND b.position < d.position
+          AND EXISTS (SELECT FROM relay.deliveries a
+                      WHERE a.batch_id = b.batch_id AND a.status = 'pending'
+                        AND a.position > d.position)
+        LIMIT 1
+    ) s ON true
 ), kept AS (
     UPDATE relay.deliveries d SET last_error = j.kept, send_superseded = false
     FROM judged j
@@ -1157,7 +1172,18 @@ WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.leased_until 
 WITH chosen AS MATERIALIZED (
     SELECT d.outbox_id, d.row_key, d.old_row_key, d.status::text AS was,
            d.row_key = ANY(%(busy)s::text[])
-               OR coalesce(d.old_row_key = ANY(%(busy)s::text[]), false) AS busy,
+               OR coalesce(d.old_row_key = ANY(%(busy)s::text[]), false)
+               -- Ordered (0026): a batch of its order key waiting to go again whole holds
+               -- changes placed before it and after it; armed, it could go neither before
+               -- that batch nor after it, and the key would wait for ever.
+               OR d.order_key IS NOT NULL AND EXISTS (
+                   SELECT FROM relay.deliveries b
+                   WHERE b.webhook_id = d.webhook_id AND b.order_key = d.order_key
+                     AND b.status = 'pending' AND b.batch_id IS NOT NULL
+                     AND b.position < d.position
+                     AND EXISTS (SELECT FROM relay.deliveries a
+                                 WHERE a.batch_id = b.batch_id AND a.status = 'pending'
+                                   AND a.position > d.position)) AS busy,
            r.id IS NULL AS ruleless
     FROM relay.deliveries d
     JOIN relay.outbox o ON o.id = d.outbox_id
