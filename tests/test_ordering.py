@@ -638,6 +638,79 @@ def test_a_replay_that_would_land_inside_a_batch_due_again_waits(
     assert "1 change(s) left out" in second, second
 
 
+def test_a_retry_that_would_land_inside_a_batch_due_again_stays_failed_with_the_reason(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """As above, with B failed for good (410) and made pending again by the SQL reset while
+    the batch of A and C waits: B stays failed, saying why, and the rest drains."""
+    rconn.execute("CREATE TABLE one (id int PRIMARY KEY)")
+    rconn.execute("CREATE TABLE two (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('one')")
+    rconn.execute("SELECT relay.track('two')")
+    state = {"refuse": False}
+
+    async def handle(request: web.Request) -> web.Response:
+        body = changes(json.loads(await request.read()))
+        if any(c["model"] == "two" for c in body):
+            return web.Response(status=410)
+        return web.Response(status=500 if state["refuse"] else 200)
+
+    def batched() -> bool:
+        return rconn.execute(
+            "SELECT count(*) FROM relay.deliveries WHERE status = 'pending'"
+            " AND batch_id IS NOT NULL AND attempts >= 1 AND leased_until IS NULL"
+        ).fetchone() == (2,)
+
+    def finished() -> bool:
+        return rconn.execute(
+            "SELECT count(*) FROM relay.outbox WHERE status = 'pending'"
+        ).fetchone() == (0,)
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(rconn, r.url, ["public.one", "public.two"], ordering="transaction",
+                 batch_size=1, max_attempts=20, retry_base_seconds=1)
+            async with running(relay_dsn, FAST):
+                rconn.execute("INSERT INTO one VALUES (1)")
+                rconn.execute("INSERT INTO two VALUES (2)")
+                rconn.execute("INSERT INTO one VALUES (3)")
+                await until(finished)
+            rconn.execute("UPDATE relay.webhooks SET batch_size = 3")
+            done = await asyncio.to_thread(
+                relay, "replay", "--webhook", "mirror", "--since", "1h", "--table", "one",
+                dsn=relay_dsn,
+            )
+            assert "replaying 2 changes" in done.stdout, done.stdout + done.stderr
+            state["refuse"] = True
+            async with running(relay_dsn, FAST):
+                await until(batched)
+                rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
+                await until(lambda: rconn.execute(
+                    "SELECT count(*) FROM relay.outbox WHERE status = 'failed'"
+                ).fetchone() == (1,))
+                state["refuse"] = False
+                await until(finished, timeout=20)
+
+    asyncio.run(scenario())
+    assert rconn.execute(
+        "SELECT d.status::text, d.last_error FROM relay.deliveries d"
+        " JOIN relay.outbox o ON o.id = d.outbox_id WHERE o.table_name = 'two'"
+    ).fetchone() == (
+        "failed",
+        f"not sent again: batch {batch_of_one(rconn)} of its ordering key holds changes placed"
+        " before and after it; retry it once that batch is done",
+    )
+
+
+def batch_of_one(conn: Conn) -> int:
+    row = conn.execute(
+        "SELECT DISTINCT d.batch_id FROM relay.deliveries d JOIN relay.outbox o"
+        " ON o.id = d.outbox_id WHERE o.table_name = 'one'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_row_scope_deliveries_have_no_order_key(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
