@@ -17,8 +17,8 @@ answering 200, at once or after 20 ms; it counts the requests and the most it ha
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
+import logging
 import multiprocessing
 import socket
 import statistics

@@ -20,6 +20,7 @@ from aiohttp import web
 from relay.db import Conn
 from relay.settings import Settings
 from support.cli import relay
+from support.db import one_row
 from support.interleave import interleave
 from support.receivers import receiver
 from support.worker import FAST, running, until
@@ -176,14 +177,15 @@ def test_a_cascaded_delete_reaches_a_mirror_transaction_by_transaction(
     receiver refuses the first attempt of every book delete (in row scope the author's delete,
     and the next transactions, went on without them)."""
     authors_and_books(rconn)
-    handle, accepted = mirror_receiver(
-        lambda c: c["model"] == "books" and c["event"] == "deleted"
-    )
+    handle, accepted = mirror_receiver(lambda c: c["model"] == "books" and c["event"] == "deleted")
 
     async def scenario() -> None:
         async with receiver(handle) as r:
             hook(
-                rconn, r.url, ["public.authors", "public.books"], ordering="transaction",
+                rconn,
+                r.url,
+                ["public.authors", "public.books"],
+                ordering="transaction",
                 batch_size=batch_size,
             )
             async with running(relay_dsn, FAST):
@@ -200,9 +202,7 @@ def test_a_cascaded_delete_reaches_a_mirror_transaction_by_transaction(
 def test_row_scope_is_what_the_issue_saw(rconn: Conn, relay_dsn: str) -> None:
     """The same story in row scope (the default): the mirror sees a transaction in pieces."""
     authors_and_books(rconn)
-    handle, accepted = mirror_receiver(
-        lambda c: c["model"] == "books" and c["event"] == "deleted"
-    )
+    handle, accepted = mirror_receiver(lambda c: c["model"] == "books" and c["event"] == "deleted")
 
     async def scenario() -> None:
         async with receiver(handle) as r:
@@ -236,7 +236,7 @@ def writers(dsn: str, count: int, transactions: int, seed: int) -> None:
                             time.sleep(rng.random() * 0.003)
                         conn.execute("SELECT pg_advisory_xact_lock(25)")
                         conn.execute("INSERT INTO commits (writer, tx) VALUES (%s, %s)", (n, t))
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=write, args=(n,)) for n in range(count)]
@@ -256,8 +256,7 @@ def test_concurrent_transactions_arrive_whole_in_commit_order(
     transactions in the order they committed (commits.seq)."""
     rconn.execute("CREATE TABLE ledger (id serial PRIMARY KEY, writer int, tx int, k int)")
     rconn.execute(
-        "CREATE TABLE commits (seq bigserial PRIMARY KEY, writer int, tx int,"
-        " UNIQUE (writer, tx))"
+        "CREATE TABLE commits (seq bigserial PRIMARY KEY, writer int, tx int, UNIQUE (writer, tx))"
     )
     rconn.execute("SELECT relay.track('ledger')")
     rconn.execute("SELECT relay.track('commits')")
@@ -270,7 +269,10 @@ def test_concurrent_transactions_arrive_whole_in_commit_order(
     async def scenario() -> None:
         async with receiver(handle) as r:
             hook(
-                rconn, r.url, ["public.ledger", "public.commits"], ordering="transaction",
+                rconn,
+                r.url,
+                ["public.ledger", "public.commits"],
+                ordering="transaction",
                 batch_size=batch_size,
             )
             settings = FAST.model_copy(update={"batch_size": 7, "webhook_concurrency": 8})
@@ -279,7 +281,7 @@ def test_concurrent_transactions_arrive_whole_in_commit_order(
                 await until(lambda: settled(rconn), timeout=60)
 
     asyncio.run(scenario())
-    assert len(accepted) == rconn.execute("SELECT count(*) FROM relay.outbox").fetchone()[0]
+    assert len(accepted) == one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0]
     assert whole_transactions(rconn, accepted) == []
     seqs = [
         next(c["data"]["seq"] for c in accepted if c["txid"] == txid and c["model"] == "commits")
@@ -318,8 +320,11 @@ def tenant_receiver() -> tuple[Callable[[web.Request], Any], dict[str, Any]]:
     """Takes 50 ms a request; notes each tenant's changes in order, and how many requests were
     in flight at most, per tenant and in all."""
     seen: dict[str, Any] = {
-        "order": defaultdict(list), "flying": defaultdict(int), "most": defaultdict(int),
-        "all": 0, "most_all": 0,
+        "order": defaultdict(list),
+        "flying": defaultdict(int),
+        "most": defaultdict(int),
+        "all": 0,
+        "most_all": 0,
     }
 
     async def handle(request: web.Request) -> web.Response:
@@ -349,8 +354,9 @@ def tenant_writes(conn: Conn) -> None:
                 "INSERT INTO orders (tenant, v) VALUES (%s, %s), (%s, %s)",
                 (tenant, round_, tenant, round_),
             )
-            conn.execute("UPDATE orders SET v = v + 10 WHERE tenant = %s AND v = %s",
-                         (tenant, round_ - 1))
+            conn.execute(
+                "UPDATE orders SET v = v + 10 WHERE tenant = %s AND v = %s", (tenant, round_ - 1)
+            )
 
 
 def test_a_key_orders_each_tenant_and_sends_tenants_side_by_side(
@@ -362,8 +368,7 @@ def test_a_key_orders_each_tenant_and_sends_tenants_side_by_side(
 
     async def scenario() -> None:
         async with receiver(handle) as r:
-            hook(rconn, r.url, ["public.orders"], ordering="key",
-                 ordering_key="{{ data.tenant }}")
+            hook(rconn, r.url, ["public.orders"], ordering="key", ordering_key="{{ data.tenant }}")
             async with running(relay_dsn, FAST.model_copy(update={"webhook_concurrency": 8})):
                 tenant_writes(rconn)
                 await until(lambda: settled(rconn), timeout=30)
@@ -377,9 +382,7 @@ def test_a_key_orders_each_tenant_and_sends_tenants_side_by_side(
     assert keys == {"acme", "globex", "initech"}
 
 
-def test_in_row_scope_a_tenant_has_several_requests_in_flight(
-    rconn: Conn, relay_dsn: str
-) -> None:
+def test_in_row_scope_a_tenant_has_several_requests_in_flight(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE orders (id serial PRIMARY KEY, tenant text, v int)")
     rconn.execute("SELECT relay.track('orders')")
     handle, seen = tenant_receiver()
@@ -406,8 +409,7 @@ def test_a_row_whose_key_changes_keeps_its_order(rconn: Conn, relay_dsn: str) ->
 
     async def scenario() -> None:
         async with receiver(handle) as r:
-            hook(rconn, r.url, ["public.orders"], ordering="key",
-                 ordering_key="{{ data.tenant }}")
+            hook(rconn, r.url, ["public.orders"], ordering="key", ordering_key="{{ data.tenant }}")
             async with running(relay_dsn, FAST):
                 rconn.execute("INSERT INTO orders VALUES (1, 'a', 0)")
                 rconn.execute("UPDATE orders SET tenant = 'b', v = 1 WHERE id = 1")
@@ -416,9 +418,7 @@ def test_a_row_whose_key_changes_keeps_its_order(rconn: Conn, relay_dsn: str) ->
 
     asyncio.run(scenario())
     assert [c["data"]["v"] for c in accepted if c["data"]["id"] == 1] == [0, 1]
-    keys = rconn.execute(
-        "SELECT order_key FROM relay.deliveries ORDER BY position"
-    ).fetchall()
+    keys = rconn.execute("SELECT order_key FROM relay.deliveries ORDER BY position").fetchall()
     assert keys == [("a",), ("b",), ("b",)]
 
 
@@ -435,14 +435,24 @@ def test_an_ordering_key_that_fails_to_render_fails_its_delivery_and_the_rest_fl
 
     async def scenario() -> None:
         async with receiver(handle) as r:
-            hook(rconn, r.url, ["public.orders"], ordering="key",
-                 ordering_key="{{ data.tenant }}{{ 1 // data.v }}")
+            hook(
+                rconn,
+                r.url,
+                ["public.orders"],
+                ordering="key",
+                ordering_key="{{ data.tenant }}{{ 1 // data.v }}",
+            )
             async with running(relay_dsn, FAST):
                 rconn.execute("INSERT INTO orders (tenant, v) VALUES ('a', 1), ('a', 0), ('a', 2)")
                 await until(
-                    lambda: rconn.execute(
-                        "SELECT count(*) FROM relay.outbox WHERE status = 'pending'"
-                    ).fetchone()[0] == 0
+                    lambda: (
+                        one_row(
+                            rconn.execute(
+                                "SELECT count(*) FROM relay.outbox WHERE status = 'pending'"
+                            )
+                        )[0]
+                        == 0
+                    )
                 )
 
     asyncio.run(scenario())
@@ -485,9 +495,7 @@ def test_a_delivery_failed_for_good_lets_its_key_go_and_a_retry_takes_its_place_
             # Nothing runs while these are written: the re-armed change is placed before 15.
             refuse["on"] = False
             rconn.execute("INSERT INTO items VALUES (15, 15)")
-            rconn.execute(
-                "UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'"
-            )
+            rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
             async with running(relay_dsn, FAST):
                 await until(lambda: settled(rconn))
             again = rconn.execute(
@@ -506,9 +514,10 @@ def test_positions_follow_commit_order_not_id_order(rconn: Conn, relay_dsn: str)
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
     hook(rconn, "http://127.0.0.1:9/never", ["public.items"], ordering="transaction")
-    with psycopg.connect(relay_dsn, autocommit=True) as late, psycopg.connect(
-        relay_dsn, autocommit=True
-    ) as early:
+    with (
+        psycopg.connect(relay_dsn, autocommit=True) as late,
+        psycopg.connect(relay_dsn, autocommit=True) as early,
+    ):
         late.execute("BEGIN")
         early.execute("BEGIN")
         late.execute("INSERT INTO items VALUES (1, 0)")
@@ -523,9 +532,14 @@ def test_positions_follow_commit_order_not_id_order(rconn: Conn, relay_dsn: str)
         settings = FAST.model_copy(update={"batch_size": 2})
         async with running(relay_dsn, settings):
             await until(
-                lambda: rconn.execute(
-                    "SELECT count(*) FROM relay.deliveries WHERE position IS NOT NULL"
-                ).fetchone()[0] == 5
+                lambda: (
+                    one_row(
+                        rconn.execute(
+                            "SELECT count(*) FROM relay.deliveries WHERE position IS NOT NULL"
+                        )
+                    )[0]
+                    == 5
+                )
             )
 
     asyncio.run(scenario())
@@ -544,8 +558,10 @@ def backfill(conn: Conn, table: str) -> None:
     while conn.execute(
         "SELECT relay.backfill(%s, webhook => 'mirror', chunk => 10)", (table,)
     ).fetchone() != (0,):
-        conn.execute("INSERT INTO authors VALUES (100, 'live') ON CONFLICT (id) DO UPDATE"
-                     " SET name = authors.name || '.'")
+        conn.execute(
+            "INSERT INTO authors VALUES (100, 'live') ON CONFLICT (id) DO UPDATE"
+            " SET name = authors.name || '.'"
+        )
 
 
 def test_a_backfill_goes_chunk_by_chunk_among_live_transactions(
@@ -559,7 +575,9 @@ def test_a_backfill_goes_chunk_by_chunk_among_live_transactions(
         rconn.execute("INSERT INTO authors SELECT g, 'a' || g FROM generate_series(1, 25) g")
         rconn.execute("INSERT INTO books SELECT g, g, 'b' FROM generate_series(1, 25) g")
     rconn.execute("UPDATE relay.outbox SET status = 'skipped'")  # made before the webhook
-    rconn.execute("UPDATE relay.fan_out_position SET scanned_to = (SELECT max(id) FROM relay.outbox)")
+    rconn.execute(
+        "UPDATE relay.fan_out_position SET scanned_to = (SELECT max(id) FROM relay.outbox)"
+    )
     accepted: list[dict[str, Any]] = []
 
     async def handle(request: web.Request) -> web.Response:
@@ -568,8 +586,13 @@ def test_a_backfill_goes_chunk_by_chunk_among_live_transactions(
 
     async def scenario() -> None:
         async with receiver(handle) as r:
-            hook(rconn, r.url, ["public.authors", "public.books"], ordering="transaction",
-                 batch_size=4)
+            hook(
+                rconn,
+                r.url,
+                ["public.authors", "public.books"],
+                ordering="transaction",
+                batch_size=4,
+            )
             settings = FAST.model_copy(update={"batch_size": 6})
             async with running(relay_dsn, settings):
                 backfill(rconn, "authors")
@@ -610,15 +633,29 @@ def test_a_replay_that_would_land_inside_a_batch_due_again_waits(
 
     async def scenario() -> tuple[str, str]:
         async with receiver(handle) as r:
-            hook(rconn, r.url, ["public.one", "public.two"], ordering="transaction",
-                 batch_size=3, max_attempts=20, retry_base_seconds=1)
+            hook(
+                rconn,
+                r.url,
+                ["public.one", "public.two"],
+                ordering="transaction",
+                batch_size=3,
+                max_attempts=20,
+                retry_base_seconds=1,
+            )
             async with running(relay_dsn, FAST):
                 rconn.execute("INSERT INTO one VALUES (1)")
                 rconn.execute("INSERT INTO two VALUES (2)")
                 rconn.execute("INSERT INTO one VALUES (3)")
                 await until(lambda: settled(rconn))
             first = await asyncio.to_thread(
-                relay, "replay", "--webhook", "mirror", "--since", "1h", "--table", "one",
+                relay,
+                "replay",
+                "--webhook",
+                "mirror",
+                "--since",
+                "1h",
+                "--table",
+                "one",
                 dsn=relay_dsn,
             )
             assert "replaying 2 changes" in first.stdout, first.stdout + first.stderr
@@ -626,7 +663,14 @@ def test_a_replay_that_would_land_inside_a_batch_due_again_waits(
             async with running(relay_dsn, FAST):
                 await until(batched)
             second = await asyncio.to_thread(
-                relay, "replay", "--webhook", "mirror", "--since", "1h", "--table", "two",
+                relay,
+                "replay",
+                "--webhook",
+                "mirror",
+                "--since",
+                "1h",
+                "--table",
+                "two",
                 dsn=relay_dsn,
             )
             state["refuse"] = False
@@ -668,8 +712,15 @@ def test_a_retry_that_would_land_inside_a_batch_due_again_stays_failed_with_the_
 
     async def scenario() -> None:
         async with receiver(handle) as r:
-            hook(rconn, r.url, ["public.one", "public.two"], ordering="transaction",
-                 batch_size=1, max_attempts=20, retry_base_seconds=1)
+            hook(
+                rconn,
+                r.url,
+                ["public.one", "public.two"],
+                ordering="transaction",
+                batch_size=1,
+                max_attempts=20,
+                retry_base_seconds=1,
+            )
             async with running(relay_dsn, FAST):
                 rconn.execute("INSERT INTO one VALUES (1)")
                 rconn.execute("INSERT INTO two VALUES (2)")
@@ -677,7 +728,14 @@ def test_a_retry_that_would_land_inside_a_batch_due_again_stays_failed_with_the_
                 await until(finished)
             rconn.execute("UPDATE relay.webhooks SET batch_size = 3")
             done = await asyncio.to_thread(
-                relay, "replay", "--webhook", "mirror", "--since", "1h", "--table", "one",
+                relay,
+                "replay",
+                "--webhook",
+                "mirror",
+                "--since",
+                "1h",
+                "--table",
+                "one",
                 dsn=relay_dsn,
             )
             assert "replaying 2 changes" in done.stdout, done.stdout + done.stderr
@@ -685,9 +743,14 @@ def test_a_retry_that_would_land_inside_a_batch_due_again_stays_failed_with_the_
             async with running(relay_dsn, FAST):
                 await until(batched)
                 rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
-                await until(lambda: rconn.execute(
-                    "SELECT count(*) FROM relay.outbox WHERE status = 'failed'"
-                ).fetchone() == (1,))
+                await until(
+                    lambda: (
+                        rconn.execute(
+                            "SELECT count(*) FROM relay.outbox WHERE status = 'failed'"
+                        ).fetchone()
+                        == (1,)
+                    )
+                )
                 state["refuse"] = False
                 await until(finished, timeout=20)
 
@@ -730,8 +793,13 @@ def test_row_scope_deliveries_have_no_order_key(rconn: Conn, relay_dsn: str) -> 
 
 @pytest.mark.parametrize(
     ("seed", "ordering", "key"),
-    [(1, "transaction", None), (2, "transaction", None), (105, "key", "{{ pk.id % 2 }}"),
-     (7, "key", "{{ pk.id % 2 }}"), (2120, "key", "{{ pk.id % 2 }}")],
+    [
+        (1, "transaction", None),
+        (2, "transaction", None),
+        (105, "key", "{{ pk.id % 2 }}"),
+        (7, "key", "{{ pk.id % 2 }}"),
+        (2120, "key", "{{ pk.id % 2 }}"),
+    ],
 )
 def test_every_interleaving_drains_in_order_when_ordered(
     relay_dsn: str, seed: int, ordering: str, key: str | None

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from relay.delivery.send import over_limit
 from relay.model import Change, Webhook
 from relay.reasons import describe, reason
-from relay.render.request import RenderError, Renderer, context
+from relay.render.request import Renderer, RenderError, context
 from relay.render.sandbox import budget
 from relay.rules.ruleset import RuleSet
 
