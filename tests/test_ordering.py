@@ -774,6 +774,71 @@ def batch_of_one(conn: Conn) -> int:
     return int(row[0])
 
 
+@pytest.mark.parametrize(("before", "after"), [("row", "transaction"), ("key", "row")])
+def test_changing_the_ordering_with_deliveries_pending_drains_everything(
+    rconn: Conn, relay_dsn: str, before: str, after: str
+) -> None:
+    """Deliveries keep the scope they were fanned out with; when the webhook's ordering changes
+    with some pending, those with an order key go first and then the others: nothing is left
+    behind (docs/rules.md)."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, tenant text)")
+    rconn.execute("SELECT relay.track('orders')")
+    state = {"refuse": True}
+    accepted: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        if state["refuse"]:
+            return web.Response(status=503)
+        accepted.extend(c["data"]["id"] for c in changes(json.loads(await request.read())))
+        return web.Response()
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(
+                rconn,
+                r.url,
+                ["public.orders"],
+                ordering=before,
+                ordering_key="{{ data.tenant }}" if before == "key" else None,
+                retry_base_seconds=0.2,
+                max_attempts=100,
+            )
+            async with running(relay_dsn, FAST.model_copy(update={"breaker_failures": 1000})):
+                rconn.execute("INSERT INTO orders VALUES (1, 'a'), (2, 'b'), (3, 'a')")
+                await until(
+                    lambda: (
+                        one_row(
+                            rconn.execute(
+                                "SELECT count(*) FROM relay.deliveries WHERE attempts > 0"
+                            )
+                        )[0]
+                        > 0
+                    )
+                )
+                rconn.execute(
+                    "UPDATE relay.webhooks SET ordering = %s, ordering_key = %s",
+                    (after, "{{ data.tenant }}" if after == "key" else None),
+                )
+                await asyncio.sleep(0.5)  # the relay reads the rules again
+                rconn.execute("INSERT INTO orders VALUES (4, 'a'), (5, 'b')")
+                await until(
+                    lambda: one_row(rconn.execute("SELECT count(*) FROM relay.deliveries"))[0] == 5
+                )
+                state["refuse"] = False
+                await until(lambda: settled(rconn), timeout=20)
+
+    asyncio.run(scenario())
+    assert sorted(accepted) == [1, 2, 3, 4, 5]
+    keyed = [
+        row[0]
+        for row in rconn.execute(
+            "SELECT o.new->>'id' FROM relay.deliveries d JOIN relay.outbox o ON o.id = d.outbox_id"
+            " WHERE d.order_key IS NOT NULL ORDER BY 1"
+        )
+    ]
+    assert keyed == (["4", "5"] if before == "row" else ["1", "2", "3"])
+
+
 def test_row_scope_deliveries_have_no_order_key(rconn: Conn, relay_dsn: str) -> None:
     rconn.execute("CREATE TABLE items (id int PRIMARY KEY, v int)")
     rconn.execute("SELECT relay.track('items')")
