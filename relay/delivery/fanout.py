@@ -164,11 +164,11 @@ class FanOut:
                 if found.full:
                     rows += await _read_on(store, found, rows)
                 ranks = plan.commit_order(rows)
-            ready, to_read = plan.sort_out(rows, ruleset, settings.max_body_bytes)
-            batch = plan.plan(ready, ruleset, ranks)
+            ready, to_read = plan.sort_out(rows, ruleset, settings.max_body_bytes, ranks)
+            batch = plan.plan(ready, ruleset)
             # A quarter of the room at a time: claims go on meanwhile.
             for group in plan.groups(to_read, self.holding.capacity // 4):
-                await self._match_read(store, group, batch, ruleset)
+                await self._match_read(store, group, batch, ruleset, ranks)
             self._report(batch, len(rows), ruleset)
             await store.write_plan(batch.statements())
         self._count += len(rows)
@@ -188,13 +188,21 @@ class FanOut:
             log.warning("could not refresh statistics", error=describe(exc))
 
     async def _match_read(
-        self, store: AsyncStore, group: list[FanOutRow], batch: plan.Plan, ruleset: RuleSet
+        self,
+        store: AsyncStore,
+        group: list[FanOutRow],
+        batch: plan.Plan,
+        ruleset: RuleSet,
+        ranks: dict[int, int],
     ) -> None:
         """Read the images of a group of changes that conditions look at, once they fit in
         the room the relay has, and match them."""
         async with self.holding.reserve(sum(row["bytes"] for row in group)):
             images = await store.change_images([row["id"] for row in group])
-            arrivals = (plan.arrival(row, ruleset, *images[row["id"]]) for row in group)
+            arrivals = (
+                plan.arrival(row, ruleset, *images[row["id"]], rank=ranks.get(row["id"], 0))
+                for row in group
+            )
             batch.add(arrivals, ruleset)
 
     def _report(self, batch: plan.Plan, changes: int, ruleset: RuleSet) -> None:

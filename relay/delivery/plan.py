@@ -50,6 +50,9 @@ class Arrival:
     """The one webhook it is for (a backfill for one webhook), else None: every rule."""
     requeued: bool = False
     """Sent again (``relay retry``, the SQL reset): its later changes may have gone since."""
+    rank: int = 0
+    """Where it comes in commit order (:func:`commit_order`), for webhooks ordered by
+    transaction or key: their deliveries' positions are drawn in this order."""
 
 
 def arrival(
@@ -59,20 +62,27 @@ def arrival(
     new: str | None = None,
     *,
     too_large: str | None = None,
+    rank: int = 0,
 ) -> Arrival:
     """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``),
-    named by the ruleset's models."""
+    named by the ruleset's models; ``rank`` from :func:`commit_order`."""
     model = ruleset.model(row["schema_name"], row["table_name"])
     change = Change.from_row(row, old, new, model)
-    return Arrival(change, row["old_pk"], row["bytes"], too_large, row["target"], row["requeued"])
+    return Arrival(
+        change, row["old_pk"], row["bytes"], too_large, row["target"], row["requeued"], rank
+    )
 
 
 def sort_out(
-    rows: Iterable[FanOutRow], ruleset: RuleSet, max_body_bytes: int
+    rows: Iterable[FanOutRow],
+    ruleset: RuleSet,
+    max_body_bytes: int,
+    ranks: dict[int, int] | None = None,
 ) -> tuple[list[Arrival], list[FanOutRow]]:
     """The changes that can be matched as they are, and the rows whose images must be read
     first: those a rule with conditions looks at (no other rule reads the row), unless they are
-    too large to read at all."""
+    too large to read at all. ``ranks``: :func:`commit_order`'s."""
+    ranks = ranks or {}
     ready: list[Arrival] = []
     to_read: list[FanOutRow] = []
     # Else no row is looked at; an ordering key is rendered from the row, as a condition reads it.
@@ -80,7 +90,7 @@ def sort_out(
     for row in rows:
         size = row["bytes"]
         too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
-        item = arrival(row, ruleset, too_large=too_large)
+        item = arrival(row, ruleset, too_large=too_large, rank=ranks.get(row["id"], 0))
         if (
             conditions
             and not too_large
@@ -255,8 +265,6 @@ class Plan:
     """Changes that could not be matched at all, with the reason."""
     fanned_out: list[int] = field(default_factory=list)
     """Every other change of the batch."""
-    ranks: dict[int, int] = field(default_factory=dict)
-    """Change id -> its rank in commit order (:func:`commit_order`), for ordered webhooks."""
 
     @property
     def outbox_ids(self) -> list[int]:
@@ -275,7 +283,7 @@ class Plan:
                 continue
             self.fanned_out.append(change.id)
             deliveries = self.to_rearm if item.requeued else self.to_send
-            rank = self.ranks.get(change.id, 0)
+            rank = item.rank
             for webhook_id, rule_id in to_send.items():
                 try:
                     order = _order_key(ruleset, webhook_id, rule_id, change)
@@ -313,12 +321,9 @@ class Plan:
         yield "finish_changes", {"ids": self.fanned_out}
 
 
-def plan(
-    arrivals: Iterable[Arrival], ruleset: RuleSet, ranks: dict[int, int] | None = None
-) -> Plan:
-    """A plan for the changes (more can be added: see :meth:`Plan.add`); ``ranks`` places them
-    in commit order (:func:`commit_order`)."""
-    result = Plan(ranks=ranks or {})
+def plan(arrivals: Iterable[Arrival], ruleset: RuleSet) -> Plan:
+    """A plan for the changes (more can be added: see :meth:`Plan.add`)."""
+    result = Plan()
     result.add(arrivals, ruleset)
     return result
 
