@@ -171,6 +171,11 @@ class Webhook:
     process)."""
     rate_limit: Decimal | None = None
     """Requests a second across every relay, evenly spaced (None: no limit)."""
+    ordering: str = "row"
+    """Which changes go out one after another: ``row`` (each row's), ``transaction`` (all of
+    them, in commit order) or ``key`` (those whose ``ordering_key`` renders the same)."""
+    ordering_key: str | None = None
+    """With ``ordering = 'key'``: a template, rendered with the body's context."""
 
 
 @dataclass(frozen=True)

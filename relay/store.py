@@ -93,6 +93,8 @@ class WebhookRow(TypedDict):
     batch_wait_ms: int
     concurrency: int | None
     rate_limit: Decimal | None
+    ordering: str
+    ordering_key: str | None
 
 
 class RuleRow(WebhookRow):
@@ -152,6 +154,8 @@ class FanOutBatch:
     xmax: int
     """The look's snapshot's xmax: transactions from it on were running too, unlisted."""
     gaps: list[GapRow]
+    snapshot: str = ""
+    """The look's snapshot (pg_snapshot's text): what reading on (transaction_rest) may see."""
 
 
 @dataclass(frozen=True)
@@ -353,6 +357,7 @@ def _fan_out_batch(
         running=first["running"],
         xmax=first["xmax"],
         gaps=cast(list[GapRow], gaps),
+        snapshot=first.get("snapshot") or "",
     )
 
 
@@ -769,6 +774,18 @@ class AsyncStore:
             found = await cur.fetchall()
             gaps = await cur_gaps.fetchall()
         return _fan_out_batch(found, gaps, limit)
+
+    async def transaction_rest(
+        self, txids: Sequence[str], after: int, snapshot: str
+    ) -> list[FanOutRow]:
+        """The changes after id ``after`` up to the last of the transactions ``txids``, visible
+        in ``snapshot`` and not fanned out yet (see relay/delivery/fanout.py)."""
+        async with self.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                query("transaction_rest"),
+                {"txids": list(txids), "after": after, "snapshot": snapshot},
+            )
+            return cast(list[FanOutRow], await cur.fetchall())
 
     async def newest_xid(self) -> int:
         """A transaction id newer than any that began before the last look (see

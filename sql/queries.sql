@@ -61,7 +61,7 @@ SELECT r.id, r.name, r.tables, r.events, r.conditions::text AS conditions,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
-       w.concurrency, w.rate_limit
+       w.concurrency, w.rate_limit, w.ordering, w.ordering_key
 FROM relay.event_rules r
 JOIN relay.webhooks w ON w.id = r.webhook_id
 WHERE r.enabled OR %(everything)s
@@ -73,7 +73,7 @@ SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
-       w.concurrency, w.rate_limit
+       w.concurrency, w.rate_limit, w.ordering, w.ordering_key
 FROM relay.webhooks w
 WHERE NOT EXISTS (SELECT FROM relay.event_rules r WHERE r.webhook_id = w.id)
 ORDER BY w.id;
@@ -144,10 +144,37 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        o.username, o.request_id, o.txid::text, o.created_at, o.webhook_id AS target,
        o.requeued_at IS NOT NULL AS requeued, here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running,
-       pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax
+       pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax, here.snapshot::text AS snapshot
 FROM here LEFT JOIN relay.outbox o ON o.id = ANY(ARRAY(SELECT id FROM candidates))
 ORDER BY o.id
 LIMIT %(limit)s;
+
+-- name: transaction_rest
+-- What a full fan-out pass reads on, for webhooks ordered by transaction or key
+-- (relay/delivery/fanout.py): the changes of the transactions it cut after its last id
+-- (`after`), and every change between, visible in the pass's snapshot and not fanned out yet,
+-- as changes_to_fan_out returns them. Fan-out asks again for the transactions this brings
+-- (`txids`: those not asked before) until none goes further; then no transaction is split
+-- around another, and none that committed before one the pass takes is left to a later pass
+-- (0026_steering.sql). Only rows not fanned out yet are looked at, in outbox_to_fan_out: the
+-- last id of the transactions is found by reading every such row after `after` (the backlog
+-- past the pass, a heap fetch each for its txid: there is no index on txid, which every
+-- captured change would pay for), and only for passes that were full.
+WITH upto AS MATERIALIZED (
+    SELECT max(o.id) AS id FROM relay.outbox o
+    WHERE o.txid = ANY(%(txids)s::text[]::xid8[]) AND o.id > %(after)s
+      AND o.status = 'pending' AND o.fanned_out_at IS NULL
+)
+SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
+       relay.key_before(o.pk, o.old)::text AS old_pk,
+       coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
+       o.username, o.request_id, o.txid::text, o.created_at, o.webhook_id AS target,
+       o.requeued_at IS NOT NULL AS requeued
+FROM upto, relay.outbox o
+WHERE o.id > %(after)s AND o.id <= upto.id
+  AND o.status = 'pending' AND o.fanned_out_at IS NULL
+  AND pg_visible_in_snapshot(o.txid, %(snapshot)s::pg_snapshot)
+ORDER BY o.id;
 
 -- name: newest_xid
 -- A transaction id taken after changes_to_fan_out's snapshot (fan-out's own, in its transaction,
@@ -178,16 +205,30 @@ SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint
 -- New deliveries; a delivery that failed before is armed again (a re-queued change), one that
 -- succeeded is left alone, so a change goes again only to the webhooks that did not get it. A
 -- re-armed delivery leaves its old batch: it goes in a new one, under a new delivery id (the
--- old batch's other changes may not be re-queued with it).
-INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
-SELECT * FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-                     %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
+-- old batch's other changes may not be re-queued with it). A delivery with an order key (a
+-- webhook ordered by transaction or key, 0026) takes its position in rank order (commit order,
+-- relay/delivery/plan.py): the ranks are sorted before the positions are drawn. A re-armed one
+-- keeps the position it had, so it goes back to its place.
+INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
+                              order_key, position)
+SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
+       g.order_key,
+       CASE WHEN g.order_key IS NOT NULL THEN nextval('relay.delivery_positions') END
+FROM (SELECT *
+      FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
+                  %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[],
+                  %(order_keys)s::text[], %(ranks)s::bigint[])
+          AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, order_key,
+                rank)
+      ORDER BY g.rank OFFSET 0) g
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
         earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
         leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
         batch_delivery_id = NULL, replay = false, old_row_key = EXCLUDED.old_row_key,
-        change_bytes = EXCLUDED.change_bytes
+        change_bytes = EXCLUDED.change_bytes, order_key = EXCLUDED.order_key,
+        position = CASE WHEN EXCLUDED.order_key IS NOT NULL
+                        THEN coalesce(relay.deliveries.position, EXCLUDED.position) END
     WHERE relay.deliveries.status = 'failed';
 
 -- name: rearm_deliveries
@@ -204,8 +245,10 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
 WITH given AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
-        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
+                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[],
+                %(order_keys)s::text[], %(ranks)s::bigint[])
+        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, order_key,
+              rank)
 ), judged AS MATERIALIZED (
     SELECT g.*, d.status::text AS was,
            CASE WHEN d.status = 'failed' AND d.superseded_by IS NOT NULL
@@ -215,6 +258,9 @@ WITH given AS (
                 WHEN f.outbox_id IS NOT NULL
                 THEN format('not sent again: change %%s of this row was being sent to the webhook;'
                             ' retry it once that is done', f.outbox_id)
+                WHEN s.batch_id IS NOT NULL
+                THEN format('not sent again: batch %%s of its ordering key holds changes placed'
+                            ' before and after it; retry it once that batch is done', s.batch_id)
            END AS kept
     FROM given g
     LEFT JOIN relay.deliveries d ON d.outbox_id = g.outbox_id AND d.webhook_id = g.webhook_id
@@ -237,24 +283,43 @@ WITH given AS (
                AND e.status = 'pending' AND e.outbox_id > g.outbox_id
                AND e.leased_until >= now())) AS outbox_id
     ) f
+    -- Ordered (0026): as in replay_rearm, a batch of its order key waiting to go again whole
+    -- that holds changes placed before it and after it.
+    LEFT JOIN LATERAL (
+        SELECT b.batch_id FROM relay.deliveries b
+        WHERE d.position IS NOT NULL AND g.order_key IS NOT NULL
+          AND b.webhook_id = g.webhook_id AND b.order_key = g.order_key
+          AND b.status = 'pending' AND b.batch_id IS NOT NULL AND b.position < d.position
+          AND EXISTS (SELECT FROM relay.deliveries a
+                      WHERE a.batch_id = b.batch_id AND a.status = 'pending'
+                        AND a.position > d.position)
+        LIMIT 1
+    ) s ON true
 ), kept AS (
     UPDATE relay.deliveries d SET last_error = j.kept, send_superseded = false
     FROM judged j
     WHERE d.outbox_id = j.outbox_id AND d.webhook_id = j.webhook_id AND d.status = 'failed'
       AND j.was = 'failed' AND j.kept IS NOT NULL
 )
+-- Positions as in add_deliveries: a failed delivery armed again keeps its own (it goes back to
+-- its place, and the later deliveries of its order key wait behind it); a new one, or one
+-- failed at once, takes the next in rank order (only a pending delivery holds its key).
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
-                              status, last_error)
+                              status, last_error, order_key, position)
 SELECT outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
-       CASE WHEN kept IS NULL THEN 'pending' ELSE 'failed' END::relay.delivery_status, kept
-FROM judged
-WHERE was IS DISTINCT FROM 'failed' OR kept IS NULL
+       CASE WHEN kept IS NULL THEN 'pending' ELSE 'failed' END::relay.delivery_status, kept,
+       order_key,
+       CASE WHEN order_key IS NOT NULL THEN nextval('relay.delivery_positions') END
+FROM (SELECT * FROM judged WHERE was IS DISTINCT FROM 'failed' OR kept IS NULL
+      ORDER BY rank OFFSET 0) j
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
         earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
         leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
         batch_delivery_id = NULL, replay = false, old_row_key = EXCLUDED.old_row_key,
-        change_bytes = EXCLUDED.change_bytes
+        change_bytes = EXCLUDED.change_bytes, order_key = EXCLUDED.order_key,
+        position = CASE WHEN EXCLUDED.order_key IS NOT NULL
+                        THEN coalesce(relay.deliveries.position, EXCLUDED.position) END
     WHERE relay.deliveries.status = 'failed';
 
 -- name: add_failed_deliveries
@@ -343,7 +408,13 @@ WITH limited AS MATERIALIZED (
            %(bytes_per_webhook)s - coalesce(busy.bytes, 0) AS bytes_free,
            EXISTS (SELECT FROM relay.deliveries m
                    WHERE m.webhook_id = w.id AND m.old_row_key IS NOT NULL
-                     AND m.status = 'pending') AS moves
+                     AND m.status = 'pending') AS moves,
+           -- Deliveries with an order key pending (0026: a webhook ordered by transaction or
+           -- key): one probe of deliveries_key_order, empty for webhooks in row scope. While
+           -- there are, they are claimed in order (heads, below) and those without a key wait.
+           EXISTS (SELECT FROM relay.deliveries k
+                   WHERE k.webhook_id = w.id AND k.order_key IS NOT NULL
+                     AND k.status = 'pending') AS ordered
     FROM relay.webhooks w
     LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[], %(busy_bytes)s::bigint[])
         AS busy (id, n, bytes) ON busy.id = w.id
@@ -355,7 +426,7 @@ WITH limited AS MATERIALIZED (
       -- A paused webhook (0026_steering.sql) gets none: its deliveries wait, in order.
       AND w.paused_at IS NULL
 ), due AS (
-    SELECT c.ctid, c.next_attempt_at, c.outbox_id, c.bytes, room.webhook_id, room.bytes_free
+    (SELECT c.ctid, c.next_attempt_at, c.outbox_id, c.bytes, room.webhook_id, room.bytes_free
     FROM room
     CROSS JOIN LATERAL (
         SELECT d.ctid, d.next_attempt_at, d.outbox_id,
@@ -383,7 +454,50 @@ WITH limited AS MATERIALIZED (
         LIMIT greatest(room.free, 0)
         FOR UPDATE OF d SKIP LOCKED
     ) c
-    WHERE room.free > 0
+    WHERE room.free > 0 AND NOT room.ordered
+    LIMIT %(limit)s)
+    UNION ALL
+    -- Ordered webhooks (0026): of each order key only its head, the pending delivery with the
+    -- smallest position, and only while nobody holds it and it is due: a key's deliveries go
+    -- one at a time, in position order (commit order). The keys are walked one index probe
+    -- each (a skip scan of deliveries_key_order): a webhook ordered by transaction has one.
+    -- Per-row order holds because positions respect it (a later change of a row is in the same
+    -- transaction, after it, or in one that waited for its row lock and so took its last id
+    -- after this one's commit: relay/delivery/plan.py, commit_order); a row whose changes
+    -- render different keys still waits for its earlier changes placed before it (by position,
+    -- so that nothing ever waits for something placed after it: no two keys can wait for each
+    -- other), its key moves included.
+    SELECT c.ctid, c.next_attempt_at, c.outbox_id, c.bytes, room.webhook_id, room.bytes_free
+    FROM room
+    CROSS JOIN LATERAL (
+        WITH RECURSIVE heads (order_key, position) AS (
+            (SELECT e.order_key, e.position FROM relay.deliveries e
+             WHERE e.webhook_id = room.webhook_id AND e.order_key IS NOT NULL
+               AND e.status = 'pending'
+             ORDER BY e.order_key, e.position LIMIT 1)
+            UNION ALL
+            SELECT n.order_key, n.position FROM heads h CROSS JOIN LATERAL (
+                SELECT e.order_key, e.position FROM relay.deliveries e
+                WHERE e.webhook_id = room.webhook_id AND e.order_key > h.order_key
+                  AND e.status = 'pending'
+                ORDER BY e.order_key, e.position LIMIT 1) n
+        )
+        SELECT d.ctid, d.next_attempt_at, d.outbox_id, d.position,
+               CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
+                    ELSE d.change_bytes::int END AS bytes
+        FROM heads
+        JOIN relay.deliveries d ON d.webhook_id = room.webhook_id
+                               AND d.order_key = heads.order_key
+                               AND d.position = heads.position AND d.status = 'pending'
+        WHERE d.next_attempt_at <= now()
+          AND (d.leased_until IS NULL OR d.leased_until < now())
+          AND relay.placed_first(d.webhook_id, d.outbox_id, d.position, d.row_key,
+                                 d.old_row_key, room.moves)
+        ORDER BY d.position
+        LIMIT greatest(room.free, 0)
+        FOR UPDATE OF d SKIP LOCKED
+    ) c
+    WHERE room.free > 0 AND room.ordered
     LIMIT %(limit)s
 ), taken AS (
     SELECT ctid FROM (
@@ -461,6 +575,12 @@ WITH moves AS MATERIALIZED (
            -- A paused webhook (0026_steering.sql) gets no batch, new or again.
            EXISTS (SELECT FROM relay.webhooks w
                    WHERE w.id = %(webhook_id)s AND w.paused_at IS NOT NULL) AS paused
+), ordered AS MATERIALIZED (
+    -- Deliveries with an order key pending (0026, as in claim_deliveries): while there are,
+    -- the batch is taken from them (runs, below), and those without a key wait.
+    SELECT EXISTS (SELECT FROM relay.deliveries k
+                   WHERE k.webhook_id = %(webhook_id)s AND k.order_key IS NOT NULL
+                     AND k.status = 'pending') AS pending
 ), again AS MATERIALIZED (
     -- Claimed batches are due only when their lease ends (next_attempt_at, set below), so the
     -- batches in flight are not even read (deliveries_batch_due).
@@ -476,11 +596,34 @@ WITH moves AS MATERIALIZED (
        AND bool_and((SELECT min(e.outbox_id) FROM relay.deliveries e
                      WHERE e.webhook_id = %(webhook_id)s AND e.row_key = d.row_key
                        AND e.status = 'pending' AND e.outbox_id < d.outbox_id
-                       AND e.batch_id IS DISTINCT FROM d.batch_id) IS NULL)
-       AND bool_and(CASE WHEN moves.pending
+                       AND e.batch_id IS DISTINCT FROM d.batch_id
+                       -- ordered: only those placed before it (relay.placed_first)
+                       AND (d.position IS NULL OR e.position < d.position)) IS NULL)
+       AND bool_and(CASE WHEN NOT moves.pending THEN true
+                         WHEN d.position IS NULL
                          THEN relay.clear_of_key_moves(d.webhook_id, d.outbox_id, d.row_key,
                                                        d.old_row_key)
-                         ELSE true END)
+                         -- Ordered (0026): a batch may hold a key move and the change it
+                         -- waits for (claimed by position); only changes outside it placed
+                         -- before count, as in relay.placed_first.
+                         ELSE NOT EXISTS (SELECT FROM relay.deliveries e
+                                          WHERE e.webhook_id = %(webhook_id)s
+                                            AND (e.old_row_key = d.row_key
+                                                 OR e.row_key = d.old_row_key
+                                                 OR e.old_row_key = d.old_row_key)
+                                            AND e.status = 'pending'
+                                            AND e.outbox_id < d.outbox_id
+                                            AND e.position < d.position
+                                            AND e.batch_id IS DISTINCT FROM d.batch_id)
+                    END)
+       -- Ordered (0026): nor while a delivery of its keys placed before it is pending outside
+       -- it (one re-armed meanwhile goes first).
+       AND bool_and(d.order_key IS NULL
+                    OR NOT EXISTS (SELECT FROM relay.deliveries e
+                                   WHERE e.webhook_id = %(webhook_id)s
+                                     AND e.order_key = d.order_key AND e.status = 'pending'
+                                     AND e.position < d.position
+                                     AND e.batch_id IS DISTINCT FROM d.batch_id))
     ORDER BY min(d.outbox_id)
     LIMIT 1
 ), members AS MATERIALIZED (
@@ -500,9 +643,10 @@ WITH moves AS MATERIALIZED (
 ), candidates AS MATERIALIZED (
     SELECT d.ctid, d.outbox_id, d.row_key, d.next_attempt_at,
            CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
-                ELSE d.change_bytes::int END AS bytes
-    FROM relay.deliveries d, moves
-    WHERE NOT EXISTS (SELECT FROM again)
+                ELSE d.change_bytes::int END AS bytes,
+           d.old_row_key, NULL::text AS order_key, NULL::bigint AS position
+    FROM relay.deliveries d, moves, ordered
+    WHERE NOT EXISTS (SELECT FROM again) AND NOT ordered.pending
       AND NOT moves.paused
       AND d.webhook_id = %(webhook_id)s
       AND d.status = 'pending'
@@ -530,7 +674,8 @@ WITH moves AS MATERIALIZED (
     -- per row, which finds none but after a re-queue or a replay), locked too.
     SELECT e.ctid, e.outbox_id, e.row_key, e.next_attempt_at,
            CASE WHEN e.change_bytes > %(max_change_bytes)s THEN 0
-                ELSE e.change_bytes::int END AS bytes
+                ELSE e.change_bytes::int END AS bytes,
+           e.old_row_key, NULL::text AS order_key, NULL::bigint AS position
     FROM relay.deliveries e
     WHERE e.ctid = ANY(ARRAY(
         SELECT f.ctid
@@ -543,23 +688,102 @@ WITH moves AS MATERIALIZED (
             LIMIT %(batch_size)s) f))
       AND e.status = 'pending'
     FOR UPDATE OF e SKIP LOCKED
+), runs AS MATERIALIZED (
+    -- Ordered webhooks (0026): of each order key (walked one index probe each, as in
+    -- claim_deliveries), the run of pending deliveries from its head, in position order, up to
+    -- the first that is held, waits for a retry or is in a batch: a batch is the next
+    -- consecutive changes of its keys (of the webhook, by transaction), batch_size at most.
+    SELECT r.ctid
+    FROM ordered CROSS JOIN LATERAL (
+        WITH RECURSIVE keys (order_key) AS (
+            (SELECT e.order_key FROM relay.deliveries e
+             WHERE e.webhook_id = %(webhook_id)s AND e.order_key IS NOT NULL
+               AND e.status = 'pending'
+             ORDER BY e.order_key LIMIT 1)
+            UNION ALL
+            SELECT n.order_key FROM keys k CROSS JOIN LATERAL (
+                SELECT e.order_key FROM relay.deliveries e
+                WHERE e.webhook_id = %(webhook_id)s AND e.order_key > k.order_key
+                  AND e.status = 'pending'
+                ORDER BY e.order_key LIMIT 1) n
+        )
+        SELECT f.ctid,
+               bool_and(f.free) OVER (PARTITION BY keys.order_key ORDER BY f.position
+                                      ROWS UNBOUNDED PRECEDING) AS open
+        FROM keys CROSS JOIN LATERAL (
+            SELECT e.ctid, e.position,
+                   e.batch_id IS NULL AND e.next_attempt_at <= now()
+                       AND (e.leased_until IS NULL OR e.leased_until < now()) AS free
+            FROM relay.deliveries e
+            WHERE e.webhook_id = %(webhook_id)s AND e.order_key = keys.order_key
+              AND e.status = 'pending'
+            ORDER BY e.position
+            LIMIT %(batch_size)s) f
+    ) r
+    WHERE ordered.pending AND NOT EXISTS (SELECT FROM again) AND r.open
+      AND NOT (SELECT paused FROM moves)
+), heads AS MATERIALIZED (
+    SELECT d.ctid, d.outbox_id, d.row_key, d.next_attempt_at,
+           CASE WHEN d.change_bytes > %(max_change_bytes)s THEN 0
+                ELSE d.change_bytes::int END AS bytes,
+           d.old_row_key, d.order_key, d.position
+    FROM relay.deliveries d
+    WHERE d.ctid = ANY(ARRAY(SELECT ctid FROM runs)) AND d.status = 'pending'
+      AND d.webhook_id = %(webhook_id)s AND d.batch_id IS NULL
+      AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
+    ORDER BY d.position
+    LIMIT %(batch_size)s
+    FOR UPDATE OF d SKIP LOCKED
 ), chosen AS MATERIALIZED (
     SELECT * FROM candidates
     UNION
     SELECT * FROM earlier
+    UNION
+    SELECT * FROM heads
+), judged AS (
+    -- Row scope: with every earlier pending change of its row. Ordered: with every pending
+    -- delivery of its key placed before it, and no earlier change of its row placed before it
+    -- pending under another key (relay.placed_first's rule; counted whether chosen or not,
+    -- since it may itself be left out), and then only with every member of its key before it
+    -- kept (in_order): each key keeps a run from its head.
+    SELECT c.*,
+           CASE WHEN c.position IS NULL
+           THEN (SELECT min(e.outbox_id) FROM relay.deliveries e
+                 WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key
+                   AND e.status = 'pending' AND e.outbox_id < c.outbox_id
+                   AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen))) IS NULL
+           ELSE NOT EXISTS (SELECT FROM relay.deliveries e
+                            WHERE e.webhook_id = %(webhook_id)s AND e.order_key = c.order_key
+                              AND e.status = 'pending' AND e.position < c.position
+                              AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen)))
+                AND NOT EXISTS (SELECT FROM relay.deliveries e
+                                WHERE e.webhook_id = %(webhook_id)s
+                                  AND (e.row_key = c.row_key
+                                       OR moves.pending
+                                          AND (e.old_row_key = c.row_key
+                                               OR e.row_key = c.old_row_key
+                                               OR e.old_row_key = c.old_row_key))
+                                  AND e.status = 'pending' AND e.outbox_id < c.outbox_id
+                                  AND e.position < c.position
+                                  AND e.order_key IS DISTINCT FROM c.order_key)
+           END AS passes
+    FROM chosen c, moves
 ), in_order AS (
-    SELECT c.* FROM chosen c
-    WHERE (SELECT min(e.outbox_id) FROM relay.deliveries e
-           WHERE e.webhook_id = %(webhook_id)s AND e.row_key = c.row_key
-             AND e.status = 'pending' AND e.outbox_id < c.outbox_id
-             AND e.outbox_id <> ALL(ARRAY(SELECT outbox_id FROM chosen))) IS NULL
+    SELECT * FROM (
+        SELECT j.*,
+               bool_and(j.passes) OVER (PARTITION BY j.order_key ORDER BY j.position
+                                        ROWS UNBOUNDED PRECEDING) AS run
+        FROM judged j) k
+    WHERE CASE WHEN k.position IS NULL THEN k.passes ELSE k.run END
 ), fitting AS MATERIALIZED (
+    -- In position order for ordered deliveries (position is NULL in row scope: outbox order).
     SELECT ctid, outbox_id, next_attempt_at FROM (
         SELECT ctid, outbox_id, next_attempt_at,
-               sum(bytes) OVER (ORDER BY outbox_id ROWS UNBOUNDED PRECEDING) AS running,
+               sum(bytes) OVER (ORDER BY position, outbox_id ROWS UNBOUNDED PRECEDING)
+                   AS running,
                sum(2 * bytes + %(body_overhead)s)
-                   OVER (ORDER BY outbox_id ROWS UNBOUNDED PRECEDING) AS body,
-               row_number() OVER (ORDER BY outbox_id) AS n
+                   OVER (ORDER BY position, outbox_id ROWS UNBOUNDED PRECEDING) AS body,
+               row_number() OVER (ORDER BY position, outbox_id) AS n
         FROM in_order) counted
     WHERE running <= %(bytes_free)s AND (body <= %(body_bytes)s OR n = 1)
       AND n <= %(batch_size)s
@@ -606,6 +830,7 @@ WITH moves AS MATERIALIZED (
     RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
               d.earlier_attempts + d.attempts AS attempt_number, d.change_bytes, d.batch_id,
               d.replay, d.id AS delivery_id, d.batch_delivery_id, batch.again AS batch_again,
+              d.position,
               CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
               CASE WHEN NOT d.send_superseded THEN d.superseded_by END AS superseded_unasked,
               o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
@@ -617,7 +842,7 @@ SELECT claimed.*,
        CASE WHEN ready.any AND NOT ready.go THEN greatest(ready.wait_seconds, 0.001) END
            AS wait_seconds
 FROM ready LEFT JOIN claimed ON true
-ORDER BY claimed.outbox_id;
+ORDER BY claimed.position, claimed.outbox_id;
 
 -- name: take_slot
 -- A request slot for a webhook with a rate limit, shared by every relay (relay.webhook_pace,
@@ -1159,7 +1384,18 @@ WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.leased_until 
 WITH chosen AS MATERIALIZED (
     SELECT d.outbox_id, d.row_key, d.old_row_key, d.status::text AS was,
            d.row_key = ANY(%(busy)s::text[])
-               OR coalesce(d.old_row_key = ANY(%(busy)s::text[]), false) AS busy,
+               OR coalesce(d.old_row_key = ANY(%(busy)s::text[]), false)
+               -- Ordered (0026): a batch of its order key waiting to go again whole holds
+               -- changes placed before it and after it; armed, it could go neither before
+               -- that batch nor after it, and the key would wait for ever.
+               OR d.order_key IS NOT NULL AND EXISTS (
+                   SELECT FROM relay.deliveries b
+                   WHERE b.webhook_id = d.webhook_id AND b.order_key = d.order_key
+                     AND b.status = 'pending' AND b.batch_id IS NOT NULL
+                     AND b.position < d.position
+                     AND EXISTS (SELECT FROM relay.deliveries a
+                                 WHERE a.batch_id = b.batch_id AND a.status = 'pending'
+                                   AND a.position > d.position)) AS busy,
            r.id IS NULL AS ruleless
     FROM relay.deliveries d
     JOIN relay.outbox o ON o.id = d.outbox_id

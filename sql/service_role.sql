@@ -20,6 +20,8 @@ GRANT SELECT, UPDATE (status, attempts, last_error, processed_at, fanned_out_at)
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"role";
 -- Number the batches it sends (see 0020_batches.sql).
 GRANT USAGE ON SEQUENCE relay.batch_ids TO :"role";
+-- Place deliveries of ordered webhooks in commit order (see 0026_steering.sql).
+GRANT USAGE ON SEQUENCE relay.delivery_positions TO :"role";
 -- Where fan-out has looked (see 0012_fan_out_window.sql); the id sequence only to notice a
 -- restart.
 GRANT SELECT, UPDATE ON relay.fan_out_position TO :"role";
@@ -49,7 +51,8 @@ GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";
 -- Match changes and claim them in order across key moves (see 0009_key_moves.sql; keys read
 -- from json images: 0011_json_images.sql).
 GRANT EXECUTE ON FUNCTION relay.key_before(json, json), relay.key_before_escaped(json, json),
-    relay.clear_of_key_moves(bigint, bigint, text, text) TO :"role";
+    relay.clear_of_key_moves(bigint, bigint, text, text),
+    relay.placed_first(bigint, bigint, bigint, text, text, boolean) TO :"role";
 -- Show backfills in `relay status` (see 0021_backfill_replay.sql); it cannot start one.
 GRANT SELECT ON relay.backfills TO :"role";
 COMMIT;

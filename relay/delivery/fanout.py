@@ -22,7 +22,7 @@ from relay.reasons import describe
 from relay.rules.ruleset import RuleSet
 from relay.rules.watch import RuleWatcher
 from relay.settings import Settings
-from relay.store import AsyncStore, FanOutRow
+from relay.store import AsyncStore, FanOutBatch, FanOutRow
 
 log = structlog.get_logger("relay.worker")
 
@@ -34,6 +34,28 @@ BACKLOG_GAUGE_SECONDS = 5.0
 """How often the backlog and per-webhook gauges are refreshed (two counts of what is pending),
 when metrics are on: here, on fan-out's connection, rather than per scrape, so that any number
 of scrapers cost the database nothing more."""
+
+
+async def _read_on(store: AsyncStore, found: FanOutBatch, rows: list[FanOutRow]) -> list[FanOutRow]:
+    """What a pass cut by its limit reads on, for webhooks ordered by transaction or key: up to
+    the last change of every transaction it holds, the changes between included (visible in
+    its snapshot), and so on for the transactions those bring. Then each transaction's changes
+    are placed together (plan.commit_order), and no transaction left to a later pass committed
+    before one this pass takes: a transaction left out has every change after the pass's
+    last, so its last id is beyond every last id taken here (0026_steering.sql)."""
+    after = max(row["id"] for row in found.rows)
+    asked = {row["txid"] for row in rows if not row["requeued"]}
+    txids = asked
+    more: list[FanOutRow] = []
+    while txids:
+        read = await store.transaction_rest(sorted(txids), after, found.snapshot)
+        if not read:
+            break
+        more += read
+        after = read[-1]["id"]
+        txids = {row["txid"] for row in read} - asked
+        asked |= txids
+    return more
 
 
 class FanOut:
@@ -140,11 +162,16 @@ class FanOut:
             # Read after the changes: every rule committed before them is in this version.
             await self.rules.catch_up(store.conn, await store.rules_version())
             ruleset = self.rules.ruleset
-            ready, to_read = plan.sort_out(rows, ruleset, settings.max_body_bytes)
+            ranks: dict[int, int] = {}
+            if ruleset.ordered():
+                if found.full:
+                    rows += await _read_on(store, found, rows)
+                ranks = plan.commit_order(rows)
+            ready, to_read = plan.sort_out(rows, ruleset, settings.max_body_bytes, ranks)
             batch = plan.plan(ready, ruleset)
             # A quarter of the room at a time: claims go on meanwhile.
             for group in plan.groups(to_read, self.holding.capacity // 4):
-                await self._match_read(store, group, batch, ruleset)
+                await self._match_read(store, group, batch, ruleset, ranks)
             self._report(batch, len(rows), ruleset)
             await store.write_plan(batch.statements())
         self._count += len(rows)
@@ -164,13 +191,21 @@ class FanOut:
             log.warning("could not refresh statistics", error=describe(exc))
 
     async def _match_read(
-        self, store: AsyncStore, group: list[FanOutRow], batch: plan.Plan, ruleset: RuleSet
+        self,
+        store: AsyncStore,
+        group: list[FanOutRow],
+        batch: plan.Plan,
+        ruleset: RuleSet,
+        ranks: dict[int, int],
     ) -> None:
         """Read the images of a group of changes that conditions look at, once they fit in
         the room the relay has, and match them."""
         async with self.holding.reserve(sum(row["bytes"] for row in group)):
             images = await store.change_images([row["id"] for row in group])
-            arrivals = (plan.arrival(row, ruleset, *images[row["id"]]) for row in group)
+            arrivals = (
+                plan.arrival(row, ruleset, *images[row["id"]], rank=ranks.get(row["id"], 0))
+                for row in group
+            )
             batch.add(arrivals, ruleset)
 
     def _report(self, batch: plan.Plan, changes: int, ruleset: RuleSet) -> None:

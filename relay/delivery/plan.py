@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from relay.delivery.send import over_limit
-from relay.model import Change
+from relay.model import Change, Webhook
 from relay.reasons import describe, reason
+from relay.render.request import Renderer, RenderError, context
+from relay.render.sandbox import budget
 from relay.rules.ruleset import RuleSet
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ class Arrival:
     """The one webhook it is for (a backfill for one webhook), else None: every rule."""
     requeued: bool = False
     """Sent again (``relay retry``, the SQL reset): its later changes may have gone since."""
+    rank: int = 0
+    """Where it comes in commit order (:func:`commit_order`), for webhooks ordered by
+    transaction or key: their deliveries' positions are drawn in this order."""
 
 
 def arrival(
@@ -57,31 +62,42 @@ def arrival(
     new: str | None = None,
     *,
     too_large: str | None = None,
+    rank: int = 0,
 ) -> Arrival:
     """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``),
-    named by the ruleset's models."""
+    named by the ruleset's models; ``rank`` from :func:`commit_order`."""
     model = ruleset.model(row["schema_name"], row["table_name"])
     change = Change.from_row(row, old, new, model)
-    return Arrival(change, row["old_pk"], row["bytes"], too_large, row["target"], row["requeued"])
+    return Arrival(
+        change, row["old_pk"], row["bytes"], too_large, row["target"], row["requeued"], rank
+    )
 
 
 def sort_out(
-    rows: Iterable[FanOutRow], ruleset: RuleSet, max_body_bytes: int
+    rows: Iterable[FanOutRow],
+    ruleset: RuleSet,
+    max_body_bytes: int,
+    ranks: dict[int, int] | None = None,
 ) -> tuple[list[Arrival], list[FanOutRow]]:
     """The changes that can be matched as they are, and the rows whose images must be read
     first: those a rule with conditions looks at (no other rule reads the row), unless they are
-    too large to read at all."""
+    too large to read at all. ``ranks``: :func:`commit_order`'s."""
+    ranks = ranks or {}
     ready: list[Arrival] = []
     to_read: list[FanOutRow] = []
-    conditions = any(rule.conditions for rule in ruleset.rules)  # else no row is looked at
+    # Else no row is looked at; an ordering key is rendered from the row, as a condition reads it.
+    conditions = any(rule.conditions or _keyed(rule.webhook) for rule in ruleset.rules)
     for row in rows:
         size = row["bytes"]
         too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
-        item = arrival(row, ruleset, too_large=too_large)
+        item = arrival(row, ruleset, too_large=too_large, rank=ranks.get(row["id"], 0))
         if (
             conditions
             and not too_large
-            and any(rule.conditions for rule in ruleset.candidates(item.change, item.target))
+            and any(
+                rule.conditions or _keyed(rule.webhook)
+                for rule in ruleset.candidates(item.change, item.target)
+            )
         ):
             to_read.append(row)
         else:
@@ -102,6 +118,56 @@ def groups(rows: Iterable[FanOutRow], limit: int) -> Iterator[list[FanOutRow]]:
         size += row["bytes"]
     if group:
         yield group
+
+
+def _keyed(webhook: Webhook) -> bool:
+    return webhook.ordering == "key"
+
+
+def commit_order(rows: Iterable[FanOutRow]) -> dict[int, int]:
+    """Each change's rank in the order its deliveries to ordered webhooks take their positions
+    (0026_steering.sql): transactions one after another, by the largest id each has among
+    ``rows``, and each transaction's changes in id order.
+
+    Why this is commit order where it matters: capture takes a change's id as the change is
+    made, so a transaction's last id precedes its commit. A transaction that saw another's
+    commit before it wrote (it read its rows, or waited for a row lock it held: every later
+    change of a row) took its own last id after that commit: its largest id is the larger. Two
+    transactions that ran side by side without either seeing the other may go in either order;
+    no receiver can tell. Across passes, a pass sees a prefix of the commits (a snapshot), so
+    what a pass newly sees committed after what earlier passes saw, and the positions drawn
+    later are larger. A pass cut by its limit reads the rest of the transactions it cut
+    (fanout.py), so no transaction's changes are placed around another's.
+
+    Per-row order follows: a later change of a row is in the same transaction after the
+    earlier one, or in a transaction that waited for the earlier one's row lock."""
+    rows = list(rows)
+    last: dict[str, int] = {}
+    for row in rows:
+        last[row["txid"]] = max(last.get(row["txid"], row["id"]), row["id"])
+    ordered = sorted(rows, key=lambda row: (last[row["txid"]], row["id"]))
+    return {row["id"]: rank for rank, row in enumerate(ordered)}
+
+
+_keys = Renderer()
+"""Renders ordering keys (in the sandbox, within a budget, without ``env``)."""
+
+
+def order_key(webhook: Webhook, change: Change, action_data: Any = None) -> str | None:
+    """The order key of a delivery of ``change`` to ``webhook``: None in row scope, '' for the
+    whole webhook in transaction scope, the rendered ``ordering_key`` in key scope (held as its
+    SHA-256 past :data:`ROW_KEY_JSON_BYTES`, as row keys are: it is indexed). Raises
+    RenderError, naming the field, when the template fails."""
+    if webhook.ordering == "transaction":
+        return ""
+    if webhook.ordering != "key":
+        return None
+    with budget():
+        key = _keys.render(webhook.ordering_key or "", context(change, action_data), "ordering_key")
+    data = key.encode()
+    if len(data) > ROW_KEY_JSON_BYTES:
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
+    return key
 
 
 ROW_KEY_JSON_BYTES = 2048
@@ -137,8 +203,22 @@ class Deliveries:
     old_row_keys: list[str | None] = field(default_factory=list)
     change_bytes: list[int] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    order_keys: list[str | None] = field(default_factory=list)
+    """None in row scope (see :func:`order_key`)."""
+    ranks: list[int] = field(default_factory=list)
+    """Where the change comes in commit order (:func:`commit_order`): positions are drawn in
+    this order."""
 
-    def add(self, item: Arrival, webhook_id: int, rule_id: int, error: str = "") -> None:
+    def add(
+        self,
+        item: Arrival,
+        webhook_id: int,
+        rule_id: int,
+        error: str = "",
+        *,
+        order: str | None = None,
+        rank: int = 0,
+    ) -> None:
         """Add a delivery of ``item``'s change to ``webhook_id``; ``error`` is the reason when it
         fails at once. Its row keys come from the pk text as PostgreSQL wrote it (see
         :func:`row_key`)."""
@@ -151,6 +231,8 @@ class Deliveries:
         self.old_row_keys.append(None if old is None else row_key(change, old))
         self.change_bytes.append(item.json_bytes)
         self.errors.append(reason(error) if error else "")
+        self.order_keys.append(order)
+        self.ranks.append(rank)
 
     def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
         """The columns as a named query's parameters; ``with_errors`` adds the ``errors`` column,
@@ -162,6 +244,8 @@ class Deliveries:
             "row_keys": self.row_keys,
             "old_row_keys": self.old_row_keys,
             "change_bytes": self.change_bytes,
+            "order_keys": self.order_keys,
+            "ranks": self.ranks,
         }
         return {**columns, "errors": self.errors} if with_errors else columns
 
@@ -199,8 +283,17 @@ class Plan:
                 continue
             self.fanned_out.append(change.id)
             deliveries = self.to_rearm if item.requeued else self.to_send
+            rank = item.rank
             for webhook_id, rule_id in to_send.items():
-                deliveries.add(item, webhook_id, rule_id)
+                try:
+                    order = _order_key(ruleset, webhook_id, rule_id, change)
+                except RenderError as exc:  # the template's failure is this delivery's alone
+                    self.failed.add(item, webhook_id, rule_id, str(exc))
+                    continue
+                except Exception as exc:  # the context could not be made (a row unreadable)
+                    self.failed.add(item, webhook_id, rule_id, f"ordering_key: {describe(exc)}")
+                    continue
+                deliveries.add(item, webhook_id, rule_id, order=order, rank=rank)
             for webhook_id, (rule_id, error) in failed.items():
                 self.failed.add(item, webhook_id, rule_id, error)
 
@@ -233,6 +326,14 @@ def plan(arrivals: Iterable[Arrival], ruleset: RuleSet) -> Plan:
     result = Plan()
     result.add(arrivals, ruleset)
     return result
+
+
+def _order_key(ruleset: RuleSet, webhook_id: int, rule_id: int, change: Change) -> str | None:
+    webhook = ruleset.webhook(webhook_id)
+    if webhook is None or webhook.ordering == "row":
+        return None
+    rule = ruleset.by_id(rule_id)
+    return order_key(webhook, change, rule.action_data if rule is not None else None)
 
 
 def _deliveries(

@@ -261,8 +261,8 @@ class Worker:
                     for helper in [*helpers, watcher]:
                         if helper.done():
                             helper.result()  # its connection died: raise the error
-                    # Cleared before the round, not after: whatever frees room during it (an
-                    # outcome written) makes the next round come at once.
+                    # Cleared before the round, not when idling: a wake-up that comes while the
+                    # round runs (an outcome written, a receiver that answered) is not lost.
                     self._wake.clear()
                     if not await self._claim_round(store, recorder, sender):
                         await self._idle(stop, helpers)
@@ -461,6 +461,7 @@ class Worker:
             log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
         finally:
             answered.discard(item.outbox_id)
+        self._recorded(item.webhook_id)
 
     async def _process_batch(
         self, items: list[Claimed], recorder: Recorder, sender: Sender
@@ -500,6 +501,16 @@ class Worker:
                 )
             else:
                 self._count(item, result, timed=item is items[0])
+        self._recorded(hook_id)
+
+    def _recorded(self, webhook_id: int) -> None:
+        """An outcome is written. For a webhook ordered by transaction or key (0026) the next
+        change of its key waited for exactly this (it is claimable only once this one is no
+        longer pending): claim now rather than at the poll interval. In row scope the wake when
+        the receiver answered is enough (other rows fill the room meanwhile)."""
+        hook = self.rules.ruleset.webhook(webhook_id)
+        if hook is not None and hook.ordering != "row":
+            self._wake.set()
 
     async def _attempt_batch(
         self, items: list[Claimed], policy: RetryPolicy, sender: Sender

@@ -121,6 +121,11 @@ class RuleSet:
         """A webhook some enabled rule sends to."""
         return self._webhooks.get(webhook_id)
 
+    def ordered(self) -> bool:
+        """Whether a webhook the rules send to orders by transaction or key (0026): fan-out
+        then places changes in commit order."""
+        return any(hook.ordering != "row" for hook in self._webhooks.values())
+
     def model(self, schema_name: str, table_name: str) -> str | None:
         """The model name the table's changes carry, None for the table's own name."""
         return self.models.get((schema_name, table_name))
@@ -256,6 +261,8 @@ def webhook_of(row: WebhookRow) -> Webhook:
         batch_wait_ms=row["batch_wait_ms"],
         concurrency=row["concurrency"],
         rate_limit=row["rate_limit"],
+        ordering=row.get("ordering", "row"),
+        ordering_key=row.get("ordering_key"),
     )
 
 

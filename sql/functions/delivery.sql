@@ -131,6 +131,47 @@ BEGIN
                       FROM unnest(answered_webhooks, answered_outbox) AS a (webhook, outbox))))
         FROM unnest(webhooks) AS u (id);
 END
+-- Per-row order for ordered webhooks (0026_steering.sql): whether no pending delivery to the
+-- webhook placed before this one (a smaller position) is of an earlier change of its row, under
+-- either key of a key move (old keys looked up only while the webhook has a key move pending:
+-- moves). Only deliveries placed before count, so that nothing ever waits for a delivery placed
+-- after it and two order keys can never wait for each other. Inlined as clear_of_key_moves is
+-- (no SET clause, everything named with its schema), and counts rather than EXISTS for the
+-- same reason.
+CREATE OR REPLACE FUNCTION relay.placed_first(webhook bigint, outbox bigint, placed bigint,
+                                              key text, old_key text, moves boolean)
+RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT (SELECT pg_catalog.count(*) FROM relay.deliveries e
+            WHERE e.webhook_id OPERATOR(pg_catalog.=) webhook
+              AND e.row_key OPERATOR(pg_catalog.=) key
+              AND e.outbox_id OPERATOR(pg_catalog.<) outbox
+              AND e.status OPERATOR(pg_catalog.=) 'pending'::relay.delivery_status
+              AND e.position OPERATOR(pg_catalog.<) placed)
+           OPERATOR(pg_catalog.=) 0
+       AND (NOT moves OR (
+            (SELECT pg_catalog.count(*) FROM relay.deliveries e
+             WHERE e.webhook_id OPERATOR(pg_catalog.=) webhook
+               AND e.old_row_key OPERATOR(pg_catalog.=) key
+               AND e.outbox_id OPERATOR(pg_catalog.<) outbox
+               AND e.status OPERATOR(pg_catalog.=) 'pending'::relay.delivery_status
+               AND e.position OPERATOR(pg_catalog.<) placed)
+            OPERATOR(pg_catalog.=) 0
+            AND (old_key IS NULL OR (
+                 (SELECT pg_catalog.count(*) FROM relay.deliveries e
+                  WHERE e.webhook_id OPERATOR(pg_catalog.=) webhook
+                    AND e.old_row_key OPERATOR(pg_catalog.=) old_key
+                    AND e.outbox_id OPERATOR(pg_catalog.<) outbox
+                    AND e.status OPERATOR(pg_catalog.=) 'pending'::relay.delivery_status
+                    AND e.position OPERATOR(pg_catalog.<) placed)
+                 OPERATOR(pg_catalog.=) 0
+                 AND (SELECT pg_catalog.count(*) FROM relay.deliveries e
+                      WHERE e.webhook_id OPERATOR(pg_catalog.=) webhook
+                        AND e.row_key OPERATOR(pg_catalog.=) old_key
+                        AND e.outbox_id OPERATOR(pg_catalog.<) outbox
+                        AND e.status OPERATOR(pg_catalog.=) 'pending'::relay.delivery_status
+                        AND e.position OPERATOR(pg_catalog.<) placed)
+                 OPERATOR(pg_catalog.=) 0))))
 $$;
 
 -- The fence: a session of `relay run` (its connections are named 'relay run <relay id>') may

@@ -71,4 +71,30 @@ CREATE TABLE relay.webhook_pace (
 COMMENT ON COLUMN relay.webhook_pace.next_slot IS
     'When the next request to this webhook may be sent (rate_limit); a time past: now.';
 
+-- Ordering scope (issue 25; docs/reliability.md, "Ordering scope"). A delivery to a webhook
+-- whose ordering is not 'row' gets, at fan-out, an order key (transaction: '' for every change;
+-- key: its ordering_key rendered, held as its SHA-256 past 2,048 bytes as row keys are) and a
+-- position from delivery_positions, in commit order: passes in turn, and within a pass
+-- transactions by their largest outbox id, each transaction's changes together in id order
+-- (relay/delivery/plan.py, commit_order). The claim takes, of each order key, only the pending
+-- delivery with the smallest position. Row-scope deliveries keep both NULL and are claimed as
+-- before. A failed delivery leaves the key (it is not pending); a re-armed one (relay retry,
+-- the SQL reset, relay replay) keeps its position, so it goes back to its place.
+CREATE SEQUENCE relay.delivery_positions;
+ALTER TABLE relay.deliveries
+    ADD COLUMN order_key text,
+    ADD COLUMN position  bigint;
+CREATE INDEX deliveries_key_order ON relay.deliveries (webhook_id, order_key, position)
+    WHERE status = 'pending' AND order_key IS NOT NULL;
+-- A fan-out pass cut by its limit reads on to the end of the transactions it cut
+-- (transaction_rest), so that one transaction is never split around another. No index on
+-- outbox.txid for it: one cost the writers 30% on a 100,000-row INSERT (docs/benchmarks.md),
+-- whether any webhook is ordered or not; the read-on walks outbox_to_fan_out instead, and only
+-- for ordered webhooks.
+
+COMMENT ON COLUMN relay.deliveries.order_key IS
+    'Webhooks with ordering transaction or key: deliveries with the same order_key go one after another, by position. NULL: row scope.';
+COMMENT ON COLUMN relay.deliveries.position IS
+    'Place in commit order among the webhook''s deliveries of the same order_key (relay.delivery_positions).';
+
 INSERT INTO relay.migrations (version, name) VALUES (26, 'steering');

@@ -109,9 +109,11 @@ def _changes(body: Any) -> list[tuple[int, int, int | None]]:
     return found
 
 
-async def interleave(dsn: str, seed: int, steps: int = 25) -> Run:
+async def interleave(
+    dsn: str, seed: int, steps: int = 25, ordering: str = "row", ordering_key: str | None = None
+) -> Run:
     """Run one seed against the relay schema at ``dsn`` (an empty database with relay
-    installed) and say what happened."""
+    installed) and say what happened; both webhooks ordered by ``ordering`` (0026)."""
     draw = random.Random(seed)
     answers = random.Random(seed + 1)
     run = Run(seed)
@@ -142,6 +144,10 @@ async def interleave(dsn: str, seed: int, steps: int = 25) -> Run:
         base = r.url.rsplit("/", 1)[0]
         with psycopg.connect(dsn, autocommit=True) as conn:
             _setup(conn, base, draw)
+            conn.execute(
+                "UPDATE relay.webhooks SET ordering = %s, ordering_key = %s",
+                (ordering, ordering_key),
+            )
             with capture_logs() as logs:
                 async with _relay(dsn, settings) as relays:
                     present: set[int] = set()
