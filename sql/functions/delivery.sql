@@ -131,6 +131,8 @@ BEGIN
                       FROM unnest(answered_webhooks, answered_outbox) AS a (webhook, outbox))))
         FROM unnest(webhooks) AS u (id);
 END
+$$;
+
 -- Per-row order for ordered webhooks (0026_steering.sql): whether no pending delivery to the
 -- webhook placed before this one (a smaller position) is of an earlier change of its row, under
 -- either key of a key move (old keys looked up only while the webhook has a key move pending:
