@@ -176,6 +176,9 @@ class Webhook:
     them, in commit order) or ``key`` (those whose ``ordering_key`` renders the same)."""
     ordering_key: str | None = None
     """With ``ordering = 'key'``: a template, rendered with the body's context."""
+    paused: bool = False
+    """Paused (paused_at set, by an operator or as dead): what a relay claimed before it heard
+    of the pause goes back unsent rather than out."""
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class WebhookRow(TypedDict):
     ca_file_path: str | None
     timeout_seconds: Decimal
     webhook_enabled: bool
+    webhook_paused: bool
     max_attempts: int | None
     retry_base_seconds: Decimal | None
     retry_max_seconds: Decimal | None

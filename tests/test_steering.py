@@ -108,6 +108,49 @@ def test_a_paused_webhook_gets_nothing_and_on_resume_everything_once_in_order(
     asyncio.run(scenario())
 
 
+def test_what_a_relay_claimed_before_a_pause_goes_back_unsent(rconn: Conn, relay_dsn: str) -> None:
+    """A relay holds the next deliveries of a webhook before their turn comes (two per request
+    slot). Paused while one request is in flight, the webhook gets that one answered and no
+    other: the ones already claimed go back unsent, their attempt uncounted, and go out on
+    resume."""
+    answer = asyncio.Event()
+
+    async def held(request: web.Request) -> web.Response:
+        await answer.wait()
+        return web.Response()
+
+    async def scenario() -> None:
+        async with receiver(held) as r:
+            setup(rconn, r.url)
+            settings = FAST.model_copy(update={"webhook_concurrency": 1})
+            async with running(relay_dsn, settings):
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 4) g")
+                await until(lambda: len(r.requests) == 1)
+                claimed = rconn.execute(
+                    "SELECT count(*) FROM relay.deliveries WHERE leased_until > now()"
+                ).fetchone()
+                assert claimed is not None and claimed[0] == 2  # one in flight, one waiting
+                rconn.execute(
+                    "UPDATE relay.webhooks SET paused_at = now(), paused_reason = 'operator'"
+                )
+                await asyncio.sleep(1)  # the relay hears of it (relay_rules)
+                answer.set()
+                await asyncio.sleep(2)
+                assert len(r.requests) == 1
+                assert _pending(rconn) == 3
+                attempts = rconn.execute(
+                    "SELECT count(*) FROM relay.attempts WHERE status_code IS NOT NULL"
+                ).fetchone()
+                assert attempts is not None and attempts[0] == 1
+                resumed = await asyncio.to_thread(relay, "webhook", "resume", "hook", dsn=relay_dsn)
+                assert resumed.returncode == 0, resumed.stderr
+                await until(lambda: _pending(rconn) == 0)
+            bodies = [json.loads(request.body) for request in r.requests]
+            assert sorted(b["snapshots"]["postchange"]["id"] for b in bodies) == [1, 2, 3, 4]
+
+    asyncio.run(scenario())
+
+
 def test_the_sql_user_pauses_with_an_update_and_a_batched_webhook_waits_too(
     rconn: Conn, relay_dsn: str
 ) -> None:

@@ -67,6 +67,10 @@ JIT compilation, which the planner's cost estimate for the claim query can trigg
 of a 256 ms claim. relay.schema_version: what it was built for (relay.refuse_other_releases,
 0023, refuses deliveries to a session built for another schema version, so that a relay left
 running across an upgrade stops rather than send under ids of its own making)."""
+PAUSED_RECHECK_SECONDS = 1.0
+"""When a delivery put back because its webhook is paused is due again: the claims leave a
+paused webhook alone, so it waits for the resume whatever this says; 1 s lets it go at once
+after a resume, which clears the pause."""
 SESSION_SETTLED_SECONDS = 60.0
 """A session that ran this long after connecting was healthy: its failure starts a new outage
 (logged, and the next session after 0.5 s). One that fails sooner is the same outage as the
@@ -433,9 +437,9 @@ class Worker:
                 async with self._slot(item.webhook_id):
                     if self._stopping:
                         return  # not sent: release_leases gives it back
-                    paused = self.breaker.paused_for(item.webhook_id)
+                    paused, why = self._held_back(item.webhook_id)
                     if paused > 0:
-                        result = self._put_back(item, paused)
+                        result = self._put_back(item, paused, why)
                     else:
                         try:
                             outcome = await self._attempt(item, sender)
@@ -475,9 +479,9 @@ class Worker:
             async with self._slot(hook_id):
                 if self._stopping:
                     return  # not sent: release_leases gives it back
-                paused = self.breaker.paused_for(hook_id)
+                paused, why = self._held_back(hook_id)
                 if paused > 0:
-                    results = [self._put_back(item, paused) for item in items]
+                    results = [self._put_back(item, paused, why) for item in items]
                 else:
                     try:
                         results = await self._attempt_batch(items, policy, sender)
@@ -833,6 +837,16 @@ class Worker:
         )
         outcome = Outcome.not_sent(why, permanent=True)
         return Result.of(item, "failed", 0.0, outcome, counted=False)
+
+    def _held_back(self, webhook_id: int) -> tuple[float, str]:
+        """For how long, and why, a claimed delivery of this webhook must not be sent now: the
+        breaker's pause, or the webhook's own (an operator's or a dead endpoint's), which the
+        relay learns of with the rules (announced when relay.webhooks changes) and which lasts
+        until a resume, when the claims take its deliveries again."""
+        hook = self.rules.ruleset.webhook(webhook_id)
+        if hook is not None and hook.paused:
+            return PAUSED_RECHECK_SECONDS, f"webhook {hook.name} paused"
+        return self.breaker.paused_for(webhook_id), "webhook paused by the circuit breaker"
 
     @staticmethod
     def _put_back(

@@ -261,8 +261,9 @@ def webhook_of(row: WebhookRow) -> Webhook:
         batch_wait_ms=row["batch_wait_ms"],
         concurrency=row["concurrency"],
         rate_limit=row["rate_limit"],
-        ordering=row.get("ordering", "row"),
-        ordering_key=row.get("ordering_key"),
+        ordering=row["ordering"],
+        ordering_key=row["ordering_key"],
+        paused=row["webhook_paused"],
     )
 
 
