@@ -676,8 +676,8 @@ def webhook_disable(
 def webhook_pause(name: str, dsn: Dsn) -> None:
     """Stop sending to a webhook without losing anything: changes still match it, and its
     deliveries wait (no attempt is made or counted) until `relay webhook resume`, then go out
-    in order. What a relay had claimed already still goes (at most twice the webhook's
-    concurrency per relay). The same as, in SQL: UPDATE relay.webhooks SET
+    in order. Requests in flight finish; what a relay had claimed and not sent goes back
+    unsent. The same as, in SQL: UPDATE relay.webhooks SET
     paused_at = now(), paused_reason = 'operator' WHERE name = '...'."""
     with database(dsn) as conn:
         store = Store(conn)
