@@ -52,11 +52,20 @@ def as_written(text: str | bytes, indent: int | None = None) -> str:
     sent, not what a float or a Decimal makes of them (``10.0``, ``1E+5``). ValueError when
     ``text`` is not JSON (:class:`UnreadableJSON` when nested too deeply to read)."""
     try:
-        value = simplejson.loads(text, parse_float=simplejson.RawJSON, parse_int=simplejson.RawJSON)
-        shown: str = simplejson.dumps(value, indent=indent, ensure_ascii=False)
+        shown: str = simplejson.dumps(loads_as_written(text), indent=indent, ensure_ascii=False)
+    except RecursionError:
+        raise UnreadableJSON("JSON nested too deeply to write") from None
+    return shown
+
+
+def loads_as_written(text: str | bytes) -> Any:
+    """JSON whose numbers stay the text that wrote them (``simplejson.RawJSON``), which
+    :func:`dumps` writes back unchanged: for showing a value, never for computing with it.
+    ValueError when ``text`` is not JSON (:class:`UnreadableJSON` when nested too deeply)."""
+    try:
+        return simplejson.loads(text, parse_float=simplejson.RawJSON, parse_int=simplejson.RawJSON)
     except RecursionError:
         raise UnreadableJSON("JSON nested too deeply to read") from None
-    return shown
 
 
 def dumps(value: Any) -> str:

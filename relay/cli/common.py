@@ -29,8 +29,6 @@ _STDOUT: dict[str, Any] = {
 }
 # Names, URLs and templates hold brackets: styles are asked for by markup=True.
 out = Console(**_STDOUT, markup=False)
-styled = Console(**_STDOUT)
-"""Standard output with markup, for the demo: its text is relay's own."""
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
