@@ -626,10 +626,13 @@ def preview(
     ] = None,
 ) -> None:
     """Show the request a rule would send for a change, without sending it (with the settings
-    `relay run` would have: the environment, then --env-file)."""
+    `relay run` would have: the environment, then --env-file). When the rule would send nothing
+    (the rule or its webhook disabled, the change's table or event not the rule's, the
+    conditions not matched), one line says why and the exit status is 1."""
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
+        enabled_rules = {r.id for r in ruleset.load(conn).rules}
         changes: list[Change] = []
         for one in sorted(set(outbox_id or [])):
             found = Store(conn).change(one, loaded.models)
@@ -659,7 +662,37 @@ def preview(
             f"(batch_size): give at most {batch_size} --outbox-id",
             2,
         )
-    _print_preview(chosen, changes, made, settings)
+    sent, unsent = _would_send(chosen, changes, chosen.id in enabled_rules)
+    if not sent:
+        out.print(f"nothing would be sent: {'; '.join(unsent)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    _print_preview(chosen, sent, made, settings, unsent)
+
+
+def _would_send(
+    rule: ruleset.Rule, changes: list[Change], rule_enabled: bool
+) -> tuple[list[Change], list[str]]:
+    """The changes ``rule`` would send (none when it or its webhook is disabled), and why each of
+    the others would not be: a preview of a request relay would never make would mislead."""
+    if not rule_enabled:
+        return [], [f"rule {rule.name!r} is disabled (relay rule enable {rule.name} sends again)"]
+    if not rule.webhook.enabled:
+        hook = rule.webhook.name
+        return [], [f"webhook {hook!r} is disabled (relay webhook enable {hook} sends again)"]
+    sent, unsent = [], []
+    for change in changes:
+        prefix = f"change {change.id}: " if len(changes) > 1 else ""
+        tables = ", ".join(rule.tables)
+        if change.table_key not in {ruleset.table_key(table) for table in rule.tables}:
+            unsent.append(f"{prefix}rule {rule.name!r} is for {tables}, not {change.object_type}")
+        elif change.op not in rule.events:
+            events = ", ".join(rule.events)
+            unsent.append(f"{prefix}rule {rule.name!r} takes {events}, not {change.op}")
+        elif not (verdict := ruleset.judge(rule, change).verdict).matched:
+            unsent.append(f"{prefix}conditions not matched ({verdict.reason})")
+        else:
+            sent.append(change)
+    return sent, unsent
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
@@ -696,9 +729,15 @@ change is matched (a batch's, when the batch is numbered), and signs with it."""
 
 
 def _print_preview(
-    rule: ruleset.Rule, changes: list[Change], delivery_id: str | None, settings: Settings
+    rule: ruleset.Rule,
+    changes: list[Change],
+    delivery_id: str | None,
+    settings: Settings,
+    unsent: list[str],
 ) -> None:
-    """``delivery_id``: the id the change's delivery has, or None when it has none yet."""
+    """The request for ``changes``, each of which the rule would send; ``unsent`` says why the
+    others asked for would not be in it. ``delivery_id``: the id the change's delivery has, or
+    None when it has none yet."""
     hook = rule.webhook
     out.print(
         f"[bold]rule[/] {escape(rule.name)} → [bold]webhook[/] {escape(hook.name)}",
@@ -712,28 +751,13 @@ def _print_preview(
             highlight=False,
             markup=True,
         )
-    notes = []
-    if not hook.enabled:
-        notes.append("the webhook is disabled")
-    for change in changes:
-        prefix = f"change {change.id}: " if len(changes) > 1 else ""
-        if not rule.covers(change):
-            notes.append(f"{prefix}the rule does not cover {change.op} on {change.object_type}")
-        verdict = ruleset.judge(rule, change).verdict
-        status = (
-            "matched"
-            if verdict.matched
-            else f"not matched ({verdict.reason}): nothing would be sent"
-        )
+    out.print("[bold]conditions[/] matched", highlight=False, markup=True)
+    for note in unsent:
         out.print(
-            f"[bold]conditions[/] {escape(prefix + status)}",
+            f"[yellow]note:[/] {escape(note)}: not in the request",
             highlight=False,
             soft_wrap=True,
             markup=True,
-        )
-    for note in notes:
-        out.print(
-            f"[yellow]note:[/] {escape(note)}; nothing would be sent", highlight=False, markup=True
         )
     subject: Change | Batch = changes[0]
     if hook.batch_size > 1:
