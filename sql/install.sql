@@ -24,8 +24,8 @@ SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 -- An older release's definitions must never replace a newer schema's (they would undo it).
 DO $$
 BEGIN
-    IF (SELECT max(version) FROM relay.migrations) > 26 THEN
-        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (26): run the install.sql of the release that installed it',
+    IF (SELECT max(version) FROM relay.migrations) > 27 THEN
+        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (27): run the install.sql of the release that installed it',
             (SELECT max(version) FROM relay.migrations);
     END IF;
 END
@@ -159,6 +159,11 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 25) AS relay_app
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 26) AS relay_apply \gset
 \if :relay_apply
 \ir migrations/0026_steering.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 27) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0027_purged.sql
 \endif
 
 -- Definitions newer than these are left as they are: this install.sql is an older release's.

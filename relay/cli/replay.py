@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 from typing import Annotated, Any
 
 import psycopg
@@ -13,7 +14,7 @@ from relay.cli.common import database as _database
 from relay.delivery import plan
 from relay.delivery.replay import ReplayPlan
 from relay.rules import ruleset
-from relay.store import Added, Rearmed, Store
+from relay.store import Added, Purged, Rearmed, Store
 
 CHUNK = 1000
 """Changes matched at a time, their images read only for rules with conditions."""
@@ -84,18 +85,6 @@ def replay(
         if not enabled:
             fail(f"webhook {webhook!r} is disabled: enable it first (relay webhook edit)", 2)
         rules = ruleset.load(conn)
-        oldest = store.oldest_change()
-        if oldest is None or oldest > start:
-            kept = (
-                "no change"
-                if oldest is None
-                else f"no change made before {oldest:%Y-%m-%d %H:%M:%S}"
-            )
-            err.print(
-                f"warning: the outbox holds {kept} (RELAY_RETENTION_DAYS purges finished "
-                "changes): what is older cannot be replayed",
-                highlight=False,
-            )
         window: dict[str, Any] = {
             "webhook_id": webhook_id,
             "since": start,
@@ -103,6 +92,7 @@ def replay(
             "schema_name": key[0] if key else None,
             "table_name": key[1] if key else None,
         }
+        _warn_of_purged(store.purged_in_window(window), start, end)
         statuses = ["delivered", "failed"] if status is Status.all else [status.value]
         with conn.transaction() as tx:
             busy = store.replay_hold(webhook_id)
@@ -118,6 +108,22 @@ def replay(
             if dry_run:
                 raise psycopg.Rollback(tx)
     _report(webhook, armed, new, added, dry_run=dry_run, superseded=superseded)
+
+
+def _warn_of_purged(purged: Purged, start: datetime, end: datetime | None) -> None:
+    """A warning line when retention purged changes made in the window, and only then (not
+    because the outbox holds nothing older: it may never have held anything older). Counted
+    by the hour, so "up to"."""
+    if not purged.changes or purged.first_made is None or purged.last_made is None:
+        return
+    first = max(purged.first_made, start)
+    last = purged.last_made if end is None else min(purged.last_made, end)
+    err.print(
+        f"warning: up to {purged.changes} change(s) made from {first:%Y-%m-%d %H:%M:%S%z} to "
+        f"{last:%Y-%m-%d %H:%M:%S%z} were purged (RELAY_RETENTION_DAYS, relay purge): they "
+        "cannot be replayed",
+        highlight=False,
+    )
 
 
 def _report(
