@@ -216,7 +216,9 @@ def purge(
             # runs on this event loop.
             return store.purge_changes(seconds, limit)
 
-        with Progress(console=out, transient=True) as progress:
+        # A bar only on a terminal: elsewhere (a pipe, a log) rich's live display leaves an
+        # empty line before the result, and a bar nobody watches.
+        with Progress(console=out, transient=True, disable=not out.is_terminal) as progress:
             task = progress.add_task("deleting", total=total)
             deleted, _ = asyncio.run(
                 maintenance.purge(delete, batch, progress=lambda n: progress.advance(task, n))
