@@ -159,7 +159,8 @@ class Job:
         # Ctrl-C during a chunk cancels it, and psycopg says so on stderr: the one line below
         # says all there is to say.
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-        with Progress(*columns, console=out, transient=True) as bar:
+        # A bar on a terminal only: elsewhere rich leaves an empty line, and no one watches it.
+        with Progress(*columns, console=out, transient=True, disable=not out.is_terminal) as bar:
             task = bar.add_task(f"backfill {self.table}", total=None)
             try:
                 while passed := self.chunk(rows, again=again and passed_all == 0):
