@@ -9,7 +9,6 @@ from typing import Annotated
 
 import psycopg
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from relay.cli.common import Dsn, explain, fail, out, table_named
 from relay.cli.common import database as _database
@@ -147,6 +146,14 @@ class Job:
     def run(self, rows: int, rate: int | None, *, again: bool) -> BackfillProgress:
         """Chunks until the backfill is complete, at most ``rate`` rows a second, with a
         progress bar; Ctrl-C stops it (the same command goes on)."""
+        from rich.progress import (  # here: other commands start without it
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),

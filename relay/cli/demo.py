@@ -26,7 +26,6 @@ from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
 from relay.db import Conn, connect
 from relay.model import dumps, loads_as_written
 from relay.render.sign import verify
-from relay.service import logs
 from relay.settings import Settings
 from relay.store import Store
 
@@ -103,6 +102,8 @@ def _steps(receiver: str = "127.0.0.1:9000") -> list[_Step]:
 
 
 def _show(console: Console, dsn: str | None) -> None:
+    from relay.service import logs  # here: other commands start without structlog
+
     logs.configure(logging.WARNING)  # the demo shows deliveries itself; problems still show
     with postgres_server(dsn) as server, scratch_database(server, "relay_demo") as db:
         console.rule("[bold]relay demo")

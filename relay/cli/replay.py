@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
 
 from relay.cli.common import Dsn, err, fail, load_settings, out
 from relay.cli.common import database as _database
-from relay.delivery import plan
-from relay.delivery.replay import ReplayPlan
 from relay.rules import ruleset
 from relay.store import Added, Purged, Rearmed, Store
+
+if TYPE_CHECKING:
+    from relay.delivery.replay import ReplayPlan
 
 CHUNK = 1000
 """Changes matched at a time, their images read only for rules with conditions."""
@@ -62,6 +63,7 @@ def replay(
     delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay). A change that a
     later change of its row supersedes is left out unless --superseded."""
     from relay.cli.ages import parse_since
+    from relay.delivery.replay import ReplayPlan  # here: other commands start without aiohttp
 
     limit = load_settings(None).max_body_bytes  # RELAY_MAX_BODY_BYTES, as relay run reads it
     try:
@@ -175,6 +177,8 @@ def _match(
 ) -> None:
     """Match, a chunk at a time, the changes in the window the webhook never had (a change
     larger than ``limit`` bytes fails for it, as in relay run)."""
+    from relay.delivery import plan
+
     after = 0
     while rows := store.replay_candidates(window, after, CHUNK):
         after = rows[-1]["id"]
