@@ -416,7 +416,7 @@ def test_preview_of_a_rule_that_would_send_nothing_says_why_in_one_line(
         tables=["public.orders"],
         conditions={"attr": "data.status", "value": "paid"},
     )
-    add_rule(rconn, hook, name="resting", enabled=False)
+    add_rule(rconn, hook, name="at rest", enabled=False)
     add_rule(rconn, off, name="to-off")
     add_rule(rconn, hook, name="customers", tables=["public.customers"])
     rconn.execute("INSERT INTO orders VALUES (1, 'new')")
@@ -444,12 +444,13 @@ def test_preview_of_a_rule_that_would_send_nothing_says_why_in_one_line(
     )
     assert preview("to-off", paid) == (
         1,
-        "nothing would be sent: webhook 'off' is disabled (relay webhook enable off sends again)\n",
-    )
-    assert preview("resting", paid) == (
-        1,
-        "nothing would be sent: rule 'resting' is disabled (relay rule enable resting sends "
+        "nothing would be sent: webhook 'off' is disabled (relay webhook enable off sends to it "
         "again)\n",
+    )
+    assert preview("at rest", paid) == (
+        1,
+        "nothing would be sent: rule 'at rest' is disabled (relay rule enable 'at rest' sends "
+        "with it again)\n",
     )
     code, sent = preview("paid", paid)
     assert code == 0 and "conditions matched" in sent and "POST " in sent

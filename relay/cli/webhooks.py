@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +37,7 @@ from relay.cli.common import (
     print_fields,
     print_table,
     require_schema,
+    visible,
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import tls
@@ -664,7 +666,8 @@ def preview(
         )
     sent, unsent = _would_send(chosen, changes, chosen.id in enabled_rules)
     if not sent:
-        out.print(f"nothing would be sent: {'; '.join(unsent)}", highlight=False, soft_wrap=True)
+        said = visible(f"nothing would be sent: {'; '.join(unsent)}")
+        out.print(said, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     _print_preview(chosen, sent, made, settings, unsent)
 
@@ -675,10 +678,12 @@ def _would_send(
     """The changes ``rule`` would send (none when it or its webhook is disabled), and why each of
     the others would not be: a preview of a request relay would never make would mislead."""
     if not rule_enabled:
-        return [], [f"rule {rule.name!r} is disabled (relay rule enable {rule.name} sends again)"]
+        again = f"relay rule enable {shlex.quote(rule.name)}"
+        return [], [f"rule {rule.name!r} is disabled ({again} sends with it again)"]
     if not rule.webhook.enabled:
         hook = rule.webhook.name
-        return [], [f"webhook {hook!r} is disabled (relay webhook enable {hook} sends again)"]
+        again = f"relay webhook enable {shlex.quote(hook)}"
+        return [], [f"webhook {hook!r} is disabled ({again} sends to it again)"]
     sent, unsent = [], []
     for change in changes:
         prefix = f"change {change.id}: " if len(changes) > 1 else ""
@@ -688,8 +693,10 @@ def _would_send(
         elif change.op not in rule.events:
             events = ", ".join(rule.events)
             unsent.append(f"{prefix}rule {rule.name!r} takes {events}, not {change.op}")
-        elif not (verdict := ruleset.judge(rule, change).verdict).matched:
-            unsent.append(f"{prefix}conditions not matched ({verdict.reason})")
+        elif (judged := ruleset.judge(rule, change)).error is not None:
+            unsent.append(f"{prefix}its delivery would fail: {judged.error}")
+        elif not judged.verdict.matched:
+            unsent.append(f"{prefix}conditions not matched ({judged.verdict.reason})")
         else:
             sent.append(change)
     return sent, unsent
