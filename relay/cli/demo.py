@@ -26,11 +26,12 @@ from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
 from relay.db import Conn, connect
 from relay.model import dumps, loads_as_written
 from relay.render.sign import verify
-from relay.settings import Settings
 from relay.store import Store
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from relay.settings import Settings
 
 _STEP = re.compile(r"^-- step: (.+)$", re.MULTILINE)
 SECRETS = {"/payments": "whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz"}
@@ -52,6 +53,8 @@ def _console() -> Console:
 def _settings() -> Settings:
     """Quick retries, so that the demo's failing receiver is seen retried; built when the demo
     runs (the environment's RELAY_* must not stop other commands from loading)."""
+    from relay.settings import Settings
+
     return Settings(poll_interval=0.5, retry_base_seconds=0.5, retry_max_seconds=2)
 
 

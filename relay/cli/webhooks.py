@@ -12,19 +12,18 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import psycopg
-import sqlalchemy.exc
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from relay.cli.common import (
     BIGINT_MAX,
     Dsn,
     EnvFile,
+    LazyModule,
     OptionalDsn,
     add_row,
     database,
@@ -45,9 +44,16 @@ from relay.model import Batch, Change, Webhook, loads
 from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, env_values, secrets_of
-from relay.rules import admin, ruleset
-from relay.settings import Settings, comma_list
+from relay.rules import ruleset
 from relay.store import Store
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from relay.rules import admin
+    from relay.settings import Settings
+else:  # SQLAlchemy, when a command reads or writes webhooks and rules, not at every start
+    admin = LazyModule("relay.rules.admin")
 
 Row = TypeVar("Row")
 """A webhook's or a rule's mapped row (relay/rules/admin.py)."""
@@ -107,6 +113,8 @@ BatchWait = Annotated[
 def _session(dsn: str) -> Iterator[Session]:
     """A session whose database errors end the command with the database's own words, on a
     database whose relay schema this relay knows."""
+    import sqlalchemy.exc
+
     try:
         with admin.session(dsn) as db:
             raw = db.connection().connection.driver_connection
@@ -144,6 +152,8 @@ def _row_option(value: str | None, what: str) -> dict[str, Any] | None:
 
 
 def _split_all(values: list[str] | None) -> list[str] | None:
+    from relay.settings import comma_list  # here: other commands start without pydantic
+
     return comma_list(*values) if values else None
 
 
