@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     breaker_cooldown_seconds: float = Field(default=30.0, ge=0.001, le=DAY, allow_inf_nan=False)
     """How long a paused webhook gets no requests; then one failure pauses it again, one
     success resumes it."""
+    dead_after_seconds: float = Field(default=432_000.0, ge=1, le=31_536_000, allow_inf_nan=False)
+    """How long an endpoint may fail without one success before relay pauses its webhook as
+    dead (5 days, as Svix disables an endpoint; a webhook's own dead_after_seconds, from 60 s
+    to a year, wins). Its pending deliveries wait for ``relay webhook resume``. Values under a
+    minute are for tests: the webhook column allows no less than 60."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=3600, allow_inf_nan=False)
     """On SIGTERM, how long in-flight requests may take to finish."""
     retention_days: float = Field(default=7.0, ge=0, le=36_500, allow_inf_nan=False)

@@ -200,6 +200,41 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Steering:
+    """A webhook as ``relay webhook pause``, ``resume`` and ``disable`` see it."""
+
+    id: int
+    enabled: bool
+    paused_at: datetime | None
+    paused_reason: str | None
+    """'operator' or 'dead' (0026_steering.sql); None when not paused."""
+    pending: int
+    """Its deliveries still to make."""
+
+
+@dataclass(frozen=True)
+class DeadPause:
+    """A webhook the relay has just paused as dead (``pause_dead``)."""
+
+    name: str
+    failing_since: datetime
+    last_error: str | None
+    dead_after_seconds: float
+
+
+@dataclass(frozen=True)
+class WebhookGauge:
+    """One webhook's gauges for /metrics (``webhook_gauges``)."""
+
+    name: str
+    state: str
+    """active, failing, paused (by the operator), dead (paused by relay) or disabled."""
+    pending: int
+    in_flight: int
+    oldest_pending_seconds: float
+
+
+@dataclass(frozen=True)
 class Rearmed:
     """What ``replay_rearm`` made pending again, by earlier outcome, and what it left out."""
 
@@ -506,6 +541,21 @@ class Store:
             backfills = cur.execute(query("status_backfills")).fetchall()
         return Status(dict(backlog), webhooks, last_errors, relays, backfills)
 
+    def webhook_steering(self, name: str) -> Steering | None:
+        """The webhook's pause and pending deliveries, or None when there is no such webhook."""
+        with self.conn.cursor(row_factory=class_row(Steering)) as cur:
+            return cur.execute(query("webhook_steering"), {"name": name}).fetchone()
+
+    def pause_webhook(self, name: str) -> datetime | None:
+        """Pause the webhook for the operator; when, or None when it was paused already."""
+        found: datetime | None = self._value("pause_webhook", {"name": name})
+        return found
+
+    def resume_webhook(self, name: str) -> bool:
+        """Resume the webhook (and forget when its endpoint began failing); False when it was
+        not paused."""
+        return bool(self._value("resume_webhook", {"name": name}))
+
     def table_name(self, table: str) -> TableName | None:
         """The table ``table`` names, or None: a qualified name as written, an unqualified one
         in the role's own schema, then public (see the query names_as_written). Raises
@@ -771,10 +821,26 @@ class AsyncStore:
         claimed = [_claimed(r, models) for r in rows if r["outbox_id"] is not None]
         return claimed, rows[0]["wait_seconds"] if rows and not claimed else None
 
-    async def record_outcomes(self, parameters: Mapping[str, Any]) -> None:
-        """Write a batch of attempts and their deliveries' new states (parameters from
-        relay/delivery/record.py)."""
-        await self._run("record_outcomes", parameters)
+    async def record_outcomes(self, parameters: Mapping[str, Any]) -> list[int]:
+        """Write a batch of attempts, their deliveries' new states and their endpoints' health
+        (parameters from relay/delivery/record.py); the webhooks now due to be paused as dead
+        (see :meth:`pause_dead`)."""
+        cur = await self.conn.execute(query("record_outcomes"), parameters)
+        row = await cur.fetchone()
+        return list(row[1]) if row and row[1] else []
+
+    async def pause_dead(self, ids: Sequence[int], dead_after: float) -> list[DeadPause]:
+        """Pause as dead those of the webhooks ``ids`` whose endpoint still fails for longer
+        than their dead_after (``dead_after``: RELAY_DEAD_AFTER_SECONDS); those it paused."""
+        async with self.conn.cursor(row_factory=class_row(DeadPause)) as cur:
+            await cur.execute(query("pause_dead"), {"ids": list(ids), "dead_after": dead_after})
+            return await cur.fetchall()
+
+    async def webhook_gauges(self) -> list[WebhookGauge]:
+        """Each webhook's state, pending and leased deliveries and oldest pending age."""
+        async with self.conn.cursor(row_factory=class_row(WebhookGauge)) as cur:
+            await cur.execute(query("webhook_gauges"))
+            return await cur.fetchall()
 
     async def backlog(self) -> tuple[int, float]:
         """Pending changes, and the age in seconds of the oldest."""

@@ -308,7 +308,8 @@ UPDATE relay.outbox SET fanned_out_at = now() WHERE id = ANY(%(ids)s::bigint[]);
 -- are int, so that the running sums add bigints, not numerics (max_body_bytes is at most 1 GiB).
 -- With the key-move check, this costs 0.5 ms more per claim than counts alone (3.9 ms rather
 -- than 3.4 for 128 of 20,000 pending, bench/claims.py). Webhooks the relay sends batches to
--- (batched_ids) are claimed by claim_batch instead.
+-- (batched_ids) are claimed by claim_batch instead, and a paused webhook's (paused_at set: by
+-- the operator, or by relay for a dead endpoint) by nobody until it is resumed.
 WITH room AS (
     SELECT w.id AS webhook_id, %(per_webhook)s - coalesce(busy.n, 0) AS free,
            %(bytes_per_webhook)s - coalesce(busy.bytes, 0) AS bytes_free,
@@ -319,6 +320,8 @@ WITH room AS (
     LEFT JOIN unnest(%(busy_ids)s::bigint[], %(busy_counts)s::int[], %(busy_bytes)s::bigint[])
         AS busy (id, n, bytes) ON busy.id = w.id
     WHERE w.id <> ALL(%(batched_ids)s::bigint[])
+      -- A paused webhook (0026_steering.sql) gets none: its deliveries wait, in order.
+      AND w.paused_at IS NULL
 ), due AS (
     SELECT c.ctid, c.next_attempt_at, c.outbox_id, c.bytes, room.webhook_id, room.bytes_free
     FROM room
@@ -418,7 +421,10 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
 WITH moves AS MATERIALIZED (
     SELECT EXISTS (SELECT FROM relay.deliveries m
                    WHERE m.webhook_id = %(webhook_id)s AND m.old_row_key IS NOT NULL
-                     AND m.status = 'pending') AS pending
+                     AND m.status = 'pending') AS pending,
+           -- A paused webhook (0026_steering.sql) gets no batch, new or again.
+           EXISTS (SELECT FROM relay.webhooks w
+                   WHERE w.id = %(webhook_id)s AND w.paused_at IS NOT NULL) AS paused
 ), again AS MATERIALIZED (
     -- Claimed batches are due only when their lease ends (next_attempt_at, set below), so the
     -- batches in flight are not even read (deliveries_batch_due).
@@ -426,6 +432,7 @@ WITH moves AS MATERIALIZED (
     FROM relay.deliveries d, moves
     WHERE d.webhook_id = %(webhook_id)s AND d.status = 'pending' AND d.batch_id IS NOT NULL
       AND d.next_attempt_at <= now() AND (d.leased_until IS NULL OR d.leased_until < now())
+      AND NOT moves.paused
     GROUP BY d.batch_id, moves.pending
     HAVING NOT EXISTS (SELECT FROM relay.deliveries m
                        WHERE m.batch_id = d.batch_id AND m.status = 'pending'
@@ -460,6 +467,7 @@ WITH moves AS MATERIALIZED (
                 ELSE d.change_bytes::int END AS bytes
     FROM relay.deliveries d, moves
     WHERE NOT EXISTS (SELECT FROM again)
+      AND NOT moves.paused
       AND d.webhook_id = %(webhook_id)s
       AND d.status = 'pending'
       AND d.batch_id IS NULL
@@ -576,18 +584,54 @@ ORDER BY claimed.outbox_id;
 -- that fails in this very statement is marked by the changes delivered in it (a batch may
 -- carry a later change of the row of one that ran out of attempts). send_superseded, the
 -- operator's leave to send a superseded delivery, is spent once it ends.
+--
+-- Each endpoint's health (relay.webhook_health, 0026_steering.sql): one upsert per webhook per
+-- statement, not per delivery, from the attempts that reached for the endpoint (endpoint 'ok'
+-- or 'failed'; NULL for what never left: a template of ours says nothing of the receiver).
+-- failing_since is set by the first failure after a success and kept; a success in the
+-- statement clears it. The rows are written in webhook order, so that two relays' statements
+-- never wait for each other's rows crosswise.
+--
+-- Returns how many outcomes were written (those of deliveries whose lease this relay still
+-- held), and the webhooks now failing for longer than their dead_after_seconds (NULL:
+-- %(dead_after)s, RELAY_DEAD_AFTER_SECONDS) and not paused: the relay pauses them as dead
+-- (pause_dead, a statement of its own: a write to relay.webhooks wakes every relay to reload
+-- its rules, which no statement run thousands of times a second may do).
 WITH outcome AS (
     SELECT (o ->> 0)::bigint AS outbox_id,
            (o ->> 1)::bigint AS webhook_id, (o ->> 2)::int AS attempt,
            (o ->> 3)::int AS duration_ms, (o ->> 4)::int AS status_code, o ->> 5 AS error,
            o ->> 6 AS excerpt, o ->> 7 AS status, (o ->> 8)::float8 AS retry_in,
            (o ->> 9)::bool AS counted, (o ->> 10)::bigint AS batch_id,
-           (o ->> 11)::bool AS unbatch, coalesce((o ->> 12)::bool, false) AS replay
+           (o ->> 11)::bool AS unbatch, coalesce((o ->> 12)::bool, false) AS replay,
+           o ->> 13 AS endpoint
     -- One JSON array of [outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-    -- excerpt, status, retry_in, counted, batch_id, unbatch, replay] per outcome
+    -- excerpt, status, retry_in, counted, batch_id, unbatch, replay, endpoint] per outcome
     -- (relay/delivery/record.py writes it). unbatch: the delivery leaves its batch unsent, to
     -- go in a later one (a batch too large to render or send whole keeps what fits).
+    -- endpoint: 'ok', 'failed', or NULL when the request never left.
     FROM json_array_elements(%(outcomes)s::json) AS o
+), health AS (
+    INSERT INTO relay.webhook_health AS h (webhook_id, failing_since, last_success_at,
+                                           last_failure_at, last_error)
+    SELECT o.webhook_id,
+           CASE WHEN NOT bool_or(o.endpoint = 'ok') THEN now() END,
+           CASE WHEN bool_or(o.endpoint = 'ok') THEN now() END,
+           CASE WHEN bool_or(o.endpoint = 'failed') THEN now() END,
+           (array_agg(o.error ORDER BY o.outbox_id DESC)
+                FILTER (WHERE o.endpoint = 'failed' AND o.error IS NOT NULL))[1]
+    FROM outcome o
+    WHERE o.counted AND o.endpoint IN ('ok', 'failed')
+      AND EXISTS (SELECT FROM relay.webhooks w WHERE w.id = o.webhook_id)
+    GROUP BY o.webhook_id
+    ORDER BY o.webhook_id
+    ON CONFLICT (webhook_id) DO UPDATE
+    SET failing_since = CASE WHEN EXCLUDED.last_success_at IS NOT NULL THEN NULL
+                             ELSE coalesce(h.failing_since, EXCLUDED.failing_since) END,
+        last_success_at = coalesce(EXCLUDED.last_success_at, h.last_success_at),
+        last_failure_at = coalesce(EXCLUDED.last_failure_at, h.last_failure_at),
+        last_error = coalesce(EXCLUDED.last_error, h.last_error)
+    RETURNING h.webhook_id, h.failing_since
 ), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
                                 response_excerpt, batch_id, replay)
@@ -645,8 +689,24 @@ WITH outcome AS (
           GROUP BY e.outbox_id, e.webhook_id) s
     WHERE f.outbox_id = s.outbox_id AND f.webhook_id = s.webhook_id AND f.status = 'failed'
 )
--- How many outcomes were written (those of deliveries whose lease this relay still held).
-SELECT count(*) FROM written;
+SELECT (SELECT count(*) FROM written) AS written,
+       ARRAY(SELECT h.webhook_id FROM health h JOIN relay.webhooks w ON w.id = h.webhook_id
+             WHERE w.paused_at IS NULL
+               AND h.failing_since <= now() - make_interval(
+                   secs => coalesce(w.dead_after_seconds, %(dead_after)s))) AS dead;
+
+-- name: pause_dead
+-- Pause as dead (paused_reason 'dead') the webhooks record_outcomes named, if they still are:
+-- failing without one success for longer than their dead_after_seconds (NULL: %(dead_after)s)
+-- and not paused. Their pending deliveries wait, untouched, for `relay webhook resume`.
+UPDATE relay.webhooks w
+SET paused_at = now(), paused_reason = 'dead'
+FROM relay.webhook_health h
+WHERE w.id = ANY(%(ids)s::bigint[]) AND h.webhook_id = w.id AND w.paused_at IS NULL
+  AND h.failing_since <= now() - make_interval(
+      secs => coalesce(w.dead_after_seconds, %(dead_after)s))
+RETURNING w.name, h.failing_since, h.last_error,
+          coalesce(w.dead_after_seconds, %(dead_after)s)::float8 AS dead_after_seconds;
 
 -- name: finish_changes
 -- A change is delivered when all its deliveries are, failed as soon as one is, and skipped when
@@ -761,28 +821,114 @@ WHERE outbox_id = %(outbox_id)s AND webhook_id = %(webhook_id)s;
 SELECT EXISTS (SELECT FROM relay.webhooks WHERE name = %(name)s);
 
 -- name: status_backlog
--- `relay status`: changes waiting, the age of the oldest, and how the rest ended.
+-- `relay status`: changes waiting (some delivery still to make), the age of the oldest, and
+-- the changes done (every delivery made): delivered to every webhook, failed for at least one,
+-- or skipped (matched no webhook). A change fails as soon as one of its deliveries does, so
+-- "failed" may count changes the other webhooks got: the per-webhook lines say which.
 SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'pending' AND fanned_out_at IS NULL) AS not_matched_yet,
        extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
            AS oldest_pending_seconds,
+       count(*) FILTER (WHERE status <> 'pending') AS done,
        count(*) FILTER (WHERE status = 'delivered') AS delivered,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        count(*) FILTER (WHERE status = 'skipped') AS skipped
 FROM relay.outbox;
 
 -- name: status_webhooks
--- Per webhook: its deliveries, and its own retry policy (NULL: the relays' settings).
-SELECT w.name, w.enabled, w.max_attempts, w.retry_base_seconds::float8 AS retry_base_seconds,
+-- Per webhook: its state (disabled; paused by the operator or as dead, since when; failing
+-- since, from relay.webhook_health: the breaker itself lives in each relay process; or
+-- active), its deliveries (pending, in flight: leased now, delivered, failed), the age of the
+-- change of its oldest pending delivery, its endpoint's last success and last error, its own
+-- limits and retry policy (NULL: the relays' settings).
+SELECT w.name, w.enabled,
+       CASE WHEN NOT w.enabled THEN 'disabled'
+            WHEN w.paused_reason = 'dead' THEN 'dead'
+            WHEN w.paused_at IS NOT NULL THEN 'paused'
+            WHEN h.failing_since IS NOT NULL THEN 'failing'
+            ELSE 'active' END AS state,
+       w.paused_at, w.paused_reason, h.failing_since, h.last_success_at, h.last_failure_at,
+       h.last_error,
+       w.concurrency, w.rate_limit::float8 AS rate_limit, w.dead_after_seconds, w.ordering,
+       w.max_attempts, w.retry_base_seconds::float8 AS retry_base_seconds,
        w.retry_max_seconds::float8 AS retry_max_seconds,
-       count(d.*) FILTER (WHERE d.status = 'pending') AS pending,
-       count(d.*) FILTER (WHERE d.status = 'delivered') AS delivered,
-       count(d.*) FILTER (WHERE d.status = 'failed') AS failed,
-       max(d.delivered_at) AS last_delivered_at
+       coalesce(d.pending, 0) AS pending, coalesce(d.in_flight, 0) AS in_flight,
+       coalesce(d.delivered, 0) AS delivered, coalesce(d.failed, 0) AS failed,
+       d.last_delivered_at,
+       extract(epoch FROM now() - (
+           SELECT o.created_at FROM relay.outbox o
+           WHERE o.id = (SELECT min(p.outbox_id) FROM relay.deliveries p
+                         WHERE p.webhook_id = w.id AND p.status = 'pending')))::float8
+           AS oldest_pending_seconds
 FROM relay.webhooks w
-LEFT JOIN relay.deliveries d ON d.webhook_id = w.id
-GROUP BY w.id
+LEFT JOIN relay.webhook_health h ON h.webhook_id = w.id
+LEFT JOIN (
+    SELECT webhook_id,
+           count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'pending' AND leased_until > now()) AS in_flight,
+           count(*) FILTER (WHERE status = 'delivered') AS delivered,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           max(delivered_at) AS last_delivered_at
+    FROM relay.deliveries
+    GROUP BY webhook_id
+) d ON d.webhook_id = w.id
 ORDER BY w.name;
+
+-- name: webhook_gauges
+-- The per-webhook gauges of /metrics, every few seconds (relay/delivery/fanout.py): pending
+-- deliveries, those leased now, the age of the change of the oldest pending one, and the state
+-- as status_webhooks says it. Only pending deliveries are read (the index deliveries_due).
+SELECT w.name,
+       CASE WHEN NOT w.enabled THEN 'disabled'
+            WHEN w.paused_reason = 'dead' THEN 'dead'
+            WHEN w.paused_at IS NOT NULL THEN 'paused'
+            WHEN h.failing_since IS NOT NULL THEN 'failing'
+            ELSE 'active' END AS state,
+       coalesce(d.pending, 0) AS pending, coalesce(d.in_flight, 0) AS in_flight,
+       coalesce(extract(epoch FROM now() - (SELECT o.created_at FROM relay.outbox o
+                                            WHERE o.id = d.oldest)), 0)::float8
+           AS oldest_pending_seconds
+FROM relay.webhooks w
+LEFT JOIN relay.webhook_health h ON h.webhook_id = w.id
+LEFT JOIN (
+    SELECT webhook_id, count(*) AS pending,
+           count(*) FILTER (WHERE leased_until > now()) AS in_flight,
+           min(outbox_id) AS oldest
+    FROM relay.deliveries
+    WHERE status = 'pending'
+    GROUP BY webhook_id
+) d ON d.webhook_id = w.id
+ORDER BY w.name;
+
+-- name: webhook_steering
+-- `relay webhook pause`, `resume` and `disable`: the webhook's pause and how many of its
+-- deliveries are pending (and would fail on disable).
+SELECT w.id, w.enabled, w.paused_at, w.paused_reason,
+       (SELECT count(*) FROM relay.deliveries d
+        WHERE d.webhook_id = w.id AND d.status = 'pending') AS pending
+FROM relay.webhooks w
+WHERE w.name = %(name)s;
+
+-- name: pause_webhook
+-- `relay webhook pause`, or the SQL user's own UPDATE: no relay claims its deliveries until
+-- it is resumed (claim_deliveries, claim_batch); matching goes on, so they wait, in order.
+UPDATE relay.webhooks SET paused_at = now(), paused_reason = 'operator'
+WHERE name = %(name)s AND paused_at IS NULL
+RETURNING paused_at;
+
+-- name: resume_webhook
+-- `relay webhook resume`: its deliveries go out again, in order. Its endpoint's failing_since
+-- is cleared too, so that the time to a dead endpoint counts again from the next failure
+-- (otherwise a webhook paused as dead would be paused again by its first failed attempt).
+WITH resumed AS (
+    UPDATE relay.webhooks SET paused_at = NULL, paused_reason = NULL
+    WHERE name = %(name)s AND paused_at IS NOT NULL
+    RETURNING id
+), cleared AS (
+    UPDATE relay.webhook_health h SET failing_since = NULL
+    FROM resumed r WHERE h.webhook_id = r.id
+)
+SELECT count(*) FROM resumed;
 
 -- name: status_errors
 SELECT a.attempted_at, w.name AS webhook, a.outbox_id, a.attempt, a.status_code, a.error

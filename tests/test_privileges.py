@@ -20,7 +20,7 @@ from relay.settings import Settings
 from relay.store import Store
 from support.cli import relay
 from support.db import one_row, outbox
-from support.receivers import receiver
+from support.receivers import free_port, receiver
 from support.worker import FAST, running, until
 
 SQL = Path(__file__).resolve().parent.parent / "sql"
@@ -267,3 +267,45 @@ def test_an_application_role_that_does_not_own_the_table_cannot_turn_capture_off
     with psycopg.connect(roles["installer"], autocommit=True) as inst:
         rows = outbox(inst)
     assert [(r["op"], r["username"]) for r in rows] == [("insert", writer)]
+
+
+def test_the_service_role_records_health_and_pauses_a_dead_endpoint(
+    roles: dict[str, str], make_role: Callable[..., str], db_dsn: str
+) -> None:
+    """What sql/service_role.sql grants is enough to record each endpoint's health and to pause
+    a webhook as dead (relay.webhooks' paused_at and paused_reason, nothing else)."""
+    service = make_role("svc")
+    with psycopg.connect(roles["installer"], autocommit=True) as inst:
+        Store(inst).install()
+        Store(inst).track("public.orders")
+        inst.execute(
+            "INSERT INTO relay.webhooks (name, payload_url, secret) VALUES ('h', %s, 's')",
+            (f"http://127.0.0.1:{free_port()}/hook",),
+        )
+        inst.execute(
+            "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+            " SELECT 'r', ARRAY['public.orders'], id FROM relay.webhooks"
+        )
+    grant_service_role(roles, service)
+    settings = Settings(
+        **{**FAST.model_dump(), "dead_after_seconds": 1, "breaker_cooldown_seconds": 0.2}
+    )
+
+    def paused() -> tuple[object, ...] | None:
+        with psycopg.connect(roles["installer"]) as inst:
+            row = inst.execute(
+                "SELECT w.paused_reason, h.failing_since IS NOT NULL FROM relay.webhooks w"
+                " JOIN relay.webhook_health h ON h.webhook_id = w.id"
+            ).fetchone()
+        return tuple(row) if row else None
+
+    async def scenario() -> None:
+        async with running(make_conninfo(db_dsn, user=service), settings):
+            with psycopg.connect(roles["app"], autocommit=True) as app:
+                app.execute("INSERT INTO orders VALUES (1, 1)")
+            await until(lambda: paused() == ("dead", True), timeout=20)
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    assert [e["webhook"] for e in logs if e["event"] == "webhook paused as dead"] == ["h"]
+    assert not [e for e in logs if e["log_level"] == "error"]

@@ -366,7 +366,7 @@ def test_the_sql_the_docs_give_operators_runs_no_trap_in_their_own_session(
     docs = Path(__file__).resolve().parents[1]
     blocks = _sql_blocks(docs / "docs" / "operations.md")
     blocks += _sql_blocks(docs / "README.md", "FROM relay.outbox WHERE status")
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     for block in blocks:
         _psql(relay_dsn, Path("/dev/stdin"), input_text=block)
     with _connect(relay_dsn) as owner:

@@ -16,11 +16,13 @@ from relay.cli.common import (
     add_row,
     err,
     fail,
+    load_settings,
     out,
     print_table,
 )
 from relay.cli.common import database as _database
 from relay.reasons import reason
+from relay.settings import Settings
 from relay.store import Store
 
 
@@ -46,36 +48,55 @@ def status(
         int, typer.Option(min=0, max=1000, help="How many recent errors to show.")
     ] = 5,
 ) -> None:
-    """Backlog, per-webhook counts, recent errors and the relays at work."""
+    """What each webhook is doing (state, pending, in flight, oldest pending, last success and
+    last error, limits), the changes done and waiting, recent errors and the relays at work."""
     with _database(dsn) as conn:
         current = Store(conn).status(errors)
     # Reasons are scrubbed when recorded; again here for those an older relay recorded.
     for e in current.errors:
         e["error"] = reason(e["error"])
+    for w in current.webhooks:
+        w["last_error"] = reason(w["last_error"]) if w["last_error"] is not None else None
     if as_json:
         out.print_json(data=_plain(dataclasses.asdict(current)))
         return
+    settings = load_settings(None)
     b = current.backlog
     oldest = b["oldest_pending_seconds"]
     out.print(
-        f"[bold]backlog[/] {b['pending']} pending ({b['not_matched_yet']} not matched yet), "
-        f"oldest {'-' if oldest is None else f'{oldest:.1f} s'}; "
-        f"{b['delivered']} delivered, {b['failed']} failed, {b['skipped']} skipped",
+        f"[bold]changes[/] {b['done']} done ({b['delivered']} delivered to every webhook, "
+        f"{b['failed']} failed for some webhook, {b['skipped']} matched none); "
+        f"{b['pending']} waiting ({b['not_matched_yet']} not matched yet), oldest "
+        f"{_age(oldest)}",
         highlight=False,
         markup=True,
     )
     hooks = Table(
-        "webhook", "enabled", "pending", "delivered", "failed", "last delivered", "retries"
+        "webhook",
+        "state",
+        "pending",
+        "in flight",
+        "oldest pending",
+        "delivered",
+        "failed",
+        "last success",
+        "last error",
+        "limits",
+        "retries",
     )
     for w in current.webhooks:
         add_row(
             hooks,
             w["name"],
-            "yes" if w["enabled"] else "no",
+            _state(w),
             str(w["pending"]),
+            str(w["in_flight"]),
+            _age(w["oldest_pending_seconds"]),
             str(w["delivered"]),
             str(w["failed"]),
-            _when(w["last_delivered_at"]),
+            _when(w["last_success_at"]),
+            _error_shown(w),
+            _limits(w, settings),
             _retries(w),
         )
     print_table(hooks)
@@ -115,6 +136,57 @@ def status(
         print_table(relays)
     else:
         out.print("no relay is connected", highlight=False)
+
+
+ERROR_SHOWN = 60
+"""Characters of a webhook's last error in the table (``--json`` has all of it)."""
+
+
+def _state(webhook: dict[str, Any]) -> str:
+    """What the webhook is doing, in words, with since when: relay's breaker lives in each
+    relay process, so "failing since" comes from what the relays record of each endpoint."""
+    state = webhook["state"]
+    if state == "paused":
+        return f"paused by operator since {_when(webhook['paused_at'])}"
+    if state == "dead":
+        return (
+            f"paused as dead since {_when(webhook['paused_at'])} "
+            f"(failing since {_when(webhook['failing_since'])})"
+        )
+    if state == "failing":
+        return f"failing since {_when(webhook['failing_since'])}"
+    return str(state)
+
+
+def _error_shown(webhook: dict[str, Any]) -> str:
+    """The endpoint's last error, one line, cut short, and when it came."""
+    error = webhook["last_error"]
+    if error is None:
+        return "-"
+    if len(error) > ERROR_SHOWN:
+        error = error[: ERROR_SHOWN - 1] + "…"
+    return f"{_when(webhook['last_failure_at'])} {error}"
+
+
+def _limits(webhook: dict[str, Any], settings: Settings) -> str:
+    """Concurrency and rate limit: the webhook's own, or the setting (this environment's)."""
+    concurrency = webhook["concurrency"]
+    shown = f"{settings.webhook_concurrency} (setting)" if concurrency is None else str(concurrency)
+    rate = webhook["rate_limit"]
+    return f"concurrency {shown}, rate {'none' if rate is None else f'{rate:g}/s'}"
+
+
+def _age(seconds: float | None) -> str:
+    """An age to read at a glance: 4.2 s, 12 min, 3.5 h, 2.0 d; - for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86_400:.1f} d"
 
 
 def _plain(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -109,6 +110,58 @@ BatchWait = Annotated[
 ]
 
 
+Concurrency = Annotated[
+    str | None,
+    typer.Option(
+        "--concurrency",
+        metavar="N|default",
+        help="Requests in flight to this webhook across all relays, 1 to 10000 ('default': "
+        "RELAY_WEBHOOK_CONCURRENCY).",
+    ),
+]
+RateLimit = Annotated[
+    str | None,
+    typer.Option(
+        "--rate-limit",
+        metavar="R|none",
+        help="Requests a second to this webhook across all relays, evenly spaced, 0.001 to "
+        "100000 ('none': no limit).",
+    ),
+]
+DeadAfter = Annotated[
+    str | None,
+    typer.Option(
+        "--dead-after",
+        metavar="DURATION|default",
+        help="How long its endpoint may fail without one success before relay pauses the "
+        "webhook as dead: 3600s, 90m, 12h, 3d; at least 60s, at most 365d ('default': "
+        "RELAY_DEAD_AFTER_SECONDS, 5 days).",
+    ),
+]
+Ordering = Annotated[
+    str | None,
+    typer.Option(
+        "--ordering",
+        metavar="row|transaction|key",
+        help="Which changes go out one after another: each row's (row, the default), every "
+        "change one transaction after another (transaction), or those whose --ordering-key "
+        "renders the same (key).",
+    ),
+]
+OrderingKey = Annotated[
+    str | None,
+    typer.Option(
+        "--ordering-key",
+        metavar="TEMPLATE",
+        help="With --ordering key (implied when --ordering is not given): a Jinja2 template, "
+        "with the body's context; compiled before it is stored.",
+    ),
+]
+
+DEAD_AFTER_RANGE = (60, 31_536_000)
+"""What relay.webhooks.dead_after_seconds takes (relay.check_webhook): a minute to a year."""
+
+
 @contextmanager
 def _session(dsn: str) -> Iterator[Session]:
     """A session whose database errors end the command with the database's own words, on a
@@ -195,8 +248,14 @@ def webhook_add(
     retry_max_seconds: RetryMax = None,
     batch_size: BatchSize = None,
     batch_wait_ms: BatchWait = None,
+    concurrency: Concurrency = None,
+    rate_limit: RateLimit = None,
+    dead_after: DeadAfter = None,
+    ordering: Ordering = None,
+    ordering_key: OrderingKey = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
+    steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
     template = _body_template(body_template, body_template_file) or ""
     secret = _secret(secret_env) or ""
     row = admin.WebhookRow(
@@ -221,6 +280,8 @@ def webhook_add(
         row.batch_size = batch_size
     if batch_wait_ms is not None:
         row.batch_wait_ms = batch_wait_ms
+    for key, value in steering.items():
+        setattr(row, key, value)
     _refuse_broken_templates(row)
     with _session(dsn) as db:
         db.add(row)
@@ -261,8 +322,16 @@ def webhook_edit(
             help="Forget the webhook's own retry policy: the relay's settings apply again.",
         ),
     ] = False,
+    concurrency: Concurrency = None,
+    rate_limit: RateLimit = None,
+    dead_after: DeadAfter = None,
+    ordering: Ordering = None,
+    ordering_key: OrderingKey = None,
 ) -> None:
     """Change some of a webhook's fields; the others stay (templates compiled first)."""
+    steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
+    if steering.get("ordering") in ("row", "transaction"):
+        steering["ordering_key"] = None  # only ordering = key has one
     template = _body_template(body_template, body_template_file)
     secret = _secret(secret_env)
     changes: dict[str, Any] = {
@@ -288,6 +357,7 @@ def webhook_edit(
         changes.update(max_attempts=None, retry_base_seconds=None, retry_max_seconds=None)
     if ca_file is not None:
         changes["ca_file_path"] = ca_file or None  # '' removes it
+    changes.update(steering)
     if not changes:
         fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
     with _session(dsn) as db:
@@ -301,6 +371,91 @@ def webhook_edit(
 def _decimal(value: float | None) -> Decimal | None:
     """Seconds as the database keeps them (exactly what was typed, not a binary float's digits)."""
     return None if value is None else Decimal(str(value))
+
+
+def _steering(
+    concurrency: str | None,
+    rate_limit: str | None,
+    dead_after: str | None,
+    ordering: str | None,
+    ordering_key: str | None,
+) -> dict[str, Any]:
+    """The 0026 columns the options give, by column (None: NULL, the relay's setting or no
+    limit); an option not given is left out. A value that cannot be is refused in one line
+    (exit 2), before anything is stored."""
+    given: dict[str, Any] = {}
+    if concurrency is not None:
+        given["concurrency"] = _number(
+            concurrency, "--concurrency", "default", int, (1, 10_000), "RELAY_WEBHOOK_CONCURRENCY"
+        )
+    if rate_limit is not None:
+        limit = _number(rate_limit, "--rate-limit", "none", Decimal, (0.001, 100_000), "no limit")
+        given["rate_limit"] = limit
+    if dead_after is not None:
+        given["dead_after_seconds"] = _dead_after(dead_after)
+    if ordering is not None:
+        if ordering not in ("row", "transaction", "key"):
+            fail(f"--ordering {ordering!r}: use row, transaction or key", 2)
+        given["ordering"] = ordering
+    if ordering_key is not None:
+        if not ordering_key.strip():
+            fail("--ordering-key is empty: give a template, or --ordering row", 2)
+        if given.setdefault("ordering", "key") != "key":
+            fail(f"--ordering-key goes with --ordering key, not --ordering {ordering}", 2)
+        given["ordering_key"] = ordering_key
+    return given
+
+
+def _number(
+    text: str,
+    option: str,
+    unset: str,
+    kind: Callable[[str], Any],
+    bounds: tuple[float, float],
+    meaning: str,
+) -> Any:
+    """``text`` as a number within ``bounds``, or None for the word ``unset``."""
+    if text.strip().lower() == unset:
+        return None
+    low, high = bounds
+    try:
+        value = kind(text.strip())
+        fits = bool(low <= value <= high)
+    except (ValueError, ArithmeticError):  # Decimal's NaN does not compare: InvalidOperation
+        fits = False
+    if not fits:
+        fail(
+            f"{option} {text!r}: give a number from {low:g} to {high:g}, or {unset} ({meaning})", 2
+        )
+    return value
+
+
+def _dead_after(text: str) -> int | None:
+    """--dead-after as whole seconds: an age (3600s, 90m, 12h, 3d) or plain seconds."""
+    from relay.cli.ages import parse_age
+
+    if text.strip().lower() == "default":
+        return None
+    low, high = DEAD_AFTER_RANGE
+    try:
+        seconds = float(text) if text.strip().isdigit() else parse_age(text).total_seconds()
+    except ValueError:
+        seconds = -1.0
+    if not low <= seconds <= high:
+        fail(
+            f"--dead-after {text!r}: give a time from 60s to 365d (3600s, 90m, 12h, 3d), or "
+            "default (RELAY_DEAD_AFTER_SECONDS)",
+            2,
+        )
+    return round(seconds)
+
+
+def _duration(seconds: float) -> str:
+    """Seconds as the largest unit that says them exactly: 5d, 12h, 90m, 61s."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def _body_template(text: str | None, path: Path | None) -> str | None:
@@ -331,6 +486,11 @@ def _refuse_broken_templates(row: admin.WebhookRow) -> None:
     )
     with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
         problems = ruleset.webhook_problems(hook, renders, f"webhook {row.name!r}")
+        if row.ordering_key:
+            try:
+                renders.check(row.ordering_key, "ordering_key")
+            except RenderError as exc:
+                problems.append(ruleset.Problem(f"webhook {row.name!r}", str(exc)))
     if problems:
         fail(
             f"{scrub(str(problems[0]), secrets_of(hook))} (nothing was stored: fix the template)", 2
@@ -345,9 +505,23 @@ def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
 
 @webhook_app.command("list")
 def webhook_list(dsn: Dsn) -> None:
-    """List webhooks (secrets masked)."""
+    """List webhooks (secrets masked), with their pause, limits and ordering."""
+    shown = _Shown(load_settings(None))
     with _session(dsn) as db:
-        table = Table("name", "method", "url", "signature", "secret", "enabled", "rules")
+        table = Table(
+            "name",
+            "method",
+            "url",
+            "signature",
+            "secret",
+            "enabled",
+            "paused",
+            "concurrency",
+            "rate limit",
+            "dead after",
+            "ordering",
+            "rules",
+        )
         for hook in admin.webhooks(db):
             add_row(
                 table,
@@ -357,6 +531,11 @@ def webhook_list(dsn: Dsn) -> None:
                 hook.signature,
                 _masked(hook.secret),
                 "yes" if hook.enabled else "no",
+                _paused_shown(hook.paused_at, hook.paused_reason),
+                shown.concurrency(hook.concurrency),
+                shown.rate_limit(hook.rate_limit),
+                shown.dead_after(hook.dead_after_seconds),
+                hook.ordering,
                 str(len(hook.rules)),
             )
     print_table(table)
@@ -364,7 +543,8 @@ def webhook_list(dsn: Dsn) -> None:
 
 @webhook_app.command("show")
 def webhook_show(name: str, dsn: Dsn) -> None:
-    """Show one webhook (secret masked)."""
+    """Show one webhook (secret masked), its pause, limits and ordering."""
+    shown = _Shown(load_settings(None))
     with _session(dsn) as db:
         hook = _named("webhook", admin.webhook_by_name, db, name)
         fields = {
@@ -383,9 +563,47 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "batch_size": hook.batch_size,
             "batch_wait_ms": hook.batch_wait_ms,
             "enabled": hook.enabled,
+            "paused": _paused_shown(hook.paused_at, hook.paused_reason),
+            "concurrency": shown.concurrency(hook.concurrency),
+            "rate_limit": shown.rate_limit(hook.rate_limit),
+            "dead_after": shown.dead_after(hook.dead_after_seconds),
+            "ordering": hook.ordering,
+            "ordering_key": hook.ordering_key or "(none)",
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)
+
+
+class _Shown:
+    """The 0026 columns as show and list print them: the webhook's own value, or, for NULL,
+    the setting's value in this command's environment (the relay's may differ: it reads its
+    own) marked "(setting NAME)", or "none"."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def concurrency(self, value: int | None) -> str:
+        if value is not None:
+            return str(value)
+        return f"{self.settings.webhook_concurrency} (setting RELAY_WEBHOOK_CONCURRENCY)"
+
+    @staticmethod
+    def rate_limit(value: Decimal | None) -> str:
+        return "none" if value is None else f"{value.normalize():f}/s"
+
+    def dead_after(self, value: int | None) -> str:
+        if value is not None:
+            return _duration(value)
+        setting = _duration(self.settings.dead_after_seconds)
+        return f"{setting} (setting RELAY_DEAD_AFTER_SECONDS)"
+
+
+def _paused_shown(paused_at: datetime | None, reason: str | None) -> str:
+    """A webhook's pause in words: no, by the operator since when, or as dead since when."""
+    if paused_at is None:
+        return "no"
+    since = paused_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"as dead since {since}" if reason == "dead" else f"by the operator since {since}"
 
 
 def _headers_shown(lines: str) -> str:
@@ -429,14 +647,95 @@ def webhook_remove(name: str, dsn: Dsn) -> None:
 
 @webhook_app.command("enable")
 def webhook_enable(name: str, dsn: Dsn) -> None:
-    """Send to a disabled webhook again (`relay retry` sends what failed meanwhile)."""
+    """Match changes for a disabled webhook again (`relay retry` sends what failed meanwhile)."""
     _switch("webhook", admin.webhook_by_name, name, dsn, True)
 
 
 @webhook_app.command("disable")
-def webhook_disable(name: str, dsn: Dsn) -> None:
-    """Stop sending to a webhook: its deliveries fail, saying it is disabled."""
+def webhook_disable(
+    name: str,
+    dsn: Dsn,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Fail the pending deliveries without asking.")
+    ] = False,
+) -> None:
+    """Stop matching changes for a webhook, and FAIL ITS PENDING DELIVERIES (each saying the
+    webhook is disabled; their changes fail with them, and `relay retry` sends them again once
+    it is enabled). Asks first, saying how many (--yes: do not ask). To stop sending without
+    failing anything, use `relay webhook pause`."""
+    with database(dsn) as conn:
+        found = Store(conn).webhook_steering(name)
+    if found is None:
+        fail(f"no webhook named {name!r} (relay webhook list shows them)", 2)
+    if found.enabled and found.pending and not yes:
+        count = f"{found.pending} pending deliver{'y' if found.pending == 1 else 'ies'}"
+        if not sys.stdin.isatty():
+            fail(
+                f"disabling webhook {name!r} fails its {count}: give --yes to disable it anyway, "
+                f"or pause it instead (relay webhook pause {name}) to keep them",
+                2,
+            )
+        question = (
+            f"Disabling webhook {name} fails its {count} (relay webhook pause {name} keeps "
+            "them). Disable it?"
+        )
+        if not typer.confirm(question, default=False):
+            fail(f"webhook {name} not disabled: nothing changed", 1)
     _switch("webhook", admin.webhook_by_name, name, dsn, False)
+
+
+@webhook_app.command("pause")
+def webhook_pause(name: str, dsn: Dsn) -> None:
+    """Stop sending to a webhook without losing anything: changes still match it, and its
+    deliveries wait (no attempt is made or counted) until `relay webhook resume`, then go out
+    in order. What a relay had claimed already still goes (at most twice the webhook's
+    concurrency per relay). The same as, in SQL: UPDATE relay.webhooks SET
+    paused_at = now(), paused_reason = 'operator' WHERE name = '...'."""
+    with database(dsn) as conn:
+        store = Store(conn)
+        found = store.webhook_steering(name)
+        if found is None:
+            fail(f"no webhook named {name!r} (relay webhook list shows them)", 2)
+        if found.paused_at is not None:
+            out.print(
+                f"webhook {name} is already paused "
+                f"({_paused_shown(found.paused_at, found.paused_reason)}); "
+                f"{_waiting(found.pending)}",
+                highlight=False,
+            )
+            return
+        store.pause_webhook(name)
+    out.print(
+        f"webhook {name} paused: {_waiting(found.pending)}; relay webhook resume {name} sends "
+        "them, in order",
+        highlight=False,
+    )
+
+
+@webhook_app.command("resume")
+def webhook_resume(name: str, dsn: Dsn) -> None:
+    """Send to a paused webhook again (paused by the operator, or by relay as dead): its
+    waiting deliveries go out in order, and the time to a dead endpoint counts again from its
+    next failure."""
+    with database(dsn) as conn:
+        store = Store(conn)
+        found = store.webhook_steering(name)
+        if found is None:
+            fail(f"no webhook named {name!r} (relay webhook list shows them)", 2)
+        resumed = store.resume_webhook(name)
+    if not resumed:
+        out.print(f"webhook {name} is not paused: nothing changed", highlight=False)
+        return
+    out.print(
+        f"webhook {name} resumed ({_paused_shown(found.paused_at, found.paused_reason)}): "
+        f"{found.pending} pending deliver{'y goes' if found.pending == 1 else 'ies go'} out, "
+        "in order",
+        highlight=False,
+    )
+
+
+def _waiting(pending: int) -> str:
+    return f"{pending} pending deliver{'y waits' if pending == 1 else 'ies wait'}"
 
 
 def _switch(kind: str, find: Callable[[Session, str], Any], name: str, dsn: str, on: bool) -> None:

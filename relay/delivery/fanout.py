@@ -30,8 +30,10 @@ ANALYZE_AFTER_CHANGES = 5_000
 """Changes fanned out by this relay after which it refreshes the delivery tables' statistics
 (relay.refresh_statistics), so claim plans are right from the start of a burst; then again each
 time the count doubles (an ANALYZE of a million-row table is not free; autovacuum takes over)."""
-BACKLOG_GAUGE_SECONDS = 10.0
-"""How often the backlog gauges are refreshed (a count of pending changes), when metrics are on."""
+BACKLOG_GAUGE_SECONDS = 5.0
+"""How often the backlog and per-webhook gauges are refreshed (two counts of what is pending),
+when metrics are on: here, on fan-out's connection, rather than per scrape, so that any number
+of scrapers cost the database nothing more."""
 
 
 class FanOut:
@@ -102,6 +104,7 @@ class FanOut:
                 pending, oldest = await store.backlog()
                 self.metrics.backlog.set(pending)
                 self.metrics.oldest_pending.set(oldest)
+                self.metrics.webhooks(await store.webhook_gauges())
             self._wake.clear()
             wait = self._next - time.monotonic()
             if wait > 0:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +29,16 @@ import structlog
 from relay.db import first_line
 from relay.delivery.send import Outcome
 from relay.reasons import describe, reason
-from relay.store import AsyncStore, Claimed
+from relay.store import AsyncStore, Claimed, DeadPause
 
 log = structlog.get_logger("relay.delivery.record")
 
 BATCH_LIMIT = 1000
+DEAD_AFTER_SECONDS = 432_000.0
+"""RELAY_DEAD_AFTER_SECONDS' default, for ``record_outcomes`` run without a Recorder (tests)."""
+
+OnDead = Callable[[DeadPause], None]
+"""Told of each webhook the recorder has just paused as dead (the worker logs and counts it)."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +105,26 @@ def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             r.batch_id,
             r.unbatch,
             r.replay,
+            _endpoint(r),
         )
         for r in results
     ]
-    return {"relay_id": relay_id, "outcomes": orjson.dumps(outcomes).decode()}
+    return {
+        "relay_id": relay_id,
+        "outcomes": orjson.dumps(outcomes).decode(),
+        "dead_after": DEAD_AFTER_SECONDS,
+    }
+
+
+def _endpoint(result: Result) -> str | None:
+    """What the attempt says of the endpoint's health: 'ok', 'failed' (sent, or tried: a refused
+    connection counts), or None for a request that never left (a template of ours, a rule
+    removed, a delivery put back while the breaker holds its webhook)."""
+    if not result.counted:
+        return None
+    if result.outcome.ok:
+        return "ok"
+    return "failed" if result.outcome.sent else None
 
 
 class RecorderClosed(psycopg.OperationalError):
@@ -120,8 +141,17 @@ class Recorder:
     """Writes outcomes in batches on the connection :meth:`run` is given; each delivery's task waits
     in :meth:`record` until its own outcome is written."""
 
-    def __init__(self, relay_id: str) -> None:
+    def __init__(
+        self,
+        relay_id: str,
+        *,
+        dead_after: float = DEAD_AFTER_SECONDS,
+        on_dead: OnDead | None = None,
+    ) -> None:
         self.relay_id = relay_id
+        self.dead_after = dead_after
+        """RELAY_DEAD_AFTER_SECONDS: for a webhook whose dead_after_seconds is NULL."""
+        self.on_dead = on_dead
         self._waiting: list[tuple[Result, asyncio.Future[None]]] = []
         self._ready = asyncio.Event()
         self._closed: BaseException | None = None
@@ -156,7 +186,7 @@ class Recorder:
         batch: list[tuple[Result, asyncio.Future[None]]],
     ) -> None:
         try:
-            await store.record_outcomes(parameters([result for result, _ in batch], self.relay_id))
+            dead = await store.record_outcomes(self._parameters([result for result, _ in batch]))
         except Exception as exc:
             if _lost(store):
                 self._fail(batch, exc)
@@ -169,6 +199,8 @@ class Recorder:
             for _, done in batch:
                 if not done.done():
                     done.set_result(None)
+            if dead:
+                await self._pause_dead(store, dead)
         # A change is finished once its last outcome is written; should this fail, the
         # relay's sweep finishes it later (unfinished_changes).
         ids = [result.outbox_id for result, _ in batch]
@@ -178,6 +210,24 @@ class Recorder:
             if _lost(store):
                 raise
             log.error("could not finish changes", outbox_ids=ids[:10], error=describe(exc))
+
+    def _parameters(self, results: Sequence[Result]) -> dict[str, Any]:
+        return {**parameters(results, self.relay_id), "dead_after": self.dead_after}
+
+    async def _pause_dead(self, store: AsyncStore, ids: list[int]) -> None:
+        """Pause the webhooks whose endpoint has failed for longer than their dead_after (a
+        statement of its own, run only then: it wakes every relay to reload its rules). A
+        failure here is logged and tried again with the next failed outcome."""
+        try:
+            paused = await store.pause_dead(ids, self.dead_after)
+        except Exception as exc:
+            if _lost(store):
+                raise
+            log.error("could not pause dead webhooks", webhook_ids=ids, error=describe(exc))
+            return
+        for one in paused:
+            if self.on_dead is not None:
+                self.on_dead(one)
 
     async def _one_by_one(
         self,
@@ -210,11 +260,13 @@ class Recorder:
         """Write one outcome: None when written, the error when the database refused it; a
         lost connection raises."""
         try:
-            await store.record_outcomes(parameters([result], self.relay_id))
+            dead = await store.record_outcomes(self._parameters([result]))
         except Exception as exc:
             if _lost(store):
                 raise
             return exc
+        if dead:
+            await self._pause_dead(store, dead)
         return None
 
     def _close(self, exc: BaseException) -> None:

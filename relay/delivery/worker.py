@@ -14,7 +14,9 @@ with a one-line reason, a delivery claimed past its max attempts (its earlier at
 reported back) fails instead of going out again, and an unexpected error in a whole session is
 logged and the session started again rather than ending the process. What happens to a delivery
 after an attempt is the retry policy's call (relay/delivery/policy.py), whether its webhook is
-paused the breaker's (relay/delivery/breaker.py).
+paused for a cool-down the breaker's (relay/delivery/breaker.py); a webhook paused until resumed
+(by the operator, or by the recorder once its endpoint is dead: relay/delivery/record.py) is
+not claimed at all.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from relay.render.request import RenderError, env_values, secrets_of
 from relay.rules.ruleset import Rule
 from relay.rules.watch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
-from relay.store import AsyncStore, Claimed, application_name
+from relay.store import AsyncStore, Claimed, DeadPause, application_name
 
 log = structlog.get_logger("relay.worker")
 
@@ -226,7 +228,9 @@ class Worker:
             self._connected, self._connected_at = True, time.monotonic()
             self._stopping = False
             log.info("relay connected", relay_id=self.relay_id)
-            recorder = Recorder(self.relay_id)
+            recorder = Recorder(
+                self.relay_id, dead_after=self.settings.dead_after_seconds, on_dead=self._dead
+            )
             helpers = [
                 asyncio.create_task(self._listen(listener)),
                 asyncio.create_task(recorder.run(AsyncStore(recording))),
@@ -592,7 +596,7 @@ class Worker:
         if result.status == "pending":
             fields["next_attempt_in_s"] = round(result.retry_in, 1)
         word = {"delivered": "delivered", "pending": "retrying"}.get(result.status, "failed")
-        log.info("batch", **fields, outcome=word, error=outcome.error)
+        _said(result)("batch", **fields, outcome=word, error=outcome.error)
 
     def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
         """The webhook and rule to deliver with, or why there is none any more (or why the
@@ -687,12 +691,13 @@ class Worker:
         hook = item.webhook_id
         turn = self.breaker.record(hook, ok=outcome.ok, sent=outcome.sent)
         if turn is Turn.RESUMED:
-            log.info("webhook resumed", webhook_id=hook)
+            log.info("webhook resumed", webhook=self._webhook_name(hook), by="circuit breaker")
             self.metrics.paused.labels(self._webhook_name(hook)).set(0)
         elif turn is Turn.PAUSED:
             log.warning(
                 "webhook paused",
-                webhook_id=hook,
+                webhook=self._webhook_name(hook),
+                by="circuit breaker",
                 failures=self.breaker.consecutive(hook),
                 seconds=self.breaker.cooldown,
                 error=outcome.error,
@@ -705,7 +710,7 @@ class Worker:
         never reported an outcome (a relay died or lost its lease while sending). It fails
         unsent, and this claim does not count, so its attempts stay at the limit."""
         why = policy.exhausted()
-        log.warning(
+        log.error(
             "delivery",
             outbox_id=item.outbox_id,
             webhook=self._webhook_name(item.webhook_id),
@@ -740,13 +745,35 @@ class Worker:
         outcome_word = {"delivered": "delivered", "pending": "retrying"}.get(
             result.status, "failed"
         )
-        log.info("delivery", **fields, outcome=outcome_word, error=outcome.error)
+        _said(result)("delivery", **fields, outcome=outcome_word, error=outcome.error)
+
+    def _dead(self, paused: DeadPause) -> None:
+        """The recorder paused a webhook as dead: say so once, at warning, with how to resume,
+        and count it."""
+        log.warning(
+            "webhook paused as dead",
+            webhook=paused.name,
+            failing_since=paused.failing_since.isoformat(),
+            dead_after_s=paused.dead_after_seconds,
+            error=paused.last_error,
+            resume=f"relay webhook resume {paused.name} (its pending deliveries then go out, "
+            "in order)",
+        )
+        self.metrics.dead_pauses.labels(paused.name).inc()
 
     def _result(self, item: Claimed, policy: RetryPolicy, outcome: Outcome) -> Result:
         self._breaker(item, outcome)
         jitter = random.uniform(0.8, 1.2)
         status, retry_in = policy.after(outcome, item.attempt, jitter)
         return Result.of(item, status, retry_in, outcome)
+
+
+def _said(result: Result) -> Any:
+    """The log level of an attempt's line: info when delivered, warning for a failed attempt
+    that will be retried, error for a change that failed for good (to that webhook)."""
+    if result.status == "delivered":
+        return log.info
+    return log.warning if result.status == "pending" else log.error
 
 
 def _passwords(dsn: str) -> list[str]:

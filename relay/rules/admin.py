@@ -56,6 +56,13 @@ class WebhookRow(Base):
     retry_max_seconds: Mapped[Decimal | None]
     batch_size: Mapped[int] = _defaulted()
     batch_wait_ms: Mapped[int] = _defaulted()
+    paused_at: Mapped[datetime | None]
+    paused_reason: Mapped[str | None]
+    concurrency: Mapped[int | None]
+    rate_limit: Mapped[Decimal | None]
+    dead_after_seconds: Mapped[int | None]
+    ordering: Mapped[str] = _defaulted()
+    ordering_key: Mapped[str | None]
     created_at: Mapped[datetime] = _defaulted()
     updated_at: Mapped[datetime] = _defaulted()
 

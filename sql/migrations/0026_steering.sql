@@ -4,7 +4,8 @@
 -- paused_at / paused_reason: a paused webhook still gets deliveries (matching goes on); none is
 -- claimed until it is resumed, then they go out in order. 'operator' is `relay webhook pause`
 -- or the SQL user; 'dead' is relay itself, once the endpoint has failed for dead_after_seconds
--- without one success (relay/delivery/health.py).
+-- without one success (record_outcomes and pause_dead in sql/queries.sql, run by
+-- relay/delivery/record.py).
 -- concurrency: requests in flight to the webhook across every relay and process of the
 -- database (NULL: RELAY_WEBHOOK_CONCURRENCY). rate_limit: requests a second, spread evenly,
 -- across relays (NULL: none). dead_after_seconds: NULL: RELAY_DEAD_AFTER_SECONDS.
