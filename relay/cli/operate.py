@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,8 +22,10 @@ from relay.cli.common import (
 )
 from relay.cli.common import database as _database
 from relay.reasons import reason
-from relay.settings import Settings
 from relay.store import Store
+
+if TYPE_CHECKING:
+    from relay.settings import Settings
 
 
 def _retries(webhook: dict[str, Any]) -> str:
