@@ -46,6 +46,28 @@ def _exact_int(text: str) -> int | Decimal:
         return Decimal(text)
 
 
+def as_written(text: str | bytes, indent: int | None = None) -> str:
+    """JSON written again, each number exactly as ``text`` wrote it (``10.00``, ``1e5``, ``-0``),
+    with ``indent`` if given: for showing a body to a person, who must see the digits that were
+    sent, not what a float or a Decimal makes of them (``10.0``, ``1E+5``). ValueError when
+    ``text`` is not JSON (:class:`UnreadableJSON` when nested too deeply to read)."""
+    try:
+        shown: str = simplejson.dumps(loads_as_written(text), indent=indent, ensure_ascii=False)
+    except RecursionError:
+        raise UnreadableJSON("JSON nested too deeply to write") from None
+    return shown
+
+
+def loads_as_written(text: str | bytes) -> Any:
+    """JSON whose numbers stay the text that wrote them (``simplejson.RawJSON``), which
+    :func:`dumps` writes back unchanged: for showing a value, never for computing with it.
+    ValueError when ``text`` is not JSON (:class:`UnreadableJSON` when nested too deeply)."""
+    try:
+        return simplejson.loads(text, parse_float=simplejson.RawJSON, parse_int=simplejson.RawJSON)
+    except RecursionError:
+        raise UnreadableJSON("JSON nested too deeply to read") from None
+
+
 def dumps(value: Any) -> str:
     """JSON as relay writes it: Decimals as exact numbers, text not ASCII-escaped, and any value
     JSON has no type for (a datetime, a UUID) as its ``str``."""

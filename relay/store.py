@@ -276,6 +276,15 @@ class Added:
     """Superseded (as in Rearmed): left out, or, when asked for, among those added."""
 
 
+@dataclass(frozen=True)
+class Purged:
+    """Changes of a replay's window that retention purged: how many, first and last made."""
+
+    changes: int
+    first_made: datetime | None
+    last_made: datetime | None
+
+
 class NewerSchema(Exception):
     """The database's relay schema is newer than this relay: installing would undo it."""
 
@@ -524,9 +533,7 @@ class Store:
 
     def purge_changes(self, seconds: float, limit: int) -> int:
         """Delete up to ``limit`` finished changes older than ``seconds``; how many went."""
-        return self.conn.execute(
-            query("purge_changes"), {"seconds": seconds, "limit": limit}
-        ).rowcount
+        return int(self._value("purge_changes", {"seconds": seconds, "limit": limit}))
 
     def count_purgeable(self, seconds: float) -> int:
         """Finished changes older than ``seconds``: how many ``relay purge`` would delete."""
@@ -589,10 +596,12 @@ class Store:
         row = self.conn.execute(query("webhook_state"), {"name": name}).fetchone()
         return None if row is None else (int(row[0]), bool(row[1]))
 
-    def oldest_change(self) -> datetime | None:
-        """When the oldest change the outbox holds was made (None: it is empty)."""
-        found: datetime | None = self._value("oldest_change")
-        return found
+    def purged_in_window(self, window: Mapping[str, Any]) -> Purged:
+        """The changes made in a replay's ``window`` (since, until, schema_name, table_name)
+        that retention purged."""
+        row = self.conn.execute(query("purged_in_window"), window).fetchone()
+        assert row is not None
+        return Purged(int(row[0]), row[1], row[2])
 
     def replay_hold(self, webhook_id: int) -> list[str]:
         """Hold every delivery still until the transaction ends (relays wait); the row keys of
@@ -749,7 +758,7 @@ class AsyncStore:
 
     async def purge_changes(self, seconds: float, limit: int) -> int:
         """Delete up to ``limit`` finished changes older than ``seconds``; how many went."""
-        return await self._run("purge_changes", {"seconds": seconds, "limit": limit})
+        return int(await self._value("purge_changes", {"seconds": seconds, "limit": limit}))
 
     async def purge_attempts(self, seconds: float, limit: int) -> int:
         """Delete up to ``limit`` of the oldest attempts older than ``seconds``; how many went

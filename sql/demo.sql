@@ -15,14 +15,18 @@ CREATE TABLE public.orders (
 -- step: Track it, keeping the card token out of the outbox
 SELECT relay.track('public.orders', exclude_columns => ARRAY['card_token']);
 
--- step: Say where changes go: every order change to "sales" (NetBox-style signature), paid orders also to "payments" (Standard Webhooks)
+-- step: Say where changes go: every order to "sales", paid ones to "payments"
+-- "sales" signs as NetBox does, "payments" as Standard Webhooks says.
 INSERT INTO relay.webhooks (name, payload_url, secret)
 VALUES ('sales', 'http://RECEIVER/hooks/{{ model }}', 'demo-secret');
 INSERT INTO relay.webhooks (name, payload_url, secret, signature, body_template)
-VALUES ('payments', 'http://RECEIVER/payments', 'whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz',
-        'standard', '{"order": {{ data.id }}, "total": {{ data.total }}, "by": {{ username | tojson }}}');
+VALUES ('payments', 'http://RECEIVER/payments',
+        'whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz', 'standard',
+        '{"order": {{ data.id }}, "total": {{ data.total }}, '
+        || '"by": {{ username | tojson }}}');
 INSERT INTO relay.event_rules (name, tables, webhook_id)
-SELECT 'all orders', ARRAY['public.orders'], id FROM relay.webhooks WHERE name = 'sales';
+SELECT 'all orders', ARRAY['public.orders'], id
+FROM relay.webhooks WHERE name = 'sales';
 INSERT INTO relay.event_rules (name, tables, events, conditions, webhook_id)
 SELECT 'order paid', ARRAY['public.orders'], ARRAY['update'],
        '{"and": [{"attr": "data.status", "value": "paid"},
@@ -37,7 +41,7 @@ INSERT INTO public.orders (customer, total, card_token)
     VALUES ('ACME', 120.00, 'tok_1'), ('Initech', 75.50, 'tok_2');
 COMMIT;
 
--- step: One order is paid; the other is saved without any change, which records nothing
+-- step: One order is paid; the other is saved unchanged, which records nothing
 BEGIN;
 SET LOCAL relay.username = 'bob';
 UPDATE public.orders SET status = 'paid' WHERE customer = 'ACME';

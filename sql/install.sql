@@ -9,6 +9,10 @@
 -- `relay install` applies the same files the same way.
 \set ON_ERROR_STOP on
 \set QUIET on
+-- Query results (the advisory lock's, a migration's SELECT that writes each table's capture)
+-- are nobody's business: they go nowhere. Errors, warnings and notices still go to stderr; the
+-- one line on stdout is the summary at the end.
+\o /dev/null
 -- The version of the definitions below (sql/functions/, sql/definitions.sql): one more with every
 -- change to them, so that an install never puts older ones over newer ones (tests/definitions.lock).
 \set relay_definitions 2
@@ -21,11 +25,12 @@ BEGIN;
 SET LOCAL search_path = pg_catalog, pg_temp;
 SELECT pg_advisory_xact_lock(hashtext('relay.install'));
 \ir bootstrap.sql
+SELECT coalesce(max(version), 0) AS relay_before FROM relay.migrations \gset
 -- An older release's definitions must never replace a newer schema's (they would undo it).
 DO $$
 BEGIN
-    IF (SELECT max(version) FROM relay.migrations) > 26 THEN
-        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (26): run the install.sql of the release that installed it',
+    IF (SELECT max(version) FROM relay.migrations) > 27 THEN
+        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (27): run the install.sql of the release that installed it',
             (SELECT max(version) FROM relay.migrations);
     END IF;
 END
@@ -161,6 +166,11 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 26) AS relay_app
 \ir migrations/0026_steering.sql
 \endif
 
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 27) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0027_purged.sql
+\endif
+
 -- Definitions newer than these are left as they are: this install.sql is an older release's.
 SELECT coalesce(max(version), 0) > :relay_definitions AS relay_newer FROM relay.definitions \gset
 \if :relay_newer
@@ -182,4 +192,13 @@ $$;
 DELETE FROM relay.definitions;
 INSERT INTO relay.definitions (version) VALUES (:relay_definitions);
 
+-- The one line this prints (on the pinned search path, as every statement above).
+SELECT CASE WHEN :relay_before = 0 THEN 'relay installed: schema version ' || max(version)
+            WHEN :relay_before = max(version) THEN 'relay up to date: schema version '
+                || max(version)
+            ELSE 'relay upgraded: schema version ' || :relay_before || ' to ' || max(version)
+       END AS relay_done
+FROM relay.migrations \gset
 COMMIT;
+\o
+\echo :relay_done

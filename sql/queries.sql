@@ -1279,15 +1279,35 @@ WHERE status = 'pending';
 -- One batch of finished changes (delivered, failed or skipped) older than the retention,
 -- oldest first; their deliveries and attempts go with them. Rows another session holds are
 -- left for the next batch, and so is a change being replayed (a delivery of it is pending).
-DELETE FROM relay.outbox
-WHERE id IN (
-    SELECT o.id FROM relay.outbox o
-    WHERE o.status <> 'pending' AND o.processed_at < now() - make_interval(secs => %(seconds)s)
-      AND NOT EXISTS (SELECT FROM relay.deliveries d
-                      WHERE d.outbox_id = o.id AND d.status = 'pending')
-    ORDER BY o.processed_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED);
+-- What went is counted in relay.purged_changes (for relay replay: 0027_purged.sql), its rows
+-- taken in key order so that two purges at once never wait on each other crosswise. How many
+-- went.
+WITH gone AS (
+    DELETE FROM relay.outbox
+    WHERE id IN (
+        SELECT o.id FROM relay.outbox o
+        WHERE o.status <> 'pending'
+          AND o.processed_at < now() - make_interval(secs => %(seconds)s)
+          AND NOT EXISTS (SELECT FROM relay.deliveries d
+                          WHERE d.outbox_id = o.id AND d.status = 'pending')
+        ORDER BY o.processed_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED)
+    RETURNING schema_name, table_name, created_at
+), counted AS (
+    INSERT INTO relay.purged_changes AS p
+        (made_hour, schema_name, table_name, changes, first_made, last_made)
+    SELECT date_trunc('hour', created_at, 'UTC'), schema_name, table_name, count(*),
+           min(created_at), max(created_at)
+    FROM gone
+    GROUP BY 1, 2, 3
+    ORDER BY 1, 2, 3
+    ON CONFLICT (made_hour, schema_name, table_name) DO UPDATE
+    SET changes = p.changes + excluded.changes,
+        first_made = least(p.first_made, excluded.first_made),
+        last_made = greatest(p.last_made, excluded.last_made)
+)
+SELECT count(*) FROM gone;
 
 -- name: count_purgeable
 SELECT count(*) FROM relay.outbox o
@@ -1350,10 +1370,15 @@ ORDER BY b.id;
 -- name: webhook_state
 SELECT id, enabled FROM relay.webhooks WHERE name = %(name)s;
 
--- name: oldest_change
--- The oldest change the outbox still holds (retention purges older ones): a replay reaches no
--- further back.
-SELECT min(created_at) FROM relay.outbox;
+-- name: purged_in_window
+-- Changes made in `relay replay`'s window (of its table, when it names one) that retention
+-- purged: how many, and when the first and last of them were made.
+SELECT coalesce(sum(changes), 0), min(first_made), max(last_made)
+FROM relay.purged_changes
+WHERE last_made >= %(since)s
+  AND (%(until)s::timestamptz IS NULL OR first_made < %(until)s::timestamptz)
+  AND (%(schema_name)s::text IS NULL
+       OR (schema_name, table_name) = (%(schema_name)s::text, %(table_name)s::text));
 
 -- name: hold_deliveries
 -- `relay replay`, first, and a fan-out that re-arms re-queued changes (rearm_deliveries): no

@@ -16,6 +16,8 @@ GRANT USAGE ON SCHEMA relay TO :"role";
 -- Read changes, record their outcome (status, attempts...), and purge finished ones.
 GRANT SELECT, UPDATE (status, attempts, last_error, processed_at, fanned_out_at),
     DELETE ON relay.outbox TO :"role";
+-- Count what it purges, for relay replay (see 0027_purged.sql).
+GRANT SELECT, INSERT, UPDATE ON relay.purged_changes TO :"role";
 -- Its own bookkeeping: deliveries per webhook and the attempt log.
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay.deliveries, relay.attempts TO :"role";
 -- Number the batches it sends (see 0020_batches.sql).

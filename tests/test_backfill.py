@@ -84,6 +84,7 @@ def test_backfill_sends_every_row_once_as_a_snapshot_in_key_order(
             )
             assert done.returncode == 0, done.stderr
             assert "backfill of public.items complete: 25 snapshots" in done.stdout
+            assert not done.stdout.startswith("\n"), "no empty line left by a progress bar"
             async with running(relay_dsn):
                 await until(lambda: delivered(rconn) and len(r.requests) == 25)
             return r

@@ -105,6 +105,18 @@ def test_demo_shows_changes_landing_and_cleans_up(server_dsn: str) -> None:
     assert demo_databases() == before
 
 
+def test_demo_piped_fits_a_terminal_of_80_columns(server_dsn: str) -> None:
+    """``./demo | cat`` (or into a file, a pager) is read by a person: no line wider than a
+    terminal's default 80 columns (rules of 10,000, bodies of 400 were), none padded, and a
+    body folded still shows its numbers as sent."""
+    result = relay("demo", "--dsn", server_dsn)  # stdout is a pipe
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if len(line) > 80] == []
+    assert [line for line in lines if line != line.rstrip()] == []
+    assert '"total": 120.00' in result.stdout and '"total": 75.50' in result.stdout
+
+
 def test_output_without_a_terminal_is_never_cut_mid_name(db_dsn: str) -> None:
     """Piped, a table is as wide as its content: names and SQL can be copied back whole."""
     name = "a_table_name_long_enough_to_pass_eighty_columns_beside_others"

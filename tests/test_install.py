@@ -65,6 +65,41 @@ def test_install_creates_the_schema_and_records_the_version(conn: Conn) -> None:
     assert {"outbox", "tracked", "migrations", "tracked_tables"} <= tables
 
 
+def test_psql_install_prints_one_line_saying_what_it_did(db_dsn: str, conn: Conn) -> None:
+    """``psql -f sql/install.sql`` prints no query result (the advisory lock's, a migration's
+    SELECT of each table's capture: empty tables of output), only one line of what it did;
+    its errors still reach stderr."""
+    latest = sqlfiles.latest_version()
+
+    def as_readme(dsn: str) -> subprocess.CompletedProcess[str]:
+        """The README's command, not quieted (-q) as the other tests' (no psqlrc: -X)."""
+        exe = shutil.which("psql")
+        if exe is None:
+            pytest.skip("psql is not installed")
+        command = [exe, "-X", dsn, "-v", "ON_ERROR_STOP=1", "-f", str(SQL / "install.sql")]
+        return subprocess.run(command, capture_output=True, text=True, check=False)
+
+    conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    fresh = as_readme(db_dsn)
+    assert (fresh.returncode, fresh.stderr) == (0, "")
+    assert fresh.stdout == f"relay installed: schema version {latest}\n"
+    conn.execute("SELECT relay.track('orders')")
+    again = as_readme(db_dsn)
+    assert (again.returncode, again.stderr) == (0, "")
+    assert again.stdout == f"relay up to date: schema version {latest}\n"
+    # An install one migration behind: the last is applied, and said so.
+    last = sqlfiles.migrations()[-1]
+    conn.execute("DELETE FROM relay.migrations WHERE version = %s", (last.version,))
+    conn.execute("DROP TABLE relay.purged_changes")  # what 0027 made
+    upgraded = as_readme(db_dsn)
+    assert (upgraded.returncode, upgraded.stderr) == (0, "")
+    assert upgraded.stdout == f"relay upgraded: schema version {latest - 1} to {latest}\n"
+    conn.execute("INSERT INTO relay.migrations (version, name) VALUES (%s, 'later')", (latest + 1,))
+    refused = as_readme(db_dsn)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert f"relay schema is at version {latest + 1}, newer than" in refused.stderr
+
+
 def test_install_twice_changes_nothing(conn: Conn) -> None:
     Store(conn).install()
     before = conn.execute(FINGERPRINT).fetchall()

@@ -91,3 +91,32 @@ def test_receive_prints_numbered_requests_and_checks_signatures() -> None:
     assert "Traceback" not in errors
     assert "Invalid character in Content-Length" in errors.splitlines()[0]
     assert output.index("#1") < output.index("#2") < output.index("#3") < output.index("#4")
+
+
+def test_receive_shows_the_numbers_as_sent_and_pads_no_line() -> None:
+    """A person checking what relay sent must see ``10.00``, not a float's ``10.0``; and piped
+    to a file, no line ends in the spaces rich pads with."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "receive", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not listening(port):
+            assert time.monotonic() < deadline, "relay receive did not start"
+            time.sleep(0.05)
+        body = b'{"total": 10.00, "big": 1e5, "zero": -0, "long": 123456789012345678901234567890}'
+        assert post(port, body, {"Content-Type": "application/json"}) == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+    assert '"total": 10.00,' in output and '"big": 1e5,' in output
+    assert '"zero": -0,' in output and '"long": 123456789012345678901234567890' in output
+    padded = [line for line in output.splitlines() if line != line.rstrip()]
+    assert padded == []

@@ -172,13 +172,36 @@ def test_replay_to_a_new_webhook_matches_its_rules_as_they_are_now(
 def test_replay_says_what_retention_left_and_refuses_bad_arguments(
     rconn: Conn, relay_dsn: str
 ) -> None:
+    """A warning about retention when changes made in the window were purged, and only then:
+    an outbox younger than the window has lost nothing."""
     setup(rconn, "http://127.0.0.1:9/hook")
+    rconn.execute("CREATE TABLE others (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('others')")
     rconn.execute("INSERT INTO items VALUES (1, 0)")
     rconn.execute("UPDATE relay.outbox SET status = 'delivered', processed_at = now()")
-    old = relay("replay", "--webhook", "hook", "--since", "30d", dsn=relay_dsn)
-    assert old.returncode == 0, old.stderr
-    assert "the outbox holds no change made before" in old.stderr
-    assert "RELAY_RETENTION_DAYS" in old.stderr
+    young = relay("replay", "--webhook", "hook", "--since", "30d", "--dry-run", dsn=relay_dsn)
+    assert young.returncode == 0 and young.stderr == ""
+
+    # Three changes made ten days ago, finished, then purged.
+    rconn.execute("INSERT INTO items VALUES (2, 0), (3, 0), (4, 0)")
+    rconn.execute(
+        "UPDATE relay.outbox SET status = 'delivered', created_at = now() - interval '10 days',"
+        " processed_at = now() - interval '10 days' WHERE pk::jsonb->>'id' <> '1'"
+    )
+    assert relay("purge", "--older-than", "1d", dsn=relay_dsn).returncode == 0
+
+    def warned(*args: str) -> str:
+        replayed = relay("replay", "--webhook", "hook", "--dry-run", *args, dsn=relay_dsn)
+        assert replayed.returncode == 0, replayed.stderr
+        return replayed.stderr
+
+    old = warned("--since", "30d")
+    assert old.startswith("warning: up to 3 change(s) made from ") and old.count("\n") == 1
+    assert "were purged (RELAY_RETENTION_DAYS, relay purge): they cannot be replayed" in old
+    assert warned("--since", "11d", "--table", "items") == old
+    assert warned("--since", "1h") == "", "the purged changes were made before the window"
+    assert warned("--since", "30d", "--until", "20d") == "", "and after this one"
+    assert warned("--since", "30d", "--table", "others") == "", "of another table"
 
     for args, message in [
         (["--webhook", "nope", "--since", "1h"], "no webhook named 'nope'"),

@@ -392,8 +392,83 @@ def test_preview_prints_the_exact_request_and_why_not(rconn: Conn, relay_dsn: st
         '{"id": 1, "status": "held"}',
         dsn=relay_dsn,
     )
-    assert made_up.returncode == 0, made_up.stderr
-    assert "not matched (data.status eq 'paid' is false (found 'held'))" in made_up.stdout
+    assert made_up.returncode == 1, made_up.stderr
+    assert made_up.stdout == (
+        "nothing would be sent: conditions not matched (data.status eq 'paid' is false "
+        "(found 'held'))\n"
+    )
+
+
+def test_preview_of_a_rule_that_would_send_nothing_says_why_in_one_line(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """No request is shown for a change the rule would not send: one line says why, exit 1
+    (a request printed under a note was read as what would go)."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+    rconn.execute("SELECT relay.track('orders')")
+    hook = add_webhook(rconn, name="orders")
+    off = add_webhook(rconn, name="off", enabled=False)
+    add_rule(
+        rconn,
+        hook,
+        name="paid",
+        events=["update"],
+        tables=["public.orders"],
+        conditions={"attr": "data.status", "value": "paid"},
+    )
+    add_rule(rconn, hook, name="at rest", enabled=False)
+    add_rule(rconn, off, name="to-off")
+    add_rule(rconn, hook, name="customers", tables=["public.customers"])
+    rconn.execute("INSERT INTO orders VALUES (1, 'new')")
+    rconn.execute("UPDATE orders SET status = 'held'")
+    rconn.execute("UPDATE orders SET status = 'paid'")
+    inserted, held, paid = (str(row["id"]) for row in outbox(rconn))
+
+    def preview(rule: str, *ids: str) -> tuple[int, str]:
+        shown = relay("preview", "--rule", rule, *(f"--outbox-id={i}" for i in ids), dsn=relay_dsn)
+        assert shown.stderr == ""
+        return shown.returncode, shown.stdout
+
+    assert preview("paid", inserted) == (
+        1,
+        "nothing would be sent: rule 'paid' takes update, not insert\n",
+    )
+    assert preview("paid", held) == (
+        1,
+        "nothing would be sent: conditions not matched (data.status eq 'paid' is false "
+        "(found 'held'))\n",
+    )
+    assert preview("customers", paid) == (
+        1,
+        "nothing would be sent: rule 'customers' is for public.customers, not public.orders\n",
+    )
+    assert preview("to-off", paid) == (
+        1,
+        "nothing would be sent: webhook 'off' is disabled (relay webhook enable off sends to it "
+        "again)\n",
+    )
+    assert preview("at rest", paid) == (
+        1,
+        "nothing would be sent: rule 'at rest' is disabled (relay rule enable 'at rest' sends "
+        "with it again)\n",
+    )
+    code, sent = preview("paid", paid)
+    assert code == 0 and "conditions matched" in sent and "POST " in sent
+
+    # A batch holds only the changes the rule would send; the others are named, not shown.
+    batched = add_webhook(rconn, name="batched", batch_size=3)
+    add_rule(
+        rconn,
+        batched,
+        name="paid-batch",
+        events=["update"],
+        conditions={"attr": "data.status", "value": "paid"},
+    )
+    code, sent = preview("paid-batch", held, paid)
+    assert code == 0 and "batch 1 change(s) of at most 3" in sent
+    assert f"note: change {held}: conditions not matched (" in sent
+    body = json.loads(sent[sent.index("\n[") :])
+    assert [change["data"]["status"] for change in body] == ["paid"]
 
 
 def test_preview_and_rules_check_apply_the_limits_relay_run_does(

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import psycopg
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from relay.cli.common import Dsn, explain, fail, out, table_named
 from relay.cli.common import database as _database
@@ -147,6 +146,14 @@ class Job:
     def run(self, rows: int, rate: int | None, *, again: bool) -> BackfillProgress:
         """Chunks until the backfill is complete, at most ``rate`` rows a second, with a
         progress bar; Ctrl-C stops it (the same command goes on)."""
+        from rich.progress import (  # here: other commands start without it
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -159,7 +166,8 @@ class Job:
         # Ctrl-C during a chunk cancels it, and psycopg says so on stderr: the one line below
         # says all there is to say.
         logging.getLogger("psycopg").setLevel(logging.CRITICAL)
-        with Progress(*columns, console=out, transient=True) as bar:
+        # A bar on a terminal only: elsewhere rich leaves an empty line, and no one watches it.
+        with Progress(*columns, console=out, transient=True, disable=not out.is_terminal) as bar:
             task = bar.add_task(f"backfill {self.table}", total=None)
             try:
                 while passed := self.chunk(rows, again=again and passed_all == 0):

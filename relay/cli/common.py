@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import psycopg
 import typer
@@ -15,11 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from relay import settings as settings_module
 from relay import sqlfiles
 from relay.db import Conn, DatabaseUnavailable, connect, dsn_problem, first_line
-from relay.settings import Settings, SettingsError
 from relay.store import Store, TableName
+
+if TYPE_CHECKING:
+    from relay.settings import Settings
 
 # Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
 # in the middle cannot be pasted back. On a terminal, its width.
@@ -29,8 +31,6 @@ _STDOUT: dict[str, Any] = {
 }
 # Names, URLs and templates hold brackets: styles are asked for by markup=True.
 out = Console(**_STDOUT, markup=False)
-styled = Console(**_STDOUT)
-"""Standard output with markup, for the demo: its text is relay's own."""
 err = Console(stderr=True, soft_wrap=True, markup=False)
 
 
@@ -241,8 +241,26 @@ def print_fields(fields: Mapping[str, Any]) -> None:
         )
 
 
+class LazyModule:
+    """Module ``name``'s attributes, the module imported when one is first read: for a module
+    only some of a group's commands use, so that every other command, and ``relay --version``,
+    starts without it (SQLAlchemy: a tenth of a second). Imported by the import system, under
+    its lock, whatever thread reads first. Type-check against the module itself
+    (``if TYPE_CHECKING: from ... import module``)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(importlib.import_module(self._name), attribute)
+
+
 def load_settings(env_file: Path | None) -> Settings:
-    """The effective settings; a bad one ends the command with one line naming it, exit 2."""
+    """The effective settings; a bad one ends the command with one line naming it, exit 2.
+    (pydantic is imported here, by the commands that read settings, not by every command.)"""
+    from relay import settings as settings_module
+    from relay.settings import SettingsError
+
     try:
         return settings_module.load(env_file)
     except SettingsError as exc:

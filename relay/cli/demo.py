@@ -11,8 +11,9 @@ import asyncio
 import logging
 import re
 import socket
+import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
@@ -20,45 +21,64 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from relay import sqlfiles
-from relay.cli.common import fail, styled
+from relay.cli.common import fail
 from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
 from relay.db import Conn, connect
-from relay.model import dumps, loads
+from relay.model import dumps, loads_as_written
 from relay.render.sign import verify
-from relay.service import logs
-from relay.settings import Settings
 from relay.store import Store
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from relay.settings import Settings
 
 _STEP = re.compile(r"^-- step: (.+)$", re.MULTILINE)
 SECRETS = {"/payments": "whsec_ZGVtby1zZWNyZXQtZm9yLXBheW1lbnRz"}
 DEFAULT_SECRET = "demo-secret"
 
 
+WIDTH = 80
+"""The demo's width without a terminal (piped, in a file): a terminal's default, which its
+hand-laid SQL and folded bodies fit."""
+
+
+def _console() -> Console:
+    """Standard output with markup (the demo's text is its own), as wide as the terminal, or
+    :data:`WIDTH` without one: unlike the other commands' output, the demo is read, not copied
+    back, and a line of 10,000 columns (a rule) or of 400 (a body) is read by no one."""
+    return Console(width=None if sys.stdout.isatty() else WIDTH)
+
+
 def _settings() -> Settings:
     """Quick retries, so that the demo's failing receiver is seen retried; built when the demo
     runs (the environment's RELAY_* must not stop other commands from loading)."""
+    from relay.settings import Settings
+
     return Settings(poll_interval=0.5, retry_base_seconds=0.5, retry_max_seconds=2)
 
 
 TRY_NEXT = """\
 -- In your own database (relay install, relay track, then a webhook and a rule):
---   relay receive --port 9000 --secret demo-secret     a receiver like the demo's
---   relay run                                          the relay (RELAY_DSN=...)
---   relay preview --rule 'order paid' --outbox-id 3     what a rule would send (sends nothing)
---   relay status                                        backlog, webhooks, errors, relays
+--   relay receive --port 9000 --secret demo-secret   a receiver like the demo's
+--   relay run                                        the relay (RELAY_DSN=...)
+--   relay preview --rule 'order paid' --outbox-id 3  what a rule would send
+--   relay status                                     backlog, webhooks, errors
 -- Changes waiting to be sent, oldest first:
 SELECT id, op, schema_name, table_name, pk, new, username, created_at
 FROM relay.outbox WHERE status = 'pending' ORDER BY id;
 -- What happened to each delivery, and every attempt:
 SELECT d.outbox_id, w.name, d.status, d.attempts, d.last_error
-FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id ORDER BY 1;
+FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id
+ORDER BY 1;
 -- Send failed changes again (only to the webhooks that did not get them):
 UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed';
 -- Tag the changes of a transaction:
-BEGIN; SET LOCAL relay.username = 'bob'; SET LOCAL relay.request_id = 'req-1'; ... COMMIT;"""
+BEGIN;
+SET LOCAL relay.username = 'bob';
+SET LOCAL relay.request_id = 'req-1';
+...
+COMMIT;"""
 
 
 @dataclass(frozen=True)
@@ -85,6 +105,8 @@ def _steps(receiver: str = "127.0.0.1:9000") -> list[_Step]:
 
 
 def _show(console: Console, dsn: str | None) -> None:
+    from relay.service import logs  # here: other commands start without structlog
+
     logs.configure(logging.WARNING)  # the demo shows deliveries itself; problems still show
     with postgres_server(dsn) as server, scratch_database(server, "relay_demo") as db:
         console.rule("[bold]relay demo")
@@ -104,7 +126,7 @@ async def _demo(console: Console, db: str) -> None:
         with connect(db) as conn:
             Store(conn).install()
             console.print(
-                f"installed relay schema version {sqlfiles.latest_version()}; "
+                f"installed relay schema version {sqlfiles.latest_version()}\n"
                 f"receiver listening on http://{address}/; starting the relay\n"
             )
             worker = Worker(_settings(), db, relay_id="demo")
@@ -182,7 +204,7 @@ def _show_new_changes(console: Console, conn: Conn, after: int) -> int:
         )
         for label, image in (("old", row.old), ("new", row.new)):
             if image is not None:
-                console.print(f"      {label}: {image}", highlight=False, soft_wrap=True)
+                console.print(_folded(image, 6, console.width, f"{label}: "), highlight=False)
     return rows[-1].id
 
 
@@ -197,7 +219,7 @@ def _show_arrivals(console: Console, arrivals: list[_Arrival], shown: int) -> in
         for name in ("X-Relay-Event", "X-Relay-Delivery", "X-Hook-Signature", "webhook-id"):
             if name in arrival.headers:
                 console.print(f"      {name}: {_short(arrival.headers[name])}", highlight=False)
-        console.print(f"      {_pretty(arrival.body)}", highlight=False, soft_wrap=True)
+        console.print(_folded(arrival.body, 6, console.width), highlight=False)
         console.print(f"      signature: {_verdict(arrival.signature)}", highlight=False)
     console.print()
     return len(arrivals)
@@ -211,11 +233,50 @@ def _summary(console: Console, conn: Conn) -> None:
     console.print()
 
 
-def _pretty(body: bytes) -> str:
+def _folded(body: str | bytes, indent: int, width: int, head: str = "") -> str:
+    """A JSON body or image as lines that fit in ``width`` columns where they can: a value
+    that fits stays on one line, one that does not has a line per member (a 400-character body
+    on one line is cut by the terminal or runs off a page). Numbers keep their digits: 120.00
+    stays 120.00. Not JSON: the text, folded by the console."""
     try:
-        return dumps(loads(body.decode()))  # numbers keep their digits: 120.00 stays 120.00
+        value = loads_as_written(body)
     except ValueError:
-        return body.decode("utf-8", errors="replace")
+        text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+        return " " * indent + head + text
+    return "\n".join(_fold(value, indent, width, head, ""))
+
+
+def _fold(value: Any, indent: int, width: int, head: str, tail: str) -> list[str]:
+    """``value`` after ``head`` and before ``tail`` at ``indent``: one line if it fits in
+    ``width``, else its members two columns in, as many to a line as fit (a line each would
+    make a change's body forty lines long), a member too long for a line folded the same way."""
+    pad = " " * indent
+    flat = f"{pad}{head}{dumps(value)}{tail}"
+    if len(flat) <= width or not isinstance(value, dict | list) or not value:
+        return [flat]
+    members = list(value.items()) if isinstance(value, dict) else [(None, v) for v in value]
+    opener, closer = ("{", "}") if isinstance(value, dict) else ("[", "]")
+    inner = " " * (indent + 2)
+    lines = [f"{pad}{head}{opener}"]
+    line = ""
+    for number, (key, member) in enumerate(members, 1):
+        key_head = "" if key is None else f"{dumps(key)}: "
+        comma = "," if number < len(members) else ""
+        piece = f"{key_head}{dumps(member)}{comma}"
+        if line and len(inner) + len(line) + 1 + len(piece) <= width:
+            line += f" {piece}"
+            continue
+        if line:
+            lines.append(inner + line)
+            line = ""
+        if len(inner) + len(piece) <= width:
+            line = piece
+        else:
+            lines += _fold(member, indent + 2, width, key_head, comma)
+    if line:
+        lines.append(inner + line)
+    lines.append(f"{pad}{closer}{tail}")
+    return lines
 
 
 def _short(value: str) -> str:
@@ -246,6 +307,6 @@ def demo(
 ) -> None:
     """Show relay at work on a scratch database that is dropped afterwards."""
     try:
-        _show(styled, dsn)
+        _show(_console(), dsn)
     except NoPostgres as exc:
         fail(str(exc), 2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -22,8 +22,10 @@ from relay.cli.common import (
 )
 from relay.cli.common import database as _database
 from relay.reasons import reason
-from relay.settings import Settings
 from relay.store import Store
+
+if TYPE_CHECKING:
+    from relay.settings import Settings
 
 
 def _retries(webhook: dict[str, Any]) -> str:
@@ -288,7 +290,9 @@ def purge(
             # runs on this event loop.
             return store.purge_changes(seconds, limit)
 
-        with Progress(console=out, transient=True) as progress:
+        # A bar only on a terminal: elsewhere (a pipe, a log) rich's live display leaves an
+        # empty line before the result, and a bar nobody watches.
+        with Progress(console=out, transient=True, disable=not out.is_terminal) as progress:
             task = progress.add_task("deleting", total=total)
             deleted, _ = asyncio.run(
                 maintenance.purge(delete, batch, progress=lambda n: progress.advance(task, n))

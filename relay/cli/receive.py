@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from rich.syntax import Syntax
 
 from relay.cli.common import fail, visible
 from relay.db import first_line
+from relay.model import as_written
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -43,12 +43,18 @@ def _application(console: Console, secret: str | None, status: int) -> web.Appli
             console.print(line, highlight=False, soft_wrap=True)
         console.print()
         try:
-            pretty = json.dumps(json.loads(body), indent=2, ensure_ascii=False)
+            pretty = as_written(body, indent=2)  # 10.00 stays 10.00, not 10.0
         except ValueError:
             text = visible(body.decode("utf-8", errors="replace"), keep="\n\t")
             console.print(text, highlight=False, markup=False)
         else:
-            console.print(Syntax(visible(pretty, keep="\n"), "json", word_wrap=True))
+            # Highlighted text, not a Syntax: a Syntax pads every line to the console's width,
+            # trailing spaces a pipe or a file keeps.
+            highlighted = Syntax("", "json", background_color="default").highlight(
+                visible(pretty, keep="\n")
+            )
+            highlighted.rstrip()
+            console.print(highlighted, soft_wrap=True)
         if secret is not None:
             checked = verify(request.headers, body, secret)
             if checked is None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
 import typer
 
 from relay.cli.common import Dsn, err, fail, load_settings, out
 from relay.cli.common import database as _database
-from relay.delivery import plan
-from relay.delivery.replay import ReplayPlan
 from relay.rules import ruleset
-from relay.store import Added, Rearmed, Store
+from relay.store import Added, Purged, Rearmed, Store
+
+if TYPE_CHECKING:
+    from relay.delivery.replay import ReplayPlan
 
 CHUNK = 1000
 """Changes matched at a time, their images read only for rules with conditions."""
@@ -61,6 +63,7 @@ def replay(
     delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay). A change that a
     later change of its row supersedes is left out unless --superseded."""
     from relay.cli.ages import parse_since
+    from relay.delivery.replay import ReplayPlan  # here: other commands start without aiohttp
 
     limit = load_settings(None).max_body_bytes  # RELAY_MAX_BODY_BYTES, as relay run reads it
     try:
@@ -84,18 +87,6 @@ def replay(
         if not enabled:
             fail(f"webhook {webhook!r} is disabled: enable it first (relay webhook edit)", 2)
         rules = ruleset.load(conn)
-        oldest = store.oldest_change()
-        if oldest is None or oldest > start:
-            kept = (
-                "no change"
-                if oldest is None
-                else f"no change made before {oldest:%Y-%m-%d %H:%M:%S}"
-            )
-            err.print(
-                f"warning: the outbox holds {kept} (RELAY_RETENTION_DAYS purges finished "
-                "changes): what is older cannot be replayed",
-                highlight=False,
-            )
         window: dict[str, Any] = {
             "webhook_id": webhook_id,
             "since": start,
@@ -103,6 +94,7 @@ def replay(
             "schema_name": key[0] if key else None,
             "table_name": key[1] if key else None,
         }
+        _warn_of_purged(store.purged_in_window(window), start, end)
         statuses = ["delivered", "failed"] if status is Status.all else [status.value]
         with conn.transaction() as tx:
             busy = store.replay_hold(webhook_id)
@@ -118,6 +110,22 @@ def replay(
             if dry_run:
                 raise psycopg.Rollback(tx)
     _report(webhook, armed, new, added, dry_run=dry_run, superseded=superseded)
+
+
+def _warn_of_purged(purged: Purged, start: datetime, end: datetime | None) -> None:
+    """A warning line when retention purged changes made in the window, and only then (not
+    because the outbox holds nothing older: it may never have held anything older). Counted
+    by the hour, so "up to"."""
+    if not purged.changes or purged.first_made is None or purged.last_made is None:
+        return
+    first = max(purged.first_made, start)
+    last = purged.last_made if end is None else min(purged.last_made, end)
+    err.print(
+        f"warning: up to {purged.changes} change(s) made from {first:%Y-%m-%d %H:%M:%S%z} to "
+        f"{last:%Y-%m-%d %H:%M:%S%z} were purged (RELAY_RETENTION_DAYS, relay purge): they "
+        "cannot be replayed",
+        highlight=False,
+    )
 
 
 def _report(
@@ -169,6 +177,8 @@ def _match(
 ) -> None:
     """Match, a chunk at a time, the changes in the window the webhook never had (a change
     larger than ``limit`` bytes fails for it, as in relay run)."""
+    from relay.delivery import plan
+
     after = 0
     while rows := store.replay_candidates(window, after, CHUNK):
         after = rows[-1]["id"]

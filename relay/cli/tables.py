@@ -16,11 +16,12 @@ from relay.cli.common import (
 )
 from relay.cli.common import database as _database
 from relay.rules import ruleset
-from relay.settings import comma_list
 from relay.store import Store
 
 
 def _split(value: str | None) -> list[str] | None:
+    from relay.settings import comma_list  # here: the other commands start without pydantic
+
     return None if value is None else comma_list(value)
 
 

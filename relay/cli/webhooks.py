@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -12,19 +13,18 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import psycopg
-import sqlalchemy.exc
 import typer
 from rich.markup import escape
 from rich.table import Table
-from sqlalchemy.orm import Session
 
 from relay.cli.common import (
     BIGINT_MAX,
     Dsn,
     EnvFile,
+    LazyModule,
     OptionalDsn,
     add_row,
     database,
@@ -37,6 +37,7 @@ from relay.cli.common import (
     print_fields,
     print_table,
     require_schema,
+    visible,
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import tls
@@ -44,9 +45,16 @@ from relay.model import Batch, Change, Webhook, loads
 from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, env_values, secrets_of
-from relay.rules import admin, ruleset
-from relay.settings import Settings, comma_list
+from relay.rules import ruleset
 from relay.store import Store
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from relay.rules import admin
+    from relay.settings import Settings
+else:  # SQLAlchemy, when a command reads or writes webhooks and rules, not at every start
+    admin = LazyModule("relay.rules.admin")
 
 Row = TypeVar("Row")
 """A webhook's or a rule's mapped row (relay/rules/admin.py)."""
@@ -158,6 +166,8 @@ DEAD_AFTER_RANGE = (60, 31_536_000)
 def _session(dsn: str) -> Iterator[Session]:
     """A session whose database errors end the command with the database's own words, on a
     database whose relay schema this relay knows."""
+    import sqlalchemy.exc
+
     try:
         with admin.session(dsn) as db:
             raw = db.connection().connection.driver_connection
@@ -195,6 +205,8 @@ def _row_option(value: str | None, what: str) -> dict[str, Any] | None:
 
 
 def _split_all(values: list[str] | None) -> list[str] | None:
+    from relay.settings import comma_list  # here: other commands start without pydantic
+
     return comma_list(*values) if values else None
 
 
@@ -925,10 +937,13 @@ def preview(
     ] = None,
 ) -> None:
     """Show the request a rule would send for a change, without sending it (with the settings
-    `relay run` would have: the environment, then --env-file)."""
+    `relay run` would have: the environment, then --env-file). When the rule would send nothing
+    (the rule or its webhook disabled, the change's table or event not the rule's, the
+    conditions not matched), one line says why and the exit status is 1."""
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
+        enabled_rules = {r.id for r in ruleset.load(conn).rules}
         changes: list[Change] = []
         for one in sorted(set(outbox_id or [])):
             found = Store(conn).change(one, loaded.models)
@@ -958,7 +973,42 @@ def preview(
             f"(batch_size): give at most {batch_size} --outbox-id",
             2,
         )
-    _print_preview(chosen, changes, made, settings)
+    sent, unsent = _would_send(chosen, changes, chosen.id in enabled_rules)
+    if not sent:
+        said = visible(f"nothing would be sent: {'; '.join(unsent)}")
+        out.print(said, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    _print_preview(chosen, sent, made, settings, unsent)
+
+
+def _would_send(
+    rule: ruleset.Rule, changes: list[Change], rule_enabled: bool
+) -> tuple[list[Change], list[str]]:
+    """The changes ``rule`` would send (none when it or its webhook is disabled), and why each of
+    the others would not be: a preview of a request relay would never make would mislead."""
+    if not rule_enabled:
+        again = f"relay rule enable {shlex.quote(rule.name)}"
+        return [], [f"rule {rule.name!r} is disabled ({again} sends with it again)"]
+    if not rule.webhook.enabled:
+        hook = rule.webhook.name
+        again = f"relay webhook enable {shlex.quote(hook)}"
+        return [], [f"webhook {hook!r} is disabled ({again} sends to it again)"]
+    sent, unsent = [], []
+    for change in changes:
+        prefix = f"change {change.id}: " if len(changes) > 1 else ""
+        tables = ", ".join(rule.tables)
+        if change.table_key not in {ruleset.table_key(table) for table in rule.tables}:
+            unsent.append(f"{prefix}rule {rule.name!r} is for {tables}, not {change.object_type}")
+        elif change.op not in rule.events:
+            events = ", ".join(rule.events)
+            unsent.append(f"{prefix}rule {rule.name!r} takes {events}, not {change.op}")
+        elif (judged := ruleset.judge(rule, change)).error is not None:
+            unsent.append(f"{prefix}its delivery would fail: {judged.error}")
+        elif not judged.verdict.matched:
+            unsent.append(f"{prefix}conditions not matched ({judged.verdict.reason})")
+        else:
+            sent.append(change)
+    return sent, unsent
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
@@ -995,9 +1045,15 @@ change is matched (a batch's, when the batch is numbered), and signs with it."""
 
 
 def _print_preview(
-    rule: ruleset.Rule, changes: list[Change], delivery_id: str | None, settings: Settings
+    rule: ruleset.Rule,
+    changes: list[Change],
+    delivery_id: str | None,
+    settings: Settings,
+    unsent: list[str],
 ) -> None:
-    """``delivery_id``: the id the change's delivery has, or None when it has none yet."""
+    """The request for ``changes``, each of which the rule would send; ``unsent`` says why the
+    others asked for would not be in it. ``delivery_id``: the id the change's delivery has, or
+    None when it has none yet."""
     hook = rule.webhook
     out.print(
         f"[bold]rule[/] {escape(rule.name)} → [bold]webhook[/] {escape(hook.name)}",
@@ -1011,28 +1067,13 @@ def _print_preview(
             highlight=False,
             markup=True,
         )
-    notes = []
-    if not hook.enabled:
-        notes.append("the webhook is disabled")
-    for change in changes:
-        prefix = f"change {change.id}: " if len(changes) > 1 else ""
-        if not rule.covers(change):
-            notes.append(f"{prefix}the rule does not cover {change.op} on {change.object_type}")
-        verdict = ruleset.judge(rule, change).verdict
-        status = (
-            "matched"
-            if verdict.matched
-            else f"not matched ({verdict.reason}): nothing would be sent"
-        )
+    out.print("[bold]conditions[/] matched", highlight=False, markup=True)
+    for note in unsent:
         out.print(
-            f"[bold]conditions[/] {escape(prefix + status)}",
+            f"[yellow]note:[/] {escape(note)}: not in the request",
             highlight=False,
             soft_wrap=True,
             markup=True,
-        )
-    for note in notes:
-        out.print(
-            f"[yellow]note:[/] {escape(note)}; nothing would be sent", highlight=False, markup=True
         )
     subject: Change | Batch = changes[0]
     if hook.batch_size > 1:
