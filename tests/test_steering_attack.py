@@ -1,0 +1,86 @@
+"""The attacker's pass over issue 25's steering: crossings of the ordering, pauses, retries and
+limits, each a finding that broke (per-row order, at-least-once) before its fix. Real
+PostgreSQL, real receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+from test_ordering import changes, hook, settled
+
+from relay.db import Conn
+from support.db import one_row
+from support.receivers import receiver
+from support.worker import FAST, running, until
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("row", "transaction"), ("row", "key"), ("transaction", "row"), ("key", "row")],
+)
+def test_a_row_changed_across_an_ordering_change_keeps_its_order(
+    rconn: Conn, relay_dsn: str, before: str, after: str
+) -> None:
+    """A row's change waiting for a retry when the ordering changes, and a later change of the
+    same row fanned out under the new ordering: the receiver hears them in the order they were
+    made (a delivery of the old scope had no position, and one of the new scope was claimed
+    first, while the old one waited for every ordered delivery to drain)."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, tenant text)")
+    rconn.execute("SELECT relay.track('orders')")
+    state = {"refuse": True}
+    accepted: list[tuple[int, int]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        if state["refuse"]:
+            return web.Response(status=503)
+        accepted.extend(
+            (c["data"]["id"], c["id"]) for c in changes(json.loads(await request.read()))
+        )
+        return web.Response()
+
+    template = "{{ data.id }}"
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(
+                rconn,
+                r.url,
+                ["public.orders"],
+                ordering=before,
+                ordering_key=template if before == "key" else None,
+                retry_base_seconds=0.2,
+                max_attempts=100,
+            )
+            async with running(relay_dsn, FAST.model_copy(update={"breaker_failures": 1000})):
+                rconn.execute("INSERT INTO orders VALUES (1, 'a'), (2, 'a')")
+                await until(
+                    lambda: (
+                        one_row(
+                            rconn.execute(
+                                "SELECT count(*) FROM relay.deliveries WHERE attempts > 0"
+                            )
+                        )[0]
+                        > 0
+                    )
+                )
+                rconn.execute(
+                    "UPDATE relay.webhooks SET ordering = %s, ordering_key = %s",
+                    (after, template if after == "key" else None),
+                )
+                await asyncio.sleep(0.5)  # the relay reads the rules again
+                rconn.execute("UPDATE orders SET tenant = 'b'")
+                rconn.execute("UPDATE orders SET tenant = 'c' WHERE id = 1")
+                await until(
+                    lambda: one_row(rconn.execute("SELECT count(*) FROM relay.deliveries"))[0] == 5
+                )
+                state["refuse"] = False
+                await until(lambda: settled(rconn), timeout=20)
+
+    asyncio.run(scenario())
+    for row in (1, 2):
+        ids = [outbox for key, outbox in accepted if key == row]
+        assert ids == sorted(ids), f"row {row} heard out of order: {accepted}"
+    assert len(accepted) == 5
