@@ -5,7 +5,9 @@ PostgreSQL, real receivers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
 
 import pytest
 from aiohttp import web
@@ -84,3 +86,56 @@ def test_a_row_changed_across_an_ordering_change_keeps_its_order(
         ids = [outbox for key, outbox in accepted if key == row]
         assert ids == sorted(ids), f"row {row} heard out of order: {accepted}"
     assert len(accepted) == 5
+
+
+def test_a_lease_shorter_than_the_timeout_lets_no_second_request_in_under_concurrency_1(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Two relays, a webhook with concurrency 1 and a timeout longer than their lease, against a
+    receiver that answers after longer than the lease: the lease ran out while the request was
+    in flight, the claim counted it no more, and a second request went to the receiver (the
+    same delivery again, or the next one): two at once under a limit of one. The request's time
+    is now bounded by what is left of its lease (relay/delivery/worker.py, LEASE_MARGIN)."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('orders')")
+    spans: list[tuple[float, float]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        start = time.monotonic()
+        try:  # in flight until it answers, or the relay gives up and closes the connection
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if request.transport is None or request.transport.is_closing():
+                    break
+        finally:
+            spans.append((start, time.monotonic()))
+        return web.Response()
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(
+                rconn,
+                r.url,
+                ["public.orders"],
+                concurrency=1,
+                timeout_seconds=10,
+                retry_base_seconds=0.2,
+                max_attempts=100,
+            )
+            settings = FAST.model_copy(update={"lease_seconds": 2, "breaker_failures": 1000})
+            async with (
+                running(relay_dsn, settings, relay_id="one"),
+                running(relay_dsn, settings, relay_id="two"),
+            ):
+                rconn.execute("INSERT INTO orders VALUES (1), (2)")
+                await asyncio.sleep(7)
+
+    asyncio.run(scenario())
+    spans.sort()
+    assert len(spans) >= 3
+    # One at a time (the receiver notes a closed connection within 10 ms, the next request
+    # may come as soon as the outcome is written: a few ms overlap is the probe's own).
+    overlaps = [(a, b) for a, b in itertools.pairwise(spans) if b[0] < a[1] - 0.05]
+    assert not overlaps, overlaps
+    errors = [row[0] for row in rconn.execute("SELECT DISTINCT error FROM relay.attempts")]
+    assert errors and all("the end of its lease" in str(e) for e in errors), errors
