@@ -139,3 +139,39 @@ def test_a_lease_shorter_than_the_timeout_lets_no_second_request_in_under_concur
     assert not overlaps, overlaps
     errors = [row[0] for row in rconn.execute("SELECT DISTINCT error FROM relay.attempts")]
     assert errors and all("the end of its lease" in str(e) for e in errors), errors
+
+
+def test_a_slow_ordering_key_does_not_stall_the_relay(rconn: Conn, relay_dsn: str) -> None:
+    """An ordering_key template that takes its sandbox's time on every change (each render is
+    within its budget): the keys were rendered in the relay's event loop, one after another, so
+    a pass of changes stopped everything else the process did for the sum of them (requests in
+    flight, timeouts, leases, /metrics). They are rendered off the loop now."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('orders')")
+    slow = "{% for i in range(999999) %}{% endfor %}{{ data.id % 2 }}"
+    gaps: list[float] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def tick(stop: asyncio.Event) -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.02)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(rconn, r.url, ["public.orders"], ordering="key", ordering_key=slow)
+            async with running(relay_dsn):
+                stop = asyncio.Event()
+                ticker = asyncio.create_task(tick(stop))
+                rconn.execute("INSERT INTO orders SELECT generate_series(1, 12)")
+                await until(lambda: settled(rconn), timeout=30)
+                stop.set()
+                await ticker
+
+    asyncio.run(scenario())
+    assert max(gaps) < 0.5, f"the event loop stood still for {max(gaps):.2f} s"
