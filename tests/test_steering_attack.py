@@ -175,3 +175,29 @@ def test_a_slow_ordering_key_does_not_stall_the_relay(rconn: Conn, relay_dsn: st
 
     asyncio.run(scenario())
     assert max(gaps) < 0.5, f"the event loop stood still for {max(gaps):.2f} s"
+
+
+def test_a_rate_limit_raised_takes_hold_at_once(rconn: Conn, relay_dsn: str) -> None:
+    """An operator sets a rate limit of 0.001 by mistake (one request every 17.5 minutes) and
+    puts it right to 100: the next slot had been booked 17.5 minutes ahead under the old limit,
+    and the webhook sent nothing until then. A change of rate_limit now frees the slot."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+    rconn.execute("SELECT relay.track('orders')")
+    got: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.extend(c["data"]["id"] for c in changes(json.loads(await request.read())))
+        return web.Response()
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(rconn, r.url, ["public.orders"], rate_limit=0.001)
+            async with running(relay_dsn):
+                rconn.execute("INSERT INTO orders VALUES (1)")
+                await until(lambda: got == [1])
+                rconn.execute("INSERT INTO orders VALUES (2)")
+                await asyncio.sleep(0.5)
+                rconn.execute("UPDATE relay.webhooks SET rate_limit = 100")
+                await until(lambda: got == [1, 2], timeout=5)
+
+    asyncio.run(scenario())

@@ -202,6 +202,9 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.ordering IS DISTINCT FROM OLD.ordering THEN
         PERFORM relay.rekey_deliveries(NEW.id, OLD.ordering, NEW.ordering);
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.rate_limit IS DISTINCT FROM OLD.rate_limit THEN
+        PERFORM relay.forget_pace(NEW.id);
+    END IF;
     NEW.updated_at := now();
     RETURN NEW;
 END
@@ -354,6 +357,16 @@ BEGIN
         WHERE d.webhook_id = webhook AND d.outbox_id = placed.outbox_id;
     END IF;
 END
+$$;
+
+-- A webhook's rate_limit changed (relay.check_webhook calls this): its next request slot
+-- (relay.webhook_pace, 0026_steering.sql) was booked under the old limit, and a limit raised
+-- from 0.001 would otherwise send nothing until the slot it booked 17.5 minutes ahead. The next
+-- request takes a slot under the new limit. SECURITY DEFINER: a role allowed to edit webhooks
+-- need not be allowed to write relay.webhook_pace.
+CREATE OR REPLACE FUNCTION relay.forget_pace(webhook bigint) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM relay.webhook_pace WHERE webhook_id = webhook;
 $$;
 
 -- Every statement that changes webhooks or event rules bumps relay.rules_version and wakes
