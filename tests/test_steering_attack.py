@@ -19,12 +19,13 @@ from support.receivers import receiver
 from support.worker import FAST, running, until
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
 @pytest.mark.parametrize(
     ("before", "after"),
     [("row", "transaction"), ("row", "key"), ("transaction", "row"), ("key", "row")],
 )
 def test_a_row_changed_across_an_ordering_change_keeps_its_order(
-    rconn: Conn, relay_dsn: str, before: str, after: str
+    rconn: Conn, relay_dsn: str, before: str, after: str, batch_size: int
 ) -> None:
     """A row's change waiting for a retry when the ordering changes, and a later change of the
     same row fanned out under the new ordering: the receiver hears them in the order they were
@@ -55,6 +56,7 @@ def test_a_row_changed_across_an_ordering_change_keeps_its_order(
                 ordering_key=template if before == "key" else None,
                 retry_base_seconds=0.2,
                 max_attempts=100,
+                batch_size=batch_size,
             )
             async with running(relay_dsn, FAST.model_copy(update={"breaker_failures": 1000})):
                 rconn.execute("INSERT INTO orders VALUES (1, 'a'), (2, 'a')")
@@ -201,3 +203,58 @@ def test_a_rate_limit_raised_takes_hold_at_once(rconn: Conn, relay_dsn: str) -> 
                 await until(lambda: got == [1, 2], timeout=5)
 
     asyncio.run(scenario())
+
+
+def test_a_change_failed_in_row_scope_and_retried_after_a_switch_goes_before_its_row(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """A row's change failed for good in row scope; the webhook is switched to transaction
+    scope; a later change of the row waits for a retry; the SQL reset re-arms the failed one.
+    It would take a position after the later change's and go after it; it keeps the place the
+    switch gave it (in id order, before what came after) and goes first."""
+    rconn.execute("CREATE TABLE orders (id int PRIMARY KEY, v int)")
+    rconn.execute("SELECT relay.track('orders')")
+    state = {"started": False, "reset": False}
+    after_reset: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        event = changes(json.loads(await request.read()))[0]["event"]
+        if event == "created" and not state["started"]:
+            return web.Response(status=410)
+        if event == "updated" and not state["reset"]:
+            return web.Response(status=503)
+        after_reset.append(event)  # in the order they arrive once the reset is done
+        return web.Response()
+
+    async def scenario() -> None:
+        async with receiver(handle) as r:
+            hook(
+                rconn,
+                r.url,
+                ["public.orders"],
+                max_attempts=100,
+                retry_base_seconds=1,
+                retry_max_seconds=5,
+            )
+            async with running(relay_dsn, FAST.model_copy(update={"breaker_failures": 1000})):
+                rconn.execute("INSERT INTO orders VALUES (1, 0)")
+                await until(
+                    lambda: one_row(rconn.execute("SELECT count(*) FROM relay.deliveries"
+                                                  " WHERE status = 'failed'"))[0] == 1
+                )  # fmt: skip
+                rconn.execute("UPDATE relay.webhooks SET ordering = 'transaction'")
+                await asyncio.sleep(0.5)  # the relay reads the rules again
+                rconn.execute("UPDATE orders SET v = 1")
+                await until(
+                    lambda: one_row(rconn.execute("SELECT count(*) FROM relay.deliveries"
+                                                  " WHERE attempts > 1 AND status = 'pending'"
+                                                  " AND leased_until IS NULL"))[0]
+                    == 1
+                )  # fmt: skip
+                state["started"] = True
+                rconn.execute("UPDATE relay.outbox SET status = 'pending' WHERE status = 'failed'")
+                state["reset"] = True
+                await until(lambda: settled(rconn), timeout=20)
+
+    asyncio.run(scenario())
+    assert after_reset == ["created", "updated"], after_reset
