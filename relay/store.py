@@ -9,9 +9,10 @@ above never index a result by position or guess a column's type.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypedDict, cast
@@ -192,6 +193,10 @@ class Claimed:
     """This later change of its row was delivered after it failed, and nobody asked to send it
     anyway: something that does not judge superseded changes made it pending (a release's
     ``relay replay`` from before 0025, SQL by hand). It is not sent: it fails again, saying so."""
+    leased_at: float = field(default_factory=time.monotonic, compare=False)
+    """When (monotonic) its claim came back: its lease ends RELAY_LEASE_SECONDS after (a little
+    before: the claim set it). Its request must be over by then, or the delivery counts as in
+    flight for no one (a webhook's concurrency) and any relay may send it again meanwhile."""
 
 
 @dataclass(frozen=True)

@@ -210,13 +210,16 @@ SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint
 -- old batch's other changes may not be re-queued with it). A delivery with an order key (a
 -- webhook ordered by transaction or key, 0026) takes its position in rank order (commit order,
 -- relay/delivery/plan.py): the ranks are sorted before the positions are drawn. A re-armed one
--- keeps the position it had, so it goes back to its place.
+-- keeps the position it had, so it goes back to its place. The order key follows the webhook's
+-- ordering as the table has it (relay.order_key_now): a relay that has not yet reloaded its
+-- rules after the ordering changed must not write deliveries of the old scope.
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
                               order_key, position)
 SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
        g.order_key,
        CASE WHEN g.order_key IS NOT NULL THEN nextval('relay.delivery_positions') END
-FROM (SELECT *
+FROM (SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
+             relay.order_key_now(g.webhook_id, g.order_key) AS order_key
       FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                   %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[],
                   %(order_keys)s::text[], %(ranks)s::bigint[])
@@ -245,7 +248,8 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
 -- the change gets a new delivery, failed for the second reason too. The four lookups of a
 -- later change in flight, one per pairing of keys, run for these deliveries only.
 WITH given AS (
-    SELECT *
+    SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
+           relay.order_key_now(g.webhook_id, g.order_key) AS order_key, g.rank
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                 %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[],
                 %(order_keys)s::text[], %(ranks)s::bigint[])

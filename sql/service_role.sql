@@ -48,6 +48,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON relay.webhook_health TO :"role";
 -- the requests leased for one with a concurrency.
 GRANT SELECT, INSERT, UPDATE ON relay.webhook_pace TO :"role";
 GRANT EXECUTE ON FUNCTION relay.leased_requests(bigint[], text, bigint[], bigint[]) TO :"role";
+-- Write a delivery in its webhook's ordering as the table has it (relay.order_key_now).
+GRANT EXECUTE ON FUNCTION relay.order_key_now(bigint, text) TO :"role";
 -- Refresh the delivery tables' statistics after a burst (see 0004_statistics.sql).
 GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";
 -- Match changes and claim them in order across key moves (see 0009_key_moves.sql; keys read

@@ -411,10 +411,12 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     elif stage == "send":
         send = Sender.send
 
-        async def failing_send(self: Sender, request: Request, webhook: Webhook) -> Outcome:
+        async def failing_send(
+            self: Sender, request: Request, webhook: Webhook, within: float | None = None
+        ) -> Outcome:
             if webhook.name == "victim" and hit_body(request.body):
                 raise boom
-            return await send(self, request, webhook)
+            return await send(self, request, webhook, within)
 
         monkeypatch.setattr(Sender, "send", failing_send)
     else:

@@ -126,9 +126,12 @@ class Sender:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, request: Request, webhook: Webhook) -> Outcome:
-        """Send ``request`` with ``webhook``'s timeout and TLS settings. Never raises: every
-        failure, ours or the receiver's, comes back as an :class:`Outcome`."""
+    async def send(
+        self, request: Request, webhook: Webhook, within: float | None = None
+    ) -> Outcome:
+        """Send ``request`` with ``webhook``'s timeout and TLS settings, and within ``within``
+        seconds when that is shorter (what is left of the delivery's lease). Never raises:
+        every failure, ours or the receiver's, comes back as an :class:`Outcome`."""
         assert self._session is not None, "use Sender as an async context manager"
         if self.max_body_bytes is not None and len(request.body) > self.max_body_bytes:
             error = over_limit("body", len(request.body), self.max_body_bytes)
@@ -153,6 +156,10 @@ class Sender:
             else:
                 headers = {**headers, **proxy.headers}
         timeout = float(webhook.timeout_seconds)
+        cut = ""
+        if within is not None and within < timeout:
+            timeout = max(within, 0.001)
+            cut = " (the end of its lease: keep RELAY_LEASE_SECONDS above twice the timeout)"
         try:
             async with self._session.request(
                 request.method,
@@ -169,7 +176,8 @@ class Sender:
                 raw, unread = await _excerpt(response, timeout)
                 return attempt.judge(response, raw, unread)
         except TimeoutError:
-            return attempt.failed(f"no response from {host} within {timeout:g} s")
+            shown = f"{timeout:.3g}" if cut else f"{timeout:g}"
+            return attempt.failed(f"no response from {host} within {shown} s{cut}")
         except aiohttp.ClientConnectorCertificateError as exc:
             return attempt.failed(
                 f"TLS certificate of {host} not trusted: {_reason(exc.certificate_error)}"

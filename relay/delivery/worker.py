@@ -67,6 +67,11 @@ JIT compilation, which the planner's cost estimate for the claim query can trigg
 of a 256 ms claim. relay.schema_version: what it was built for (relay.refuse_other_releases,
 0023, refuses deliveries to a session built for another schema version, so that a relay left
 running across an upgrade stops rather than send under ids of its own making)."""
+LEASE_MARGIN = 0.2
+"""The part of a lease a request leaves for its outcome to be written: a request is cut when
+what is left of its delivery's lease falls to this (a webhook's timeout longer than the lease
+otherwise let the lease end while the request was in flight: two relays then sent to it past
+its concurrency, the same change at once)."""
 PAUSED_RECHECK_SECONDS = 1.0
 """When a delivery put back because its webhook is paused is due again: the claims leave a
 paused webhook alone, so it waits for the resume whatever this says; 1 s lets it go at once
@@ -555,7 +560,12 @@ class Worker:
                     if item.superseded_by is not None
                 )
                 outcome = await self._send(
-                    hook, request, sender, replay=replayed, superseded=superseded or None
+                    hook,
+                    request,
+                    sender,
+                    replay=replayed,
+                    superseded=superseded or None,
+                    leased_at=min(item.leased_at for item in sent),
                 )
                 self._breaker(sent[0], outcome)
                 jitter = random.uniform(0.8, 1.2)
@@ -720,7 +730,14 @@ class Worker:
             secrets = secrets_of(hook) if hook else []
             return Outcome.not_sent(reason(f"{stage}: {describe(exc, secrets)}"), permanent=True)
         superseded = None if item.superseded_by is None else str(item.superseded_by)
-        return await self._send(hook, request, sender, replay=item.replay, superseded=superseded)
+        return await self._send(
+            hook,
+            request,
+            sender,
+            replay=item.replay,
+            superseded=superseded,
+            leased_at=item.leased_at,
+        )
 
     async def _send(
         self,
@@ -730,6 +747,7 @@ class Worker:
         *,
         replay: bool = False,
         superseded: str | None = None,
+        leased_at: float | None = None,
     ) -> Outcome:
         """Send one request (a change's or a batch's); an exception that escapes the sender is
         retried like a network error (it may not happen again). A replay says so in
@@ -750,8 +768,21 @@ class Worker:
             raise
         except Exception as exc:  # no slot: not sent, and tried again like a network error
             return Outcome.not_sent(reason(f"pacing: {describe(exc)}"), permanent=False)
+        within = None
+        if leased_at is not None:
+            # The request ends before the lease does (LEASE_MARGIN of it kept for the outcome
+            # to be written): past it, the claim counts it in flight no more and another relay
+            # may send the delivery again, a webhook's concurrency exceeded.
+            within = self.settings.lease_seconds * (1 - LEASE_MARGIN) - (
+                time.monotonic() - leased_at
+            )
+            if within <= 0:
+                return Outcome.not_sent(
+                    reason("not sent: its lease ended first (RELAY_LEASE_SECONDS)"),
+                    permanent=False,
+                )
         try:
-            outcome = await sender.send(request, hook)
+            outcome = await sender.send(request, hook, within)
         except Exception as exc:
             why = f"sending: {describe(exc, secrets_of(hook, request))}"
             outcome = Outcome.not_sent(why, permanent=False)

@@ -176,6 +176,20 @@ LANGUAGE sql STABLE AS $$
                  OPERATOR(pg_catalog.=) 0))))
 $$;
 
+-- The order key a delivery is written with (add_deliveries, rearm_deliveries): the rendered
+-- one (plan.py), unless the webhook's ordering, as relay.webhooks has it now, says otherwise: a
+-- relay that fanned out under rules from before an ordering change (it reloads them within a
+-- second) would write a key in row scope, or none in an ordered one, and a row's changes would
+-- then be claimed under two scopes, the later first (relay.rekey_deliveries, rules.sql). In
+-- key scope a delivery written without a key takes '' (its key is not known here).
+CREATE OR REPLACE FUNCTION relay.order_key_now(webhook bigint, rendered text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN w.ordering = 'row' THEN NULL
+                WHEN w.ordering = 'transaction' THEN ''
+                ELSE coalesce(rendered, '') END
+    FROM relay.webhooks w WHERE w.id = webhook
+$$;
+
 -- The fence: a session of `relay run` (its connections are named 'relay run <relay id>') may
 -- write deliveries only if it was built for the schema version installed. Each such session
 -- says which in its startup options (relay.schema_version; relay/delivery/worker.py); a relay

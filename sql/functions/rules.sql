@@ -199,6 +199,12 @@ BEGIN
         RAISE EXCEPTION 'webhook "%": ordering_key is a template given with ordering = key, and only then',
             NEW.name USING ERRCODE = 'check_violation';
     END IF;
+    IF TG_OP = 'UPDATE' AND NEW.ordering IS DISTINCT FROM OLD.ordering THEN
+        PERFORM relay.rekey_deliveries(NEW.id, OLD.ordering, NEW.ordering);
+    END IF;
+    IF TG_OP = 'UPDATE' AND NEW.rate_limit IS DISTINCT FROM OLD.rate_limit THEN
+        PERFORM relay.forget_pace(NEW.id);
+    END IF;
     NEW.updated_at := now();
     RETURN NEW;
 END
@@ -312,6 +318,55 @@ BEGIN
     NEW.updated_at := now();
     RETURN NEW;
 END
+$$;
+
+-- A webhook's ordering changed (0026_steering.sql; relay.check_webhook calls this): its
+-- deliveries not yet delivered take the scope of the new ordering, so that none of them waits
+-- under the old one while a later change of its row goes out under the new one. Pending
+-- deliveries fanned out in row scope hold no position, and the claim of an ordered webhook
+-- passed them over (placed_first counts only those placed before) and sent the later change
+-- first. To row: pending deliveries drop their key and position (the claim's row scope then
+-- orders each row by id). To transaction or key from row: the deliveries without a position,
+-- pending and failed (a retry re-arms a failed one in its place), take positions in id order,
+-- before every delivery fanned out from now on, the pending ones under the order key '' (what
+-- their ordering_key would render is not known here: they go one after another). Under the
+-- lock hold_deliveries takes, so that a fan-out writing under the old ordering commits first
+-- (and is re-keyed here) or writes after this commits (and add_deliveries follows the
+-- webhook's ordering: relay.order_key_now). SECURITY DEFINER: a role allowed to edit webhooks
+-- need not be allowed to write deliveries.
+CREATE OR REPLACE FUNCTION relay.rekey_deliveries(webhook bigint, was text, ordering text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    LOCK TABLE relay.deliveries IN SHARE ROW EXCLUSIVE MODE;
+    IF ordering = 'row' THEN
+        UPDATE relay.deliveries d SET order_key = NULL, position = NULL
+        WHERE d.webhook_id = webhook AND d.status = 'pending' AND d.order_key IS NOT NULL;
+    ELSIF was = 'row' THEN
+        WITH placed AS (
+            SELECT p.outbox_id, nextval('relay.delivery_positions') AS position
+            FROM (SELECT d.outbox_id FROM relay.deliveries d
+                  WHERE d.webhook_id = webhook AND d.status IN ('pending', 'failed')
+                    AND d.position IS NULL
+                  ORDER BY d.outbox_id OFFSET 0) p
+        )
+        UPDATE relay.deliveries d
+        SET position = placed.position,
+            order_key = CASE WHEN d.status = 'pending' THEN coalesce(d.order_key, '') END
+        FROM placed
+        WHERE d.webhook_id = webhook AND d.outbox_id = placed.outbox_id;
+    END IF;
+END
+$$;
+
+-- A webhook's rate_limit changed (relay.check_webhook calls this): its next request slot
+-- (relay.webhook_pace, 0026_steering.sql) was booked under the old limit, and a limit raised
+-- from 0.001 would otherwise send nothing until the slot it booked 17.5 minutes ahead. The next
+-- request takes a slot under the new limit. SECURITY DEFINER: a role allowed to edit webhooks
+-- need not be allowed to write relay.webhook_pace.
+CREATE OR REPLACE FUNCTION relay.forget_pace(webhook bigint) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM relay.webhook_pace WHERE webhook_id = webhook;
 $$;
 
 -- Every statement that changes webhooks or event rules bumps relay.rules_version and wakes
