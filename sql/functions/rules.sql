@@ -332,11 +332,11 @@ $$;
 -- their ordering_key would render is not known here: they go one after another). Under the
 -- lock hold_deliveries takes, so that a fan-out writing under the old ordering commits first
 -- (and is re-keyed here) or writes after this commits (and add_deliveries follows the
--- webhook's ordering: relay.order_key_now). SECURITY DEFINER: a role allowed to edit webhooks
--- need not be allowed to write deliveries.
+-- webhook's ordering: relay.order_key_now). Run with the rights of the role that changes the
+-- ordering (relay's owner: nothing here runs with rights another role lacks).
 CREATE OR REPLACE FUNCTION relay.rekey_deliveries(webhook bigint, was text, ordering text)
 RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     LOCK TABLE relay.deliveries IN SHARE ROW EXCLUSIVE MODE;
     IF ordering = 'row' THEN
@@ -362,10 +362,10 @@ $$;
 -- A webhook's rate_limit changed (relay.check_webhook calls this): its next request slot
 -- (relay.webhook_pace, 0026_steering.sql) was booked under the old limit, and a limit raised
 -- from 0.001 would otherwise send nothing until the slot it booked 17.5 minutes ahead. The next
--- request takes a slot under the new limit. SECURITY DEFINER: a role allowed to edit webhooks
--- need not be allowed to write relay.webhook_pace.
+-- request takes a slot under the new limit. Run with the rights of the role that changes the
+-- limit (relay's owner).
 CREATE OR REPLACE FUNCTION relay.forget_pace(webhook bigint) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM relay.webhook_pace WHERE webhook_id = webhook;
 $$;
 
