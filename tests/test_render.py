@@ -63,6 +63,22 @@ def test_default_body_is_the_context_as_json_with_exact_numbers_and_netbox_signa
     assert req.headers["X-Relay-Delivery"] == req.delivery_id == DELIVERY
 
 
+def test_a_model_name_is_the_event_headers_object_type_as_docs_rules_says() -> None:
+    """docs/rules.md: X-Relay-Event is object_type.event, so a table tracked with a NetBox
+    model name (public.dcim_device as dcim.device) announces dcim.device.created."""
+    device = replace(
+        CHANGE, table_name="dcim_device", op="insert", old_json=None, model="dcim.device"
+    )
+    req = Renderer().request(HOOK, device, {}, timestamp=1_700_000_000, delivery_id=DELIVERY)
+    assert req.headers["X-Relay-Event"] == "dcim.device.created"
+    body = json.loads(req.body)
+    assert (body["object_type"], body["model"], body["event"]) == (
+        "dcim.device",
+        "device",
+        "created",
+    )
+
+
 def test_templates_for_url_body_and_headers() -> None:
     req = request(
         payload_url="https://example.test/{{ model }}/{{ data.id }}?team={{ team }}",
