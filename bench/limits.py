@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import psycopg
+from throughput import free_port, serve_until_asked
 
 from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.store import Store
@@ -60,28 +61,7 @@ def receiver_process(port: int, delay: float, ready: Any, results: Connection) -
             in_flight -= 1
         return web.Response(text="ok")
 
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.set()
-        while not results.poll():
-            await asyncio.sleep(0.05)
-        results.recv()
-        results.send(noted)
-        await runner.cleanup()
-
-    asyncio.run(serve())
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    asyncio.run(serve_until_asked(hook, port, ready, results, noted))
 
 
 def start_relay(dsn: str, **settings: str) -> subprocess.Popen[bytes]:

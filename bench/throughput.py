@@ -227,20 +227,27 @@ def receiver_process(port: int, ready: Any, results: Any) -> None:
             arrived.append((int(change["data"]["id"]), now))
         return web.Response(text="ok")
 
-    async def serve() -> None:
-        app = web.Application()
-        app.router.add_post("/hook", hook)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        ready.set()
-        while not results.poll():
-            await asyncio.sleep(0.1)
-        results.recv()
-        results.send(arrived)
-        await runner.cleanup()
+    asyncio.run(serve_until_asked(hook, port, ready, results, arrived))
 
-    asyncio.run(serve())
+
+async def serve_until_asked(
+    hook: Callable[[Any], Any], port: int, ready: Any, results: Any, noted: object
+) -> None:
+    """Serves POST /hook on 127.0.0.1:``port`` until the parent asks (any message on
+    ``results``), then sends it ``noted``: what the receivers of the benches saw."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    ready.set()
+    while not results.poll():
+        await asyncio.sleep(0.05)
+    results.recv()
+    results.send(noted)
+    await runner.cleanup()
 
 
 def start_relay(dsn: str, **settings: str) -> subprocess.Popen[bytes]:
