@@ -106,7 +106,10 @@ def _aliases() -> list[str]:
 
 
 class _Context:
-    """One request's values, shared by the databases it writes to."""
+    """One request's values, shared by the databases it writes to. They are read before every
+    query, so each is worked out again only when the object it comes from is another one:
+    Django's lazy ``request.user`` costs microseconds per attribute read, and login, logout
+    and Django REST Framework's authentication all put a new object there."""
 
     def __init__(self, request: HttpRequest, source: Callable[[HttpRequest], object]) -> None:
         self.request = request
@@ -114,8 +117,13 @@ class _Context:
         sent = request.headers.get("X-Request-ID", "")
         self.fallback = sent if _TOKEN.fullmatch(sent) else str(uuid.uuid4())
         """The request id when the application has none (yet)."""
+        self.path = _text(request.path)
+        self.method = _text(request.method)
+        self.user: object = _UNSEEN
+        """``request.user`` last seen, and below, the name it records."""
+        self.username: str | None = None
         self.found: object = None
-        """The application's id last seen, and below, what it records as: checked once each."""
+        """The application's id last seen, and below, what it records as."""
         self.own: str | None = None
 
     def request_id(self) -> str:
@@ -126,12 +134,14 @@ class _Context:
         return self.own or self.fallback
 
     def values(self) -> Values:
-        return (
-            _username(self.request),
-            self.request_id(),
-            _text(self.request.path),
-            _text(self.request.method),
-        )
+        user = getattr(self.request, "user", None)
+        if user is not self.user:
+            self.user = user
+            self.username = _username(user)
+        return (self.username, self.request_id(), self.path, self.method)
+
+
+_UNSEEN = object()
 
 
 def _own_id(found: object) -> str | None:
@@ -230,8 +240,7 @@ class _Tagger:
             connection.close()
 
 
-def _username(request: HttpRequest) -> str | None:
-    user = getattr(request, "user", None)
+def _username(user: Any) -> str | None:
     if user is None or not user.is_authenticated:
         return None
     return _text(user.get_username())
