@@ -147,6 +147,10 @@ def test_request_ids_the_application_gives_late_or_hostile(rconn: Conn, relay_ds
     uuid.UUID(before[0])
 
     assert bodies["nul path"]["request_path"] == "/echo/a\ufffdb"
+    # Placed before the middleware that sets request.id, relay still records it: it reads the
+    # id at each query.
+    assert bodies["relay first"]["request_id"] == ids["relay first"]
+    uuid.UUID(ids["relay first"])
     # RELAY_REQUEST_ID: a function's dotted path; None leaves the client's header.
     assert bodies["setting function"]["request_id"] == ids["setting function"] == "trace-echo-x"
     assert bodies["setting none"]["request_id"] == ids["setting none"] == "client-7"
