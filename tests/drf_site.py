@@ -311,6 +311,12 @@ def api(ask: Asker) -> None:
     ask("session site", "post", "/api/sites/", {"name": "fra1", "slug": "fra1"})
     ask("session settings", "patch", "/api/settings/", {})
     ask.client.logout()
+    connection.settings_dict["ATOMIC_REQUESTS"] = True  # each view in one transaction
+    try:
+        ask("atomic patch", "patch", f"/api/devices/{device['id']}/", {"name": "sw2"}, **BY_TOKEN)
+        ask("atomic fails", "post", "/api/fail/", {}, **BY_TOKEN)
+    finally:
+        connection.settings_dict["ATOMIC_REQUESTS"] = False
     ask("anonymous at the end", "get", "/echo/end")
 
 
@@ -366,6 +372,7 @@ def configure(dsn: str) -> None:
         INSTALLED_APPS=[
             "django.contrib.contenttypes",
             "django.contrib.auth",
+            "django.contrib.sessions",
             "rest_framework",
             "rest_framework.authtoken",
             f"{__name__}.Dcim",
@@ -376,7 +383,9 @@ def configure(dsn: str) -> None:
             f"{__name__}.app_request_id",
             "relay.contrib.django.RelayContextMiddleware",
         ],
-        SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
+        # Sessions in the database, as NetBox keeps them: reading request.user queries, inside
+        # relay's wrapper at a request's first query.
+        SESSION_ENGINE="django.contrib.sessions.backends.db",
         REST_FRAMEWORK={
             "DEFAULT_AUTHENTICATION_CLASSES": [
                 "rest_framework.authentication.SessionAuthentication",

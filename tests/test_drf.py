@@ -49,7 +49,7 @@ def test_token_and_session_users_and_the_applications_request_id(
     status, ids, bodies = result["status"], result["request_ids"], result["bodies"]
     assert status["token device"] == 201 and status["session site"] == 201
     assert status["bad token"] == 403  # SessionAuthentication first, as NetBox: 403, not 401
-    assert status["api fails"] == 500
+    assert status["api fails"] == status["atomic fails"] == 500
     for name in ids:
         uuid.UUID(ids[name])  # every one the application's (NetBox's request.id)
     assert ids["token device"] != "client-id"
@@ -66,6 +66,7 @@ def test_token_and_session_users_and_the_applications_request_id(
         ("dcim_device", "update", "sw1", "alice", device),
         ("dcim_device", "update", "sw1", "alice", ids["token patch"]),
         ("dcim_site", "insert", "fra1", "bob", ids["session site"]),
+        ("dcim_device", "update", "sw2", "alice", ids["atomic patch"]),  # ATOMIC_REQUESTS
         # Nothing of the refused token's request, nor of the one that failed in its
         # transaction; the anonymous request after them writes nothing either.
     ]
