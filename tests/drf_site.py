@@ -82,7 +82,8 @@ def add_site(name: str) -> None:
 
 
 def settings_view(request: HttpRequest) -> HttpResponse:
-    """What a change written now would be tagged with (any path: /echo/...)."""
+    """What a change written now would be tagged with (any path: /echo/...), asked twice."""
+    session_settings()
     return JsonResponse(session_settings())
 
 
@@ -333,8 +334,11 @@ def users(ask: Asker) -> None:
 
 
 def trace_id(request: HttpRequest) -> str:
-    """An application's request id kept elsewhere than a request attribute."""
+    """An application's request id kept elsewhere than a request attribute, made anew at
+    each call (a hostile one when the path says so)."""
     where: str = request.path
+    if where == "/echo/hostile":
+        return "".join(["a hostile", " id"])
     return "trace-" + where.strip("/").replace("/", "-")
 
 
@@ -355,6 +359,8 @@ def ids(ask: Asker) -> None:
             try:
                 headers = {"HTTP_X_TEST_ID": "absent", "HTTP_X_REQUEST_ID": "client-7"}
                 ask.fresh(f"setting {name}", "get", "/echo/x", **headers)
+                if name == "function":
+                    ask.fresh("function hostile", "post", "/echo/hostile", **headers)
             except Exception as error:
                 ask.errors[name] = f"{type(error).__name__}: {error}"
 

@@ -137,7 +137,8 @@ def test_request_ids_the_application_gives_late_or_hostile(rconn: Conn, relay_ds
     for kind in ("none", "nul", "huge", "spaces"):  # not plain tokens: a new UUID stands in
         uuid.UUID(ids[f"id {kind}"])
         assert bodies[f"id {kind}"]["request_id"] == ids[f"id {kind}"]
-    assert logged.count("request id not recorded") == 3  # None is no id, not a bad one
+    # None is no id, not a bad one; a function's hostile id made anew at each query: once.
+    assert logged.count("request id not recorded") == 4
     assert "length=10000" in logged
 
     # An id the application gives after the request's first write names the writes after it.
@@ -155,6 +156,7 @@ def test_request_ids_the_application_gives_late_or_hostile(rconn: Conn, relay_ds
     # RELAY_REQUEST_ID: a function's dotted path; None leaves the client's header.
     assert bodies["setting function"]["request_id"] == ids["setting function"] == "trace-echo-x"
     assert bodies["setting none"]["request_id"] == ids["setting none"] == "client-7"
+    assert bodies["function hostile"]["request_id"] == ids["function hostile"] == "client-7"
     assert result["errors"] == {
         "bad": "ImproperlyConfigured: RELAY_REQUEST_ID must name a request attribute (such as "
         "'id'), give the dotted path of a function of the request, or be None; not 5",

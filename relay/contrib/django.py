@@ -105,6 +105,10 @@ def _aliases() -> list[str]:
     return [alias for alias in connections if connections[alias].vendor == "postgresql"]
 
 
+_UNSEEN = object()
+"""No ``request.user`` seen yet (None is a request without one)."""
+
+
 class _Context:
     """One request's values, shared by the databases it writes to. They are read before every
     query, so each is worked out again only when the object it comes from is another one:
@@ -129,8 +133,10 @@ class _Context:
     def request_id(self) -> str:
         found = self.source(self.request)
         if found is not self.found:
+            # A function may make an equal id anew at each query: checked (and logged) once.
+            if type(found) is not type(self.found) or found != self.found:
+                self.own = _own_id(found)
             self.found = found
-            self.own = _own_id(found)
         return self.own or self.fallback
 
     def values(self) -> Values:
@@ -139,9 +145,6 @@ class _Context:
             self.user = user
             self.username = _username(user)
         return (self.username, self.request_id(), self.path, self.method)
-
-
-_UNSEEN = object()
 
 
 def _own_id(found: object) -> str | None:
