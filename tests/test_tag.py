@@ -4,6 +4,7 @@ SQLAlchemy, and is told clearly when there is no transaction to tag."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import psycopg
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import relay
+from relay.capture.tag import CLEAR, statement
 from relay.db import Conn
 from support.db import one_row
 
@@ -120,7 +122,7 @@ def test_hostile_values_are_recorded_exactly(items: Conn, relay_dsn: str) -> Non
 
 def test_bad_arguments_say_what_is_wrong(relay_dsn: str) -> None:
     with psycopg.connect(relay_dsn) as conn:
-        with pytest.raises(ValueError, match="give username, request_id or both"):
+        with pytest.raises(ValueError, match="give username, request_id, path or method"):
             relay.tag(conn)
         with pytest.raises(TypeError, match="username must be a str"):
             relay.tag(conn, username=7)  # type: ignore[arg-type]
@@ -128,8 +130,63 @@ def test_bad_arguments_say_what_is_wrong(relay_dsn: str) -> None:
             relay.tag(conn, request_id="a\x00b")
         with pytest.raises(ValueError, match="username is empty"):
             relay.tag(conn, username="")
+        with pytest.raises(TypeError, match="path must be a str"):
+            relay.tag(conn, path=b"/api/")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="method holds a NUL"):
+            relay.tag(conn, method="GE\x00T")
+        with pytest.raises(ValueError, match="path is empty"):
+            relay.tag(conn, username="alice", path="")
         with pytest.raises(TypeError, match="takes a psycopg AsyncConnection"):
             asyncio.run(relay.atag(conn, username="x"))  # type: ignore[arg-type]
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE  # nothing ran
     with pytest.raises(TypeError, match="not str"):
         relay.tag("postgresql://", username="x")  # type: ignore[arg-type]
+
+
+def session_settings(conn: psycopg.Connection[tuple[Any, ...]]) -> tuple[str, ...]:
+    names = ("username", "request_id", "request_path", "request_method")
+    calls = ", ".join(f"coalesce(current_setting('relay.{name}', true), '')" for name in names)
+    return one_row(conn.execute(f"SELECT {calls}"))
+
+
+def test_path_and_method_are_set_for_the_transaction_beside_the_user(
+    items: Conn, relay_dsn: str
+) -> None:
+    """What capture stores of them is its own test; here: the settings it reads, set for the
+    transaction only, alone or with the others, hostile text exactly."""
+    with psycopg.connect(relay_dsn) as conn:
+        relay.tag(conn, path="/api/dcim/devices/", method="POST")
+        assert session_settings(conn) == ("", "", "/api/dcim/devices/", "POST")
+        conn.execute("INSERT INTO items VALUES (1)")
+        conn.commit()
+        assert session_settings(conn) == ("", "", "", "")  # ended with the transaction
+        odd = "/api/o'brien/名前/%s/" + "x" * 10_000
+        relay.tag(conn, username="alice", request_id="req-3", path=odd, method="PATCH")
+        assert session_settings(conn) == ("alice", "req-3", odd, "PATCH")
+        conn.execute("INSERT INTO items VALUES (2)")
+        conn.commit()
+
+    async def scenario() -> tuple[str, ...]:
+        async with await psycopg.AsyncConnection.connect(relay_dsn) as conn:
+            await relay.atag(conn, method="DELETE")
+            cursor = await conn.execute("SELECT current_setting('relay.request_method', true)")
+            row = await cursor.fetchone()
+            assert row is not None
+            return tuple(row)
+
+    assert asyncio.run(scenario()) == ("DELETE",)
+    recorded = tags(items)  # the user and request id as before
+    assert recorded[1] == ("alice", "req-3")
+
+
+def test_a_replacing_statement_clears_what_it_is_not_given(relay_dsn: str) -> None:
+    """The Django middleware's: a user who logged out must not stay on the session."""
+    with psycopg.connect(relay_dsn, autocommit=True) as conn:
+        sql, params = statement("alice", "req-1", path="/a", method="GET", local=False)
+        conn.execute(sql, params)
+        assert session_settings(conn) == ("alice", "req-1", "/a", "GET")
+        sql, params = statement(None, "req-2", local=False, replace=True)
+        conn.execute(sql, params)
+        assert session_settings(conn) == ("", "req-2", "", "")
+        conn.execute(CLEAR)
+        assert session_settings(conn) == ("", "", "", "")

@@ -13,10 +13,15 @@ if TYPE_CHECKING:
 
 __all__ = ["CLEAR", "NoTransaction", "atag", "statement", "tag"]
 
-CLEAR = (
-    "SELECT pg_catalog.set_config('relay.username', '', false), "
-    "pg_catalog.set_config('relay.request_id', '', false)"
-)
+_ARGUMENTS = {
+    "relay.username": "username",
+    "relay.request_id": "request_id",
+    "relay.request_path": "path",
+    "relay.request_method": "method",
+}
+"""The session settings capture reads, each with the keyword argument that sets it."""
+
+CLEAR = "SELECT " + ", ".join(f"pg_catalog.set_config('{name}', '', false)" for name in _ARGUMENTS)
 """Untags a database session (an empty value is no tag: changes fall back to the defaults)."""
 
 
@@ -26,27 +31,36 @@ class NoTransaction(RuntimeError):
 
 
 def statement(
-    username: str | None, request_id: str | None, *, local: bool = True
+    username: str | None = None,
+    request_id: str | None = None,
+    *,
+    path: str | None = None,
+    method: str | None = None,
+    local: bool = True,
+    replace: bool = False,
 ) -> tuple[str, list[str]]:
     """The SQL that sets the given values and its parameters (for callers with a cursor of
-    their own, such as the Django middleware). ``local``: for this transaction only."""
-    values = {"relay.username": username, "relay.request_id": request_id}
+    their own, such as the Django middleware). ``local``: for this transaction only.
+    ``replace``: the settings not given are cleared, so a value set earlier in the session (a
+    user who has since logged out) is not left behind."""
+    values = dict(zip(_ARGUMENTS, (username, request_id, path, method), strict=True))
     given = {name: value for name, value in values.items() if value is not None}
-    if not given:
-        raise ValueError("relay.tag: give username, request_id or both")
+    if not given and not replace:
+        raise ValueError("relay.tag: give username, request_id, path or method")
     for name, value in given.items():
+        argument = _ARGUMENTS[name]
         if not isinstance(value, str):
-            raise TypeError(f"relay.tag: {name.split('.')[1]} must be a str, not {type(value)}")
+            raise TypeError(f"relay.tag: {argument} must be a str, not {type(value)}")
         if "\x00" in value:
-            raise ValueError(f"relay.tag: {name.split('.')[1]} holds a NUL character")
+            raise ValueError(f"relay.tag: {argument} holds a NUL character")
         if not value:
             raise ValueError(
-                f"relay.tag: {name.split('.')[1]} is empty (leave it out, or None, to keep "
-                "the default)"
+                f"relay.tag: {argument} is empty (leave it out, or None, to keep the default)"
             )
+    chosen = tuple(_ARGUMENTS) if replace else tuple(given)
     scope = "true" if local else "false"
-    calls = ", ".join(f"pg_catalog.set_config('{name}', %s, {scope})" for name in given)
-    return f"SELECT {calls}", list(given.values())
+    calls = ", ".join(f"pg_catalog.set_config('{name}', %s, {scope})" for name in chosen)
+    return f"SELECT {calls}", [given.get(name, "") for name in chosen]
 
 
 def tag(
@@ -54,13 +68,16 @@ def tag(
     *,
     username: str | None = None,
     request_id: str | None = None,
+    path: str | None = None,
+    method: str | None = None,
 ) -> None:
-    """Make every change the current transaction records carry ``username`` and/or
-    ``request_id`` (in relay.outbox, and as the webhook's ``username`` and ``request_id``).
+    """Make every change the current transaction records carry ``username``, ``request_id``,
+    and the HTTP request's ``path`` and ``method``, those given (in relay.outbox, and as the
+    webhook's ``username``, ``request_id`` and NetBox 4's ``request``).
     ``conn`` is a psycopg connection or a SQLAlchemy Connection or Session; the values end
     with the transaction. Raises :class:`NoTransaction` where they would apply to nothing: an
     autocommit connection outside ``conn.transaction()``, or a failed transaction."""
-    sql, params = statement(username, request_id)
+    sql, params = statement(username, request_id, path=path, method=method)
     if isinstance(conn, psycopg.Connection):
         _check(conn, "wrap the writes in `with conn.transaction():` and tag inside it")
         with psycopg.Cursor(conn) as cursor:  # not conn.cursor(): its factory may be any
@@ -80,12 +97,14 @@ async def atag(
     *,
     username: str | None = None,
     request_id: str | None = None,
+    path: str | None = None,
+    method: str | None = None,
 ) -> None:
     """:func:`tag` for an asyncio psycopg connection. (A SQLAlchemy AsyncSession tags with
     ``await session.run_sync(relay.tag, username=...)``.)"""
     if not isinstance(conn, psycopg.AsyncConnection):
         raise TypeError(f"relay.atag takes a psycopg AsyncConnection, not {type(conn).__name__}")
-    sql, params = statement(username, request_id)
+    sql, params = statement(username, request_id, path=path, method=method)
     _check(conn, "wrap the writes in `async with conn.transaction():` and tag inside it")
     async with psycopg.AsyncCursor(conn) as cursor:
         await cursor.execute(sql, params)
