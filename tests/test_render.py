@@ -21,6 +21,8 @@ from relay.render.request import Renderer, RenderError, context, default_body
 from relay.render.sandbox import MAX_OUTPUT
 from support.render import CHANGE, HOOK
 
+NETBOX4_KEYS = ["event", "timestamp", "object_type", "data", "request", "snapshots"]
+"""NetBox 4's default body, key by key in its order."""
 DELIVERY = "5d3c1e2a-7b4f-4e0a-9c1d-2f6b8a9e0c11"
 """The delivery id the requests here go under (relay.deliveries.id in a running relay)."""
 
@@ -240,14 +242,20 @@ def test_the_default_body_splices_the_stored_json_as_it_is() -> None:
         created_at=datetime(2026, 11, 22, tzinfo=UTC),
     )
     fast = default_body(stored)
+    netbox4 = default_body(stored, body_format="netbox4")
     assert "old" not in stored.__dict__ and "new" not in stored.__dict__  # nothing parsed
-    # What rendering the parsed row gives, to the digit (the spacing may differ).
-    assert loads(fast.decode()) == loads(dumps(context(stored)))
+    # What rendering the parsed row gives, to the digit (the spacing may differ): the relay
+    # format is the context but for NetBox 4's request, the netbox4 format NetBox 4's keys of it.
+    ctx = context(stored)
+    assert loads(fast.decode()) == loads(dumps({k: v for k, v in ctx.items() if k != "request"}))
+    assert loads(netbox4.decode()) == loads(dumps({k: ctx[k] for k in NETBOX4_KEYS}))
     assert b'"total": 99.50' in fast and "é".encode() in fast
-    with_data = default_body(stored, {"team": "ops", "rate": Decimal("0.10"), "n": 2**70})
-    assert loads(with_data.decode()) == context(
-        stored, {"team": "ops", "rate": Decimal("0.10"), "n": 2**70}
-    )
+    assert b'"total": 99.50' in netbox4 and "é".encode() in netbox4
+    data = {"team": "ops", "rate": Decimal("0.10"), "n": 2**70}
+    with_data = default_body(stored, data)
+    assert loads(with_data.decode()) == {
+        k: v for k, v in context(stored, data).items() if k != "request"
+    }
     assert b'"rate":0.10' in with_data.replace(b" ", b"") and str(2**70).encode() in with_data
 
 
