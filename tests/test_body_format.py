@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -14,8 +15,11 @@ import pytest
 
 import relay
 from relay.db import Conn
+from relay.render.request import context
+from relay.rules.conditions import explain
 from support.cli import relay as relay_command
 from support.receivers import NetBox4Receiver, netbox4_receiver, receiver
+from support.render import CHANGE
 from support.worker import outbox_statuses, running, until
 
 SECRET = "nb-shared-secret"
@@ -263,3 +267,36 @@ def test_a_netbox4_webhooks_preview_shows_netbox_4s_body(rconn: Conn, relay_dsn:
     body: dict[str, Any] = json.loads(shown.stdout.strip().splitlines()[-1])
     assert list(body) == list(NETBOX4) and body["object_type"] == "dcim.device"
     assert body["request"] == {"id": "preview", "path": None, "method": None, "user": "preview"}
+
+
+def test_docs_netbox_receiver_example_runs_as_written(rconn: Conn) -> None:
+    """docs/rules.md's "A receiver written for NetBox": its SQL, on a database with NetBox's
+    table of devices, makes a netbox4 webhook whose rule takes the devices' changes."""
+    text = (Path(__file__).parent.parent / "docs" / "rules.md").read_text()
+    section = text.split("### A receiver written for NetBox", 1)[1]
+    example = section.split("```sql\n", 1)[1].split("```", 1)[0]
+    rconn.execute("CREATE TABLE public.dcim_device (id int PRIMARY KEY, name text)")
+    rconn.execute(example)
+    row = rconn.execute(
+        "SELECT w.body_format, r.tables FROM relay.webhooks w"
+        " JOIN relay.event_rules r ON r.webhook_id = w.id"
+    ).fetchall()
+    assert row == [("netbox4", ["public.dcim_device"])]
+
+
+@pytest.mark.parametrize(
+    ("condition", "matched"),
+    [
+        ({"attr": "request.user", "value": "alice"}, True),
+        ({"attr": "request.user", "op": "in", "value": ["bob", "alice"]}, True),
+        ({"attr": "request.user", "op": "gte", "value": "alice"}, True),
+        ({"attr": "request.user", "op": "regex", "value": "^al"}, True),
+        ({"attr": "request.user", "value": "bob"}, False),
+        ({"attr": "request.id", "value": "req-1"}, True),
+        ({"attr": "request.method", "value": None}, True),
+    ],
+)
+def test_conditions_read_request_as_templates_do(condition: dict[str, Any], matched: bool) -> None:
+    """request.user, a string that also answers .username in templates, is a string to the
+    conditions: equal to "alice" (it was not, before they took any str as one kind)."""
+    assert explain(condition, context(CHANGE)).matched is matched

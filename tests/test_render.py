@@ -161,6 +161,14 @@ def test_netbox4_bodies_of_every_event(
     assert body["request"]["user"] is None and body["request"]["id"] == "req-1"
 
 
+@pytest.mark.parametrize("value", ['/a"b\\c\n\r\t', "\u2028é𝄞\x7f", "/x" * 500_000, "%00/<script>"])
+def test_any_request_path_method_or_user_is_json_in_the_netbox4_body(value: str) -> None:
+    """What an application sets is written as JSON text, whatever it holds."""
+    change = replace(TAGGED, request_path=value, request_method=value, username=value)
+    body = json.loads(default_body(change, body_format="netbox4"))
+    assert body["request"] == {"id": "req-1", "path": value, "method": value, "user": value}
+
+
 def test_a_netbox4_batch_is_an_array_of_netbox4_bodies() -> None:
     changes = tuple(replace(TAGGED, id=41 + n, request_id=f"req-{n}") for n in range(3))
     batch = Batch(9, changes, ({"team": "ops"}, None, {}))
