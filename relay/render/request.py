@@ -108,7 +108,9 @@ def _context(
     change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     user = None if change.username is None else _User(change.username)
-    return {**_relay_body(change, old, new, pk, action_data), "request": _request(change, user)}
+    ctx = _relay_body(change, old, new, pk, action_data)
+    ctx["request"] = _request(change, user)  # after the action data's keys: it replaces theirs
+    return ctx
 
 
 def _relay_body(
