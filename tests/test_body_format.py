@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,13 @@ import pytest
 
 import relay
 from relay.db import Conn
+from relay.model import Batch
+from relay.render.pool import BlockingRenderPool
 from relay.render.request import context
 from relay.rules.conditions import explain
 from support.cli import relay as relay_command
 from support.receivers import NetBox4Receiver, netbox4_receiver, receiver
-from support.render import CHANGE
+from support.render import CHANGE, HOOK
 from support.worker import outbox_statuses, running, until
 
 SECRET = "nb-shared-secret"
@@ -300,3 +303,30 @@ def test_conditions_read_request_as_templates_do(condition: dict[str, Any], matc
     """request.user, a string that also answers .username in templates, is a string to the
     conditions: equal to "alice" (it was not, before they took any str as one kind)."""
     assert explain(condition, context(CHANGE)).matched is matched
+
+
+def test_a_render_process_gives_templates_netbox_4s_request() -> None:
+    """Templates render in render processes (relay/render/child.py): a change travels there as
+    its fields, the request's path and method with them."""
+    tagged = replace(CHANGE, request_path="/api/dcim/devices/7/", request_method="PATCH")
+    hook = replace(
+        HOOK,
+        body_template="{{ request.user }}|{{ request.user.username }}|{{ request.id }}"
+        "|{{ request.path }}|{{ request.method }}",
+    )
+    with BlockingRenderPool() as renders:
+        one = renders.request(hook, tagged, None, timestamp=0, delivery_id="d")
+        many = renders.request(
+            replace(
+                hook,
+                batch_size=10,
+                body_template="{{ changes | map(attribute='request')"
+                " | map(attribute='method') | join(',') }}",
+            ),
+            Batch(1, (tagged, replace(tagged, request_method=None)), (None, None)),
+            None,
+            timestamp=0,
+            delivery_id="d",
+        )
+    assert one.body == b"alice|alice|req-1|/api/dcim/devices/7/|PATCH"
+    assert many.body == b"PATCH,None"
