@@ -95,6 +95,8 @@ class Change:
     created_at: datetime
     model: str | None = None
     """The table's model name (``relay.track(..., model => 'dcim.device')``), if it has one."""
+    request_path: str | None = None
+    request_method: str | None = None
 
     @classmethod
     def of(cls, *, old: Any = None, new: Any = None, pk: Any = None, **fields: Any) -> Change:
@@ -163,6 +165,10 @@ class Change:
         return self.schema_name, self.table_name
 
 
+BODY_FORMATS = ("relay", "netbox4")
+"""The shapes of a default body (``webhooks.body_format``; relay.check_webhook takes the same)."""
+
+
 @dataclass(frozen=True)
 class Webhook:
     """A webhook as relay sends to it (a relay.webhooks row). ``max_attempts`` and the retry fields
@@ -198,6 +204,10 @@ class Webhook:
     them, in commit order) or ``key`` (those whose ``ordering_key`` renders the same)."""
     ordering_key: str | None = None
     """With ``ordering = 'key'``: a template, rendered with the body's context."""
+    body_format: str = "relay"
+    """The default body's shape (when ``body_template`` is empty): ``relay`` (NetBox 3's keys and
+    relay's own) or ``netbox4`` (NetBox 4's: event, timestamp, object_type, data, request,
+    snapshots)."""
     paused: bool = False
     """Paused (paused_at set, by an operator or as dead): what a relay claimed before it heard
     of the pause goes back unsent rather than out."""

@@ -97,6 +97,7 @@ class WebhookRow(TypedDict):
     rate_limit: Decimal | None
     ordering: str
     ordering_key: str | None
+    body_format: str
 
 
 class RuleRow(WebhookRow):

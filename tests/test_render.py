@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-from relay.model import Change, Request, Webhook, dumps, loads
-from relay.render.request import Renderer, RenderError, context, default_body
+from relay.model import BODY_FORMATS, Batch, Change, Request, Webhook, dumps, loads
+from relay.render.request import Renderer, RenderError, batch_context, context, default_body
 from relay.render.sandbox import MAX_OUTPUT
 from support.render import CHANGE, HOOK
 
+NETBOX4_KEYS = ["event", "timestamp", "object_type", "data", "request", "snapshots"]
+"""NetBox 4's default body, key by key in its order."""
 DELIVERY = "5d3c1e2a-7b4f-4e0a-9c1d-2f6b8a9e0c11"
 """The delivery id the requests here go under (relay.deliveries.id in a running relay)."""
 
@@ -77,6 +79,202 @@ def test_a_model_name_is_the_event_headers_object_type_as_docs_rules_says() -> N
         "device",
         "created",
     )
+
+
+RELAY_BODY = (
+    b'{"team":"ops","event":"updated","timestamp":"2026-11-22T10:00:00+00:00","model":"orders",'
+    b'"object_type":"public.orders","username":"alice","request_id":"req-1",'
+    b'"data":{"id": 7, "status": "paid", "total": 120.00, "note": "a\\r\\nX-Evil: 1"},'
+    b'"snapshots":{"prechange":{"id": 7, "status": "new", "total": 120.00, "note": '
+    b'"a\\r\\nX-Evil: 1"},"postchange":{"id": 7, "status": "paid", "total": 120.00, "note": '
+    b'"a\\r\\nX-Evil: 1"}},"id":41,"pk":{"id": 7},"txid":"812","action_data":{"team":"ops"}}'
+)
+"""The relay format's body of CHANGE with the action data {"team": "ops"}, as relay sent it
+before body formats came (commit a7df833): the relay format stays it to the byte."""
+TAGGED = replace(
+    CHANGE, model="dcim.device", request_path="/api/dcim/devices/7/", request_method="PATCH"
+)
+"""A change made through NetBox's API (its path and method recorded with it)."""
+
+
+def test_the_relay_format_is_the_body_relay_always_sent_to_the_byte() -> None:
+    assert request().body == RELAY_BODY
+    assert request(body_format="relay").body == RELAY_BODY
+    # A request path and method recorded do not reach it: only templates and netbox4 see them.
+    tagged = Renderer().request(
+        HOOK,
+        replace(CHANGE, request_path="/x", request_method="GET"),
+        {"team": "ops"},
+        timestamp=0,
+        delivery_id=DELIVERY,
+    )
+    assert tagged.body == RELAY_BODY
+
+
+def test_the_netbox4_format_is_netbox_4s_body_key_by_key() -> None:
+    hook = replace(HOOK, body_format="netbox4")
+    req = Renderer().request(
+        hook, TAGGED, {"team": "ops", "request": "theirs"}, timestamp=0, delivery_id=DELIVERY
+    )
+    body = json.loads(req.body)
+    assert list(body) == NETBOX4_KEYS
+    assert (body["event"], body["object_type"], body["timestamp"]) == (
+        "updated",
+        "dcim.device",
+        "2026-11-22T10:00:00+00:00",
+    )
+    assert body["request"] == {
+        "id": "req-1",
+        "path": "/api/dcim/devices/7/",
+        "method": "PATCH",
+        "user": "alice",
+    }
+    assert body["data"]["status"] == "paid" and body["snapshots"]["prechange"]["status"] == "new"
+    assert b'"total": 120.00' in req.body  # the row spliced in as PostgreSQL wrote it
+    # Signed and announced as any body: relay's own metadata is in the headers.
+    expected = hmac.new(b"s3cret", req.body, hashlib.sha512).hexdigest()
+    assert req.headers["X-Hook-Signature"] == expected
+    assert req.headers["X-Relay-Delivery"] == DELIVERY
+    assert req.headers["X-Relay-Event"] == "dcim.device.updated"
+
+
+@pytest.mark.parametrize(
+    ("op", "old", "new", "data"),
+    [
+        ("insert", None, '{"id": 7}', {"id": 7}),
+        ("delete", '{"id": 7}', None, {"id": 7}),
+        ("truncate", None, None, None),
+    ],
+)
+def test_netbox4_bodies_of_every_event(
+    op: str, old: str | None, new: str | None, data: dict[str, int] | None
+) -> None:
+    """A truncate has no row: data and both snapshots are null, the rest is there."""
+    change = replace(TAGGED, op=op, old_json=old, new_json=new, pk_json=None, username=None)
+    body = json.loads(default_body(change, body_format="netbox4"))
+    assert list(body) == NETBOX4_KEYS and body["data"] == data
+    assert body["event"] == {"insert": "created", "delete": "deleted"}.get(op, "truncated")
+    assert body["snapshots"] == {
+        "prechange": loads(old or "null"),
+        "postchange": loads(new or "null"),
+    }
+    assert body["request"]["user"] is None and body["request"]["id"] == "req-1"
+
+
+@pytest.mark.parametrize("value", ['/a"b\\c\n\r\t', "\u2028é𝄞\x7f", "/x" * 500_000, "%00/<script>"])
+def test_any_request_path_method_or_user_is_json_in_the_netbox4_body(value: str) -> None:
+    """What an application sets is written as JSON text, whatever it holds."""
+    change = replace(TAGGED, request_path=value, request_method=value, username=value)
+    body = json.loads(default_body(change, body_format="netbox4"))
+    assert body["request"] == {"id": "req-1", "path": value, "method": value, "user": value}
+
+
+def test_a_netbox4_batch_is_an_array_of_netbox4_bodies() -> None:
+    changes = tuple(replace(TAGGED, id=41 + n, request_id=f"req-{n}") for n in range(3))
+    batch = Batch(9, changes, ({"team": "ops"}, None, {}))
+    req = Renderer().request(
+        replace(HOOK, body_format="netbox4", batch_size=10),
+        batch,
+        timestamp=0,
+        delivery_id=DELIVERY,
+    )
+    bodies = json.loads(req.body)
+    assert [list(body) for body in bodies] == [NETBOX4_KEYS] * 3
+    assert [body["request"]["id"] for body in bodies] == ["req-0", "req-1", "req-2"]
+    assert req.body == b"[" + b",".join(default_body(c, None, "netbox4") for c in changes) + b"]"
+
+
+def test_a_body_template_wins_over_the_format() -> None:
+    templated = request(body_format="netbox4", body_template="{{ request.user }} {{ event }}")
+    assert templated.body == b"alice updated"
+
+
+def test_an_unknown_format_fails_the_delivery_in_words() -> None:
+    """The database refuses one (relay.check_webhook); a Webhook made in code may still hold it."""
+    with pytest.raises(RenderError, match="body_format 'NETBOX4' is not one of relay, netbox4"):
+        request(body_format="NETBOX4")
+    assert set(BODY_FORMATS) == {"relay", "netbox4"}
+    for body_format in BODY_FORMATS:
+        assert request(body_format=body_format).body.startswith(b"{")
+
+
+def test_templates_see_netbox_4s_request() -> None:
+    """NetBox 4 gives templates request.id, .path, .method and .user (a User that prints as its
+    username): the same templates render the same here, in both formats."""
+    template = (
+        "{{ request.user }}|{{ request.user.username }}|{{ request.id }}|{{ request.path }}"
+        "|{{ request.method }}|{{ request.user.email }}|{{ request | tojson }}"
+    )
+    for body_format in BODY_FORMATS:
+        req = Renderer().request(
+            replace(HOOK, body_template=template, body_format=body_format),
+            TAGGED,
+            timestamp=0,
+            delivery_id=DELIVERY,
+        )
+        user, name, rid, path, method, email, whole = req.body.decode().split("|")
+        assert (user, name, rid, path, method, email) == (
+            "alice",
+            "alice",
+            "req-1",
+            "/api/dcim/devices/7/",
+            "PATCH",
+            "",
+        )
+        assert json.loads(whole) == {
+            "id": "req-1",
+            "path": "/api/dcim/devices/7/",
+            "method": "PATCH",
+            "user": "alice",
+        }
+    # Nothing recorded: each is None (the user too: no name to print), as NetBox's request
+    # would be absent.
+    bare = context(replace(CHANGE, username=None, request_id=None))
+    assert bare["request"] == {"id": None, "path": None, "method": None, "user": None}
+
+
+def test_action_data_never_replaces_request() -> None:
+    ctx = context(TAGGED, {"request": {"user": "mallory"}, "team": "ops"})
+    assert ctx["request"]["user"] == "alice" and ctx["action_data"]["request"] == {
+        "user": "mallory"
+    }
+    batch = batch_context(
+        Batch(1, (TAGGED, replace(TAGGED, request_id="req-2")), ({"request": 1}, None))
+    )
+    assert batch["request"]["id"] == "req-1"
+    assert [c["request"]["id"] for c in batch["changes"]] == ["req-1", "req-2"]
+
+
+@pytest.mark.parametrize(
+    ("template", "shown"),
+    [
+        ("{{ request.__class__ }}", ""),
+        ("{{ request.user.__class__ }}", ""),
+        ("{{ request.user|attr('__class__') }}", ""),
+        ("{{ request.user.fget }}", ""),
+        ("{{ '{0.__class__}'.format(request.user) }}", ""),
+        ("{{ request.items() | list | length }}", "4"),  # reading is all it allows
+    ],
+)
+def test_request_gives_nothing_but_its_values(template: str, shown: str) -> None:
+    assert request(body_template=template).body.decode() == shown
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("{{ request.pop('id') }}", "unsafe"),
+        ("{{ request.update({'user': 'x'}) }}", "unsafe"),
+        ("{{ request.user.__reduce_ex__(2) }}", "unsafe"),
+        ("{{ request.user.username.__class__.__mro__ }}", "unsafe"),
+        ("{{ request.user * 1000000000 }}", "characters"),
+        ("{{ request.user.ljust(1000000000) }}", "ljust\\(\\) goes past"),
+    ],
+)
+def test_request_is_guarded_as_any_value(template: str, reason: str) -> None:
+    """request is a plain dict, request.user a str: the sandbox's rules and limits hold."""
+    with pytest.raises(RenderError, match=reason):
+        request(body_template=template)
 
 
 def test_templates_for_url_body_and_headers() -> None:
@@ -240,14 +438,20 @@ def test_the_default_body_splices_the_stored_json_as_it_is() -> None:
         created_at=datetime(2026, 11, 22, tzinfo=UTC),
     )
     fast = default_body(stored)
+    netbox4 = default_body(stored, body_format="netbox4")
     assert "old" not in stored.__dict__ and "new" not in stored.__dict__  # nothing parsed
-    # What rendering the parsed row gives, to the digit (the spacing may differ).
-    assert loads(fast.decode()) == loads(dumps(context(stored)))
+    # What rendering the parsed row gives, to the digit (the spacing may differ): the relay
+    # format is the context but for NetBox 4's request, the netbox4 format NetBox 4's keys of it.
+    ctx = context(stored)
+    assert loads(fast.decode()) == loads(dumps({k: v for k, v in ctx.items() if k != "request"}))
+    assert loads(netbox4.decode()) == loads(dumps({k: ctx[k] for k in NETBOX4_KEYS}))
     assert b'"total": 99.50' in fast and "é".encode() in fast
-    with_data = default_body(stored, {"team": "ops", "rate": Decimal("0.10"), "n": 2**70})
-    assert loads(with_data.decode()) == context(
-        stored, {"team": "ops", "rate": Decimal("0.10"), "n": 2**70}
-    )
+    assert b'"total": 99.50' in netbox4 and "é".encode() in netbox4
+    data = {"team": "ops", "rate": Decimal("0.10"), "n": 2**70}
+    with_data = default_body(stored, data)
+    assert loads(with_data.decode()) == {
+        k: v for k, v in context(stored, data).items() if k != "request"
+    }
     assert b'"rate":0.10' in with_data.replace(b" ", b"") and str(2**70).encode() in with_data
 
 

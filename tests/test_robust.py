@@ -391,10 +391,12 @@ def inject(monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     elif stage == "render":
         default_body = request.default_body
 
-        def failing_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
+        def failing_body(
+            change: Change, action_data: Mapping[str, Any] | None = None, body_format: str = "relay"
+        ) -> bytes:
             if (action_data or {}).get("victim") and hit(change):
                 raise boom
-            return default_body(change, action_data)
+            return default_body(change, action_data, body_format)
 
         monkeypatch.setattr(request, "default_body", failing_body)
     elif stage == "sign":

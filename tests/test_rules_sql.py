@@ -49,11 +49,27 @@ def test_a_good_webhook_and_rule_get_netbox_defaults(rconn: Conn) -> None:
         ({"payload_url": f"https://{'a' * 64}.example/"}, "one longer than 63 characters"),
         ({"payload_url": "https://a..example/"}, "an empty label"),
         ({"name": " "}, "name must not be empty"),
+        ({"body_format": ""}, 'unknown body_format "" \\(use relay or netbox4\\)'),
+        ({"body_format": "NETBOX4"}, 'unknown body_format "NETBOX4"'),
+        ({"body_format": " netbox4"}, 'unknown body_format " netbox4"'),
+        ({"body_format": "relay; DROP TABLE relay.outbox"}, 'unknown body_format "relay; DROP'),
     ],
 )
 def test_bad_webhooks_are_refused(rconn: Conn, fields: dict[str, object], message: str) -> None:
     with pytest.raises(psycopg.errors.CheckViolation, match=message):
         add_webhook(rconn, **fields)
+
+
+def test_a_webhooks_body_format_is_relay_unless_set_to_netbox4(rconn: Conn) -> None:
+    relay = add_webhook(rconn)
+    netbox4 = add_webhook(rconn, name="nb4", body_format="netbox4")
+    formats = rconn.execute("SELECT id, body_format FROM relay.webhooks ORDER BY id").fetchall()
+    assert formats == [(relay, "relay"), (netbox4, "netbox4")]
+    with pytest.raises(psycopg.errors.NotNullViolation, match="body_format"):
+        rconn.execute("UPDATE relay.webhooks SET body_format = NULL WHERE id = %s", (relay,))
+    with pytest.raises(psycopg.errors.CheckViolation, match='unknown body_format "Relay"'):
+        rconn.execute("UPDATE relay.webhooks SET body_format = 'Relay' WHERE id = %s", (relay,))
+    rconn.execute("UPDATE relay.webhooks SET body_format = 'relay' WHERE id = %s", (netbox4,))
 
 
 def test_templated_urls_and_lowercase_methods_are_accepted(rconn: Conn) -> None:

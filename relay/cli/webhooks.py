@@ -41,7 +41,7 @@ from relay.cli.common import (
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import tls
-from relay.model import Batch, Change, Webhook, loads
+from relay.model import BODY_FORMATS, Batch, Change, Webhook, loads
 from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, env_values, secrets_of
@@ -158,6 +158,17 @@ OrderingKey = Annotated[
     ),
 ]
 
+BodyFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--body-format",
+        metavar="relay|netbox4",
+        help="The default body's shape (when there is no body template): relay's (NetBox 3's "
+        "keys and relay's own: relay, the default) or NetBox 4's (netbox4: event, timestamp, "
+        "object_type, data, request, snapshots).",
+    ),
+]
+
 DEAD_AFTER_RANGE = (60, 31_536_000)
 """What relay.webhooks.dead_after_seconds takes (relay.check_webhook): a minute to a year."""
 
@@ -253,6 +264,7 @@ def webhook_add(
     dead_after: DeadAfter = None,
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
+    body_format: BodyFormat = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -280,6 +292,8 @@ def webhook_add(
         row.batch_size = batch_size
     if batch_wait_ms is not None:
         row.batch_wait_ms = batch_wait_ms
+    if body_format is not None:
+        row.body_format = _body_format(body_format)
     for key, value in steering.items():
         setattr(row, key, value)
     _refuse_broken_templates(row)
@@ -327,6 +341,7 @@ def webhook_edit(
     dead_after: DeadAfter = None,
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
+    body_format: BodyFormat = None,
 ) -> None:
     """Change some of a webhook's fields; the others stay (templates compiled first)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -349,6 +364,7 @@ def webhook_edit(
         "retry_max_seconds": _decimal(retry_max_seconds),
         "batch_size": batch_size,
         "batch_wait_ms": batch_wait_ms,
+        "body_format": None if body_format is None else _body_format(body_format),
     }
     changes = {key: value for key, value in changes.items() if value is not None}
     if retry_default:
@@ -467,6 +483,13 @@ def _body_template(text: str | None, path: Path | None) -> str | None:
         fail(f"--body-template-file {path}: {_unreadable(exc)}", 2)
 
 
+def _body_format(text: str) -> str:
+    """--body-format, refused in one line (exit 2) unless it names a format relay has."""
+    if text not in BODY_FORMATS:
+        fail(f"--body-format {text!r}: use {' or '.join(BODY_FORMATS)}", 2)
+    return text
+
+
 def _secret(variable: str | None) -> str | None:
     """The secret from the environment (never from the command line)."""
     if variable is None:
@@ -505,7 +528,7 @@ def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
 
 @webhook_app.command("list")
 def webhook_list(dsn: Dsn) -> None:
-    """List webhooks (secrets masked), with their pause, limits and ordering."""
+    """List webhooks (secrets masked), with their pause, limits, ordering and body format."""
     shown = _Shown(load_settings(None))
     with _session(dsn) as db:
         table = Table(
@@ -520,6 +543,7 @@ def webhook_list(dsn: Dsn) -> None:
             "rate limit",
             "dead after",
             "ordering",
+            "body format",
             "rules",
         )
         for hook in admin.webhooks(db):
@@ -536,6 +560,7 @@ def webhook_list(dsn: Dsn) -> None:
                 shown.rate_limit(hook.rate_limit),
                 shown.dead_after(hook.dead_after_seconds),
                 hook.ordering,
+                hook.body_format,
                 str(len(hook.rules)),
             )
     print_table(table)
@@ -543,7 +568,7 @@ def webhook_list(dsn: Dsn) -> None:
 
 @webhook_app.command("show")
 def webhook_show(name: str, dsn: Dsn) -> None:
-    """Show one webhook (secret masked), its pause, limits and ordering."""
+    """Show one webhook (secret masked), its pause, limits, ordering and body format."""
     shown = _Shown(load_settings(None))
     with _session(dsn) as db:
         hook = _named("webhook", admin.webhook_by_name, db, name)
@@ -554,6 +579,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "http_content_type": hook.http_content_type,
             "additional_headers": _headers_shown(hook.additional_headers or ""),
             "body_template": hook.body_template,
+            "body_format": _body_format_shown(hook.body_format, hook.body_template),
             "secret": _masked(hook.secret),
             "signature": hook.signature,
             "ssl_verification": hook.ssl_verification,
@@ -604,6 +630,13 @@ def _paused_shown(paused_at: datetime | None, reason: str | None) -> str:
         return "no"
     since = paused_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return f"as dead since {since}" if reason == "dead" else f"by the operator since {since}"
+
+
+def _body_format_shown(body_format: str, body_template: str) -> str:
+    """The format, and whether it is sent: a body template, when set, is the body instead."""
+    if body_template.strip():
+        return f"{body_format} (not used: body_template is the body)"
+    return body_format
 
 
 def _headers_shown(lines: str) -> str:

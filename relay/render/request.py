@@ -49,8 +49,8 @@ class RenderError(Exception):
 
 
 def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The template context: NetBox's names, then relay's own. ``action_data`` adds keys (and is
-    also there as a whole) but never replaces one of these."""
+    """The template context: NetBox's names, then relay's own, then NetBox 4's ``request``.
+    ``action_data`` adds keys (and is also there as a whole) but never replaces one of these."""
     return _context(change, change.old, change.new, change.pk, action_data)
 
 
@@ -61,21 +61,26 @@ def batch_context(batch: Batch) -> dict[str, Any]:
     return {**contexts[0], "changes": contexts}
 
 
-def default_body(change: Change, action_data: Mapping[str, Any] | None = None) -> bytes:
-    """The body without a template: the context as JSON, the row's JSON text spliced in as
-    PostgreSQL wrote it (same values and digits; no parse, no re-encoding). orjson writes it
-    (3 us rather than simplejson's 13); what orjson cannot write (an integer past 64 bits in
-    the action data) takes simplejson's exact path."""
+def default_body(
+    change: Change, action_data: Mapping[str, Any] | None = None, body_format: str = "relay"
+) -> bytes:
+    """The body without a template, in the webhook's ``body_format``: the shape as JSON, the
+    row's JSON text spliced in as PostgreSQL wrote it (same values and digits; no parse, no
+    re-encoding). orjson writes it (3 us rather than simplejson's 13); what orjson cannot write
+    (an integer past 64 bits in the action data) takes simplejson's exact path."""
+    shape = _SHAPES.get(body_format)
+    if shape is None:
+        raise RenderError(f"body_format {body_format[:40]!r} is not one of {', '.join(_SHAPES)}")
     pieces = _fragment(change.old_json), _fragment(change.new_json), _fragment(change.pk_json)
     try:
         return orjson.dumps(
-            _context(change, *pieces, action_data),
+            shape(change, *pieces, action_data),
             default=_exact,
             option=orjson.OPT_PASSTHROUGH_DATETIME,
         )
     except orjson.JSONEncodeError:
         raw = _raw(change.old_json), _raw(change.new_json), _raw(change.pk_json)
-        return dumps(_context(change, *raw, action_data)).encode()
+        return dumps(shape(change, *raw, action_data)).encode()
 
 
 def _fragment(text: str | None) -> orjson.Fragment | None:
@@ -90,10 +95,11 @@ def _exact(value: Any) -> Any:
     return str(value)
 
 
-def default_batch_body(batch: Batch) -> bytes:
+def default_batch_body(batch: Batch, body_format: str = "relay") -> bytes:
     """A batch's body without a template: a JSON array of its changes' default bodies."""
     bodies = (
-        default_body(c, data) for c, data in zip(batch.changes, batch.action_data, strict=True)
+        default_body(c, data, body_format)
+        for c, data in zip(batch.changes, batch.action_data, strict=True)
     )
     return b"[" + b",".join(bodies) + b"]"
 
@@ -101,6 +107,18 @@ def default_batch_body(batch: Batch) -> bytes:
 def _context(
     change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
 ) -> dict[str, Any]:
+    user = None if change.username is None else _User(change.username)
+    ctx = _relay_body(change, old, new, pk, action_data)
+    ctx["request"] = _request(change, user)  # after the action data's keys: it replaces theirs
+    return ctx
+
+
+def _relay_body(
+    change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The ``relay`` format: NetBox 3's names, relay's own, the action data's keys (which never
+    replace those) at the top level and as a whole. It is the template context but for
+    ``request``, and stays as it was before NetBox 4's format came (receivers read it)."""
     core = {
         "event": EVENTS[change.op],
         "timestamp": change.created_at.isoformat(),
@@ -116,6 +134,51 @@ def _context(
         "action_data": dict(action_data or {}),
     }
     return {**(action_data or {}), **core}
+
+
+def _netbox4_body(
+    change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The ``netbox4`` format: NetBox 4's keys, in NetBox 4's order, and nothing else (no
+    ``pk``, ``id``, ``txid`` or action data: a receiver that checks the shape sees NetBox's).
+    What relay adds goes in the headers (X-Relay-Delivery, X-Relay-Event)."""
+    return {
+        "event": EVENTS[change.op],
+        "timestamp": change.created_at.isoformat(),
+        "object_type": change.object_type,
+        "data": new if new is not None else old,
+        "request": _request(change, change.username),
+        "snapshots": {"prechange": old, "postchange": new},
+    }
+
+
+_SHAPES = {"relay": _relay_body, "netbox4": _netbox4_body}
+"""The default body of each ``webhooks.body_format`` (relay.check_webhook lists the same)."""
+
+
+def _request(change: Change, user: str | None) -> dict[str, Any]:
+    """NetBox 4's ``request``: the tags of the writing transaction (relay.tag's request_id and
+    username, the relay.request_path and relay.request_method settings), None where unset."""
+    return {
+        "id": change.request_id,
+        "path": change.request_path,
+        "method": change.request_method,
+        "user": user,
+    }
+
+
+class _User(str):
+    """``request.user`` in templates: the username. NetBox 4's is a User object that prints as its
+    username, so ``{{ request.user }}`` and ``{{ request.user.username }}`` render the same here
+    as there; nothing else of a NetBox user (``id``, ``email``) is known to a database capture,
+    and those are undefined. A str, so the sandbox measures and guards it as any string."""
+
+    __slots__ = ()
+
+    @property
+    def username(self) -> str:
+        """The name as a plain str (what NetBox's ``User.username`` is)."""
+        return str.__str__(self)
 
 
 def _raw(text: str | None) -> simplejson.RawJSON | None:
@@ -268,9 +331,9 @@ class Renderer:
         if webhook.body_template.strip():
             body = self.render(webhook.body_template, ctx, "body_template").encode()
         elif isinstance(change, Batch):
-            body = default_batch_body(change)
+            body = default_batch_body(change, webhook.body_format)
         else:
-            body = default_body(change, action_data)
+            body = default_body(change, action_data, webhook.body_format)
         headers = {
             "Content-Type": webhook.http_content_type,
             "User-Agent": f"relay/{__version__}",

@@ -192,6 +192,8 @@ def _kind(value: Any) -> type:
         return Mapping
     if isinstance(value, list | tuple):
         return list
+    if isinstance(value, str):
+        return str  # request.user is a str of its own kind (relay/render/request.py)
     return type(value)
 
 

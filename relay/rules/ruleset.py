@@ -263,6 +263,7 @@ def webhook_of(row: WebhookRow) -> Webhook:
         rate_limit=row["rate_limit"],
         ordering=row["ordering"],
         ordering_key=row["ordering_key"],
+        body_format=row["body_format"],
         paused=row["webhook_paused"],
     )
 

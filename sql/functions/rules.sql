@@ -132,7 +132,8 @@ END
 $$;
 
 -- A webhook as relay can send it, refused in relay's words when it cannot be: its method, a
--- literal URL, its signature and secrets, its CA file and timeout.
+-- literal URL, its signature and secrets, its CA file and timeout, its steering, its default
+-- body's format.
 CREATE OR REPLACE FUNCTION relay.check_webhook() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -198,6 +199,11 @@ BEGIN
     IF (NEW.ordering = 'key') <> (coalesce(btrim(NEW.ordering_key), '') <> '') THEN
         RAISE EXCEPTION 'webhook "%": ordering_key is a template given with ordering = key, and only then',
             NEW.name USING ERRCODE = 'check_violation';
+    END IF;
+    -- The default body's shape (0028_body_format.sql).
+    IF NEW.body_format NOT IN ('relay', 'netbox4') THEN
+        RAISE EXCEPTION 'webhook "%": unknown body_format "%" (use relay or netbox4)',
+            NEW.name, NEW.body_format USING ERRCODE = 'check_violation';
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.ordering IS DISTINCT FROM OLD.ordering THEN
         PERFORM relay.rekey_deliveries(NEW.id, OLD.ordering, NEW.ordering);
