@@ -399,6 +399,8 @@ def test_netbox_paths_reach_what_the_database_holds(attr: str, expected: Any) ->
         ({"site_id": {"id": 3}}, "site.id", None),  # a key column holds a plain value
         ({"site_id": True}, "site.id", True),
         ({"site_id": "a.b"}, "site.id", "a.b"),
+        ({"a.b": 1}, "a.b", None),  # a key holding a dot cannot be named
+        ({"a.b": 1, "a": {"b": 2}}, "a.b", 2),
     ],
 )
 def test_columns_named_like_the_bridges(data: Any, attr: str, expected: Any) -> None:
