@@ -413,8 +413,10 @@ def _absent(context: Mapping[str, Any], attr: str) -> str:
             return "not present"
         keys = keys[1:]
     row = context.get("data")
-    if not isinstance(row, Mapping):
+    if row is None:
         return "not present (the change has no row: data is null)"
+    if not isinstance(row, Mapping):
+        return "not present"
     column = keys[0]
     if column not in row:
         key = f"{column}_id"
