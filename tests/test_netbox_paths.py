@@ -8,13 +8,17 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
 from relay.db import Conn
+from relay.rules.conditions import resolve
 from relay.rules.paths import Column, path_warning
 from support.cli import relay
 from support.hooks import add_rule, add_webhook
 from support.receivers import Receiver, receiver
+from support.strategies import column_names, netbox_paths
 from support.worker import outbox_statuses, running, sql, until
 
 DEVICE = {
@@ -76,6 +80,28 @@ DEVICE = {
 def test_paths_against_a_table_s_columns(attr: str, op: str, warning: str | None) -> None:
     found = path_warning(attr, op, DEVICE, {"base_url": "https://x.test"})
     assert found == warning if warning is None else found is not None and warning in found
+
+
+@given(
+    st.sets(column_names | st.sampled_from(["site_id", "status_id", "a_id", "value_id", "v.1"])),
+    st.sets(column_names | st.sampled_from(["site_id", "a_id"])),
+    netbox_paths,
+    st.booleans(),
+)
+@example(kept={"status_id"}, excluded={"status"}, path="status.id", relays=False)
+@example(kept={"site"}, excluded={"site_id"}, path="site.id", relays=True)
+@example(kept={"site_id"}, excluded={"site"}, path="site.name", relays=False)
+@example(kept={"v.1", "a"}, excluded=set(), path="v.1", relays=False)
+def test_a_warning_is_exactly_a_path_that_leads_nowhere(
+    kept: set[str], excluded: set[str], path: str, relays: bool
+) -> None:
+    """Against a table of plain columns, rules check warns about a path exactly when evaluation
+    finds nothing there, in NetBox's dialect and relay's: no false alarm, and nothing missed."""
+    columns = {name: Column(name, "integer", True, name in excluded) for name in kept | excluded}
+    row = {name: 1 for name in kept - excluded}  # what the images hold
+    attr = f"data.{path}" if relays else path
+    warned = path_warning(attr, "eq", columns, {})
+    assert (warned is not None) is (repr(resolve({"data": row}, attr)) == "<missing>"), warned
 
 
 def test_a_column_named_like_the_bridges() -> None:
@@ -225,3 +251,15 @@ def test_netbox_s_conditions_match_the_changes_netbox_would_send(
     ]
     checked = relay("rules", "check", dsn=relay_dsn)
     assert checked.returncode == 0 and "warning" not in checked.stdout, checked.stdout
+    preview = relay(
+        "preview",
+        "--rule",
+        "rule",
+        "--table",
+        "public.dcim_device",
+        "--new",
+        '{"id": 5, "status": "active", "site_id": null}',
+        dsn=relay_dsn,
+    )
+    assert preview.returncode == 1
+    assert "site.id: not present (site_id is null)" in preview.stdout + preview.stderr

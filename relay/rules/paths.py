@@ -129,14 +129,18 @@ def path_warning(
 def _steps(
     steps: list[str], columns: Mapping[str, Column], action_data: Mapping[str, Any]
 ) -> str | None:
-    """What :func:`path_warning` says of a path into the row, ``steps`` from its column on."""
+    """What :func:`path_warning` says of a path into the row, ``steps`` from its column on. A
+    column exclude_columns leaves out is absent from the images, as evaluation finds it."""
     name, rest = steps[0], steps[1:]
-    column = columns.get(name)
-    key = columns.get(f"{name}_id")
+    present = {n: column for n, column in columns.items() if not column.excluded}
+    column, key = present.get(name), present.get(f"{name}_id")
     if column is not None:
         return _into(column, rest, key)
     if key is not None and rest == ["id"]:
-        return _left_out(key)
+        return None
+    left_out = columns.get(name) or (columns.get(f"{name}_id") if rest == ["id"] else None)
+    if left_out is not None:
+        return f"the column {left_out.name!r} is left out of the changes (exclude_columns)"
     if key is not None and rest:
         return (
             f"the row holds {key.name}, not {name}'s columns: write {name}.id (or {key.name}) "
@@ -147,20 +151,19 @@ def _steps(
     if name in action_data:
         return f"no column {name!r}: write action_data.{'.'.join(steps)} for the rule's action_data"
     path = ".".join(steps)
-    dotted = [column for column in columns if "." in column and path.startswith(column)]
+    dotted = [c for c in present if "." in c and (path == c or path.startswith(f"{c}."))]
     if dotted:
-        return (
-            f"no column {name!r}; the column {dotted[0]!r} cannot be named (a dot separates parts)"
-        )
-    close = difflib.get_close_matches(name, [c for c in columns if "." not in c], n=1)
+        unnamed = dotted[0]
+        return f"no column {name!r}; the column {unnamed!r} cannot be named (a dot separates parts)"
+    close = difflib.get_close_matches(name, [c for c in present if "." not in c], n=1)
     return f"no column {name!r}" + (f": did you mean {close[0]}?" if close else "")
 
 
 def _into(column: Column, rest: list[str], key: Column | None) -> str | None:
-    """What a path says past a column the table has (``key``: its ``X_id`` column, if any)."""
+    """What a path says past a column the images hold (``key``: its ``X_id`` column, if held)."""
     name = column.name
-    if column.excluded or not rest or not column.scalar or rest == ["value"]:
-        return _left_out(column)
+    if not rest or not column.scalar or rest == ["value"]:
+        return None
     if rest[-1] == "label":
         return (
             "a label is NetBox's serializer's, never in the database: "
@@ -169,9 +172,3 @@ def _into(column: Column, rest: list[str], key: Column | None) -> str | None:
     if rest == ["id"] and key is not None:
         return f"the column {name!r} ({column.type}) is followed, not {key.name}: write {key.name}"
     return f"the column {name!r} is {column.type}: nothing is past it but .value; write {name}"
-
-
-def _left_out(column: Column) -> str | None:
-    if column.excluded:
-        return f"the column {column.name!r} is left out of the changes (exclude_columns)"
-    return None
