@@ -68,9 +68,9 @@ DEVICE = {
         ("tenant.id", "eq", "the column 'tenant_id' is left out of the changes (exclude_columns)"),
         ("tenant_id", "eq", "the column 'tenant_id' is left out of the changes"),
         ("rack.id", "eq", "no column 'rack'"),  # neither rack nor rack_id
-        ("tags.slug", "contains", "tags is NetBox's serializer's, never in the row (tags live"),
+        ("tags.slug", "contains", "tags is NetBox's serializer's, never in the row (NetBox keeps"),
         ("url", "eq", "url is NetBox's serializer's"),
-        ("custom_fields.rack", "eq", "(the database holds them as custom_field_data)"),
+        ("custom_fields.rack", "eq", "the row holds custom_field_data.rack: write custom_f"),
         ("id", "eq", "id is relay's change id, not the column 'id': write data.id"),
         ("id.value", "eq", "write data.id.value"),
         ("base_url", "eq", "no column 'base_url': write action_data.base_url for the rule's"),

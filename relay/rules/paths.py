@@ -57,7 +57,7 @@ SERIALIZER_ONLY = {
     "url": "the object's API URL",
     "display_url": "the object's web URL",
     "display": "the object's display text",
-    "tags": "tags live in a many-to-many table, not in the row",
+    "tags": "NetBox keeps tags in a many-to-many table",
     "custom_fields": "the database holds them as custom_field_data",
 }
 """Fields NetBox's serializer adds to ``data`` that the row does not hold."""
@@ -146,6 +146,9 @@ def _steps(
             f"the row holds {key.name}, not {name}'s columns: write {name}.id (or {key.name}) "
             f"for the key; {name}'s other columns need related rows included as data.{name}"
         )
+    if name == "custom_fields" and "custom_field_data" in present:
+        instead = ".".join(["custom_field_data", *rest])
+        return f"custom_fields is NetBox's serializer's: the row holds {instead}: write {instead}"
     if name in SERIALIZER_ONLY:
         return f"{name} is NetBox's serializer's, never in the row ({SERIALIZER_ONLY[name]})"
     if name in action_data:
