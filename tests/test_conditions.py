@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -12,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.model import loads
+from relay.model import Change, loads
+from relay.render.request import context as template_context
 from relay.rules.conditions import (
     CONTEXT_KEYS,
     MAX_DEPTH,
@@ -513,3 +515,23 @@ def test_a_foreign_key_s_id_is_its_column(column: str, key: Any, nested_row: Any
     assert found is key if key is not None else repr(found) == "<missing>"
     nested_context = {"data": {f"{column}_id": key, column: nested_row}}
     assert repr(resolve(nested_context, f"{column}.id")) == repr(lookup(nested_row, "id"))
+
+
+def test_the_context_names_are_the_template_context_s() -> None:
+    """A name templates get is relay's in conditions too; a new one must be decided here (it
+    would take a NetBox path starting with a column of that name)."""
+    change = Change(
+        id=5,
+        schema_name="public",
+        table_name="dcim_device",
+        op="update",
+        old_json='{"id": 7}',
+        new_json='{"id": 7}',
+        pk_json='{"id": 7}',
+        username=None,
+        request_id="r",
+        txid="9",
+        created_at=datetime(2026, 11, 22, tzinfo=UTC),
+    )
+    assert set(template_context(change)) <= CONTEXT_KEYS
+    assert set(template_context(change, {"status": "x"})) - CONTEXT_KEYS == {"status"}
