@@ -100,6 +100,19 @@ class WebhookRow(TypedDict):
     body_format: str
 
 
+class ColumnRow(TypedDict):
+    """A tracked table's column as ``tracked_columns`` describes it."""
+
+    schema_name: str
+    table_name: str
+    column_name: str
+    column_type: str
+    scalar: bool
+    """Its JSON value is a plain scalar: no path goes into it (but NetBox's ``.value``)."""
+    excluded: bool
+    """exclude_columns leaves it out of the images."""
+
+
 class RuleRow(WebhookRow):
     """An event rule with its webhook; conditions and action data as the JSON text stored."""
 
@@ -497,6 +510,11 @@ class Store:
     def models(self) -> Models:
         """Every tracked table's model name, for the rules (see :data:`Models`)."""
         return {(s, t): m for s, t, m in self.conn.execute(query("load_models"))}
+
+    def tracked_columns(self) -> list[ColumnRow]:
+        """Every tracked table's columns, in table order, for ``relay rules check``."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cast(list[ColumnRow], cur.execute(query("tracked_columns")).fetchall())
 
     def unused_webhooks(self) -> list[WebhookRow]:
         """Webhooks no rule sends to, in ``load_rules``' columns, for ``relay rules check``."""

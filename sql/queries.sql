@@ -68,6 +68,19 @@ JOIN relay.webhooks w ON w.id = r.webhook_id
 WHERE r.enabled OR %(everything)s
 ORDER BY r.id;
 
+-- name: tracked_columns
+-- Every tracked table's columns as its changes' images hold them, for `relay rules check` to hold
+-- conditions' paths against: whether the value is a plain JSON scalar (not an array, a composite
+-- or a json-like type a path may go into), and whether exclude_columns leaves it out.
+SELECT t.schema_name, t.table_name, a.attname::text AS column_name,
+       pg_catalog.format_type(a.atttypid, a.atttypmod) AS column_type,
+       ty.typcategory NOT IN ('A', 'C', 'U', 'X') AS scalar,
+       a.attname::text = ANY (t.exclude_columns) AS excluded
+FROM relay.tracked t
+JOIN pg_catalog.pg_attribute a ON a.attrelid = t.tbl AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid
+ORDER BY t.schema_name, t.table_name, a.attnum;
+
 -- name: unused_webhooks
 -- Webhooks no rule calls, for `relay rules check` (the same columns as load_rules').
 SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -12,18 +13,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.model import loads
+from relay.model import Change, loads
+from relay.render.request import context as template_context
 from relay.rules.conditions import (
+    CONTEXT_KEYS,
     MAX_DEPTH,
     InvalidConditions,
     explain,
     json_depth,
     lookup,
     matches,
+    resolve,
     same,
     validate,
 )
-from support.strategies import condition_sets, json_values, nested, nested_list, paths
+from support.strategies import (
+    column_names,
+    condition_sets,
+    json_values,
+    nested,
+    nested_list,
+    netbox_paths,
+    paths,
+    plain_scalars,
+)
 
 ROW = {
     "event": "updated",
@@ -106,7 +119,9 @@ def test_explain_says_why_not() -> None:
     )
     assert not verdict.matched
     assert verdict.reason == "data.status eq 'retired' is false (found 'active')"
-    assert explain({"attr": "data.nope", "value": 1}, ROW).reason == "data.nope: not present"
+    assert explain({"attr": "data.nope", "value": 1}, ROW).reason == (
+        "data.nope: not present (the row has no column 'nope')"
+    )
 
 
 @pytest.mark.parametrize(
@@ -168,14 +183,15 @@ def test_and_or_compose_like_boolean_logic(left: Any, right: Any, context: Any) 
 @given(paths, json_values, json_values)
 def test_negate_inverts_a_comparison_that_was_made(path: str, value: Any, other: Any) -> None:
     context: dict[str, Any] = {}
-    node = context
     keys = path.split(".")
     if any(k.lstrip("-").isdigit() for k in keys):
         return  # list indexes need lists; covered by the examples
+    # relay's path starts at the context; NetBox's, at data
+    node = context if keys[0] in CONTEXT_KEYS else context.setdefault("data", {})
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
-    assert lookup(context, path) == value
+    assert resolve(context, path) == value
     plain = {"attr": path, "op": "eq", "value": other}
     assert matches(plain, context) == same(value, other)
     assert matches({**plain, "negate": True}, context) != same(value, other)
@@ -306,3 +322,216 @@ def test_regular_expressions_take_linear_time() -> None:
     assert not matches(condition, {"data": {"name": "a" * 1_000_000 + "b"}})
     assert matches(condition, {"data": {"name": "a" * 1_000_000}})
     assert time.monotonic() - started < 2.0
+
+
+# NetBox's paths: relative to the object's data, with a choice's value and a foreign key's id
+# as the database holds them (text status, site_id).
+NETBOX_ROW = {
+    "event": "updated",
+    "id": 41,
+    "data": {
+        "id": 7,
+        "status": "active",
+        "site_id": 3,
+        "tenant_id": None,
+        "rack": None,
+        "role": {"id": 5, "name": "leaf"},  # a related row nested in data
+        "tags": ["core", "lab"],
+        "flags": [{"value": "x"}, "y"],
+        "名前": "エッジ",
+        "custom_field_data": {"rack_unit": {"value": 4}},
+    },
+    "snapshots": {
+        "prechange": {"id": 7, "status": "planned", "site_id": 3, "tenant_id": None},
+        "postchange": {"id": 7, "status": "active", "site_id": 3, "tenant_id": None},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("attr", "expected"),
+    [
+        ("status", "active"),
+        ("status.value", "active"),  # a choice stored as text is its own value
+        ("data.status.value", "active"),  # relay's path has the same bridge
+        ("status.value.value", None),  # only a last "value" step
+        ("status.label", None),  # the serializer's; never in the database
+        ("site.id", 3),  # NetBox's site.id is relay's site_id
+        ("data.site.id", 3),
+        ("site_id", 3),
+        ("site_id.id", None),  # site_id is present: followed, and a number has no id
+        ("site_id.value", 3),
+        ("site.name", None),  # site's columns are not in the row
+        ("site", None),
+        ("tenant.id", None),  # a null key: NetBox's tenant is null too
+        ("rack.value", None),  # a null choice has no value
+        ("role.id", 5),  # a nested object is followed as it is
+        ("role.name", "leaf"),
+        ("id", 41),  # relay's change id wins over the column...
+        ("data.id", 7),  # ...which data.id reaches
+        ("id.value", 41),
+        ("data", NETBOX_ROW["data"]),
+        ("value", None),  # no column named value
+        ("tags.slug", []),  # on a list, the key of every item: strings have none
+        ("tags.value", []),  # "value" on a list is a key of each item, not the bridge
+        ("tags.0.value", "core"),
+        ("flags.value", ["x"]),
+        ("名前.value", "エッジ"),
+        ("custom_field_data.rack_unit.value", 4),
+    ],
+)
+def test_netbox_paths_reach_what_the_database_holds(attr: str, expected: Any) -> None:
+    validate({"attr": attr, "value": expected})
+    found = resolve(NETBOX_ROW, attr)
+    if expected is None:
+        assert repr(found) == "<missing>"
+    else:
+        assert same(found, expected)
+
+
+@pytest.mark.parametrize(
+    ("data", "attr", "expected"),
+    [
+        ({"value": "v"}, "value", "v"),  # a column named value
+        ({"value": "v"}, "value.value", "v"),
+        ({"value": {"value": 1}}, "value.value", 1),
+        ({"site": "Paris", "site_id": 3}, "site.id", None),  # the column site is followed
+        ({"site": {"id": 9}, "site_id": 3}, "site.id", 9),
+        ({"site": None, "site_id": 3}, "site.id", None),
+        ({"site_id": {"id": 3}}, "site.id", None),  # a key column holds a plain value
+        ({"site_id": True}, "site.id", True),
+        ({"site_id": "a.b"}, "site.id", "a.b"),
+        ({"a.b": 1}, "a.b", None),  # a key holding a dot cannot be named
+        ({"a.b": 1, "a": {"b": 2}}, "a.b", 2),
+    ],
+)
+def test_columns_named_like_the_bridges(data: Any, attr: str, expected: Any) -> None:
+    found = resolve({"data": data}, attr)
+    assert repr(found) == "<missing>" if expected is None else same(found, expected)
+
+
+@pytest.mark.parametrize(
+    ("context", "attr", "reason"),
+    [
+        (NETBOX_ROW, "status.label", "status.label: not present (a label is NetBox's serializer"),
+        (NETBOX_ROW, "site.name", "site.name: not present (the row has site_id, not site's"),
+        (NETBOX_ROW, "tenant.id", "tenant.id: not present (tenant_id is null)"),
+        (NETBOX_ROW, "serial", "serial: not present (the row has no column 'serial')"),
+        (NETBOX_ROW, "status.value.value", "status.value.value: not present (status holds 'a"),
+        (NETBOX_ROW, "rack.value", "rack.value: not present (rack holds null, which has no 'va"),
+        (NETBOX_ROW, "data.serial", "data.serial: not present (the row has no column 'serial')"),
+        (NETBOX_ROW, "request.user", "request.user: not present"),
+        ({"event": "truncated", "data": None}, "status.value", "status.value: not present (the"),
+    ],
+)
+def test_explain_says_why_a_netbox_path_leads_nowhere(
+    context: dict[str, Any], attr: str, reason: str
+) -> None:
+    verdict = explain({"attr": attr, "value": "x"}, context)
+    assert not verdict.matched
+    assert verdict.reason.startswith(reason)
+
+
+def test_a_deleted_row_is_judged_by_its_old_image() -> None:
+    old = {"id": 7, "status": "active", "site_id": 3}
+    deleted = {"event": "deleted", "data": old, "snapshots": {"prechange": old, "postchange": None}}
+    netbox = {"and": [{"attr": "status.value", "value": "active"}, {"attr": "site.id", "value": 3}]}
+    assert matches(netbox, deleted)
+    assert matches({"attr": "status.value", "op": "changed"}, deleted)
+
+
+@pytest.mark.parametrize("attr", ["status.value", "status", "data.status", "tenant.id", "data"])
+def test_every_path_of_a_row_that_appeared_or_went_has_changed(attr: str) -> None:
+    """Even one that leads nowhere on the side that has a row (tenant_id is null)."""
+    row = {"status": None, "tenant_id": None}
+    inserted = {"snapshots": {"prechange": None, "postchange": row}}
+    deleted = {"snapshots": {"prechange": row, "postchange": None}}
+    truncated = {"snapshots": {"prechange": None, "postchange": None}}
+    for context, changed in ((inserted, True), (deleted, True), (truncated, False)):
+        assert matches({"attr": attr, "op": "changed"}, context) is changed
+        assert matches({"attr": attr, "op": "unchanged"}, context) is not changed
+
+
+@pytest.mark.parametrize(
+    ("attr", "changed"),
+    [
+        ("status.value", True),
+        ("status", True),
+        ("data.status.value", True),
+        ("site.id", False),
+        ("site_id", False),
+        ("tenant.id", False),  # null on both sides: leads nowhere on both
+        ("id", False),  # a column here: only the row has a before and after
+        ("data", True),
+        ("status.label", False),
+    ],
+)
+def test_changed_takes_netbox_paths(attr: str, changed: bool) -> None:
+    assert matches({"attr": attr, "op": "changed"}, NETBOX_ROW) is changed
+    assert matches({"attr": attr, "op": "unchanged"}, NETBOX_ROW) is not changed
+
+
+@given(netbox_paths, json_values, condition_sets)
+def test_a_netbox_path_is_data_s(path: str, data: Any, shape: Any) -> None:
+    """NetBox's path means what relay's ``data.`` path means, for every op."""
+    context = {"data": data, "snapshots": {"prechange": data, "postchange": {"data": data}}}
+    netbox = resolve(context, path)
+    relays = resolve(context, f"data.{path}")
+    assert netbox is relays or same(netbox, relays)
+    leaf = shape if "attr" in shape else {"attr": path, "value": 1}
+    assert matches({**leaf, "attr": path}, context) == matches(
+        {**leaf, "attr": f"data.{path}"}, context
+    )
+
+
+@given(column_names, plain_scalars, condition_sets)
+def test_value_of_a_choice_is_the_choice(column: str, stored: Any, shape: Any) -> None:
+    """``X.value`` of a column holding a plain value behaves as ``X``, whatever the op."""
+    context = {"data": {column: stored}}
+    assert resolve(context, f"{column}.value") is stored
+    leaf = shape if "attr" in shape else {"attr": column, "value": stored}
+    assert matches({**leaf, "attr": f"{column}.value"}, context) == matches(
+        {**leaf, "attr": column}, context
+    )
+
+
+@given(column_names, st.none() | plain_scalars, st.none() | plain_scalars, st.booleans())
+def test_changed_on_a_choice_s_value_is_changed_on_the_choice(
+    column: str, before: Any, after: Any, inserted: bool
+) -> None:
+    old = None if inserted else {column: before}
+    context = {"snapshots": {"prechange": old, "postchange": {column: after}}}
+    for op in ("changed", "unchanged"):
+        assert matches({"attr": f"{column}.value", "op": op}, context) == matches(
+            {"attr": column, "op": op}, context
+        )
+
+
+@given(column_names, st.none() | plain_scalars, st.none() | json_values)
+def test_a_foreign_key_s_id_is_its_column(column: str, key: Any, nested_row: Any) -> None:
+    """``X.id`` is ``X_id`` when the row has no ``X``; a nested ``X`` is followed instead."""
+    flat = {"data": {f"{column}_id": key}}
+    found = resolve(flat, f"{column}.id")
+    assert found is key if key is not None else repr(found) == "<missing>"
+    nested_context = {"data": {f"{column}_id": key, column: nested_row}}
+    assert repr(resolve(nested_context, f"{column}.id")) == repr(lookup(nested_row, "id"))
+
+
+def test_the_context_names_are_the_template_context_s() -> None:
+    """A name templates get is relay's in conditions too; a new one must be decided here (it
+    would take a NetBox path starting with a column of that name)."""
+    change = Change(
+        id=5,
+        schema_name="public",
+        table_name="dcim_device",
+        op="update",
+        old_json='{"id": 7}',
+        new_json='{"id": 7}',
+        pk_json='{"id": 7}',
+        username=None,
+        request_id="r",
+        txid="9",
+        created_at=datetime(2026, 11, 22, tzinfo=UTC),
+    )
+    assert set(template_context(change)) <= CONTEXT_KEYS
+    assert set(template_context(change, {"status": "x"})) - CONTEXT_KEYS == {"status"}

@@ -45,7 +45,7 @@ from relay.model import BODY_FORMATS, Batch, Change, Webhook, loads
 from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, env_values, secrets_of
-from relay.rules import ruleset
+from relay.rules import paths, ruleset
 from relay.store import Store
 
 if TYPE_CHECKING:
@@ -933,21 +933,36 @@ def rule_disable(name: str, dsn: Dsn) -> None:
 
 
 @rules_app.command("check")
-def rules_check(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
-    """Compile every template and validate every condition; report each problem."""
+def rules_check(
+    dsn: OptionalDsn = None,
+    env_file: EnvFile = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail on warnings too (for CI).")
+    ] = False,
+) -> None:
+    """Compile every template and validate every condition; report each problem, and warn about
+    each condition's path that no tracked column can satisfy."""
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
+        store = Store(conn)
         loaded = ruleset.load(conn, everything=True)
-        unused = [ruleset.webhook_of(row) for row in Store(conn).unused_webhooks()]
+        unused = [ruleset.webhook_of(row) for row in store.unused_webhooks()]
+        tables = paths.tables_of(store.tracked_columns())
     with BlockingRenderPool(settings.template_env_globs) as renders:
         problems = ruleset.check(loaded.rules, renders, unused, tls.ca_problem)
+    warnings = paths.warnings(loaded.rules, tables)
     for problem in problems:
         out.print(scrub(str(problem)), highlight=False, soft_wrap=True)
+    for warning in warnings:
+        out.print(f"warning: {scrub(str(warning))}", highlight=False, soft_wrap=True)
     hooks = len({rule.webhook.id for rule in loaded.rules}) + len(unused)
     counted = f"{len(loaded.rules)} rule(s), {hooks} webhook(s)"
+    warned = f", {len(warnings)} warning(s)" if warnings else ""
     if problems:
-        fail(f"{len(problems)} problem(s) in {counted}")
-    out.print(f"{counted}: no problems", highlight=False)
+        fail(f"{len(problems)} problem(s){warned} in {counted}")
+    if warnings and strict:
+        fail(f"{len(warnings)} warning(s) in {counted} (--strict)")
+    out.print(f"{counted}: no problems{warned}", highlight=False)
 
 
 def preview(

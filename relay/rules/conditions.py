@@ -1,25 +1,46 @@
 """Event-rule conditions, in NetBox's syntax, and what relay adds to it.
 
-A condition is ``{"attr": "data.status", "op": "eq", "value": "active", "negate": false}``;
+A condition is ``{"attr": "status.value", "op": "eq", "value": "active", "negate": false}``;
 sets are ``{"and": [...]}`` or ``{"or": [...]}``, nested to any depth. ``attr`` is a dotted
-path into the template context: a key of an object, an index into a list (``data.lines.0``), or,
-on a list, the same key of every item (``data.tags.slug`` is the list of the tags' slugs).
+path: a key of an object, an index into a list (``data.lines.0``), or, on a list, the same key of
+every item (``data.tags.slug`` is the list of the tags' slugs).
+
+Two dialects share ``attr``, told apart by the path's first part. One of relay's template context
+names (:data:`CONTEXT_KEYS`: ``data``, ``event``, ``id``...) makes it relay's path into the
+context, as in templates. Any other first part makes it NetBox's, relative to the object's data
+(``data``: the new image, the old one for a delete), so ``status`` is ``data.status``. Where a
+column's name is also a context name (a column ``id``), relay's meaning wins and ``data.id``
+reaches the column: the context names are fixed, so a rule's meaning never depends on a row.
+
+The database holds what NetBox's serializer expands, so two steps bridge the gap, wherever a path
+goes: ``value`` as the last step on a plain scalar (string, number, boolean) yields the scalar (a
+choice stored as text is its own value: NetBox's ``status.value``), and ``X.id`` where an object
+has no ``X`` but a non-null ``X_id`` yields ``X_id`` (NetBox's ``site.id`` is relay's
+``site_id``). An object nested under ``X`` is followed as it is. Nothing else is made up: a
+choice's ``label`` is the serializer's, never the database's, so it leads nowhere, as does a null
+choice or key (NetBox's is null too).
 
 Evaluation never raises: a path that leads nowhere, or a comparison between values that cannot
 be compared, makes that condition false (``negate`` included: it inverts a comparison that was
-made, not one that could not be). :func:`explain` says why a rule did not match.
+made, not one that could not be). :func:`explain` says why a rule did not match, in the terms of
+the path as written (which column the row lacks, a label, a truncate's missing row).
 
 Values compare as JSON values: numbers by their exact value whatever their form (``120.00``,
 ``120``, ``1.2e2``), never equal to a boolean; lists and objects item by item. Regular
 expressions run on RE2, whose time is linear in the text: no pattern can stall matching. What
 :func:`validate` accepts is exactly what evaluation can run: documents nest at most
 ``MAX_DEPTH`` levels (so neither side recurses without bound), and a path part is a list index
-only when it is ASCII digits with an optional minus sign (any other part is a key).
+only when it is ASCII digits with an optional minus sign (any other part is a key). A key holding
+a dot cannot be named (a dot always separates parts).
 
 Relay adds ``changed`` and ``unchanged`` (no ``value``): they compare the path in
-``snapshots.prechange`` with the same path in ``snapshots.postchange`` (a leading ``data.`` is
-dropped, so ``data.status`` and ``status`` mean the same). An absent side counts as a value of
-its own, so every column of an inserted or deleted row has ``changed``.
+``snapshots.prechange`` with the same path in ``snapshots.postchange``. Only the row has a before
+and an after, so their path is always the row's: a leading ``data.`` is dropped (``data.status``,
+``status`` and ``status.value`` mean the same; ``data`` alone is the whole row), and a first part
+that is a context name is a column here. An absent side counts as a value of its own; an absent
+image (an insert's before, a delete's after) makes every path ``changed``, even one that leads
+nowhere in the other image (a null ``status.value``), so a row that appeared or went has changed
+in every respect.
 """
 
 from __future__ import annotations
@@ -40,6 +61,27 @@ CONDITION_KEYS = frozenset({"attr", "op", "value", "negate"})
 MAX_DEPTH = 32
 """Levels of JSON nesting in a conditions document, values included (``{"and": [...]}`` is two
 levels); relay.conditions_problem has the same limit."""
+CONTEXT_KEYS = frozenset(
+    {
+        "event",
+        "timestamp",
+        "model",
+        "object_type",
+        "username",
+        "request_id",
+        "request",
+        "data",
+        "snapshots",
+        "id",
+        "pk",
+        "txid",
+        "action_data",
+    }
+)
+"""The template context's own names (relay/render/request.py): a path starting with one is
+relay's; any other path is NetBox's, relative to ``data``. A rule's ``action_data`` keys, also at
+the context's top level for templates, are not among them: a condition reaches them as
+``action_data.X``."""
 MAX_INDEX_DIGITS = 18
 """A list index with more digits is past the end of any list."""
 _RE2_OPTIONS = re2.Options()
@@ -135,11 +177,18 @@ def _re2_message(exc: Exception) -> str:
 
 
 def lookup(context: Any, path: str) -> Any:
-    """The value at a dotted path, or MISSING."""
+    """The value at a dotted path, or MISSING; with NetBox's ``X.value`` and ``X.id`` bridged
+    (see the module's docstring)."""
     current = context
-    for key in path.split("."):
+    keys = path.split(".")
+    last = len(keys) - 1
+    for step, key in enumerate(keys):
         if isinstance(current, Mapping):
-            current = current.get(key, MISSING)
+            found = current.get(key, MISSING)
+            if found is MISSING and step == last - 1 and keys[last] == "id":
+                key_value = current.get(f"{key}_id")
+                return key_value if _plain(key_value) else MISSING
+            current = found
         elif isinstance(current, list):
             digits = key.removeprefix("-")
             if digits.isascii() and digits.isdigit():
@@ -150,11 +199,30 @@ def lookup(context: Any, path: str) -> Any:
             else:
                 current = [item.get(key, MISSING) for item in current if isinstance(item, Mapping)]
                 current = [item for item in current if item is not MISSING]
+        elif step == last and step > 0 and key == "value" and _plain(current):
+            return current  # a choice stored as text is its own value
         else:
             return MISSING
         if current is MISSING:
             return MISSING
     return current
+
+
+def _plain(value: Any) -> bool:
+    """A scalar a choice or a foreign key can hold: not null, an object or a list."""
+    return isinstance(value, str | int | float | Decimal)  # bool is an int
+
+
+def resolve(context: Mapping[str, Any], attr: str) -> Any:
+    """The value ``attr`` names: relay's path into the context, or NetBox's into ``data``."""
+    if attr.partition(".")[0] in CONTEXT_KEYS:
+        return lookup(context, attr)
+    return lookup(context.get("data"), attr)
+
+
+def row_path(attr: str) -> str | None:
+    """The path ``changed``/``unchanged`` look up in each image (None: the whole image)."""
+    return None if attr == "data" else attr.removeprefix("data.")
 
 
 def same(left: Any, right: Any) -> bool:
@@ -313,16 +381,18 @@ def _leaf(condition: Mapping[str, Any], context: Mapping[str, Any]) -> Verdict:
     negate: bool = condition.get("negate", False)
     label = f"{attr} {'not ' if negate else ''}{op}"
     if op in NO_VALUE_OPS:
-        path = attr.removeprefix("data.")
+        path = row_path(attr)
         snapshots = context.get("snapshots") or {}
-        before = lookup(snapshots.get("prechange"), path)
-        after = lookup(snapshots.get("postchange"), path)
-        result = same(before, after) is (op == "unchanged")
+        images = snapshots.get("prechange"), snapshots.get("postchange")
+        before, after = (image if path is None else lookup(image, path) for image in images)
+        # a row that appeared or went changed in every respect, whatever the path finds in it
+        appeared_or_went = (images[0] is None) is not (images[1] is None)
+        result = (not appeared_or_went and same(before, after)) is (op == "unchanged")
         described = f"{_show(before)} -> {_show(after)}"
     else:
-        value = lookup(context, attr)
+        value = resolve(context, attr)
         if value is MISSING:
-            return Verdict(False, f"{attr}: not present")
+            return Verdict(False, f"{attr}: {_absent(context, attr)}")
         try:
             result = _COMPARE[op](value, condition["value"])
         except (TypeError, ValueError, ArithmeticError) as exc:
@@ -334,3 +404,33 @@ def _leaf(condition: Mapping[str, Any], context: Mapping[str, Any]) -> Verdict:
         return Verdict(True)
     expected = "" if op in NO_VALUE_OPS else f" {_show(condition['value'])}"
     return Verdict(False, f"{label}{expected} is false (found {described})")
+
+
+def _absent(context: Mapping[str, Any], attr: str) -> str:
+    """Why a path into the row leads nowhere, said of the row (its columns), since that is where
+    a NetBox path and ``data.``'s look."""
+    keys = attr.split(".")
+    if keys[0] in CONTEXT_KEYS:
+        if keys[0] != "data" or len(keys) == 1:
+            return "not present"
+        keys = keys[1:]
+    row = context.get("data")
+    if row is None:
+        return "not present (the change has no row: data is null)"
+    if not isinstance(row, Mapping):
+        return "not present"
+    column = keys[0]
+    if column not in row:
+        key = f"{column}_id"
+        if key in row and keys[1:] == ["id"]:
+            return f"not present ({key} is {'null' if row[key] is None else _show(row[key])})"
+        if key in row:
+            return f"not present (the row has {key}, not {column}'s columns)"
+        return f"not present (the row has no column {column!r})"
+    if len(keys) > 1 and keys[-1] == "label":
+        return "not present (a label is NetBox's serializer's, never in the database: use value)"
+    held = row[column]
+    if len(keys) > 1 and not isinstance(held, Mapping | list):
+        shown, rest = "null" if held is None else _show(held), ".".join(keys[1:])
+        return f"not present ({column} holds {shown}, which has no {rest!r})"
+    return "not present"

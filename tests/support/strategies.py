@@ -19,11 +19,29 @@ json_values = st.recursive(
 )
 
 
-paths = st.lists(
-    st.sampled_from(["a", "b", "data", "x", "0", "-1", "1", "²", "--1", "-0", "\u0661", "9" * 30]),
-    min_size=1,
-    max_size=4,
-).map(".".join)
+PATH_PARTS = ["a", "b", "data", "x", "0", "-1", "1", "²", "--1", "-0", "\u0661", "9" * 30]
+NETBOX_PARTS = ["value", "id", "label", "site", "site_id", "status", "é"]
+"""What NetBox's paths step through: a choice's value and label, a foreign key and its column."""
+
+paths = st.lists(st.sampled_from(PATH_PARTS + NETBOX_PARTS), min_size=1, max_size=4).map(".".join)
+
+column_names = st.sampled_from(["a", "x", "status", "site", "value", "label", "é", "名前", "0"])
+"""Column names as NetBox's paths begin: none of them a context name."""
+
+netbox_paths = st.builds(
+    lambda first, rest: ".".join([first, *rest]),
+    column_names,
+    st.lists(st.sampled_from(PATH_PARTS + NETBOX_PARTS), max_size=3),
+)
+"""Paths relative to the object's data, as NetBox writes them."""
+
+plain_scalars = (
+    st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=5)
+)
+"""What a choice or a foreign key column holds, null aside."""
 
 
 RE2_PATTERNS = ["a", r"edge-\w+-\d+", "(a+)+$", "(?i)ab|cd", r"\p{L}+", "[^x]*z", "(?P<n>a)b?"]
