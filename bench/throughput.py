@@ -178,7 +178,8 @@ async def ceiling(dsn: str, concurrency: int) -> tuple[float, int]:
         with conn.cursor(row_factory=dict_row) as cur:
             rows = cur.execute(
                 "SELECT id, schema_name, table_name, op::text, old::text, new::text, pk::text,"
-                " username, request_id, txid::text, created_at, NULL AS model"
+                " username, request_id, request_path, request_method, txid::text, created_at,"
+                " NULL AS model"
                 " FROM relay.outbox ORDER BY id"
             ).fetchall()
     renderer = Renderer()

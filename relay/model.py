@@ -96,7 +96,10 @@ class Change:
     model: str | None = None
     """The table's model name (``relay.track(..., model => 'dcim.device')``), if it has one."""
     request_path: str | None = None
+    """The path of the application's request that made the change (``relay.request_path``), as
+    the application said: None for a change made outside a request."""
     request_method: str | None = None
+    """The HTTP method of that request (``relay.request_method``), as the application said."""
 
     @classmethod
     def of(cls, *, old: Any = None, new: Any = None, pk: Any = None, **fields: Any) -> Change:
@@ -127,6 +130,8 @@ class Change:
             txid=row["txid"],
             created_at=row["created_at"],
             model=model,
+            request_path=row["request_path"],
+            request_method=row["request_method"],
         )
 
     @cached_property

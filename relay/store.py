@@ -137,6 +137,8 @@ class FanOutRow(TypedDict):
     bytes: int
     username: str | None
     request_id: str | None
+    request_path: str | None
+    request_method: str | None
     txid: str
     created_at: datetime
     target: int | None

@@ -101,7 +101,7 @@ SELECT version FROM relay.rules_version;
 -- One outbox row for rendering; the images as their json text, so that numbers keep their exact
 -- digits.
 SELECT o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
-       o.username, o.request_id, o.txid::text, o.created_at
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at
 FROM relay.outbox o WHERE o.id = %(id)s;
 
 -- name: load_models
@@ -156,8 +156,9 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.txid::text, o.created_at, o.webhook_id AS target,
-       o.requeued_at IS NOT NULL AS requeued, here.scanned_to, here.stored_to,
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
+       o.webhook_id AS target, o.requeued_at IS NOT NULL AS requeued, here.scanned_to,
+       here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running,
        pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax, here.snapshot::text AS snapshot
 FROM here LEFT JOIN relay.outbox o ON o.id = ANY(ARRAY(SELECT id FROM candidates))
@@ -183,8 +184,8 @@ WITH upto AS MATERIALIZED (
 SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.txid::text, o.created_at, o.webhook_id AS target,
-       o.requeued_at IS NOT NULL AS requeued
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
+       o.webhook_id AS target, o.requeued_at IS NOT NULL AS requeued
 FROM upto, relay.outbox o
 WHERE o.id > %(after)s AND o.id <= upto.id
   AND o.status = 'pending' AND o.fanned_out_at IS NULL
@@ -542,7 +543,7 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
           CASE WHEN NOT d.send_superseded THEN d.superseded_by END AS superseded_unasked,
           o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
-          o.txid::text, o.created_at,
+          o.request_path, o.request_method, o.txid::text, o.created_at,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 
@@ -853,7 +854,7 @@ WITH moves AS MATERIALIZED (
               CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
               CASE WHEN NOT d.send_superseded THEN d.superseded_by END AS superseded_unasked,
               o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
-              o.request_id, o.txid::text, o.created_at,
+              o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new
 )
@@ -1502,8 +1503,8 @@ SELECT (SELECT count(*) FROM armed WHERE was = 'delivered') AS delivered,
 SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.txid::text, o.created_at, NULL::bigint AS target,
-       false AS requeued
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
+       NULL::bigint AS target, false AS requeued
 FROM relay.outbox o
 WHERE o.id > %(after)s AND o.status <> 'pending'
   AND o.created_at >= %(since)s

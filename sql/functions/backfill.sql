@@ -251,8 +251,9 @@ BEGIN
         '  WHERE EXISTS (SELECT FROM keys WHERE %8$s) AND %3$s FOR SHARE OF r), '
         'written AS ('
         '  INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
-        '                            txid, created_at, webhook_id) '
-        '  SELECT %9$s, ''snapshot'', c.n, c.k, x.username, x.request_id, x.txid, x.at, $3 '
+        '                            txid, created_at, webhook_id, request_path, request_method) '
+        '  SELECT %9$s, ''snapshot'', c.n, c.k, x.username, x.request_id, x.txid, x.at, $3, '
+        '         x.request_path, x.request_method '
         '  FROM rows c, relay.change_context() x ORDER BY %5$s RETURNING 1) '
         'SELECT (SELECT count(*) FROM keys), (SELECT count(*) FROM written), '
         '       (SELECT ARRAY[%10$s] FROM keys ORDER BY %11$s LIMIT 1)',

@@ -10,7 +10,9 @@
 -- function call there cost 5 microseconds more per statement; an md5 of the transaction id
 -- another 4). See relay.change_context for the meaning; the request id derived from the
 -- transaction id is the 64-bit transaction id written as a UUID: the same for every change of
--- a transaction, different for every other transaction, also across restarts.
+-- a transaction, different for every other transaction, also across restarts. The request's
+-- path and method are the application's word (relay.request_path, relay.request_method:
+-- 0029_request.sql), recorded as given, and NULL when it gave none: nothing else knows them.
 CREATE OR REPLACE FUNCTION relay.context_sql() RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT '(SELECT coalesce(nullif(pg_catalog.current_setting(''relay.username'', true), ''''), '
@@ -18,7 +20,11 @@ LANGUAGE sql IMMUTABLE AS $$
            'coalesce(nullif(pg_catalog.current_setting(''relay.request_id'', true), ''''), '
            'pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.pg_current_xact_id()::pg_catalog.text'
            '::pg_catalog.int8), 32, ''0'')::pg_catalog.uuid::pg_catalog.text) AS request_id, '
-           'pg_catalog.pg_current_xact_id() AS txid, pg_catalog.clock_timestamp() AS at) x'
+           'pg_catalog.pg_current_xact_id() AS txid, pg_catalog.clock_timestamp() AS at, '
+           'nullif(pg_catalog.current_setting(''relay.request_path'', true), '''') '
+           'AS request_path, '
+           'nullif(pg_catalog.current_setting(''relay.request_method'', true), '''') '
+           'AS request_method) x'
 $$;
 
 -- The context of relay.context_sql for the capture of TRUNCATE, which has no rows to join it
@@ -33,7 +39,10 @@ LANGUAGE sql VOLATILE AS $$
                      pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8), 32, '0')
                  ::pg_catalog.uuid::pg_catalog.text),
         pg_catalog.pg_current_xact_id(),
-        pg_catalog.clock_timestamp())::relay.change_context
+        pg_catalog.clock_timestamp(),
+        nullif(pg_catalog.current_setting('relay.request_path', true), ''),
+        nullif(pg_catalog.current_setting('relay.request_method', true), ''))
+        ::relay.change_context
 $$;
 
 -- A value of a type that is not PostgreSQL's own, as a JSON string of its text output. format()
@@ -360,8 +369,9 @@ BEGIN
     IF event = 'truncate' THEN
         RETURN 'DECLARE relay_rows bigint; BEGIN '
             'INSERT INTO relay.outbox (schema_name, table_name, op, username, request_id, txid, '
-            'created_at) SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, ''truncate'', x.username, '
-            'x.request_id, x.txid, x.at FROM relay.change_context() x; '
+            'created_at, request_path, request_method) '
+            'SELECT TG_TABLE_SCHEMA, TG_TABLE_NAME, ''truncate'', x.username, x.request_id, '
+            'x.txid, x.at, x.request_path, x.request_method FROM relay.change_context() x; '
             || counted || wake || 'RETURN NULL; END';
     ELSIF event = 'row' THEN
         -- Once per transaction, unless the transaction changed catalogs since (see the top). Not
@@ -677,16 +687,18 @@ BEGIN
     IF event = 'insert' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
-            'txid, created_at) '
-            'SELECT %s, ''insert'', c.n, c.k, x.username, x.request_id, x.txid, x.at '
+            'txid, created_at, request_path, request_method) '
+            'SELECT %s, ''insert'', c.n, c.k, x.username, x.request_id, x.txid, x.at, '
+            'x.request_path, x.request_method '
             'FROM (SELECT %s AS n, %s AS k FROM %s t OFFSET 0) c, %s',
             names, relay.image_sql(tbl, 't', opts.excluded), relay.pk_sql(tbl, 't'), new_rows,
             context);
     ELSIF event = 'delete' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, '
-            'txid, created_at) '
-            'SELECT %s, ''delete'', c.o, c.k, x.username, x.request_id, x.txid, x.at '
+            'txid, created_at, request_path, request_method) '
+            'SELECT %s, ''delete'', c.o, c.k, x.username, x.request_id, x.txid, x.at, '
+            'x.request_path, x.request_method '
             'FROM (SELECT %s AS o, %s AS k FROM %s t OFFSET 0) c, %s',
             names, relay.image_sql(tbl, 't', opts.excluded), relay.pk_sql(tbl, 't'), old_rows,
             context);
@@ -699,8 +711,9 @@ BEGIN
     IF single THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
-            'request_id, txid, created_at) '
-            'SELECT %s, ''update'', c.o, c.n, c.k, x.username, x.request_id, x.txid, x.at '
+            'request_id, txid, created_at, request_path, request_method) '
+            'SELECT %s, ''update'', c.o, c.n, c.k, x.username, x.request_id, x.txid, x.at, '
+            'x.request_path, x.request_method '
             'FROM (SELECT %s AS o, %s AS n, %s AS k FROM %s a, %s b '
             'WHERE NOT pg_catalog.record_image_eq(a.*, b.*)%s OFFSET 0) c, %s WHERE true%s',
             names, relay.image_sql(tbl, 'a', opts.excluded),
@@ -711,8 +724,9 @@ BEGIN
     -- pairing.
     RETURN format(
         'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
-        'request_id, txid, created_at) '
-        'SELECT %s, ''update'', o.j, n.j, n.k, x.username, x.request_id, x.txid, x.at '
+        'request_id, txid, created_at, request_path, request_method) '
+        'SELECT %s, ''update'', o.j, n.j, n.k, x.username, x.request_id, x.txid, x.at, '
+        'x.request_path, x.request_method '
         'FROM (SELECT row_number() OVER () AS i%s, %s AS j FROM %s a) o '
         'JOIN (SELECT row_number() OVER () AS i%s, %s AS j, %s AS k FROM %s b) n '
         'ON n.i OPERATOR(pg_catalog.=) o.i, %s '
@@ -751,23 +765,26 @@ BEGIN
     IF event = 'insert' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, new, pk, username, request_id, '
-            'txid, created_at) SELECT %s, ''insert'', c.n, c.k, x.username, x.request_id, x.txid, '
-            'x.at FROM (SELECT %s AS n, %s AS k OFFSET 0) c, %s',
+            'txid, created_at, request_path, request_method) '
+            'SELECT %s, ''insert'', c.n, c.k, x.username, x.request_id, x.txid, x.at, '
+            'x.request_path, x.request_method FROM (SELECT %s AS n, %s AS k OFFSET 0) c, %s',
             names, relay.image_sql(tbl, new_ref, opts.excluded), relay.pk_sql(tbl, new_ref),
             context);
     ELSIF event = 'delete' THEN
         RETURN format(
             'INSERT INTO relay.outbox (schema_name, table_name, op, old, pk, username, request_id, '
-            'txid, created_at) SELECT %s, ''delete'', c.o, c.k, x.username, x.request_id, x.txid, '
-            'x.at FROM (SELECT %s AS o, %s AS k OFFSET 0) c, %s',
+            'txid, created_at, request_path, request_method) '
+            'SELECT %s, ''delete'', c.o, c.k, x.username, x.request_id, x.txid, x.at, '
+            'x.request_path, x.request_method FROM (SELECT %s AS o, %s AS k OFFSET 0) c, %s',
             names, relay.image_sql(tbl, old_ref, opts.excluded), relay.pk_sql(tbl, old_ref),
             context);
     END IF;
     watched := relay.watched_sql(tbl, opts.watched, old_ref, new_ref);
     RETURN format(
         'INSERT INTO relay.outbox (schema_name, table_name, op, old, new, pk, username, '
-        'request_id, txid, created_at) '
-        'SELECT %s, ''update'', c.o, c.n, c.k, x.username, x.request_id, x.txid, x.at '
+        'request_id, txid, created_at, request_path, request_method) '
+        'SELECT %s, ''update'', c.o, c.n, c.k, x.username, x.request_id, x.txid, x.at, '
+        'x.request_path, x.request_method '
         'FROM (SELECT %s AS o, %s AS n, %s AS k WHERE NOT pg_catalog.record_image_eq(%s, %s)%s '
         'OFFSET 0) c, %s%s',
         names, relay.image_sql(tbl, old_ref, opts.excluded),
