@@ -145,8 +145,8 @@ def test_a_receiver_written_for_netbox_4_accepts_every_delivery(
     made = {"created": ("POST", PATHS[0]), "updated": ("PATCH", PATHS[1])}
     for body in state.accepted:
         method, path = made.get(body["event"], ("DELETE", PATHS[2]))
-        assert body["request"]["path"] in (None, path)
-        assert body["request"]["method"] in (None, method)
+        assert body["request"]["path"] == path
+        assert body["request"]["method"] == method
     if batch_size > 1:
         assert all(h["X-Relay-Event"] == "batch" for h in headers)
         assert sum(int(h["X-Relay-Batch-Size"]) for h in headers) == 4

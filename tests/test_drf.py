@@ -76,6 +76,21 @@ def test_token_and_session_users_and_the_applications_request_id(
         "FROM relay.outbox WHERE op = 'update' ORDER BY id LIMIT 1"
     ).fetchone()
     assert follow_up == ("", "SN-000001", "planned", str(bodies["token site"]["id"]))
+    # Each change records its own request's path and method (NetBox 4's request.path, .method).
+    requests = rconn.execute(
+        "SELECT DISTINCT request_id, request_method, request_path FROM relay.outbox"
+    ).fetchall()
+    assert sorted(requests) == sorted(
+        [
+            (ids["token site"], "POST", "/api/sites/"),
+            (ids["token tag core"], "POST", "/api/tags/"),
+            (ids["token tag edge"], "POST", "/api/tags/"),
+            (device, "POST", "/api/devices/"),
+            (ids["token patch"], "PATCH", f"/api/devices/{bodies['token device']['id']}/"),
+            (ids["session site"], "POST", "/api/sites/"),
+            (ids["atomic patch"], "PATCH", f"/api/devices/{bodies['token device']['id']}/"),
+        ]
+    )
 
     # What a change written in the view would carry, read by the view itself.
     assert bodies["token settings"] == {
