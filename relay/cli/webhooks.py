@@ -148,6 +148,16 @@ Ordering = Annotated[
         "renders the same (key).",
     ),
 ]
+Related = Annotated[
+    str | None,
+    typer.Option(
+        "--related",
+        metavar="JSON",
+        help="""Nest columns of rows the change's foreign keys reference in data: """
+        """'{"site_id": ["name", "slug"]}' nests data.site = {id, name, slug}; '' (edit) """
+        "removes it. The relay's role needs SELECT on the referenced tables (docs/rules.md).",
+    ),
+]
 OrderingKey = Annotated[
     str | None,
     typer.Option(
@@ -253,6 +263,7 @@ def webhook_add(
     dead_after: DeadAfter = None,
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
+    related: Related = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -282,6 +293,7 @@ def webhook_add(
         row.batch_wait_ms = batch_wait_ms
     for key, value in steering.items():
         setattr(row, key, value)
+    row.related = _related(related)
     _refuse_broken_templates(row)
     with _session(dsn) as db:
         db.add(row)
@@ -327,6 +339,7 @@ def webhook_edit(
     dead_after: DeadAfter = None,
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
+    related: Related = None,
 ) -> None:
     """Change some of a webhook's fields; the others stay (templates compiled first)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -358,6 +371,8 @@ def webhook_edit(
     if ca_file is not None:
         changes["ca_file_path"] = ca_file or None  # '' removes it
     changes.update(steering)
+    if related is not None:
+        changes["related"] = _related(related)
     if not changes:
         fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
     with _session(dsn) as db:
@@ -366,6 +381,21 @@ def webhook_edit(
             setattr(hook, key, value)
         _refuse_broken_templates(hook)
     out.print(f"webhook {name} changed: {', '.join(sorted(changes))}", highlight=False)
+
+
+def _related(value: str | None) -> dict[str, Any] | None:
+    """--related as stored: a JSON object (the database checks the rest of its shape:
+    relay.check_related), None for none or ''."""
+    if not value or not value.strip():
+        return None
+    document = _json_option(value, "--related")
+    if not isinstance(document, dict):
+        fail(
+            """--related is a JSON object of foreign-key columns, each to a list of columns """
+            """of the row it references: '{"site_id": ["name", "slug"]}'""",
+            2,
+        )
+    return document
 
 
 def _decimal(value: float | None) -> Decimal | None:
@@ -569,6 +599,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "dead_after": shown.dead_after(hook.dead_after_seconds),
             "ordering": hook.ordering,
             "ordering_key": hook.ordering_key or "(none)",
+            "related": "(none)" if hook.related is None else json.dumps(hook.related),
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)

@@ -26,7 +26,7 @@ import simplejson
 from jinja2 import TemplateError, Undefined
 
 from relay._version import __version__
-from relay.model import Batch, Change, Request, UnreadableJSON, Webhook, dumps
+from relay.model import Batch, Change, Request, UnreadableJSON, Webhook, dumps, loads
 from relay.reasons import describe, scrub, sensitive, url_origin
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.render.sign import InvalidSecret, signature_headers
@@ -50,8 +50,13 @@ class RenderError(Exception):
 
 def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The template context: NetBox's names, then relay's own. ``action_data`` adds keys (and is
-    also there as a whole) but never replaces one of these."""
-    return _context(change, change.old, change.new, change.pk, action_data)
+    also there as a whole) but never replaces one of these. ``data`` carries the rows the
+    webhook's ``related`` option nests (relay/delivery/related.py); the snapshots are the
+    images as captured."""
+    data = change.new if change.new is not None else change.old
+    if change.related_json is not None and isinstance(data, dict):
+        data = {**data, **loads(change.related_json)}
+    return _context(change, change.old, change.new, change.pk, action_data, data)
 
 
 def batch_context(batch: Batch) -> dict[str, Any]:
@@ -67,15 +72,30 @@ def default_body(change: Change, action_data: Mapping[str, Any] | None = None) -
     (3 us rather than simplejson's 13); what orjson cannot write (an integer past 64 bits in
     the action data) takes simplejson's exact path."""
     pieces = _fragment(change.old_json), _fragment(change.new_json), _fragment(change.pk_json)
+    data = _data_text(change)
     try:
         return orjson.dumps(
-            _context(change, *pieces, action_data),
+            _context(change, *pieces, action_data, _fragment(data)),
             default=_exact,
             option=orjson.OPT_PASSTHROUGH_DATETIME,
         )
     except orjson.JSONEncodeError:
         raw = _raw(change.old_json), _raw(change.new_json), _raw(change.pk_json)
-        return dumps(_context(change, *raw, action_data)).encode()
+        return dumps(_context(change, *raw, action_data, _raw(data))).encode()
+
+
+def _data_text(change: Change) -> str | None:
+    """``data``'s JSON text: the row's, with the related rows' members spliced in before its
+    closing brace (neither is parsed: the row's text stays as PostgreSQL wrote it)."""
+    text = change.new_json if change.new_json is not None else change.old_json
+    if text is None or change.related_json is None:
+        return text
+    members = change.related_json.strip()[1:-1].strip()
+    row = text.rstrip()
+    if not members or not row.endswith("}"):
+        return text  # an image that is no object nests nothing (related.wants)
+    head = row[:-1].rstrip()
+    return f"{head}{'' if head.endswith('{') else ','}{members}}}"
 
 
 def _fragment(text: str | None) -> orjson.Fragment | None:
@@ -99,7 +119,12 @@ def default_batch_body(batch: Batch) -> bytes:
 
 
 def _context(
-    change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
+    change: Change,
+    old: Any,
+    new: Any,
+    pk: Any,
+    action_data: Mapping[str, Any] | None,
+    data: Any,
 ) -> dict[str, Any]:
     core = {
         "event": EVENTS[change.op],
@@ -108,7 +133,7 @@ def _context(
         "object_type": change.object_type,
         "username": change.username,
         "request_id": change.request_id,
-        "data": new if new is not None else old,
+        "data": data,
         "snapshots": {"prechange": old, "postchange": new},
         "id": change.id,
         "pk": pk,

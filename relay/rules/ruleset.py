@@ -264,6 +264,20 @@ def webhook_of(row: WebhookRow) -> Webhook:
         ordering=row["ordering"],
         ordering_key=row["ordering_key"],
         paused=row["webhook_paused"],
+        related=related_of(row["related"]),
+    )
+
+
+def related_of(text: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A webhook's ``related`` option as stored (relay.check_related checked its shape), in
+    the order written; empty when unset or not of that shape (a row from before the check)."""
+    document = loads(text) if text else None
+    if not isinstance(document, dict):
+        return ()
+    return tuple(
+        (column, tuple(str(name) for name in names))
+        for column, names in document.items()
+        if isinstance(names, list) and names
     )
 
 
