@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypedDict, cast
 
+import psycopg
 from psycopg.rows import class_row, dict_row
 
 from relay import sqlfiles
@@ -506,6 +507,25 @@ class Store:
         """Webhooks no rule sends to, in ``load_rules``' columns, for ``relay rules check``."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
+
+    def related_problem(
+        self, table: tuple[str, str], fk_column: str, nested_as: str, columns: Sequence[str]
+    ) -> str | None:
+        """Why relay.related_rows cannot nest ``columns`` of the row ``table``'s ``fk_column``
+        references, asked for no key, with this session's rights; None when it can."""
+        parameters = {
+            "schema_name": table[0],
+            "table_name": table[1],
+            "fk_column": fk_column,
+            "nested_as": nested_as,
+            "columns": list(columns),
+            "keys": [],
+        }
+        try:
+            self.conn.execute(query("related_rows"), parameters).fetchall()
+        except psycopg.Error as exc:
+            return exc.diag.message_primary or str(exc)
+        return None
 
     def change(self, outbox_id: int, models: Models) -> Change | None:
         """The change with this outbox id, images included and named by ``models``, or None

@@ -17,8 +17,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from relay.db import Conn
+from relay.delivery import related
 from relay.model import Change, Webhook, related_name
 from relay.render.request import Renderer, default_body
+from relay.store import Claimed
 from support.cli import relay
 from support.receivers import Receiver, receiver
 from support.worker import FAST, running, until
@@ -441,3 +443,40 @@ def test_the_command_line_sets_shows_and_refuses_the_option(relay_dsn: str) -> N
     cleared = relay("webhook", "edit", "h", "--related", "", dsn=relay_dsn)
     assert cleared.returncode == 0, cleared.stderr
     assert "related" in relay("webhook", "show", "h", dsn=relay_dsn).stdout
+
+
+def test_keys_are_read_exactly_as_captured(rconn: Conn) -> None:
+    """A numeric key keeps its digits (orjson would read 1.10 as the float 1.1, and a key
+    past 64 bits not at all), and a text key with quotes is its text."""
+    hook = Webhook(id=1, name="h", payload_url="http://127.0.0.1/", related=(("k_id", ("n",)),))
+    for image, key in [
+        ('{"k_id": 1.10}', "1.10"),
+        ('{"k_id": 123456789012345678901234567890}', "123456789012345678901234567890"),
+        ('{"k_id": "a\\"b"}', 'a"b'),
+        ('{"k_id": true}', "true"),
+    ]:
+        claimed = Claimed(1, 1, 1, 1, 1, 10, change(image, None), "d")
+        entries, problem = related.wants(claimed, hook)
+        assert problem is None and [e[2] for e in entries] == [key]
+    rconn.execute("CREATE TABLE k (id numeric PRIMARY KEY, n text)")
+    rconn.execute("CREATE TABLE uses_k (id int PRIMARY KEY, k_id numeric REFERENCES k)")
+    rconn.execute("INSERT INTO k VALUES (1.10, 'one point one')")
+    assert related_rows(rconn, "uses_k", "k_id", ["n"], ["9", "1.10"]) == [
+        (2, '{"id" : 1.10, "n" : "one point one"}')
+    ]
+
+
+def test_rules_check_reports_what_related_cannot_read(rconn: Conn, relay_dsn: str) -> None:
+    tables(rconn)
+    hook(rconn, "http://127.0.0.1/", related='{"tenant_id": ["name"], "site_id": ["nope"]}')
+    checked = relay("rules", "check", dsn=relay_dsn)
+    assert checked.returncode == 1
+    assert (
+        "webhook 'h': related: public.dcim_device.tenant_id is not a foreign key" in checked.stdout
+    )
+    assert (
+        "webhook 'h': related: public.dcim_site (which public.dcim_device.site_id references)"
+        ' has no column "nope"' in checked.stdout
+    )
+    rconn.execute("""UPDATE relay.webhooks SET related = '{"site_id": ["name"]}'""")
+    assert relay("rules", "check", dsn=relay_dsn).returncode == 0

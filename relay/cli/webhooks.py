@@ -932,13 +932,16 @@ def rule_disable(name: str, dsn: Dsn) -> None:
 
 @rules_app.command("check")
 def rules_check(dsn: OptionalDsn = None, env_file: EnvFile = None) -> None:
-    """Compile every template and validate every condition; report each problem."""
+    """Compile every template and validate every condition, and check each webhook's related
+    option against the tables its rules cover (with this role's rights); report each problem."""
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
         unused = [ruleset.webhook_of(row) for row in Store(conn).unused_webhooks()]
+        tables = [(t.schema_name, t.table_name) for t in Store(conn).tracked()]
+        related = ruleset.related_problems(loaded.rules, tables, Store(conn).related_problem)
     with BlockingRenderPool(settings.template_env_globs) as renders:
-        problems = ruleset.check(loaded.rules, renders, unused, tls.ca_problem)
+        problems = ruleset.check(loaded.rules, renders, unused, tls.ca_problem) + related
     for problem in problems:
         out.print(scrub(str(problem)), highlight=False, soft_wrap=True)
     hooks = len({rule.webhook.id for rule in loaded.rules}) + len(unused)
