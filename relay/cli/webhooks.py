@@ -41,7 +41,7 @@ from relay.cli.common import (
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import tls
-from relay.model import Batch, Change, Webhook, loads
+from relay.model import Batch, Change, Webhook, loads, related_name
 from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, env_values, secrets_of
@@ -1105,6 +1105,15 @@ def _print_preview(
     for note in unsent:
         out.print(
             f"[yellow]note:[/] {escape(note)}: not in the request",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
+    if hook.related:
+        nested = ", ".join(f"data.{related_name(column)}" for column, _ in hook.related)
+        out.print(
+            f"[yellow]note:[/] {escape(nested)} (the related option) is read by relay run when "
+            "it sends the change: not in this preview",
             highlight=False,
             soft_wrap=True,
             markup=True,

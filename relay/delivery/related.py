@@ -25,6 +25,16 @@ from relay.model import Webhook, loads, related_name
 from relay.reasons import reason
 from relay.store import AsyncStore, Claimed
 
+FOR_GOOD = (
+    psycopg.errors.RaiseException,
+    psycopg.errors.InsufficientPrivilege,
+    psycopg.errors.DataException,
+)
+"""What relay.related_rows raises that trying again cannot fix: its own refusals (no such
+foreign key...), a grant missing, a key its type cannot read. Anything else (a lost
+connection, a statement timeout) ends the session: the deliveries go again when their leases
+end."""
+
 
 @dataclass(frozen=True)
 class Lookup:
@@ -106,8 +116,8 @@ async def attach(
     """``items`` with their changes' related rows (Change.related_json), each (table, foreign
     key, columns) read in one query; an item whose rows could not be read has its
     ``related_problem`` instead. Items of webhooks without the option come back as they were.
-    A lost connection raises (the session starts again); any other database error is the
-    reason of the deliveries that needed that query."""
+    What :data:`FOR_GOOD` holds is the reason of the deliveries that needed that query; any
+    other database error raises (the session starts again)."""
     planned: list[tuple[list[Entry], str | None]] = []
     keys: dict[Lookup, dict[str, None]] = {}
     for item in items:
@@ -125,9 +135,7 @@ async def attach(
             rows = await store.related_rows(
                 lookup.table, lookup.fk_column, lookup.nested_as, lookup.columns, ordered
             )
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
+        except FOR_GOOD as exc:
             found[lookup] = _problem(exc)
         else:
             found[lookup] = {ordered[position]: row for position, row in rows.items()}
