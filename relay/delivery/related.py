@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import psycopg
@@ -36,10 +35,9 @@ connection, a statement timeout) ends the session: the deliveries go again when 
 end."""
 
 
-@dataclass(frozen=True)
-class Lookup:
+class Lookup(NamedTuple):
     """One query's worth: the referenced rows of one foreign key of one table, with the same
-    columns (webhooks that ask alike share it)."""
+    columns (webhooks that ask alike share it). A tuple: hashed once per change, in C."""
 
     table: tuple[str, str]
     fk_column: str
