@@ -214,7 +214,7 @@ def related_name(column: str) -> str:
     """Where the row a foreign-key column references nests in ``data``: NetBox's name for it,
     the column without ``_id`` (``site_id``: ``site``); any other column adds ``_object``
     (``parent``: ``parent_object``), so that the nested row never takes the column's own name.
-    relay.check_related (sql/functions/rules.sql) applies the same rule."""
+    relay.check_webhook (sql/functions/rules.sql) applies the same rule."""
     if len(column) > 3 and column.endswith("_id"):
         return column[:-3]
     return column + "_object"

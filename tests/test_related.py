@@ -294,10 +294,12 @@ def test_without_select_on_the_referenced_table_the_reason_names_the_grant(
 
 
 def related_rows(conn: Conn, table: str, column: str, columns: list[str], keys: list[str]) -> Any:
-    return conn.execute(
-        "SELECT i, \"row\"::text FROM relay.related_rows('public', %s, %s, %s, %s, %s)",
-        (table, column, related_name(column), columns, keys),
-    ).fetchall()
+    return sorted(
+        conn.execute(
+            "SELECT i, \"row\"::text FROM relay.related_rows('public', %s, %s, %s, %s, %s)",
+            (table, column, related_name(column), columns, keys),
+        ).fetchall()
+    )
 
 
 def test_a_composite_foreign_key_and_a_key_of_another_type_are_refused(rconn: Conn) -> None:
@@ -480,3 +482,23 @@ def test_rules_check_reports_what_related_cannot_read(rconn: Conn, relay_dsn: st
     )
     rconn.execute("""UPDATE relay.webhooks SET related = '{"site_id": ["name"]}'""")
     assert relay("rules", "check", dsn=relay_dsn).returncode == 0
+
+
+def test_a_partitioned_referenced_table_and_two_foreign_keys_on_one_column(rconn: Conn) -> None:
+    """A foreign key to a partitioned table (PostgreSQL adds a constraint per partition) is
+    followed to the parent, rows from every partition; a column with foreign keys to two
+    tables is refused: relay cannot tell which row to nest."""
+    rconn.execute("CREATE TABLE region (id int PRIMARY KEY, name text) PARTITION BY RANGE (id)")
+    rconn.execute("CREATE TABLE region_low PARTITION OF region FOR VALUES FROM (0) TO (100)")
+    rconn.execute("CREATE TABLE region_high PARTITION OF region FOR VALUES FROM (100) TO (200)")
+    rconn.execute("INSERT INTO region VALUES (1, 'low'), (150, 'high')")
+    rconn.execute("CREATE TABLE place (id int PRIMARY KEY, region_id int REFERENCES region)")
+    assert related_rows(rconn, "place", "region_id", ["name"], ["150", "1", "99"]) == [
+        (1, '{"id" : 150, "name" : "high"}'),
+        (2, '{"id" : 1, "name" : "low"}'),
+    ]
+    rconn.execute("CREATE TABLE other_region (id int PRIMARY KEY, name text)")
+    rconn.execute("INSERT INTO other_region VALUES (1, 'other')")
+    rconn.execute("ALTER TABLE place ADD FOREIGN KEY (region_id) REFERENCES other_region")
+    with pytest.raises(psycopg.errors.RaiseException, match="foreign keys to more than one"):
+        related_rows(rconn, "place", "region_id", ["name"], ["1"])

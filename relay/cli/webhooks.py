@@ -385,7 +385,7 @@ def webhook_edit(
 
 def _related(value: str | None) -> dict[str, Any] | None:
     """--related as stored: a JSON object (the database checks the rest of its shape:
-    relay.check_related), None for none or ''."""
+    relay.check_webhook), None for none or ''."""
     if not value or not value.strip():
         return None
     document = _json_option(value, "--related")

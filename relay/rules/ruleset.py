@@ -269,8 +269,8 @@ def webhook_of(row: WebhookRow) -> Webhook:
 
 
 def related_of(text: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """A webhook's ``related`` option as stored (relay.check_related checked its shape), in
-    the order written; empty when unset or not of that shape (a row from before the check)."""
+    """A webhook's ``related`` option as stored (relay.check_webhook checked its shape), in
+    jsonb's order of keys (shorter first); empty when unset."""
     document = loads(text) if text else None
     if not isinstance(document, dict):
         return ()
