@@ -363,17 +363,18 @@ def test_hostile_names_and_other_roles_types_run_no_code_of_theirs(
         m.execute(f'GRANT SELECT, REFERENCES ON "Sï""te s" TO {rconn.info.user}')
     rconn.execute(
         "CREATE TABLE dev (id int PRIMARY KEY,"
-        ' site_id bigint REFERENCES "Ev""il; DROP.sch ema"."Sï""te s")'
+        ' site_id bigint REFERENCES "Ev""il; DROP.sch ema"."Sï""te s",'
+        ' "wé""ird id_id" bigint REFERENCES "Ev""il; DROP.sch ema"."Sï""te s")'
     )
     rconn.execute("SELECT relay.track('public.dev')")
-    rconn.execute("INSERT INTO dev VALUES (1, 3)")
+    rconn.execute("INSERT INTO dev VALUES (1, 3, 3)")
     columns = ['na"me ü', "m o", "p", "c", "t", "😀"]
 
     async def scenario() -> Receiver:
         async with receiver() as r:
             rconn.execute(
                 "INSERT INTO relay.webhooks (name, payload_url, related) VALUES ('h', %s, %s)",
-                (r.url, json.dumps({"site_id": columns})),
+                (r.url, json.dumps({"site_id": columns, 'wé"ird id_id': ["😀"]})),
             )
             rconn.execute(
                 "INSERT INTO relay.event_rules (name, tables, webhook_id)"
@@ -393,6 +394,7 @@ def test_hostile_names_and_other_roles_types_run_no_code_of_theirs(
         "t": {"v": "v"},
         "😀": "ok",
     }
+    assert sent["data"]['wé"ird id'] == {"id": 3, "😀": "ok"}
     with psycopg.connect(make_conninfo(relay_dsn, user=mallory), autocommit=True) as m:
         calls = m.execute('SELECT is_called FROM "Ev""il; DROP.sch ema".cast_calls').fetchone()
     assert calls == (False,)  # the other role's cast never ran
