@@ -398,6 +398,11 @@ def _related(value: str | None) -> dict[str, Any] | None:
     return document
 
 
+def _related_shown(related: dict[str, Any] | None) -> str:
+    """The related option as written (names not ASCII-escaped), or "(none)"."""
+    return "(none)" if related is None else json.dumps(related, ensure_ascii=False)
+
+
 def _decimal(value: float | None) -> Decimal | None:
     """Seconds as the database keeps them (exactly what was typed, not a binary float's digits)."""
     return None if value is None else Decimal(str(value))
@@ -599,7 +604,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "dead_after": shown.dead_after(hook.dead_after_seconds),
             "ordering": hook.ordering,
             "ordering_key": hook.ordering_key or "(none)",
-            "related": "(none)" if hook.related is None else json.dumps(hook.related),
+            "related": _related_shown(hook.related),
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)
