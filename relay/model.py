@@ -100,6 +100,10 @@ class Change:
     the application said: None for a change made outside a request."""
     request_method: str | None = None
     """The HTTP method of that request (``relay.request_method``), as the application said."""
+    related_json: str | None = None
+    """The rows its webhook's ``related`` option nests in ``data``, as one JSON object's text
+    (``{"site": {"id": 3, ...}, "tenant": null}``), read by the relay when it claimed the
+    delivery (relay/delivery/related.py); None without the option."""
 
     @classmethod
     def of(cls, *, old: Any = None, new: Any = None, pk: Any = None, **fields: Any) -> Change:
@@ -216,6 +220,19 @@ class Webhook:
     paused: bool = False
     """Paused (paused_at set, by an operator or as dead): what a relay claimed before it heard
     of the pause goes back unsent rather than out."""
+    related: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """Per foreign-key column, the columns of the row it references to nest in ``data`` under
+    :func:`related_name` (``(("site_id", ("name", "slug")),)``); empty: none."""
+
+
+def related_name(column: str) -> str:
+    """Where the row a foreign-key column references nests in ``data``: NetBox's name for it,
+    the column without ``_id`` (``site_id``: ``site``); any other column adds ``_object``
+    (``parent``: ``parent_object``), so that the nested row never takes the column's own name.
+    relay.check_webhook (sql/functions/rules.sql) applies the same rule."""
+    if len(column) > 3 and column.endswith("_id"):
+        return column[:-3]
+    return column + "_object"
 
 
 @dataclass(frozen=True)

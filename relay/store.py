@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal, TypedDict, cast
 
+import psycopg
 from psycopg.rows import class_row, dict_row
 
 from relay import sqlfiles
@@ -98,6 +99,8 @@ class WebhookRow(TypedDict):
     ordering: str
     ordering_key: str | None
     body_format: str
+    related: str | None
+    """The ``related`` option's JSON text, None when unset."""
 
 
 class ColumnRow(TypedDict):
@@ -209,6 +212,9 @@ class Claimed:
     """This later change of its row was delivered after it failed, and nobody asked to send it
     anyway: something that does not judge superseded changes made it pending (a release's
     ``relay replay`` from before 0025, SQL by hand). It is not sent: it fails again, saying so."""
+    related_problem: str | None = None
+    """Why the rows its webhook's ``related`` option nests could not be read (a grant missing,
+    a column that is no foreign key): it fails with this reason, unsent."""
     leased_at: float = field(default_factory=time.monotonic, compare=False)
     """When (monotonic) its claim came back: its lease ends RELAY_LEASE_SECONDS after (a little
     before: the claim set it). Its request must be over by then, or the delivery counts as in
@@ -522,6 +528,25 @@ class Store:
         """Webhooks no rule sends to, in ``load_rules``' columns, for ``relay rules check``."""
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
+
+    def related_problem(
+        self, table: tuple[str, str], fk_column: str, nested_as: str, columns: Sequence[str]
+    ) -> str | None:
+        """Why relay.related_rows cannot nest ``columns`` of the row ``table``'s ``fk_column``
+        references, asked for no key, with this session's rights; None when it can."""
+        parameters = {
+            "schema_name": table[0],
+            "table_name": table[1],
+            "fk_column": fk_column,
+            "nested_as": nested_as,
+            "columns": list(columns),
+            "keys": [],
+        }
+        try:
+            self.conn.execute(query("related_rows"), parameters).fetchall()
+        except psycopg.Error as exc:
+            return exc.diag.message_primary or str(exc)
+        return None
 
     def change(self, outbox_id: int, models: Models) -> Change | None:
         """The change with this outbox id, images included and named by ``models``, or None
@@ -866,6 +891,29 @@ class AsyncStore:
             rows = await cur.fetchall()
         claimed = [_claimed(r, models) for r in rows if r["outbox_id"] is not None]
         return claimed, rows[0]["wait_seconds"] if rows and not claimed else None
+
+    async def related_rows(
+        self,
+        table: tuple[str, str],
+        fk_column: str,
+        nested_as: str,
+        columns: Sequence[str],
+        keys: Sequence[str],
+    ) -> dict[int, str]:
+        """The rows of the table that ``table``'s foreign key ``fk_column`` references whose key
+        is one of ``keys`` (their text), as JSON text by position in ``keys`` (from 0); a key
+        not found is left out. Raises what relay.related_rows raises (psycopg.Error) when the
+        rows cannot be read: no such foreign key, a grant missing."""
+        parameters = {
+            "schema_name": table[0],
+            "table_name": table[1],
+            "fk_column": fk_column,
+            "nested_as": nested_as,
+            "columns": list(columns),
+            "keys": list(keys),
+        }
+        cur = await self.conn.execute(query("related_rows"), parameters)
+        return {int(row[0]) - 1: str(row[1]) for row in await cur.fetchall()}
 
     async def take_slot(self, webhook_id: int, spacing: float) -> float:
         """Take the next request slot of a webhook with a rate limit (every relay shares them);

@@ -62,6 +62,7 @@ SELECT r.id, r.name, r.tables, r.events, r.conditions::text AS conditions,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
        w.concurrency, w.rate_limit, w.ordering, w.ordering_key, w.body_format,
+       w.related::text AS related,
        w.paused_at IS NOT NULL AS webhook_paused
 FROM relay.event_rules r
 JOIN relay.webhooks w ON w.id = r.webhook_id
@@ -88,10 +89,18 @@ SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
        w.concurrency, w.rate_limit, w.ordering, w.ordering_key, w.body_format,
+       w.related::text AS related,
        w.paused_at IS NOT NULL AS webhook_paused
 FROM relay.webhooks w
 WHERE NOT EXISTS (SELECT FROM relay.event_rules r WHERE r.webhook_id = w.id)
 ORDER BY w.id;
+
+-- name: related_rows
+-- The rows a webhook's `related` option nests (relay.related_rows, sql/functions/delivery.sql):
+-- the position in %(keys)s of each key found, and its row's JSON text.
+SELECT r.i, r."row"::text
+FROM relay.related_rows(%(schema_name)s, %(table_name)s, %(fk_column)s, %(nested_as)s,
+                        %(columns)s::text[], %(keys)s::text[]) r;
 
 -- name: rules_version
 -- Bumped by every statement that changes webhooks or event rules (0006).

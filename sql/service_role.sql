@@ -57,6 +57,13 @@ GRANT EXECUTE ON FUNCTION relay.refresh_statistics() TO :"role";
 GRANT EXECUTE ON FUNCTION relay.key_before(json, json), relay.key_before_escaped(json, json),
     relay.clear_of_key_moves(bigint, bigint, text, text),
     relay.placed_first(bigint, bigint, bigint, text, text, boolean) TO :"role";
+-- Read the rows a webhook's `related` option nests (0030_related.sql), building their JSON as
+-- the capture builds images. The referenced tables themselves need a GRANT SELECT of their
+-- own (docs/operations.md): this file cannot know them.
+GRANT EXECUTE ON FUNCTION relay.related_rows(text, text, text, text, text[], text[]),
+    relay.fields_sql(oid, text, integer, int2[]), relay.value_sql(text, oid, integer),
+    relay.text_value(anyelement), relay.text_array_value(anyarray), relay.json_join(json[])
+    TO :"role";
 -- Show backfills in `relay status` (see 0021_backfill_replay.sql); it cannot start one.
 GRANT SELECT ON relay.backfills TO :"role";
 COMMIT;

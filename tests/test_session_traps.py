@@ -12,6 +12,7 @@ commands, rules check, untrack. No trap runs, and nothing fails.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -320,6 +321,52 @@ def _sql_blocks(path: Path, holding: str = "") -> list[str]:
     """The ```sql blocks of a page (those holding ``holding``), as written."""
     blocks = re.findall(r"^```sql\n(.*?)^```", path.read_text(), re.M | re.S)
     return [block for block in blocks if holding in block]
+
+
+def test_related_rows_spring_no_trap(trapped: dict[str, str]) -> None:
+    """A webhook's related option (relay.related_rows, run by the service role on the tables
+    the application owns), and `relay rules check` trying it, beside every trap: the rows
+    arrive, nothing of the application role's runs (the fixture counts the traps' calls)."""
+    owner, service, app = trapped["owner"], trapped["service"], trapped["app"]
+    done = relay("install", dsn=owner, env={"PGOPTIONS": PINNED})
+    assert done.returncode == 0, done.stderr
+    _psql(owner, SQL / "service_role.sql", "-v", f"role={trapped['service_name']}")
+    with _connect(app) as conn:
+        conn.execute(
+            "CREATE TABLE public.sites (id bigint PRIMARY KEY, name text, price numeric,"
+            " at timestamptz DEFAULT now())"
+        )
+        conn.execute(
+            "CREATE TABLE public.devices (id int PRIMARY KEY,"
+            " site_id bigint REFERENCES public.sites)"
+        )
+        conn.execute(f"GRANT SELECT ON public.sites TO {trapped['service_name']}")
+        conn.execute("INSERT INTO public.sites VALUES (1, 'one', 1.50), (2, 'two', 2)")
+
+    async def scenario() -> list[bytes]:
+        async with receiver() as hook:
+            _ok("track", "public.devices", dsn=owner)
+            _ok("webhook", "add", "h", "--url", hook.url, "--related",
+                '{"site_id": ["name", "price", "at"]}', dsn=owner)  # fmt: skip
+            _ok("rule", "add", "h", "--webhook", "h", "--table", "public.devices", dsn=owner)
+            _ok("rules", "check", dsn=service)
+            runner = _Relay(service)
+            try:
+                with _connect(app) as conn:
+                    conn.execute("INSERT INTO public.devices VALUES (1, 1), (2, 2), (3, NULL)")
+                await until(lambda: len(hook.requests) == 3, timeout=30)
+            finally:
+                runner.stop()
+            return [request.body for request in hook.requests]
+
+    bodies = {json.loads(body)["data"]["id"]: body for body in asyncio.run(scenario())}
+    sites = {key: json.loads(body)["data"]["site"] for key, body in bodies.items()}
+    assert {key: site and site["name"] for key, site in sites.items()} == {
+        1: "one",
+        2: "two",
+        3: None,
+    }
+    assert b'"price" : 1.50' in bodies[1]  # its digits, as the capture writes them
 
 
 def test_the_sql_the_docs_give_operators_runs_no_trap_in_their_own_session(

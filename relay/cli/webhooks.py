@@ -41,7 +41,7 @@ from relay.cli.common import (
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import tls
-from relay.model import BODY_FORMATS, Batch, Change, Webhook, loads
+from relay.model import BODY_FORMATS, Batch, Change, Webhook, loads, related_name
 from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, env_values, secrets_of
@@ -146,6 +146,16 @@ Ordering = Annotated[
         help="Which changes go out one after another: each row's (row, the default), every "
         "change one transaction after another (transaction), or those whose --ordering-key "
         "renders the same (key).",
+    ),
+]
+Related = Annotated[
+    str | None,
+    typer.Option(
+        "--related",
+        metavar="JSON",
+        help="""Nest columns of rows the change's foreign keys reference in data: """
+        """'{"site_id": ["name", "slug"]}' nests data.site = {id, name, slug}; '' (edit) """
+        "removes it. The relay's role needs SELECT on the referenced tables (docs/rules.md).",
     ),
 ]
 OrderingKey = Annotated[
@@ -265,6 +275,7 @@ def webhook_add(
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
     body_format: BodyFormat = None,
+    related: Related = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -296,6 +307,7 @@ def webhook_add(
         row.body_format = _body_format(body_format)
     for key, value in steering.items():
         setattr(row, key, value)
+    row.related = _related(related)
     _refuse_broken_templates(row)
     with _session(dsn) as db:
         db.add(row)
@@ -342,6 +354,7 @@ def webhook_edit(
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
     body_format: BodyFormat = None,
+    related: Related = None,
 ) -> None:
     """Change some of a webhook's fields; the others stay (templates compiled first)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -374,6 +387,8 @@ def webhook_edit(
     if ca_file is not None:
         changes["ca_file_path"] = ca_file or None  # '' removes it
     changes.update(steering)
+    if related is not None:
+        changes["related"] = _related(related)
     if not changes:
         fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
     with _session(dsn) as db:
@@ -382,6 +397,26 @@ def webhook_edit(
             setattr(hook, key, value)
         _refuse_broken_templates(hook)
     out.print(f"webhook {name} changed: {', '.join(sorted(changes))}", highlight=False)
+
+
+def _related(value: str | None) -> dict[str, Any] | None:
+    """--related as stored: a JSON object (the database checks the rest of its shape:
+    relay.check_webhook), None for none or ''."""
+    if not value or not value.strip():
+        return None
+    document = _json_option(value, "--related")
+    if not isinstance(document, dict):
+        fail(
+            """--related is a JSON object of foreign-key columns, each to a list of columns """
+            """of the row it references: '{"site_id": ["name", "slug"]}'""",
+            2,
+        )
+    return document
+
+
+def _related_shown(related: dict[str, Any] | None) -> str:
+    """The related option as written (names not ASCII-escaped), or "(none)"."""
+    return "(none)" if related is None else json.dumps(related, ensure_ascii=False)
 
 
 def _decimal(value: float | None) -> Decimal | None:
@@ -595,6 +630,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "dead_after": shown.dead_after(hook.dead_after_seconds),
             "ordering": hook.ordering,
             "ordering_key": hook.ordering_key or "(none)",
+            "related": _related_shown(hook.related),
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)
@@ -940,16 +976,19 @@ def rules_check(
         bool, typer.Option("--strict", help="Fail on warnings too (for CI).")
     ] = False,
 ) -> None:
-    """Compile every template and validate every condition; report each problem, and warn about
-    each condition's path that no tracked column can satisfy."""
+    """Compile every template and validate every condition, check each webhook's related option
+    against the tables its rules cover (with this role's rights); report each problem, and warn
+    about each condition's path that no tracked column can satisfy."""
     settings = load_settings(env_file)
     with database(dsn_of(dsn, settings)) as conn:
         store = Store(conn)
         loaded = ruleset.load(conn, everything=True)
         unused = [ruleset.webhook_of(row) for row in store.unused_webhooks()]
         tables = paths.tables_of(store.tracked_columns())
+        tracked = [(t.schema_name, t.table_name) for t in store.tracked()]
+        related = ruleset.related_problems(loaded.rules, tracked, store.related_problem)
     with BlockingRenderPool(settings.template_env_globs) as renders:
-        problems = ruleset.check(loaded.rules, renders, unused, tls.ca_problem)
+        problems = ruleset.check(loaded.rules, renders, unused, tls.ca_problem) + related
     warnings = paths.warnings(loaded.rules, tables)
     for problem in problems:
         out.print(scrub(str(problem)), highlight=False, soft_wrap=True)
@@ -1119,6 +1158,15 @@ def _print_preview(
     for note in unsent:
         out.print(
             f"[yellow]note:[/] {escape(note)}: not in the request",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
+        )
+    if hook.related:
+        nested = ", ".join(f"data.{related_name(column)}" for column, _ in hook.related)
+        out.print(
+            f"[yellow]note:[/] {escape(nested)} (the related option) is read by relay run when "
+            "it sends the change: not in this preview",
             highlight=False,
             soft_wrap=True,
             markup=True,

@@ -42,7 +42,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from relay import sqlfiles
 from relay.db import AConn, aconnect, first_line, path_problem
-from relay.delivery import claim
+from relay.delivery import claim, related
 from relay.delivery.breaker import Breaker, Turn
 from relay.delivery.fanout import FanOut
 from relay.delivery.holding import Holding
@@ -387,6 +387,7 @@ class Worker:
             answered=self._limited_answered(limited),
         )
         claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
+        claimed = await related.attach(store, claimed, self.rules.ruleset.webhook)
         for item in claimed:
             self._held[item.webhook_id] += 1
             self._take(item)
@@ -405,6 +406,7 @@ class Worker:
             answered=self._limited_answered([hook]),
         )
         items, wait = await store.claim_batch(parameters, self.rules.ruleset.models)
+        items = await related.attach(store, items, self.rules.ruleset.webhook)
         if wait is not None:
             due = time.monotonic() + wait
             self._batch_due = due if self._batch_due is None else min(self._batch_due, due)
@@ -698,6 +700,8 @@ class Worker:
         refused = claim.refusal(item, self.settings.max_body_bytes)
         if refused:
             return refused
+        if item.related_problem is not None:
+            return item.related_problem
 
         rule = self.rules.ruleset.by_id(item.rule_id)
         if rule is None or rule.webhook.id != item.webhook_id:

@@ -26,7 +26,7 @@ import simplejson
 from jinja2 import TemplateError, Undefined
 
 from relay._version import __version__
-from relay.model import Batch, Change, Request, UnreadableJSON, Webhook, dumps
+from relay.model import Batch, Change, Request, UnreadableJSON, Webhook, dumps, loads
 from relay.reasons import describe, scrub, sensitive, url_origin
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
 from relay.render.sign import InvalidSecret, signature_headers
@@ -50,8 +50,13 @@ class RenderError(Exception):
 
 def context(change: Change, action_data: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The template context: NetBox's names, then relay's own, then NetBox 4's ``request``.
-    ``action_data`` adds keys (and is also there as a whole) but never replaces one of these."""
-    return _context(change, change.old, change.new, change.pk, action_data)
+    ``action_data`` adds keys (and is also there as a whole) but never replaces one of these.
+    ``data`` carries the rows the webhook's ``related`` option nests (relay/delivery/
+    related.py); the snapshots are the images as captured."""
+    data = change.new if change.new is not None else change.old
+    if change.related_json is not None and isinstance(data, dict):
+        data = {**data, **loads(change.related_json)}
+    return _context(change, change.old, change.new, change.pk, action_data, data)
 
 
 def batch_context(batch: Batch) -> dict[str, Any]:
@@ -72,15 +77,30 @@ def default_body(
     if shape is None:
         raise RenderError(f"body_format {body_format[:40]!r} is not one of {', '.join(_SHAPES)}")
     pieces = _fragment(change.old_json), _fragment(change.new_json), _fragment(change.pk_json)
+    data = _data_text(change)
     try:
         return orjson.dumps(
-            shape(change, *pieces, action_data),
+            shape(change, *pieces, action_data, _fragment(data)),
             default=_exact,
             option=orjson.OPT_PASSTHROUGH_DATETIME,
         )
     except orjson.JSONEncodeError:
         raw = _raw(change.old_json), _raw(change.new_json), _raw(change.pk_json)
-        return dumps(shape(change, *raw, action_data)).encode()
+        return dumps(shape(change, *raw, action_data, _raw(data))).encode()
+
+
+def _data_text(change: Change) -> str | None:
+    """``data``'s JSON text: the row's, with the related rows' members spliced in before its
+    closing brace (neither is parsed: the row's text stays as PostgreSQL wrote it)."""
+    text = change.new_json if change.new_json is not None else change.old_json
+    if text is None or change.related_json is None:
+        return text
+    members = change.related_json.strip()[1:-1].strip()
+    row = text.rstrip()
+    if not members or not row.endswith("}"):
+        return text  # an image that is no object nests nothing (related.wants)
+    head = row[:-1].rstrip()
+    return f"{head}{'' if head.endswith('{') else ','}{members}}}"
 
 
 def _fragment(text: str | None) -> orjson.Fragment | None:
@@ -105,16 +125,26 @@ def default_batch_body(batch: Batch, body_format: str = "relay") -> bytes:
 
 
 def _context(
-    change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
+    change: Change,
+    old: Any,
+    new: Any,
+    pk: Any,
+    action_data: Mapping[str, Any] | None,
+    data: Any,
 ) -> dict[str, Any]:
     user = None if change.username is None else _User(change.username)
-    ctx = _relay_body(change, old, new, pk, action_data)
+    ctx = _relay_body(change, old, new, pk, action_data, data)
     ctx["request"] = _request(change, user)  # after the action data's keys: it replaces theirs
     return ctx
 
 
 def _relay_body(
-    change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
+    change: Change,
+    old: Any,
+    new: Any,
+    pk: Any,
+    action_data: Mapping[str, Any] | None,
+    data: Any,
 ) -> dict[str, Any]:
     """The ``relay`` format: NetBox 3's names, relay's own, the action data's keys (which never
     replace those) at the top level and as a whole. It is the template context but for
@@ -126,7 +156,7 @@ def _relay_body(
         "object_type": change.object_type,
         "username": change.username,
         "request_id": change.request_id,
-        "data": new if new is not None else old,
+        "data": data,
         "snapshots": {"prechange": old, "postchange": new},
         "id": change.id,
         "pk": pk,
@@ -137,7 +167,12 @@ def _relay_body(
 
 
 def _netbox4_body(
-    change: Change, old: Any, new: Any, pk: Any, action_data: Mapping[str, Any] | None
+    change: Change,
+    old: Any,
+    new: Any,
+    pk: Any,
+    action_data: Mapping[str, Any] | None,
+    data: Any,
 ) -> dict[str, Any]:
     """The ``netbox4`` format: NetBox 4's keys, in NetBox 4's order, and nothing else (no
     ``pk``, ``id``, ``txid`` or action data: a receiver that checks the shape sees NetBox's).
@@ -146,7 +181,7 @@ def _netbox4_body(
         "event": EVENTS[change.op],
         "timestamp": change.created_at.isoformat(),
         "object_type": change.object_type,
-        "data": new if new is not None else old,
+        "data": data,
         "request": _request(change, change.username),
         "snapshots": {"prechange": old, "postchange": new},
     }

@@ -64,6 +64,7 @@ class WebhookRow(Base):
     ordering: Mapped[str] = _defaulted()
     ordering_key: Mapped[str | None]
     body_format: Mapped[str] = _defaulted()
+    related: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
     created_at: Mapped[datetime] = _defaulted()
     updated_at: Mapped[datetime] = _defaulted()
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay.db import Conn
-from relay.model import Change, UnreadableJSON, Webhook, loads
+from relay.model import Change, UnreadableJSON, Webhook, loads, related_name
 from relay.reasons import describe
 from relay.render.request import RenderError, TemplateChecker, context, header_line, secrets_of
 from relay.rules import conditions
@@ -265,6 +265,20 @@ def webhook_of(row: WebhookRow) -> Webhook:
         ordering_key=row["ordering_key"],
         body_format=row["body_format"],
         paused=row["webhook_paused"],
+        related=related_of(row["related"]),
+    )
+
+
+def related_of(text: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A webhook's ``related`` option as stored (relay.check_webhook checked its shape), in
+    jsonb's order of keys (shorter first); empty when unset."""
+    document = loads(text) if text else None
+    if not isinstance(document, dict):
+        return ()
+    return tuple(
+        (column, tuple(str(name) for name in names))
+        for column, names in document.items()
+        if isinstance(names, list) and names
     )
 
 
@@ -362,4 +376,32 @@ def webhook_problems(
     other = more(hook)
     if other is not None:
         problems.append(Problem(where, other))
+    return problems
+
+
+RelatedCheck = Callable[[tuple[str, str], str, str, tuple[str, ...]], str | None]
+"""Why a table's column cannot nest the chosen columns of the row it references (Store.related_
+problem: relay.related_rows asked for no key), or None."""
+
+
+def related_problems(
+    rules: Iterable[Rule], tables: Iterable[tuple[str, str]], why: RelatedCheck
+) -> list[Problem]:
+    """What stops a webhook's ``related`` option on the tracked ``tables`` its rules cover: a
+    column that is no single-column foreign key, a chosen column the referenced table lacks, a
+    grant the checking role has not (each once per webhook, table and column)."""
+    known = list(tables)
+    problems: list[Problem] = []
+    seen: set[tuple[int, tuple[str, str], str]] = set()
+    for rule in rules:
+        for table in known:
+            if f"{table[0]}.{table[1]}" not in rule.tables:
+                continue
+            for column, columns in rule.webhook.related:
+                if (rule.webhook.id, table, column) in seen:
+                    continue
+                seen.add((rule.webhook.id, table, column))
+                message = why(table, column, related_name(column), columns)
+                if message is not None:
+                    problems.append(Problem(f"webhook {rule.webhook.name!r}", message))
     return problems

@@ -212,3 +212,124 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+-- The rows a webhook's `related` option nests in `data` (0028_related.sql; docs/rules.md):
+-- for `fk_column` of the tracked table schema_name.table_name, the rows of the table its
+-- single-column foreign key references whose key is one of `keys` (the key values' text, as the
+-- captured image writes them), each as JSON of the key and `columns`, built as the capture builds
+-- an image (relay.fields_sql: no cast to json, no operator of another role: a column of another
+-- role's type is written as its text output). Returns the position in `keys` of each key found;
+-- a key not found has no row. Nothing when the table has no column `fk_column` (a webhook's
+-- rules may cover tables that do not).
+--
+-- relay run calls it when it renders, once per claim and (table, column): with the service
+-- role's rights (not SECURITY DEFINER), which must include SELECT on the referenced table
+-- (the error says which GRANT to run). Only code PostgreSQL itself defines runs: the key must be
+-- of a type of pg_catalog, cast from text with that type's input and compared with
+-- OPERATOR(pg_catalog.=); a table with row-level security is refused (its policies are its
+-- owner's code; row_security = off makes sure none applies unseen); the search path is pinned.
+CREATE OR REPLACE FUNCTION relay.related_rows(schema_name text, table_name text,
+                                              fk_column text, nested_as text, columns text[],
+                                              keys text[])
+RETURNS TABLE (i bigint, "row" json)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
+DECLARE
+    tbl      oid;
+    what     text;
+    ref_what text;
+    fk_num   int2;
+    refs     int;
+    ref      oid;
+    ref_nsp  name;
+    ref_name name;
+    ref_kind "char";
+    ref_rls  boolean;
+    key_num  int2;
+    key_col  name;
+    key_nsp  name;
+    key_type name;
+    wanted   int2[];
+    missing  text;
+BEGIN
+    SELECT c.oid, format('%I.%I', n.nspname, c.relname) INTO tbl, what
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relname = table_name;
+    IF tbl IS NULL THEN
+        RAISE EXCEPTION 'related: table %.% does not exist', quote_ident(schema_name),
+            quote_ident(table_name);
+    END IF;
+    SELECT a.attnum INTO fk_num FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attname = fk_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF fk_num IS NULL THEN
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = tbl AND a.attname = nested_as
+               AND a.attnum > 0 AND NOT a.attisdropped) THEN
+        RAISE EXCEPTION 'related: % has a column % already, which the row % references would hide under the same name: take % out of related',
+            what, quote_ident(nested_as), quote_ident(fk_column), to_json(fk_column);
+    END IF;
+    -- Its single-column foreign keys, each to the referenced table itself (a foreign key to a
+    -- partitioned table has a constraint per partition too: those are left out).
+    SELECT count(DISTINCT (k.confrelid, k.confkey[1])), min(k.confrelid), min(k.confkey[1])
+    INTO refs, ref, key_num
+    FROM pg_constraint k JOIN pg_class r ON r.oid = k.confrelid
+    WHERE k.conrelid = tbl AND k.contype = 'f' AND k.conkey = ARRAY[fk_num]
+      AND NOT r.relispartition;
+    IF refs = 0 THEN
+        IF EXISTS (SELECT FROM pg_constraint k
+                   WHERE k.conrelid = tbl AND k.contype = 'f' AND fk_num = ANY (k.conkey)) THEN
+            RAISE EXCEPTION 'related: %.% is part of a foreign key of several columns: only a single-column foreign key can be followed',
+                what, quote_ident(fk_column);
+        END IF;
+        RAISE EXCEPTION 'related: %.% is not a foreign key: take % out of related, or add the foreign key',
+            what, quote_ident(fk_column), to_json(fk_column);
+    ELSIF refs > 1 THEN
+        RAISE EXCEPTION 'related: %.% has foreign keys to more than one table: relay cannot tell which row to nest',
+            what, quote_ident(fk_column);
+    END IF;
+    SELECT n.nspname, c.relname, c.relkind, c.relrowsecurity
+    INTO ref_nsp, ref_name, ref_kind, ref_rls
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ref;
+    ref_what := format('%I.%I', ref_nsp, ref_name);
+    IF ref_rls THEN
+        RAISE EXCEPTION 'related: % has row-level security: relay does not read it (its policies are code of another role)',
+            ref_what;
+    END IF;
+    SELECT a.attname, n.nspname, t.typname INTO key_col, key_nsp, key_type
+    FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+    JOIN pg_namespace n ON n.oid = t.typnamespace
+    WHERE a.attrelid = ref AND a.attnum = key_num;
+    IF key_nsp <> 'pg_catalog' THEN
+        RAISE EXCEPTION 'related: the key %.% is of type %.%, not one of PostgreSQL''s own: relay compares only keys of pg_catalog types (another type brings its own = operator)',
+            ref_what, quote_ident(key_col), quote_ident(key_nsp), quote_ident(key_type);
+    END IF;
+    SELECT string_agg(to_json(c)::text, ', ' ORDER BY o) INTO missing
+    FROM unnest(columns) WITH ORDINALITY u(c, o)
+    WHERE NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = ref AND a.attname = u.c
+                      AND a.attnum > 0 AND NOT a.attisdropped);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'related: % (which %.% references) has no column %', ref_what, what,
+            quote_ident(fk_column), missing;
+    END IF;
+    wanted := ARRAY(SELECT a.attnum FROM pg_attribute a
+                    WHERE a.attrelid = ref AND (a.attname = ANY (columns) OR a.attnum = key_num)
+                      AND a.attnum > 0 AND NOT a.attisdropped);
+    IF NOT has_schema_privilege(ref_nsp, 'USAGE')
+       OR EXISTS (SELECT FROM unnest(wanted) w WHERE NOT has_column_privilege(ref, w, 'SELECT')) THEN
+        RAISE EXCEPTION 'related: % cannot read %: run GRANT USAGE ON SCHEMA % TO %; GRANT SELECT ON % TO %',
+            quote_ident(current_user), ref_what, quote_ident(ref_nsp), quote_ident(current_user),
+            ref_what, quote_ident(current_user)
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT k.i, %s FROM pg_catalog.unnest($1) WITH ORDINALITY k(v, i) '
+        'JOIN %s %s r ON r.%I OPERATOR(pg_catalog.=) k.v::pg_catalog.%I',
+        relay.fields_sql(ref, 'r', 0,
+                         ARRAY(SELECT a.attnum FROM pg_attribute a
+                               WHERE a.attrelid = ref AND a.attnum > 0
+                                 AND a.attnum <> ALL (wanted))),
+        CASE WHEN ref_kind = 'p' THEN '' ELSE 'ONLY' END, ref_what, key_col, key_type)
+    USING keys;
+END
+$$;

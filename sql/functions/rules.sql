@@ -137,7 +137,9 @@ $$;
 CREATE OR REPLACE FUNCTION relay.check_webhook() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    line text;
+    line    text;
+    fk      text;
+    columns jsonb;
 BEGIN
     IF btrim(NEW.name) = '' THEN
         RAISE EXCEPTION 'webhook name must not be empty' USING ERRCODE = 'check_violation';
@@ -204,6 +206,43 @@ BEGIN
     IF NEW.body_format NOT IN ('relay', 'netbox4') THEN
         RAISE EXCEPTION 'webhook "%": unknown body_format "%" (use relay or netbox4)',
             NEW.name, NEW.body_format USING ERRCODE = 'check_violation';
+    END IF;
+    -- related (0030_related.sql): NULL, or an object of at most 20 foreign-key column names,
+    -- each to a list of 1 to 50 distinct names of the referenced table's columns; names are
+    -- non-empty and at most 63 bytes (what PostgreSQL keeps of a name). Two columns may not
+    -- nest under one name (site_id nests as site, any other column as <column>_object:
+    -- relay/model.py's related_name). Whether the tables have such foreign keys and columns is
+    -- the relay's to find when it sends (relay.related_rows), and `relay rules check`'s. Checked
+    -- here, not in a function of its own: the service role, which may pause a webhook, may run
+    -- no function of relay's but those it is granted.
+    IF NEW.related IS NOT NULL
+       AND (TG_OP = 'INSERT' OR NEW.related IS DISTINCT FROM OLD.related) THEN
+        IF jsonb_typeof(NEW.related) <> 'object' OR NEW.related = '{}'::jsonb
+           OR (SELECT count(*) FROM jsonb_object_keys(NEW.related)) > 20 THEN
+            RAISE EXCEPTION 'webhook "%": related is an object of 1 to 20 foreign-key columns, each to a list of columns of the row it references: {"site_id": ["name", "slug"]}',
+                NEW.name USING ERRCODE = 'check_violation';
+        END IF;
+        FOR fk, columns IN SELECT e.key, e.value FROM jsonb_each(NEW.related) e LOOP
+            IF btrim(fk) = '' OR octet_length(fk) > 63 THEN
+                RAISE EXCEPTION 'webhook "%": related: % is not a column name (1 to 63 bytes)',
+                    NEW.name, to_json(fk) USING ERRCODE = 'check_violation';
+            END IF;
+            IF (CASE WHEN jsonb_typeof(columns) <> 'array' THEN true
+                     ELSE jsonb_array_length(columns) NOT BETWEEN 1 AND 50 END)
+               OR EXISTS (SELECT FROM jsonb_array_elements(columns) c
+                          WHERE jsonb_typeof(c) <> 'string' OR btrim(c #>> '{}') = ''
+                             OR octet_length(c #>> '{}') > 63)
+               OR (SELECT count(DISTINCT c) <> count(*) FROM jsonb_array_elements_text(columns) c)
+            THEN
+                RAISE EXCEPTION 'webhook "%": related: % takes a list of 1 to 50 distinct column names (1 to 63 bytes each) of the row it references',
+                    NEW.name, to_json(fk) USING ERRCODE = 'check_violation';
+            END IF;
+        END LOOP;
+        IF (SELECT count(DISTINCT CASE WHEN k ~ '._id$' THEN left(k, -3) ELSE k || '_object' END)
+            FROM jsonb_object_keys(NEW.related) k) <> (SELECT count(*) FROM jsonb_object_keys(NEW.related)) THEN
+            RAISE EXCEPTION 'webhook "%": related: two of its columns would nest under one name (site_id nests as site, another column as <column>_object)',
+                NEW.name USING ERRCODE = 'check_violation';
+        END IF;
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.ordering IS DISTINCT FROM OLD.ordering THEN
         PERFORM relay.rekey_deliveries(NEW.id, OLD.ordering, NEW.ordering);
