@@ -198,6 +198,9 @@ class Webhook:
     them, in commit order) or ``key`` (those whose ``ordering_key`` renders the same)."""
     ordering_key: str | None = None
     """With ``ordering = 'key'``: a template, rendered with the body's context."""
+    coalesce_changes: bool = False
+    """One event per row per transaction: a row's changes within one transaction go as one
+    (relay/delivery/coalesce.py)."""
     paused: bool = False
     """Paused (paused_at set, by an operator or as dead): what a relay claimed before it heard
     of the pause goes back unsent rather than out."""

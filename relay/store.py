@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from psycopg.rows import class_row, dict_row
 
@@ -38,6 +38,7 @@ PlanStatement = Literal[
     "add_failed_deliveries",
     "fail_changes",
     "mark_fanned_out",
+    "mark_coalesced",
     "skip_changes",
     "finish_changes",
 ]
@@ -97,6 +98,7 @@ class WebhookRow(TypedDict):
     rate_limit: Decimal | None
     ordering: str
     ordering_key: str | None
+    coalesce_changes: bool
 
 
 class RuleRow(WebhookRow):
@@ -121,6 +123,8 @@ class FanOutRow(TypedDict):
     pk: str | None
     old_pk: str | None
     bytes: int
+    old_bytes: int
+    """Of ``bytes``, its old image's (a coalesced event carries its first change's: 0028)."""
     username: str | None
     request_id: str | None
     txid: str
@@ -130,6 +134,13 @@ class FanOutRow(TypedDict):
     requeued: bool
     """Sent again (``relay retry``, the SQL reset): its deliveries are armed again with
     ``rearm_deliveries``."""
+    coalesced_into: int | None
+    """The later change of its row and transaction it was coalesced into (0028), if it was."""
+    coalesced_from: int | None
+    """The first change of the group it ended, when coalesced and asked for (re-queued or
+    replayed; relay/delivery/coalesce.py): its event is made again."""
+    event: NotRequired[bool]
+    """True for a group's event (relay/delivery/coalesce.py, event), which no query returns."""
 
 
 class GapRow(TypedDict):
@@ -651,6 +662,12 @@ class Store:
         rows = self.conn.execute(query("change_rows"), {"ids": list(ids)}).fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
 
+    def change_heads(self, ids: Sequence[int]) -> dict[int, FanOutRow]:
+        """The first changes of coalesced groups, by id (relay/delivery/coalesce.py, again)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(query("change_heads"), {"ids": list(ids)}).fetchall()
+        return {row["id"]: cast(FanOutRow, row) for row in rows}
+
     def add_replay_deliveries(
         self, parameters: Mapping[str, Any], *, superseded: bool = False
     ) -> Added:
@@ -816,6 +833,12 @@ class AsyncStore:
         """The old and new images of changes, by id."""
         cur = await self.conn.execute(query("change_rows"), {"ids": list(ids)})
         return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+
+    async def change_heads(self, ids: Sequence[int]) -> dict[int, FanOutRow]:
+        """The first changes of coalesced groups, by id (relay/delivery/coalesce.py, again)."""
+        async with self.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("change_heads"), {"ids": list(ids)})
+            return {row["id"]: cast(FanOutRow, row) for row in await cur.fetchall()}
 
     async def write_plan(self, statements: Iterable[tuple[PlanStatement, dict[str, Any]]]) -> None:
         """Run a plan's statements in order. Call it inside :meth:`batch`, so that the plan is

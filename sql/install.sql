@@ -29,8 +29,8 @@ SELECT coalesce(max(version), 0) AS relay_before FROM relay.migrations \gset
 -- An older release's definitions must never replace a newer schema's (they would undo it).
 DO $$
 BEGIN
-    IF (SELECT max(version) FROM relay.migrations) > 27 THEN
-        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (27): run the install.sql of the release that installed it',
+    IF (SELECT max(version) FROM relay.migrations) > 28 THEN
+        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (28): run the install.sql of the release that installed it',
             (SELECT max(version) FROM relay.migrations);
     END IF;
 END
@@ -169,6 +169,11 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 26) AS relay_app
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 27) AS relay_apply \gset
 \if :relay_apply
 \ir migrations/0027_purged.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 28) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0028_coalesce.sql
 \endif
 
 -- Definitions newer than these are left as they are: this install.sql is an older release's.

@@ -148,6 +148,14 @@ Ordering = Annotated[
         "renders the same (key).",
     ),
 ]
+Coalesce = Annotated[
+    bool | None,
+    typer.Option(
+        "--coalesce/--no-coalesce",
+        help="Send a row's changes within one transaction as one event (created then updated: "
+        "one created, with the last image); --no-coalesce, the default: every change.",
+    ),
+]
 OrderingKey = Annotated[
     str | None,
     typer.Option(
@@ -253,6 +261,7 @@ def webhook_add(
     dead_after: DeadAfter = None,
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
+    coalesce: Coalesce = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -280,6 +289,8 @@ def webhook_add(
         row.batch_size = batch_size
     if batch_wait_ms is not None:
         row.batch_wait_ms = batch_wait_ms
+    if coalesce is not None:
+        row.coalesce_changes = coalesce
     for key, value in steering.items():
         setattr(row, key, value)
     _refuse_broken_templates(row)
@@ -327,6 +338,7 @@ def webhook_edit(
     dead_after: DeadAfter = None,
     ordering: Ordering = None,
     ordering_key: OrderingKey = None,
+    coalesce: Coalesce = None,
 ) -> None:
     """Change some of a webhook's fields; the others stay (templates compiled first)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -349,6 +361,7 @@ def webhook_edit(
         "retry_max_seconds": _decimal(retry_max_seconds),
         "batch_size": batch_size,
         "batch_wait_ms": batch_wait_ms,
+        "coalesce_changes": coalesce,
     }
     changes = {key: value for key, value in changes.items() if value is not None}
     if retry_default:
@@ -569,6 +582,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "dead_after": shown.dead_after(hook.dead_after_seconds),
             "ordering": hook.ordering,
             "ordering_key": hook.ordering_key or "(none)",
+            "coalesce_changes": hook.coalesce_changes,
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)

@@ -63,6 +63,7 @@ class WebhookRow(Base):
     dead_after_seconds: Mapped[int | None]
     ordering: Mapped[str] = _defaulted()
     ordering_key: Mapped[str | None]
+    coalesce_changes: Mapped[bool] = _defaulted()
     created_at: Mapped[datetime] = _defaulted()
     updated_at: Mapped[datetime] = _defaulted()
 

@@ -1,0 +1,460 @@
+"""Coalescing (issue 29): a webhook that asks gets one event per row per transaction. First the
+grouping alone (no database), then whole cycles against PostgreSQL and a real receiver, each
+crossed with a feature it must not break: retry, replay, batches, ordering, key moves, a webhook
+beside it that does not coalesce, the option switched on while changes wait, and size."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from relay.db import Conn
+from relay.delivery import coalesce, plan
+from relay.model import Webhook
+from relay.rules.ruleset import Rule, RuleSet
+from relay.store import FanOutRow
+from support.db import one_row
+from support.receivers import receiver
+from support.worker import FAST, running, until
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def row(
+    id: int,
+    op: str,
+    pk: int | None,
+    *,
+    txid: str = "7",
+    old_pk: int | None = None,
+    table: str = "items",
+    old_bytes: int = 10,
+    new_bytes: int = 10,
+    **extra: Any,
+) -> FanOutRow:
+    """A changes_to_fan_out row."""
+    made: FanOutRow = {
+        "id": id,
+        "fresh": True,
+        "schema_name": "public",
+        "table_name": table,
+        "op": op,
+        "pk": None if pk is None else json.dumps({"id": pk}),
+        "old_pk": None if old_pk is None else json.dumps({"id": old_pk}),
+        "bytes": (0 if op == "insert" else old_bytes) + (0 if op == "delete" else new_bytes),
+        "old_bytes": 0 if op == "insert" else old_bytes,
+        "username": None,
+        "request_id": None,
+        "txid": txid,
+        "created_at": NOW,
+        "target": None,
+        "requeued": False,
+        "coalesced_into": None,
+        "coalesced_from": None,
+    }
+    made.update(extra)  # type: ignore[typeddict-item]
+    return made
+
+
+def events(rows: list[FanOutRow]) -> list[tuple[str, int, int]]:
+    """Each event as (op, first id, last id)."""
+    return [(e["op"], e["coalesced_from"] or 0, e["id"]) for e in coalesce.group(rows).events]
+
+
+@pytest.mark.parametrize(
+    ("ops", "expected"),
+    [
+        (["insert", "update"], "insert"),
+        (["insert", "update", "update"], "insert"),
+        (["update", "update"], "update"),
+        (["insert", "delete"], None),
+        (["update", "delete"], "delete"),
+        (["delete", "insert"], "update"),
+        (["insert", "delete", "insert"], "insert"),
+        (["delete", "insert", "delete"], "delete"),
+    ],
+)
+def test_the_semantics_table(ops: list[str], expected: str | None) -> None:
+    rows = [row(n + 1, op, 5) for n, op in enumerate(ops)]
+    grouping = coalesce.group(rows)
+    assert grouping.grouped == {r["id"] for r in rows}
+    if expected is None:
+        assert grouping.events == []
+        assert "created (change 1) and deleted" in grouping.notes[len(ops)]
+    else:
+        [made] = grouping.events
+        assert (made["op"], made["id"], made["coalesced_from"]) == (expected, len(ops), 1)
+    assert grouping.into == {n + 1: len(ops) for n in range(len(ops) - 1)}
+    assert grouping.notes[1] == f"coalesced into change {len(ops)}"
+
+
+def test_images_and_bytes_are_the_first_old_and_the_last_new() -> None:
+    made = coalesce.event(row(1, "update", 5, old_bytes=100), row(2, "update", 5, new_bytes=7))
+    assert made is not None
+    assert (made["bytes"], made["old_bytes"]) == (107, 100)
+    images = {1: ('{"v": "before"}', '{"v": "mid"}'), 2: ('{"v": "mid"}', '{"v": "after"}')}
+    assert plan.images_of(made, images) == ('{"v": "before"}', '{"v": "after"}')
+    assert plan.image_ids([made]) == [2, 1]
+    created = coalesce.event(row(1, "insert", 5), row(2, "update", 5, new_bytes=7))
+    assert created is not None and (created["bytes"], created["old_bytes"]) == (7, 0)
+
+
+def test_one_group_per_row_per_transaction() -> None:
+    rows = [
+        row(1, "insert", 5),
+        row(2, "insert", 6),
+        row(3, "update", 5, txid="8"),  # another transaction: its own group
+        row(4, "update", 5),
+        row(5, "update", 6, table="other"),  # another table, same key
+        row(6, "update", 6),
+    ]
+    assert events(rows) == [("insert", 1, 4), ("insert", 2, 6)]
+
+
+def test_what_is_never_coalesced() -> None:
+    rows = [
+        row(1, "insert", 5),
+        row(2, "update", 5, target=3),  # a backfill's, for one webhook
+        row(3, "update", 5, requeued=True),  # re-queued: alone (or as it was grouped)
+        row(4, "insert", None),  # no primary key
+        row(5, "update", None),
+        row(6, "truncate", None),  # ends the groups of its table before it
+        row(7, "insert", 5),
+        row(8, "update", 5),
+    ]
+    grouping = coalesce.group(rows)
+    assert [(e["coalesced_from"], e["id"]) for e in grouping.events] == [(7, 8)]
+    assert grouping.grouped == {7, 8}
+
+
+def test_a_key_move_joins_the_group_of_its_old_key() -> None:
+    rows = [row(1, "update", 5), row(2, "update", 9, old_pk=5), row(3, "update", 9)]
+    grouping = coalesce.group(rows)
+    [made] = grouping.events
+    assert (made["coalesced_from"], made["id"]) == (1, 3)
+    assert made["old_pk"] == json.dumps({"id": 5})  # the key before the transaction
+    assert made["pk"] == json.dumps({"id": 9})
+    # Moved away and back: no move left to tell.
+    back = coalesce.group([row(1, "update", 9, old_pk=5), row(2, "update", 5, old_pk=9)])
+    assert back.events[0]["old_pk"] is None
+
+
+def test_again_makes_the_same_event_from_the_stored_grouping() -> None:
+    first = row(1, "insert", 5)
+    last = row(3, "update", 5, requeued=True, coalesced_from=1)
+    absorbed = row(2, "update", 5, requeued=True, coalesced_into=3)
+    grouping = coalesce.group([last, absorbed], {1: first})
+    [made] = grouping.events
+    assert (made["op"], made["coalesced_from"], made["requeued"]) == ("insert", 1, True)
+    assert grouping.grouped == {2, 3}
+    assert grouping.notes == {2: "coalesced into change 3"}
+
+
+def hook_of(name: str, id: int, coalesce_changes: bool) -> Webhook:
+    return Webhook(id=id, name=name, payload_url="http://x", coalesce_changes=coalesce_changes)
+
+
+def test_a_coalescing_webhook_gets_the_event_and_the_other_every_change() -> None:
+    """Matched on the event: created-then-updated matches a rule for created only."""
+    on, off = hook_of("on", 1, True), hook_of("off", 2, False)
+    rules = RuleSet(
+        [
+            Rule(1, "on", ("public.items",), ("insert",), None, {}, on),
+            Rule(2, "off", ("public.items",), ("insert", "update"), None, {}, off),
+        ]
+    )
+    rows = [row(1, "insert", 5), row(2, "update", 5), row(3, "update", 6)]
+    grouping = coalesce.group(rows)
+    ready, to_read = plan.sort_out(rows + grouping.events, rules, 10_000, None, grouping.grouped)
+    assert to_read == []
+    made = plan.plan(ready, rules)
+    sent = sorted(
+        zip(
+            made.to_send.webhook_ids,
+            made.to_send.outbox_ids,
+            made.to_send.coalesced_froms,
+            strict=True,
+        )
+    )
+    assert sent == [(1, 2, 1), (2, 1, None), (2, 2, None), (2, 3, None)]
+
+
+# Whole cycles: PostgreSQL, relay run, a real receiver.
+
+
+def items(conn: Conn) -> None:
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int, note text)")
+    conn.execute("SELECT relay.track('items')")
+
+
+def webhook(
+    conn: Conn,
+    url: str,
+    name: str,
+    *,
+    coalesce_changes: bool = True,
+    events: tuple[str, ...] = ("insert", "update", "delete"),
+    **columns: object,
+) -> None:
+    values = {"name": name, "payload_url": url, "secret": "s", **columns}
+    values["coalesce_changes"] = coalesce_changes
+    conn.execute(
+        f"INSERT INTO relay.webhooks ({', '.join(values)})"
+        f" VALUES ({', '.join(['%s'] * len(values))})",
+        list(values.values()),
+    )
+    conn.execute(
+        "INSERT INTO relay.event_rules (name, tables, events, webhook_id)"
+        " SELECT %s, ARRAY['public.items'], %s, id FROM relay.webhooks WHERE name = %s",
+        (name, list(events), name),
+    )
+
+
+def settled(conn: Conn) -> bool:
+    found = conn.execute(
+        "SELECT (SELECT count(*) FROM relay.outbox WHERE status = 'pending'),"
+        " (SELECT count(*) FROM relay.deliveries WHERE status = 'pending')"
+    ).fetchone()
+    return found == (0, 0)
+
+
+def bodies(requests: list[Any], path: str | None = None) -> list[dict[str, Any]]:
+    """Every change the receiver took, in order (a batch's one by one)."""
+    out: list[dict[str, Any]] = []
+    for request in requests:
+        if path is not None and request.path != path:
+            continue
+        body = json.loads(request.body)
+        out.extend(body if isinstance(body, list) else [body])
+    return out
+
+
+def summary(body: dict[str, Any]) -> tuple[str, Any, Any]:
+    snapshots = body["snapshots"]
+    pre = snapshots["prechange"] and snapshots["prechange"]["v"]
+    post = snapshots["postchange"] and snapshots["postchange"]["v"]
+    return body["event"], pre, post
+
+
+def netbox_like(conn: Conn) -> None:
+    """What NetBox does when a device is created: the insert, then follow-up writes to the same
+    row (counters, caches), in one transaction; and an edit, updated twice."""
+    with conn.transaction():
+        conn.execute("INSERT INTO items VALUES (1, 10, 'new')")
+        conn.execute("UPDATE items SET v = 11 WHERE id = 1")
+        conn.execute("UPDATE items SET v = 12 WHERE id = 1")
+    with conn.transaction():
+        conn.execute("UPDATE items SET v = 20 WHERE id = 1")
+        conn.execute("UPDATE items SET note = 'cached' WHERE id = 1")
+
+
+def run_with(
+    relay_dsn: str,
+    conn: Conn,
+    write: Callable[[Conn], None],
+    hooks: Callable[[str], None],
+    handler: Any = None,
+    **settings: Any,
+) -> list[Any]:
+    """Hooks made for the receiver's URL, the writes made while a relay runs; every request."""
+
+    async def scenario() -> list[Any]:
+        async with receiver(handler) as r:
+            hooks(r.url)
+            async with running(relay_dsn, FAST.model_copy(update=settings)):
+                await asyncio.to_thread(write, conn)
+                await until(lambda: settled(conn), timeout=30)
+            return r.requests
+
+    return asyncio.run(scenario())
+
+
+def test_netbox_like_writes_make_one_event_per_row_per_transaction(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Beside it a webhook without the option gets every change, as before; the coalesced
+    event is the last change's (its id), from the row before the transaction to the row after
+    it; the absorbed changes end skipped, saying which change they went into."""
+    items(rconn)
+
+    def hooks(url: str) -> None:
+        webhook(rconn, url + "/on", "on")
+        webhook(rconn, url + "/off", "off", coalesce_changes=False)
+
+    requests = run_with(relay_dsn, rconn, netbox_like, hooks)
+    on, off = bodies(requests, "/hook/on"), bodies(requests, "/hook/off")
+    assert [summary(b) for b in on] == [("created", None, 12), ("updated", 12, 20)]
+    assert [b["id"] for b in on] == [3, 5]
+    assert on[1]["data"]["note"] == "cached"
+    assert [b["id"] for b in off] == [1, 2, 3, 4, 5]
+    rows = rconn.execute(
+        "SELECT id, status::text, last_error, coalesced_into FROM relay.outbox ORDER BY id"
+    ).fetchall()
+    assert [r[1] for r in rows] == ["delivered"] * 5  # "off" took each of them
+    froms = rconn.execute(
+        "SELECT outbox_id, coalesced_from FROM relay.deliveries d"
+        " JOIN relay.webhooks w ON w.id = d.webhook_id WHERE w.name = 'on' ORDER BY outbox_id"
+    ).fetchall()
+    assert froms == [(3, 1), (5, 4)]
+    assert [r[3] for r in rows] == [3, 3, None, 5, None]
+
+
+def test_absorbed_changes_end_skipped_and_say_where_they_went(rconn: Conn, relay_dsn: str) -> None:
+    """Only a coalescing webhook: created then deleted sends nothing at all."""
+    items(rconn)
+
+    def write(conn: Conn) -> None:
+        netbox_like(conn)
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (2, 1, 'brief')")
+            conn.execute("UPDATE items SET v = 2 WHERE id = 2")
+            conn.execute("DELETE FROM items WHERE id = 2")
+
+    requests = run_with(relay_dsn, rconn, write, lambda url: webhook(rconn, url, "on"))
+    assert [summary(b) for b in bodies(requests)] == [("created", None, 12), ("updated", 12, 20)]
+    rows = rconn.execute("SELECT id, status::text, last_error FROM relay.outbox ORDER BY id")
+    assert [tuple(r) for r in rows] == [
+        (1, "skipped", "coalesced into change 3"),
+        (2, "skipped", "coalesced into change 3"),
+        (3, "delivered", None),
+        (4, "skipped", "coalesced into change 5"),
+        (5, "delivered", None),
+        (6, "skipped", "coalesced into change 8"),
+        (7, "skipped", "coalesced into change 8"),
+        (
+            8,
+            "skipped",
+            "coalesced: the row was created (change 6) and deleted in one transaction, nothing"
+            " to send to the webhooks that coalesce",
+        ),
+    ]
+
+
+def test_rules_and_conditions_judge_the_event(rconn: Conn, relay_dsn: str) -> None:
+    """A rule for created only, with a condition on the final row: created then updated
+    matches it (as in NetBox, which judges the object as saved last); updated then deleted is
+    a delete with the row as it was before the transaction."""
+    items(rconn)
+
+    def hooks(url: str) -> None:
+        webhook(rconn, url + "/created", "created", events=("insert",))
+        rconn.execute(
+            "UPDATE relay.event_rules SET conditions = %s WHERE name = 'created'",
+            (json.dumps({"attr": "data.v", "value": 12}),),
+        )
+        webhook(rconn, url + "/deleted", "deleted", events=("delete",))
+
+    def write(conn: Conn) -> None:
+        netbox_like(conn)
+        with conn.transaction():
+            conn.execute("UPDATE items SET v = 30 WHERE id = 1")
+            conn.execute("DELETE FROM items WHERE id = 1")
+
+    requests = run_with(relay_dsn, rconn, write, hooks)
+    assert [summary(b) for b in bodies(requests, "/hook/created")] == [("created", None, 12)]
+    assert [summary(b) for b in bodies(requests, "/hook/deleted")] == [("deleted", 20, None)]
+
+
+def test_a_key_move_inside_the_group(rconn: Conn, relay_dsn: str) -> None:
+    """Created as 1, updated, moved to 2: one created event of row 2. Updated, moved from 2 to
+    3, updated: one update whose old image is row 2 as it was."""
+    items(rconn)
+
+    def write(conn: Conn) -> None:
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (1, 10, 'a')")
+            conn.execute("UPDATE items SET v = 11 WHERE id = 1")
+            conn.execute("UPDATE items SET id = 2 WHERE id = 1")
+        with conn.transaction():
+            conn.execute("UPDATE items SET v = 12 WHERE id = 2")
+            conn.execute("UPDATE items SET id = 3 WHERE id = 2")
+            conn.execute("UPDATE items SET v = 13 WHERE id = 3")
+
+    requests = run_with(relay_dsn, rconn, write, lambda url: webhook(rconn, url, "on"))
+    got = bodies(requests)
+    assert [summary(b) for b in got] == [("created", None, 11), ("updated", 11, 13)]
+    assert [b["data"]["id"] for b in got] == [2, 3]
+    assert got[1]["snapshots"]["prechange"]["id"] == 2
+    keys = rconn.execute(
+        "SELECT row_key, old_row_key FROM relay.deliveries ORDER BY outbox_id"
+    ).fetchall()
+    assert keys == [
+        ('public.items:{"id": 2}', None),
+        ('public.items:{"id": 3}', 'public.items:{"id": 2}'),
+    ]
+
+
+def test_batches_carry_coalesced_events(rconn: Conn, relay_dsn: str) -> None:
+    items(rconn)
+
+    def write(conn: Conn) -> None:
+        with conn.transaction():
+            for n in range(30):
+                conn.execute("INSERT INTO items VALUES (%s, 0, '')", (n,))
+                conn.execute("UPDATE items SET v = 1 WHERE id = %s", (n,))
+                conn.execute("UPDATE items SET v = 2 WHERE id = %s", (n,))
+
+    requests = run_with(
+        relay_dsn,
+        rconn,
+        write,
+        lambda url: webhook(rconn, url, "on", batch_size=10, batch_wait_ms=200),
+    )
+    got = bodies(requests)
+    assert len(requests) == 3
+    assert [summary(b) for b in got] == [("created", None, 2)] * 30
+    assert sorted(b["data"]["id"] for b in got) == list(range(30))
+
+
+def test_ordered_by_transaction(rconn: Conn, relay_dsn: str) -> None:
+    """Coalesced events take their last change's place in commit order: the transactions
+    arrive one after another, each row once, and a pass cut by its limit reads on."""
+    items(rconn)
+
+    def write(conn: Conn) -> None:
+        for t in range(5):
+            with conn.transaction():
+                for n in range(4):
+                    key = t * 10 + n
+                    conn.execute("INSERT INTO items VALUES (%s, 0, '')", (key,))
+                    conn.execute("UPDATE items SET v = %s WHERE id = %s", (t, key))
+
+    requests = run_with(
+        relay_dsn,
+        rconn,
+        write,
+        lambda url: webhook(rconn, url, "on", ordering="transaction"),
+        batch_size=7,
+    )
+    got = bodies(requests)
+    assert [b["data"]["id"] for b in got] == [t * 10 + n for t in range(5) for n in range(4)]
+    assert {summary(b) for b in got} == {("created", None, t) for t in range(5)}
+
+
+def test_ten_thousand_changes_to_a_thousand_rows_make_a_thousand_events(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    items(rconn)
+
+    def write(conn: Conn) -> None:
+        with conn.transaction():
+            conn.execute("INSERT INTO items SELECT g, 0, '' FROM generate_series(1, 1000) g")
+            for v in range(1, 10):
+                conn.execute("UPDATE items SET v = %s", (v,))
+
+    requests = run_with(
+        relay_dsn,
+        rconn,
+        write,
+        lambda url: webhook(rconn, url, "on", batch_size=100),
+        batch_size=500,
+    )
+    got = bodies(requests)
+    assert len(got) == 1000
+    assert {summary(b) for b in got} == {("created", None, 9)}
+    assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 10_000
