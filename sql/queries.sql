@@ -1329,7 +1329,9 @@ WHERE status = 'pending';
 -- name: purge_changes
 -- One batch of finished changes (delivered, failed or skipped) older than the retention,
 -- oldest first; their deliveries and attempts go with them. Rows another session holds are
--- left for the next batch, and so is a change being replayed (a delivery of it is pending).
+-- left for the next batch, and so is a change being replayed (a delivery of it is pending),
+-- and a change coalesced into another that is still there (0028: a retry or a replay of that
+-- one makes its event again, from this one's old image): it goes in a batch after that one.
 -- What went is counted in relay.purged_changes (for relay replay: 0027_purged.sql), its rows
 -- taken in key order so that two purges at once never wait on each other crosswise. How many
 -- went.
@@ -1341,6 +1343,7 @@ WITH gone AS (
           AND o.processed_at < now() - make_interval(secs => %(seconds)s)
           AND NOT EXISTS (SELECT FROM relay.deliveries d
                           WHERE d.outbox_id = o.id AND d.status = 'pending')
+          AND NOT EXISTS (SELECT FROM relay.outbox x WHERE x.id = o.coalesced_into)
         ORDER BY o.processed_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED)

@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from relay.db import Conn
 from relay.delivery import coalesce, plan
 from relay.model import Webhook
 from relay.rules.ruleset import Rule, RuleSet
 from relay.store import FanOutRow
+from support.cli import relay
 from support.db import one_row
 from support.receivers import receiver
 from support.worker import FAST, running, until
@@ -458,3 +460,145 @@ def test_ten_thousand_changes_to_a_thousand_rows_make_a_thousand_events(
     assert len(got) == 1000
     assert {summary(b) for b in got} == {("created", None, 9)}
     assert one_row(rconn.execute("SELECT count(*) FROM relay.outbox"))[0] == 10_000
+
+
+def test_a_retried_coalesced_delivery_is_the_same_event(rconn: Conn, relay_dsn: str) -> None:
+    """It failed for good; `relay retry` of its change sends the same event again (created,
+    with the last image, under the same delivery id), not the last change matched alone (an
+    update, which this created-only rule would not even take)."""
+    items(rconn)
+    down = {"on": True}
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=503 if down["on"] else 200)
+
+    async def scenario() -> list[Any]:
+        async with receiver(handle) as r:
+            webhook(rconn, r.url, "on", events=("insert",), max_attempts=1)
+            async with running(relay_dsn, FAST):
+                await asyncio.to_thread(netbox_like, rconn)
+                await until(lambda: settled(rconn), timeout=20)
+            assert [
+                s for (s,) in rconn.execute("SELECT status::text FROM relay.outbox ORDER BY id")
+            ] == [
+                "skipped",
+                "skipped",
+                "failed",
+                "skipped",
+                "skipped",
+            ]
+            # Retention: a change coalesced into another stays as long as that one does (3
+            # is recent; 5 goes, then 4, coalesced into it).
+            rconn.execute(
+                "UPDATE relay.outbox SET processed_at = now() - interval '10 days' WHERE id <> 3"
+            )
+            for _ in range(2):
+                purged = await asyncio.to_thread(
+                    relay, "purge", "--older-than", "7d", dsn=relay_dsn
+                )
+                assert purged.stdout == "deleted 1 finished change older than 7d\n", purged.stderr
+            left = [i for (i,) in rconn.execute("SELECT id FROM relay.outbox ORDER BY id")]
+            assert left == [1, 2, 3]
+            retried = await asyncio.to_thread(relay, "retry", "--id", "3", dsn=relay_dsn)
+            assert "requeued 1 failed change" in retried.stdout, retried.stdout + retried.stderr
+            down["on"] = False
+            async with running(relay_dsn, FAST):
+                await until(lambda: settled(rconn), timeout=20)
+            return r.requests
+
+    requests = asyncio.run(scenario())
+    assert [summary(b) for b in bodies(requests)] == [("created", None, 12)] * 2
+    first, again = requests
+    assert first.headers["X-Relay-Delivery"] == again.headers["X-Relay-Delivery"]
+    assert one_row(rconn.execute("SELECT status::text FROM relay.outbox WHERE id = 3")) == (
+        "delivered",
+    )
+    assert one_row(rconn.execute("SELECT coalesced_from FROM relay.deliveries")) == (1,)
+
+
+def test_replay_sends_the_events_again_and_never_an_absorbed_change_alone(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """The webhook that had the events gets them again as they were; one added since that
+    coalesces gets the same events, made from the stored grouping; one that does not gets
+    every change."""
+    items(rconn)
+
+    async def scenario() -> tuple[list[Any], dict[str, str]]:
+        async with receiver() as r:
+            webhook(rconn, r.url + "/on", "on")
+            async with running(relay_dsn, FAST):
+                await asyncio.to_thread(netbox_like, rconn)
+                await until(lambda: settled(rconn), timeout=20)
+            webhook(rconn, r.url + "/late", "late")
+            webhook(rconn, r.url + "/plain", "plain", coalesce_changes=False)
+            said = {}
+            for name in ("on", "late", "plain"):
+                done = await asyncio.to_thread(
+                    relay, "replay", "--webhook", name, "--since", "1h", dsn=relay_dsn
+                )
+                assert done.returncode == 0, done.stderr
+                said[name] = done.stdout
+            async with running(relay_dsn, FAST):
+                await until(lambda: settled(rconn), timeout=20)
+            return r.requests, said
+
+    requests, said = asyncio.run(scenario())
+    assert (
+        "replaying 2 changes to webhook on (2 delivered before, 0 failed before, 0 new"
+        in (said["on"])
+    )
+    assert (
+        "replaying 2 changes to webhook late (0 delivered before, 0 failed before, 2 new"
+        in (said["late"])
+    )
+    assert (
+        "replaying 5 changes to webhook plain (0 delivered before, 0 failed before, 5 new"
+        in (said["plain"])
+    )
+    on = [r for r in requests if r.path == "/hook/on"]
+    assert [summary(b) for b in bodies(on)] == [("created", None, 12), ("updated", 12, 20)] * 2
+    assert [q.headers["X-Relay-Delivery"] for q in on[2:]] == [
+        q.headers["X-Relay-Delivery"] for q in on[:2]
+    ]
+    late = bodies(requests, "/hook/late")
+    assert [summary(b) for b in late] == [("created", None, 12), ("updated", 12, 20)]
+    assert [b["id"] for b in late] == [3, 5]
+    assert [b["id"] for b in bodies(requests, "/hook/plain")] == [1, 2, 3, 4, 5]
+
+
+def test_switched_on_while_changes_wait(rconn: Conn, relay_dsn: str) -> None:
+    """What was fanned out before stays as it was; what waits is coalesced at the next
+    fan-out; nothing is lost or sent twice. `webhook show` says so."""
+    items(rconn)
+
+    async def scenario() -> list[Any]:
+        async with receiver() as r:
+            webhook(rconn, r.url, "hook", coalesce_changes=False)
+            async with running(relay_dsn, FAST):
+                with rconn.transaction():
+                    rconn.execute("INSERT INTO items VALUES (1, 10, '')")
+                    rconn.execute("UPDATE items SET v = 11 WHERE id = 1")
+                await until(lambda: settled(rconn) and len(r.requests) == 2, timeout=20)
+            with rconn.transaction():
+                rconn.execute("INSERT INTO items VALUES (2, 20, '')")
+                rconn.execute("UPDATE items SET v = 21 WHERE id = 2")
+            edited = await asyncio.to_thread(
+                relay, "webhook", "edit", "hook", "--coalesce", dsn=relay_dsn
+            )
+            assert edited.returncode == 0, edited.stderr
+            async with running(relay_dsn, FAST):
+                await until(lambda: settled(rconn), timeout=20)
+            return r.requests
+
+    requests = asyncio.run(scenario())
+    assert [(b["event"], b["data"]["v"]) for b in bodies(requests)] == [
+        ("created", 10),
+        ("updated", 11),
+        ("created", 21),
+    ]
+    shown = relay("webhook", "show", "hook", dsn=relay_dsn).stdout
+    assert "coalesce_changes" in shown and "True" in shown
+    off = relay("webhook", "edit", "hook", "--no-coalesce", dsn=relay_dsn)
+    assert off.returncode == 0, off.stderr
+    assert one_row(rconn.execute("SELECT coalesce_changes FROM relay.webhooks")) == (False,)
