@@ -132,6 +132,9 @@ def test_what_is_never_coalesced() -> None:
     grouping = coalesce.group(rows)
     assert [(e["coalesced_from"], e["id"]) for e in grouping.events] == [(7, 8)]
     assert grouping.grouped == {7, 8}
+    # A group the truncate ended is one event, once.
+    ended = coalesce.group([row(1, "insert", 5), row(2, "update", 5), row(3, "truncate", None)])
+    assert [(e["coalesced_from"], e["id"]) for e in ended.events] == [(1, 2)]
 
 
 def test_a_key_move_joins_the_group_of_its_old_key() -> None:
@@ -602,3 +605,37 @@ def test_switched_on_while_changes_wait(rconn: Conn, relay_dsn: str) -> None:
     off = relay("webhook", "edit", "hook", "--no-coalesce", dsn=relay_dsn)
     assert off.returncode == 0, off.stderr
     assert one_row(rconn.execute("SELECT coalesce_changes FROM relay.webhooks")) == (False,)
+
+
+def test_truncates_and_tables_without_a_key_are_never_coalesced(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """A truncate stands alone and ends the groups of its table before it; a row of a table
+    without a primary key cannot be told from another, so each change goes on its own."""
+    items(rconn)
+    rconn.execute("CREATE TABLE log (v int)")
+    rconn.execute("SELECT relay.track('log')")
+
+    def hooks(url: str) -> None:
+        webhook(rconn, url, "on", events=("insert", "update", "delete", "truncate"))
+        rconn.execute("UPDATE relay.event_rules SET tables = ARRAY['public.items', 'public.log']")
+
+    def write(conn: Conn) -> None:
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (1, 1, '')")
+            conn.execute("UPDATE items SET v = 2 WHERE id = 1")
+            conn.execute("TRUNCATE items")
+            conn.execute("INSERT INTO items VALUES (1, 3, '')")
+            conn.execute("UPDATE items SET v = 4 WHERE id = 1")
+            conn.execute("INSERT INTO log VALUES (1)")
+            conn.execute("UPDATE log SET v = 2")
+
+    requests = run_with(relay_dsn, rconn, write, hooks)
+    got = [(b["event"], b["model"], b["id"]) for b in bodies(requests)]
+    assert sorted(got, key=lambda g: g[2]) == [
+        ("created", "items", 2),
+        ("truncated", "items", 3),
+        ("created", "items", 5),
+        ("created", "log", 6),
+        ("updated", "log", 7),
+    ]

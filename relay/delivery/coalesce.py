@@ -99,7 +99,7 @@ def group(rows: Iterable[FanOutRow], firsts: Mapping[int, FanOutRow] | None = No
         if row["op"] == "truncate":
             table = (row["txid"], row["schema_name"], row["table_name"])
             for key in [key for key in open_groups if key[:3] == table]:
-                done.append(open_groups.pop(key))
+                del open_groups[key]  # closed: it is in ``done`` already
             continue
         if _alone(row):
             continue
