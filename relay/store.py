@@ -513,15 +513,25 @@ class Store:
         with self.conn.cursor(row_factory=dict_row) as cur:
             return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
 
-    def change(self, outbox_id: int, models: Models) -> Change | None:
+    def change(self, outbox_id: int, models: Models, *, coalesce: bool = False) -> Change | None:
         """The change with this outbox id, images included and named by ``models``, or None
-        when there is none (never made, or purged)."""
+        when there is none (never made, or purged). With ``coalesce`` (for a webhook that
+        coalesces: 0028), a group's last change is its group's event (see :meth:`group`)."""
+        params = {"id": outbox_id, "coalesce": coalesce}
         with self.conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
+            row = cur.execute(query("outbox_change"), params).fetchone()
         if row is None:
             return None
         model = models.get((row["schema_name"], row["table_name"]))
         return Change.from_row(row, row["old"], row["new"], model)
+
+    def group(self, outbox_id: int) -> tuple[int | None, bool]:
+        """What a webhook that coalesces makes of the change (0028): the change whose event it
+        is in, if another's; and whether it ends a group created and deleted in its
+        transaction (no event)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(query("change_group"), {"id": outbox_id}).fetchone()
+        return (row["coalesced_into"], row["cancelled"]) if row else (None, False)
 
     def delivery_id(self, outbox_id: int, webhook_id: int) -> str | None:
         """The id of the change's delivery to the webhook (0023), None when it has none yet."""

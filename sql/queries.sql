@@ -86,9 +86,32 @@ SELECT version FROM relay.rules_version;
 
 -- name: outbox_change
 -- One outbox row for rendering; the images as their json text, so that numbers keep their exact
--- digits.
-SELECT o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
-       o.username, o.request_id, o.txid::text, o.created_at
+-- digits. With `coalesce` (a webhook that coalesces, 0028), the last change of a group is its
+-- group's event: the op made of its first's and its own, its first's old image (as the claims
+-- return it; change_group says when there is no event).
+SELECT o.id, o.schema_name, o.table_name,
+       CASE WHEN f.id IS NULL THEN o.op::text
+            WHEN f.op = 'insert' THEN 'insert'
+            WHEN o.op = 'delete' THEN 'delete'
+            ELSE 'update' END AS op,
+       CASE WHEN f.id IS NULL THEN o.old::text ELSE f.old::text END AS old,
+       o.new::text, o.pk::text, o.username, o.request_id, o.txid::text, o.created_at
+FROM relay.outbox o
+LEFT JOIN LATERAL (
+    SELECT f.id, f.op, f.old FROM relay.outbox f
+    WHERE %(coalesce)s
+      AND f.id = (SELECT min(m.id) FROM relay.outbox m WHERE m.coalesced_into = o.id)
+) f ON true
+WHERE o.id = %(id)s;
+
+-- name: change_group
+-- What a webhook that coalesces (0028) makes of a change, for relay preview: the change whose
+-- event it is in (coalesced_into), or, for a group's last change, whether its group was
+-- created and deleted in its transaction (no event at all).
+SELECT o.coalesced_into,
+       coalesce((SELECT f.op = 'insert' AND o.op = 'delete' FROM relay.outbox f
+                 WHERE f.id = (SELECT min(m.id) FROM relay.outbox m
+                               WHERE m.coalesced_into = o.id)), false) AS cancelled
 FROM relay.outbox o WHERE o.id = %(id)s;
 
 -- name: load_models

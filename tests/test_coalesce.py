@@ -307,6 +307,15 @@ def test_netbox_like_writes_make_one_event_per_row_per_transaction(
     ).fetchall()
     assert froms == [(3, 1), (5, 4)]
     assert [r[3] for r in rows] == [3, 3, None, 5, None]
+    # relay preview shows what each webhook gets.
+    event = relay("preview", "--rule", "on", "--outbox-id", "3", dsn=relay_dsn)
+    assert event.returncode == 0, event.stderr
+    assert '"event":"created"' in event.stdout and '"prechange":null' in event.stdout
+    alone = relay("preview", "--rule", "off", "--outbox-id", "3", dsn=relay_dsn)
+    assert '"event":"updated"' in alone.stdout
+    absorbed = relay("preview", "--rule", "on", "--outbox-id", "1", dsn=relay_dsn)
+    assert absorbed.returncode == 1
+    assert "coalesces changes, and it is in the event of change 3" in absorbed.stdout
 
 
 def test_absorbed_changes_end_skipped_and_say_where_they_went(rconn: Conn, relay_dsn: str) -> None:
@@ -322,6 +331,9 @@ def test_absorbed_changes_end_skipped_and_say_where_they_went(rconn: Conn, relay
 
     requests = run_with(relay_dsn, rconn, write, lambda url: webhook(rconn, url, "on"))
     assert [summary(b) for b in bodies(requests)] == [("created", None, 12), ("updated", 12, 20)]
+    cancelled = relay("preview", "--rule", "on", "--outbox-id", "8", dsn=relay_dsn)
+    assert cancelled.returncode == 1
+    assert "its row was created and deleted in its transaction" in cancelled.stdout
     rows = rconn.execute("SELECT id, status::text, last_error FROM relay.outbox ORDER BY id")
     assert [tuple(r) for r in rows] == [
         (1, "skipped", "coalesced into change 3"),

@@ -958,15 +958,21 @@ def preview(
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
         enabled_rules = {r.id for r in ruleset.load(conn).rules}
+        chosen = next((r for r in loaded.rules if r.name == rule), None)
+        if chosen is None:
+            fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
+        coalesces = chosen.webhook.coalesce_changes
         changes: list[Change] = []
         for one in sorted(set(outbox_id or [])):
-            found = Store(conn).change(one, loaded.models)
+            found = Store(conn).change(one, loaded.models, coalesce=coalesces)
             if found is None:
                 fail(
                     f"no change with id {one} in relay.outbox (purged, or never made): "
                     "pick one with SELECT id FROM relay.outbox",
                     2,
                 )
+            if coalesces:
+                _refuse_coalesced(chosen.webhook.name, one, *Store(conn).group(one))
             changes.append(found)
         if not changes and table is not None:
             made_up = _made_up_change(table, new, old, event)
@@ -974,9 +980,6 @@ def preview(
             changes.append(replace(made_up, model=model))
         if not changes:
             fail("give --outbox-id N, or --table T with --new and/or --old", 2)
-        chosen = next((r for r in loaded.rules if r.name == rule), None)
-        if chosen is None:
-            fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
         made = None
         if len(changes) == 1 and chosen.webhook.batch_size == 1:
             made = Store(conn).delivery_id(changes[0].id, chosen.webhook.id)
@@ -993,6 +996,20 @@ def preview(
         out.print(said, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     _print_preview(chosen, sent, made, settings, unsent)
+
+
+def _refuse_coalesced(webhook: str, outbox_id: int, into: int | None, cancelled: bool) -> None:
+    """Say, and exit 1, when a webhook that coalesces gets no event of its own for the change:
+    it is in a later change's event, or its group was created and deleted (0028)."""
+    why = None
+    if into is not None:
+        why = f"it is in the event of change {into} (preview --outbox-id {into})"
+    elif cancelled:
+        why = "its row was created and deleted in its transaction"
+    if why is not None:
+        said = f"nothing would be sent: webhook {webhook!r} coalesces changes, and {why}"
+        out.print(visible(said), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _would_send(
