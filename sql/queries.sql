@@ -372,14 +372,16 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
 WITH failed AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-                %(row_keys)s::text[], %(errors)s::text[])
-        AS f (outbox_id, webhook_id, rule_id, row_key, error)
+                %(row_keys)s::text[], %(errors)s::text[], %(coalesced_froms)s::bigint[])
+        AS f (outbox_id, webhook_id, rule_id, row_key, error, coalesced_from)
 ), written AS (
     INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, status, attempts,
-                                  last_error)
-    SELECT outbox_id, webhook_id, rule_id, row_key, 'failed', 1, error FROM failed
+                                  last_error, coalesced_from)
+    SELECT outbox_id, webhook_id, rule_id, row_key, 'failed', 1, error, coalesced_from
+    FROM failed
     ON CONFLICT (outbox_id, webhook_id) DO UPDATE
         SET status = 'failed', attempts = 1, rule_id = EXCLUDED.rule_id, next_attempt_at = now(),
+            coalesced_from = EXCLUDED.coalesced_from,
             earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
             leased_until = NULL, leased_by = NULL, last_status_code = NULL, batch_id = NULL,
             batch_delivery_id = NULL, replay = false, last_error = EXCLUDED.last_error

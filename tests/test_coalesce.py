@@ -651,3 +651,33 @@ def test_truncates_and_tables_without_a_key_are_never_coalesced(
         ("created", "log", 6),
         ("updated", "log", 7),
     ]
+
+
+def test_an_event_whose_ordering_key_fails_fails_at_once_as_the_event(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Ordered by a key rendered from the event (its last image): one that fails fails the
+    event's delivery at once, with the reason, and still names the group's first change."""
+    items(rconn)
+
+    def write(conn: Conn) -> None:
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (1, 1, '')")
+            conn.execute("UPDATE items SET v = 0 WHERE id = 1")
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (2, 0, '')")
+            conn.execute("UPDATE items SET v = 2 WHERE id = 2")
+
+    requests = run_with(
+        relay_dsn,
+        rconn,
+        write,
+        lambda url: webhook(rconn, url, "on", ordering="key", ordering_key="{{ 1 // data.v }}"),
+    )
+    assert [summary(b) for b in bodies(requests)] == [("created", None, 2)]
+    failed = rconn.execute(
+        "SELECT outbox_id, coalesced_from, status::text, last_error FROM relay.deliveries"
+        " WHERE status = 'failed'"
+    ).fetchall()
+    assert [(f[0], f[1], f[2]) for f in failed] == [(2, 1, "failed")]
+    assert "ZeroDivisionError" in failed[0][3]
