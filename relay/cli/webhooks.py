@@ -959,9 +959,7 @@ def preview(
         loaded = ruleset.load(conn, everything=True)
         enabled_rules = {r.id for r in ruleset.load(conn).rules}
         chosen = next((r for r in loaded.rules if r.name == rule), None)
-        if chosen is None:
-            fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
-        coalesces = chosen.webhook.coalesce_changes
+        coalesces = chosen is not None and chosen.webhook.coalesce_changes
         changes: list[Change] = []
         for one in sorted(set(outbox_id or [])):
             found = Store(conn).change(one, loaded.models, coalesce=coalesces)
@@ -971,7 +969,7 @@ def preview(
                     "pick one with SELECT id FROM relay.outbox",
                     2,
                 )
-            if coalesces:
+            if chosen is not None and coalesces:
                 _refuse_coalesced(chosen.webhook.name, one, *Store(conn).group(one))
             changes.append(found)
         if not changes and table is not None:
@@ -980,6 +978,8 @@ def preview(
             changes.append(replace(made_up, model=model))
         if not changes:
             fail("give --outbox-id N, or --table T with --new and/or --old", 2)
+        if chosen is None:
+            fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
         made = None
         if len(changes) == 1 and chosen.webhook.batch_size == 1:
             made = Store(conn).delivery_id(changes[0].id, chosen.webhook.id)
