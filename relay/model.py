@@ -217,6 +217,9 @@ class Webhook:
     """The default body's shape (when ``body_template`` is empty): ``relay`` (NetBox 3's keys and
     relay's own) or ``netbox4`` (NetBox 4's: event, timestamp, object_type, data, request,
     snapshots)."""
+    coalesce_changes: bool = False
+    """One event per row per transaction: a row's changes within one transaction go as one
+    (relay/delivery/coalesce.py)."""
     paused: bool = False
     """Paused (paused_at set, by an operator or as dead): what a relay claimed before it heard
     of the pause goes back unsent rather than out."""

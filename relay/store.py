@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal, TypedDict, cast
+from typing import Any, Literal, NotRequired, TypedDict, cast
 
 import psycopg
 from psycopg.rows import class_row, dict_row
@@ -39,6 +39,7 @@ PlanStatement = Literal[
     "add_failed_deliveries",
     "fail_changes",
     "mark_fanned_out",
+    "mark_coalesced",
     "skip_changes",
     "finish_changes",
 ]
@@ -101,6 +102,7 @@ class WebhookRow(TypedDict):
     body_format: str
     related: str | None
     """The ``related`` option's JSON text, None when unset."""
+    coalesce_changes: bool
 
 
 class ColumnRow(TypedDict):
@@ -138,6 +140,8 @@ class FanOutRow(TypedDict):
     pk: str | None
     old_pk: str | None
     bytes: int
+    old_bytes: int
+    """Of ``bytes``, its old image's (a coalesced event carries its first change's: 0031)."""
     username: str | None
     request_id: str | None
     request_path: str | None
@@ -149,6 +153,13 @@ class FanOutRow(TypedDict):
     requeued: bool
     """Sent again (``relay retry``, the SQL reset): its deliveries are armed again with
     ``rearm_deliveries``."""
+    coalesced_into: int | None
+    """The later change of its row and transaction it was coalesced into (0031), if it was."""
+    coalesced_from: int | None
+    """The first change of the group it ended, when coalesced and asked for (re-queued or
+    replayed; relay/delivery/coalesce.py): its event is made again."""
+    event: NotRequired[bool]
+    """True for a group's event (relay/delivery/coalesce.py, event), which no query returns."""
 
 
 class GapRow(TypedDict):
@@ -548,15 +559,25 @@ class Store:
             return exc.diag.message_primary or str(exc)
         return None
 
-    def change(self, outbox_id: int, models: Models) -> Change | None:
+    def change(self, outbox_id: int, models: Models, *, coalesce: bool = False) -> Change | None:
         """The change with this outbox id, images included and named by ``models``, or None
-        when there is none (never made, or purged)."""
+        when there is none (never made, or purged). With ``coalesce`` (for a webhook that
+        coalesces: 0031), a group's last change is its group's event (see :meth:`group`)."""
+        params = {"id": outbox_id, "coalesce": coalesce}
         with self.conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(query("outbox_change"), {"id": outbox_id}).fetchone()
+            row = cur.execute(query("outbox_change"), params).fetchone()
         if row is None:
             return None
         model = models.get((row["schema_name"], row["table_name"]))
         return Change.from_row(row, row["old"], row["new"], model)
+
+    def group(self, outbox_id: int) -> tuple[int | None, bool]:
+        """What a webhook that coalesces makes of the change (0031): the change whose event it
+        is in, if another's; and whether it ends a group created and deleted in its
+        transaction (no event)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(query("change_group"), {"id": outbox_id}).fetchone()
+        return (row["coalesced_into"], row["cancelled"]) if row else (None, False)
 
     def delivery_id(self, outbox_id: int, webhook_id: int) -> str | None:
         """The id of the change's delivery to the webhook (0023), None when it has none yet."""
@@ -696,6 +717,12 @@ class Store:
         """The old and new images of changes, by id."""
         rows = self.conn.execute(query("change_rows"), {"ids": list(ids)}).fetchall()
         return {row[0]: (row[1], row[2]) for row in rows}
+
+    def change_heads(self, ids: Sequence[int]) -> dict[int, FanOutRow]:
+        """The first changes of coalesced groups, by id (relay/delivery/coalesce.py, again)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(query("change_heads"), {"ids": list(ids)}).fetchall()
+        return {row["id"]: cast(FanOutRow, row) for row in rows}
 
     def add_replay_deliveries(
         self, parameters: Mapping[str, Any], *, superseded: bool = False
@@ -862,6 +889,12 @@ class AsyncStore:
         """The old and new images of changes, by id."""
         cur = await self.conn.execute(query("change_rows"), {"ids": list(ids)})
         return {row[0]: (row[1], row[2]) for row in await cur.fetchall()}
+
+    async def change_heads(self, ids: Sequence[int]) -> dict[int, FanOutRow]:
+        """The first changes of coalesced groups, by id (relay/delivery/coalesce.py, again)."""
+        async with self.conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query("change_heads"), {"ids": list(ids)})
+            return {row["id"]: cast(FanOutRow, row) for row in await cur.fetchall()}
 
     async def write_plan(self, statements: Iterable[tuple[PlanStatement, dict[str, Any]]]) -> None:
         """Run a plan's statements in order. Call it inside :meth:`batch`, so that the plan is

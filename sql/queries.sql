@@ -62,7 +62,7 @@ SELECT r.id, r.name, r.tables, r.events, r.conditions::text AS conditions,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
        w.concurrency, w.rate_limit, w.ordering, w.ordering_key, w.body_format,
-       w.related::text AS related,
+       w.related::text AS related, w.coalesce_changes,
        w.paused_at IS NOT NULL AS webhook_paused
 FROM relay.event_rules r
 JOIN relay.webhooks w ON w.id = r.webhook_id
@@ -89,7 +89,7 @@ SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
        w.concurrency, w.rate_limit, w.ordering, w.ordering_key, w.body_format,
-       w.related::text AS related,
+       w.related::text AS related, w.coalesce_changes,
        w.paused_at IS NOT NULL AS webhook_paused
 FROM relay.webhooks w
 WHERE NOT EXISTS (SELECT FROM relay.event_rules r WHERE r.webhook_id = w.id)
@@ -108,9 +108,33 @@ SELECT version FROM relay.rules_version;
 
 -- name: outbox_change
 -- One outbox row for rendering; the images as their json text, so that numbers keep their exact
--- digits.
-SELECT o.id, o.schema_name, o.table_name, o.op::text, o.old::text, o.new::text, o.pk::text,
-       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at
+-- digits. With `coalesce` (a webhook that coalesces, 0031), the last change of a group is its
+-- group's event: the op made of its first's and its own, its first's old image (as the claims
+-- return it; change_group says when there is no event).
+SELECT o.id, o.schema_name, o.table_name,
+       CASE WHEN f.id IS NULL THEN o.op::text
+            WHEN f.op = 'insert' THEN 'insert'
+            WHEN o.op = 'delete' THEN 'delete'
+            ELSE 'update' END AS op,
+       CASE WHEN f.id IS NULL THEN o.old::text ELSE f.old::text END AS old,
+       o.new::text, o.pk::text, o.username, o.request_id, o.request_path, o.request_method,
+       o.txid::text, o.created_at
+FROM relay.outbox o
+LEFT JOIN LATERAL (
+    SELECT f.id, f.op, f.old FROM relay.outbox f
+    WHERE %(coalesce)s
+      AND f.id = (SELECT min(m.id) FROM relay.outbox m WHERE m.coalesced_into = o.id)
+) f ON true
+WHERE o.id = %(id)s;
+
+-- name: change_group
+-- What a webhook that coalesces (0031) makes of a change, for relay preview: the change whose
+-- event it is in (coalesced_into), or, for a group's last change, whether its group was
+-- created and deleted in its transaction (no event at all).
+SELECT o.coalesced_into,
+       coalesce((SELECT f.op = 'insert' AND o.op = 'delete' FROM relay.outbox f
+                 WHERE f.id = (SELECT min(m.id) FROM relay.outbox m
+                               WHERE m.coalesced_into = o.id)), false) AS cancelled
 FROM relay.outbox o WHERE o.id = %(id)s;
 
 -- name: load_models
@@ -165,9 +189,15 @@ SELECT o.id, o.status = 'pending' AND o.fanned_out_at IS NULL AS fresh,
        o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
-       o.webhook_id AS target, o.requeued_at IS NOT NULL AS requeued, here.scanned_to,
-       here.stored_to,
+       coalesce(octet_length(o.old::text), 0) AS old_bytes,
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text,
+       o.created_at, o.webhook_id AS target,
+       o.requeued_at IS NOT NULL AS requeued, o.coalesced_into,
+       -- A re-queued change that ended a group (0031): its first, to make its event again.
+       CASE WHEN o.requeued_at IS NOT NULL
+            THEN (SELECT min(m.id) FROM relay.outbox m WHERE m.coalesced_into = o.id)
+       END AS coalesced_from,
+       here.scanned_to, here.stored_to,
        ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(here.snapshot) x) AS running,
        pg_snapshot_xmax(here.snapshot)::text::bigint AS xmax, here.snapshot::text AS snapshot
 FROM here LEFT JOIN relay.outbox o ON o.id = ANY(ARRAY(SELECT id FROM candidates))
@@ -193,8 +223,13 @@ WITH upto AS MATERIALIZED (
 SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
-       o.webhook_id AS target, o.requeued_at IS NOT NULL AS requeued
+       coalesce(octet_length(o.old::text), 0) AS old_bytes,
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text,
+       o.created_at, o.webhook_id AS target,
+       o.requeued_at IS NOT NULL AS requeued, o.coalesced_into,
+       CASE WHEN o.requeued_at IS NOT NULL
+            THEN (SELECT min(m.id) FROM relay.outbox m WHERE m.coalesced_into = o.id)
+       END AS coalesced_from
 FROM upto, relay.outbox o
 WHERE o.id > %(after)s AND o.id <= upto.id
   AND o.status = 'pending' AND o.fanned_out_at IS NULL
@@ -237,17 +272,18 @@ SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint
 -- ordering as the table has it (relay.order_key_now): a relay that has not yet reloaded its
 -- rules after the ordering changed must not write deliveries of the old scope.
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
-                              order_key, position)
+                              order_key, position, coalesced_from)
 SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
        g.order_key,
-       CASE WHEN g.order_key IS NOT NULL THEN nextval('relay.delivery_positions') END
+       CASE WHEN g.order_key IS NOT NULL THEN nextval('relay.delivery_positions') END,
+       g.coalesced_from
 FROM (SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
-             relay.order_key_now(g.webhook_id, g.order_key) AS order_key
+             relay.order_key_now(g.webhook_id, g.order_key) AS order_key, g.coalesced_from
       FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                   %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[],
-                  %(order_keys)s::text[], %(ranks)s::bigint[])
+                  %(order_keys)s::text[], %(ranks)s::bigint[], %(coalesced_froms)s::bigint[])
           AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, order_key,
-                rank)
+                rank, coalesced_from)
       ORDER BY g.rank OFFSET 0) g
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
@@ -255,6 +291,7 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
         leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
         batch_delivery_id = NULL, replay = false, old_row_key = EXCLUDED.old_row_key,
         change_bytes = EXCLUDED.change_bytes, order_key = EXCLUDED.order_key,
+        coalesced_from = EXCLUDED.coalesced_from,
         position = CASE WHEN EXCLUDED.order_key IS NOT NULL
                         THEN coalesce(relay.deliveries.position, EXCLUDED.position) END
     WHERE relay.deliveries.status = 'failed';
@@ -272,12 +309,12 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
 -- later change in flight, one per pairing of keys, run for these deliveries only.
 WITH given AS (
     SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
-           relay.order_key_now(g.webhook_id, g.order_key) AS order_key, g.rank
+           relay.order_key_now(g.webhook_id, g.order_key) AS order_key, g.rank, g.coalesced_from
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                 %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[],
-                %(order_keys)s::text[], %(ranks)s::bigint[])
+                %(order_keys)s::text[], %(ranks)s::bigint[], %(coalesced_froms)s::bigint[])
         AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, order_key,
-              rank)
+              rank, coalesced_from)
 ), judged AS MATERIALIZED (
     SELECT g.*, d.status::text AS was,
            CASE WHEN d.status = 'failed' AND d.superseded_by IS NOT NULL
@@ -334,11 +371,12 @@ WITH given AS (
 -- its place, and the later deliveries of its order key wait behind it); a new one, or one
 -- failed at once, takes the next in rank order (only a pending delivery holds its key).
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
-                              status, last_error, order_key, position)
+                              status, last_error, order_key, position, coalesced_from)
 SELECT outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
        CASE WHEN kept IS NULL THEN 'pending' ELSE 'failed' END::relay.delivery_status, kept,
        order_key,
-       CASE WHEN order_key IS NOT NULL THEN nextval('relay.delivery_positions') END
+       CASE WHEN order_key IS NOT NULL THEN nextval('relay.delivery_positions') END,
+       coalesced_from
 FROM (SELECT * FROM judged WHERE was IS DISTINCT FROM 'failed' OR kept IS NULL
       ORDER BY rank OFFSET 0) j
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
@@ -347,6 +385,7 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
         leased_by = NULL, last_error = NULL, last_status_code = NULL, batch_id = NULL,
         batch_delivery_id = NULL, replay = false, old_row_key = EXCLUDED.old_row_key,
         change_bytes = EXCLUDED.change_bytes, order_key = EXCLUDED.order_key,
+        coalesced_from = EXCLUDED.coalesced_from,
         position = CASE WHEN EXCLUDED.order_key IS NOT NULL
                         THEN coalesce(relay.deliveries.position, EXCLUDED.position) END
     WHERE relay.deliveries.status = 'failed';
@@ -358,14 +397,16 @@ ON CONFLICT (outbox_id, webhook_id) DO UPDATE
 WITH failed AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-                %(row_keys)s::text[], %(errors)s::text[])
-        AS f (outbox_id, webhook_id, rule_id, row_key, error)
+                %(row_keys)s::text[], %(errors)s::text[], %(coalesced_froms)s::bigint[])
+        AS f (outbox_id, webhook_id, rule_id, row_key, error, coalesced_from)
 ), written AS (
     INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, status, attempts,
-                                  last_error)
-    SELECT outbox_id, webhook_id, rule_id, row_key, 'failed', 1, error FROM failed
+                                  last_error, coalesced_from)
+    SELECT outbox_id, webhook_id, rule_id, row_key, 'failed', 1, error, coalesced_from
+    FROM failed
     ON CONFLICT (outbox_id, webhook_id) DO UPDATE
         SET status = 'failed', attempts = 1, rule_id = EXCLUDED.rule_id, next_attempt_at = now(),
+            coalesced_from = EXCLUDED.coalesced_from,
             earlier_attempts = relay.deliveries.earlier_attempts + relay.deliveries.attempts,
             leased_until = NULL, leased_by = NULL, last_status_code = NULL, batch_id = NULL,
             batch_delivery_id = NULL, replay = false, last_error = EXCLUDED.last_error
@@ -551,9 +592,20 @@ RETURNING d.outbox_id, d.webhook_id, d.rule_id, d.attempts,
           d.id AS delivery_id,
           CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
           CASE WHEN NOT d.send_superseded THEN d.superseded_by END AS superseded_unasked,
-          o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username, o.request_id,
+          o.id, o.schema_name, o.table_name, o.pk::text, o.username, o.request_id,
           o.request_path, o.request_method, o.txid::text, o.created_at,
-          CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
+          -- Coalesced (0031: coalesced_from, the group's first change): the group's op, and
+          -- the first change's old image (the row before the transaction).
+          CASE WHEN d.coalesced_from IS NULL THEN o.op::text
+               ELSE coalesce((SELECT CASE WHEN f.op = 'insert' THEN 'insert'
+                                          WHEN o.op = 'delete' THEN 'delete'
+                                          ELSE 'update' END
+                              FROM relay.outbox f WHERE f.id = d.coalesced_from), o.op::text)
+          END AS op,
+          CASE WHEN d.change_bytes > %(max_change_bytes)s THEN NULL
+               WHEN d.coalesced_from IS NULL THEN o.old::text
+               ELSE (SELECT f.old::text FROM relay.outbox f WHERE f.id = d.coalesced_from)
+          END AS old,
           CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new;
 
 -- name: claim_batch
@@ -862,9 +914,20 @@ WITH moves AS MATERIALIZED (
               d.position,
               CASE WHEN d.send_superseded THEN d.superseded_by END AS superseded_by,
               CASE WHEN NOT d.send_superseded THEN d.superseded_by END AS superseded_unasked,
-              o.id, o.schema_name, o.table_name, o.op::text, o.pk::text, o.username,
+              o.id, o.schema_name, o.table_name, o.pk::text, o.username,
               o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
-              CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.old::text END AS old,
+              -- Coalesced (0031), as in claim_deliveries.
+              CASE WHEN d.coalesced_from IS NULL THEN o.op::text
+                   ELSE coalesce((SELECT CASE WHEN f.op = 'insert' THEN 'insert'
+                                              WHEN o.op = 'delete' THEN 'delete'
+                                              ELSE 'update' END
+                                  FROM relay.outbox f WHERE f.id = d.coalesced_from),
+                                 o.op::text)
+              END AS op,
+              CASE WHEN d.change_bytes > %(max_change_bytes)s THEN NULL
+                   WHEN d.coalesced_from IS NULL THEN o.old::text
+                   ELSE (SELECT f.old::text FROM relay.outbox f WHERE f.id = d.coalesced_from)
+              END AS old,
               CASE WHEN d.change_bytes <= %(max_change_bytes)s THEN o.new::text END AS new
 )
 SELECT claimed.*,
@@ -1070,10 +1133,21 @@ WHERE o.status = 'pending' AND o.fanned_out_at IS NOT NULL
 LIMIT %(limit)s;
 
 -- name: skip_changes
-UPDATE relay.outbox
-SET status = 'skipped', processed_at = now(), fanned_out_at = now()
-WHERE id = ANY(%(ids)s::bigint[]) AND NOT EXISTS (
-    SELECT FROM relay.deliveries d WHERE d.outbox_id = relay.outbox.id);
+-- Changes no webhook takes; a note ('' for none) says why when it is not plain: a change
+-- coalesced into another (0031) names it.
+UPDATE relay.outbox o
+SET status = 'skipped', processed_at = now(), fanned_out_at = now(),
+    last_error = nullif(s.note, '')
+FROM unnest(%(ids)s::bigint[], %(notes)s::text[]) AS s (id, note)
+WHERE o.id = s.id AND NOT EXISTS (
+    SELECT FROM relay.deliveries d WHERE d.outbox_id = o.id);
+
+-- name: mark_coalesced
+-- The changes coalesced into a later change of their row in their transaction (0031): the
+-- same for every coalescing webhook, kept so that a retry or a replay makes the same event.
+UPDATE relay.outbox o SET coalesced_into = c.into_id
+FROM unnest(%(ids)s::bigint[], %(into_ids)s::bigint[]) AS c (id, into_id)
+WHERE o.id = c.id;
 
 -- name: release_leases
 -- On shutdown: what this relay claimed but did not finish is free for others at once (a claimed
@@ -1305,7 +1379,9 @@ WHERE status = 'pending';
 -- name: purge_changes
 -- One batch of finished changes (delivered, failed or skipped) older than the retention,
 -- oldest first; their deliveries and attempts go with them. Rows another session holds are
--- left for the next batch, and so is a change being replayed (a delivery of it is pending).
+-- left for the next batch, and so is a change being replayed (a delivery of it is pending),
+-- and a change coalesced into another that is still there (0031: a retry or a replay of that
+-- one makes its event again, from this one's old image): it goes in a batch after that one.
 -- What went is counted in relay.purged_changes (for relay replay: 0027_purged.sql), its rows
 -- taken in key order so that two purges at once never wait on each other crosswise. How many
 -- went.
@@ -1317,6 +1393,7 @@ WITH gone AS (
           AND o.processed_at < now() - make_interval(secs => %(seconds)s)
           AND NOT EXISTS (SELECT FROM relay.deliveries d
                           WHERE d.outbox_id = o.id AND d.status = 'pending')
+          AND NOT EXISTS (SELECT FROM relay.outbox x WHERE x.id = o.coalesced_into)
         ORDER BY o.processed_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED)
@@ -1508,13 +1585,25 @@ SELECT (SELECT count(*) FROM armed WHERE was = 'delivered') AS delivered,
 -- Changes made in [since, until) (of one table when given) that the webhook has no delivery of,
 -- after `after`, in id order, as changes_to_fan_out returns them: `relay replay` matches them
 -- against the webhook's rules (as any change: a backfill's webhook does not count). Changes
--- still pending are left to the fan-out.
+-- still pending are left to the fan-out. Coalescing (0031): a change coalesced into another
+-- (coalesced_into) is not one the webhook never had when the webhook coalesces, or had its
+-- group's event; for a webhook that coalesces, a group's last change comes with its first
+-- (coalesced_from): the replay sends the group's event, as the fan-out would.
+WITH hook AS MATERIALIZED (
+    SELECT coalesce((SELECT w.coalesce_changes FROM relay.webhooks w
+                     WHERE w.id = %(webhook_id)s), false) AS coalesces
+)
 SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
        relay.key_before(o.pk, o.old)::text AS old_pk,
        coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
-       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
-       NULL::bigint AS target, false AS requeued
-FROM relay.outbox o
+       coalesce(octet_length(o.old::text), 0) AS old_bytes,
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text,
+       o.created_at, NULL::bigint AS target,
+       false AS requeued, CASE WHEN hook.coalesces THEN o.coalesced_into END AS coalesced_into,
+       CASE WHEN hook.coalesces
+            THEN (SELECT min(m.id) FROM relay.outbox m WHERE m.coalesced_into = o.id)
+       END AS coalesced_from
+FROM hook, relay.outbox o
 WHERE o.id > %(after)s AND o.status <> 'pending'
   AND o.created_at >= %(since)s
   AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
@@ -1522,8 +1611,27 @@ WHERE o.id > %(after)s AND o.status <> 'pending'
        OR o.schema_name = %(schema_name)s::text AND o.table_name = %(table_name)s::text)
   AND NOT EXISTS (SELECT FROM relay.deliveries d
                   WHERE d.outbox_id = o.id AND d.webhook_id = %(webhook_id)s)
+  AND NOT (o.coalesced_into IS NOT NULL
+           AND (hook.coalesces
+                OR EXISTS (SELECT FROM relay.deliveries c
+                           WHERE c.outbox_id = o.coalesced_into
+                             AND c.webhook_id = %(webhook_id)s
+                             AND c.coalesced_from IS NOT NULL)))
 ORDER BY o.id
 LIMIT %(limit)s;
+
+-- name: change_heads
+-- The first changes of coalesced groups (0031), as changes_to_fan_out returns rows: a retried
+-- or replayed group's event is made again from its first change and its last.
+SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
+       relay.key_before(o.pk, o.old)::text AS old_pk,
+       coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
+       coalesce(octet_length(o.old::text), 0) AS old_bytes,
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
+       NULL::bigint AS target,
+       false AS requeued, o.coalesced_into, NULL::bigint AS coalesced_from
+FROM relay.outbox o
+WHERE o.id = ANY(%(ids)s::bigint[]);
 
 -- name: add_replay_deliveries
 -- Deliveries made by `relay replay` for changes the webhook never had: as add_deliveries, due
@@ -1534,8 +1642,9 @@ LIMIT %(limit)s;
 WITH given AS (
     SELECT *
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
-                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[])
-        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)
+                %(row_keys)s::text[], %(old_row_keys)s::text[], %(change_bytes)s::bigint[],
+                %(coalesced_froms)s::bigint[])
+        AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, coalesced_from)
 ), newest AS MATERIALIZED (
     SELECT e.webhook_id, k.key, max(e.outbox_id) AS outbox_id
     FROM relay.deliveries e, LATERAL (VALUES (e.row_key), (e.old_row_key)) k (key)
@@ -1554,9 +1663,9 @@ WITH given AS (
 ), added AS (
     INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key,
                                   change_bytes, next_attempt_at, replay, superseded_by,
-                                  send_superseded)
+                                  send_superseded, coalesced_from)
     SELECT outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, now(), true,
-           later, later IS NOT NULL
+           later, later IS NOT NULL, coalesced_from
     FROM judged
     WHERE later IS NULL OR %(superseded)s
     ON CONFLICT (outbox_id, webhook_id) DO NOTHING

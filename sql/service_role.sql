@@ -14,7 +14,7 @@ BEGIN;
 SET LOCAL search_path = pg_catalog, pg_temp;
 GRANT USAGE ON SCHEMA relay TO :"role";
 -- Read changes, record their outcome (status, attempts...), and purge finished ones.
-GRANT SELECT, UPDATE (status, attempts, last_error, processed_at, fanned_out_at),
+GRANT SELECT, UPDATE (status, attempts, last_error, processed_at, fanned_out_at, coalesced_into),
     DELETE ON relay.outbox TO :"role";
 -- Count what it purges, for relay replay (see 0027_purged.sql).
 GRANT SELECT, INSERT, UPDATE ON relay.purged_changes TO :"role";

@@ -199,8 +199,9 @@ def test_relay_run_works_with_the_service_role_alone(
     """The whole delivery path (fan-out, claims, outcomes, statistics, purge) as the service
     role: what sql/service_role.sql grants is enough, also for a table in a schema the service
     role has no right to (shop), with a model name, to a webhook with a concurrency and a rate
-    limit (relay.leased_requests, relay.webhook_pace), and to a webhook ordered by transaction
-    (positions drawn from relay.delivery_positions, relay.placed_first)."""
+    limit (relay.leased_requests, relay.webhook_pace), to a webhook ordered by transaction
+    (positions drawn from relay.delivery_positions, relay.placed_first), and to one that
+    coalesces (relay.outbox.coalesced_into written)."""
     service = make_role("svc")
     with psycopg.connect(db_dsn, autocommit=True) as admin:
         admin.execute(f"CREATE SCHEMA shop AUTHORIZATION {roles['app_name']}")
@@ -238,11 +239,24 @@ def test_relay_run_works_with_the_service_role_alone(
                     "INSERT INTO relay.event_rules (name, tables, webhook_id)"
                     " SELECT 'ro', ARRAY['public.orders'], id FROM relay.webhooks WHERE name = 'o'"
                 )
+                inst.execute(
+                    "INSERT INTO relay.webhooks (name, payload_url, secret, coalesce_changes)"
+                    " VALUES ('c', %s, 's', true)",
+                    (r.url,),
+                )
+                inst.execute(
+                    "INSERT INTO relay.event_rules (name, tables, webhook_id)"
+                    " SELECT 'rc', ARRAY['public.orders'], id FROM relay.webhooks WHERE name = 'c'"
+                )
             async with running(service_dsn, settings):
                 with psycopg.connect(roles["app"], autocommit=True) as app:
                     app.execute("INSERT INTO orders SELECT g, g FROM generate_series(1, 19) g")
                     app.execute("INSERT INTO shop.items VALUES (1)")
-                await until(lambda: len(r.requests) == 20 + 19)
+                    with app.transaction():
+                        app.execute("UPDATE orders SET total = 0 WHERE id = 1")
+                        app.execute("UPDATE orders SET total = 1 WHERE id = 1")
+                # h: every change; o: those of orders; c: those of orders, the two updates as one
+                await until(lambda: len(r.requests) == 22 + 21 + 20)
                 models = {json.loads(request.body)["model"] for request in r.requests}
                 assert models == {"orders", "item"}
                 with psycopg.connect(roles["installer"]) as inst:
@@ -252,7 +266,7 @@ def test_relay_run_works_with_the_service_role_alone(
             return len(r.requests)
 
     with capture_logs() as logs:
-        assert asyncio.run(scenario()) == 20 + 19
+        assert asyncio.run(scenario()) == 22 + 21 + 20
     assert not [entry for entry in logs if entry["log_level"] in ("warning", "error")]
 
 

@@ -176,15 +176,21 @@ def _match(
     store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan, limit: int
 ) -> None:
     """Match, a chunk at a time, the changes in the window the webhook never had (a change
-    larger than ``limit`` bytes fails for it, as in relay run)."""
-    from relay.delivery import plan
+    larger than ``limit`` bytes fails for it, as in relay run). For a webhook that coalesces,
+    a group's last change is its group's event again, as fan-out made it (the query leaves the
+    group's other changes out)."""
+    from relay.delivery import coalesce, plan
 
     after = 0
     while rows := store.replay_candidates(window, after, CHUNK):
         after = rows[-1]["id"]
+        firsts = [row["coalesced_from"] for row in rows if row["coalesced_from"] is not None]
+        if firsts:
+            grouping = coalesce.again(rows, store.change_heads(firsts))
+            rows = [row for row in rows if row["id"] not in grouping.grouped] + grouping.events
         ready, to_read = plan.sort_out(rows, rules, limit)
         into.add(ready, rules, window["webhook_id"])
         if to_read:
-            images = store.change_images([row["id"] for row in to_read])
-            arrivals = (plan.arrival(row, rules, *images[row["id"]]) for row in to_read)
+            images = store.change_images(plan.image_ids(to_read))
+            arrivals = (plan.arrival(row, rules, *plan.images_of(row, images)) for row in to_read)
             into.add(arrivals, rules, window["webhook_id"])

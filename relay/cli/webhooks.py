@@ -158,6 +158,14 @@ Related = Annotated[
         "removes it. The relay's role needs SELECT on the referenced tables (docs/rules.md).",
     ),
 ]
+Coalesce = Annotated[
+    bool | None,
+    typer.Option(
+        "--coalesce/--no-coalesce",
+        help="Send a row's changes within one transaction as one event (created then updated: "
+        "one created, with the last image); --no-coalesce, the default: every change.",
+    ),
+]
 OrderingKey = Annotated[
     str | None,
     typer.Option(
@@ -276,6 +284,7 @@ def webhook_add(
     ordering_key: OrderingKey = None,
     body_format: BodyFormat = None,
     related: Related = None,
+    coalesce: Coalesce = None,
 ) -> None:
     """Add a webhook (its templates are compiled first: a broken one is refused)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -305,6 +314,8 @@ def webhook_add(
         row.batch_wait_ms = batch_wait_ms
     if body_format is not None:
         row.body_format = _body_format(body_format)
+    if coalesce is not None:
+        row.coalesce_changes = coalesce
     for key, value in steering.items():
         setattr(row, key, value)
     row.related = _related(related)
@@ -355,6 +366,7 @@ def webhook_edit(
     ordering_key: OrderingKey = None,
     body_format: BodyFormat = None,
     related: Related = None,
+    coalesce: Coalesce = None,
 ) -> None:
     """Change some of a webhook's fields; the others stay (templates compiled first)."""
     steering = _steering(concurrency, rate_limit, dead_after, ordering, ordering_key)
@@ -378,6 +390,7 @@ def webhook_edit(
         "batch_size": batch_size,
         "batch_wait_ms": batch_wait_ms,
         "body_format": None if body_format is None else _body_format(body_format),
+        "coalesce_changes": coalesce,
     }
     changes = {key: value for key, value in changes.items() if value is not None}
     if retry_default:
@@ -631,6 +644,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "ordering": hook.ordering,
             "ordering_key": hook.ordering_key or "(none)",
             "related": _related_shown(hook.related),
+            "coalesce_changes": hook.coalesce_changes,
             "rules": ", ".join(sorted(r.name for r in hook.rules)) or "(none)",
         }
     print_fields(fields)
@@ -1031,15 +1045,19 @@ def preview(
     with database(dsn_of(dsn, settings)) as conn:
         loaded = ruleset.load(conn, everything=True)
         enabled_rules = {r.id for r in ruleset.load(conn).rules}
+        chosen = next((r for r in loaded.rules if r.name == rule), None)
+        coalesces = chosen is not None and chosen.webhook.coalesce_changes
         changes: list[Change] = []
         for one in sorted(set(outbox_id or [])):
-            found = Store(conn).change(one, loaded.models)
+            found = Store(conn).change(one, loaded.models, coalesce=coalesces)
             if found is None:
                 fail(
                     f"no change with id {one} in relay.outbox (purged, or never made): "
                     "pick one with SELECT id FROM relay.outbox",
                     2,
                 )
+            if chosen is not None and coalesces:
+                _refuse_coalesced(chosen.webhook.name, one, *Store(conn).group(one))
             changes.append(found)
         if not changes and table is not None:
             made_up = _made_up_change(table, new, old, event)
@@ -1047,7 +1065,6 @@ def preview(
             changes.append(replace(made_up, model=model))
         if not changes:
             fail("give --outbox-id N, or --table T with --new and/or --old", 2)
-        chosen = next((r for r in loaded.rules if r.name == rule), None)
         if chosen is None:
             fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
         made = None
@@ -1066,6 +1083,20 @@ def preview(
         out.print(said, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     _print_preview(chosen, sent, made, settings, unsent)
+
+
+def _refuse_coalesced(webhook: str, outbox_id: int, into: int | None, cancelled: bool) -> None:
+    """Say, and exit 1, when a webhook that coalesces gets no event of its own for the change:
+    it is in a later change's event, or its group was created and deleted (0031)."""
+    why = None
+    if into is not None:
+        why = f"it is in the event of change {into} (preview --outbox-id {into})"
+    elif cancelled:
+        why = "its row was created and deleted in its transaction"
+    if why is not None:
+        said = f"nothing would be sent: webhook {webhook!r} coalesces changes, and {why}"
+        out.print(visible(said), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _would_send(

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from relay.delivery import maintenance, plan, window
+from relay.delivery import coalesce, maintenance, plan, window
 from relay.delivery.holding import Holding
 from relay.delivery.metrics import Metrics
 from relay.reasons import describe
@@ -37,7 +37,8 @@ of scrapers cost the database nothing more."""
 
 
 async def _read_on(store: AsyncStore, found: FanOutBatch, rows: list[FanOutRow]) -> list[FanOutRow]:
-    """What a pass cut by its limit reads on, for webhooks ordered by transaction or key: up to
+    """What a pass cut by its limit reads on, for webhooks ordered by transaction or key, or
+    that coalesce (a transaction's changes to a row are grouped within one pass): up to
     the last change of every transaction it holds, the changes between included (visible in
     its snapshot), and so on for the transactions those bring. Then each transaction's changes
     are placed together (plan.commit_order), and no transaction left to a later pass committed
@@ -56,6 +57,18 @@ async def _read_on(store: AsyncStore, found: FanOutBatch, rows: list[FanOutRow])
         txids = {row["txid"] for row in read} - asked
         asked |= txids
     return more
+
+
+async def _group(store: AsyncStore, rows: list[FanOutRow]) -> coalesce.Grouping:
+    """A pass's changes grouped for the webhooks that coalesce (relay/delivery/coalesce.py);
+    a re-queued change that ended a group has its group's first read, to make its event again."""
+    firsts = [
+        row["coalesced_from"]
+        for row in rows
+        if row["requeued"] and row["coalesced_from"] is not None
+    ]
+    heads = await store.change_heads(firsts) if firsts else {}
+    return coalesce.group((row for row in rows if row["fresh"]), heads)
 
 
 class FanOut:
@@ -163,18 +176,24 @@ class FanOut:
             await self.rules.catch_up(store.conn, await store.rules_version())
             ruleset = self.rules.ruleset
             ranks: dict[int, int] = {}
+            coalescing = ruleset.coalescing()
+            if (ruleset.ordered() or coalescing) and found.full:
+                rows += await _read_on(store, found, rows)
             if ruleset.ordered():
-                if found.full:
-                    rows += await _read_on(store, found, rows)
                 ranks = plan.commit_order(rows)
-            ready, to_read = plan.sort_out(rows, ruleset, settings.max_body_bytes, ranks)
+            grouping = await _group(store, rows) if coalescing else coalesce.Grouping()
+            ready, to_read = plan.sort_out(
+                rows + grouping.events, ruleset, settings.max_body_bytes, ranks, grouping.grouped
+            )
             # Off the event loop: matching renders ordering keys (each within the sandbox's
             # second), and a pass of them in the loop stopped the process's requests, timeouts
             # and leases for their sum.
             batch = await asyncio.to_thread(plan.plan, ready, ruleset)
+            batch.coalesced_into.update(grouping.into)
+            batch.notes.update(grouping.notes)
             # A quarter of the room at a time: claims go on meanwhile.
             for group in plan.groups(to_read, self.holding.capacity // 4):
-                await self._match_read(store, group, batch, ruleset, ranks)
+                await self._match_read(store, group, batch, ruleset, ranks, grouping.grouped)
             self._report(batch, len(rows), ruleset)
             await store.write_plan(batch.statements())
         self._count += len(rows)
@@ -200,13 +219,20 @@ class FanOut:
         batch: plan.Plan,
         ruleset: RuleSet,
         ranks: dict[int, int],
+        grouped: set[int],
     ) -> None:
         """Read the images of a group of changes that conditions look at, once they fit in
         the room the relay has, and match them."""
         async with self.holding.reserve(sum(row["bytes"] for row in group)):
-            images = await store.change_images([row["id"] for row in group])
+            images = await store.change_images(plan.image_ids(group))
             arrivals = (
-                plan.arrival(row, ruleset, *images[row["id"]], rank=ranks.get(row["id"], 0))
+                plan.arrival(
+                    row,
+                    ruleset,
+                    *plan.images_of(row, images),
+                    rank=ranks.get(row["id"], 0),
+                    grouped=row["id"] in grouped,
+                )
                 for row in group
             )
             await asyncio.to_thread(batch.add, arrivals, ruleset)  # off the loop: see above

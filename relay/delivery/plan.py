@@ -19,7 +19,7 @@ with the reason, rather than vanish as skipped unseen.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,18 @@ class Arrival:
     rank: int = 0
     """Where it comes in commit order (:func:`commit_order`), for webhooks ordered by
     transaction or key: their deliveries' positions are drawn in this order."""
+    coalesced_from: int | None = None
+    """A group's event (relay/delivery/coalesce.py): the group's first change, whose old image
+    it carries. Only the webhooks that coalesce take it."""
+    grouped: bool = False
+    """One change of a group: only the webhooks that do not coalesce take it on its own."""
+
+    def takes(self, webhook: Webhook) -> bool:
+        """Whether the webhook may take it: a group's event goes only to the webhooks that
+        coalesce, a grouped change only to the others, any other change to all."""
+        if self.coalesced_from is not None:
+            return webhook.coalesce_changes
+        return not (self.grouped and webhook.coalesce_changes)
 
 
 def arrival(
@@ -63,14 +75,46 @@ def arrival(
     *,
     too_large: str | None = None,
     rank: int = 0,
+    grouped: bool = False,
 ) -> Arrival:
-    """An Arrival from a ``changes_to_fan_out`` row and, if read, its images (``change_rows``),
-    named by the ruleset's models; ``rank`` from :func:`commit_order`."""
+    """An Arrival from a ``changes_to_fan_out`` row (or a group's event: relay/delivery/
+    coalesce.py) and, if read, its images (:func:`images_of`), named by the ruleset's models;
+    ``rank`` from :func:`commit_order`."""
     model = ruleset.model(row["schema_name"], row["table_name"])
     change = Change.from_row(row, old, new, model)
+    first = row["coalesced_from"] if row.get("event") else None
     return Arrival(
-        change, row["old_pk"], row["bytes"], too_large, row["target"], row["requeued"], rank
+        change,
+        row["old_pk"],
+        row["bytes"],
+        too_large,
+        row["target"],
+        row["requeued"],
+        rank,
+        first,
+        grouped and first is None,
     )
+
+
+def images_of(
+    row: FanOutRow, images: Mapping[int, tuple[str | None, str | None]]
+) -> tuple[str | None, str | None]:
+    """The old and new images of the row's change from ``change_rows``' answer: a group's
+    event has its first change's old image and its own new one."""
+    first = row["coalesced_from"] if row.get("event") else None
+    old = images[first][0] if first is not None else images[row["id"]][0]
+    return old, images[row["id"]][1]
+
+
+def image_ids(rows: Iterable[FanOutRow]) -> list[int]:
+    """The changes whose images the rows need (a group's event: its first's too)."""
+    ids: list[int] = []
+    for row in rows:
+        ids.append(row["id"])
+        first = row["coalesced_from"] if row.get("event") else None
+        if first is not None:
+            ids.append(first)
+    return ids
 
 
 def sort_out(
@@ -78,11 +122,14 @@ def sort_out(
     ruleset: RuleSet,
     max_body_bytes: int,
     ranks: dict[int, int] | None = None,
+    grouped: set[int] | None = None,
 ) -> tuple[list[Arrival], list[FanOutRow]]:
     """The changes that can be matched as they are, and the rows whose images must be read
     first: those a rule with conditions looks at (no other rule reads the row), unless they are
-    too large to read at all. ``ranks``: :func:`commit_order`'s."""
+    too large to read at all. ``ranks``: :func:`commit_order`'s; ``grouped``: the changes in a
+    coalesced group (relay/delivery/coalesce.py), whose events are among ``rows``."""
     ranks = ranks or {}
+    grouped = grouped or set()
     ready: list[Arrival] = []
     to_read: list[FanOutRow] = []
     # Else no row is looked at; an ordering key is rendered from the row, as a condition reads it.
@@ -90,13 +137,20 @@ def sort_out(
     for row in rows:
         size = row["bytes"]
         too_large = over_limit("change", size, max_body_bytes) if size > max_body_bytes else None
-        item = arrival(row, ruleset, too_large=too_large, rank=ranks.get(row["id"], 0))
+        item = arrival(
+            row,
+            ruleset,
+            too_large=too_large,
+            rank=ranks.get(row["id"], 0),
+            grouped=row["id"] in grouped,
+        )
         if (
             conditions
             and not too_large
             and any(
                 rule.conditions or _keyed(rule.webhook)
                 for rule in ruleset.candidates(item.change, item.target)
+                if item.takes(rule.webhook)
             )
         ):
             to_read.append(row)
@@ -208,6 +262,8 @@ class Deliveries:
     ranks: list[int] = field(default_factory=list)
     """Where the change comes in commit order (:func:`commit_order`): positions are drawn in
     this order."""
+    coalesced_froms: list[int | None] = field(default_factory=list)
+    """A group's event: the group's first change (relay/delivery/coalesce.py); else None."""
 
     def add(
         self,
@@ -233,6 +289,7 @@ class Deliveries:
         self.errors.append(reason(error) if error else "")
         self.order_keys.append(order)
         self.ranks.append(rank)
+        self.coalesced_froms.append(item.coalesced_from)
 
     def parameters(self, *, with_errors: bool = False) -> dict[str, Any]:
         """The columns as a named query's parameters; ``with_errors`` adds the ``errors`` column,
@@ -246,6 +303,7 @@ class Deliveries:
             "change_bytes": self.change_bytes,
             "order_keys": self.order_keys,
             "ranks": self.ranks,
+            "coalesced_froms": self.coalesced_froms,
         }
         return {**columns, "errors": self.errors} if with_errors else columns
 
@@ -265,6 +323,11 @@ class Plan:
     """Changes that could not be matched at all, with the reason."""
     fanned_out: list[int] = field(default_factory=list)
     """Every other change of the batch."""
+    coalesced_into: dict[int, int] = field(default_factory=dict)
+    """Changes coalesced into a later one of their row and transaction (relay.outbox.
+    coalesced_into), from relay/delivery/coalesce.py."""
+    notes: dict[int, str] = field(default_factory=dict)
+    """Why a change has no delivery of its own, for those that end skipped (a coalesced one)."""
 
     @property
     def outbox_ids(self) -> list[int]:
@@ -316,9 +379,19 @@ class Plan:
                     "errors": list(self.unmatchable.values()),
                 },
             )
-        yield "mark_fanned_out", {"ids": self.fanned_out}
-        yield "skip_changes", {"ids": self.fanned_out}
-        yield "finish_changes", {"ids": self.fanned_out}
+        fanned_out = list(dict.fromkeys(self.fanned_out))  # a group's event has its last's id
+        yield "mark_fanned_out", {"ids": fanned_out}
+        if self.coalesced_into:
+            yield (
+                "mark_coalesced",
+                {
+                    "ids": list(self.coalesced_into),
+                    "into_ids": list(self.coalesced_into.values()),
+                },
+            )
+        notes = [self.notes.get(change_id, "") for change_id in fanned_out]
+        yield "skip_changes", {"ids": fanned_out, "notes": notes}
+        yield "finish_changes", {"ids": fanned_out}
 
 
 def plan(arrivals: Iterable[Arrival], ruleset: RuleSet) -> Plan:
@@ -346,9 +419,13 @@ def _deliveries(
     failed: dict[int, tuple[int, str]] = {}
     if item.too_large:
         for rule in ruleset.candidates(item.change, item.target):
+            if not item.takes(rule.webhook):
+                continue
             failed.setdefault(rule.webhook.id, (rule.id, item.too_large))
         return to_send, failed
     for match in ruleset.evaluate(item.change, item.target):
+        if not item.takes(match.rule.webhook):
+            continue
         hook = match.rule.webhook.id
         if match.verdict.matched:
             to_send.setdefault(hook, match.rule.id)

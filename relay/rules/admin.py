@@ -65,6 +65,7 @@ class WebhookRow(Base):
     ordering_key: Mapped[str | None]
     body_format: Mapped[str] = _defaulted()
     related: Mapped[Any] = mapped_column(JSONB(none_as_null=True), nullable=True)
+    coalesce_changes: Mapped[bool] = _defaulted()
     created_at: Mapped[datetime] = _defaulted()
     updated_at: Mapped[datetime] = _defaulted()
 

@@ -144,8 +144,8 @@ def _steps(
     if key is not None and rest:
         return (
             f"the row holds {key.name}, not {name}'s columns: write {name}.id (or {key.name}) "
-            f"for the key; {name}'s other columns are not in the captured row a condition sees (the "
-            f"related option nests them for templates, after matching)"
+            f"for the key; {name}'s other columns are not in the captured row a condition "
+            "sees (the related option nests them for templates, after matching)"
         )
     if name == "custom_fields" and "custom_field_data" in present:
         instead = ".".join(["custom_field_data", *rest])

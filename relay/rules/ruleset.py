@@ -126,6 +126,11 @@ class RuleSet:
         then places changes in commit order."""
         return any(hook.ordering != "row" for hook in self._webhooks.values())
 
+    def coalescing(self) -> bool:
+        """Whether a webhook the rules send to coalesces a row's changes within a transaction
+        (0031): fan-out then groups them (relay/delivery/coalesce.py)."""
+        return any(hook.coalesce_changes for hook in self._webhooks.values())
+
     def model(self, schema_name: str, table_name: str) -> str | None:
         """The model name the table's changes carry, None for the table's own name."""
         return self.models.get((schema_name, table_name))
@@ -264,6 +269,7 @@ def webhook_of(row: WebhookRow) -> Webhook:
         ordering=row["ordering"],
         ordering_key=row["ordering_key"],
         body_format=row["body_format"],
+        coalesce_changes=row["coalesce_changes"],
         paused=row["webhook_paused"],
         related=related_of(row["related"]),
     )
