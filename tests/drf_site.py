@@ -1,12 +1,14 @@
-"""A small Django REST Framework application for tests/test_drf.py, NetBox-shaped, run in a
-process of its own (Django's settings are once per process): ``python tests/drf_site.py DSN``.
+"""A small Django REST Framework application for tests/test_drf.py and
+tests/test_netbox_dialect.py, NetBox-shaped, run in a process of its own (Django's settings are
+once per process): ``python tests/drf_site.py DSN SCENARIO``.
 
-Sites, devices (a foreign key to their site, a status stored as text, tags through a
-many-to-many table) and tags, served by ModelViewSets with token and session authentication; a
-device's creation writes its row twice in one transaction, as NetBox's follow-up writes do. A
-middleware gives each request its own id as NetBox's CoreMiddleware does (``request.id``, a
-UUID, returned in ``X-Request-ID``). The tables are tracked by relay; the site makes requests
-with Django's test client and prints one JSON object of what they answered."""
+Sites (with a status), devices (a foreign key to their site, a status stored as text, tags
+through a many-to-many table) and tags, served by ModelViewSets with token and session
+authentication; a device's creation writes its row twice in one transaction, as NetBox's
+follow-up writes do. A middleware gives each request its own id as NetBox's CoreMiddleware does
+(``request.id``, a UUID, returned in ``X-Request-ID``). The tables are tracked by relay; the
+site makes requests with Django's test client and prints one JSON object of what they answered
+and each request's method and path."""
 
 from __future__ import annotations
 
@@ -78,7 +80,9 @@ def session_settings() -> dict[str, str]:
 
 def add_site(name: str) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("INSERT INTO dcim_site (name, slug) VALUES (%s, %s)", [name, name])
+        cursor.execute(
+            "INSERT INTO dcim_site (name, slug, status) VALUES (%s, %s, %s)", [name, name, "active"]
+        )
 
 
 def settings_view(request: HttpRequest) -> HttpResponse:
@@ -160,6 +164,11 @@ def build() -> None:
     class Site(models.Model):
         name = models.CharField(max_length=100, unique=True)
         slug = models.SlugField(max_length=100, unique=True)
+        status = models.CharField(
+            max_length=50,
+            choices=[("active", "Active"), ("planned", "Planned"), ("retired", "Retired")],
+            default="active",
+        )
 
         class Meta:
             app_label = "dcim"
@@ -187,7 +196,7 @@ def build() -> None:
     class SiteSerializer(serializers.ModelSerializer):
         class Meta:
             model = Site
-            fields = ("id", "name", "slug")
+            fields = ("id", "name", "slug", "status")
 
     class TagSerializer(serializers.ModelSerializer):
         class Meta:
@@ -217,6 +226,11 @@ def build() -> None:
                 device = serializer.save()
                 device.serial = f"SN-{device.pk:06d}"
                 device.save()
+
+        def perform_update(self, serializer: Any) -> None:
+            """In one transaction, as NetBox's: the row's UPDATE and its tags' rows."""
+            with transaction.atomic():
+                serializer.save()
 
     @api_view(["GET", "POST", "PATCH"])
     def api_settings(request: Request) -> Response:
@@ -258,6 +272,7 @@ class Asker:
         self.client = Client(raise_request_exception=False)
         self.answers: dict[str, Any] = {}
         self.bodies: dict[str, Any] = {}
+        self.sent: dict[str, tuple[str, str]] = {}
         self.errors: dict[str, str] = {}
 
     def __call__(self, name: str, method: str, url: str, data: Any = None, **extra: Any) -> Any:
@@ -267,6 +282,7 @@ class Asker:
         else:
             answer = send(url, data=json.dumps(data), content_type="application/json", **extra)
         self.answers[name] = answer
+        self.sent[name] = (method.upper(), url)
         if answer.get("Content-Type", "").startswith("application/json"):
             self.bodies[name] = answer.json()
         return answer
@@ -280,6 +296,7 @@ class Asker:
         finally:
             self.answers.update(other.answers)
             self.bodies.update(other.bodies)
+            self.sent.update(other.sent)
 
 
 BY_TOKEN = {"HTTP_AUTHORIZATION": "Token " + "a" * 40}
@@ -365,7 +382,45 @@ def ids(ask: Asker) -> None:
                 ask.errors[name] = f"{type(error).__name__}: {error}"
 
 
-SCENARIOS = {"api": api, "users": users, "ids": ids}
+def netbox(ask: Asker) -> None:
+    """What a NetBox user does through the REST API with a token: two sites, a tag, a device
+    with the tag (created and saved again in one transaction, as NetBox's follow-up writes),
+    its status changed twice, its name once, its tags taken off, and its deletion. Each request
+    writes in one transaction, as NetBox's do (NetBoxModelViewSet.perform_create, perform_update
+    and perform_destroy each wrap their write in transaction.atomic): the device's creation and
+    a PATCH in the view's atomic block, a deletion (and its tags' rows) in Django's atomic
+    delete."""
+    site = ask(
+        "site ams1",
+        "post",
+        "/api/sites/",
+        {"name": "AMS1", "slug": "ams1", "status": "active"},
+        **BY_TOKEN,
+    ).json()
+    ask(
+        "site lab",
+        "post",
+        "/api/sites/",
+        {"name": "Lab", "slug": "lab", "status": "retired"},
+        **BY_TOKEN,
+    )
+    tag = ask("tag core", "post", "/api/tags/", {"name": "core"}, **BY_TOKEN).json()
+    device = ask(
+        "device created",
+        "post",
+        "/api/devices/",
+        {"name": "sw1", "site": site["id"], "status": "planned", "tags": [tag["id"]]},
+        **BY_TOKEN,
+    ).json()
+    url = f"/api/devices/{device['id']}/"
+    ask("device active", "patch", url, {"status": "active"}, **BY_TOKEN)
+    ask("device renamed", "patch", url, {"name": "ams1-sw1"}, **BY_TOKEN)
+    ask("device untagged", "patch", url, {"tags": []}, **BY_TOKEN)
+    ask("device offline", "patch", url, {"status": "offline"}, **BY_TOKEN)
+    ask("device deleted", "delete", url, **BY_TOKEN)
+
+
+SCENARIOS = {"api": api, "users": users, "ids": ids, "netbox": netbox}
 
 
 def configure(dsn: str) -> None:
@@ -441,6 +496,7 @@ def main(dsn: str, scenario: str) -> None:
                     name: answer.get("X-Request-ID") for name, answer in asker.answers.items()
                 },
                 "bodies": asker.bodies,
+                "sent": asker.sent,
                 "errors": asker.errors,
                 "left_on_the_connection": session_settings(),
             }
