@@ -2,7 +2,7 @@
 
 A Django REST Framework application shaped like NetBox (tests/drf_site.py, relay's Django
 middleware in it) makes NetBox-like REST requests with an API token; the operator then runs the
-commands of docs/rules.md's "NetBox 4's webhooks, moved to relay" as written (tracking under
+commands of docs/netbox.md's "The commands" as written (tracking under
 NetBox's model names, a netbox4 webhook that coalesces, nests the site and has NetBox's
 condition, a webhook with the documented NetBox 4 template, `relay rules check`), adds two
 webhooks to count with, and runs a real relay against real receivers on 127.0.0.1, two of them
@@ -39,8 +39,8 @@ from support.db import one_row
 from support.receivers import NetBox4Receiver, Receiver, netbox4_receiver, receiver
 from support.worker import running, until
 
-DOCS = Path(__file__).parent.parent / "docs" / "rules.md"
-SECTION = "### NetBox 4's webhooks, moved to relay"
+DOCS = Path(__file__).parent.parent / "docs" / "netbox.md"
+SECTION = "### The commands"
 DOCUMENTED_URLS = {
     "inventory": "https://inventory.example.com/api/netbox-webhook/",
     "chat": "https://chat.example.com/hooks/netbox",
@@ -224,7 +224,7 @@ def test_netbox_4s_receivers_conditions_templates_and_counts(
     ]  # a site has no site_id: nothing nested
     for name in ("device created", "device active", "device renamed", "device offline"):
         answer = dict(answers[name])
-        del answer["tags"]  # in the many-to-many table, not the row (docs/rules.md)
+        del answer["tags"]  # in the many-to-many table, not the row (docs/netbox.md)
         answer["site_id"] = answer.pop("site")
         assert by_name[name]["data"] == {**answer, "site": nested_site}
     assert by_name["device created"]["data"]["serial"] == f"SN-{device['id']:06d}"  # the last
