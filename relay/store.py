@@ -571,6 +571,13 @@ class Store:
         model = models.get((row["schema_name"], row["table_name"]))
         return Change.from_row(row, row["old"], row["new"], model)
 
+    def transaction_changes(self, outbox_id: int) -> list[FanOutRow]:
+        """The changes of the change's transaction not fanned out yet, as fan-out reads them;
+        none when the change itself has been (its grouping is then stored: :meth:`group`)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(query("transaction_changes"), {"id": outbox_id}).fetchall()
+        return cast(list[FanOutRow], rows)
+
     def group(self, outbox_id: int) -> tuple[int | None, bool]:
         """What a webhook that coalesces makes of the change (0031): the change whose event it
         is in, if another's; and whether it ends a group created and deleted in its

@@ -137,6 +137,26 @@ SELECT o.coalesced_into,
                                WHERE m.coalesced_into = o.id)), false) AS cancelled
 FROM relay.outbox o WHERE o.id = %(id)s;
 
+-- name: transaction_changes
+-- The changes of a change's transaction that fan-out has not grouped yet, as
+-- changes_to_fan_out returns them, when that change is one of them: relay preview groups them as
+-- fan-out will (relay/delivery/coalesce.py) for a webhook that coalesces, before the relay has
+-- (coalesced_into is written at fan-out). No index serves txid: this reads the outbox, once
+-- per preview, never in the relay's loops.
+SELECT o.id, true AS fresh, o.schema_name, o.table_name, o.op::text, o.pk::jsonb::text AS pk,
+       relay.key_before(o.pk, o.old)::text AS old_pk,
+       coalesce(octet_length(o.old::text), 0) + coalesce(octet_length(o.new::text), 0) AS bytes,
+       coalesce(octet_length(o.old::text), 0) AS old_bytes,
+       o.username, o.request_id, o.request_path, o.request_method, o.txid::text, o.created_at,
+       o.webhook_id AS target, false AS requeued, NULL::bigint AS coalesced_into,
+       NULL::bigint AS coalesced_from
+FROM relay.outbox o
+WHERE o.txid = (SELECT t.txid FROM relay.outbox t
+                WHERE t.id = %(id)s AND t.status = 'pending' AND t.fanned_out_at IS NULL
+                  AND t.requeued_at IS NULL)
+  AND o.status = 'pending' AND o.fanned_out_at IS NULL AND o.requeued_at IS NULL
+ORDER BY o.id;
+
 -- name: load_models
 -- Tables whose changes carry a model name, loaded with the rules: relay run and relay preview
 -- name each change's model from this map rather than looking it up per change (2.4 us each

@@ -320,6 +320,39 @@ def test_netbox_like_writes_make_one_event_per_row_per_transaction(
     assert "coalesces changes, and it is in the event of change 3" in absorbed.stdout
 
 
+def test_preview_groups_changes_the_relay_has_not_fanned_out_yet(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """Before any relay has seen them, relay preview shows a coalescing webhook's changes as it
+    will get them (grouped as fan-out will group them), not each change on its own."""
+    items(rconn)
+    webhook(rconn, "http://127.0.0.1:9/hook", "on")
+    webhook(rconn, "http://127.0.0.1:9/hook", "off", coalesce_changes=False)
+    netbox_like(rconn)
+    with rconn.transaction():
+        rconn.execute("INSERT INTO items VALUES (2, 1, 'brief')")
+        rconn.execute("DELETE FROM items WHERE id = 2")
+    fanned = one_row(
+        rconn.execute("SELECT count(*) FROM relay.outbox WHERE fanned_out_at IS NOT NULL")
+    )
+    assert fanned == (0,)
+
+    event = relay("preview", "--rule", "on", "--outbox-id", "3", dsn=relay_dsn)
+    assert event.returncode == 0, event.stderr
+    assert '"event":"created"' in event.stdout and '"prechange":null' in event.stdout
+    update = relay("preview", "--rule", "on", "--outbox-id", "5", dsn=relay_dsn)
+    assert '"event":"updated"' in update.stdout
+    assert '"prechange":{"id":1,"v":12,"note":"new"}' in update.stdout  # before its transaction
+    alone = relay("preview", "--rule", "off", "--outbox-id", "3", dsn=relay_dsn)
+    assert '"event":"updated"' in alone.stdout
+    absorbed = relay("preview", "--rule", "on", "--outbox-id", "1", dsn=relay_dsn)
+    assert absorbed.returncode == 1
+    assert "coalesces changes, and it is in the event of change 3" in absorbed.stdout
+    cancelled = relay("preview", "--rule", "on", "--outbox-id", "7", dsn=relay_dsn)
+    assert cancelled.returncode == 1
+    assert "its row was created and deleted in its transaction" in cancelled.stdout
+
+
 def test_absorbed_changes_end_skipped_and_say_where_they_went(rconn: Conn, relay_dsn: str) -> None:
     """Only a coalescing webhook: created then deleted sends nothing at all."""
     items(rconn)

@@ -40,13 +40,13 @@ from relay.cli.common import (
     visible,
 )
 from relay.db import DatabaseUnavailable, first_line
-from relay.delivery import tls
+from relay.delivery import coalesce, tls
 from relay.model import BODY_FORMATS, Batch, Change, Webhook, loads, related_name
 from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, env_values, secrets_of
 from relay.rules import paths, ruleset
-from relay.store import Store
+from relay.store import Models, Store
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -1058,6 +1058,7 @@ def preview(
                 )
             if chosen is not None and coalesces:
                 _refuse_coalesced(chosen.webhook.name, one, *Store(conn).group(one))
+                found = _grouped_now(Store(conn), found, loaded.models, chosen.webhook.name)
             changes.append(found)
         if not changes and table is not None:
             made_up = _made_up_change(table, new, old, event)
@@ -1097,6 +1098,25 @@ def _refuse_coalesced(webhook: str, outbox_id: int, into: int | None, cancelled:
         said = f"nothing would be sent: webhook {webhook!r} coalesces changes, and {why}"
         out.print(visible(said), highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _grouped_now(store: Store, change: Change, models: Models, webhook: str) -> Change:
+    """The change as a webhook that coalesces will get it, grouped now as fan-out will group
+    it when the relay has not yet (then nothing is stored of its group): nothing (said, exit 1)
+    when it goes in a later change's event or its row was created and deleted in its
+    transaction, else its group's event (the first change's op and old image)."""
+    rows = store.transaction_changes(change.id)
+    if not rows:
+        return change  # fanned out: its grouping is stored, and was read with it
+    grouping = coalesce.group(rows)
+    made = next((row for row in grouping.events if row["id"] == change.id), None)
+    cancelled = change.id in grouping.grouped and made is None
+    _refuse_coalesced(webhook, change.id, grouping.into.get(change.id), cancelled)
+    if made is None or made["coalesced_from"] is None:
+        return change
+    first = store.change(made["coalesced_from"], models)
+    old = None if made["op"] == "insert" or first is None else first.old_json
+    return replace(change, op=made["op"], old_json=old)
 
 
 def _would_send(
