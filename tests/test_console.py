@@ -5,7 +5,13 @@ may sign in, what each role may see and do, the audit, and the attacks a web pag
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +21,7 @@ import pytest
 
 from relay.cli.tempcluster import TempCluster
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
-from support.receivers import receiver
+from support.receivers import free_port, receiver
 from support.worker import running, setup, until
 
 
@@ -308,3 +314,41 @@ def test_the_log_finds_an_object_by_its_key_and_pages_through_the_rest(dsn: str)
             assert none.status == 404
 
     asyncio.run(go())
+
+
+def test_relay_console_serves_until_sigterm_and_says_what_is_wrong(dsn: str) -> None:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    command = [sys.executable, "-m", "relay", "console", "--dsn", dsn]
+    with subprocess.Popen(
+        [*command, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    ) as served:
+        assert served.stdout is not None
+        assert served.stdout.readline() == f"relay console listening on http://127.0.0.1:{port}\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as page:
+            assert page.status == 200 and "Sign in" in page.read().decode()
+        served.send_signal(signal.SIGTERM)
+        assert served.wait(10) == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for listen, says in [
+            ("nonsense", "error: --listen (or RELAY_CONSOLE_LISTEN): 'nonsense' is not host:port"),
+            (f"127.0.0.1:{busy}", f"error: cannot listen on 127.0.0.1:{busy}: "),
+        ]:
+            done = subprocess.run(
+                [*command, "--listen", listen],
+                capture_output=True,
+                text=True,
+                env=environment,
+                timeout=30,
+                check=False,
+            )
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 2 and len(lines) == 1, done.stderr
+            assert lines[0].startswith(says), lines

@@ -56,6 +56,8 @@ CONTENT_SECURITY_POLICY = (
 """No script at all, inline or not; styles from the console only; forms post to it only; no
 page of it inside another site's frame."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+"""A token as new_token makes it (32 random bytes, URL-safe base64)."""
 
 SAID = {
     "paused": "Paused: no relay sends its deliveries until it is resumed.",
@@ -175,7 +177,11 @@ class Console:
         return self._login_page(request, said.get(request.query.get("said", "")), 200)
 
     def _login_page(self, request: web.Request, message: str | None, status: int) -> web.Response:
-        token = new_token()
+        # The browser's token, when it has one: another tab's sign-in form, or the favicon's
+        # way here, must not make the form on screen stale.
+        token = request.cookies.get(self.login_cookie, "")
+        if not _TOKEN.fullmatch(token):
+            token = new_token()
         response = self.page(
             request, "login.html", status, title="Sign in", message=message, login_token=token
         )
@@ -372,6 +378,10 @@ class Console:
             raise Refused(404, "No such delivery (retention may have purged it).")
         raise web.HTTPSeeOther(f"/deliveries/{outbox_id}/{webhook_id}?said={said}")
 
+    async def favicon(self, request: web.Request) -> web.StreamResponse:
+        """No icon: browsers ask for one on every page, and a 404 is an error in their log."""
+        return web.Response(status=204)
+
     async def stylesheet(self, request: web.Request) -> web.StreamResponse:
         """The one stylesheet (served by the console: nothing is fetched from elsewhere)."""
         return web.Response(body=self.css, content_type="text/css", charset="utf-8")
@@ -384,6 +394,13 @@ class Console:
         the security headers, and errors as pages that say what to do, never a traceback."""
         try:
             response = await self._guarded(request, handler)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            message = (
+                "No such page."
+                if exc.status == 404
+                else "This address takes a form's button (POST), not a link."
+            )
+            response = self.page(request, "error.html", exc.status, title="", message=message)
         except web.HTTPException as exc:
             _secure(exc)
             raise
@@ -409,7 +426,7 @@ class Console:
         return response
 
     async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        public = request.path in ("/login", "/static/console.css")
+        public = request.path in ("/login", "/static/console.css", "/favicon.ico")
         session = self.sessions.find(request.cookies.get(self.cookie_name))
         if session is not None:
             request[SESSION] = session
@@ -476,7 +493,9 @@ def _secure(response: web.StreamResponse) -> None:
     headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     headers["X-Content-Type-Options"] = "nosniff"
     headers["X-Frame-Options"] = "DENY"
-    headers["Referrer-Policy"] = "no-referrer"
+    # Never a referrer to another site; not no-referrer, with which browsers send "Origin:
+    # null" with the console's own forms, and the origin check could not tell them apart.
+    headers["Referrer-Policy"] = "same-origin"
     headers["Cache-Control"] = "no-store"
 
 
@@ -495,6 +514,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_post("/deliveries/{outbox_id}/{webhook_id}/retry", console.retry)
     app.router.add_get("/audit", console.audit)
     app.router.add_get("/static/console.css", console.stylesheet)
+    app.router.add_get("/favicon.ico", console.favicon)
     return app
 
 
