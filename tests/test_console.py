@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from relay.cli.tempcluster import TempCluster
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
@@ -352,3 +353,39 @@ def test_relay_console_serves_until_sigterm_and_says_what_is_wrong(dsn: str) -> 
             lines = done.stderr.strip().splitlines()
             assert done.returncode == 2 and len(lines) == 1, done.stderr
             assert lines[0].startswith(says), lines
+
+
+def test_the_console_rights_read_no_secret_and_cannot_write_the_audit_in_another_name(
+    dsn: str,
+) -> None:
+    """What sql/console_role.sql grants, probed as the person's own SQL would: no webhook's
+    secret, no entry in the audit with another's name or another time, no change of an
+    entry, and nothing of what is not the console's (rules, tracking)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="hook")
+    alice = person(dsn, "alice")
+    port = conninfo_to_dict(dsn)["port"]
+    database = conninfo_to_dict(dsn)["dbname"]
+    as_alice = f"host=127.0.0.1 port={port} dbname={database} user={alice} password='{PASSWORD}'"
+    with psycopg.connect(as_alice, autocommit=True) as conn:
+        for statement in [
+            "SELECT secret FROM relay.webhooks",
+            "INSERT INTO relay.console_audit (actor, action, target, address)"
+            " VALUES ('bob', 'x', 'y', 'z')",
+            "INSERT INTO relay.console_audit (at, action, target, address)"
+            " VALUES ('2000-01-01', 'x', 'y', 'z')",
+            "UPDATE relay.console_audit SET detail = 'nothing happened'",
+            "DELETE FROM relay.console_audit",
+            "UPDATE relay.event_rules SET enabled = false",
+            "UPDATE relay.webhooks SET payload_url = 'http://127.0.0.1:1/'",
+            "SELECT relay.untrack('items')",
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO relay.console_audit (action, target, address) VALUES ('x', 'y', 'z')"
+        )
+        row = conn.execute(
+            "SELECT actor, now() - at < interval '1 minute' FROM relay.console_audit"
+        ).fetchone()
+        assert row == (alice, True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -23,7 +24,6 @@ from relay.cli.tempcluster import TempCluster, find_server_binaries, start_temp_
 from relay.console.app import Config, make_app
 from relay.store import Store
 
-SQL = Path(__file__).resolve().parents[2] / "sql"
 PASSWORD = "correct horse battery staple"
 
 
@@ -69,8 +69,8 @@ def relay_database(cluster: TempCluster) -> Iterator[str]:
 
 def person(dsn: str, prefix: str, *, rights: bool = True) -> str:
     """A login role with :data:`PASSWORD`, given the console's rights as docs/console.md says
-    (psql -f sql/console_role.sql) unless ``rights`` is False. Roles are the cluster's: the
-    cluster goes at the end of the module."""
+    (``relay sql console-role --role NAME | psql``) unless ``rights`` is False. Roles are the
+    cluster's: the cluster goes at the end of the module."""
     name = f"{prefix}_{uuid.uuid4().hex[:6]}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
@@ -82,21 +82,18 @@ def person(dsn: str, prefix: str, *, rights: bool = True) -> str:
         psql = shutil.which("psql")
         if psql is None:
             pytest.skip("psql is not installed")
-        subprocess.run(
-            [
-                psql,
-                "-X",
-                "-q",
-                dsn,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-v",
-                f"role={name}",
-                "-f",
-                str(SQL / "console_role.sql"),
-            ],
+        grants = subprocess.run(
+            [sys.executable, "-m", "relay", "sql", "console-role", "--role", name],
             check=True,
             capture_output=True,
+            text=True,
+        ).stdout
+        subprocess.run(
+            [psql, "-X", "-q", dsn, "-v", "ON_ERROR_STOP=1", "-f", "-"],
+            input=grants,
+            check=True,
+            capture_output=True,
+            text=True,
         )
     return name
 
