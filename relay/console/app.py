@@ -69,7 +69,10 @@ SAID = {
         "Not sent again: a later change of the row was delivered to that webhook after it "
         "(relay retry --superseded sends it anyway)."
     ),
-    "not-failed": "Nothing to retry: the change has not failed (any more).",
+    "not-failed": (
+        "Nothing to retry: the change is not failed (it was sent again already, or still has "
+        "deliveries to make to other webhooks: retry it when they are done)."
+    ),
 }
 """What a page says after an action, by the code the action's redirect names: never text from
 the query string itself."""
