@@ -226,7 +226,7 @@ def test_an_idle_session_ends_and_a_forged_cookie_opens_nothing(dsn: str) -> Non
     alice = person(dsn, "alice")
 
     async def go() -> None:
-        async with serving(dsn, idle_seconds=1) as base, _client() as client:
+        async with serving(dsn, idle_seconds=2) as base, _client() as client:
             signed = await sign_in(client, base, alice)
             value = next(c.value for c in client.cookie_jar if c.key == "relay_console")
             assert signed.status == 303
@@ -238,7 +238,7 @@ def test_an_idle_session_ends_and_a_forged_cookie_opens_nothing(dsn: str) -> Non
                     f"{base}/", headers={"Cookie": f"relay_console={forged}"}, allow_redirects=False
                 )
                 assert response.status == 303
-            await asyncio.sleep(1.3)
+            await asyncio.sleep(2.3)
             ended = await client.get(f"{base}/", allow_redirects=False)
             assert (ended.status, ended.headers["Location"]) == (303, "/login")
 

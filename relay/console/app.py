@@ -313,7 +313,7 @@ class Console:
         return self.page(
             request,
             "delivery.html",
-            title=f"Delivery {outbox_id}/{webhook_id}",
+            title=f"Change {outbox_id} to {found.webhook}",
             d=found,
             attempts=attempts,
             said=SAID.get(request.query.get("said", "")),
