@@ -102,6 +102,25 @@ class Settings(BaseSettings):
     """``host:port`` for /metrics, /healthz and /readyz (off when empty), e.g. 127.0.0.1:9089."""
     log_format: Literal["auto", "json", "console"] = "auto"
     """``json`` lines, ``console`` colours, or ``auto``: colours on a terminal, JSON elsewhere."""
+    console_listen: str = "127.0.0.1:8780"
+    """``host:port`` ``relay console`` serves on: this machine only unless said otherwise (put
+    a TLS reverse proxy in front to reach it from elsewhere: docs/console.md)."""
+    console_idle_seconds: float = Field(default=900.0, ge=1, le=DAY, allow_inf_nan=False)
+    """A console session unused this long ends: the person signs in again."""
+    console_secure_cookie: bool = False
+    """Mark the console's cookies Secure (sent over HTTPS only): set it behind a TLS proxy."""
+    console_trust_forwarded: bool = False
+    """Take the client's address from the last X-Forwarded-For entry (what the proxy in front
+    saw) for the audit and the login limits; only behind a proxy that sets it, or anyone could
+    choose the address they are recorded and limited by."""
+
+    @field_validator("console_listen")
+    @classmethod
+    def _console_host_and_port(cls, value: str) -> str:
+        found = _HOST_PORT.match(value)
+        if found is None or not found[1] or int(found[2]) > 65535:
+            raise ValueError(f"{value!r} is not host:port: give e.g. 127.0.0.1:8780")
+        return value
 
     @field_validator("metrics_address")
     @classmethod

@@ -389,6 +389,98 @@ class DemoChange:
     request_id: str | None
 
 
+@dataclass(frozen=True)
+class DeliveryFilter:
+    """What the console's deliveries log is asked for; None is "any". ``key_json`` is an
+    object's primary key as JSON, ``key_text`` the one value of a single-column key; ``before``
+    the (outbox_id, webhook_id) the page starts after."""
+
+    webhook: str | None = None
+    status: str | None = None
+    schema: str | None = None
+    table: str | None = None
+    key_json: str | None = None
+    key_text: str | None = None
+    before: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryLine:
+    """One line of the console's deliveries log."""
+
+    outbox_id: int
+    webhook_id: int
+    webhook: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime
+    schema_name: str
+    table_name: str
+    op: str
+    pk: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DeliveryPage:
+    """One delivery as the console's delivery page shows it: the change's images as the JSON
+    text PostgreSQL stored, the webhook's URL as stored (the page masks it)."""
+
+    outbox_id: int
+    webhook_id: int
+    webhook: str
+    payload_url: str
+    delivery_id: str
+    status: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime
+    superseded_by: int | None
+    coalesced_from: int | None
+    row_key: str
+    schema_name: str
+    table_name: str
+    op: str
+    pk: str | None
+    old: str | None
+    new: str | None
+    created_at: datetime
+    change_status: str
+    username: str | None
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class AttemptLine:
+    """One attempt of a delivery (relay.attempts)."""
+
+    attempt: int
+    attempted_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    response_excerpt: str | None
+    replay: bool
+
+
+@dataclass(frozen=True)
+class AuditLine:
+    """One action done through the console (relay.console_audit, 0032_console.sql)."""
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: str
+    address: str
+
+
 def _fan_out_batch(
     found: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], limit: int
 ) -> FanOutBatch | None:
@@ -748,6 +840,47 @@ class Store:
         params = {"table": table, "where": where or "", "webhook": webhook}
         with self.conn.cursor(row_factory=class_row(BackfillProgress)) as cur:
             return cur.execute(query("backfill_progress"), params).fetchone()
+
+    def deliveries(self, wanted: DeliveryFilter, limit: int) -> list[DeliveryLine]:
+        """A page of the console's deliveries log, newest first."""
+        before = wanted.before or (None, None)
+        params = {
+            "webhook": wanted.webhook,
+            "status": wanted.status,
+            "schema": wanted.schema,
+            "table": wanted.table,
+            "key_json": wanted.key_json,
+            "key_text": wanted.key_text,
+            "before_outbox": before[0],
+            "before_webhook": before[1],
+            "limit": limit,
+        }
+        with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
+            return cur.execute(query("console_deliveries"), params).fetchall()
+
+    def delivery(self, outbox_id: int, webhook_id: int) -> DeliveryPage | None:
+        """One delivery with its change, or None when there is none (purged, or never made)."""
+        params = {"outbox_id": outbox_id, "webhook_id": webhook_id}
+        with self.conn.cursor(row_factory=class_row(DeliveryPage)) as cur:
+            return cur.execute(query("console_delivery"), params).fetchone()
+
+    def attempts(self, outbox_id: int, webhook_id: int) -> list[AttemptLine]:
+        """Every attempt of one delivery, first first."""
+        params = {"outbox_id": outbox_id, "webhook_id": webhook_id}
+        with self.conn.cursor(row_factory=class_row(AttemptLine)) as cur:
+            return cur.execute(query("console_attempts"), params).fetchall()
+
+    def audit(self, action: str, target: str, detail: str, address: str) -> None:
+        """Record an action done through the console, in the caller's transaction (the
+        database fills in who and when)."""
+        params = {"action": action, "target": target, "detail": detail, "address": address}
+        self.conn.execute(query("console_audit_add"), params)
+
+    def audit_lines(self, before: int | None, limit: int) -> list[AuditLine]:
+        """A page of the console's audit, newest first."""
+        with self.conn.cursor(row_factory=class_row(AuditLine)) as cur:
+            params = {"before": before, "limit": limit}
+            return cur.execute(query("console_audit"), params).fetchall()
 
     def demo_pending(self) -> int:
         """Changes still pending in the whole outbox: the demo waits until the relay has dealt with

@@ -1693,3 +1693,64 @@ WITH given AS (
 )
 SELECT (SELECT count(*) FROM added) AS added,
        (SELECT count(*) FROM judged WHERE later IS NOT NULL) AS superseded;
+
+-- name: console_deliveries
+-- `relay console`'s deliveries log, newest first, a page at a time: each filter NULL means
+-- "any". An object's key is the change's primary key as JSON (o.pk, compared as jsonb), or the
+-- one value of a single-column key as text ('42' finds {"id": 42} and {"code": "42"}). Keyset
+-- pagination: the page after (before_outbox, before_webhook) in the primary key's order, which
+-- deliveries_pkey serves backwards.
+SELECT d.outbox_id, d.webhook_id, w.name AS webhook, d.status::text AS status, d.attempts,
+       d.last_status_code, d.last_error, d.delivered_at, d.next_attempt_at,
+       o.schema_name, o.table_name, o.op::text AS op, o.pk::text AS pk, o.created_at
+FROM relay.deliveries d
+JOIN relay.webhooks w ON w.id = d.webhook_id
+JOIN relay.outbox o ON o.id = d.outbox_id
+WHERE (%(webhook)s::text IS NULL OR w.name = %(webhook)s::text)
+  AND (%(status)s::text IS NULL OR d.status::text = %(status)s::text)
+  AND (%(schema)s::text IS NULL OR o.schema_name = %(schema)s::text)
+  AND (%(table)s::text IS NULL OR o.table_name = %(table)s::text)
+  AND (%(key_json)s::jsonb IS NULL OR o.pk::jsonb = %(key_json)s::jsonb)
+  AND (%(key_text)s::text IS NULL
+       OR (json_typeof(o.pk) = 'object'
+           AND (SELECT count(*) = 1 AND bool_and(e.value #>> '{}' = %(key_text)s::text)
+                FROM json_each(o.pk) e)))
+  AND (%(before_outbox)s::bigint IS NULL
+       OR (d.outbox_id, d.webhook_id) < (%(before_outbox)s::bigint, %(before_webhook)s::bigint))
+ORDER BY d.outbox_id DESC, d.webhook_id DESC
+LIMIT %(limit)s;
+
+-- name: console_delivery
+-- `relay console`'s page of one delivery: it, its webhook (by name and URL, never its secret),
+-- and its change with both row images.
+SELECT d.outbox_id, d.webhook_id, w.name AS webhook, w.payload_url, d.id::text AS delivery_id,
+       d.status::text AS status, d.attempts, d.last_status_code, d.last_error, d.delivered_at,
+       d.next_attempt_at, d.superseded_by, d.coalesced_from, d.row_key,
+       o.schema_name, o.table_name, o.op::text AS op, o.pk::text AS pk, o.old::text AS old,
+       o.new::text AS new, o.created_at, o.status::text AS change_status, o.username,
+       o.request_id
+FROM relay.deliveries d
+JOIN relay.webhooks w ON w.id = d.webhook_id
+JOIN relay.outbox o ON o.id = d.outbox_id
+WHERE d.outbox_id = %(outbox_id)s AND d.webhook_id = %(webhook_id)s;
+
+-- name: console_attempts
+-- Every attempt of one delivery, in order (attempts_by_delivery).
+SELECT attempt, attempted_at, duration_ms, status_code, error, response_excerpt, replay
+FROM relay.attempts
+WHERE outbox_id = %(outbox_id)s AND webhook_id = %(webhook_id)s
+ORDER BY id;
+
+-- name: console_audit_add
+-- One action done through `relay console`, in the action's transaction; who and when are the
+-- columns' defaults (session_user, now()): 0032_console.sql.
+INSERT INTO relay.console_audit (action, target, detail, address)
+VALUES (%(action)s, %(target)s, %(detail)s, %(address)s);
+
+-- name: console_audit
+-- The audit page, newest first, a page at a time (keyset on id: the primary key).
+SELECT id, at, actor, action, target, detail, address
+FROM relay.console_audit
+WHERE %(before)s::bigint IS NULL OR id < %(before)s::bigint
+ORDER BY id DESC
+LIMIT %(limit)s;

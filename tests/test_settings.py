@@ -154,7 +154,7 @@ def test_every_numeric_setting_has_a_finite_range() -> None:
             assert not any(
                 kind in str(field.annotation) for kind in ("int", "float", "Decimal", "Byte")
             ), f"{name}: a number of a type without a range check ({field.annotation})"
-    assert len(NUMERIC) == 16
+    assert len(NUMERIC) == 17
     for name in NUMERIC:
         field = Settings.model_fields[name]
         bounds = [m for m in field.metadata if hasattr(m, "ge") or hasattr(m, "le")]

@@ -1,7 +1,7 @@
 """The ``relay`` command line: every command, and how any of them fails.
 
 Each group of commands lives in a module of its own (schema, tables, webhooks, run, operate,
-demo, receive); this one assembles them, so ``relay --help`` and this file list the same.
+demo, receive, console); this one assembles them, so ``relay --help`` and this file list the same.
 """
 
 from __future__ import annotations
@@ -13,7 +13,18 @@ import psycopg
 import typer
 
 from relay._version import __version__
-from relay.cli import backfill, demo, operate, receive, replay, run, schema, tables, webhooks
+from relay.cli import (
+    backfill,
+    console,
+    demo,
+    operate,
+    receive,
+    replay,
+    run,
+    schema,
+    tables,
+    webhooks,
+)
 from relay.cli.common import explain, out, say_error
 from relay.db import first_line
 
@@ -40,6 +51,7 @@ for command in (
     replay.replay,
     receive.receive,
     webhooks.preview,
+    console.console,
 ):
     app.command()(command)
 app.add_typer(webhooks.webhook_app, name="webhook")

@@ -70,8 +70,25 @@ def sql_service_role(
     ] = None,
 ) -> None:
     """The grants `relay run` needs, to run as relay's owner: psql "$DSN" -f -."""
+    _role_script(role, "service_role.sql")
+
+
+@sql_app.command("console-role")
+def sql_console_role(
+    role: Annotated[
+        str | None,
+        typer.Option(help="A person's login role (else give psql -v role=NAME)."),
+    ] = None,
+) -> None:
+    """The grants a person needs to use `relay console`, to run as relay's owner:
+    psql "$DSN" -f -."""
+    _role_script(role, "console_role.sql")
+
+
+def _role_script(role: str | None, name: str) -> None:
+    """Print a grants file, the role set first when given (psql's \\set, quoted)."""
     if role is not None:
         if not role or "\n" in role or "\x00" in role:
             fail("--role: give the name of a login role", 2)
         sys.stdout.write("\\set role '" + role.replace("'", "''") + "'\n")
-    sys.stdout.write(sqlfiles.script("service_role.sql"))
+    sys.stdout.write(sqlfiles.script(name))

@@ -1,0 +1,534 @@
+"""The console's web application: aiohttp's server, Jinja2 pages rendered on the server (no
+script anywhere), and every page and action run as the signed-in person's PostgreSQL role.
+
+Each request opens its own connection as that role (relay/db.py, so its search path is pinned),
+with the password kept in the session (relay/console/security.py), in a thread: the store is
+the command line's blocking one, and what a page shows or an action does is exactly what the
+same role may do with ``relay status``, ``relay webhook pause`` or ``relay retry``. An action
+and its audit entry are one transaction: an action the role may not do records nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import psycopg
+import structlog
+from aiohttp import web
+from jinja2 import Environment, PackageLoader, StrictUndefined
+from psycopg.conninfo import make_conninfo
+
+from relay import sqlfiles
+from relay.console import filters, views
+from relay.console.security import (
+    LoginLimits,
+    Session,
+    Sessions,
+    new_token,
+    same_origin,
+    same_token,
+)
+from relay.db import DatabaseUnavailable, connect, first_line
+from relay.store import Store
+
+log = structlog.get_logger("relay.console")
+
+T = TypeVar("T")
+SESSION = web.RequestKey("session", Session)
+"""The request's signed-in session, set by the guard for every page but sign-in."""
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+APPLICATION_NAME = "relay console"
+PAGE_SIZE = 50
+MAX_ROLE = 63
+"""PostgreSQL's longest name (NAMEDATALEN - 1)."""
+MAX_PASSWORD = 1000
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+"""No script at all, inline or not; styles from the console only; forms post to it only; no
+page of it inside another site's frame."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+"""A token as new_token makes it (32 random bytes, URL-safe base64)."""
+
+SAID = {
+    "paused": "Paused: no relay sends its deliveries until it is resumed.",
+    "already-paused": "It was paused already: nothing changed.",
+    "resumed": "Resumed: its deliveries go out again, in order.",
+    "not-paused": "It was not paused: nothing changed.",
+    "retried": "Sent again: the change's failed deliveries are pending.",
+    "superseded": (
+        "Not sent again: a later change of the row was delivered to that webhook after it "
+        "(relay retry --superseded sends it anyway)."
+    ),
+    "not-failed": (
+        "Nothing to retry: the change is not failed (it was sent again already, or still has "
+        "deliveries to make to other webhooks: retry it when they are done)."
+    ),
+}
+"""What a page says after an action, by the code the action's redirect names: never text from
+the query string itself."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """How the console runs: ``dsn`` says where the database is (its user and password, if
+    any, are never used: each person's own role and password are)."""
+
+    dsn: str
+    idle_seconds: float = 900.0
+    secure_cookie: bool = False
+    trust_forwarded: bool = False
+    limits: LoginLimits = field(default_factory=LoginLimits)
+
+
+class Refused(Exception):
+    """A request the console answers with a page saying why (status and sentence)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Console:
+    """The application's state: its settings, sessions, login limits and templates."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.sessions = Sessions(config.idle_seconds)
+        self.templates = Environment(
+            loader=PackageLoader("relay.console", "templates"),
+            autoescape=True,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.templates.filters.update(
+            age=views.age,
+            when=views.when,
+            reason=views.reason_shown,
+            excerpt=views.excerpt_shown,
+            url=views.url,
+        )
+        self.css = (
+            importlib.resources.files("relay.console").joinpath("static/console.css").read_bytes()
+        )
+        self.cookie_name = "__Host-relay_console" if config.secure_cookie else "relay_console"
+        self.login_cookie = (
+            "__Host-relay_console_login" if config.secure_cookie else "relay_console_login"
+        )
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def page(
+        self, request: web.Request, template: str, code: int = 200, **values: Any
+    ) -> web.Response:
+        """A page of ``template``: every value autoescaped (names, rows, errors are text)."""
+        session = request.get(SESSION)
+        text = self.templates.get_template(template).render(
+            role=session.role if session else None,
+            csrf=session.csrf if session else "",
+            **values,
+        )
+        return web.Response(text=text, status=code, content_type="text/html", charset="utf-8")
+
+    def address(self, request: web.Request) -> str:
+        """The client's address: the peer's, or behind a proxy that says so, what it saw."""
+        if self.config.trust_forwarded:
+            forwarded = request.headers.get("X-Forwarded-For", "")
+            last = forwarded.rsplit(",", 1)[-1].strip()
+            if last:
+                return last[:100]
+        return request.remote or "unknown"
+
+    def _as_role(self, session: Session) -> str:
+        return make_conninfo(self.config.dsn, user=session.role, password=session.password)
+
+    async def run(self, request: web.Request, work: Callable[[Store], T]) -> T:
+        """``work`` on a connection of the signed-in role's own, in a thread."""
+        session = request[SESSION]
+        dsn = self._as_role(session)
+
+        def go() -> T:
+            with connect(dsn, application_name=APPLICATION_NAME) as conn:
+                return work(Store(conn))
+
+        try:
+            return await asyncio.to_thread(go)
+        except DatabaseUnavailable as exc:
+            if exc.refused:
+                # The password changed, the role was dropped or may no longer log in.
+                self.sessions.end(session.id)
+                raise web.HTTPSeeOther("/login?said=ended") from None
+            log.warning("database unavailable", error=str(exc))
+            raise Refused(503, "The database cannot be reached now: try again shortly.") from None
+
+    # -- sign-in -------------------------------------------------------------------------
+
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        """The sign-in form, with a fresh token in a cookie and in the form."""
+        said = {"ended": "Your session ended: sign in again.", "out": "Signed out."}
+        return self._login_page(request, said.get(request.query.get("said", "")), 200)
+
+    def _login_page(self, request: web.Request, message: str | None, status: int) -> web.Response:
+        # The browser's token, when it has one: another tab's sign-in form, or the favicon's
+        # way here, must not make the form on screen stale.
+        token = request.cookies.get(self.login_cookie, "")
+        if not _TOKEN.fullmatch(token):
+            token = new_token()
+        response = self.page(
+            request, "login.html", status, title="Sign in", message=message, login_token=token
+        )
+        response.set_cookie(
+            self.login_cookie,
+            token,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.config.secure_cookie,
+        )
+        return response
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        """Sign in: PostgreSQL checks the role's password (a connection as that role); the
+        role must be one PostgreSQL asks a password of, and must see a relay schema of this
+        relay's version."""
+        form = await request.post()
+        if not same_token(_field(form, "token"), request.cookies.get(self.login_cookie, "")):
+            return self._login_page(request, "The form was stale: sign in again.", 403)
+        role, password = _field(form, "role") or "", _field(form, "password") or ""
+        if not role or not password:
+            return self._login_page(request, "Give a role and its password.", 400)
+        if len(role) > MAX_ROLE or len(password) > MAX_PASSWORD or _CONTROL.search(role + password):
+            return self._login_page(request, "Wrong role or password.", 401)
+        address = self.address(request)
+        wait = self.config.limits.wait(address, role)
+        if wait > 0:
+            return self._login_page(
+                request, f"Too many failed sign-ins: try again in {wait:.0f} s.", 429
+            )
+        dsn = make_conninfo(self.config.dsn, user=role, password=password)
+        try:
+            problem = await asyncio.to_thread(_sign_in_problem, dsn, role)
+        except DatabaseUnavailable as exc:
+            if not exc.refused:
+                log.warning("database unavailable", error=str(exc))
+                return self._login_page(
+                    request, "The database cannot be reached now: try again shortly.", 503
+                )
+            self.config.limits.failed(address, role)
+            log.info("sign-in refused", role=role, address=address)
+            return self._login_page(request, "Wrong role or password.", 401)
+        if problem is not None:
+            return self._login_page(request, problem, 403)
+        self.config.limits.succeeded(address, role)
+        session = self.sessions.start(role, password)
+        log.info("signed in", role=role, address=address)
+        response = web.HTTPSeeOther("/")
+        response.set_cookie(
+            self.cookie_name,
+            self.sessions.cookie(session),
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.config.secure_cookie,
+        )
+        response.del_cookie(self.login_cookie, path="/")
+        raise response
+
+    async def logout(self, request: web.Request) -> web.StreamResponse:
+        """Sign out: the session is forgotten here, whatever the browser keeps."""
+        session = request[SESSION]
+        self.sessions.end(session.id)
+        response = web.HTTPSeeOther("/login?said=out")
+        response.del_cookie(self.cookie_name, path="/")
+        raise response
+
+    # -- pages ---------------------------------------------------------------------------
+
+    async def overview(self, request: web.Request) -> web.StreamResponse:
+        """Backlog, relays alive, webhooks paused or dead, the last errors."""
+        status = await self.run(request, lambda store: store.status(5))
+        stopped = [w for w in status.webhooks if w["state"] in ("paused", "dead")]
+        return self.page(request, "overview.html", title="Overview", status=status, stopped=stopped)
+
+    async def webhooks(self, request: web.Request) -> web.StreamResponse:
+        """Every webhook with its state and health, and pause or resume."""
+        status = await self.run(request, lambda store: store.status(0))
+        return self.page(
+            request,
+            "webhooks.html",
+            title="Webhooks",
+            webhooks=status.webhooks,
+            said=SAID.get(request.query.get("said", "")),
+        )
+
+    async def deliveries(self, request: web.Request) -> web.StreamResponse:
+        """The deliveries log, filtered, a page at a time."""
+        asked = filters.delivery_filter(request.query)
+        lines = []
+        if asked.problem is None:
+            lines = await self.run(
+                request, lambda store: store.deliveries(asked.wanted, PAGE_SIZE + 1)
+            )
+        more = len(lines) > PAGE_SIZE
+        lines = lines[:PAGE_SIZE]
+        older = None
+        if more:
+            kept = {k: v for k, v in request.query.items() if k != "before" and v}
+            last = lines[-1]
+            older = "/deliveries?" + urlencode(
+                {**kept, "before": f"{last.outbox_id}-{last.webhook_id}"}
+            )
+        return self.page(
+            request,
+            "deliveries.html",
+            title="Deliveries",
+            lines=lines,
+            problem=asked.problem,
+            query=request.query,
+            statuses=filters.STATUSES,
+            older=older,
+        )
+
+    async def delivery(self, request: web.Request) -> web.StreamResponse:
+        """One delivery: its change's images and every attempt."""
+        outbox_id, webhook_id = _delivery_ids(request)
+
+        def read(store: Store) -> tuple[Any, Any]:
+            return store.delivery(outbox_id, webhook_id), store.attempts(outbox_id, webhook_id)
+
+        found, attempts = await self.run(request, read)
+        if found is None:
+            raise Refused(404, "No such delivery (retention may have purged it).")
+        return self.page(
+            request,
+            "delivery.html",
+            title=f"Change {outbox_id} to {found.webhook}",
+            d=found,
+            attempts=attempts,
+            said=SAID.get(request.query.get("said", "")),
+        )
+
+    async def audit(self, request: web.Request) -> web.StreamResponse:
+        """What was done through the console, newest first."""
+        before = filters.whole_number(request.query.get("before"))
+        lines = await self.run(request, lambda store: store.audit_lines(before, PAGE_SIZE + 1))
+        older = f"/audit?before={lines[PAGE_SIZE - 1].id}" if len(lines) > PAGE_SIZE else None
+        return self.page(request, "audit.html", title="Audit", lines=lines[:PAGE_SIZE], older=older)
+
+    # -- actions -------------------------------------------------------------------------
+
+    async def steer(self, request: web.Request) -> web.StreamResponse:
+        """Pause or resume a webhook (the store calls ``relay webhook pause`` and ``resume``
+        make), recorded in the audit in the same transaction."""
+        action = request.match_info["action"]
+        form = await request.post()
+        name = _field(form, "name")
+        if not name or _CONTROL.search(name):
+            raise Refused(404, "No such webhook.")
+        address = self.address(request)
+
+        def act(store: Store) -> str | None:
+            with store.conn.transaction():
+                if store.webhook_steering(name) is None:
+                    return None
+                if action == "pause":
+                    said = "paused" if store.pause_webhook(name) is not None else "already-paused"
+                else:
+                    said = "resumed" if store.resume_webhook(name) else "not-paused"
+                store.audit(f"webhook {action}", name, said, address)
+                return said
+
+        said = await self.run(request, act)
+        if said is None:
+            raise Refused(404, "No such webhook.")
+        raise web.HTTPSeeOther(f"/webhooks?said={said}")
+
+    async def retry(self, request: web.Request) -> web.StreamResponse:
+        """Send a failed delivery's change again, as ``relay retry --id N --webhook W`` does:
+        the change's failed deliveries are armed again, but one a later change of its row
+        supersedes. Recorded in the audit in the same transaction."""
+        outbox_id, webhook_id = _delivery_ids(request)
+        address = self.address(request)
+
+        def act(store: Store) -> str | None:
+            with store.conn.transaction():
+                found = store.delivery(outbox_id, webhook_id)
+                if found is None:
+                    return None
+                done = store.retry_failed(change_id=outbox_id, since=None, webhook=found.webhook)
+                if done.requeued == 0:
+                    said = "not-failed"
+                elif done.superseded:
+                    said = "superseded"
+                else:
+                    said = "retried"
+                store.audit("delivery retry", f"{outbox_id}/{found.webhook}", said, address)
+                return said
+
+        said = await self.run(request, act)
+        if said is None:
+            raise Refused(404, "No such delivery (retention may have purged it).")
+        raise web.HTTPSeeOther(f"/deliveries/{outbox_id}/{webhook_id}?said={said}")
+
+    async def favicon(self, request: web.Request) -> web.StreamResponse:
+        """No icon: browsers ask for one on every page, and a 404 is an error in their log."""
+        return web.Response(status=204)
+
+    async def stylesheet(self, request: web.Request) -> web.StreamResponse:
+        """The one stylesheet (served by the console: nothing is fetched from elsewhere)."""
+        return web.Response(body=self.css, content_type="text/css", charset="utf-8")
+
+    # -- middleware ----------------------------------------------------------------------
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every request: the session (or sign-in), the origin and CSRF token of every POST,
+        the security headers, and errors as pages that say what to do, never a traceback."""
+        try:
+            response = await self._guarded(request, handler)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+            message = (
+                "No such page."
+                if exc.status == 404
+                else "This address takes a form's button (POST), not a link."
+            )
+            response = self.page(request, "error.html", exc.status, title="", message=message)
+        except web.HTTPException as exc:
+            _secure(exc)
+            raise
+        except Refused as exc:
+            response = self.page(request, "error.html", exc.status, title="", message=exc.message)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            session = request.get(SESSION)
+            role = session.role if session else "?"
+            message = (
+                f"Your role {role} may not do this ({first_line(exc)}). Ask for the console's "
+                "rights: sql/console_role.sql (docs/console.md)."
+            )
+            response = self.page(request, "error.html", 403, title="", message=message)
+        except psycopg.Error as exc:
+            log.warning("database error", error=first_line(exc))
+            message = f"The database refused: {first_line(exc)}"
+            response = self.page(request, "error.html", 500, title="", message=message)
+        except Exception:
+            log.exception("console fault")
+            message = "Something went wrong in relay console: its log says what."
+            response = self.page(request, "error.html", 500, title="", message=message)
+        _secure(response)
+        return response
+
+    async def _guarded(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        public = request.path in ("/login", "/static/console.css", "/favicon.ico")
+        session = self.sessions.find(request.cookies.get(self.cookie_name))
+        if session is not None:
+            request[SESSION] = session
+        if request.method == "POST":
+            scheme = "https" if self.config.secure_cookie else request.scheme
+            if not same_origin(request.headers.get("Origin"), scheme, request.host):
+                raise Refused(403, "Refused: this form was posted from another site.")
+            if not public:
+                if session is None:
+                    raise Refused(403, "Refused: sign in first.")
+                form = await request.post()
+                if not same_token(_field(form, "csrf"), session.csrf):
+                    raise Refused(
+                        403, "Refused: the form carries no valid token. Reload the page and retry."
+                    )
+        elif not public and session is None:
+            raise web.HTTPSeeOther("/login")
+        return await handler(request)
+
+
+def _sign_in_problem(dsn: str, role: str) -> str | None:
+    """Sign a role in: connect as it (DatabaseUnavailable when PostgreSQL refuses), then why it
+    may not use the console, or None when it may."""
+    with connect(dsn, application_name=APPLICATION_NAME) as conn:
+        if not conn.pgconn.used_password:
+            # trust or peer in pg_hba.conf: anyone could sign in as the role with any password.
+            return (
+                f"PostgreSQL did not ask for role {role}'s password (pg_hba.conf trusts it): "
+                "the console signs in only roles whose password PostgreSQL checks."
+            )
+        try:
+            version = Store(conn).installed_version()
+        except psycopg.errors.InsufficientPrivilege:
+            version = -1
+        if version == -1 or version == 0:
+            return (
+                f"Role {role} sees no relay in this database: install relay, or grant the "
+                "role the console's rights with sql/console_role.sql (docs/console.md)."
+            )
+        latest = sqlfiles.latest_version()
+        if version != latest:
+            return (
+                f"relay's schema is at version {version}, this console needs {latest}: run "
+                "the relay of the same release."
+            )
+    return None
+
+
+def _field(form: Mapping[str, Any], name: str) -> str | None:
+    value = form.get(name)
+    return value if isinstance(value, str) else None
+
+
+def _delivery_ids(request: web.Request) -> tuple[int, int]:
+    outbox_id = filters.whole_number(request.match_info["outbox_id"])
+    webhook_id = filters.whole_number(request.match_info["webhook_id"])
+    if outbox_id is None or webhook_id is None:
+        raise Refused(404, "No such delivery.")
+    return outbox_id, webhook_id
+
+
+def _secure(response: web.StreamResponse) -> None:
+    headers = response.headers
+    headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["X-Frame-Options"] = "DENY"
+    # Never a referrer to another site; not no-referrer, with which browsers send "Origin:
+    # null" with the console's own forms, and the origin check could not tell them apart.
+    headers["Referrer-Policy"] = "same-origin"
+    headers["Cache-Control"] = "no-store"
+
+
+def make_app(config: Config) -> web.Application:
+    """The console's application, ready for aiohttp's runner or test client."""
+    console = Console(config)
+    app = web.Application(middlewares=[console.guard], client_max_size=64 * 1024)
+    app.router.add_get("/login", console.login_form)
+    app.router.add_post("/login", console.login)
+    app.router.add_post("/logout", console.logout)
+    app.router.add_get("/", console.overview)
+    app.router.add_get("/webhooks", console.webhooks)
+    app.router.add_post("/webhooks/{action:pause|resume}", console.steer)
+    app.router.add_get("/deliveries", console.deliveries)
+    app.router.add_get("/deliveries/{outbox_id}/{webhook_id}", console.delivery)
+    app.router.add_post("/deliveries/{outbox_id}/{webhook_id}/retry", console.retry)
+    app.router.add_get("/audit", console.audit)
+    app.router.add_get("/static/console.css", console.stylesheet)
+    app.router.add_get("/favicon.ico", console.favicon)
+    return app
+
+
+async def serve(config: Config, host: str, port: int, ready: Callable[[], None]) -> None:
+    """Serve until cancelled (SIGINT, SIGTERM: the command line's loop cancels it)."""
+    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    ready()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,391 @@
+"""relay console against a real PostgreSQL, served on 127.0.0.1 and spoken to over HTTP: who
+may sign in, what each role may see and do, the audit, and the attacks a web page invites
+(forged forms, hostile names, guessed passwords, stolen or stale cookies)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from relay.cli.tempcluster import TempCluster
+from support.console import PASSWORD, password_cluster, person, relay_database, serving
+from support.receivers import free_port, receiver
+from support.worker import running, setup, until
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[TempCluster]:
+    with password_cluster() as started:
+        yield started
+
+
+@pytest.fixture
+def dsn(cluster: TempCluster) -> Iterator[str]:
+    with relay_database(cluster) as made:
+        yield made
+
+
+def _client() -> aiohttp.ClientSession:
+    # Cookies for 127.0.0.1 (an IP address: aiohttp's jar keeps them only when told to).
+    return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+
+
+def _token(html: str, name: str) -> str:
+    found = re.search(rf'name="{name}" value="([^"]+)"', html)
+    assert found, f"no {name} in the page"
+    return found[1]
+
+
+async def sign_in(
+    client: aiohttp.ClientSession, base: str, role: str, password: str = PASSWORD
+) -> aiohttp.ClientResponse:
+    form = await client.get(f"{base}/login")
+    token = _token(await form.text(), "token")
+    data = {"token": token, "role": role, "password": password}
+    return await client.post(f"{base}/login", data=data, allow_redirects=False)
+
+
+async def csrf(client: aiohttp.ClientSession, base: str) -> str:
+    page = await client.get(f"{base}/")
+    return _token(await page.text(), "csrf")
+
+
+def audit(dsn: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT actor, action, target, detail, address FROM relay.console_audit ORDER BY id"
+        ).fetchall()
+
+
+def paused(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT paused_at FROM relay.webhooks WHERE name = %s", (name,))
+        found = row.fetchone()
+        assert found is not None
+        return found[0] is not None
+
+
+def test_postgresql_checks_the_password_and_the_cookie_is_guarded(dsn: str) -> None:
+    alice = person(dsn, "alice")
+    nobody = person(dsn, "nobody", rights=False)
+
+    async def go() -> None:
+        async with serving(dsn) as base, _client() as client:
+            first = await client.get(f"{base}/", allow_redirects=False)
+            assert (first.status, first.headers["Location"]) == (303, "/login")
+            wrong = await sign_in(client, base, alice, "not the password")
+            assert wrong.status == 401 and "Wrong role or password." in await wrong.text()
+            unknown = await sign_in(client, base, "no_such_role")
+            assert unknown.status == 401 and "Wrong role or password." in await unknown.text()
+            # postgres is trusted by pg_hba.conf: any password would do, so none does.
+            trusted = await sign_in(client, base, "postgres", "anything")
+            assert trusted.status == 403
+            assert "did not ask for role postgres&#39;s password" in await trusted.text()
+            bare = await sign_in(client, base, nobody)
+            assert bare.status == 403
+            assert f"Role {nobody} sees no relay" in await bare.text()
+            assert "sql/console_role.sql" in await bare.text()
+
+            good = await sign_in(client, base, alice)
+            assert (good.status, good.headers["Location"]) == (303, "/")
+            cookie = good.headers.getall("Set-Cookie")
+            session = next(c for c in cookie if c.startswith("relay_console="))
+            assert "HttpOnly" in session and "SameSite=Strict" in session
+            assert PASSWORD not in session
+            page = await client.get(f"{base}/")
+            text = await page.text()
+            assert page.status == 200 and f'signed in as <b class="role">{alice}</b>' in text
+            assert "No relay is connected" in text
+            policy = page.headers["Content-Security-Policy"]
+            assert "default-src 'none'" in policy and "script" not in policy
+            assert page.headers["X-Frame-Options"] == "DENY"
+            css = await client.get(f"{base}/static/console.css")
+            assert css.status == 200 and css.content_type == "text/css"
+
+            # Signed out, the same cookie opens nothing.
+            token = await csrf(client, base)
+            out = await client.post(f"{base}/logout", data={"csrf": token}, allow_redirects=False)
+            assert out.status == 303
+            after = await client.get(f"{base}/", allow_redirects=False)
+            assert after.status == 303
+
+    asyncio.run(go())
+
+
+def test_pause_and_resume_run_as_the_role_and_are_audited(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="orders-hook")
+    alice = person(dsn, "alice")
+
+    async def go() -> None:
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, alice)
+            token = await csrf(client, base)
+            page = await client.get(f"{base}/webhooks")
+            assert "orders-hook" in await page.text()
+            pause = await client.post(
+                f"{base}/webhooks/pause", data={"csrf": token, "name": "orders-hook"}
+            )
+            assert pause.status == 200 and "Paused:" in await pause.text()
+            assert paused(dsn, "orders-hook")
+            again = await client.post(
+                f"{base}/webhooks/pause", data={"csrf": token, "name": "orders-hook"}
+            )
+            assert "It was paused already" in await again.text()
+            resume = await client.post(
+                f"{base}/webhooks/resume", data={"csrf": token, "name": "orders-hook"}
+            )
+            assert "Resumed:" in await resume.text()
+            assert not paused(dsn, "orders-hook")
+            missing = await client.post(
+                f"{base}/webhooks/pause", data={"csrf": token, "name": "nope\x00"}
+            )
+            assert missing.status == 404
+            shown = await (await client.get(f"{base}/audit")).text()
+            assert shown.count("webhook pause") == 2 and "webhook resume" in shown
+
+    asyncio.run(go())
+    assert audit(dsn) == [
+        (alice, "webhook pause", "orders-hook", "paused", "127.0.0.1"),
+        (alice, "webhook pause", "orders-hook", "already-paused", "127.0.0.1"),
+        (alice, "webhook resume", "orders-hook", "resumed", "127.0.0.1"),
+    ]
+
+
+def test_forged_forms_and_a_role_without_the_right_change_nothing(dsn: str) -> None:
+    """No token, a wrong one, another site's origin, no session: refused before the database
+    is asked. A role that may read but not pause gets a page saying so, and no audit entry is
+    left of what it could not do."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="orders-hook")
+    alice = person(dsn, "alice")
+    viewer = person(dsn, "viewer")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"REVOKE UPDATE ON relay.webhooks FROM {viewer}")
+
+    async def go() -> None:
+        async with serving(dsn) as base:
+            async with _client() as client:
+                await sign_in(client, base, alice)
+                token = await csrf(client, base)
+                url = f"{base}/webhooks/pause"
+                for data, headers in [
+                    ({"name": "orders-hook"}, {}),
+                    ({"name": "orders-hook", "csrf": "forged"}, {}),
+                    ({"name": "orders-hook", "csrf": token}, {"Origin": "http://evil.example"}),
+                ]:
+                    refused = await client.post(url, data=data, headers=headers)
+                    assert refused.status == 403, await refused.text()
+                    assert "Refused" in await refused.text()
+            async with _client() as stranger:
+                refused = await stranger.post(url, data={"name": "orders-hook", "csrf": token})
+                assert refused.status == 403 and "sign in first" in await refused.text()
+            async with _client() as client:
+                await sign_in(client, base, viewer)
+                token = await csrf(client, base)
+                denied = await client.post(url, data={"name": "orders-hook", "csrf": token})
+                text = await denied.text()
+                assert denied.status == 403
+                assert f"Your role {viewer} may not do this" in text
+                assert "Traceback" not in text and "sql/console_role.sql" in text
+                assert (await client.get(f"{base}/webhooks")).status == 200
+
+    asyncio.run(go())
+    assert not paused(dsn, "orders-hook")
+    assert audit(dsn) == []
+
+
+def test_sign_in_attempts_are_limited_per_role(dsn: str) -> None:
+    alice = person(dsn, "alice")
+
+    async def go() -> None:
+        async with serving(dsn) as base, _client() as client:
+            for _ in range(5):
+                assert (await sign_in(client, base, alice, "guess")).status == 401
+            # The right password now waits too: the guesser cannot tell it was right.
+            held = await sign_in(client, base, alice)
+            assert held.status == 429 and "Too many failed sign-ins" in await held.text()
+
+    asyncio.run(go())
+
+
+def test_an_idle_session_ends_and_a_forged_cookie_opens_nothing(dsn: str) -> None:
+    alice = person(dsn, "alice")
+
+    async def go() -> None:
+        async with serving(dsn, idle_seconds=2) as base, _client() as client:
+            signed = await sign_in(client, base, alice)
+            value = next(c.value for c in client.cookie_jar if c.key == "relay_console")
+            assert signed.status == 303
+            assert (await client.get(f"{base}/", allow_redirects=False)).status == 200
+            session_id, signature = value.split(".")
+            async with _client() as forger:
+                forged = f"{session_id}.{'0' * len(signature)}"
+                response = await forger.get(
+                    f"{base}/", headers={"Cookie": f"relay_console={forged}"}, allow_redirects=False
+                )
+                assert response.status == 303
+            await asyncio.sleep(2.3)
+            ended = await client.get(f"{base}/", allow_redirects=False)
+            assert (ended.status, ended.headers["Location"]) == (303, "/login")
+
+    asyncio.run(go())
+
+
+def test_hostile_names_and_row_values_are_text(dsn: str) -> None:
+    hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook?token=abc123", name=hostile)
+        conn.execute("ALTER TABLE items ADD COLUMN note text")
+        conn.execute("INSERT INTO items VALUES (1, 1, %s)", (hostile,))
+    alice = person(dsn, "alice")
+
+    async def go() -> None:
+        async with running(dsn):  # fan-out makes the delivery
+            await until(lambda: _deliveries(dsn) == 1)
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, alice)
+            pages = [
+                await (await client.get(f"{base}/webhooks")).text(),
+                await (await client.get(f"{base}/deliveries")).text(),
+            ]
+            link = re.search(r'href="(/deliveries/\d+/\d+)"', pages[1])
+            assert link
+            pages.append(await (await client.get(f"{base}{link[1]}")).text())
+            for page in pages:
+                assert "<script>alert" not in page and "<img src=x" not in page
+                assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+            assert "abc123" not in pages[2]  # the URL's query value is masked
+
+    asyncio.run(go())
+
+
+def _deliveries(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM relay.deliveries").fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_the_log_finds_an_object_by_its_key_and_pages_through_the_rest(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="hook")
+    alice = person(dsn, "alice")
+
+    async def go() -> None:
+        async with receiver() as r:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("UPDATE relay.webhooks SET payload_url = %s", (r.url,))
+                conn.execute("INSERT INTO items SELECT i, 0 FROM generate_series(1, 60) i")
+                conn.execute("UPDATE items SET v = 1 WHERE id = 7")
+            async with running(dsn):
+                await until(lambda: len(r.requests) == 61, timeout=20)
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, alice)
+            for key in ("7", '{"id": 7}'):
+                found = await client.get(
+                    f"{base}/deliveries", params={"table": "public.items", "key": key}
+                )
+                rows = re.findall(r'<td class="key">([^<]*)</td>', await found.text())
+                assert rows == ["{&#34;id&#34; : 7}"] * 2, rows  # as PostgreSQL wrote it
+            first = await (await client.get(f"{base}/deliveries")).text()
+            assert first.count('<td class="key">') == 50
+            older = re.search(r'href="([^"]+)" rel="next"', first)
+            assert older
+            second = await (await client.get(base + older[1].replace("&amp;", "&"))).text()
+            assert second.count('<td class="key">') == 11
+            assert 'rel="next"' not in second
+            bad = await client.get(f"{base}/deliveries", params={"key": "{not json"})
+            assert "key: a JSON object" in await bad.text()
+            nul = await client.get(f"{base}/deliveries", params={"before": "1-x"})
+            assert "start from the first page" in await nul.text()
+            none = await client.get(f"{base}/deliveries/999/999")
+            assert none.status == 404
+
+    asyncio.run(go())
+
+
+def test_relay_console_serves_until_sigterm_and_says_what_is_wrong(dsn: str) -> None:
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    command = [sys.executable, "-m", "relay", "console", "--dsn", dsn]
+    with subprocess.Popen(
+        [*command, "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    ) as served:
+        assert served.stdout is not None
+        assert served.stdout.readline() == f"relay console listening on http://127.0.0.1:{port}\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as page:
+            assert page.status == 200 and "Sign in" in page.read().decode()
+        served.send_signal(signal.SIGTERM)
+        assert served.wait(10) == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for listen, says in [
+            ("nonsense", "error: --listen (or RELAY_CONSOLE_LISTEN): 'nonsense' is not host:port"),
+            (f"127.0.0.1:{busy}", f"error: cannot listen on 127.0.0.1:{busy}: "),
+        ]:
+            done = subprocess.run(
+                [*command, "--listen", listen],
+                capture_output=True,
+                text=True,
+                env=environment,
+                timeout=30,
+                check=False,
+            )
+            lines = done.stderr.strip().splitlines()
+            assert done.returncode == 2 and len(lines) == 1, done.stderr
+            assert lines[0].startswith(says), lines
+
+
+def test_the_console_rights_read_no_secret_and_cannot_write_the_audit_in_another_name(
+    dsn: str,
+) -> None:
+    """What sql/console_role.sql grants, probed as the person's own SQL would: no webhook's
+    secret, no entry in the audit with another's name or another time, no change of an
+    entry, and nothing of what is not the console's (rules, tracking)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="hook")
+    alice = person(dsn, "alice")
+    port = conninfo_to_dict(dsn)["port"]
+    database = conninfo_to_dict(dsn)["dbname"]
+    as_alice = f"host=127.0.0.1 port={port} dbname={database} user={alice} password='{PASSWORD}'"
+    with psycopg.connect(as_alice, autocommit=True) as conn:
+        for statement in [
+            "SELECT secret FROM relay.webhooks",
+            "INSERT INTO relay.console_audit (actor, action, target, address)"
+            " VALUES ('bob', 'x', 'y', 'z')",
+            "INSERT INTO relay.console_audit (at, action, target, address)"
+            " VALUES ('2000-01-01', 'x', 'y', 'z')",
+            "UPDATE relay.console_audit SET detail = 'nothing happened'",
+            "DELETE FROM relay.console_audit",
+            "UPDATE relay.event_rules SET enabled = false",
+            "UPDATE relay.webhooks SET payload_url = 'http://127.0.0.1:1/'",
+            "SELECT relay.untrack('items')",
+        ]:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO relay.console_audit (action, target, address) VALUES ('x', 'y', 'z')"
+        )
+        row = conn.execute(
+            "SELECT actor, now() - at < interval '1 minute' FROM relay.console_audit"
+        ).fetchone()
+        assert row == (alice, True)

@@ -1,0 +1,158 @@
+"""The console's pure rules, without a database or a server: sessions and their cookies, CSRF
+tokens and origins, login limits, what the deliveries log is asked for, and how pages write
+what came from elsewhere."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from relay.console.filters import cursor, delivery_filter, whole_number
+from relay.console.security import (
+    MAX_AGE_SECONDS,
+    MAX_COUNTED,
+    LoginLimits,
+    Sessions,
+    same_origin,
+    same_token,
+)
+from relay.console.views import age, excerpt_shown, reason_shown, url, when
+from relay.store import DeliveryFilter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_session_cookie_names_its_session_only_while_it_is_used() -> None:
+    clock = Clock()
+    sessions = Sessions(idle_seconds=60, clock=clock)
+    session = sessions.start("alice", "pw")
+    cookie = sessions.cookie(session)
+    assert "pw" not in cookie and "alice" not in cookie
+    assert sessions.find(cookie) is session
+    session_id, signature = cookie.split(".")
+    for forged in [
+        f"{session_id}.{'0' * len(signature)}",
+        f"{session_id}x.{signature}",
+        session_id,
+        "",
+        None,
+        f"{cookie}.x",
+    ]:
+        assert sessions.find(forged) is None
+    # Another console process (another key) does not know the cookie.
+    assert Sessions(idle_seconds=60, clock=clock).find(cookie) is None
+    clock.now += 59
+    assert sessions.find(cookie) is session  # used: idle time starts again
+    clock.now += 61
+    assert sessions.find(cookie) is None
+    assert len(sessions) == 0
+
+
+def test_a_busy_session_still_ends_and_signing_in_again_makes_a_new_one() -> None:
+    clock = Clock()
+    sessions = Sessions(idle_seconds=600, clock=clock)
+    first = sessions.start("alice", "pw")
+    second = sessions.start("alice", "pw")
+    assert first.id != second.id and first.csrf != second.csrf
+    cookie = sessions.cookie(first)
+    while clock.now < 1000 + MAX_AGE_SECONDS - 300:
+        clock.now += 300
+        assert sessions.find(cookie) is first
+    clock.now += 301
+    assert sessions.find(cookie) is None
+    assert "pw" not in repr(second)
+
+
+def test_tokens_and_origins() -> None:
+    assert same_token("abc", "abc")
+    assert not same_token(None, "abc") and not same_token("", "abc") and not same_token("ab", "abc")
+    assert same_origin(None, "http", "127.0.0.1:8780")  # an older browser sends none
+    assert same_origin("http://127.0.0.1:8780", "http", "127.0.0.1:8780")
+    assert not same_origin("null", "http", "127.0.0.1:8780")
+    assert not same_origin("http://evil.example", "http", "127.0.0.1:8780")
+    assert not same_origin("http://127.0.0.1:8780", "https", "127.0.0.1:8780")
+
+
+def test_sign_in_failures_are_limited_per_role_and_per_address() -> None:
+    clock = Clock()
+    limits = LoginLimits(per_address=10, per_role=5, window=300, clock=clock)
+    for _ in range(5):
+        assert limits.wait("10.0.0.1", "alice") == 0
+        limits.failed("10.0.0.1", "alice")
+    assert limits.wait("10.0.0.1", "alice") == 300
+    assert limits.wait("10.0.0.9", "alice") == 300  # the role, from anywhere
+    assert limits.wait("10.0.0.1", "bob") == 0  # this address may try 5 more
+    for _ in range(5):
+        limits.failed("10.0.0.1", f"role{_}")
+    assert limits.wait("10.0.0.1", "bob") == 300  # the address, for any role
+    clock.now += 120
+    assert limits.wait("10.0.0.9", "alice") == 180
+    clock.now += 180
+    assert limits.wait("10.0.0.9", "alice") == 0
+    limits.failed("10.0.0.2", "carol")
+    limits.succeeded("10.0.0.2", "carol")
+    assert limits.wait("10.0.0.2", "carol") == 0
+
+
+def test_made_up_role_names_do_not_grow_the_count_without_end() -> None:
+    clock = Clock()
+    limits = LoginLimits(window=300, clock=clock)
+    for n in range(30_000):
+        limits.failed(f"10.0.{n // 250}.{n % 250}", f"role{n}")
+        clock.now += 0.1
+        assert len(limits._failures) <= MAX_COUNTED + 2
+
+
+def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
+    asked = delivery_filter(
+        {"webhook": " orders ", "status": "failed", "table": "public.items", "key": "42"}
+    )
+    assert asked.problem is None
+    assert asked.wanted == DeliveryFilter("orders", "failed", "public", "items", None, "42")
+    composite = delivery_filter({"table": "items", "key": '{"a": 1, "b": "x"}'})
+    assert composite.wanted.key_json == '{"a": 1, "b": "x"}' and composite.wanted.schema is None
+    assert delivery_filter({"before": "10-3"}).wanted.before == (10, 3)
+    assert delivery_filter({}).wanted == DeliveryFilter()
+    for query, says in [
+        ({"status": "lost"}, "status: one of pending, delivered, failed"),
+        ({"table": "public."}, "table: schema.table"),
+        ({"key": "{oops"}, "key: a JSON object"),
+        ({"key": "{}"}, "key: a JSON object"),
+        ({"key": "x" * 1001}, "key: longer than 1000"),
+        ({"webhook": "a\x00b"}, "webhook: holds a NUL"),
+        ({"before": "10"}, "before: not a page"),
+        ({"before": "1-99999999999999999999"}, "before: not a page"),
+        ({"before": "\u0661-\u0662"}, "before: not a page"),  # Arabic-Indic digits
+    ]:
+        problem = delivery_filter(query).problem
+        assert problem is not None and problem.startswith(says), (query, problem)
+    assert cursor(None) is None and cursor("") is None
+    assert whole_number("7") == 7
+    assert [whole_number(v) for v in ("0", "-1", "x", None, "9" * 20, "\u0663")] == [None] * 6
+
+
+def test_pages_write_ages_times_and_what_came_from_elsewhere() -> None:
+    assert [age(None), age(4.24), age(720), age(12_600), age(200_000)] == [
+        "-",
+        "4.2 s",
+        "12 min",
+        "3.5 h",
+        "2.3 d",
+    ]
+    assert when(None) == "-"
+    assert when(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02 03:04:05 +0000"
+    assert (
+        url("https://user:pw@hooks.example/in?token=abc")
+        == "https://******@hooks.example/in?token=******"
+    )
+    assert reason_shown(None) == "-"
+    assert reason_shown("failed\nat https://hooks.example/x?token=abc") == (
+        "failed at https://hooks.example/…"
+    )
+    assert "abc" not in excerpt_shown("see https://hooks.example/x?token=abc\nbye")
+    assert excerpt_shown("line\nline") == "line\nline"
