@@ -155,7 +155,12 @@ def test_the_owner_adds_and_edits_a_webhook_with_every_field_and_the_secret_is_n
 
 def test_bad_webhooks_are_refused_on_the_form_and_nothing_is_stored(dsn: str) -> None:
     boss = owner(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO relay.webhooks (name, payload_url) VALUES ('taken', 'http://127.0.0.1:9/')"
+        )
     cases = [
+        ({"name": "taken"}, "Choose another name"),
         ({"body-template": '{"id": {{ data.id }'}, "body_template"),
         ({"body-template": "{% for x in data %}"}, "line 1"),
         ({"header": "no colon here"}, "additional_headers line 1"),
@@ -189,18 +194,21 @@ def test_bad_webhooks_are_refused_on_the_form_and_nothing_is_stored(dsn: str) ->
                 assert "first-secret" not in page
 
     asyncio.run(go())
-    assert _one(dsn, "SELECT count(*) FROM relay.webhooks") == 0
+    assert _one(dsn, "SELECT count(*) FROM relay.webhooks") == 1
     assert audit(dsn) == []
 
 
 def test_roles_that_may_not_change_webhooks_get_a_403_page_and_change_nothing(dsn: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        setup(conn, "http://127.0.0.1:9/hook", name="orders")
+    """The console's role and the service's may not change webhooks or rules; nor send a test
+    event (the console's may not read the secret to sign it, the service's may not record it
+    in the audit): refused before anything is sent."""
     operator = person(dsn, "alice")
     relay_role = service(dsn)
 
     async def go() -> None:
-        async with serving(dsn) as base:
+        async with receiver() as r, serving(dsn) as base:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                setup(conn, r.url, name="orders")
             for role in (operator, relay_role):
                 async with _client() as client:
                     assert (await sign_in(client, base, role)).status == 303
@@ -210,12 +218,14 @@ def test_roles_that_may_not_change_webhooks_get_a_403_page_and_change_nothing(ds
                         (f"{base}/webhooks/save", {**WEBHOOK, "name": "new"}),
                         (f"{base}/webhooks/disable", {"name": "orders", "confirm": "yes"}),
                         (f"{base}/rules/disable", {"name": "orders"}),
+                        (f"{base}/webhooks/test", {"name": "orders"}),
                     ]:
                         denied = await client.post(url, data={**data, "csrf": token})
                         text = await denied.text()
                         assert denied.status == 403, (role, url, text)
                         assert f"Your role {role} may not do this" in text
                         assert "permission denied" in text
+            assert r.requests == []
 
     asyncio.run(go())
     assert _one(dsn, "SELECT count(*) FROM relay.webhooks") == 1

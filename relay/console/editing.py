@@ -373,7 +373,11 @@ class Editing:
             key = ruleset.table_key(rule.tables[0])
             assert key is not None, "the database checks a rule's table names"
             columns = paths.tables_of(store.tracked_columns()).get(key, {})
-            new = {column: None for column in columns} | row
+            new = {column: None for column, c in columns.items() if not c.excluded} | row
+            # May the role record it? Asked before anything is sent: a test the audit cannot
+            # record is not made.
+            with store.conn.transaction(force_rollback=True):
+                store.audit("webhook test", name, "checking the right to record", address)
             change = previews.made_up(key[0], key[1], "insert", new, None, "relay console test")
             return rule, rule.webhook, replace(change, model=loaded.model(*key))
 
@@ -389,8 +393,9 @@ class Editing:
         delivery_id = str(uuid.uuid4())
         sent, excerpt = None, ""
         try:
+            subject = previews.subject(rule, [change])
             rendered = await _in_thread(
-                _render, hook, change, rule.action_data, delivery_id, self._globs()
+                _render, hook, subject, rule.action_data, delivery_id, self._globs()
             )
         except RenderError as exc:
             outcome_text = f"not sent: {reason(str(exc))}"
