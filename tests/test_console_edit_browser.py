@@ -147,7 +147,15 @@ def test_edit_a_rule_preview_it_and_add_a_webhook_with_a_broken_template(dsn: st
 def test_hostile_webhook_and_rule_names_and_templates_render_as_text(dsn: str) -> None:
     hostile = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
     with psycopg.connect(dsn, autocommit=True) as conn:
-        setup(conn, "http://127.0.0.1:9/hook", name=hostile, body_template=hostile)
+        setup(
+            conn,
+            "http://127.0.0.1:9/hook",
+            name=hostile,
+            body_template=hostile + "{{ data.note }}",
+        )
+        conn.execute("ALTER TABLE items ADD COLUMN note text")
+        conn.execute("INSERT INTO items VALUES (1, 1, %s)", (hostile,))
+    outbox_id = _one(dsn, "SELECT max(id) FROM relay.outbox")
     boss = owner(dsn)
 
     async def go() -> None:
@@ -160,12 +168,17 @@ def test_hostile_webhook_and_rule_names_and_templates_render_as_text(dsn: str) -
             await page.locator("td.name a").click()
             await expect(page.locator("h1")).to_have_text(f"Webhook {hostile}")
             assert await page.locator("form.edit input[name=name]").input_value() == hostile
-            assert await page.locator("textarea[name=body-template]").input_value() == hostile
+            template = page.locator("textarea[name=body-template]")
+            assert await template.input_value() == hostile + "{{ data.note }}"
             assert await page.locator("main script, main img").count() == 0
             await page.get_by_role("link", name="Rules", exact=True).click()
             assert await page.locator("td.name").inner_text() == hostile
             await page.locator("td.name a").click()
             await expect(page.locator("h1")).to_have_text(f"Rule {hostile}")
+            assert await page.locator("script, img").count() == 0
+            await page.fill("input[name=outbox_id]", str(outbox_id))
+            await page.get_by_role("button", name="Preview").click()
+            await expect(page.locator("#request")).to_contain_text(hostile + hostile)
             assert await page.locator("script, img").count() == 0
             assert seen == []
             await browser.close()

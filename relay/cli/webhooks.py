@@ -68,44 +68,48 @@ rules_app = group("All rules at once.")
 MaxAttempts = Annotated[
     int | None,
     typer.Option(
-        min=1,
-        max=1000,
+        min=edits.MAX_ATTEMPTS[0],
+        max=edits.MAX_ATTEMPTS[1],
         help="Attempts per delivery to this webhook, 1 to 1000 (default: RELAY_MAX_ATTEMPTS).",
     ),
 ]
 RetryBase = Annotated[
     float | None,
     typer.Option(
-        min=0.001,
-        max=86_400,
+        min=edits.RETRY_BASE_SECONDS[0],
+        max=edits.RETRY_BASE_SECONDS[1],
         help="First retry delay, seconds (default: RELAY_RETRY_BASE_SECONDS).",
     ),
 ]
 RetryMax = Annotated[
     float | None,
     typer.Option(
-        min=0.001,
-        max=2_592_000,
+        min=edits.RETRY_MAX_SECONDS[0],
+        max=edits.RETRY_MAX_SECONDS[1],
         help="Longest retry delay, seconds, at most 30 days (default: RELAY_RETRY_MAX_SECONDS).",
     ),
 ]
 Timeout = Annotated[
     float | None,
-    typer.Option(min=0.001, max=300, help="Seconds per request, at most 300 (default: 10)."),
+    typer.Option(
+        min=edits.TIMEOUT_SECONDS[0],
+        max=edits.TIMEOUT_SECONDS[1],
+        help="Seconds per request, at most 300 (default: 10).",
+    ),
 ]
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        min=1,
-        max=1000,
+        min=edits.BATCH_SIZE[0],
+        max=edits.BATCH_SIZE[1],
         help="Changes per request, 1 to 1000; above 1 the body is a JSON array (default: 1).",
     ),
 ]
 BatchWait = Annotated[
     int | None,
     typer.Option(
-        min=0,
-        max=60000,
+        min=edits.BATCH_WAIT_MS[0],
+        max=edits.BATCH_WAIT_MS[1],
         help="Milliseconds a batch that is not full may wait for more changes (default: 0).",
     ),
 ]

@@ -23,13 +23,19 @@ from relay.rules import conditions, ruleset
 DEAD_AFTER_RANGE = (60, 31_536_000)
 """What relay.webhooks.dead_after_seconds takes (relay.check_webhook): a minute to a year."""
 
+MAX_ATTEMPTS = (1, 1000)
+RETRY_BASE_SECONDS = (0.001, 86_400)
+RETRY_MAX_SECONDS = (0.001, 2_592_000)
+TIMEOUT_SECONDS = (0.001, 300)
+BATCH_SIZE = (1, 1000)
+BATCH_WAIT_MS = (0, 60_000)
 BOUNDS: dict[str, tuple[float, float]] = {
-    "max-attempts": (1, 1000),
-    "retry-base-seconds": (0.001, 86_400),
-    "retry-max-seconds": (0.001, 2_592_000),
-    "timeout": (0.001, 300),
-    "batch-size": (1, 1000),
-    "batch-wait-ms": (0, 60_000),
+    "max-attempts": MAX_ATTEMPTS,
+    "retry-base-seconds": RETRY_BASE_SECONDS,
+    "retry-max-seconds": RETRY_MAX_SECONDS,
+    "timeout": TIMEOUT_SECONDS,
+    "batch-size": BATCH_SIZE,
+    "batch-wait-ms": BATCH_WAIT_MS,
 }
 """The plain numbers' ranges, by option name (without its dashes): the command line's options
 and the console's fields both take these."""
