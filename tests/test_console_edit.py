@@ -430,5 +430,28 @@ def test_hostile_names_and_templates_render_as_text(dsn: str) -> None:
                 assert page.status == 200, text
                 assert "<script>" not in text and "<img" not in text
                 assert "&lt;script&gt;" in text
+            # A NUL, which PostgreSQL's text cannot hold: no such webhook, or said on the form.
+            token = await csrf(client, base)
+            for path in ("/webhooks/edit", "/rules/edit"):
+                missing = await client.get(base + path, params={"name": "a\x00"})
+                assert missing.status == 404
+            for path in ("/webhooks/disable", "/webhooks/test", "/rules/enable"):
+                missing = await client.post(base + path, data={"csrf": token, "name": "a\x00"})
+                assert missing.status == 404
+            refused = await client.post(
+                f"{base}/webhooks/save", data={**WEBHOOK, "name": "a\x00", "csrf": token}
+            )
+            assert refused.status == 400 and "NUL" in _problem(await refused.text())
+            refused = await client.post(
+                f"{base}/rules/save",
+                data={
+                    "csrf": token,
+                    "name": "r",
+                    "webhook": "a\x00",
+                    "table": "public.items",
+                    "event": "insert",
+                },
+            )
+            assert refused.status == 400
 
     asyncio.run(go())

@@ -237,6 +237,7 @@ class Editing:
         name = request.query.get("name")
         if name is None:
             return self._form_page(request, webhook_fields(None), None, None)
+        _findable(name, "webhook")
 
         def read(db: orm.Session, store: Store) -> dict[str, str] | None:
             hook = admin.webhook_by_name(db, name)
@@ -314,7 +315,7 @@ class Editing:
         (a page with a confirming form); pausing keeps them."""
         on = request.match_info["action"] == "enable"
         form = await request.post()
-        name = _text(form, "name")
+        name = _findable(_text(form, "name"), "webhook")
         confirmed = _text(form, "confirm") == "yes"
         address = self.console.address(request)
 
@@ -353,7 +354,7 @@ class Editing:
         its row every column of that table (tracked) as null, then the JSON object given;
         rendered with that rule's action_data, under a fresh delivery id."""
         form = await request.post()
-        name = _text(form, "name")
+        name = _findable(_text(form, "name"), "webhook")
         given = _text(form, "row")
         address = self.console.address(request)
         try:
@@ -502,6 +503,7 @@ class Editing:
                 "enabled": "on",
             }
             return await self._rule_page(request, empty, None, None)
+        _findable(name, "rule")
 
         def read(db: orm.Session, store: Store) -> dict[str, Any] | None:
             rule = admin.rule_by_name(db, name)
@@ -597,7 +599,7 @@ class Editing:
         """Enable or disable a rule (changes already matched still go)."""
         on = request.match_info["action"] == "enable"
         form = await request.post()
-        name = _text(form, "name")
+        name = _findable(_text(form, "name"), "rule")
         address = self.console.address(request)
 
         def switch(db: orm.Session, store: Store) -> str | None:
@@ -701,6 +703,14 @@ async def _in_thread(work: Any, *args: Any) -> Any:
 
 def _query(**values: str) -> str:
     return urlencode(values)
+
+
+def _findable(name: str, kind: str) -> str:
+    """``name``, or the page says there is no such webhook or rule: PostgreSQL's text holds no
+    NUL, and psycopg refuses to send one (names are refused control characters anyway)."""
+    if "\x00" in name:
+        raise _no(kind)
+    return name
 
 
 def _no(kind: str) -> Exception:
