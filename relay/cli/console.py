@@ -48,6 +48,7 @@ def console(
         idle_seconds=settings.console_idle_seconds,
         secure_cookie=settings.console_secure_cookie,
         trust_forwarded=settings.console_trust_forwarded,
+        template_env_globs=tuple(settings.template_env_globs),
     )
 
     def ready() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,11 +40,12 @@ from relay.cli.common import (
 )
 from relay.db import DatabaseUnavailable, first_line
 from relay.delivery import coalesce, tls
-from relay.model import BODY_FORMATS, Batch, Change, Webhook, loads, related_name
-from relay.reasons import MASK, reason, redact, scrub, sensitive, url_shown
+from relay.model import Change, loads, related_name
+from relay.reasons import MASK, reason, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
-from relay.render.request import RenderError, env_values, secrets_of
-from relay.rules import paths, ruleset
+from relay.render.request import RenderError
+from relay.rules import edits, paths, ruleset
+from relay.rules import preview as preview_module
 from relay.store import Models, Store
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ else:  # SQLAlchemy, when a command reads or writes webhooks and rules, not at e
 
 Row = TypeVar("Row")
 """A webhook's or a rule's mapped row (relay/rules/admin.py)."""
+Checked = TypeVar("Checked")
 
 webhook_app = group("Webhooks: where changes are sent.")
 rule_app = group("Event rules: which changes go to which webhook.")
@@ -67,44 +68,48 @@ rules_app = group("All rules at once.")
 MaxAttempts = Annotated[
     int | None,
     typer.Option(
-        min=1,
-        max=1000,
+        min=edits.MAX_ATTEMPTS[0],
+        max=edits.MAX_ATTEMPTS[1],
         help="Attempts per delivery to this webhook, 1 to 1000 (default: RELAY_MAX_ATTEMPTS).",
     ),
 ]
 RetryBase = Annotated[
     float | None,
     typer.Option(
-        min=0.001,
-        max=86_400,
+        min=edits.RETRY_BASE_SECONDS[0],
+        max=edits.RETRY_BASE_SECONDS[1],
         help="First retry delay, seconds (default: RELAY_RETRY_BASE_SECONDS).",
     ),
 ]
 RetryMax = Annotated[
     float | None,
     typer.Option(
-        min=0.001,
-        max=2_592_000,
+        min=edits.RETRY_MAX_SECONDS[0],
+        max=edits.RETRY_MAX_SECONDS[1],
         help="Longest retry delay, seconds, at most 30 days (default: RELAY_RETRY_MAX_SECONDS).",
     ),
 ]
 Timeout = Annotated[
     float | None,
-    typer.Option(min=0.001, max=300, help="Seconds per request, at most 300 (default: 10)."),
+    typer.Option(
+        min=edits.TIMEOUT_SECONDS[0],
+        max=edits.TIMEOUT_SECONDS[1],
+        help="Seconds per request, at most 300 (default: 10).",
+    ),
 ]
 BatchSize = Annotated[
     int | None,
     typer.Option(
-        min=1,
-        max=1000,
+        min=edits.BATCH_SIZE[0],
+        max=edits.BATCH_SIZE[1],
         help="Changes per request, 1 to 1000; above 1 the body is a JSON array (default: 1).",
     ),
 ]
 BatchWait = Annotated[
     int | None,
     typer.Option(
-        min=0,
-        max=60000,
+        min=edits.BATCH_WAIT_MS[0],
+        max=edits.BATCH_WAIT_MS[1],
         help="Milliseconds a batch that is not full may wait for more changes (default: 0).",
     ),
 ]
@@ -187,9 +192,6 @@ BodyFormat = Annotated[
     ),
 ]
 
-DEAD_AFTER_RANGE = (60, 31_536_000)
-"""What relay.webhooks.dead_after_seconds takes (relay.check_webhook): a minute to a year."""
-
 
 @contextmanager
 def _session(dsn: str) -> Iterator[Session]:
@@ -211,15 +213,6 @@ def _session(dsn: str) -> Iterator[Session]:
         fail(first_line(exc.orig or exc))
 
 
-def _json_option(value: str | None, what: str) -> Any:
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        fail(f"{what} is not valid JSON: {exc}", 2)
-
-
 def _row_option(value: str | None, what: str) -> dict[str, Any] | None:
     """A made-up row: a JSON object, read as relay reads rows (exact numbers)."""
     if not value:
@@ -237,13 +230,6 @@ def _split_all(values: list[str] | None) -> list[str] | None:
     from relay.settings import comma_list  # here: other commands start without pydantic
 
     return comma_list(*values) if values else None
-
-
-def _masked(secret: str) -> str:
-    lines = [line for line in secret.splitlines() if line.strip()]
-    if not lines:
-        return "(none)"
-    return f"{MASK} ({len(lines)} secret{'s' if len(lines) > 1 else ''})"
 
 
 @webhook_app.command("add")
@@ -413,18 +399,7 @@ def webhook_edit(
 
 
 def _related(value: str | None) -> dict[str, Any] | None:
-    """--related as stored: a JSON object (the database checks the rest of its shape:
-    relay.check_webhook), None for none or ''."""
-    if not value or not value.strip():
-        return None
-    document = _json_option(value, "--related")
-    if not isinstance(document, dict):
-        fail(
-            """--related is a JSON object of foreign-key columns, each to a list of columns """
-            """of the row it references: '{"site_id": ["name", "slug"]}'""",
-            2,
-        )
-    return document
+    return _checked(edits.related, value)
 
 
 def _related_shown(related: dict[str, Any] | None) -> str:
@@ -444,74 +419,17 @@ def _steering(
     ordering: str | None,
     ordering_key: str | None,
 ) -> dict[str, Any]:
-    """The 0026 columns the options give, by column (None: NULL, the relay's setting or no
-    limit); an option not given is left out. A value that cannot be is refused in one line
-    (exit 2), before anything is stored."""
-    given: dict[str, Any] = {}
-    if concurrency is not None:
-        given["concurrency"] = _number(
-            concurrency, "--concurrency", "default", int, (1, 10_000), "RELAY_WEBHOOK_CONCURRENCY"
-        )
-    if rate_limit is not None:
-        limit = _number(rate_limit, "--rate-limit", "none", Decimal, (0.001, 100_000), "no limit")
-        given["rate_limit"] = limit
-    if dead_after is not None:
-        given["dead_after_seconds"] = _dead_after(dead_after)
-    if ordering is not None:
-        if ordering not in ("row", "transaction", "key"):
-            fail(f"--ordering {ordering!r}: use row, transaction or key", 2)
-        given["ordering"] = ordering
-    if ordering_key is not None:
-        if not ordering_key.strip():
-            fail("--ordering-key is empty: give a template, or --ordering row", 2)
-        if given.setdefault("ordering", "key") != "key":
-            fail(f"--ordering-key goes with --ordering key, not --ordering {ordering}", 2)
-        given["ordering_key"] = ordering_key
-    return given
+    """The 0026 columns the options give (relay/rules/edits.py), refused in one line (exit 2)
+    before anything is stored."""
+    return _checked(edits.steering, concurrency, rate_limit, dead_after, ordering, ordering_key)
 
 
-def _number(
-    text: str,
-    option: str,
-    unset: str,
-    kind: Callable[[str], Any],
-    bounds: tuple[float, float],
-    meaning: str,
-) -> Any:
-    """``text`` as a number within ``bounds``, or None for the word ``unset``."""
-    if text.strip().lower() == unset:
-        return None
-    low, high = bounds
+def _checked(check: Callable[..., Checked], *values: Any) -> Checked:
+    """``check``'s value, or the command ends with its one line (exit 2)."""
     try:
-        value = kind(text.strip())
-        fits = bool(low <= value <= high)
-    except (ValueError, ArithmeticError):  # Decimal's NaN does not compare: InvalidOperation
-        fits = False
-    if not fits:
-        fail(
-            f"{option} {text!r}: give a number from {low:g} to {high:g}, or {unset} ({meaning})", 2
-        )
-    return value
-
-
-def _dead_after(text: str) -> int | None:
-    """--dead-after as whole seconds: an age (3600s, 90m, 12h, 3d) or plain seconds."""
-    from relay.cli.ages import parse_age
-
-    if text.strip().lower() == "default":
-        return None
-    low, high = DEAD_AFTER_RANGE
-    try:
-        seconds = float(text) if text.strip().isdigit() else parse_age(text).total_seconds()
-    except ValueError:
-        seconds = -1.0
-    if not low <= seconds <= high:
-        fail(
-            f"--dead-after {text!r}: give a time from 60s to 365d (3600s, 90m, 12h, 3d), or "
-            "default (RELAY_DEAD_AFTER_SECONDS)",
-            2,
-        )
-    return round(seconds)
+        return check(*values)
+    except edits.Invalid as exc:
+        fail(str(exc), 2)
 
 
 def _duration(seconds: float) -> str:
@@ -532,10 +450,7 @@ def _body_template(text: str | None, path: Path | None) -> str | None:
 
 
 def _body_format(text: str) -> str:
-    """--body-format, refused in one line (exit 2) unless it names a format relay has."""
-    if text not in BODY_FORMATS:
-        fail(f"--body-format {text!r}: use {' or '.join(BODY_FORMATS)}", 2)
-    return text
+    return _checked(edits.body_format, text)
 
 
 def _secret(variable: str | None) -> str | None:
@@ -548,24 +463,16 @@ def _secret(variable: str | None) -> str | None:
 
 
 def _refuse_broken_templates(row: admin.WebhookRow) -> None:
-    hook = Webhook(
-        id=0,
-        name=row.name,
-        payload_url=row.payload_url,
-        additional_headers=row.additional_headers or "",
-        body_template=row.body_template or "",
+    problem = edits.template_problem(
+        row.name,
+        row.payload_url,
+        row.additional_headers or "",
+        row.body_template or "",
+        row.ordering_key,
+        load_settings(None).template_env_globs,
     )
-    with BlockingRenderPool(load_settings(None).template_env_globs) as renders:
-        problems = ruleset.webhook_problems(hook, renders, f"webhook {row.name!r}")
-        if row.ordering_key:
-            try:
-                renders.check(row.ordering_key, "ordering_key")
-            except RenderError as exc:
-                problems.append(ruleset.Problem(f"webhook {row.name!r}", str(exc)))
-    if problems:
-        fail(
-            f"{scrub(str(problems[0]), secrets_of(hook))} (nothing was stored: fix the template)", 2
-        )
+    if problem is not None:
+        fail(f"{problem} (nothing was stored: fix the template)", 2)
 
 
 def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
@@ -601,7 +508,7 @@ def webhook_list(dsn: Dsn) -> None:
                 hook.http_method,
                 url_shown(hook.payload_url),
                 hook.signature,
-                _masked(hook.secret),
+                preview_module.masked(hook.secret),
                 "yes" if hook.enabled else "no",
                 _paused_shown(hook.paused_at, hook.paused_reason),
                 shown.concurrency(hook.concurrency),
@@ -628,7 +535,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "additional_headers": _headers_shown(hook.additional_headers or ""),
             "body_template": hook.body_template,
             "body_format": _body_format_shown(hook.body_format, hook.body_template),
-            "secret": _masked(hook.secret),
+            "secret": preview_module.masked(hook.secret),
             "signature": hook.signature,
             "ssl_verification": hook.ssl_verification,
             "ca_file_path": hook.ca_file_path,
@@ -879,13 +786,13 @@ def rule_add(
             tables=_split_all(table),
             webhook_id=hook.id,
             enabled=enabled,
-            conditions=_json_option(conditions, "--conditions"),
+            conditions=_checked(edits.rule_conditions, conditions or ""),
         )
         events = _split_all(event)
         if events is not None:
             row.events = events
         if action_data is not None:
-            row.action_data = _json_option(action_data, "--action-data")
+            row.action_data = _checked(edits.action_data, action_data)
         db.add(row)
     out.print(f"rule {name} added", highlight=False)
 
@@ -923,9 +830,9 @@ def rule_edit(
         if event is not None:
             rule.events = _split_all(event) or []
         if conditions is not None:
-            rule.conditions = _json_option(conditions, "--conditions")
+            rule.conditions = _checked(edits.rule_conditions, conditions)
         if action_data is not None:
-            rule.action_data = _json_option(action_data, "--action-data")
+            rule.action_data = _checked(edits.action_data, action_data)
     out.print(f"rule {name} changed", highlight=False)
 
 
@@ -1078,7 +985,7 @@ def preview(
             f"(batch_size): give at most {batch_size} --outbox-id",
             2,
         )
-    sent, unsent = _would_send(chosen, changes, chosen.id in enabled_rules)
+    sent, unsent = preview_module.would_send(chosen, changes, chosen.id in enabled_rules)
     if not sent:
         said = visible(f"nothing would be sent: {'; '.join(unsent)}")
         out.print(said, highlight=False, soft_wrap=True)
@@ -1119,36 +1026,6 @@ def _grouped_now(store: Store, change: Change, models: Models, webhook: str) -> 
     return replace(change, op=made["op"], old_json=old)
 
 
-def _would_send(
-    rule: ruleset.Rule, changes: list[Change], rule_enabled: bool
-) -> tuple[list[Change], list[str]]:
-    """The changes ``rule`` would send (none when it or its webhook is disabled), and why each of
-    the others would not be: a preview of a request relay would never make would mislead."""
-    if not rule_enabled:
-        again = f"relay rule enable {shlex.quote(rule.name)}"
-        return [], [f"rule {rule.name!r} is disabled ({again} sends with it again)"]
-    if not rule.webhook.enabled:
-        hook = rule.webhook.name
-        again = f"relay webhook enable {shlex.quote(hook)}"
-        return [], [f"webhook {hook!r} is disabled ({again} sends to it again)"]
-    sent, unsent = [], []
-    for change in changes:
-        prefix = f"change {change.id}: " if len(changes) > 1 else ""
-        tables = ", ".join(rule.tables)
-        if change.table_key not in {ruleset.table_key(table) for table in rule.tables}:
-            unsent.append(f"{prefix}rule {rule.name!r} is for {tables}, not {change.object_type}")
-        elif change.op not in rule.events:
-            events = ", ".join(rule.events)
-            unsent.append(f"{prefix}rule {rule.name!r} takes {events}, not {change.op}")
-        elif (judged := ruleset.judge(rule, change)).error is not None:
-            unsent.append(f"{prefix}its delivery would fail: {judged.error}")
-        elif not judged.verdict.matched:
-            unsent.append(f"{prefix}conditions not matched ({judged.verdict.reason})")
-        else:
-            sent.append(change)
-    return sent, unsent
-
-
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
     key = ruleset.table_key(table) or ruleset.table_key(f"public.{table}")
     if key is None:
@@ -1160,26 +1037,9 @@ def _made_up_change(table: str, new: str | None, old: str | None, event: str | N
     schema_name, table_name = key
     new_row, old_row = _row_option(new, "--new"), _row_option(old, "--old")
     op = event or ("update" if new_row and old_row else "insert" if new_row else "delete")
-    if op not in ("insert", "update", "delete", "truncate", "snapshot"):
+    if op not in edits.EVENTS:
         fail(f"--event {op!r}: use insert, update, delete, truncate or snapshot", 2)
-    return Change.of(
-        id=0,
-        schema_name=schema_name,
-        table_name=table_name,
-        op=op,
-        old=old_row,
-        new=new_row,
-        pk=None,
-        username="preview",
-        request_id="preview",
-        txid="0",
-        created_at=datetime.now(UTC),
-    )
-
-
-PREVIEW_ID = "00000000-0000-0000-0000-000000000000"
-"""The delivery id a preview shows for a delivery not made yet: relay draws a random one when the
-change is matched (a batch's, when the batch is numbered), and signs with it."""
+    return preview_module.made_up(schema_name, table_name, op, new_row, old_row, "preview")
 
 
 def _print_preview(
@@ -1222,13 +1082,10 @@ def _print_preview(
             soft_wrap=True,
             markup=True,
         )
-    subject: Change | Batch = changes[0]
-    if hook.batch_size > 1:
-        subject = Batch(0, tuple(changes), tuple(rule.action_data for _ in changes))
     if delivery_id is None:
         out.print(
-            f"[dim](delivery id {PREVIEW_ID}: relay draws the real one when it makes the "
-            "delivery)[/]",
+            f"[dim](delivery id {preview_module.PREVIEW_ID}: relay draws the real one when it "
+            "makes the delivery)[/]",
             highlight=False,
             markup=True,
         )
@@ -1236,27 +1093,17 @@ def _print_preview(
         with BlockingRenderPool(settings.template_env_globs) as renders:
             request = renders.request(
                 hook,
-                subject,
+                preview_module.subject(rule, changes),
                 rule.action_data,
                 timestamp=int(time.time()),
-                delivery_id=delivery_id or PREVIEW_ID,
+                delivery_id=delivery_id or preview_module.PREVIEW_ID,
             )
     except RenderError as exc:
         fail(f"would fail: {reason(str(exc))}")
-    # The signature is shown (it is no secret, and the point of a preview); the secrets it was
-    # made with, credentials in the URL or the webhook's headers, and values read with env are
-    # not, wherever they appear.
-    secrets = [*secrets_of(hook), *env_values(settings.template_env_globs)]
-    shown_url = redact(url_shown(request.url), secrets)
-    out.print(f"\n{request.method} {shown_url}", highlight=False, markup=False, soft_wrap=True)
-    for key, value in request.headers.items():
-        shown = redact(value, secrets)
-        out.print(f"{key}: {shown}", highlight=False, markup=False, soft_wrap=True)
-    out.print(f"[dim](secret: {_masked(hook.secret)})[/]", highlight=False, markup=True)
+    shown = preview_module.shown(request, hook, settings.template_env_globs)
+    out.print(f"\n{shown.method} {shown.url}", highlight=False, markup=False, soft_wrap=True)
+    for key, value in shown.headers:
+        out.print(f"{key}: {value}", highlight=False, markup=False, soft_wrap=True)
+    out.print(f"[dim](secret: {shown.secret})[/]", highlight=False, markup=True)
     out.print()
-    out.print(
-        redact(request.body.decode("utf-8", errors="replace"), secrets),
-        highlight=False,
-        markup=False,
-        soft_wrap=True,
-    )
+    out.print(shown.body, highlight=False, markup=False, soft_wrap=True)

@@ -19,10 +19,12 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import psycopg
+import sqlalchemy.exc
 import structlog
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from psycopg.conninfo import make_conninfo
+from sqlalchemy import orm
 
 from relay import sqlfiles
 from relay.console import filters, views
@@ -35,6 +37,7 @@ from relay.console.security import (
     same_token,
 )
 from relay.db import DatabaseUnavailable, connect, first_line
+from relay.rules import admin
 from relay.store import Store
 
 log = structlog.get_logger("relay.console")
@@ -88,6 +91,9 @@ class Config:
     secure_cookie: bool = False
     trust_forwarded: bool = False
     limits: LoginLimits = field(default_factory=LoginLimits)
+    template_env_globs: tuple[str, ...] = ()
+    """What webhook templates may read with ``env`` (RELAY_TEMPLATE_ENV), for compiling,
+    previewing and test-sending them as relay run would."""
 
 
 class Refused(Exception):
@@ -155,13 +161,36 @@ class Console:
 
     async def run(self, request: web.Request, work: Callable[[Store], T]) -> T:
         """``work`` on a connection of the signed-in role's own, in a thread."""
-        session = request[SESSION]
-        dsn = self._as_role(session)
+        dsn = self._as_role(request[SESSION])
 
         def go() -> T:
             with connect(dsn, application_name=APPLICATION_NAME) as conn:
                 return work(Store(conn))
 
+        return await self._signed_in(request, go)
+
+    async def run_admin(self, request: web.Request, work: Callable[[orm.Session, Store], T]) -> T:
+        """``work`` on the webhook and rule tables as the command line's webhook and rule
+        commands change them (relay/rules/admin.py), as the signed-in role, in one
+        transaction, with a store on the same connection for the audit. A database error
+        comes out as psycopg's own (a refused right is then a 403 page)."""
+        dsn = self._as_role(request[SESSION])
+
+        def go() -> T:
+            try:
+                with admin.session(dsn, application_name=APPLICATION_NAME) as db:
+                    raw = db.connection().connection.driver_connection
+                    assert isinstance(raw, psycopg.Connection), "admin.session uses psycopg"
+                    return work(db, Store(raw))
+            except sqlalchemy.exc.DBAPIError as exc:
+                if isinstance(exc.orig, psycopg.Error):
+                    raise exc.orig from None
+                raise
+
+        return await self._signed_in(request, go)
+
+    async def _signed_in(self, request: web.Request, go: Callable[[], T]) -> T:
+        session = request[SESSION]
         try:
             return await asyncio.to_thread(go)
         except DatabaseUnavailable as exc:
@@ -518,6 +547,9 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/audit", console.audit)
     app.router.add_get("/static/console.css", console.stylesheet)
     app.router.add_get("/favicon.ico", console.favicon)
+    from relay.console import editing  # it uses this module's Refused
+
+    editing.add_routes(app, console)
     return app
 
 

@@ -93,12 +93,12 @@ class EventRuleRow(Base):
 
 
 @contextmanager
-def session(dsn: str) -> Iterator[Session]:
+def session(dsn: str, application_name: str | None = None) -> Iterator[Session]:
     """A session on a connection opened as the rest of relay opens them (relay.db.connect: its
     DatabaseUnavailable says in one line why there is none)."""
     engine = create_engine(
         "postgresql+psycopg://",
-        creator=lambda: db_module.connect(dsn, autocommit=False),
+        creator=lambda: db_module.connect(dsn, autocommit=False, application_name=application_name),
         poolclass=NullPool,
     )
     try:

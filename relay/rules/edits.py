@@ -1,0 +1,224 @@
+"""Checking a webhook's or a rule's new values before they are stored, shared by the command line
+(``relay webhook add``/``edit``, ``relay rule add``/``edit``) and the console's forms, so that
+both accept and refuse exactly the same things with the same words.
+
+Each check raises :class:`Invalid` with one line naming the field and the fix; the caller says
+it its own way (the command line exits 2, the console shows it on the form). The database
+checks the rest of each row (relay.check_webhook, relay.check_event_rule) when it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from relay.model import BODY_FORMATS, Webhook, loads
+from relay.reasons import scrub
+from relay.render.pool import BlockingRenderPool
+from relay.render.request import RenderError, secrets_of
+from relay.rules import conditions, ruleset
+
+DEAD_AFTER_RANGE = (60, 31_536_000)
+"""What relay.webhooks.dead_after_seconds takes (relay.check_webhook): a minute to a year."""
+
+MAX_ATTEMPTS = (1, 1000)
+RETRY_BASE_SECONDS = (0.001, 86_400)
+RETRY_MAX_SECONDS = (0.001, 2_592_000)
+TIMEOUT_SECONDS = (0.001, 300)
+BATCH_SIZE = (1, 1000)
+BATCH_WAIT_MS = (0, 60_000)
+BOUNDS: dict[str, tuple[float, float]] = {
+    "max-attempts": MAX_ATTEMPTS,
+    "retry-base-seconds": RETRY_BASE_SECONDS,
+    "retry-max-seconds": RETRY_MAX_SECONDS,
+    "timeout": TIMEOUT_SECONDS,
+    "batch-size": BATCH_SIZE,
+    "batch-wait-ms": BATCH_WAIT_MS,
+}
+"""The plain numbers' ranges, by option name (without its dashes): the command line's options
+and the console's fields both take these."""
+
+EVENTS = ("insert", "update", "delete", "truncate", "snapshot")
+
+
+class Invalid(ValueError):
+    """A value that cannot be stored: the message names the field and what to give instead."""
+
+
+def json_value(text: str, what: str) -> Any:
+    """``text`` as JSON (exact numbers, as relay reads rows)."""
+    try:
+        return loads(text)
+    except ValueError as exc:
+        raise Invalid(f"{what} is not valid JSON: {exc}") from None
+
+
+def number(
+    text: str,
+    option: str,
+    unset: str | None,
+    kind: Callable[[str], Any],
+    bounds: tuple[float, float],
+    meaning: str = "",
+) -> Any:
+    """``text`` as a number within ``bounds``, or None for the word ``unset``."""
+    if unset is not None and text.strip().lower() == unset:
+        return None
+    low, high = bounds
+    try:
+        value = kind(text.strip())
+        fits = bool(low <= value <= high)
+    except (ValueError, ArithmeticError):  # Decimal's NaN does not compare: InvalidOperation
+        fits = False
+    if not fits:
+        otherwise = f", or {unset} ({meaning})" if unset is not None else ""
+        raise Invalid(f"{option} {text!r}: give a number from {low:g} to {high:g}{otherwise}")
+    return value
+
+
+def dead_after(text: str, option: str = "--dead-after") -> int | None:
+    """A dead-after time as whole seconds: an age (3600s, 90m, 12h, 3d) or plain seconds;
+    None for "default"."""
+    from relay.cli.ages import parse_age
+
+    if text.strip().lower() == "default":
+        return None
+    low, high = DEAD_AFTER_RANGE
+    try:
+        seconds = float(text) if text.strip().isdigit() else parse_age(text).total_seconds()
+    except ValueError:
+        seconds = -1.0
+    if not low <= seconds <= high:
+        raise Invalid(
+            f"{option} {text!r}: give a time from 60s to 365d (3600s, 90m, 12h, 3d), or "
+            "default (RELAY_DEAD_AFTER_SECONDS)"
+        )
+    return round(seconds)
+
+
+def steering(
+    concurrency: str | None,
+    rate_limit: str | None,
+    dead_after_text: str | None,
+    ordering: str | None,
+    ordering_key: str | None,
+    dashes: str = "--",
+) -> dict[str, Any]:
+    """The 0026 columns given, by column (None: NULL, the relay's setting or no limit); one not
+    given is left out. ``dashes`` prefixes the option names in messages (the console's fields
+    go without)."""
+    given: dict[str, Any] = {}
+    if concurrency is not None:
+        given["concurrency"] = number(
+            concurrency,
+            f"{dashes}concurrency",
+            "default",
+            int,
+            (1, 10_000),
+            "RELAY_WEBHOOK_CONCURRENCY",
+        )
+    if rate_limit is not None:
+        given["rate_limit"] = number(
+            rate_limit, f"{dashes}rate-limit", "none", Decimal, (0.001, 100_000), "no limit"
+        )
+    if dead_after_text is not None:
+        given["dead_after_seconds"] = dead_after(dead_after_text, f"{dashes}dead-after")
+    if ordering is not None:
+        if ordering not in ("row", "transaction", "key"):
+            raise Invalid(f"{dashes}ordering {ordering!r}: use row, transaction or key")
+        given["ordering"] = ordering
+    if ordering_key is not None:
+        if not ordering_key.strip():
+            raise Invalid(
+                f"{dashes}ordering-key is empty: give a template, or {dashes}ordering row"
+            )
+        if given.setdefault("ordering", "key") != "key":
+            raise Invalid(
+                f"{dashes}ordering-key goes with {dashes}ordering key, not {dashes}ordering "
+                f"{ordering}"
+            )
+        given["ordering_key"] = ordering_key
+    return given
+
+
+def body_format(text: str, option: str = "--body-format") -> str:
+    """A body format relay has."""
+    if text not in BODY_FORMATS:
+        raise Invalid(f"{option} {text!r}: use {' or '.join(BODY_FORMATS)}")
+    return text
+
+
+def related(value: str | None, option: str = "--related") -> dict[str, Any] | None:
+    """The related option as stored: a JSON object (the database checks the rest of its shape:
+    relay.check_webhook), None for none or ''."""
+    if not value or not value.strip():
+        return None
+    try:
+        document = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"{option} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise Invalid(
+            f"""{option} is a JSON object of foreign-key columns, each to a list of columns """
+            """of the row it references: '{"site_id": ["name", "slug"]}'"""
+        )
+    return document
+
+
+def template_problem(
+    name: str,
+    payload_url: str,
+    additional_headers: str,
+    body_template: str,
+    ordering_key: str | None,
+    env_allow: Sequence[str],
+) -> str | None:
+    """The first reason a webhook's templates cannot work (a template that does not compile,
+    with its line; a header line that is not ``Name: Value``), masked, or None. They are
+    compiled in a render process, as relay run compiles them."""
+    hook = Webhook(
+        id=0,
+        name=name,
+        payload_url=payload_url,
+        additional_headers=additional_headers,
+        body_template=body_template,
+    )
+    with BlockingRenderPool(env_allow) as renders:
+        problems = ruleset.webhook_problems(hook, renders, f"webhook {name!r}")
+        if ordering_key:
+            try:
+                renders.check(ordering_key, "ordering_key")
+            except RenderError as exc:
+                problems.append(ruleset.Problem(f"webhook {name!r}", str(exc)))
+    return scrub(str(problems[0]), secrets_of(hook)) if problems else None
+
+
+def rule_conditions(text: str, what: str = "--conditions") -> Any:
+    """Conditions as stored: NetBox's syntax, validated as the relay evaluates it; None for
+    none ('' or null)."""
+    if not text.strip():
+        return None
+    document = json_value(text, what)
+    if document is None:
+        return None
+    try:
+        conditions.validate(document, what)
+    except conditions.InvalidConditions as exc:
+        raise Invalid(str(exc)) from None
+    return document
+
+
+def action_data(text: str, what: str = "--action-data") -> Any:
+    """A rule's action_data as JSON ('' for an empty object; the database refuses what is not
+    an object: relay.check_event_rule)."""
+    return json_value(text, what) if text.strip() else {}
+
+
+def events(values: Sequence[str], what: str = "--event") -> list[str]:
+    """A rule's events, each one relay knows."""
+    for event in values:
+        if event not in EVENTS:
+            raise Invalid(f"{what} {event!r}: use {', '.join(EVENTS)}")
+    return list(values)
