@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
@@ -919,7 +919,8 @@ class Store:
         """Attempts in each of the last ``buckets`` minutes or hours, the current one last,
         empty ones included."""
         with self.conn.cursor(row_factory=class_row(ActivityBucket)) as cur:
-            params = {"unit": unit, "buckets": buckets}
+            step = timedelta(minutes=1) if unit == "minute" else timedelta(hours=1)
+            params = {"unit": unit, "buckets": buckets, "step": step}
             return cur.execute(query("console_activity"), params).fetchall()
 
     def failures(self, since: datetime, limit: int) -> list[WebhookFailures]:

@@ -1756,27 +1756,25 @@ ORDER BY id DESC
 LIMIT %(limit)s;
 
 -- name: console_activity
--- `relay console`'s overview chart: attempts in each minute (unit 'minute') or hour ('hour')
--- of the last %(buckets)s, the current one last, delivered and failed apart; empty ones too.
--- Read through attempts_by_time: only the window's attempts, however long the table.
-WITH buckets AS (
-    SELECT pg_catalog.generate_series(
-               pg_catalog.date_trunc(%(unit)s, now())
-                   - (%(buckets)s - 1) * pg_catalog.make_interval(
-                         mins => CASE %(unit)s WHEN 'minute' THEN 1 ELSE 60 END),
-               pg_catalog.date_trunc(%(unit)s, now()),
-               pg_catalog.make_interval(mins => CASE %(unit)s WHEN 'minute' THEN 1 ELSE 60 END)
-           ) AS bucket
-), counted AS (
+-- `relay console`'s overview chart: attempts in each minute (unit 'minute', step 1 minute) or
+-- hour ('hour', 1 hour) of the last %(buckets)s, the current one last, delivered and failed
+-- apart; empty ones too. Only the window's attempts are read (attempts_by_time), however long
+-- the table: the window's start is written out, not taken from a subquery, so that the planner
+-- sees how few rows it holds.
+WITH counted AS (
     SELECT pg_catalog.date_trunc(%(unit)s, a.attempted_at) AS bucket,
            count(*) FILTER (WHERE a.error IS NULL) AS delivered,
            count(*) FILTER (WHERE a.error IS NOT NULL) AS failed
     FROM relay.attempts a
-    WHERE a.attempted_at >= (SELECT min(bucket) FROM buckets)
+    WHERE a.attempted_at >= pg_catalog.date_trunc(%(unit)s, now())
+                            - (%(buckets)s - 1) * %(step)s::interval
     GROUP BY 1
 )
 SELECT b.bucket AS start, coalesce(c.delivered, 0) AS delivered, coalesce(c.failed, 0) AS failed
-FROM buckets b
+FROM pg_catalog.generate_series(
+         pg_catalog.date_trunc(%(unit)s, now()) - (%(buckets)s - 1) * %(step)s::interval,
+         pg_catalog.date_trunc(%(unit)s, now()),
+         %(step)s::interval) AS b (bucket)
 LEFT JOIN counted c USING (bucket)
 ORDER BY b.bucket;
 

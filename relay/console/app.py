@@ -35,7 +35,6 @@ from relay.console.security import (
     same_token,
 )
 from relay.db import DatabaseUnavailable, connect, first_line
-from relay.rules.ruleset import rule_table
 from relay.store import ActivityBucket, Status, Store, TrackedTable, WebhookFailures
 
 log = structlog.get_logger("relay.console")
@@ -361,7 +360,7 @@ class Console:
             request,
             "tables.html",
             title="Tracked tables",
-            tracked=[(rule_table(t.schema_name, t.table_name), t) for t in tracked],
+            tracked=tracked,
             backfills=backfills,
         )
 

@@ -59,6 +59,8 @@ class Bar:
 
 @dataclass(frozen=True)
 class Tick:
+    """A label under the time axis, at the left edge of its bucket's slot."""
+
     x: float
     label: str
 
@@ -142,6 +144,8 @@ LONGEST_NAME = 30
 
 @dataclass(frozen=True)
 class FailureRow:
+    """One webhook's bar in the failures chart."""
+
     webhook: str
     shown: str
     """The name as drawn: cut to LONGEST_NAME characters."""
@@ -163,6 +167,7 @@ class FailuresChart:
 
     @property
     def height(self) -> float:
+        """The drawing's height: a row per webhook, and a margin."""
         return ROW * len(self.rows) + 4
 
 
