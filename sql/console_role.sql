@@ -32,7 +32,7 @@ GRANT UPDATE (status) ON relay.outbox TO :"role";
 GRANT UPDATE (send_superseded) ON relay.deliveries TO :"role";
 -- The audit: read it, and add entries whose who and when the database fills (0032_console.sql).
 GRANT SELECT, INSERT (action, target, detail, address) ON relay.console_audit TO :"role";
--- The tracked tables page: what is tracked, with its options (relay tables list), through the
+-- The tracked tables page: what is tracked, with its options (relay tracked), through the
 -- view relay.tracked and the functions it calls (as sql/service_role.sql grants them); the
 -- backfills are read above.
 GRANT SELECT ON relay.tracked, relay.tracked_tables TO :"role";
