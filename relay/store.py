@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
@@ -481,6 +481,24 @@ class AuditLine:
     address: str
 
 
+@dataclass(frozen=True)
+class ActivityBucket:
+    """Attempts made in one minute or hour (the console's overview chart)."""
+
+    start: datetime
+    delivered: int
+    failed: int
+
+
+@dataclass(frozen=True)
+class WebhookFailures:
+    """A webhook's failed attempts in a window, beside all its attempts then."""
+
+    webhook: str
+    failed: int
+    attempts: int
+
+
 def _fan_out_batch(
     found: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], limit: int
 ) -> FanOutBatch | None:
@@ -896,6 +914,25 @@ class Store:
         """Each change of the demo, how it ended, and what became of it per webhook."""
         rows = self.conn.execute(query("demo_summary")).fetchall()
         return [(row[0], row[1], row[2], row[3]) for row in rows]
+
+    def activity(self, unit: Literal["minute", "hour"], buckets: int) -> list[ActivityBucket]:
+        """Attempts in each of the last ``buckets`` minutes or hours, the current one last,
+        empty ones included."""
+        with self.conn.cursor(row_factory=class_row(ActivityBucket)) as cur:
+            step = timedelta(minutes=1) if unit == "minute" else timedelta(hours=1)
+            params = {"unit": unit, "buckets": buckets, "step": step}
+            return cur.execute(query("console_activity"), params).fetchall()
+
+    def failures(self, since: datetime, limit: int) -> list[WebhookFailures]:
+        """The webhooks with failed attempts since ``since``, most failures first."""
+        with self.conn.cursor(row_factory=class_row(WebhookFailures)) as cur:
+            params = {"since": since, "limit": limit}
+            return cur.execute(query("console_failures"), params).fetchall()
+
+    def backfills(self) -> list[dict[str, Any]]:
+        """Backfills under way, and those that ended in the last day (as ``relay status``)."""
+        with self.conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(query("status_backfills")).fetchall()
 
 
 class AsyncStore:

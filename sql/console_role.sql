@@ -1,7 +1,7 @@
 -- The rights a person needs to use `relay console` (docs/console.md): see the webhooks, the
--- deliveries and the audit, pause and resume a webhook, send a failed change again, and record
--- each such action in relay.console_audit. Nothing more: no webhook's secret, no rule, no
--- tracking, no schema.
+-- deliveries, the tracked tables and the audit, pause and resume a webhook, send a failed
+-- change again, and record each such action in relay.console_audit. Nothing more: no
+-- webhook's secret, no rule, no change of tracking, no schema.
 --
 -- Run it as the role that installed relay (the owner of schema relay), after creating a login
 -- role for the person (or a group role that people's roles are members of):
@@ -32,4 +32,10 @@ GRANT UPDATE (status) ON relay.outbox TO :"role";
 GRANT UPDATE (send_superseded) ON relay.deliveries TO :"role";
 -- The audit: read it, and add entries whose who and when the database fills (0032_console.sql).
 GRANT SELECT, INSERT (action, target, detail, address) ON relay.console_audit TO :"role";
+-- The tracked tables page: what is tracked, with its options (relay tracked), through the
+-- view relay.tracked and the functions it calls (as sql/service_role.sql grants them); the
+-- backfills are read above.
+GRANT SELECT ON relay.tracked, relay.tracked_tables TO :"role";
+GRANT EXECUTE ON FUNCTION relay.column_names(oid, int2[]), relay.pk_attnums(oid),
+    relay.shape(oid), relay.reached_types(oid), relay.tracked_ancestor(oid) TO :"role";
 COMMIT;

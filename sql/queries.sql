@@ -1754,3 +1754,40 @@ FROM relay.console_audit
 WHERE %(before)s::bigint IS NULL OR id < %(before)s::bigint
 ORDER BY id DESC
 LIMIT %(limit)s;
+
+-- name: console_activity
+-- `relay console`'s overview chart: attempts in each minute (unit 'minute', step 1 minute) or
+-- hour ('hour', 1 hour) of the last %(buckets)s, the current one last, delivered and failed
+-- apart; empty ones too. Only the window's attempts are read (attempts_by_time), however long
+-- the table: the window's start is written out, not taken from a subquery, so that the planner
+-- sees how few rows it holds.
+WITH counted AS (
+    SELECT pg_catalog.date_trunc(%(unit)s, a.attempted_at) AS bucket,
+           count(*) FILTER (WHERE a.error IS NULL) AS delivered,
+           count(*) FILTER (WHERE a.error IS NOT NULL) AS failed
+    FROM relay.attempts a
+    WHERE a.attempted_at >= pg_catalog.date_trunc(%(unit)s, now())
+                            - (%(buckets)s - 1) * %(step)s::interval
+    GROUP BY 1
+)
+SELECT b.bucket AS start, coalesce(c.delivered, 0) AS delivered, coalesce(c.failed, 0) AS failed
+FROM pg_catalog.generate_series(
+         pg_catalog.date_trunc(%(unit)s, now()) - (%(buckets)s - 1) * %(step)s::interval,
+         pg_catalog.date_trunc(%(unit)s, now()),
+         %(step)s::interval) AS b (bucket)
+LEFT JOIN counted c USING (bucket)
+ORDER BY b.bucket;
+
+-- name: console_failures
+-- `relay console`'s overview: the webhooks whose attempts failed since %(since)s, most
+-- failures first, with all their attempts since then (attempts_by_time, as console_activity).
+SELECT w.name AS webhook,
+       count(*) FILTER (WHERE a.error IS NOT NULL) AS failed,
+       count(*) AS attempts
+FROM relay.attempts a
+JOIN relay.webhooks w ON w.id = a.webhook_id
+WHERE a.attempted_at >= %(since)s
+GROUP BY w.name
+HAVING count(*) FILTER (WHERE a.error IS NOT NULL) > 0
+ORDER BY failed DESC, w.name
+LIMIT %(limit)s;

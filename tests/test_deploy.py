@@ -56,14 +56,58 @@ def test_unit_is_a_hardened_notify_service(unit: str) -> None:
     assert found["CapabilityBoundingSet"] == [""]
 
 
-@pytest.mark.parametrize("unit", UNITS)
+HARDENING = [
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "DevicePolicy",
+    "PrivateUsers",
+    "ProcSubset",
+    "RemoveIPC",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "ProtectProc",
+    "RestrictAddressFamilies",
+    "RestrictNamespaces",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "LockPersonality",
+    "MemoryDenyWriteExecute",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+    "CapabilityBoundingSet",
+    "AmbientCapabilities",
+    "UMask",
+    "User",
+    "Group",
+]
+
+
+def test_the_console_unit_is_hardened_as_the_relay_and_listens_on_the_loopback() -> None:
+    relay = settings((DEPLOY / "relay.service").read_text())
+    found = settings((DEPLOY / "relay-console.service").read_text())
+    assert {key: found[key] for key in HARDENING} == {key: relay[key] for key in HARDENING}
+    assert found["ExecStart"] == ["/opt/relay/bin/relay console"]
+    assert found["EnvironmentFile"] == ["/etc/relay/relay.env"]  # the relay's own settings
+    assert found["Environment"] == ["RELAY_CONSOLE_LISTEN=127.0.0.1:8780"]
+    assert found["Type"] == ["notify"] and found["Restart"] == ["on-failure"]
+    assert found["RestartPreventExitStatus"] == ["2"] and found["WatchdogSec"] == ["30"]
+
+
+@pytest.mark.parametrize("unit", [*UNITS, "relay-console.service"])
 def test_systemd_analyze_verify_accepts_the_unit(unit: str, tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed here")
     relay = Path(sys.executable).parent / "relay"  # verify checks that ExecStart exists
     text = (DEPLOY / unit).read_text().replace("/opt/relay/bin/relay", str(relay))
-    path = tmp_path / UNITS[unit]
+    path = tmp_path / UNITS.get(unit, unit)
     path.write_text(text)
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(path)],

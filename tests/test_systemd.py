@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import os
 import re
 import shutil
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -499,6 +502,69 @@ def a_bad_setting_exits_2_and_is_not_restarted(
     assert says in machine.journal(instance, since)
 
 
+CONSOLE_UNIT = REPO / "deploy" / "relay-console.service"
+
+
+def sign_in_refusal(port: int, role: str) -> tuple[int, str]:
+    """Sign in to the console as ``role``, as a browser would (the form's token in its cookie
+    and in the form): the status and page it answers."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(f"http://127.0.0.1:{port}/login", timeout=5) as form:
+        assert form.status == 200
+        token = re.search(r'name="token" value="([^"]+)"', form.read().decode())
+    assert token, "no sign-in form"
+    data = urllib.parse.urlencode({"token": token[1], "role": role, "password": "anything"})
+    try:
+        opener.open(f"http://127.0.0.1:{port}/login", data=data.encode(), timeout=10)
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+    raise AssertionError("signed in with any password")
+
+
+def the_console_serves_on_the_loopback_and_stops_cleanly(deployed: Deployment) -> None:
+    """deploy/relay-console.service beside the relay, with its settings from the relay's
+    environment file: started, it answers its sign-in page on 127.0.0.1 and reaches the
+    database the file names (as the role signing in: the shared test server trusts it, which
+    the console refuses, saying so); stopped, it exits 0."""
+    machine = deployed.machine
+    port = free_port()
+    unit = CONSOLE_UNIT.read_text()
+    for key, value in HARDENING.items():
+        assert f"\n{key}={value}\n" in unit, key
+    machine.sh(
+        f"""
+        cd {REPO}
+        install -m 0644 deploy/relay-console.service /etc/systemd/system/relay-console.service
+        echo 'RELAY_CONSOLE_LISTEN=127.0.0.1:{port}' >> /etc/relay/relay.env
+        systemctl daemon-reload
+        systemctl start relay-console
+        """
+    )
+    try:
+        state = machine.show("relay-console")
+        # Type=notify: start returned once it said READY=1, listening.
+        assert (state["ActiveState"], state["SubState"]) == ("active", "running")
+        assert state["StatusText"] == f"listening on http://127.0.0.1:{port}"
+        assert {key: state[key] for key in HARDENING} == HARDENING
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as page:
+            assert page.status == 200 and "Sign in" in page.read().decode()
+            assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+        status, text = sign_in_refusal(port, deployed.role)
+        assert status == 403 and "did not ask for role" in text, text
+
+        started = time.monotonic()
+        stopped = machine.sh("systemctl stop relay-console", check=False)
+        assert stopped.returncode == 0 and time.monotonic() - started < 10
+        state = machine.show("relay-console")
+        assert (state["ActiveState"], state["Result"]) == ("inactive", "success")
+        assert state["ExecMainStatus"] == "0"
+    finally:
+        machine.sh(
+            "systemctl stop relay-console; sed -i '/^RELAY_CONSOLE_LISTEN=/d' /etc/relay/relay.env"
+        )
+
+
 def test_relay_under_a_real_systemd(deployed: Deployment) -> None:
     """One test in steps, each leaving relay.service as it found it: a machine that cannot boot
     the container says so in one line."""
@@ -512,4 +578,5 @@ def test_relay_under_a_real_systemd(deployed: Deployment) -> None:
     a_bad_setting_exits_2_and_is_not_restarted(
         deployed, "bad-name", "RELAY_BATCH_SIZ=100", "did you mean RELAY_BATCH_SIZE?"
     )
+    the_console_serves_on_the_loopback_and_stops_cleanly(deployed)
     stop_ends_the_relay_cleanly(deployed)

@@ -10,8 +10,9 @@ from typing import Annotated
 import psycopg
 import typer
 
-from relay.cli.common import Dsn, explain, fail, out, table_named
+from relay.cli.common import Dsn, fail, out, table_named
 from relay.cli.common import database as _database
+from relay.db import explain
 from relay.rules import ruleset
 from relay.store import BackfillProgress, Store
 

@@ -17,7 +17,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from relay import sqlfiles
-from relay.db import Conn, DatabaseUnavailable, connect, dsn_problem, first_line
+from relay.db import (
+    NOT_INSTALLED,
+    Conn,
+    DatabaseUnavailable,
+    connect,
+    dsn_problem,
+    explain,
+)
 from relay.store import Store, TableName
 
 if TYPE_CHECKING:
@@ -157,9 +164,6 @@ def table_named(store: Store, table: str) -> TableName:
     return found
 
 
-NOT_INSTALLED = "relay is not installed in this database: run `relay install` as its owner"
-
-
 def schema_problem(version: int) -> str | None:
     """Why a relay schema at ``version`` cannot be used by this relay, or None when it can."""
     latest = sqlfiles.latest_version()
@@ -184,35 +188,6 @@ def require_schema(conn: Conn) -> None:
     problem = schema_problem(Store(conn).installed_version())
     if problem is not None:
         fail(problem, 2)
-
-
-NO_RIGHTS = (
-    "grant the role its rights with sql/service_role.sql (again after each upgrade), or run this "
-    "as relay's owner"
-)
-
-
-def explain(exc: psycopg.Error) -> tuple[str, int]:
-    """One line for a database error, naming the fix where there is a usual one, and the exit
-    code: 2 for what running the command again cannot change (relay missing, rights, a name
-    taken, a value the database's checks refuse: a bad option), 1 for the database refusing
-    what was asked otherwise."""
-    primary = exc.diag.message_primary or first_line(exc)
-    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        return f"{primary}: {NO_RIGHTS}", 2
-    if isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidSchemaName) and (
-        '"relay' in primary or "schema relay" in primary
-    ):
-        return NOT_INSTALLED, 2
-    if isinstance(exc, psycopg.errors.UniqueViolation):
-        detail = exc.diag.message_detail or primary
-        return f"{detail} Choose another name, or change or remove the existing one.", 2
-    if exc.diag.message_hint:
-        primary += f" (hint: {exc.diag.message_hint})"
-    refused_value = (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.FeatureNotSupported)
-    if isinstance(exc, refused_value):  # InvalidParameterValue is a DataError
-        return primary, 2
-    return primary, 1
 
 
 def add_row(table: Table, *values: str) -> None:

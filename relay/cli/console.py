@@ -29,6 +29,7 @@ def console(
     is never used)."""
     from relay import settings as settings_module
     from relay.console.app import Config, serve
+    from relay.service import systemd
     from relay.service.logs import configure
 
     try:
@@ -51,17 +52,32 @@ def console(
         template_env_globs=tuple(settings.template_env_globs),
     )
 
+    shown = f"[{host}]" if ":" in host else host
+    address = f"http://{shown}:{port}"
+    listening = asyncio.Event()
+
     def ready() -> None:
-        shown = f"[{host}]" if ":" in host else host
-        out.print(f"relay console listening on http://{shown}:{port}", highlight=False)
+        out.print(f"relay console listening on {address}", highlight=False)
+        listening.set()
 
     async def main() -> None:
-        task = asyncio.create_task(serve(config, host, int(port), ready))
+        # Under systemd (deploy/relay-console.service, Type=notify): READY=1 once listening,
+        # the watchdog fed from this loop, STOPPING=1 on SIGTERM; outside it, no-ops.
+        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(serve(config, host, int(port), ready))
+        helper = asyncio.create_task(
+            systemd.supervise(listening.is_set, stop, status=f"listening on {address}")
+        )
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        task.cancel()
+        await helper
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await task  # raises what made serving fail (OSError: the address is taken)
 
     try:
         asyncio.run(main())

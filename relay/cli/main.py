@@ -25,8 +25,8 @@ from relay.cli import (
     tables,
     webhooks,
 )
-from relay.cli.common import explain, out, say_error
-from relay.db import first_line
+from relay.cli.common import out, say_error
+from relay.db import explain, first_line
 
 app = typer.Typer(
     help="PostgreSQL change-data-capture relay: row changes to signed webhooks.",

@@ -230,7 +230,7 @@ def retry(
 ) -> None:
     """Send failed changes again, only to the webhooks that did not get them. A delivery that
     a later change of its row has superseded stays failed unless --superseded."""
-    from relay.cli.ages import parse_since
+    from relay.ages import parse_since
 
     try:
         moment = parse_since(since) if since is not None else None
@@ -274,7 +274,7 @@ def purge(
     deliveries and attempts, in short transactions; pending changes are never touched."""
     from rich.progress import Progress
 
-    from relay.cli.ages import parse_age
+    from relay.ages import parse_age
     from relay.delivery import maintenance
 
     try:

@@ -62,7 +62,7 @@ def replay(
     """Send WEBHOOK the changes made in a stretch of time again, in order, under their first
     delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay). A change that a
     later change of its row supersedes is left out unless --superseded."""
-    from relay.cli.ages import parse_since
+    from relay.ages import parse_since
     from relay.delivery.replay import ReplayPlan  # here: other commands start without aiohttp
 
     limit = load_settings(None).max_body_bytes  # RELAY_MAX_BODY_BYTES, as relay run reads it

@@ -28,7 +28,6 @@ from relay.cli.common import (
     add_row,
     database,
     dsn_of,
-    explain,
     fail,
     group,
     load_settings,
@@ -38,7 +37,7 @@ from relay.cli.common import (
     require_schema,
     visible,
 )
-from relay.db import DatabaseUnavailable, first_line
+from relay.db import DatabaseUnavailable, explain, first_line
 from relay.delivery import coalesce, tls
 from relay.model import Change, loads, related_name
 from relay.reasons import MASK, reason, scrub, sensitive, url_shown

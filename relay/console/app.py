@@ -27,7 +27,7 @@ from psycopg.conninfo import make_conninfo
 from sqlalchemy import orm
 
 from relay import sqlfiles
-from relay.console import filters, views
+from relay.console import charts, filters, views
 from relay.console.security import (
     LoginLimits,
     Session,
@@ -38,7 +38,7 @@ from relay.console.security import (
 )
 from relay.db import DatabaseUnavailable, connect, first_line
 from relay.rules import admin
-from relay.store import Store
+from relay.store import ActivityBucket, Status, Store, TrackedTable, WebhookFailures
 
 log = structlog.get_logger("relay.console")
 
@@ -49,6 +49,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 APPLICATION_NAME = "relay console"
 PAGE_SIZE = 50
+FAILING_SHOWN = 10
+"""Webhooks in the overview's failures chart, most failures first."""
+REFRESH_SECONDS = 30
+"""How often the overview reloads itself when asked to (a meta refresh: no script)."""
 MAX_ROLE = 63
 """PostgreSQL's longest name (NAMEDATALEN - 1)."""
 MAX_PASSWORD = 1000
@@ -285,10 +289,29 @@ class Console:
     # -- pages ---------------------------------------------------------------------------
 
     async def overview(self, request: web.Request) -> web.StreamResponse:
-        """Backlog, relays alive, webhooks paused or dead, the last errors."""
-        status = await self.run(request, lambda store: store.status(5))
+        """Backlog, relays alive, webhooks paused or dead, the last errors, and the charts of
+        attempts over the last hour (by minute) or day (by hour)."""
+        window = charts.WINDOWS.get(request.query.get("window", ""), charts.WINDOWS["hour"])
+        refresh = request.query.get("refresh") == "on"
+
+        def read(store: Store) -> tuple[Status, list[ActivityBucket], list[WebhookFailures]]:
+            buckets = store.activity(window.unit, window.buckets)
+            return store.status(5), buckets, store.failures(buckets[0].start, FAILING_SHOWN)
+
+        status, buckets, failing = await self.run(request, read)
         stopped = [w for w in status.webhooks if w["state"] in ("paused", "dead")]
-        return self.page(request, "overview.html", title="Overview", status=status, stopped=stopped)
+        return self.page(
+            request,
+            "overview.html",
+            title="Overview",
+            status=status,
+            stopped=stopped,
+            window=window,
+            windows=charts.WINDOWS.values(),
+            activity=charts.activity(buckets, window),
+            failing=charts.failures(failing, window),
+            refresh=REFRESH_SECONDS if refresh else None,
+        )
 
     async def webhooks(self, request: web.Request) -> web.StreamResponse:
         """Every webhook with its state and health, and pause or resume."""
@@ -354,6 +377,21 @@ class Console:
         lines = await self.run(request, lambda store: store.audit_lines(before, PAGE_SIZE + 1))
         older = f"/audit?before={lines[PAGE_SIZE - 1].id}" if len(lines) > PAGE_SIZE else None
         return self.page(request, "audit.html", title="Audit", lines=lines[:PAGE_SIZE], older=older)
+
+    async def tables(self, request: web.Request) -> web.StreamResponse:
+        """What is tracked, with the options ``relay track`` gave it, and the backfills."""
+
+        def read(store: Store) -> tuple[list[TrackedTable], list[dict[str, Any]]]:
+            return store.tracked(), store.backfills()
+
+        tracked, backfills = await self.run(request, read)
+        return self.page(
+            request,
+            "tables.html",
+            title="Tracked tables",
+            tracked=tracked,
+            backfills=backfills,
+        )
 
     # -- actions -------------------------------------------------------------------------
 
@@ -547,6 +585,7 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/audit", console.audit)
     app.router.add_get("/static/console.css", console.stylesheet)
     app.router.add_get("/favicon.ico", console.favicon)
+    app.router.add_get("/tables", console.tables)
     from relay.console import editing  # it uses this module's Refused
 
     editing.add_routes(app, console)

@@ -25,8 +25,8 @@ import psycopg
 from aiohttp import web
 from sqlalchemy import orm
 
-from relay.cli.common import explain
 from relay.console.app import Refused
+from relay.db import explain
 from relay.delivery.send import Sender
 from relay.model import BODY_FORMATS, Change, Webhook
 from relay.reasons import reason, scrub

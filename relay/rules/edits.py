@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
+from relay.ages import parse_age
 from relay.model import BODY_FORMATS, Webhook, loads
 from relay.reasons import scrub
 from relay.render.pool import BlockingRenderPool
@@ -81,8 +82,6 @@ def number(
 def dead_after(text: str, option: str = "--dead-after") -> int | None:
     """A dead-after time as whole seconds: an age (3600s, 90m, 12h, 3d) or plain seconds;
     None for "default"."""
-    from relay.cli.ages import parse_age
-
     if text.strip().lower() == "default":
         return None
     low, high = DEAD_AFTER_RANGE

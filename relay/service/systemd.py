@@ -39,7 +39,10 @@ much after the relay connects, at most."""
 
 
 async def supervise(
-    ready: Callable[[], bool], stop: asyncio.Event, alive: Callable[[], bool] = lambda: True
+    ready: Callable[[], bool],
+    stop: asyncio.Event,
+    alive: Callable[[], bool] = lambda: True,
+    status: str = "connected, delivering",
 ) -> None:
     """Tell systemd when the relay is ready, keep its watchdog fed while ``alive()``, and say
     when it stops. The watchdog pings come from this task, so they stop if the event loop
@@ -53,7 +56,7 @@ async def supervise(
     while not stop.is_set():
         if not announced and ready():
             announced = True
-            notify("READY=1\nSTATUS=connected, delivering")
+            notify(f"READY=1\nSTATUS={status}")
         now = loop.time()
         if interval and now >= next_ping:
             if alive():
