@@ -193,7 +193,8 @@ def test_a_response_that_cannot_be_parsed_is_said_without_the_url(
     host = url.removeprefix("http://").removesuffix("/hook")
     assert outcome.error is not None and not outcome.ok and outcome.status is None
     assert outcome.error.startswith(f"the response from {host} cannot be read: {words}")
-    assert "0123456789" not in outcome.error and "400" not in outcome.error
+    said = outcome.error.replace(host, "<host>")  # a port such as 40081 holds "400"
+    assert "0123456789" not in said and "400" not in said
     assert "url=" not in outcome.error and "\n" not in outcome.error
 
 
