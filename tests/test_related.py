@@ -325,6 +325,12 @@ def test_a_composite_foreign_key_and_a_key_of_another_type_are_refused(rconn: Co
     with pytest.raises(psycopg.errors.RaiseException, match='has no column "nope"'):
         rconn.execute("ALTER TABLE sites2 DISABLE ROW LEVEL SECURITY")
         related_rows(rconn, "uses_sites2", "site_id", ["nope"], ["1"])
+    # A key whose input looks a name up: a key naming a table dropped since raised
+    # UndefinedTable, which restarted the relay's session at every lease (an attacker's probe).
+    rconn.execute("CREATE TABLE by_class (id regclass PRIMARY KEY, name text)")
+    rconn.execute("CREATE TABLE uses_class (id int PRIMARY KEY, c_id regclass REFERENCES by_class)")
+    with pytest.raises(psycopg.errors.RaiseException, match="names looked up when read"):
+        related_rows(rconn, "uses_class", "c_id", ["name"], ["public.dropped_long_ago"])
 
 
 def test_hostile_names_and_other_roles_types_run_no_code_of_theirs(
@@ -440,6 +446,7 @@ def test_the_command_line_sets_shows_and_refuses_the_option(relay_dsn: str) -> N
         ("{site", "--related is not valid JSON"),
         ('["site_id"]', "--related is a JSON object"),
         ('{"site_id": []}', "takes a list of 1 to 50 distinct"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "--related is not valid JSON: JSON nested too deeply"),
     ]:
         refused = relay("webhook", "edit", "h", "--related", bad, dsn=relay_dsn)
         assert refused.returncode == 2 and said in refused.stderr, refused.stderr

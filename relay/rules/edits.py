@@ -9,7 +9,6 @@ checks the rest of each row (relay.check_webhook, relay.check_event_rule) when i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -154,10 +153,7 @@ def related(value: str | None, option: str = "--related") -> dict[str, Any] | No
     relay.check_webhook), None for none or ''."""
     if not value or not value.strip():
         return None
-    try:
-        document = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise Invalid(f"{option} is not valid JSON: {exc}") from None
+    document = json_value(value, option)
     if not isinstance(document, dict):
         raise Invalid(
             f"""{option} is a JSON object of foreign-key columns, each to a list of columns """

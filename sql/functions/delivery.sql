@@ -304,6 +304,13 @@ BEGIN
         RAISE EXCEPTION 'related: the key %.% is of type %.%, not one of PostgreSQL''s own: relay compares only keys of pg_catalog types (another type brings its own = operator)',
             ref_what, quote_ident(key_col), quote_ident(key_nsp), quote_ident(key_type);
     END IF;
+    -- The object-identifier aliases (regclass, regproc, regtype, regrole...) read their text by
+    -- looking the name up: a key naming something dropped since would fail the whole lookup,
+    -- and every delivery waiting on it, for ever (not as a value the type cannot read).
+    IF key_type LIKE 'reg%' THEN
+        RAISE EXCEPTION 'related: the key %.% is of type %, whose values are names looked up when read: relay follows keys of value types only (integers, text, uuid...)',
+            ref_what, quote_ident(key_col), key_type;
+    END IF;
     SELECT string_agg(to_json(c)::text, ', ' ORDER BY o) INTO missing
     FROM unnest(columns) WITH ORDINALITY u(c, o)
     WHERE NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = ref AND a.attname = u.c
