@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import hmac
 import json
 import re
@@ -371,6 +372,49 @@ def test_a_rule_is_previewed_against_an_outbox_row_with_its_secrets_masked(dsn: 
                 f"{base}/rules/preview", params={"name": "orders", "outbox_id": str(outbox_id[0])}
             )
             assert "Nothing would be sent: rule &#39;orders&#39; is disabled" in await off.text()
+
+    asyncio.run(go())
+    assert _one(dsn, "SELECT count(*) FROM relay.deliveries") == 0
+
+
+def test_a_batch_and_a_coalesced_event_are_previewed_as_the_relay_would_send_them(
+    dsn: str,
+) -> None:
+    """Several ids preview a batched webhook's batch; a webhook that coalesces previews the
+    transaction's event for its last change, and says where an earlier change went."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="grouped", body_template="{{ event }}")
+        setup(conn, "http://127.0.0.1:9/hook", name="batched", batch_size=2)
+        conn.execute("UPDATE relay.webhooks SET coalesce_changes = true WHERE name = 'grouped'")
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (1, 1)")
+            conn.execute("UPDATE items SET v = 2 WHERE id = 1")
+        first, last = (r[0] for r in conn.execute("SELECT id FROM relay.outbox ORDER BY id"))
+    boss = owner(dsn)
+
+    async def go() -> None:
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, boss)
+
+            async def preview(rule: str, ids: str) -> tuple[int, str]:
+                shown = await client.get(
+                    f"{base}/rules/preview", params={"name": rule, "outbox_id": ids}
+                )
+                return shown.status, await shown.text()
+
+            status, text = await preview("grouped", str(last))
+            assert status == 200 and "\n\ncreated</pre>" in text, text
+            status, text = await preview("grouped", str(first))
+            assert f"coalesces changes, and it is in the event of change {last}" in text
+            assert 'id="request"' not in text
+            status, text = await preview("batched", f"{first}, {last}")
+            assert status == 200, text
+            body = html.unescape(text.split("\n\n", 1)[1].split("</pre>", 1)[0])
+            assert [item["id"] for item in json.loads(body)] == [first, last]
+            status, text = await preview("batched", f"{first} {last} 99")
+            assert status == 400 and "at most 2 change(s)" in text
+            status, text = await preview("batched", "1 x")
+            assert status == 400 and "a whole number" in text
 
     asyncio.run(go())
     assert _one(dsn, "SELECT count(*) FROM relay.deliveries") == 0

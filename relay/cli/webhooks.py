@@ -38,14 +38,14 @@ from relay.cli.common import (
     visible,
 )
 from relay.db import DatabaseUnavailable, explain, first_line
-from relay.delivery import coalesce, tls
+from relay.delivery import coalesced, tls
 from relay.model import Change, loads, related_name
 from relay.reasons import MASK, reason, scrub, sensitive, url_shown
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError
 from relay.rules import edits, paths, ruleset
 from relay.rules import preview as preview_module
-from relay.store import Models, Store
+from relay.store import Store
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -955,16 +955,24 @@ def preview(
         coalesces = chosen is not None and chosen.webhook.coalesce_changes
         changes: list[Change] = []
         for one in sorted(set(outbox_id or [])):
-            found = Store(conn).change(one, loaded.models, coalesce=coalesces)
+            store = Store(conn)
+            found: Change | str | None
+            if chosen is not None and coalesces:
+                found = coalesced.as_sent(store, one, loaded.models)
+            else:
+                found = store.change(one, loaded.models)
             if found is None:
                 fail(
                     f"no change with id {one} in relay.outbox (purged, or never made): "
                     "pick one with SELECT id FROM relay.outbox",
                     2,
                 )
-            if chosen is not None and coalesces:
-                _refuse_coalesced(chosen.webhook.name, one, *Store(conn).group(one))
-                found = _grouped_now(Store(conn), found, loaded.models, chosen.webhook.name)
+            if isinstance(found, str):
+                assert chosen is not None
+                hook = chosen.webhook.name
+                said = f"nothing would be sent: webhook {hook!r} coalesces changes, and {found}"
+                out.print(visible(said), highlight=False, soft_wrap=True)
+                raise typer.Exit(1)
             changes.append(found)
         if not changes and table is not None:
             made_up = _made_up_change(table, new, old, event)
@@ -990,39 +998,6 @@ def preview(
         out.print(said, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     _print_preview(chosen, sent, made, settings, unsent)
-
-
-def _refuse_coalesced(webhook: str, outbox_id: int, into: int | None, cancelled: bool) -> None:
-    """Say, and exit 1, when a webhook that coalesces gets no event of its own for the change:
-    it is in a later change's event, or its group was created and deleted (0031)."""
-    why = None
-    if into is not None:
-        why = f"it is in the event of change {into} (preview --outbox-id {into})"
-    elif cancelled:
-        why = "its row was created and deleted in its transaction"
-    if why is not None:
-        said = f"nothing would be sent: webhook {webhook!r} coalesces changes, and {why}"
-        out.print(visible(said), highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-
-
-def _grouped_now(store: Store, change: Change, models: Models, webhook: str) -> Change:
-    """The change as a webhook that coalesces will get it, grouped now as fan-out will group
-    it when the relay has not yet (then nothing is stored of its group): nothing (said, exit 1)
-    when it goes in a later change's event or its row was created and deleted in its
-    transaction, else its group's event (the first change's op and old image)."""
-    rows = store.transaction_changes(change.id)
-    if not rows:
-        return change  # fanned out: its grouping is stored, and was read with it
-    grouping = coalesce.group(rows)
-    made = next((row for row in grouping.events if row["id"] == change.id), None)
-    cancelled = change.id in grouping.grouped and made is None
-    _refuse_coalesced(webhook, change.id, grouping.into.get(change.id), cancelled)
-    if made is None or made["coalesced_from"] is None:
-        return change
-    first = store.change(made["coalesced_from"], models)
-    old = None if made["op"] == "insert" or first is None else first.old_json
-    return replace(change, op=made["op"], old_json=old)
 
 
 def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:

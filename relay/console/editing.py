@@ -25,8 +25,10 @@ import psycopg
 from aiohttp import web
 from sqlalchemy import orm
 
+from relay.console import filters
 from relay.console.app import Refused
 from relay.db import explain
+from relay.delivery import coalesced
 from relay.delivery.send import Sender
 from relay.model import BODY_FORMATS, Change, Webhook
 from relay.reasons import reason, scrub
@@ -618,13 +620,12 @@ class Editing:
         raise web.HTTPSeeOther(f"/rules/edit?{_query(name=name, said=said)}")
 
     async def rule_preview(self, request: web.Request) -> web.StreamResponse:
-        """What the rule would send for a change of the outbox, as ``relay preview --rule R
-        --outbox-id N`` shows it: nothing is sent or written."""
+        """What the rule would send for changes of the outbox, as ``relay preview --rule R
+        --outbox-id N`` shows it: nothing is sent or written. A batched webhook's batch is its
+        changes' ids, space- or comma-separated; a webhook that coalesces gets each change's
+        event, as the relay makes it (relay/delivery/coalesced.py)."""
         name = request.query.get("name", "")
-        text = request.query.get("outbox_id", "").strip()
-        outbox_id = int(text) if text.isdigit() and len(text) < 19 else None
-        if outbox_id is None:
-            raise Refused(400, "Give the id of a change in relay.outbox (a whole number).")
+        outbox_ids = _change_ids(request.query.get("outbox_id", ""))
         globs = self._globs()
 
         def look(store: Store) -> dict[str, Any]:
@@ -633,20 +634,33 @@ class Editing:
             rule = next((r for r in loaded.rules if r.name == name), None)
             if rule is None:
                 raise _no("rule")
-            if rule.webhook.coalesce_changes:
+            if len(outbox_ids) > rule.webhook.batch_size:
                 raise Refused(
                     400,
-                    f"Webhook {rule.webhook.name} coalesces changes: a change's event depends "
-                    "on its transaction's other changes; preview it with relay preview.",
+                    f"Webhook {rule.webhook.name} takes at most {rule.webhook.batch_size} "
+                    "change(s) a request (its batch size): give fewer ids.",
                 )
-            change = store.change(outbox_id, loaded.models)
-            if change is None:
-                raise Refused(404, f"No change with id {outbox_id} in relay.outbox.")
-            sent, unsent = previews.would_send(rule, [change], rule.id in enabled)
+            changes, unsent = [], []
+            for outbox_id in outbox_ids:
+                found: Change | str | None
+                if rule.webhook.coalesce_changes:
+                    found = coalesced.as_sent(store, outbox_id, loaded.models)
+                else:
+                    found = store.change(outbox_id, loaded.models)
+                if found is None:
+                    raise Refused(404, f"No change with id {outbox_id} in relay.outbox.")
+                if isinstance(found, str):
+                    unsent.append(
+                        f"change {outbox_id}: webhook {rule.webhook.name!r} coalesces changes, "
+                        f"and {found}"
+                    )
+                else:
+                    changes.append(found)
+            sent, unjudged = previews.would_send(rule, changes, rule.id in enabled)
             made = None
-            if sent and rule.webhook.batch_size == 1:
-                made = store.delivery_id(change.id, rule.webhook.id)
-            return {"rule": rule, "sent": sent, "unsent": unsent, "made": made}
+            if len(sent) == 1 and rule.webhook.batch_size == 1:
+                made = store.delivery_id(sent[0].id, rule.webhook.id)
+            return {"rule": rule, "sent": sent, "unsent": unsent + unjudged, "made": made}
 
         found = await self.console.run(request, look)
         rule: ruleset.Rule = found["rule"]
@@ -667,7 +681,7 @@ class Editing:
         return self.console.page(
             request,
             "preview.html",
-            title=f"Preview of rule {name}, change {outbox_id}",
+            title=f"Preview of rule {name}, change {' '.join(map(str, outbox_ids))}",
             rule=rule,
             unsent=found["unsent"],
             shown=shown,
@@ -675,6 +689,22 @@ class Editing:
             made=found["made"],
             preview_id=previews.PREVIEW_ID,
         )
+
+
+MAX_PREVIEWED = 1000
+"""The most change ids one preview takes (no webhook's batch is larger: check_webhook)."""
+
+
+def _change_ids(text: str) -> list[int]:
+    """The ids of changes to preview, in order and once each, from ``12`` or ``12 13, 14``;
+    a 400 page for anything else."""
+    words = text.replace(",", " ").split()
+    if not words or len(words) > MAX_PREVIEWED:
+        raise Refused(400, "Give the id of a change in relay.outbox (a whole number), or several.")
+    ids = [filters.whole_number(word) for word in words]
+    if None in ids:
+        raise Refused(400, "Give the id of a change in relay.outbox (a whole number), or several.")
+    return sorted({i for i in ids if i is not None})
 
 
 def _render(
