@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 
 import psycopg
+import pytest
+from conftest import template_of
 
+from relay.cli.tempcluster import NoPostgres, start_temp_cluster
 from relay.db import Conn
 from relay.delivery.window import Gap, Window, advance
 from support.db import one_row
@@ -14,6 +18,27 @@ from support.delivery import fan_out, setup
 from support.receivers import receiver
 from support.worker import outbox_statuses, running, until
 from support.worker import setup as hook_setup
+
+
+@pytest.fixture(scope="module")
+def server_dsn() -> Iterator[str]:
+    """A cluster of this module's own: fan-out's gaps wait for every transaction running on the
+    cluster, whatever its database, so another test's transactions (or another session's) would
+    change what these tests count."""
+    try:
+        cluster = start_temp_cluster()
+    except NoPostgres as exc:
+        pytest.skip(f"no cluster of its own for the window's tests: {exc}")
+    try:
+        yield cluster.dsn
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def installed_template(server_dsn: str) -> Iterator[str]:
+    with template_of(server_dsn) as name:
+        yield name
 
 
 def test_ids_missing_below_a_seen_one_wait_for_the_transactions_running() -> None:

@@ -203,11 +203,15 @@ def postgres_server(explicit_dsn: str | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def scratch_database(server_dsn: str, prefix: str) -> Iterator[str]:
-    """A new database on the server, dropped (whoever is still connected) when the block ends."""
+def scratch_database(server_dsn: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database on the server (a copy of database ``template`` when given), dropped
+    (whoever is still connected) when the block ends."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
     with connect(server_dsn) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        admin.execute(create)
     try:
         yield make_conninfo(server_dsn, dbname=name)
     finally:
