@@ -84,6 +84,8 @@ class WebhookRow(TypedDict):
     additional_headers: str
     body_template: str
     secret: str
+    previous_secret: str
+    previous_secret_until: datetime | None
     signature: str
     ssl_verification: bool
     ca_file_path: str | None

@@ -391,6 +391,8 @@ def webhook_edit(
         fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
     with _session(dsn) as db:
         hook = _named("webhook", admin.webhook_by_name, db, name)
+        if "secret" in changes or changes.get("signature", hook.signature) != hook.signature:
+            admin.forget_previous_secret(hook)
         for key, value in changes.items():
             setattr(hook, key, value)
         _refuse_broken_templates(hook)
@@ -535,6 +537,7 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "body_template": hook.body_template,
             "body_format": _body_format_shown(hook.body_format, hook.body_template),
             "secret": preview_module.masked(hook.secret),
+            "previous_secret": _previous_shown(hook.previous_secret, hook.previous_secret_until),
             "signature": hook.signature,
             "ssl_verification": hook.ssl_verification,
             "ca_file_path": hook.ca_file_path,
@@ -580,6 +583,16 @@ class _Shown:
         return f"{setting} (setting RELAY_DEAD_AFTER_SECONDS)"
 
 
+def _previous_shown(previous: str, until: datetime | None) -> str:
+    """A rotated secret's previous one in words: until when it signs, never its value."""
+    if not previous.strip() or until is None:
+        return "(none)"
+    moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if until <= datetime.now(UTC):
+        return f"(none: the previous secret stopped signing at {moment})"
+    return f"previous secret valid until {moment}"
+
+
 def _paused_shown(paused_at: datetime | None, reason: str | None) -> str:
     """A webhook's pause in words: no, by the operator since when, or as dead since when."""
     if paused_at is None:
@@ -621,15 +634,63 @@ def _retry_fields(hook: admin.WebhookRow) -> dict[str, str]:
     }
 
 
+@webhook_app.command("rotate-secret")
+def webhook_rotate_secret(
+    name: Annotated[str, typer.Argument(help="The webhook whose secret changes.")],
+    dsn: Dsn,
+    grace: Annotated[
+        str,
+        typer.Option(
+            help="How long the previous secret keeps signing (90s, 30m, 24h, 7d; at most 30d); "
+            "0: the new one alone, at once."
+        ),
+    ] = "24h",
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the new secret from this file (default: standard input; never an "
+            "argument, which process lists and shell history would keep)."
+        ),
+    ] = None,
+) -> None:
+    """Give a webhook a new secret, the previous one signing for a period: Standard Webhooks
+    requests carry both signatures until it ends; NetBox's single X-Hook-Signature stays
+    signed with the previous secret until it ends, then with the new one (docs/security.md)."""
+    period = _checked(edits.grace, grace)
+    if secret_file is not None:
+        try:
+            given = secret_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--secret-file {secret_file}: {_unreadable(exc)}", 2)
+    elif sys.stdin.isatty():
+        given = typer.prompt("New secret", hide_input=True, err=True)
+    else:
+        given = sys.stdin.read()
+    with _session(dsn) as db:
+        hook = _named("webhook", admin.webhook_by_name, db, name)
+        secret = _checked(edits.new_secret, given, hook.signature, hook.secret)
+        until = admin.rotate_secret(db, hook, secret, period)
+        scheme = hook.signature
+    if until is None:
+        said = "the new secret alone signs from now on"
+    else:
+        moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        said = (
+            f"previous secret valid until {moment} (each request carries both signatures "
+            "until then)"
+            if scheme == "standard"
+            else f"previous secret valid until {moment} (it signs X-Hook-Signature until "
+            "then, the new one after)"
+        )
+    out.print(f"webhook {name}: secret rotated; {said}", highlight=False)
+
+
 @webhook_app.command("remove")
 def webhook_remove(name: str, dsn: Dsn) -> None:
     """Remove a webhook no rule uses."""
 
     def in_use(hook: admin.WebhookRow) -> str | None:
-        used_by = ", ".join(sorted(r.name for r in hook.rules))
-        return (
-            f"webhook {name!r} is used by rule(s) {used_by}; remove them first" if used_by else None
-        )
+        return edits.webhook_in_use(name, [r.name for r in hook.rules])
 
     _remove("webhook", admin.webhook_by_name, name, dsn, in_use)
 

@@ -287,6 +287,8 @@ class Editing:
                 changed = sorted(
                     key for key, value in values.items() if getattr(hook, key) != value
                 )
+                if "secret" in values or values["signature"] != hook.signature:
+                    admin.forget_previous_secret(hook)
                 for key, value in values.items():
                     setattr(hook, key, value)
                 hook.name = name
