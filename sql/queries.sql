@@ -1329,6 +1329,15 @@ SELECT w.id, w.enabled, w.paused_at, w.paused_reason,
 FROM relay.webhooks w
 WHERE w.name = %(name)s;
 
+-- name: webhook_deliveries
+-- The console's remove page: the deliveries of a webhook by status, which its removal deletes
+-- (relay.deliveries' foreign key cascades, and their attempts with them).
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'delivered') AS delivered
+FROM relay.deliveries
+WHERE webhook_id = %(webhook_id)s;
+
 -- name: pause_webhook
 -- `relay webhook pause`, or the SQL user's own UPDATE: no relay claims its deliveries until
 -- it is resumed (claim_deliveries, claim_batch); matching goes on, so they wait, in order.

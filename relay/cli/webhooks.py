@@ -537,7 +537,9 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "body_template": hook.body_template,
             "body_format": _body_format_shown(hook.body_format, hook.body_template),
             "secret": preview_module.masked(hook.secret),
-            "previous_secret": _previous_shown(hook.previous_secret, hook.previous_secret_until),
+            "previous_secret": edits.previous_secret_shown(
+                hook.previous_secret, hook.previous_secret_until
+            ),
             "signature": hook.signature,
             "ssl_verification": hook.ssl_verification,
             "ca_file_path": hook.ca_file_path,
@@ -581,16 +583,6 @@ class _Shown:
             return _duration(value)
         setting = _duration(self.settings.dead_after_seconds)
         return f"{setting} (setting RELAY_DEAD_AFTER_SECONDS)"
-
-
-def _previous_shown(previous: str, until: datetime | None) -> str:
-    """A rotated secret's previous one in words: until when it signs, never its value."""
-    if not previous.strip() or until is None:
-        return "(none)"
-    moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    if until <= datetime.now(UTC):
-        return f"(none: the previous secret stopped signing at {moment})"
-    return f"previous secret valid until {moment}"
 
 
 def _paused_shown(paused_at: datetime | None, reason: str | None) -> str:
@@ -669,20 +661,8 @@ def webhook_rotate_secret(
     with _session(dsn) as db:
         hook = _named("webhook", admin.webhook_by_name, db, name)
         secret = _checked(edits.new_secret, given, hook.signature, hook.secret)
-        until = admin.rotate_secret(db, hook, secret, period)
-        scheme = hook.signature
-    if until is None:
-        said = "the new secret alone signs from now on"
-    else:
-        moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-        said = (
-            f"previous secret valid until {moment} (each request carries both signatures "
-            "until then)"
-            if scheme == "standard"
-            else f"previous secret valid until {moment} (it signs X-Hook-Signature until "
-            "then, the new one after)"
-        )
-    out.print(f"webhook {name}: secret rotated; {said}", highlight=False)
+        said = edits.rotated(admin.rotate_secret(db, hook, secret, period), hook.signature)
+    out.print(f"webhook {name}: {said}", highlight=False)
 
 
 @webhook_app.command("remove")

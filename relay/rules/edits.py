@@ -10,7 +10,7 @@ checks the rest of each row (relay.check_webhook, relay.check_event_rule) when i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -268,3 +268,30 @@ def webhook_in_use(name: str, rules: Sequence[str]) -> str | None:
     if not rules:
         return None
     return f"webhook {name!r} is used by rule(s) {', '.join(sorted(rules))}; remove them first"
+
+
+def rotated(until: datetime | None, signature: str) -> str:
+    """What a rotation did, in the same words on the command line, the console and its audit
+    (never the secret)."""
+    if until is None:
+        return "secret rotated; the new secret alone signs from now on"
+    moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if signature == "standard":
+        return (
+            f"secret rotated; previous secret valid until {moment} (each request carries both "
+            "signatures until then)"
+        )
+    return (
+        f"secret rotated; previous secret valid until {moment} (it signs X-Hook-Signature "
+        "until then, the new one after)"
+    )
+
+
+def previous_secret_shown(previous: str, until: datetime | None) -> str:
+    """A rotated secret's previous one in words: until when it signs, never its value."""
+    if not previous.strip() or until is None:
+        return "(none)"
+    moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if until <= datetime.now(UTC):
+        return f"(none: the previous secret stopped signing at {moment})"
+    return f"previous secret valid until {moment}"
