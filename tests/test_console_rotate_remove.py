@@ -55,6 +55,7 @@ def test_the_owner_rotates_a_secret_which_is_never_shown_nor_audited(dsn: str) -
     with psycopg.connect(dsn, autocommit=True) as conn:
         setup(conn, "http://127.0.0.1:9/hook", name="orders", secret=OLD, signature="standard")
     boss = owner(dsn)
+    operator = person(dsn, "alice")
     pages: list[str] = []
 
     async def go() -> None:
@@ -93,6 +94,16 @@ def test_the_owner_rotates_a_secret_which_is_never_shown_nor_audited(dsn: str) -
             assert done.status == 200 and str(done.url.path) == "/webhooks/edit"
             assert "Secret rotated (the new one is never shown)." in pages[-1]
             assert "Previous secret: previous secret valid until" in pages[-1]
+            listed = await client.get(f"{base}/webhooks")
+            pages.append(await listed.text())
+            assert "active; previous secret valid until" in pages[-1]
+        # The console's role reads until when, never a secret.
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, operator)
+            listed = await client.get(f"{base}/webhooks")
+            pages.append(await listed.text())
+            assert listed.status == 200
+            assert "active; previous secret valid until" in pages[-1]
 
     asyncio.run(go())
     assert _row(dsn, "SELECT secret, previous_secret FROM relay.webhooks") == (NEW, OLD)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
+from structlog.testing import capture_logs
 
 from relay.db import Conn
 from support.cli import process, relay
@@ -94,13 +95,15 @@ def test_during_the_period_both_secrets_verify_and_after_it_only_the_new_one(
                 assert standard_accepts(NEW, std) and not standard_accepts(OLD, std)
                 assert netbox_accepts(NEW_NETBOX, nb) and not netbox_accepts(OLD_NETBOX, nb)
 
-    asyncio.run(scenario())
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    assert logs, "the relay logged"
     shown = relay("webhook", "show", "std", dsn=relay_dsn).stdout
     shown += relay("status", dsn=relay_dsn).stdout
     assert "stopped signing at" in shown
     printed = capsys.readouterr()
     for secret in SECRETS:
-        assert secret not in printed.out + printed.err + shown
+        assert secret not in printed.out + printed.err + shown + repr(logs)
 
 
 def test_status_and_show_say_until_when_the_previous_secret_is_valid(
