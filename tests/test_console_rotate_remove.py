@@ -12,7 +12,7 @@ import aiohttp
 import psycopg
 import pytest
 from test_console import audit, csrf, sign_in
-from test_console_edit import owner, service
+from test_console_edit import WEBHOOK, owner, service
 
 from relay.cli.tempcluster import TempCluster
 from support.console import password_cluster, person, relay_database, serving
@@ -97,6 +97,25 @@ def test_the_owner_rotates_a_secret_which_is_never_shown_nor_audited(dsn: str) -
             listed = await client.get(f"{base}/webhooks")
             pages.append(await listed.text())
             assert "active; previous secret valid until" in pages[-1]
+            # A change of signature on the webhook's form replaces the secrets at once.
+            saved = await client.post(
+                f"{base}/webhooks/save",
+                data={
+                    **WEBHOOK,
+                    "original": "orders",
+                    "name": "orders",
+                    "secret": "",
+                    "csrf": token,
+                },
+            )
+            pages.append(await saved.text())
+            assert saved.status == 200 and "Saved." in pages[-1]
+            assert "Previous secret" not in pages[-1]
+            assert _row(dsn, "SELECT secret, previous_secret FROM relay.webhooks") == (NEW, "")
+            await client.post(
+                f"{base}/webhooks/rotate-secret",
+                data={"csrf": token, "name": "orders", "secret": "netbox-one", "grace": "1h"},
+            )
         # The console's role reads until when, never a secret.
         async with serving(dsn) as base, _client() as client:
             await sign_in(client, base, operator)
@@ -106,17 +125,23 @@ def test_the_owner_rotates_a_secret_which_is_never_shown_nor_audited(dsn: str) -
             assert "active; previous secret valid until" in pages[-1]
 
     asyncio.run(go())
-    assert _row(dsn, "SELECT secret, previous_secret FROM relay.webhooks") == (NEW, OLD)
+    assert _row(dsn, "SELECT secret, previous_secret FROM relay.webhooks") == ("netbox-one", NEW)
     assert _row(
         dsn,
         "SELECT previous_secret_until BETWEEN now() + interval '59 min' AND now() + interval '1 h'"
         " FROM relay.webhooks",
     ) == (True,)
     entries = audit(dsn)
-    assert [entry[:3] for entry in entries] == [(boss, "webhook rotate-secret", "orders")]
+    assert [entry[:3] for entry in entries] == [
+        (boss, "webhook rotate-secret", "orders"),
+        (boss, "webhook edit", "orders"),
+        (boss, "webhook rotate-secret", "orders"),
+    ]
     assert entries[0][3].startswith("secret rotated; previous secret valid until ")
+    assert entries[0][3].endswith("(each request carries both signatures until then)")
+    assert entries[2][3].endswith("(it signs X-Hook-Signature until then, the new one after)")
     for text in [*pages, *(str(entry) for entry in entries)]:
-        for secret in (OLD, NEW, OLD[6:], NEW[6:]):
+        for secret in (OLD, NEW, OLD[6:], NEW[6:], "netbox-one"):
             assert secret not in text
 
 

@@ -255,11 +255,12 @@ class Editing:
         """The form of the webhook ``name`` with its values, and until when a rotated secret's
         previous one signs."""
 
-        def read(db: orm.Session, store: Store) -> tuple[dict[str, str], str] | None:
+        def read(db: orm.Session, store: Store) -> tuple[dict[str, str], str | None] | None:
             hook = admin.webhook_by_name(db, name)
             if hook is None:
                 return None
-            previous = edits.previous_secret_shown(hook.previous_secret, hook.previous_secret_until)
+            until = hook.previous_secret_until
+            previous = edits.previous_secret_shown(hook.previous_secret, until) if until else None
             return webhook_fields(hook), previous
 
         found = await self.console.run_admin(request, read)
