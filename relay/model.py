@@ -181,7 +181,7 @@ BODY_FORMATS = ("relay", "netbox4")
 @dataclass(frozen=True)
 class Webhook:
     """A webhook as relay sends to it (a relay.webhooks row). ``max_attempts`` and the retry fields
-    are None where the relay's settings apply; ``secret`` stays out of the repr."""
+    are None where the relay's settings apply; the secrets stay out of the repr."""
 
     id: int
     name: str
@@ -191,6 +191,10 @@ class Webhook:
     additional_headers: str = ""
     body_template: str = ""
     secret: str = field(default="", repr=False)
+    previous_secret: str = field(default="", repr=False)
+    """The secret a rotation replaced; it signs until ``previous_secret_until`` (render.sign)."""
+    previous_secret_until: float | None = None
+    """When the previous secret stops signing, in seconds since the epoch (None: it does not)."""
     signature: str = "netbox"
     ssl_verification: bool = True
     ca_file_path: str | None = None

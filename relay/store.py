@@ -84,6 +84,8 @@ class WebhookRow(TypedDict):
     additional_headers: str
     body_template: str
     secret: str
+    previous_secret: str
+    previous_secret_until: datetime | None
     signature: str
     ssl_verification: bool
     ca_file_path: str | None
@@ -255,6 +257,15 @@ class Steering:
     """'operator' or 'dead' (0026_steering.sql); None when not paused."""
     pending: int
     """Its deliveries still to make."""
+
+
+@dataclass(frozen=True)
+class HeldDeliveries:
+    """What goes with a webhook when it is removed (``webhook_deliveries``)."""
+
+    pending: int
+    failed: int
+    delivered: int
 
 
 @dataclass(frozen=True)
@@ -742,6 +753,13 @@ class Store:
         """The webhook's pause and pending deliveries, or None when there is no such webhook."""
         with self.conn.cursor(row_factory=class_row(Steering)) as cur:
             return cur.execute(query("webhook_steering"), {"name": name}).fetchone()
+
+    def webhook_deliveries(self, webhook_id: int) -> HeldDeliveries:
+        """How many deliveries the webhook has, by status: removing it deletes them."""
+        with self.conn.cursor(row_factory=class_row(HeldDeliveries)) as cur:
+            found = cur.execute(query("webhook_deliveries"), {"webhook_id": webhook_id}).fetchone()
+        assert found is not None, "an aggregate has a row"
+        return found
 
     def pause_webhook(self, name: str) -> datetime | None:
         """Pause the webhook for the operator; when, or None when it was paused already."""

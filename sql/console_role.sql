@@ -18,9 +18,11 @@ GRANT SELECT ON relay.migrations TO :"role";
 -- The overview and the deliveries log: changes, deliveries, attempts, relays, backfills.
 GRANT SELECT ON relay.outbox, relay.deliveries, relay.attempts, relay.relays, relay.backfills,
     relay.webhook_health TO :"role";
--- Webhooks without their secret (the console never shows or needs one).
+-- Webhooks without their secrets (the console never shows or needs one; previous_secret_until
+-- is only when a rotated secret's previous one stops signing: 0033_secret_rotation.sql).
 GRANT SELECT (id, name, payload_url, enabled, paused_at, paused_reason, concurrency, rate_limit,
-    dead_after_seconds, ordering, max_attempts, retry_base_seconds, retry_max_seconds)
+    dead_after_seconds, ordering, max_attempts, retry_base_seconds, retry_max_seconds,
+    previous_secret_until)
     ON relay.webhooks TO :"role";
 -- Pause and resume (relay webhook pause / resume): the pause, and the endpoint's failing_since
 -- that a resume clears.

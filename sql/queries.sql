@@ -59,6 +59,7 @@ SELECT r.id, r.name, r.tables, r.events, r.conditions::text AS conditions,
        r.action_data::text AS action_data,
        w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
+       w.previous_secret, w.previous_secret_until,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
        w.concurrency, w.rate_limit, w.ordering, w.ordering_key, w.body_format,
@@ -86,6 +87,7 @@ ORDER BY t.schema_name, t.table_name, a.attnum;
 -- Webhooks no rule calls, for `relay rules check` (the same columns as load_rules').
 SELECT w.id AS webhook_id, w.name AS webhook_name, w.payload_url, w.http_method,
        w.http_content_type, w.additional_headers, w.body_template, w.secret, w.signature,
+       w.previous_secret, w.previous_secret_until,
        w.ssl_verification, w.ca_file_path, w.timeout_seconds, w.enabled AS webhook_enabled,
        w.max_attempts, w.retry_base_seconds, w.retry_max_seconds, w.batch_size, w.batch_wait_ms,
        w.concurrency, w.rate_limit, w.ordering, w.ordering_key, w.body_format,
@@ -1255,7 +1257,8 @@ FROM relay.outbox;
 -- since, from relay.webhook_health: the breaker itself lives in each relay process; or
 -- active), its deliveries (pending, in flight: leased now, delivered, failed), the age of the
 -- change of its oldest pending delivery, its endpoint's last success and last error, its own
--- limits and retry policy (NULL: the relays' settings).
+-- limits and retry policy (NULL: the relays' settings), and until when a rotated secret's
+-- previous one still signs (NULL: it does not; 0033_secret_rotation.sql).
 SELECT w.name, w.enabled,
        CASE WHEN NOT w.enabled THEN 'disabled'
             WHEN w.paused_reason = 'dead' THEN 'dead'
@@ -1274,7 +1277,9 @@ SELECT w.name, w.enabled,
            SELECT o.created_at FROM relay.outbox o
            WHERE o.id = (SELECT min(p.outbox_id) FROM relay.deliveries p
                          WHERE p.webhook_id = w.id AND p.status = 'pending')))::float8
-           AS oldest_pending_seconds
+           AS oldest_pending_seconds,
+       CASE WHEN w.previous_secret_until > now() THEN w.previous_secret_until END
+           AS previous_secret_until
 FROM relay.webhooks w
 LEFT JOIN relay.webhook_health h ON h.webhook_id = w.id
 LEFT JOIN (
@@ -1323,6 +1328,15 @@ SELECT w.id, w.enabled, w.paused_at, w.paused_reason,
         WHERE d.webhook_id = w.id AND d.status = 'pending') AS pending
 FROM relay.webhooks w
 WHERE w.name = %(name)s;
+
+-- name: webhook_deliveries
+-- The console's remove page: the deliveries of a webhook by status, which its removal deletes
+-- (relay.deliveries' foreign key cascades, and their attempts with them).
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'delivered') AS delivered
+FROM relay.deliveries
+WHERE webhook_id = %(webhook_id)s;
 
 -- name: pause_webhook
 -- `relay webhook pause`, or the SQL user's own UPDATE: no relay claims its deliveries until

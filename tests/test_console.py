@@ -370,6 +370,8 @@ def test_the_console_rights_read_no_secret_and_cannot_write_the_audit_in_another
     with psycopg.connect(as_alice, autocommit=True) as conn:
         for statement in [
             "SELECT secret FROM relay.webhooks",
+            "SELECT previous_secret FROM relay.webhooks",
+            "UPDATE relay.webhooks SET secret = 'mine', previous_secret_until = now()",
             "INSERT INTO relay.console_audit (actor, action, target, address)"
             " VALUES ('bob', 'x', 'y', 'z')",
             "INSERT INTO relay.console_audit (at, action, target, address)"

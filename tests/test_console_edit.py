@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import html
 import hmac
+import html
 import json
 import re
 import subprocess

@@ -6,11 +6,13 @@ import base64
 import hashlib
 import hmac
 import time
+from dataclasses import replace
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from relay.render.sign import InvalidSecret, signature_headers
+from relay.model import Webhook as Model
+from relay.render.sign import InvalidSecret, signature_headers, signing_secret
 
 
 def test_netbox_signature_is_hex_hmac_sha512_of_the_body() -> None:
@@ -54,3 +56,26 @@ def test_a_malformed_standard_secret_is_refused_without_echoing_it() -> None:
     with pytest.raises(InvalidSecret) as excinfo:
         signature_headers("standard", "whsec_not base64!!", b"x", "m", 0)
     assert "not base64" not in str(excinfo.value)
+
+
+def test_a_rotated_secrets_previous_one_signs_until_its_period_ends_and_never_after() -> None:
+    old = "whsec_" + base64.b64encode(b"old-key-old-key-old-key!").decode()
+    new = "whsec_" + base64.b64encode(b"new-key-new-key-new-key!").decode()
+    until = 1_000_000.0
+    standard = Model(
+        1,
+        "std",
+        "http://x",
+        secret=new,
+        signature="standard",
+        previous_secret=old,
+        previous_secret_until=until,
+    )
+    assert signing_secret(standard, until - 1).split("\n") == [new, old]
+    assert signing_secret(standard, until) == new
+    netbox = replace(standard, signature="netbox", secret="new", previous_secret="old")
+    assert signing_secret(netbox, until - 1) == "old"
+    assert signing_secret(netbox, until + 1) == "new"
+    assert signing_secret(replace(netbox, previous_secret_until=None), 0) == "new"
+    assert signing_secret(replace(netbox, previous_secret=""), 0) == "new"
+    assert "secret=" not in repr(netbox)

@@ -146,7 +146,8 @@ ERROR_SHOWN = 60
 
 def _state(webhook: dict[str, Any]) -> str:
     """What the webhook is doing, in words, with since when: relay's breaker lives in each
-    relay process, so "failing since" comes from what the relays record of each endpoint."""
+    relay process, so "failing since" comes from what the relays record of each endpoint; and
+    while a rotated secret's previous one still signs, until when."""
     state = webhook["state"]
     if state == "paused":
         return f"paused by operator since {_when(webhook['paused_at'])}"
@@ -156,7 +157,9 @@ def _state(webhook: dict[str, Any]) -> str:
             f"(failing since {_when(webhook['failing_since'])})"
         )
     if state == "failing":
-        return f"failing since {_when(webhook['failing_since'])}"
+        state = f"failing since {_when(webhook['failing_since'])}"
+    if webhook["previous_secret_until"] is not None:
+        state = f"{state}; previous secret valid until {_when(webhook['previous_secret_until'])}"
     return str(state)
 
 

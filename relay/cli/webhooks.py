@@ -391,6 +391,8 @@ def webhook_edit(
         fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
     with _session(dsn) as db:
         hook = _named("webhook", admin.webhook_by_name, db, name)
+        if "secret" in changes or changes.get("signature", hook.signature) != hook.signature:
+            admin.forget_previous_secret(hook)
         for key, value in changes.items():
             setattr(hook, key, value)
         _refuse_broken_templates(hook)
@@ -535,6 +537,9 @@ def webhook_show(name: str, dsn: Dsn) -> None:
             "body_template": hook.body_template,
             "body_format": _body_format_shown(hook.body_format, hook.body_template),
             "secret": preview_module.masked(hook.secret),
+            "previous_secret": edits.previous_secret_shown(
+                hook.previous_secret, hook.previous_secret_until
+            ),
             "signature": hook.signature,
             "ssl_verification": hook.ssl_verification,
             "ca_file_path": hook.ca_file_path,
@@ -621,15 +626,51 @@ def _retry_fields(hook: admin.WebhookRow) -> dict[str, str]:
     }
 
 
+@webhook_app.command("rotate-secret")
+def webhook_rotate_secret(
+    name: Annotated[str, typer.Argument(help="The webhook whose secret changes.")],
+    dsn: Dsn,
+    grace: Annotated[
+        str,
+        typer.Option(
+            help="How long the previous secret keeps signing (90s, 30m, 24h, 7d; at most 30d); "
+            "0: the new one alone, at once."
+        ),
+    ] = "24h",
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Read the new secret from this file (default: standard input; never an "
+            "argument, which process lists and shell history would keep)."
+        ),
+    ] = None,
+) -> None:
+    """Give a webhook a new secret, the previous one signing for a period: Standard Webhooks
+    requests carry both signatures until it ends; NetBox's single X-Hook-Signature stays
+    signed with the previous secret until it ends, then with the new one (docs/security.md)."""
+    period = _checked(edits.grace, grace)
+    if secret_file is not None:
+        try:
+            given = secret_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"--secret-file {secret_file}: {_unreadable(exc)}", 2)
+    elif sys.stdin.isatty():
+        given = typer.prompt("New secret", hide_input=True, err=True)
+    else:
+        given = sys.stdin.read()
+    with _session(dsn) as db:
+        hook = _named("webhook", admin.webhook_by_name, db, name)
+        secret = _checked(edits.new_secret, given, hook.signature, hook.secret)
+        said = edits.rotated(admin.rotate_secret(db, hook, secret, period), hook.signature)
+    out.print(f"webhook {name}: {said}", highlight=False)
+
+
 @webhook_app.command("remove")
 def webhook_remove(name: str, dsn: Dsn) -> None:
     """Remove a webhook no rule uses."""
 
     def in_use(hook: admin.WebhookRow) -> str | None:
-        used_by = ", ".join(sorted(r.name for r in hook.rules))
-        return (
-            f"webhook {name!r} is used by rule(s) {used_by}; remove them first" if used_by else None
-        )
+        return edits.webhook_in_use(name, [r.name for r in hook.rules])
 
     _remove("webhook", admin.webhook_by_name, name, dsn, in_use)
 

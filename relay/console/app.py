@@ -72,6 +72,7 @@ SAID = {
     "resumed": "Resumed: its deliveries go out again, in order.",
     "not-paused": "It was not paused: nothing changed.",
     "retried": "Sent again: the change's failed deliveries are pending.",
+    "removed": "Removed, with its deliveries.",
     "superseded": (
         "Not sent again: a later change of the row was delivered to that webhook after it "
         "(relay retry --superseded sends it anyway)."

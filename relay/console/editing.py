@@ -36,7 +36,7 @@ from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, secrets_of
 from relay.rules import admin, edits, paths, ruleset
 from relay.rules import preview as previews
-from relay.store import Store
+from relay.store import HeldDeliveries, Store
 
 if TYPE_CHECKING:
     from relay.console.app import Console
@@ -50,6 +50,8 @@ SAID = {
     "changed": "Saved.",
     "enabled": "Enabled: changes match it again.",
     "disabled": "Disabled: no change matches it until it is enabled.",
+    "rotated": "Secret rotated (the new one is never shown).",
+    "removed": "Removed.",
 }
 """What a page says after an action, by the code its redirect names (never text from the
 query string)."""
@@ -217,6 +219,7 @@ class Editing:
         problem: str | None,
         code: int = 200,
         said: str | None = None,
+        previous: str | None = None,
     ) -> web.Response:
         title = "New webhook" if original is None else f"Webhook {original}"
         return self.console.page(
@@ -228,6 +231,7 @@ class Editing:
             original=original,
             problem=problem,
             said=said,
+            previous=previous,
             methods=METHODS,
             signatures=SIGNATURES,
             orderings=ORDERINGS,
@@ -239,17 +243,104 @@ class Editing:
         name = request.query.get("name")
         if name is None:
             return self._form_page(request, webhook_fields(None), None, None)
-        _findable(name, "webhook")
-
-        def read(db: orm.Session, store: Store) -> dict[str, str] | None:
-            hook = admin.webhook_by_name(db, name)
-            return None if hook is None else webhook_fields(hook)
-
-        fields = await self.console.run_admin(request, read)
-        if fields is None:
-            raise _no("webhook")
         said = SAID.get(request.query.get("said", ""))
-        return self._form_page(request, fields, name, None, said=said)
+        return await self._webhook_page(request, _findable(name, "webhook"), None, said=said)
+
+    async def _webhook_page(
+        self,
+        request: web.Request,
+        name: str,
+        problem: str | None,
+        code: int = 200,
+        said: str | None = None,
+    ) -> web.Response:
+        """The form of the webhook ``name`` with its values, and until when a rotated secret's
+        previous one signs."""
+
+        def read(db: orm.Session, store: Store) -> tuple[dict[str, str], str | None] | None:
+            hook = admin.webhook_by_name(db, name)
+            if hook is None:
+                return None
+            until = hook.previous_secret_until
+            previous = edits.previous_secret_shown(hook.previous_secret, until) if until else None
+            return webhook_fields(hook), previous
+
+        found = await self.console.run_admin(request, read)
+        if found is None:
+            raise _no("webhook")
+        fields, previous = found
+        return self._form_page(request, fields, name, problem, code, said, previous)
+
+    async def webhook_rotate(self, request: web.Request) -> web.StreamResponse:
+        """Give the webhook a new secret, the previous one signing for the period given, as
+        ``relay webhook rotate-secret`` does (the same checks and words). The new secret is
+        never shown back, nor written to the audit."""
+        form = await request.post()
+        name = _findable(_text(form, "name"), "webhook")
+        given = _text(form, "secret")
+        address = self.console.address(request)
+        try:
+            period = edits.grace(_text(form, "grace"), "grace")
+
+            def rotate(db: orm.Session, store: Store) -> bool:
+                hook = admin.webhook_by_name(db, name)
+                if hook is None:
+                    return False
+                secret = edits.new_secret(given, hook.signature, hook.secret)
+                until = admin.rotate_secret(db, hook, secret, period)
+                store.audit(
+                    "webhook rotate-secret", name, edits.rotated(until, hook.signature), address
+                )
+                return True
+
+            found = await self.console.run_admin(request, rotate)
+        except edits.Invalid as exc:
+            return await self._webhook_page(request, name, str(exc), 400)
+        if not found:
+            raise _no("webhook")
+        raise web.HTTPSeeOther(f"/webhooks/edit?{_query(name=name, said='rotated')}")
+
+    async def webhook_remove(self, request: web.Request) -> web.StreamResponse:
+        """Remove a webhook no rule uses (as ``relay webhook remove``; one a rule uses is
+        refused in its words). Its deliveries go with it, so the console asks first, counting
+        them (a page with a confirming form)."""
+        form = await request.post()
+        name = _findable(_text(form, "name"), "webhook")
+        confirmed = _text(form, "confirm") == "yes"
+        address = self.console.address(request)
+
+        def remove(db: orm.Session, store: Store) -> HeldDeliveries | bool:
+            hook = admin.webhook_by_name(db, name)
+            if hook is None:
+                return False
+            why_not = edits.webhook_in_use(name, [rule.name for rule in hook.rules])
+            if why_not is not None:
+                raise Refused(409, f"Not removed: {why_not}.")
+            held = store.webhook_deliveries(hook.id)
+            if not confirmed:
+                return held
+            db.delete(hook)
+            db.flush()
+            detail = (
+                f"removed with {held.pending} pending, {held.failed} failed and "
+                f"{held.delivered} delivered deliveries"
+            )
+            store.audit("webhook remove", name, detail, address)
+            return True
+
+        done = await self.console.run_admin(request, remove)
+        if done is False:
+            raise _no("webhook")
+        if isinstance(done, HeldDeliveries):
+            return self.console.page(
+                request,
+                "confirm_remove.html",
+                title=f"Remove webhook {name}?",
+                kind="webhook",
+                name=name,
+                held=done,
+            )
+        raise web.HTTPSeeOther(f"/webhooks?{_query(said='removed')}")
 
     async def webhook_save(self, request: web.Request) -> web.StreamResponse:
         """Add a webhook, or change one (``original`` names it): checked first, templates
@@ -289,6 +380,8 @@ class Editing:
                 changed = sorted(
                     key for key, value in values.items() if getattr(hook, key) != value
                 )
+                if "secret" in values or values["signature"] != hook.signature:
+                    admin.forget_previous_secret(hook)
                 for key, value in values.items():
                     setattr(hook, key, value)
                 hook.name = name
@@ -619,6 +712,39 @@ class Editing:
             raise _no("rule")
         raise web.HTTPSeeOther(f"/rules/edit?{_query(name=name, said=said)}")
 
+    async def rule_remove(self, request: web.Request) -> web.StreamResponse:
+        """Remove a rule (as ``relay rule remove``), after a page that asks: changes no longer
+        match it; deliveries it made already stay and still go."""
+        form = await request.post()
+        name = _findable(_text(form, "name"), "rule")
+        confirmed = _text(form, "confirm") == "yes"
+        address = self.console.address(request)
+
+        def remove(db: orm.Session, store: Store) -> str | None:
+            rule = admin.rule_by_name(db, name)
+            if rule is None:
+                return None
+            if not confirmed:
+                return rule.webhook.name
+            db.delete(rule)
+            db.flush()
+            store.audit("rule remove", name, "removed", address)
+            return ""
+
+        webhook = await self.console.run_admin(request, remove)
+        if webhook is None:
+            raise _no("rule")
+        if webhook:
+            return self.console.page(
+                request,
+                "confirm_remove.html",
+                title=f"Remove rule {name}?",
+                kind="rule",
+                name=name,
+                webhook=webhook,
+            )
+        raise web.HTTPSeeOther(f"/rules?{_query(said='removed')}")
+
     async def rule_preview(self, request: web.Request) -> web.StreamResponse:
         """What the rule would send for changes of the outbox, as ``relay preview --rule R
         --outbox-id N`` shows it: nothing is sent or written. A batched webhook's batch is its
@@ -755,9 +881,12 @@ def add_routes(app: web.Application, console: Console) -> None:
     app.router.add_post("/webhooks/save", editing.webhook_save)
     app.router.add_post("/webhooks/{action:enable|disable}", editing.webhook_switch)
     app.router.add_post("/webhooks/test", editing.webhook_test)
+    app.router.add_post("/webhooks/rotate-secret", editing.webhook_rotate)
+    app.router.add_post("/webhooks/remove", editing.webhook_remove)
     app.router.add_get("/rules", editing.rules)
     app.router.add_get("/rules/add", editing.rule_form)
     app.router.add_get("/rules/edit", editing.rule_form)
     app.router.add_post("/rules/save", editing.rule_save)
     app.router.add_post("/rules/{action:enable|disable}", editing.rule_switch)
+    app.router.add_post("/rules/remove", editing.rule_remove)
     app.router.add_get("/rules/preview", editing.rule_preview)

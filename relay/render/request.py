@@ -29,7 +29,7 @@ from relay._version import __version__
 from relay.model import Batch, Change, Request, UnreadableJSON, Webhook, dumps, loads
 from relay.reasons import describe, scrub, sensitive, url_origin
 from relay.render.sandbox import GuardedEnvironment, TemplateTooCostly, budget, collect
-from relay.render.sign import InvalidSecret, signature_headers
+from relay.render.sign import InvalidSecret, signature_headers, signing_secret
 
 EVENTS = {
     "insert": "created",
@@ -382,7 +382,9 @@ class Renderer:
         headers.update(self.headers(webhook.additional_headers, ctx))
         try:
             headers.update(
-                signature_headers(webhook.signature, webhook.secret, body, delivery, timestamp)
+                signature_headers(
+                    webhook.signature, signing_secret(webhook, timestamp), body, delivery, timestamp
+                )
             )
         except InvalidSecret as exc:
             raise RenderError(f"secret: {exc}") from None
@@ -406,7 +408,11 @@ def secrets_of(webhook: Webhook, request: Request | None = None) -> list[str]:
     rendered for it: its secrets, its URL's password, and the values of query parameters and
     headers whose names say they are credentials (a template's own text is none: what it
     renders may be)."""
-    found = [line.strip() for line in webhook.secret.splitlines() if line.strip()]
+    found = [
+        line.strip()
+        for line in (webhook.secret + "\n" + webhook.previous_secret).splitlines()
+        if line.strip()
+    ]
     found += _url_credentials(webhook.payload_url)
     for line in webhook.additional_headers.splitlines():
         name, sep, value = line.partition(":")

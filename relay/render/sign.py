@@ -6,6 +6,16 @@
   ``v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`` keyed with the base64-decoded part of a
   ``whsec_...`` secret. A webhook may hold several secrets, one per line, while keys rotate: the
   request then carries one signature per secret, space-separated.
+
+A rotated secret (``relay webhook rotate-secret``, 0033_secret_rotation.sql) keeps its previous
+one until a time; which of them sign is decided here, at each signing, by the relay's clock, so
+that a relay running for days stops using the previous one when its period ends, unprompted:
+
+* ``standard``: during the period both sign (the new one's signatures first), as the scheme
+  means rotation to work: a receiver that knows either accepts the request.
+* ``netbox``: ``X-Hook-Signature`` holds one signature, so the previous secret signs until the
+  period ends and the new one after: the receiver has the period to take the new one. A
+  period of 0 switches at once.
 """
 
 from __future__ import annotations
@@ -14,6 +24,10 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay.model import Webhook
 
 SIGNATURES = ("netbox", "standard", "none")
 
@@ -46,6 +60,26 @@ def _standard_signature(secrets: str, message_id: str, timestamp: int, body: byt
         "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
         for key in keys
     )
+
+
+def check_secret(scheme: str, secret: str) -> None:
+    """Raise :class:`InvalidSecret` when ``secret`` cannot sign for ``scheme`` (Standard
+    Webhooks: each line ``whsec_`` and base64)."""
+    if scheme == "standard":
+        _standard_signature(secret, "", 0, b"")
+    elif not secret.strip():
+        raise InvalidSecret("no secret to sign with")
+
+
+def signing_secret(webhook: Webhook, now: float) -> str:
+    """The secret(s) that sign a request of ``webhook`` made at ``now`` (seconds since the
+    epoch): its previous secret's period decides (see the module's docstring)."""
+    until = webhook.previous_secret_until
+    if not webhook.previous_secret.strip() or until is None or now >= until:
+        return webhook.secret
+    if webhook.signature == "standard":
+        return webhook.secret + "\n" + webhook.previous_secret
+    return webhook.previous_secret
 
 
 def signature_headers(

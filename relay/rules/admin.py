@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ARRAY, ForeignKey, MetaData, Text, create_engine, select
+from sqlalchemy import ARRAY, ForeignKey, MetaData, Text, create_engine, func, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from sqlalchemy.pool import NullPool
@@ -46,6 +46,8 @@ class WebhookRow(Base):
     additional_headers: Mapped[str] = _defaulted()
     body_template: Mapped[str] = _defaulted()
     secret: Mapped[str] = _defaulted()
+    previous_secret: Mapped[str] = _defaulted()
+    previous_secret_until: Mapped[datetime | None]
     signature: Mapped[str] = _defaulted()
     ssl_verification: Mapped[bool] = _defaulted()
     ca_file_path: Mapped[str | None]
@@ -126,3 +128,23 @@ def webhooks(db: Session) -> list[WebhookRow]:
 def event_rules(db: Session) -> list[EventRuleRow]:
     """Every event rule, enabled or not, by name."""
     return list(db.scalars(select(EventRuleRow).order_by(EventRuleRow.name)))
+
+
+def rotate_secret(db: Session, hook: WebhookRow, secret: str, grace: timedelta) -> datetime | None:
+    """Put ``secret`` in ``hook``, its secret until now signing until ``grace`` from the
+    database's now (render/sign.py says how), and return when that is; with no grace, or no
+    secret until now, the new one alone signs at once (None). A previous secret of an earlier
+    rotation is dropped: one rotation at a time."""
+    keep = grace > timedelta() and bool(hook.secret.strip())
+    hook.previous_secret = hook.secret if keep else ""
+    hook.previous_secret_until = func.now() + grace if keep else None
+    hook.secret = secret
+    db.flush()
+    return hook.previous_secret_until
+
+
+def forget_previous_secret(hook: WebhookRow) -> None:
+    """Stop a rotation's previous secret from signing: an edit of the secret or the signature
+    replaces the secrets at once (a previous secret of another scheme could not sign)."""
+    hook.previous_secret = ""
+    hook.previous_secret_until = None

@@ -10,6 +10,7 @@ checks the rest of each row (relay.check_webhook, relay.check_event_rule) when i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,7 @@ from relay.model import BODY_FORMATS, Webhook, loads
 from relay.reasons import scrub
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, secrets_of
+from relay.render.sign import InvalidSecret, check_secret
 from relay.rules import conditions, ruleset
 
 DEAD_AFTER_RANGE = (60, 31_536_000)
@@ -41,6 +43,10 @@ BOUNDS: dict[str, tuple[float, float]] = {
 and the console's fields both take these."""
 
 EVENTS = ("insert", "update", "delete", "truncate", "snapshot")
+
+GRACE_LONGEST = timedelta(days=30)
+"""The longest a rotated secret's previous one may keep signing: a period long enough for any
+receiver to take the new one, short enough that a leaked old secret does not live on."""
 
 
 class Invalid(ValueError):
@@ -217,3 +223,75 @@ def events(values: Sequence[str], what: str = "--event") -> list[str]:
         if event not in EVENTS:
             raise Invalid(f"{what} {event!r}: use {', '.join(EVENTS)}")
     return list(values)
+
+
+def grace(text: str, option: str = "--grace") -> timedelta:
+    """How long a rotated secret's previous one keeps signing: an age (``90s``, ``30m``,
+    ``24h``, ``7d``) up to :data:`GRACE_LONGEST`, or ``0`` (the new secret alone, at once)."""
+    if text.strip() == "0":
+        return timedelta()
+    try:
+        period = parse_age(text)
+    except ValueError:
+        period = GRACE_LONGEST * 2
+    if period > GRACE_LONGEST:
+        raise Invalid(
+            f"{option} {text!r}: give a period like 90s, 30m, 24h or 7d (at most 30d), or 0"
+        )
+    return period
+
+
+def new_secret(text: str, signature: str, current: str) -> str:
+    """The secret a rotation puts in: ``text`` without the blanks around it, one a webhook
+    with ``signature`` can sign with, and not ``current``. Its words never quote it."""
+    secret = "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    if signature == "none":
+        raise Invalid(
+            "the webhook's signature is none: it signs nothing; choose netbox or standard first"
+        )
+    if not secret:
+        raise Invalid("the new secret is empty: give the secret itself")
+    if signature == "netbox" and "\n" in secret:
+        raise Invalid("a NetBox signature's secret is one line: give one secret")
+    try:
+        check_secret(signature, secret)
+    except InvalidSecret as exc:
+        raise Invalid(f"the new secret cannot sign: {exc}") from None
+    if secret == current.strip():
+        raise Invalid("the new secret is the webhook's current one: give a new one")
+    return secret
+
+
+def webhook_in_use(name: str, rules: Sequence[str]) -> str | None:
+    """Why the webhook ``name`` cannot be removed while the rules named ``rules`` use it (a
+    rule without its webhook would match changes for nothing), or None."""
+    if not rules:
+        return None
+    return f"webhook {name!r} is used by rule(s) {', '.join(sorted(rules))}; remove them first"
+
+
+def rotated(until: datetime | None, signature: str) -> str:
+    """What a rotation did, in the same words on the command line, the console and its audit
+    (never the secret)."""
+    if until is None:
+        return "secret rotated; the new secret alone signs from now on"
+    moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if signature == "standard":
+        return (
+            f"secret rotated; previous secret valid until {moment} (each request carries both "
+            "signatures until then)"
+        )
+    return (
+        f"secret rotated; previous secret valid until {moment} (it signs X-Hook-Signature "
+        "until then, the new one after)"
+    )
+
+
+def previous_secret_shown(previous: str, until: datetime | None) -> str:
+    """A rotated secret's previous one in words: until when it signs, never its value."""
+    if not previous.strip() or until is None:
+        return "(none)"
+    moment = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if until <= datetime.now(UTC):
+        return f"(none: the previous secret stopped signing at {moment})"
+    return f"previous secret valid until {moment}"

@@ -15,6 +15,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from relay.db import Conn
@@ -242,6 +243,10 @@ def of_rows(rows: Iterable[RuleRow], models: Models | None = None) -> RuleSet:
     return RuleSet([_rule(row) for row in rows], models or {})
 
 
+def _epoch(moment: datetime | None) -> float | None:
+    return None if moment is None else moment.timestamp()
+
+
 def webhook_of(row: WebhookRow) -> Webhook:
     """The Webhook of a ``load_rules`` or ``unused_webhooks`` row (both name the webhook's columns
     alike)."""
@@ -254,6 +259,8 @@ def webhook_of(row: WebhookRow) -> Webhook:
         additional_headers=row["additional_headers"],
         body_template=row["body_template"],
         secret=row["secret"],
+        previous_secret=row["previous_secret"],
+        previous_secret_until=_epoch(row["previous_secret_until"]),
         signature=row["signature"],
         ssl_verification=row["ssl_verification"],
         ca_file_path=row["ca_file_path"],

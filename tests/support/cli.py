@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 
 def process(
-    *args: str, dsn: str | None = None, env: dict[str, str] | None = None
+    *args: str, dsn: str | None = None, env: dict[str, str] | None = None, given: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """``relay *args`` in a new process; ``dsn`` becomes RELAY_DSN and ``env`` is added to the
-    environment."""
+    """``relay *args`` in a new process; ``dsn`` becomes RELAY_DSN, ``env`` is added to the
+    environment and ``given`` is its standard input."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     environment["COLUMNS"] = "200"
     environment.update(env or {})
@@ -26,6 +26,7 @@ def process(
         environment["RELAY_DSN"] = dsn
     return subprocess.run(
         [sys.executable, "-m", "relay", *args],
+        input=given,
         capture_output=True,
         text=True,
         env=environment,
