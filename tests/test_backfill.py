@@ -312,6 +312,7 @@ def test_backfill_refuses_what_it_cannot_do_in_one_line_each(rconn: Conn, relay_
     assert keys == [(1,), (2,), (3,)]
 
 
+@pytest.mark.timing
 def test_a_backfill_stopped_with_ctrl_c_says_so_and_the_same_command_finishes_it(
     rconn: Conn, relay_dsn: str
 ) -> None:
@@ -418,6 +419,7 @@ def test_backfill_refuses_a_key_type_whose_cast_from_text_another_role_wrote(
     assert "has a cast from text that a role other than a superuser wrote" in refused.stderr
 
 
+@pytest.mark.timing
 def test_ctrl_c_while_a_chunk_waits_for_a_locked_row_ends_in_one_line(
     rconn: Conn, relay_dsn: str
 ) -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from relay.db import Conn
@@ -103,6 +104,7 @@ def test_bad_webhooks_fail_with_reasons_and_odd_data_still_arrives(
     assert "goes past" in runaway
 
 
+@pytest.mark.timing
 def test_a_template_stuck_in_c_code_does_not_hold_up_a_healthy_webhook(
     rconn: Conn, relay_dsn: str
 ) -> None:

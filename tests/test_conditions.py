@@ -314,6 +314,7 @@ def test_any_path_the_validator_accepts_can_be_looked_up(path: str, expected: st
     assert found == expected if expected is not None else repr(found) == "<missing>"
 
 
+@pytest.mark.timing
 def test_regular_expressions_take_linear_time() -> None:
     condition = {"attr": "data.name", "op": "regex", "value": "(a+)+$"}
     started = time.monotonic()

@@ -198,6 +198,7 @@ def test_a_response_that_cannot_be_parsed_is_said_without_the_url(
     assert "url=" not in outcome.error and "\n" not in outcome.error
 
 
+@pytest.mark.timing
 def test_a_receiver_that_never_answers_times_out() -> None:
     async def scenario() -> tuple[Outcome, float]:
         async with receiver(never_answers) as r:
@@ -245,6 +246,7 @@ def test_a_reset_connection() -> None:
     assert "closed the connection" in outcome.error or "failed" in outcome.error
 
 
+@pytest.mark.timing
 def test_a_huge_response_is_cut_to_an_excerpt() -> None:
     big = b"x" * (10 * 1024 * 1024)
 

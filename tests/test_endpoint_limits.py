@@ -18,6 +18,7 @@ from dataclasses import replace
 from decimal import Decimal
 
 import psycopg
+import pytest
 from aiohttp import web
 
 from relay.db import Conn
@@ -248,6 +249,7 @@ def delivered(conn: Conn) -> int:
     return count
 
 
+@pytest.mark.timing
 def test_two_relays_never_send_a_webhook_more_than_its_concurrency_at_once(
     rconn: Conn, relay_dsn: str
 ) -> None:
@@ -284,6 +286,7 @@ def test_two_relays_never_send_a_webhook_more_than_its_concurrency_at_once(
     assert len(seen) == 2, "both relays sent"
 
 
+@pytest.mark.timing
 def test_two_relays_keep_to_a_webhooks_rate_limit_together(rconn: Conn, relay_dsn: str) -> None:
     """20 requests a second across two relays: in no second (sliding) more than 20 arrive, and
     the rate stays close to the limit."""
@@ -310,6 +313,7 @@ def test_two_relays_keep_to_a_webhooks_rate_limit_together(rconn: Conn, relay_ds
     assert len(seen) == 2, "both relays sent"
 
 
+@pytest.mark.timing
 def test_a_slow_receiver_with_a_concurrency_of_64_takes_3000_changes_in_time(
     rconn: Conn, relay_dsn: str
 ) -> None:

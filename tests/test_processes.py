@@ -196,6 +196,7 @@ def test_a_killed_process_is_restarted_and_its_work_is_not_lost(
     assert delivered == (200,)
 
 
+@pytest.mark.timing
 def test_sigterm_drains_every_process(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
     """SIGTERM while every process has requests in flight: each finishes them within the grace
     period and records their outcome before the parent exits."""

@@ -473,6 +473,7 @@ def test_the_default_body_splices_the_stored_json_as_it_is() -> None:
         ("{% for i in range(90000) %}{{ 'x' * 100 }}{% endfor %}", "characters"),
     ],
 )
+@pytest.mark.timing
 def test_templates_cannot_escape_or_run_away(template: str, reason: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     started = time.monotonic()
@@ -491,6 +492,7 @@ def test_private_attributes_render_as_nothing(template: str) -> None:
     assert Renderer().request(hook, CHANGE, timestamp=0, delivery_id=DELIVERY).body == b""
 
 
+@pytest.mark.timing
 def test_a_slow_template_is_stopped_after_the_time_limit() -> None:
     # Under every other limit, but slow: each step does real work through the sandbox.
     slow = "{% for i in range(900000) %}{% if data.status ~ i == 'never' %}x{% endif %}{% endfor %}"
@@ -627,6 +629,7 @@ def test_no_value_a_template_makes_goes_past_the_limit(template: str, reason: st
         "{% endfor %}",
     ],
 )
+@pytest.mark.timing
 def test_loops_over_anything_are_counted_and_stopped(template: str) -> None:
     hook = Webhook(**{**HOOK.__dict__, "body_template": template})
     started = time.monotonic()

@@ -97,6 +97,7 @@ def test_requests_sent_while_a_process_starts_each_get_their_own_answer() -> Non
     assert asyncio.run(scenario()) == [b"0", b"1", b"2", b"3"]
 
 
+@pytest.mark.timing
 def test_a_template_stuck_in_c_code_is_stopped_at_the_deadline_and_others_go_on() -> None:
     healthy = hook(1, '{"id": {{ data.id }}}')
     hostile = hook(2, STUCK)

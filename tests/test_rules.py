@@ -471,6 +471,7 @@ def test_preview_of_a_rule_that_would_send_nothing_says_why_in_one_line(
     assert [change["data"]["status"] for change in body] == ["paid"]
 
 
+@pytest.mark.timing
 def test_preview_and_rules_check_apply_the_limits_relay_run_does(
     rconn: Conn, relay_dsn: str
 ) -> None:

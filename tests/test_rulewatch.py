@@ -6,11 +6,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
+
 from relay.db import Conn
 from relay.rules.watch import RuleWatcher
 from support.hooks import add_rule, add_webhook
 
 
+@pytest.mark.timing
 def test_rule_changes_reach_a_running_watcher_within_a_second(rconn: Conn, relay_dsn: str) -> None:
     async def scenario() -> list[float]:
         watcher = RuleWatcher(relay_dsn)

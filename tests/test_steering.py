@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
@@ -388,6 +389,7 @@ def _row(table: str, name: str) -> str:
     return found[0]
 
 
+@pytest.mark.timing
 def test_status_alone_tells_the_slow_the_recovered_and_the_dead_endpoint(
     rconn: Conn, relay_dsn: str, tmp_path: Path
 ) -> None:

@@ -90,6 +90,7 @@ def test_a_row_changed_across_an_ordering_change_keeps_its_order(
     assert len(accepted) == 5
 
 
+@pytest.mark.timing
 def test_a_lease_shorter_than_the_timeout_lets_no_second_request_in_under_concurrency_1(
     rconn: Conn, relay_dsn: str
 ) -> None:
@@ -143,6 +144,7 @@ def test_a_lease_shorter_than_the_timeout_lets_no_second_request_in_under_concur
     assert errors and all("the end of its lease" in str(e) for e in errors), errors
 
 
+@pytest.mark.timing
 def test_a_slow_ordering_key_does_not_stall_the_relay(rconn: Conn, relay_dsn: str) -> None:
     """An ordering_key template that takes its sandbox's time on every change (each render is
     within its budget): the keys were rendered in the relay's event loop, one after another, so

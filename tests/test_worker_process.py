@@ -167,6 +167,7 @@ def test_leases_are_released_on_shutdown(rconn: Conn, relay_dsn: str) -> None:
     assert asyncio.run(scenario()) == (0, 5)  # unfinished, and free for any relay at once
 
 
+@pytest.mark.timing
 def test_a_postgres_restart_mid_flow_loses_nothing() -> None:
     """A private cluster (the shared server cannot be restarted by a test), stopped and started
     while the relay is delivering: it reconnects on its own and every change arrives."""
@@ -213,6 +214,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.timing
 def test_a_receiver_down_for_a_while_gets_everything_back_without_a_busy_loop(
     rconn: Conn, relay_dsn: str, tmp_path: Path
 ) -> None:
