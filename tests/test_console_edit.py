@@ -229,6 +229,10 @@ def test_roles_that_may_not_change_webhooks_get_a_403_page_and_change_nothing(ds
                         assert denied.status == 403, (role, url, text)
                         assert f"Your role {role} may not do this" in text
                         assert "permission denied" in text
+                    if role == operator:  # docs/console.md: the rules pages are the owner's
+                        listed = await client.get(f"{base}/rules")
+                        assert listed.status == 403, await listed.text()
+                        assert "permission denied" in await listed.text()
             assert r.requests == []
 
     asyncio.run(go())
