@@ -391,17 +391,37 @@ class DemoChange:
 
 @dataclass(frozen=True)
 class DeliveryFilter:
-    """What the console's deliveries log is asked for; None is "any". ``key_json`` is an
-    object's primary key as JSON, ``key_text`` the one value of a single-column key; ``before``
-    the (outbox_id, webhook_id) the page starts after."""
+    """What the console's deliveries log is asked for; None is "any". ``event`` is a change's
+    operation; ``since`` and ``until`` when it was recorded. ``key_json`` is an object's
+    primary key as JSON, ``key_text`` the one value of a single-column key (``key_raw`` the
+    same when it is a JSON number or literal); ``cursor`` the (outbox_id, webhook_id) the page
+    starts past, in the log's order (newest first; oldest first for a key)."""
 
     webhook: str | None = None
     status: str | None = None
     schema: str | None = None
     table: str | None = None
+    event: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
     key_json: str | None = None
     key_text: str | None = None
-    before: tuple[int, int] | None = None
+    key_raw: str | None = None
+    cursor: tuple[int, int] | None = None
+
+    @property
+    def keyed(self) -> bool:
+        """Whether an object's key is asked for (the log is then oldest first)."""
+        return self.key_json is not None or self.key_text is not None
+
+
+@dataclass(frozen=True)
+class FailedCount:
+    """What the console's bulk retry would send again (console_failed_count)."""
+
+    changes: int
+    deliveries: int
+    superseded: int
 
 
 @dataclass(frozen=True)
@@ -715,7 +735,15 @@ class Store:
     ) -> Retried:
         """Re-queue failed changes (their failed deliveries are armed again, superseded ones
         only with ``superseded``); how many, and how many of their deliveries are superseded."""
-        params = {"id": change_id, "since": since, "webhook": webhook, "superseded": superseded}
+        ids = None if change_id is None else [change_id]
+        params = {"ids": ids, "since": since, "webhook": webhook, "superseded": superseded}
+        with self.conn.cursor(row_factory=class_row(Retried)) as cur:
+            found = cur.execute(query("retry_failed"), params).fetchone()
+        return found or Retried(0, 0)
+
+    def retry_changes(self, ids: list[int], *, superseded: bool) -> Retried:
+        """Re-queue these changes where they failed, as ``relay retry --id`` does each."""
+        params = {"ids": ids, "since": None, "webhook": None, "superseded": superseded}
         with self.conn.cursor(row_factory=class_row(Retried)) as cur:
             found = cur.execute(query("retry_failed"), params).fetchone()
         return found or Retried(0, 0)
@@ -860,21 +888,73 @@ class Store:
             return cur.execute(query("backfill_progress"), params).fetchone()
 
     def deliveries(self, wanted: DeliveryFilter, limit: int) -> list[DeliveryLine]:
-        """A page of the console's deliveries log, newest first."""
-        before = wanted.before or (None, None)
-        params = {
+        """A page of the console's deliveries log: newest first, or for an object's key, its
+        row's deliveries oldest first."""
+        params = self._log_filter(wanted)
+        if params is None:
+            return []
+        cursor = wanted.cursor or (None, None)
+        params["limit"] = limit
+        name = "console_key_deliveries" if wanted.keyed else "console_deliveries"
+        side = "after" if wanted.keyed else "before"
+        params[f"{side}_outbox"], params[f"{side}_webhook"] = cursor
+        with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
+            return cur.execute(query(name), params).fetchall()
+
+    def failed_count(self, wanted: DeliveryFilter) -> FailedCount:
+        """What retrying every failed delivery the filter matches would send again."""
+        params = self._log_filter(wanted)
+        if params is None:
+            return FailedCount(0, 0, 0)
+        with self.conn.cursor(row_factory=class_row(FailedCount)) as cur:
+            found = cur.execute(query("console_failed_count"), params).fetchone()
+        return found or FailedCount(0, 0, 0)
+
+    def failed_changes(self, wanted: DeliveryFilter, after: int, limit: int) -> list[int]:
+        """The next ``limit`` failed changes past ``after`` with a failed delivery the filter
+        matches, in id order."""
+        params = self._log_filter(wanted)
+        if params is None:
+            return []
+        params.update(after=after, limit=limit)
+        rows = self.conn.execute(query("console_failed_changes"), params).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def _log_filter(self, wanted: DeliveryFilter) -> dict[str, Any] | None:
+        """The log queries' filter parameters: the time filters' outbox id bounds and an
+        object's candidate row keys looked up first; None when nothing can match (a key no
+        tracked table's key can be)."""
+        params: dict[str, Any] = {
             "webhook": wanted.webhook,
             "status": wanted.status,
             "schema": wanted.schema,
             "table": wanted.table,
-            "key_json": wanted.key_json,
-            "key_text": wanted.key_text,
-            "before_outbox": before[0],
-            "before_webhook": before[1],
-            "limit": limit,
+            "event": wanted.event,
+            "since": wanted.since,
+            "until": wanted.until,
+            "from_id": self._outbox_bound(wanted.since),
+            "to_id": self._outbox_bound(wanted.until),
+            "keys": None,
         }
-        with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
-            return cur.execute(query("console_deliveries"), params).fetchall()
+        if wanted.keyed:
+            asked = {
+                "schema": wanted.schema,
+                "table": wanted.table,
+                "key_text": wanted.key_text,
+                "key_raw": wanted.key_raw,
+                "key_json": wanted.key_json,
+            }
+            keys = self._value("console_key_candidates", asked)
+            if not keys:
+                return None
+            params["keys"] = list(keys)
+        return params
+
+    def _outbox_bound(self, at: datetime | None) -> int | None:
+        """The outbox id from which changes were recorded at or after ``at`` (None: none)."""
+        if at is None:
+            return None
+        return int(self._value("console_outbox_bound", {"at": at}))
 
     def delivery(self, outbox_id: int, webhook_id: int) -> DeliveryPage | None:
         """One delivery with its change, or None when there is none (purged, or never made)."""
