@@ -416,6 +416,22 @@ class DeliveryFilter:
 
 
 @dataclass(frozen=True)
+class LogPage:
+    """A page of the console's deliveries log: its lines, and for a page cut short by its
+    stretch of changes (SCANNED_CHANGES), the first change id it looked at (older changes are
+    on the next page)."""
+
+    lines: list[DeliveryLine]
+    looked_from: int | None = None
+
+
+SCANNED_CHANGES = 100_000
+"""The most changes one page of the deliveries log looks through (newest first): a filter that
+matches few (a rare event or table) reads at most this stretch of the outbox and deliveries
+per page, however long they are, and the page then goes on further back."""
+
+
+@dataclass(frozen=True)
 class FailedCount:
     """What the console's bulk retry would send again (console_failed_count)."""
 
@@ -887,19 +903,29 @@ class Store:
         with self.conn.cursor(row_factory=class_row(BackfillProgress)) as cur:
             return cur.execute(query("backfill_progress"), params).fetchone()
 
-    def deliveries(self, wanted: DeliveryFilter, limit: int) -> list[DeliveryLine]:
-        """A page of the console's deliveries log: newest first, or for an object's key, its
-        row's deliveries oldest first."""
+    def deliveries(self, wanted: DeliveryFilter, limit: int) -> LogPage:
+        """A page of the console's deliveries log: newest first, looking through at most
+        :data:`SCANNED_CHANGES` changes; or for an object's key, its row's deliveries oldest
+        first."""
         params = self._log_filter(wanted)
         if params is None:
-            return []
+            return LogPage([])
         cursor = wanted.cursor or (None, None)
         params["limit"] = limit
-        name = "console_key_deliveries" if wanted.keyed else "console_deliveries"
-        side = "after" if wanted.keyed else "before"
-        params[f"{side}_outbox"], params[f"{side}_webhook"] = cursor
+        if wanted.keyed:
+            params["after_outbox"], params["after_webhook"] = cursor
+            with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
+                return LogPage(cur.execute(query("console_key_deliveries"), params).fetchall())
+        params["before_outbox"], params["before_webhook"] = cursor
+        row = self.conn.execute(query("console_outbox_ends")).fetchone()
+        first, past = (int(row[0]), int(row[1])) if row else (1, 1)
+        top = min(v for v in (past, cursor[0] and cursor[0] + 1, params["to_id"]) if v is not None)
+        lowest = max(first, params["from_id"] or first)
+        looked_from = max(lowest, top - SCANNED_CHANGES)
+        params["from_id"] = looked_from
         with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
-            return cur.execute(query(name), params).fetchall()
+            lines = cur.execute(query("console_deliveries"), params).fetchall()
+        return LogPage(lines, looked_from if looked_from > lowest else None)
 
     def failed_count(self, wanted: DeliveryFilter) -> FailedCount:
         """What retrying every failed delivery the filter matches would send again."""

@@ -1695,6 +1695,11 @@ WITH given AS (
 SELECT (SELECT count(*) FROM added) AS added,
        (SELECT count(*) FROM judged WHERE later IS NOT NULL) AS superseded;
 
+-- name: console_outbox_ends
+-- The outbox's first id and the id after its last (two probes of its primary key): where the
+-- deliveries log's stretches of changes start and end. An empty outbox: 1 and 1.
+SELECT coalesce(min(id), 1) AS first, coalesce(max(id), 0) + 1 AS past FROM relay.outbox;
+
 -- name: console_outbox_bound
 -- The outbox id from which changes were recorded at or after %(at)s: a binary search on the
 -- outbox's primary key (a few dozen index probes, however long the outbox), so that the
@@ -1753,9 +1758,12 @@ FROM written;
 -- name: console_deliveries
 -- `relay console`'s deliveries log, newest first, a page at a time: each filter NULL means
 -- "any". `event` is the change's operation; `from_id` and `to_id` the outbox ids of `since`
--- and `until` (console_outbox_bound), which keep the scan to that stretch of deliveries_pkey,
--- and created_at is checked too. Keyset pagination: the page after (before_outbox,
--- before_webhook) in the primary key's order, which deliveries_pkey serves backwards.
+-- and `until` (console_outbox_bound), which keep the scan to that stretch of deliveries_pkey
+-- and outbox_pkey, and created_at is checked too. Keyset pagination: the page after
+-- (before_outbox, before_webhook) in the primary key's order, which deliveries_pkey serves
+-- backwards. The id bounds are written on both tables' ids (the planner carries equalities
+-- from one side of a join to the other, not ranges): without them, a merge join read the
+-- outbox from its newest change down to the cursor, or every change for a stretch of time.
 SELECT d.outbox_id, d.webhook_id, w.name AS webhook, d.status::text AS status, d.attempts,
        d.last_status_code, d.last_error, d.delivered_at, d.next_attempt_at,
        o.schema_name, o.table_name, o.op::text AS op, o.pk::text AS pk, o.created_at
@@ -1769,25 +1777,48 @@ WHERE (%(webhook)s::text IS NULL OR w.name = %(webhook)s::text)
   AND (%(event)s::text IS NULL OR o.op::text = %(event)s::text)
   AND (%(from_id)s::bigint IS NULL OR d.outbox_id >= %(from_id)s::bigint)
   AND (%(to_id)s::bigint IS NULL OR d.outbox_id < %(to_id)s::bigint)
+  AND (%(from_id)s::bigint IS NULL OR o.id >= %(from_id)s::bigint)
+  AND (%(to_id)s::bigint IS NULL OR o.id < %(to_id)s::bigint)
   AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
   AND (%(before_outbox)s::bigint IS NULL
        OR (d.outbox_id, d.webhook_id) < (%(before_outbox)s::bigint, %(before_webhook)s::bigint))
+  AND (%(before_outbox)s::bigint IS NULL OR o.id <= %(before_outbox)s::bigint)
 ORDER BY d.outbox_id DESC, d.webhook_id DESC
 LIMIT %(limit)s;
 
 -- name: console_key_deliveries
 -- The deliveries log for an object's key: every delivery of a change of the row, under its key
 -- or (a key move) the key it moved from, oldest first, with the other filters as in
--- console_deliveries. `keys` come from console_key_candidates; the deliveries are found through
--- deliveries_by_row and deliveries_by_old_row (0033_console_log.sql). Keyset pagination on
--- (outbox_id, webhook_id), after (after_outbox, after_webhook).
+-- console_deliveries. `keys` come from console_key_candidates. Each status is found through
+-- its own indexes: the delivered through deliveries_delivered_rows and _old_rows (0033), the
+-- pending and the failed per webhook through the relay's (deliveries_row_order,
+-- deliveries_old_row_order, deliveries_failed_rows, deliveries_failed_old_rows: webhook_id
+-- first). Keyset pagination on (outbox_id, webhook_id), after (after_outbox, after_webhook).
 WITH found AS MATERIALIZED (
     SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
-    WHERE e.row_key = ANY(%(keys)s::text[])
+    WHERE e.status = 'delivered' AND e.row_key = ANY(%(keys)s::text[])
     UNION
     SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
-    WHERE e.old_row_key = ANY(%(keys)s::text[])
+    WHERE e.status = 'delivered' AND e.old_row_key IS NOT NULL
+      AND e.old_row_key = ANY(%(keys)s::text[])
+    UNION
+    SELECT k.outbox_id, k.webhook_id
+    FROM relay.webhooks h
+    CROSS JOIN LATERAL (
+        SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+        WHERE e.webhook_id = h.id AND e.status = 'pending' AND e.row_key = ANY(%(keys)s::text[])
+        UNION ALL
+        SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+        WHERE e.webhook_id = h.id AND e.status = 'pending' AND e.old_row_key IS NOT NULL
+          AND e.old_row_key = ANY(%(keys)s::text[])
+        UNION ALL
+        SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+        WHERE e.webhook_id = h.id AND e.status = 'failed' AND e.row_key = ANY(%(keys)s::text[])
+        UNION ALL
+        SELECT e.outbox_id, e.webhook_id FROM relay.deliveries e
+        WHERE e.webhook_id = h.id AND e.status = 'failed' AND e.old_row_key IS NOT NULL
+          AND e.old_row_key = ANY(%(keys)s::text[])) k
 )
 SELECT d.outbox_id, d.webhook_id, w.name AS webhook, d.status::text AS status, d.attempts,
        d.last_status_code, d.last_error, d.delivered_at, d.next_attempt_at,
@@ -1803,10 +1834,13 @@ WHERE (%(webhook)s::text IS NULL OR w.name = %(webhook)s::text)
   AND (%(event)s::text IS NULL OR o.op::text = %(event)s::text)
   AND (%(from_id)s::bigint IS NULL OR d.outbox_id >= %(from_id)s::bigint)
   AND (%(to_id)s::bigint IS NULL OR d.outbox_id < %(to_id)s::bigint)
+  AND (%(from_id)s::bigint IS NULL OR o.id >= %(from_id)s::bigint)
+  AND (%(to_id)s::bigint IS NULL OR o.id < %(to_id)s::bigint)
   AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
   AND (%(after_outbox)s::bigint IS NULL
        OR (d.outbox_id, d.webhook_id) > (%(after_outbox)s::bigint, %(after_webhook)s::bigint))
+  AND (%(after_outbox)s::bigint IS NULL OR o.id >= %(after_outbox)s::bigint)
 ORDER BY d.outbox_id, d.webhook_id
 LIMIT %(limit)s;
 
@@ -1828,6 +1862,8 @@ WHERE d.status = 'failed' AND o.status = 'failed'
   AND (%(event)s::text IS NULL OR o.op::text = %(event)s::text)
   AND (%(from_id)s::bigint IS NULL OR d.outbox_id >= %(from_id)s::bigint)
   AND (%(to_id)s::bigint IS NULL OR d.outbox_id < %(to_id)s::bigint)
+  AND (%(from_id)s::bigint IS NULL OR o.id >= %(from_id)s::bigint)
+  AND (%(to_id)s::bigint IS NULL OR o.id < %(to_id)s::bigint)
   AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
   AND (%(keys)s::text[] IS NULL OR d.row_key = ANY(%(keys)s::text[])
@@ -1842,12 +1878,15 @@ FROM relay.deliveries d
 JOIN relay.webhooks w ON w.id = d.webhook_id
 JOIN relay.outbox o ON o.id = d.outbox_id
 WHERE d.status = 'failed' AND o.status = 'failed' AND d.outbox_id > %(after)s
+  AND o.id > %(after)s
   AND (%(webhook)s::text IS NULL OR w.name = %(webhook)s::text)
   AND (%(schema)s::text IS NULL OR o.schema_name = %(schema)s::text)
   AND (%(table)s::text IS NULL OR o.table_name = %(table)s::text)
   AND (%(event)s::text IS NULL OR o.op::text = %(event)s::text)
   AND (%(from_id)s::bigint IS NULL OR d.outbox_id >= %(from_id)s::bigint)
   AND (%(to_id)s::bigint IS NULL OR d.outbox_id < %(to_id)s::bigint)
+  AND (%(from_id)s::bigint IS NULL OR o.id >= %(from_id)s::bigint)
+  AND (%(to_id)s::bigint IS NULL OR o.id < %(to_id)s::bigint)
   AND (%(since)s::timestamptz IS NULL OR o.created_at >= %(since)s::timestamptz)
   AND (%(until)s::timestamptz IS NULL OR o.created_at < %(until)s::timestamptz)
   AND (%(keys)s::text[] IS NULL OR d.row_key = ANY(%(keys)s::text[])

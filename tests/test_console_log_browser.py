@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from psycopg import sql
 
+from relay import store
 from relay.cli.tempcluster import TempCluster
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
 from support.receivers import receiver
@@ -69,10 +70,13 @@ async def column(page: Page, index: int) -> list[str]:
     return [text.strip() for text in await cells.all_inner_texts()]
 
 
-def test_find_an_objects_changes_oldest_first_and_filter_by_event_and_time(dsn: str) -> None:
+def test_find_an_objects_changes_oldest_first_and_filter_by_event_and_time(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Row 3's insert, two updates and its key's move to 30 are its changes, oldest first,
     found by its key typed as 3 or as JSON; the event filter keeps updates; since and until
-    keep the changes recorded in that stretch (their times set an hour apart)."""
+    keep the changes recorded in that stretch (their times set an hour apart). A page looks
+    through a stretch of changes at most (4 here), then goes on further back."""
     alice = person(dsn, "alice")
 
     async def go() -> None:
@@ -121,6 +125,16 @@ def test_find_an_objects_changes_oldest_first_and_filter_by_event_and_time(dsn: 
             await page.select_option("select[name=event]", "insert")
             await page.get_by_role("button", name="Find").click()
             assert await column(page, 0) == ["5", "4", "3", "2", "1"]
+
+            monkeypatch.setattr(store, "SCANNED_CHANGES", 4)
+            await page.goto(f"{base}/deliveries?event=delete")
+            assert await column(page, 0) == ["8"]  # changes 6 to 9
+            await expect(page.locator("#looked")).to_contain_text("changes from 6 on")
+            await page.get_by_role("link", name="Older deliveries").click()
+            assert await column(page, 0) == ["No delivery matches."]  # changes 3 to 6
+            await page.get_by_role("link", name="Older deliveries").click()
+            assert await column(page, 0) == ["No delivery matches."]  # changes 1 to 3
+            assert await page.locator("#looked, a[rel=next]").count() == 0
             await browser.close()
 
     asyncio.run(go())

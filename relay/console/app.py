@@ -39,7 +39,14 @@ from relay.console.security import (
 from relay.db import DatabaseUnavailable, connect, first_line
 from relay.delivery import replay as replaying
 from relay.rules import admin, ruleset
-from relay.store import ActivityBucket, Status, Store, TrackedTable, WebhookFailures
+from relay.store import (
+    ActivityBucket,
+    LogPage,
+    Status,
+    Store,
+    TrackedTable,
+    WebhookFailures,
+)
 
 log = structlog.get_logger("relay.console")
 
@@ -385,21 +392,25 @@ class Console:
         """The deliveries log, filtered, a page at a time: newest first, or an object's
         changes oldest first."""
         asked = filters.delivery_filter(request.query)
-        lines = []
+        page = LogPage([])
         if asked.problem is None:
-            lines = await self.run(
+            page = await self.run(
                 request, lambda store: store.deliveries(asked.wanted, PAGE_SIZE + 1)
             )
-        more = len(lines) > PAGE_SIZE
-        lines = lines[:PAGE_SIZE]
+        lines = page.lines[:PAGE_SIZE]
         kept = _kept(request.query)
         next_page = None
-        if more:
+        looked_from = None
+        if len(page.lines) > PAGE_SIZE:
             side = "after" if asked.wanted.keyed else "before"
             last = lines[-1]
             next_page = "/deliveries?" + urlencode(
                 {**kept, side: f"{last.outbox_id}-{last.webhook_id}"}
             )
+        elif page.looked_from is not None:
+            # Cut short by its stretch of changes: the next page looks further back.
+            looked_from = page.looked_from
+            next_page = "/deliveries?" + urlencode({**kept, "before": f"{looked_from}-0"})
         return self.page(
             request,
             "deliveries.html",
@@ -411,6 +422,7 @@ class Console:
             events=filters.EVENTS,
             keyed=asked.wanted.keyed,
             next_page=next_page,
+            looked_from=looked_from,
             retry_all="/deliveries/retry?" + urlencode(kept),
         )
 
