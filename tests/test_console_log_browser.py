@@ -19,6 +19,7 @@ from psycopg import sql
 
 from relay import store
 from relay.cli.tempcluster import TempCluster
+from relay.console import app
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
 from support.receivers import receiver
 from support.worker import running, setup, until
@@ -203,6 +204,57 @@ def test_retry_every_failed_delivery_of_a_filter_after_its_preview(dsn: str) -> 
                 assert _one(dsn, "SELECT status::text FROM relay.outbox WHERE id = 1") == "failed"
                 await browser.close()
         assert _one(dsn, "SELECT count(*) FROM relay.console_audit") == 1
+
+    asyncio.run(go())
+
+
+def test_a_bulk_retry_goes_a_chunk_a_transaction_and_stops_at_its_cap(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four failed changes, chunks of 2 and at most 3 a press: the first press re-queues three
+    in two transactions (two audit entries) and says one still matches; the next sends it."""
+    answer = {"status": 500}
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=answer["status"], text="down")
+
+    alice = person(dsn, "alice")
+    monkeypatch.setattr(app, "RETRY_CHUNK", 2)
+    monkeypatch.setattr(app, "RETRY_MOST", 3)
+
+    async def go() -> None:
+        failed = "SELECT count(*) FROM relay.deliveries WHERE status = 'failed'"
+        delivered = "SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'"
+        async with receiver(endpoint) as r:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                setup(conn, r.url, name="hook", max_attempts=1)
+                conn.execute("INSERT INTO items SELECT i, 0 FROM generate_series(1, 4) i")
+            async with running(dsn), serving(dsn) as base, async_playwright() as p:
+                await until(lambda: _one(dsn, failed) == 4, timeout=20)
+                answer["status"] = 200
+                browser = await p.chromium.launch(executable_path=CHROMIUM)
+                page = await browser.new_page()
+                await sign_in(page, base, alice)
+                await page.goto(f"{base}/deliveries/retry?status=failed")
+                await expect(page.locator("#preview")).to_contain_text("of 4 changes")
+                await expect(page.locator("main")).to_contain_text("at most 3 changes")
+                await page.get_by_role("button", name="Retry 4 changes").click()
+                await expect(page.locator("#done")).to_contain_text("Re-queued 3 changes")
+                await expect(page.locator("#remaining")).to_contain_text("1 failed change")
+                await page.get_by_role("link", name="retry them").click()
+                await page.get_by_role("button", name="Retry 1 change").click()
+                await expect(page.locator("#done")).to_contain_text("Re-queued 1 change")
+                await until(lambda: _one(dsn, delivered) == 4, timeout=20)
+                await browser.close()
+        with psycopg.connect(dsn) as conn:
+            details = [
+                row[0] for row in conn.execute("SELECT detail FROM relay.console_audit ORDER BY id")
+            ]
+        assert [d.split(";")[0] for d in details] == [
+            "2 change(s) re-queued, 1 to 2",
+            "1 change(s) re-queued, 3 to 3",
+            "1 change(s) re-queued, 4 to 4",
+        ]
 
     asyncio.run(go())
 

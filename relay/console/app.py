@@ -461,11 +461,12 @@ class Console:
         address = self.address(request)
 
         def act(store: Store) -> tuple[int, int]:
-            requeued = marked = 0
+            requeued = marked = taken = 0
             after = 0
-            while requeued < RETRY_MOST:
+            while taken < RETRY_MOST:
                 with store.conn.transaction():
-                    ids = store.failed_changes(asked.wanted, after, RETRY_CHUNK)
+                    chunk = min(RETRY_CHUNK, RETRY_MOST - taken)
+                    ids = store.failed_changes(asked.wanted, after, chunk)
                     if not ids:
                         break
                     done = store.retry_changes(ids, superseded=superseded)
@@ -477,6 +478,7 @@ class Console:
                     store.audit("deliveries retry", target, detail, address)
                 requeued += done.requeued
                 marked += done.superseded
+                taken += len(ids)
                 after = ids[-1]
             return requeued, marked
 
