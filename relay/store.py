@@ -402,17 +402,53 @@ class DemoChange:
 
 @dataclass(frozen=True)
 class DeliveryFilter:
-    """What the console's deliveries log is asked for; None is "any". ``key_json`` is an
-    object's primary key as JSON, ``key_text`` the one value of a single-column key; ``before``
-    the (outbox_id, webhook_id) the page starts after."""
+    """What the console's deliveries log is asked for; None is "any". ``event`` is a change's
+    operation; ``since`` and ``until`` when it was recorded. ``key_json`` is an object's
+    primary key as JSON, ``key_text`` the one value of a single-column key (``key_raw`` the
+    same when it is a JSON number or literal); ``cursor`` the (outbox_id, webhook_id) the page
+    starts past, in the log's order (newest first; oldest first for a key)."""
 
     webhook: str | None = None
     status: str | None = None
     schema: str | None = None
     table: str | None = None
+    event: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
     key_json: str | None = None
     key_text: str | None = None
-    before: tuple[int, int] | None = None
+    key_raw: str | None = None
+    cursor: tuple[int, int] | None = None
+
+    @property
+    def keyed(self) -> bool:
+        """Whether an object's key is asked for (the log is then oldest first)."""
+        return self.key_json is not None or self.key_text is not None
+
+
+@dataclass(frozen=True)
+class LogPage:
+    """A page of the console's deliveries log: its lines, and for a page cut short by its
+    stretch of changes (SCANNED_CHANGES), the first change id it looked at (older changes are
+    on the next page)."""
+
+    lines: list[DeliveryLine]
+    looked_from: int | None = None
+
+
+SCANNED_CHANGES = 100_000
+"""The most changes one page of the deliveries log looks through (newest first): a filter that
+matches few (a rare event or table) reads at most this stretch of the outbox and deliveries
+per page, however long they are, and the page then goes on further back."""
+
+
+@dataclass(frozen=True)
+class FailedCount:
+    """What the console's bulk retry would send again (console_failed_count)."""
+
+    changes: int
+    deliveries: int
+    superseded: int
 
 
 @dataclass(frozen=True)
@@ -726,7 +762,15 @@ class Store:
     ) -> Retried:
         """Re-queue failed changes (their failed deliveries are armed again, superseded ones
         only with ``superseded``); how many, and how many of their deliveries are superseded."""
-        params = {"id": change_id, "since": since, "webhook": webhook, "superseded": superseded}
+        ids = None if change_id is None else [change_id]
+        params = {"ids": ids, "since": since, "webhook": webhook, "superseded": superseded}
+        with self.conn.cursor(row_factory=class_row(Retried)) as cur:
+            found = cur.execute(query("retry_failed"), params).fetchone()
+        return found or Retried(0, 0)
+
+    def retry_changes(self, ids: list[int], *, superseded: bool) -> Retried:
+        """Re-queue these changes where they failed, as ``relay retry --id`` does each."""
+        params = {"ids": ids, "since": None, "webhook": None, "superseded": superseded}
         with self.conn.cursor(row_factory=class_row(Retried)) as cur:
             found = cur.execute(query("retry_failed"), params).fetchone()
         return found or Retried(0, 0)
@@ -877,22 +921,84 @@ class Store:
         with self.conn.cursor(row_factory=class_row(BackfillProgress)) as cur:
             return cur.execute(query("backfill_progress"), params).fetchone()
 
-    def deliveries(self, wanted: DeliveryFilter, limit: int) -> list[DeliveryLine]:
-        """A page of the console's deliveries log, newest first."""
-        before = wanted.before or (None, None)
-        params = {
+    def deliveries(self, wanted: DeliveryFilter, limit: int) -> LogPage:
+        """A page of the console's deliveries log: newest first, looking through at most
+        :data:`SCANNED_CHANGES` changes; or for an object's key, its row's deliveries oldest
+        first."""
+        params = self._log_filter(wanted)
+        if params is None:
+            return LogPage([])
+        cursor = wanted.cursor or (None, None)
+        params["limit"] = limit
+        if wanted.keyed:
+            params["after_outbox"], params["after_webhook"] = cursor
+            with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
+                return LogPage(cur.execute(query("console_key_deliveries"), params).fetchall())
+        params["before_outbox"], params["before_webhook"] = cursor
+        row = self.conn.execute(query("console_outbox_ends")).fetchone()
+        first, past = (int(row[0]), int(row[1])) if row else (1, 1)
+        top = min(v for v in (past, cursor[0] and cursor[0] + 1, params["to_id"]) if v is not None)
+        lowest = max(first, params["from_id"] or first)
+        looked_from = max(lowest, top - SCANNED_CHANGES)
+        params["from_id"] = looked_from
+        with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
+            lines = cur.execute(query("console_deliveries"), params).fetchall()
+        return LogPage(lines, looked_from if looked_from > lowest else None)
+
+    def failed_count(self, wanted: DeliveryFilter) -> FailedCount:
+        """What retrying every failed delivery the filter matches would send again."""
+        params = self._log_filter(wanted)
+        if params is None:
+            return FailedCount(0, 0, 0)
+        with self.conn.cursor(row_factory=class_row(FailedCount)) as cur:
+            found = cur.execute(query("console_failed_count"), params).fetchone()
+        return found or FailedCount(0, 0, 0)
+
+    def failed_changes(self, wanted: DeliveryFilter, after: int, limit: int) -> list[int]:
+        """The next ``limit`` failed changes past ``after`` with a failed delivery the filter
+        matches, in id order."""
+        params = self._log_filter(wanted)
+        if params is None:
+            return []
+        params.update(after=after, limit=limit)
+        rows = self.conn.execute(query("console_failed_changes"), params).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def _log_filter(self, wanted: DeliveryFilter) -> dict[str, Any] | None:
+        """The log queries' filter parameters: the time filters' outbox id bounds and an
+        object's candidate row keys looked up first; None when nothing can match (a key no
+        tracked table's key can be)."""
+        params: dict[str, Any] = {
             "webhook": wanted.webhook,
             "status": wanted.status,
             "schema": wanted.schema,
             "table": wanted.table,
-            "key_json": wanted.key_json,
-            "key_text": wanted.key_text,
-            "before_outbox": before[0],
-            "before_webhook": before[1],
-            "limit": limit,
+            "event": wanted.event,
+            "since": wanted.since,
+            "until": wanted.until,
+            "from_id": self._outbox_bound(wanted.since),
+            "to_id": self._outbox_bound(wanted.until),
+            "keys": None,
         }
-        with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
-            return cur.execute(query("console_deliveries"), params).fetchall()
+        if wanted.keyed:
+            asked = {
+                "schema": wanted.schema,
+                "table": wanted.table,
+                "key_text": wanted.key_text,
+                "key_raw": wanted.key_raw,
+                "key_json": wanted.key_json,
+            }
+            keys = self._value("console_key_candidates", asked)
+            if not keys:
+                return None
+            params["keys"] = list(keys)
+        return params
+
+    def _outbox_bound(self, at: datetime | None) -> int | None:
+        """The outbox id from which changes were recorded at or after ``at`` (None: none)."""
+        if at is None:
+            return None
+        return int(self._value("console_outbox_bound", {"at": at}))
 
     def delivery(self, outbox_id: int, webhook_id: int) -> DeliveryPage | None:
         """One delivery with its change, or None when there is none (purged, or never made)."""

@@ -113,11 +113,21 @@ def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
         {"webhook": " orders ", "status": "failed", "table": "public.items", "key": "42"}
     )
     assert asked.problem is None
-    assert asked.wanted == DeliveryFilter("orders", "failed", "public", "items", None, "42")
+    assert asked.wanted == DeliveryFilter(
+        "orders", "failed", "public", "items", key_text="42", key_raw="42"
+    )
+    assert asked.wanted.keyed
     composite = delivery_filter({"table": "items", "key": '{"a": 1, "b": "x"}'})
     assert composite.wanted.key_json == '{"a": 1, "b": "x"}' and composite.wanted.schema is None
-    assert delivery_filter({"before": "10-3"}).wanted.before == (10, 3)
+    assert delivery_filter({"key": "ab-42"}).wanted.key_raw is None
+    assert delivery_filter({"before": "10-3"}).wanted.cursor == (10, 3)
+    # An object's changes are oldest first: its pages go on after a cursor.
+    assert delivery_filter({"key": "7", "after": "10-3", "before": "1-1"}).wanted.cursor == (10, 3)
     assert delivery_filter({}).wanted == DeliveryFilter()
+    timed = delivery_filter({"event": "update", "since": "2h", "until": "2030-11-23T10:00+01:00"})
+    assert timed.problem is None and timed.wanted.event == "update"
+    assert timed.wanted.until == datetime(2030, 11, 23, 9, 0, tzinfo=UTC)
+    assert timed.wanted.since is not None and not timed.wanted.keyed
     for query, says in [
         ({"status": "lost"}, "status: one of pending, delivered, failed"),
         ({"table": "public."}, "table: schema.table"),
@@ -128,6 +138,12 @@ def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
         ({"before": "10"}, "before: not a page"),
         ({"before": "1-99999999999999999999"}, "before: not a page"),
         ({"before": "\u0661-\u0662"}, "before: not a page"),  # Arabic-Indic digits
+        ({"key": "1", "after": "x"}, "after: not a page"),
+        ({"event": "<b>"}, "event: one of insert, update, delete, truncate, snapshot"),
+        ({"since": "yesterday"}, "since: an age (30m, 12h, 7d) or a time"),
+        ({"until": "9" * 30 + "d"}, "until: an age"),
+        ({"since": "1h", "until": "2h"}, "until: later than since"),
+        ({"key": "[" * 5000 + "]" * 5000}, "key: longer than 1000"),
     ]:
         problem = delivery_filter(query).problem
         assert problem is not None and problem.startswith(says), (query, problem)

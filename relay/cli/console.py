@@ -50,6 +50,7 @@ def console(
         secure_cookie=settings.console_secure_cookie,
         trust_forwarded=settings.console_trust_forwarded,
         template_env_globs=tuple(settings.template_env_globs),
+        max_body_bytes=int(settings.max_body_bytes),
     )
 
     shown = f"[{host}]" if ":" in host else host

@@ -12,13 +12,10 @@ import typer
 from relay.cli.common import Dsn, err, fail, load_settings, out
 from relay.cli.common import database as _database
 from relay.rules import ruleset
-from relay.store import Added, Purged, Rearmed, Store
+from relay.store import Purged, Store
 
 if TYPE_CHECKING:
-    from relay.delivery.replay import ReplayPlan
-
-CHUNK = 1000
-"""Changes matched at a time, their images read only for rules with conditions."""
+    from relay.delivery.replay import Replayed
 
 
 class Status(enum.StrEnum):
@@ -63,7 +60,7 @@ def replay(
     delivery ids, marked as replays (X-Relay-Replay, relay.attempts.replay). A change that a
     later change of its row supersedes is left out unless --superseded."""
     from relay.ages import parse_since
-    from relay.delivery.replay import ReplayPlan  # here: other commands start without aiohttp
+    from relay.delivery import replay as replaying  # here: other commands start without aiohttp
 
     limit = load_settings(None).max_body_bytes  # RELAY_MAX_BODY_BYTES, as relay run reads it
     try:
@@ -97,19 +94,18 @@ def replay(
         _warn_of_purged(store.purged_in_window(window), start, end)
         statuses = ["delivered", "failed"] if status is Status.all else [status.value]
         with conn.transaction() as tx:
-            busy = store.replay_hold(webhook_id)
-            armed = store.replay_rearm(window, statuses, busy, superseded=superseded)
-            new = ReplayPlan(busy=set(busy))
-            added = Added(0, 0)
-            if status is Status.all:
-                _match(store, rules, window, new, limit)
-                if new.deliveries.outbox_ids:
-                    added = store.add_replay_deliveries(
-                        new.deliveries.parameters(), superseded=superseded
-                    )
+            done = replaying.replay(
+                store,
+                rules,
+                window,
+                statuses,
+                new=status is Status.all,
+                superseded=superseded,
+                limit=limit,
+            )
             if dry_run:
                 raise psycopg.Rollback(tx)
-    _report(webhook, armed, new, added, dry_run=dry_run, superseded=superseded)
+    _report(webhook, done, dry_run=dry_run, superseded=superseded)
 
 
 def _warn_of_purged(purged: Purged, start: datetime, end: datetime | None) -> None:
@@ -128,18 +124,10 @@ def _warn_of_purged(purged: Purged, start: datetime, end: datetime | None) -> No
     )
 
 
-def _report(
-    webhook: str,
-    armed: Rearmed,
-    new: ReplayPlan,
-    added: Added,
-    *,
-    dry_run: bool,
-    superseded: bool,
-) -> None:
+def _report(webhook: str, done: Replayed, *, dry_run: bool, superseded: bool) -> None:
     """What the replay queued (or would), and a warning line for each kind it left out."""
-    total = armed.delivered + armed.failed + added.added
-    replaced = armed.superseded + added.superseded
+    armed, new, added = done.armed, done.new, done.added
+    total, replaced = done.total, done.superseded
     left_out = {
         "a later change of their row is being sent to the webhook now, and they would "
         "overtake it; run the same replay again in a moment": armed.busy + new.left_busy,
@@ -170,27 +158,3 @@ def _report(
         out.print(f"would replay {what}; nothing changed (--dry-run)", highlight=False)
     else:
         out.print(f"replaying {what}: the relays send them in order", highlight=False)
-
-
-def _match(
-    store: Store, rules: ruleset.RuleSet, window: dict[str, Any], into: ReplayPlan, limit: int
-) -> None:
-    """Match, a chunk at a time, the changes in the window the webhook never had (a change
-    larger than ``limit`` bytes fails for it, as in relay run). For a webhook that coalesces,
-    a group's last change is its group's event again, as fan-out made it (the query leaves the
-    group's other changes out)."""
-    from relay.delivery import coalesce, plan
-
-    after = 0
-    while rows := store.replay_candidates(window, after, CHUNK):
-        after = rows[-1]["id"]
-        firsts = [row["coalesced_from"] for row in rows if row["coalesced_from"] is not None]
-        if firsts:
-            grouping = coalesce.again(rows, store.change_heads(firsts))
-            rows = [row for row in rows if row["id"] not in grouping.grouped] + grouping.events
-        ready, to_read = plan.sort_out(rows, rules, limit)
-        into.add(ready, rules, window["webhook_id"])
-        if to_read:
-            images = store.change_images(plan.image_ids(to_read))
-            arrivals = (plan.arrival(row, rules, *plan.images_of(row, images)) for row in to_read)
-            into.add(arrivals, rules, window["webhook_id"])

@@ -37,8 +37,16 @@ from relay.console.security import (
     same_token,
 )
 from relay.db import DatabaseUnavailable, connect, first_line
-from relay.rules import admin
-from relay.store import ActivityBucket, Status, Store, TrackedTable, WebhookFailures
+from relay.delivery import replay as replaying
+from relay.rules import admin, ruleset
+from relay.store import (
+    ActivityBucket,
+    LogPage,
+    Status,
+    Store,
+    TrackedTable,
+    WebhookFailures,
+)
 
 log = structlog.get_logger("relay.console")
 
@@ -51,6 +59,12 @@ APPLICATION_NAME = "relay console"
 PAGE_SIZE = 50
 FAILING_SHOWN = 10
 """Webhooks in the overview's failures chart, most failures first."""
+RETRY_CHUNK = 1000
+"""Changes a bulk retry re-queues in one transaction (with one audit entry): short locks on
+the outbox whatever the number of failed deliveries."""
+RETRY_MOST = 100_000
+"""Changes one press of a bulk retry re-queues at most (a hundred chunks, within a minute); the
+page then says how many remain, and the next press goes on."""
 REFRESH_SECONDS = 30
 """How often the overview reloads itself when asked to (a meta refresh: no script)."""
 MAX_ROLE = 63
@@ -99,6 +113,56 @@ class Config:
     template_env_globs: tuple[str, ...] = ()
     """What webhook templates may read with ``env`` (RELAY_TEMPLATE_ENV), for compiling,
     previewing and test-sending them as relay run would."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """RELAY_MAX_BODY_BYTES: a replay fails a larger change for the webhook, as relay run."""
+
+
+@dataclass(frozen=True)
+class ReplayShown:
+    """What a replay queued, or would (its preview), as the replay page says it, or why it
+    cannot be done."""
+
+    problem: str | None = None
+    dry_run: bool = True
+    total: int = 0
+    delivered: int = 0
+    failed: int = 0
+    new: int = 0
+    superseded: int = 0
+    busy: int = 0
+    ruleless: int = 0
+    unjudged: int = 0
+    purged: int = 0
+
+    @classmethod
+    def of(cls, done: replaying.Replayed, *, purged: int, dry_run: bool) -> ReplayShown:
+        """The page's figures of a replay."""
+        return cls(
+            dry_run=dry_run,
+            total=done.total,
+            delivered=done.armed.delivered,
+            failed=done.armed.failed,
+            new=done.added.added,
+            superseded=done.superseded,
+            busy=done.armed.busy + done.new.left_busy,
+            ruleless=done.armed.ruleless,
+            unjudged=len(done.new.unjudged),
+            purged=purged,
+        )
+
+    def summary(self, wanted: filters.ReplayAsked) -> str:
+        """The audit's line: the window and what went."""
+        window = f"since {wanted.since:%Y-%m-%d %H:%M:%S%z}"
+        if wanted.until is not None:
+            window += f" until {wanted.until:%Y-%m-%d %H:%M:%S%z}"
+        if wanted.table is not None:
+            window += f" of {wanted.schema}.{wanted.table}"
+        marked = "sent, marked" if wanted.superseded else "left out"
+        return (
+            f"{window}, {wanted.status}: {self.total} change(s) queued ({self.delivered} "
+            f"delivered before, {self.failed} failed before, {self.new} new to it); "
+            f"{self.superseded} superseded {marked}"
+        )
 
 
 class Refused(Exception):
@@ -326,22 +390,28 @@ class Console:
         )
 
     async def deliveries(self, request: web.Request) -> web.StreamResponse:
-        """The deliveries log, filtered, a page at a time."""
+        """The deliveries log, filtered, a page at a time: newest first, or an object's
+        changes oldest first."""
         asked = filters.delivery_filter(request.query)
-        lines = []
+        page = LogPage([])
         if asked.problem is None:
-            lines = await self.run(
+            page = await self.run(
                 request, lambda store: store.deliveries(asked.wanted, PAGE_SIZE + 1)
             )
-        more = len(lines) > PAGE_SIZE
-        lines = lines[:PAGE_SIZE]
-        older = None
-        if more:
-            kept = {k: v for k, v in request.query.items() if k != "before" and v}
+        lines = page.lines[:PAGE_SIZE]
+        kept = _kept(request.query)
+        next_page = None
+        looked_from = None
+        if len(page.lines) > PAGE_SIZE:
+            side = "after" if asked.wanted.keyed else "before"
             last = lines[-1]
-            older = "/deliveries?" + urlencode(
-                {**kept, "before": f"{last.outbox_id}-{last.webhook_id}"}
+            next_page = "/deliveries?" + urlencode(
+                {**kept, side: f"{last.outbox_id}-{last.webhook_id}"}
             )
+        elif page.looked_from is not None:
+            # Cut short by its stretch of changes: the next page looks further back.
+            looked_from = page.looked_from
+            next_page = "/deliveries?" + urlencode({**kept, "before": f"{looked_from}-0"})
         return self.page(
             request,
             "deliveries.html",
@@ -350,8 +420,164 @@ class Console:
             problem=asked.problem,
             query=request.query,
             statuses=filters.STATUSES,
-            older=older,
+            events=filters.EVENTS,
+            keyed=asked.wanted.keyed,
+            next_page=next_page,
+            looked_from=looked_from,
+            retry_all="/deliveries/retry?" + urlencode(kept),
         )
+
+    async def retry_preview(self, request: web.Request) -> web.StreamResponse:
+        """Retrying every failed delivery the log's filter matches, first its preview: how many
+        changes would go again (as ``relay retry`` re-queues them), and how many deliveries a
+        later change of their row supersedes."""
+        asked = filters.delivery_filter(request.query)
+        if asked.problem is not None:
+            raise Refused(400, asked.problem)
+        count = await self.run(request, lambda store: store.failed_count(asked.wanted))
+        return self.page(
+            request,
+            "retry_preview.html",
+            title="Retry failed deliveries",
+            count=count,
+            kept=_kept(request.query),
+            back="/deliveries?" + urlencode(_kept(request.query)),
+            chunk=RETRY_CHUNK,
+            most=RETRY_MOST,
+        )
+
+    async def retry_all(self, request: web.Request) -> web.StreamResponse:
+        """Retry every failed delivery the filter matches, as ``relay retry`` (with
+        ``--superseded`` when ticked): their changes re-queued :data:`RETRY_CHUNK` at a time,
+        each chunk in a transaction of its own with its audit entry (so a million failed
+        deliveries never hold one long transaction), at most :data:`RETRY_MOST` changes a
+        press."""
+        form = await request.post()
+        query = {name: _field(form, name) or "" for name in filters.FIELDS}
+        asked = filters.delivery_filter(query)
+        if asked.problem is not None:
+            raise Refused(400, asked.problem)
+        superseded = _field(form, "superseded") == "yes"
+        target = urlencode(_kept(query)) or "every failed delivery"
+        address = self.address(request)
+
+        def act(store: Store) -> tuple[int, int]:
+            requeued = marked = taken = 0
+            after = 0
+            while taken < RETRY_MOST:
+                with store.conn.transaction():
+                    chunk = min(RETRY_CHUNK, RETRY_MOST - taken)
+                    ids = store.failed_changes(asked.wanted, after, chunk)
+                    if not ids:
+                        break
+                    done = store.retry_changes(ids, superseded=superseded)
+                    what = "sent, marked X-Relay-Superseded" if superseded else "left failed"
+                    detail = (
+                        f"{done.requeued} change(s) re-queued, {ids[0]} to {ids[-1]}; "
+                        f"{done.superseded} superseded deliveries {what}"
+                    )
+                    store.audit("deliveries retry", target, detail, address)
+                requeued += done.requeued
+                marked += done.superseded
+                taken += len(ids)
+                after = ids[-1]
+            return requeued, marked
+
+        requeued, marked = await self.run(request, act)
+        count = await self.run(request, lambda store: store.failed_count(asked.wanted))
+        return self.page(
+            request,
+            "retry_done.html",
+            title="Retry failed deliveries",
+            requeued=requeued,
+            marked=marked,
+            superseded=superseded,
+            count=count,
+            back="/deliveries?" + urlencode(_kept(query)),
+            again="/deliveries/retry?" + urlencode(_kept(query)),
+        )
+
+    async def replay_form(self, request: web.Request) -> web.StreamResponse:
+        """Replay, as ``relay replay``: a webhook and a stretch of time, and with them filled in,
+        the preview of what would go (a dry run: the same code, rolled back)."""
+        asked = filters.replay_filter(request.query)
+        preview = None
+        if asked.wanted is not None and asked.problem is None:
+            preview = await self._replay(request, asked.wanted, dry_run=True)
+        return self.page(
+            request,
+            "replay.html",
+            title="Replay",
+            query=request.query,
+            problem=asked.problem if request.query else None,
+            preview=preview,
+            confirm=_confirm(asked.wanted),
+            choices=filters.REPLAY_STATUSES,
+        )
+
+    async def replay(self, request: web.Request) -> web.StreamResponse:
+        """Replay, confirmed: the changes queued again in one transaction with its audit
+        entry, as ``relay replay`` does."""
+        form = await request.post()
+        query = {name: _field(form, name) or "" for name in filters.REPLAY_FIELDS}
+        asked = filters.replay_filter(query)
+        if asked.wanted is None or asked.problem is not None:
+            raise Refused(400, asked.problem or "Give a webhook and since when.")
+        done = await self._replay(request, asked.wanted, dry_run=False)
+        return self.page(
+            request,
+            "replay.html",
+            title="Replay",
+            query=query,
+            problem=None,
+            preview=done,
+            confirm={},
+            choices=filters.REPLAY_STATUSES,
+        )
+
+    async def _replay(
+        self, request: web.Request, wanted: filters.ReplayAsked, *, dry_run: bool
+    ) -> ReplayShown:
+        """The replay of ``wanted`` (rolled back for a preview; audited otherwise)."""
+        address = self.address(request)
+        limit = self.config.max_body_bytes
+
+        def act(store: Store) -> ReplayShown:
+            state = store.webhook_state(wanted.webhook)
+            if state is None:
+                return ReplayShown(problem=f"No webhook named {wanted.webhook}.")
+            webhook_id, enabled = state
+            if not enabled:
+                return ReplayShown(
+                    problem=f"Webhook {wanted.webhook} is disabled: enable it first."
+                )
+            window: dict[str, Any] = {
+                "webhook_id": webhook_id,
+                "since": wanted.since,
+                "until": wanted.until,
+                "schema_name": wanted.schema,
+                "table_name": wanted.table,
+            }
+            rules = ruleset.load(store.conn)
+            statuses = ["delivered", "failed"] if wanted.status == "all" else [wanted.status]
+            purged = store.purged_in_window(window).changes
+            with store.conn.transaction() as tx:
+                done = replaying.replay(
+                    store,
+                    rules,
+                    window,
+                    statuses,
+                    new=wanted.status == "all",
+                    superseded=wanted.superseded,
+                    limit=limit,
+                )
+                shown = ReplayShown.of(done, purged=purged, dry_run=dry_run)
+                if dry_run:
+                    raise psycopg.Rollback(tx)
+                store.audit("replay", wanted.webhook, shown.summary(wanted), address)
+            return shown
+
+        return await self.run(request, act)
 
     async def delivery(self, request: web.Request) -> web.StreamResponse:
         """One delivery: its change's images and every attempt."""
@@ -551,6 +777,31 @@ def _field(form: Mapping[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _confirm(wanted: filters.ReplayAsked | None) -> dict[str, str]:
+    """The confirm form's fields of a previewed replay: its times as the preview read them (an
+    age such as 2h would otherwise move on between the preview and the press)."""
+    if wanted is None:
+        return {}
+    return {
+        "webhook": wanted.webhook,
+        "since": wanted.since.isoformat(),
+        "until": wanted.until.isoformat() if wanted.until is not None else "",
+        "table": f"{wanted.schema}.{wanted.table}" if wanted.table is not None else "",
+        "status": wanted.status,
+        "superseded": "yes" if wanted.superseded else "",
+    }
+
+
+def _kept(query: Mapping[str, str]) -> dict[str, str]:
+    """The log's filters given in ``query``, without its page's cursor: what links and forms
+    carry on."""
+    return {
+        name: query[name]
+        for name in filters.FIELDS
+        if name not in ("before", "after") and query.get(name)
+    }
+
+
 def _delivery_ids(request: web.Request) -> tuple[int, int]:
     outbox_id = filters.whole_number(request.match_info["outbox_id"])
     webhook_id = filters.whole_number(request.match_info["webhook_id"])
@@ -581,6 +832,10 @@ def make_app(config: Config) -> web.Application:
     app.router.add_get("/webhooks", console.webhooks)
     app.router.add_post("/webhooks/{action:pause|resume}", console.steer)
     app.router.add_get("/deliveries", console.deliveries)
+    app.router.add_get("/deliveries/retry", console.retry_preview)
+    app.router.add_post("/deliveries/retry", console.retry_all)
+    app.router.add_get("/replay", console.replay_form)
+    app.router.add_post("/replay", console.replay)
     app.router.add_get("/deliveries/{outbox_id}/{webhook_id}", console.delivery)
     app.router.add_post("/deliveries/{outbox_id}/{webhook_id}/retry", console.retry)
     app.router.add_get("/audit", console.audit)

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 
+from relay.ages import parse_since
 from relay.store import DeliveryFilter
 
 STATUSES = ("pending", "delivered", "failed")
 """A delivery's statuses (relay.delivery_status), the choices of the log's filter."""
+EVENTS = ("insert", "update", "delete", "truncate", "snapshot")
+"""A change's operations (relay.change_op; snapshot: a backfill's), the choices of the log's
+event filter."""
+FIELDS = ("webhook", "status", "table", "event", "since", "until", "key", "before", "after")
+"""The query string's names the log reads; the bulk retry's forms carry them on."""
 
 MAX_FIELD = 1000
 """No filter value is longer: a key, a name or a table is never this long."""
@@ -32,41 +39,139 @@ def _value(query: Mapping[str, str], name: str) -> str | None:
 
 def delivery_filter(query: Mapping[str, str]) -> Asked:
     """The deliveries log's filter from ``webhook``, ``status``, ``table`` (``schema.table``,
-    or a table in any schema), ``key`` (an object's primary key: its JSON, or the one value of
-    a single-column key) and ``before`` (the page's cursor, ``outbox_id-webhook_id``)."""
-    for name in ("webhook", "status", "table", "key", "before"):
+    or a table in any schema), ``event`` (a change's operation), ``since`` and ``until`` (when
+    the change was recorded: an age such as 2h, or a time, UTC unless it names its zone),
+    ``key`` (an object's primary key: its JSON, or the one value of a single-column key) and
+    the page's cursor, ``outbox_id-webhook_id``: ``before`` it for the log, newest first;
+    ``after`` it for an object's key, oldest first."""
+    for name in FIELDS:
         if len(query.get(name, "")) > MAX_FIELD:
             return Asked(DeliveryFilter(), f"{name}: longer than {MAX_FIELD} characters")
         if "\x00" in query.get(name, ""):
             return Asked(DeliveryFilter(), f"{name}: holds a NUL character, which no name has")
-    webhook, status, table, key = (_value(query, n) for n in ("webhook", "status", "table", "key"))
+    webhook, status, table, event, key = (
+        _value(query, n) for n in ("webhook", "status", "table", "event", "key")
+    )
     if status is not None and status not in STATUSES:
         return Asked(DeliveryFilter(), f"status: one of {', '.join(STATUSES)}, or any")
+    if event is not None and event not in EVENTS:
+        return Asked(DeliveryFilter(), f"event: one of {', '.join(EVENTS)}, or any")
     schema = None
     if table is not None and "." in table:
         schema, table = table.split(".", 1)
         if not schema or not table:
             return Asked(DeliveryFilter(), "table: schema.table, or a table's name")
-    key_json = key_text = None
+    moments = {}
+    for name in ("since", "until"):
+        given = _value(query, name)
+        try:
+            moments[name] = parse_since(given) if given is not None else None
+        except (ValueError, OverflowError):
+            return Asked(
+                DeliveryFilter(), f"{name}: an age (30m, 12h, 7d) or a time (2026-11-23T10:00)"
+            )
+    since, until = moments["since"], moments["until"]
+    if since is not None and until is not None and until <= since:
+        return Asked(DeliveryFilter(), "until: later than since, or empty")
+    wanted = DeliveryFilter(
+        webhook=webhook,
+        status=status,
+        schema=schema,
+        table=table,
+        event=event,
+        since=since,
+        until=until,
+    )
     if key is not None:
         if key.startswith("{"):
             try:
                 parsed = json.loads(key)
-            except ValueError:
+            except (ValueError, RecursionError):
                 parsed = None
             if not isinstance(parsed, dict) or not parsed:
                 return Asked(
                     DeliveryFilter(), 'key: a JSON object of the key\'s columns ({"id": 42})'
                 )
-            key_json = key  # PostgreSQL reads it again, numbers with all their digits
+            # PostgreSQL reads it again, numbers with all their digits.
+            wanted = replace(wanted, key_json=key)
         else:
-            key_text = key
+            wanted = replace(wanted, key_text=key, key_raw=key if _json_scalar(key) else None)
+    name = "after" if wanted.keyed else "before"
     try:
-        before = cursor(query.get("before"))
+        return Asked(replace(wanted, cursor=cursor(query.get(name))))
     except ValueError as exc:
-        return Asked(DeliveryFilter(), f"before: {exc}")
-    wanted = DeliveryFilter(webhook, status, schema, table, key_json, key_text, before)
-    return Asked(wanted)
+        return Asked(DeliveryFilter(), f"{name}: {exc}")
+
+
+def _json_scalar(text: str) -> bool:
+    """Whether ``text`` is a JSON number, true, false or null: how a key column of a number
+    (or boolean) type is written in a change's key."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    return not isinstance(value, str | list | dict)
+
+
+REPLAY_STATUSES = ("all", "delivered", "failed")
+"""Which of a webhook's changes a replay sends again, as relay replay --status: all (also those
+it never had, matched against its rules as they are now), those delivered, those failed."""
+REPLAY_FIELDS = ("webhook", "since", "until", "table", "status", "superseded")
+
+
+@dataclass(frozen=True)
+class ReplayAsked:
+    """A replay, as ``relay replay``'s options give it."""
+
+    webhook: str
+    since: datetime
+    until: datetime | None
+    schema: str | None
+    table: str | None
+    status: str
+    superseded: bool
+
+
+@dataclass(frozen=True)
+class AskedReplay:
+    """A replay asked for, or what is wrong with it (``wanted`` None: not all given)."""
+
+    wanted: ReplayAsked | None
+    problem: str | None = None
+
+
+def replay_filter(query: Mapping[str, str]) -> AskedReplay:
+    """A replay from ``webhook``, ``since`` and ``until`` (ages or times, as relay replay
+    reads them), ``table`` (schema.table, or a table of schema public), ``status`` (all,
+    delivered or failed) and ``superseded`` (yes: send them too, marked)."""
+    for name in REPLAY_FIELDS:
+        if len(query.get(name, "")) > MAX_FIELD:
+            return AskedReplay(None, f"{name}: longer than {MAX_FIELD} characters")
+        if "\x00" in query.get(name, ""):
+            return AskedReplay(None, f"{name}: holds a NUL character, which no name has")
+    webhook, given_since = _value(query, "webhook"), _value(query, "since")
+    if webhook is None or given_since is None:
+        return AskedReplay(None, "Give a webhook and since when.")
+    status = _value(query, "status") or "all"
+    if status not in REPLAY_STATUSES:
+        return AskedReplay(None, f"status: one of {', '.join(REPLAY_STATUSES)}")
+    given_until = _value(query, "until")
+    try:
+        since = parse_since(given_since)
+        until = parse_since(given_until) if given_until is not None else None
+    except (ValueError, OverflowError):
+        return AskedReplay(None, "since, until: an age (30m, 12h, 7d) or a time (2026-11-23T10:00)")
+    if until is not None and until <= since:
+        return AskedReplay(None, "until: later than since, or empty")
+    schema = table = None
+    named = _value(query, "table")
+    if named is not None:
+        schema, _, table = named.rpartition(".")
+        schema = schema or "public"
+        if not table:
+            return AskedReplay(None, "table: schema.table, or a table of schema public")
+    superseded = query.get("superseded") == "yes"
+    return AskedReplay(ReplayAsked(webhook, since, until, schema, table, status, superseded))
 
 
 BIGINT_MAX = 2**63 - 1
