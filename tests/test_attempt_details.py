@@ -214,3 +214,29 @@ def test_a_request_that_got_no_answer_keeps_the_request_alone(rconn: Conn, relay
     assert status is None and kept is not None
     assert "response" not in kept
     assert dict(kept["request"]["headers"])["X-Hook-Signature"] == MASK
+
+
+def test_a_batchs_request_is_kept_on_the_attempt_of_each_of_its_deliveries(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """One request for three changes, refused: each delivery's attempt keeps that request (as
+    each keeps its status and excerpt), the body being the batch's array."""
+
+    async def refusing(request: web.Request) -> web.Response:
+        return web.Response(status=503, text="busy")
+
+    async def scenario() -> Receiver:
+        async with receiver(refusing) as r:
+            setup(rconn, r.url, secret=SECRET, batch_size=10, batch_wait_ms=300, max_attempts=1)
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items SELECT g, 0 FROM generate_series(1, 3) g")
+                await until(lambda: outbox_statuses(rconn) == ["failed"] * 3)
+            return r
+
+    r = asyncio.run(scenario())
+    assert len(r.requests) == 1
+    kept = [kept for _, status, kept, _ in attempts(rconn) if status == 503]
+    assert len(kept) == 3 and kept[0] == kept[1] == kept[2] and kept[0] is not None
+    request = kept[0]["request"]
+    assert header(request, "X-Relay-Batch-Size") == "3"
+    assert [c["data"]["id"] for c in json.loads(request["body"])] == [1, 2, 3]
