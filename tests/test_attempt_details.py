@@ -65,6 +65,8 @@ def test_url_keeps_its_path_but_not_its_user_part_nor_query_values() -> None:
         "POST", "https://bot:pw-123456@hooks.example/T1/B2?token=abc&x=1", {}, b"{}", []
     )
     assert request["url"] == f"https://{MASK}@hooks.example/T1/B2?token={MASK}&x={MASK}"
+    in_path = details.request_details("POST", f"https://h.example/in/{SECRET}/x", {}, b"", [SECRET])
+    assert in_path["url"] == f"https://h.example/in/{MASK}/x"
 
 
 def test_the_body_is_kept_to_4_kib_and_says_it_was_cut() -> None:
@@ -121,6 +123,7 @@ def failing_then_ok() -> Callable[[web.Request], Awaitable[web.Response]]:
         response = web.Response(status=500, text="<b>broken</b>", headers={"X-Request-Id": "req-1"})
         response.headers.add("Set-Cookie", "sid=abcdef123; HttpOnly")
         response.headers.add("X-Echo", request.headers.get("Authorization", ""))
+        response.headers.add("X-Got", request.headers.get("X-Hook-Signature", ""))
         return response
 
     return handle
@@ -184,6 +187,7 @@ def test_a_failed_attempt_keeps_the_request_as_sent_masked_and_the_response_head
     assert header(response, "X-Request-Id") == "req-1"
     assert header(response, "Set-Cookie") == MASK
     assert header(response, "X-Echo") == MASK
+    assert header(response, "X-Got") == MASK  # the signature, echoed under another name
     for never in (SECRET, signature, "tok-1234567", "qt-7777777", "abcdef123"):
         assert never not in row
 

@@ -8,9 +8,10 @@ Proxy-Authorization, Cookie and Set-Cookie, of any header whose name says it is 
 (:func:`relay.reasons.sensitive`), and of any header whose value holds one of the attempt's
 secrets (the webhook's secret, its URL's password, values templates read with ``env``...) is
 kept as ``******``, whole. The URL keeps its path but not its user part nor its query values
-(:func:`relay.reasons.url_shown`); the body excerpt has those secrets masked wherever they stand
-and its URLs shown by their origin, as a response's excerpt is.
-Everything is text a database column and a JSON document can hold (no NUL, no lone surrogate).
+(:func:`relay.reasons.url_shown`), and a secret in its path is masked; the body excerpt has
+those secrets masked wherever they stand and its URLs shown by their origin, as a response's
+excerpt is. Everything is text a database column and a JSON document can hold (no NUL, no
+lone surrogate).
 
 Pure: no database, no network (tests/test_attempt_details.py).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from relay.reasons import MASK, MIN_SECRET, scrub, sensitive, url_shown
+from relay.reasons import MASK, MIN_SECRET, redact, scrub, sensitive, url_shown
 
 Keep = Literal["failed", "all", "none"]
 """RELAY_ATTEMPT_DETAILS: which attempts keep their request and response headers."""
@@ -111,7 +112,7 @@ def request_details(
     masked), headers masked, the body's start and whether it was cut."""
     return {
         "method": _text(method[:20]),
-        "url": _text(url_shown(url)),
+        "url": _text(redact(url_shown(url), secrets)),
         "headers": masked_headers(headers.items(), secrets),
         "body": body_excerpt(body, secrets),
         "body_bytes": len(body),
