@@ -148,10 +148,17 @@ PENDING = (
 of the outbox cost PostgreSQL 15 ms a look with 60,000 changes, taken from what it measures)."""
 
 
-async def drain(dsn: str, changes: int, concurrency: int = 64, done: str = PENDING) -> float:
+async def drain(
+    dsn: str,
+    changes: int,
+    concurrency: int = 64,
+    done: str = PENDING,
+    **more: Any,
+) -> float:
     """Deliveries per second of a Worker (the code behind `relay run`) from its start until
-    the query ``done`` says true (by default: no change pending)."""
-    settings = Settings(webhook_concurrency=concurrency, poll_interval=0.5)
+    the query ``done`` says true (by default: no change pending); ``more`` are more of
+    the relay's (RELAY_ATTEMPT_DETAILS, say)."""
+    settings = Settings(webhook_concurrency=concurrency, poll_interval=0.5, **more)
     worker = Worker(settings, dsn, relay_id="bench")
     stop = asyncio.Event()
     started = time.monotonic()

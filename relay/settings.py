@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     database does not grow without end when nobody thought of it."""
     attempt_retention_days: float = Field(default=30.0, ge=0, le=36_500, allow_inf_nan=False)
     """Rows of relay.attempts older than this are deleted by the relay (0 keeps them all)."""
+    attempt_details: Literal["failed", "all", "none"] = "failed"
+    """Which attempts keep the request as sent (method, URL, headers, the body's first 4 KiB)
+    and the response's headers, credentials and signatures masked, for the console's delivery
+    page: ``failed`` ones (what operators open; a delivered attempt costs what it did
+    without), ``all``, or ``none``."""
     template_env_allow: str = ""
     """Comma-separated globs of environment variable names templates may read with ``env``."""
     processes: int = Field(default=1, ge=1, le=64)

@@ -513,6 +513,9 @@ class AttemptLine:
     error: str | None
     response_excerpt: str | None
     replay: bool
+    details: str | None
+    """The request as sent and the response's headers, masked, as JSON text (relay/delivery/
+    details.py); None when RELAY_ATTEMPT_DETAILS kept none."""
 
 
 @dataclass(frozen=True)

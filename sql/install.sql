@@ -29,8 +29,8 @@ SELECT coalesce(max(version), 0) AS relay_before FROM relay.migrations \gset
 -- An older release's definitions must never replace a newer schema's (they would undo it).
 DO $$
 BEGIN
-    IF (SELECT max(version) FROM relay.migrations) > 34 THEN
-        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (34): run the install.sql of the release that installed it',
+    IF (SELECT max(version) FROM relay.migrations) > 35 THEN
+        RAISE EXCEPTION 'relay schema is at version %, newer than this install.sql (35): run the install.sql of the release that installed it',
             (SELECT max(version) FROM relay.migrations);
     END IF;
 END
@@ -204,6 +204,11 @@ SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 33) AS relay_app
 SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 34) AS relay_apply \gset
 \if :relay_apply
 \ir migrations/0034_console_log.sql
+\endif
+
+SELECT NOT EXISTS (SELECT FROM relay.migrations WHERE version = 35) AS relay_apply \gset
+\if :relay_apply
+\ir migrations/0035_attempt_details.sql
 \endif
 
 -- Definitions newer than these are left as they are: this install.sql is an older release's.

@@ -1010,12 +1010,15 @@ WITH outcome AS (
            o ->> 6 AS excerpt, o ->> 7 AS status, (o ->> 8)::float8 AS retry_in,
            (o ->> 9)::bool AS counted, (o ->> 10)::bigint AS batch_id,
            (o ->> 11)::bool AS unbatch, coalesce((o ->> 12)::bool, false) AS replay,
-           o ->> 13 AS endpoint
+           o ->> 13 AS endpoint,
+           CASE WHEN json_typeof(o -> 14) = 'object' THEN (o -> 14)::jsonb END AS details
     -- One JSON array of [outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-    -- excerpt, status, retry_in, counted, batch_id, unbatch, replay, endpoint] per outcome
-    -- (relay/delivery/record.py writes it). unbatch: the delivery leaves its batch unsent, to
-    -- go in a later one (a batch too large to render or send whole keeps what fits).
-    -- endpoint: 'ok', 'failed', or NULL when the request never left.
+    -- excerpt, status, retry_in, counted, batch_id, unbatch, replay, endpoint, details] per
+    -- outcome (relay/delivery/record.py writes it). unbatch: the delivery leaves its batch
+    -- unsent, to go in a later one (a batch too large to render or send whole keeps what fits).
+    -- endpoint: 'ok', 'failed', or NULL when the request never left. details: the request as
+    -- sent and the response's headers, masked (0035_attempt_details.sql), null when not kept;
+    -- a batch's request is kept in the attempt of each of its deliveries, as its excerpt is.
     FROM json_array_elements(%(outcomes)s::json) AS o
 ), health AS (
     INSERT INTO relay.webhook_health AS h (webhook_id, failing_since, last_success_at,
@@ -1040,9 +1043,9 @@ WITH outcome AS (
     RETURNING h.webhook_id, h.failing_since
 ), attempt AS (
     INSERT INTO relay.attempts (outbox_id, webhook_id, attempt, duration_ms, status_code, error,
-                                response_excerpt, batch_id, replay)
+                                response_excerpt, batch_id, replay, details)
     SELECT outbox_id, webhook_id, attempt, duration_ms, status_code, error, excerpt, batch_id,
-           replay
+           replay, details
     FROM outcome
     WHERE counted
 ), delivered AS MATERIALIZED (
@@ -1923,8 +1926,10 @@ JOIN relay.outbox o ON o.id = d.outbox_id
 WHERE d.outbox_id = %(outbox_id)s AND d.webhook_id = %(webhook_id)s;
 
 -- name: console_attempts
--- Every attempt of one delivery, in order (attempts_by_delivery).
-SELECT attempt, attempted_at, duration_ms, status_code, error, response_excerpt, replay
+-- Every attempt of one delivery, in order (attempts_by_delivery), with what it kept of its
+-- request and response (details: RELAY_ATTEMPT_DETAILS), as JSON text.
+SELECT attempt, attempted_at, duration_ms, status_code, error, response_excerpt, replay,
+       details::text AS details
 FROM relay.attempts
 WHERE outbox_id = %(outbox_id)s AND webhook_id = %(webhook_id)s
 ORDER BY id;

@@ -212,3 +212,70 @@ def test_hostile_values_stay_text_and_forged_or_unrighted_actions_are_refused(ds
         assert _one(dsn, "SELECT count(*) FROM relay.console_audit") == 0
 
     asyncio.run(go())
+
+
+def test_a_failed_attempt_shows_its_request_as_sent_and_the_response_as_text(dsn: str) -> None:
+    """The delivery page of a failed attempt (RELAY_ATTEMPT_DETAILS' default) shows the
+    request as sent (method, URL, headers, body) and the response (status, headers, excerpt,
+    duration); a `<script>` in a header's value and in the body is text, and the token and
+    the signature are masked."""
+    hostile = "<script>alert(3)</script><img src=x onerror=alert(4)>"
+
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        return web.Response(
+            status=500, text=f"refused {hostile}", headers={"X-Reply": f"no {hostile}"}
+        )
+
+    alice = person(dsn, "alice")
+
+    async def go() -> None:
+        async with receiver(endpoint) as r:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                setup(
+                    conn,
+                    r.url,
+                    name="orders-hook",
+                    secret="s3cr3t-of-the-hook",
+                    max_attempts=1,
+                    additional_headers=f"X-Note: {hostile}\nAuthorization: Bearer tok-7654321",
+                )
+                conn.execute("ALTER TABLE items ADD COLUMN note text")
+                conn.execute("INSERT INTO items VALUES (1, 1, %s)", (hostile,))
+            async with running(dsn):
+                await until(
+                    lambda: (
+                        _one(dsn, "SELECT count(*) FROM relay.deliveries WHERE status = 'failed'")
+                        == 1
+                    )
+                )
+        outbox, webhook = _one(dsn, "SELECT ARRAY[outbox_id, webhook_id] FROM relay.deliveries")
+        async with serving(dsn) as base, async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM)
+            page = await browser.new_page()
+            seen = watch(page)
+            await sign_in(page, base, alice)
+            await page.goto(f"{base}/deliveries/{outbox}/{webhook}")
+            await page.locator("table.attempts a").first.click()
+            sent = page.locator("#attempt-1")
+            assert await sent.locator(".request-line").inner_text() == f"POST {r.url}"
+            headers = await sent.locator("table.request-headers").inner_text()
+            assert f"X-Note\t{hostile}" in headers
+            assert "Authorization\t******" in headers
+            assert "X-Hook-Signature\t******" in headers
+            assert "Content-Type\tapplication/json" in headers
+            body = await sent.locator(".request-body").inner_text()
+            assert f'"note":"{hostile}"' in body
+            assert await sent.locator(".status-line").inner_text() == (
+                f"500 in {_one(dsn, 'SELECT duration_ms FROM relay.attempts')} ms"
+            )
+            answered = await sent.locator("table.response-headers").inner_text()
+            assert f"X-Reply\tno {hostile}" in answered
+            assert await sent.locator(".response-body").inner_text() == f"refused {hostile}"
+            page_text = await page.locator("main").inner_text()
+            assert "tok-7654321" not in page_text and "s3cr3t-of-the-hook" not in page_text
+            assert r.requests[0].headers["X-Hook-Signature"] not in page_text
+            assert await page.locator("script, img").count() == 0
+            assert seen == []
+            await browser.close()
+
+    asyncio.run(go())

@@ -15,7 +15,7 @@ from relay.console.security import (
     same_origin,
     same_token,
 )
-from relay.console.views import age, excerpt_shown, reason_shown, url, when
+from relay.console.views import Exchange, age, excerpt_shown, exchange, reason_shown, url, when
 from relay.store import DeliveryFilter
 
 
@@ -172,3 +172,27 @@ def test_pages_write_ages_times_and_what_came_from_elsewhere() -> None:
     )
     assert "abc" not in excerpt_shown("see https://hooks.example/x?token=abc\nbye")
     assert excerpt_shown("line\nline") == "line\nline"
+
+
+def test_an_attempts_details_are_read_whatever_their_shape() -> None:
+    """What relay.attempts.details holds is shown as far as it has the expected shape; nothing
+    else (another release's, a hand-made row) breaks the page."""
+    assert exchange(None) == Exchange(kept=False)
+    assert exchange("not json") == Exchange(kept=False)
+    assert exchange("[1, 2]") == Exchange(kept=False)
+    odd = exchange('{"request": {"method": 7, "headers": [["A", "b"], ["C"], [1, 2], "x"]}}')
+    assert odd.kept and odd.method == "" and odd.request_headers == [("A", "b")]
+    assert not odd.answered and odd.body_bytes == 0
+    full = exchange(
+        '{"request": {"method": "POST", "url": "http://h/x", "headers": [["X-A", "1"]],'
+        ' "body": "{}", "body_bytes": 9000, "body_cut": true},'
+        ' "response": {"headers": [["Server", "s"]]}}'
+    )
+    assert (full.method, full.url, full.body, full.body_bytes, full.body_cut) == (
+        "POST",
+        "http://h/x",
+        "{}",
+        9000,
+        True,
+    )
+    assert full.answered and full.response_headers == [("Server", "s")]

@@ -90,8 +90,8 @@ def test_psql_install_prints_one_line_saying_what_it_did(db_dsn: str, conn: Conn
     # An install one migration behind: the last is applied, and said so.
     last = sqlfiles.migrations()[-1]
     conn.execute("DELETE FROM relay.migrations WHERE version = %s", (last.version,))
-    # What 0034 made.
-    conn.execute("DROP INDEX relay.deliveries_delivered_rows, relay.deliveries_delivered_old_rows")
+    # What 0035 made.
+    conn.execute("ALTER TABLE relay.attempts DROP COLUMN details")
     upgraded = as_readme(db_dsn)
     assert (upgraded.returncode, upgraded.stderr) == (0, "")
     assert upgraded.stdout == f"relay upgraded: schema version {latest - 1} to {latest}\n"

@@ -580,7 +580,8 @@ class Console:
         return await self.run(request, act)
 
     async def delivery(self, request: web.Request) -> web.StreamResponse:
-        """One delivery: its change's images and every attempt."""
+        """One delivery: its change's images and every attempt, with the request as sent and
+        the response's headers where the attempt kept them (RELAY_ATTEMPT_DETAILS)."""
         outbox_id, webhook_id = _delivery_ids(request)
 
         def read(store: Store) -> tuple[Any, Any]:
@@ -594,7 +595,7 @@ class Console:
             "delivery.html",
             title=f"Change {outbox_id} to {found.webhook}",
             d=found,
-            attempts=attempts,
+            attempts=[(a, views.exchange(a.details)) for a in attempts],
             said=SAID.get(request.query.get("said", "")),
         )
 

@@ -9,9 +9,9 @@ per-webhook limit) is only free once the database agrees.
 
 One outcome the database refuses must not take its batch with it: a batch that fails while the
 connection is fine is written again one outcome at a time, and an outcome refused on its own is
-written once more without its details (error text and response excerpt), so the delivery still
-ends as it did. Only a lost connection fails the whole batch (those leases expire and the
-deliveries are attempted again).
+written once more without its details (error text, response excerpt, the request as sent), so
+the delivery still ends as it did. Only a lost connection fails the whole batch (those leases
+expire and the deliveries are attempted again).
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def parameters(results: Sequence[Result], relay_id: str) -> dict[str, Any]:
             r.unbatch,
             r.replay,
             _endpoint(r),
+            r.outcome.details,
         )
         for r in results
     ]
@@ -297,5 +298,5 @@ def _without_details(result: Result, refused: Exception | None) -> Result:
     missing."""
     why = f"details not recorded ({describe(refused) if refused else 'refused'})"
     error = why if result.outcome.error is None else f"{result.outcome.error}; {why}"
-    outcome = dataclasses.replace(result.outcome, error=reason(error), excerpt="")
+    outcome = dataclasses.replace(result.outcome, error=reason(error), excerpt="", details=None)
     return dataclasses.replace(result, outcome=outcome)

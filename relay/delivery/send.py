@@ -14,6 +14,9 @@ exception nobody foresaw is retried like a network error, since relay cannot kno
 happen again. Once a response's status has arrived, it decides the outcome: a body that cannot
 be read (a broken gzip stream, a connection closed half way) is said in the excerpt, and a 2xx
 stays delivered. A body over the limit is never sent, so no receiver ever gets part of one.
+An attempt keeps the request as sent and the response's headers, masked, when
+RELAY_ATTEMPT_DETAILS says so (relay/delivery/details.py): by default only a failed one, so that
+a delivered attempt costs what it did before.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import yarl
 from pydantic import ByteSize
 
 from relay.db import first_line
-from relay.delivery import tls
+from relay.delivery import details, tls
 from relay.model import Request, Webhook
 from relay.reasons import describe, reason, url_origin
 from relay.render.request import secrets_of
@@ -69,6 +72,9 @@ class Outcome:
     """Retrying cannot help (410 Gone): fail the delivery now."""
     sent: bool = True
     """False when the request never left (a template or rule problem on our side)."""
+    details: dict[str, Any] | None = None
+    """The request as sent and the response's headers, masked (relay/delivery/details.py),
+    when RELAY_ATTEMPT_DETAILS keeps them for this attempt."""
 
     @classmethod
     def not_sent(cls, error: str, *, permanent: bool) -> Outcome:
@@ -105,10 +111,12 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 class Sender:
     """Sends rendered requests for the whole process on one aiohttp session; use it as an async
-    context manager. A body over ``max_body_bytes`` is never sent."""
+    context manager. A body over ``max_body_bytes`` is never sent. ``keep`` says which
+    attempts keep their details (RELAY_ATTEMPT_DETAILS)."""
 
-    def __init__(self, max_body_bytes: int | None = None) -> None:
+    def __init__(self, max_body_bytes: int | None = None, keep: details.Keep = "none") -> None:
         self.max_body_bytes = max_body_bytes
+        self.keep = keep
         self._session: aiohttp.ClientSession | None = None
         self._proxies = getproxies_environment()
         self._proxy_by_origin: dict[tuple[str, str], Proxy | None] = {}
@@ -140,7 +148,7 @@ class Sender:
             )
         url = urlsplit(request.url)
         host = url.netloc.rpartition("@")[2]  # never the user:password@ part
-        attempt = _Attempt(host, webhook, request)
+        attempt = _Attempt(host, webhook, request, self.keep)
         try:
             verify = tls.context(webhook, url.scheme)
         except tls.CAFileProblem as exc:
@@ -155,6 +163,7 @@ class Sender:
                 proxy_headers = proxy.headers
             else:
                 headers = {**headers, **proxy.headers}
+        attempt.headers = headers
         timeout = float(webhook.timeout_seconds)
         cut = ""
         if within is not None and within < timeout:
@@ -229,10 +238,13 @@ class _Attempt:
     credentials of the request rendered for it (found only when a reason is made: most
     attempts need none)."""
 
-    def __init__(self, host: str, webhook: Webhook, request: Request) -> None:
+    def __init__(self, host: str, webhook: Webhook, request: Request, keep: details.Keep) -> None:
         self.host = host
         self.webhook = webhook
         self.request = request
+        self.keep = keep
+        self.headers = request.headers
+        """The headers as sent (with a plain HTTP proxy's credentials)."""
         self.started = time.monotonic()
 
     def _took(self) -> float:
@@ -240,7 +252,13 @@ class _Attempt:
 
     def failed(self, why: str) -> Outcome:
         """No answer: a network or TLS failure, or a response that could not be read."""
-        return Outcome(ok=False, status=None, duration=self._took(), error=self._said(why))
+        return Outcome(
+            ok=False,
+            status=None,
+            duration=self._took(),
+            error=self._said(why),
+            details=self._details(None),
+        )
 
     def not_made(self, why: str, *, permanent: bool) -> Outcome:
         """Our side could not make the request: not the receiver's failure (the circuit
@@ -252,6 +270,7 @@ class _Attempt:
             error=self._said(f"request to {self.host} could not be made: {why}"),
             permanent=permanent,
             sent=False,
+            details=self._details(None),
         )
 
     def judge(self, response: aiohttp.ClientResponse, raw: bytes, unread: str | None) -> Outcome:
@@ -262,7 +281,9 @@ class _Attempt:
         if unread is not None:
             excerpt = f"{excerpt}(relay could not read the body: {self._said(unread)})"
         if 200 <= status < 300:
-            return Outcome(ok=True, status=status, duration=self._took(), excerpt=excerpt)
+            took = self._took()
+            kept = self._details(response, ok=True) if self.keep == "all" else None
+            return Outcome(ok=True, status=status, duration=took, excerpt=excerpt, details=kept)
         if 300 <= status < 400:
             error = f"HTTP {status}: redirect to {_target(response)} not followed"
         else:
@@ -278,10 +299,30 @@ class _Attempt:
             excerpt=excerpt,
             retry_after=retry_after,
             permanent=status == 410,
+            details=self._details(response),
         )
 
     def _said(self, why: str) -> str:
         return reason(why, secrets_of(self.webhook, self.request))
+
+    def _details(
+        self, response: aiohttp.ClientResponse | None, *, ok: bool = False
+    ) -> dict[str, Any] | None:
+        """The request as sent and the response's headers (None when no response came),
+        masked, if RELAY_ATTEMPT_DETAILS keeps them for this attempt."""
+        if not details.kept(self.keep, ok=ok):
+            return None
+        secrets = secrets_of(self.webhook, self.request)
+        request = self.request
+        kept: dict[str, Any] = {
+            "request": details.request_details(
+                request.method, request.url, self.headers, request.body, secrets
+            )
+        }
+        if response is not None:
+            headers = details.masked_headers(response.headers.items(), secrets)
+            kept["response"] = {"headers": headers}
+        return kept
 
 
 async def _excerpt(response: aiohttp.ClientResponse, timeout: float) -> tuple[bytes, str | None]:

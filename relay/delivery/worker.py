@@ -199,7 +199,9 @@ class Worker:
         backoff = 0.5
         outage = False
         try:
-            async with Sender(self.settings.max_body_bytes) as sender:
+            async with Sender(
+                self.settings.max_body_bytes, self.settings.attempt_details
+            ) as sender:
                 while not stop.is_set():
                     self._connected, self._connected_at = False, None
                     try:
