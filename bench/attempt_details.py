@@ -31,10 +31,10 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import drain, free_port, load, receiver_process, serve_until_asked
 
-from relay.cli.tempcluster import scratch_database, start_temp_cluster
 from relay.delivery import details
 from relay.delivery.details import Keep
 from relay.service import logs
+from relay.tempcluster import scratch_database, start_temp_cluster
 
 SETTINGS: tuple[Keep, ...] = ("none", "failed", "all")
 ROW_BYTES = "SELECT avg(pg_column_size(a.*))::float8, count(*) FROM relay.attempts a"

@@ -32,8 +32,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from capture import pgbench_binary
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 UPDATE_SCRIPT = """\\set id random(1, {rows})
 UPDATE items SET qty = qty + 1 WHERE id = :id;

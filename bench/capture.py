@@ -37,14 +37,14 @@ from pathlib import Path
 
 import psycopg
 
-from relay.cli.tempcluster import (
+from relay.sqlfiles import parse_named
+from relay.store import Store
+from relay.tempcluster import (
     find_server_binaries,
     postgres_server,
     scratch_database,
     start_temp_cluster,
 )
-from relay.sqlfiles import parse_named
-from relay.store import Store
 
 Q = parse_named((Path(__file__).parent / "capture.sql").read_text())
 TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)

@@ -26,9 +26,9 @@ from pathlib import Path
 import psycopg
 
 from relay import sqlfiles
-from relay.cli.tempcluster import scratch_database, start_temp_cluster
 from relay.settings import Settings
 from relay.store import Store
+from relay.tempcluster import scratch_database, start_temp_cluster
 
 FAN_OUT = """
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes)

@@ -30,11 +30,11 @@ import psycopg
 from ordering import serve
 from throughput import free_port
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.delivery.worker import Worker
 from relay.service import logs
 from relay.settings import Settings
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 
 def load(dsn: str, url: str, rows: int, per_transaction: int, coalesce: bool, updates: int) -> int:

@@ -41,10 +41,10 @@ from aiohttp import web
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from relay.cli.tempcluster import TempCluster, start_temp_cluster
 from relay.console.app import Config, make_app
 from relay.sqlfiles import query
 from relay.store import Store
+from relay.tempcluster import TempCluster, start_temp_cluster
 
 PASSWORD = "bench console password"
 PAGES = [

@@ -20,9 +20,9 @@ from typing import Any
 
 import psycopg
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.console.charts import WINDOWS
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 
 def load(dsn: str, attempts: int, days: int) -> None:

@@ -29,7 +29,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import Nginx, load, start_relay, write_steadily
 
-from relay.cli.tempcluster import postgres_server, scratch_database
+from relay.tempcluster import postgres_server, scratch_database
 
 
 def held_by(conn: psycopg.Connection[tuple[object, ...]], pid: int) -> int:

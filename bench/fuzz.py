@@ -46,8 +46,8 @@ from psycopg.types.json import Jsonb
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import free_port
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 MAX_ATTEMPTS = 4
 ROUNDS_PER_RULE_SET = 60

@@ -27,8 +27,8 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 from support.interleave import interleave
 
 

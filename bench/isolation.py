@@ -32,9 +32,9 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import Nginx, drain, free_port
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.service import logs
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 SETUPS = ("solo", "beside a slow one", "1,000 rules")
 

@@ -35,8 +35,8 @@ from typing import Any
 import psycopg
 from throughput import free_port, serve_until_asked
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 DONE = "SELECT count(*) FROM relay.deliveries WHERE status = 'delivered'"
 

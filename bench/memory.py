@@ -32,8 +32,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import Nginx, start_relay, stop_relay, vm_kb
 
-from relay.cli.tempcluster import scratch_database, start_temp_cluster
 from relay.store import Store
+from relay.tempcluster import scratch_database, start_temp_cluster
 
 BIG_ID = 1_000_000
 """Big rows have ids from here on, small ones below."""

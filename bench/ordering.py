@@ -28,11 +28,11 @@ from typing import Any
 import psycopg
 from aiohttp import web
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.delivery.worker import Worker
 from relay.service import logs
 from relay.settings import Settings
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 
 def free_port() -> int:

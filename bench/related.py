@@ -27,12 +27,12 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import drain, free_port, receiver_process
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.delivery import related
 from relay.model import Webhook
 from relay.render.request import default_body
 from relay.service import logs
 from relay.store import AsyncStore, Claimed, Store
+from relay.tempcluster import postgres_server, scratch_database
 
 RELATED = '{"site_id": ["name", "slug"]}'
 

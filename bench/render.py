@@ -48,11 +48,11 @@ from throughput import (
 )
 
 import relay.delivery.worker
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.model import Change, Request, Webhook
 from relay.render.pool import RenderPool
 from relay.render.request import Renderer
 from relay.service import logs
+from relay.tempcluster import postgres_server, scratch_database
 
 DELIVERY = "5d3c1e2a-7b4f-4e0a-9c1d-2f6b8a9e0c11"
 """The delivery id the requests here go under (relay.deliveries.id in a running relay)."""

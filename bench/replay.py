@@ -23,8 +23,8 @@ import time
 
 import psycopg
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 
 def load(dsn: str, changes: int) -> None:

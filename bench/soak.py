@@ -30,7 +30,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import Nginx, load, receipts, start_relay, vm_kb, write_steadily
 
-from relay.cli.tempcluster import postgres_server, scratch_database, start_temp_cluster
+from relay.tempcluster import postgres_server, scratch_database, start_temp_cluster
 
 SAMPLE = """
 SELECT (SELECT count(*) FROM relay.outbox),

@@ -27,9 +27,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import Nginx, drain, load
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.delivery.worker import Worker
 from relay.service import logs
+from relay.tempcluster import postgres_server, scratch_database
 
 FANNED_OUT = (
     "SELECT NOT EXISTS (SELECT FROM relay.outbox WHERE status = 'pending'"

@@ -44,7 +44,6 @@ import aiohttp
 import psycopg
 from psycopg.rows import dict_row
 
-from relay.cli.tempcluster import postgres_server, scratch_database
 from relay.delivery.worker import Worker
 from relay.model import Change
 from relay.render.request import Renderer
@@ -52,6 +51,7 @@ from relay.rules import ruleset
 from relay.service import logs
 from relay.settings import Settings
 from relay.store import Store
+from relay.tempcluster import postgres_server, scratch_database
 
 DELIVERY = "5d3c1e2a-7b4f-4e0a-9c1d-2f6b8a9e0c11"
 """The delivery id the requests here go under (relay.deliveries.id in a running relay)."""

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
 from relay.db import Conn
 from relay.store import Store
+from relay.tempcluster import NoPostgres, postgres_server, scratch_database
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from relay.cli.tempcluster import TempCluster
+from relay.tempcluster import TempCluster
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
 from support.receivers import free_port, receiver
 from support.worker import running, setup, until

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from aiohttp import web
 
-from relay.cli.tempcluster import TempCluster
+from relay.tempcluster import TempCluster
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
 from support.receivers import receiver
 from support.worker import running, setup, until

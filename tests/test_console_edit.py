@@ -22,7 +22,7 @@ import pytest
 from psycopg import sql
 from test_console import audit, csrf, sign_in
 
-from relay.cli.tempcluster import TempCluster
+from relay.tempcluster import TempCluster
 from support.console import password_cluster, person, relay_database, serving
 from support.receivers import receiver
 from support.worker import running, setup, until

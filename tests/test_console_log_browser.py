@@ -18,8 +18,8 @@ from aiohttp import web
 from psycopg import sql
 
 from relay import store
-from relay.cli.tempcluster import TempCluster
 from relay.console import app
+from relay.tempcluster import TempCluster
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
 from support.receivers import receiver
 from support.worker import running, setup, until

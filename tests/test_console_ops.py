@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.cli.tempcluster import TempCluster
+from relay.tempcluster import TempCluster
 from support.console import PASSWORD, password_cluster, person, relay_database, serving
 from support.worker import running, setup, until
 

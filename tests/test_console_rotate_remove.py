@@ -14,7 +14,7 @@ import pytest
 from test_console import audit, csrf, sign_in
 from test_console_edit import WEBHOOK, owner, service
 
-from relay.cli.tempcluster import TempCluster
+from relay.tempcluster import TempCluster
 from support.console import password_cluster, person, relay_database, serving
 from support.worker import running, setup, until
 

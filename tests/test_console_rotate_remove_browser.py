@@ -15,7 +15,7 @@ import pytest
 from test_console_edit import service
 from test_console_edit_browser import CHROMIUM, owner, sign_in, watch
 
-from relay.cli.tempcluster import TempCluster
+from relay.tempcluster import TempCluster
 from support.console import password_cluster, relay_database, serving
 from support.worker import setup
 

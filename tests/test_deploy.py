@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
+from relay.tempcluster import find_server_binaries, start_temp_cluster
 from support.db import one_row
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

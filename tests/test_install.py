@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from relay import sqlfiles
-from relay.cli.tempcluster import scratch_database
 from relay.db import Conn
 from relay.store import Installed, Store
+from relay.tempcluster import scratch_database
 from support.db import install_up_to, one_row
 
 SQL = Path(__file__).resolve().parent.parent / "sql"

@@ -63,7 +63,7 @@ def test_only_the_store_runs_statements() -> None:
     application's own tag (relay.tag, the Django middleware), the throwaway cluster's
     CREATE DATABASE, and the first statement of every session, which pins its search path
     (relay/db.py)."""
-    others = {"capture/tag.py", "contrib/django.py", "cli/tempcluster.py", "db.py"}
+    others = {"capture/tag.py", "contrib/django.py", "tempcluster.py", "db.py"}
     for path in PACKAGE.rglob("*.py"):
         where = path.relative_to(PACKAGE).as_posix()
         if where in {"store.py", "sqlfiles.py"}:

@@ -23,8 +23,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from relay import sqlfiles
-from relay.cli.tempcluster import scratch_database
 from relay.db import Conn
+from relay.tempcluster import scratch_database
 from support.cli import relay
 from support.db import one_row, outbox
 from support.delivery import fan_out

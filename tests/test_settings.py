@@ -16,10 +16,10 @@ from psycopg.conninfo import make_conninfo
 from pydantic import ByteSize
 
 from relay import settings, sqlfiles
-from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.db import Conn
 from relay.settings import Settings, SettingsError
 from relay.store import Store
+from relay.tempcluster import find_server_binaries, start_temp_cluster
 from support.cli import relay_env as relay
 from support.db import one_row
 from support.hooks import add

@@ -36,8 +36,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from relay.cli.tempcluster import scratch_database
 from relay.render import sign
+from relay.tempcluster import scratch_database
 from support.receivers import Receiver, free_port, receiver
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.store import Store
+from relay.tempcluster import find_server_binaries, start_temp_cluster
 
 
 def test_throwaway_cluster_starts_serves_relay_and_goes_away() -> None:
@@ -37,7 +37,7 @@ def test_throwaway_cluster_starts_serves_relay_and_goes_away() -> None:
 def test_without_server_or_binaries_the_message_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import relay.cli.tempcluster as tc
+    import relay.tempcluster as tc
 
     monkeypatch.setattr(tc, "find_server_binaries", lambda: None)
     with pytest.raises(tc.NoPostgres, match=r"apt-get install postgresql\) or set RELAY_TEST_DSN"):

@@ -14,10 +14,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from relay.cli.tempcluster import find_server_binaries, scratch_database, start_temp_cluster
 from relay.db import Conn
 from relay.model import loads
 from relay.store import Store
+from relay.tempcluster import find_server_binaries, scratch_database, start_temp_cluster
 from support.db import one_row, outbox
 from support.receivers import receiver
 from support.worker import FAST, running, setup, until

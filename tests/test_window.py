@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from conftest import template_of
 
-from relay.cli.tempcluster import NoPostgres, start_temp_cluster
 from relay.db import Conn
 from relay.delivery.window import Gap, Window, advance
+from relay.tempcluster import NoPostgres, start_temp_cluster
 from support.db import one_row
 from support.delivery import fan_out, setup
 from support.receivers import receiver

@@ -22,9 +22,9 @@ from aiohttp import web
 from psycopg.conninfo import make_conninfo
 
 from relay import db, sqlfiles
-from relay.cli.tempcluster import find_server_binaries, start_temp_cluster
 from relay.db import Conn
 from relay.store import Store
+from relay.tempcluster import find_server_binaries, start_temp_cluster
 from support.cli import relay as relay_cli
 from support.db import one_row
 from support.hooks import add

@@ -22,11 +22,11 @@ from rich.syntax import Syntax
 
 from relay import sqlfiles
 from relay.cli.common import fail
-from relay.cli.tempcluster import NoPostgres, postgres_server, scratch_database
 from relay.db import Conn, connect
 from relay.model import dumps, loads_as_written
 from relay.render.sign import verify
 from relay.store import Store
+from relay.tempcluster import NoPostgres, postgres_server, scratch_database
 
 if TYPE_CHECKING:
     from aiohttp import web

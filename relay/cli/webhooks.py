@@ -50,13 +50,13 @@ from relay.store import Store
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from relay.rules import admin
+    from relay import admin
     from relay.settings import Settings
 else:  # SQLAlchemy, when a command reads or writes webhooks and rules, not at every start
-    admin = LazyModule("relay.rules.admin")
+    admin = LazyModule("relay.admin")
 
 Row = TypeVar("Row")
-"""A webhook's or a rule's mapped row (relay/rules/admin.py)."""
+"""A webhook's or a rule's mapped row (relay/admin.py)."""
 Checked = TypeVar("Checked")
 
 webhook_app = group("Webhooks: where changes are sent.")

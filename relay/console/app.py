@@ -26,7 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import orm
 
-from relay import sqlfiles
+from relay import admin, sqlfiles
 from relay.console import charts, filters, views
 from relay.console.security import (
     LoginLimits,
@@ -38,7 +38,7 @@ from relay.console.security import (
 )
 from relay.db import DatabaseUnavailable, connect, first_line
 from relay.delivery import replay as replaying
-from relay.rules import admin, ruleset
+from relay.rules import ruleset
 from relay.store import (
     ActivityBucket,
     LogPage,
@@ -240,7 +240,7 @@ class Console:
 
     async def run_admin(self, request: web.Request, work: Callable[[orm.Session, Store], T]) -> T:
         """``work`` on the webhook and rule tables as the command line's webhook and rule
-        commands change them (relay/rules/admin.py), as the signed-in role, in one
+        commands change them (relay/admin.py), as the signed-in role, in one
         transaction, with a store on the same connection for the audit. A database error
         comes out as psycopg's own (a refused right is then a 403 page)."""
         dsn = self._as_role(request[SESSION])

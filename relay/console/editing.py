@@ -2,7 +2,7 @@
 
 They check what is given as ``relay webhook add``/``edit`` and ``relay rule add``/``edit``
 check it (relay/rules/edits.py: the same functions, the same words; templates compiled in a
-render process), write through the same mapped tables (relay/rules/admin.py), and show what
+render process), write through the same mapped tables (relay/admin.py), and show what
 the database's own checks refuse on the form, in one line. Everything runs as the signed-in
 role: a role without the right (the console's and the service's roles may not change
 webhooks) gets a 403 page, and nothing is changed or recorded. Each change and its audit entry
@@ -25,6 +25,7 @@ import psycopg
 from aiohttp import web
 from sqlalchemy import orm
 
+from relay import admin
 from relay.console import filters
 from relay.console.app import Refused
 from relay.db import explain
@@ -34,7 +35,7 @@ from relay.model import BODY_FORMATS, Change, Webhook
 from relay.reasons import reason, scrub
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, secrets_of
-from relay.rules import admin, edits, paths, ruleset
+from relay.rules import edits, paths, ruleset
 from relay.rules import preview as previews
 from relay.store import HeldDeliveries, Store
 

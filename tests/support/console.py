@@ -20,9 +20,9 @@ from aiohttp import web
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from relay.cli.tempcluster import TempCluster, find_server_binaries, start_temp_cluster
 from relay.console.app import Config, make_app
 from relay.store import Store
+from relay.tempcluster import TempCluster, find_server_binaries, start_temp_cluster
 
 PASSWORD = "correct horse battery staple"
 
