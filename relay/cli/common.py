@@ -1,14 +1,15 @@
-"""What every ``relay`` command shares: consoles, the --dsn option, and failing clearly."""
+"""What every ``relay`` command shares: consoles, the --dsn option, failing clearly, and the
+webhook and rule commands' sessions on the admin (relay/admin.py)."""
 
 from __future__ import annotations
 
 import importlib
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import psycopg
 import typer
@@ -24,10 +25,15 @@ from relay.db import (
     connect,
     dsn_problem,
     explain,
+    first_line,
 )
+from relay.rules import edits
 from relay.store import Store, TableName
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from relay import admin as admin  # the commands' modules import it from here
     from relay.settings import Settings
 
 # Without a terminal (a pipe, a file, a log) nothing is wrapped: a name or a SQL statement cut
@@ -249,3 +255,80 @@ def dsn_of(dsn: str | None, settings: Settings) -> str:
     if not chosen:
         fail("RELAY_DSN: no database given (set RELAY_DSN, or use --dsn or --env-file)", 2)
     return chosen
+
+
+# SQLAlchemy, when a command reads or writes webhooks and rules, not at every start.
+if not TYPE_CHECKING:
+    admin = LazyModule("relay.admin")
+
+Row = TypeVar("Row")
+"""A webhook's or a rule's mapped row (relay/admin.py)."""
+Checked = TypeVar("Checked")
+
+
+@contextmanager
+def admin_session(dsn: str) -> Iterator[Session]:
+    """A session whose database errors end the command with the database's own words, on a
+    database whose relay schema this relay knows."""
+    import sqlalchemy.exc
+
+    try:
+        with admin.session(dsn) as db:
+            raw = db.connection().connection.driver_connection
+            assert isinstance(raw, psycopg.Connection), "admin.session connects with psycopg"
+            require_schema(raw)
+            yield db
+    except DatabaseUnavailable as exc:
+        fail(str(exc), 2)
+    except sqlalchemy.exc.DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.Error):
+            fail(*explain(exc.orig))
+        fail(first_line(exc.orig or exc))
+
+
+def split_all(values: list[str] | None) -> list[str] | None:
+    """Repeated options, each of which may hold a comma-separated list, as one list (None when
+    none was given)."""
+    from relay.settings import comma_list  # here: other commands start without pydantic
+
+    return comma_list(*values) if values else None
+
+
+def checked(check: Callable[..., Checked], *values: Any) -> Checked:
+    """``check``'s value, or the command ends with its one line (exit 2)."""
+    try:
+        return check(*values)
+    except edits.Invalid as exc:
+        fail(str(exc), 2)
+
+
+def switch(kind: str, find: Callable[[Session, str], Any], name: str, dsn: str, on: bool) -> None:
+    """Enable or disable the webhook or rule ``name`` (``find`` looks it up by name)."""
+    with admin_session(dsn) as db:
+        named(kind, find, db, name).enabled = on
+    out.print(f"{kind} {name} {'enabled' if on else 'disabled'}", highlight=False)
+
+
+def remove(
+    kind: str,
+    find: Callable[[Session, str], Row | None],
+    name: str,
+    dsn: str,
+    refuse: Callable[[Row], str | None] = lambda row: None,
+) -> None:
+    """Delete the webhook or rule ``name``, unless ``refuse`` says why not."""
+    with admin_session(dsn) as db:
+        row = named(kind, find, db, name)
+        why_not = refuse(row)
+        if why_not:
+            fail(why_not, 2)
+        db.delete(row)
+    out.print(f"{kind} {name} removed", highlight=False)
+
+
+def named(kind: str, find: Callable[[Session, str], Row | None], db: Session, name: str) -> Row:
+    """The webhook or rule ``name``, or the command ends saying there is none."""
+    row = find(db, name)
+    if row is None:
+        fail(f"no {kind} named {name!r} (relay {kind} list shows them)", 2)
+    return row

@@ -1,7 +1,8 @@
 """The ``relay`` command line: every command, and how any of them fails.
 
-Each group of commands lives in a module of its own (schema, tables, webhooks, run, operate,
-demo, receive, console); this one assembles them, so ``relay --help`` and this file list the same.
+Each group of commands lives in a module of its own (schema, tables, webhook, rule, rules,
+preview, run, operate, backfill, replay, demo, receive, console); this one assembles them, so
+``relay --help`` and this file list the same.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from relay.cli import (
     console,
     demo,
     operate,
+    preview,
     receive,
     replay,
+    rule,
+    rules,
     run,
     schema,
     tables,
-    webhooks,
+    webhook,
 )
 from relay.cli.common import out, say_error
 from relay.db import explain, first_line
@@ -50,13 +54,13 @@ for command in (
     backfill.backfill,
     replay.replay,
     receive.receive,
-    webhooks.preview,
+    preview.preview,
     console.console,
 ):
     app.command()(command)
-app.add_typer(webhooks.webhook_app, name="webhook")
-app.add_typer(webhooks.rule_app, name="rule")
-app.add_typer(webhooks.rules_app, name="rules")
+app.add_typer(webhook.webhook_app, name="webhook")
+app.add_typer(rule.rule_app, name="rule")
+app.add_typer(rules.rules_app, name="rules")
 app.add_typer(schema.sql_app, name="sql")
 
 

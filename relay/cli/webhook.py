@@ -1,67 +1,46 @@
-"""``relay webhook``, ``relay rule``, ``relay rules check`` and ``relay preview``."""
+"""``relay webhook``: where changes are sent, and how (add, edit, show, rotate a secret, pause)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
-import psycopg
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from relay.cli.common import (
-    BIGINT_MAX,
     Dsn,
-    EnvFile,
-    LazyModule,
-    OptionalDsn,
     add_row,
+    admin,
+    admin_session,
+    checked,
     database,
-    dsn_of,
     fail,
     group,
     load_settings,
+    named,
     out,
     print_fields,
     print_table,
-    require_schema,
-    visible,
+    remove,
+    switch,
 )
-from relay.db import DatabaseUnavailable, explain, first_line
-from relay.delivery import coalesced, tls
-from relay.model import Change, loads, related_name
-from relay.reasons import MASK, reason, scrub, sensitive, url_shown
-from relay.render.pool import BlockingRenderPool
-from relay.render.request import RenderError
-from relay.rules import edits, paths, ruleset
+from relay.db import first_line
+from relay.reasons import MASK, sensitive, url_shown
+from relay.rules import edits
 from relay.rules import preview as preview_module
 from relay.store import Store
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
-    from relay import admin
     from relay.settings import Settings
-else:  # SQLAlchemy, when a command reads or writes webhooks and rules, not at every start
-    admin = LazyModule("relay.admin")
 
-Row = TypeVar("Row")
-"""A webhook's or a rule's mapped row (relay/admin.py)."""
-Checked = TypeVar("Checked")
 
 webhook_app = group("Webhooks: where changes are sent.")
-rule_app = group("Event rules: which changes go to which webhook.")
-rules_app = group("All rules at once.")
 
 
 MaxAttempts = Annotated[
@@ -192,45 +171,6 @@ BodyFormat = Annotated[
 ]
 
 
-@contextmanager
-def _session(dsn: str) -> Iterator[Session]:
-    """A session whose database errors end the command with the database's own words, on a
-    database whose relay schema this relay knows."""
-    import sqlalchemy.exc
-
-    try:
-        with admin.session(dsn) as db:
-            raw = db.connection().connection.driver_connection
-            assert isinstance(raw, psycopg.Connection), "admin.session connects with psycopg"
-            require_schema(raw)
-            yield db
-    except DatabaseUnavailable as exc:
-        fail(str(exc), 2)
-    except sqlalchemy.exc.DBAPIError as exc:
-        if isinstance(exc.orig, psycopg.Error):
-            fail(*explain(exc.orig))
-        fail(first_line(exc.orig or exc))
-
-
-def _row_option(value: str | None, what: str) -> dict[str, Any] | None:
-    """A made-up row: a JSON object, read as relay reads rows (exact numbers)."""
-    if not value:
-        return None
-    try:
-        row = loads(value)
-    except ValueError as exc:
-        fail(f"{what} is not JSON ({first_line(exc)}): give an object, e.g. '{{\"id\": 9}}'", 2)
-    if not isinstance(row, dict):
-        fail(f"{what} must be a JSON object of column values, e.g. '{{\"id\": 9}}'", 2)
-    return row
-
-
-def _split_all(values: list[str] | None) -> list[str] | None:
-    from relay.settings import comma_list  # here: other commands start without pydantic
-
-    return comma_list(*values) if values else None
-
-
 @webhook_app.command("add")
 def webhook_add(
     name: Annotated[str, typer.Argument(help="Unique name.")],
@@ -305,7 +245,7 @@ def webhook_add(
         setattr(row, key, value)
     row.related = _related(related)
     _refuse_broken_templates(row)
-    with _session(dsn) as db:
+    with admin_session(dsn) as db:
         db.add(row)
     out.print(f"webhook {name} added", highlight=False)
 
@@ -389,8 +329,8 @@ def webhook_edit(
         changes["related"] = _related(related)
     if not changes:
         fail("nothing to change: give at least one option (relay webhook edit --help)", 2)
-    with _session(dsn) as db:
-        hook = _named("webhook", admin.webhook_by_name, db, name)
+    with admin_session(dsn) as db:
+        hook = named("webhook", admin.webhook_by_name, db, name)
         if "secret" in changes or changes.get("signature", hook.signature) != hook.signature:
             admin.forget_previous_secret(hook)
         for key, value in changes.items():
@@ -400,7 +340,7 @@ def webhook_edit(
 
 
 def _related(value: str | None) -> dict[str, Any] | None:
-    return _checked(edits.related, value)
+    return checked(edits.related, value)
 
 
 def _related_shown(related: dict[str, Any] | None) -> str:
@@ -422,15 +362,7 @@ def _steering(
 ) -> dict[str, Any]:
     """The 0026 columns the options give (relay/rules/edits.py), refused in one line (exit 2)
     before anything is stored."""
-    return _checked(edits.steering, concurrency, rate_limit, dead_after, ordering, ordering_key)
-
-
-def _checked(check: Callable[..., Checked], *values: Any) -> Checked:
-    """``check``'s value, or the command ends with its one line (exit 2)."""
-    try:
-        return check(*values)
-    except edits.Invalid as exc:
-        fail(str(exc), 2)
+    return checked(edits.steering, concurrency, rate_limit, dead_after, ordering, ordering_key)
 
 
 def _duration(seconds: float) -> str:
@@ -451,7 +383,7 @@ def _body_template(text: str | None, path: Path | None) -> str | None:
 
 
 def _body_format(text: str) -> str:
-    return _checked(edits.body_format, text)
+    return checked(edits.body_format, text)
 
 
 def _secret(variable: str | None) -> str | None:
@@ -486,7 +418,7 @@ def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
 def webhook_list(dsn: Dsn) -> None:
     """List webhooks (secrets masked), with their pause, limits, ordering and body format."""
     shown = _Shown(load_settings(None))
-    with _session(dsn) as db:
+    with admin_session(dsn) as db:
         table = Table(
             "name",
             "method",
@@ -526,8 +458,8 @@ def webhook_list(dsn: Dsn) -> None:
 def webhook_show(name: str, dsn: Dsn) -> None:
     """Show one webhook (secret masked), its pause, limits, ordering and body format."""
     shown = _Shown(load_settings(None))
-    with _session(dsn) as db:
-        hook = _named("webhook", admin.webhook_by_name, db, name)
+    with admin_session(dsn) as db:
+        hook = named("webhook", admin.webhook_by_name, db, name)
         fields = {
             "name": hook.name,
             "payload_url": url_shown(hook.payload_url),
@@ -648,7 +580,7 @@ def webhook_rotate_secret(
     """Give a webhook a new secret, the previous one signing for a period: Standard Webhooks
     requests carry both signatures until it ends; NetBox's single X-Hook-Signature stays
     signed with the previous secret until it ends, then with the new one (docs/security.md)."""
-    period = _checked(edits.grace, grace)
+    period = checked(edits.grace, grace)
     if secret_file is not None:
         try:
             given = secret_file.read_text(encoding="utf-8")
@@ -658,9 +590,9 @@ def webhook_rotate_secret(
         given = typer.prompt("New secret", hide_input=True, err=True)
     else:
         given = sys.stdin.read()
-    with _session(dsn) as db:
-        hook = _named("webhook", admin.webhook_by_name, db, name)
-        secret = _checked(edits.new_secret, given, hook.signature, hook.secret)
+    with admin_session(dsn) as db:
+        hook = named("webhook", admin.webhook_by_name, db, name)
+        secret = checked(edits.new_secret, given, hook.signature, hook.secret)
         said = edits.rotated(admin.rotate_secret(db, hook, secret, period), hook.signature)
     out.print(f"webhook {name}: {said}", highlight=False)
 
@@ -672,13 +604,13 @@ def webhook_remove(name: str, dsn: Dsn) -> None:
     def in_use(hook: admin.WebhookRow) -> str | None:
         return edits.webhook_in_use(name, [r.name for r in hook.rules])
 
-    _remove("webhook", admin.webhook_by_name, name, dsn, in_use)
+    remove("webhook", admin.webhook_by_name, name, dsn, in_use)
 
 
 @webhook_app.command("enable")
 def webhook_enable(name: str, dsn: Dsn) -> None:
     """Match changes for a disabled webhook again (`relay retry` sends what failed meanwhile)."""
-    _switch("webhook", admin.webhook_by_name, name, dsn, True)
+    switch("webhook", admin.webhook_by_name, name, dsn, True)
 
 
 @webhook_app.command("disable")
@@ -711,7 +643,7 @@ def webhook_disable(
         )
         if not typer.confirm(question, default=False):
             fail(f"webhook {name} not disabled: nothing changed", 1)
-    _switch("webhook", admin.webhook_by_name, name, dsn, False)
+    switch("webhook", admin.webhook_by_name, name, dsn, False)
 
 
 @webhook_app.command("pause")
@@ -766,359 +698,3 @@ def webhook_resume(name: str, dsn: Dsn) -> None:
 
 def _waiting(pending: int) -> str:
     return f"{pending} pending deliver{'y waits' if pending == 1 else 'ies wait'}"
-
-
-def _switch(kind: str, find: Callable[[Session, str], Any], name: str, dsn: str, on: bool) -> None:
-    """Enable or disable the webhook or rule ``name`` (``find`` looks it up by name)."""
-    with _session(dsn) as db:
-        _named(kind, find, db, name).enabled = on
-    out.print(f"{kind} {name} {'enabled' if on else 'disabled'}", highlight=False)
-
-
-def _remove(
-    kind: str,
-    find: Callable[[Session, str], Row | None],
-    name: str,
-    dsn: str,
-    refuse: Callable[[Row], str | None] = lambda row: None,
-) -> None:
-    """Delete the webhook or rule ``name``, unless ``refuse`` says why not."""
-    with _session(dsn) as db:
-        row = _named(kind, find, db, name)
-        why_not = refuse(row)
-        if why_not:
-            fail(why_not, 2)
-        db.delete(row)
-    out.print(f"{kind} {name} removed", highlight=False)
-
-
-def _named(kind: str, find: Callable[[Session, str], Row | None], db: Session, name: str) -> Row:
-    """The webhook or rule ``name``, or the command ends saying there is none."""
-    row = find(db, name)
-    if row is None:
-        fail(f"no {kind} named {name!r} (relay {kind} list shows them)", 2)
-    return row
-
-
-@rule_app.command("add")
-def rule_add(
-    name: Annotated[str, typer.Argument(help="Unique name.")],
-    webhook: Annotated[str, typer.Option("--webhook", help="Name of the webhook to call.")],
-    table: Annotated[list[str], typer.Option("--table", help="schema.table; repeatable.")],
-    dsn: Dsn,
-    event: Annotated[
-        list[str] | None,
-        typer.Option("--event", help="insert, update, delete, truncate, snapshot."),
-    ] = None,
-    conditions: Annotated[
-        str | None, typer.Option(help="Conditions as JSON (NetBox syntax).")
-    ] = None,
-    action_data: Annotated[
-        str | None, typer.Option(help="JSON object added to the context.")
-    ] = None,
-    enabled: Annotated[bool, typer.Option("--enabled/--disabled")] = True,
-) -> None:
-    """Add an event rule."""
-    with _session(dsn) as db:
-        hook = _named("webhook", admin.webhook_by_name, db, webhook)
-        row = admin.EventRuleRow(
-            name=name,
-            tables=_split_all(table),
-            webhook_id=hook.id,
-            enabled=enabled,
-            conditions=_checked(edits.rule_conditions, conditions or ""),
-        )
-        events = _split_all(event)
-        if events is not None:
-            row.events = events
-        if action_data is not None:
-            row.action_data = _checked(edits.action_data, action_data)
-        db.add(row)
-    out.print(f"rule {name} added", highlight=False)
-
-
-@rule_app.command("edit")
-def rule_edit(
-    name: Annotated[str, typer.Argument(help="The rule to change.")],
-    dsn: Dsn,
-    webhook: Annotated[str | None, typer.Option("--webhook", help="Webhook to call.")] = None,
-    table: Annotated[
-        list[str] | None, typer.Option("--table", help="schema.table; repeatable; replaces all.")
-    ] = None,
-    event: Annotated[
-        list[str] | None,
-        typer.Option("--event", help="insert, update, delete, truncate, snapshot."),
-    ] = None,
-    conditions: Annotated[
-        str | None, typer.Option(help="Conditions as JSON (NetBox syntax; 'null' for none).")
-    ] = None,
-    action_data: Annotated[
-        str | None, typer.Option(help="JSON object added to the context.")
-    ] = None,
-) -> None:
-    """Change some of a rule's fields; the others stay. The database checks them as on add."""
-    given = [webhook, table, event, conditions, action_data]
-    if all(value is None for value in given):
-        fail("nothing to change: give at least one option (relay rule edit --help)", 2)
-    with _session(dsn) as db:
-        rule = _named("rule", admin.rule_by_name, db, name)
-        if webhook is not None:
-            hook = _named("webhook", admin.webhook_by_name, db, webhook)
-            rule.webhook_id = hook.id
-        if table is not None:
-            rule.tables = _split_all(table) or []
-        if event is not None:
-            rule.events = _split_all(event) or []
-        if conditions is not None:
-            rule.conditions = _checked(edits.rule_conditions, conditions)
-        if action_data is not None:
-            rule.action_data = _checked(edits.action_data, action_data)
-    out.print(f"rule {name} changed", highlight=False)
-
-
-@rule_app.command("list")
-def rule_list(dsn: Dsn) -> None:
-    """List event rules."""
-    with _session(dsn) as db:
-        table = Table("name", "tables", "events", "conditions", "webhook", "enabled")
-        for rule in admin.event_rules(db):
-            add_row(
-                table,
-                rule.name,
-                ", ".join(rule.tables),
-                ",".join(rule.events),
-                json.dumps(rule.conditions) if rule.conditions else "-",
-                rule.webhook.name,
-                "yes" if rule.enabled else "no",
-            )
-    print_table(table)
-
-
-@rule_app.command("show")
-def rule_show(name: str, dsn: Dsn) -> None:
-    """Show one event rule."""
-    with _session(dsn) as db:
-        rule = _named("rule", admin.rule_by_name, db, name)
-        fields = {
-            "name": rule.name,
-            "enabled": rule.enabled,
-            "tables": ", ".join(rule.tables),
-            "events": ", ".join(rule.events),
-            "webhook": rule.webhook.name,
-            "conditions": json.dumps(rule.conditions, indent=2) if rule.conditions else "(none)",
-            "action_data": json.dumps(rule.action_data),
-        }
-    print_fields(fields)
-
-
-@rule_app.command("remove")
-def rule_remove(name: str, dsn: Dsn) -> None:
-    """Remove an event rule."""
-    _remove("rule", admin.rule_by_name, name, dsn)
-
-
-@rule_app.command("enable")
-def rule_enable(name: str, dsn: Dsn) -> None:
-    """Match changes against a disabled rule again."""
-    _switch("rule", admin.rule_by_name, name, dsn, True)
-
-
-@rule_app.command("disable")
-def rule_disable(name: str, dsn: Dsn) -> None:
-    """Stop matching changes against a rule (changes already matched still go)."""
-    _switch("rule", admin.rule_by_name, name, dsn, False)
-
-
-@rules_app.command("check")
-def rules_check(
-    dsn: OptionalDsn = None,
-    env_file: EnvFile = None,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Fail on warnings too (for CI).")
-    ] = False,
-) -> None:
-    """Compile every template and validate every condition, check each webhook's related option
-    against the tables its rules cover (with this role's rights); report each problem, and warn
-    about each condition's path that no tracked column can satisfy."""
-    settings = load_settings(env_file)
-    with database(dsn_of(dsn, settings)) as conn:
-        store = Store(conn)
-        loaded = ruleset.load(conn, everything=True)
-        unused = [ruleset.webhook_of(row) for row in store.unused_webhooks()]
-        tables = paths.tables_of(store.tracked_columns())
-        tracked = [(t.schema_name, t.table_name) for t in store.tracked()]
-        related = ruleset.related_problems(loaded.rules, tracked, store.related_problem)
-    with BlockingRenderPool(settings.template_env_globs) as renders:
-        problems = ruleset.check(loaded.rules, renders, unused, tls.ca_problem) + related
-    warnings = paths.warnings(loaded.rules, tables)
-    for problem in problems:
-        out.print(scrub(str(problem)), highlight=False, soft_wrap=True)
-    for warning in warnings:
-        out.print(f"warning: {scrub(str(warning))}", highlight=False, soft_wrap=True)
-    hooks = len({rule.webhook.id for rule in loaded.rules}) + len(unused)
-    counted = f"{len(loaded.rules)} rule(s), {hooks} webhook(s)"
-    warned = f", {len(warnings)} warning(s)" if warnings else ""
-    if problems:
-        fail(f"{len(problems)} problem(s){warned} in {counted}")
-    if warnings and strict:
-        fail(f"{len(warnings)} warning(s) in {counted} (--strict)")
-    out.print(f"{counted}: no problems{warned}", highlight=False)
-
-
-def preview(
-    rule: Annotated[str, typer.Option("--rule", help="Rule to preview.")],
-    dsn: OptionalDsn = None,
-    env_file: EnvFile = None,
-    outbox_id: Annotated[
-        list[int] | None,
-        typer.Option(
-            min=1,
-            max=BIGINT_MAX,
-            help="A change from relay.outbox; repeat it for a batched webhook's batch.",
-        ),
-    ] = None,
-    table: Annotated[str | None, typer.Option(help="schema.table of a made-up change.")] = None,
-    new: Annotated[str | None, typer.Option(help="Made-up row after the change (JSON).")] = None,
-    old: Annotated[str | None, typer.Option(help="Made-up row before the change (JSON).")] = None,
-    event: Annotated[
-        str | None, typer.Option(help="insert, update, delete, truncate or snapshot.")
-    ] = None,
-) -> None:
-    """Show the request a rule would send for a change, without sending it (with the settings
-    `relay run` would have: the environment, then --env-file). When the rule would send nothing
-    (the rule or its webhook disabled, the change's table or event not the rule's, the
-    conditions not matched), one line says why and the exit status is 1."""
-    settings = load_settings(env_file)
-    with database(dsn_of(dsn, settings)) as conn:
-        loaded = ruleset.load(conn, everything=True)
-        enabled_rules = {r.id for r in ruleset.load(conn).rules}
-        chosen = next((r for r in loaded.rules if r.name == rule), None)
-        coalesces = chosen is not None and chosen.webhook.coalesce_changes
-        changes: list[Change] = []
-        for one in sorted(set(outbox_id or [])):
-            store = Store(conn)
-            found: Change | str | None
-            if chosen is not None and coalesces:
-                found = coalesced.as_sent(store, one, loaded.models)
-            else:
-                found = store.change(one, loaded.models)
-            if found is None:
-                fail(
-                    f"no change with id {one} in relay.outbox (purged, or never made): "
-                    "pick one with SELECT id FROM relay.outbox",
-                    2,
-                )
-            if isinstance(found, str):
-                assert chosen is not None
-                hook = chosen.webhook.name
-                said = f"nothing would be sent: webhook {hook!r} coalesces changes, and {found}"
-                out.print(visible(said), highlight=False, soft_wrap=True)
-                raise typer.Exit(1)
-            changes.append(found)
-        if not changes and table is not None:
-            made_up = _made_up_change(table, new, old, event)
-            model = loaded.model(made_up.schema_name, made_up.table_name)
-            changes.append(replace(made_up, model=model))
-        if not changes:
-            fail("give --outbox-id N, or --table T with --new and/or --old", 2)
-        if chosen is None:
-            fail(f"no rule named {rule!r} (relay rule list shows them)", 2)
-        made = None
-        if len(changes) == 1 and chosen.webhook.batch_size == 1:
-            made = Store(conn).delivery_id(changes[0].id, chosen.webhook.id)
-    batch_size = chosen.webhook.batch_size
-    if len(changes) > batch_size:
-        fail(
-            f"webhook {chosen.webhook.name!r} takes at most {batch_size} change(s) per request "
-            f"(batch_size): give at most {batch_size} --outbox-id",
-            2,
-        )
-    sent, unsent = preview_module.would_send(chosen, changes, chosen.id in enabled_rules)
-    if not sent:
-        said = visible(f"nothing would be sent: {'; '.join(unsent)}")
-        out.print(said, highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
-    _print_preview(chosen, sent, made, settings, unsent)
-
-
-def _made_up_change(table: str, new: str | None, old: str | None, event: str | None) -> Change:
-    key = ruleset.table_key(table) or ruleset.table_key(f"public.{table}")
-    if key is None:
-        fail(
-            f"--table {table!r} is not a table name as rules write them: schema.table, a part "
-            'in double quotes when it holds a dot or a quote ("we.ird"."v1.2")',
-            2,
-        )
-    schema_name, table_name = key
-    new_row, old_row = _row_option(new, "--new"), _row_option(old, "--old")
-    op = event or ("update" if new_row and old_row else "insert" if new_row else "delete")
-    if op not in edits.EVENTS:
-        fail(f"--event {op!r}: use insert, update, delete, truncate or snapshot", 2)
-    return preview_module.made_up(schema_name, table_name, op, new_row, old_row, "preview")
-
-
-def _print_preview(
-    rule: ruleset.Rule,
-    changes: list[Change],
-    delivery_id: str | None,
-    settings: Settings,
-    unsent: list[str],
-) -> None:
-    """The request for ``changes``, each of which the rule would send; ``unsent`` says why the
-    others asked for would not be in it. ``delivery_id``: the id the change's delivery has, or
-    None when it has none yet."""
-    hook = rule.webhook
-    out.print(
-        f"[bold]rule[/] {escape(rule.name)} → [bold]webhook[/] {escape(hook.name)}",
-        highlight=False,
-        markup=True,
-    )
-    if hook.batch_size > 1:
-        out.print(
-            f"[bold]batch[/] {len(changes)} change(s) of at most {hook.batch_size}; relay run "
-            "numbers each batch and draws its delivery id then",
-            highlight=False,
-            markup=True,
-        )
-    out.print("[bold]conditions[/] matched", highlight=False, markup=True)
-    for note in unsent:
-        out.print(
-            f"[yellow]note:[/] {escape(note)}: not in the request",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
-        )
-    if hook.related:
-        nested = ", ".join(f"data.{related_name(column)}" for column, _ in hook.related)
-        out.print(
-            f"[yellow]note:[/] {escape(nested)} (the related option) is read by relay run when "
-            "it sends the change: not in this preview",
-            highlight=False,
-            soft_wrap=True,
-            markup=True,
-        )
-    if delivery_id is None:
-        out.print(
-            f"[dim](delivery id {preview_module.PREVIEW_ID}: relay draws the real one when it "
-            "makes the delivery)[/]",
-            highlight=False,
-            markup=True,
-        )
-    try:
-        with BlockingRenderPool(settings.template_env_globs) as renders:
-            request = renders.request(
-                hook,
-                preview_module.subject(rule, changes),
-                rule.action_data,
-                timestamp=int(time.time()),
-                delivery_id=delivery_id or preview_module.PREVIEW_ID,
-            )
-    except RenderError as exc:
-        fail(f"would fail: {reason(str(exc))}")
-    shown = preview_module.shown(request, hook, settings.template_env_globs)
-    out.print(f"\n{shown.method} {shown.url}", highlight=False, markup=False, soft_wrap=True)
-    for key, value in shown.headers:
-        out.print(f"{key}: {value}", highlight=False, markup=False, soft_wrap=True)
-    out.print(f"[dim](secret: {shown.secret})[/]", highlight=False, markup=True)
-    out.print()
-    out.print(shown.body, highlight=False, markup=False, soft_wrap=True)
