@@ -61,10 +61,11 @@ from relay.store import AsyncStore, Claimed, DeadPause, application_name
 
 log = structlog.get_logger("relay.worker")
 
-SESSION = {"jit": "off", "relay.schema_version": str(sqlfiles.latest_version())}
-"""The settings of every session of the relay. jit: the relay's queries are short and many, and
-JIT compilation, which the planner's cost estimate for the claim query can trigger, took 240 ms
-of a 256 ms claim. relay.schema_version: what it was built for (relay.refuse_other_releases,
+RUN_SESSION = {"jit": "off", "relay.schema_version": str(sqlfiles.latest_version())}
+"""The settings of every session of ``relay run``, the worker's and the rule watcher's alike, over
+relay.db's :data:`~relay.db.SESSION`. jit: the relay's queries are short and many, and JIT
+compilation, which the planner's cost estimate for the claim query can trigger, took 240 ms of a
+256 ms claim. relay.schema_version: what it was built for (relay.refuse_other_releases,
 0023, refuses deliveries to a session built for another schema version, so that a relay left
 running across an upgrade stops rather than send under ids of its own making)."""
 LEASE_MARGIN = 0.2
@@ -140,6 +141,7 @@ class Worker:
         self.rules = RuleWatcher(
             dsn,
             application_name=application_name(self.relay_id),
+            settings=RUN_SESSION,
             on_load=lambda rules: self.secrets.update("webhooks", rules.secrets()),
         )
         self.max_in_flight = settings.batch_size * 4
@@ -292,7 +294,7 @@ class Worker:
         return await aconnect(
             self.dsn,
             application_name=application_name(self.relay_id),
-            settings=SESSION,
+            settings=RUN_SESSION,
         )
 
     async def _refresh_statistics(self) -> None:

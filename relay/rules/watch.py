@@ -9,7 +9,7 @@ the burst began.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import psycopg
 
@@ -29,10 +29,14 @@ class RuleWatcher:
         *,
         settle_seconds: float = 0.05,
         application_name: str = "relay",
+        settings: Mapping[str, str] | None = None,
         on_load: Callable[[RuleSet], None] | None = None,
     ) -> None:
         self._dsn = dsn
         self._application_name = application_name
+        self._settings = settings
+        """Its connection's name and settings are its process's (relay.db.aconnect), so that it
+        opens its sessions as the worker opens its own."""
         self._settle = settle_seconds
         self._on_load = on_load
         """Called with each rule set taken: the worker learns the secrets to mask from it."""
@@ -55,7 +59,9 @@ class RuleWatcher:
     async def _watch(self) -> None:
         """The first load happens once listening, so that no change made in between is
         missed."""
-        conn = await aconnect(self._dsn, application_name=self._application_name)
+        conn = await aconnect(
+            self._dsn, application_name=self._application_name, settings=self._settings
+        )
         async with conn:
             await AsyncStore(conn).listen("relay_rules")
             await self._reload(conn)
