@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from relay import sqlfiles
-from relay.cli.tempcluster import scratch_database
 from relay.db import Conn
+from relay.tempcluster import scratch_database
 
 PARAMETER = re.compile(r"%\((\w+)\)s")
 UNKNOWN_TYPES = {0, 705}
