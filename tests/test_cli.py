@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import psycopg
+import pytest
 
 from support.cli import relay
 from support.db import one_row
@@ -81,6 +82,12 @@ def test_errors_are_one_clear_line(db_dsn: str) -> None:
     assert no_dsn.returncode == 2 and "--dsn" in no_dsn.stderr
 
 
+DEMO = pytest.mark.xdist_group("demo")
+"""The demo's tests count the demo's databases on the server: one worker of ./test runs them,
+one after the other."""
+
+
+@DEMO
 def test_demo_shows_changes_landing_and_cleans_up(server_dsn: str) -> None:
     def demo_databases() -> set[str]:
         with psycopg.connect(server_dsn) as conn:
@@ -105,6 +112,7 @@ def test_demo_shows_changes_landing_and_cleans_up(server_dsn: str) -> None:
     assert demo_databases() == before
 
 
+@DEMO
 def test_demo_piped_fits_a_terminal_of_80_columns(server_dsn: str) -> None:
     """``./demo | cat`` (or into a file, a pager) is read by a person: no line wider than a
     terminal's default 80 columns (rules of 10,000, bodies of 400 were), none padded, and a
