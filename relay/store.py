@@ -563,6 +563,7 @@ class Rows(Generic[R]):
     row: Callable[..., R]
 
     def factory(self) -> BaseRowFactory[R]:
+        """The row factory a cursor reading this query takes."""
         return kwargs_row(self.row)
 
 

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import psycopg
-import pytest
 
 from support.cli import relay
 from support.db import one_row
@@ -82,16 +81,15 @@ def test_errors_are_one_clear_line(db_dsn: str) -> None:
     assert no_dsn.returncode == 2 and "--dsn" in no_dsn.stderr
 
 
-DEMO = pytest.mark.xdist_group("demo")
-"""The demo's tests count the demo's databases on the server: one worker of ./test runs them,
-one after the other."""
-
-
-@DEMO
 def test_demo_shows_changes_landing_and_cleans_up(server_dsn: str) -> None:
     def demo_databases() -> set[str]:
+        """The demo databases nobody is connected to: another demo running beside this one
+        (another test, another checkout's) is connected to its own."""
         with psycopg.connect(server_dsn) as conn:
-            rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'relay_demo_%'")
+            rows = conn.execute(
+                "SELECT datname FROM pg_database d WHERE datname LIKE 'relay_demo_%'"
+                " AND NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.datname = d.datname)"
+            )
             return {r[0] for r in rows}
 
     before = demo_databases()
@@ -109,10 +107,9 @@ def test_demo_shows_changes_landing_and_cleans_up(server_dsn: str) -> None:
     assert "INVALID" not in lines
     summary = lines.split("Where every change went", 1)[1]
     assert "#3 update: delivered (payments delivered, sales delivered)" in summary
-    assert demo_databases() == before
+    assert demo_databases() <= before
 
 
-@DEMO
 def test_demo_piped_fits_a_terminal_of_80_columns(server_dsn: str) -> None:
     """``./demo | cat`` (or into a file, a pager) is read by a person: no line wider than a
     terminal's default 80 columns (rules of 10,000, bodies of 400 were), none padded, and a
