@@ -1,6 +1,6 @@
 """The one place relay talks to its database: each named query of sql/queries.sql behind a method.
 
-Nothing else in relay sends a statement (the rule admin's SQLAlchemy mapping, relay/admin.py,
+Nothing else in relay sends a statement (the admin's SQLAlchemy mapping, relay/admin.py,
 writes the same tables through the ORM; relay.tag's one ``set_config`` runs on the application's
 own connection). :class:`Store` serves the command line on a blocking connection and
 :class:`AsyncStore` the running relay on an asyncio one; each returns typed rows, so the stages

@@ -75,8 +75,8 @@ def test_only_the_store_runs_statements() -> None:
 
 def test_only_relay_db_opens_connections() -> None:
     """Every session relay opens starts on the search path no other role can write to
-    (relay/db.py, SEARCH_PATH): so no module but relay/db.py calls psycopg's connect, and the rule
-    admin's SQLAlchemy engine gets its connections from it too (a ``creator``)."""
+    (relay/db.py, SEARCH_PATH): so no module but relay/db.py calls psycopg's connect, and the
+    admin's SQLAlchemy engine (relay/admin.py) gets its connections from it too (a ``creator``)."""
     for path in PACKAGE.rglob("*.py"):
         where = path.relative_to(PACKAGE).as_posix()
         text = path.read_text(encoding="utf-8")
