@@ -980,7 +980,10 @@ RETURNING extract(epoch FROM p.next_slot - (SELECT step FROM hook) - clock_times
 -- Attempts and their outcomes, many at once (relay/delivery/record.py batches them). An outcome is
 -- written only while this relay still holds the lease: a relay that lost it to another must
 -- not overwrite what that one did. The attempt itself is logged either way, unless it was not
--- counted (a delivery given back unsent).
+-- counted (a delivery given back unsent) or the delivery is gone: its webhook was removed
+-- while the request was under way (relay webhook remove, the console), and its attempts went
+-- with it (a primary key probe of the row the UPDATE below reads anyway; without it the
+-- attempt's foreign key refused the whole batch).
 --
 -- A delivery that fails for good no longer holds its row back, so its later changes go on:
 -- each one delivered marks the failed earlier deliveries of its row (either key of a key move)
@@ -1045,6 +1048,8 @@ WITH outcome AS (
            replay
     FROM outcome
     WHERE counted
+      AND EXISTS (SELECT FROM relay.deliveries d
+                  WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id)
 ), delivered AS MATERIALIZED (
     -- The keys of the changes this statement delivers, read only when it also fails one (a
     -- batch may carry a later change of the row of a change that ran out of attempts).
