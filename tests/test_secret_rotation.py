@@ -204,3 +204,39 @@ def test_no_such_webhook_and_an_unreadable_file_are_one_line(
     given.write_text(NEW_NETBOX)
     unknown = relay("webhook", "rotate-secret", "nope", "--secret-file", str(given), dsn=relay_dsn)
     assert unknown.returncode == 2 and "no webhook named 'nope'" in unknown.stderr
+
+
+THIRD = "whsec_" + base64.b64encode(b"the-3rd-key-of-32-bytes-exactly!").decode()
+
+
+def test_rotating_again_during_the_period_cuts_no_receiver_off(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """A second rotation within the first's period keeps what signs now: a NetBox receiver
+    still holding the first secret (the second never signed) and a Standard Webhooks one
+    holding either earlier secret go on accepting, for the new period."""
+
+    async def scenario() -> None:
+        async with receiver() as r:
+            setup(rconn, r.url + "/std", "std", secret=OLD, signature="standard")
+            setup(rconn, r.url + "/nb", "nb", secret=OLD_NETBOX, signature="netbox")
+            for name, secrets in (("std", (NEW, THIRD)), ("nb", (NEW_NETBOX, "third-netbox"))):
+                for secret in secrets:
+                    rotate(relay_dsn, name, secret, "1h", tmp_path)
+            rconn.execute("INSERT INTO items VALUES (1, 1)")
+            async with running(relay_dsn):
+                await until(lambda: len(r.requests) == 2)
+        sent = {q.path: q for q in r.requests}
+        std, nb = sent["/hook/std"], sent["/hook/nb"]
+        assert all(standard_accepts(secret, std) for secret in (OLD, NEW, THIRD))
+        assert netbox_accepts(OLD_NETBOX, nb)
+
+    asyncio.run(scenario())
+    # Rotating back to the secret that signs now leaves nothing else signing.
+    rotate(relay_dsn, "nb", OLD_NETBOX, "1h", tmp_path)
+    assert one_row(
+        rconn.execute(
+            "SELECT secret, previous_secret, previous_secret_until FROM relay.webhooks "
+            "WHERE name = 'nb'"
+        )
+    ) == (OLD_NETBOX, "", None)
