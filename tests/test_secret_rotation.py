@@ -138,6 +138,16 @@ def test_status_and_show_say_until_when_the_previous_secret_is_valid(
     assert "(none)" in relay("webhook", "show", "hook", dsn=relay_dsn).stdout
 
 
+def test_a_byte_order_mark_before_the_secret_is_no_part_of_it(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """A secret file saved with a byte order mark (Notepad's UTF-8) rotates to the secret the
+    receiver holds, not to one it cannot verify."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
+    rotate(relay_dsn, "hook", "\ufeff" + NEW_NETBOX, "1h", tmp_path)
+    assert one_row(rconn.execute("SELECT secret FROM relay.webhooks")) == (NEW_NETBOX,)
+
+
 def test_a_period_of_0_switches_at_once(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
     setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
     given = tmp_path / "secret"
@@ -165,6 +175,9 @@ def test_a_period_of_0_switches_at_once(rconn: Conn, relay_dsn: str, tmp_path: P
         ("standard", "", "1h", "the new secret is empty: give the secret itself"),
         ("netbox", OLD_NETBOX, "1h", "the new secret is the webhook's current one"),
         ("netbox", "a\nb", "1h", "a NetBox signature's secret is one line"),
+        ("netbox", "new\x00one", "1h", "the new secret holds a control or invisible character"),
+        ("netbox", "new\u200bone", "1h", "the new secret holds a control or invisible character"),
+        ("standard", NEW + "\x1b", "1h", "the new secret holds a control or invisible character"),
         ("netbox", NEW_NETBOX, "45d", "--grace '45d': give a period like 90s, 30m, 24h or 7d"),
         ("netbox", NEW_NETBOX, "soon", "--grace 'soon': give a period like"),
         ("none", NEW_NETBOX, "1h", "the webhook's signature is none: it signs nothing"),

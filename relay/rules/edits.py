@@ -9,6 +9,7 @@ checks the rest of each row (relay.check_webhook, relay.check_event_rule) when i
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -243,8 +244,16 @@ def grace(text: str, option: str = "--grace") -> timedelta:
 
 def new_secret(text: str, signature: str, current: str) -> str:
     """The secret a rotation puts in: ``text`` without the blanks around it, one a webhook
-    with ``signature`` can sign with, and not ``current``. Its words never quote it."""
-    secret = "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    with ``signature`` can sign with, and not ``current``. Its words never quote it. A byte
+    order mark before it (a file saved by some editors) is no part of it: kept, it would sign
+    what no receiver holding the secret verifies."""
+    text = text.strip().removeprefix("\ufeff")
+    secret = "\n".join(line.strip() for line in text.splitlines() if line.strip())
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in secret.replace("\n", "")):
+        raise Invalid(
+            "the new secret holds a control or invisible character (NUL, a byte order mark...): "
+            "give the secret alone, as the receivers hold it"
+        )
     if signature == "none":
         raise Invalid(
             "the webhook's signature is none: it signs nothing; choose netbox or standard first"
