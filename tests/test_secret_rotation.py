@@ -11,6 +11,7 @@ import hmac
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -253,3 +254,33 @@ def test_rotating_again_during_the_period_cuts_no_receiver_off(
             "WHERE name = 'nb'"
         )
     ) == (OLD_NETBOX, "", None)
+
+
+def test_switching_to_standard_in_sql_during_a_period_must_clear_the_previous_secret(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """A NetBox secret left signing beside a Standard Webhooks one would fail every request of
+    the period: the database refuses it, saying what to set (relay webhook edit does it)."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
+    done = process("webhook", "rotate-secret", "hook", dsn=relay_dsn, given=NEW_NETBOX)
+    assert done.returncode == 0, done
+    switch = "UPDATE relay.webhooks SET signature = 'standard', secret = %s"
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        rconn.execute(switch, (NEW,))
+    said = str(refused.value)
+    assert "previous_secret cannot sign with signature standard" in said
+    assert "set previous_secret = '', previous_secret_until = NULL" in said
+    assert not any(secret in said for secret in SECRETS)
+    rconn.execute(switch + ", previous_secret = '', previous_secret_until = NULL", (NEW,))
+    edited = relay(
+        "webhook",
+        "edit",
+        "hook",
+        "--signature",
+        "netbox",
+        "--secret-env",
+        "S",
+        dsn=relay_dsn,
+        env={"S": NEW_NETBOX},
+    )
+    assert edited.returncode == 0, edited
