@@ -139,6 +139,32 @@ def test_status_and_show_say_until_when_the_previous_secret_is_valid(
     assert "(none)" in relay("webhook", "show", "hook", dsn=relay_dsn).stdout
 
 
+@pytest.mark.parametrize("source", ["/dev/zero", "huge", "stdin"])
+def test_a_secret_file_or_stream_longer_than_any_secret_is_refused_unread(
+    rconn: Conn, relay_dsn: str, tmp_path: Path, source: str
+) -> None:
+    """A wrong file (/dev/zero, a large one) or stream is refused in one line, exit 2, before
+    it is read whole, and nothing changes."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
+    huge = tmp_path / "huge"
+    huge.write_text("x" * 1_000_000)
+    given = {"/dev/zero": ["--secret-file", "/dev/zero"], "huge": ["--secret-file", str(huge)]}
+    done = process(
+        "webhook",
+        "rotate-secret",
+        "hook",
+        *given.get(source, []),
+        dsn=relay_dsn,
+        given="y\n" * 500_000 if source == "stdin" else "",
+    )
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "longer than 65536 characters" in done.stderr
+    assert one_row(rconn.execute("SELECT secret, previous_secret FROM relay.webhooks")) == (
+        OLD_NETBOX,
+        "",
+    )
+
+
 def test_a_byte_order_mark_before_the_secret_is_no_part_of_it(
     rconn: Conn, relay_dsn: str, tmp_path: Path
 ) -> None:

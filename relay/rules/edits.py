@@ -50,6 +50,11 @@ GRACE_LONGEST = timedelta(days=30)
 receiver to take the new one, short enough that a leaked old secret does not live on."""
 
 
+SECRET_LONGEST = 65_536
+"""The most characters a new secret may have (one a line for several): far more than any key,
+short enough to refuse a wrong file or an endless stream before reading it whole."""
+
+
 class Invalid(ValueError):
     """A value that cannot be stored: the message names the field and what to give instead."""
 
@@ -260,6 +265,11 @@ def new_secret(text: str, signature: str, current: str) -> str:
         )
     if not secret:
         raise Invalid("the new secret is empty: give the secret itself")
+    if len(secret) > SECRET_LONGEST:
+        raise Invalid(
+            f"the new secret is longer than {SECRET_LONGEST} characters, which no secret is: "
+            "give the secret alone"
+        )
     if signature == "netbox" and "\n" in secret:
         raise Invalid("a NetBox signature's secret is one line: give one secret")
     try:
