@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from relay.db import Conn
 from support.cli import relay
 from support.receivers import receiver
-from support.worker import running, setup, until
+from support.worker import running, setup, sql, until
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])
@@ -54,5 +54,47 @@ def test_a_webhook_removed_mid_request_leaves_the_relay_serving_the_others(
     with capture_logs() as logs:
         asyncio.run(scenario())
     troubles = [line for line in logs if line["log_level"] in ("warning", "error", "critical")]
-    assert troubles == []
+    assert troubles == [], repr(troubles[:1])
     assert rconn.execute("SELECT count(*) FROM relay.deliveries").fetchone() == (2,)
+
+
+SLOW_KEY = (
+    "{% for i in range(990) %}{% for j in range(1000) %}{% endfor %}{% endfor %}{{ data.id }}"
+)
+"""An ordering key that takes a while to render: the relay matches changes against it with
+its fan-out transaction open."""
+
+
+def test_a_rule_removed_while_its_changes_are_matched_makes_no_delivery_nor_error(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """The relay loaded the rule, then it was removed while the relay matched changes against
+    it: the changes go to the other rules' webhooks, none to the removed rule's, and the relay
+    neither logs an error nor starts its session again."""
+
+    def matching() -> bool:
+        found = rconn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'relay%%' AND now() - xact_start > interval '0.5 s'"
+        ).fetchone()
+        return found is not None and found[0] > 0
+
+    async def scenario() -> None:
+        async with receiver() as slow, receiver() as fast:
+            setup(rconn, slow.url, "slow", ordering="key", ordering_key=SLOW_KEY)
+            setup(rconn, fast.url, "fast")
+            async with running(relay_dsn):
+                rconn.execute("INSERT INTO items SELECT i, i FROM generate_series(1, 50) i")
+                await until(matching)
+                await sql(relay_dsn, "DELETE FROM relay.event_rules WHERE name = 'slow'")
+                await until(lambda: len(fast.requests) == 50, timeout=30)
+        assert slow.requests == []
+
+    with capture_logs() as logs:
+        asyncio.run(scenario())
+    troubles = [line for line in logs if line["log_level"] in ("warning", "error", "critical")]
+    assert troubles == [], repr(troubles[:1])
+    assert rconn.execute(
+        "SELECT count(*) FROM relay.deliveries d JOIN relay.webhooks w ON w.id = d.webhook_id "
+        "WHERE w.name = 'slow'"
+    ).fetchone() == (0,)
