@@ -310,3 +310,48 @@ def test_switching_to_standard_in_sql_during_a_period_must_clear_the_previous_se
         env={"S": NEW_NETBOX},
     )
     assert edited.returncode == 0, edited
+
+
+def test_two_rotations_at_once_lose_no_secret(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
+    """A rotation waits for one under way (a form sent twice, two people): it then keeps what
+    that one left signing, so the secret it put in, which receivers were given, still signs."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD, signature="standard")
+    given = tmp_path / "third"
+    given.write_text(THIRD)
+
+    async def scenario() -> None:
+        with psycopg.connect(relay_dsn) as other:
+            other.execute(
+                "UPDATE relay.webhooks SET secret = %s, previous_secret = %s, "
+                "previous_secret_until = now() + interval '1 hour'",
+                (NEW, OLD),
+            )
+            second = asyncio.create_task(
+                asyncio.to_thread(
+                    process,
+                    "webhook",
+                    "rotate-secret",
+                    "hook",
+                    "--secret-file",
+                    str(given),
+                    dsn=relay_dsn,
+                )
+            )
+            await until(
+                lambda: (
+                    rconn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()"
+                    ).fetchone()
+                    == (1,)
+                ),
+                timeout=30,
+            )
+            other.commit()
+        done = await second
+        assert done.returncode == 0, done
+
+    asyncio.run(scenario())
+    secret, previous = one_row(rconn.execute("SELECT secret, previous_secret FROM relay.webhooks"))
+    assert secret == THIRD
+    assert set(previous.splitlines()) == {NEW, OLD}

@@ -651,7 +651,7 @@ def webhook_rotate_secret(
     period = _checked(edits.grace, grace)
     given = _secret_given(secret_file)
     with _session(dsn) as db:
-        hook = _named("webhook", admin.webhook_by_name, db, name)
+        hook = _named("webhook", admin.webhook_to_rotate, db, name)
         secret = _checked(edits.new_secret, given, hook.signature, hook.secret)
         said = edits.rotated(admin.rotate_secret(db, hook, secret, period), hook.signature)
     out.print(f"webhook {name}: {said}", highlight=False)

@@ -283,7 +283,7 @@ class Editing:
             period = edits.grace(_text(form, "grace"), "grace")
 
             def rotate(db: orm.Session, store: Store) -> bool:
-                hook = admin.webhook_by_name(db, name)
+                hook = admin.webhook_to_rotate(db, name)
                 if hook is None:
                     return False
                 secret = edits.new_secret(given, hook.signature, hook.secret)

@@ -117,6 +117,14 @@ def webhook_by_name(db: Session, name: str) -> WebhookRow | None:
     return db.scalars(select(WebhookRow).where(WebhookRow.name == name)).one_or_none()
 
 
+def webhook_to_rotate(db: Session, name: str) -> WebhookRow | None:
+    """The webhook called ``name``, its row locked until the transaction ends, or None: a
+    rotation keeps the secrets that sign now, so two at once (a form sent twice, two people)
+    must not each keep what the other replaced, losing a secret receivers were given."""
+    found = select(WebhookRow).where(WebhookRow.name == name).with_for_update()
+    return db.scalars(found).one_or_none()
+
+
 def rule_by_name(db: Session, name: str) -> EventRuleRow | None:
     """The event rule called ``name`` (names are unique), or None."""
     return db.scalars(select(EventRuleRow).where(EventRuleRow.name == name)).one_or_none()
