@@ -1,6 +1,7 @@
-"""Removing a webhook while a running relay is sending to it (relay webhook remove, the
-console's remove): its deliveries go with it, mid-request; the relay drops what it would have
-written of them and goes on serving the other webhooks, with no error to read."""
+"""Removing a webhook or a rule beside a running relay (relay webhook remove, relay rule
+remove, the console's remove): a webhook's deliveries go with it, mid-request, and a rule may go
+while the relay matches changes against it; the relay drops what it would have written of them
+and goes on serving the other webhooks, with no error to read."""
 
 from __future__ import annotations
 
