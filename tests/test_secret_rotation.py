@@ -240,6 +240,14 @@ def test_no_such_webhook_and_an_unreadable_file_are_one_line(
     )
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "No such file or directory" in missing.stderr
+    latin = tmp_path / "latin-1"
+    latin.write_bytes("s\u00e9cret".encode("latin-1"))
+    for unreadable, said in ((tmp_path, "Is a directory"), (latin, "not UTF-8 text")):
+        done = relay(
+            "webhook", "rotate-secret", "nope", "--secret-file", str(unreadable), dsn=relay_dsn
+        )
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done
+        assert f"{said}; give a readable UTF-8 file holding the secret" in done.stderr
     given = tmp_path / "secret"
     given.write_text(NEW_NETBOX)
     unknown = relay("webhook", "rotate-secret", "nope", "--secret-file", str(given), dsn=relay_dsn)

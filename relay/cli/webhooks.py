@@ -671,7 +671,7 @@ def _secret_given(secret_file: Path | None) -> str:
             with secret_file.open(encoding="utf-8") as opened:
                 given = opened.read(edits.SECRET_LONGEST + 1)
     except (OSError, UnicodeDecodeError) as exc:
-        fail(f"{where}: {_unreadable(exc)}", 2)
+        fail(f"{where}: {_unreadable(exc)}; give a readable UTF-8 file holding the secret", 2)
     if len(given) > edits.SECRET_LONGEST:
         fail(
             f"{where}: longer than {edits.SECRET_LONGEST} characters, which no secret is: "
