@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from relay.db import Conn
 from support.cli import relay
 from support.receivers import receiver
-from support.worker import running, setup, sql, until
+from support.worker import FAST, running, setup, sql, until
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])
@@ -31,10 +31,14 @@ def test_a_webhook_removed_mid_request_leaves_the_relay_serving_the_others(
             return web.Response(text="ok")
 
         async with receiver(held) as slow, receiver() as fast:
-            setup(rconn, slow.url, "slow", batch_size=batch_size, batch_wait_ms=0)
+            setup(
+                rconn, slow.url, "slow", batch_size=batch_size, batch_wait_ms=0, timeout_seconds=60
+            )
             setup(rconn, fast.url, "fast")
             rconn.execute("INSERT INTO items VALUES (1, 1)")
-            async with running(relay_dsn):
+            # The request is held while two commands start (seconds on a loaded machine): its
+            # lease must outlast them, or the relay gives up on it first.
+            async with running(relay_dsn, FAST.model_copy(update={"lease_seconds": 150})):
                 await asyncio.wait_for(entered.wait(), 10)
                 for kind in ("rule", "webhook"):
                     done = relay(kind, "remove", "slow", dsn=relay_dsn)
@@ -86,7 +90,7 @@ def test_a_rule_removed_while_its_changes_are_matched_makes_no_delivery_nor_erro
             setup(rconn, fast.url, "fast")
             async with running(relay_dsn):
                 rconn.execute("INSERT INTO items SELECT i, i FROM generate_series(1, 50) i")
-                await until(matching)
+                await until(matching, timeout=30)
                 await sql(relay_dsn, "DELETE FROM relay.event_rules WHERE name = 'slow'")
                 await until(lambda: len(fast.requests) == 50, timeout=30)
         assert slow.requests == []
