@@ -6,6 +6,7 @@ tables, so what `relay webhook add` accepts is exactly what an INSERT accepts.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.schema import FetchedValue
 
 from relay import db as db_module
+from relay.render.sign import secrets_signing
 
 
 class Base(DeclarativeBase):
@@ -115,6 +117,14 @@ def webhook_by_name(db: Session, name: str) -> WebhookRow | None:
     return db.scalars(select(WebhookRow).where(WebhookRow.name == name)).one_or_none()
 
 
+def webhook_to_rotate(db: Session, name: str) -> WebhookRow | None:
+    """The webhook called ``name``, its row locked until the transaction ends, or None: a
+    rotation keeps the secrets that sign now, so two at once (a form sent twice, two people)
+    must not each keep what the other replaced, losing a secret receivers were given."""
+    found = select(WebhookRow).where(WebhookRow.name == name).with_for_update()
+    return db.scalars(found).one_or_none()
+
+
 def rule_by_name(db: Session, name: str) -> EventRuleRow | None:
     """The event rule called ``name`` (names are unique), or None."""
     return db.scalars(select(EventRuleRow).where(EventRuleRow.name == name)).one_or_none()
@@ -131,12 +141,26 @@ def event_rules(db: Session) -> list[EventRuleRow]:
 
 
 def rotate_secret(db: Session, hook: WebhookRow, secret: str, grace: timedelta) -> datetime | None:
-    """Put ``secret`` in ``hook``, its secret until now signing until ``grace`` from the
+    """Put ``secret`` in ``hook``, what signed until now signing on until ``grace`` from the
     database's now (render/sign.py says how), and return when that is; with no grace, or no
-    secret until now, the new one alone signs at once (None). A previous secret of an earlier
-    rotation is dropped: one rotation at a time."""
-    keep = grace > timedelta() and bool(hook.secret.strip())
-    hook.previous_secret = hook.secret if keep else ""
+    secret until now, the new one alone signs at once (None). During an earlier rotation's
+    period, what signs now is what keeps signing: the secret before it for NetBox (the one
+    just put in never signed, and receivers may not have it yet), both for Standard Webhooks;
+    a rotation must not cut off, without a period, receivers that accept today's requests."""
+    until = hook.previous_secret_until
+    signing = secrets_signing(
+        hook.signature,
+        hook.secret,
+        hook.previous_secret,
+        None if until is None else until.timestamp(),
+        time.time(),
+    )
+    new = {line.strip() for line in secret.splitlines()}
+    kept = "\n".join(
+        dict.fromkeys(line.strip() for line in signing.splitlines() if line.strip() not in new)
+    )
+    keep = grace > timedelta() and bool(kept.strip())
+    hook.previous_secret = kept if keep else ""
     hook.previous_secret_until = func.now() + grace if keep else None
     hook.secret = secret
     db.flush()

@@ -9,6 +9,7 @@ checks the rest of each row (relay.check_webhook, relay.check_event_rule) when i
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -47,6 +48,11 @@ EVENTS = ("insert", "update", "delete", "truncate", "snapshot")
 GRACE_LONGEST = timedelta(days=30)
 """The longest a rotated secret's previous one may keep signing: a period long enough for any
 receiver to take the new one, short enough that a leaked old secret does not live on."""
+
+
+SECRET_LONGEST = 65_536
+"""The most characters a new secret may have (one a line for several): far more than any key,
+short enough to refuse a wrong file or an endless stream before reading it whole."""
 
 
 class Invalid(ValueError):
@@ -243,14 +249,27 @@ def grace(text: str, option: str = "--grace") -> timedelta:
 
 def new_secret(text: str, signature: str, current: str) -> str:
     """The secret a rotation puts in: ``text`` without the blanks around it, one a webhook
-    with ``signature`` can sign with, and not ``current``. Its words never quote it."""
-    secret = "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    with ``signature`` can sign with, and not ``current``. Its words never quote it. A byte
+    order mark before it (a file saved by some editors) is no part of it: kept, it would sign
+    what no receiver holding the secret verifies."""
+    text = text.strip().removeprefix("\ufeff")
+    secret = "\n".join(line.strip() for line in text.splitlines() if line.strip())
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in secret.replace("\n", "")):
+        raise Invalid(
+            "the new secret holds a control or invisible character (NUL, a byte order mark...): "
+            "give the secret alone, as the receivers hold it"
+        )
     if signature == "none":
         raise Invalid(
             "the webhook's signature is none: it signs nothing; choose netbox or standard first"
         )
     if not secret:
         raise Invalid("the new secret is empty: give the secret itself")
+    if len(secret) > SECRET_LONGEST:
+        raise Invalid(
+            f"the new secret is longer than {SECRET_LONGEST} characters, which no secret is: "
+            "give the secret alone"
+        )
     if signature == "netbox" and "\n" in secret:
         raise Invalid("a NetBox signature's secret is one line: give one secret")
     try:
