@@ -115,6 +115,14 @@ def webhook_by_name(db: Session, name: str) -> WebhookRow | None:
     return db.scalars(select(WebhookRow).where(WebhookRow.name == name)).one_or_none()
 
 
+def webhook_to_rotate(db: Session, name: str) -> WebhookRow | None:
+    """The webhook called ``name``, its row locked until the transaction ends, or None: a
+    rotation keeps the secrets that sign now, so two at once (a form sent twice, two people)
+    must not each keep what the other replaced, losing a secret receivers were given."""
+    found = select(WebhookRow).where(WebhookRow.name == name).with_for_update()
+    return db.scalars(found).one_or_none()
+
+
 def rule_by_name(db: Session, name: str) -> EventRuleRow | None:
     """The event rule called ``name`` (names are unique), or None."""
     return db.scalars(select(EventRuleRow).where(EventRuleRow.name == name)).one_or_none()
@@ -130,13 +138,15 @@ def event_rules(db: Session) -> list[EventRuleRow]:
     return list(db.scalars(select(EventRuleRow).order_by(EventRuleRow.name)))
 
 
-def rotate_secret(db: Session, hook: WebhookRow, secret: str, grace: timedelta) -> datetime | None:
-    """Put ``secret`` in ``hook``, its secret until now signing until ``grace`` from the
-    database's now (render/sign.py says how), and return when that is; with no grace, or no
-    secret until now, the new one alone signs at once (None). A previous secret of an earlier
-    rotation is dropped: one rotation at a time."""
-    keep = grace > timedelta() and bool(hook.secret.strip())
-    hook.previous_secret = hook.secret if keep else ""
+def rotate_secret(
+    db: Session, hook: WebhookRow, secret: str, kept: str, grace: timedelta
+) -> datetime | None:
+    """Put ``secret`` in ``hook``, ``kept`` (what signs now and keeps signing:
+    relay.rules.edits.kept_signing) signing on until ``grace`` from the database's now
+    (render/sign.py says how), and return when that is; with no grace, or nothing kept, the
+    new one alone signs at once (None)."""
+    keep = grace > timedelta() and bool(kept.strip())
+    hook.previous_secret = kept if keep else ""
     hook.previous_secret_until = func.now() + grace if keep else None
     hook.secret = secret
     db.flush()

@@ -292,7 +292,10 @@ SELECT id, old::text, new::text FROM relay.outbox WHERE id = ANY(%(ids)s::bigint
 -- relay/delivery/plan.py): the ranks are sorted before the positions are drawn. A re-armed one
 -- keeps the position it had, so it goes back to its place. The order key follows the webhook's
 -- ordering as the table has it (relay.order_key_now): a relay that has not yet reloaded its
--- rules after the ordering changed must not write deliveries of the old scope.
+-- rules after the ordering changed must not write deliveries of the old scope. Nor of a rule
+-- or webhook removed since it loaded them (relay rule remove, the console, while the batch was
+-- matched): their foreign keys refused the whole batch, and the relay started its session
+-- again; the change no longer matches them, as it would not had it been fanned out after.
 INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes,
                               order_key, position, coalesced_from)
 SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.change_bytes,
@@ -306,6 +309,8 @@ FROM (SELECT g.outbox_id, g.webhook_id, g.rule_id, g.row_key, g.old_row_key, g.c
                   %(order_keys)s::text[], %(ranks)s::bigint[], %(coalesced_froms)s::bigint[])
           AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, order_key,
                 rank, coalesced_from)
+      WHERE EXISTS (SELECT FROM relay.event_rules r WHERE r.id = g.rule_id)
+        AND EXISTS (SELECT FROM relay.webhooks w WHERE w.id = g.webhook_id)
       ORDER BY g.rank OFFSET 0) g
 ON CONFLICT (outbox_id, webhook_id) DO UPDATE
     SET status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
@@ -337,6 +342,9 @@ WITH given AS (
                 %(order_keys)s::text[], %(ranks)s::bigint[], %(coalesced_froms)s::bigint[])
         AS g (outbox_id, webhook_id, rule_id, row_key, old_row_key, change_bytes, order_key,
               rank, coalesced_from)
+    -- Not for a rule or webhook removed since the relay loaded them (as in add_deliveries).
+    WHERE EXISTS (SELECT FROM relay.event_rules r WHERE r.id = g.rule_id)
+      AND EXISTS (SELECT FROM relay.webhooks w WHERE w.id = g.webhook_id)
 ), judged AS MATERIALIZED (
     SELECT g.*, d.status::text AS was,
            CASE WHEN d.status = 'failed' AND d.superseded_by IS NOT NULL
@@ -421,6 +429,9 @@ WITH failed AS (
     FROM unnest(%(outbox_ids)s::bigint[], %(webhook_ids)s::bigint[], %(rule_ids)s::bigint[],
                 %(row_keys)s::text[], %(errors)s::text[], %(coalesced_froms)s::bigint[])
         AS f (outbox_id, webhook_id, rule_id, row_key, error, coalesced_from)
+    -- Not for a rule or webhook removed since the relay loaded them (as in add_deliveries).
+    WHERE EXISTS (SELECT FROM relay.event_rules r WHERE r.id = f.rule_id)
+      AND EXISTS (SELECT FROM relay.webhooks w WHERE w.id = f.webhook_id)
 ), written AS (
     INSERT INTO relay.deliveries (outbox_id, webhook_id, rule_id, row_key, status, attempts,
                                   last_error, coalesced_from)
@@ -980,7 +991,10 @@ RETURNING extract(epoch FROM p.next_slot - (SELECT step FROM hook) - clock_times
 -- Attempts and their outcomes, many at once (relay/delivery/record.py batches them). An outcome is
 -- written only while this relay still holds the lease: a relay that lost it to another must
 -- not overwrite what that one did. The attempt itself is logged either way, unless it was not
--- counted (a delivery given back unsent).
+-- counted (a delivery given back unsent) or the delivery is gone: its webhook was removed
+-- while the request was under way (relay webhook remove, the console), and its attempts went
+-- with it (a primary key probe of the row the UPDATE below reads anyway; without it the
+-- attempt's foreign key refused the whole batch).
 --
 -- A delivery that fails for good no longer holds its row back, so its later changes go on:
 -- each one delivered marks the failed earlier deliveries of its row (either key of a key move)
@@ -1048,6 +1062,8 @@ WITH outcome AS (
            replay, details
     FROM outcome
     WHERE counted
+      AND EXISTS (SELECT FROM relay.deliveries d
+                  WHERE d.outbox_id = outcome.outbox_id AND d.webhook_id = outcome.webhook_id)
 ), delivered AS MATERIALIZED (
     -- The keys of the changes this statement delivers, read only when it also fails one (a
     -- batch may carry a later change of the row of a change that ran out of attempts).

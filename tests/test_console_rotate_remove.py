@@ -245,3 +245,64 @@ def test_roles_without_the_rights_may_not_rotate_or_remove(dsn: str) -> None:
     assert _row(dsn, "SELECT count(*) FROM relay.event_rules") == (1,)
     assert _row(dsn, "SELECT count(*) FROM relay.webhooks") == (2,)
     assert audit(dsn) == []
+
+
+def _confirm_form(html: str) -> dict[str, str]:
+    """The fields the confirm page's form sends, as a browser sends them."""
+    form = re.search(
+        r'<form method="post" action="/(?:webhooks|rules)/remove">(.*?)</form>', html, re.S
+    )
+    assert form, "no confirming form on the page"
+    return dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form[1]))
+
+
+def test_a_stale_confirm_page_removes_nothing_it_did_not_show(dsn: str) -> None:
+    """The webhook (or rule) a confirm page asked about was removed, and another added under its
+    name, before the person confirmed: confirming removes nothing, and says why."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="orders")
+        conn.execute(
+            "INSERT INTO relay.webhooks (name, payload_url) VALUES ('spare', 'http://127.0.0.1:9/')"
+        )
+    boss = owner(dsn)
+    again = [
+        "DELETE FROM relay.webhooks WHERE name = 'spare'",
+        "INSERT INTO relay.webhooks (name, payload_url) VALUES ('spare', 'http://127.0.0.1:8/')",
+        "DELETE FROM relay.event_rules WHERE name = 'orders'",
+        "INSERT INTO relay.event_rules (name, tables, webhook_id) "
+        "SELECT 'orders', ARRAY['public.items'], id FROM relay.webhooks WHERE name = 'orders'",
+    ]
+
+    async def go() -> None:
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, boss)
+            token = await csrf(client, base)
+            pages = {}
+            for kind in ("webhooks", "rules"):
+                name = "spare" if kind == "webhooks" else "orders"
+                asked = await client.post(
+                    f"{base}/{kind}/remove", data={"csrf": token, "name": name}
+                )
+                pages[kind] = _confirm_form(await asked.text())
+                assert pages[kind]["confirm"] == "yes" and pages[kind]["name"] == name
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for statement in again:
+                    conn.execute(statement)
+            for kind, form in pages.items():
+                stale = await client.post(f"{base}/{kind}/remove", data=form)
+                text = await stale.text()
+                assert stale.status == 409, text
+                assert "was removed since, and another was added under its name" in _problem(text)
+            # A page asked anew removes the one it shows.
+            asked = await client.post(
+                f"{base}/rules/remove", data={"csrf": token, "name": "orders"}
+            )
+            gone = await client.post(f"{base}/rules/remove", data=_confirm_form(await asked.text()))
+            assert str(gone.url.path) == "/rules"
+
+    asyncio.run(go())
+    assert _row(dsn, "SELECT payload_url FROM relay.webhooks WHERE name = 'spare'") == (
+        "http://127.0.0.1:8/",
+    )
+    assert _row(dsn, "SELECT count(*) FROM relay.event_rules") == (0,)
+    assert [entry[1:3] for entry in audit(dsn)] == [("rule remove", "orders")]

@@ -11,6 +11,7 @@ import hmac
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook as Verifier
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -138,6 +139,42 @@ def test_status_and_show_say_until_when_the_previous_secret_is_valid(
     assert "(none)" in relay("webhook", "show", "hook", dsn=relay_dsn).stdout
 
 
+@pytest.mark.parametrize("source", ["/dev/zero", "huge", "stdin"])
+def test_a_secret_file_or_stream_longer_than_any_secret_is_refused_unread(
+    rconn: Conn, relay_dsn: str, tmp_path: Path, source: str
+) -> None:
+    """A wrong file (/dev/zero, a large one) or stream is refused in one line, exit 2, before
+    it is read whole, and nothing changes."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
+    huge = tmp_path / "huge"
+    huge.write_text("x" * 1_000_000)
+    given = {"/dev/zero": ["--secret-file", "/dev/zero"], "huge": ["--secret-file", str(huge)]}
+    done = process(
+        "webhook",
+        "rotate-secret",
+        "hook",
+        *given.get(source, []),
+        dsn=relay_dsn,
+        given="y\n" * 500_000 if source == "stdin" else "",
+    )
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr.count("\n") == 1 and "longer than 65536 characters" in done.stderr
+    assert one_row(rconn.execute("SELECT secret, previous_secret FROM relay.webhooks")) == (
+        OLD_NETBOX,
+        "",
+    )
+
+
+def test_a_byte_order_mark_before_the_secret_is_no_part_of_it(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """A secret file saved with a byte order mark (Notepad's UTF-8) rotates to the secret the
+    receiver holds, not to one it cannot verify."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
+    rotate(relay_dsn, "hook", "\ufeff" + NEW_NETBOX, "1h", tmp_path)
+    assert one_row(rconn.execute("SELECT secret FROM relay.webhooks")) == (NEW_NETBOX,)
+
+
 def test_a_period_of_0_switches_at_once(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
     setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
     given = tmp_path / "secret"
@@ -165,6 +202,9 @@ def test_a_period_of_0_switches_at_once(rconn: Conn, relay_dsn: str, tmp_path: P
         ("standard", "", "1h", "the new secret is empty: give the secret itself"),
         ("netbox", OLD_NETBOX, "1h", "the new secret is the webhook's current one"),
         ("netbox", "a\nb", "1h", "a NetBox signature's secret is one line"),
+        ("netbox", "new\x00one", "1h", "the new secret holds a control or invisible character"),
+        ("netbox", "new\u200bone", "1h", "the new secret holds a control or invisible character"),
+        ("standard", NEW + "\x1b", "1h", "the new secret holds a control or invisible character"),
         ("netbox", NEW_NETBOX, "45d", "--grace '45d': give a period like 90s, 30m, 24h or 7d"),
         ("netbox", NEW_NETBOX, "soon", "--grace 'soon': give a period like"),
         ("none", NEW_NETBOX, "1h", "the webhook's signature is none: it signs nothing"),
@@ -200,7 +240,126 @@ def test_no_such_webhook_and_an_unreadable_file_are_one_line(
     )
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "No such file or directory" in missing.stderr
+    latin = tmp_path / "latin-1"
+    latin.write_bytes("s\u00e9cret".encode("latin-1"))
+    for unreadable, said in ((tmp_path, "Is a directory"), (latin, "not UTF-8 text")):
+        done = relay(
+            "webhook", "rotate-secret", "nope", "--secret-file", str(unreadable), dsn=relay_dsn
+        )
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done
+        assert f"{said}; give a readable UTF-8 file holding the secret" in done.stderr
     given = tmp_path / "secret"
     given.write_text(NEW_NETBOX)
     unknown = relay("webhook", "rotate-secret", "nope", "--secret-file", str(given), dsn=relay_dsn)
     assert unknown.returncode == 2 and "no webhook named 'nope'" in unknown.stderr
+
+
+THIRD = "whsec_" + base64.b64encode(b"the-3rd-key-of-32-bytes-exactly!").decode()
+
+
+def test_rotating_again_during_the_period_cuts_no_receiver_off(
+    rconn: Conn, relay_dsn: str, tmp_path: Path
+) -> None:
+    """A second rotation within the first's period keeps what signs now: a NetBox receiver
+    still holding the first secret (the second never signed) and a Standard Webhooks one
+    holding either earlier secret go on accepting, for the new period."""
+
+    async def scenario() -> None:
+        async with receiver() as r:
+            setup(rconn, r.url + "/std", "std", secret=OLD, signature="standard")
+            setup(rconn, r.url + "/nb", "nb", secret=OLD_NETBOX, signature="netbox")
+            for name, secrets in (("std", (NEW, THIRD)), ("nb", (NEW_NETBOX, "third-netbox"))):
+                for secret in secrets:
+                    rotate(relay_dsn, name, secret, "1h", tmp_path)
+            rconn.execute("INSERT INTO items VALUES (1, 1)")
+            async with running(relay_dsn):
+                await until(lambda: len(r.requests) == 2)
+        sent = {q.path: q for q in r.requests}
+        std, nb = sent["/hook/std"], sent["/hook/nb"]
+        assert all(standard_accepts(secret, std) for secret in (OLD, NEW, THIRD))
+        assert netbox_accepts(OLD_NETBOX, nb)
+
+    asyncio.run(scenario())
+    # Rotating back to the secret that signs now leaves nothing else signing.
+    rotate(relay_dsn, "nb", OLD_NETBOX, "1h", tmp_path)
+    assert one_row(
+        rconn.execute(
+            "SELECT secret, previous_secret, previous_secret_until FROM relay.webhooks "
+            "WHERE name = 'nb'"
+        )
+    ) == (OLD_NETBOX, "", None)
+
+
+def test_switching_to_standard_in_sql_during_a_period_must_clear_the_previous_secret(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """A NetBox secret left signing beside a Standard Webhooks one would fail every request of
+    the period: the database refuses it, saying what to set (relay webhook edit does it)."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD_NETBOX)
+    done = process("webhook", "rotate-secret", "hook", dsn=relay_dsn, given=NEW_NETBOX)
+    assert done.returncode == 0, done
+    switch = "UPDATE relay.webhooks SET signature = 'standard', secret = %s"
+    with pytest.raises(psycopg.errors.CheckViolation) as refused:
+        rconn.execute(switch, (NEW,))
+    said = str(refused.value)
+    assert "previous_secret cannot sign with signature standard" in said
+    assert "set previous_secret = '', previous_secret_until = NULL" in said
+    assert not any(secret in said for secret in SECRETS)
+    rconn.execute(switch + ", previous_secret = '', previous_secret_until = NULL", (NEW,))
+    edited = relay(
+        "webhook",
+        "edit",
+        "hook",
+        "--signature",
+        "netbox",
+        "--secret-env",
+        "S",
+        dsn=relay_dsn,
+        env={"S": NEW_NETBOX},
+    )
+    assert edited.returncode == 0, edited
+
+
+def test_two_rotations_at_once_lose_no_secret(rconn: Conn, relay_dsn: str, tmp_path: Path) -> None:
+    """A rotation waits for one under way (a form sent twice, two people): it then keeps what
+    that one left signing, so the secret it put in, which receivers were given, still signs."""
+    setup(rconn, "http://127.0.0.1:9/hook", "hook", secret=OLD, signature="standard")
+    given = tmp_path / "third"
+    given.write_text(THIRD)
+
+    async def scenario() -> None:
+        with psycopg.connect(relay_dsn) as other:
+            other.execute(
+                "UPDATE relay.webhooks SET secret = %s, previous_secret = %s, "
+                "previous_secret_until = now() + interval '1 hour'",
+                (NEW, OLD),
+            )
+            second = asyncio.create_task(
+                asyncio.to_thread(
+                    process,
+                    "webhook",
+                    "rotate-secret",
+                    "hook",
+                    "--secret-file",
+                    str(given),
+                    dsn=relay_dsn,
+                )
+            )
+            await until(
+                lambda: (
+                    rconn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                        "AND datname = current_database()"
+                    ).fetchone()
+                    == (1,)
+                ),
+                timeout=30,
+            )
+            other.commit()
+        done = await second
+        assert done.returncode == 0, done
+
+    asyncio.run(scenario())
+    secret, previous = one_row(rconn.execute("SELECT secret, previous_secret FROM relay.webhooks"))
+    assert secret == THIRD
+    assert set(previous.splitlines()) == {NEW, OLD}

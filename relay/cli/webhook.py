@@ -581,20 +581,37 @@ def webhook_rotate_secret(
     requests carry both signatures until it ends; NetBox's single X-Hook-Signature stays
     signed with the previous secret until it ends, then with the new one (docs/security.md)."""
     period = checked(edits.grace, grace)
-    if secret_file is not None:
-        try:
-            given = secret_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            fail(f"--secret-file {secret_file}: {_unreadable(exc)}", 2)
-    elif sys.stdin.isatty():
-        given = typer.prompt("New secret", hide_input=True, err=True)
-    else:
-        given = sys.stdin.read()
+    given = _secret_given(secret_file)
     with admin_session(dsn) as db:
-        hook = named("webhook", admin.webhook_by_name, db, name)
+        hook = named("webhook", admin.webhook_to_rotate, db, name)
         secret = checked(edits.new_secret, given, hook.signature, hook.secret)
-        said = edits.rotated(admin.rotate_secret(db, hook, secret, period), hook.signature)
+        kept = edits.kept_signing(hook, secret)
+        said = edits.rotated(admin.rotate_secret(db, hook, secret, kept, period), hook.signature)
     out.print(f"webhook {name}: {said}", highlight=False)
+
+
+def _secret_given(secret_file: Path | None) -> str:
+    """The new secret's text, from the file, the terminal's prompt or standard input, read
+    no further than a secret can be long: a wrong file (/dev/zero, a disk image) or an endless
+    pipe would otherwise be read into memory whole."""
+    if secret_file is None and sys.stdin.isatty():
+        return str(typer.prompt("New secret", hide_input=True, err=True))
+    where = "standard input" if secret_file is None else f"--secret-file {secret_file}"
+    try:
+        if secret_file is None:
+            given = sys.stdin.read(edits.SECRET_LONGEST + 1)
+        else:
+            with secret_file.open(encoding="utf-8") as opened:
+                given = opened.read(edits.SECRET_LONGEST + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{where}: {_unreadable(exc)}; give a readable UTF-8 file holding the secret", 2)
+    if len(given) > edits.SECRET_LONGEST:
+        fail(
+            f"{where}: longer than {edits.SECRET_LONGEST} characters, which no secret is: "
+            "give the secret alone",
+            2,
+        )
+    return given
 
 
 @webhook_app.command("remove")

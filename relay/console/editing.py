@@ -284,11 +284,12 @@ class Editing:
             period = edits.grace(_text(form, "grace"), "grace")
 
             def rotate(db: orm.Session, store: Store) -> bool:
-                hook = admin.webhook_by_name(db, name)
+                hook = admin.webhook_to_rotate(db, name)
                 if hook is None:
                     return False
                 secret = edits.new_secret(given, hook.signature, hook.secret)
-                until = admin.rotate_secret(db, hook, secret, period)
+                kept = edits.kept_signing(hook, secret)
+                until = admin.rotate_secret(db, hook, secret, kept, period)
                 store.audit(
                     "webhook rotate-secret", name, edits.rotated(until, hook.signature), address
                 )
@@ -308,18 +309,20 @@ class Editing:
         form = await request.post()
         name = _findable(_text(form, "name"), "webhook")
         confirmed = _text(form, "confirm") == "yes"
+        asked = _text(form, "id")
         address = self.console.address(request)
 
-        def remove(db: orm.Session, store: Store) -> HeldDeliveries | bool:
+        def remove(db: orm.Session, store: Store) -> tuple[int, HeldDeliveries] | bool:
             hook = admin.webhook_by_name(db, name)
             if hook is None:
                 return False
+            _same_as_asked("webhook", name, hook.id, asked)
             why_not = edits.webhook_in_use(name, [rule.name for rule in hook.rules])
             if why_not is not None:
                 raise Refused(409, f"Not removed: {why_not}.")
             held = store.webhook_deliveries(hook.id)
             if not confirmed:
-                return held
+                return hook.id, held
             db.delete(hook)
             db.flush()
             detail = (
@@ -332,14 +335,15 @@ class Editing:
         done = await self.console.run_admin(request, remove)
         if done is False:
             raise _no("webhook")
-        if isinstance(done, HeldDeliveries):
+        if isinstance(done, tuple):
             return self.console.page(
                 request,
                 "confirm_remove.html",
                 title=f"Remove webhook {name}?",
                 kind="webhook",
                 name=name,
-                held=done,
+                id=done[0],
+                held=done[1],
             )
         raise web.HTTPSeeOther(f"/webhooks?{_query(said='removed')}")
 
@@ -719,22 +723,25 @@ class Editing:
         form = await request.post()
         name = _findable(_text(form, "name"), "rule")
         confirmed = _text(form, "confirm") == "yes"
+        asked = _text(form, "id")
         address = self.console.address(request)
 
-        def remove(db: orm.Session, store: Store) -> str | None:
+        def remove(db: orm.Session, store: Store) -> tuple[int, str] | None:
             rule = admin.rule_by_name(db, name)
             if rule is None:
                 return None
+            _same_as_asked("rule", name, rule.id, asked)
             if not confirmed:
-                return rule.webhook.name
+                return rule.id, rule.webhook.name
             db.delete(rule)
             db.flush()
             store.audit("rule remove", name, "removed", address)
-            return ""
+            return 0, ""
 
-        webhook = await self.console.run_admin(request, remove)
-        if webhook is None:
+        found = await self.console.run_admin(request, remove)
+        if found is None:
             raise _no("rule")
+        rule_id, webhook = found
         if webhook:
             return self.console.page(
                 request,
@@ -742,6 +749,7 @@ class Editing:
                 title=f"Remove rule {name}?",
                 kind="rule",
                 name=name,
+                id=rule_id,
                 webhook=webhook,
             )
         raise web.HTTPSeeOther(f"/rules?{_query(said='removed')}")
@@ -872,6 +880,18 @@ def _findable(name: str, kind: str) -> str:
 
 def _no(kind: str) -> Exception:
     return Refused(404, f"No such {kind}.")
+
+
+def _same_as_asked(kind: str, name: str, found: int, asked: str) -> None:
+    """Refuse (409) to remove a webhook or rule other than the one the confirm page named
+    (``asked``: its id, empty when no page asked): it was removed, and another was added under
+    its name, since the page was shown. The person has not seen that one."""
+    if asked and filters.whole_number(asked) != found:
+        raise Refused(
+            409,
+            f"Not removed: the {kind} {name} that the page asked about was removed since, and "
+            f"another was added under its name; open that {kind} to look at it first.",
+        )
 
 
 def add_routes(app: web.Application, console: Console) -> None:

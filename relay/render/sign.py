@@ -74,12 +74,26 @@ def check_secret(scheme: str, secret: str) -> None:
 def signing_secret(webhook: Webhook, now: float) -> str:
     """The secret(s) that sign a request of ``webhook`` made at ``now`` (seconds since the
     epoch): its previous secret's period decides (see the module's docstring)."""
-    until = webhook.previous_secret_until
-    if not webhook.previous_secret.strip() or until is None or now >= until:
-        return webhook.secret
-    if webhook.signature == "standard":
-        return webhook.secret + "\n" + webhook.previous_secret
-    return webhook.previous_secret
+    return secrets_signing(
+        webhook.signature,
+        webhook.secret,
+        webhook.previous_secret,
+        webhook.previous_secret_until,
+        now,
+    )
+
+
+def secrets_signing(
+    scheme: str, secret: str, previous: str, until: float | None, now: float
+) -> str:
+    """The secret(s) that sign at ``now`` for a webhook of ``scheme`` holding ``secret`` and,
+    until ``until``, ``previous``: the relay's signing and a rotation (which keeps what signs
+    now) both ask this."""
+    if not previous.strip() or until is None or now >= until:
+        return secret
+    if scheme == "standard":
+        return secret + "\n" + previous
+    return previous
 
 
 def signature_headers(

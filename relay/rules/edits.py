@@ -9,18 +9,23 @@ checks the rest of each row (relay.check_webhook, relay.check_event_rule) when i
 
 from __future__ import annotations
 
+import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.ages import parse_age
 from relay.model import BODY_FORMATS, Webhook, loads
 from relay.reasons import scrub
 from relay.render.pool import BlockingRenderPool
 from relay.render.request import RenderError, secrets_of
-from relay.render.sign import InvalidSecret, check_secret
+from relay.render.sign import InvalidSecret, check_secret, secrets_signing
 from relay.rules import conditions, ruleset
+
+if TYPE_CHECKING:
+    from relay.admin import WebhookRow
 
 DEAD_AFTER_RANGE = (60, 31_536_000)
 """What relay.webhooks.dead_after_seconds takes (relay.check_webhook): a minute to a year."""
@@ -47,6 +52,11 @@ EVENTS = ("insert", "update", "delete", "truncate", "snapshot")
 GRACE_LONGEST = timedelta(days=30)
 """The longest a rotated secret's previous one may keep signing: a period long enough for any
 receiver to take the new one, short enough that a leaked old secret does not live on."""
+
+
+SECRET_LONGEST = 65_536
+"""The most characters a new secret may have (one a line for several): far more than any key,
+short enough to refuse a wrong file or an endless stream before reading it whole."""
 
 
 class Invalid(ValueError):
@@ -243,14 +253,27 @@ def grace(text: str, option: str = "--grace") -> timedelta:
 
 def new_secret(text: str, signature: str, current: str) -> str:
     """The secret a rotation puts in: ``text`` without the blanks around it, one a webhook
-    with ``signature`` can sign with, and not ``current``. Its words never quote it."""
-    secret = "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    with ``signature`` can sign with, and not ``current``. Its words never quote it. A byte
+    order mark before it (a file saved by some editors) is no part of it: kept, it would sign
+    what no receiver holding the secret verifies."""
+    text = text.strip().removeprefix("\ufeff")
+    secret = "\n".join(line.strip() for line in text.splitlines() if line.strip())
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in secret.replace("\n", "")):
+        raise Invalid(
+            "the new secret holds a control or invisible character (NUL, a byte order mark...): "
+            "give the secret alone, as the receivers hold it"
+        )
     if signature == "none":
         raise Invalid(
             "the webhook's signature is none: it signs nothing; choose netbox or standard first"
         )
     if not secret:
         raise Invalid("the new secret is empty: give the secret itself")
+    if len(secret) > SECRET_LONGEST:
+        raise Invalid(
+            f"the new secret is longer than {SECRET_LONGEST} characters, which no secret is: "
+            "give the secret alone"
+        )
     if signature == "netbox" and "\n" in secret:
         raise Invalid("a NetBox signature's secret is one line: give one secret")
     try:
@@ -260,6 +283,27 @@ def new_secret(text: str, signature: str, current: str) -> str:
     if secret == current.strip():
         raise Invalid("the new secret is the webhook's current one: give a new one")
     return secret
+
+
+def kept_signing(hook: WebhookRow, new: str) -> str:
+    """What signs ``hook``'s requests now and keeps signing through a rotation to ``new``
+    (relay.admin.rotate_secret): what signed until now, the new secret's lines left out. During
+    an earlier rotation's period, what signs now is what keeps signing: the secret before it
+    for NetBox (the one just put in never signed, and receivers may not have it yet), both for
+    Standard Webhooks; a rotation must not cut off, without a period, receivers that accept
+    today's requests."""
+    until = hook.previous_secret_until
+    signing = secrets_signing(
+        hook.signature,
+        hook.secret,
+        hook.previous_secret,
+        None if until is None else until.timestamp(),
+        time.time(),
+    )
+    fresh = {line.strip() for line in new.splitlines()}
+    return "\n".join(
+        dict.fromkeys(line.strip() for line in signing.splitlines() if line.strip() not in fresh)
+    )
 
 
 def webhook_in_use(name: str, rules: Sequence[str]) -> str | None:

@@ -167,6 +167,17 @@ BEGIN
                     NEW.name USING ERRCODE = 'check_violation';
             END IF;
         END LOOP;
+        -- A rotation's previous secret signs beside it until its period ends
+        -- (0033_secret_rotation.sql): one of another scheme, left by a change of signature in
+        -- SQL, would fail every request of the period.
+        IF NEW.previous_secret_until > now() THEN
+            FOREACH line IN ARRAY regexp_split_to_array(NEW.previous_secret, '\n') LOOP
+                IF btrim(line) <> '' AND btrim(line) !~ '^whsec_[A-Za-z0-9+/]+={0,2}$' THEN
+                    RAISE EXCEPTION 'webhook "%": previous_secret cannot sign with signature standard (a Standard Webhooks secret is "whsec_" followed by base64): set previous_secret = '''', previous_secret_until = NULL with the change of signature',
+                        NEW.name USING ERRCODE = 'check_violation';
+                END IF;
+            END LOOP;
+        END IF;
     END IF;
     IF NEW.ca_file_path IS NOT NULL AND NOT NEW.ssl_verification THEN
         RAISE EXCEPTION 'webhook "%": ca_file_path is set but ssl_verification is off; turn verification on or clear the CA file',
