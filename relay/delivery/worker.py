@@ -43,12 +43,13 @@ from psycopg.conninfo import conninfo_to_dict
 from relay import sqlfiles
 from relay.db import AConn, aconnect, first_line, path_problem
 from relay.delivery import claim, related
-from relay.delivery.breaker import Breaker, Turn
+from relay.delivery.breaker import Breaker
 from relay.delivery.fanout import FanOut
 from relay.delivery.holding import Holding
 from relay.delivery.metrics import Metrics
 from relay.delivery.policy import RetryPolicy
 from relay.delivery.record import Recorder, Result
+from relay.delivery.reporter import Reporter
 from relay.delivery.send import Outcome, Sender, over_limit
 from relay.model import Batch, Request, Webhook
 from relay.reasons import Secrets, describe, masking, reason
@@ -57,7 +58,7 @@ from relay.render.request import RenderError, env_values, secrets_of
 from relay.rules.ruleset import Rule
 from relay.rules.watch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
-from relay.store import AsyncStore, Claimed, DeadPause, application_name
+from relay.store import AsyncStore, Claimed, application_name
 
 log = structlog.get_logger("relay.worker")
 
@@ -167,6 +168,11 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self.metrics = Metrics()
         self.metrics.held_bytes.set_function(lambda: self.holding.total * HELD_PER_CHANGE_BYTE)
+        self.reporter = Reporter(
+            lambda webhook_id: self.rules.ruleset.webhook_name(webhook_id),
+            self.metrics,
+            self.breaker,
+        )
         self.fan_out = FanOut(
             settings,
             self.relay_id,
@@ -260,7 +266,9 @@ class Worker:
             self._stopping = False
             log.info("relay connected", relay_id=self.relay_id)
             recorder = Recorder(
-                self.relay_id, dead_after=self.settings.dead_after_seconds, on_dead=self._dead
+                self.relay_id,
+                dead_after=self.settings.dead_after_seconds,
+                on_dead=self.reporter.dead,
             )
             helpers = [
                 asyncio.create_task(self._listen(listener)),
@@ -456,7 +464,7 @@ class Worker:
                             result = self._put_back(item, far.seconds, far.why)
                         else:
                             result = self._result(item, policy, outcome)
-                            self._log(item, result)
+                            self.reporter.attempt(item, result)
         finally:
             # Room for another claim as soon as the receiver has answered. The delivery stays
             # pending (so a later change to its row still waits) until its outcome is written.
@@ -469,9 +477,9 @@ class Worker:
         answered.add(item.outbox_id)
         try:
             await recorder.record(result)
-            self._count(item, result)
+            self.reporter.counted(item, result)
         except Exception as exc:  # the lease expires and another attempt follows
-            log.error("could not record outcome", outbox_id=item.outbox_id, error=describe(exc))
+            self.reporter.not_recorded(item, exc)
         finally:
             answered.discard(item.outbox_id)
         self._recorded(item.webhook_id)
@@ -509,11 +517,9 @@ class Worker:
             answered.difference_update(item.outbox_id for item in items)
         for item, result, error in zip(items, results, written, strict=True):
             if isinstance(error, BaseException):
-                log.error(
-                    "could not record outcome", outbox_id=item.outbox_id, error=describe(error)
-                )
+                self.reporter.not_recorded(item, error)
             else:
-                self._count(item, result, timed=item is items[0])
+                self.reporter.counted(item, result, timed=item is items[0])
         self._recorded(hook_id)
 
     def _recorded(self, webhook_id: int) -> None:
@@ -571,7 +577,7 @@ class Worker:
                     superseded=superseded or None,
                     leased_at=min(item.leased_at for item in sent),
                 )
-                self._breaker(sent[0], outcome)
+                self.reporter.turned(sent[0].webhook_id, outcome)
                 jitter = random.uniform(0.8, 1.2)
                 decided = [(item, *policy.after(outcome, item.attempt, jitter)) for item in sent]
                 # The batch's changes that go on are due again together, after the longest of
@@ -585,7 +591,7 @@ class Worker:
                     )
                 going_on = [item for item, status, _ in decided if status == "pending"]
                 shown = going_on[0] if going_on else sent[0]
-                self._log_batch(sent, results[shown.outbox_id])
+                self.reporter.batch(sent, results[shown.outbox_id])
         return [results[item.outbox_id] for item in items]
 
     def _waits_whole(
@@ -606,7 +612,7 @@ class Worker:
             item.outbox_id: Result.of(item, status, retry_in if status == "pending" else 0, outcome)
             for item, status, _ in decided
         }
-        self._log_batch(items, results[items[0].outbox_id])
+        self.reporter.batch(items, results[items[0].outbox_id])
         return results
 
     def _alone(self, item: Claimed, policy: RetryPolicy, why: str) -> Result:
@@ -614,7 +620,7 @@ class Worker:
         outcome = Outcome.not_sent(reason(why), permanent=True)
         status, retry_in = policy.after(outcome, item.attempt, 1.0)
         result = Result.of(item, status, retry_in, outcome)
-        self._log(item, result)
+        self.reporter.attempt(item, result)
         return result
 
     @staticmethod
@@ -677,24 +683,6 @@ class Worker:
         return await self.renders.request(
             hook, batch, timestamp=int(time.time()), delivery_id=delivery_id
         )
-
-    def _log_batch(self, items: list[Claimed], result: Result) -> None:
-        """One line per attempt at a batch: which changes it carried, and what became of it."""
-        outcome = result.outcome
-        fields: dict[str, Any] = {
-            "batch_id": items[0].batch_id,
-            "changes": len(items),
-            "first_outbox_id": items[0].outbox_id,
-            "last_outbox_id": items[-1].outbox_id,
-            "webhook": self._webhook_name(items[0].webhook_id),
-            "attempt": items[0].number,
-            "status_code": outcome.status,
-            "duration_ms": round(outcome.duration * 1000, 1),
-        }
-        if result.status == "pending":
-            fields["next_attempt_in_s"] = round(result.retry_in, 1)
-        word = {"delivered": "delivered", "pending": "retrying"}.get(result.status, "failed")
-        _said(result)("batch", **fields, outcome=word, error=outcome.error)
 
     def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
         """The webhook and rule to deliver with, or why there is none any more (or why the
@@ -823,55 +811,12 @@ class Worker:
             with contextlib.suppress(psycopg.Error):
                 await conn.close()
 
-    def _webhook_name(self, webhook_id: int) -> str:
-        return self.rules.ruleset.webhook_name(webhook_id)
-
-    def _count(self, item: Claimed, result: Result, *, timed: bool = True) -> None:
-        """Count a delivery's outcome; ``timed``: observe its attempt's duration too (once per
-        request: a batch's changes share one)."""
-        if not result.counted:
-            return
-        name = self._webhook_name(item.webhook_id)
-        outcome = "retry" if result.status == "pending" else result.status
-        self.metrics.deliveries.labels(name, outcome).inc()
-        if result.outcome.sent and timed:
-            self.metrics.attempt_seconds.labels(name).observe(result.outcome.duration)
-        if result.status == "delivered":
-            lag = time.time() - item.change.created_at.timestamp()
-            self.metrics.lag_seconds.labels(name).observe(max(lag, 0.0))
-
-    def _breaker(self, item: Claimed, outcome: Outcome) -> None:
-        """Count the outcome in the webhook's breaker; log and show when it turns."""
-        hook = item.webhook_id
-        turn = self.breaker.record(hook, ok=outcome.ok, sent=outcome.sent)
-        if turn is Turn.RESUMED:
-            log.info("webhook resumed", webhook=self._webhook_name(hook), by="circuit breaker")
-            self.metrics.paused.labels(self._webhook_name(hook)).set(0)
-        elif turn is Turn.PAUSED:
-            log.warning(
-                "webhook paused",
-                webhook=self._webhook_name(hook),
-                by="circuit breaker",
-                failures=self.breaker.consecutive(hook),
-                seconds=self.breaker.cooldown,
-                error=outcome.error,
-            )
-        if self.breaker.paused_for(hook) > 0:
-            self.metrics.paused.labels(self._webhook_name(hook)).set(1)
-
     def _exhausted(self, item: Claimed, policy: RetryPolicy) -> Result:
         """A delivery claimed once more than its webhook's max attempts allow: its last attempts
         never reported an outcome (a relay died or lost its lease while sending). It fails
         unsent, and this claim does not count, so its attempts stay at the limit."""
         why = policy.exhausted()
-        log.error(
-            "delivery",
-            outbox_id=item.outbox_id,
-            webhook=self._webhook_name(item.webhook_id),
-            attempt=item.number - 1,
-            outcome="failed",
-            error=why,
-        )
+        self.reporter.exhausted(item, why)
         outcome = Outcome.not_sent(why, permanent=True)
         return Result.of(item, "failed", 0.0, outcome, counted=False)
 
@@ -895,50 +840,11 @@ class Worker:
         outcome = Outcome.not_sent(f"not sent: {why}", permanent=False)
         return Result.of(item, "pending", seconds, outcome, counted=False)
 
-    def _log(self, item: Claimed, result: Result) -> None:
-        """One line per attempt: delivered, retrying (and when), or failed for good."""
-        outcome = result.outcome
-        fields: dict[str, Any] = {
-            "outbox_id": item.outbox_id,
-            "webhook": self._webhook_name(item.webhook_id),
-            "attempt": item.number,
-            "status_code": outcome.status,
-            "duration_ms": round(outcome.duration * 1000, 1),
-        }
-        if result.status == "pending":
-            fields["next_attempt_in_s"] = round(result.retry_in, 1)
-        outcome_word = {"delivered": "delivered", "pending": "retrying"}.get(
-            result.status, "failed"
-        )
-        _said(result)("delivery", **fields, outcome=outcome_word, error=outcome.error)
-
-    def _dead(self, paused: DeadPause) -> None:
-        """The recorder paused a webhook as dead: say so once, at warning, with how to resume,
-        and count it."""
-        log.warning(
-            "webhook paused as dead",
-            webhook=paused.name,
-            failing_since=paused.failing_since.isoformat(),
-            dead_after_s=paused.dead_after_seconds,
-            error=paused.last_error,
-            resume=f"relay webhook resume {paused.name} (its pending deliveries then go out, "
-            "in order)",
-        )
-        self.metrics.dead_pauses.labels(paused.name).inc()
-
     def _result(self, item: Claimed, policy: RetryPolicy, outcome: Outcome) -> Result:
-        self._breaker(item, outcome)
+        self.reporter.turned(item.webhook_id, outcome)
         jitter = random.uniform(0.8, 1.2)
         status, retry_in = policy.after(outcome, item.attempt, jitter)
         return Result.of(item, status, retry_in, outcome)
-
-
-def _said(result: Result) -> Any:
-    """The log level of an attempt's line: info when delivered, warning for a failed attempt
-    that will be retried, error for a change that failed for good (to that webhook)."""
-    if result.status == "delivered":
-        return log.info
-    return log.warning if result.status == "pending" else log.error
 
 
 def _passwords(dsn: str) -> list[str]:
