@@ -29,8 +29,6 @@ import os
 import random
 import socket
 import time
-from collections import defaultdict
-from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,8 +40,9 @@ from psycopg.conninfo import conninfo_to_dict
 
 from relay import sqlfiles
 from relay.db import AConn, aconnect, first_line, path_problem
-from relay.delivery import claim, related
+from relay.delivery import claim
 from relay.delivery.breaker import Breaker
+from relay.delivery.claimer import Claimer, Hold
 from relay.delivery.fanout import FanOut
 from relay.delivery.holding import Holding
 from relay.delivery.metrics import Metrics
@@ -144,14 +143,7 @@ class Worker:
             on_load=lambda rules: self.secrets.update("webhooks", rules.secrets()),
         )
         self.max_in_flight = settings.batch_size * 4
-        self._held: dict[int, int] = defaultdict(int)
-        """Per webhook: deliveries claimed and not yet answered (waiting for a slot or sent)."""
-        self._answered: dict[int, set[int]] = defaultdict(set)
-        """Per webhook: the deliveries answered (or given up) whose outcome is being written:
-        still leased, but not in flight (claim.answered_pairs)."""
         self.holding = Holding(settings)
-        self._slots: dict[int, tuple[int, asyncio.Semaphore]] = {}
-        """Per webhook: how many slots, and the semaphore that holds them."""
         self._pacing: AConn | None = None
         """The connection that takes request slots of webhooks with a rate limit (take_slot),
         opened at the first such request of a session."""
@@ -159,8 +151,9 @@ class Worker:
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self._wake = asyncio.Event()
         """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
-        self._batch_due: float | None = None
-        """When (monotonic) a batch that was not full may go: the claim loop wakes for it."""
+        self.claimer = Claimer(
+            settings, self.relay_id, self.rules, self.holding, self.breaker, self._wake.set
+        )
         self._stopping = False
         self._connected = False
         self._connected_at: float | None = None
@@ -320,8 +313,9 @@ class Worker:
         """Sleep until there may be something to claim, a helper ends, stop, or the poll
         interval (retries come due without a notification)."""
         timeout = self.settings.poll_interval
-        if self._batch_due is not None:
-            timeout = min(timeout, max(self._batch_due - time.monotonic(), 0.0))
+        due = self.claimer.batch_due
+        if due is not None:
+            timeout = min(timeout, max(due - time.monotonic(), 0.0))
         waiters = [asyncio.create_task(self._wake.wait()), asyncio.create_task(stop.wait())]
         await asyncio.wait(
             [*waiters, *helpers],
@@ -342,116 +336,33 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def _claim_round(self, store: AsyncStore, recorder: Recorder, sender: Sender) -> bool:
-        room = self.max_in_flight - len(self._in_flight)
-        batched = self.rules.ruleset.batched()
-        limited = self.rules.ruleset.limited()
-        default = claim.window(self.settings)
-        windows = {hook.id: claim.window(self.settings, hook) for hook in limited}
-        held = self.breaker.held(self._held, default, windows)
-        limit = min(room, self.settings.batch_size)
-        claimed = await self._claim(store, limit, held, batched, limited) if room else []
-        for item in claimed:
-            self._start(self._process(item, recorder, sender), [item])
-        self._batch_due = None
-        started = bool(claimed)
-        for hook in batched:
-            if len(self._in_flight) >= self.max_in_flight:
-                break
-            if held.get(hook.id, 0) < windows.get(hook.id, default):
-                items = await self._claim_batch(store, hook)
-                if items:
-                    self._start(self._process_batch(items, recorder, sender), items)
-                    started = True
-        return started
+        """Claim what the room left allows (the claimer's call), a task for each claim."""
+        return await self.claimer.claim_round(
+            store,
+            lambda: self.max_in_flight - len(self._in_flight),
+            functools.partial(self._start, recorder, sender),
+        )
 
-    def _start(self, work: Coroutine[Any, Any, None], items: list[Claimed]) -> None:
-        task = asyncio.create_task(work)
+    def _start(self, recorder: Recorder, sender: Sender, hold: Hold) -> None:
+        batch = hold.items[0].batch_id is not None
+        work = self._process_batch if batch else self._process
+        task = asyncio.create_task(work(hold, recorder, sender))
         self._in_flight.add(task)
-        task.add_done_callback(functools.partial(self._let_go, items))
+        task.add_done_callback(functools.partial(self._let_go, hold))
 
-    def _let_go(self, items: list[Claimed], task: asyncio.Task[None]) -> None:
-        """The task of a delivery (or batch) ended: its changes and body are gone, and so is
-        their room."""
+    def _let_go(self, hold: Hold, task: asyncio.Task[None]) -> None:
+        """The task of a delivery (or batch) ended: whatever it held goes back."""
         self._in_flight.discard(task)
-        held = sum(claim.held_bytes(item, self.settings.max_body_bytes) for item in items)
-        if held:
-            self.holding.give_back(items[0].webhook_id, held)
-            self._wake.set()
+        hold.release()
 
-    async def _claim(
-        self,
-        store: AsyncStore,
-        limit: int,
-        held: dict[int, int],
-        batched: list[Webhook],
-        limited: list[Webhook],
-    ) -> list[Claimed]:
-        parameters = claim.parameters(
-            limit=limit,
-            relay_id=self.relay_id,
-            settings=self.settings,
-            held=held,
-            holding=self.holding,
-            batched=[hook.id for hook in batched],
-            limited=limited,
-            answered=self._limited_answered(limited),
-        )
-        claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
-        claimed = await related.attach(store, claimed, self.rules.ruleset.webhook)
-        for item in claimed:
-            self._held[item.webhook_id] += 1
-            self._take(item)
-        return claimed
-
-    def _take(self, item: Claimed) -> None:
-        self.holding.take(item.webhook_id, claim.held_bytes(item, self.settings.max_body_bytes))
-
-    async def _claim_batch(self, store: AsyncStore, hook: Webhook) -> list[Claimed]:
-        """One batch for ``hook``, or none (then note when one that waits to fill may go)."""
-        parameters = claim.batch_parameters(
-            hook,
-            relay_id=self.relay_id,
-            settings=self.settings,
-            holding=self.holding,
-            answered=self._limited_answered([hook]),
-        )
-        items, wait = await store.claim_batch(parameters, self.rules.ruleset.models)
-        items = await related.attach(store, items, self.rules.ruleset.webhook)
-        if wait is not None:
-            due = time.monotonic() + wait
-            self._batch_due = due if self._batch_due is None else min(self._batch_due, due)
-        if items:
-            self._held[hook.id] += 1
-            for item in items:
-                self._take(item)
-        return items
-
-    def _slot(self, webhook_id: int) -> asyncio.Semaphore:
-        """The webhook's slots in this process: its concurrency (which the claim keeps across
-        relays), else RELAY_WEBHOOK_CONCURRENCY. A concurrency changed since gets new slots;
-        requests already waiting keep the old ones."""
-        size = claim.slots(self.settings, self.rules.ruleset.webhook(webhook_id))
-        kept = self._slots.get(webhook_id)
-        if kept is None or kept[0] != size:
-            kept = self._slots[webhook_id] = (size, asyncio.Semaphore(size))
-        return kept[1]
-
-    def _limited_answered(self, hooks: list[Webhook]) -> dict[int, set[int]]:
-        """What the claim may leave out of the leases it counts, for the webhooks with a
-        concurrency (the others count no leases)."""
-        return {
-            hook.id: self._answered[hook.id]
-            for hook in hooks
-            if hook.concurrency is not None and self._answered.get(hook.id)
-        }
-
-    async def _process(self, item: Claimed, recorder: Recorder, sender: Sender) -> None:
+    async def _process(self, hold: Hold, recorder: Recorder, sender: Sender) -> None:
+        item = hold.items[0]
         policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
         try:
             if item.attempt > policy.max_attempts:
                 result = self._exhausted(item, policy)
             else:
-                async with self._slot(item.webhook_id):
+                async with hold.slot():
                     if self._stopping:
                         return  # not sent: release_leases gives it back
                     paused, why = self._held_back(item.webhook_id)
@@ -466,34 +377,23 @@ class Worker:
                             result = self._result(item, policy, outcome)
                             self.reporter.attempt(item, result)
         finally:
-            # Room for another claim as soon as the receiver has answered. The delivery stays
-            # pending (so a later change to its row still waits) until its outcome is written.
-            self._held[item.webhook_id] -= 1
-            self._wake.set()
-        # Answered: no longer in flight, though leased until its outcome is written (a webhook
-        # with a concurrency counts leases across relays, all but these: claim.answered_pairs).
-        # Added before the first await, so no claim round sees it as in flight.
-        answered = self._answered[item.webhook_id]
-        answered.add(item.outbox_id)
-        try:
-            await recorder.record(result)
-            self.reporter.counted(item, result)
-        except Exception as exc:  # the lease expires and another attempt follows
-            self.reporter.not_recorded(item, exc)
-        finally:
-            answered.discard(item.outbox_id)
-        self._recorded(item.webhook_id)
+            hold.answered()
+        with hold.recording():
+            try:
+                await recorder.record(result)
+                self.reporter.counted(item, result)
+            except Exception as exc:  # the lease expires and another attempt follows
+                self.reporter.not_recorded(item, exc)
 
-    async def _process_batch(
-        self, items: list[Claimed], recorder: Recorder, sender: Sender
-    ) -> None:
+    async def _process_batch(self, hold: Hold, recorder: Recorder, sender: Sender) -> None:
         """A batch goes as one request and its outcome is each change's; a change that cannot
         go (out of attempts, too large, its rule gone, or one the template fails on alone)
         fails alone, and the rest go without it."""
-        hook_id = items[0].webhook_id
+        items = hold.items
+        hook_id = hold.webhook_id
         policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(hook_id))
         try:
-            async with self._slot(hook_id):
+            async with hold.slot():
                 if self._stopping:
                     return  # not sent: release_leases gives it back
                 paused, why = self._held_back(hook_id)
@@ -505,31 +405,16 @@ class Worker:
                     except SlotTooFar as far:
                         results = [self._put_back(item, far.seconds, far.why) for item in items]
         finally:
-            self._held[hook_id] -= 1
-            self._wake.set()
-        answered = self._answered[hook_id]  # see _process
-        answered.update(item.outbox_id for item in items)
-        try:
+            hold.answered()
+        with hold.recording():
             written = await asyncio.gather(
                 *(recorder.record(result) for result in results), return_exceptions=True
             )
-        finally:
-            answered.difference_update(item.outbox_id for item in items)
         for item, result, error in zip(items, results, written, strict=True):
             if isinstance(error, BaseException):
                 self.reporter.not_recorded(item, error)
             else:
                 self.reporter.counted(item, result, timed=item is items[0])
-        self._recorded(hook_id)
-
-    def _recorded(self, webhook_id: int) -> None:
-        """An outcome is written. For a webhook ordered by transaction or key (0026) the next
-        change of its key waited for exactly this (it is claimable only once this one is no
-        longer pending): claim now rather than at the poll interval. In row scope the wake when
-        the receiver answered is enough (other rows fill the room meanwhile)."""
-        hook = self.rules.ruleset.webhook(webhook_id)
-        if hook is not None and hook.ordering != "row":
-            self._wake.set()
 
     async def _attempt_batch(
         self, items: list[Claimed], policy: RetryPolicy, sender: Sender
