@@ -20,7 +20,7 @@ from relay.delivery import claim, related
 from relay.delivery.breaker import Breaker
 from relay.delivery.holding import Holding
 from relay.model import Webhook
-from relay.rules.watch import RuleWatcher
+from relay.rules.ruleset import RuleSet
 from relay.settings import Settings
 from relay.store import AsyncStore, Claimed
 
@@ -68,7 +68,7 @@ class Hold:
             yield
         finally:
             answered.difference_update(ids)
-        hook = self._claimer.rules.ruleset.webhook(self.webhook_id)
+        hook = self._claimer.rules().webhook(self.webhook_id)
         if hook is not None and hook.ordering != "row":
             self._claimer.wake()
 
@@ -83,14 +83,14 @@ class Hold:
 
 
 class Claimer:
-    """The claims of one relay process within what it holds. ``wake`` is called whenever room
-    is freed (the claim loop may claim again)."""
+    """The claims of one relay process within what it holds. ``rules`` gives the rules as they
+    are now; ``wake`` is called whenever room is freed (the claim loop may claim again)."""
 
     def __init__(
         self,
         settings: Settings,
         relay_id: str,
-        rules: RuleWatcher,
+        rules: Callable[[], RuleSet],
         holding: Holding,
         breaker: Breaker,
         wake: Callable[[], None],
@@ -118,15 +118,15 @@ class Claimer:
         then a batch for each batched webhook with room in its window, each ``start``-ed as it
         comes. Whether any was."""
         free = room()
-        batched = self.rules.ruleset.batched()
-        limited = self.rules.ruleset.limited()
+        batched = self.rules().batched()
+        limited = self.rules().limited()
         default = claim.window(self.settings)
         windows = {hook.id: claim.window(self.settings, hook) for hook in limited}
         held = self.breaker.held(self.counts, default, windows)
         limit = min(free, self.settings.batch_size)
         claimed = await self._claim(store, limit, held, batched, limited) if free else []
         for item in claimed:
-            start(self._take([item]))
+            start(self.take([item]))
         self.batch_due = None
         started = bool(claimed)
         for hook in batched:
@@ -135,7 +135,7 @@ class Claimer:
             if held.get(hook.id, 0) < windows.get(hook.id, default):
                 items = await self._claim_batch(store, hook)
                 if items:
-                    start(self._take(items))
+                    start(self.take(items))
                     started = True
         return started
 
@@ -143,14 +143,15 @@ class Claimer:
         """The webhook's slots in this process: its concurrency (which the claim keeps across
         relays), else RELAY_WEBHOOK_CONCURRENCY. A concurrency changed since gets new slots;
         requests already waiting keep the old ones."""
-        size = claim.slots(self.settings, self.rules.ruleset.webhook(webhook_id))
+        size = claim.slots(self.settings, self.rules().webhook(webhook_id))
         kept = self._slots.get(webhook_id)
         if kept is None or kept[0] != size:
             kept = self._slots[webhook_id] = (size, asyncio.Semaphore(size))
         return kept[1]
 
-    def _take(self, items: list[Claimed]) -> Hold:
-        """Count a claim (a delivery, or a batch) and its bytes: its hold."""
+    def take(self, items: list[Claimed]) -> Hold:
+        """Count a claim (a delivery, or a batch of a webhook's) and its bytes: the hold that
+        gives them back."""
         hold = Hold(self, items)
         self.counts[hold.webhook_id] += 1
         self.holding.take(hold.webhook_id, hold.nbytes)
@@ -174,8 +175,8 @@ class Claimer:
             limited=limited,
             answered=self._limited_answered(limited),
         )
-        claimed = await store.claim_deliveries(parameters, self.rules.ruleset.models)
-        return await related.attach(store, claimed, self.rules.ruleset.webhook)
+        claimed = await store.claim_deliveries(parameters, self.rules().models)
+        return await related.attach(store, claimed, self.rules().webhook)
 
     async def _claim_batch(self, store: AsyncStore, hook: Webhook) -> list[Claimed]:
         """One batch for ``hook``, or none (then note when one that waits to fill may go)."""
@@ -186,8 +187,8 @@ class Claimer:
             holding=self.holding,
             answered=self._limited_answered([hook]),
         )
-        items, wait = await store.claim_batch(parameters, self.rules.ruleset.models)
-        items = await related.attach(store, items, self.rules.ruleset.webhook)
+        items, wait = await store.claim_batch(parameters, self.rules().models)
+        items = await related.attach(store, items, self.rules().webhook)
         if wait is not None:
             due = time.monotonic() + wait
             self.batch_due = due if self.batch_due is None else min(self.batch_due, due)

@@ -1,32 +1,33 @@
-"""``relay run``'s worker: it runs the stages against the outbox and holds no policy of its own.
+"""``relay run``'s worker: the session's lifecycle (connect, listen, claim, idle, drain, stop);
+it holds no policy of its own.
 
 Each stage has a connection of its own, so that none waits for another: fan-out
-(relay/delivery/fanout.py) matches new changes and sweeps; the claim loop here leases due
-deliveries (relay/delivery/claim.py); one task per claimed delivery renders (relay/render/) and
-sends it (relay/delivery/send.py); the recorder writes outcomes in batches
-(relay/delivery/record.py). A fourth connection LISTENs, and the rule watcher
-(relay/rules/watch.py) keeps a fifth. When there is nothing to do, each sleeps until a NOTIFY on
-relay_outbox, the poll interval, or a stop request, whichever comes first.
+(relay/delivery/fanout.py) matches new changes and sweeps; the claimer
+(relay/delivery/claimer.py) leases due deliveries within what the relay holds; one task per
+claim runs it through the executor (relay/delivery/executor.py: rendered by relay/render/, sent
+by relay/delivery/send.py) and hands its results to the recorder, which writes outcomes in
+batches (relay/delivery/record.py); the reporter (relay/delivery/reporter.py) logs and counts
+them. A fourth connection LISTENs, and the rule watcher (relay/rules/watch.py) keeps a fifth.
+When there is nothing to do, each sleeps until a NOTIFY on relay_outbox, the poll interval, or
+a stop request, whichever comes first.
 
 Whatever one change, rule or webhook does, it costs only itself: matching is isolated per rule
-and change (relay/delivery/plan.py), each delivery's task turns any exception into an outcome
-with a one-line reason, a delivery claimed past its max attempts (its earlier attempts never
-reported back) fails instead of going out again, and an unexpected error in a whole session is
-logged and the session started again rather than ending the process. What happens to a delivery
-after an attempt is the retry policy's call (relay/delivery/policy.py), whether its webhook is
-paused for a cool-down the breaker's (relay/delivery/breaker.py); a webhook paused until resumed
-(by the operator, or by the recorder once its endpoint is dead: relay/delivery/record.py) is
-not claimed at all.
+and change (relay/delivery/plan.py), the executor turns any exception into an outcome with a
+one-line reason, a delivery claimed past its max attempts (its earlier attempts never reported
+back) fails instead of going out again, and an unexpected error in a whole session is logged
+and the session started again rather than ending the process. What happens to a delivery after
+an attempt is the retry policy's call (relay/delivery/policy.py), whether its webhook is paused
+for a cool-down the breaker's (relay/delivery/breaker.py); a webhook paused until resumed (by
+the operator, or by the recorder once its endpoint is dead: relay/delivery/record.py) is not
+claimed at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import os
-import random
 import socket
 import time
 from datetime import UTC, datetime
@@ -40,24 +41,22 @@ from psycopg.conninfo import conninfo_to_dict
 
 from relay import sqlfiles
 from relay.db import AConn, aconnect, first_line, path_problem
-from relay.delivery import claim
 from relay.delivery.breaker import Breaker
 from relay.delivery.claimer import Claimer, Hold
+from relay.delivery.executor import Executor
 from relay.delivery.fanout import FanOut
 from relay.delivery.holding import Holding
 from relay.delivery.metrics import Metrics
-from relay.delivery.policy import RetryPolicy
-from relay.delivery.record import Recorder, Result
+from relay.delivery.pacing import Pacing
+from relay.delivery.record import Recorder
 from relay.delivery.reporter import Reporter
-from relay.delivery.send import Outcome, Sender, over_limit
-from relay.model import Batch, Request, Webhook
-from relay.reasons import Secrets, describe, masking, reason
+from relay.delivery.send import Sender
+from relay.reasons import Secrets, describe, masking
 from relay.render.pool import RenderPool
-from relay.render.request import RenderError, env_values, secrets_of
-from relay.rules.ruleset import Rule
+from relay.render.request import env_values
 from relay.rules.watch import RuleWatcher
 from relay.settings import HELD_PER_CHANGE_BYTE, Settings
-from relay.store import AsyncStore, Claimed, application_name
+from relay.store import AsyncStore, application_name
 
 log = structlog.get_logger("relay.worker")
 
@@ -67,15 +66,6 @@ JIT compilation, which the planner's cost estimate for the claim query can trigg
 of a 256 ms claim. relay.schema_version: what it was built for (relay.refuse_other_releases,
 0023, refuses deliveries to a session built for another schema version, so that a relay left
 running across an upgrade stops rather than send under ids of its own making)."""
-LEASE_MARGIN = 0.2
-"""The part of a lease a request leaves for its outcome to be written: a request is cut when
-what is left of its delivery's lease falls to this (a webhook's timeout longer than the lease
-otherwise let the lease end while the request was in flight: two relays then sent to it past
-its concurrency, the same change at once)."""
-PAUSED_RECHECK_SECONDS = 1.0
-"""When a delivery put back because its webhook is paused is due again: the claims leave a
-paused webhook alone, so it waits for the resume whatever this says; 1 s lets it go at once
-after a resume, which clears the pause."""
 SESSION_SETTLED_SECONDS = 60.0
 """A session that ran this long after connecting was healthy: its failure starts a new outage
 (logged, and the next session after 0.5 s). One that fails sooner is the same outage as the
@@ -105,25 +95,14 @@ def session_problem(version: int, search_path: str, latest: int) -> str | None:
     return path_problem(search_path)
 
 
-class SlotTooFar(Exception):
-    """The request's rate-limit slot comes later than its lease allows waiting for (a slow rate
-    shared by many relays): it goes back unsent, due at its slot (the slot is lost, which only
-    slows the webhook down)."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(seconds)
-        self.seconds = seconds
-        self.why = f"rate limit: its request slot is {seconds:.1f} s away"
-
-
 class Worker:
-    """One relay process. Each claimed delivery is a task that waits for one of its webhook's
-    slots (its ``concurrency``, which the claim keeps across relays, else
-    ``webhook_concurrency``), for its rate-limit slot if it has one, sends, and hands its
-    outcome to the recorder. The claim query is told how many deliveries this process holds per
-    webhook, so a slow receiver holds only a bounded number of claims, never holds up other
-    work, and nothing waits in memory while its lease runs out. A webhook that keeps failing is
-    paused for a cool-down (each process keeps its own count)."""
+    """One relay process. Each claim (a delivery, or a batch) is a task: the executor waits for
+    one of its webhook's slots (its ``concurrency``, which the claim keeps across relays, else
+    ``webhook_concurrency``), for its rate-limit slot if it has one, and sends; the recorder
+    writes its outcome. The claimer tells the claim query how many deliveries this process
+    holds per webhook, so a slow receiver holds only a bounded number of claims, never holds up
+    other work, and nothing waits in memory while its lease runs out. A webhook that keeps
+    failing is paused for a cool-down (each process keeps its own count)."""
 
     def __init__(self, settings: Settings, dsn: str, *, relay_id: str | None = None) -> None:
         self.settings = settings
@@ -144,15 +123,17 @@ class Worker:
         )
         self.max_in_flight = settings.batch_size * 4
         self.holding = Holding(settings)
-        self._pacing: AConn | None = None
-        """The connection that takes request slots of webhooks with a rate limit (take_slot),
-        opened at the first such request of a session."""
-        self._pacing_opened = asyncio.Lock()
+        self.pacing = Pacing(self._connect, settings.lease_seconds)
         self.breaker = Breaker(settings.breaker_failures, settings.breaker_cooldown_seconds)
         self._wake = asyncio.Event()
         """Set when there may be deliveries to claim: new ones fanned out, or room freed."""
         self.claimer = Claimer(
-            settings, self.relay_id, self.rules, self.holding, self.breaker, self._wake.set
+            settings,
+            self.relay_id,
+            lambda: self.rules.ruleset,
+            self.holding,
+            self.breaker,
+            self._wake.set,
         )
         self._stopping = False
         self._connected = False
@@ -201,6 +182,15 @@ class Worker:
             async with Sender(
                 self.settings.max_body_bytes, self.settings.attempt_details
             ) as sender:
+                executor = Executor(
+                    self.settings,
+                    lambda: self.rules.ruleset,
+                    self.renders,
+                    sender,
+                    self.pacing,
+                    self.breaker,
+                    self.reporter,
+                )
                 while not stop.is_set():
                     self._connected, self._connected_at = False, None
                     try:
@@ -209,7 +199,7 @@ class Worker:
                             watcher.result()  # the rules cannot be read: a missing grant, say
                         if stop.is_set():
                             break
-                        await self._session(stop, sender, watcher)
+                        await self._session(stop, executor, watcher)
                         continue
                     except (psycopg.OperationalError, TimeoutError) as exc:
                         if self._settled() or not outage:
@@ -238,7 +228,7 @@ class Worker:
         return connected is not None and time.monotonic() - connected >= SESSION_SETTLED_SECONDS
 
     async def _session(
-        self, stop: asyncio.Event, sender: Sender, watcher: asyncio.Task[None]
+        self, stop: asyncio.Event, executor: Executor, watcher: asyncio.Task[None]
     ) -> None:
         """One connected stretch: claims, fan-out, outcomes and notifications, a connection
         each. Any of them failing ends the stretch (run() reconnects), and so does the rule
@@ -276,7 +266,7 @@ class Worker:
                     # Cleared before the round, not when idling: a wake-up that comes while the
                     # round runs (an outcome written, a receiver that answered) is not lost.
                     self._wake.clear()
-                    if not await self._claim_round(store, recorder, sender):
+                    if not await self._claim_round(store, recorder, executor):
                         await self._idle(stop, helpers)
             finally:
                 self._stopping = True
@@ -284,7 +274,7 @@ class Worker:
                 for helper in helpers:
                     helper.cancel()
                 await asyncio.gather(*helpers, return_exceptions=True)
-                await self._close_pacing()
+                await self.pacing.close()
             await store.release_leases(self.relay_id)
             log.info("relay stopped", relay_id=self.relay_id)
 
@@ -335,18 +325,16 @@ class Worker:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _claim_round(self, store: AsyncStore, recorder: Recorder, sender: Sender) -> bool:
+    async def _claim_round(self, store: AsyncStore, recorder: Recorder, executor: Executor) -> bool:
         """Claim what the room left allows (the claimer's call), a task for each claim."""
         return await self.claimer.claim_round(
             store,
             lambda: self.max_in_flight - len(self._in_flight),
-            functools.partial(self._start, recorder, sender),
+            functools.partial(self._start, recorder, executor),
         )
 
-    def _start(self, recorder: Recorder, sender: Sender, hold: Hold) -> None:
-        batch = hold.items[0].batch_id is not None
-        work = self._process_batch if batch else self._process
-        task = asyncio.create_task(work(hold, recorder, sender))
+    def _start(self, recorder: Recorder, executor: Executor, hold: Hold) -> None:
+        task = asyncio.create_task(self._deliver(hold, recorder, executor))
         self._in_flight.add(task)
         task.add_done_callback(functools.partial(self._let_go, hold))
 
@@ -355,381 +343,25 @@ class Worker:
         self._in_flight.discard(task)
         hold.release()
 
-    async def _process(self, hold: Hold, recorder: Recorder, sender: Sender) -> None:
-        item = hold.items[0]
-        policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(item.webhook_id))
+    async def _deliver(self, hold: Hold, recorder: Recorder, executor: Executor) -> None:
+        """One claim's task: its results (the executor's), then written and counted. The
+        claim's room is free as soon as the receiver has answered; its deliveries stay pending
+        (so a later change to a row still waits) until their outcomes are written."""
         try:
-            if item.attempt > policy.max_attempts:
-                result = self._exhausted(item, policy)
-            else:
-                async with hold.slot():
-                    if self._stopping:
-                        return  # not sent: release_leases gives it back
-                    paused, why = self._held_back(item.webhook_id)
-                    if paused > 0:
-                        result = self._put_back(item, paused, why)
-                    else:
-                        try:
-                            outcome = await self._attempt(item, sender)
-                        except SlotTooFar as far:
-                            result = self._put_back(item, far.seconds, far.why)
-                        else:
-                            result = self._result(item, policy, outcome)
-                            self.reporter.attempt(item, result)
+            results = await executor.run(hold.items, hold.slot(), lambda: self._stopping)
         finally:
             hold.answered()
-        with hold.recording():
-            try:
-                await recorder.record(result)
-                self.reporter.counted(item, result)
-            except Exception as exc:  # the lease expires and another attempt follows
-                self.reporter.not_recorded(item, exc)
-
-    async def _process_batch(self, hold: Hold, recorder: Recorder, sender: Sender) -> None:
-        """A batch goes as one request and its outcome is each change's; a change that cannot
-        go (out of attempts, too large, its rule gone, or one the template fails on alone)
-        fails alone, and the rest go without it."""
-        items = hold.items
-        hook_id = hold.webhook_id
-        policy = RetryPolicy.of(self.settings, self.rules.ruleset.webhook(hook_id))
-        try:
-            async with hold.slot():
-                if self._stopping:
-                    return  # not sent: release_leases gives it back
-                paused, why = self._held_back(hook_id)
-                if paused > 0:
-                    results = [self._put_back(item, paused, why) for item in items]
-                else:
-                    try:
-                        results = await self._attempt_batch(items, policy, sender)
-                    except SlotTooFar as far:
-                        results = [self._put_back(item, far.seconds, far.why) for item in items]
-        finally:
-            hold.answered()
+        if results is None:
+            return  # not sent: release_leases gives it back
         with hold.recording():
             written = await asyncio.gather(
                 *(recorder.record(result) for result in results), return_exceptions=True
             )
-        for item, result, error in zip(items, results, written, strict=True):
-            if isinstance(error, BaseException):
+        for item, result, error in zip(hold.items, results, written, strict=True):
+            if isinstance(error, BaseException):  # the lease expires and another attempt follows
                 self.reporter.not_recorded(item, error)
             else:
-                self.reporter.counted(item, result, timed=item is items[0])
-
-    async def _attempt_batch(
-        self, items: list[Claimed], policy: RetryPolicy, sender: Sender
-    ) -> list[Result]:
-        results: dict[int, Result] = {}
-        going: list[tuple[Claimed, Rule]] = []
-        for item in items:
-            target = self._target(item)
-            if item.attempt > policy.max_attempts:
-                results[item.outbox_id] = self._exhausted(item, policy)
-            elif isinstance(target, str):
-                results[item.outbox_id] = self._alone(item, policy, target)
-            else:
-                going.append((item, target[1]))
-        if going:
-            hook = going[0][1].webhook
-            if going[0][0].batch_again:
-                whole = await self._try_render(hook, going)
-                if isinstance(whole, str):
-                    results.update(self._waits_whole([item for item, _ in going], policy, whole))
-                request = whole if isinstance(whole, Request) else None
-                left_out: dict[int, str] = {}
-                later: set[int] = set()
-            else:
-                request, left_out, later = await self._fit_batch(hook, going)
-            for item, _ in going:
-                if item.outbox_id in left_out:
-                    results[item.outbox_id] = self._alone(item, policy, left_out[item.outbox_id])
-                elif item.outbox_id in later:
-                    results[item.outbox_id] = self._later(item)
-            sent = [item for item, _ in going if item.outbox_id not in results]
-            if sent:
-                assert request is not None, "_fit_batch gives a request whenever a change goes"
-                replayed = any(item.replay for item in sent)
-                superseded = ", ".join(
-                    f"{item.outbox_id}:{item.superseded_by}"
-                    for item in sent
-                    if item.superseded_by is not None
-                )
-                outcome = await self._send(
-                    hook,
-                    request,
-                    sender,
-                    replay=replayed,
-                    superseded=superseded or None,
-                    leased_at=min(item.leased_at for item in sent),
-                )
-                self.reporter.turned(sent[0].webhook_id, outcome)
-                jitter = random.uniform(0.8, 1.2)
-                decided = [(item, *policy.after(outcome, item.attempt, jitter)) for item in sent]
-                # The batch's changes that go on are due again together, after the longest of
-                # their delays (each change's own attempts decide whether it goes on at all).
-                retry_in = max(
-                    (wait for _, status, wait in decided if status == "pending"), default=0.0
-                )
-                for item, status, _ in decided:
-                    results[item.outbox_id] = Result.of(
-                        item, status, retry_in if status == "pending" else 0.0, outcome
-                    )
-                going_on = [item for item, status, _ in decided if status == "pending"]
-                shown = going_on[0] if going_on else sent[0]
-                self.reporter.batch(sent, results[shown.outbox_id])
-        return [results[item.outbox_id] for item in items]
-
-    def _waits_whole(
-        self, items: list[Claimed], policy: RetryPolicy, why: str
-    ) -> dict[int, Result]:
-        """A batch claimed before (its request sent under its id, as far as anyone knows) that
-        does not render whole now (RELAY_MAX_BODY_BYTES lowered, its template changed): nothing
-        goes, and it is tried again whole, as the retry policy allows. Sending a part under its
-        id would put the rest under a new one, and a receiver that dropped the ids it had
-        processed would take those changes twice."""
-        outcome = Outcome.not_sent(
-            reason(f"not sent: its batch was sent before and goes whole or not at all: {why}"),
-            permanent=False,
-        )
-        decided = [(item, *policy.after(outcome, item.attempt, 1.0)) for item in items]
-        retry_in = max((wait for _, status, wait in decided if status == "pending"), default=0.0)
-        results = {
-            item.outbox_id: Result.of(item, status, retry_in if status == "pending" else 0, outcome)
-            for item, status, _ in decided
-        }
-        self.reporter.batch(items, results[items[0].outbox_id])
-        return results
-
-    def _alone(self, item: Claimed, policy: RetryPolicy, why: str) -> Result:
-        """A change of a batch that cannot go, failed with the reason (the rest go on)."""
-        outcome = Outcome.not_sent(reason(why), permanent=True)
-        status, retry_in = policy.after(outcome, item.attempt, 1.0)
-        result = Result.of(item, status, retry_in, outcome)
-        self.reporter.attempt(item, result)
-        return result
-
-    @staticmethod
-    def _later(item: Claimed) -> Result:
-        """A change the batch had no room for: it leaves the batch unsent and uncounted, and
-        goes in a later one."""
-        outcome = Outcome.not_sent("not sent: no room in its batch", permanent=False)
-        return Result.of(item, "pending", 0.0, outcome, counted=False, unbatch=True)
-
-    async def _fit_batch(
-        self, hook: Webhook, going: list[tuple[Claimed, Rule]]
-    ) -> tuple[Request | None, dict[int, str], set[int]]:
-        """The request for as much of the batch as renders within the sandbox's budgets and
-        fits RELAY_MAX_BODY_BYTES, from its start: the whole batch; else, when its first change
-        fails alone, that change fails (with its reason) and the rest wait for a later batch;
-        else the first half, quarter... goes and the rest waits. At most about log2(size) + 2
-        renders (each within MAX_SECONDS), so a claim never outlives its lease on them.
-        Returns the request (None when nothing goes), the changes that fail with why, and
-        those that wait."""
-
-        def rest(count: int) -> set[int]:
-            return {item.outbox_id for item, _ in going[count:]}
-
-        whole = await self._try_render(hook, going)
-        if isinstance(whole, Request):
-            return whole, {}, set()
-        first = await self._try_render(hook, going[:1]) if len(going) > 1 else whole
-        if not isinstance(first, Request):
-            return None, {going[0][0].outbox_id: first}, rest(1)
-        count = len(going) // 2
-        while count > 1:
-            part = await self._try_render(hook, going[:count])
-            if isinstance(part, Request):
-                return part, {}, rest(count)
-            count //= 2
-        return first, {}, rest(1)
-
-    async def _try_render(self, hook: Webhook, going: list[tuple[Claimed, Rule]]) -> Request | str:
-        """The batch's request, or why it cannot go (rendering failed, or its body is over
-        RELAY_MAX_BODY_BYTES)."""
-        try:
-            request = await self._render_batch(hook, going)
-        except RenderError as exc:
-            return reason(str(exc))
-        except Exception as exc:  # outside the templates: still one line, secrets out
-            return f"rendering: {describe(exc, secrets_of(hook))}"
-        size, limit = len(request.body), self.settings.max_body_bytes
-        return over_limit("body", size, limit) if size > limit else request
-
-    async def _render_batch(self, hook: Webhook, going: list[tuple[Claimed, Rule]]) -> Request:
-        batch_id = going[0][0].batch_id
-        assert batch_id is not None, "claim_batch numbers every batch it claims"
-        batch = Batch(
-            batch_id,
-            tuple(item.change for item, _ in going),
-            tuple(rule.action_data for _, rule in going),
-        )
-        delivery_id = going[0][0].batch_delivery_id
-        assert delivery_id is not None, "claim_batch draws the batch's id with its number"
-        return await self.renders.request(
-            hook, batch, timestamp=int(time.time()), delivery_id=delivery_id
-        )
-
-    def _target(self, item: Claimed) -> tuple[Webhook, Rule] | str:
-        """The webhook and rule to deliver with, or why there is none any more (or why the
-        change can never be sent)."""
-        refused = claim.refusal(item, self.settings.max_body_bytes)
-        if refused:
-            return refused
-        if item.related_problem is not None:
-            return item.related_problem
-
-        rule = self.rules.ruleset.by_id(item.rule_id)
-        if rule is None or rule.webhook.id != item.webhook_id:
-            return "the rule that sent this change here was disabled or removed"
-        if not rule.webhook.enabled:
-            return f"webhook {rule.webhook.name!r} is disabled"
-        return rule.webhook, rule
-
-    async def _attempt(self, item: Claimed, sender: Sender) -> Outcome:
-        """One attempt, ending in an outcome whatever happens. Rendering and signing depend on
-        the change and the webhook alone, so their failures are for good."""
-        hook: Webhook | None = None
-        stage = "finding its rule"
-        try:
-            target = self._target(item)
-            if isinstance(target, str):
-                return Outcome.not_sent(reason(target), permanent=True)
-            hook, rule = target
-            stage = "rendering"
-            request = await self.renders.request(
-                hook,
-                item.change,
-                rule.action_data,
-                timestamp=int(time.time()),
-                delivery_id=item.delivery_id,
-            )
-        except RenderError as exc:
-            return Outcome.not_sent(reason(str(exc)), permanent=True)
-        except Exception as exc:
-            secrets = secrets_of(hook) if hook else []
-            return Outcome.not_sent(reason(f"{stage}: {describe(exc, secrets)}"), permanent=True)
-        superseded = None if item.superseded_by is None else str(item.superseded_by)
-        return await self._send(
-            hook,
-            request,
-            sender,
-            replay=item.replay,
-            superseded=superseded,
-            leased_at=item.leased_at,
-        )
-
-    async def _send(
-        self,
-        hook: Webhook,
-        request: Request,
-        sender: Sender,
-        *,
-        replay: bool = False,
-        superseded: str | None = None,
-        leased_at: float | None = None,
-    ) -> Outcome:
-        """Send one request (a change's or a batch's); an exception that escapes the sender is
-        retried like a network error (it may not happen again). A replay says so in
-        X-Relay-Replay, and a change sent although a later change of its row was delivered
-        (the operator asked: ``--superseded``) in X-Relay-Superseded, the later change's id
-        (for a batch, ``change:later`` for each such change). Both are set here, after
-        rendering: the same change renders the same way."""
-        marks = {}
-        if replay:
-            marks["X-Relay-Replay"] = "true"
-        if superseded is not None:
-            marks["X-Relay-Superseded"] = superseded
-        if marks:
-            request = dataclasses.replace(request, headers={**request.headers, **marks})
-        try:
-            await self._pace(hook)
-        except SlotTooFar:
-            raise
-        except Exception as exc:  # no slot: not sent, and tried again like a network error
-            return Outcome.not_sent(reason(f"pacing: {describe(exc)}"), permanent=False)
-        within = None
-        if leased_at is not None:
-            # The request ends before the lease does (LEASE_MARGIN of it kept for the outcome
-            # to be written): past it, the claim counts it in flight no more and another relay
-            # may send the delivery again, a webhook's concurrency exceeded.
-            within = self.settings.lease_seconds * (1 - LEASE_MARGIN) - (
-                time.monotonic() - leased_at
-            )
-            if within <= 0:
-                return Outcome.not_sent(
-                    reason("not sent: its lease ended first (RELAY_LEASE_SECONDS)"),
-                    permanent=False,
-                )
-        try:
-            outcome = await sender.send(request, hook, within)
-        except Exception as exc:
-            why = f"sending: {describe(exc, secrets_of(hook, request))}"
-            outcome = Outcome.not_sent(why, permanent=False)
-        if outcome.error is not None:
-            outcome = dataclasses.replace(outcome, error=reason(outcome.error))
-        return outcome
-
-    async def _pace(self, hook: Webhook) -> None:
-        """Wait for the request's slot when the webhook has a rate limit: every relay takes
-        slots from the same row (take_slot), 1/rate_limit apart (RATE_SPACING of it), so the
-        limit holds across relays. Called once the request is rendered, right before it is
-        sent; a batch is one request, one slot."""
-        if hook.rate_limit is None:
-            return
-        async with self._pacing_opened:
-            if self._pacing is None or self._pacing.closed:
-                self._pacing = await self._connect()
-            conn = self._pacing
-        try:
-            wait = await AsyncStore(conn).take_slot(hook.id, claim.RATE_SPACING)
-        except psycopg.OperationalError:
-            await self._close_pacing()  # the next request connects again
-            raise
-        if wait > self.settings.lease_seconds / 2:
-            raise SlotTooFar(wait)
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-    async def _close_pacing(self) -> None:
-        conn, self._pacing = self._pacing, None
-        if conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-
-    def _exhausted(self, item: Claimed, policy: RetryPolicy) -> Result:
-        """A delivery claimed once more than its webhook's max attempts allow: its last attempts
-        never reported an outcome (a relay died or lost its lease while sending). It fails
-        unsent, and this claim does not count, so its attempts stay at the limit."""
-        why = policy.exhausted()
-        self.reporter.exhausted(item, why)
-        outcome = Outcome.not_sent(why, permanent=True)
-        return Result.of(item, "failed", 0.0, outcome, counted=False)
-
-    def _held_back(self, webhook_id: int) -> tuple[float, str]:
-        """For how long, and why, a claimed delivery of this webhook must not be sent now: the
-        breaker's pause, or the webhook's own (an operator's or a dead endpoint's), which the
-        relay learns of with the rules (announced when relay.webhooks changes) and which lasts
-        until a resume, when the claims take its deliveries again."""
-        hook = self.rules.ruleset.webhook(webhook_id)
-        if hook is not None and hook.paused:
-            return PAUSED_RECHECK_SECONDS, f"webhook {hook.name} paused"
-        return self.breaker.paused_for(webhook_id), "webhook paused by the circuit breaker"
-
-    @staticmethod
-    def _put_back(
-        item: Claimed, seconds: float, why: str = "webhook paused by the circuit breaker"
-    ) -> Result:
-        """A delivery claimed just before its webhook was paused (or whose rate-limit slot came
-        too late for its lease) goes back unsent, due when the pause ends (the slot comes), and
-        its attempt does not count."""
-        outcome = Outcome.not_sent(f"not sent: {why}", permanent=False)
-        return Result.of(item, "pending", seconds, outcome, counted=False)
-
-    def _result(self, item: Claimed, policy: RetryPolicy, outcome: Outcome) -> Result:
-        self.reporter.turned(item.webhook_id, outcome)
-        jitter = random.uniform(0.8, 1.2)
-        status, retry_in = policy.after(outcome, item.attempt, jitter)
-        return Result.of(item, status, retry_in, outcome)
+                self.reporter.counted(item, result, timed=item is hold.items[0])
 
 
 def _passwords(dsn: str) -> list[str]:
