@@ -8,7 +8,9 @@ does not); relay installed, two tracked tables, three webhooks (one delivering, 
 receiver answers 500, one paused), a real relay delivering a few hundred changes to receivers on
 127.0.0.1, attempts spread over the last hour and day for the charts, a backfill under way, and
 a person who pauses and retries through the console (the audit). Then sign-in, overview,
-webhooks, deliveries, a failed delivery's page, audit and tracked tables are saved as PNG files
+webhooks, deliveries, a failed delivery's page (its attempt's request and response), audit,
+tracked tables, a row's changes by its key, the retry of every failed delivery's preview, and,
+as relay's owner, a webhook's page (rotate, remove) and a replay's preview are saved as PNG files
 1200 pixels wide, made smaller with pngquant and optipng where they are installed.
 """
 
@@ -101,6 +103,9 @@ async def take(dsn: str, out: Path) -> list[Path]:
         return web.Response(status=500, text="crm: database is read-only for maintenance")
 
     alice = person(dsn, "alice")
+    boss = person(dsn, "boss", rights=False)  # relay's owner: edits, rotates, replays
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'GRANT postgres TO "{boss}"')
     async with receiver() as good, receiver(failing) as bad:
         with psycopg.connect(dsn, autocommit=True) as conn:
             for statement in SEED.split(";\n")[:-1]:
@@ -148,6 +153,16 @@ async def take(dsn: str, out: Path) -> list[Path]:
             taken.append(await shoot(page, out, "audit"))
             await page.goto(f"{base}/tables")
             taken.append(await shoot(page, out, "tables"))
+            await page.goto(f"{base}/deliveries?table=public.orders&key=3")
+            taken.append(await shoot(page, out, "by-key"))
+            await page.goto(f"{base}/deliveries/retry?webhook=crm-sync&status=failed")
+            taken.append(await shoot(page, out, "retry-failed"))
+            owner = await browser.new_page(viewport={"width": WIDTH, "height": 700})
+            await signed_in(owner, base, boss)
+            await owner.goto(f"{base}/webhooks/edit?name=orders-to-erp")
+            taken.append(await shoot(owner, out, "webhook"))
+            await owner.goto(f"{base}/replay?webhook=audit-archive&since=1h")
+            taken.append(await shoot(owner, out, "replay"))
             await browser.close()
     return taken
 

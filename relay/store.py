@@ -10,15 +10,15 @@ above never index a result by position or guess a column's type.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar, cast
 
 import psycopg
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import BaseRowFactory, dict_row, kwargs_row
 
 from relay import sqlfiles
 from relay.db import SEARCH_PATH, AConn, Conn
@@ -549,8 +549,55 @@ class WebhookFailures:
     attempts: int
 
 
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Rows(Generic[R]):
+    """A named query of sql/queries.sql and what each of its rows is read into: a dataclass or
+    a TypedDict, called with the row's columns by name. tests/test_queries.py holds every
+    query's columns to its type's fields, so a column renamed or dropped on one side fails
+    there, not on the one path that reads it."""
+
+    name: str
+    row: Callable[..., R]
+
+    def factory(self) -> BaseRowFactory[R]:
+        """The row factory a cursor reading this query takes."""
+        return kwargs_row(self.row)
+
+
+LIST_TRACKED = Rows("list_tracked", TrackedTable)
+LOAD_RULES = Rows("load_rules", RuleRow)
+TRACKED_COLUMNS = Rows("tracked_columns", ColumnRow)
+UNUSED_WEBHOOKS = Rows("unused_webhooks", WebhookRow)
+TRANSACTION_CHANGES = Rows("transaction_changes", FanOutRow)
+TRANSACTION_REST = Rows("transaction_rest", FanOutRow)
+REPLAY_CANDIDATES = Rows("replay_candidates", FanOutRow)
+CHANGE_HEADS = Rows("change_heads", FanOutRow)
+FAN_OUT_GAPS = Rows("fan_out_gaps", GapRow)
+RETRY_FAILED = Rows("retry_failed", Retried)
+WEBHOOK_STEERING = Rows("webhook_steering", Steering)
+WEBHOOK_DELIVERIES = Rows("webhook_deliveries", HeldDeliveries)
+TABLE_NAME = Rows("table_name", TableName)
+REPLAY_REARM = Rows("replay_rearm", Rearmed)
+ADD_REPLAY_DELIVERIES = Rows("add_replay_deliveries", Added)
+BACKFILL_PROGRESS = Rows("backfill_progress", BackfillProgress)
+CONSOLE_KEY_DELIVERIES = Rows("console_key_deliveries", DeliveryLine)
+CONSOLE_DELIVERIES = Rows("console_deliveries", DeliveryLine)
+CONSOLE_FAILED_COUNT = Rows("console_failed_count", FailedCount)
+CONSOLE_DELIVERY = Rows("console_delivery", DeliveryPage)
+CONSOLE_ATTEMPTS = Rows("console_attempts", AttemptLine)
+CONSOLE_AUDIT = Rows("console_audit", AuditLine)
+CONSOLE_ACTIVITY = Rows("console_activity", ActivityBucket)
+CONSOLE_FAILURES = Rows("console_failures", WebhookFailures)
+DEMO_OUTBOX_AFTER = Rows("demo_outbox_after", DemoChange)
+PAUSE_DEAD = Rows("pause_dead", DeadPause)
+WEBHOOK_GAUGES = Rows("webhook_gauges", WebhookGauge)
+
+
 def _fan_out_batch(
-    found: Sequence[dict[str, Any]], gaps: Sequence[dict[str, Any]], limit: int
+    found: Sequence[dict[str, Any]], gaps: Sequence[GapRow], limit: int
 ) -> FanOutBatch | None:
     """A FanOutBatch from ``changes_to_fan_out`` rows (at least one, all null but the window's
     columns when nothing was found; none when the lock is taken) and ``fan_out_gaps``."""
@@ -564,7 +611,7 @@ def _fan_out_batch(
         stored_to=first["stored_to"],
         running=first["running"],
         xmax=first["xmax"],
-        gaps=cast(list[GapRow], gaps),
+        gaps=list(gaps),
         snapshot=first.get("snapshot") or "",
     )
 
@@ -604,6 +651,14 @@ class Store:
     def _value(self, name: str, params: Mapping[str, Any] | None = None) -> Any:
         row = self.conn.execute(query(name), params).fetchone()
         return row[0] if row else None
+
+    def _all(self, rows: Rows[R], params: Mapping[str, Any] | None = None) -> list[R]:
+        with self.conn.cursor(row_factory=rows.factory()) as cur:
+            return cur.execute(query(rows.name), params).fetchall()
+
+    def _one(self, rows: Rows[R], params: Mapping[str, Any] | None = None) -> R | None:
+        with self.conn.cursor(row_factory=rows.factory()) as cur:
+            return cur.execute(query(rows.name), params).fetchone()
 
     def installed_version(self) -> int:
         """The highest migration applied, or 0 when relay is not installed."""
@@ -677,14 +732,11 @@ class Store:
 
     def tracked(self) -> list[TrackedTable]:
         """Every tracked table with how it is captured, as ``relay tracked`` lists them."""
-        with self.conn.cursor(row_factory=class_row(TrackedTable)) as cur:
-            return cur.execute(query("list_tracked")).fetchall()
+        return self._all(LIST_TRACKED)
 
     def rule_rows(self, *, everything: bool) -> list[RuleRow]:
         """Enabled rules (every rule with ``everything``), each with its webhook."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(query("load_rules"), {"everything": everything}).fetchall()
-        return cast(list[RuleRow], rows)
+        return self._all(LOAD_RULES, {"everything": everything})
 
     def models(self) -> Models:
         """Every tracked table's model name, for the rules (see :data:`Models`)."""
@@ -692,13 +744,11 @@ class Store:
 
     def tracked_columns(self) -> list[ColumnRow]:
         """Every tracked table's columns, in table order, for ``relay rules check``."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            return cast(list[ColumnRow], cur.execute(query("tracked_columns")).fetchall())
+        return self._all(TRACKED_COLUMNS)
 
     def unused_webhooks(self) -> list[WebhookRow]:
         """Webhooks no rule sends to, in ``load_rules``' columns, for ``relay rules check``."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            return cast(list[WebhookRow], cur.execute(query("unused_webhooks")).fetchall())
+        return self._all(UNUSED_WEBHOOKS)
 
     def related_problem(
         self, table: tuple[str, str], fk_column: str, nested_as: str, columns: Sequence[str]
@@ -734,9 +784,7 @@ class Store:
     def transaction_changes(self, outbox_id: int) -> list[FanOutRow]:
         """The changes of the change's transaction not fanned out yet, as fan-out reads them;
         none when the change itself has been (its grouping is then stored: :meth:`group`)."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(query("transaction_changes"), {"id": outbox_id}).fetchall()
-        return cast(list[FanOutRow], rows)
+        return self._all(TRANSACTION_CHANGES, {"id": outbox_id})
 
     def group(self, outbox_id: int) -> tuple[int | None, bool]:
         """What a webhook that coalesces makes of the change (0031): the change whose event it
@@ -767,16 +815,12 @@ class Store:
         only with ``superseded``); how many, and how many of their deliveries are superseded."""
         ids = None if change_id is None else [change_id]
         params = {"ids": ids, "since": since, "webhook": webhook, "superseded": superseded}
-        with self.conn.cursor(row_factory=class_row(Retried)) as cur:
-            found = cur.execute(query("retry_failed"), params).fetchone()
-        return found or Retried(0, 0)
+        return self._one(RETRY_FAILED, params) or Retried(0, 0)
 
     def retry_changes(self, ids: list[int], *, superseded: bool) -> Retried:
         """Re-queue these changes where they failed, as ``relay retry --id`` does each."""
         params = {"ids": ids, "since": None, "webhook": None, "superseded": superseded}
-        with self.conn.cursor(row_factory=class_row(Retried)) as cur:
-            found = cur.execute(query("retry_failed"), params).fetchone()
-        return found or Retried(0, 0)
+        return self._one(RETRY_FAILED, params) or Retried(0, 0)
 
     def purge_changes(self, seconds: float, limit: int) -> int:
         """Delete up to ``limit`` finished changes older than ``seconds``; how many went."""
@@ -798,13 +842,11 @@ class Store:
 
     def webhook_steering(self, name: str) -> Steering | None:
         """The webhook's pause and pending deliveries, or None when there is no such webhook."""
-        with self.conn.cursor(row_factory=class_row(Steering)) as cur:
-            return cur.execute(query("webhook_steering"), {"name": name}).fetchone()
+        return self._one(WEBHOOK_STEERING, {"name": name})
 
     def webhook_deliveries(self, webhook_id: int) -> HeldDeliveries:
         """How many deliveries the webhook has, by status: removing it deletes them."""
-        with self.conn.cursor(row_factory=class_row(HeldDeliveries)) as cur:
-            found = cur.execute(query("webhook_deliveries"), {"webhook_id": webhook_id}).fetchone()
+        found = self._one(WEBHOOK_DELIVERIES, {"webhook_id": webhook_id})
         assert found is not None, "an aggregate has a row"
         return found
 
@@ -829,8 +871,7 @@ class Store:
             self.conn.execute(query("names_pinned"), {"search_path": SEARCH_PATH})
         if oid is None:
             return None
-        with self.conn.cursor(row_factory=class_row(TableName)) as cur:
-            return cur.execute(query("table_name"), {"oid": oid}).fetchone()
+        return self._one(TABLE_NAME, {"oid": oid})
 
     def backfill_problem(self, table: str) -> str | None:
         """Why ``table`` cannot be backfilled (not tracked, no primary key...), or None."""
@@ -881,19 +922,13 @@ class Store:
             "busy": list(busy),
             "superseded": superseded,
         }
-        with self.conn.cursor(row_factory=class_row(Rearmed)) as cur:
-            found = cur.execute(query("replay_rearm"), params).fetchone()
-        return found or Rearmed(0, 0, 0, 0, 0)
+        return self._one(REPLAY_REARM, params) or Rearmed(0, 0, 0, 0, 0)
 
     def replay_candidates(
         self, window: Mapping[str, Any], after: int, limit: int
     ) -> list[FanOutRow]:
         """Finished changes in ``window`` the webhook has no delivery of, after id ``after``."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(
-                query("replay_candidates"), {**window, "after": after, "limit": limit}
-            ).fetchall()
-        return cast(list[FanOutRow], rows)
+        return self._all(REPLAY_CANDIDATES, {**window, "after": after, "limit": limit})
 
     def change_images(self, ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
         """The old and new images of changes, by id."""
@@ -902,9 +937,7 @@ class Store:
 
     def change_heads(self, ids: Sequence[int]) -> dict[int, FanOutRow]:
         """The first changes of coalesced groups, by id (relay/delivery/coalesce.py, again)."""
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(query("change_heads"), {"ids": list(ids)}).fetchall()
-        return {row["id"]: cast(FanOutRow, row) for row in rows}
+        return {row["id"]: row for row in self._all(CHANGE_HEADS, {"ids": list(ids)})}
 
     def add_replay_deliveries(
         self, parameters: Mapping[str, Any], *, superseded: bool = False
@@ -912,17 +945,14 @@ class Store:
         """Write deliveries a replay made (columns as relay/delivery/plan.py's Deliveries), but,
         unless ``superseded``, those superseded."""
         params = {**parameters, "superseded": superseded}
-        with self.conn.cursor(row_factory=class_row(Added)) as cur:
-            found = cur.execute(query("add_replay_deliveries"), params).fetchone()
-        return found or Added(0, 0)
+        return self._one(ADD_REPLAY_DELIVERIES, params) or Added(0, 0)
 
     def backfill_progress(
         self, table: str, where: str | None, webhook: str | None
     ) -> BackfillProgress | None:
         """The latest backfill with these arguments, or None if there was none."""
         params = {"table": table, "where": where or "", "webhook": webhook}
-        with self.conn.cursor(row_factory=class_row(BackfillProgress)) as cur:
-            return cur.execute(query("backfill_progress"), params).fetchone()
+        return self._one(BACKFILL_PROGRESS, params)
 
     def deliveries(self, wanted: DeliveryFilter, limit: int) -> LogPage:
         """A page of the console's deliveries log: newest first, looking through at most
@@ -935,8 +965,7 @@ class Store:
         params["limit"] = limit
         if wanted.keyed:
             params["after_outbox"], params["after_webhook"] = cursor
-            with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
-                return LogPage(cur.execute(query("console_key_deliveries"), params).fetchall())
+            return LogPage(self._all(CONSOLE_KEY_DELIVERIES, params))
         params["before_outbox"], params["before_webhook"] = cursor
         row = self.conn.execute(query("console_outbox_ends")).fetchone()
         first, past = (int(row[0]), int(row[1])) if row else (1, 1)
@@ -944,8 +973,7 @@ class Store:
         lowest = max(first, params["from_id"] or first)
         looked_from = max(lowest, top - SCANNED_CHANGES)
         params["from_id"] = looked_from
-        with self.conn.cursor(row_factory=class_row(DeliveryLine)) as cur:
-            lines = cur.execute(query("console_deliveries"), params).fetchall()
+        lines = self._all(CONSOLE_DELIVERIES, params)
         return LogPage(lines, looked_from if looked_from > lowest else None)
 
     def failed_count(self, wanted: DeliveryFilter) -> FailedCount:
@@ -953,9 +981,7 @@ class Store:
         params = self._log_filter(wanted)
         if params is None:
             return FailedCount(0, 0, 0)
-        with self.conn.cursor(row_factory=class_row(FailedCount)) as cur:
-            found = cur.execute(query("console_failed_count"), params).fetchone()
-        return found or FailedCount(0, 0, 0)
+        return self._one(CONSOLE_FAILED_COUNT, params) or FailedCount(0, 0, 0)
 
     def failed_changes(self, wanted: DeliveryFilter, after: int, limit: int) -> list[int]:
         """The next ``limit`` failed changes past ``after`` with a failed delivery the filter
@@ -1006,14 +1032,12 @@ class Store:
     def delivery(self, outbox_id: int, webhook_id: int) -> DeliveryPage | None:
         """One delivery with its change, or None when there is none (purged, or never made)."""
         params = {"outbox_id": outbox_id, "webhook_id": webhook_id}
-        with self.conn.cursor(row_factory=class_row(DeliveryPage)) as cur:
-            return cur.execute(query("console_delivery"), params).fetchone()
+        return self._one(CONSOLE_DELIVERY, params)
 
     def attempts(self, outbox_id: int, webhook_id: int) -> list[AttemptLine]:
         """Every attempt of one delivery, first first."""
         params = {"outbox_id": outbox_id, "webhook_id": webhook_id}
-        with self.conn.cursor(row_factory=class_row(AttemptLine)) as cur:
-            return cur.execute(query("console_attempts"), params).fetchall()
+        return self._all(CONSOLE_ATTEMPTS, params)
 
     def audit(self, action: str, target: str, detail: str, address: str) -> None:
         """Record an action done through the console, in the caller's transaction (the
@@ -1023,9 +1047,7 @@ class Store:
 
     def audit_lines(self, before: int | None, limit: int) -> list[AuditLine]:
         """A page of the console's audit, newest first."""
-        with self.conn.cursor(row_factory=class_row(AuditLine)) as cur:
-            params = {"before": before, "limit": limit}
-            return cur.execute(query("console_audit"), params).fetchall()
+        return self._all(CONSOLE_AUDIT, {"before": before, "limit": limit})
 
     def demo_pending(self) -> int:
         """Changes still pending in the whole outbox: the demo waits until the relay has dealt with
@@ -1034,8 +1056,7 @@ class Store:
 
     def demo_changes_after(self, after: int) -> list[DemoChange]:
         """Changes with an id above ``after``, oldest first: what the demo's last step recorded."""
-        with self.conn.cursor(row_factory=class_row(DemoChange)) as cur:
-            return cur.execute(query("demo_outbox_after"), {"after": after}).fetchall()
+        return self._all(DEMO_OUTBOX_AFTER, {"after": after})
 
     def demo_summary(self) -> list[tuple[int, str, str, str]]:
         """Each change of the demo, how it ended, and what became of it per webhook."""
@@ -1045,16 +1066,12 @@ class Store:
     def activity(self, unit: Literal["minute", "hour"], buckets: int) -> list[ActivityBucket]:
         """Attempts in each of the last ``buckets`` minutes or hours, the current one last,
         empty ones included."""
-        with self.conn.cursor(row_factory=class_row(ActivityBucket)) as cur:
-            step = timedelta(minutes=1) if unit == "minute" else timedelta(hours=1)
-            params = {"unit": unit, "buckets": buckets, "step": step}
-            return cur.execute(query("console_activity"), params).fetchall()
+        step = timedelta(minutes=1) if unit == "minute" else timedelta(hours=1)
+        return self._all(CONSOLE_ACTIVITY, {"unit": unit, "buckets": buckets, "step": step})
 
     def failures(self, since: datetime, limit: int) -> list[WebhookFailures]:
         """The webhooks with failed attempts since ``since``, most failures first."""
-        with self.conn.cursor(row_factory=class_row(WebhookFailures)) as cur:
-            params = {"since": since, "limit": limit}
-            return cur.execute(query("console_failures"), params).fetchall()
+        return self._all(CONSOLE_FAILURES, {"since": since, "limit": limit})
 
     def backfills(self) -> list[dict[str, Any]]:
         """Backfills under way, and those that ended in the last day (as ``relay status``)."""
@@ -1076,6 +1093,11 @@ class AsyncStore:
     async def _run(self, name: str, params: Mapping[str, Any] | None = None) -> int:
         cur = await self.conn.execute(query(name), params)
         return cur.rowcount
+
+    async def _all(self, rows: Rows[R], params: Mapping[str, Any] | None = None) -> list[R]:
+        async with self.conn.cursor(row_factory=rows.factory()) as cur:
+            await cur.execute(query(rows.name), params)
+            return await cur.fetchall()
 
     async def listen(self, *channels: Channel) -> None:
         """LISTEN on each channel: notifications then arrive on this store's connection."""
@@ -1118,9 +1140,7 @@ class AsyncStore:
 
     async def rule_rows(self) -> list[RuleRow]:
         """Enabled rules, each with its webhook."""
-        async with self.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query("load_rules"), {"everything": False})
-            return cast(list[RuleRow], await cur.fetchall())
+        return await self._all(LOAD_RULES, {"everything": False})
 
     async def models(self) -> Models:
         """Every tracked table's model name, for the rules (see :data:`Models`)."""
@@ -1159,7 +1179,7 @@ class AsyncStore:
         :meth:`batch`). None: another relay holds the fan-out lock."""
         async with (
             self.conn.cursor(row_factory=dict_row) as cur,
-            self.conn.cursor(row_factory=dict_row) as cur_gaps,
+            self.conn.cursor(row_factory=FAN_OUT_GAPS.factory()) as cur_gaps,
         ):
             await cur.execute(query("changes_to_fan_out"), {"limit": limit})
             await cur_gaps.execute(query("fan_out_gaps"))
@@ -1172,12 +1192,8 @@ class AsyncStore:
     ) -> list[FanOutRow]:
         """The changes after id ``after`` up to the last of the transactions ``txids``, visible
         in ``snapshot`` and not fanned out yet (see relay/delivery/fanout.py)."""
-        async with self.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                query("transaction_rest"),
-                {"txids": list(txids), "after": after, "snapshot": snapshot},
-            )
-            return cast(list[FanOutRow], await cur.fetchall())
+        params = {"txids": list(txids), "after": after, "snapshot": snapshot}
+        return await self._all(TRANSACTION_REST, params)
 
     async def newest_xid(self) -> int:
         """A transaction id newer than any that began before the last look (see
@@ -1196,9 +1212,7 @@ class AsyncStore:
 
     async def change_heads(self, ids: Sequence[int]) -> dict[int, FanOutRow]:
         """The first changes of coalesced groups, by id (relay/delivery/coalesce.py, again)."""
-        async with self.conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(query("change_heads"), {"ids": list(ids)})
-            return {row["id"]: cast(FanOutRow, row) for row in await cur.fetchall()}
+        return {row["id"]: row for row in await self._all(CHANGE_HEADS, {"ids": list(ids)})}
 
     async def write_plan(self, statements: Iterable[tuple[PlanStatement, dict[str, Any]]]) -> None:
         """Run a plan's statements in order. Call it inside :meth:`batch`, so that the plan is
@@ -1272,15 +1286,11 @@ class AsyncStore:
     async def pause_dead(self, ids: Sequence[int], dead_after: float) -> list[DeadPause]:
         """Pause as dead those of the webhooks ``ids`` whose endpoint still fails for longer
         than their dead_after (``dead_after``: RELAY_DEAD_AFTER_SECONDS); those it paused."""
-        async with self.conn.cursor(row_factory=class_row(DeadPause)) as cur:
-            await cur.execute(query("pause_dead"), {"ids": list(ids), "dead_after": dead_after})
-            return await cur.fetchall()
+        return await self._all(PAUSE_DEAD, {"ids": list(ids), "dead_after": dead_after})
 
     async def webhook_gauges(self) -> list[WebhookGauge]:
         """Each webhook's state, pending and leased deliveries and oldest pending age."""
-        async with self.conn.cursor(row_factory=class_row(WebhookGauge)) as cur:
-            await cur.execute(query("webhook_gauges"))
-            return await cur.fetchall()
+        return await self._all(WEBHOOK_GAUGES)
 
     async def backlog(self) -> tuple[int, float]:
         """Pending changes, and the age in seconds of the oldest."""

@@ -5,7 +5,7 @@ has the host's packages and nothing to download), sharing the host's network: th
 reaches the test PostgreSQL and the test receiver on 127.0.0.1. Sections 1 to 3 of the doc run
 as written, but for the few substitutions in ``as_tested`` (each must still match the doc, so
 doc and test change together). Needs root and systemd-nspawn (Debian: systemd-container, at
-the version of the installed systemd); without them the test is skipped with one line saying
+the version of the installed systemd); without them the tests are skipped with one line saying
 why.
 """
 
@@ -39,6 +39,9 @@ from psycopg.conninfo import conninfo_to_dict
 from relay.cli.tempcluster import scratch_database
 from relay.render import sign
 from support.receivers import Receiver, free_port, receiver
+
+pytestmark = pytest.mark.xdist_group("systemd")
+"""One container for the module: its tests go to one worker of ./test's (--dist loadgroup)."""
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "deploy.md"
@@ -340,8 +343,9 @@ HARDENING = {
 """Unit settings and the value ``systemctl show`` reports for them once systemd applied them."""
 
 
-def delivers_with_every_hardening_option(deployed: Deployment) -> None:
+def test_relay_delivers_with_every_hardening_option(deployed: Deployment) -> None:
     machine = deployed.machine
+    running(deployed)  # as docs/deploy.md's `systemctl enable --now` left it
     unit = UNIT.read_text()
     for key, value in HARDENING.items():
         assert f"\n{key}={value}\n" in unit, key
@@ -382,7 +386,7 @@ def delivers_with_every_hardening_option(deployed: Deployment) -> None:
     assert f"Overall exposure level for relay.service: {score[1]} " in verdict_line
 
 
-def start_returns_once_connected_and_waits_while_the_database_is_down(
+def test_start_returns_once_connected_and_waits_while_the_database_is_down(
     deployed: Deployment,
 ) -> None:
     machine = deployed.machine
@@ -413,7 +417,7 @@ def start_returns_once_connected_and_waits_while_the_database_is_down(
     machine.sh("systemctl stop relay@down")
 
 
-def the_watchdog_leaves_a_live_relay_alone_and_restarts_a_stopped_one(
+def test_the_watchdog_leaves_a_live_relay_alone_and_restarts_a_stopped_one(
     deployed: Deployment,
 ) -> None:
     machine = deployed.machine
@@ -455,7 +459,7 @@ def restarted(machine: Machine, before: dict[str, str], seconds: float) -> None:
     until(lambda: machine.show("relay")["ActiveState"] == "active", seconds, "active again")
 
 
-def a_killed_relay_is_restarted(deployed: Deployment) -> None:
+def test_a_killed_relay_is_restarted(deployed: Deployment) -> None:
     machine = deployed.machine
     before = running(deployed)
     since = machine.now()
@@ -465,7 +469,7 @@ def a_killed_relay_is_restarted(deployed: Deployment) -> None:
     assert readyz(deployed.metrics_port) == (200, "ready\n")
 
 
-def stop_ends_the_relay_cleanly(deployed: Deployment) -> None:
+def test_stop_ends_the_relay_cleanly(deployed: Deployment) -> None:
     machine = deployed.machine
     running(deployed)
     started = time.monotonic()
@@ -477,7 +481,14 @@ def stop_ends_the_relay_cleanly(deployed: Deployment) -> None:
     assert machine.sh("systemctl is-failed relay", check=False).stdout.strip() == "inactive"
 
 
-def a_bad_setting_exits_2_and_is_not_restarted(
+@pytest.mark.parametrize(
+    ("name", "setting", "says"),
+    [
+        ("bad-value", "RELAY_BATCH_SIZE=0", "RELAY_BATCH_SIZE"),
+        ("bad-name", "RELAY_BATCH_SIZ=100", "did you mean RELAY_BATCH_SIZE?"),
+    ],
+)
+def test_a_bad_setting_exits_2_and_is_not_restarted(
     deployed: Deployment, name: str, setting: str, says: str
 ) -> None:
     machine = deployed.machine
@@ -522,7 +533,7 @@ def sign_in_refusal(port: int, role: str) -> tuple[int, str]:
     raise AssertionError("signed in with any password")
 
 
-def the_console_serves_on_the_loopback_and_stops_cleanly(deployed: Deployment) -> None:
+def test_the_console_serves_on_the_loopback_and_stops_cleanly(deployed: Deployment) -> None:
     """deploy/relay-console.service beside the relay, with its settings from the relay's
     environment file: started, it answers its sign-in page on 127.0.0.1 and reaches the
     database the file names (as the role signing in: the shared test server trusts it, which
@@ -563,20 +574,3 @@ def the_console_serves_on_the_loopback_and_stops_cleanly(deployed: Deployment) -
         machine.sh(
             "systemctl stop relay-console; sed -i '/^RELAY_CONSOLE_LISTEN=/d' /etc/relay/relay.env"
         )
-
-
-def test_relay_under_a_real_systemd(deployed: Deployment) -> None:
-    """One test in steps, each leaving relay.service as it found it: a machine that cannot boot
-    the container says so in one line."""
-    delivers_with_every_hardening_option(deployed)
-    start_returns_once_connected_and_waits_while_the_database_is_down(deployed)
-    the_watchdog_leaves_a_live_relay_alone_and_restarts_a_stopped_one(deployed)
-    a_killed_relay_is_restarted(deployed)
-    a_bad_setting_exits_2_and_is_not_restarted(
-        deployed, "bad-value", "RELAY_BATCH_SIZE=0", "RELAY_BATCH_SIZE"
-    )
-    a_bad_setting_exits_2_and_is_not_restarted(
-        deployed, "bad-name", "RELAY_BATCH_SIZ=100", "did you mean RELAY_BATCH_SIZE?"
-    )
-    the_console_serves_on_the_loopback_and_stops_cleanly(deployed)
-    stop_ends_the_relay_cleanly(deployed)
