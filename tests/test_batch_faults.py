@@ -319,6 +319,7 @@ def test_changes_that_render_within_budget_alone_are_delivered_in_smaller_batche
     assert set(outbox_statuses(rconn)) == {"delivered"}, errors
 
 
+@pytest.mark.timing  # renders that take most of a 5 s lease: CPU beside it makes them outlive it
 def test_a_template_that_fails_for_every_change_fails_each_once_within_the_lease(
     rconn: Conn, relay_dsn: str
 ) -> None:

@@ -98,7 +98,7 @@ def test_a_lease_shorter_than_the_timeout_lets_no_second_request_in_under_concur
     receiver that answers after longer than the lease: the lease ran out while the request was
     in flight, the claim counted it no more, and a second request went to the receiver (the
     same delivery again, or the next one): two at once under a limit of one. The request's time
-    is now bounded by what is left of its lease (relay/delivery/worker.py, LEASE_MARGIN)."""
+    is now bounded by what is left of its lease (relay/delivery/executor.py, LEASE_MARGIN)."""
     rconn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
     rconn.execute("SELECT relay.track('orders')")
     spans: list[tuple[float, float]] = []
