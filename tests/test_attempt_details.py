@@ -15,7 +15,7 @@ from aiohttp import web
 
 from relay.db import Conn
 from relay.delivery import details
-from relay.reasons import MASK
+from relay.reasons import MASK, Secrets, masking
 from support.receivers import Receiver, receiver
 from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
@@ -84,6 +84,33 @@ def test_a_secret_in_the_body_is_masked_even_across_the_cut() -> None:
     across = b"x" * (details.BODY_BYTES - 5) + SECRET.encode()
     excerpt = details.body_excerpt(across, [SECRET])
     assert SECRET[:5] not in excerpt
+
+
+def test_a_body_of_secrets_brings_no_part_of_one_into_view() -> None:
+    """Masking shortens the text: the first 8 KiB of 1000 copies of a 40-character secret mask
+    to under 4 KiB, and what follows must not be the part of one that 8 KiB cut."""
+    secret = "0123456789abcdef0123456789abcdefXYZW1234"
+    excerpt = details.body_excerpt((secret * 1000).encode(), [secret])
+    assert set(excerpt) == {"*"}  # masks, the last one cut
+    assert len(excerpt.encode()) == details.BODY_BYTES
+
+
+def test_a_value_read_with_env_is_masked_in_the_url_path_as_in_headers_and_body() -> None:
+    """A URL template can put a value read with ``env`` in the path (Slack's token lives
+    there); the worker knows those values (relay.reasons.masking)."""
+    known = Secrets()
+    known.update("settings", ["T0KEN-from-env-98765"])
+    with masking(known):
+        request = details.request_details(
+            "POST",
+            "https://hooks.example/services/T0KEN-from-env-98765",
+            {"X-Route": "T0KEN-from-env-98765"},
+            b'{"t": "T0KEN-from-env-98765"}',
+            [],
+        )
+    assert request["url"] == f"https://hooks.example/services/{MASK}"
+    assert dict(request["headers"]) == {"X-Route": MASK}
+    assert request["body"] == f'{{"t": "{MASK}"}}'
 
 
 def test_what_no_column_can_hold_is_left_out() -> None:
