@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from relay.cli.tempcluster import TempCluster
@@ -391,3 +392,50 @@ def test_the_console_rights_read_no_secret_and_cannot_write_the_audit_in_another
             "SELECT actor, now() - at < interval '1 minute' FROM relay.console_audit"
         ).fetchone()
         assert row == (alice, True)
+
+
+def test_keys_and_times_postgresql_cannot_read_are_one_sentence_not_a_fault(dsn: str) -> None:
+    """Python's JSON reads NaN, Infinity, 1e999999 (as inf), a lone surrogate's escape and
+    \\u0000; PostgreSQL's jsonb reads none of them, nor numeric a number of a million digits:
+    each is a sentence above an empty log (and the retry preview's 400), never the database's
+    error."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="hook")
+    operator = person(dsn, "owner", rights=False)  # replay needs the owner's rights
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT postgres TO {}").format(sql.Identifier(operator)))
+    keys = [
+        "NaN",
+        "-Infinity",
+        "1e999999",
+        '{"id": NaN}',
+        '{"id": 1e999999}',
+        '{"id": "\\ud800"}',
+        '{"id": "a\\u0000b"}',
+        '{"id": {"nested": [true, null]}}',
+    ]
+    times = [
+        {"since": "2026-01-01T00:00+23:00"},
+        {"since": "0001-01-01T00:00+14:00", "until": "9999-12-31T23:59-14:00"},
+        {"since": "9999-12-31T23:59:59.999999-14:00"},
+        {"since": "2026-01-01T00:00+05:30:15.5"},
+    ]
+
+    async def go() -> None:
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, operator)
+            for key in keys:
+                page = await client.get(f"{base}/deliveries", params={"key": key})
+                text = await page.text()
+                assert page.status == 200, (key, text)
+                assert "The database refused" not in text, key
+                preview = await client.get(f"{base}/deliveries/retry", params={"key": key})
+                assert preview.status in (200, 400), key
+                assert "The database refused" not in await preview.text(), key
+            for when in times:
+                for path in ("/deliveries", "/replay"):
+                    page = await client.get(f"{base}{path}", params={"webhook": "hook", **when})
+                    text = await page.text()
+                    assert page.status == 200, (path, when, text[-400:])
+
+    asyncio.run(go())

@@ -120,6 +120,10 @@ def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
     composite = delivery_filter({"table": "items", "key": '{"a": 1, "b": "x"}'})
     assert composite.wanted.key_json == '{"a": 1, "b": "x"}' and composite.wanted.schema is None
     assert delivery_filter({"key": "ab-42"}).wanted.key_raw is None
+    # A text key may read NaN or 1e999999: PostgreSQL's jsonb reads neither as a number.
+    for text in ("NaN", "-Infinity", "1e999999"):
+        assert delivery_filter({"key": text}).wanted == DeliveryFilter(key_text=text), text
+    assert delivery_filter({"key": "1e3"}).wanted.key_raw == "1e3"
     assert delivery_filter({"before": "10-3"}).wanted.cursor == (10, 3)
     # An object's changes are oldest first: its pages go on after a cursor.
     assert delivery_filter({"key": "7", "after": "10-3", "before": "1-1"}).wanted.cursor == (10, 3)
@@ -133,6 +137,11 @@ def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
         ({"table": "public."}, "table: schema.table"),
         ({"key": "{oops"}, "key: a JSON object"),
         ({"key": "{}"}, "key: a JSON object"),
+        ({"key": '{"id": NaN}'}, "key: a JSON object"),
+        ({"key": '{"id": 1e999999}'}, "key: a number with an exponent past ±1000"),
+        ({"key": '{"id": [1e-2000]}'}, "key: a number with an exponent past ±1000"),
+        ({"key": '{"id": "a\\u0000"}'}, "key: a NUL character, which no key holds"),
+        ({"key": '{"\\udc00": 1}'}, "key: a lone surrogate"),
         ({"key": "x" * 1001}, "key: longer than 1000"),
         ({"webhook": "a\x00b"}, "webhook: holds a NUL"),
         ({"before": "10"}, "before: not a page"),

@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from relay.ages import parse_since
 from relay.store import DeliveryFilter
@@ -85,13 +87,16 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
     if key is not None:
         if key.startswith("{"):
             try:
-                parsed = json.loads(key)
+                parsed = _postgres_json(key)
             except (ValueError, RecursionError):
                 parsed = None
             if not isinstance(parsed, dict) or not parsed:
                 return Asked(
                     DeliveryFilter(), 'key: a JSON object of the key\'s columns ({"id": 42})'
                 )
+            unreadable = _unreadable(parsed)
+            if unreadable is not None:
+                return Asked(DeliveryFilter(), f"key: {unreadable}, which no key holds")
             # PostgreSQL reads it again, numbers with all their digits.
             wanted = replace(wanted, key_json=key)
         else:
@@ -104,13 +109,53 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
 
 
 def _json_scalar(text: str) -> bool:
-    """Whether ``text`` is a JSON number, true, false or null: how a key column of a number
-    (or boolean) type is written in a change's key."""
+    """Whether ``text`` is a JSON number, true, false or null that PostgreSQL's jsonb reads:
+    how a key column of a number (or boolean) type is written in a change's key. NaN,
+    Infinity and 1e999999 are not (a key of text may be them)."""
     try:
-        value = json.loads(text)
+        value = _postgres_json(text)
     except ValueError:
         return False
-    return not isinstance(value, str | list | dict)
+    return not isinstance(value, str | list | dict) and _unreadable(value) is None
+
+
+MOST_EXPONENT = 1000
+"""A number's exponent in a key, either way: PostgreSQL's numeric overflows past about 131072
+digits, and no key typed in 1000 characters has more than 1000."""
+
+
+def _refused_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _postgres_json(text: str) -> Any:
+    """``text`` read as JSON as PostgreSQL's jsonb reads it: without NaN and Infinity (which
+    Python's reader takes), its numbers as decimals (1e999999 is no float's inf)."""
+    return json.loads(text, parse_constant=_refused_constant, parse_float=Decimal)
+
+
+def _unreadable(value: Any) -> str | None:
+    """What in a parsed JSON value PostgreSQL's jsonb refuses (a NUL, a lone surrogate) or its
+    numeric cannot hold (an exponent past MOST_EXPONENT), or None. Walked without recursion:
+    1000 characters nest 500 deep."""
+    left = [value]
+    while left:
+        item = left.pop()
+        if isinstance(item, dict):
+            left.extend(item.keys())
+            left.extend(item.values())
+        elif isinstance(item, list):
+            left.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "a NUL character"
+            if not item.isascii() and any("\ud800" <= c <= "\udfff" for c in item):
+                return "a lone surrogate (\\ud800 to \\udfff)"
+        elif isinstance(item, int | Decimal) and not isinstance(item, bool):
+            number = Decimal(item)
+            if number and abs(number.adjusted()) > MOST_EXPONENT:
+                return f"a number with an exponent past ±{MOST_EXPONENT}"
+    return None
 
 
 REPLAY_STATUSES = ("all", "delivered", "failed")
