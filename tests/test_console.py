@@ -439,3 +439,58 @@ def test_keys_and_times_postgresql_cannot_read_are_one_sentence_not_a_fault(dsn:
                     assert page.status == 200, (path, when, text[-400:])
 
     asyncio.run(go())
+
+
+def test_the_log_finds_keys_of_every_type_and_length(dsn: str) -> None:
+    """An object's key as the log shows it finds the object whatever the key's type: a text
+    key of 1500 characters, of 3000 and of 1500 two-byte characters (their row keys are their
+    SHA-256; that one's query string is 9 KB), numeric, a composite of timestamp and bytea
+    typed in either column order, and a partitioned table's row (captured as the parent's)."""
+    long_key, longer_key, wide_key = "u" * 1500, "v" * 3000, "é" * 1500
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="hook")
+        conn.execute("CREATE TABLE docs (url text PRIMARY KEY, v int)")
+        conn.execute("CREATE TABLE amounts (n numeric PRIMARY KEY, u uuid UNIQUE)")
+        conn.execute("CREATE TABLE stamps (at timestamp, b bytea, PRIMARY KEY (at, b))")
+        conn.execute("CREATE TABLE parted (id bigint PRIMARY KEY) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (100)")
+        for table in ("docs", "amounts", "stamps", "parted"):
+            conn.execute("SELECT relay.track(%s)", (table,))
+        conn.execute(
+            "UPDATE relay.event_rules SET tables = ARRAY['public.items', 'public.docs',"
+            " 'public.amounts', 'public.stamps', 'public.parted']"
+        )
+        conn.execute(
+            "INSERT INTO docs VALUES (%s, 1), (%s, 2), (%s, 3)", (long_key, longer_key, wide_key)
+        )
+        conn.execute(
+            "INSERT INTO amounts VALUES (12345678901234567890.50,"
+            " 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11')"
+        )
+        conn.execute("INSERT INTO stamps VALUES ('2026-11-23 10:00:00.5', '\\x00ff')")
+        conn.execute("INSERT INTO parted VALUES (42)")
+    operator = person(dsn, "alice")
+
+    async def go() -> None:
+        async with running(dsn):
+            await until(lambda: _deliveries(dsn) == 6, timeout=20)
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, operator)
+            for table, key in [
+                ("public.docs", long_key),
+                ("docs", longer_key),
+                ("", wide_key),
+                ("amounts", "12345678901234567890.50"),
+                ("", '{"at": "2026-11-23T10:00:00.5", "b": "\\\\x00ff"}'),
+                ("stamps", '{"b": "\\\\x00ff", "at": "2026-11-23T10:00:00.5"}'),
+                ("parted", "42"),
+                ("", "42"),
+            ]:
+                found = await client.get(f"{base}/deliveries", params={"table": table, "key": key})
+                text = await found.text()
+                assert found.status == 200, (key[:40], text[-500:])
+                rows = re.findall(r'<td class="key">', text)
+                problem = re.findall(r'class="problem"[^>]*>([^<]*)', text)
+                assert len(rows) == 1, (table, key[:40], problem)
+
+    asyncio.run(go())

@@ -822,6 +822,12 @@ def _secure(response: web.StreamResponse) -> None:
     headers["Cache-Control"] = "no-store"
 
 
+REQUEST_LINE_BYTES = 64 * 1024
+"""The longest request line read (aiohttp's default is 8190 bytes): the log's filter travels in
+its query string, percent-encoded, and a key of filters.MAX_KEY characters takes up to 9 bytes
+each."""
+
+
 def make_app(config: Config) -> web.Application:
     """The console's application, ready for aiohttp's runner or test client."""
     console = Console(config)
@@ -851,7 +857,9 @@ def make_app(config: Config) -> web.Application:
 
 async def serve(config: Config, host: str, port: int, ready: Callable[[], None]) -> None:
     """Serve until cancelled (SIGINT, SIGTERM: the command line's loop cancels it)."""
-    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        make_app(config), access_log=None, handle_signals=False, max_line_size=REQUEST_LINE_BYTES
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

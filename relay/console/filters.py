@@ -22,7 +22,11 @@ FIELDS = ("webhook", "status", "table", "event", "since", "until", "key", "befor
 """The query string's names the log reads; the bulk retry's forms carry them on."""
 
 MAX_FIELD = 1000
-"""No filter value is longer: a key, a name or a table is never this long."""
+"""No other filter value is longer: a name, a table or a time is never this long."""
+MAX_KEY = 4000
+"""No key is longer: a text key (a URL, a path) can pass 1000 characters, and one whose JSON
+passes 2048 bytes has its SHA-256 for row key (relay/delivery/plan.py), which the log finds
+too."""
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,9 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
     the page's cursor, ``outbox_id-webhook_id``: ``before`` it for the log, newest first;
     ``after`` it for an object's key, oldest first."""
     for name in FIELDS:
-        if len(query.get(name, "")) > MAX_FIELD:
-            return Asked(DeliveryFilter(), f"{name}: longer than {MAX_FIELD} characters")
+        most = MAX_KEY if name == "key" else MAX_FIELD
+        if len(query.get(name, "")) > most:
+            return Asked(DeliveryFilter(), f"{name}: longer than {most} characters")
         if "\x00" in query.get(name, ""):
             return Asked(DeliveryFilter(), f"{name}: holds a NUL character, which no name has")
     webhook, status, table, event, key = (
@@ -114,14 +119,14 @@ def _json_scalar(text: str) -> bool:
     Infinity and 1e999999 are not (a key of text may be them)."""
     try:
         value = _postgres_json(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return not isinstance(value, str | list | dict) and _unreadable(value) is None
 
 
-MOST_EXPONENT = 1000
+MOST_EXPONENT = MAX_KEY
 """A number's exponent in a key, either way: PostgreSQL's numeric overflows past about 131072
-digits, and no key typed in 1000 characters has more than 1000."""
+digits, and no key typed in MAX_KEY characters has more."""
 
 
 def _refused_constant(name: str) -> Any:
@@ -137,7 +142,7 @@ def _postgres_json(text: str) -> Any:
 def _unreadable(value: Any) -> str | None:
     """What in a parsed JSON value PostgreSQL's jsonb refuses (a NUL, a lone surrogate) or its
     numeric cannot hold (an exponent past MOST_EXPONENT), or None. Walked without recursion:
-    1000 characters nest 500 deep."""
+    MAX_KEY characters nest 2000 deep."""
     left = [value]
     while left:
         item = left.pop()
