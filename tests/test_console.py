@@ -494,3 +494,41 @@ def test_the_log_finds_keys_of_every_type_and_length(dsn: str) -> None:
                 assert len(rows) == 1, (table, key[:40], problem)
 
     asyncio.run(go())
+
+
+def test_the_consoles_role_may_not_replay_and_nothing_changes(dsn: str) -> None:
+    """Replay needs the owner's rights (docs/console.md): the console's role gets a page
+    saying so, for the preview and for a forged confirm with its own valid token, and no
+    delivery, change or audit entry moves."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="hook", max_attempts=1)
+        conn.execute("INSERT INTO items VALUES (1, 1)")
+    alice = person(dsn, "alice")
+    state = (
+        "SELECT array_agg((d.outbox_id, d.webhook_id, d.status, d.attempts, o.status)::text)"
+        " FROM relay.deliveries d JOIN relay.outbox o ON o.id = d.outbox_id"
+    )
+
+    async def go() -> None:
+        async with running(dsn):
+            await until(lambda: _one(dsn, "SELECT status::text FROM relay.outbox") == "failed")
+        before = _one(dsn, state)
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, alice)
+            preview = await client.get(f"{base}/replay", params={"webhook": "hook", "since": "1h"})
+            assert preview.status == 403 and "may not do this" in await preview.text()
+            token = await csrf(client, base)
+            form = {"csrf": token, "webhook": "hook", "since": "1h", "status": "all"}
+            done = await client.post(f"{base}/replay", data=form)
+            text = await done.text()
+            assert done.status == 403 and f"Your role {alice} may not do this" in text
+        assert _one(dsn, state) == before
+
+    asyncio.run(go())
+    assert audit(dsn) == []
+
+
+def _one(dsn: str, statement: str) -> Any:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(statement).fetchone()
+        return row[0] if row else None
