@@ -271,3 +271,34 @@ def test_a_batchs_request_is_kept_on_the_attempt_of_each_of_its_deliveries(
     request = kept[0]["request"]
     assert header(request, "X-Relay-Batch-Size") == "3"
     assert [c["data"]["id"] for c in json.loads(request["body"])] == [1, 2, 3]
+
+
+def test_a_urls_password_echoed_back_as_basic_credentials_is_masked(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """A URL's user part goes as Authorization: Basic base64(user:password), written by the
+    HTTP client; a receiver that echoes it back (in a header or its body) shows no part of
+    it."""
+
+    async def echoing(request: web.Request) -> web.Response:
+        sent = request.headers.get("Authorization", "")
+        return web.Response(status=500, text=f"got {sent}", headers={"X-Echo": sent})
+
+    async def scenario() -> Receiver:
+        async with receiver(echoing) as r:
+            url = r.url.replace("http://", "http://bot:pw-7654321@")
+            setup(rconn, url, secret=SECRET, max_attempts=1)
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 7)")
+                await until(lambda: outbox_statuses(rconn) == ["failed"])
+            return r
+
+    r = asyncio.run(scenario())
+    basic = r.requests[0].headers["Authorization"]
+    assert basic.startswith("Basic ")
+    [(_, status, kept, row)] = attempts(rconn)
+    assert status == 500 and kept is not None
+    assert header(kept["response"], "X-Echo") == MASK
+    assert basic.split()[1] not in row and "pw-7654321" not in row
+    excerpt = rconn.execute("SELECT response_excerpt FROM relay.attempts").fetchone()
+    assert excerpt is not None and basic.split()[1] not in excerpt[0]
