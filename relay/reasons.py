@@ -62,7 +62,8 @@ def url_origin(url: str) -> str:
 
 def url_shown(url: str) -> str:
     """A webhook's URL (or URL template) as a command shows it: path kept, the user part
-    (``user:password@``: a token is often the user name) and every query value masked."""
+    (``user:password@``: a token is often the user name), every query value and the fragment
+    masked."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -75,7 +76,8 @@ def url_shown(url: str) -> str:
     query = "&".join(
         f"{part.partition('=')[0]}={MASK}" if part else part for part in parts.query.split("&")
     )
-    return parts._replace(netloc=netloc, query=query).geturl()
+    fragment = MASK if parts.fragment else ""  # never sent; a token is often kept there
+    return parts._replace(netloc=netloc, query=query, fragment=fragment).geturl()
 
 
 class Secrets:

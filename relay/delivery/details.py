@@ -7,12 +7,11 @@ sign a request or call the endpoint as relay does: the value of a signature head
 Proxy-Authorization, Cookie and Set-Cookie, of any header whose name says it is a credential
 (:func:`relay.reasons.sensitive`), and of any header whose value holds one of the attempt's
 secrets (the webhook's secret, its URL's password, values templates read with ``env``...) is
-kept as ``******``, whole. The URL keeps its path but not its user part nor its query values
-(:func:`relay.reasons.url_shown`), and a secret in its path is masked (one read with ``env``
-too); the body excerpt has
-those secrets masked wherever they stand and its URLs shown by their origin, as a response's
-excerpt is. Everything is text a database column and a JSON document can hold (no NUL, no
-lone surrogate).
+kept as ``******``, whole. The URL keeps its path but not its user part, its query values nor
+its fragment (:func:`relay.reasons.url_shown`), and a secret in its path is masked (one read
+with ``env`` too); the body excerpt has those secrets masked wherever they stand and its
+URLs shown by their origin, as a response's excerpt is. Everything is text a database column
+and a JSON document can hold (no NUL, no lone surrogate).
 
 Pure: no database, no network (tests/test_attempt_details.py).
 """
