@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from relay.ages import parse_since
+from relay.rules.ruleset import table_key
 from relay.store import DeliveryFilter
 
 STATUSES = ("pending", "delivered", "failed")
@@ -64,10 +65,11 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
     if event is not None and event not in EVENTS:
         return Asked(DeliveryFilter(), f"event: one of {', '.join(EVENTS)}, or any")
     schema = None
-    if table is not None and "." in table:
-        schema, table = table.split(".", 1)
-        if not schema or not table:
-            return Asked(DeliveryFilter(), "table: schema.table, or a table's name")
+    if table is not None:
+        named = _table(table, None)
+        if named is None:
+            return Asked(DeliveryFilter(), f"table: {TABLE_FORMS}, or a table's name")
+        schema, table = named
     moments = {}
     for name in ("since", "until"):
         given = _value(query, name)
@@ -111,6 +113,22 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
         return Asked(replace(wanted, cursor=cursor(query.get(name))))
     except ValueError as exc:
         return Asked(DeliveryFilter(), f"{name}: {exc}")
+
+
+TABLE_FORMS = 'schema.table (a part that holds a dot or a quote in double quotes: public."a.b")'
+"""How a table is named, as in rules and ``relay replay --table``."""
+
+
+def _table(text: str, schema: str | None) -> tuple[str | None, str] | None:
+    """The (schema, table) ``text`` names as rules and ``relay replay --table`` read it
+    (:func:`relay.rules.ruleset.table_key`): ``schema.table``, either part quoted when it holds
+    a dot or a quote; or a table's name alone (quoted likewise), in ``schema``. None for
+    neither."""
+    qualified = table_key(text)
+    if qualified is not None:
+        return qualified
+    alone = table_key(f"public.{text}")
+    return None if alone is None else (schema, alone[1])
 
 
 def _json_scalar(text: str) -> bool:
@@ -214,12 +232,12 @@ def replay_filter(query: Mapping[str, str]) -> AskedReplay:
     if until is not None and until <= since:
         return AskedReplay(None, "until: later than since, or empty")
     schema = table = None
-    named = _value(query, "table")
-    if named is not None:
-        schema, _, table = named.rpartition(".")
-        schema = schema or "public"
-        if not table:
-            return AskedReplay(None, "table: schema.table, or a table of schema public")
+    given = _value(query, "table")
+    if given is not None:
+        named = _table(given, "public")
+        if named is None:
+            return AskedReplay(None, f"table: {TABLE_FORMS}, or a table of schema public")
+        schema, table = named
     superseded = query.get("superseded") == "yes"
     return AskedReplay(ReplayAsked(webhook, since, until, schema, table, status, superseded))
 
