@@ -449,6 +449,9 @@ class FailedCount:
     changes: int
     deliveries: int
     superseded: int
+    through: int
+    """The last change counted (0: none): the confirm retries none recorded after it, so that
+    it does what the preview said and no more."""
 
 
 @dataclass(frozen=True)
@@ -952,18 +955,20 @@ class Store:
         """What retrying every failed delivery the filter matches would send again."""
         params = self._log_filter(wanted)
         if params is None:
-            return FailedCount(0, 0, 0)
+            return FailedCount(0, 0, 0, 0)
         with self.conn.cursor(row_factory=class_row(FailedCount)) as cur:
             found = cur.execute(query("console_failed_count"), params).fetchone()
-        return found or FailedCount(0, 0, 0)
+        return found or FailedCount(0, 0, 0, 0)
 
-    def failed_changes(self, wanted: DeliveryFilter, after: int, limit: int) -> list[int]:
-        """The next ``limit`` failed changes past ``after`` with a failed delivery the filter
-        matches, in id order."""
+    def failed_changes(
+        self, wanted: DeliveryFilter, after: int, limit: int, through: int | None
+    ) -> list[int]:
+        """The next ``limit`` failed changes past ``after`` (up to ``through``, None for no
+        bound) with a failed delivery the filter matches, in id order."""
         params = self._log_filter(wanted)
         if params is None:
             return []
-        params.update(after=after, limit=limit)
+        params.update(after=after, limit=limit, through=through)
         rows = self.conn.execute(query("console_failed_changes"), params).fetchall()
         return [int(row[0]) for row in rows]
 

@@ -435,12 +435,19 @@ class Console:
         if asked.problem is not None:
             raise Refused(400, asked.problem)
         count = await self.run(request, lambda store: store.failed_count(asked.wanted))
+        # The confirm does what this preview counted: the times as read now (an age such as 2h
+        # does not move on), and no change recorded after the last counted.
+        confirmed = _kept(request.query)
+        for name, moment in (("since", asked.wanted.since), ("until", asked.wanted.until)):
+            if moment is not None:
+                confirmed[name] = moment.isoformat()
+        confirmed["through"] = str(count.through)
         return self.page(
             request,
             "retry_preview.html",
             title="Retry failed deliveries",
             count=count,
-            kept=_kept(request.query),
+            kept=confirmed,
             back="/deliveries?" + urlencode(_kept(request.query)),
             chunk=RETRY_CHUNK,
             most=RETRY_MOST,
@@ -451,13 +458,14 @@ class Console:
         ``--superseded`` when ticked): their changes re-queued :data:`RETRY_CHUNK` at a time,
         each chunk in a transaction of its own with its audit entry (so a million failed
         deliveries never hold one long transaction), at most :data:`RETRY_MOST` changes a
-        press."""
+        press, none after the last change its preview counted (``through``)."""
         form = await request.post()
         query = {name: _field(form, name) or "" for name in filters.FIELDS}
         asked = filters.delivery_filter(query)
         if asked.problem is not None:
             raise Refused(400, asked.problem)
         superseded = _field(form, "superseded") == "yes"
+        through = filters.whole_number(_field(form, "through"))
         target = urlencode(_kept(query)) or "every failed delivery"
         address = self.address(request)
 
@@ -467,7 +475,7 @@ class Console:
             while taken < RETRY_MOST:
                 with store.conn.transaction():
                     chunk = min(RETRY_CHUNK, RETRY_MOST - taken)
-                    ids = store.failed_changes(asked.wanted, after, chunk)
+                    ids = store.failed_changes(asked.wanted, after, chunk, through)
                     if not ids:
                         break
                     done = store.retry_changes(ids, superseded=superseded)
