@@ -563,7 +563,10 @@ def test_a_table_whose_name_holds_a_dot_and_a_quote_is_named_as_rules_name_it(ds
                 replay = await client.get(
                     f"{base}/replay", params={"webhook": "hook", "since": "1h", "table": table}
                 )
-                assert "Would replay 1 change" in await replay.text(), table
+                text = await replay.text()
+                assert "Would replay 1 change" in text, table
+            done = await client.post(f"{base}/replay", data=_hidden(text))
+            assert "Replaying 1 change" in await done.text()
             for path in ("/deliveries", "/replay"):
                 params = {"webhook": "hook", "since": "1h", "table": 'public.odd.na"me'}
                 page = await client.get(f"{base}{path}", params=params)
@@ -593,12 +596,7 @@ def test_the_bulk_retry_does_what_its_preview_counted(dsn: str) -> None:
             )
             text = await preview.text()
             assert "Retry 1 change</button>" in text
-            form = {
-                name: html.unescape(value)
-                for name, value in re.findall(
-                    r'<input type="hidden" name="(\w+)" value="([^"]*)">', text
-                )
-            }
+            form = _hidden(text)
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute("INSERT INTO items VALUES (2, 2)")
             async with running(dsn):
@@ -608,5 +606,41 @@ def test_the_bulk_retry_does_what_its_preview_counted(dsn: str) -> None:
             assert done.status == 200, shown
             assert _one(dsn, statuses) == ["pending", "failed"]
             assert "1 change" in shown
+
+    asyncio.run(go())
+
+
+def _hidden(page: str) -> dict[str, str]:
+    """A page's hidden form fields (its confirm form's, with the CSRF token)."""
+    found = re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', page)
+    return {name: html.unescape(value) for name, value in found}
+
+
+def test_a_replay_does_what_its_preview_counted(dsn: str) -> None:
+    """A replay since 1h with no until: a change recorded after the preview is not replayed
+    by its confirm (the preview's until is its moment)."""
+    operator = person(dsn, "owner", rights=False)  # replay needs the owner's rights
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("GRANT postgres TO {}").format(sql.Identifier(operator)))
+        setup(conn, "http://127.0.0.1:9/hook", name="hook", max_attempts=1)
+        conn.execute("INSERT INTO items VALUES (1, 1)")
+    statuses = "SELECT array_agg(status::text ORDER BY id) FROM relay.outbox"
+
+    async def go() -> None:
+        async with running(dsn):
+            await until(lambda: _one(dsn, statuses) == ["failed"])
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, operator)
+            params = {"webhook": "hook", "since": "1h", "status": "failed"}
+            preview = await (await client.get(f"{base}/replay", params=params)).text()
+            assert "Would replay 1 change" in preview
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("INSERT INTO items VALUES (2, 2)")
+            async with running(dsn):
+                await until(lambda: _one(dsn, statuses) == ["failed", "failed"])
+            done = await (await client.post(f"{base}/replay", data=_hidden(preview))).text()
+            assert "Replaying 1 change" in done
+            deliveries = "SELECT array_agg(status::text ORDER BY outbox_id) FROM relay.deliveries"
+            assert _one(dsn, deliveries) == ["pending", "failed"]
 
     asyncio.run(go())

@@ -14,7 +14,8 @@ import asyncio
 import importlib.resources
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -510,8 +511,13 @@ class Console:
         the preview of what would go (a dry run: the same code, rolled back)."""
         asked = filters.replay_filter(request.query)
         preview = None
-        if asked.wanted is not None and asked.problem is None:
-            preview = await self._replay(request, asked.wanted, dry_run=True)
+        wanted = asked.wanted
+        if wanted is not None and asked.problem is None:
+            if wanted.until is None:
+                # Until now: the confirm replays what this preview counted, not a change
+                # recorded between the two.
+                wanted = replace(wanted, until=datetime.now(UTC))
+            preview = await self._replay(request, wanted, dry_run=True)
         return self.page(
             request,
             "replay.html",
@@ -519,7 +525,7 @@ class Console:
             query=request.query,
             problem=asked.problem if request.query else None,
             preview=preview,
-            confirm=_confirm(asked.wanted),
+            confirm=_confirm(wanted),
             choices=filters.REPLAY_STATUSES,
         )
 
@@ -795,7 +801,9 @@ def _confirm(wanted: filters.ReplayAsked | None) -> dict[str, str]:
         "webhook": wanted.webhook,
         "since": wanted.since.isoformat(),
         "until": wanted.until.isoformat() if wanted.until is not None else "",
-        "table": f"{wanted.schema}.{wanted.table}" if wanted.table is not None else "",
+        "table": ruleset.rule_table(wanted.schema or "public", wanted.table)
+        if wanted.table is not None
+        else "",
         "status": wanted.status,
         "superseded": "yes" if wanted.superseded else "",
     }
