@@ -113,6 +113,15 @@ def test_a_value_read_with_env_is_masked_in_the_url_path_as_in_headers_and_body(
     assert request["body"] == f'{{"t": "{MASK}"}}'
 
 
+def test_a_value_under_6_characters_is_no_secret_to_look_for_but_a_credential_is_masked() -> None:
+    """As docs/security.md says: a secret of 5 characters is not looked for in other headers
+    and the body (masking every "abcde" would make them unreadable); under a credential's
+    name, or as the signature, it is masked all the same."""
+    kept = shown({"X-Api-Key": "abcde", "X-Route": "abcde", "X-Hook-Signature": "ab"}, ["abcde"])
+    assert kept == {"X-Api-Key": MASK, "X-Route": "abcde", "X-Hook-Signature": MASK}
+    assert details.body_excerpt(b'{"r": "abcde"}', ["abcde"]) == '{"r": "abcde"}'
+
+
 def test_what_no_column_can_hold_is_left_out() -> None:
     kept = shown({"X-Odd": "a\x00b\udcffc", "X-Long": "y" * 5000})
     assert kept["X-Odd"] == "ab?c"
