@@ -148,6 +148,7 @@ digits, and no key typed in MAX_KEY characters has more."""
 
 
 def _refused_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's JSON reader takes and jsonb does not."""
     raise ValueError(f"{name} is not JSON")
 
 
