@@ -434,6 +434,9 @@ class LogPage:
 
     lines: list[DeliveryLine]
     looked_from: int | None = None
+    keyless: bool = False
+    """An object's key was asked for that fits no tracked table's primary key (no table of
+    that name has one with those columns): the page says so rather than show an empty log."""
 
 
 SCANNED_CHANGES = 100_000
@@ -933,7 +936,7 @@ class Store:
         first."""
         params = self._log_filter(wanted)
         if params is None:
-            return LogPage([])
+            return LogPage([], keyless=True)
         cursor = wanted.cursor or (None, None)
         params["limit"] = limit
         if wanted.keyed:

@@ -644,3 +644,25 @@ def test_a_replay_does_what_its_preview_counted(dsn: str) -> None:
             assert _one(dsn, deliveries) == ["pending", "failed"]
 
     asyncio.run(go())
+
+
+def test_a_key_no_tracked_tables_primary_key_fits_is_said(dsn: str) -> None:
+    """A table without a primary key has no key to find its changes by, and a composite key's
+    JSON must name its columns: the page says so, rather than show an empty log."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        setup(conn, "http://127.0.0.1:9/hook", name="hook")
+        conn.execute("CREATE TABLE events (at timestamptz, v int)")
+        conn.execute("SELECT relay.track('events')")
+    alice = person(dsn, "alice")
+
+    async def go() -> None:
+        async with serving(dsn) as base, _client() as client:
+            await sign_in(client, base, alice)
+            for table, key in [("events", "1"), ("", '{"nope": 1}'), ("public.items", "1")]:
+                page = await client.get(f"{base}/deliveries", params={"table": table, "key": key})
+                text = await page.text()
+                assert page.status == 200
+                said = "no tracked table (of that name) has a primary key of these columns"
+                assert (said in text) is (table != "public.items"), (table, key)
+
+    asyncio.run(go())

@@ -418,7 +418,7 @@ class Console:
             "deliveries.html",
             title="Deliveries",
             lines=lines,
-            problem=asked.problem,
+            problem=asked.problem or (KEYLESS if page.keyless else None),
             query=request.query,
             statuses=filters.STATUSES,
             events=filters.EVENTS,
@@ -837,6 +837,12 @@ def _secure(response: web.StreamResponse) -> None:
     headers["Referrer-Policy"] = "same-origin"
     headers["Cache-Control"] = "no-store"
 
+
+KEYLESS = (
+    "key: no tracked table (of that name) has a primary key of these columns; the changes of a"
+    " table without one are found by table and time"
+)
+"""Said above the log when an object's key fits no tracked table's primary key."""
 
 REQUEST_LINE_BYTES = 64 * 1024
 """The longest request line read (aiohttp's default is 8190 bytes): the log's filter travels in
