@@ -499,8 +499,9 @@ def test_the_log_finds_keys_of_every_type_and_length(dsn: str) -> None:
 
 def test_the_consoles_role_may_not_replay_and_nothing_changes(dsn: str) -> None:
     """Replay needs the owner's rights (docs/console.md): the console's role gets a page
-    saying so, for the preview and for a forged confirm with its own valid token, and no
-    delivery, change or audit entry moves."""
+    saying so, for the preview and for a confirm with its own valid token; a replay or a bulk
+    retry posted without the token or from another site is refused; and no delivery, change
+    or audit entry moves."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         setup(conn, "http://127.0.0.1:9/hook", name="hook", max_attempts=1)
         conn.execute("INSERT INTO items VALUES (1, 1)")
@@ -523,6 +524,15 @@ def test_the_consoles_role_may_not_replay_and_nothing_changes(dsn: str) -> None:
             done = await client.post(f"{base}/replay", data=form)
             text = await done.text()
             assert done.status == 403 and f"Your role {alice} may not do this" in text
+            retry = {"csrf": token, "status": "failed"}
+            for path, data in (("/replay", form), ("/deliveries/retry", retry)):
+                bare = {name: value for name, value in data.items() if name != "csrf"}
+                forged = await client.post(f"{base}{path}", data=bare)
+                assert forged.status == 403 and "no valid token" in await forged.text()
+                other = await client.post(
+                    f"{base}{path}", data=data, headers={"Origin": "http://evil.example"}
+                )
+                assert other.status == 403 and "another site" in await other.text()
         assert _one(dsn, state) == before
 
     asyncio.run(go())
