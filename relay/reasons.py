@@ -62,7 +62,8 @@ def url_origin(url: str) -> str:
 
 def url_shown(url: str) -> str:
     """A webhook's URL (or URL template) as a command shows it: path kept, the user part
-    (``user:password@``: a token is often the user name) and every query value masked."""
+    (``user:password@``: a token is often the user name), every query value and the fragment
+    masked."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -75,7 +76,8 @@ def url_shown(url: str) -> str:
     query = "&".join(
         f"{part.partition('=')[0]}={MASK}" if part else part for part in parts.query.split("&")
     )
-    return parts._replace(netloc=netloc, query=query).geturl()
+    fragment = MASK if parts.fragment else ""  # never sent; a token is often kept there
+    return parts._replace(netloc=netloc, query=query, fragment=fragment).geturl()
 
 
 class Secrets:
@@ -86,6 +88,8 @@ class Secrets:
     def __init__(self) -> None:
         self._by_source: dict[str, frozenset[str]] = {}
         self._pattern: re.Pattern[str] | None = None
+        self.longest = 0
+        """The length of the longest secret known."""
         self._seen: dict[str, str] = {}
         """Masked texts by text: log lines repeat the same names and words."""
 
@@ -96,6 +100,7 @@ class Secrets:
             return
         self._by_source[source] = kept
         every = sorted(set().union(*self._by_source.values()), key=len, reverse=True)
+        self.longest = len(every[0]) if every else 0
         self._pattern = re.compile("|".join(map(re.escape, every))) if every else None
         self._seen = {}
 
@@ -138,15 +143,32 @@ def redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every URL in it shown by its origin (:func:`url_origin`), and ``secrets``
-    and those the process knows (:func:`masking`) masked: what every log field and every value
-    a command shows from elsewhere goes through."""
+def masked(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with ``secrets`` and those the process knows (:func:`masking`) masked, its URLs
+    left whole: for a URL shown with its path (:func:`url_shown`), where a template may have put
+    a value read with ``env``."""
     if secrets:
         text = redact(text, secrets)
     known = _known.get()
     if known is not None:
         text = known.mask(text)
+    return text
+
+
+def longest(secrets: Iterable[str] = ()) -> int:
+    """The length of the longest of ``secrets`` and of those the process knows that
+    :func:`masked` looks for: how far back from the end of a text cut short a secret it cut
+    can start."""
+    known = _known.get()
+    given = [len(secret) for secret in secrets if len(secret) >= MIN_SECRET]
+    return max([*given, known.longest if known is not None else 0])
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every URL in it shown by its origin (:func:`url_origin`), and ``secrets``
+    and those the process knows (:func:`masking`) masked: what every log field and every value
+    a command shows from elsewhere goes through."""
+    text = masked(text, secrets)
     if "://" in text:
         text = _URL.sub(lambda m: url_origin(m.group()), text)
     return text

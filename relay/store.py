@@ -434,6 +434,9 @@ class LogPage:
 
     lines: list[DeliveryLine]
     looked_from: int | None = None
+    keyless: bool = False
+    """An object's key was asked for that fits no tracked table's primary key (no table of
+    that name has one with those columns): the page says so rather than show an empty log."""
 
 
 SCANNED_CHANGES = 100_000
@@ -449,6 +452,9 @@ class FailedCount:
     changes: int
     deliveries: int
     superseded: int
+    through: int
+    """The last change counted (0: none): the confirm retries none recorded after it, so that
+    it does what the preview said and no more."""
 
 
 @dataclass(frozen=True)
@@ -960,7 +966,7 @@ class Store:
         first."""
         params = self._log_filter(wanted)
         if params is None:
-            return LogPage([])
+            return LogPage([], keyless=True)
         cursor = wanted.cursor or (None, None)
         params["limit"] = limit
         if wanted.keyed:
@@ -980,16 +986,18 @@ class Store:
         """What retrying every failed delivery the filter matches would send again."""
         params = self._log_filter(wanted)
         if params is None:
-            return FailedCount(0, 0, 0)
-        return self._one(CONSOLE_FAILED_COUNT, params) or FailedCount(0, 0, 0)
+            return FailedCount(0, 0, 0, 0)
+        return self._one(CONSOLE_FAILED_COUNT, params) or FailedCount(0, 0, 0, 0)
 
-    def failed_changes(self, wanted: DeliveryFilter, after: int, limit: int) -> list[int]:
-        """The next ``limit`` failed changes past ``after`` with a failed delivery the filter
-        matches, in id order."""
+    def failed_changes(
+        self, wanted: DeliveryFilter, after: int, limit: int, through: int | None
+    ) -> list[int]:
+        """The next ``limit`` failed changes past ``after`` (up to ``through``, None for no
+        bound) with a failed delivery the filter matches, in id order."""
         params = self._log_filter(wanted)
         if params is None:
             return []
-        params.update(after=after, limit=limit)
+        params.update(after=after, limit=limit, through=through)
         rows = self.conn.execute(query("console_failed_changes"), params).fetchall()
         return [int(row[0]) for row in rows]
 

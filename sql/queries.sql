@@ -1882,9 +1882,11 @@ LIMIT %(limit)s;
 -- console_deliveries; `keys` NULL for any row) whose change is failed (one already re-queued
 -- is not counted again), how many changes they are (what relay retry re-queues), and how
 -- many of those deliveries are superseded (a later change of their row was delivered to the
--- webhook after them: they stay failed unless `superseded`, as with relay retry --superseded).
+-- webhook after them: they stay failed unless `superseded`, as with relay retry --superseded),
+-- and the last of those changes (`through`: the confirm retries none recorded after it).
 SELECT count(DISTINCT d.outbox_id) AS changes, count(*) AS deliveries,
-       count(*) FILTER (WHERE d.superseded_by IS NOT NULL) AS superseded
+       count(*) FILTER (WHERE d.superseded_by IS NOT NULL) AS superseded,
+       coalesce(max(d.outbox_id), 0) AS through
 FROM relay.deliveries d
 JOIN relay.webhooks w ON w.id = d.webhook_id
 JOIN relay.outbox o ON o.id = d.outbox_id
@@ -1904,14 +1906,16 @@ WHERE d.status = 'failed' AND o.status = 'failed'
 
 -- name: console_failed_changes
 -- The console's bulk retry, a chunk at a time: the next `limit` changes after `after` (in id
--- order) that console_failed_count counts; retry_failed re-queues them in a transaction of
--- their own.
+-- order) that console_failed_count counts, up to `through` (the preview's last: NULL for no
+-- bound); retry_failed re-queues them in a transaction of their own.
 SELECT DISTINCT d.outbox_id
 FROM relay.deliveries d
 JOIN relay.webhooks w ON w.id = d.webhook_id
 JOIN relay.outbox o ON o.id = d.outbox_id
 WHERE d.status = 'failed' AND o.status = 'failed' AND d.outbox_id > %(after)s
   AND o.id > %(after)s
+  AND (%(through)s::bigint IS NULL OR d.outbox_id <= %(through)s::bigint)
+  AND (%(through)s::bigint IS NULL OR o.id <= %(through)s::bigint)
   AND (%(webhook)s::text IS NULL OR w.name = %(webhook)s::text)
   AND (%(schema)s::text IS NULL OR o.schema_name = %(schema)s::text)
   AND (%(table)s::text IS NULL OR o.table_name = %(table)s::text)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from relay.db import Conn
 from relay.delivery import details
-from relay.reasons import MASK
+from relay.reasons import MASK, Secrets, masking
 from support.receivers import Receiver, receiver
 from support.worker import FAST, outbox_statuses, running, setup, sql, until
 
@@ -84,6 +84,42 @@ def test_a_secret_in_the_body_is_masked_even_across_the_cut() -> None:
     across = b"x" * (details.BODY_BYTES - 5) + SECRET.encode()
     excerpt = details.body_excerpt(across, [SECRET])
     assert SECRET[:5] not in excerpt
+
+
+def test_a_body_of_secrets_brings_no_part_of_one_into_view() -> None:
+    """Masking shortens the text: the first 8 KiB of 1000 copies of a 40-character secret mask
+    to under 4 KiB, and what follows must not be the part of one that 8 KiB cut."""
+    secret = "0123456789abcdef0123456789abcdefXYZW1234"
+    excerpt = details.body_excerpt((secret * 1000).encode(), [secret])
+    assert set(excerpt) == {"*"}  # masks, the last one cut
+    assert len(excerpt.encode()) == details.BODY_BYTES
+
+
+def test_a_value_read_with_env_is_masked_in_the_url_path_as_in_headers_and_body() -> None:
+    """A URL template can put a value read with ``env`` in the path (Slack's token lives
+    there); the worker knows those values (relay.reasons.masking)."""
+    known = Secrets()
+    known.update("settings", ["T0KEN-from-env-98765"])
+    with masking(known):
+        request = details.request_details(
+            "POST",
+            "https://hooks.example/services/T0KEN-from-env-98765",
+            {"X-Route": "T0KEN-from-env-98765"},
+            b'{"t": "T0KEN-from-env-98765"}',
+            [],
+        )
+    assert request["url"] == f"https://hooks.example/services/{MASK}"
+    assert dict(request["headers"]) == {"X-Route": MASK}
+    assert request["body"] == f'{{"t": "{MASK}"}}'
+
+
+def test_a_value_under_6_characters_is_no_secret_to_look_for_but_a_credential_is_masked() -> None:
+    """As docs/security.md says: a secret of 5 characters is not looked for in other headers
+    and the body (masking every "abcde" would make them unreadable); under a credential's
+    name, or as the signature, it is masked all the same."""
+    kept = shown({"X-Api-Key": "abcde", "X-Route": "abcde", "X-Hook-Signature": "ab"}, ["abcde"])
+    assert kept == {"X-Api-Key": MASK, "X-Route": "abcde", "X-Hook-Signature": MASK}
+    assert details.body_excerpt(b'{"r": "abcde"}', ["abcde"]) == '{"r": "abcde"}'
 
 
 def test_what_no_column_can_hold_is_left_out() -> None:
@@ -244,3 +280,34 @@ def test_a_batchs_request_is_kept_on_the_attempt_of_each_of_its_deliveries(
     request = kept[0]["request"]
     assert header(request, "X-Relay-Batch-Size") == "3"
     assert [c["data"]["id"] for c in json.loads(request["body"])] == [1, 2, 3]
+
+
+def test_a_urls_password_echoed_back_as_basic_credentials_is_masked(
+    rconn: Conn, relay_dsn: str
+) -> None:
+    """A URL's user part goes as Authorization: Basic base64(user:password), written by the
+    HTTP client; a receiver that echoes it back (in a header or its body) shows no part of
+    it."""
+
+    async def echoing(request: web.Request) -> web.Response:
+        sent = request.headers.get("Authorization", "")
+        return web.Response(status=500, text=f"got {sent}", headers={"X-Echo": sent})
+
+    async def scenario() -> Receiver:
+        async with receiver(echoing) as r:
+            url = r.url.replace("http://", "http://bot:pw-7654321@")
+            setup(rconn, url, secret=SECRET, max_attempts=1)
+            async with running(relay_dsn):
+                await sql(relay_dsn, "INSERT INTO items VALUES (1, 7)")
+                await until(lambda: outbox_statuses(rconn) == ["failed"])
+            return r
+
+    r = asyncio.run(scenario())
+    basic = r.requests[0].headers["Authorization"]
+    assert basic.startswith("Basic ")
+    [(_, status, kept, row)] = attempts(rconn)
+    assert status == 500 and kept is not None
+    assert header(kept["response"], "X-Echo") == MASK
+    assert basic.split()[1] not in row and "pw-7654321" not in row
+    excerpt = rconn.execute("SELECT response_excerpt FROM relay.attempts").fetchone()
+    assert excerpt is not None and basic.split()[1] not in excerpt[0]

@@ -322,6 +322,9 @@ def test_hostile_filter_values_are_text_and_a_bad_filter_is_one_sentence(dsn: st
             assert await page.locator("script, img").count() == 0
             assert await page.input_value("input[name=key]") == HOSTILE
             problem = page.locator(".problem")
+            await expect(problem).to_contain_text("table: schema.table (a part that holds a dot")
+            await page.fill("input[name=table]", "")
+            await page.get_by_role("button", name="Find").click()
             await expect(problem).to_have_text(
                 "since: an age (30m, 12h, 7d) or a time (2026-11-23T10:00)"
             )

@@ -120,6 +120,12 @@ def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
     composite = delivery_filter({"table": "items", "key": '{"a": 1, "b": "x"}'})
     assert composite.wanted.key_json == '{"a": 1, "b": "x"}' and composite.wanted.schema is None
     assert delivery_filter({"key": "ab-42"}).wanted.key_raw is None
+    # A text key may read NaN or 1e999999: PostgreSQL's jsonb reads neither as a number.
+    for text in ("NaN", "-Infinity", "1e999999"):
+        assert delivery_filter({"key": text}).wanted == DeliveryFilter(key_text=text), text
+    assert delivery_filter({"key": "1e3"}).wanted.key_raw == "1e3"
+    deep = "[" * 1999 + "]" * 1999  # deeper than Python's JSON reader goes: a text key
+    assert delivery_filter({"key": deep}).wanted == DeliveryFilter(key_text=deep)
     assert delivery_filter({"before": "10-3"}).wanted.cursor == (10, 3)
     # An object's changes are oldest first: its pages go on after a cursor.
     assert delivery_filter({"key": "7", "after": "10-3", "before": "1-1"}).wanted.cursor == (10, 3)
@@ -133,7 +139,13 @@ def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
         ({"table": "public."}, "table: schema.table"),
         ({"key": "{oops"}, "key: a JSON object"),
         ({"key": "{}"}, "key: a JSON object"),
-        ({"key": "x" * 1001}, "key: longer than 1000"),
+        ({"key": '{"id": NaN}'}, "key: a JSON object"),
+        ({"key": '{"id": 1e999999}'}, "key: a number with an exponent past ±4000"),
+        ({"key": '{"id": [1e-5000]}'}, "key: a number with an exponent past ±4000"),
+        ({"key": '{"id": "a\\u0000"}'}, "key: a NUL character, which no key holds"),
+        ({"key": '{"\\udc00": 1}'}, "key: a lone surrogate"),
+        ({"key": "x" * 4001}, "key: longer than 4000"),
+        ({"table": "x" * 1001}, "table: longer than 1000"),
         ({"webhook": "a\x00b"}, "webhook: holds a NUL"),
         ({"before": "10"}, "before: not a page"),
         ({"before": "1-99999999999999999999"}, "before: not a page"),
@@ -143,7 +155,8 @@ def test_the_deliveries_log_reads_its_filter_or_says_what_is_wrong() -> None:
         ({"since": "yesterday"}, "since: an age (30m, 12h, 7d) or a time"),
         ({"until": "9" * 30 + "d"}, "until: an age"),
         ({"since": "1h", "until": "2h"}, "until: later than since"),
-        ({"key": "[" * 5000 + "]" * 5000}, "key: longer than 1000"),
+        ({"key": "[" * 5000 + "]" * 5000}, "key: longer than 4000"),
+        ({"key": '{"a": ' + "[" * 1990 + "]" * 1990 + "}"}, "key: a JSON object"),
     ]:
         problem = delivery_filter(query).problem
         assert problem is not None and problem.startswith(says), (query, problem)

@@ -30,6 +30,11 @@ from relay.reasons import MASK, MAX_CHARS, Secrets, masking, reason, scrub, url_
         ("hooks.example/services/x", "hooks.example…", "hooks.example/services/x"),
         ("user:password@host/x", "user:…", f"{MASK}@host/x"),
         ("paid", "paid", "paid"),
+        (
+            "https://h.example/cb#access_token=tok-1234567",
+            "https://h.example/…",
+            f"https://h.example/cb#{MASK}",
+        ),
         ("http://[::1", "http:…", "http:…"),
         (
             "https://x.example/{{ data.id }}?key={{ 'KEY' | env }}",

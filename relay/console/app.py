@@ -14,7 +14,8 @@ import asyncio
 import importlib.resources
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
@@ -417,7 +418,7 @@ class Console:
             "deliveries.html",
             title="Deliveries",
             lines=lines,
-            problem=asked.problem,
+            problem=asked.problem or (KEYLESS if page.keyless else None),
             query=request.query,
             statuses=filters.STATUSES,
             events=filters.EVENTS,
@@ -435,12 +436,19 @@ class Console:
         if asked.problem is not None:
             raise Refused(400, asked.problem)
         count = await self.run(request, lambda store: store.failed_count(asked.wanted))
+        # The confirm does what this preview counted: the times as read now (an age such as 2h
+        # does not move on), and no change recorded after the last counted.
+        confirmed = _kept(request.query)
+        for name, moment in (("since", asked.wanted.since), ("until", asked.wanted.until)):
+            if moment is not None:
+                confirmed[name] = moment.isoformat()
+        confirmed["through"] = str(count.through)
         return self.page(
             request,
             "retry_preview.html",
             title="Retry failed deliveries",
             count=count,
-            kept=_kept(request.query),
+            kept=confirmed,
             back="/deliveries?" + urlencode(_kept(request.query)),
             chunk=RETRY_CHUNK,
             most=RETRY_MOST,
@@ -451,13 +459,14 @@ class Console:
         ``--superseded`` when ticked): their changes re-queued :data:`RETRY_CHUNK` at a time,
         each chunk in a transaction of its own with its audit entry (so a million failed
         deliveries never hold one long transaction), at most :data:`RETRY_MOST` changes a
-        press."""
+        press, none after the last change its preview counted (``through``)."""
         form = await request.post()
         query = {name: _field(form, name) or "" for name in filters.FIELDS}
         asked = filters.delivery_filter(query)
         if asked.problem is not None:
             raise Refused(400, asked.problem)
         superseded = _field(form, "superseded") == "yes"
+        through = filters.whole_number(_field(form, "through"))
         target = urlencode(_kept(query)) or "every failed delivery"
         address = self.address(request)
 
@@ -467,7 +476,7 @@ class Console:
             while taken < RETRY_MOST:
                 with store.conn.transaction():
                     chunk = min(RETRY_CHUNK, RETRY_MOST - taken)
-                    ids = store.failed_changes(asked.wanted, after, chunk)
+                    ids = store.failed_changes(asked.wanted, after, chunk, through)
                     if not ids:
                         break
                     done = store.retry_changes(ids, superseded=superseded)
@@ -502,8 +511,13 @@ class Console:
         the preview of what would go (a dry run: the same code, rolled back)."""
         asked = filters.replay_filter(request.query)
         preview = None
-        if asked.wanted is not None and asked.problem is None:
-            preview = await self._replay(request, asked.wanted, dry_run=True)
+        wanted = asked.wanted
+        if wanted is not None and asked.problem is None:
+            if wanted.until is None:
+                # Until now: the confirm replays what this preview counted, not a change
+                # recorded between the two.
+                wanted = replace(wanted, until=datetime.now(UTC))
+            preview = await self._replay(request, wanted, dry_run=True)
         return self.page(
             request,
             "replay.html",
@@ -511,7 +525,7 @@ class Console:
             query=request.query,
             problem=asked.problem if request.query else None,
             preview=preview,
-            confirm=_confirm(asked.wanted),
+            confirm=_confirm(wanted),
             choices=filters.REPLAY_STATUSES,
         )
 
@@ -787,7 +801,9 @@ def _confirm(wanted: filters.ReplayAsked | None) -> dict[str, str]:
         "webhook": wanted.webhook,
         "since": wanted.since.isoformat(),
         "until": wanted.until.isoformat() if wanted.until is not None else "",
-        "table": f"{wanted.schema}.{wanted.table}" if wanted.table is not None else "",
+        "table": ruleset.rule_table(wanted.schema or "public", wanted.table)
+        if wanted.table is not None
+        else "",
         "status": wanted.status,
         "superseded": "yes" if wanted.superseded else "",
     }
@@ -822,6 +838,18 @@ def _secure(response: web.StreamResponse) -> None:
     headers["Cache-Control"] = "no-store"
 
 
+KEYLESS = (
+    "key: no tracked table (of that name) has a primary key of these columns; the changes of a"
+    " table without one are found by table and time"
+)
+"""Said above the log when an object's key fits no tracked table's primary key."""
+
+REQUEST_LINE_BYTES = 64 * 1024
+"""The longest request line read (aiohttp's default is 8190 bytes): the log's filter travels in
+its query string, percent-encoded, and a key of filters.MAX_KEY characters takes up to 9 bytes
+each."""
+
+
 def make_app(config: Config) -> web.Application:
     """The console's application, ready for aiohttp's runner or test client."""
     console = Console(config)
@@ -851,7 +879,9 @@ def make_app(config: Config) -> web.Application:
 
 async def serve(config: Config, host: str, port: int, ready: Callable[[], None]) -> None:
     """Serve until cancelled (SIGINT, SIGTERM: the command line's loop cancels it)."""
-    runner = web.AppRunner(make_app(config), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        make_app(config), access_log=None, handle_signals=False, max_line_size=REQUEST_LINE_BYTES
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

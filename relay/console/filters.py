@@ -7,8 +7,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 from relay.ages import parse_since
+from relay.rules.ruleset import table_key
 from relay.store import DeliveryFilter
 
 STATUSES = ("pending", "delivered", "failed")
@@ -20,7 +23,11 @@ FIELDS = ("webhook", "status", "table", "event", "since", "until", "key", "befor
 """The query string's names the log reads; the bulk retry's forms carry them on."""
 
 MAX_FIELD = 1000
-"""No filter value is longer: a key, a name or a table is never this long."""
+"""No other filter value is longer: a name, a table or a time is never this long."""
+MAX_KEY = 4000
+"""No key is longer: a text key (a URL, a path) can pass 1000 characters, and one whose JSON
+passes 2048 bytes has its SHA-256 for row key (relay/delivery/plan.py), which the log finds
+too."""
 
 
 @dataclass(frozen=True)
@@ -45,8 +52,9 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
     the page's cursor, ``outbox_id-webhook_id``: ``before`` it for the log, newest first;
     ``after`` it for an object's key, oldest first."""
     for name in FIELDS:
-        if len(query.get(name, "")) > MAX_FIELD:
-            return Asked(DeliveryFilter(), f"{name}: longer than {MAX_FIELD} characters")
+        most = MAX_KEY if name == "key" else MAX_FIELD
+        if len(query.get(name, "")) > most:
+            return Asked(DeliveryFilter(), f"{name}: longer than {most} characters")
         if "\x00" in query.get(name, ""):
             return Asked(DeliveryFilter(), f"{name}: holds a NUL character, which no name has")
     webhook, status, table, event, key = (
@@ -57,10 +65,11 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
     if event is not None and event not in EVENTS:
         return Asked(DeliveryFilter(), f"event: one of {', '.join(EVENTS)}, or any")
     schema = None
-    if table is not None and "." in table:
-        schema, table = table.split(".", 1)
-        if not schema or not table:
-            return Asked(DeliveryFilter(), "table: schema.table, or a table's name")
+    if table is not None:
+        named = _table(table, None)
+        if named is None:
+            return Asked(DeliveryFilter(), f"table: {TABLE_FORMS}, or a table's name")
+        schema, table = named
     moments = {}
     for name in ("since", "until"):
         given = _value(query, name)
@@ -85,13 +94,16 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
     if key is not None:
         if key.startswith("{"):
             try:
-                parsed = json.loads(key)
+                parsed = _postgres_json(key)
             except (ValueError, RecursionError):
                 parsed = None
             if not isinstance(parsed, dict) or not parsed:
                 return Asked(
                     DeliveryFilter(), 'key: a JSON object of the key\'s columns ({"id": 42})'
                 )
+            unreadable = _unreadable(parsed)
+            if unreadable is not None:
+                return Asked(DeliveryFilter(), f"key: {unreadable}, which no key holds")
             # PostgreSQL reads it again, numbers with all their digits.
             wanted = replace(wanted, key_json=key)
         else:
@@ -103,14 +115,71 @@ def delivery_filter(query: Mapping[str, str]) -> Asked:
         return Asked(DeliveryFilter(), f"{name}: {exc}")
 
 
+TABLE_FORMS = 'schema.table (a part that holds a dot or a quote in double quotes: public."a.b")'
+"""How a table is named, as in rules and ``relay replay --table``."""
+
+
+def _table(text: str, schema: str | None) -> tuple[str | None, str] | None:
+    """The (schema, table) ``text`` names as rules and ``relay replay --table`` read it
+    (:func:`relay.rules.ruleset.table_key`): ``schema.table``, either part quoted when it holds
+    a dot or a quote; or a table's name alone (quoted likewise), in ``schema``. None for
+    neither."""
+    qualified = table_key(text)
+    if qualified is not None:
+        return qualified
+    alone = table_key(f"public.{text}")
+    return None if alone is None else (schema, alone[1])
+
+
 def _json_scalar(text: str) -> bool:
-    """Whether ``text`` is a JSON number, true, false or null: how a key column of a number
-    (or boolean) type is written in a change's key."""
+    """Whether ``text`` is a JSON number, true, false or null that PostgreSQL's jsonb reads:
+    how a key column of a number (or boolean) type is written in a change's key. NaN,
+    Infinity and 1e999999 are not (a key of text may be them)."""
     try:
-        value = json.loads(text)
-    except ValueError:
+        value = _postgres_json(text)
+    except (ValueError, RecursionError):
         return False
-    return not isinstance(value, str | list | dict)
+    return not isinstance(value, str | list | dict) and _unreadable(value) is None
+
+
+MOST_EXPONENT = MAX_KEY
+"""A number's exponent in a key, either way: PostgreSQL's numeric overflows past about 131072
+digits, and no key typed in MAX_KEY characters has more."""
+
+
+def _refused_constant(name: str) -> Any:
+    """NaN, Infinity and -Infinity, which Python's JSON reader takes and jsonb does not."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _postgres_json(text: str) -> Any:
+    """``text`` read as JSON as PostgreSQL's jsonb reads it: without NaN and Infinity (which
+    Python's reader takes), its numbers as decimals (1e999999 is no float's inf)."""
+    return json.loads(text, parse_constant=_refused_constant, parse_float=Decimal)
+
+
+def _unreadable(value: Any) -> str | None:
+    """What in a parsed JSON value PostgreSQL's jsonb refuses (a NUL, a lone surrogate) or its
+    numeric cannot hold (an exponent past MOST_EXPONENT), or None. Walked without recursion:
+    MAX_KEY characters nest 2000 deep."""
+    left = [value]
+    while left:
+        item = left.pop()
+        if isinstance(item, dict):
+            left.extend(item.keys())
+            left.extend(item.values())
+        elif isinstance(item, list):
+            left.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "a NUL character"
+            if not item.isascii() and any("\ud800" <= c <= "\udfff" for c in item):
+                return "a lone surrogate (\\ud800 to \\udfff)"
+        elif isinstance(item, int | Decimal) and not isinstance(item, bool):
+            number = Decimal(item)
+            if number and abs(number.adjusted()) > MOST_EXPONENT:
+                return f"a number with an exponent past ±{MOST_EXPONENT}"
+    return None
 
 
 REPLAY_STATUSES = ("all", "delivered", "failed")
@@ -164,12 +233,12 @@ def replay_filter(query: Mapping[str, str]) -> AskedReplay:
     if until is not None and until <= since:
         return AskedReplay(None, "until: later than since, or empty")
     schema = table = None
-    named = _value(query, "table")
-    if named is not None:
-        schema, _, table = named.rpartition(".")
-        schema = schema or "public"
-        if not table:
-            return AskedReplay(None, "table: schema.table, or a table of schema public")
+    given = _value(query, "table")
+    if given is not None:
+        named = _table(given, "public")
+        if named is None:
+            return AskedReplay(None, f"table: {TABLE_FORMS}, or a table of schema public")
+        schema, table = named
     superseded = query.get("superseded") == "yes"
     return AskedReplay(ReplayAsked(webhook, since, until, schema, table, status, superseded))
 

@@ -39,8 +39,9 @@ def reason_shown(text: str | None) -> str:
 
 
 def excerpt_shown(text: str | None) -> str:
-    """A response body's excerpt with URLs cut to their origin and known secrets masked (a
-    receiver may echo a token back); its lines kept."""
+    """A response body's excerpt with URLs cut to their origin; its lines kept. A receiver
+    may echo a token back: the relay masked the secrets it knew when it recorded the excerpt
+    (relay/delivery/send.py), for the console knows none."""
     return "" if text is None else scrub(text)
 
 

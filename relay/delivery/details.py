@@ -7,11 +7,11 @@ sign a request or call the endpoint as relay does: the value of a signature head
 Proxy-Authorization, Cookie and Set-Cookie, of any header whose name says it is a credential
 (:func:`relay.reasons.sensitive`), and of any header whose value holds one of the attempt's
 secrets (the webhook's secret, its URL's password, values templates read with ``env``...) is
-kept as ``******``, whole. The URL keeps its path but not its user part nor its query values
-(:func:`relay.reasons.url_shown`), and a secret in its path is masked; the body excerpt has
-those secrets masked wherever they stand and its URLs shown by their origin, as a response's
-excerpt is. Everything is text a database column and a JSON document can hold (no NUL, no
-lone surrogate).
+kept as ``******``, whole. The URL keeps its path but not its user part, its query values nor
+its fragment (:func:`relay.reasons.url_shown`), and a secret in its path is masked (one read
+with ``env`` too); the body excerpt has those secrets masked wherever they stand and its
+URLs shown by their origin, as a response's excerpt is. Everything is text a database column
+and a JSON document can hold (no NUL, no lone surrogate).
 
 Pure: no database, no network (tests/test_attempt_details.py).
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from relay.reasons import MASK, MIN_SECRET, redact, scrub, sensitive, url_shown
+from relay.reasons import MASK, MIN_SECRET, longest, masked, scrub, sensitive, url_shown
 
 Keep = Literal["failed", "all", "none"]
 """RELAY_ATTEMPT_DETAILS: which attempts keep their request and response headers."""
@@ -95,10 +95,17 @@ def masked_headers(headers: Iterable[tuple[str, str]], secrets: Sequence[str]) -
 
 def body_excerpt(body: bytes, secrets: Sequence[str]) -> str:
     """The body's first BODY_BYTES as text, its secrets masked: masked before it is cut, so
-    that a secret across the cut leaves no part of itself."""
-    head = scrub(body[: 2 * BODY_BYTES].decode("utf-8", errors="replace"), secrets)
-    cut = head.encode("utf-8")[:BODY_BYTES].decode("utf-8", errors="ignore")
-    return _text(cut)
+    that a secret across the cut leaves no part of itself. Masking shortens the text, so the
+    start masked is made long enough that what is kept ends well before it does: else a body
+    of secrets would bring into view the part of one cut by the end of that start."""
+    reach = 4 * longest(secrets) + 64  # a character is up to 4 bytes; a URL's origin, "/…" more
+    start = 2 * BODY_BYTES
+    while True:
+        head = scrub(body[:start].decode("utf-8", errors="replace"), secrets).encode("utf-8")
+        if start >= len(body) or len(head) >= BODY_BYTES + reach:
+            break
+        start *= 2
+    return _text(head[:BODY_BYTES].decode("utf-8", errors="ignore"))
 
 
 def request_details(
@@ -112,7 +119,7 @@ def request_details(
     masked), headers masked, the body's start and whether it was cut."""
     return {
         "method": _text(method[:20]),
-        "url": _text(redact(url_shown(url), secrets)),
+        "url": _text(masked(url_shown(url), secrets)),
         "headers": masked_headers(headers.items(), secrets),
         "body": body_excerpt(body, secrets),
         "body_bytes": len(body),

@@ -10,16 +10,17 @@ in the calling process; relay/render/pool.py runs it in processes that can be st
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from contextvars import ContextVar
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import simplejson
@@ -434,14 +435,21 @@ def _credential(value: str) -> list[str]:
 
 
 def _url_credentials(url: str) -> list[str]:
-    """The password and credential-named query values of ``url``. Not the user name: it is as
-    often a word ("webhook") that masking everywhere would make every line unreadable (it never
-    shows anyway: a URL in a reason or a log line shows no user part)."""
+    """The password and credential-named query values of ``url``, and the Authorization: Basic
+    credentials the HTTP client makes of its user part (base64 of ``user:password``, which a
+    receiver may echo back). Not the user name: it is as often a word ("webhook") that masking
+    everywhere would make every line unreadable (it never shows anyway: a URL in a reason or a
+    log line shows no user part)."""
     try:
         parts = urlsplit(url)
         found = [parts.password or ""]
     except ValueError:
         return []
+    if parts.username is not None and "{" not in parts.netloc:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        # The client writes it in Latin-1; a pair outside it is never sent.
+        with suppress(UnicodeEncodeError):
+            found.append(base64.b64encode(pair.encode("latin-1")).decode())
     for pair in parts.query.split("&"):
         name, _, value = pair.partition("=")
         if sensitive(name):

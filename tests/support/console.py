@@ -20,7 +20,7 @@ from aiohttp import web
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from relay.console.app import Config, make_app
+from relay.console.app import REQUEST_LINE_BYTES, Config, make_app
 from relay.store import Store
 from relay.tempcluster import TempCluster, find_server_binaries, start_temp_cluster
 
@@ -109,7 +109,13 @@ def _free_port() -> int:
 async def serving(dsn: str, **config: Any) -> AsyncIterator[str]:
     """The console for ``dsn`` on 127.0.0.1; its base URL."""
     app = make_app(Config(dsn=dsn, **config))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.2)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=0.2,
+        max_line_size=REQUEST_LINE_BYTES,
+    )
     await runner.setup()
     port = _free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
