@@ -1,5 +1,6 @@
 """Screenshots of relay console's main pages for docs/console.md, taken in Debian's chromium
-(driven by Playwright, as tests/test_console_browser.py does) against a seeded scratch database.
+(driven by Playwright, as tests/system/test_console_browser.py does) against a seeded scratch
+database.
 
     .venv/bin/python bench/console_screenshots.py [--out docs/console]
 

@@ -10,8 +10,9 @@ printed first). After each, once the receiver is healthy again, nothing may be l
 no relay session may have failed, and per-row order must hold at the receiver (outside
 replays), the receiver ending on the latest change of every row it heard of. The first seed
 that breaks one prints what broke and the steps it took, and the command exits 1: keep that
-seed as a case of tests/test_drain.py once it is fixed. --ordering orders both webhooks by
-transaction or by a key template (0026; tests/test_ordering.py keeps its seeds).
+seed as a case of tests/integration/test_interleavings.py once it is fixed. --ordering orders
+both webhooks by transaction or by a key template (0026; tests/integration/test_ordering_scope.py
+keeps its seeds).
 """
 
 from __future__ import annotations

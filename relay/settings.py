@@ -215,7 +215,7 @@ def _problem(error: ErrorDetails) -> str:
 
 NUMBERS = (int, float, ByteSize)
 """The types of the numeric settings: each has a range (ge and le) that PostgreSQL and Python
-can hold, and the floats are finite (tests/test_settings.py holds every field to it)."""
+can hold, and the floats are finite (tests/integration/test_settings.py holds every field to it)."""
 
 
 def _bounds(info: FieldInfo) -> tuple[float, float]:

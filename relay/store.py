@@ -561,8 +561,8 @@ R = TypeVar("R")
 @dataclass(frozen=True)
 class Rows(Generic[R]):
     """A named query of sql/queries.sql and what each of its rows is read into: a dataclass or
-    a TypedDict, called with the row's columns by name. tests/test_queries.py holds every
-    query's columns to its type's fields, so a column renamed or dropped on one side fails
+    a TypedDict, called with the row's columns by name. tests/integration/test_queries.py holds
+    every query's columns to its type's fields, so a column renamed or dropped on one side fails
     there, not on the one path that reads it."""
 
     name: str

@@ -20,13 +20,18 @@ from relay.db import Conn
 from relay.store import Store
 from relay.tempcluster import NoPostgres, postgres_server, scratch_database
 
+# The console tests' ``cluster`` and ``dsn`` (a password-asking cluster per module, a database
+# with relay installed per test), defined once for the console modules of tests/integration and
+# tests/system.
+pytest_plugins = ["support.console"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--systemd",
         action="store_true",
-        help="also run tests/test_systemd.py: relay installed as docs/deploy.md says, under a "
-        "real systemd in a systemd-nspawn container (root; about a minute)",
+        help="also run tests/system/test_systemd.py: relay installed as docs/deploy.md says, "
+        "under a real systemd in a systemd-nspawn container (root; about a minute)",
     )
 
 

@@ -1,7 +1,7 @@
 """The overview's charts laid out on the server: numbers in, the SVG's geometry out, for a
 template to draw (no script in the console, and no inline style: the CSP allows neither; the
 bars take their colours from console.css by class). Pure, no database
-(tests/test_console_charts.py)."""
+(tests/unit/test_console_charts.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """What the console's pages are asked for in their query strings, read into typed filters or
-refused with a sentence: pure, no database (tests/test_console_security.py)."""
+refused with a sentence: pure, no database (tests/unit/test_console_security.py)."""
 
 from __future__ import annotations
 

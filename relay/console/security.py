@@ -1,5 +1,5 @@
 """The console's sessions, cookies, CSRF tokens and login limits: pure logic, no database and
-no network, so that each rule is tested on its own (tests/test_console_security.py).
+no network, so that each rule is tested on its own (tests/unit/test_console_security.py).
 
 A session lives in this process's memory only, under a random id; the cookie carries that id
 and its HMAC under a key drawn when the process starts. The password the person signed in with

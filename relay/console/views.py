@@ -1,5 +1,5 @@
 """How the console's pages write ages, times and what came from elsewhere: pure, for the
-templates' filters (tests/test_console_security.py)."""
+templates' filters (tests/unit/test_console_security.py)."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ with ``env`` too); the body excerpt has those secrets masked wherever they stand
 URLs shown by their origin, as a response's excerpt is. Everything is text a database column
 and a JSON document can hold (no NUL, no lone surrogate).
 
-Pure: no database, no network (tests/test_attempt_details.py).
+Pure: no database, no network (tests/unit/test_attempt_details.py).
 """
 
 from __future__ import annotations

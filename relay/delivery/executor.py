@@ -5,7 +5,7 @@ past its max attempts fails unsent; the rest waits for a slot of its webhook, go
 while the webhook is paused, is rendered, paced and sent, and its outcome becomes a result by
 the retry policy. A batch that does not fit is split here too. The renderer, the sender and the
 pacer (a webhook's rate-limit slots) are given, so that all of it runs without a database or a
-network (tests/test_executor.py); whatever any of them raises becomes an outcome with a
+network (tests/unit/test_executor.py); whatever any of them raises becomes an outcome with a
 one-line reason.
 """
 

@@ -32,3 +32,10 @@ def install_up_to(connection: psycopg.Connection[Any], version: int) -> None:
         connection.execute(sqlfiles.read("bootstrap.sql").encode())
         for migration in sqlfiles.migrations()[:version]:
             connection.execute(migration.sql.encode())
+
+
+def requests(
+    connection: psycopg.Connection[Any], where: str = "true"
+) -> list[tuple[str, str | None, str | None]]:
+    """Each outbox row's event and the request its change recorded (path, method), by id."""
+    return [(r["op"], r["request_path"], r["request_method"]) for r in outbox(connection, where)]

@@ -1,7 +1,7 @@
 """Random interleavings of writes, replays, retries, SQL resets and restarts, against a real
 relay and a receiver on 127.0.0.1 that fails some requests and is slow on others; then what
-must hold once the receiver is healthy again (tests/test_drain.py runs a few seeds,
-bench/interleave.py as many as it has minutes for).
+must hold once the receiver is healthy again (tests/integration/test_interleavings.py runs a
+few seeds, bench/interleave.py as many as it has minutes for).
 
 Per seed: a table of a few rows, a batched webhook and a single-change one (each with two
 attempts per change, so that changes fail for good), and a sequence of steps drawn from the
