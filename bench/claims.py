@@ -1,19 +1,20 @@
 """How long one claim takes in the database with a big backlog of pending deliveries.
 
     .venv/bin/python bench/claims.py [--pending 300000] [--moves 3000] [--rounds 200]
-        [--compare OTHER/sql/queries.sql] [--batch 100] [--limited]
+        [--compare OTHER/sql/queries] [--batch 100] [--limited]
 
 On a private cluster: --pending changes inserted into a tracked table, --moves of them followed
 by an UPDATE of the primary key (a key move, the claim's second key), all fanned out as the
 relay does (one webhook), statistics refreshed as the relay does after a burst. Then
 claim_deliveries runs --rounds times, each in a transaction rolled back (so every round sees the
 same backlog), claiming 128 deliveries (a relay with RELAY_WEBHOOK_CONCURRENCY=64, as in
-bench/throughput.py); prints the median and p90 time in the database and the plan's shape.
-With --compare, the claim_deliveries of another queries.sql (an older relay) runs interleaved
-on the same backlog, for a ratio. With --batch N, claim_batch is measured instead: one batch of
-N for the webhook (batch_size N), on the same backlog. With --limited, the webhook has a
-concurrency (0026_steering.sql) and another relay holds 64 leases: the claim counts them
-(relay.leased_requests), and the concurrency leaves room for the same claim as without.
+bench/throughput.py); prints the median and p90 time in the database and the plan's shape. With
+--compare, the claim_deliveries of another relay's sql/queries/ (or of an older relay's
+sql/queries.sql, the one file it had) runs interleaved on the same backlog, for a ratio. With
+--batch N, claim_batch is measured instead: one batch of N for the webhook (batch_size N), on
+the same backlog. With --limited, the webhook has a concurrency (0026_steering.sql) and another
+relay holds 64 leases: the claim counts them (relay.leased_requests), and the concurrency leaves
+room for the same claim as without.
 """
 
 from __future__ import annotations
@@ -106,7 +107,12 @@ def main() -> None:
     statement = "claim_batch" if args.batch else "claim_deliveries"
     claims = {"this": sqlfiles.query(statement)}
     if args.compare:
-        claims["compared"] = sqlfiles.parse_named(args.compare.read_text())[statement]
+        other = (
+            sqlfiles.load(args.compare)
+            if args.compare.is_dir()
+            else sqlfiles.parse_named(args.compare.read_text())
+        )
+        claims["compared"] = other[statement]
     cluster = start_temp_cluster()
     try:
         with scratch_database(cluster.dsn, "relay_claims") as dsn, psycopg.connect(dsn) as conn:

@@ -1,4 +1,4 @@
-"""The one place relay talks to its database: each named query of sql/queries.sql behind a method.
+"""The one place relay talks to its database: each named query of sql/queries/ behind a method.
 
 Nothing else in relay sends a statement (the admin's SQLAlchemy mapping, relay/admin.py,
 writes the same tables through the ORM; relay.tag's one ``set_config`` runs on the application's
@@ -560,7 +560,7 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Rows(Generic[R]):
-    """A named query of sql/queries.sql and what each of its rows is read into: a dataclass or
+    """A named query of sql/queries/ and what each of its rows is read into: a dataclass or
     a TypedDict, called with the row's columns by name. tests/integration/test_queries.py holds
     every query's columns to its type's fields, so a column renamed or dropped on one side fails
     there, not on the one path that reads it."""

@@ -1,8 +1,8 @@
 """Claiming: which due deliveries this relay takes next, within the room it has.
 
-The claim query (sql/queries.sql, claim_deliveries) is told how many deliveries and bytes this
-process holds per webhook, so that a slow receiver holds only a bounded number of claims, never
-holds up other work, and nothing waits in memory while its lease runs out.
+The claim query (sql/queries/claim.sql, claim_deliveries) is told how many deliveries and bytes
+this process holds per webhook, so that a slow receiver holds only a bounded number of claims,
+never holds up other work, and nothing waits in memory while its lease runs out.
 """
 
 from __future__ import annotations

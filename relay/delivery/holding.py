@@ -2,8 +2,8 @@
 
 Twenty 50 MB rows in a batch of a thousand changes once took a relay to 7 GB. Now everything
 that brings row images into the process asks first: the claim query takes only deliveries whose
-changes fit in the room left (sql/queries.sql, claim_deliveries), and fan-out reserves the room
-for the rows that rules with conditions must read. Amounts are bytes of the changes' JSON
+changes fit in the room left (sql/queries/claim.sql, claim_deliveries), and fan-out reserves the
+room for the rows that rules with conditions must read. Amounts are bytes of the changes' JSON
 (``change_bytes``); each stands for HELD_PER_CHANGE_BYTE times as much memory (the text and the
 body made from it), so the capacity is RELAY_MAX_HELD_BYTES divided by that.
 """

@@ -89,7 +89,11 @@ def test_only_relay_db_opens_connections() -> None:
 
 
 def test_every_named_query_is_run_by_the_store() -> None:
-    names = re.findall(r"^-- name: (\w+)", (REPO / "sql" / "queries.sql").read_text(), re.M)
+    names = [
+        name
+        for path in sorted((REPO / "sql" / "queries").glob("*.sql"))
+        for name in re.findall(r"^-- name: (\w+)", path.read_text(), re.M)
+    ]
     store = (PACKAGE / "store.py").read_text()
     unused = [name for name in names if f'"{name}"' not in store]
     assert not unused, f"named queries the store never runs: {unused}"

@@ -1,9 +1,11 @@
-"""The contract between sql/queries.sql and the code that runs it: every named query prepares
-on a fresh install (a query only a rare path runs, an error case or an upgrade's, fails here
-rather than in front of an operator), PostgreSQL knows the type of each of its parameters from
-the query itself (none is sent as text of unknown type for the server to guess), every query
-the store reads into a type (relay.store.Rows) returns that type's fields and no other column,
-and every name is one relay's code asks for, so no query outlives its caller."""
+"""The contract between sql/queries/ and the code that runs it: every named query, as loaded
+(its fragments put in place), prepares on a fresh install (a query only a rare path runs, an
+error case or an upgrade's, fails here rather than in front of an operator), PostgreSQL knows
+the type of each of its parameters from the query itself (none is sent as text of unknown type
+for the server to guess), every query the store reads into a type (relay.store.Rows) returns
+that type's fields and no other column, every name is one relay's code asks for, so no query
+outlives its caller, and every fragment is one some query uses; a name given twice, or a
+fragment unknown or unused, stops the loading."""
 
 from __future__ import annotations
 
@@ -22,9 +24,11 @@ from relay.db import Conn
 from relay.tempcluster import scratch_database
 
 PARAMETER = re.compile(r"%\((\w+)\)s")
+MARKER = re.compile(r"/\*> (\w+) \*/")
 UNKNOWN_TYPES = {0, 705}
 """Type oids PostgreSQL gives a parameter it could not type: none, ``unknown``."""
 RELAY = Path(__file__).resolve().parents[2] / "relay"
+QUERIES = sqlfiles.sql_dir() / sqlfiles.QUERIES
 
 
 def numbered(text: str) -> tuple[str, list[str]]:
@@ -111,3 +115,66 @@ def test_every_named_query_is_asked_for_by_name_in_relay() -> None:
     code = "".join(path.read_text() for path in RELAY.rglob("*.py"))
     named = set(re.findall(r'"(\w+)"', code))
     assert sorted(set(sqlfiles.queries()) - named) == []
+
+
+def test_every_fragment_is_used_and_none_is_left_in_a_query() -> None:
+    texts = [path.read_text() for path in sorted(QUERIES.glob("*.sql"))]
+    defined = [name for text in texts for name in re.findall(r"^-- fragment: (\w+)", text, re.M)]
+    used = {name for text in texts for name in MARKER.findall(text)}
+    assert defined and sorted(set(defined) - used) == []
+    assert [name for name, text in sqlfiles.queries().items() if "/*>" in text] == []
+
+
+def write(folder: Path, **files: str) -> Path:
+    """A folder of query files, ``name=text`` each (name.sql)."""
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / f"{name}.sql").write_text(text)
+    return folder
+
+
+def test_a_fragment_is_put_in_place_with_its_parameters(installed: Conn, tmp_path: Path) -> None:
+    """psycopg's %(name)s in a fragment are the query's: sent with it, as if written there."""
+    loaded = sqlfiles.load(
+        write(
+            tmp_path / "queries",
+            fragments="-- fragment: limit\n-- What is said.\n%(n)s::int + 1\n",
+            stage="-- name: one\nSELECT /*> limit */ AS n,\n       2 AS m;\n",
+        )
+    )
+    assert loaded == {"one": "SELECT %(n)s::int + 1 AS n,\n       2 AS m"}
+    assert installed.execute(loaded["one"], {"n": 41}).fetchone() == (42, 2)
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        (
+            {"a": "-- name: one\nSELECT 1;\n", "b": "-- name: one\nSELECT 2;\n"},
+            "query 'one' is defined twice: in a.sql and in b.sql",
+        ),
+        (
+            {"a": "-- name: one\nSELECT /*> two */;\n"},
+            "query 'one' (a.sql) uses fragment 'two', which no file of sql/queries defines",
+        ),
+        (
+            {"a": "-- name: one\nSELECT 1;\n-- fragment: two\n2\n"},
+            "fragments no query uses in sql/queries: ['two']",
+        ),
+        (
+            {"a": "-- name: one\nSELECT /*> two */;\n-- fragment: two\n/*> two */\n"},
+            "fragment 'two' (a.sql) uses itself",
+        ),
+    ],
+    ids=["twice", "unknown", "unused", "itself"],
+)
+def test_a_query_file_that_cannot_load_says_why(
+    tmp_path: Path, files: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(RuntimeError, match=re.escape(problem)):
+        sqlfiles.load(write(tmp_path / "queries", **files))
+
+
+def test_a_missing_query_says_where_it_looked() -> None:
+    with pytest.raises(KeyError, match=re.escape(f"{QUERIES}/*.sql")):
+        sqlfiles.query("no_such_query")
